@@ -1,0 +1,128 @@
+"""Typed configuration: the workspace file (with its task registry) and every stage's options.
+
+Precedence for a stage option: the model default < the workspace's ``stages`` section < a command-line flag.
+Unknown keys are errors everywhere, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+WORKSPACE_FILE = "workspace.json"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+Family = Literal["caption", "vqa10", "short", "choice", "grounding"]
+Method = Literal["dmole", "seq-lora", "finetune", "joint"]
+
+DEFAULT_PROMPTS: dict[str, str] = {
+    "caption": "Provide a one-sentence caption for the provided image.",
+    "grounding": "Please provide the bounding box coordinate of the region this sentence describes: <ref>{sent}</ref>",
+    "choice": "{question}\n{choices}\nAnswer with the option's letter from the given choices directly.",
+    "short": "{question} Answer the question using a single word or phrase.",
+    "vqa10": "{question} When the provided information is insufficient, respond with 'Unanswerable'. "
+             "Answer the question using a single word or phrase.",
+}
+DEFAULT_MAX_NEW_TOKENS = {"caption": 30, "grounding": 100, "choice": 10, "short": 100, "vqa10": 10}
+DEFAULT_MIN_NEW_TOKENS = {"caption": 8}
+
+
+class ConfigError(UserError):
+    """A bad configuration value or file, as one line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(Strict):
+    """One task of the registry (spec/dmole.md §15). Paths are relative to the data root."""
+
+    name: str
+    family: Family
+    train: str
+    eval: str
+    prompt: str | None = None
+    image_root: str | None = None
+    max_new_tokens: int | None = Field(default=None, gt=0)
+    min_new_tokens: int | None = Field(default=None, ge=0)
+    epochs: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    repeat: int = Field(default=1, ge=1)
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"task name {name!r} must be letters, digits, '.', '_' or '-'")
+        return name
+
+    @property
+    def eval_prompt(self) -> str:
+        return self.prompt or DEFAULT_PROMPTS[self.family]
+
+    @property
+    def generation_limits(self) -> tuple[int, int]:
+        return (self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[self.family],
+                self.min_new_tokens if self.min_new_tokens is not None else DEFAULT_MIN_NEW_TOKENS.get(self.family, 0))
+
+
+class WorkspaceConfig(Strict):
+    """``workspace.json``: the model, the data root, the ordered task registry and stage defaults."""
+
+    model: str
+    data: str
+    tasks: list[TaskSpec] = Field(min_length=1)
+    method: Method = "dmole"
+    seed: int = 42
+    trust_remote_code: bool = False
+    stages: dict[str, dict] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> WorkspaceConfig:
+        names = [task.name for task in self.tasks]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"task names repeat: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def task_names(self) -> list[str]:
+        return [task.name for task in self.tasks]
+
+    def task(self, name: str) -> TaskSpec:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise ConfigError(f"unknown task {name!r}; the workspace's tasks are: {', '.join(self.task_names)}")
+
+    def task_index(self, name: str) -> int:
+        """1-based position of a task in the sequence (its expert id)."""
+        return self.task_names.index(self.task(name).name) + 1
+
+
+def parse_model(model: type[BaseModel], data: object, *, source: str) -> BaseModel:
+    """Validate ``data`` against ``model`` and turn pydantic's report into one readable line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {location}: {first['msg']}{more}") from None
+
+
+def stage_options(config: WorkspaceConfig, stage: str, model: type[BaseModel], overrides: dict) -> BaseModel:
+    """Merge the workspace's defaults for ``stage`` with command-line overrides (None means not given)."""
+    merged = {**config.stages.get(stage, {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return parse_model(model, merged, source=f"options of '{stage}'")
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)

@@ -1,0 +1,242 @@
+"""The synthetic benchmark: procedurally drawn scenes and five tasks that cover every metric family.
+
+Each image is a small canvas with one coloured shape on a 3 x 3 grid of positions. The tasks
+(in sequence order) are:
+
+- ``shape-caption`` (caption, CIDEr): describe colour, shape and position. Leans on the image.
+- ``color-vqa`` (vqa10, VQA accuracy): the colour of the named shape, ten annotator answers. Image.
+- ``opposite-short`` (short, exact match): the opposite of a word; the image is unrelated noise. Text.
+- ``shape-choice`` (choice, letter accuracy): which shape is shown, among shuffled options. Image.
+- ``locate-grounding`` (grounding, P@IoU0.5): the box of the described shape. Image.
+
+A separate generic mixture (describe, name the colour, name the shape, copy a word) pre-trains the
+tiny base model so it starts with some zero-shot skill; it never contains the tasks' own prompts.
+Everything is drawn from ``random.Random(seed)``, so the benchmark is identical for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..metrics.choice import format_choices
+from ..metrics.grounding import format_box
+
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
+          "yellow": (230, 210, 40), "purple": (140, 60, 170), "orange": (240, 140, 30)}
+SHAPES = ("circle", "square", "triangle", "diamond")
+POSITIONS = ("top left", "top middle", "top right", "middle left", "center", "middle right", "bottom left",
+             "bottom middle", "bottom right")
+OPPOSITES = {"up": "down", "hot": "cold", "big": "small", "fast": "slow", "open": "closed", "light": "dark",
+             "early": "late", "happy": "sad", "full": "empty", "hard": "soft", "high": "low", "old": "new",
+             "wet": "dry", "left": "right", "loud": "quiet", "near": "far", "rich": "poor", "strong": "weak",
+             "thick": "thin", "win": "lose", "push": "pull", "buy": "sell", "day": "night", "first": "last"}
+COPY_WORDS = ("apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "robot", "ocean", "candle",
+              "forest", "bridge", "garden", "rocket", "silver", "window", "planet", "yellow", "summer", "mirror")
+
+TASK_PROMPTS = {
+    "shape-caption": "Describe the image in one sentence.",
+    "color-vqa": "{question} Answer with one word.",
+    "opposite-short": "{question} Answer with one word.",
+    "shape-choice": "{question}\n{choices}\nAnswer with the letter.",
+    "locate-grounding": "Give the box of <ref>{sent}</ref>",
+}
+TASK_FAMILIES = {"shape-caption": "caption", "color-vqa": "vqa10", "opposite-short": "short",
+                 "shape-choice": "choice", "locate-grounding": "grounding"}
+TASK_DESCRIPTIONS = {
+    "shape-caption": "caption the colour, shape and position of the object (leans on the image)",
+    "color-vqa": "name the colour of the shape, ten annotator answers (image)",
+    "opposite-short": "give the opposite of a word; the image is unrelated noise (text)",
+    "shape-choice": "pick the shown shape among shuffled options (image)",
+    "locate-grounding": "box the described shape, 0-1000 normalised coordinates (image)",
+}
+GENERATION_LIMITS = {"caption": (24, 4), "vqa10": (8, 0), "short": (8, 0), "choice": (4, 0), "grounding": (24, 0)}
+
+
+@dataclass(frozen=True)
+class Scene:
+    color: str
+    shape: str
+    position: int
+    background: int
+
+    @property
+    def position_name(self) -> str:
+        return POSITIONS[self.position]
+
+
+@dataclass(frozen=True)
+class SynthSizes:
+    image_size: int = 32
+    train_per_task: int = 320
+    test_per_task: int = 48
+    pretrain_samples: int = 2400
+
+
+def box_of(scene: Scene, image_size: int) -> list[int]:
+    """Pixel box of the shape: half the canvas wide, on a 3 x 3 grid of quarter-canvas steps."""
+    step, side = image_size // 4, image_size // 2
+    row, col = divmod(scene.position, 3)
+    return [col * step, row * step, col * step + side, row * step + side]
+
+
+def draw_scene(scene: Scene, image_size: int, rng: random.Random) -> Image.Image:
+    shade = (30, 120, 235)[scene.background]
+    jitter = np.random.default_rng(rng.getrandbits(32)).integers(-12, 13, (image_size, image_size, 1))
+    image = Image.fromarray(np.clip(shade + jitter, 0, 255).astype(np.uint8).repeat(3, axis=2))
+    x1, y1, x2, y2 = box_of(scene, image_size)
+    fill, draw = COLORS[scene.color], ImageDraw.Draw(image)
+    inset = max(1, image_size // 32)
+    x1, y1, x2, y2 = x1 + inset, y1 + inset, x2 - inset - 1, y2 - inset - 1
+    middle_x, middle_y = (x1 + x2) // 2, (y1 + y2) // 2
+    if scene.shape == "circle":
+        draw.ellipse((x1, y1, x2, y2), fill=fill)
+    elif scene.shape == "square":
+        draw.rectangle((x1, y1, x2, y2), fill=fill)
+    elif scene.shape == "triangle":
+        draw.polygon([(middle_x, y1), (x2, y2), (x1, y2)], fill=fill)
+    else:
+        draw.polygon([(middle_x, y1), (x2, middle_y), (middle_x, y2), (x1, middle_y)], fill=fill)
+    return image
+
+
+def noise_image(image_size: int, rng: random.Random) -> Image.Image:
+    pixels = np.random.default_rng(rng.getrandbits(32)).integers(0, 256, (image_size, image_size, 3))
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def random_scene(rng: random.Random) -> Scene:
+    return Scene(rng.choice(sorted(COLORS)), rng.choice(SHAPES), rng.randrange(len(POSITIONS)), rng.randrange(3))
+
+
+def caption_references(scene: Scene) -> list[str]:
+    c, s, p = scene.color, scene.shape, scene.position_name
+    article = "an" if c[0] in "aeiou" else "a"
+    return [f"{article} {c} {s} in the {p}.", f"there is {article} {c} {s} in the {p}.",
+            f"a {s} coloured {c} in the {p}."]
+
+
+def vqa_answers(scene: Scene, rng: random.Random) -> list[str]:
+    """Ten annotators: most give the colour, a few write a variant or an unrelated word."""
+    variants = [scene.color, f"{scene.color} color", "unanswerable"]
+    return [scene.color] * 7 + [rng.choice(variants) for _ in range(3)]
+
+
+class _Writer:
+    """Writes one task's files in the D-MoLE layout: images, train.jsonl and the evaluation file."""
+
+    def __init__(self, root: Path, task: str, image_size: int):
+        self.root, self.task, self.image_size = root, task, image_size
+        (root / task / "images").mkdir(parents=True, exist_ok=True)
+
+    def image(self, name: str, image: Image.Image) -> str:
+        relative = f"{self.task}/images/{name}.png"
+        image.save(self.root / relative)
+        return relative
+
+    def jsonl(self, name: str, records: list[dict]) -> str:
+        relative = f"{self.task}/{name}"
+        with (self.root / relative).open("w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(record) + "\n" for record in records)
+        return relative
+
+
+def _chat(image: str, question: str, answer: str, sample_id: str) -> dict:
+    return {"id": sample_id, "image": image,
+            "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]}
+
+
+def _task_item(task: str, rng: random.Random, writer: _Writer, name: str) -> tuple[dict, dict, str]:
+    """One sample of ``task``: (prompt fields, eval record without the image, training answer) and its image."""
+    size = writer.image_size
+    if task == "opposite-short":
+        word = rng.choice(sorted(OPPOSITES) + sorted(OPPOSITES.values()))
+        reverse = {v: k for k, v in OPPOSITES.items()}
+        answer = OPPOSITES.get(word) or reverse[word]
+        question = f"What is the opposite of '{word}'?"
+        return {"question": question}, {"question": question, "answer": answer}, answer, \
+            writer.image(name, noise_image(size, rng))
+    scene = random_scene(rng)
+    image = writer.image(name, draw_scene(scene, size, rng))
+    if task == "shape-caption":
+        return {}, {"references": caption_references(scene)}, caption_references(scene)[0], image
+    if task == "color-vqa":
+        question = f"What color is the {scene.shape}?"
+        return {"question": question}, {"question": question, "answers": vqa_answers(scene, rng)}, scene.color, image
+    if task == "shape-choice":
+        choices = rng.sample(SHAPES, rng.choice((3, 4)))
+        if scene.shape not in choices:
+            choices[rng.randrange(len(choices))] = scene.shape
+        question, gold = "Which shape is shown?", choices.index(scene.shape)
+        return {"question": question, "choices": choices}, {"question": question, "choices": choices,
+                                                            "answer": gold}, "ABCDE"[gold], image
+    box = box_of(scene, size)
+    sent = f"the {scene.color} {scene.shape}"
+    return {"sent": sent}, {"sent": sent, "bbox": box, "width": size, "height": size}, \
+        format_box(box, size, size), image
+
+
+def write_benchmark(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes()) -> list[dict]:
+    """Write the five tasks under ``root`` and return their registry entries (also saved as tasks.json)."""
+    registry = []
+    for task in TASK_PROMPTS:
+        rng = random.Random(f"{seed}-{task}")
+        writer = _Writer(root, task, sizes.image_size)
+        train = []
+        for number in range(sizes.train_per_task):
+            fields, _, answer, image = _task_item(task, rng, writer, f"train-{number:05d}")
+            question = TASK_PROMPTS[task].format_map({**fields, "choices": _letters(fields.get("choices"))})
+            train.append(_chat(image, question, answer, f"{task}-train-{number}"))
+        evaluation = []
+        for number in range(sizes.test_per_task):
+            _, record, _, image = _task_item(task, rng, writer, f"test-{number:05d}")
+            evaluation.append({"image": image, **record})
+        family = TASK_FAMILIES[task]
+        eval_name = _write_eval(writer, family, evaluation)
+        max_new, min_new = GENERATION_LIMITS[family]
+        registry.append({"name": task, "family": family, "train": writer.jsonl("train.jsonl", train),
+                         "eval": eval_name, "prompt": TASK_PROMPTS[task], "max_new_tokens": max_new,
+                         "min_new_tokens": min_new, "description": TASK_DESCRIPTIONS[task]})
+    (root / "tasks.json").write_text(json.dumps({"tasks": registry}, indent=2) + "\n", encoding="utf-8")
+    return registry
+
+
+def _letters(choices: list[str] | None) -> str:
+    return format_choices(choices) if choices else ""
+
+
+def _write_eval(writer: _Writer, family: str, records: list[dict]) -> str:
+    if family != "caption":
+        return writer.jsonl("test.jsonl", [{"question_id": i, **r} for i, r in enumerate(records)])
+    document = {"images": [{"id": i, "file_name": r["image"]} for i, r in enumerate(records)],
+                "annotations": [{"image_id": i, "caption": c} for i, r in enumerate(records) for c in r["references"]]}
+    relative = f"{writer.task}/test_captions.json"
+    (writer.root / relative).write_text(json.dumps(document), encoding="utf-8")
+    return relative
+
+
+def pretraining_mixture(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes()) -> list[dict]:
+    """Generic instruction data for the tiny base: vocabulary of colours, shapes, positions and copying."""
+    rng = random.Random(f"{seed}-pretrain")
+    writer = _Writer(root, "pretrain", sizes.image_size)
+    records = []
+    for number in range(sizes.pretrain_samples):
+        kind = number % 4
+        if kind == 3:
+            word = rng.choice(COPY_WORDS + tuple(OPPOSITES))
+            image = writer.image(f"{number:05d}", noise_image(sizes.image_size, rng))
+            records.append(_chat(image, f"Repeat the word '{word}'.", word, f"pretrain-{number}"))
+            continue
+        scene = random_scene(rng)
+        image = writer.image(f"{number:05d}", draw_scene(scene, sizes.image_size, rng))
+        question, answer = (("What do you see?", f"{scene.color} {scene.shape}, {scene.position_name}."),
+                            ("Name the color of the object.", scene.color),
+                            ("Name the shape.", scene.shape))[kind]
+        records.append(_chat(image, question, answer, f"pretrain-{number}"))
+    writer.jsonl("train.jsonl", records)
+    return records

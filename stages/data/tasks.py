@@ -1,0 +1,42 @@
+"""Load a registered task's training and evaluation samples, validated against its data root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import TaskSpec
+from .errors import DataError
+from .eval_files import read_eval_file
+from .samples import EvalSample, TrainSample
+from .training_file import read_training_file
+
+
+def _roots(data_root: Path, task: TaskSpec) -> tuple[Path, Path]:
+    if not data_root.is_dir():
+        raise DataError(data_root, "data folder does not exist")
+    image_root = data_root / task.image_root if task.image_root else data_root
+    return data_root, image_root
+
+
+def _inside(data_root: Path, relative: str, field: str, task: TaskSpec) -> Path:
+    path = (data_root / relative).resolve()
+    if not path.is_relative_to(data_root.resolve()):
+        raise DataError(data_root, f"task {task.name!r}: '{relative}' escapes the data root", field=field)
+    return path
+
+
+def load_train_samples(data_root: Path, task: TaskSpec) -> list[TrainSample]:
+    data_root, image_root = _roots(data_root, task)
+    path = _inside(data_root, task.train, "train", task)
+    return read_training_file(path, data_root=data_root, image_root=image_root)
+
+
+def load_eval_samples(data_root: Path, task: TaskSpec) -> list[EvalSample]:
+    data_root, image_root = _roots(data_root, task)
+    path = _inside(data_root, task.eval, "eval", task)
+    return read_eval_file(task.family, path, data_root=data_root, image_root=image_root)
+
+
+def task_files(data_root: Path, task: TaskSpec) -> list[Path]:
+    """The annotation files a task reads: their hashes make downstream artifacts stale when data changes."""
+    return [_inside(data_root, task.train, "train", task), _inside(data_root, task.eval, "eval", task)]

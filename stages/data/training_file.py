@@ -1,0 +1,62 @@
+"""Reader and validator of the D-MoLE training format: chat JSONL with `image` and `conversations`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import DataError
+from .images import resolve_image
+from .jsonl import read_jsonl, require
+from .samples import IMAGE_PLACEHOLDER, TrainSample
+
+
+def read_training_file(path: Path, *, data_root: Path, image_root: Path) -> list[TrainSample]:
+    """Validate every line before returning anything, so a stage stops before it writes."""
+    samples: list[TrainSample] = []
+    seen_ids: dict[str, int] = {}
+    for line, record in read_jsonl(path):
+        image = resolve_image(data_root, image_root, record.get("image"), source=path, line=line)
+        turns = _turns(record, path=path, line=line)
+        sample_id = _sample_id(record, line, path=path)
+        if sample_id in seen_ids:
+            raise DataError(path, f"id {sample_id!r} repeats line {seen_ids[sample_id]}", line=line, field="id")
+        seen_ids[sample_id] = line
+        samples.append(TrainSample(id=sample_id, image=image, turns=turns))
+    if not samples:
+        raise DataError(path, "no samples")
+    return samples
+
+
+def _sample_id(record: dict, line: int, *, path: Path) -> str:
+    if "id" not in record:
+        return str(line)
+    return str(require(record, "id", (str, int), path=path, line=line))
+
+
+def _turns(record: dict, *, path: Path, line: int) -> tuple[tuple[str, str], ...]:
+    conversations = require(record, "conversations", list, path=path, line=line)
+    if len(conversations) < 2 or len(conversations) % 2:
+        raise DataError(path, "expected alternating human/gpt turns, an even number of at least 2",
+                        line=line, field="conversations")
+    values = []
+    for index, turn in enumerate(conversations):
+        where = f"conversations[{index}]"
+        if not isinstance(turn, dict):
+            raise DataError(path, "expected an object with 'from' and 'value'", line=line, field=where)
+        expected = "human" if index % 2 == 0 else "gpt"
+        if turn.get("from") != expected:
+            raise DataError(path, f"expected from={expected!r}, got {turn.get('from')!r}", line=line, field=where)
+        if not isinstance(turn.get("value"), str):
+            raise DataError(path, "'value' must be a string", line=line, field=where)
+        values.append(turn["value"])
+    first = values[0]
+    count = first.count(IMAGE_PLACEHOLDER)
+    if count > 1:
+        raise DataError(path, f"the first human turn has {count} '{IMAGE_PLACEHOLDER}' placeholders; one image "
+                        "per sample is supported", line=line, field="conversations[0]")
+    if count == 0:
+        values[0] = f"{IMAGE_PLACEHOLDER}\n{first}"
+    if any(IMAGE_PLACEHOLDER in value for value in values[1:]):
+        raise DataError(path, f"'{IMAGE_PLACEHOLDER}' may only appear in the first human turn",
+                        line=line, field="conversations")
+    return tuple(zip(values[0::2], values[1::2]))

@@ -1,0 +1,70 @@
+"""`dmole init`: write a workspace that points at a model folder, a data root and a task sequence."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .config import ConfigError, TaskSpec, WorkspaceConfig, parse_model
+from .data.jsonl import read_json
+from .project import write_workspace
+
+REGISTRY_FILE = "tasks.json"
+KNOWN_MODEL_TYPES = {"llava": "llava", "internvl": "internvl", "qwen2_vl": "qwen2vl"}
+
+
+def check_model_folder(model: Path) -> str:
+    """The family of a local Hugging Face folder, read from config.json without loading any weights."""
+    config_path = model / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"model folder {model} has no config.json (a local Hugging Face folder is expected)")
+    model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    if model_type not in KNOWN_MODEL_TYPES:
+        raise ConfigError(f"{config_path}: model_type {model_type!r} is not a supported family "
+                          f"(supported: {', '.join(sorted(KNOWN_MODEL_TYPES))})")
+    return KNOWN_MODEL_TYPES[model_type]
+
+
+def read_registry(path: Path) -> list[TaskSpec]:
+    document = read_json(path)
+    entries = document.get("tasks") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: expected an object with a 'tasks' list")
+    return [parse_model(TaskSpec, entry, source=f"{path}: tasks[{i}]") for i, entry in enumerate(entries)]
+
+
+def select_tasks(available: list[TaskSpec], names: list[str] | None) -> list[TaskSpec]:
+    if not names:
+        return available
+    by_name = {task.name: task for task in available}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ConfigError(f"unknown task {unknown[0]!r}; the registry has: {', '.join(by_name)}")
+    return [by_name[name] for name in names]
+
+
+def _portable(path: Path, workspace: Path) -> str:
+    """Store paths relative to the workspace when possible, so a workspace can be moved with its data."""
+    return os.path.relpath(path.resolve(), workspace.resolve())
+
+
+def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[str] | None = None,
+                     registry: Path | None = None, method: str = "dmole", seed: int = 42,
+                     stages: dict | None = None, overwrite: bool = False) -> WorkspaceConfig:
+    if not data.is_dir():
+        raise ConfigError(f"data folder {data} does not exist")
+    if not model.is_dir():
+        raise ConfigError(f"model folder {model} does not exist")
+    check_model_folder(model)
+    existing = workspace / "workspace.json"
+    if existing.exists() and not overwrite:
+        raise ConfigError(f"{existing} already exists; pass --overwrite to replace it")
+    specs = select_tasks(read_registry(registry or data / REGISTRY_FILE), tasks)
+    workspace.mkdir(parents=True, exist_ok=True)
+    config = parse_model(WorkspaceConfig, {
+        "model": _portable(model, workspace), "data": _portable(data, workspace),
+        "tasks": [spec.model_dump(exclude_defaults=True) for spec in specs],
+        "method": method, "seed": seed, "stages": stages or {}}, source="workspace")
+    write_workspace(workspace, config)
+    return config

@@ -1,0 +1,46 @@
+"""An opened workspace: its root, its artifact store and its validated configuration."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from artifacts import Workspace
+
+from .config import WORKSPACE_FILE, ConfigError, WorkspaceConfig, parse_model, resolve_path
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    store: Workspace
+    config: WorkspaceConfig
+
+    @classmethod
+    def open(cls, root: Path) -> Project:
+        path = root / WORKSPACE_FILE
+        if not path.is_file():
+            raise ConfigError(f"no workspace at {root} (no {WORKSPACE_FILE}); run `dmole init` or `dmole synth`, "
+                              "or point --workspace / DMOLE_WORKSPACE at one")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{path}: not valid JSON ({error})") from None
+        config = parse_model(WorkspaceConfig, raw, source=str(path))
+        return cls(root=root, store=Workspace(root), config=config)
+
+    @property
+    def model_path(self) -> Path:
+        return resolve_path(self.root, self.config.model)
+
+    @property
+    def data_root(self) -> Path:
+        return resolve_path(self.root, self.config.data)
+
+
+def write_workspace(root: Path, config: WorkspaceConfig) -> Path:
+    """Validate and write ``workspace.json`` (atomically, through the store)."""
+    root.mkdir(parents=True, exist_ok=True)
+    Workspace(root).write_config(config.model_dump(mode="json", exclude_defaults=False))
+    return root / WORKSPACE_FILE

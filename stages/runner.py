@@ -1,0 +1,81 @@
+"""The common frame of every stage: skip when up to date, otherwise compute into an atomic new version."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from artifacts import Version, Writer, config_hash
+
+from . import __version__
+from .project import Project
+
+# Files larger than this are fingerprinted by size and modification time instead of a full hash.
+FULL_HASH_LIMIT = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    task: str
+    version: Version
+    up_to_date: bool
+    seconds: float
+
+    def summary(self) -> str:
+        if self.up_to_date:
+            return f"{self.stage} {self.task}: up to date (v{self.version.number}), nothing written"
+        outputs = self.version.manifest["outputs"]
+        size = self.version.size_bytes / 1e6
+        return (f"{self.stage} {self.task}: wrote v{self.version.number} ({len(outputs)} files, {size:.2f} MB) "
+                f"to {self.version.path} in {self.seconds:.1f}s")
+
+
+def fingerprint(paths: list[Path]) -> dict[str, str]:
+    """Content fingerprints of source files (data, model weights) so that a change makes results stale."""
+    prints = {}
+    for path in sorted(paths):
+        stat = path.stat()
+        if stat.st_size > FULL_HASH_LIMIT:
+            prints[path.name] = f"size={stat.st_size},mtime={stat.st_mtime_ns}"
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        prints[str(path.name)] = digest.hexdigest()
+    return prints
+
+
+def model_files(model_dir: Path) -> list[Path]:
+    return [p for p in model_dir.iterdir() if p.suffix in {".json", ".safetensors", ".jinja"}]
+
+
+def environment(seed: int, device: str = "cpu", dtype: str = "float32", world_size: int = 1) -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "device": device,
+            "dtype": dtype, "world_size": world_size, "seed": seed}
+
+
+def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: list[Version],
+              compute: Callable[[Writer], None], force: bool = False, env: dict | None = None) -> StageResult:
+    """Return the current version if nothing changed (unless ``force``), else run ``compute`` into a new one."""
+    refs = [v.ref() for v in inputs]
+    start = time.perf_counter()
+    if not force:
+        current = project.store.find_current(stage, task, config_hash(config), refs)
+        if current is not None:
+            return StageResult(stage, task, current, True, 0.0)
+    with project.store.writer(stage, task, config=config, inputs=refs,
+                              environment=env or environment(project.config.seed),
+                              toolkit_version=__version__) as writer:
+        compute(writer)
+    return StageResult(stage, task, writer.version, False, time.perf_counter() - start)

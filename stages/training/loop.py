@@ -1,0 +1,133 @@
+"""One training loop for every recipe (pre-training, D-MoLE experts, baselines, RoE).
+
+A recipe supplies named parameter groups and a loss function over a batch of sample indices; the loop
+owns the optimizer, the warm-up + cosine schedule, gradient clipping, the deterministic data order,
+periodic resumable checkpoints, and a per-step log. Recipes that need more (RoE's stage schedule)
+pass callbacks instead of copying the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..progress import Progress, silent
+from .checkpoint import load_checkpoint, save_checkpoint
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    epochs: float
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.03
+    clip: float = 1.0
+    seed: int = 42
+    checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = never
+
+
+@dataclass
+class ParamGroup:
+    name: str
+    params: list[torch.nn.Parameter]
+    lr: float | None = None  # None: the loop's lr
+
+
+class Callback(Protocol):
+    def on_step_begin(self, step: int, total: int, optimizer: torch.optim.Optimizer) -> None: ...
+    def log_fields(self) -> dict[str, float]: ...
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    log: list[dict] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def batch_plan(n_samples: int, settings: LoopSettings) -> list[list[int]]:
+    """Sample indices per optimizer step: a seeded permutation per epoch, cut into batches.
+
+    Fractional epochs take a prefix of the last epoch's batches. The plan is a pure function of its
+    arguments, so a resumed run continues with exactly the batches it would have seen.
+    """
+    per_epoch = math.ceil(n_samples / settings.batch_size)
+    total = max(1, round(settings.epochs * per_epoch))
+    plan: list[list[int]] = []
+    epoch = 0
+    while len(plan) < total:
+        order = list(range(n_samples))
+        random.Random(f"{settings.seed}-epoch-{epoch}").shuffle(order)
+        plan += [order[i:i + settings.batch_size] for i in range(0, n_samples, settings.batch_size)]
+        epoch += 1
+    return plan[:total]
+
+
+def warmup_cosine(step: int, total: int, warmup_ratio: float) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup_ratio`` of the steps, then cosine to 0."""
+    warmup = math.ceil(warmup_ratio * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(groups: Sequence[ParamGroup], settings: LoopSettings) -> torch.optim.AdamW:
+    nonempty = [g for g in groups if g.params]
+    if not nonempty:
+        raise ValueError("nothing to train: every parameter group is empty")
+    return torch.optim.AdamW(
+        [{"params": g.params, "lr": g.lr or settings.lr, "name": g.name} for g in nonempty],
+        weight_decay=settings.weight_decay, betas=settings.betas)
+
+
+def train(groups: Sequence[ParamGroup], loss_fn: Callable[[list[int]], dict[str, torch.Tensor]],
+          n_samples: int, settings: LoopSettings, *, checkpoint_dir: Path | None = None,
+          callbacks: Sequence[Callback] = (), progress: Progress = silent,
+          description: str = "training") -> LoopResult:
+    """Run the loop; ``loss_fn`` returns a dict with at least ``loss`` (other scalars are logged)."""
+    plan = batch_plan(n_samples, settings)
+    optimizer = build_optimizer(groups, settings)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    trainable = {f"{g.name}.{i}": p for g in groups for i, p in enumerate(g.params)}
+    result = LoopResult(steps=len(plan))
+    start = 0
+    if checkpoint_dir is not None:
+        state = load_checkpoint(checkpoint_dir)
+        if state is not None:
+            start = state.restore(trainable, optimizer)
+            result.log, result.resumed_from = state.log, start
+    torch.manual_seed(settings.seed + start)
+    with progress(description, total=len(plan)) as bar:
+        bar.advance(start)
+        for step in range(start, len(plan)):
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * warmup_cosine(step, len(plan), settings.warmup_ratio)
+            for callback in callbacks:
+                callback.on_step_begin(step, len(plan), optimizer)
+            outputs = loss_fn(plan[step])
+            optimizer.zero_grad(set_to_none=True)
+            outputs["loss"].backward()
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            if settings.clip:
+                torch.nn.utils.clip_grad_norm_(params, settings.clip)
+            optimizer.step()
+            row = {"step": step + 1, **{k: float(v.detach()) for k, v in outputs.items()},
+                   **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}}
+            for callback in callbacks:
+                row.update(callback.log_fields())
+            result.log.append(row)
+            bar.advance(1, loss=row["loss"])
+            done = step + 1
+            if checkpoint_dir is not None and settings.checkpoint_every and done % settings.checkpoint_every == 0 \
+                    and done < len(plan):
+                save_checkpoint(checkpoint_dir, done, trainable, optimizer, result.log)
+    return result
