@@ -1,7 +1,7 @@
 """The synthetic benchmark: procedurally drawn scenes and five tasks that cover every metric family.
 
-Each image is a small canvas with one coloured shape on a 3 x 3 grid of positions. The tasks
-(in sequence order) are:
+Each image is a small canvas with one coloured shape on a 3 x 3 grid of positions. Like real
+datasets, each task has its own visual domain (a background style). The tasks (in sequence order) are:
 
 - ``shape-caption`` (caption, CIDEr): describe colour, shape and position. Leans on the image.
 - ``color-vqa`` (vqa10, VQA accuracy): the colour of the named shape, ten annotator answers. Image.
@@ -9,8 +9,8 @@ Each image is a small canvas with one coloured shape on a 3 x 3 grid of position
 - ``shape-choice`` (choice, letter accuracy): which shape is shown, among shuffled options. Image.
 - ``locate-grounding`` (grounding, P@IoU0.5): the box of the described shape. Image.
 
-A separate generic mixture (describe, name the colour, name the shape, copy a word) pre-trains the
-tiny base model so it starts with some zero-shot skill; it never contains the tasks' own prompts.
+A separate generic mixture (describe, name the colour, name the shape, copy a word, over every
+style) pre-trains the tiny base model so it starts with some zero-shot skill; it never contains the tasks' own prompts.
 Everything is drawn from ``random.Random(seed)``, so the benchmark is identical for a seed.
 """
 
@@ -55,7 +55,10 @@ TASK_DESCRIPTIONS = {
     "shape-choice": "pick the shown shape among shuffled options (image)",
     "locate-grounding": "box the described shape, 0-1000 normalised coordinates (image)",
 }
-GENERATION_LIMITS = {"caption": (24, 4), "vqa10": (8, 0), "short": (8, 0), "choice": (4, 0), "grounding": (24, 0)}
+TASK_STYLES = {"shape-caption": "gray", "color-vqa": "dark", "shape-choice": "paper", "locate-grounding": "gradient"}
+STYLES = ("gray", "dark", "paper", "gradient", "checker")
+# Byte-level tokens: the limits are in bytes (the longest caption is 40, a box 19, plus the end token).
+GENERATION_LIMITS = {"caption": (48, 4), "vqa10": (12, 0), "short": (12, 0), "choice": (4, 0), "grounding": (24, 0)}
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class Scene:
     color: str
     shape: str
     position: int
-    background: int
+    style: str
 
     @property
     def position_name(self) -> str:
@@ -73,7 +76,7 @@ class Scene:
 @dataclass(frozen=True)
 class SynthSizes:
     image_size: int = 32
-    train_per_task: int = 320
+    train_per_task: int = 480
     test_per_task: int = 48
     pretrain_samples: int = 2400
 
@@ -85,23 +88,43 @@ def box_of(scene: Scene, image_size: int) -> list[int]:
     return [col * step, row * step, col * step + side, row * step + side]
 
 
+def _background(style: str, image_size: int, rng: random.Random) -> np.ndarray:
+    """An H x W x 3 canvas in one of the visual domains (each task has its own, like real datasets do)."""
+    noise = np.random.default_rng(rng.getrandbits(32))
+    ramp = np.linspace(0, 1, image_size)
+    if style == "gray":
+        canvas = np.full((image_size, image_size, 3), 120.0) + noise.integers(-12, 13, (image_size, image_size, 1))
+    elif style == "dark":
+        canvas = np.full((image_size, image_size, 3), 25.0) + noise.integers(0, 20, (image_size, image_size, 3))
+    elif style == "paper":
+        canvas = np.full((image_size, image_size, 3), 235.0) - noise.integers(0, 8, (image_size, image_size, 1))
+    elif style == "gradient":
+        canvas = np.stack([40 + 150 * ramp[None, :].repeat(image_size, 0), 60 + 100 * ramp[:, None].repeat(image_size, 1),
+                           np.full((image_size, image_size), 160.0)], axis=2)
+    elif style == "checker":
+        cells = (np.add.outer(np.arange(image_size) // 4, np.arange(image_size) // 4) % 2)[..., None]
+        canvas = 90.0 + 70.0 * cells.repeat(3, axis=2)
+    else:
+        raise ValueError(f"unknown style {style!r}")
+    return np.clip(canvas, 0, 255)
+
+
 def draw_scene(scene: Scene, image_size: int, rng: random.Random) -> Image.Image:
-    shade = (30, 120, 235)[scene.background]
-    jitter = np.random.default_rng(rng.getrandbits(32)).integers(-12, 13, (image_size, image_size, 1))
-    image = Image.fromarray(np.clip(shade + jitter, 0, 255).astype(np.uint8).repeat(3, axis=2))
+    image = Image.fromarray(_background(scene.style, image_size, rng).astype(np.uint8))
     x1, y1, x2, y2 = box_of(scene, image_size)
     fill, draw = COLORS[scene.color], ImageDraw.Draw(image)
     inset = max(1, image_size // 32)
     x1, y1, x2, y2 = x1 + inset, y1 + inset, x2 - inset - 1, y2 - inset - 1
     middle_x, middle_y = (x1 + x2) // 2, (y1 + y2) // 2
+    outline = (0, 0, 0) if scene.style == "paper" else None
     if scene.shape == "circle":
-        draw.ellipse((x1, y1, x2, y2), fill=fill)
+        draw.ellipse((x1, y1, x2, y2), fill=fill, outline=outline)
     elif scene.shape == "square":
-        draw.rectangle((x1, y1, x2, y2), fill=fill)
+        draw.rectangle((x1, y1, x2, y2), fill=fill, outline=outline)
     elif scene.shape == "triangle":
-        draw.polygon([(middle_x, y1), (x2, y2), (x1, y2)], fill=fill)
+        draw.polygon([(middle_x, y1), (x2, y2), (x1, y2)], fill=fill, outline=outline)
     else:
-        draw.polygon([(middle_x, y1), (x2, middle_y), (middle_x, y2), (x1, middle_y)], fill=fill)
+        draw.polygon([(middle_x, y1), (x2, middle_y), (middle_x, y2), (x1, middle_y)], fill=fill, outline=outline)
     return image
 
 
@@ -110,8 +133,8 @@ def noise_image(image_size: int, rng: random.Random) -> Image.Image:
     return Image.fromarray(pixels.astype(np.uint8))
 
 
-def random_scene(rng: random.Random) -> Scene:
-    return Scene(rng.choice(sorted(COLORS)), rng.choice(SHAPES), rng.randrange(len(POSITIONS)), rng.randrange(3))
+def random_scene(rng: random.Random, style: str) -> Scene:
+    return Scene(rng.choice(sorted(COLORS)), rng.choice(SHAPES), rng.randrange(len(POSITIONS)), style)
 
 
 def caption_references(scene: Scene) -> list[str]:
@@ -161,7 +184,7 @@ def _task_item(task: str, rng: random.Random, writer: _Writer, name: str) -> tup
         question = f"What is the opposite of '{word}'?"
         return {"question": question}, {"question": question, "answer": answer}, answer, \
             writer.image(name, noise_image(size, rng))
-    scene = random_scene(rng)
+    scene = random_scene(rng, TASK_STYLES[task])
     image = writer.image(name, draw_scene(scene, size, rng))
     if task == "shape-caption":
         return {}, {"references": caption_references(scene)}, caption_references(scene)[0], image
@@ -232,7 +255,7 @@ def pretraining_mixture(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthS
             image = writer.image(f"{number:05d}", noise_image(sizes.image_size, rng))
             records.append(_chat(image, f"Repeat the word '{word}'.", word, f"pretrain-{number}"))
             continue
-        scene = random_scene(rng)
+        scene = random_scene(rng, rng.choice(STYLES))
         image = writer.image(f"{number:05d}", draw_scene(scene, sizes.image_size, rng))
         question, answer = (("What do you see?", f"{scene.color} {scene.shape}, {scene.position_name}."),
                             ("Name the color of the object.", scene.color),

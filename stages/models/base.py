@@ -14,6 +14,8 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..errors import UserError
+
 IGNORE = -100
 IMAGE_PLACEHOLDER = "<image>"  # how the data marks the image in the first human turn
 
@@ -24,7 +26,7 @@ LM_MLP = {"mlp.gate_proj": "mlp_gate", "mlp.up_proj": "mlp_up", "mlp.down_proj":
 VIT_MLP = {"mlp.fc1": "mlp_up", "mlp.fc2": "mlp_down"}
 
 
-class ModelFamilyError(Exception):
+class ModelFamilyError(UserError):
     """A user-facing, one-line error about a model folder or family."""
 
 
@@ -236,10 +238,13 @@ class FamilyAdapter:
         return self._batch(rows, pixels, left=True)
 
     def _batch(self, rows, pixels, left: bool, labels=None) -> dict[str, Tensor]:
-        input_ids = _pad(rows, self.tokenizer.pad_token_id, left)
+        # Generation prompts always get one padding column, for the reason given in
+        # text_features: a prompt then decodes identically alone and in any batch.
+        extra = 1 if left else 0
+        input_ids = _pad(rows, self.tokenizer.pad_token_id, left, extra)
         batch = {
             "input_ids": input_ids,
-            "attention_mask": _pad([[1] * len(r) for r in rows], 0, left),
+            "attention_mask": _pad([[1] * len(r) for r in rows], 0, left, extra),
             **pixels,
             **self._extra_inputs(input_ids),
         }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 from .base import FamilyAdapter, ModelFamilyError
 from .internvl import InternVLAdapter
@@ -33,11 +34,16 @@ def detect_family(path: Path) -> type[FamilyAdapter]:
     raise ModelFamilyError(f"{path}: model_type {model_type!r} is not supported; supported families: {supported}")
 
 
-def load_family(path: Path, *, device="cpu", dtype=None, trust_remote_code: bool = False) -> FamilyAdapter:
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool = False) -> FamilyAdapter:
     """Load model, tokenizer and image processor offline; the model is in eval mode.
-    dtype defaults to bf16 on CUDA and fp32 elsewhere."""
+    device defaults to CUDA when available; dtype to bf16 on CUDA and fp32 elsewhere."""
     adapter = detect_family(path)
-    device = torch.device(device)
+    transformers_logging.disable_progress_bar()  # the stages draw their own progress
+    device = torch.device(device) if device is not None else default_device()
     on_cuda = device.type == "cuda"
     dtype = dtype or (torch.bfloat16 if on_cuda else torch.float32)
     flash = on_cuda and importlib.util.find_spec("flash_attn") is not None

@@ -1,0 +1,25 @@
+"""The `dmole` command: one Typer app mapping sub-commands to plain stage functions.
+
+Heavy libraries (torch, transformers, peft) are imported inside command bodies so that
+`dmole --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import inspect_cmds, stage_cmds, workspace_cmds
+
+app = typer.Typer(
+    name="dmole", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+    help="Continual multimodal instruction tuning (D-MoLE) and learned layer skipping (RoE), as resumable "
+         "stages over versioned artifacts.\n\nStart with [bold]dmole demo[/], or [bold]dmole synth[/] / "
+         "[bold]dmole init[/] and then loop over [bold]dmole tasks[/].")
+
+workspace_cmds.register(app)
+stage_cmds.register(app)
+inspect_cmds.register(app)
+
+
+def main() -> None:
+    app()

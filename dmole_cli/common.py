@@ -1,0 +1,56 @@
+"""What every command shares: the workspace option, the console, and turning user errors into one line."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+WorkspaceOption = Annotated[Path, typer.Option(
+    "--workspace", "-w", envvar="DMOLE_WORKSPACE", show_default="current folder",
+    help="Workspace folder (holds workspace.json and the artifacts).")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Recompute even if the latest version is up to date.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; only the summary line.")]
+
+
+def default_workspace(path: Path | None) -> Path:
+    return (path or Path(os.getcwd())).expanduser()
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input, not a bug. Imported lazily so `dmole --help` stays fast."""
+    from artifacts import ArtifactError
+    from stages.errors import UserError
+
+    return UserError, ArtifactError
+
+
+def handles_user_errors(command: Callable) -> Callable:
+    """Print a user error as one red line on stderr and exit with status 2 (tracebacks are for bugs)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except Exception as error:
+            if isinstance(error, user_errors()):
+                err_console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+                raise typer.Exit(2) from None
+            raise
+
+    return wrapper
+
+
+def print_summary(result) -> None:
+    """The one line every stage ends with."""
+    style = "dim" if result.up_to_date else "green"
+    console.print(f"[{style}]{result.summary()}[/]", soft_wrap=True)

@@ -1,0 +1,107 @@
+"""Commands that look at artifacts: `ls` and `show`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .common import JsonOption, WorkspaceOption, console, default_workspace, handles_user_errors
+
+STATUS_STYLE = {"ok": "green", "stale": "yellow", "tampered": "bold red"}
+
+
+def _project(workspace):
+    from stages.project import Project
+
+    return Project.open(default_workspace(workspace))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@handles_user_errors
+def ls(json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
+    """List the latest artifact of every stage and task: version, creation time, size and status."""
+    from stages.inspect import listing
+
+    rows = listing(_project(workspace))
+    if json_output:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="artifacts")
+    for column in ("stage", "task", "version", "created", "size", "status"):
+        table.add_column(column, justify="right" if column in ("version", "size") else "left")
+    for row in rows:
+        style = STATUS_STYLE.get(row["status"], "")
+        table.add_row(row["stage"], row["task"], f"v{row['version']}", row["created"], _size(row["bytes"]),
+                      f"[{style}]{row['status']}[/]")
+    console.print(table if rows else "no artifacts yet")
+
+
+def _render_artifact(info: dict) -> None:
+    status = info["status"] + (f" ({'; '.join(info['stale_because'])})" if info["stale_because"] else "")
+    console.rule(f"{info['stage']} / {info['task']} v{info['version']}")
+    console.print(f"path: {info['path']}\ncreated: {info['created']}   status: {status}\n"
+                  f"config hash: {info['config_hash'][:16]}…   inputs: "
+                  + (", ".join(f"{i['stage']}/{i['task']} v{i['version']}" for i in info["inputs"]) or "none"),
+                  soft_wrap=True)
+    if info["summary"]:
+        summary = Table("summary", "value", show_header=False)
+        for key, value in info["summary"].items():
+            summary.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+        console.print(summary)
+    for described in info["tables"]:
+        table = Table(*described["columns"], title=f"{described['file']} ({described['rows']} rows)")
+        for row in described["head"]:
+            table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+        console.print(table)
+        if described["stats"]:
+            stats = Table("column", "min", "mean", "max", title="statistics")
+            for column, values in described["stats"].items():
+                stats.add_row(column, *(f"{values[k]:.4g}" for k in ("min", "mean", "max")))
+            console.print(stats)
+
+
+def _render_confusion(confusion: dict[str, dict[str, int]]) -> None:
+    if not confusion:
+        return
+    columns = list(next(iter(confusion.values())))
+    table = Table("true task \\ routed", *columns, "own %", title="routing confusion (held-out test samples)")
+    for true_task, row in confusion.items():
+        total = sum(row.values())
+        own = 100 * row.get(true_task, 0) / total if total else 0.0
+        table.add_row(true_task, *(str(row[c]) for c in columns), f"{own:.1f}")
+    console.print(table)
+
+
+@handles_user_errors
+def show(
+    stage: Annotated[str, typer.Argument(help="Stage name, e.g. embed, fit-router, zc-score, allocate, eval.")],
+    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task (default: every task).")] = None,
+    version: Annotated[Optional[int], typer.Option(help="Version number (default: the latest).")] = None,
+    json_output: JsonOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Summarise an artifact: manifest, table heads and statistics (fit-router adds the routing confusion)."""
+    from stages.inspect import describe_stage
+
+    result = describe_stage(_project(workspace), stage, task, version)
+    if json_output:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    for info in result["artifacts"]:
+        _render_artifact(info)
+    _render_confusion(result.get("confusion", {}))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ls")(ls)
+    app.command()(show)

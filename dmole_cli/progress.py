@@ -1,0 +1,37 @@
+"""Rich progress bars (rate, remaining time, live status such as the loss) behind the stages' Progress protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from .common import err_console
+
+
+class _Bar:
+    def __init__(self, progress: Progress, task_id):
+        self.progress, self.task_id = progress, task_id
+
+    def advance(self, steps: int = 1, **status: object) -> None:
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in status.items())
+        self.progress.update(self.task_id, advance=steps, status=text)
+
+
+def rich_progress(quiet: bool = False):
+    """A Progress factory for stage functions; ``quiet`` returns the stages' silent one."""
+    if quiet:
+        from stages.progress import silent
+
+        return silent
+
+    @contextmanager
+    def factory(description: str, total: int) -> Iterator[_Bar]:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            yield _Bar(progress, progress.add_task(description, total=total, status=""))
+
+    return factory

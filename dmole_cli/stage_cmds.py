@@ -1,0 +1,162 @@
+"""The per-task stage commands: each parses options, opens the workspace and calls one stage function."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .common import (ForceOption, QuietOption, WorkspaceOption, default_workspace, handles_user_errors,
+                     print_summary)
+from .progress import rich_progress
+
+TaskOption = Annotated[str, typer.Option("--task", "-t", help="Task name (see `dmole tasks`).")]
+
+
+def _project(workspace):
+    from stages.project import Project
+
+    return Project.open(default_workspace(workspace))
+
+
+@handles_user_errors
+def embed(
+    task: TaskOption,
+    batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass. [default: 16]")] = None,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Sequence representation (frozen base, no experts) of the task's train and test samples, to Parquet."""
+    from stages.config import stage_options
+    from stages.embed import STAGE, EmbedOptions, embed as run
+
+    project = _project(workspace)
+    options = stage_options(project.config, STAGE, EmbedOptions, {"batch_size": batch_size})
+    print_summary(run(project, task, options, force=force, progress=rich_progress(quiet)))
+
+
+@handles_user_errors
+def fit_router(
+    task: TaskOption,
+    quantile: Annotated[Optional[float], typer.Option(help="Threshold = this quantile of the task's own "
+                                                           "reconstruction errors. [default: 0.95]")] = None,
+    max_fit_samples: Annotated[Optional[int], typer.Option(help="Seeded cap on the fit set. [default: all]")]
+    = None,
+    force: ForceOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Fit the task's autoencoder router on its training embeddings and set its threshold."""
+    from stages.config import stage_options
+    from stages.fit_router import STAGE, FitRouterOptions, fit_router as run
+
+    project = _project(workspace)
+    options = stage_options(project.config, STAGE, FitRouterOptions,
+                            {"quantile": quantile, "max_fit_samples": max_fit_samples})
+    print_summary(run(project, task, options, force=force))
+
+
+MethodOption = Annotated[Optional[str], typer.Option(
+    help="dmole, seq-lora, finetune or joint. [default: the workspace's method]")]
+
+
+@handles_user_errors
+def zc_score(
+    task: TaskOption,
+    portion: Annotated[Optional[float], typer.Option(help="Fraction p of the training set (at least 4 batches "
+                                                          "of 2 are used). [default: 0.01]")] = None,
+    include_mlp: Annotated[Optional[bool], typer.Option("--include-mlp/--attention-only",
+                                                        help="Also score MLP projections. [default: attention only]")]
+    = None,
+    force: ForceOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Zero-cost proxy: gradient norm of every candidate module of both towers on the frozen base."""
+    from stages.config import stage_options
+    from stages.zc_score import STAGE, ZcScoreOptions, zc_score as run
+
+    project = _project(workspace)
+    options = stage_options(project.config, STAGE, ZcScoreOptions, {"portion": portion, "include_mlp": include_mlp})
+    print_summary(run(project, task, options, force=force))
+
+
+@handles_user_errors
+def allocate(
+    task: TaskOption,
+    budget: Annotated[Optional[str], typer.Option(help="A fraction of the candidate modules (0.5) or a "
+                                                       "parameter count (2M, 500k). [default: 0.5]")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="Expert rank, for parameter budgets. [default: 8]")] = None,
+    force: ForceOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Choose the task's expert modules: budget split between towers by gradient share (vision >= 25%)."""
+    from stages.allocate import STAGE, AllocateOptions, allocate as run
+    from stages.config import stage_options
+
+    project = _project(workspace)
+    options = stage_options(project.config, STAGE, AllocateOptions, {"budget": budget, "rank": rank})
+    print_summary(run(project, task, options, force=force))
+
+
+@handles_user_errors
+def train_task(
+    task: TaskOption,
+    method: MethodOption = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Epochs. [default: the task's registry value, else 1]")]
+    = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size. [default: registry value, else 8]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate. [default: 1e-4]")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(
+        help="Optimizer steps between resume checkpoints; a killed run resumes from the last one. [default: 50]")]
+    = None,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Train the task's new LoRA experts (D-MoLE) or the baseline's adapter; resumes automatically."""
+    from stages.config import stage_options
+    from stages.train_task import STAGE, TrainTaskOptions, train_task as run
+
+    project = _project(workspace)
+    options = stage_options(project.config, STAGE, TrainTaskOptions,
+                            {"method": method, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                             "checkpoint_every": checkpoint_every})
+    print_summary(run(project, task, options, force=force, progress=rich_progress(quiet)))
+
+
+@handles_user_errors
+def eval_(
+    after: Annotated[Optional[str], typer.Option(help="Evaluate the model as it stands after this task.")] = None,
+    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="Evaluate the base model (row 0).")] = False,
+    method: MethodOption = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Generation batch size. [default: 8]")] = None,
+    routing: Annotated[Optional[str], typer.Option(
+        help="per-sample (default, batch-size independent) or batch-vote (the reference).")] = None,
+    threshold_scale: Annotated[Optional[float], typer.Option(help="Multiply every router threshold. [default: 1]")]
+    = None,
+    caption_tokenizer: Annotated[Optional[str], typer.Option(help="simple (default) or ptb (needs java).")] = None,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Evaluate on the test split of every task (seen and unseen), greedy decoding, each family's metric."""
+    from stages.config import stage_options
+    from stages.errors import UserError
+    from stages.evaluate import STAGE, ZERO_SHOT, EvalOptions, evaluate as run
+
+    if zero_shot == (after is not None):
+        raise UserError("give exactly one of --after TASK or --zero-shot")
+    project = _project(workspace)
+    options = stage_options(project.config, STAGE, EvalOptions,
+                            {"method": method, "batch_size": batch_size, "routing": routing,
+                             "threshold_scale": threshold_scale, "caption_tokenizer": caption_tokenizer})
+    print_summary(run(project, ZERO_SHOT if zero_shot else after, options, force=force, progress=rich_progress(quiet)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(embed)
+    app.command("fit-router")(fit_router)
+    app.command("zc-score")(zc_score)
+    app.command()(allocate)
+    app.command("train-task")(train_task)
+    app.command("eval")(eval_)

@@ -1,0 +1,118 @@
+"""Workspace-level commands: `init`, `tasks`, `synth`, `demo`, `report`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import (JsonOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
+                     print_summary)
+
+
+@handles_user_errors
+def init(
+    model: Annotated[Path, typer.Option(help="Local Hugging Face model folder (LLaVA, InternVL or Qwen2-VL).")],
+    data: Annotated[Path, typer.Option(help="Data root in the D-MoLE layout, with a tasks.json registry.")],
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task sequence (default: the registry's).")] = None,
+    registry: Annotated[Optional[Path], typer.Option(help="Task registry file [default: DATA/tasks.json].")] = None,
+    method: Annotated[str, typer.Option(help="Default method: dmole, seq-lora, finetune or joint.")] = "dmole",
+    seed: Annotated[int, typer.Option(help="Seed recorded for every stage.")] = 42,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing workspace.json.")] = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Write workspace.json: the model, the data root, the ordered task registry and defaults."""
+    from stages.init import create_workspace
+
+    root = default_workspace(workspace)
+    names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
+    config = create_workspace(root, model=model, data=data, tasks=names, registry=registry, method=method,
+                              seed=seed, overwrite=overwrite)
+    console.print(f"init: wrote {root / 'workspace.json'} with {len(config.tasks)} tasks: "
+                  f"{', '.join(config.task_names)}")
+
+
+@handles_user_errors
+def tasks(workspace: WorkspaceOption = None) -> None:
+    """Print the task sequence, one name per line (for shell loops: `for t in $(dmole tasks)`)."""
+    from stages.project import Project
+
+    for name in Project.open(default_workspace(workspace)).config.task_names:
+        print(name)
+
+
+@handles_user_errors
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder for the benchmark, the tiny base model and the workspace.")]
+    = Path("dmole-synth"),
+    family: Annotated[str, typer.Option(help="Model family of the tiny base: llava, internvl or qwen2vl.")] = "llava",
+    seed: Annotated[int, typer.Option(help="Seed of the data and of the base model.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Regenerate even if the folder already holds a benchmark.")]
+    = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Generate the synthetic benchmark (5 tasks, every metric family), pre-train its tiny base model, and
+    write a ready workspace at OUT/workspace."""
+    from stages.synth import synthesize
+
+    from .progress import rich_progress
+
+    result = synthesize(out, family=family, seed=seed, force=force, progress=rich_progress(quiet))
+    console.print(result.summary(), soft_wrap=True)
+
+
+@handles_user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the benchmark, model and workspace (reused if present).")]
+    = Path("dmole-demo"),
+    family: Annotated[str, typer.Option(help="Model family of the tiny base: llava, internvl or qwen2vl.")] = "llava",
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data and base model.")] = 0,
+    quiet: QuietOption = False,
+) -> None:
+    """The whole method on the synthetic benchmark: D-MoLE, seq-lora and finetune over every task, then the
+    side-by-side table (Last, AVG, BWT) and a markdown report. Resumes where it stopped."""
+    from stages.demo import demo as run
+
+    from .progress import rich_progress
+    from .reporting import print_method_table
+
+    def show(result) -> None:
+        if not quiet or not result.up_to_date:
+            print_summary(result)
+
+    outcome = run(out, family=family, seed=seed, on_synth=lambda r: console.print(r.summary(), soft_wrap=True),
+                  on_result=show, progress=rich_progress(quiet))
+    print_method_table(outcome.report.version)
+    console.print(f"demo: finished in {outcome.seconds:.0f}s; report at "
+                  f"{outcome.report.version.path / 'report.md'}; workspace {outcome.workspace}", soft_wrap=True)
+
+
+@handles_user_errors
+def report(
+    force: Annotated[bool, typer.Option("--force", help="Rewrite the report even if nothing changed.")] = False,
+    json_output: JsonOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / all), BWT, FWT."""
+    from artifacts.io import read_json
+    from stages.project import Project
+    from stages.report import report as run
+
+    from .reporting import print_method_table
+
+    result = run(Project.open(default_workspace(workspace)), force=force)
+    if json_output:
+        print(json.dumps(read_json(result.version.file("cl_metrics.json")), indent=2))
+        return
+    print_method_table(result.version)
+    print_summary(result)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(init)
+    app.command()(tasks)
+    app.command()(synth)
+    app.command()(demo)
+    app.command()(report)

@@ -1,0 +1,109 @@
+"""Per-task autoencoder routers (spec/dmole.md §4): architecture, training, threshold and errors.
+
+Routers always run in fp32 on L2-normalised sequence embeddings, at fit time and at inference, so a
+threshold is always compared with errors computed the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+QUANTILE_TABLE = (("min", 0.0), ("q10", 0.10), ("q25", 0.25), ("q50", 0.50), ("q75", 0.75), ("q90", 0.90),
+                  ("q95", 0.95), ("q99", 0.99), ("max", 1.0))
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    hidden: int = 128
+    output_activation: str = "sigmoid"  # "sigmoid" (reference) or "none"
+    lr: float = 5e-3
+    min_lr: float = 1e-3
+    cosine_period: int = 1000
+    batch_size: int = 1024
+    max_epochs: int = 1000
+    patience: int = 10
+    quantile: float = 0.95
+    seed: int = 42
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, dim: int, hidden: int = 128, output_activation: str = "sigmoid"):
+        super().__init__()
+        if output_activation not in ("sigmoid", "none"):
+            raise ValueError(f"output_activation must be 'sigmoid' or 'none', not {output_activation!r}")
+        self.encoder = nn.Linear(dim, hidden)
+        self.decoder = nn.Linear(hidden, dim)
+        self.output_activation = output_activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(torch.relu(self.encoder(x)))
+        return torch.sigmoid(out) if self.output_activation == "sigmoid" else out
+
+
+def normalise(embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(embeddings, dtype=torch.float32)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def reconstruction_errors(model: Autoencoder, embeddings: np.ndarray | torch.Tensor,
+                          chunk: int = 4096) -> np.ndarray:
+    """e(x) = mean over dimensions of the squared reconstruction error of the normalised embedding."""
+    model.eval()
+    x = normalise(embeddings)
+    parts = [((model(part) - part) ** 2).mean(dim=1) for part in x.split(chunk)]
+    return torch.cat(parts).numpy().astype(np.float64)
+
+
+@dataclass
+class FittedRouter:
+    model: Autoencoder
+    threshold: float
+    epochs: int
+    final_loss: float
+    quantiles: dict[str, float]
+
+
+def quantile_table(errors: np.ndarray) -> dict[str, float]:
+    table = {name: float(np.quantile(errors, q)) for name, q in QUANTILE_TABLE}
+    table["mean"], table["std"] = float(errors.mean()), float(errors.std())
+    return table
+
+
+def fit_router(embeddings: np.ndarray, settings: RouterSettings = RouterSettings()) -> FittedRouter:
+    """Train on one task's embeddings; stop after ``patience`` epochs without a new best epoch-mean loss."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    x = normalise(embeddings)
+    model = Autoencoder(x.shape[1], settings.hidden, settings.output_activation)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.cosine_period,
+                                                           eta_min=settings.min_lr)
+    best, since_best, epoch, epoch_loss = math.inf, 0, 0, math.inf
+    model.train()
+    for epoch in range(1, settings.max_epochs + 1):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for index in order.split(settings.batch_size):
+            batch = x[index]
+            loss = nn.functional.mse_loss(model(batch), batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(index)
+        scheduler.step()
+        epoch_loss = total / len(x)
+        if epoch_loss < best:
+            best, since_best = epoch_loss, 0
+        else:
+            since_best += 1
+            if since_best >= settings.patience:
+                break
+    errors = reconstruction_errors(model, x)
+    return FittedRouter(model=model, threshold=float(np.quantile(errors, settings.quantile)), epochs=epoch,
+                        final_loss=epoch_loss, quantiles=quantile_table(errors))

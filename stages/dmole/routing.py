@@ -1,0 +1,73 @@
+"""Which tasks' experts each input uses (spec/dmole.md §8 training routing, §9 inference routing).
+
+All functions take a matrix of router errors ``errors[sample, k]`` for tasks 1..K (column k-1) and the
+thresholds ``tau[k-1]``, and return task ids (1-based). Ties always go to the lower task id.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+ROUTING_MODES = ("per-sample", "batch-vote")
+ROUTING_ORDERS = ("filter-then-rank", "rank-then-filter")
+
+
+def _ranked(errors_row: np.ndarray) -> list[int]:
+    """Task ids by increasing error, ties to the lower id (stable sort)."""
+    return [int(k) + 1 for k in np.argsort(errors_row, kind="stable")]
+
+
+def candidates(errors_row: np.ndarray, tau: np.ndarray, scale: float = 1.0) -> list[int]:
+    """C(x): tasks whose router accepts x (e_k < tau_k * scale), best first."""
+    return [k for k in _ranked(errors_row) if errors_row[k - 1] < tau[k - 1] * scale]
+
+
+def per_sample(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, top: int = 2,
+               order: str = "filter-then-rank") -> list[tuple[int, ...]]:
+    """The default inference rule: the (up to) ``top`` lowest-error accepted tasks; none means the base model."""
+    if order not in ROUTING_ORDERS:
+        raise ValueError(f"routing order must be one of {ROUTING_ORDERS}")
+    routed = []
+    for row in errors:
+        if order == "filter-then-rank":
+            chosen = candidates(row, tau, scale)[:top]
+        else:
+            chosen = [k for k in _ranked(row)[:top] if row[k - 1] < tau[k - 1] * scale]
+        routed.append(tuple(chosen))
+    return routed
+
+
+def batch_vote(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, support: float = 0.3,
+               stage: int | None = None) -> tuple[int, ...]:
+    """The reference rule: one expert set for the whole batch from the per-sample top-1 votes."""
+    votes = Counter(best[0] for row in errors if (best := candidates(row, tau, scale)))
+    voters = sum(votes.values())
+    if voters == 0:
+        return ()
+    ranked = sorted(votes.items(), key=lambda item: (-item[1], item[0]))
+    chosen = [ranked[0][0]]
+    stage = errors.shape[1] if stage is None else stage
+    if stage > 1 and len(ranked) > 1 and ranked[1][1] / voters >= support:
+        chosen.append(ranked[1][0])
+    return tuple(chosen)
+
+
+def training_partner(errors_past: np.ndarray, tau_past: np.ndarray) -> list[int | None]:
+    """Per sample, the one past task (1..t-1) whose frozen experts join task t's during training."""
+    partners = []
+    for row in errors_past:
+        accepted = candidates(row, tau_past)
+        partners.append(accepted[0] if accepted else None)
+    return partners
+
+
+def training_partner_vote(errors_past: np.ndarray, tau_past: np.ndarray, support: float = 0.3) -> int | None:
+    """The reference's per-micro-batch variant: the most-voted past task if it has enough support."""
+    votes = Counter(p for p in training_partner(errors_past, tau_past) if p is not None)
+    voters = sum(votes.values())
+    if voters == 0:
+        return None
+    task, count = min(votes.items(), key=lambda item: (-item[1], item[0]))
+    return task if count / voters >= support else None

@@ -1,0 +1,89 @@
+"""Stage `embed`: the frozen base model's sequence representation of every train and test sample.
+
+s(x) = concat(max-pooled last vision-encoder states of the thumbnail, max-pooled final normed LM states
+of the user turn alone, padding excluded), computed once with no experts (spec/dmole.md §3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from artifacts import Writer
+from artifacts.io import fixed_size_float_list, write_parquet
+
+from .config import Strict, TaskSpec
+from .data.images import load_image
+from .data.prompts import render_prompt
+from .data.tasks import load_eval_samples, load_train_samples, task_files
+from .progress import Progress, silent
+from .project import Project
+from .runner import StageResult, fingerprint, model_files, run_stage
+
+STAGE = "embed"
+SPLITS = ("train", "test")
+
+
+class EmbedOptions(Strict):
+    batch_size: int = Field(default=16, gt=0, description="samples per forward pass")
+
+
+def split_texts(project: Project, task: TaskSpec) -> dict[str, list[tuple[str, Path, str]]]:
+    """Per split, (sample id, image path, user text) with every file validated before any model work."""
+    train = load_train_samples(project.data_root, task)
+    test = load_eval_samples(project.data_root, task)
+    return {"train": [(s.id, s.image, s.question) for s in train],
+            "test": [(s.id, s.image, render_prompt(task, s)) for s in test]}
+
+
+def source_fingerprint(project: Project, task: TaskSpec) -> dict:
+    return {"data": fingerprint(task_files(project.data_root, task)),
+            "model": fingerprint(model_files(project.model_path))}
+
+
+def embedding_metadata(adapter) -> dict[str, str]:
+    template = adapter.tokenizer.chat_template or ""
+    return {"model": str(adapter.model.name_or_path), "family": adapter.family, "d_vision": str(adapter.d_vision),
+            "d_language": str(adapter.d_language), "pooling": "max/max-nonpad", "dtype": "float32",
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}
+
+
+def compute_embeddings(adapter, items: list[tuple[str, Path, str]], batch_size: int,
+                       progress: Progress = silent, description: str = "embedding") -> np.ndarray:
+    """The sequence embeddings of ``items`` in order; the same function serves samples missing from a cache."""
+    rows = []
+    with progress(description, total=len(items)) as bar:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            images = [load_image(path) for _, path, _ in chunk]
+            texts = [text for _, _, text in chunk]
+            vision = adapter.vision_features(images)
+            language = adapter.text_features(texts)
+            rows.append(np.concatenate([vision.float().cpu().numpy(), language.float().cpu().numpy()], axis=1))
+            bar.advance(len(chunk))
+    return np.concatenate(rows).astype(np.float32)
+
+
+def embed(project: Project, task_name: str, options: EmbedOptions = EmbedOptions(), *, force: bool = False,
+          progress: Progress = silent) -> StageResult:
+    task = project.config.task(task_name)
+    splits = split_texts(project, task)
+    config = {"options": options.model_dump(), "task": task.model_dump(), "sources": source_fingerprint(project, task)}
+
+    def compute(writer: Writer) -> None:
+        from .models.registry import load_family
+
+        adapter = load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
+        metadata = embedding_metadata(adapter)
+        for split, items in splits.items():
+            matrix = compute_embeddings(adapter, items, options.batch_size, progress, f"embed {task_name} {split}")
+            write_parquet(writer.path(f"{split}.parquet"), {
+                "sample_id": [sample_id for sample_id, _, _ in items], "task": [task_name] * len(items),
+                "split": [split] * len(items), "embedding": fixed_size_float_list(matrix)}, metadata=metadata)
+            writer.meta[f"n_{split}"] = len(items)
+        writer.meta.update(dim=int(matrix.shape[1]), **metadata)
+
+    return run_stage(project, STAGE, task_name, config=config, inputs=[], compute=compute, force=force)

@@ -1,0 +1,61 @@
+"""Batched greedy generation for one task's evaluation samples, and scoring by the task's metric family.
+
+Callers that change the model per batch (D-MoLE's per-sample experts, RoE's routing plan) pass
+``around_batch``: a function of the batch's sample indices returning a context manager that is held
+while that batch generates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from ..config import TaskSpec
+from ..data.images import load_image
+from ..data.prompts import render_prompt
+from ..data.samples import EvalSample
+from ..metrics.families import score_family
+from ..progress import Progress, silent
+
+AroundBatch = Callable[[list[int]], AbstractContextManager]
+
+
+@dataclass
+class TaskScore:
+    score: float
+    per_sample: list[float]
+    parsed: list[str | None]
+
+
+@torch.no_grad()
+def predict(adapter, task: TaskSpec, samples: Sequence[EvalSample], *, batch_size: int = 8,
+            model: torch.nn.Module | None = None, around_batch: AroundBatch | None = None,
+            progress: Progress = silent, description: str | None = None) -> list[str]:
+    """Greedy predictions (one beam, no sampling, left padding), whitespace-stripped, in sample order."""
+    model = model if model is not None else adapter.model
+    model.eval()
+    max_new, min_new = task.generation_limits
+    eos = adapter.tokenizer.eos_token_id
+    predictions: list[str] = []
+    with progress(description or f"eval {task.name}", total=len(samples)) as bar:
+        for start in range(0, len(samples), batch_size):
+            indices = list(range(start, min(start + batch_size, len(samples))))
+            chunk = [samples[i] for i in indices]
+            inputs = adapter.generation_batch([load_image(s.image) for s in chunk],
+                                              [render_prompt(task, s) for s in chunk])
+            with (around_batch(indices) if around_batch else nullcontext()):
+                output = model.generate(**inputs, max_new_tokens=max_new, min_new_tokens=min_new, do_sample=False,
+                                        num_beams=1, eos_token_id=eos, pad_token_id=adapter.tokenizer.pad_token_id)
+            predictions += adapter.decode_new_tokens(output, inputs["input_ids"].shape[1])
+            bar.advance(len(chunk))
+    return predictions
+
+
+def score_predictions(task: TaskSpec, samples: Sequence[EvalSample], predictions: list[str],
+                      caption_tokenizer: str = "simple") -> TaskScore:
+    score, per_sample, parsed = score_family(task.family, predictions, [s.references for s in samples],
+                                             caption_tokenizer=caption_tokenizer)
+    return TaskScore(score, per_sample, parsed)

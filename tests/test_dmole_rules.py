@@ -1,0 +1,113 @@
+"""The spec's D-MoLE formulas on small hand-computed cases (spec/dmole.md §4, §6, §8, §9)."""
+
+import numpy as np
+import pytest
+
+from stages.allocate import parse_budget
+from stages.dmole.allocation import AllocationError, ScoredModule, allocate, split_modules
+from stages.dmole.router import RouterSettings, fit_router, quantile_table, reconstruction_errors
+from stages.dmole.routing import batch_vote, per_sample, training_partner, training_partner_vote
+
+
+def modules(vision_scores, language_scores, width=4):
+    return ([ScoredModule(f"v.{i:02d}", "vision", s, width, width) for i, s in enumerate(vision_scores)]
+            + [ScoredModule(f"l.{i:02d}", "language", s, width, width) for i, s in enumerate(language_scores)])
+
+
+@pytest.mark.parametrize("pi_vision, expected", [(0.2, (12, 36)), (0.4, (19, 29)), (0.1, (12, 36))])
+def test_split_follows_the_spec_examples_and_floor(pi_vision, expected):
+    # spec §6: with B = 48, pi_V = 0.2 gives 12 (the floor); 0.4 gives 19; a lower share still gets the floor.
+    assert split_modules(48, pi_vision, 48, 48) == expected
+
+
+def test_split_moves_excess_to_the_other_tower():
+    assert split_modules(10, 0.9, 4, 20) == (4, 6)
+    assert split_modules(10, 0.0, 20, 5) == (5, 5)
+
+
+def test_allocation_takes_top_modules_per_tower_with_name_tie_break():
+    scored = modules([1.0, 3.0, 3.0, 0.5], [2.0, 2.0, 9.0, 1.0])
+    result = allocate(scored, fraction=0.5)  # B = 4 of 8, pi_V = 7.5 / 21.5 -> round(1.395) = 1, floor 1
+    assert (result.n_vision, result.n_language) == (1, 3)
+    assert result.selected == sorted(["v.01", "l.02", "l.00", "l.01"])  # v.01 beats v.02 on the name
+    assert result.pi_vision == pytest.approx(7.5 / 21.5)
+    assert result.expert_parameters == 4 * 8 * (4 + 4)
+
+
+def test_allocation_is_cumulative_over_tasks():
+    scored = modules([1.0, 2.0], [3.0, 4.0])
+    first = allocate(scored, fraction=0.5, task_id=1)
+    second = allocate(scored, fraction=0.5, previous=first.cumulative, task_id=2)
+    assert second.cumulative["l.01"] == [1, 2]
+    assert all(len(ids) in (0, 2) for ids in second.cumulative.values())
+    assert set(second.cumulative) == {m.module for m in scored}
+
+
+def test_parameter_budget_takes_a_prefix_that_fits():
+    scored = modules([4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.0], width=4)  # each module costs 8 * 8 = 64
+    result = allocate(scored, parameters=256, rank=8)  # pi_V = 0.5: 128 per tower -> 2 modules each
+    assert (result.n_vision, result.n_language) == (2, 2)
+    assert result.expert_parameters == 256
+
+
+def test_allocation_errors_are_user_errors():
+    with pytest.raises(AllocationError, match="every zero-cost score is 0"):
+        allocate(modules([0.0], [0.0]), fraction=0.5)
+    with pytest.raises(AllocationError, match="out of range"):
+        allocate(modules([1.0], [1.0]), fraction=1.5)
+    with pytest.raises(AllocationError, match="cannot hold"):
+        allocate(modules([1.0], [1.0]), parameters=3)
+
+
+@pytest.mark.parametrize("text, parsed", [("0.5", (0.5, None)), ("1", (1.0, None)), ("2M", (None, 2_000_000)),
+                                          ("500k", (None, 500_000)), ("120000", (None, 120_000))])
+def test_budget_parsing(text, parsed):
+    assert parse_budget(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["-0.5", "0", "abc", "1.5"])
+def test_budget_parsing_rejects_nonsense(text):
+    with pytest.raises(ValueError):
+        parse_budget(text)
+
+
+def test_per_sample_routing_spec_example():
+    # spec §9: tau = (0.010, 0.020, 0.015), e = (0.012, 0.018, 0.011)
+    tau, errors = np.array([0.010, 0.020, 0.015]), np.array([[0.012, 0.018, 0.011]])
+    assert per_sample(errors, tau) == [(3, 2)]
+    assert per_sample(errors, tau, order="rank-then-filter") == [(3,)]
+    assert per_sample(np.array([[0.5, 0.5, 0.5]]), tau) == [()]  # nobody accepts: the base model answers
+    assert per_sample(errors, tau, scale=2.0) == [(3, 1)]
+
+
+def test_batch_vote_spec_examples():
+    tau = np.array([1.0, 1.0, 1.0])
+    # ten samples: 6 vote for task 3, 3 for task 2, 1 abstains -> {3, 2} since 3/9 >= 0.3
+    votes = [[0.9, 0.9, 0.1]] * 6 + [[0.9, 0.1, 0.9]] * 3 + [[2.0, 2.0, 2.0]]
+    assert batch_vote(np.array(votes), tau) == (3, 2)
+    # five samples: 4 vote for 3, 1 for 2 -> {3}, since 1/5 < 0.3
+    assert batch_vote(np.array([[0.9, 0.9, 0.1]] * 4 + [[0.9, 0.1, 0.9]]), tau) == (3,)
+    assert batch_vote(np.array([[2.0, 2.0, 2.0]]), tau) == ()
+
+
+def test_training_partner_is_the_lowest_error_accepted_past_task_ties_to_lower_id():
+    tau = np.array([0.5, 0.5])
+    errors = np.array([[0.1, 0.1], [0.9, 0.2], [0.9, 0.9]])
+    assert training_partner(errors, tau) == [1, 2, None]
+    assert training_partner_vote(errors, tau) == 1  # votes 1 and 2 tie: the lower id wins, 1/2 >= 0.3
+
+
+def test_threshold_is_the_quantile_of_in_task_errors():
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(200, 16)).astype(np.float32)
+    fitted = fit_router(data, RouterSettings(max_epochs=30, batch_size=64, quantile=0.9))
+    errors = reconstruction_errors(fitted.model, data)
+    assert fitted.threshold == pytest.approx(np.quantile(errors, 0.9))
+    assert fitted.quantiles["q90"] == pytest.approx(fitted.threshold)
+    assert (errors < fitted.threshold).mean() == pytest.approx(0.9, abs=0.01)
+
+
+def test_quantile_table_on_a_hand_case():
+    table = quantile_table(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert (table["min"], table["q50"], table["max"], table["mean"]) == (1.0, 3.0, 5.0, 3.0)
+    assert table["q25"] == 2.0 and table["q75"] == 4.0  # linear interpolation
