@@ -1,0 +1,148 @@
+"""D-MoLE experts as standard PEFT LoRA adapters, with per-sample expert sets (spec/dmole.md §7).
+
+Task k's expert is the PEFT adapter named ``task_k`` whose ``target_modules`` are exactly its
+allocated modules. All adapters are active in PEFT's sense; which ones count for a sample is decided
+by a 0/1 weight applied in a forward hook on each adapter's ``lora_B``:
+
+    y = W0 x + (alpha / r) * sum_k w_k(sample) * B_k A_k dropout(x)
+
+The weights live in a context variable set around each forward or generate call, never on modules,
+so concurrent requests cannot leak into each other. A forward without weights is an error rather
+than a silent "all experts on".
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+ADAPTER_PREFIX = "task_"
+
+
+def adapter_name(task_id: int) -> str:
+    return f"{ADAPTER_PREFIX}{task_id}"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+
+    def config(self, target_modules: Sequence[str], base_model: str = "") -> LoraConfig:
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
+                          target_modules=sorted(target_modules), base_model_name_or_path=base_model or None)
+
+
+@dataclass(frozen=True)
+class _Routing:
+    weights: dict[str, torch.Tensor]          # adapter name -> [batch] 0/1 weights
+    vision_rows: torch.Tensor | None         # vision activation row -> sample index, when rows != samples
+
+
+_ROUTING: contextvars.ContextVar[_Routing | None] = contextvars.ContextVar("dmole_expert_routing", default=None)
+
+
+@contextmanager
+def routed(routes: Sequence[Sequence[int]], adapters: Sequence[str], *,
+           vision_rows: torch.Tensor | None = None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Activate, per sample, the experts of the task ids in ``routes[i]`` (empty: the base model answers)."""
+    weights = {}
+    for name in adapters:
+        task_id = int(name.removeprefix(ADAPTER_PREFIX))
+        weights[name] = torch.tensor([1.0 if task_id in route else 0.0 for route in routes], device=device)
+    token = _ROUTING.set(_Routing(weights, vision_rows))
+    try:
+        yield
+    finally:
+        _ROUTING.reset(token)
+
+
+def _mask_hook(adapter: str, tower: str):
+    def hook(module, inputs, output):
+        routing = _ROUTING.get()
+        if routing is None:
+            raise RuntimeError("an expert layer ran outside `routed(...)`: the per-sample expert set is unknown")
+        weight = routing.weights.get(adapter)
+        if weight is None:
+            return output * 0.0
+        rows = output.shape[0]
+        if rows != weight.shape[0]:
+            if tower != "vision" or routing.vision_rows is None:
+                raise RuntimeError(f"{rows} activation rows for {weight.shape[0]} samples in a {tower} expert")
+            weight = weight[routing.vision_rows]
+        return output * weight.to(output.dtype).view(rows, *([1] * (output.dim() - 1)))
+
+    return hook
+
+
+class ExpertModel:
+    """A base model plus named task experts, with per-sample routing and strict freezing."""
+
+    def __init__(self, base: torch.nn.Module, towers: dict[str, str], base_model_id: str = ""):
+        self.base, self.towers, self.base_model_id = base, towers, base_model_id
+        self.peft: PeftModel | None = None
+        self._hooked: set[str] = set()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.peft if self.peft is not None else self.base
+
+    @property
+    def adapters(self) -> list[str]:
+        return sorted(self.peft.peft_config, key=lambda n: int(n.removeprefix(ADAPTER_PREFIX))) if self.peft else []
+
+    def load_expert(self, task_id: int, folder: Path) -> None:
+        name = adapter_name(task_id)
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.base, folder, adapter_name=name, is_trainable=False)
+        else:
+            self.peft.load_adapter(folder, adapter_name=name, is_trainable=False)
+        self._activate_all()
+
+    def add_expert(self, task_id: int, modules: Sequence[str], settings: LoraSettings) -> list[torch.nn.Parameter]:
+        """Add task ``task_id``'s fresh expert and make it, and only it, trainable."""
+        name = adapter_name(task_id)
+        config = settings.config(modules, self.base_model_id)
+        if self.peft is None:
+            self.peft = get_peft_model(self.base, config, adapter_name=name)
+        else:
+            self.peft.add_adapter(name, config)
+        self._activate_all()
+        return self.freeze_all_but(task_id, expected=settings.rank * self._width(modules))
+
+    def freeze_all_but(self, task_id: int, expected: int | None = None) -> list[torch.nn.Parameter]:
+        """PEFT re-enables gradients on every adapter it activates: freeze all but one, then check the count."""
+        marker = f".{adapter_name(task_id)}."
+        trainable = []
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(marker in f"{name}.")
+            if param.requires_grad:
+                trainable.append(param)
+        count = sum(p.numel() for p in trainable)
+        if expected is not None and count != expected:
+            raise RuntimeError(f"{count} trainable parameters, but the allocation gives task {task_id} {expected}")
+        return trainable
+
+    def _width(self, modules: Sequence[str]) -> int:
+        linears = dict(self.base.named_modules())
+        return sum(linears[m].in_features + linears[m].out_features for m in modules)
+
+    def _activate_all(self) -> None:
+        self.peft.base_model.set_adapter(self.adapters)
+        for module_name, module in self.peft.named_modules():
+            if not module_name.split(".")[-1].startswith(ADAPTER_PREFIX) or ".lora_B." not in f".{module_name}":
+                continue
+            if module_name in self._hooked:
+                continue
+            target = module_name.split(".lora_B.")[0].removeprefix("base_model.model.")
+            module.register_forward_hook(_mask_hook(module_name.rsplit(".", 1)[-1], self.towers[target]))
+            self._hooked.add(module_name)
+        for param in self.peft.parameters():
+            param.requires_grad_(False)

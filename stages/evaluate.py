@@ -1,0 +1,202 @@
+"""Stage `eval`: the model as it stands after task t, on the test split of every task (spec/dmole.md §10).
+
+Row 0 of the continual matrix is ``eval --zero-shot`` (the base model, shared by every method). D-MoLE
+routes each sample to up to two tasks' experts from the cached test embeddings; the baselines use
+their own stage models (see `methods.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import Field
+
+from artifacts import Version, Writer
+from artifacts.io import write_parquet
+
+from .config import Method, Strict
+from .data.tasks import load_eval_samples, task_files
+from .dmole.experts import ExpertModel, routed
+from .dmole.routing import batch_vote, per_sample
+from .embed import source_fingerprint
+from .errors import UserError
+from .evaluation.predict import predict, score_predictions
+from .fit_router import load_bank, load_embeddings
+from .methods import JOINT_TASK, dmole_model, expert_folder, merged_model, stage_name, towers, trained
+from .progress import Progress, silent
+from .project import Project
+from .runner import StageResult, run_stage
+
+STAGE = "eval"
+ZERO_SHOT = "zero-shot"
+METRIC_NAMES = {"caption": "CIDEr-D", "vqa10": "vqa-accuracy", "short": "exact-match", "choice": "letter-accuracy",
+                "grounding": "P@IoU0.5"}
+
+
+class EvalOptions(Strict):
+    method: Method | None = Field(default=None, description="dmole, seq-lora, finetune or joint")
+    batch_size: int = Field(default=8, gt=0)
+    routing: str = Field(default="per-sample", pattern="^(per-sample|batch-vote)$")
+    routing_order: str = Field(default="filter-then-rank", pattern="^(filter-then-rank|rank-then-filter)$")
+    threshold_scale: float = Field(default=1.0, gt=0)
+    top: int = Field(default=2, gt=0, description="experts per sample at most")
+    vote_support: float = Field(default=0.3, gt=0, le=1)
+    caption_tokenizer: str = Field(default="simple", pattern="^(simple|ptb)$")
+
+
+@dataclass
+class _Plan:
+    """What one evaluation loads: the model, the tasks it is scored on, its inputs and how batches route."""
+
+    model: object
+    tasks: list[str]
+    inputs: list[Version]
+    router: Callable[[str, list[int]], AbstractContextManager] | None = None  # fixed routing (oracle)
+    routes_for: Callable[[str], tuple[list[tuple[int, ...]], np.ndarray]] | None = None  # D-MoLE routing
+    experts: ExpertModel | None = None
+    thresholds: np.ndarray | None = None
+
+
+def _test_embeddings(project: Project, task: str) -> Version:
+    return project.store.require("embed", task, hint=f"dmole embed --task {task}")
+
+
+def _dmole_inputs(project: Project, stage_index: int) -> list[Version]:
+    names = project.config.task_names
+    return ([trained(project, "dmole", n) for n in names[:stage_index]]
+            + [project.store.require("fit-router", n, hint=f"dmole fit-router --task {n}") for n in names[:stage_index]]
+            + [_test_embeddings(project, n) for n in names])
+
+
+def _dmole_routing(project: Project, stage_index: int, options: EvalOptions):
+    """Per task, the routed expert set of each test sample (and the router errors behind it)."""
+    bank = load_bank(project, project.config.task_names[:stage_index])
+
+    def routes_for(task: str) -> tuple[list[tuple[int, ...]], np.ndarray]:
+        ids, matrix, metadata = load_embeddings(_test_embeddings(project, task), "test")
+        samples = load_eval_samples(project.data_root, project.config.task(task))
+        position = {sample_id: i for i, sample_id in enumerate(ids)}
+        if any(s.id not in position for s in samples):
+            raise UserError(f"the test embeddings of '{task}' do not cover its evaluation file; "
+                            f"re-run `dmole embed --task {task}`")
+        errors = bank.errors(matrix[[position[s.id] for s in samples]], metadata)
+        if options.routing == "batch-vote":
+            return [()] * len(samples), errors
+        return per_sample(errors, bank.thresholds, scale=options.threshold_scale, top=options.top,
+                          order=options.routing_order), errors
+
+    return routes_for, bank
+
+
+def plan_evaluation(project: Project, method: str, after: str, options: EvalOptions, adapter=None) -> _Plan:
+    """Build (when ``adapter`` is given) or just name the inputs of the evaluation after ``after``."""
+    names = project.config.task_names
+    if after == ZERO_SHOT:
+        return _Plan(adapter.model if adapter else None, names, [])
+    if method == "joint":
+        if after != JOINT_TASK:
+            raise UserError(f"joint is evaluated once, after training on every task: use --after {JOINT_TASK}")
+        version = trained(project, "joint", JOINT_TASK)
+        return _single_adapter_plan(adapter, version, names, project, task_id=1)
+    index = project.config.task_index(after)
+    if method == "finetune":
+        return _single_adapter_plan(adapter, trained(project, "finetune", after), [after], project, task_id=index)
+    if method == "seq-lora":
+        inputs = [trained(project, "seq-lora", n) for n in names[:index]]
+        return _Plan(merged_model(project, adapter, index)[0] if adapter else None, names, inputs)
+    inputs = _dmole_inputs(project, index)
+    if adapter is None:
+        return _Plan(None, names, inputs)
+    experts, _ = dmole_model(project, adapter, index)
+    routes_for, bank = _dmole_routing(project, index, options)
+    return _Plan(experts.model, names, inputs, routes_for=routes_for, experts=experts, thresholds=bank.thresholds)
+
+
+def _single_adapter_plan(adapter, version: Version, tasks: list[str], project: Project, task_id: int) -> _Plan:
+    if adapter is None:
+        return _Plan(None, tasks, [version])
+    experts = ExpertModel(adapter.model, towers(adapter, include_mlp=True), str(project.model_path))
+    experts.load_expert(task_id, expert_folder(version))
+    return _Plan(experts.model, tasks, [version], experts=experts,
+                 router=lambda _task, indices: routed([(task_id,)] * len(indices), experts.adapters,
+                                                      device=adapter.device))
+
+
+def _eval_set_hash(project: Project, task: str) -> str:
+    digest = hashlib.sha256()
+    for path in task_files(project.data_root, project.config.task(task))[1:]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(), *, force: bool = False,
+             progress: Progress = silent) -> StageResult:
+    """Evaluate after task ``after`` (or ``zero-shot`` for the base model alone)."""
+    method = options.method or project.config.method
+    stage = STAGE if after == ZERO_SHOT else stage_name(STAGE, method)
+    plan = plan_evaluation(project, method, after, options)
+    sources = {name: source_fingerprint(project, project.config.task(name)) for name in plan.tasks}
+    config = {"options": options.model_dump(), "method": method if after != ZERO_SHOT else "base",
+              "after": after, "sources": sources}
+
+    def compute(writer: Writer) -> None:
+        from .models.registry import load_family
+
+        adapter = load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
+        built = plan_evaluation(project, method, after, options, adapter)
+        rows = []
+        for task_name in built.tasks:
+            task = project.config.task(task_name)
+            samples = load_eval_samples(project.data_root, task)
+            routes, errors = built.routes_for(task_name) if built.routes_for else ([()] * len(samples), None)
+            around = _around_batch(built, task_name, routes, errors, options, adapter)
+            predictions = predict(adapter, task, samples, batch_size=options.batch_size, model=built.model,
+                                  around_batch=around, progress=progress, description=f"eval {after}: {task_name}")
+            scored = score_predictions(task, samples, predictions, options.caption_tokenizer)
+            if built.routes_for and options.routing == "batch-vote":
+                routes = around.applied
+            write_parquet(writer.path(f"predictions/{task_name}.parquet"), {
+                "sample_id": [s.id for s in samples], "prediction": predictions,
+                "parsed": [None if p is None else str(p) for p in scored.parsed],
+                "references": [json.dumps(s.references) for s in samples], "score": scored.per_sample,
+                "routed_tasks": [list(r) for r in routes],
+                "router_errors": [list(map(float, e)) for e in errors] if errors is not None else [[]] * len(samples)})
+            rows.append({"task": task_name, "family": task.family, "metric": METRIC_NAMES[task.family],
+                         "score": scored.score, "n": len(samples),
+                         "tokenizer": options.caption_tokenizer if task.family == "caption" else "",
+                         "routing": options.routing if built.routes_for else "none",
+                         "batch_size": options.batch_size, "eval_set_sha256": _eval_set_hash(project, task_name)})
+        write_parquet(writer.path("scores.parquet"), {k: [r[k] for r in rows] for k in rows[0]})
+        writer.meta.update({r["task"]: round(r["score"], 3) for r in rows})
+
+    return run_stage(project, stage, after, config=config, inputs=plan.inputs, compute=compute, force=force)
+
+
+class _Router:
+    """around_batch for D-MoLE: per-sample routes, or the reference's batch vote (recorded per sample)."""
+
+    def __init__(self, experts: ExpertModel, routes, errors, thresholds, options: EvalOptions, device):
+        self.experts, self.routes, self.errors, self.thresholds = experts, routes, errors, thresholds
+        self.options, self.device = options, device
+        self.applied: list[tuple[int, ...]] = list(routes)
+
+    def __call__(self, indices: list[int]) -> AbstractContextManager:
+        if self.options.routing == "batch-vote":
+            chosen = batch_vote(self.errors[indices], self.thresholds, scale=self.options.threshold_scale,
+                                support=self.options.vote_support)
+            for i in indices:
+                self.applied[i] = chosen
+        return routed([self.applied[i] for i in indices], self.experts.adapters, device=self.device)
+
+
+def _around_batch(plan: _Plan, task_name: str, routes, errors, options: EvalOptions, adapter):
+    if plan.routes_for is not None:
+        return _Router(plan.experts, routes, errors, plan.thresholds, options, adapter.device)
+    if plan.router is not None:
+        return lambda indices: plan.router(task_name, indices)
+    return None

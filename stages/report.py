@@ -1,0 +1,107 @@
+"""Stage `report`: the continual matrix R of every method and its metrics (spec/dmole.md §11).
+
+Row 0 is the shared zero-shot evaluation; row t is the method's evaluation after task t. The
+finetune upper bound trains an independent adapter per task with oracle routing, so its stage-t model
+answers a seen task i with adapter i (the diagonal run) and an unseen task with the base (the zero-shot
+run): its off-diagonal cells are filled from those two runs instead of being generated again. The joint
+baseline is evaluated once, after training on every task, which fills only its last row.
+"""
+
+from __future__ import annotations
+
+from artifacts import Version, Writer
+from artifacts.io import read_parquet, write_json, write_parquet
+
+from .errors import UserError
+from .evaluate import STAGE as EVAL, ZERO_SHOT
+from .methods import JOINT_TASK, METHODS, stage_name
+from .metrics.continual import continual_metrics
+from .project import Project
+from .runner import StageResult, run_stage
+
+STAGE = "report"
+REPORT_TASK = "all"
+METRIC_KEYS = ("last", "avg_seen", "avg_all", "bwt", "fwt")
+
+
+def _scores(version: Version) -> dict[str, float]:
+    return {row["task"]: row["score"] for row in read_parquet(version.file("scores.parquet")).to_pylist()}
+
+
+def method_matrix(project: Project, method: str) -> tuple[list[list[float | None]], list[Version]] | None:
+    """R for ``method`` (None if it has no evaluation yet) and the evaluations it was read from."""
+    names = project.config.task_names
+    zero = project.store.latest(EVAL, ZERO_SHOT)
+    stage = stage_name(EVAL, method)
+    rows_after = [project.store.latest(stage, n) for n in names]
+    joint = project.store.latest(stage, JOINT_TASK) if method == "joint" else None
+    if not any(rows_after) and joint is None:
+        return None
+    zero_scores = _scores(zero) if zero else {}
+    matrix: list[list[float | None]] = [[zero_scores.get(n) for n in names]]
+    matrix += [[None] * len(names) for _ in names]
+    used = [v for v in (zero, *rows_after, joint) if v is not None]
+    if method == "joint":
+        matrix[-1] = [_scores(joint).get(n) for n in names]
+    elif method == "finetune":
+        diagonal = [_scores(v).get(n) if v else None for v, n in zip(rows_after, names)]
+        for t in range(1, len(names) + 1):
+            matrix[t] = [diagonal[i] if i < t else zero_scores.get(names[i]) for i in range(len(names))]
+    else:
+        for t, version in enumerate(rows_after, start=1):
+            if version is not None:
+                scores = _scores(version)
+                matrix[t] = [scores.get(n) for n in names]
+    return matrix, used
+
+
+def collect(project: Project) -> tuple[dict, list[Version]]:
+    methods, used = {}, []
+    for method in METHODS:
+        found = method_matrix(project, method)
+        if found is None:
+            continue
+        matrix, versions = found
+        metrics = continual_metrics(matrix)
+        methods[method] = {**{k: metrics[k] for k in METRIC_KEYS}, "per_task": metrics["per_task"],
+                           "matrix": matrix}
+        used += [v for v in versions if v not in used]
+    if not methods:
+        raise UserError("nothing to report yet: run `dmole eval --zero-shot` and `dmole eval --after <task>`")
+    return {"tasks": project.config.task_names, "methods": methods}, used
+
+
+def markdown(result: dict) -> str:
+    tasks = result["tasks"]
+    lines = ["# dmole report", "", "## Continual-learning metrics (0-100)", "",
+             "| method | " + " | ".join(METRIC_KEYS) + " |", "|---|" + "---:|" * len(METRIC_KEYS)]
+    for method, values in result["methods"].items():
+        lines.append(f"| {method} | " + " | ".join(_fmt(values[k]) for k in METRIC_KEYS) + " |")
+    for method, values in result["methods"].items():
+        lines += ["", f"## Matrix R: {method} (rows: after stage t; row 0: zero-shot)", "",
+                  "| stage | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+        for t, row in enumerate(values["matrix"]):
+            label = "zero-shot" if t == 0 else f"{t} {tasks[t - 1]}"
+            lines.append(f"| {label} | " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def report(project: Project, *, force: bool = False) -> StageResult:
+    result, used = collect(project)
+
+    def compute(writer: Writer) -> None:
+        rows = [(method, t, task, value) for method, values in result["methods"].items()
+                for t, row in enumerate(values["matrix"]) for task, value in zip(result["tasks"], row)]
+        write_parquet(writer.path("matrix.parquet"), {
+            "method": [r[0] for r in rows], "stage": [r[1] for r in rows], "task": [r[2] for r in rows],
+            "score": [r[3] for r in rows]})
+        write_json(writer.path("cl_metrics.json"), result)
+        writer.path("report.md").write_text(markdown(result), encoding="utf-8")
+        writer.meta.update({f"{m}.last": v["last"] for m, v in result["methods"].items()})
+
+    return run_stage(project, STAGE, REPORT_TASK, config={"methods": sorted(result["methods"])}, inputs=used,
+                     compute=compute, force=force)

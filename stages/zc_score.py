@@ -1,0 +1,92 @@
+"""Stage `zc-score`: the zero-cost gradient-norm proxy of every candidate module (spec/dmole.md §5).
+
+On the frozen pretrained base with no experts, only candidate parameters require grad. Gradients of
+the answer cross-entropy are accumulated (never zeroed) over M_s = max(4b, round(p N)) samples drawn
+from a seeded permutation, summed across data-parallel ranks, and each module scores the sum of the
+Frobenius norms of its parameters' accumulated gradients.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+from pydantic import Field
+
+from artifacts import Writer
+from artifacts.io import write_parquet
+
+from .config import Strict
+from .data.tasks import load_train_samples
+from .dmole.allocation import round_half_up
+from .embed import source_fingerprint
+from .project import Project
+from .runner import StageResult, run_stage
+
+STAGE = "zc-score"
+
+
+class ZcScoreOptions(Strict):
+    portion: float = Field(default=0.01, gt=0, le=1, description="fraction p of the training set")
+    batch_size: int = Field(default=2, gt=0, description="per-device batch b; at least 4 batches are used")
+    include_mlp: bool = Field(default=False, description="also score MLP projections")
+    seed: int = 42
+
+
+def sample_count(n_train: int, options: ZcScoreOptions) -> int:
+    return min(n_train, max(4 * options.batch_size, round_half_up(options.portion * n_train)))
+
+
+def zc_score(project: Project, task_name: str, options: ZcScoreOptions = ZcScoreOptions(), *,
+             force: bool = False) -> StageResult:
+    task = project.config.task(task_name)
+    samples = load_train_samples(project.data_root, task)
+    config = {"options": options.model_dump(), "task": task.model_dump(), "sources": source_fingerprint(project, task)}
+
+    def compute(writer: Writer) -> None:
+        from .distributed import all_reduce_sum, rank_and_world
+        from .models.registry import load_family
+        from .training.chat import answer_loss
+
+        adapter = load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
+        model = adapter.model
+        model.eval()  # dropout off, for determinism
+        candidates = adapter.candidates(include_mlp=options.include_mlp)
+        modules = dict(model.named_modules())
+        for param in model.parameters():
+            param.requires_grad_(False)
+        params = {c.name: list(modules[c.name].parameters()) for c in candidates}
+        for group in params.values():
+            for param in group:
+                param.requires_grad_(True)
+                param.grad = None
+        order = list(range(len(samples)))
+        random.Random(options.seed).shuffle(order)
+        chosen = order[:sample_count(len(samples), options)]
+        batches = [chosen[i:i + options.batch_size] for i in range(0, len(chosen), options.batch_size)]
+        rank, world = rank_and_world()
+        for batch in batches[rank::world]:
+            answer_loss(model, adapter, [samples[i] for i in batch]).backward()
+        missing = []
+        rows = []
+        for candidate in candidates:
+            total = 0.0
+            for param in params[candidate.name]:
+                if param.grad is None:
+                    missing.append(candidate.name)
+                    continue
+                total += float(all_reduce_sum(param.grad.float()).norm())
+            rows.append((candidate, total))
+        if missing:
+            warnings.warn(f"{len(missing)} candidate parameters got no gradient and score 0 "
+                          f"(first: {missing[0]})", stacklevel=1)
+        rows.sort(key=lambda item: (-item[1], item[0].name))
+        write_parquet(writer.path("scores.parquet"), {
+            "module": [c.name for c, _ in rows], "tower": [c.tower for c, _ in rows],
+            "layer": [c.layer for c, _ in rows], "kind": [c.kind for c, _ in rows],
+            "d_in": [c.d_in for c, _ in rows], "d_out": [c.d_out for c, _ in rows],
+            "score": [score for _, score in rows], "n_samples": [len(chosen)] * len(rows)})
+        writer.meta.update(n_samples=len(chosen), n_batches=len(batches), n_candidates=len(rows),
+                           no_gradient=len(missing), world_size=world)
+
+    return run_stage(project, STAGE, task_name, config=config, inputs=[], compute=compute, force=force)
