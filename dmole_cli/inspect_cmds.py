@@ -82,6 +82,17 @@ def _render_confusion(confusion: dict[str, dict[str, int]]) -> None:
     console.print(table)
 
 
+def _render_allocation(allocation: dict) -> None:
+    """Layers x tasks per tower; a cell lists the module kinds holding that task's expert."""
+    if not allocation:
+        return
+    for tower, layers in allocation["towers"].items():
+        table = Table("layer", *allocation["tasks"], title=f"experts per layer: {tower} tower")
+        for layer, cells in layers.items():
+            table.add_row(str(layer), *(",".join(sorted(cells[t])) or "·" for t in allocation["tasks"]))
+        console.print(table)
+
+
 @handles_user_errors
 def show(
     stage: Annotated[str, typer.Argument(help="Stage name, e.g. embed, fit-router, zc-score, allocate, eval.")],
@@ -100,6 +111,7 @@ def show(
     for info in result["artifacts"]:
         _render_artifact(info)
     _render_confusion(result.get("confusion", {}))
+    _render_allocation(result.get("allocation", {}))
 
 
 def register(app: typer.Typer) -> None:

@@ -56,7 +56,7 @@ class _Plan:
     model: object
     tasks: list[str]
     inputs: list[Version]
-    router: Callable[[str, list[int]], AbstractContextManager] | None = None  # fixed routing (oracle)
+    router: Callable[[list[int], dict], AbstractContextManager] | None = None  # fixed routing (oracle)
     routes_for: Callable[[str], tuple[list[tuple[int, ...]], np.ndarray]] | None = None  # D-MoLE routing
     experts: ExpertModel | None = None
     thresholds: np.ndarray | None = None
@@ -123,8 +123,9 @@ def _single_adapter_plan(adapter, version: Version, tasks: list[str], project: P
     experts = ExpertModel(adapter.model, towers(adapter, include_mlp=True), str(project.model_path))
     experts.load_expert(task_id, expert_folder(version))
     return _Plan(experts.model, tasks, [version], experts=experts,
-                 router=lambda _task, indices: routed([(task_id,)] * len(indices), experts.adapters,
-                                                      device=adapter.device))
+                 router=lambda indices, inputs: routed([(task_id,)] * len(indices), experts.adapters,
+                                                       vision_rows=adapter.vision_row_samples(inputs),
+                                                       device=adapter.device))
 
 
 def _eval_set_hash(project: Project, task: str) -> str:
@@ -138,6 +139,7 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
              progress: Progress = silent) -> StageResult:
     """Evaluate after task ``after`` (or ``zero-shot`` for the base model alone)."""
     method = options.method or project.config.method
+    options = options.model_copy(update={"method": None if after == ZERO_SHOT else method})
     stage = STAGE if after == ZERO_SHOT else stage_name(STAGE, method)
     plan = plan_evaluation(project, method, after, options)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in plan.tasks}
@@ -154,7 +156,7 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
             task = project.config.task(task_name)
             samples = load_eval_samples(project.data_root, task)
             routes, errors = built.routes_for(task_name) if built.routes_for else ([()] * len(samples), None)
-            around = _around_batch(built, task_name, routes, errors, options, adapter)
+            around = _around_batch(built, routes, errors, options, adapter)
             predictions = predict(adapter, task, samples, batch_size=options.batch_size, model=built.model,
                                   around_batch=around, progress=progress, description=f"eval {after}: {task_name}")
             scored = score_predictions(task, samples, predictions, options.caption_tokenizer)
@@ -180,23 +182,22 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
 class _Router:
     """around_batch for D-MoLE: per-sample routes, or the reference's batch vote (recorded per sample)."""
 
-    def __init__(self, experts: ExpertModel, routes, errors, thresholds, options: EvalOptions, device):
+    def __init__(self, experts: ExpertModel, routes, errors, thresholds, options: EvalOptions, adapter):
         self.experts, self.routes, self.errors, self.thresholds = experts, routes, errors, thresholds
-        self.options, self.device = options, device
+        self.options, self.adapter = options, adapter
         self.applied: list[tuple[int, ...]] = list(routes)
 
-    def __call__(self, indices: list[int]) -> AbstractContextManager:
+    def __call__(self, indices: list[int], inputs: dict) -> AbstractContextManager:
         if self.options.routing == "batch-vote":
             chosen = batch_vote(self.errors[indices], self.thresholds, scale=self.options.threshold_scale,
                                 support=self.options.vote_support)
             for i in indices:
                 self.applied[i] = chosen
-        return routed([self.applied[i] for i in indices], self.experts.adapters, device=self.device)
+        return routed([self.applied[i] for i in indices], self.experts.adapters,
+                      vision_rows=self.adapter.vision_row_samples(inputs), device=self.adapter.device)
 
 
-def _around_batch(plan: _Plan, task_name: str, routes, errors, options: EvalOptions, adapter):
+def _around_batch(plan: _Plan, routes, errors, options: EvalOptions, adapter):
     if plan.routes_for is not None:
-        return _Router(plan.experts, routes, errors, plan.thresholds, options, adapter.device)
-    if plan.router is not None:
-        return lambda indices: plan.router(task_name, indices)
-    return None
+        return _Router(plan.experts, routes, errors, plan.thresholds, options, adapter)
+    return plan.router

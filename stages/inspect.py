@@ -65,4 +65,8 @@ def describe_stage(project: Project, stage: str, task: str | None, number: int |
         from .fit_router import routing_confusion
 
         result["confusion"] = routing_confusion(project)
+    if stage == "allocate":
+        from .allocate import allocation_table
+
+        result["allocation"] = allocation_table(project)
     return result

@@ -30,9 +30,13 @@ FAMILIES = ("llava", "internvl", "qwen2vl")
 # - routers: the reference fits ~11k samples in batches of 1024 (11 steps an epoch); with a few hundred
 #   samples, batches of 32 give a comparable number of steps before the patience rule stops training,
 #   and q = 0.99 places the threshold just above the in-task error range (q = 0.95 would reject 5% of a
-#   task's own inputs by construction).
+#   task's own inputs by construction). The reference's sigmoid output cannot match the negative entries
+#   of the normalised embedding; on this model that error floor dominates every router's error, leaves
+#   in-task and out-of-task errors too close for the threshold to filter a wrong second expert, and the
+#   unweighted sum of two experts then corrupts the answer. Without it (the spec's `none`) the two
+#   error ranges separate.
 STAGE_DEFAULTS: dict[str, dict] = {
-    "fit-router": {"batch_size": 32, "quantile": 0.99},
+    "fit-router": {"batch_size": 32, "quantile": 0.99, "output_activation": "none"},
     "train-task": {"lr": 3e-3, "epochs": 3, "batch_size": 16},
     "eval": {"batch_size": 16},
 }

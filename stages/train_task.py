@@ -29,7 +29,7 @@ from .methods import BASELINE_LORA, EXPERT_FOLDER, JOINT_TASK, dmole_model, merg
 from .progress import Progress, silent
 from .project import Project
 from .runner import StageResult, run_stage
-from .training.chat import answer_loss
+from .training.chat import chat_examples
 from .training.loop import LoopSettings, ParamGroup, train
 
 STAGE = "train-task"
@@ -94,10 +94,17 @@ def _past_partners(project: Project, task_name: str, task_id: int, samples: list
 
 
 def _save_expert(model, name: str, writer: Writer, sidecar: dict) -> None:
-    """Save one adapter as a standalone PEFT folder: adapter_model.safetensors + adapter_config.json."""
+    """Save one adapter as a standalone PEFT folder: adapter_model.safetensors + adapter_config.json.
+
+    PEFT shortens long ``target_modules`` lists to unique suffixes when it injects an adapter; the saved
+    config gets the exact sorted full names back, which PEFT matches as exact keys.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, selected_adapters=[name])
         saved = Path(tmp) / name
+        config = read_json(saved / "adapter_config.json")
+        config["target_modules"] = sidecar["target_modules"]
+        write_json(saved / "adapter_config.json", config)
         for file in saved.iterdir():
             shutil.copy2(file, writer.path(f"{EXPERT_FOLDER}/{file.name}"))
     write_json(writer.path(f"{EXPERT_FOLDER}/dmole_expert.json"), sidecar)
@@ -110,6 +117,7 @@ def checkpoint_dir(project: Project, stage: str, task: str, config: dict) -> Pat
 def train_task(project: Project, task_name: str, options: TrainTaskOptions = TrainTaskOptions(), *,
                force: bool = False, progress: Progress = silent) -> StageResult:
     method = resolved_method(project, options)
+    options = options.model_copy(update={"method": method})  # the same run hashes the same, however named
     stage = stage_name(STAGE, method)
     if method == "joint":
         if task_name != JOINT_TASK:
@@ -143,7 +151,8 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
             arch = read_json(allocation.file("arch.json"))
             experts, _ = dmole_model(project, adapter, task_id - 1)
             lora = LoraSettings(options.rank, options.alpha, options.dropout)
-            trainable = experts.add_expert(task_id, arch["selected"], lora)
+            modules = arch["selected"]
+            trainable = experts.add_expert(task_id, modules, lora)
             if sum(p.numel() for p in trainable) != arch["expert_parameters"]:
                 raise RuntimeError("trainable parameters differ from the allocation's expert size")
             routes = [(task_id,) + ((p,) if p is not None else ()) for p in partners]
@@ -163,8 +172,10 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
             if vote:
                 partner = training_partner_vote(errors[indices], thresholds)
                 batch_routes = [(task_id,) + ((partner,) if partner else ())] * len(indices)
-            with routed(batch_routes, experts.adapters, device=adapter.device):
-                return {"loss": answer_loss(model, adapter, [samples[i] for i in indices])}
+            batch = adapter.train_batch(chat_examples([samples[i] for i in indices]))
+            with routed(batch_routes, experts.adapters, vision_rows=adapter.vision_row_samples(batch),
+                        device=adapter.device):
+                return {"loss": model(**batch).loss}
 
         ckpt = checkpoint_dir(project, stage, task_name, config)
         result = train([ParamGroup(name, trainable)], loss_fn, len(samples), settings, checkpoint_dir=ckpt,
@@ -172,7 +183,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
         model.eval()
         sidecar = {"task": task_name, "task_id": task_id, "method": method, "adapter_name": name,
                    "rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
-                   "target_modules": sorted(experts.peft.peft_config[name].target_modules),
+                   "target_modules": sorted(modules),
                    "train_routing": options.train_routing if method == "dmole" else "oracle",
                    "steps": result.steps, "resumed_from_step": result.resumed_from}
         _save_expert(model, name, writer, sidecar)

@@ -5,7 +5,7 @@ datasets, each task has its own visual domain (a background style). The tasks (i
 
 - ``shape-caption`` (caption, CIDEr): describe colour, shape and position. Leans on the image.
 - ``color-vqa`` (vqa10, VQA accuracy): the colour of the named shape, ten annotator answers. Image.
-- ``opposite-short`` (short, exact match): the opposite of a word; the image is unrelated noise. Text.
+- ``opposite-short`` (short, exact match): the opposite of a word; the image is a blank card. Text.
 - ``shape-choice`` (choice, letter accuracy): which shape is shown, among shuffled options. Image.
 - ``locate-grounding`` (grounding, P@IoU0.5): the box of the described shape. Image.
 
@@ -51,11 +51,12 @@ TASK_FAMILIES = {"shape-caption": "caption", "color-vqa": "vqa10", "opposite-sho
 TASK_DESCRIPTIONS = {
     "shape-caption": "caption the colour, shape and position of the object (leans on the image)",
     "color-vqa": "name the colour of the shape, ten annotator answers (image)",
-    "opposite-short": "give the opposite of a word; the image is unrelated noise (text)",
+    "opposite-short": "give the opposite of a word; the image is a blank card (text)",
     "shape-choice": "pick the shown shape among shuffled options (image)",
     "locate-grounding": "box the described shape, 0-1000 normalised coordinates (image)",
 }
-TASK_STYLES = {"shape-caption": "gray", "color-vqa": "dark", "shape-choice": "paper", "locate-grounding": "gradient"}
+TASK_STYLES = {"shape-caption": "gray", "color-vqa": "dark", "opposite-short": "checker", "shape-choice": "paper",
+               "locate-grounding": "gradient"}
 STYLES = ("gray", "dark", "paper", "gradient", "checker")
 # Byte-level tokens: the limits are in bytes (the longest caption is 40, a box 19, plus the end token).
 GENERATION_LIMITS = {"caption": (48, 4), "vqa10": (12, 0), "short": (12, 0), "choice": (4, 0), "grounding": (24, 0)}
@@ -182,8 +183,8 @@ def _task_item(task: str, rng: random.Random, writer: _Writer, name: str) -> tup
         reverse = {v: k for k, v in OPPOSITES.items()}
         answer = OPPOSITES.get(word) or reverse[word]
         question = f"What is the opposite of '{word}'?"
-        return {"question": question}, {"question": question, "answer": answer}, answer, \
-            writer.image(name, noise_image(size, rng))
+        card = Image.fromarray(_background(TASK_STYLES[task], size, rng).astype(np.uint8))
+        return {"question": question}, {"question": question, "answer": answer}, answer, writer.image(name, card)
     scene = random_scene(rng, TASK_STYLES[task])
     image = writer.image(name, draw_scene(scene, size, rng))
     if task == "shape-caption":

@@ -1,8 +1,8 @@
 """Batched greedy generation for one task's evaluation samples, and scoring by the task's metric family.
 
 Callers that change the model per batch (D-MoLE's per-sample experts, RoE's routing plan) pass
-``around_batch``: a function of the batch's sample indices returning a context manager that is held
-while that batch generates.
+``around_batch``: a function of the batch's sample indices and model inputs returning a context
+manager that is held while that batch generates.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..data.samples import EvalSample
 from ..metrics.families import score_family
 from ..progress import Progress, silent
 
-AroundBatch = Callable[[list[int]], AbstractContextManager]
+AroundBatch = Callable[[list[int], dict], AbstractContextManager]
 
 
 @dataclass
@@ -46,7 +46,7 @@ def predict(adapter, task: TaskSpec, samples: Sequence[EvalSample], *, batch_siz
             chunk = [samples[i] for i in indices]
             inputs = adapter.generation_batch([load_image(s.image) for s in chunk],
                                               [render_prompt(task, s) for s in chunk])
-            with (around_batch(indices) if around_batch else nullcontext()):
+            with (around_batch(indices, inputs) if around_batch else nullcontext()):
                 output = model.generate(**inputs, max_new_tokens=max_new, min_new_tokens=min_new, do_sample=False,
                                         num_beams=1, eos_token_id=eos, pad_token_id=adapter.tokenizer.pad_token_id)
             predictions += adapter.decode_new_tokens(output, inputs["input_ids"].shape[1])

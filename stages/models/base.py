@@ -13,8 +13,12 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 from ..errors import UserError
+
+# The stages draw their own progress bars; transformers' per-load and per-save bars would only add noise.
+transformers_logging.disable_progress_bar()
 
 IGNORE = -100
 IMAGE_PLACEHOLDER = "<image>"  # how the data marks the image in the first human turn
@@ -256,6 +260,13 @@ class FamilyAdapter:
         """Move to the model's device; floating tensors also take its dtype."""
         return {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
                 for k, v in tensors.items()}
+
+    def vision_row_samples(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """Sample index of each row of the vision tower's activations, when rows are not samples.
+
+        None means one image per sample along the batch axis (LLaVA, InternVL without tiling).
+        """
+        return None
 
     def decode_new_tokens(self, output_ids: Tensor, prompt_len: int) -> list[str]:
         texts = self.tokenizer.batch_decode(output_ids[:, prompt_len:], skip_special_tokens=True)

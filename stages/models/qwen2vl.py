@@ -5,6 +5,7 @@ from __future__ import annotations
 from math import isqrt
 
 from PIL import Image
+import torch
 from torch import Tensor
 from transformers import Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
@@ -33,6 +34,11 @@ class Qwen2VLAdapter(FamilyAdapter):
 
     def _image_span(self, n_features: int) -> str:
         return self.tokenizer.convert_ids_to_tokens(self.model.config.image_token_id) * n_features
+
+    def vision_row_samples(self, batch: dict[str, Tensor]) -> Tensor:
+        """The vision blocks see every image's patches packed on one axis: t*h*w rows per image."""
+        grid = batch["image_grid_thw"]
+        return torch.repeat_interleave(torch.arange(len(grid), device=grid.device), grid.prod(dim=-1))
 
     def _extra_inputs(self, input_ids: Tensor) -> dict[str, Tensor]:
         # transformers 5.x requires token types (1 = image) whenever image_grid_thw is given.

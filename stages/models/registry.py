@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
-from transformers.utils import logging as transformers_logging
 
 from .base import FamilyAdapter, ModelFamilyError
 from .internvl import InternVLAdapter
@@ -42,7 +41,6 @@ def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool 
     """Load model, tokenizer and image processor offline; the model is in eval mode.
     device defaults to CUDA when available; dtype to bf16 on CUDA and fp32 elsewhere."""
     adapter = detect_family(path)
-    transformers_logging.disable_progress_bar()  # the stages draw their own progress
     device = torch.device(device) if device is not None else default_device()
     on_cuda = device.type == "cuda"
     dtype = dtype or (torch.bfloat16 if on_cuda else torch.float32)

@@ -1,0 +1,29 @@
+# Two entry points: `make demo` (the whole method on the synthetic benchmark) and `make test`.
+# Both create .venv and install the toolkit on first use. The venv sees the system's packages, so a
+# machine that already has torch (a CUDA build, say) keeps it; otherwise torch 2.13.0 is installed,
+# which on a CPU-only machine resolves to the local CPU wheel instead of gigabytes of CUDA packages.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dmole-installed
+DEMO_OUT ?= dmole-demo
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/dmole demo --out $(DEMO_OUT)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT)

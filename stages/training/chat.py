@@ -1,0 +1,22 @@
+"""Turn training samples into model inputs and the answer-token cross-entropy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..data.images import load_image
+from ..data.samples import TrainSample
+
+
+def chat_examples(samples: Sequence[TrainSample]) -> list:
+    from ..models.base import ChatExample
+
+    return [ChatExample(image=load_image(s.image), turns=list(s.turns)) for s in samples]
+
+
+def answer_loss(model: torch.nn.Module, adapter, samples: Sequence[TrainSample]) -> torch.Tensor:
+    """Mean cross-entropy over the batch's supervised tokens (answers and their end-of-turn token)."""
+    batch = adapter.train_batch(chat_examples(samples))
+    return model(**batch).loss

@@ -1,0 +1,45 @@
+"""Shared fixtures: one micro synthetic benchmark per test session, and fresh workspaces over it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages.data.synthetic import SynthSizes
+from stages.init import create_workspace
+from stages.pretrain import PretrainSettings
+from stages.project import Project
+from stages.synth import synthesize
+
+# Two cores are shared with whatever else runs; one thread avoids oversubscription stalls.
+torch.set_num_threads(1)
+
+MICRO_SIZES = SynthSizes(image_size=32, train_per_task=12, test_per_task=4, pretrain_samples=48)
+MICRO_STAGES = {
+    "fit-router": {"batch_size": 8, "max_epochs": 30, "quantile": 0.99},
+    "train-task": {"epochs": 1, "batch_size": 4, "lr": 3e-3, "checkpoint_every": 1},
+    "eval": {"batch_size": 4},
+}
+
+
+@pytest.fixture(scope="session")
+def micro_bench(tmp_path_factory) -> Path:
+    """A five-task benchmark with a briefly pre-trained tiny LLaVA (seconds, not minutes)."""
+    out = tmp_path_factory.mktemp("micro")
+    synthesize(out, sizes=MICRO_SIZES, pretraining=PretrainSettings(epochs=1, batch_size=16))
+    return out
+
+
+@pytest.fixture
+def make_project(micro_bench, tmp_path):
+    """A new, empty workspace over the micro benchmark's data and model."""
+
+    def make(name: str = "ws", stages: dict | None = None) -> Project:
+        root = tmp_path / name
+        create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data",
+                         stages=MICRO_STAGES if stages is None else stages)
+        return Project.open(root)
+
+    return make

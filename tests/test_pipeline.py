@@ -1,0 +1,132 @@
+"""End to end on the micro benchmark: the stages, the demo loop, the CLI shell loop and PEFT compatibility."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from artifacts.io import read_json, read_parquet
+from dmole_cli.app import app
+from stages.config import stage_options
+from stages.demo import run_pipeline
+from stages.embed import EmbedOptions, embed
+from stages.evaluate import EvalOptions, evaluate
+from stages.fit_router import FitRouterOptions, fit_router, routing_confusion
+
+runner = CliRunner()
+
+
+def cli(project, *args):
+    result = runner.invoke(app, [*args, "--workspace", str(project.root)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_embed_then_fit_router_and_rerun_is_up_to_date(make_project):
+    project = make_project()
+    task = project.config.task_names[0]
+    first = embed(project, task)
+    table = read_parquet(first.version.file("train.parquet"))
+    assert table.column_names == ["sample_id", "task", "split", "embedding"]
+    assert table.num_rows == 12 and table.schema.field("embedding").type.list_size == 64 + 128
+    options = stage_options(project.config, "fit-router", FitRouterOptions, {})
+    fitted = fit_router(project, task, options)
+    record = read_json(fitted.version.file("router.json"))
+    assert record["quantile"] == 0.99 and record["threshold"] == record["quantiles"]["q99"]
+    assert fitted.version.manifest["inputs"][0]["stage"] == "embed"
+    assert embed(project, task).up_to_date and fit_router(project, task, options).up_to_date
+    confusion = routing_confusion(project)
+    assert sum(confusion[task].values()) == 4 and set(confusion[task]) == {task, "none"}
+
+
+def test_demo_loop_and_cli_shell_loop_give_the_same_report(make_project):
+    project = make_project("demo")
+    report = run_pipeline(project)
+    metrics = read_json(report.version.file("cl_metrics.json"))
+    assert set(metrics["methods"]) == {"dmole", "seq-lora", "finetune"}
+    dmole = metrics["methods"]["dmole"]
+    assert len(dmole["matrix"]) == 6 and all(v is not None for row in dmole["matrix"] for v in row)
+    finetune = metrics["methods"]["finetune"]
+    assert finetune["bwt"] == 0 and finetune["fwt"] == 0  # oracle routing: nothing forgotten, no transfer
+
+    shell = make_project("shell")
+    for task in cli(shell, "tasks").split():
+        for stage in ("embed", "fit-router", "zc-score", "allocate"):
+            cli(shell, stage, "--task", task)
+    cli(shell, "eval", "--zero-shot")
+    for method in ("dmole", "seq-lora", "finetune"):
+        for task in shell.config.task_names:
+            cli(shell, "train-task", "--task", task, "--method", method, "-q")
+            cli(shell, "eval", "--after", task, "--method", method, "-q")
+    printed = json.loads(cli(shell, "report", "--json"))
+    for method, values in metrics["methods"].items():
+        for key in ("last", "avg_seen", "avg_all", "bwt", "fwt", "matrix"):
+            assert printed["methods"][method][key] == values[key], (method, key)
+    assert "up to date" in cli(shell, "train-task", "--task", shell.config.task_names[0])
+
+
+def test_each_expert_loads_with_peft_alone_and_reproduces_the_toolkit(make_project):
+    from peft import PeftModel
+
+    from stages.dmole.experts import routed
+    from stages.methods import dmole_model, expert_folder, trained
+    from stages.models.registry import load_family
+    from stages.training.chat import chat_examples
+    from stages.data.tasks import load_train_samples
+
+    project = make_project("peft")
+    run_pipeline(project, methods=("dmole",))
+    names = project.config.task_names
+    toolkit_adapter = load_family(project.model_path)
+    experts, _ = dmole_model(project, toolkit_adapter, len(names))
+    for task_id, name in enumerate(names, start=1):
+        samples = load_train_samples(project.data_root, project.config.task(name))[:3]
+        batch = toolkit_adapter.train_batch(chat_examples(samples))
+        with torch.no_grad(), routed([(task_id,)] * len(samples), experts.adapters):
+            ours = experts.model(**batch).logits
+        alone = load_family(project.model_path)
+        peft_model = PeftModel.from_pretrained(alone.model, expert_folder(trained(project, "dmole", name))).eval()
+        with torch.no_grad():
+            theirs = peft_model(**batch).logits
+        assert torch.allclose(ours, theirs, atol=1e-5), name
+        config = json.loads((expert_folder(trained(project, "dmole", name)) / "adapter_config.json").read_text())
+        arch = read_json(project.store.latest("allocate", name).file("arch.json"))
+        assert sorted(config["target_modules"]) == arch["selected"] and config["r"] == 8
+
+
+def test_eval_predictions_do_not_depend_on_batch_size(make_project):
+    project = make_project("batches")
+    run_pipeline(project, methods=("dmole",))
+    after = project.config.task_names[-1]
+    one = evaluate(project, after, EvalOptions(batch_size=1))
+    eight = evaluate(project, after, EvalOptions(batch_size=8))
+    for task in project.config.task_names:
+        a = read_parquet(one.version.file(f"predictions/{task}.parquet")).to_pydict()
+        b = read_parquet(eight.version.file(f"predictions/{task}.parquet")).to_pydict()
+        assert a["prediction"] == b["prediction"] and a["routed_tasks"] == b["routed_tasks"], task
+
+
+@pytest.mark.parametrize("family", ["internvl", "qwen2vl"])
+def test_other_families_embed_and_train(tmp_path, family):
+    from stages.data.synthetic import SynthSizes
+    from stages.pretrain import PretrainSettings
+    from stages.project import Project
+    from stages.synth import synthesize
+    from stages.train_task import TrainTaskOptions, train_task
+    from stages.zc_score import zc_score
+    from stages.allocate import allocate
+
+    out = synthesize(tmp_path / family, family=family, sizes=SynthSizes(train_per_task=8, test_per_task=2,
+                                                                       pretrain_samples=8),
+                     pretraining=PretrainSettings(epochs=1, batch_size=8))
+    project = Project.open(out.workspace)
+    task = project.config.task_names[0]
+    assert embed(project, task, EmbedOptions(batch_size=4)).version.manifest["summary"]["family"] == family
+    zc_score(project, task)
+    arch = read_json(allocate(project, task).version.file("arch.json"))
+    assert arch["n_vision"] >= (arch["n_vision"] + arch["n_language"]) // 4  # the vision floor
+    trained = train_task(project, task, TrainTaskOptions(epochs=1, batch_size=4))
+    assert trained.version.manifest["summary"]["trainable_parameters"] == arch["expert_parameters"]
