@@ -21,7 +21,7 @@ from artifacts.io import write_parquet
 
 from .config import Method, Strict
 from .data.tasks import load_eval_samples, task_files
-from .dmole.experts import ExpertModel, routed
+from .dmole.experts import ExpertModel
 from .dmole.routing import batch_vote, per_sample
 from .embed import source_fingerprint
 from .errors import UserError
@@ -123,9 +123,8 @@ def _single_adapter_plan(adapter, version: Version, tasks: list[str], project: P
     experts = ExpertModel(adapter.model, towers(adapter, include_mlp=True), str(project.model_path))
     experts.load_expert(task_id, expert_folder(version))
     return _Plan(experts.model, tasks, [version], experts=experts,
-                 router=lambda indices, inputs: routed([(task_id,)] * len(indices), experts.adapters,
-                                                       vision_rows=adapter.vision_row_samples(inputs),
-                                                       device=adapter.device))
+                 router=lambda indices, inputs: experts.routed([(task_id,)] * len(indices),
+                                                              vision_rows=adapter.vision_row_samples(inputs)))
 
 
 def _eval_set_hash(project: Project, task: str) -> str:
@@ -193,8 +192,8 @@ class _Router:
                                 support=self.options.vote_support)
             for i in indices:
                 self.applied[i] = chosen
-        return routed([self.applied[i] for i in indices], self.experts.adapters,
-                      vision_rows=self.adapter.vision_row_samples(inputs), device=self.adapter.device)
+        return self.experts.routed([self.applied[i] for i in indices],
+                                   vision_rows=self.adapter.vision_row_samples(inputs))
 
 
 def _around_batch(plan: _Plan, routes, errors, options: EvalOptions, adapter):

@@ -78,4 +78,5 @@ def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: 
                               environment=env or environment(project.config.seed),
                               toolkit_version=__version__) as writer:
         compute(writer)
+        writer.meta["seconds"] = round(time.perf_counter() - start, 3)
     return StageResult(stage, task, writer.version, False, time.perf_counter() - start)

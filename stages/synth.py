@@ -37,7 +37,7 @@ FAMILIES = ("llava", "internvl", "qwen2vl")
 #   error ranges separate.
 STAGE_DEFAULTS: dict[str, dict] = {
     "fit-router": {"batch_size": 32, "quantile": 0.99, "output_activation": "none"},
-    "train-task": {"lr": 3e-3, "epochs": 3, "batch_size": 16},
+    "train-task": {"lr": 3e-3, "epochs": 4, "batch_size": 16},
     "eval": {"batch_size": 16},
 }
 

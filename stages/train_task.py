@@ -20,7 +20,7 @@ from artifacts.io import read_json, write_json, write_parquet
 from .config import Method, Strict, TaskSpec
 from .data.samples import TrainSample
 from .data.tasks import load_train_samples
-from .dmole.experts import ExpertModel, LoraSettings, adapter_name, routed
+from .dmole.experts import ExpertModel, LoraSettings, adapter_name
 from .dmole.routing import training_partner, training_partner_vote
 from .embed import source_fingerprint
 from .errors import UserError
@@ -145,8 +145,11 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
     def compute(writer: Writer) -> None:
         from .models.registry import load_family
 
+        import torch
+
         adapter = load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
         name = adapter_name(task_id)
+        torch.manual_seed(options.seed)  # LoRA A is drawn at random: the same config gives the same expert
         if method == "dmole":
             arch = read_json(allocation.file("arch.json"))
             experts, _ = dmole_model(project, adapter, task_id - 1)
@@ -173,8 +176,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
                 partner = training_partner_vote(errors[indices], thresholds)
                 batch_routes = [(task_id,) + ((partner,) if partner else ())] * len(indices)
             batch = adapter.train_batch(chat_examples([samples[i] for i in indices]))
-            with routed(batch_routes, experts.adapters, vision_rows=adapter.vision_row_samples(batch),
-                        device=adapter.device):
+            with experts.routed(batch_routes, vision_rows=adapter.vision_row_samples(batch)):
                 return {"loss": model(**batch).loss}
 
         ckpt = checkpoint_dir(project, stage, task_name, config)

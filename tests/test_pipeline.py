@@ -71,7 +71,6 @@ def test_demo_loop_and_cli_shell_loop_give_the_same_report(make_project):
 def test_each_expert_loads_with_peft_alone_and_reproduces_the_toolkit(make_project):
     from peft import PeftModel
 
-    from stages.dmole.experts import routed
     from stages.methods import dmole_model, expert_folder, trained
     from stages.models.registry import load_family
     from stages.training.chat import chat_examples
@@ -85,7 +84,7 @@ def test_each_expert_loads_with_peft_alone_and_reproduces_the_toolkit(make_proje
     for task_id, name in enumerate(names, start=1):
         samples = load_train_samples(project.data_root, project.config.task(name))[:3]
         batch = toolkit_adapter.train_batch(chat_examples(samples))
-        with torch.no_grad(), routed([(task_id,)] * len(samples), experts.adapters):
+        with torch.no_grad(), experts.routed([(task_id,)] * len(samples)):
             ours = experts.model(**batch).logits
         alone = load_family(project.model_path)
         peft_model = PeftModel.from_pretrained(alone.model, expert_folder(trained(project, "dmole", name))).eval()

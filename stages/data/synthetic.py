@@ -6,8 +6,8 @@ datasets, each task has its own visual domain (a background style). The tasks (i
 - ``shape-caption`` (caption, CIDEr): describe colour, shape and position. Leans on the image.
 - ``color-vqa`` (vqa10, VQA accuracy): the colour of the named shape, ten annotator answers. Image.
 - ``opposite-short`` (short, exact match): the opposite of a word; the image is a blank card. Text.
-- ``shape-choice`` (choice, letter accuracy): which shape is shown, among shuffled options. Image.
-- ``locate-grounding`` (grounding, P@IoU0.5): the box of the described shape. Image.
+- ``shape-choice`` (choice, letter accuracy): which shape is shown, among four options. Image.
+- ``locate-grounding`` (grounding, P@IoU0.5): the box of the described shape (in a corner). Image.
 
 A separate generic mixture (describe, name the colour, name the shape, copy a word, over every
 style) pre-trains the tiny base model so it starts with some zero-shot skill; it never contains the tasks' own prompts.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from ..metrics.grounding import format_box
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
           "yellow": (230, 210, 40), "purple": (140, 60, 170), "orange": (240, 140, 30)}
 SHAPES = ("circle", "square", "triangle", "diamond")
+CORNERS = (0, 2, 6, 8)  # grounding places its shape in a corner: four boxes to learn
 POSITIONS = ("top left", "top middle", "top right", "middle left", "center", "middle right", "bottom left",
              "bottom middle", "bottom right")
 OPPOSITES = {"up": "down", "hot": "cold", "big": "small", "fast": "slow", "open": "closed", "light": "dark",
@@ -52,8 +53,8 @@ TASK_DESCRIPTIONS = {
     "shape-caption": "caption the colour, shape and position of the object (leans on the image)",
     "color-vqa": "name the colour of the shape, ten annotator answers (image)",
     "opposite-short": "give the opposite of a word; the image is a blank card (text)",
-    "shape-choice": "pick the shown shape among shuffled options (image)",
-    "locate-grounding": "box the described shape, 0-1000 normalised coordinates (image)",
+    "shape-choice": "pick the shown shape among four options (image)",
+    "locate-grounding": "box the described shape in one of the four corners, 0-1000 coordinates (image)",
 }
 TASK_STYLES = {"shape-caption": "gray", "color-vqa": "dark", "opposite-short": "checker", "shape-choice": "paper",
                "locate-grounding": "gradient"}
@@ -186,6 +187,8 @@ def _task_item(task: str, rng: random.Random, writer: _Writer, name: str) -> tup
         card = Image.fromarray(_background(TASK_STYLES[task], size, rng).astype(np.uint8))
         return {"question": question}, {"question": question, "answer": answer}, answer, writer.image(name, card)
     scene = random_scene(rng, TASK_STYLES[task])
+    if task == "locate-grounding":
+        scene = replace(scene, position=rng.choice(CORNERS))
     image = writer.image(name, draw_scene(scene, size, rng))
     if task == "shape-caption":
         return {}, {"references": caption_references(scene)}, caption_references(scene)[0], image
@@ -193,9 +196,7 @@ def _task_item(task: str, rng: random.Random, writer: _Writer, name: str) -> tup
         question = f"What color is the {scene.shape}?"
         return {"question": question}, {"question": question, "answers": vqa_answers(scene, rng)}, scene.color, image
     if task == "shape-choice":
-        choices = rng.sample(SHAPES, rng.choice((3, 4)))
-        if scene.shape not in choices:
-            choices[rng.randrange(len(choices))] = scene.shape
+        choices = list(SHAPES)
         question, gold = "Which shape is shown?", choices.index(scene.shape)
         return {"question": question, "choices": choices}, {"question": question, "choices": choices,
                                                             "answer": gold}, "ABCDE"[gold], image
@@ -245,13 +246,13 @@ def _write_eval(writer: _Writer, family: str, records: list[dict]) -> str:
 
 
 def pretraining_mixture(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes()) -> list[dict]:
-    """Generic instruction data for the tiny base: vocabulary of colours, shapes, positions and copying."""
+    """Generic instruction data for the tiny base: colours, shapes, positions, and copying a word."""
     rng = random.Random(f"{seed}-pretrain")
     writer = _Writer(root, "pretrain", sizes.image_size)
     records = []
     for number in range(sizes.pretrain_samples):
-        kind = number % 4
-        if kind == 3:
+        kind = number % 5
+        if kind == 4:
             word = rng.choice(COPY_WORDS + tuple(OPPOSITES))
             image = writer.image(f"{number:05d}", noise_image(sizes.image_size, rng))
             records.append(_chat(image, f"Repeat the word '{word}'.", word, f"pretrain-{number}"))
@@ -260,7 +261,8 @@ def pretraining_mixture(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthS
         image = writer.image(f"{number:05d}", draw_scene(scene, sizes.image_size, rng))
         question, answer = (("What do you see?", f"{scene.color} {scene.shape}, {scene.position_name}."),
                             ("Name the color of the object.", scene.color),
-                            ("Name the shape.", scene.shape))[kind]
+                            ("Name the shape.", scene.shape),
+                            ("Where is the object?", scene.position_name))[kind]
         records.append(_chat(image, question, answer, f"pretrain-{number}"))
     writer.jsonl("train.jsonl", records)
     return records

@@ -1,8 +1,9 @@
 """D-MoLE experts as standard PEFT LoRA adapters, with per-sample expert sets (spec/dmole.md §7).
 
 Task k's expert is the PEFT adapter named ``task_k`` whose ``target_modules`` are exactly its
-allocated modules. All adapters are active in PEFT's sense; which ones count for a sample is decided
-by a 0/1 weight applied in a forward hook on each adapter's ``lora_B``:
+allocated modules. For each batch, PEFT activates the union of the experts routed to its samples (so
+unused experts cost nothing), and a 0/1 weight per sample, applied in a forward hook on each
+adapter's ``lora_B``, decides which of them count for which sample:
 
     y = W0 x + (alpha / r) * sum_k w_k(sample) * B_k A_k dropout(x)
 
@@ -49,21 +50,6 @@ class _Routing:
 _ROUTING: contextvars.ContextVar[_Routing | None] = contextvars.ContextVar("dmole_expert_routing", default=None)
 
 
-@contextmanager
-def routed(routes: Sequence[Sequence[int]], adapters: Sequence[str], *,
-           vision_rows: torch.Tensor | None = None, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Activate, per sample, the experts of the task ids in ``routes[i]`` (empty: the base model answers)."""
-    weights = {}
-    for name in adapters:
-        task_id = int(name.removeprefix(ADAPTER_PREFIX))
-        weights[name] = torch.tensor([1.0 if task_id in route else 0.0 for route in routes], device=device)
-    token = _ROUTING.set(_Routing(weights, vision_rows))
-    try:
-        yield
-    finally:
-        _ROUTING.reset(token)
-
-
 def _mask_hook(adapter: str, tower: str):
     def hook(module, inputs, output):
         routing = _ROUTING.get()
@@ -71,7 +57,7 @@ def _mask_hook(adapter: str, tower: str):
             raise RuntimeError("an expert layer ran outside `routed(...)`: the per-sample expert set is unknown")
         weight = routing.weights.get(adapter)
         if weight is None:
-            return output * 0.0
+            raise RuntimeError(f"expert {adapter} ran without a routing weight")
         rows = output.shape[0]
         if rows != weight.shape[0]:
             if tower != "vision" or routing.vision_rows is None:
@@ -88,6 +74,7 @@ class ExpertModel:
     def __init__(self, base: torch.nn.Module, towers: dict[str, str], base_model_id: str = ""):
         self.base, self.towers, self.base_model_id = base, towers, base_model_id
         self.peft: PeftModel | None = None
+        self.training_task: int | None = None  # the one expert that may require grad
         self._hooked: set[str] = set()
 
     @property
@@ -115,7 +102,28 @@ class ExpertModel:
         else:
             self.peft.add_adapter(name, config)
         self._activate_all()
+        self.training_task = task_id
         return self.freeze_all_but(task_id, expected=settings.rank * self._width(modules))
+
+    @contextmanager
+    def routed(self, routes: Sequence[Sequence[int]], *, vision_rows: torch.Tensor | None = None) -> Iterator[None]:
+        """Run the batch with, per sample, the experts of the task ids in ``routes[i]`` (none: the base)."""
+        union = sorted({task_id for route in routes for task_id in route})
+        active = [adapter_name(task_id) for task_id in union]
+        unknown = set(active) - set(self.adapters)
+        if unknown:
+            raise RuntimeError(f"routed to experts that are not loaded: {sorted(unknown)}")
+        device = next(self.model.parameters()).device
+        weights = {name: torch.tensor([1.0 if task_id in route else 0.0 for route in routes], device=device)
+                   for name, task_id in zip(active, union)}
+        self.peft.base_model.set_adapter(active)
+        if self.training_task is not None:
+            self.freeze_all_but(self.training_task)
+        token = _ROUTING.set(_Routing(weights, vision_rows))
+        try:
+            yield
+        finally:
+            _ROUTING.reset(token)
 
     def freeze_all_but(self, task_id: int, expected: int | None = None) -> list[torch.nn.Parameter]:
         """PEFT re-enables gradients on every adapter it activates: freeze all but one, then check the count."""

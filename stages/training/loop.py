@@ -100,12 +100,12 @@ def train(groups: Sequence[ParamGroup], loss_fn: Callable[[list[int]], dict[str,
     trainable = {f"{g.name}.{i}": p for g in groups for i, p in enumerate(g.params)}
     result = LoopResult(steps=len(plan))
     start = 0
+    torch.manual_seed(settings.seed)
     if checkpoint_dir is not None:
         state = load_checkpoint(checkpoint_dir)
-        if state is not None:
+        if state is not None:  # restores the RNG too, so dropout continues exactly where it stopped
             start = state.restore(trainable, optimizer)
             result.log, result.resumed_from = state.log, start
-    torch.manual_seed(settings.seed + start)
     with progress(description, total=len(plan)) as bar:
         bar.advance(start)
         for step in range(start, len(plan)):

@@ -1,0 +1,179 @@
+"""D-MoLE benchmarks on the synthetic benchmark, each comparison measured side by side in one run.
+
+    python bench/dmole_bench.py --demo dmole-demo [--repeats 7] [--out bench/results/dmole.json]
+
+1. quality: the demo's continual metrics per method (Last, AVG, BWT), from its report;
+2. training step: a D-MoLE step (new expert trainable, a past expert routed in per sample through
+   the mask hooks) against a plain PEFT LoRA step with the same trainable parameters, interleaved;
+3. preprocessing: embed + fit-router + zc-score + allocate as a share of train-task, for one task;
+4. inference: routed generation (all experts, per-sample routing) against one task's single adapter.
+
+Run `dmole demo --out DEMO` first: the quality table and the trained experts come from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from artifacts.io import read_json
+from stages.allocate import allocate
+from stages.config import stage_options
+from stages.data.tasks import load_eval_samples, load_train_samples
+from stages.dmole.experts import ExpertModel, LoraSettings
+from stages.embed import EmbedOptions, embed
+from stages.evaluate import EvalOptions, plan_evaluation
+from stages.evaluation.predict import predict
+from stages.fit_router import FitRouterOptions, fit_router
+from stages.init import create_workspace
+from stages.methods import towers
+from stages.models.registry import load_family
+from stages.project import Project
+from stages.train_task import TrainTaskOptions, train_task
+from stages.training.chat import chat_examples
+from stages.zc_score import ZcScoreOptions, zc_score
+
+
+def median_ratio(a: list[float], b: list[float]) -> dict:
+    return {"median_a_s": statistics.median(a), "median_b_s": statistics.median(b),
+            "ratio": statistics.median(a) / statistics.median(b)}
+
+
+def quality(project: Project) -> dict:
+    report = project.store.require("report", "all", hint="dmole demo")
+    methods = read_json(report.file("cl_metrics.json"))["methods"]
+    return {m: {k: v[k] for k in ("last", "avg_seen", "avg_all", "bwt", "fwt")} for m, v in methods.items()}
+
+
+def training_step(project: Project, repeats: int) -> dict:
+    """D-MoLE step with routing hooks and a frozen past expert vs a plain PEFT step, same trainable size."""
+    from peft import LoraConfig, get_peft_model
+
+    names = project.config.task_names
+    arch_old = read_json(project.store.require("allocate", names[0]).file("arch.json"))
+    arch_new = read_json(project.store.require("allocate", names[1]).file("arch.json"))
+    samples = load_train_samples(project.data_root, project.config.task(names[1]))[:16]
+
+    dmole_adapter = load_family(project.model_path)
+    experts = ExpertModel(dmole_adapter.model, towers(dmole_adapter, include_mlp=False))
+    experts.add_expert(1, arch_old["selected"], LoraSettings())
+    dmole_params = experts.add_expert(2, arch_new["selected"], LoraSettings())
+    plain_adapter = load_family(project.model_path)
+    plain = get_peft_model(plain_adapter.model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                           target_modules=arch_new["selected"]))
+    plain_params = [p for p in plain.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in dmole_params) == sum(p.numel() for p in plain_params)
+    batch = dmole_adapter.train_batch(chat_examples(samples))
+    optimizers = (torch.optim.AdamW(dmole_params, lr=1e-4), torch.optim.AdamW(plain_params, lr=1e-4))
+    experts.model.train()
+    plain.train()
+
+    def dmole_step():
+        with experts.routed([(2, 1)] * len(samples)):
+            experts.model(**batch).loss.backward()
+        optimizers[0].step()
+        optimizers[0].zero_grad()
+
+    def plain_step():
+        plain(**batch).loss.backward()
+        optimizers[1].step()
+        optimizers[1].zero_grad()
+
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(repeats + 2):  # two warm-up rounds
+        for which, step in enumerate((dmole_step, plain_step)):
+            start = time.perf_counter()
+            step()
+            if i >= 2:
+                times[which].append(time.perf_counter() - start)
+    return {"batch": len(samples), "trainable_parameters": sum(p.numel() for p in plain_params),
+            **median_ratio(*times), "a": "dmole step", "b": "plain PEFT LoRA step"}
+
+
+def preprocessing_share(demo: Path) -> dict:
+    """One task's preprocessing against its train-task, in a fresh workspace over the demo's data."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Project.open(demo / "workspace")
+        create_workspace(Path(tmp) / "ws", model=demo / "base-model", data=demo / "data",
+                         stages=source.config.stages)
+        project = Project.open(Path(tmp) / "ws")
+        task = project.config.task_names[0]
+        c = project.config
+        seconds = {}
+        for name, run in (("embed", lambda: embed(project, task, stage_options(c, "embed", EmbedOptions, {}))),
+                          ("fit-router", lambda: fit_router(project, task,
+                                                            stage_options(c, "fit-router", FitRouterOptions, {}))),
+                          ("zc-score", lambda: zc_score(project, task, stage_options(c, "zc-score", ZcScoreOptions, {}))),
+                          ("allocate", lambda: allocate(project, task)),
+                          ("train-task", lambda: train_task(project, task,
+                                                            stage_options(c, "train-task", TrainTaskOptions, {})))):
+            start = time.perf_counter()
+            run()
+            seconds[name] = time.perf_counter() - start
+        shutil.rmtree(project.root / ".runs", ignore_errors=True)
+    pre = sum(v for k, v in seconds.items() if k != "train-task")
+    return {"task": task, "seconds": seconds, "preprocessing_s": pre, "share_of_train_task": pre / seconds["train-task"]}
+
+
+def inference_throughput(project: Project, repeats: int) -> dict:
+    """Samples per second: the stage-T D-MoLE model routing per sample vs the task's own single adapter."""
+    names = project.config.task_names
+    task = project.config.task(names[1])
+    samples = load_eval_samples(project.data_root, task)
+    options = stage_options(project.config, "eval", EvalOptions, {})
+    routed_adapter, single_adapter = load_family(project.model_path), load_family(project.model_path)
+    routed_plan = plan_evaluation(project, "dmole", names[-1], options, routed_adapter)
+    routes, errors = routed_plan.routes_for(task.name)
+    single = ExpertModel(single_adapter.model, towers(single_adapter, include_mlp=False))
+    single.load_expert(2, project.store.require("train-task", names[1]).path / "expert")
+
+    def run_routed():
+        predict(routed_adapter, task, samples, batch_size=options.batch_size, model=routed_plan.model,
+                around_batch=lambda idx, inputs: routed_plan.experts.routed([routes[i] for i in idx]))
+
+    def run_single():
+        predict(single_adapter, task, samples, batch_size=options.batch_size, model=single.model,
+                around_batch=lambda idx, inputs: single.routed([(2,)] * len(idx)))
+
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(repeats + 1):
+        for which, run in enumerate((run_routed, run_single)):
+            start = time.perf_counter()
+            run()
+            if i >= 1:
+                times[which].append(time.perf_counter() - start)
+    result = median_ratio(*times)
+    return {"task": task.name, "samples": len(samples), "experts_loaded": len(routed_plan.experts.adapters),
+            "routed_samples_per_s": len(samples) / result["median_a_s"],
+            "single_samples_per_s": len(samples) / result["median_b_s"], **result,
+            "a": "routed (all experts, per sample)", "b": "single adapter"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", type=Path, default=Path("dmole-demo"), help="output folder of `dmole demo`")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/dmole.json"))
+    args = parser.parse_args()
+    project = Project.open(args.demo / "workspace")
+    results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
+                           "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
+               "quality": quality(project),
+               "training_step": training_step(project, args.repeats),
+               "inference": inference_throughput(project, max(3, args.repeats // 2)),
+               "preprocessing": preprocessing_share(args.demo)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
