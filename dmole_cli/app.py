@@ -6,6 +6,8 @@ Heavy libraries (torch, transformers, peft) are imported inside command bodies s
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from . import inspect_cmds, stage_cmds, workspace_cmds
@@ -22,4 +24,6 @@ inspect_cmds.register(app)
 
 
 def main() -> None:
+    # peft 0.21 calls a transformers method that 5.x deprecates; users can do nothing about it.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     app()

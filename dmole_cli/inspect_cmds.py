@@ -70,11 +70,12 @@ def _render_artifact(info: dict) -> None:
             console.print(stats)
 
 
-def _render_confusion(confusion: dict[str, dict[str, int]]) -> None:
+def _render_confusion(confusion: dict[str, dict[str, int]], scale: float) -> None:
     if not confusion:
         return
     columns = list(next(iter(confusion.values())))
-    table = Table("true task \\ routed", *columns, "own %", title="routing confusion (held-out test samples)")
+    table = Table("true task \\ routed", *columns, "own %",
+                  title=f"routing confusion (held-out test samples, threshold scale {scale:g})")
     for true_task, row in confusion.items():
         total = sum(row.values())
         own = 100 * row.get(true_task, 0) / total if total else 0.0
@@ -110,7 +111,7 @@ def show(
         return
     for info in result["artifacts"]:
         _render_artifact(info)
-    _render_confusion(result.get("confusion", {}))
+    _render_confusion(result.get("confusion", {}), result.get("threshold_scale", 1.0))
     _render_allocation(result.get("allocation", {}))
 
 

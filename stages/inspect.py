@@ -62,9 +62,13 @@ def describe_stage(project: Project, stage: str, task: str | None, number: int |
             raise UserError(f"no '{stage}' artifacts in this workspace yet")
     result = {"stage": stage, "artifacts": found}
     if stage == "fit-router":
+        from .config import stage_options
+        from .evaluate import EvalOptions
         from .fit_router import routing_confusion
 
-        result["confusion"] = routing_confusion(project)
+        scale = stage_options(project.config, "eval", EvalOptions, {}).threshold_scale
+        result["threshold_scale"] = scale
+        result["confusion"] = routing_confusion(project, scale)
     if stage == "allocate":
         from .allocate import allocation_table
 

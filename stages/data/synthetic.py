@@ -260,7 +260,7 @@ def pretraining_mixture(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthS
         scene = random_scene(rng, rng.choice(STYLES))
         image = writer.image(f"{number:05d}", draw_scene(scene, sizes.image_size, rng))
         question, answer = (("What do you see?", f"{scene.color} {scene.shape}, {scene.position_name}."),
-                            ("Name the color of the object.", scene.color),
+                            ("What color is the object?", scene.color),
                             ("Name the shape.", scene.shape),
                             ("Where is the object?", scene.position_name))[kind]
         records.append(_chat(image, question, answer, f"pretrain-{number}"))

@@ -1,0 +1,76 @@
+"""The workspace commands and artifact inspection from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from dmole_cli.app import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_help_lists_the_commands_without_importing_torch():
+    code = ("import sys; from dmole_cli.app import app; "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == \
+        ["False", "False"]
+    text = invoke("--help")
+    for command in ("init", "tasks", "synth", "demo", "embed", "fit-router", "zc-score", "allocate", "train-task",
+                    "eval", "report", "ls", "show"):
+        assert command in text
+
+
+def test_init_selects_and_orders_tasks(micro_bench, tmp_path):
+    workspace = tmp_path / "ws"
+    invoke("init", "--model", str(micro_bench / "base-model"), "--data", str(micro_bench / "data"),
+           "--tasks", "shape-choice,color-vqa", "--workspace", str(workspace))
+    assert invoke("tasks", "--workspace", str(workspace)).split() == ["shape-choice", "color-vqa"]
+    again = runner.invoke(app, ["init", "--model", str(micro_bench / "base-model"), "--data",
+                                str(micro_bench / "data"), "--workspace", str(workspace)])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_ls_and_show_json(make_project):
+    project = make_project()
+    task = project.config.task_names[0]
+    invoke("embed", "--task", task, "--workspace", str(project.root))
+    rows = json.loads(invoke("ls", "--json", "--workspace", str(project.root)))
+    assert [(r["stage"], r["task"], r["version"], r["status"]) for r in rows] == [("embed", task, 1, "ok")]
+    shown = json.loads(invoke("show", "embed", "--task", task, "--json", "--workspace", str(project.root)))
+    artifact = shown["artifacts"][0]
+    assert artifact["version"] == 1 and artifact["summary"]["n_train"] == 12
+    assert {t["file"]: t["rows"] for t in artifact["tables"]} == {"test.parquet": 4, "train.parquet": 12}
+    assert "embed" in invoke("ls", "--workspace", str(project.root))
+
+
+def test_show_fit_router_includes_the_confusion_matrix(make_project):
+    project = make_project()
+    for task in project.config.task_names[:2]:
+        invoke("embed", "--task", task, "--workspace", str(project.root))
+        invoke("fit-router", "--task", task, "--workspace", str(project.root))
+    shown = json.loads(invoke("show", "fit-router", "--json", "--workspace", str(project.root)))
+    confusion = shown["confusion"]
+    fitted = project.config.task_names[:2]
+    assert set(confusion) == set(fitted)
+    for task in fitted:
+        assert set(confusion[task]) == {*fitted, "none"} and sum(confusion[task].values()) == 4
+
+
+def test_recomputing_identical_content_keeps_downstream_fresh(make_project):
+    project = make_project()
+    task = project.config.task_names[0]
+    invoke("embed", "--task", task, "--workspace", str(project.root))
+    invoke("fit-router", "--task", task, "--workspace", str(project.root))
+    invoke("embed", "--task", task, "--force", "--batch-size", "3", "--workspace", str(project.root))
+    rows = {r["stage"]: r["status"] for r in json.loads(invoke("ls", "--json", "--workspace", str(project.root)))}
+    assert rows == {"embed": "ok", "fit-router": "ok"}  # same content: recomputing does not make it stale
