@@ -68,6 +68,8 @@ def environment(seed: int, device: str = "cpu", dtype: str = "float32", world_si
 def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: list[Version],
               compute: Callable[[Writer], None], force: bool = False, env: dict | None = None) -> StageResult:
     """Return the current version if nothing changed (unless ``force``), else run ``compute`` into a new one."""
+    for version in inputs:  # a damaged input stops the stage before it touches the workspace
+        version.verify()
     refs = [v.ref() for v in inputs]
     start = time.perf_counter()
     if not force:

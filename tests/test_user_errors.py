@@ -103,3 +103,27 @@ def test_workspace_config_with_unknown_keys(private):
     config["learning_rate"] = 1
     path.write_text(json.dumps(config))
     fails(private, "tasks", match="learning_rate: Extra inputs are not permitted")
+
+
+def test_two_writers_of_the_same_task_are_refused(private):
+    with private.store.lock("embed", TASK):
+        fails(private, "embed", "--task", TASK, match="is being written by another process")
+
+
+def test_tampered_manifest_checksum(private):
+    assert runner.invoke(app, ["embed", "--task", TASK, "--workspace", str(private.root)]).exit_code == 0
+    manifest_path = private.store.latest("embed", TASK).path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    next(o for o in manifest["outputs"] if o["path"] == "train.parquet")["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    fails(private, "fit-router", "--task", TASK, match="checksum does not match its manifest")
+
+
+def test_unknown_model_family(micro_bench, tmp_path):
+    model = tmp_path / "bert"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    result = runner.invoke(app, ["init", "--model", str(model), "--data", str(micro_bench / "data"),
+                                 "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 2 and "model_type 'bert' is not a supported family" in result.output
+    assert not (tmp_path / "ws").exists()
