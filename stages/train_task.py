@@ -143,9 +143,9 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
     config = {"options": options.model_dump(), "method": method, "loop": settings.__dict__, "sources": sources}
 
     def compute(writer: Writer) -> None:
-        from .models.registry import load_family
-
         import torch
+
+        from .models.registry import load_family
 
         adapter = load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
         name = adapter_name(task_id)

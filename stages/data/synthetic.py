@@ -259,8 +259,9 @@ def pretraining_mixture(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthS
             continue
         scene = random_scene(rng, rng.choice(STYLES))
         image = writer.image(f"{number:05d}", draw_scene(scene, sizes.image_size, rng))
+        subject = rng.choice(("object", scene.shape))
         question, answer = (("What do you see?", f"{scene.color} {scene.shape}, {scene.position_name}."),
-                            ("What color is the object?", scene.color),
+                            (f"What color is the {subject}?", scene.color),
                             ("Name the shape.", scene.shape),
                             ("Where is the object?", scene.position_name))[kind]
         records.append(_chat(image, question, answer, f"pretrain-{number}"))
