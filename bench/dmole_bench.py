@@ -63,7 +63,7 @@ def training_step(project: Project, repeats: int) -> dict:
     samples = load_train_samples(project.data_root, project.config.task(names[1]))[:16]
 
     dmole_adapter = load_family(project.model_path)
-    experts = ExpertModel(dmole_adapter.model, towers(dmole_adapter, include_mlp=False))
+    experts = ExpertModel(dmole_adapter.model, towers(dmole_adapter))
     experts.add_expert(1, arch_old["selected"], LoraSettings())
     dmole_params = experts.add_expert(2, arch_new["selected"], LoraSettings())
     plain_adapter = load_family(project.model_path)
@@ -132,7 +132,7 @@ def inference_throughput(project: Project, repeats: int) -> dict:
     routed_adapter, single_adapter = load_family(project.model_path), load_family(project.model_path)
     routed_plan = plan_evaluation(project, "dmole", names[-1], options, routed_adapter)
     routes, errors = routed_plan.routes_for(task.name)
-    single = ExpertModel(single_adapter.model, towers(single_adapter, include_mlp=False))
+    single = ExpertModel(single_adapter.model, towers(single_adapter))
     single.load_expert(2, project.store.require("train-task", names[1]).path / "expert")
 
     def run_routed():

@@ -120,7 +120,7 @@ def plan_evaluation(project: Project, method: str, after: str, options: EvalOpti
 def _single_adapter_plan(adapter, version: Version, tasks: list[str], project: Project, task_id: int) -> _Plan:
     if adapter is None:
         return _Plan(None, tasks, [version])
-    experts = ExpertModel(adapter.model, towers(adapter, include_mlp=True), str(project.model_path))
+    experts = ExpertModel(adapter.model, towers(adapter), str(project.model_path))
     experts.load_expert(task_id, expert_folder(version))
     return _Plan(experts.model, tasks, [version], experts=experts,
                  router=lambda indices, inputs: experts.routed([(task_id,)] * len(indices),

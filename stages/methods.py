@@ -31,12 +31,9 @@ def stage_name(stage: str, method: str) -> str:
     return stage if method == "dmole" else f"{method}.{stage}"
 
 
-def includes_mlp(method: str) -> bool:
-    return method != "dmole"
-
-
-def towers(adapter, include_mlp: bool) -> dict[str, str]:
-    return {c.name: c.tower for c in adapter.candidates(include_mlp=include_mlp)}
+def towers(adapter) -> dict[str, str]:
+    """Tower of every attention and MLP projection: where any expert or baseline adapter may sit."""
+    return {c.name: c.tower for c in adapter.candidates(include_mlp=True)}
 
 
 def expert_folder(version: Version) -> Path:
@@ -52,7 +49,7 @@ def trained(project: Project, method: str, task: str) -> Version:
 
 def dmole_model(project: Project, adapter, upto: int) -> tuple[ExpertModel, list[Version]]:
     """Base + experts of tasks 1..upto, all frozen."""
-    experts = ExpertModel(adapter.model, towers(adapter, include_mlp=False), str(project.model_path))
+    experts = ExpertModel(adapter.model, towers(adapter), str(project.model_path))
     versions = [trained(project, "dmole", name) for name in project.config.task_names[:upto]]
     for task_id, version in enumerate(versions, start=1):
         experts.load_expert(task_id, expert_folder(version))

@@ -39,9 +39,13 @@ FAMILIES = ("llava", "internvl", "qwen2vl")
 #   in-sample quantile is optimistic (held-out in-task errors reach ~1.5 x tau), while every other
 #   task's errors stay above ~5 x tau, so the scaled threshold keeps a task's own inputs and still
 #   rejects the rest (the paper reports stable results for thresholds within the same order).
+# - zero-cost scores include the MLP projections (the spec's optional include_mlp), so that at the
+#   default budget of half the candidates an expert has about the baselines' parameter count; the
+#   tasks here lean on memorising small vocabularies, which MLP projections carry.
 STAGE_DEFAULTS: dict[str, dict] = {
     "fit-router": {"batch_size": 32, "quantile": 0.99, "output_activation": "none"},
-    "train-task": {"lr": 3e-3, "epochs": 4, "batch_size": 16},
+    "zc-score": {"include_mlp": True},
+    "train-task": {"lr": 3e-3, "epochs": 5, "batch_size": 32},
     "eval": {"batch_size": 16, "threshold_scale": 2.0},
 }
 

@@ -161,7 +161,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
             routes = [(task_id,) + ((p,) if p is not None else ()) for p in partners]
         else:
             base = merged_model(project, adapter, task_id - 1)[0] if method == "seq-lora" else adapter.model
-            experts = ExpertModel(base, towers(adapter, include_mlp=True), str(project.model_path))
+            experts = ExpertModel(base, towers(adapter), str(project.model_path))
             modules = [c.name for c in adapter.candidates(include_mlp=True)]
             trainable = experts.add_expert(task_id, modules, BASELINE_LORA)
             routes = [(task_id,)] * len(samples)

@@ -31,7 +31,7 @@ def _examples():
 
 def _experts(adapter) -> ExpertModel:
     names = [c.name for c in adapter.candidates()]
-    experts = ExpertModel(adapter.model, towers(adapter, include_mlp=False))
+    experts = ExpertModel(adapter.model, towers(adapter))
     experts.add_expert(1, names[::2], LoraSettings())
     experts.add_expert(2, names[1::3], LoraSettings())
     torch.manual_seed(0)
