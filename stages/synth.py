@@ -45,7 +45,7 @@ FAMILIES = ("llava", "internvl", "qwen2vl")
 STAGE_DEFAULTS: dict[str, dict] = {
     "fit-router": {"batch_size": 32, "quantile": 0.99, "output_activation": "none"},
     "zc-score": {"include_mlp": True},
-    "train-task": {"lr": 3e-3, "epochs": 5, "batch_size": 32},
+    "train-task": {"lr": 3e-3, "epochs": 4, "batch_size": 16},
     "eval": {"batch_size": 16, "threshold_scale": 2.0},
 }
 
