@@ -10,7 +10,7 @@ import warnings
 
 import typer
 
-from . import inspect_cmds, stage_cmds, workspace_cmds
+from . import inspect_cmds, roe_cmds, stage_cmds, workspace_cmds
 
 app = typer.Typer(
     name="dmole", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
@@ -20,6 +20,7 @@ app = typer.Typer(
 
 workspace_cmds.register(app)
 stage_cmds.register(app)
+roe_cmds.register(app)
 inspect_cmds.register(app)
 
 

@@ -102,9 +102,15 @@ def show(
     json_output: JsonOption = False,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Summarise an artifact: manifest, table heads and statistics (fit-router adds the routing confusion)."""
+    """Summarise an artifact: manifest, table heads and statistics (fit-router adds the routing confusion,
+    allocate the expert map, route-train the skip rates and scores)."""
     from stages.inspect import describe_stage
 
+    if stage == "route-train":
+        from .roe_cmds import show_route_train
+
+        show_route_train(workspace, json_output)
+        return
     result = describe_stage(_project(workspace), stage, task, version)
     if json_output:
         print(json.dumps(result, indent=2, default=str))

@@ -135,6 +135,8 @@ def eval_(
     threshold_scale: Annotated[Optional[float], typer.Option(help="Multiply every router threshold. [default: 1]")]
     = None,
     caption_tokenizer: Annotated[Optional[str], typer.Option(help="simple (default) or ptb (needs java).")] = None,
+    roe: Annotated[bool, typer.Option("--roe", help="Evaluate the latest route-train weights: dense versus RoE, "
+                                                    "skip statistics (stage roe-eval).")] = False,
     force: ForceOption = False,
     quiet: QuietOption = False,
     workspace: WorkspaceOption = None,
@@ -144,6 +146,11 @@ def eval_(
     from stages.errors import UserError
     from stages.evaluate import STAGE, ZERO_SHOT, EvalOptions, evaluate as run
 
+    if roe:
+        from .roe_cmds import run_roe_eval
+
+        run_roe_eval(workspace, batch_size=batch_size, force=force, quiet=quiet)
+        return
     if zero_shot == (after is not None):
         raise UserError("give exactly one of --after TASK or --zero-shot")
     project = _project(workspace)

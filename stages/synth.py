@@ -47,6 +47,10 @@ STAGE_DEFAULTS: dict[str, dict] = {
     "zc-score": {"include_mlp": True},
     "train-task": {"lr": 3e-3, "epochs": 4, "batch_size": 16},
     "eval": {"batch_size": 16, "threshold_scale": 2.0},
+    # RoE (docs/roe.md): the tiny base has never seen the tasks, so the backbone must learn them while the
+    # routers learn to skip; a short router warm-up (stage 2 from 30% of the steps) keeps the skip rate
+    # near the target instead of overshooting.
+    "route-train": {"epochs": 3, "roe_lr": 3e-3, "backbone_lr": 1e-3, "stage2_start": 0.3},
 }
 
 

@@ -1,0 +1,148 @@
+"""The routed decoder layer: execute, skip, or (training) a soft mixture of both (spec roe.md §4).
+
+A routable layer keeps its module and its parameter names; only its ``forward`` attribute is replaced by
+``RoutedForward``, which reads the active routing state from the context variable. The execute path is
+always the layer's original forward with the arguments it received (I2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+from ..errors import UserError
+from .modules import RoutedLayer
+from .plan import RoutingPlan, TrainingRouting, active
+
+
+class RoutingError(UserError):
+    """A request RoE cannot route (e.g. a chunked prefill)."""
+
+
+class _Ungatherable(Exception):
+    pass
+
+
+def router_logits(routed: RoutedLayer, normed: Tensor, pooling: Tensor) -> Tensor:
+    """z = W·[g_prefix ; g_turn] per turn, [B, n, 2] in fp32: the one router input of training and
+    inference (§3.4). ``pooling`` is Segments.pooling(), [B, 1 + n, T]."""
+    pooled = torch.bmm(pooling.to(normed.device), normed.float())
+    n = pooled.shape[1] - 1
+    features = torch.cat([pooled[:, :1].expand(-1, n, -1), pooled[:, 1:]], dim=-1)
+    with torch.autocast(normed.device.type, enabled=False):
+        return routed.router(features.to(routed.router.weight.dtype)).float()
+
+
+def _batch_axis(name: str, value: Tensor) -> int | None:
+    """The batch axis of a layer argument we know, None for arguments shared by all rows."""
+    if name in ("hidden_states", "attention_mask"):
+        return 0
+    if name == "position_ids":
+        return 0 if value.ndim == 2 else 1  # multimodal RoPE: [3, B, T]
+    if name == "position_embeddings":
+        return 0 if value.ndim == 3 else 1
+    if name == "cache_position":
+        return None
+    raise _Ungatherable(f"layer argument {name!r} has no registered batch axis")
+
+
+def _take(name: str, value, rows: Tensor, batch: int):
+    if isinstance(value, tuple):
+        return tuple(_take(name, v, rows, batch) for v in value)
+    if not isinstance(value, Tensor):
+        if name == "past_key_values" and value is not None and type(value) is not DynamicCache:
+            raise _Ungatherable(f"{type(value).__name__} is not a dynamic cache")
+        return value
+    axis = _batch_axis(name, value)
+    if axis is None or value.shape[axis] == 1 < batch:  # shared or broadcast over the batch
+        return value
+    return value.index_select(axis, rows)
+
+
+class RoutedForward:
+    """Callable installed as ``layer.forward`` on routable layer ``index``."""
+
+    def __init__(self, index: int, routed: RoutedLayer, norm: nn.Module, original) -> None:
+        self.index, self.routed, self.norm, self.original = index, routed, norm, original
+
+    def __call__(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:
+        state = active()
+        if state is None:
+            return self.original(hidden_states, *args, **kwargs)
+        if args:  # transformers passes everything but the states by keyword; keep the gather rule exact
+            raise RoutingError(f"layer {self.index}: positional layer arguments are not supported by RoE")
+        if isinstance(state, TrainingRouting):
+            return self._soft(state, hidden_states, kwargs)
+        return self._hard(state, hidden_states, kwargs)
+
+    def _execute(self, hidden: Tensor, kwargs: dict) -> Tensor:
+        out = self.original(hidden, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def _skip(self, hidden: Tensor, normed: Tensor | None = None) -> Tensor:
+        """skip_l(H) = H + A_l(Norm_l(H)), with the layer's own norm module."""
+        normed = self.norm(hidden) if normed is None else normed
+        adapter = self.routed.adapter
+        return hidden + adapter(normed.to(adapter.up.weight.dtype)).to(hidden.dtype)
+
+    # ---- training: soft decisions ------------------------------------------------------
+    def _soft(self, state: TrainingRouting, hidden: Tensor, kwargs: dict) -> Tensor:
+        segments, schedule = state.segments, state.schedule
+        normed = self.norm(hidden)
+        if schedule.stage == 0:  # random skipping at rate ρ; the router is not consulted
+            noise = state.draw(self.index, (hidden.shape[0], segments.n_turns, 2), hidden.device)
+            logits = 1000.0 * (noise + torch.tensor([schedule.beta, 0.0], device=hidden.device))
+        else:
+            z = router_logits(self.routed, normed, segments.pooling())
+            bias = torch.tensor([schedule.beta if schedule.stage == 1 else 0.0, 0.0], device=z.device)
+            logits = (z + bias) / schedule.tau
+        valid = segments.valid_turns().to(logits.device)
+        prefix = (logits * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
+        p_skip = torch.softmax(torch.cat([prefix[:, None], logits], dim=1), dim=-1)[..., 1]
+        p_skip = p_skip * torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # invalid turns execute
+        state.p_skip[self.index] = p_skip[:, 1:]
+        turn = segments.turn.to(hidden.device)
+        per_token = p_skip.gather(1, turn.clamp(min=0)) * (turn >= 0)  # padding executes
+        dense = self._execute(hidden, kwargs)
+        return dense + per_token[..., None].to(hidden.dtype) * (self._skip(hidden, normed) - dense)
+
+    # ---- inference: hard decisions -----------------------------------------------------
+    def _hard(self, plan: RoutingPlan, hidden: Tensor, kwargs: dict) -> Tensor:
+        normed = self._decide(plan, hidden, kwargs) if self.index not in plan.applied else None
+        skip = plan.applied[self.index].to(hidden.device)
+        if not skip.any():
+            return self._execute(hidden, kwargs)
+        if skip.all():  # the block never runs and writes no KV
+            return self._skip(hidden, normed)
+        batch = hidden.shape[0]
+        rows_exec, rows_skip = (~skip).nonzero().squeeze(1), skip.nonzero().squeeze(1)
+        gathered = {name: _take(name, value, rows_exec, batch) for name, value in kwargs.items()}
+        out = torch.empty_like(hidden)
+        out[rows_exec] = self._execute(hidden[rows_exec], gathered)
+        out[rows_skip] = self._skip(hidden[rows_skip], None if normed is None else normed[rows_skip])
+        return out
+
+    def _decide(self, plan: RoutingPlan, hidden: Tensor, kwargs: dict) -> Tensor:
+        """At prefill: the router's choice per row, then the batch rule; returns Norm_l(H)."""
+        segments = plan.segments
+        if segments is None or tuple(segments.turn.shape) != tuple(hidden.shape[:2]):
+            raise RoutingError("RoE decides at a single prefill of the whole prompt; chunked prefill and "
+                               "inputs_embeds-only calls are refused")
+        normed = self.norm(hidden)
+        logits = router_logits(self.routed, normed, segments.pooling())[:, 0]
+        decided = logits[:, 1] > logits[:, 0]  # a tie executes
+        if plan.forced is not None:
+            decided = plan.forced.get(self.index, torch.zeros_like(decided)).to(decided.device)
+        rule = plan.batch_rule
+        if rule == "gather" and decided.any() and not decided.all():
+            try:
+                rows = (~decided).nonzero().squeeze(1)
+                for name, value in kwargs.items():
+                    _take(name, value, rows, hidden.shape[0])
+            except _Ungatherable as reason:
+                rule, plan.fallback_reason = "or", str(reason)
+        plan.logits[self.index], plan.decided[self.index] = logits.detach(), decided
+        plan.applied[self.index] = decided if rule == "gather" or decided.all() else torch.zeros_like(decided)
+        plan.rule_applied[self.index] = rule
+        return normed

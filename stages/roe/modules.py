@@ -1,0 +1,64 @@
+"""RoE's own parameters (spec roe.md §2.2): per routable layer a router and a skip adapter, held in a
+container outside the backbone so that no backbone parameter name changes (I1)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+PREFIX = "roe"  # every RoE tensor is saved and grouped as roe.layers.{l}.…
+
+
+@dataclass(frozen=True)
+class RoEShape:
+    """What fixes the RoE parameters of a model: width, adapter rank and the routable layers."""
+
+    d_model: int
+    rank: int
+    n_layers: int
+    routable: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"routable": list(self.routable)}
+
+
+class Adapter(nn.Module):
+    """A(x) = W_B·ReLU(W_A·x): bias-free, Xavier-uniform, no dropout."""
+
+    def __init__(self, d_model: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(d_model, rank, bias=False)
+        self.up = nn.Linear(rank, d_model, bias=False)
+        nn.init.xavier_uniform_(self.down.weight)
+        nn.init.xavier_uniform_(self.up.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(torch.relu(self.down(x)))
+
+
+class RoutedLayer(nn.Module):
+    """Router W ∈ R^{2×2D} (row 0 = execute, row 1 = skip; PyTorch's default init) and the adapter."""
+
+    def __init__(self, d_model: int, rank: int) -> None:
+        super().__init__()
+        self.router = nn.Linear(2 * d_model, 2, bias=False)
+        self.adapter = Adapter(d_model, rank)
+
+
+class RoEModules(nn.Module):
+    """The ``roe.`` container: ``layers`` maps a routable layer's index (as a string) to its modules."""
+
+    def __init__(self, shape: RoEShape) -> None:
+        super().__init__()
+        self.shape = shape
+        self.layers = nn.ModuleDict({str(l): RoutedLayer(shape.d_model, shape.rank) for l in shape.routable})
+
+    def named_tensors(self) -> dict[str, Tensor]:
+        """``roe.layers.{l}.router.weight``, ``….adapter.down.weight`` [r, D], ``….adapter.up.weight`` [D, r]."""
+        return {f"{PREFIX}.{name}": t.detach().contiguous() for name, t in self.state_dict().items()}
+
+    def load_named_tensors(self, tensors: dict[str, Tensor]) -> None:
+        prefix = f"{PREFIX}."
+        self.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()}, strict=True)

@@ -1,0 +1,87 @@
+"""Per-request and per-forward routing state, held in a context variable and never on modules (§4.3).
+
+Outside any routing context the wrapped layers run their original forward: the same model object is
+the dense model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .schedule import ScheduleState
+from .segments import Segments
+
+BatchRule = Literal["gather", "or"]
+
+
+@dataclass
+class RoutingPlan:
+    """One generate call's decisions. The prefill decides each routable layer once per row; every later
+    forward reuses the decision. ``forced`` (layer -> [B] bool skip) overrides the routers (tests,
+    forced-execute runs, benchmarks)."""
+
+    batch_rule: BatchRule = "gather"
+    forced: dict[int, Tensor] | None = None
+    segments: Segments | None = None  # set from the prefill's input ids
+    logits: dict[int, Tensor] = field(default_factory=dict)  # [B, 2] fp32 (exec, skip)
+    decided: dict[int, Tensor] = field(default_factory=dict)  # [B] bool: the router wants to skip
+    applied: dict[int, Tensor] = field(default_factory=dict)  # [B] bool: the layer was skipped
+    rule_applied: dict[int, BatchRule] = field(default_factory=dict)
+    fallback_reason: str | None = None
+
+    @property
+    def batch_rule_applied(self) -> BatchRule:
+        return "or" if "or" in self.rule_applied.values() else self.batch_rule
+
+    @classmethod
+    def force_all(cls, skip: bool, layers, batch_size: int, **kwargs) -> RoutingPlan:
+        return cls(forced={l: torch.full((batch_size,), skip) for l in layers}, **kwargs)
+
+
+@dataclass
+class TrainingRouting:
+    """One training forward: soft decisions from the schedule state, the stage-0 draws (made once per
+    forward, so recomputation sees the same values) and the per-layer skip probabilities it produced."""
+
+    segments: Segments
+    schedule: ScheduleState
+    noise: dict[int, Tensor] = field(default_factory=dict)  # [B, n, 2] U[0,1)
+    p_skip: dict[int, Tensor] = field(default_factory=dict)  # [B, n] skip probability per turn
+
+    def draw(self, layer: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        if layer not in self.noise:
+            self.noise[layer] = torch.rand(shape, device=device)
+        return self.noise[layer]
+
+    def soft_skip(self) -> Tensor:
+        """s_i: the mean over routable layers and valid turns of the skip probability, [B]."""
+        valid = self.segments.valid_turns().float()
+        per_layer = torch.stack([(p * valid).sum(1) / valid.sum(1).clamp(min=1.0) for p in self.p_skip.values()])
+        return per_layer.mean(0)
+
+    def hard_skip(self) -> float:
+        valid = self.segments.valid_turns()
+        return float(torch.stack([p.detach()[valid] > 0.5 for p in self.p_skip.values()]).float().mean())
+
+
+_ACTIVE: ContextVar[RoutingPlan | TrainingRouting | None] = ContextVar("roe_routing", default=None)
+
+
+def active() -> RoutingPlan | TrainingRouting | None:
+    return _ACTIVE.get()
+
+
+@contextmanager
+def routing(state: RoutingPlan | TrainingRouting) -> Iterator[RoutingPlan | TrainingRouting]:
+    token = _ACTIVE.set(state)
+    try:
+        yield state
+    finally:
+        _ACTIVE.reset(token)

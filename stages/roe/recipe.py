@@ -1,0 +1,119 @@
+"""RoE training on the standard loop (spec roe.md §5): named parameter groups, the loss over a batch, and
+the stage callback. No loop of its own."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..data.samples import TrainSample
+from ..progress import Progress, silent
+from ..training.chat import chat_examples
+from ..training.loop import LoopResult, LoopSettings, ParamGroup, batch_plan, train
+from .loss import per_example_ce, roe_objective
+from .modules import PREFIX, RoEModules
+from .plan import TrainingRouting, routing
+from .schedule import STAGE_NAMES, RoEStageCallback, ScheduleState, StageSchedule
+from .segments import ImageTokens, training_segments
+
+Stage2Mode = Literal["frozen", "full"]
+# Backbone groups by parameter name; the vision tower (outside both) is always frozen. Qwen2-VL's
+# projector is the patch merger inside its vision model.
+LLM = re.compile(r"model\.language_model\..*|lm_head\..*")
+PROJECTOR = re.compile(r"model\.multi_modal_projector\..*|model\.visual\.merger\..*")
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    rho: float
+    lam: float
+    gamma: float
+    roe_lr: float
+    router_lr: float
+    backbone_lr: float
+    stage2_mode: Stage2Mode
+    stage1_start: float
+    stage2_start: float
+
+
+def parameter_groups(model: torch.nn.Module, modules: RoEModules | None,
+                     settings: RecipeSettings) -> tuple[list[ParamGroup], dict[str, set[int]]]:
+    """Non-empty groups, each named and with its own base lr, and the stages each one trains in."""
+    roe = dict(modules.named_parameters(prefix=PREFIX)) if modules is not None else {}
+    groups = [ParamGroup("roe_router", [p for n, p in roe.items() if ".router." in n], settings.router_lr),
+              ParamGroup("roe_adapter", [p for n, p in roe.items() if ".adapter." in n], settings.roe_lr)]
+    trained_in = {"roe_router": {1, 2}, "roe_adapter": {0, 1, 2}}
+    if settings.stage2_mode == "full":
+        named = list(model.named_parameters())
+        groups += [ParamGroup("backbone_llm", [p for n, p in named if LLM.fullmatch(n)], settings.backbone_lr),
+                   ParamGroup("projector", [p for n, p in named if PROJECTOR.fullmatch(n)], settings.backbone_lr)]
+        trained_in |= {"backbone_llm": {2}, "projector": {2}}
+    groups = [g for g in groups if g.params]
+    return groups, {g.name: trained_in[g.name] for g in groups}
+
+
+def _with_status(progress: Progress, status: dict) -> Progress:
+    """The loop reports the loss; the bar also shows the stage and the current soft skip rate."""
+
+    @contextmanager
+    def wrapped(description: str, total: int):
+        with progress(description, total) as bar:
+            class Tracker:
+                def advance(self, steps: int = 1, **fields: object) -> None:
+                    bar.advance(steps, **status, **fields)
+
+            yield Tracker()
+
+    return wrapped
+
+
+def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample], settings: RecipeSettings,
+              loop: LoopSettings, *, progress: Progress = silent) -> LoopResult:
+    """Train ``modules`` (attached to ``adapter.model``) and, in ``full`` mode, the LLM and projector.
+
+    With ``modules`` None this trains the dense twin: the same data, schedule, backbone groups, lrs and
+    gates, with every layer executed and plain per-example cross-entropy (there is nothing to skip).
+    """
+    model = adapter.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    groups, trained_in = parameter_groups(model, modules, settings)
+    schedule = StageSchedule(len(batch_plan(len(samples), loop)), settings.rho, settings.stage1_start,
+                             settings.stage2_start)
+    state = ScheduleState()
+    callback = RoEStageCallback(schedule, state, groups, trained_in, loop.warmup_ratio)
+    images = ImageTokens.of(adapter)
+    status: dict = {}
+
+    def loss_fn(indices: list[int]) -> dict[str, torch.Tensor]:
+        status["stage"] = STAGE_NAMES[state.stage]
+        if modules is None and not any(p.requires_grad for g in groups for p in g.params):
+            return {"loss": torch.zeros((), requires_grad=True)}  # the twin's backbone is gated off: a no-op step
+        batch = adapter.train_batch(chat_examples([samples[i] for i in indices]))
+        labels = batch.pop("labels")
+        if modules is None:
+            ce = per_example_ce(model(**batch).logits, labels).mean()
+            return {"loss": ce}
+        segments = training_segments(batch["input_ids"], labels, batch["attention_mask"], images)
+        with routing(TrainingRouting(segments, state)) as ctx:
+            logits = model(**batch).logits
+        soft_skip = ctx.soft_skip()
+        out = roe_objective(per_example_ce(logits, labels), soft_skip, rho=settings.rho, lam=settings.lam,
+                            gamma=settings.gamma)
+        out |= {"soft_skip": soft_skip.mean().detach(), "hard_skip": torch.tensor(ctx.hard_skip())}
+        status["skip"] = float(out["soft_skip"])
+        return out
+
+    model.train()
+    try:
+        return train(groups, loss_fn, len(samples), loop, callbacks=[callback], progress=_with_status(progress, status),
+                     description="route-train" if modules is not None else "route-train: dense twin")
+    finally:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)

@@ -1,0 +1,137 @@
+"""Stage `route-train`: RoE's per-layer routers and skip adapters on the workspace model's LM layers, trained
+on the training data of every workspace task (spec roe.md §5), then evaluated dense versus routed.
+
+Writes roe_weights.safetensors, roe_config.json, train_log.parquet, (stage2_mode full) backbone.safetensors,
+routing_decisions.parquet and roe_report.json, under route-train/all/v<N>.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from artifacts import Writer, config_hash
+from artifacts.io import write_json, write_parquet
+
+from .config import Strict
+from .data.tasks import load_train_samples, task_files
+from .errors import UserError
+from .progress import Progress, silent
+from .project import Project
+from .roe_eval import (BACKBONE, CONFIG, TASK, TRAIN_STAGE, WEIGHTS, base_hash, build_report, eval_sets,
+                       evaluate_dense, evaluate_routed, write_results)
+from .runner import StageResult, fingerprint, model_files, run_stage
+
+STAGE = TRAIN_STAGE
+LOG = "train_log.parquet"
+
+
+class RouteTrainOptions(Strict):
+    skip_ratio: float = Field(default=0.3, ge=0.0, lt=1.0, description="ρ: target fraction of routable layers "
+                                                                        "skipped by easy examples")
+    start: str = Field(default="base", description="what RoE is trained on: 'base' (a D-MoLE checkpoint later)")
+    hinge_weight: float = Field(default=1.0, ge=0.0, description="λ: weight of the sparsity hinge")
+    hinge_gamma: float = Field(default=5.0, ge=0.0, description="γ: difficulty weight exp(−γ·CE)")
+    epochs: float = Field(default=1.0, gt=0.0, description="passes over the training subset")
+    batch_size: int = Field(default=16, gt=0, description="examples per optimizer step")
+    roe_lr: float = Field(default=4e-4, gt=0.0, description="lr of routers and adapters")
+    router_lr: float | None = Field(default=None, gt=0.0, description="router lr if not roe_lr")
+    backbone_lr: float = Field(default=2e-6, gt=0.0, description="LLM and projector lr in stage 2 (full)")
+    stage2_mode: Literal["frozen", "full"] = Field(default="full", description="backbone in stage 2")
+    stage1_start: float = Field(default=0.3, ge=0.0, le=1.0, description="fraction of steps before routers train")
+    stage2_start: float = Field(default=0.5, ge=0.0, le=1.0, description="fraction of steps before joint tuning")
+    warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0, description="linear warm-up share of the steps")
+    adapter_rank: int | None = Field(default=None, gt=0, description="adapter bottleneck r (default D/4)")
+    always_execute: list[int] = Field(default=[0], description="layers never skipped (must include 0)")
+    batch_rule: Literal["gather", "or"] = Field(default="gather", description="mixed decisions in a batch")
+    data_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="seeded share of the training data")
+    eval_batch_size: int = Field(default=8, gt=0, description="prompts per generate call in the evaluation")
+    max_eval_samples: int | None = Field(default=None, gt=0, description="first N test samples per task")
+
+    @model_validator(mode="after")
+    def _ordered_stages(self) -> RouteTrainOptions:
+        if self.stage1_start > self.stage2_start:
+            raise ValueError("stage1_start must not exceed stage2_start")
+        return self
+
+
+class RouteTrainError(UserError):
+    """An option route-train cannot honour."""
+
+
+def _training_subset(project: Project, options: RouteTrainOptions, seed: int) -> list:
+    samples = [s for task in project.config.tasks for s in load_train_samples(project.data_root, task)]
+    keep = max(1, round(options.data_fraction * len(samples)))
+    return random.Random(f"{seed}-route-train").sample(samples, keep) if keep < len(samples) else samples
+
+
+def route_train(project: Project, options: RouteTrainOptions = RouteTrainOptions(), *, force: bool = False,
+                progress: Progress = silent) -> StageResult:
+    if options.start != "base":
+        raise RouteTrainError(f"route-train --from {options.start!r} is not supported yet: only 'base' (starting "
+                              "from a D-MoLE checkpoint is a later capability, spec roe.md §8)")
+    seed = project.config.seed
+    samples = _training_subset(project, options, seed)
+    sets = eval_sets(project, options.max_eval_samples)
+    model_prints = fingerprint(model_files(project.model_path))
+    config = {"options": options.model_dump(), "tasks": [t.model_dump() for t in project.config.tasks],
+              "n_train_samples": len(samples), "seed": seed,
+              "sources": {"data": {t.name: fingerprint(task_files(project.data_root, t)) for t in project.config.tasks},
+                          "model": model_prints}}
+
+    def compute(writer: Writer) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        from .models.registry import load_family
+        from .roe.attach import attach, roe_shape
+        from .roe.modules import RoEModules
+        from .roe.recipe import LLM, PROJECTOR, RecipeSettings, train_roe
+        from .roe.weights import VARIANT, save_roe
+        from .training.loop import LoopSettings
+
+        def load():
+            return load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
+
+        settings = RecipeSettings(
+            rho=options.skip_ratio, lam=options.hinge_weight, gamma=options.hinge_gamma, roe_lr=options.roe_lr,
+            router_lr=options.router_lr or options.roe_lr, backbone_lr=options.backbone_lr,
+            stage2_mode=options.stage2_mode, stage1_start=options.stage1_start, stage2_start=options.stage2_start)
+        loop = LoopSettings(epochs=options.epochs, batch_size=options.batch_size, lr=options.roe_lr,
+                            weight_decay=0.0, warmup_ratio=options.warmup_ratio, seed=seed)
+        adapter = load()
+        scores = {"base": evaluate_dense(adapter, sets, options.eval_batch_size, progress, label="base")}
+        tuned = options.stage2_mode == "full"
+        if tuned:  # the same model without skipping: the same fine-tuning with every layer executed
+            twin = load()
+            train_roe(twin, None, samples, settings, loop, progress=progress)
+            scores["dense"] = evaluate_dense(twin, sets, options.eval_batch_size, progress, label="dense twin")
+            del twin
+        shape = roe_shape(adapter, options.always_execute, options.adapter_rank)
+        torch.manual_seed(seed)
+        attachment = attach(adapter, RoEModules(shape))
+        result = train_roe(adapter, attachment.modules, samples, settings, loop, progress=progress)
+
+        hashed = base_hash(model_prints)
+        save_roe(writer.path(WEIGHTS), attachment.modules, family=adapter.family, base_model=project.model_path.name,
+                 base_hash=hashed, rho=options.skip_ratio)
+        write_json(writer.path(CONFIG), {
+            "family": adapter.family, **shape.to_json(), "variant": VARIANT, "rho": options.skip_ratio,
+            "always_execute": [l for l in range(shape.n_layers) if l not in shape.routable],
+            "batch_rule": options.batch_rule, "stage2_mode": options.stage2_mode,
+            "base_model": project.model_path.name, "base_hash": hashed, "steps": result.steps})
+        write_parquet(writer.path(LOG), {k: [row.get(k) for row in result.log] for k in result.log[0]})
+        if tuned:
+            save_file({n: p.detach().contiguous() for n, p in adapter.model.named_parameters()
+                       if LLM.fullmatch(n) or PROJECTOR.fullmatch(n)}, str(writer.path(BACKBONE)))
+            # With no routing plan active every layer executes: spec §6.2's forced-execute run.
+            scores["forced"] = evaluate_dense(adapter, sets, options.eval_batch_size, progress, label="forced-execute")
+        scores["roe"], rows = evaluate_routed(adapter, attachment, sets, options.eval_batch_size, options.batch_rule,
+                                              run_id=f"{STAGE}-{config_hash(config)[:12]}", progress=progress)
+        write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=options.skip_ratio,
+                                                 batch_rule=options.batch_rule))
+        writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"])
+
+    return run_stage(project, STAGE, TASK, config=config, inputs=[], compute=compute, force=force)

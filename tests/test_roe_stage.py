@@ -1,0 +1,143 @@
+"""`route-train` and `roe-eval` end to end on a micro benchmark with a tiny random model: the artifacts,
+their columns and names, the summary, re-runs, and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import typer
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from artifacts.io import read_parquet
+from dmole_cli.common import JsonOption
+from dmole_cli.roe_cmds import register, show_route_train
+from stages.data.synthetic import SynthSizes, write_benchmark
+from stages.init import create_workspace
+from stages.models.tiny import TinySize, build_tiny
+from stages.project import Project
+from stages.roe_eval import RoEEvalOptions, evaluate_roe, roe_summary
+from stages.route_train import RouteTrainError, RouteTrainOptions, route_train
+
+SIZE = TinySize(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
+                vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
+OPTIONS = dict(epochs=2, batch_size=4, roe_lr=1e-2, eval_batch_size=4, max_eval_samples=2, stage2_mode="frozen")
+DECISION_COLUMNS = ["run_id", "benchmark", "example_id", "turn", "layer", "routable", "logit_exec", "logit_skip",
+                    "decided_skip", "applied_skip", "batch_rule", "batch_size", "n_prompt_tokens", "n_prefix_tokens",
+                    "n_question_tokens"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("roe-stage")
+    write_benchmark(root / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
+    build_tiny("llava", root / "model", size=SIZE)
+    create_workspace(root / "ws", model=root / "model", data=root / "data", seed=0)
+    return Project.open(root / "ws")
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    return route_train(project, RouteTrainOptions(**OPTIONS))
+
+
+def test_route_train_writes_weights_config_log_decisions_and_report(project, trained):
+    version = trained.version
+    with safe_open(str(version.file("roe_weights.safetensors")), framework="pt") as handle:
+        names, metadata = set(handle.keys()), handle.metadata()
+    assert names == {f"roe.layers.{l}.{part}" for l in (1, 2, 3)
+                     for part in ("router.weight", "adapter.down.weight", "adapter.up.weight")}
+    assert metadata["family"] == "llava" and metadata["routable"] == "[1, 2, 3]" and metadata["rank"] == "16"
+    assert metadata["variant"] == "pooled" and metadata["rho"] == "0.3" and len(metadata["base_hash"]) == 64
+    config = json.loads(version.file("roe_config.json").read_text())
+    assert config["always_execute"] == [0] and config["d_model"] == 64 and config["stage2_mode"] == "frozen"
+
+    log = read_parquet(version.file("train_log.parquet")).to_pydict()
+    for column in ("step", "stage", "tau", "beta", "ce", "reg", "soft_skip", "hard_skip", "loss",
+                   "lr/roe_router", "lr/roe_adapter"):
+        assert column in log
+    assert set(log["stage"]) == {0.0, 1.0, 2.0}
+    assert all(lr == 0 for lr, stage in zip(log["lr/roe_router"], log["stage"]) if stage == 0)
+
+    decisions = read_parquet(version.file("routing_decisions.parquet"))
+    assert decisions.column_names == DECISION_COLUMNS
+    assert decisions.num_rows == 5 * 2 * 4  # tasks × examples × layers
+    rows = decisions.to_pylist()
+    assert not any(r["applied_skip"] for r in rows if r["layer"] == 0)
+    assert all(r["logit_exec"] is not None for r in rows if r["routable"])
+
+    report = json.loads(version.file("roe_report.json").read_text())
+    assert len(report["skip_rate_per_layer"]) == 4 and report["skip_rate_per_layer"][0] == 0.0
+    assert report["batch_rule_applied"] == "gather"
+    assert set(report["per_task"]) == set(project.config.task_names)
+    assert 0 <= report["dense_score"] <= 100 and 0 <= report["roe_score"] <= 100
+    assert report["theoretical_saving"]["decoder_saving"] <= report["skip_rate_all_layers"]
+
+
+def test_route_train_is_up_to_date_on_a_second_run(project, trained):
+    again = route_train(project, RouteTrainOptions(**OPTIONS))
+    assert again.up_to_date and again.version.number == trained.version.number
+
+
+def test_roe_eval_and_summary(project, trained):
+    before = roe_summary(project)
+    assert before["source"] == f"route-train v{trained.version.number}"
+    result = evaluate_roe(project, RoEEvalOptions(batch_size=1, max_samples=2))
+    summary = roe_summary(project)
+    assert summary["source"] == f"roe-eval v{result.version.number}"
+    for key in ("skip_rate", "skip_rate_per_layer", "dense_score", "roe_score", "per_task"):
+        assert key in summary
+    # Decisions do not depend on the batch: batch 1 here, batch 4 in route-train.
+    assert summary["skip_rate_per_layer"] == before["skip_rate_per_layer"]
+    assert summary["roe_score"] == before["roe_score"] and summary["dense_score"] == before["dense_score"]
+
+
+def test_only_the_base_model_is_supported_as_a_start(project):
+    with pytest.raises(RouteTrainError, match="not supported yet"):
+        route_train(project, RouteTrainOptions(start="train-task"))
+
+
+def test_full_stage2_saves_the_backbone_and_reports_base_and_dense(project):
+    result = route_train(project, RouteTrainOptions(**OPTIONS | {"epochs": 1, "stage2_mode": "full"},
+                                                    backbone_lr=1e-2))
+    report = json.loads(result.version.file("roe_report.json").read_text())
+    with safe_open(str(result.version.file("backbone.safetensors")), framework="pt") as handle:
+        names = set(handle.keys())
+    assert any(n.startswith("model.language_model.layers.") for n in names)
+    assert any(n.startswith("model.multi_modal_projector.") for n in names)
+    assert not any("vision_tower" in n for n in names)
+    assert report["dense_reference"] == "dense twin"
+    assert set(report["per_task"]["color-vqa"]) >= {"base_score", "dense_score", "forced_score", "roe_score"}
+    summary = roe_summary(project)
+    assert summary["source"] == f"route-train v{result.version.number}"  # roe-eval belongs to older weights
+    log = read_parquet(result.version.file("train_log.parquet")).to_pydict()
+    assert [lr > 0 for lr in log["lr/backbone_llm"]] == [stage == 2 for stage in log["stage"]]
+
+
+def test_command_line(project, trained):
+    app = typer.Typer()
+    register(app)
+
+    @app.command("show-roe")
+    def show(json_output: JsonOption = False) -> None:  # how the lead's `show route-train` calls it
+        show_route_train(project.root, json_output)
+
+    runner = CliRunner()
+    refused = runner.invoke(app, ["route-train", "--from", "train-task", "-w", str(project.root)])
+    assert refused.exit_code == 2 and "not supported yet" in refused.output
+    assert "--skip-ratio" in runner.invoke(app, ["route-train", "--help"]).output
+    shown = runner.invoke(app, ["show-roe", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert {"skip_rate", "skip_rate_per_layer", "dense_score", "roe_score"} <= set(json.loads(shown.output))
+    table = runner.invoke(app, ["show-roe"])
+    assert "skip rate per layer" in table.output and "average" in table.output

@@ -1,0 +1,88 @@
+"""Soft routing in training (roe.md §4.2): stage 0 skips at random without consulting the router, later
+stages mix both paths by the router's probabilities, padding and always-executed layers run the block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from stages.models.base import ChatExample
+from stages.models.registry import load_family
+from stages.models.tiny import TinySize, build_tiny
+from stages.roe.attach import attach, roe_shape
+from stages.roe.loss import per_example_ce, roe_objective
+from stages.roe.modules import RoEModules
+from stages.roe.plan import TrainingRouting, routing
+from stages.roe.schedule import ScheduleState, random_skip_bias
+from stages.roe.segments import ImageTokens, training_segments
+
+SIZE = TinySize(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
+                vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    adapter = load_family(build_tiny("llava", tmp_path_factory.mktemp("llava"), size=SIZE))
+    for p in adapter.model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(0)
+    attachment = attach(adapter, RoEModules(roe_shape(adapter, [0])))
+    examples = [ChatExample(Image.new("RGB", (16, 16), "red"), [("<image>\nwhat colour?", "red"),
+                                                                  ("and the shape?", "a square")]),
+                ChatExample(Image.new("RGB", (16, 16), "blue"), [("<image>\nname the colour", "blue")])]
+    batch = adapter.train_batch(examples)
+    labels = batch.pop("labels")
+    segments = training_segments(batch["input_ids"], labels, batch["attention_mask"], ImageTokens.of(adapter))
+    return adapter, attachment, batch, labels, segments
+
+
+def _forward(setup, schedule: ScheduleState):
+    adapter, attachment, batch, labels, segments = setup
+    attachment.modules.zero_grad(set_to_none=True)
+    with routing(TrainingRouting(segments, schedule)) as ctx:
+        logits = adapter.model(**batch).logits
+    out = roe_objective(per_example_ce(logits, labels), ctx.soft_skip(), rho=0.3, lam=1.0, gamma=5.0)
+    out["loss"].backward()
+    return ctx, logits
+
+
+def test_stage0_skips_at_random_and_gives_no_router_gradient(setup):
+    _, attachment, *_ = setup
+    ctx, _ = _forward(setup, ScheduleState(stage=0, beta=random_skip_bias(0.3)))
+    for layer in attachment.modules.layers.values():
+        assert layer.router.weight.grad is None
+        assert layer.adapter.up.weight.grad is not None
+    p = torch.stack(list(ctx.p_skip.values()))
+    valid = ctx.segments.valid_turns()
+    assert ((p[:, valid] < 1e-6) | (p[:, valid] > 1 - 1e-6)).all()  # 1000× logits: hard in practice
+    assert ctx.segments.n_turns == 2 and valid.tolist() == [[True, True], [True, False]]
+    assert (p[:, ~valid] == 0).all()  # invalid turns execute
+
+
+def test_later_stages_train_the_router_through_the_mixture(setup):
+    _, attachment, *_ = setup
+    ctx, _ = _forward(setup, ScheduleState(stage=1, tau=1.0, beta=0.2))
+    assert all(layer.router.weight.grad is not None and layer.router.weight.grad.abs().sum() > 0
+               for layer in attachment.modules.layers.values())
+    assert 0 < float(ctx.soft_skip().detach().mean()) < 1
+
+
+def test_an_overwhelming_execute_bias_reproduces_the_dense_model(setup):
+    adapter, _, batch, _, segments = setup
+    with torch.no_grad():
+        dense = adapter.model(**batch).logits
+        with routing(TrainingRouting(segments, ScheduleState(stage=1, tau=1.0, beta=1e9))):
+            executed = adapter.model(**batch).logits
+        with routing(TrainingRouting(segments, ScheduleState(stage=2, tau=1e-3))):
+            routed = adapter.model(**batch).logits
+    assert torch.equal(executed, dense)
+    assert not torch.equal(routed, dense)
