@@ -1,29 +1,31 @@
-"""Rich rendering of the continual-learning report."""
+"""Rich rendering of the continual-learning report: the metric and matrix tables, and where its files are."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rich.table import Table
 
 from .common import console
 
-COLUMNS = (("last", "Last"), ("avg_seen", "AVG (seen)"), ("avg_all", "AVG (all)"), ("bwt", "BWT"), ("fwt", "FWT"))
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
 def print_method_table(version) -> None:
     """Side-by-side metrics per method, then each method's matrix R."""
     from artifacts.io import read_json
+    from stages.figures.markdown import fmt
+    from stages.figures.matrix import METRICS, stage_labels
 
     result = read_json(version.file("cl_metrics.json"))
-    summary = Table("method", *(title for _, title in COLUMNS), title="continual-learning metrics (0-100)")
+    summary = Table("method", *(title for _, title in METRICS), title="continual-learning metrics (0-100)")
     for method, values in result["methods"].items():
-        summary.add_row(method, *(_fmt(values[key]) for key, _ in COLUMNS))
+        summary.add_row(method, *(fmt(values[key]) for key, _ in METRICS))
     console.print(summary)
     for method, values in result["methods"].items():
         matrix = Table("stage", *result["tasks"], title=f"R: {method}")
-        for t, row in enumerate(values["matrix"]):
-            matrix.add_row("zero-shot" if t == 0 else f"{t} {result['tasks'][t - 1]}", *(_fmt(v) for v in row))
+        for label, row in zip(stage_labels(result["tasks"]), values["matrix"]):
+            matrix.add_row(label, *(fmt(v) for v in row))
         console.print(matrix)
+
+
+def print_report_files(folder: Path, figures: list[str]) -> None:
+    """One line: where report.md is and which figures lie beside it."""
+    console.print(f"report: {folder / 'report.md'} with {len(figures)} figures ({', '.join(figures)})", soft_wrap=True)

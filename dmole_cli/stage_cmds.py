@@ -109,6 +109,8 @@ def train_task(
     checkpoint_every: Annotated[Optional[int], typer.Option(
         help="Optimizer steps between resume checkpoints; a killed run resumes from the last one. [default: 50]")]
     = None,
+    log_to: Annotated[Optional[str], typer.Option(
+        "--log-to", help="Also stream the per-step log to tensorboard or wandb (optional packages).")] = None,
     force: ForceOption = False,
     quiet: QuietOption = False,
     workspace: WorkspaceOption = None,
@@ -121,7 +123,8 @@ def train_task(
     options = stage_options(project.config, STAGE, TrainTaskOptions,
                             {"method": method, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                              "checkpoint_every": checkpoint_every})
-    print_summary(run(project, task, options, force=force, progress=rich_progress(quiet)))
+    print_summary(run(project, task, options, force=force, progress=rich_progress(quiet),
+                      log_to=[log_to] if log_to else []))
 
 
 @handles_user_errors

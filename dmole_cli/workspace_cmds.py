@@ -91,22 +91,32 @@ def demo(
 
 @handles_user_errors
 def report(
+    out: Annotated[Optional[Path], typer.Option(help="Also copy report.md and its PNG figures into this folder.")]
+    = None,
     force: Annotated[bool, typer.Option("--force", help="Rewrite the report even if nothing changed.")] = False,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / all), BWT, FWT."""
+    """Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / all), BWT, FWT,
+    and report.md with figures: expert allocation, expert activation, zero-cost sensitivity, RoE skipping."""
     from artifacts.io import read_json
     from stages.project import Project
-    from stages.report import report as run
+    from stages.report import export, figure_names, report as run
 
-    from .reporting import print_method_table
+    from .reporting import print_method_table, print_report_files
 
     result = run(Project.open(default_workspace(workspace)), force=force)
+    if out:
+        export(result.version, out)
+    folder, figures = out or result.version.path, figure_names(result.version)
     if json_output:
-        print(json.dumps(read_json(result.version.file("cl_metrics.json")), indent=2))
+        print(json.dumps({**read_json(result.version.file("cl_metrics.json")), "report": str(folder / "report.md"),
+                          "figures": [str(folder / name) for name in figures]}, indent=2))
         return
-    print_method_table(result.version)
+    if not quiet:
+        print_method_table(result.version)
+    print_report_files(folder, figures)
     print_summary(result)
 
 

@@ -5,15 +5,23 @@ finetune upper bound trains an independent adapter per task with oracle routing,
 answers a seen task i with adapter i (the diagonal run) and an unseen task with the base (the zero-shot
 run): its off-diagonal cells are filled from those two runs instead of being generated again. The joint
 baseline is evaluated once, after training on every task, which fills only its last row.
+
+Beside the matrices, report.md holds one PNG figure and one table per section the workspace has artifacts for
+(`stages/figures/`): expert allocation, expert activation, zero-cost sensitivity and RoE's layer skipping.
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+from types import ModuleType
+
 from artifacts import Version, Writer
-from artifacts.io import read_parquet, write_json, write_parquet
+from artifacts.io import read_json, read_parquet, write_json, write_parquet
 
 from .errors import UserError
 from .evaluate import STAGE as EVAL, ZERO_SHOT
+from .figures import activation, allocation, matrix, roe_skips, sensitivity
 from .methods import JOINT_TASK, METHODS, stage_name
 from .metrics.continual import continual_metrics
 from .project import Project
@@ -22,6 +30,7 @@ from .runner import StageResult, run_stage
 STAGE = "report"
 REPORT_TASK = "all"
 METRIC_KEYS = ("last", "avg_seen", "avg_all", "bwt", "fwt")
+FIGURE_DATA = "figures.json"  # the data behind every figure, keyed by its PNG's name
 
 
 def _scores(version: Version) -> dict[str, float]:
@@ -71,27 +80,29 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
     return {"tasks": project.config.task_names, "methods": methods}, used
 
 
-def markdown(result: dict) -> str:
-    tasks = result["tasks"]
-    lines = ["# dmole report", "", "## Continual-learning metrics (0-100)", "",
-             "| method | " + " | ".join(METRIC_KEYS) + " |", "|---|" + "---:|" * len(METRIC_KEYS)]
-    for method, values in result["methods"].items():
-        lines.append(f"| {method} | " + " | ".join(_fmt(values[k]) for k in METRIC_KEYS) + " |")
-    for method, values in result["methods"].items():
-        lines += ["", f"## Matrix R: {method} (rows: after stage t; row 0: zero-shot)", "",
-                  "| stage | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
-        for t, row in enumerate(values["matrix"]):
-            label = "zero-shot" if t == 0 else f"{t} {tasks[t - 1]}"
-            lines.append(f"| {label} | " + " | ".join(_fmt(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+def sections(project: Project, result: dict) -> tuple[list[tuple[ModuleType, dict]], list[Version]]:
+    """(figure module, its data) for every figure the workspace has the artifacts for, and those artifacts."""
+    found, used = [(matrix, result)], []
+    for module in (allocation, activation, sensitivity, roe_skips):
+        gathered = module.gather(project)
+        if gathered is not None:
+            found.append((module, gathered[0]))
+            used += gathered[1]
+    return found, used
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def markdown(project: Project, found: list[tuple[ModuleType, dict]]) -> str:
+    lines = ["# dmole report", "", f"Task sequence: {' → '.join(project.config.task_names)}.", ""]
+    for module, data in found:
+        lines += module.table(data)
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def report(project: Project, *, force: bool = False) -> StageResult:
+    """The continual matrices and metrics, and report.md with one PNG figure and one table per section."""
     result, used = collect(project)
+    found, inputs = sections(project, result)
+    used += [v for v in inputs if v not in used]
 
     def compute(writer: Writer) -> None:
         rows = [(method, t, task, value) for method, values in result["methods"].items()
@@ -100,8 +111,23 @@ def report(project: Project, *, force: bool = False) -> StageResult:
             "method": [r[0] for r in rows], "stage": [r[1] for r in rows], "task": [r[2] for r in rows],
             "score": [r[3] for r in rows]})
         write_json(writer.path("cl_metrics.json"), result)
-        writer.path("report.md").write_text(markdown(result), encoding="utf-8")
+        write_json(writer.path(FIGURE_DATA), {module.NAME: data for module, data in found})
+        for module, data in found:
+            module.plot(data, writer.path(module.NAME))
+        writer.path("report.md").write_text(markdown(project, found), encoding="utf-8")
         writer.meta.update({f"{m}.last": v["last"] for m, v in result["methods"].items()})
 
-    return run_stage(project, STAGE, REPORT_TASK, config={"methods": sorted(result["methods"])}, inputs=used,
-                     compute=compute, force=force)
+    config = {"methods": sorted(result["methods"]), "figures": [module.NAME for module, _ in found]}
+    return run_stage(project, STAGE, REPORT_TASK, config=config, inputs=used, compute=compute, force=force)
+
+
+def figure_names(version: Version) -> list[str]:
+    """The PNG figures of a report version, in the report's order."""
+    return list(read_json(version.file(FIGURE_DATA)))
+
+
+def export(version: Version, out: Path) -> None:
+    """Copy report.md and its figures from the report ``version`` into the folder ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ["report.md", *figure_names(version)]:
+        shutil.copyfile(version.file(name), out / name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from .project import Project
 from .runner import StageResult, run_stage
 from .training.chat import chat_examples
 from .training.loop import LoopSettings, ParamGroup, train
+from .training.trackers import check_available, open_loggers
 
 STAGE = "train-task"
 
@@ -115,7 +117,9 @@ def checkpoint_dir(project: Project, stage: str, task: str, config: dict) -> Pat
 
 
 def train_task(project: Project, task_name: str, options: TrainTaskOptions = TrainTaskOptions(), *,
-               force: bool = False, progress: Progress = silent) -> StageResult:
+               force: bool = False, progress: Progress = silent, log_to: Sequence[str] = ()) -> StageResult:
+    """Train task ``task_name``; ``log_to`` also streams the step log to tensorboard / wandb (not hashed)."""
+    check_available(log_to)
     method = resolved_method(project, options)
     options = options.model_copy(update={"method": method})  # the same run hashes the same, however named
     stage = stage_name(STAGE, method)
@@ -180,8 +184,10 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
                 return {"loss": model(**batch).loss}
 
         ckpt = checkpoint_dir(project, stage, task_name, config)
-        result = train([ParamGroup(name, trainable)], loss_fn, len(samples), settings, checkpoint_dir=ckpt,
-                       progress=progress, description=f"{stage} {task_name}")
+        logs = project.root / ".runs" / "logs" / stage / task_name
+        with open_loggers(log_to, logs, f"{stage}/{task_name}", config) as loggers:
+            result = train([ParamGroup(name, trainable)], loss_fn, len(samples), settings, checkpoint_dir=ckpt,
+                           progress=progress, description=f"{stage} {task_name}", loggers=loggers)
         model.eval()
         sidecar = {"task": task_name, "task_id": task_id, "method": method, "adapter_name": name,
                    "rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,

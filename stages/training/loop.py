@@ -3,7 +3,8 @@
 A recipe supplies named parameter groups and a loss function over a batch of sample indices; the loop
 owns the optimizer, the warm-up + cosine schedule, gradient clipping, the deterministic data order,
 periodic resumable checkpoints, and a per-step log. Recipes that need more (RoE's stage schedule)
-pass callbacks instead of copying the loop.
+pass callbacks instead of copying the loop; ``loggers`` receive each step's log row as it is written
+(live trackers, `stages/training/trackers.py`).
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ def build_optimizer(groups: Sequence[ParamGroup], settings: LoopSettings) -> tor
 
 def train(groups: Sequence[ParamGroup], loss_fn: Callable[[list[int]], dict[str, torch.Tensor]],
           n_samples: int, settings: LoopSettings, *, checkpoint_dir: Path | None = None,
-          callbacks: Sequence[Callback] = (), progress: Progress = silent,
-          description: str = "training") -> LoopResult:
+          callbacks: Sequence[Callback] = (), loggers: Sequence[Callable[[dict], None]] = (),
+          progress: Progress = silent, description: str = "training") -> LoopResult:
     """Run the loop; ``loss_fn`` returns a dict with at least ``loss`` (other scalars are logged)."""
     plan = batch_plan(n_samples, settings)
     optimizer = build_optimizer(groups, settings)
@@ -125,6 +126,8 @@ def train(groups: Sequence[ParamGroup], loss_fn: Callable[[list[int]], dict[str,
             for callback in callbacks:
                 row.update(callback.log_fields())
             result.log.append(row)
+            for log in loggers:
+                log(row)
             bar.advance(1, loss=row["loss"])
             done = step + 1
             if checkpoint_dir is not None and settings.checkpoint_every and done % settings.checkpoint_every == 0 \

@@ -1,0 +1,59 @@
+"""The continual matrix R of each method (stages × tasks) with Last, AVG, BWT and FWT beside it.
+
+``result`` is what ``stages.report.collect`` returns: the task names and, per method, the matrix and metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .markdown import fmt, table as md_table
+from .style import FONT, colorbar, heatmap, new_figure, save
+
+NAME = "matrix.png"
+METRICS = (("last", "Last"), ("avg_seen", "AVG (seen)"), ("avg_all", "AVG (all)"), ("bwt", "BWT"), ("fwt", "FWT"))
+
+
+def stage_labels(tasks: list[str]) -> list[str]:
+    return ["zero-shot", *(f"{t} {name}" for t, name in enumerate(tasks, start=1))]
+
+
+def table(result: dict) -> list[str]:
+    tasks, methods = result["tasks"], result["methods"]
+    lines = ["## Continual-learning metrics (0-100)", "",
+             *md_table(["method", *(key for key, _ in METRICS)],
+                       [[method, *(fmt(values[key]) for key, _ in METRICS)] for method, values in methods.items()]),
+             "", "## Matrix R (rows: after stage t; row 0: zero-shot)", "",
+             "![continual matrix R per method](matrix.png)", ""]
+    for method, values in methods.items():
+        lines += [f"### {method}", "",
+                  *md_table(["stage", *tasks], [[label, *(fmt(v) for v in row)]
+                                               for label, row in zip(stage_labels(tasks), values["matrix"])]), ""]
+    return lines
+
+
+def _caption(values: dict) -> str:
+    """Two short lines under the method's name; AVG is the seen-task average."""
+    first = f"Last {fmt(values['last'], '.1f')}   AVG {fmt(values['avg_seen'], '.1f')}"
+    return f"{first}\nBWT {fmt(values['bwt'], '+.1f')}   FWT {fmt(values['fwt'], '+.1f')}"
+
+
+def plot(result: dict, path: Path) -> None:
+    from matplotlib.patches import Rectangle
+
+    tasks, methods = result["tasks"], result["methods"]
+    figure = new_figure(1.2 + 2.6 * len(methods) + 0.6, 1.6 + 0.33 * (len(tasks) + 1))
+    axes = figure.subplots(1, len(methods), sharey=True, squeeze=False)[0]
+    for ax, (method, values) in zip(axes, methods.items()):
+        image = heatmap(ax, values["matrix"], xlabels=tasks, ylabels=stage_labels(tasks), vmin=0, vmax=100,
+                        label=lambda r, c, v: f"{v:.0f}")
+        for t in range(1, len(tasks) + 1):  # the task just trained at each stage
+            ax.add_patch(Rectangle((t - 1.5, t - 0.5), 1, 1, fill=False, edgecolor="white", linewidth=1.2))
+        ax.set_title(f"{method}\n{_caption(values)}", fontsize=FONT)
+        ax.set_xlabel("evaluated task", fontsize=FONT)
+        ax.tick_params(labelsize=FONT - 1)
+    axes[0].set_ylabel("after stage", fontsize=FONT)
+    above = any(v is not None and v > 100 for values in methods.values() for row in values["matrix"] for v in row)
+    colorbar(figure, image, list(axes), "score (CIDEr-D can exceed 100)" if above else "score (0-100)",
+             extend="max" if above else "neither")
+    save(figure, path)

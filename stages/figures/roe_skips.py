@@ -1,0 +1,99 @@
+"""RoE's layer skipping on the test sets: the skip rate of each language-model layer and how many layers each
+example skipped. Read from ``routing_decisions.parquet`` of the latest route-train weights (their roe-eval when
+there is one, else route-train's own closing evaluation); absent when route-train was not run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from artifacts import Version
+from artifacts.io import read_json, read_parquet
+
+from ..project import Project
+from ..roe_eval import CONFIG, DECISIONS, STAGE as ROE_EVAL, TASK, TRAIN_STAGE
+from .markdown import fmt, image, table as md_table
+from .style import FONT, new_figure, save
+
+NAME = "roe_skips.png"
+COLUMNS = ["layer", "routable", "applied_skip", "benchmark", "example_id"]
+
+
+def decisions_source(project: Project, trained: Version) -> Version:
+    """The latest roe-eval when it evaluated ``trained``, else ``trained`` itself."""
+    evaluated = project.store.latest(ROE_EVAL, TASK)
+    if evaluated is not None and any(i["stage"] == TRAIN_STAGE and i["version"] == trained.number
+                                     for i in evaluated.manifest["inputs"]):
+        return evaluated
+    return trained
+
+
+def gather(project: Project) -> tuple[dict, list[Version]] | None:
+    trained = project.store.latest(TRAIN_STAGE, TASK)
+    if trained is None:
+        return None
+    source = decisions_source(project, trained)
+    rows = read_parquet(source.file(DECISIONS)).select(COLUMNS).to_pylist()
+    layers = sorted({r["layer"] for r in rows})
+    routable = {r["layer"] for r in rows if r["routable"]}
+    per_layer = [[r["applied_skip"] for r in rows if r["layer"] == layer] for layer in layers]
+    skipped = Counter()
+    for r in rows:
+        skipped[(r["benchmark"], r["example_id"])] += bool(r["routable"] and r["applied_skip"])
+    counts = Counter(skipped.values())
+    applied = [r["applied_skip"] for r in rows if r["routable"]]
+    data = {"source": f"{source.stage} v{source.number}", "rho": read_json(trained.file(CONFIG))["rho"],
+            "layers": layers, "routable": [layer in routable for layer in layers],
+            "skip_rate": [100.0 * sum(v) / len(v) for v in per_layer],
+            "overall": 100.0 * sum(applied) / len(applied) if applied else 0.0,
+            "skipped": list(range(len(routable) + 1)), "examples": [counts[k] for k in range(len(routable) + 1)]}
+    return data, [trained] if source is trained else [trained, source]
+
+
+def table(data: dict) -> list[str]:
+    n = sum(data["examples"])
+    mean = sum(k * c for k, c in zip(data["skipped"], data["examples"])) / n if n else 0.0
+    return ["## RoE layer skipping", "",
+            f"From {data['source']}: {fmt(data['overall'], '.1f')}% of the routable layers skipped "
+            f"(target ρ = {100 * data['rho']:.0f}%), {mean:.2f} layers per example on average over {n} examples.",
+            "", *image(NAME, "RoE skip rate per layer and skipped layers per example"),
+            *md_table(["layer", "routable", "skip rate (%)"],
+                      [[str(layer), "yes" if routable else "no (always executed)", fmt(rate, ".1f")]
+                       for layer, routable, rate in zip(data["layers"], data["routable"], data["skip_rate"])]),
+            "", *md_table(["layers skipped", "examples"],
+                          [[str(k), str(c)] for k, c in zip(data["skipped"], data["examples"])]), ""]
+
+
+def plot(data: dict, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    figure = new_figure(7.2, 2.8)
+    left, right = figure.subplots(1, 2, width_ratios=[max(len(data["layers"]), 4), max(len(data["skipped"]), 4)])
+    colours = ["#4c72b0" if routable else "#bbbbbb" for routable in data["routable"]]
+    bars = left.bar(data["layers"], data["skip_rate"], color=colours)
+    left.bar_label(bars, fmt="%.0f", fontsize=FONT - 1)
+    for layer, routable in zip(data["layers"], data["routable"]):
+        if not routable:
+            left.axvspan(layer - 0.5, layer + 0.5, color="#eeeeee", zorder=0, label="always executed")
+    left.axhline(100 * data["rho"], color="#c44e52", linestyle="--", linewidth=1,
+                 label=f"target ρ = {100 * data['rho']:.0f}%")
+    handles, labels = left.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    left.legend(unique.values(), unique.keys(), fontsize=FONT - 1, loc="upper center", ncols=2, frameon=False)
+    left.set_xticks(data["layers"])
+    left.set_ylim(0, 122)  # room for the legend above the 100% bars
+    left.set_yticks(range(0, 101, 20))
+    left.set_title(f"skip rate per layer ({data['source']})", fontsize=FONT + 1)
+    left.set_xlabel("language-model layer", fontsize=FONT)
+    left.set_ylabel("examples skipping the layer (%)", fontsize=FONT)
+    bars = right.bar(data["skipped"], data["examples"], color="#55a868")
+    right.bar_label(bars, fontsize=FONT - 1)
+    right.set_xticks(data["skipped"])
+    right.yaxis.set_major_locator(MaxNLocator(integer=True))
+    right.set_title("skipped layers per example", fontsize=FONT + 1)
+    right.set_xlabel("layers skipped", fontsize=FONT)
+    right.set_ylabel("examples", fontsize=FONT)
+    for ax in (left, right):
+        ax.tick_params(labelsize=FONT - 1)
+        ax.spines[["top", "right"]].set_visible(False)
+    save(figure, path)

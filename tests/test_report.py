@@ -1,0 +1,256 @@
+"""The report from a micro end-to-end run: every figure is a readable PNG, every markdown table equals the
+Parquet / JSON it was drawn from, `--out` copies it; and the run logs reach live trackers."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import struct
+import sys
+import types
+from collections import Counter, defaultdict
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from artifacts.io import read_json, read_parquet
+from conftest import MICRO_STAGES
+from dmole_cli.app import app
+from stages.demo import run_pipeline
+from stages.figures.allocation import KIND_ORDER, cell_text
+from stages.errors import UserError
+from stages.init import create_workspace
+from stages.project import Project
+from stages.report import report
+from stages.route_train import RouteTrainOptions, route_train
+from stages.training.loop import LoopSettings, ParamGroup, train
+from stages.training.trackers import open_loggers
+
+FIGURES = ("matrix.png", "allocation.png", "activation.png", "sensitivity.png", "roe_skips.png")
+METHODS = ("dmole", "seq-lora")
+
+
+@pytest.fixture(scope="module")
+def run(micro_bench, tmp_path_factory):
+    """Two methods over the five tasks, then RoE: the report before RoE and the report after it."""
+    root = tmp_path_factory.mktemp("report") / "ws"
+    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", stages=MICRO_STAGES)
+    project = Project.open(root)
+    before = run_pipeline(project, methods=METHODS)
+    route_train(project, RouteTrainOptions(epochs=1, batch_size=8, roe_lr=1e-2, eval_batch_size=4,
+                                           max_eval_samples=2))
+    return project, before.version, report(project).version
+
+
+def sections(markdown: str) -> dict[tuple[str, str], list[list[list[str]]]]:
+    """Tables (rows of cells, header first) under each (## heading, ### heading)."""
+    tables: dict[tuple[str, str], list[list[list[str]]]] = defaultdict(list)
+    h2 = h3 = ""
+    previous = ""
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            h2, h3 = line[3:], ""
+        elif line.startswith("### "):
+            h3 = line[4:]
+        elif line.startswith("|") and not line.startswith("|---"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            if not previous.startswith("|"):
+                tables[(h2, h3)].append([])
+            tables[(h2, h3)][-1].append(cells)
+        previous = line
+    return tables
+
+
+def table(version, h2: str, h3: str = "", index: int = 0) -> dict[str, dict[str, str]]:
+    """A markdown table as {row label: {column: cell}}."""
+    markdown = version.file("report.md").read_text(encoding="utf-8")
+    header, *rows = sections(markdown)[(h2, h3)][index]
+    return {row[0]: dict(zip(header[1:], row[1:])) for row in rows}
+
+
+def number(cell: str, decimals: int):
+    return pytest.approx(float(cell), abs=0.5 * 10 ** -decimals + 1e-9)
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+def test_each_figure_is_a_readable_png_linked_from_the_markdown(run):
+    project, before, after = run
+    markdown = after.file("report.md").read_text(encoding="utf-8")
+    for name in FIGURES:
+        path = after.file(name)
+        width, height = png_size(path)
+        assert 5_000 < path.stat().st_size < 150_000, name
+        assert 500 <= width <= 1400 and 250 <= height <= 1000, (name, width, height)
+        assert f"]({name})" in markdown, name
+    assert list(read_json(after.file("figures.json"))) == list(FIGURES)
+
+
+def test_roe_figure_only_once_route_train_ran(run):
+    project, before, after = run
+    assert sorted(o["path"] for o in before.manifest["outputs"] if o["path"].endswith(".png")) == sorted(FIGURES[:-1])
+    assert list(read_json(before.file("figures.json"))) == list(FIGURES[:-1])
+    assert "RoE" not in before.file("report.md").read_text(encoding="utf-8")
+    assert any(i["stage"] == "route-train" for i in after.manifest["inputs"])
+
+
+def test_matrix_and_metric_tables_equal_the_parquet_and_json(run):
+    project, _, version = run
+    tasks = project.config.task_names
+    metrics = read_json(version.file("cl_metrics.json"))["methods"]
+    assert set(metrics) == set(METHODS)
+    shown = table(version, "Continual-learning metrics (0-100)")
+    for method, values in metrics.items():
+        for key in ("last", "avg_seen", "avg_all", "bwt", "fwt"):
+            assert values[key] == number(shown[method][key], 2), (method, key)
+    cells = read_parquet(version.file("matrix.parquet")).to_pylist()
+    assert len(cells) == len(METHODS) * (len(tasks) + 1) * len(tasks)
+    labels = ["zero-shot", *(f"{t} {name}" for t, name in enumerate(tasks, start=1))]
+    for method in METHODS:
+        shown = table(version, "Matrix R (rows: after stage t; row 0: zero-shot)", method)
+        assert list(shown) == labels
+        for cell in (c for c in cells if c["method"] == method):
+            assert cell["score"] == number(shown[labels[cell["stage"]]][cell["task"]], 2)
+
+
+def test_allocation_table_equals_the_allocation_artifacts(run):
+    project, _, version = run
+    tasks = project.config.task_names
+    cumulative = read_json(project.store.latest("allocate", tasks[-1]).file("arch.json"))["cumulative"]
+    modules = read_parquet(project.store.latest("zc-score", tasks[-1]).file("scores.parquet")).to_pylist()
+    expected = defaultdict(lambda: defaultdict(set))  # (tower, layer) -> task -> kinds
+    for row in modules:
+        for task_id in cumulative[row["module"]]:
+            expected[(row["tower"], row["layer"])][tasks[task_id - 1]].add(row["kind"])
+    for tower, title in (("vision", "vision tower"), ("language", "language model")):
+        shown = table(version, "Expert allocation", title)
+        layers = sorted(layer for t, layer in expected if t == tower)
+        assert list(shown) == [*map(str, layers), "modules"]
+        for layer in layers:
+            for task in tasks:
+                kinds = sorted(expected[(tower, layer)][task], key=lambda kind: KIND_ORDER.index(kind))
+                assert shown[str(layer)][task] == cell_text(kinds), (tower, layer, task)
+        for task in tasks:
+            assert int(shown["modules"][task]) == sum(len(expected[(tower, l)][task]) for l in layers)
+
+
+def test_activation_tables_equal_the_routes_in_the_predictions(run):
+    project, _, version = run
+    tasks = project.config.task_names
+    routes = lambda after, task: read_parquet(  # noqa: E731
+        project.store.latest("eval", after).file(f"predictions/{task}.parquet")).column("routed_tasks").to_pylist()
+    shown = table(version, "Expert activation (D-MoLE routing)")
+    assert list(shown) == tasks
+    for task in tasks:
+        routed = routes(tasks[-1], task)
+        assert int(shown[task]["samples"]) == len(routed)
+        assert 100 * sum(not r for r in routed) / len(routed) == number(shown[task]["none"], 1)
+        for k, expert in enumerate(tasks, start=1):
+            assert 100 * sum(k in r for r in routed) / len(routed) == number(shown[task][expert], 1)
+    rejected = table(version, "Expert activation (D-MoLE routing)", "Rejection of unseen tasks")
+    assert list(rejected) == [f"{t} {name}" for t, name in enumerate(tasks[:-1], start=1)]
+    for t, name in enumerate(tasks[:-1], start=1):
+        unseen = [r for task in tasks[t:] for r in routes(name, task)]
+        assert int(rejected[f"{t} {name}"]["unseen samples"]) == len(unseen)
+        assert 100 * sum(not r for r in unseen) / len(unseen) == number(rejected[f"{t} {name}"]["rejected (%)"], 1)
+
+
+def test_sensitivity_tables_equal_the_zero_cost_scores(run):
+    project, _, version = run
+    tasks = project.config.task_names
+    for tower, title in (("vision", "vision tower"), ("language", "language model")):
+        shown = table(version, "Zero-cost sensitivity", title)
+        for task in tasks:
+            summed = Counter()
+            for row in read_parquet(project.store.latest("zc-score", task).file("scores.parquet")).to_pylist():
+                if row["tower"] == tower:
+                    summed[row["layer"]] += row["score"]
+            assert list(shown) == [str(layer) for layer in sorted(summed)]
+            for layer, score in summed.items():
+                assert float(shown[str(layer)][task]) == pytest.approx(score, rel=5e-4), (tower, task, layer)
+
+
+def test_roe_tables_equal_the_routing_decisions(run):
+    project, _, version = run
+    trained = project.store.latest("route-train", "all")
+    rows = read_parquet(trained.file("routing_decisions.parquet")).to_pylist()
+    summary = read_json(trained.file("roe_report.json"))
+    per_layer = table(version, "RoE layer skipping")
+    layers = sorted({r["layer"] for r in rows})
+    assert list(per_layer) == [str(layer) for layer in layers]
+    for layer in layers:
+        decided = [r["applied_skip"] for r in rows if r["layer"] == layer]
+        assert 100 * sum(decided) / len(decided) == number(per_layer[str(layer)]["skip rate (%)"], 1)
+        assert 100 * summary["skip_rate_per_layer"][layer] == number(per_layer[str(layer)]["skip rate (%)"], 1)
+        routable = any(r["routable"] for r in rows if r["layer"] == layer)
+        assert per_layer[str(layer)]["routable"].startswith("yes" if routable else "no")
+    skipped = Counter()
+    for r in rows:
+        skipped[(r["benchmark"], r["example_id"])] += bool(r["routable"] and r["applied_skip"])
+    histogram = {k: int(v["examples"]) for k, v in table(version, "RoE layer skipping", index=1).items()
+                 if v["examples"] != "0"}
+    assert histogram == {str(k): v for k, v in Counter(skipped.values()).items()}
+    assert histogram == summary["skipped_layers_histogram"]
+
+
+def test_cli_report_out_copies_the_report_and_its_figures(run, tmp_path):
+    project, _, version = run
+    out = tmp_path / "figures"
+    result = CliRunner().invoke(app, ["report", "--out", str(out), "--json", "--workspace", str(project.root)])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed["report"] == str(out / "report.md") and printed["figures"] == [str(out / n) for n in FIGURES]
+    for name in ("report.md", *FIGURES):
+        assert (out / name).read_bytes() == version.file(name).read_bytes(), name
+    quiet = CliRunner().invoke(app, ["report", "-q", "--workspace", str(project.root)])
+    assert quiet.exit_code == 0 and quiet.output.strip().splitlines()[-1].startswith("report all: up to date")
+
+
+def _tiny_training(loggers) -> list[dict]:
+    weight = torch.nn.Parameter(torch.ones(3))
+    settings = LoopSettings(epochs=1, batch_size=2, lr=0.1, warmup_ratio=0.0)
+    result = train([ParamGroup("w", [weight])], lambda idx: {"loss": (weight * len(idx)).pow(2).sum()}, 6, settings,
+                   loggers=loggers)
+    return result.log
+
+
+def test_the_loop_hands_every_log_row_to_the_loggers():
+    seen: list[dict] = []
+    log = _tiny_training([seen.append])
+    assert seen == log and [row["step"] for row in seen] == [1, 2, 3] and "lr/w" in seen[0]
+
+
+def test_log_to_a_tracker_that_is_not_installed_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(UserError, match="pip install tensorboard"):
+        with open_loggers(["tensorboard"], tmp_path, "run", {}):
+            pass
+    with pytest.raises(UserError, match="choose one of"):
+        with open_loggers(["mlflow"], tmp_path, "run", {}):
+            pass
+
+
+def test_wandb_logger_gets_each_step_and_finishes(tmp_path, monkeypatch):
+    calls: list[tuple] = []
+
+    class Run:
+        def log(self, values, step):
+            calls.append(("log", step, values))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = lambda **kwargs: calls.append(("init", kwargs["name"], kwargs["config"])) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with open_loggers(["wandb"], tmp_path, "train-task/shape-caption", {"lr": 0.1}) as loggers:
+        log = _tiny_training(loggers)
+    assert calls[0] == ("init", "train-task/shape-caption", {"lr": 0.1}) and calls[-1] == ("finish",)
+    assert [(c[1], c[2]["loss"]) for c in calls[1:-1]] == [(row["step"], row["loss"]) for row in log]
+    assert all("step" not in c[2] for c in calls[1:-1])
