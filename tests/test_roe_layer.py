@@ -24,14 +24,6 @@ NEW = 5
 PROMPTS = ["what colour is it?", "a much longer question about the shape in the picture", "hi"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def routed(request, tmp_path_factory):
     """A tiny model with RoE attached; routers are random, so decisions are forced where it matters."""

@@ -13,14 +13,6 @@ from stages.roe.schedule import RoEStageCallback, ScheduleState, StageSchedule, 
 from stages.training.loop import LoopSettings, ParamGroup, train, warmup_cosine
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("rho, b", [(0.0, 1.0), (0.1, 0.55279), (0.2, 0.36754), (0.3, 0.22540), (0.4, 0.10557)])
 def test_random_skip_bias_matches_the_reference_table(rho, b):
     assert random_skip_bias(rho) == pytest.approx(b, abs=1e-5)

@@ -22,14 +22,6 @@ SIZE = TinySize(lm_layers=3, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_interme
                 vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_training_segments_two_turns_with_an_image_block():
     #        sys img img end  q   q  a  a  q  q  a  trailing pad
     ids = [[5, IMG, IMG, END, 7, 8, 9, 9, 7, 7, 9, 3, PAD]]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import typer
 from safetensors import safe_open
 from typer.testing import CliRunner
@@ -27,14 +26,6 @@ OPTIONS = dict(epochs=2, batch_size=4, roe_lr=1e-2, eval_batch_size=4, max_eval_
 DECISION_COLUMNS = ["run_id", "benchmark", "example_id", "turn", "layer", "routable", "logit_exec", "logit_skip",
                     "decided_skip", "applied_skip", "batch_rule", "batch_size", "n_prompt_tokens", "n_prefix_tokens",
                     "n_question_tokens"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,6 @@ SIZE = TinySize(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_interme
                 vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     adapter = load_family(build_tiny("llava", tmp_path_factory.mktemp("llava"), size=SIZE))
