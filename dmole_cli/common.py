@@ -26,6 +26,13 @@ def default_workspace(path: Path | None) -> Path:
     return (path or Path(os.getcwd())).expanduser()
 
 
+def open_project(workspace: Path | None):
+    """The workspace named by --workspace / DMOLE_WORKSPACE, or the current folder."""
+    from stages.project import Project
+
+    return Project.open(default_workspace(workspace))
+
+
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input, not a bug. Imported lazily so `dmole --help` stays fast."""
     from artifacts import ArtifactError

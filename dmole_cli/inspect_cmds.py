@@ -8,15 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .common import JsonOption, WorkspaceOption, console, default_workspace, handles_user_errors
+from .common import JsonOption, WorkspaceOption, console, handles_user_errors, open_project
 
 STATUS_STYLE = {"ok": "green", "stale": "yellow", "tampered": "bold red"}
 
-
-def _project(workspace):
-    from stages.project import Project
-
-    return Project.open(default_workspace(workspace))
 
 
 def _size(n: int) -> str:
@@ -32,7 +27,7 @@ def ls(json_output: JsonOption = False, workspace: WorkspaceOption = None) -> No
     """List the latest artifact of every stage and task: version, creation time, size and status."""
     from stages.inspect import listing
 
-    rows = listing(_project(workspace))
+    rows = listing(open_project(workspace))
     if json_output:
         print(json.dumps(rows, indent=2))
         return
@@ -111,7 +106,7 @@ def show(
 
         show_route_train(workspace, json_output)
         return
-    result = describe_stage(_project(workspace), stage, task, version)
+    result = describe_stage(open_project(workspace), stage, task, version)
     if json_output:
         print(json.dumps(result, indent=2, default=str))
         return

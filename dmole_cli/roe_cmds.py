@@ -9,15 +9,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .common import (ForceOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
+from .common import (ForceOption, QuietOption, WorkspaceOption, console, handles_user_errors, open_project,
                      print_summary)
 from .progress import rich_progress
 
-
-def _project(workspace):
-    from stages.project import Project
-
-    return Project.open(default_workspace(workspace))
 
 
 @handles_user_errors
@@ -57,7 +52,7 @@ def route_train(
     from stages.route_train import STAGE, RouteTrainOptions, route_train as run
     from stages.roe_eval import roe_summary
 
-    project = _project(workspace)
+    project = open_project(workspace)
     options = stage_options(project.config, STAGE, RouteTrainOptions, {
         "skip_ratio": skip_ratio, "start": start, "epochs": epochs, "batch_size": batch_size, "roe_lr": roe_lr,
         "backbone_lr": backbone_lr, "stage2_mode": stage2_mode, "stage1_start": stage1_start,
@@ -76,7 +71,7 @@ def run_roe_eval(workspace: Path | None, *, batch_size: int | None = None, batch
     from stages.config import stage_options
     from stages.roe_eval import STAGE, RoEEvalOptions, evaluate_roe, roe_summary
 
-    project = _project(workspace)
+    project = open_project(workspace)
     options = stage_options(project.config, STAGE, RoEEvalOptions,
                             {"batch_size": batch_size, "batch_rule": batch_rule, "max_samples": max_samples})
     result = evaluate_roe(project, options, force=force, progress=rich_progress(quiet or json_output))
@@ -91,7 +86,7 @@ def show_route_train(workspace: Path | None, json_output: bool = False) -> None:
     """What `dmole show route-train` does: the RoE summary as tables or JSON."""
     from stages.roe_eval import roe_summary
 
-    summary = roe_summary(_project(workspace))
+    summary = roe_summary(open_project(workspace))
     if json_output:
         print(json.dumps(summary, indent=2))
     else:

@@ -6,17 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import (ForceOption, QuietOption, WorkspaceOption, default_workspace, handles_user_errors,
+from .common import (ForceOption, QuietOption, WorkspaceOption, handles_user_errors, open_project,
                      print_summary)
 from .progress import rich_progress
 
 TaskOption = Annotated[str, typer.Option("--task", "-t", help="Task name (see `dmole tasks`).")]
 
-
-def _project(workspace):
-    from stages.project import Project
-
-    return Project.open(default_workspace(workspace))
 
 
 @handles_user_errors
@@ -31,7 +26,7 @@ def embed(
     from stages.config import stage_options
     from stages.embed import STAGE, EmbedOptions, embed as run
 
-    project = _project(workspace)
+    project = open_project(workspace)
     options = stage_options(project.config, STAGE, EmbedOptions, {"batch_size": batch_size})
     print_summary(run(project, task, options, force=force, progress=rich_progress(quiet)))
 
@@ -50,7 +45,7 @@ def fit_router(
     from stages.config import stage_options
     from stages.fit_router import STAGE, FitRouterOptions, fit_router as run
 
-    project = _project(workspace)
+    project = open_project(workspace)
     options = stage_options(project.config, STAGE, FitRouterOptions,
                             {"quantile": quantile, "max_fit_samples": max_fit_samples})
     print_summary(run(project, task, options, force=force))
@@ -75,7 +70,7 @@ def zc_score(
     from stages.config import stage_options
     from stages.zc_score import STAGE, ZcScoreOptions, zc_score as run
 
-    project = _project(workspace)
+    project = open_project(workspace)
     options = stage_options(project.config, STAGE, ZcScoreOptions, {"portion": portion, "include_mlp": include_mlp})
     print_summary(run(project, task, options, force=force))
 
@@ -93,7 +88,7 @@ def allocate(
     from stages.allocate import STAGE, AllocateOptions, allocate as run
     from stages.config import stage_options
 
-    project = _project(workspace)
+    project = open_project(workspace)
     options = stage_options(project.config, STAGE, AllocateOptions, {"budget": budget, "rank": rank})
     print_summary(run(project, task, options, force=force))
 
@@ -119,7 +114,7 @@ def train_task(
     from stages.config import stage_options
     from stages.train_task import STAGE, TrainTaskOptions, train_task as run
 
-    project = _project(workspace)
+    project = open_project(workspace)
     options = stage_options(project.config, STAGE, TrainTaskOptions,
                             {"method": method, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                              "checkpoint_every": checkpoint_every})
@@ -156,7 +151,7 @@ def eval_(
         return
     if zero_shot == (after is not None):
         raise UserError("give exactly one of --after TASK or --zero-shot")
-    project = _project(workspace)
+    project = open_project(workspace)
     options = stage_options(project.config, STAGE, EvalOptions,
                             {"method": method, "batch_size": batch_size, "routing": routing,
                              "threshold_scale": threshold_scale, "caption_tokenizer": caption_tokenizer})

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import (JsonOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
+                     open_project,
                      print_summary)
 
 
@@ -37,9 +38,7 @@ def init(
 @handles_user_errors
 def tasks(workspace: WorkspaceOption = None) -> None:
     """Print the task sequence, one name per line (for shell loops: `for t in $(dmole tasks)`)."""
-    from stages.project import Project
-
-    for name in Project.open(default_workspace(workspace)).config.task_names:
+    for name in open_project(workspace).config.task_names:
         print(name)
 
 
@@ -101,12 +100,11 @@ def report(
     """Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / all), BWT, FWT,
     and report.md with figures: expert allocation, expert activation, zero-cost sensitivity, RoE skipping."""
     from artifacts.io import read_json
-    from stages.project import Project
     from stages.report import export, figure_names, report as run
 
     from .reporting import print_method_table, print_report_files
 
-    result = run(Project.open(default_workspace(workspace)), force=force)
+    result = run(open_project(workspace), force=force)
     if out:
         export(result.version, out)
     folder, figures = out or result.version.path, figure_names(result.version)
