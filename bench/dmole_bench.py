@@ -131,7 +131,7 @@ def inference_throughput(project: Project, repeats: int) -> dict:
     options = stage_options(project.config, "eval", EvalOptions, {})
     routed_adapter, single_adapter = load_family(project.model_path), load_family(project.model_path)
     routed_plan = plan_evaluation(project, "dmole", names[-1], options, routed_adapter)
-    routes, errors = routed_plan.routes_for(task.name)
+    routes, errors = routed_plan.routes_for(task.name, samples)
     single = ExpertModel(single_adapter.model, towers(single_adapter))
     single.load_expert(2, project.store.require("train-task", names[1]).path / "expert")
 

@@ -20,6 +20,7 @@ WorkspaceOption = Annotated[Path, typer.Option(
 ForceOption = Annotated[bool, typer.Option("--force", help="Recompute even if the latest version is up to date.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; only the summary line.")]
+FamilyOption = Annotated[str, typer.Option(help="Model family of the tiny base: llava, internvl or qwen2vl.")]
 
 
 def default_workspace(path: Path | None) -> Path:

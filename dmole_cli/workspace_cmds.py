@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import (JsonOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
+from .common import (FamilyOption, JsonOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
                      open_project,
                      print_summary)
 
@@ -46,7 +46,7 @@ def tasks(workspace: WorkspaceOption = None) -> None:
 def synth(
     out: Annotated[Path, typer.Option(help="Folder for the benchmark, the tiny base model and the workspace.")]
     = Path("dmole-synth"),
-    family: Annotated[str, typer.Option(help="Model family of the tiny base: llava, internvl or qwen2vl.")] = "llava",
+    family: FamilyOption = "llava",
     seed: Annotated[int, typer.Option(help="Seed of the data and of the base model.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Regenerate even if the folder already holds a benchmark.")]
     = False,
@@ -66,7 +66,7 @@ def synth(
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the benchmark, model and workspace (reused if present).")]
     = Path("dmole-demo"),
-    family: Annotated[str, typer.Option(help="Model family of the tiny base: llava, internvl or qwen2vl.")] = "llava",
+    family: FamilyOption = "llava",
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data and base model.")] = 0,
     quiet: QuietOption = False,
 ) -> None:

@@ -20,6 +20,7 @@ from artifacts import Version, Writer
 from artifacts.io import write_parquet
 
 from .config import Method, Strict
+from .data.samples import EvalSample
 from .data.tasks import load_eval_samples, task_files
 from .dmole.experts import ExpertModel
 from .dmole.routing import batch_vote, per_sample
@@ -57,7 +58,7 @@ class _Plan:
     tasks: list[str]
     inputs: list[Version]
     router: Callable[[list[int], dict], AbstractContextManager] | None = None  # fixed routing (oracle)
-    routes_for: Callable[[str], tuple[list[tuple[int, ...]], np.ndarray]] | None = None  # D-MoLE routing
+    routes_for: Callable[[str, list[EvalSample]], tuple[list[tuple[int, ...]], np.ndarray]] | None = None
     experts: ExpertModel | None = None
     thresholds: np.ndarray | None = None
 
@@ -77,9 +78,8 @@ def _dmole_routing(project: Project, stage_index: int, options: EvalOptions):
     """Per task, the routed expert set of each test sample (and the router errors behind it)."""
     bank = load_bank(project, project.config.task_names[:stage_index])
 
-    def routes_for(task: str) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    def routes_for(task: str, samples: list[EvalSample]) -> tuple[list[tuple[int, ...]], np.ndarray]:
         ids, matrix, metadata = load_embeddings(_test_embeddings(project, task), "test")
-        samples = load_eval_samples(project.data_root, project.config.task(task))
         position = {sample_id: i for i, sample_id in enumerate(ids)}
         if any(s.id not in position for s in samples):
             raise UserError(f"the test embeddings of '{task}' do not cover its evaluation file; "
@@ -154,7 +154,8 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
         for task_name in built.tasks:
             task = project.config.task(task_name)
             samples = load_eval_samples(project.data_root, task)
-            routes, errors = built.routes_for(task_name) if built.routes_for else ([()] * len(samples), None)
+            routes, errors = (built.routes_for(task_name, samples) if built.routes_for
+                              else ([()] * len(samples), None))
             around = _around_batch(built, routes, errors, options, adapter)
             predictions = predict(adapter, task, samples, batch_size=options.batch_size, model=built.model,
                                   around_batch=around, progress=progress, description=f"eval {after}: {task_name}")

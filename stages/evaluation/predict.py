@@ -31,6 +31,15 @@ class TaskScore:
 
 
 @torch.no_grad()
+def greedy_generate(adapter, model: torch.nn.Module, inputs: dict, *, max_new_tokens: int,
+                    min_new_tokens: int = 0) -> torch.Tensor:
+    """The toolkit's one decoding rule: greedy, one beam, no sampling, stop at the end-of-turn token."""
+    return model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
+                          num_beams=1, eos_token_id=adapter.tokenizer.eos_token_id,
+                          pad_token_id=adapter.tokenizer.pad_token_id)
+
+
+@torch.no_grad()
 def predict(adapter, task: TaskSpec, samples: Sequence[EvalSample], *, batch_size: int = 8,
             model: torch.nn.Module | None = None, around_batch: AroundBatch | None = None,
             progress: Progress = silent, description: str | None = None) -> list[str]:
@@ -38,7 +47,6 @@ def predict(adapter, task: TaskSpec, samples: Sequence[EvalSample], *, batch_siz
     model = model if model is not None else adapter.model
     model.eval()
     max_new, min_new = task.generation_limits
-    eos = adapter.tokenizer.eos_token_id
     predictions: list[str] = []
     with progress(description or f"eval {task.name}", total=len(samples)) as bar:
         for start in range(0, len(samples), batch_size):
@@ -47,8 +55,7 @@ def predict(adapter, task: TaskSpec, samples: Sequence[EvalSample], *, batch_siz
             inputs = adapter.generation_batch([load_image(s.image) for s in chunk],
                                               [render_prompt(task, s) for s in chunk])
             with (around_batch(indices, inputs) if around_batch else nullcontext()):
-                output = model.generate(**inputs, max_new_tokens=max_new, min_new_tokens=min_new, do_sample=False,
-                                        num_beams=1, eos_token_id=eos, pad_token_id=adapter.tokenizer.pad_token_id)
+                output = greedy_generate(adapter, model, inputs, max_new_tokens=max_new, min_new_tokens=min_new)
             predictions += adapter.decode_new_tokens(output, inputs["input_ids"].shape[1])
             bar.advance(len(chunk))
     return predictions

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from ..evaluation.predict import greedy_generate
 from .attach import Attachment
 from .plan import BatchRule, RoutingPlan, routing
 
@@ -38,9 +39,8 @@ def generate_with_roe(adapter, images: Sequence[Image.Image], prompts: Sequence[
     """Greedy generation with routed layers (RoE must be attached to ``adapter.model``)."""
     inputs = adapter.generation_batch(list(images), list(prompts))
     with routing(RoutingPlan(batch_rule=batch_rule, forced=forced)) as plan:
-        output = adapter.model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                        do_sample=False, num_beams=1, eos_token_id=adapter.tokenizer.eos_token_id,
-                                        pad_token_id=adapter.tokenizer.pad_token_id)
+        output = greedy_generate(adapter, adapter.model, inputs, max_new_tokens=max_new_tokens,
+                                 min_new_tokens=min_new_tokens)
     _warn_fallback(plan)
     return RoEGeneration(adapter.decode_new_tokens(output, inputs["input_ids"].shape[1]), plan, output)
 
