@@ -11,7 +11,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-console = Console(highlight=False)
+def launched_worker() -> bool:
+    """True in every process but the first when a launcher (accelerate launch, torchrun) started several."""
+    return int(os.environ.get("RANK", "0")) > 0
+
+
+# Under a launcher only the first process prints results and progress; every process still reports errors.
+console = Console(highlight=False, quiet=launched_worker())
 err_console = Console(stderr=True, highlight=False)
 
 WorkspaceOption = Annotated[Path, typer.Option(

@@ -9,7 +9,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
-from .common import err_console
+from .common import err_console, launched_worker
 
 
 class _Rate(ProgressColumn):
@@ -29,8 +29,9 @@ class _Bar:
 
 
 def rich_progress(quiet: bool = False):
-    """A Progress factory for stage functions; ``quiet`` returns the stages' silent one."""
-    if quiet:
+    """A Progress factory for stage functions; ``quiet`` (and any launched process but the first) gets the
+    stages' silent one."""
+    if quiet or launched_worker():
         from stages.progress import silent
 
         return silent

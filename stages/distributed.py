@@ -1,22 +1,175 @@
-"""Rank, world size and gradient sums when a process group is running (plain single process otherwise)."""
+"""Several processes under an existing launcher (`accelerate launch`, `torchrun`); a plain single process otherwise.
+
+Nothing here starts processes: the launcher sets WORLD_SIZE / RANK and accelerate's PartialState joins the
+process group (gloo on CPU, nccl on GPU). Forward-only work is split between processes by accelerate;
+each process writes its part to the run's scratch folder and every process reads the parts back in rank
+order, so the merged result is the single-process result. A single process never imports accelerate.
+"""
 
 from __future__ import annotations
 
-import torch
+import functools
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+# What the launcher's settings are recorded as (from `accelerate launch` flags or its --config_file).
+LAUNCH_SETTINGS = ("ACCELERATE_", "FSDP_")
+NOISE = ("ACCELERATE_DYNAMO_",)
 
 
-def _group_running() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+def launched() -> bool:
+    """True when a launcher started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@functools.cache
+def process_state():
+    """accelerate's PartialState; creating it joins the process group."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def rank_and_world() -> tuple[int, int]:
-    if _group_running():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    if not launched():
+        return 0, 1
+    state = process_state()
+    return state.process_index, state.num_processes
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over ranks in place (a no-op in a single process)."""
-    if _group_running():
+def is_main() -> bool:
+    return rank_and_world()[0] == 0
+
+
+def barrier() -> None:
+    if launched():
+        process_state().wait_for_everyone()
+
+
+def device():
+    """This process's device under a launcher (cuda:<local rank> or cpu), else None (the loader decides)."""
+    return process_state().device if launched() else None
+
+
+def all_reduce_sum(tensor):
+    """Sum ``tensor`` over processes in place (a no-op in a single process)."""
+    if launched():
+        import torch
+
+        process_state()
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return tensor
+
+
+def my_share(items: Sequence[T]) -> list[T]:
+    """This process's contiguous share of ``items`` (all of them in a single process)."""
+    if not launched():
+        return list(items)
+    with process_state().split_between_processes(list(items)) as share:
+        return list(share)
+
+
+def launch_settings() -> dict:
+    """The launcher's settings as recorded in a manifest: world size, and accelerate/FSDP/DeepSpeed options."""
+    rank, world = rank_and_world()
+    settings = {k: v for k, v in sorted(os.environ.items()) if k.startswith(LAUNCH_SETTINGS)
+                and not k.startswith(NOISE)}
+    recorded = {"world_size": world}
+    if launched():
+        recorded["distributed_type"] = str(process_state().distributed_type).split(".")[-1]
+    if settings:
+        recorded["accelerate"] = settings
+    return recorded
+
+
+def parameter_sharding() -> str | None:
+    """What shards the model's parameters across processes (FSDP other than NO_SHARD, DeepSpeed ZeRO-3),
+    from the launcher's settings; None for DDP, ZeRO-1/2 and FSDP NO_SHARD, which keep whole parameters."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        strategy = env.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
+        if strategy not in ("NO_SHARD", "3"):
+            return f"FSDP sharding strategy {strategy}"
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return "DeepSpeed ZeRO stage 3"
+    return None
+
+
+@dataclass
+class _Parts:
+    folder: Path
+    exchanges: int = 0
+
+
+_current_parts: ContextVar[_Parts | None] = ContextVar("dmole_parts", default=None)
+
+
+@contextmanager
+def parts_folder(folder: Path) -> Iterator[None]:
+    """The scratch folder of one stage run's per-process parts: emptied before, removed after a clean run."""
+    if not launched():
+        yield
+        return
+    if is_main():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    barrier()
+    token = _current_parts.set(_Parts(folder))
+    try:
+        yield
+    finally:
+        _current_parts.reset(token)
+    barrier()
+    if is_main():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _exchange(share: T, write: Callable[[T, Path], None], read: Callable[[Path], T]) -> list[T]:
+    parts = _current_parts.get()
+    if parts is None:
+        raise RuntimeError("merging per-process parts needs a stage run (stages.runner.run_stage)")
+    parts.exchanges += 1
+    rank, world = rank_and_world()
+    name = lambda r: parts.folder / f"{parts.exchanges:04d}-rank{r}.part"  # noqa: E731
+    tmp = name(rank).with_suffix(".tmp")
+    write(share, tmp)
+    os.replace(tmp, name(rank))
+    barrier()
+    return [read(name(r)) for r in range(world)]
+
+
+def _save_array(array: np.ndarray, path: Path) -> None:
+    with path.open("wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+
+
+def _save_records(records: list, path: Path) -> None:
+    path.write_text(json.dumps(records))
+
+
+def merge_rows(share: np.ndarray) -> np.ndarray:
+    """Every process's ``my_share`` rows of an array, concatenated in rank order."""
+    if not launched():
+        return share
+    parts = _exchange(share, _save_array, lambda p: np.load(p, allow_pickle=False))
+    return np.concatenate([part for part in parts if len(part)])  # a process may get no rows at all
+
+
+def merge_records(share: list[T]) -> list[T]:
+    """Every process's ``my_share`` JSON values (strings, numbers, flat dicts), concatenated in rank order."""
+    if not launched():
+        return share
+    return [record for part in _exchange(share, _save_records, lambda p: json.loads(p.read_text()))
+            for record in part]

@@ -19,6 +19,7 @@ from .config import Strict, TaskSpec
 from .data.images import load_image
 from .data.prompts import render_prompt
 from .data.tasks import load_eval_samples, load_train_samples, task_files
+from .distributed import merge_rows, my_share
 from .progress import Progress, silent
 from .project import Project
 from .runner import StageResult, fingerprint, model_files, run_stage
@@ -53,10 +54,12 @@ def embedding_metadata(adapter) -> dict[str, str]:
 
 def compute_embeddings(adapter, items: list[tuple[str, Path, str]], batch_size: int,
                        progress: Progress = silent, description: str = "embedding") -> np.ndarray:
-    """The sequence embeddings of ``items`` in order; the same function serves samples missing from a cache."""
-    rows = []
-    with progress(description, total=len(items)) as bar:
-        for start in range(0, len(items), batch_size):
+    """The sequence embeddings of ``items`` in order; under a launcher each process embeds its share of the
+    batches (the single-process ones) and every process returns the whole matrix."""
+    rows = [np.zeros((0, adapter.d_vision + adapter.d_language), np.float32)]
+    batches = my_share(range(0, len(items), batch_size))
+    with progress(description, total=sum(len(items[start:start + batch_size]) for start in batches)) as bar:
+        for start in batches:
             chunk = items[start:start + batch_size]
             images = [load_image(path) for _, path, _ in chunk]
             texts = [text for _, _, text in chunk]
@@ -64,7 +67,7 @@ def compute_embeddings(adapter, items: list[tuple[str, Path, str]], batch_size: 
             language = adapter.text_features(texts)
             rows.append(np.concatenate([vision.float().cpu().numpy(), language.float().cpu().numpy()], axis=1))
             bar.advance(len(chunk))
-    return np.concatenate(rows).astype(np.float32)
+    return merge_rows(np.concatenate(rows).astype(np.float32))
 
 
 def embed(project: Project, task_name: str, options: EmbedOptions = EmbedOptions(), *, force: bool = False,

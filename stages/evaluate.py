@@ -26,7 +26,7 @@ from .dmole.experts import ExpertModel
 from .dmole.routing import batch_vote, per_sample
 from .embed import source_fingerprint
 from .errors import UserError
-from .evaluation.predict import predict, score_predictions
+from .evaluation.predict import batch_indices, predict, score_predictions
 from .fit_router import load_bank, load_embeddings
 from .methods import JOINT_TASK, dmole_model, expert_folder, merged_model, stage_name, towers, trained
 from .progress import Progress, silent
@@ -60,7 +60,6 @@ class _Plan:
     router: Callable[[list[int], dict], AbstractContextManager] | None = None  # fixed routing (oracle)
     routes_for: Callable[[str, list[EvalSample]], tuple[list[tuple[int, ...]], np.ndarray]] | None = None
     experts: ExpertModel | None = None
-    thresholds: np.ndarray | None = None
 
 
 def _test_embeddings(project: Project, task: str) -> Version:
@@ -85,12 +84,17 @@ def _dmole_routing(project: Project, stage_index: int, options: EvalOptions):
             raise UserError(f"the test embeddings of '{task}' do not cover its evaluation file; "
                             f"re-run `dmole embed --task {task}`")
         errors = bank.errors(matrix[[position[s.id] for s in samples]], metadata)
-        if options.routing == "batch-vote":
-            return [()] * len(samples), errors
+        if options.routing == "batch-vote":  # the reference's vote over each batch predict() will generate
+            routes = []
+            for indices in batch_indices(len(samples), options.batch_size):
+                chosen = batch_vote(errors[indices], bank.thresholds, scale=options.threshold_scale,
+                                    support=options.vote_support)
+                routes += [chosen] * len(indices)
+            return routes, errors
         return per_sample(errors, bank.thresholds, scale=options.threshold_scale, top=options.top,
                           order=options.routing_order), errors
 
-    return routes_for, bank
+    return routes_for
 
 
 def plan_evaluation(project: Project, method: str, after: str, options: EvalOptions, adapter=None) -> _Plan:
@@ -113,8 +117,7 @@ def plan_evaluation(project: Project, method: str, after: str, options: EvalOpti
     if adapter is None:
         return _Plan(None, names, inputs)
     experts, _ = dmole_model(project, adapter, index)
-    routes_for, bank = _dmole_routing(project, index, options)
-    return _Plan(experts.model, names, inputs, routes_for=routes_for, experts=experts, thresholds=bank.thresholds)
+    return _Plan(experts.model, names, inputs, routes_for=_dmole_routing(project, index, options), experts=experts)
 
 
 def _single_adapter_plan(adapter, version: Version, tasks: list[str], project: Project, task_id: int) -> _Plan:
@@ -156,12 +159,10 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
             samples = load_eval_samples(project.data_root, task)
             routes, errors = (built.routes_for(task_name, samples) if built.routes_for
                               else ([()] * len(samples), None))
-            around = _around_batch(built, routes, errors, options, adapter)
+            around = built.router or _routed(built.experts, routes, adapter)
             predictions = predict(adapter, task, samples, batch_size=options.batch_size, model=built.model,
                                   around_batch=around, progress=progress, description=f"eval {after}: {task_name}")
             scored = score_predictions(task, samples, predictions, options.caption_tokenizer)
-            if built.routes_for and options.routing == "batch-vote":
-                routes = around.applied
             write_parquet(writer.path(f"predictions/{task_name}.parquet"), {
                 "sample_id": [s.id for s in samples], "prediction": predictions,
                 "parsed": [None if p is None else str(p) for p in scored.parsed],
@@ -179,25 +180,9 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
     return run_stage(project, stage, after, config=config, inputs=plan.inputs, compute=compute, force=force)
 
 
-class _Router:
-    """around_batch for D-MoLE: per-sample routes, or the reference's batch vote (recorded per sample)."""
-
-    def __init__(self, experts: ExpertModel, routes, errors, thresholds, options: EvalOptions, adapter):
-        self.experts, self.routes, self.errors, self.thresholds = experts, routes, errors, thresholds
-        self.options, self.adapter = options, adapter
-        self.applied: list[tuple[int, ...]] = list(routes)
-
-    def __call__(self, indices: list[int], inputs: dict) -> AbstractContextManager:
-        if self.options.routing == "batch-vote":
-            chosen = batch_vote(self.errors[indices], self.thresholds, scale=self.options.threshold_scale,
-                                support=self.options.vote_support)
-            for i in indices:
-                self.applied[i] = chosen
-        return self.experts.routed([self.applied[i] for i in indices],
-                                   vision_rows=self.adapter.vision_row_samples(inputs))
-
-
-def _around_batch(plan: _Plan, routes, errors, options: EvalOptions, adapter):
-    if plan.routes_for is not None:
-        return _Router(plan.experts, routes, errors, plan.thresholds, options, adapter)
-    return plan.router
+def _routed(experts: ExpertModel | None, routes: list[tuple[int, ...]], adapter):
+    """around_batch that activates each sample's routed experts (D-MoLE); nothing to do without experts."""
+    if experts is None:
+        return None
+    return lambda indices, inputs: experts.routed([routes[i] for i in indices],
+                                                  vision_rows=adapter.vision_row_samples(inputs))

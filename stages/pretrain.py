@@ -30,7 +30,8 @@ def pretrain(adapter, samples: list[TrainSample], settings: PretrainSettings = P
         p.requires_grad_(True)
     loop = LoopSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                         weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio, seed=settings.seed)
-    result = train([ParamGroup("model", params)], lambda idx: {"loss": answer_loss(model, adapter, [samples[i] for i in idx])},
+    result = train(model, [ParamGroup("model", params)],
+                   lambda prepared, idx: {"loss": answer_loss(prepared, adapter, [samples[i] for i in idx])},
                    len(samples), loop, progress=progress, description="pre-train base")
     model.eval()
     return result.log

@@ -20,6 +20,7 @@ from artifacts.io import read_json, write_json, write_parquet
 from .config import Strict, TaskSpec
 from .data.samples import EvalSample
 from .data.tasks import load_eval_samples
+from .distributed import merge_records
 from .progress import Progress, silent
 from .project import Project
 from .runner import StageResult, fingerprint, model_files, run_stage
@@ -73,8 +74,8 @@ def evaluate_routed(adapter, attachment, sets: EvalSets, batch_size: int, batch_
         predictions = predict(adapter, task, samples, batch_size=batch_size, around_batch=recorder,
                               progress=progress, description=f"roe {task.name}")
         scores[task.name] = score_predictions(task, samples, predictions).score
-        rows += decision_rows(recorder, attachment, run_id=run_id, benchmark=task.name,
-                              example_ids=[s.id for s in samples])
+        rows += merge_records(decision_rows(recorder, attachment, run_id=run_id, benchmark=task.name,
+                                            example_ids=[s.id for s in samples]))  # the recorder saw this process's batches
     return scores, rows
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from artifacts import Version, Writer, config_hash
 
 from . import __version__
+from .distributed import barrier, is_main, launch_settings, parts_folder
 from .project import Project
 
 # Files larger than this are fingerprinted by size and modification time instead of a full hash.
@@ -55,30 +57,46 @@ def model_files(model_dir: Path) -> list[Path]:
     return [p for p in model_dir.iterdir() if p.suffix in {".json", ".safetensors", ".jinja"}]
 
 
-def environment(seed: int, device: str = "cpu", dtype: str = "float32", world_size: int = 1) -> dict:
+def environment(seed: int) -> dict:
+    """The software, device and launcher a version was computed with (world size, accelerate settings)."""
     import peft
     import torch
     import transformers
 
+    from .models.registry import default_device, default_dtype
+
+    device = default_device()
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "device": device,
-            "dtype": dtype, "world_size": world_size, "seed": seed}
+            "transformers": transformers.__version__, "peft": peft.__version__, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "dtype": str(default_dtype(device)).removeprefix("torch."), "seed": seed, **launch_settings()}
 
 
 def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: list[Version],
-              compute: Callable[[Writer], None], force: bool = False, env: dict | None = None) -> StageResult:
-    """Return the current version if nothing changed (unless ``force``), else run ``compute`` into a new one."""
+              compute: Callable[[Writer], None], force: bool = False) -> StageResult:
+    """Return the current version if nothing changed (unless ``force``), else run ``compute`` into a new one.
+
+    Under a launcher every process runs ``compute`` (sharing work through `distributed`); only the main
+    process writes into the version, the others into a scratch folder that is dropped.
+    """
     for version in inputs:  # a damaged input stops the stage before it touches the workspace
         version.verify()
     refs = [v.ref() for v in inputs]
     start = time.perf_counter()
-    if not force:
-        current = project.store.find_current(stage, task, config_hash(config), refs)
-        if current is not None:
-            return StageResult(stage, task, current, True, 0.0)
-    with project.store.writer(stage, task, config=config, inputs=refs,
-                              environment=env or environment(project.config.seed),
-                              toolkit_version=__version__) as writer:
-        compute(writer)
-        writer.meta["seconds"] = round(time.perf_counter() - start, 3)
-    return StageResult(stage, task, writer.version, False, time.perf_counter() - start)
+    current = None if force else project.store.find_current(stage, task, config_hash(config), refs)
+    barrier()  # every process decides before any of them can commit
+    if current is not None:
+        return StageResult(stage, task, current, True, 0.0)
+    with parts_folder(project.root / ".runs" / "parts" / stage / task):
+        if not is_main():
+            with tempfile.TemporaryDirectory(prefix="dmole-rank-") as scratch:
+                compute(Writer(Path(scratch)))
+        else:
+            with project.store.writer(stage, task, config=config, inputs=refs,
+                                      environment=environment(project.config.seed),
+                                      toolkit_version=__version__) as writer:
+                compute(writer)
+                writer.meta["seconds"] = round(time.perf_counter() - start, 3)
+    # parts_folder ends with a barrier, so the main process has committed by now
+    version = writer.version if is_main() else project.store.latest(stage, task)
+    return StageResult(stage, task, version, False, time.perf_counter() - start)

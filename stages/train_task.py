@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -30,7 +31,7 @@ from .methods import BASELINE_LORA, EXPERT_FOLDER, JOINT_TASK, dmole_model, merg
 from .progress import Progress, silent
 from .project import Project
 from .runner import StageResult, run_stage
-from .training.chat import chat_examples
+from .training.chat import chat_examples, supervised_tokens
 from .training.loop import LoopSettings, ParamGroup, train
 from .training.trackers import check_available, open_loggers
 
@@ -50,6 +51,9 @@ class TrainTaskOptions(Strict):
     dropout: float = Field(default=0.05, ge=0, lt=1)
     train_routing: str = Field(default="per-sample", pattern="^(per-sample|batch-vote)$")
     checkpoint_every: int = Field(default=50, ge=0, description="optimizer steps between resume checkpoints")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="bf16 autocast: auto (on CUDA only), bf16 (always) or fp32 (never)")
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations in backward to save memory")
     seed: int = 42
 
     def loop(self, task: TaskSpec | None) -> LoopSettings:
@@ -57,7 +61,7 @@ class TrainTaskOptions(Strict):
         batch = self.batch_size or (task.batch_size if task and task.batch_size else 8)
         return LoopSettings(epochs=epochs, batch_size=batch, lr=self.lr, weight_decay=self.weight_decay,
                             warmup_ratio=self.warmup_ratio, clip=self.clip, seed=self.seed,
-                            checkpoint_every=self.checkpoint_every)
+                            checkpoint_every=self.checkpoint_every, precision=self.precision)
 
 
 def resolved_method(project: Project, options: TrainTaskOptions) -> str:
@@ -171,22 +175,24 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
             routes = [(task_id,)] * len(samples)
             lora = BASELINE_LORA
         model = experts.model
+        if options.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         vote = method == "dmole" and options.train_routing == "batch-vote" and task_id > 1
 
-        def loss_fn(indices: list[int]) -> dict:
+        def loss_fn(prepared, indices: list[int]) -> dict:
             batch_routes = [routes[i] for i in indices]
             if vote:
                 partner = training_partner_vote(errors[indices], thresholds)
                 batch_routes = [(task_id,) + ((partner,) if partner else ())] * len(indices)
             batch = adapter.train_batch(chat_examples([samples[i] for i in indices]))
             with experts.routed(batch_routes, vision_rows=adapter.vision_row_samples(batch)):
-                return {"loss": model(**batch).loss}
+                return {"loss": prepared(**batch).loss, "count": supervised_tokens(batch["labels"])}
 
         ckpt = checkpoint_dir(project, stage, task_name, config)
         logs = project.root / ".runs" / "logs" / stage / task_name
         with open_loggers(log_to, logs, f"{stage}/{task_name}", config) as loggers:
-            result = train([ParamGroup(name, trainable)], loss_fn, len(samples), settings, checkpoint_dir=ckpt,
+            result = train(model, [ParamGroup(name, trainable)], loss_fn, len(samples), settings, checkpoint_dir=ckpt,
                            progress=progress, description=f"{stage} {task_name}", loggers=loggers)
         model.eval()
         sidecar = {"task": task_name, "task_id": task_id, "method": method, "adapter_name": name,

@@ -44,7 +44,9 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions = ZcScore
     config = {"options": options.model_dump(), "task": task.model_dump(), "sources": source_fingerprint(project, task)}
 
     def compute(writer: Writer) -> None:
-        from .distributed import all_reduce_sum, rank_and_world
+        import torch
+
+        from .distributed import all_reduce_sum, my_share, rank_and_world
         from .models.registry import load_family
         from .training.chat import answer_loss
 
@@ -64,18 +66,19 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions = ZcScore
         random.Random(options.seed).shuffle(order)
         chosen = order[:sample_count(len(samples), options)]
         batches = [chosen[i:i + options.batch_size] for i in range(0, len(chosen), options.batch_size)]
-        rank, world = rank_and_world()
-        for batch in batches[rank::world]:
+        for batch in my_share(batches):
             answer_loss(model, adapter, [samples[i] for i in batch]).backward()
         missing = []
         rows = []
         for candidate in candidates:
             total = 0.0
             for param in params[candidate.name]:
-                if param.grad is None:
+                # every process joins both sums for every parameter, even one its own batches left without a gradient
+                local = param.grad.float() if param.grad is not None else torch.zeros_like(param, dtype=torch.float32)
+                if not all_reduce_sum(torch.tensor([float(param.grad is not None)], device=param.device)).item():
                     missing.append(candidate.name)
                     continue
-                total += float(all_reduce_sum(param.grad.float()).norm())
+                total += float(all_reduce_sum(local).norm())
             rows.append((candidate, total))
         if missing:
             warnings.warn(f"{len(missing)} candidate parameters got no gradient and score 0 "
@@ -87,6 +90,6 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions = ZcScore
             "d_in": [c.d_in for c, _ in rows], "d_out": [c.d_out for c, _ in rows],
             "score": [score for _, score in rows], "n_samples": [len(chosen)] * len(rows)})
         writer.meta.update(n_samples=len(chosen), n_batches=len(batches), n_candidates=len(rows),
-                           no_gradient=len(missing), world_size=world)
+                           no_gradient=len(missing), world_size=rank_and_world()[1])
 
     return run_stage(project, STAGE, task_name, config=config, inputs=[], compute=compute, force=force)

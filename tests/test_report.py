@@ -212,9 +212,10 @@ def test_cli_report_out_copies_the_report_and_its_figures(run, tmp_path):
 
 
 def _tiny_training(loggers) -> list[dict]:
-    weight = torch.nn.Parameter(torch.ones(3))
+    model = torch.nn.Linear(3, 1, bias=False)
     settings = LoopSettings(epochs=1, batch_size=2, lr=0.1, warmup_ratio=0.0)
-    result = train([ParamGroup("w", [weight])], lambda idx: {"loss": (weight * len(idx)).pow(2).sum()}, 6, settings,
+    result = train(model, [ParamGroup("w", [model.weight])],
+                   lambda prepared, idx: {"loss": (prepared.weight * len(idx)).pow(2).sum()}, 6, settings,
                    loggers=loggers)
     return result.log
 

@@ -61,14 +61,14 @@ def test_every_group_lr_is_base_times_schedule_times_gate():
     router, adapter, backbone = modules
     router_grads = []
 
-    def loss_fn(_indices):
+    def loss_fn(_model, _indices):
         router_grads.append(state.stage)
         x = torch.ones(1, 3)
         routed = router(x).sum() if state.stage > 0 else 0.0  # stage 0 never consults the router
         return {"loss": adapter(x).sum() + backbone(x).sum() + routed}
 
     before = {name: [p.detach().clone() for p in g.params] for name, g in zip(trained_in, groups)}
-    result = train(groups, loss_fn, n, settings, callbacks=[callback])
+    result = train(torch.nn.ModuleList(modules), groups, loss_fn, n, settings, callbacks=[callback])
     for row in result.log:
         s = row["step"] - 1
         factor = warmup_cosine(s, n, settings.warmup_ratio)
@@ -87,7 +87,7 @@ def _toy_run(n: int, *, checkpoint_dir=None, stop_after: int | None = None, warm
     callback = RoEStageCallback(StageSchedule(total=n, rho=0.3), state, groups, trained_in, warmup)
     seen, weights = [], []
 
-    def loss_fn(_indices):
+    def loss_fn(_model, _indices):
         if stop_after is not None and len(seen) == stop_after:
             raise KeyboardInterrupt
         seen.append((state.stage, *(m.weight.requires_grad for m in modules)))
@@ -96,7 +96,8 @@ def _toy_run(n: int, *, checkpoint_dir=None, stop_after: int | None = None, warm
 
     settings = LoopSettings(epochs=1, batch_size=1, lr=4e-4, weight_decay=0.0, warmup_ratio=warmup,
                             checkpoint_every=5)
-    result = train(groups, loss_fn, n, settings, callbacks=[callback], checkpoint_dir=checkpoint_dir)
+    result = train(torch.nn.ModuleList(modules), groups, loss_fn, n, settings, callbacks=[callback],
+                   checkpoint_dir=checkpoint_dir)
     return result, seen, weights
 
 

@@ -43,5 +43,7 @@ def load_image(path: Path) -> Image.Image:
             if width * height > MAX_IMAGE_PIXELS:
                 raise DataError(path, f"image is {width}x{height}, above the {MAX_IMAGE_PIXELS:,}-pixel limit")
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:  # PIL refuses far larger images before we can measure them
+        raise DataError(path, f"image is above the {MAX_IMAGE_PIXELS:,}-pixel limit ({error})") from error
+    except (UnidentifiedImageError, OSError) as error:
         raise DataError(path, f"not a readable image ({type(error).__name__})") from error

@@ -17,6 +17,7 @@ from ..config import TaskSpec
 from ..data.images import load_image
 from ..data.prompts import render_prompt
 from ..data.samples import EvalSample
+from ..distributed import merge_records, my_share
 from ..metrics.families import score_family
 from ..progress import Progress, silent
 
@@ -39,18 +40,27 @@ def greedy_generate(adapter, model: torch.nn.Module, inputs: dict, *, max_new_to
                           pad_token_id=adapter.tokenizer.pad_token_id)
 
 
+def batch_indices(n_samples: int, batch_size: int) -> list[list[int]]:
+    """The batches predict() generates: consecutive runs of ``batch_size`` sample indices."""
+    return [list(range(start, min(start + batch_size, n_samples))) for start in range(0, n_samples, batch_size)]
+
+
 @torch.no_grad()
 def predict(adapter, task: TaskSpec, samples: Sequence[EvalSample], *, batch_size: int = 8,
             model: torch.nn.Module | None = None, around_batch: AroundBatch | None = None,
             progress: Progress = silent, description: str | None = None) -> list[str]:
-    """Greedy predictions (one beam, no sampling, left padding), whitespace-stripped, in sample order."""
+    """Greedy predictions (one beam, no sampling, left padding), whitespace-stripped, in sample order.
+
+    Under a launcher each process generates its share of the batches (``around_batch`` sees only those)
+    and every process returns all predictions; the batches are the single-process ones.
+    """
     model = model if model is not None else adapter.model
     model.eval()
     max_new, min_new = task.generation_limits
     predictions: list[str] = []
-    with progress(description or f"eval {task.name}", total=len(samples)) as bar:
-        for start in range(0, len(samples), batch_size):
-            indices = list(range(start, min(start + batch_size, len(samples))))
+    batches = my_share(batch_indices(len(samples), batch_size))
+    with progress(description or f"eval {task.name}", total=sum(map(len, batches))) as bar:
+        for indices in batches:
             chunk = [samples[i] for i in indices]
             inputs = adapter.generation_batch([load_image(s.image) for s in chunk],
                                               [render_prompt(task, s) for s in chunk])
@@ -58,7 +68,7 @@ def predict(adapter, task: TaskSpec, samples: Sequence[EvalSample], *, batch_siz
                 output = greedy_generate(adapter, model, inputs, max_new_tokens=max_new, min_new_tokens=min_new)
             predictions += adapter.decode_new_tokens(output, inputs["input_ids"].shape[1])
             bar.advance(len(chunk))
-    return predictions
+    return merge_records(predictions)
 
 
 def score_predictions(task: TaskSpec, samples: Sequence[EvalSample], predictions: list[str],

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from .. import distributed
 from .base import FamilyAdapter, ModelFamilyError
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
@@ -34,7 +35,12 @@ def detect_family(path: Path) -> type[FamilyAdapter]:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device under a launcher, else CUDA when available, else the CPU."""
+    return distributed.device() or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool = False) -> FamilyAdapter:
@@ -43,7 +49,7 @@ def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool 
     adapter = detect_family(path)
     device = torch.device(device) if device is not None else default_device()
     on_cuda = device.type == "cuda"
-    dtype = dtype or (torch.bfloat16 if on_cuda else torch.float32)
+    dtype = dtype or default_dtype(device)
     flash = on_cuda and importlib.util.find_spec("flash_attn") is not None
     model = adapter.model_class.from_pretrained(
         path,

@@ -90,18 +90,18 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
     images = ImageTokens.of(adapter)
     status: dict = {}
 
-    def loss_fn(indices: list[int]) -> dict[str, torch.Tensor]:
+    def loss_fn(prepared: torch.nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
         status["stage"] = STAGE_NAMES[state.stage]
         if modules is None and not any(p.requires_grad for g in groups for p in g.params):
             return {"loss": torch.zeros((), requires_grad=True)}  # the twin's backbone is gated off: a no-op step
         batch = adapter.train_batch(chat_examples([samples[i] for i in indices]))
         labels = batch.pop("labels")
         if modules is None:
-            ce = per_example_ce(model(**batch).logits, labels).mean()
+            ce = per_example_ce(prepared(**batch).logits, labels).mean()
             return {"loss": ce}
         segments = training_segments(batch["input_ids"], labels, batch["attention_mask"], images)
         with routing(TrainingRouting(segments, state)) as ctx:
-            logits = model(**batch).logits
+            logits = prepared(**batch).logits
         soft_skip = ctx.soft_skip()
         out = roe_objective(per_example_ce(logits, labels), soft_skip, rho=settings.rho, lam=settings.lam,
                             gamma=settings.gamma)
@@ -111,7 +111,7 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
 
     model.train()
     try:
-        return train(groups, loss_fn, len(samples), loop, callbacks=[callback], progress=_with_status(progress, status),
+        return train(model, groups, loss_fn, len(samples), loop, callbacks=[callback], progress=_with_status(progress, status),
                      description="route-train" if modules is not None else "route-train: dense twin")
     finally:
         model.eval()

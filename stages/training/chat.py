@@ -16,6 +16,13 @@ def chat_examples(samples: Sequence[TrainSample]) -> list:
     return [ChatExample(image=load_image(s.image), turns=list(s.turns)) for s in samples]
 
 
+def supervised_tokens(labels: torch.Tensor) -> int:
+    """How many tokens the shifted causal-LM loss averages over."""
+    from ..models.base import IGNORE
+
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
 def answer_loss(model: torch.nn.Module, adapter, samples: Sequence[TrainSample]) -> torch.Tensor:
     """Mean cross-entropy over the batch's supervised tokens (answers and their end-of-turn token)."""
     batch = adapter.train_batch(chat_examples(samples))

@@ -1,10 +1,15 @@
 """One training loop for every recipe (pre-training, D-MoLE experts, baselines, RoE).
 
-A recipe supplies named parameter groups and a loss function over a batch of sample indices; the loop
-owns the optimizer, the warm-up + cosine schedule, gradient clipping, the deterministic data order,
-periodic resumable checkpoints, and a per-step log. Recipes that need more (RoE's stage schedule)
-pass callbacks instead of copying the loop; ``loggers`` receive each step's log row as it is written
-(live trackers, `stages/training/trackers.py`).
+A recipe supplies the model, named parameter groups and a loss function of (model, batch of sample
+indices); the loop owns the optimizer, the warm-up + cosine schedule, gradient clipping, the deterministic
+data order, periodic resumable checkpoints, and a per-step log. Recipes that need more (RoE's stage
+schedule) pass callbacks instead of copying the loop; ``loggers`` receive each step's log row as it is
+written (live trackers, `stages/training/trackers.py`).
+
+The model and optimizer go through accelerate's ``Accelerator.prepare``: in one process that changes
+nothing; under a launcher it is data-parallel (DDP, or FSDP / DeepSpeed
+ZeRO from the accelerate config), each process taking its share of every global batch, so a step sees
+the same samples and the same learning rate as in one process.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Protocol
 
 import torch
 
+from ..distributed import is_main, my_share, parameter_sharding
+from ..errors import UserError
 from ..progress import Progress, silent
 from .checkpoint import load_checkpoint, save_checkpoint
 
@@ -33,6 +40,7 @@ class LoopSettings:
     clip: float = 1.0
     seed: int = 42
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = never
+    precision: str = "auto"  # forward under bf16 autocast: "auto" (on CUDA only), "bf16" or "fp32" (never)
 
 
 @dataclass
@@ -90,11 +98,59 @@ def build_optimizer(groups: Sequence[ParamGroup], settings: LoopSettings) -> tor
         weight_decay=settings.weight_decay, betas=settings.betas)
 
 
-def train(groups: Sequence[ParamGroup], loss_fn: Callable[[list[int]], dict[str, torch.Tensor]],
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast for "bf16", and for "auto" on CUDA; a no-op context for fp32."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def _prepare(model: torch.nn.Module, groups: Sequence[ParamGroup], optimizer: torch.optim.Optimizer,
+             settings: LoopSettings):
+    """The accelerator, and the model and optimizer it prepared (wrapped for data parallelism when launched)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Recipes switch parameter groups on and off between steps (RoE's stages); DDP only syncs parameters
+    # that required grad when it wrapped the model, and must tolerate the ones a step leaves unused.
+    flags = [(p, p.requires_grad) for g in groups for p in g.params]
+    for p, _ in flags:
+        p.requires_grad_(True)
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    prepared_model, prepared_optimizer = accelerator.prepare(model, optimizer)
+    for p, flag in flags:
+        p.requires_grad_(flag)
+    return accelerator, prepared_model, prepared_optimizer
+
+
+def _my_samples(batch: list[int]) -> list[int]:
+    """This process's share of a global batch; a process left without samples runs the first one at
+    weight 0, because it must still join the gradient sync."""
+    return my_share(batch) or batch[:1]
+
+
+def _process_weight(accelerator, count: float, device: torch.device) -> float:
+    """The factor on this process's mean loss that makes the averaged gradient the global batch's mean.
+
+    ``count`` is how many units (samples, or supervised tokens) this process's loss averages over.
+    """
+    total = float(accelerator.reduce(torch.tensor(float(count), device=device), reduction="sum"))
+    return count * accelerator.num_processes / total if total else 0.0
+
+
+def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
+          loss_fn: Callable[[torch.nn.Module, list[int]], dict[str, torch.Tensor]],
           n_samples: int, settings: LoopSettings, *, checkpoint_dir: Path | None = None,
           callbacks: Sequence[Callback] = (), loggers: Sequence[Callable[[dict], None]] = (),
           progress: Progress = silent, description: str = "training") -> LoopResult:
-    """Run the loop; ``loss_fn`` returns a dict with at least ``loss`` (other scalars are logged)."""
+    """Run the loop; ``loss_fn(model, indices)`` must call the model it is given (the prepared one) and
+    return a dict with at least ``loss`` (other scalars are logged). A loss that is a mean over tokens
+    returns their number as ``count`` (default: a mean over the samples), so that data-parallel steps
+    weight every token as one process would."""
+    sharding = parameter_sharding()
+    if sharding:
+        raise UserError(f"the accelerate config asks for {sharding}, which splits every parameter across processes; "
+                        "dmole saves experts and RoE weights from whole parameters, so use DDP, DeepSpeed ZeRO-1/2 "
+                        "or FSDP NO_SHARD")
     plan = batch_plan(n_samples, settings)
     optimizer = build_optimizer(groups, settings)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -107,6 +163,7 @@ def train(groups: Sequence[ParamGroup], loss_fn: Callable[[list[int]], dict[str,
         if state is not None:  # restores the RNG too, so dropout continues exactly where it stopped
             start = state.restore(trainable, optimizer)
             result.log, result.resumed_from = state.log, start
+    accelerator, prepared, optimizer = _prepare(model, groups, optimizer, settings)
     with progress(description, total=len(plan)) as bar:
         bar.advance(start)
         for step in range(start, len(plan)):
@@ -114,13 +171,18 @@ def train(groups: Sequence[ParamGroup], loss_fn: Callable[[list[int]], dict[str,
                 group["lr"] = base * warmup_cosine(step, len(plan), settings.warmup_ratio)
             for callback in callbacks:
                 callback.on_step_begin(step, len(plan), optimizer)
-            outputs = loss_fn(plan[step])
+            indices = _my_samples(plan[step])
+            with autocast(settings.precision, accelerator.device):
+                outputs = loss_fn(prepared, indices)
+            count = outputs.pop("count", len(indices)) if my_share(plan[step]) else 0
+            weight = _process_weight(accelerator, count, accelerator.device)
             optimizer.zero_grad(set_to_none=True)
-            outputs["loss"].backward()
+            accelerator.backward(outputs["loss"] * weight)
             params = [p for g in optimizer.param_groups for p in g["params"]]
             if settings.clip:
-                torch.nn.utils.clip_grad_norm_(params, settings.clip)
+                accelerator.clip_grad_norm_(params, settings.clip)
             optimizer.step()
+            outputs["loss"] = accelerator.reduce(outputs["loss"].detach() * weight, reduction="mean")
             row = {"step": step + 1, **{k: float(v.detach()) for k, v in outputs.items()},
                    **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}}
             for callback in callbacks:
@@ -131,6 +193,6 @@ def train(groups: Sequence[ParamGroup], loss_fn: Callable[[list[int]], dict[str,
             bar.advance(1, loss=row["loss"])
             done = step + 1
             if checkpoint_dir is not None and settings.checkpoint_every and done % settings.checkpoint_every == 0 \
-                    and done < len(plan):
+                    and done < len(plan) and is_main():
                 save_checkpoint(checkpoint_dir, done, trainable, optimizer, result.log)
     return result
