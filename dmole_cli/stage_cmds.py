@@ -99,11 +99,18 @@ def train_task(
     method: MethodOption = None,
     epochs: Annotated[Optional[float], typer.Option(help="Epochs. [default: the task's registry value, else 1]")]
     = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size. [default: registry value, else 8]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Global batch size, split between processes under a launcher. [default: registry value, else 8]")]
+    = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate. [default: 1e-4]")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(
         help="Optimizer steps between resume checkpoints; a killed run resumes from the last one. [default: 50]")]
     = None,
+    precision: Annotated[Optional[str], typer.Option(
+        help="bf16 autocast: auto (on CUDA only), bf16 (always) or fp32 (never). [default: auto]")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute activations during backward: less memory, more compute. [default: off]")] = None,
     log_to: Annotated[Optional[str], typer.Option(
         "--log-to", help="Also stream the per-step log to tensorboard or wandb (optional packages).")] = None,
     force: ForceOption = False,
@@ -117,7 +124,8 @@ def train_task(
     project = open_project(workspace)
     options = stage_options(project.config, STAGE, TrainTaskOptions,
                             {"method": method, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                             "checkpoint_every": checkpoint_every})
+                             "checkpoint_every": checkpoint_every, "precision": precision,
+                             "gradient_checkpointing": gradient_checkpointing})
     print_summary(run(project, task, options, force=force, progress=rich_progress(quiet),
                       log_to=[log_to] if log_to else []))
 

@@ -31,7 +31,7 @@ def pretrain(adapter, samples: list[TrainSample], settings: PretrainSettings = P
     loop = LoopSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                         weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio, seed=settings.seed)
     result = train(model, [ParamGroup("model", params)],
-                   lambda prepared, idx: {"loss": answer_loss(prepared, adapter, [samples[i] for i in idx])},
+                   lambda prepared, idx, _scope: {"loss": answer_loss(prepared, adapter, [samples[i] for i in idx])},
                    len(samples), loop, progress=progress, description="pre-train base")
     model.eval()
     return result.log

@@ -180,14 +180,15 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
         model.train()
         vote = method == "dmole" and options.train_routing == "batch-vote" and task_id > 1
 
-        def loss_fn(prepared, indices: list[int]) -> dict:
+        def loss_fn(prepared, indices: list[int], scope) -> dict:
             batch_routes = [routes[i] for i in indices]
             if vote:
                 partner = training_partner_vote(errors[indices], thresholds)
                 batch_routes = [(task_id,) + ((partner,) if partner else ())] * len(indices)
             batch = adapter.train_batch(chat_examples([samples[i] for i in indices]))
-            with experts.routed(batch_routes, vision_rows=adapter.vision_row_samples(batch)):
-                return {"loss": prepared(**batch).loss, "count": supervised_tokens(batch["labels"])}
+            # held through backward: gradient checkpointing re-runs the routed layers there
+            scope.enter_context(experts.routed(batch_routes, vision_rows=adapter.vision_row_samples(batch)))
+            return {"loss": prepared(**batch).loss, "count": supervised_tokens(batch["labels"])}
 
         ckpt = checkpoint_dir(project, stage, task_name, config)
         logs = project.root / ".runs" / "logs" / stage / task_name

@@ -215,7 +215,7 @@ def _tiny_training(loggers) -> list[dict]:
     model = torch.nn.Linear(3, 1, bias=False)
     settings = LoopSettings(epochs=1, batch_size=2, lr=0.1, warmup_ratio=0.0)
     result = train(model, [ParamGroup("w", [model.weight])],
-                   lambda prepared, idx: {"loss": (prepared.weight * len(idx)).pow(2).sum()}, 6, settings,
+                   lambda prepared, idx, _scope: {"loss": (prepared.weight * len(idx)).pow(2).sum()}, 6, settings,
                    loggers=loggers)
     return result.log
 

@@ -61,7 +61,7 @@ def test_every_group_lr_is_base_times_schedule_times_gate():
     router, adapter, backbone = modules
     router_grads = []
 
-    def loss_fn(_model, _indices):
+    def loss_fn(_model, _indices, _scope):
         router_grads.append(state.stage)
         x = torch.ones(1, 3)
         routed = router(x).sum() if state.stage > 0 else 0.0  # stage 0 never consults the router
@@ -87,7 +87,7 @@ def _toy_run(n: int, *, checkpoint_dir=None, stop_after: int | None = None, warm
     callback = RoEStageCallback(StageSchedule(total=n, rho=0.3), state, groups, trained_in, warmup)
     seen, weights = [], []
 
-    def loss_fn(_model, _indices):
+    def loss_fn(_model, _indices, _scope):
         if stop_after is not None and len(seen) == stop_after:
             raise KeyboardInterrupt
         seen.append((state.stage, *(m.weight.requires_grad for m in modules)))

@@ -40,6 +40,7 @@ class TinySize:
     vision_intermediate: int = 128
     image_size: int = 32
     patch_size: int = 8
+    vocab_size: int | None = None  # None: the byte tokenizer's; larger gives a real model's embedding shapes
 
     def __post_init__(self) -> None:
         if self.image_size % (2 * self.patch_size):
@@ -50,7 +51,7 @@ class TinySize:
 
 def _lm(size: TinySize, tokenizer) -> dict:
     return dict(
-        vocab_size=len(tokenizer),
+        vocab_size=max(size.vocab_size or 0, len(tokenizer)),
         hidden_size=size.lm_hidden,
         intermediate_size=size.lm_intermediate,
         num_hidden_layers=size.lm_layers,

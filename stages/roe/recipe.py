@@ -90,7 +90,7 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
     images = ImageTokens.of(adapter)
     status: dict = {}
 
-    def loss_fn(prepared: torch.nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
+    def loss_fn(prepared: torch.nn.Module, indices: list[int], _scope) -> dict[str, torch.Tensor]:
         status["stage"] = STAGE_NAMES[state.stage]
         if modules is None and not any(p.requires_grad for g in groups for p in g.params):
             return {"loss": torch.zeros((), requires_grad=True)}  # the twin's backbone is gated off: a no-op step

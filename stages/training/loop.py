@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -138,12 +139,13 @@ def _process_weight(accelerator, count: float, device: torch.device) -> float:
 
 
 def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
-          loss_fn: Callable[[torch.nn.Module, list[int]], dict[str, torch.Tensor]],
+          loss_fn: Callable[[torch.nn.Module, list[int], ExitStack], dict[str, torch.Tensor]],
           n_samples: int, settings: LoopSettings, *, checkpoint_dir: Path | None = None,
           callbacks: Sequence[Callback] = (), loggers: Sequence[Callable[[dict], None]] = (),
           progress: Progress = silent, description: str = "training") -> LoopResult:
-    """Run the loop; ``loss_fn(model, indices)`` must call the model it is given (the prepared one) and
-    return a dict with at least ``loss`` (other scalars are logged). A loss that is a mean over tokens
+    """Run the loop; ``loss_fn(model, indices, scope)`` must call the model it is given (the prepared one)
+    and return a dict with at least ``loss`` (other scalars are logged). Contexts entered on ``scope``
+    stay open through the backward pass, which recomputes activations under gradient checkpointing. A loss that is a mean over tokens
     returns their number as ``count`` (default: a mean over the samples), so that data-parallel steps
     weight every token as one process would."""
     sharding = parameter_sharding()
@@ -172,12 +174,13 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
             for callback in callbacks:
                 callback.on_step_begin(step, len(plan), optimizer)
             indices = _my_samples(plan[step])
-            with autocast(settings.precision, accelerator.device):
-                outputs = loss_fn(prepared, indices)
-            count = outputs.pop("count", len(indices)) if my_share(plan[step]) else 0
-            weight = _process_weight(accelerator, count, accelerator.device)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(outputs["loss"] * weight)
+            with ExitStack() as scope:
+                with autocast(settings.precision, accelerator.device):
+                    outputs = loss_fn(prepared, indices, scope)
+                count = outputs.pop("count", len(indices)) if my_share(plan[step]) else 0
+                weight = _process_weight(accelerator, count, accelerator.device)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(outputs["loss"] * weight)
             params = [p for g in optimizer.param_groups for p in g["params"]]
             if settings.clip:
                 accelerator.clip_grad_norm_(params, settings.clip)
