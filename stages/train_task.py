@@ -176,7 +176,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
             lora = BASELINE_LORA
         model = experts.model
         if options.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         vote = method == "dmole" and options.train_routing == "batch-vote" and task_id > 1
 
