@@ -83,7 +83,7 @@ def my_share(items: Sequence[T]) -> list[T]:
 
 def launch_settings() -> dict:
     """The launcher's settings as recorded in a manifest: world size, and accelerate/FSDP/DeepSpeed options."""
-    rank, world = rank_and_world()
+    _, world = rank_and_world()
     settings = {k: v for k, v in sorted(os.environ.items()) if k.startswith(LAUNCH_SETTINGS)
                 and not k.startswith(NOISE)}
     recorded = {"world_size": world}
@@ -142,12 +142,12 @@ def _exchange(share: T, write: Callable[[T, Path], None], read: Callable[[Path],
         raise RuntimeError("merging per-process parts needs a stage run (stages.runner.run_stage)")
     parts.exchanges += 1
     rank, world = rank_and_world()
-    name = lambda r: parts.folder / f"{parts.exchanges:04d}-rank{r}.part"  # noqa: E731
-    tmp = name(rank).with_suffix(".tmp")
+    paths = [parts.folder / f"{parts.exchanges:04d}-rank{r}.part" for r in range(world)]
+    tmp = paths[rank].with_suffix(".tmp")
     write(share, tmp)
-    os.replace(tmp, name(rank))
+    os.replace(tmp, paths[rank])
     barrier()
-    return [read(name(r)) for r in range(world)]
+    return [read(path) for path in paths]
 
 
 def _save_array(array: np.ndarray, path: Path) -> None:
