@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -43,7 +42,7 @@ from stages.dmole.experts import ExpertModel, LoraSettings
 from stages.embed import compute_embeddings
 from stages.evaluation.predict import predict
 from stages.methods import towers
-from stages.models.registry import load_family
+from stages.models.registry import device_name, load_family
 from stages.models.tiny import TinySize, build_tiny
 from stages.training.chat import chat_examples
 from stages.training.loop import LoopSettings, ParamGroup, train
@@ -163,8 +162,7 @@ def main() -> None:
         samples = eval_samples[:args.eval_samples]
         eval_rate = _throughput(lambda: predict(adapter, task, samples, batch_size=args.batch_size,
                                                 model=experts.model, around_batch=router), len(samples))
-    result = {"size": args.size, "device": torch.cuda.get_device_name() if device.type == "cuda"
-              else platform.processor() or platform.machine(), "torch": torch.__version__,
+    result = {"size": args.size, "device": device_name(device), "torch": torch.__version__,
               "dtype": str(adapter.model.dtype), "attention": attention, "batch_size": args.batch_size,
               **training, "embed_samples_per_second": embed_rate, "eval_samples_per_second": eval_rate,
               "eval_max_new_tokens": task.max_new_tokens}

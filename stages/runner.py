@@ -63,12 +63,12 @@ def environment(seed: int) -> dict:
     import torch
     import transformers
 
-    from .models.registry import default_device, default_dtype
+    from .models.registry import default_device, default_dtype, device_name
 
     device = default_device()
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "device_name": device_name(device),
             "dtype": str(default_dtype(device)).removeprefix("torch."), "seed": seed, **launch_settings()}
 
 

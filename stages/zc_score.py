@@ -68,18 +68,17 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions = ZcScore
         batches = [chosen[i:i + options.batch_size] for i in range(0, len(chosen), options.batch_size)]
         for batch in my_share(batches):
             answer_loss(model, adapter, [samples[i] for i in batch]).backward()
-        missing = []
-        rows = []
-        for candidate in candidates:
-            total = 0.0
-            for param in params[candidate.name]:
-                # every process joins both sums for every parameter, even one its own batches left without a gradient
+        ordered = [(c, p) for c in candidates for p in params[c.name]]
+        # a parameter has a gradient if any process's batches gave it one; every process joins every sum
+        reached = all_reduce_sum(torch.tensor([float(p.grad is not None) for _, p in ordered],
+                                              device=model.device)).tolist()
+        missing = [c.name for (c, _), flag in zip(ordered, reached) if not flag]
+        totals = dict.fromkeys((c.name for c in candidates), 0.0)
+        for (candidate, param), flag in zip(ordered, reached):
+            if flag:
                 local = param.grad.float() if param.grad is not None else torch.zeros_like(param, dtype=torch.float32)
-                if not all_reduce_sum(torch.tensor([float(param.grad is not None)], device=param.device)).item():
-                    missing.append(candidate.name)
-                    continue
-                total += float(all_reduce_sum(local).norm())
-            rows.append((candidate, total))
+                totals[candidate.name] += float(all_reduce_sum(local).norm())
+        rows = [(c, totals[c.name]) for c in candidates]
         if missing:
             warnings.warn(f"{len(missing)} candidate parameters got no gradient and score 0 "
                           f"(first: {missing[0]})", stacklevel=1)

@@ -110,7 +110,7 @@ class FamilyAdapter:
     @property
     def d_vision(self) -> int:
         """Width of the vision encoder's layer states."""
-        raise NotImplementedError
+        return self.model.config.vision_config.hidden_size
 
     # ---- model structure -----------------------------------------------------------
     @property

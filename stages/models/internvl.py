@@ -19,10 +19,6 @@ class InternVLAdapter(FamilyAdapter):
                         "attention.projection_layer": "o"}
     image_markup = "<IMG_CONTEXT>"
 
-    @property
-    def d_vision(self) -> int:
-        return self.model.config.vision_config.hidden_size
-
     def _pixels(self, images: list[Image.Image]) -> tuple[dict[str, Tensor], list[int]]:
         # One thumbnail per image: tiling (crop_to_patches) stays off.
         out = self.image_processor([im.convert("RGB") for im in images], crop_to_patches=False, return_tensors="pt")

@@ -20,10 +20,6 @@ class LlavaAdapter(FamilyAdapter):
                         "self_attn.out_proj": "o"}
     image_markup = "<image>"
 
-    @property
-    def d_vision(self) -> int:
-        return self.model.config.vision_config.hidden_size
-
     def _pixels(self, images: list[Image.Image]) -> tuple[dict[str, Tensor], list[int]]:
         pixel_values = self.image_processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
         patch = self.model.config.vision_config.patch_size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import platform
 from pathlib import Path
 
 import torch
@@ -37,6 +38,11 @@ def detect_family(path: Path) -> type[FamilyAdapter]:
 def default_device() -> torch.device:
     """This process's device under a launcher, else CUDA when available, else the CPU."""
     return distributed.device() or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

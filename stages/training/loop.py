@@ -7,9 +7,9 @@ schedule) pass callbacks instead of copying the loop; ``loggers`` receive each s
 written (live trackers, `stages/training/trackers.py`).
 
 The model and optimizer go through accelerate's ``Accelerator.prepare``: in one process that changes
-nothing; under a launcher it is data-parallel (DDP, or FSDP / DeepSpeed
-ZeRO from the accelerate config), each process taking its share of every global batch, so a step sees
-the same samples and the same learning rate as in one process.
+nothing; under a launcher it is data-parallel (DDP, or ZeRO-1/2 / FSDP NO_SHARD from the accelerate
+config), each process taking its share of every global batch, so a step sees the same samples and the
+same learning rate as in one process.
 """
 
 from __future__ import annotations
@@ -105,8 +105,7 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def _prepare(model: torch.nn.Module, groups: Sequence[ParamGroup], optimizer: torch.optim.Optimizer,
-             settings: LoopSettings):
+def _prepare(model: torch.nn.Module, groups: Sequence[ParamGroup], optimizer: torch.optim.Optimizer):
     """The accelerator, and the model and optimizer it prepared (wrapped for data parallelism when launched)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -121,12 +120,6 @@ def _prepare(model: torch.nn.Module, groups: Sequence[ParamGroup], optimizer: to
     for p, flag in flags:
         p.requires_grad_(flag)
     return accelerator, prepared_model, prepared_optimizer
-
-
-def _my_samples(batch: list[int]) -> list[int]:
-    """This process's share of a global batch; a process left without samples runs the first one at
-    weight 0, because it must still join the gradient sync."""
-    return my_share(batch) or batch[:1]
 
 
 def _process_weight(accelerator, count: float, device: torch.device) -> float:
@@ -145,9 +138,9 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
           progress: Progress = silent, description: str = "training") -> LoopResult:
     """Run the loop; ``loss_fn(model, indices, scope)`` must call the model it is given (the prepared one)
     and return a dict with at least ``loss`` (other scalars are logged). Contexts entered on ``scope``
-    stay open through the backward pass, which recomputes activations under gradient checkpointing. A loss that is a mean over tokens
-    returns their number as ``count`` (default: a mean over the samples), so that data-parallel steps
-    weight every token as one process would."""
+    stay open through the backward pass, which recomputes activations under gradient checkpointing.
+    A loss that is a mean over tokens returns their number as ``count`` (default: a mean over the
+    samples), so that data-parallel steps weight every token as one process would."""
     sharding = parameter_sharding()
     if sharding:
         raise UserError(f"the accelerate config asks for {sharding}, which splits every parameter across processes; "
@@ -165,7 +158,7 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
         if state is not None:  # restores the RNG too, so dropout continues exactly where it stopped
             start = state.restore(trainable, optimizer)
             result.log, result.resumed_from = state.log, start
-    accelerator, prepared, optimizer = _prepare(model, groups, optimizer, settings)
+    accelerator, prepared, optimizer = _prepare(model, groups, optimizer)
     with progress(description, total=len(plan)) as bar:
         bar.advance(start)
         for step in range(start, len(plan)):
@@ -173,11 +166,13 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
                 group["lr"] = base * warmup_cosine(step, len(plan), settings.warmup_ratio)
             for callback in callbacks:
                 callback.on_step_begin(step, len(plan), optimizer)
-            indices = _my_samples(plan[step])
+            share = my_share(plan[step])
+            # a process left without samples runs the first one at weight 0: it must still join the sync
+            indices = share or plan[step][:1]
             with ExitStack() as scope:
                 with autocast(settings.precision, accelerator.device):
                     outputs = loss_fn(prepared, indices, scope)
-                count = outputs.pop("count", len(indices)) if my_share(plan[step]) else 0
+                count = outputs.pop("count", len(indices)) if share else 0
                 weight = _process_weight(accelerator, count, accelerator.device)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(outputs["loss"] * weight)
