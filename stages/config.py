@@ -81,6 +81,7 @@ class WorkspaceConfig(Strict):
     method: Method = "dmole"
     seed: int = 42
     trust_remote_code: bool = False
+    max_tiles: int | None = Field(default=None, ge=1)  # cap on the image processor's tiles (None: its own)
     stages: dict[str, dict] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ from .data.tasks import load_eval_samples, load_train_samples, task_files
 from .distributed import merge_rows, my_share
 from .progress import Progress, silent
 from .project import Project
-from .runner import StageResult, fingerprint, model_files, run_stage
+from .runner import StageResult, fingerprint, model_fingerprint, run_stage
 
 STAGE = "embed"
 SPLITS = ("train", "test")
@@ -42,7 +42,7 @@ def split_texts(project: Project, task: TaskSpec) -> dict[str, list[tuple[str, P
 
 def source_fingerprint(project: Project, task: TaskSpec) -> dict:
     return {"data": fingerprint(task_files(project.data_root, task)),
-            "model": fingerprint(model_files(project.model_path))}
+            "model": model_fingerprint(project)}
 
 
 def embedding_metadata(adapter) -> dict[str, str]:
@@ -77,9 +77,7 @@ def embed(project: Project, task_name: str, options: EmbedOptions = EmbedOptions
     config = {"options": options.model_dump(), "task": task.model_dump(), "sources": source_fingerprint(project, task)}
 
     def compute(writer: Writer) -> None:
-        from .models.registry import load_family
-
-        adapter = load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
+        adapter = project.load_model()
         metadata = embedding_metadata(adapter)
         for split, items in splits.items():
             matrix = compute_embeddings(adapter, items, options.batch_size, progress, f"embed {task_name} {split}")

@@ -149,9 +149,7 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
               "after": after, "sources": sources}
 
     def compute(writer: Writer) -> None:
-        from .models.registry import load_family
-
-        adapter = load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
+        adapter = project.load_model()
         built = plan_evaluation(project, method, after, options, adapter)
         rows = []
         for task_name in built.tasks:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,19 +10,13 @@ from .data.jsonl import read_json
 from .project import write_workspace
 
 REGISTRY_FILE = "tasks.json"
-KNOWN_MODEL_TYPES = {"llava": "llava", "internvl": "internvl", "qwen2_vl": "qwen2vl"}
 
 
 def check_model_folder(model: Path) -> str:
-    """The family of a local Hugging Face folder, read from config.json without loading any weights."""
-    config_path = model / "config.json"
-    if not config_path.is_file():
-        raise ConfigError(f"model folder {model} has no config.json (a local Hugging Face folder is expected)")
-    model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    if model_type not in KNOWN_MODEL_TYPES:
-        raise ConfigError(f"{config_path}: model_type {model_type!r} is not a supported family "
-                          f"(supported: {', '.join(sorted(KNOWN_MODEL_TYPES))})")
-    return KNOWN_MODEL_TYPES[model_type]
+    """The family of a local Hugging Face folder whose processor and chat template load (no weights read)."""
+    from .models.registry import check_folder
+
+    return check_folder(model).family
 
 
 def read_registry(path: Path) -> list[TaskSpec]:
@@ -51,7 +44,8 @@ def _portable(path: Path, workspace: Path) -> str:
 
 def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[str] | None = None,
                      registry: Path | None = None, method: str = "dmole", seed: int = 42,
-                     stages: dict | None = None, overwrite: bool = False) -> WorkspaceConfig:
+                     stages: dict | None = None, max_tiles: int | None = None,
+                     overwrite: bool = False) -> WorkspaceConfig:
     if not data.is_dir():
         raise ConfigError(f"data folder {data} does not exist")
     if not model.is_dir():
@@ -65,6 +59,6 @@ def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[st
     config = parse_model(WorkspaceConfig, {
         "model": _portable(model, workspace), "data": _portable(data, workspace),
         "tasks": [spec.model_dump(exclude_defaults=True) for spec in specs],
-        "method": method, "seed": seed, "stages": stages or {}}, source="workspace")
+        "method": method, "seed": seed, "max_tiles": max_tiles, "stages": stages or {}}, source="workspace")
     write_workspace(workspace, config)
     return config

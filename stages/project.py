@@ -38,6 +38,13 @@ class Project:
     def data_root(self) -> Path:
         return resolve_path(self.root, self.config.data)
 
+    def load_model(self, **kwargs):
+        """The workspace's base model and processor, with its tile cap (heavy: imports torch)."""
+        from .models.registry import load_family
+
+        return load_family(self.model_path, trust_remote_code=self.config.trust_remote_code,
+                           max_tiles=self.config.max_tiles, **kwargs)
+
 
 def write_workspace(root: Path, config: WorkspaceConfig) -> Path:
     """Validate and write ``workspace.json`` (atomically, through the store)."""

@@ -23,7 +23,7 @@ from .data.tasks import load_eval_samples
 from .distributed import merge_records
 from .progress import Progress, silent
 from .project import Project
-from .runner import StageResult, fingerprint, model_files, run_stage
+from .runner import StageResult, model_fingerprint, run_stage
 
 STAGE = "roe-eval"
 TASK = "all"
@@ -139,19 +139,17 @@ def evaluate_roe(project: Project, options: RoEEvalOptions = RoEEvalOptions(), *
     trained = project.store.require(TRAIN_STAGE, TASK, hint="dmole route-train")
     train_config = read_json(trained.file(CONFIG))
     batch_rule = options.batch_rule or train_config["batch_rule"]
-    expected_hash = base_hash(fingerprint(model_files(project.model_path)))
+    expected_hash = base_hash(model_fingerprint(project))
     sets = eval_sets(project, options.max_samples)
     config = {"options": options.model_dump(), "tasks": [t.model_dump() for t, _ in sets], "base_hash": expected_hash}
 
     def compute(writer: Writer) -> None:
         import torch
         from safetensors.torch import load_file
-
-        from .models.registry import load_family
         from .roe.attach import attach
         from .roe.weights import load_roe
 
-        adapter = load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
+        adapter = project.load_model()
         modules, _ = load_roe(trained.file(WEIGHTS), family=adapter.family, base_hash=expected_hash)
         scores = {"base": evaluate_dense(adapter, sets, options.batch_size, progress, label="base")}
         if train_config["stage2_mode"] == "full":

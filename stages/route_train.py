@@ -22,7 +22,7 @@ from .progress import Progress, silent
 from .project import Project
 from .roe_eval import (BACKBONE, CONFIG, TASK, TRAIN_STAGE, WEIGHTS, base_hash, build_report, eval_sets,
                        evaluate_dense, evaluate_routed, write_results)
-from .runner import StageResult, fingerprint, model_files, run_stage
+from .runner import StageResult, fingerprint, model_fingerprint, run_stage
 
 STAGE = TRAIN_STAGE
 LOG = "train_log.parquet"
@@ -75,7 +75,7 @@ def route_train(project: Project, options: RouteTrainOptions = RouteTrainOptions
     seed = project.config.seed
     samples = _training_subset(project, options, seed)
     sets = eval_sets(project, options.max_eval_samples)
-    model_prints = fingerprint(model_files(project.model_path))
+    model_prints = model_fingerprint(project)
     config = {"options": options.model_dump(), "tasks": [t.model_dump() for t in project.config.tasks],
               "n_train_samples": len(samples), "seed": seed,
               "sources": {"data": {t.name: fingerprint(task_files(project.data_root, t)) for t in project.config.tasks},
@@ -84,8 +84,6 @@ def route_train(project: Project, options: RouteTrainOptions = RouteTrainOptions
     def compute(writer: Writer) -> None:
         import torch
         from safetensors.torch import save_file
-
-        from .models.registry import load_family
         from .roe.attach import attach, roe_shape
         from .roe.modules import RoEModules
         from .roe.recipe import LLM, PROJECTOR, RecipeSettings, train_roe
@@ -93,7 +91,7 @@ def route_train(project: Project, options: RouteTrainOptions = RouteTrainOptions
         from .training.loop import LoopSettings
 
         def load():
-            return load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
+            return project.load_model()
 
         settings = RecipeSettings(
             rho=options.skip_ratio, lam=options.hinge_weight, gamma=options.hinge_gamma, roe_lr=options.roe_lr,

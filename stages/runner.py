@@ -57,6 +57,11 @@ def model_files(model_dir: Path) -> list[Path]:
     return [p for p in model_dir.iterdir() if p.suffix in {".json", ".safetensors", ".jinja"}]
 
 
+def model_fingerprint(project) -> dict:
+    """What a stage's result depends on of the base model: its files and the workspace's tile cap."""
+    return {"files": fingerprint(model_files(project.model_path)), "max_tiles": project.config.max_tiles}
+
+
 def environment(seed: int) -> dict:
     """The software, device and launcher a version was computed with (world size, accelerate settings)."""
     import peft

@@ -108,7 +108,7 @@ def synthesize(out: Path, *, family: str = "llava", seed: int = 0, force: bool =
 
     staging = out / ".base-model.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    build_tiny(family, staging, seed=seed, size=tiny)
+    build_tiny(family, staging, seed=seed, size=tiny, byte_tokenizer=True)
     adapter = load_family(staging)
     log = pretrain(adapter, mixture, pretraining, progress)
     adapter.save(staging)

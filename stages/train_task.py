@@ -152,10 +152,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
 
     def compute(writer: Writer) -> None:
         import torch
-
-        from .models.registry import load_family
-
-        adapter = load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
+        adapter = project.load_model()
         name = adapter_name(task_id)
         torch.manual_seed(options.seed)  # LoRA A is drawn at random: the same config gives the same expert
         if method == "dmole":

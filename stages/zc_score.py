@@ -47,10 +47,9 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions = ZcScore
         import torch
 
         from .distributed import all_reduce_sum, my_share, rank_and_world
-        from .models.registry import load_family
         from .training.chat import answer_loss
 
-        adapter = load_family(project.model_path, trust_remote_code=project.config.trust_remote_code)
+        adapter = project.load_model()
         model = adapter.model
         model.eval()  # dropout off, for determinism
         candidates = adapter.candidates(include_mlp=options.include_mlp)

@@ -264,5 +264,5 @@ def test_unknown_model_family(micro_bench, tmp_path):
     (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
     result = runner.invoke(app, ["init", "--model", str(model), "--data", str(micro_bench / "data"),
                                  "--workspace", str(tmp_path / "ws")])
-    assert result.exit_code == 2 and "model_type 'bert' is not a supported family" in result.output
+    assert result.exit_code == 2 and "model_type 'bert' is not supported; supported families" in result.output
     assert not (tmp_path / "ws").exists()

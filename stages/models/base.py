@@ -23,10 +23,11 @@ transformers_logging.disable_progress_bar()
 IGNORE = -100
 IMAGE_PLACEHOLDER = "<image>"  # how the data marks the image in the first human turn
 
-# The three families' LMs (Llama, Qwen2, Qwen2-VL text) share these names.
-LM_LAYERS = r"model\.language_model\.layers"
+# The language models of every supported family (Llama, Mistral, Qwen2/3, Gemma 3) share these names.
 LM_ATTENTION = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o"}
 LM_MLP = {"mlp.gate_proj": "mlp_gate", "mlp.up_proj": "mlp_up", "mlp.down_proj": "mlp_down"}
+# CLIP and SigLIP encoder layers.
+CLIP_ATTENTION = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.out_proj": "o"}
 VIT_MLP = {"mlp.fc1": "mlp_up", "mlp.fc2": "mlp_down"}
 
 
@@ -60,59 +61,67 @@ def layers_reaching(feature_layer: int | list[int], n_layers: int) -> int:
     return max(i if i >= 0 else n_layers + 1 + i for i in indices)
 
 
-def _pad(rows: list[list[int]], value: int, left: bool, extra: int = 0) -> Tensor:
-    width = max(map(len, rows)) + extra
-    return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows])
+def _prepend_padding(batch: dict[str, Tensor], pad_id: int) -> dict[str, Tensor]:
+    """One more left padding column on every per-token tensor (ids take the pad id, masks 0)."""
+    width = batch["input_ids"].shape
+    return {key: torch.nn.functional.pad(value, (1, 0), value=pad_id if key == "input_ids" else 0)
+            if value.shape == width else value for key, value in batch.items()}
 
 
 class FamilyAdapter:
-    """Family-independent logic; subclasses name their modules and build pixel inputs."""
+    """Family-independent logic over the checkpoint's own model and processor.
+
+    A family is a declaration: its classes, where its layer lists are, which projections are candidates
+    and which vision layers reach the projector. Prompts, image inputs (tiling included) and labels come
+    from the processor, so input ids equal ``processor.apply_chat_template(..., tokenize=True)``.
+    """
 
     family: ClassVar[str]
-    model_type: ClassVar[str]  # config.json `model_type`
     model_class: ClassVar[type[PreTrainedModel]]
-    image_processor_class: ClassVar[type]
+    processor_class: ClassVar[type]
     vision_layers_path: ClassVar[str]  # regex of the vision layers' ModuleList
     vision_attention: ClassVar[dict[str, str]]  # module suffix -> kind
     vision_mlp: ClassVar[dict[str, str]] = VIT_MLP
-    image_markup: ClassVar[str]  # what the chat template writes for one image
+    lm_path: ClassVar[str] = "model.language_model"  # the decoder stack with its final norm
+    lm_input_norm: ClassVar[str] = "input_layernorm"
+    image_handling: ClassVar[str]  # one line for the docs' family table
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, image_processor) -> None:
+    def __init__(self, model: PreTrainedModel, processor, *, max_tiles: int | None = None) -> None:
         self.model = model
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
+        self.processor = processor
+        if max_tiles is not None:
+            self._cap_tiles(max_tiles)
 
     # ---- family hooks --------------------------------------------------------------
-    def _pixels(self, images: list[Image.Image]) -> tuple[dict[str, Tensor], list[int]]:
-        """Model pixel inputs for one thumbnail per image, and each image's feature count."""
-        raise NotImplementedError
+    def _cap_tiles(self, max_tiles: int) -> None:
+        """Let the image processor cut an image into at most ``max_tiles`` tiles (no-op without tiling)."""
 
-    def _image_span(self, n_features: int) -> str:
-        """The text that replaces `image_markup` for an image with n features."""
-        raise NotImplementedError
+    def _thumbnail_inputs(self, images: list[Image.Image]) -> dict[str, Tensor]:
+        """Vision-encoder inputs for one whole-image view per image (no tiles)."""
+        return self.image_processor(images, return_tensors="pt")
 
     def _run_vision(self, pixels: dict[str, Tensor]) -> None:
-        """Run the vision encoder on `_pixels` output (its last layer is hooked)."""
-        raise NotImplementedError
-
-    def _extra_inputs(self, input_ids: Tensor) -> dict[str, Tensor]:
-        """Inputs besides ids, mask and pixels that the family's forward needs."""
-        return {}
-
-    def _thumbnail_size(self) -> int:
-        """Side of the encoder's native square input."""
-        raise NotImplementedError
+        """Run the vision encoder on `_thumbnail_inputs` output (its last layer is hooked)."""
+        self.model.model.get_image_features(**pixels)
 
     def _vision_layers_used(self) -> int:
         """Leading vision layers whose output reaches the projector."""
         return len(self.vision_layers())
 
-    @property
-    def d_vision(self) -> int:
-        """Width of the vision encoder's layer states."""
-        return self.model.config.vision_config.hidden_size
+    def vision_row_samples(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """Sample index of each row of the vision tower's activations, when rows are not samples
+        (tiles, packed patches). None means one image per sample along the batch axis."""
+        return None
 
     # ---- model structure -----------------------------------------------------------
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.processor.tokenizer
+
+    @property
+    def image_processor(self):
+        return self.processor.image_processor
+
     @property
     def device(self) -> torch.device:
         return self.model.device
@@ -126,9 +135,16 @@ class FamilyAdapter:
         return self.model.config.text_config.hidden_size
 
     @property
+    def d_vision(self) -> int:
+        """Width of the vision encoder's layer states: what its attention output projection writes."""
+        layer = self.vision_layers()[-1]
+        suffix = next(s for s, kind in self.vision_attention.items() if kind == "o")
+        return layer.get_submodule(suffix).out_features
+
+    @property
     def lm_body(self) -> nn.Module:
         """The decoder stack with its final norm, without the LM head."""
-        return self.model.model.language_model
+        return self.model.get_submodule(self.lm_path)
 
     def _module_list(self, path: str) -> nn.ModuleList:
         found = [m for n, m in self.model.named_modules() if re.fullmatch(path, n) and isinstance(m, nn.ModuleList)]
@@ -136,17 +152,21 @@ class FamilyAdapter:
             raise ModelFamilyError(f"{self.family}: expected one layer list matching {path!r}, found {len(found)}")
         return found[0]
 
+    @property
+    def _lm_layers_path(self) -> str:
+        return re.escape(self.lm_path) + r"\.layers"
+
     def vision_layers(self) -> nn.ModuleList:
         return self._module_list(self.vision_layers_path)
 
     def language_layers(self) -> nn.ModuleList:
-        return self._module_list(LM_LAYERS)
+        return self._module_list(self._lm_layers_path)
 
     def candidates(self, include_mlp: bool = False) -> list[Candidate]:
         """Attention in/out projections (and optionally MLPs) of every layer of both towers."""
         towers = [
             ("vision", self.vision_layers_path, self.vision_attention | (self.vision_mlp if include_mlp else {})),
-            ("language", LM_LAYERS, LM_ATTENTION | (LM_MLP if include_mlp else {})),
+            ("language", self._lm_layers_path, LM_ATTENTION | (LM_MLP if include_mlp else {})),
         ]
         modules = dict(self.model.named_modules())
         used_vision = self._vision_layers_used()
@@ -167,9 +187,9 @@ class FamilyAdapter:
                     ranked.append(((rank, layer, order), candidate))
         return [c for _, c in sorted(ranked, key=lambda item: item[0])]
 
-    # ---- prompts and token ids -----------------------------------------------------
+    # ---- chat template ---------------------------------------------------------------
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -183,31 +203,52 @@ class FamilyAdapter:
     def _assistant(text: str) -> dict:
         return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
+    @property
+    def end_token_ids(self) -> list[int]:
+        """Tokens that end an answer: the generation config's EOS ids and the tokenizer's EOS."""
+        configured = self.model.generation_config.eos_token_id
+        ids = configured if isinstance(configured, list) else [configured]
+        return list(dict.fromkeys(i for i in [*ids, self.tokenizer.eos_token_id] if i is not None))
+
     def _through_turn_end(self, ids: list[int]) -> list[int]:
         """Cut ids after the first end-of-turn token (kept whole if there is none)."""
-        end = self.tokenizer.eos_token_id
-        return ids[: ids.index(end) + 1] if end in ids else ids
+        ends = [ids.index(end) for end in self.end_token_ids if end in ids]
+        return ids[: min(ends) + 1] if ends else ids
 
-    def _expand_image(self, text: str, n_features: int) -> str:
-        if text.count(self.image_markup) != 1:
-            raise ModelFamilyError(f"{self.family}: the chat template must write {self.image_markup!r} exactly once")
-        return text.replace(self.image_markup, self._image_span(n_features))
-
-    def _segments(self, turns: list[tuple[str, str]]) -> list[tuple[str, bool]]:
-        """The rendered conversation as (text, is_answer) pieces, in order."""
+    def training_text(self, turns: list[tuple[str, str]]) -> tuple[str, list[tuple[int, int]], list[int]]:
+        """The conversation as the chat template renders it, the character spans to supervise (each answer
+        through the token that ends it), and where an EOS was inserted because the template writes none
+        after an answer (llava-1.5's, as LLaVA's own training code does)."""
+        ends = [self.tokenizer.convert_ids_to_tokens(i) for i in self.end_token_ids]
         messages: list[dict] = []
-        pieces: list[tuple[str, bool]] = []
-        done = ""
+        rendered, text, spans, inserted = "", "", [], []
         for i, (human, gpt) in enumerate(turns):
+            answer = gpt.strip()
             messages.append(self._user(human, image=i == 0))
-            prompt = self._render(messages, generation_prompt=True)
-            messages.append(self._assistant(gpt))
+            asked = self._render(messages, generation_prompt=False)
+            messages.append(self._assistant(answer))
             full = self._render(messages, generation_prompt=False)
-            if not (prompt.startswith(done) and full.startswith(prompt)):
-                raise ModelFamilyError(f"{self.family}: chat template renders turns inconsistently")
-            pieces += [(prompt[len(done):], False), (full[len(prompt):], True)]
-            done = full
-        return pieces
+            found_at = full.find(answer, len(asked)) if answer else -1
+            if not (asked.startswith(rendered) and full.startswith(asked)) or found_at < 0:
+                raise ModelFamilyError(f"{self.family}: the chat template does not render turns in order with "
+                                       "each answer written verbatim")
+            stop = found_at + len(answer)
+            # Supervise from the end of the generation prompt (a space before the answer is the model's to
+            # write), or from the answer itself where the template renders the prompt differently.
+            prompt = self._render(messages[:-1], generation_prompt=True)
+            start = len(prompt) if full.startswith(prompt) and len(prompt) <= found_at else found_at
+            found = [(full.find(end, stop), end) for end in ends if end in full[stop:]]
+            text += full[len(rendered):start]
+            if found:
+                at, end = min(found)
+                spans.append((len(text), len(text) + at + len(end) - start))
+                text += full[start:]
+            else:
+                inserted.append(len(text) + stop - start)
+                spans.append((len(text), inserted[-1] + len(self.tokenizer.eos_token)))
+                text += full[start:stop] + self.tokenizer.eos_token + full[stop:]
+            rendered = full
+        return text, spans, inserted
 
     def user_turn_ids(self, text: str) -> list[int]:
         """The user turn alone as the template renders it, through its end-of-turn token."""
@@ -217,56 +258,41 @@ class FamilyAdapter:
         return self._through_turn_end(self._ids(full[len(head):]))
 
     # ---- batches -------------------------------------------------------------------
+    def _process(self, texts: list[str], images: list[Image.Image], *, left: bool, **kwargs) -> dict:
+        """The processor on rendered texts, one image each, exactly as its apply_chat_template calls it:
+        special tokens are added unless the template already starts with BOS."""
+        bos = self.tokenizer.bos_token
+        return self.processor(
+            text=texts, images=[[im.convert("RGB")] for im in images], padding=True,
+            padding_side="left" if left else "right", return_tensors="pt",
+            add_special_tokens=not (bos and texts[0].startswith(bos)), **kwargs)
+
     def train_batch(self, examples: list[ChatExample]) -> dict[str, Tensor]:
-        """Right-padded inputs with labels on answer tokens and their end-of-turn token."""
-        pixels, counts = self._pixels([ex.image for ex in examples])
-        rows, labels = [], []
-        for ex, n in zip(examples, counts):
-            ids, lab = [], []
-            for k, (text, answer) in enumerate(self._segments(ex.turns)):
-                piece = self._ids(self._expand_image(text, n) if k == 0 else text)
-                kept = len(self._through_turn_end(piece)) if answer else 0
-                ids += piece
-                lab += piece[:kept] + [IGNORE] * (len(piece) - kept)
-            rows.append(ids)
-            labels.append(lab)
-        return self._batch(rows, pixels, left=False, labels=labels)
+        """Right-padded inputs with labels on answer tokens and the token that ends each answer."""
+        rendered = [self.training_text(ex.turns) for ex in examples]
+        out = self._process([text for text, _, _ in rendered], [ex.image for ex in examples], left=False,
+                            return_offsets_mapping=True, return_text_replacement_offsets=True)
+        offsets = out.pop("offset_mapping").tolist()
+        replacements = out.pop("text_replacement_offsets")
+        labels = torch.full_like(out["input_ids"], IGNORE)
+        for row, (_, spans, _) in enumerate(rendered):
+            for start, stop in (_expanded(span, replacements[row]) for span in spans):
+                hit = [k for k, (a, b) in enumerate(offsets[row]) if a < stop and b > start]
+                labels[row, hit] = out["input_ids"][row, hit]
+        return self._on_device({**out, "labels": labels})
 
     def generation_batch(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Tensor]:
         """Left-padded prompts ending with the generation prompt."""
-        pixels, counts = self._pixels(images)
-        rows = [
-            self._ids(self._expand_image(self._render([self._user(p, image=True)], generation_prompt=True), n))
-            for p, n in zip(prompts, counts)
-        ]
-        return self._batch(rows, pixels, left=True)
-
-    def _batch(self, rows, pixels, left: bool, labels=None) -> dict[str, Tensor]:
-        # Generation prompts always get one padding column, for the reason given in
-        # text_features: a prompt then decodes identically alone and in any batch.
-        extra = 1 if left else 0
-        input_ids = _pad(rows, self.tokenizer.pad_token_id, left, extra)
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": _pad([[1] * len(r) for r in rows], 0, left, extra),
-            **pixels,
-            **self._extra_inputs(input_ids),
-        }
-        if labels is not None:
-            batch["labels"] = _pad(labels, IGNORE, left)
-        return self._on_device(batch)
+        texts = [self._render([self._user(p, image=True)], generation_prompt=True) for p in prompts]
+        # One more padding column always, for the reason given in text_features: a prompt then
+        # decodes identically alone and in any batch.
+        return self._on_device(_prepend_padding(dict(self._process(texts, images, left=True)),
+                                                self.tokenizer.pad_token_id))
 
     def _on_device(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         """Move to the model's device; floating tensors also take its dtype."""
         return {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
                 for k, v in tensors.items()}
-
-    def vision_row_samples(self, batch: dict[str, Tensor]) -> Tensor | None:
-        """Sample index of each row of the vision tower's activations, when rows are not samples.
-
-        None means one image per sample along the batch axis (LLaVA, InternVL without tiling).
-        """
-        return None
 
     def decode_new_tokens(self, output_ids: Tensor, prompt_len: int) -> list[str]:
         texts = self.tokenizer.batch_decode(output_ids[:, prompt_len:], skip_special_tokens=True)
@@ -284,19 +310,18 @@ class FamilyAdapter:
 
     @torch.no_grad()
     def vision_features(self, images: list[Image.Image]) -> Tensor:
-        """[B, d_V] fp32: last encoder layer (pre post-norm, pre projector), max over all tokens."""
-        side = self._thumbnail_size()
-        thumbs = [im.convert("RGB").resize((side, side), Image.Resampling.BICUBIC) for im in images]
+        """[B, d_V] fp32: last encoder layer (pre post-norm, pre projector) on the whole-image view
+        (the thumbnail, never the tiles), max over all tokens."""
         captured: list[Tensor] = []
         hook = self.vision_layers()[-1].register_forward_hook(
             lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
         )
         try:
             with self._eval_mode():
-                self._run_vision(self._on_device(self._pixels(thumbs)[0]))
+                self._run_vision(self._on_device(dict(self._thumbnail_inputs([im.convert("RGB") for im in images]))))
         finally:
             hook.remove()
-        states = captured[-1].reshape(len(images), -1, captured[-1].shape[-1])  # Qwen2-VL packs images
+        states = captured[-1].reshape(len(images), -1, captured[-1].shape[-1])  # packed families: one row a patch
         return states.amax(dim=1).float()
 
     @torch.no_grad()
@@ -306,15 +331,28 @@ class FamilyAdapter:
         # One padding column always: attention then always takes its masked path, so a
         # text's feature is bit-identical alone or in any batch (sdpa's unmasked causal
         # path rounds differently).
-        ids = _pad(rows, self.tokenizer.pad_token_id, left=False, extra=1).to(self.device)
-        mask = _pad([[1] * len(r) for r in rows], 0, left=False, extra=1).to(self.device)
+        ids = _pad(rows, self.tokenizer.pad_token_id, extra=1).to(self.device)
+        mask = _pad([[1] * len(r) for r in rows], 0, extra=1).to(self.device)
         with self._eval_mode():
             states = self.lm_body(input_ids=ids, attention_mask=mask).last_hidden_state
         return states.float().masked_fill(~mask.bool()[..., None], float("-inf")).amax(dim=1)
 
     # ---- persistence ---------------------------------------------------------------
     def save(self, out_dir: Path) -> None:
-        """A normal HF folder: model, tokenizer (with chat template), image processor."""
+        """A normal HF folder: model and processor (tokenizer with chat template, image processor)."""
         self.model.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
-        self.image_processor.save_pretrained(out_dir)
+        self.processor.save_pretrained(out_dir)
+
+
+def _pad(rows: list[list[int]], value: int, extra: int = 0) -> Tensor:
+    """Right-pad to the longest row plus ``extra`` columns."""
+    width = max(map(len, rows)) + extra
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+def _expanded(span: tuple[int, int], replacements: list[dict]) -> tuple[int, int]:
+    """A character span of the rendered text moved past the placeholders the processor expanded before it."""
+    def moved(char: int) -> int:
+        return char + sum(r["new_span"][1] - r["span"][1] for r in replacements if r["span"][1] <= char)
+
+    return moved(span[0]), moved(span[1])

@@ -1,4 +1,4 @@
-"""Family lookup and loading from a local Hugging Face folder."""
+"""Family lookup, folder checks and loading from a local Hugging Face folder."""
 
 from __future__ import annotations
 
@@ -8,31 +8,65 @@ import platform
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
 from .. import distributed
 from .base import FamilyAdapter, ModelFamilyError
+from .catalog import MODEL_TYPES
+from .gemma3 import Gemma3Adapter
+from .idefics3 import Idefics3Adapter, SmolVLMAdapter
 from .internvl import InternVLAdapter
-from .llava import LlavaAdapter
-from .qwen2vl import Qwen2VLAdapter
+from .llava import LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter
+from .processor import load_processor
+from .qwen import Qwen2VLAdapter, Qwen3VLAdapter, Qwen25VLAdapter
 
-FAMILIES: dict[str, type[FamilyAdapter]] = {a.family: a for a in (LlavaAdapter, InternVLAdapter, Qwen2VLAdapter)}
+FAMILIES: dict[str, type[FamilyAdapter]] = {a.family: a for a in (
+    LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, InternVLAdapter, Qwen2VLAdapter, Qwen25VLAdapter,
+    Qwen3VLAdapter, SmolVLMAdapter, Idefics3Adapter, Gemma3Adapter)}
+assert list(FAMILIES) == list(MODEL_TYPES), "the catalog and the adapters must name the same families"
+REMOTE_CODE_TYPES = {"internvl_chat": "an InternVL2 / InternVL2.5 remote-code folder: run `dmole convert` on it first"}
+
+
+def supported() -> str:
+    return ", ".join(f"{name} ({'/'.join(types)})" for name, types in MODEL_TYPES.items())
 
 
 def detect_family(path: Path) -> type[FamilyAdapter]:
     """The adapter class for the folder's config.json `model_type`."""
-    supported = ", ".join(f"{a.family} ({a.model_type})" for a in FAMILIES.values())
     config = Path(path) / "config.json"
     if not config.is_file():
-        raise ModelFamilyError(f"{path}: no config.json; supported families: {supported}")
+        raise ModelFamilyError(f"{path}: no config.json (a local Hugging Face folder is expected); "
+                               f"supported families: {supported()}")
     try:
-        model_type = json.loads(config.read_text()).get("model_type")
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError) as error:
         raise ModelFamilyError(f"{config}: unreadable ({error})") from None
-    for adapter in FAMILIES.values():
-        if adapter.model_type == model_type:
-            return adapter
-    raise ModelFamilyError(f"{path}: model_type {model_type!r} is not supported; supported families: {supported}")
+    if model_type in REMOTE_CODE_TYPES:
+        raise ModelFamilyError(f"{path}: {REMOTE_CODE_TYPES[model_type]}")
+    for family, types in MODEL_TYPES.items():
+        if model_type in types:
+            return FAMILIES[family]
+    raise ModelFamilyError(f"{path}: model_type {model_type!r} is not supported; supported families: {supported()}")
+
+
+def load_folder_processor(path: Path, adapter: type[FamilyAdapter]):
+    """The folder's processor, with a one-line error when it cannot be loaded or has no chat template."""
+    try:
+        processor = load_processor(path, adapter.processor_class)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFamilyError(f"{path}: the {adapter.family} processor does not load ({first})") from None
+    if not processor.chat_template:
+        raise ModelFamilyError(f"{path}: no chat template (looked in chat_template.jinja, chat_template.json and "
+                               "tokenizer_config.json)")
+    return processor
+
+
+def check_folder(path: Path) -> type[FamilyAdapter]:
+    """What `dmole init` checks before writing a workspace: a supported family, and a processor with a chat
+    template that loads. No weights are read."""
+    adapter = detect_family(path)
+    load_folder_processor(path, adapter)
+    return adapter
 
 
 def default_device() -> torch.device:
@@ -49,10 +83,12 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool = False) -> FamilyAdapter:
-    """Load model, tokenizer and image processor offline; the model is in eval mode.
+def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool = False,
+                max_tiles: int | None = None) -> FamilyAdapter:
+    """Load model and processor offline; the model is in eval mode.
     device defaults to CUDA when available; dtype to bf16 on CUDA and fp32 elsewhere."""
     adapter = detect_family(path)
+    processor = load_folder_processor(path, adapter)
     device = torch.device(device) if device is not None else default_device()
     on_cuda = device.type == "cuda"
     dtype = dtype or default_dtype(device)
@@ -64,6 +100,4 @@ def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool 
         attn_implementation="flash_attention_2" if flash else "sdpa",
         trust_remote_code=trust_remote_code,
     )
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-    image_processor = adapter.image_processor_class.from_pretrained(path, local_files_only=True)
-    return adapter(model.to(device).eval(), tokenizer, image_processor)
+    return adapter(model.to(device).eval(), processor, max_tiles=max_tiles)

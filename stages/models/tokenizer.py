@@ -34,18 +34,23 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
 
 
-def build_byte_tokenizer(image_markup: str = "<image>") -> PreTrainedTokenizerFast:
+def build_byte_tokenizer(image_markup: str = "<image>", named: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
     """Token id b is byte b (0..255); special tokens follow. `image_markup` is what the
-    chat template writes for an image part (the family's un-expanded image placeholder)."""
+    chat template writes for an image part (the family's un-expanded image placeholder); `named`
+    gives tokenizer attributes a family's processor reads (InternVL's `start_image_token`, ...)."""
     vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
+    extra = list(dict.fromkeys([TURN_START, *IMAGE_TOKENS, *(named or {}).values()]))
+    # Ids are fixed here, in this order (BOS 256, EOS 257, PAD 258, then the rest).
+    backend.add_special_tokens([BOS, TURN_END, PAD, *extra])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token=PAD,
         bos_token=BOS,
         eos_token=TURN_END,
-        additional_special_tokens=[TURN_START, *IMAGE_TOKENS],
+        extra_special_tokens=extra,
+        model_specific_special_tokens=named or {},
         chat_template=_TEMPLATE.replace("IMAGE_MARKUP", image_markup),
     )

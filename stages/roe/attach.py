@@ -1,7 +1,7 @@
 """Model surgery (spec roe.md §2.1, §2.3): which LM layers are routable, and installing RoE on them.
 
-Per family the registry names each decoder layer's input norm; the layer list and the width come from
-the family adapter, the attention types from the text config's ``layer_types``.
+The family adapter names each decoder layer's input norm and gives the layer list and the width; the
+attention types come from the text config's ``layer_types``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ from .layer import RoutedForward
 from .modules import RoEModules, RoEShape
 from .plan import RoutingPlan, active
 from .segments import ImageTokens, prompt_segments
-
-INPUT_NORM = {"llava": "input_layernorm", "internvl": "input_layernorm", "qwen2vl": "input_layernorm"}
-
 
 class RoEConfigError(UserError):
     """An impossible always-execute set or a RoE file that does not fit the model."""
@@ -69,7 +66,7 @@ def attach(adapter, modules: RoEModules) -> Attachment:
     if kept:
         raise RoEConfigError(f"RoE weights route layers {sorted(kept)}, which must always execute")
     modules.to(adapter.device)
-    norm = INPUT_NORM[adapter.family]
+    norm = adapter.lm_input_norm
     routed = []
     for index in shape.routable:
         layer = layers[index]

@@ -16,9 +16,9 @@ from torch import Tensor
 
 from ..models.base import IGNORE
 
-# Image-block closing delimiters of the families that write one (InternVL, Qwen2-VL); the prefix ends
-# after them so that it holds the whole image block.
-IMAGE_CLOSERS = ("</img>", "<|vision_end|>")
+# Image-block closing delimiters of the families that write one (InternVL, Qwen, Gemma 3); the prefix
+# ends after them so that it holds the whole image block.
+IMAGE_CLOSERS = ("</img>", "<|vision_end|>", "<end_of_image>")
 
 
 @dataclass(frozen=True)
