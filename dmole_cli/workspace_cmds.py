@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from stages.models.catalog import family_list
+
 from .common import (FamilyOption, JsonOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
                      open_project,
                      print_summary)
@@ -15,22 +17,30 @@ from .common import (FamilyOption, JsonOption, QuietOption, WorkspaceOption, con
 
 @handles_user_errors
 def init(
-    model: Annotated[Path, typer.Option(help="Local Hugging Face model folder (LLaVA, InternVL or Qwen2-VL).")],
+    model: Annotated[Path, typer.Option(help="Local Hugging Face model folder (model and processor, as "
+                                             f"save_pretrained writes it) of a supported family: {family_list()}.")],
     data: Annotated[Path, typer.Option(help="Data root in the D-MoLE layout, with a tasks.json registry.")],
     tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task sequence (default: the registry's).")] = None,
     registry: Annotated[Optional[Path], typer.Option(help="Task registry file [default: DATA/tasks.json].")] = None,
     method: Annotated[str, typer.Option(help="Default method: dmole, seq-lora, finetune or joint.")] = "dmole",
     seed: Annotated[int, typer.Option(help="Seed recorded for every stage.")] = 42,
+    max_tiles: Annotated[Optional[int], typer.Option(
+        min=1, help="Cap on the image tiles per image (InternVL dynamic tiles, LLaVA-NeXT/OneVision grid, "
+                    "SmolVLM splits, Qwen pixels in whole-image views) [default: the processor's own].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing workspace.json.")] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Write workspace.json: the model, the data root, the ordered task registry and defaults."""
+    """Write workspace.json: the model, the data root, the ordered task registry and defaults.
+
+    The model folder is checked first: a supported model type, a processor that loads, a chat template.
+
+    An InternVL2 / InternVL2.5 remote-code folder is converted once with [bold]dmole convert[/]."""
     from stages.init import create_workspace
 
     root = default_workspace(workspace)
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
     config = create_workspace(root, model=model, data=data, tasks=names, registry=registry, method=method,
-                              seed=seed, overwrite=overwrite)
+                              seed=seed, max_tiles=max_tiles, overwrite=overwrite)
     console.print(f"init: wrote {root / 'workspace.json'} with {len(config.tasks)} tasks: "
                   f"{', '.join(config.task_names)}")
 

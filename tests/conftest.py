@@ -43,3 +43,51 @@ def make_project(micro_bench, tmp_path):
         return Project.open(root)
 
     return make
+
+
+# A two-task D-MoLE loop through the CLI, as a user runs it on their own model folder.
+PIPELINE_TASKS = ("color-vqa", "shape-choice")
+PIPELINE_STAGES = {"fit-router": {"max_epochs": 20}, "train-task": {"epochs": 1, "batch_size": 2},
+                   "eval": {"batch_size": 2}}
+
+
+@pytest.fixture(scope="session")
+def pipeline_data(tmp_path_factory) -> Path:
+    """Two synthetic tasks' data at 32 px, four training and two test samples each."""
+    from stages.data.synthetic import write_benchmark
+
+    root = tmp_path_factory.mktemp("pipeline-data")
+    write_benchmark(root, seed=0, sizes=SynthSizes(image_size=32, train_per_task=4, test_per_task=2))
+    return root
+
+
+@pytest.fixture
+def run_cli_pipeline(pipeline_data):
+    """init -> embed -> fit-router -> zc-score -> allocate for both tasks, then train-task -> eval after each,
+    all through `dmole`; returns the workspace."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from dmole_cli.app import app
+
+    runner = CliRunner()
+
+    def dmole(workspace: Path, *args: str) -> None:
+        result = runner.invoke(app, [*args, "--workspace", str(workspace)])
+        assert result.exit_code == 0, result.output
+
+    def run(model: Path, workspace: Path) -> Path:
+        dmole(workspace, "init", "--model", str(model), "--data", str(pipeline_data),
+              "--tasks", ",".join(PIPELINE_TASKS))
+        settings = json.loads((workspace / "workspace.json").read_text())
+        (workspace / "workspace.json").write_text(json.dumps({**settings, "stages": PIPELINE_STAGES}))
+        for task in PIPELINE_TASKS:
+            for stage in ("embed", "fit-router", "zc-score", "allocate"):
+                dmole(workspace, stage, "--task", task)
+        for task in PIPELINE_TASKS:
+            dmole(workspace, "train-task", "--task", task)
+            dmole(workspace, "eval", "--after", task)
+        return workspace
+
+    return run

@@ -36,7 +36,7 @@ def greedy_generate(adapter, model: torch.nn.Module, inputs: dict, *, max_new_to
                     min_new_tokens: int = 0) -> torch.Tensor:
     """The toolkit's one decoding rule: greedy, one beam, no sampling, stop at the end-of-turn token."""
     return model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
-                          num_beams=1, eos_token_id=adapter.tokenizer.eos_token_id,
+                          num_beams=1, eos_token_id=adapter.end_token_ids,
                           pad_token_id=adapter.tokenizer.pad_token_id)
 
 
