@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import MICRO_STAGES
 from typer.testing import CliRunner
 
 from artifacts.io import read_json, read_parquet
@@ -129,3 +130,26 @@ def test_other_families_embed_and_train(tmp_path, family):
     assert arch["n_vision"] >= (arch["n_vision"] + arch["n_language"]) // 4  # the vision floor
     trained = train_task(project, task, TrainTaskOptions(epochs=1, batch_size=4))
     assert trained.version.manifest["summary"]["trainable_parameters"] == arch["expert_parameters"]
+
+
+def test_a_trained_short_answer_task_stops_by_itself(micro_bench, tmp_path):
+    """Labels end with the end-of-turn token, so generation ends near the answer's length, far short of a
+    generous max_new_tokens."""
+    from stages.init import create_workspace
+    from stages.project import Project
+
+    limit = 48
+    root = tmp_path / "stops"
+    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=["opposite-short"],
+                     stages={**MICRO_STAGES, "train-task": {**MICRO_STAGES["train-task"], "epochs": 30, "lr": 1e-2}})
+    settings = json.loads((root / "workspace.json").read_text())
+    settings["tasks"][0]["max_new_tokens"] = limit
+    (root / "workspace.json").write_text(json.dumps(settings))
+    project = Project.open(root)
+    run_pipeline(project, methods=("dmole",))
+    predictions = read_parquet(project.store.latest("eval", "opposite-short").file(
+        "predictions/opposite-short.parquet")).to_pydict()
+    generated = sorted(len(p.encode()) for p in predictions["prediction"])  # byte tokenizer: one token a byte
+    answers = sorted(len(json.loads(r)["answer"][0].encode()) for r in predictions["references"])
+    median = generated[len(generated) // 2]
+    assert 1 <= median <= 2 * answers[len(answers) // 2] + 2 < limit, (predictions["prediction"], answers)
