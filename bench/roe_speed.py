@@ -96,7 +96,8 @@ def main() -> None:
     size = TinySize(lm_layers=args.layers, lm_hidden=args.hidden, lm_heads=args.heads, lm_kv_heads=args.kv_heads,
                     lm_intermediate=args.intermediate)
     with tempfile.TemporaryDirectory() as folder:
-        adapter = load_family(build_tiny("llava", Path(folder) / "model", size=size), device=device)
+        model = build_tiny("llava", Path(folder) / "model", size=size, byte_tokenizer=True)
+        adapter = load_family(model, device=device)
     torch.manual_seed(0)
     attachment = attach(adapter, RoEModules(roe_shape(adapter, [0])))
     routable = attachment.modules.shape.routable

@@ -46,7 +46,7 @@ def source_fingerprint(project: Project, task: TaskSpec) -> dict:
 
 
 def embedding_metadata(adapter) -> dict[str, str]:
-    template = adapter.tokenizer.chat_template or ""
+    template = adapter.processor.chat_template or ""
     return {"model": str(adapter.model.name_or_path), "family": adapter.family, "d_vision": str(adapter.d_vision),
             "d_language": str(adapter.d_language), "pooling": "max/max-nonpad", "dtype": "float32",
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}

@@ -146,6 +146,7 @@ def evaluate_roe(project: Project, options: RoEEvalOptions = RoEEvalOptions(), *
     def compute(writer: Writer) -> None:
         import torch
         from safetensors.torch import load_file
+
         from .roe.attach import attach
         from .roe.weights import load_roe
 

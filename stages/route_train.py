@@ -84,6 +84,7 @@ def route_train(project: Project, options: RouteTrainOptions = RouteTrainOptions
     def compute(writer: Writer) -> None:
         import torch
         from safetensors.torch import save_file
+
         from .roe.attach import attach, roe_shape
         from .roe.modules import RoEModules
         from .roe.recipe import LLM, PROJECTOR, RecipeSettings, train_roe

@@ -152,6 +152,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
 
     def compute(writer: Writer) -> None:
         import torch
+
         adapter = project.load_model()
         name = adapter_name(task_id)
         torch.manual_seed(options.seed)  # LoRA A is drawn at random: the same config gives the same expert

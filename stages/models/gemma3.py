@@ -28,5 +28,6 @@ class Gemma3Adapter(FamilyAdapter):
 
     def vision_row_samples(self, batch: dict[str, Tensor]) -> Tensor:
         """With pan-and-scan, each sample's crops follow its image; each view writes mm_tokens_per_image."""
-        views = (batch["input_ids"] == self.model.config.image_token_id).sum(dim=1) // self.model.config.mm_tokens_per_image
+        config = self.model.config
+        views = (batch["input_ids"] == config.image_token_id).sum(dim=1) // config.mm_tokens_per_image
         return torch.repeat_interleave(torch.arange(len(views), device=views.device), views)
