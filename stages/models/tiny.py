@@ -246,12 +246,16 @@ def _qwen2vl(size, tok):
     return config, tf.Qwen2VLProcessor, dict(image_processor=_qwen_image_processor(size))
 
 
+def _qwen_vit(size: TinySize, **extra) -> dict:
+    """The Qwen2.5-VL / Qwen3-VL vision config (Qwen2-VL names its widths differently)."""
+    return dict(depth=size.vision_layers, hidden_size=size.vision_hidden, out_hidden_size=size.lm_hidden,
+                intermediate_size=size.vision_intermediate, num_heads=size.vision_heads, patch_size=size.patch_size,
+                **extra)
+
+
 def _qwen2_5_vl(size, tok):
     config = tf.Qwen2_5_VLConfig(
-        vision_config=dict(depth=size.vision_layers, hidden_size=size.vision_hidden, out_hidden_size=size.lm_hidden,
-                           intermediate_size=size.vision_intermediate, num_heads=size.vision_heads,
-                           patch_size=size.patch_size, window_size=4 * size.patch_size,
-                           fullatt_block_indexes=[size.vision_layers - 1]),
+        vision_config=_qwen_vit(size, window_size=4 * size.patch_size, fullatt_block_indexes=[size.vision_layers - 1]),
         text_config=dict(**_lm(size, tok), rope_parameters=dict(rope_type="default", mrope_section=_mrope(size))),
         **_qwen_ids(tok))
     return config, tf.Qwen2_5_VLProcessor, dict(image_processor=_qwen_image_processor(size))
@@ -259,10 +263,7 @@ def _qwen2_5_vl(size, tok):
 
 def _qwen3_vl(size, tok):
     config = tf.Qwen3VLConfig(
-        vision_config=dict(depth=size.vision_layers, hidden_size=size.vision_hidden, out_hidden_size=size.lm_hidden,
-                           intermediate_size=size.vision_intermediate, num_heads=size.vision_heads,
-                           patch_size=size.patch_size, num_position_embeddings=size.grid**2,
-                           deepstack_visual_indexes=[1, 2]),
+        vision_config=_qwen_vit(size, num_position_embeddings=size.grid**2, deepstack_visual_indexes=[1, 2]),
         text_config=dict(**_lm(size, tok), head_dim=size.lm_hidden // size.lm_heads,
                          rope_parameters=dict(rope_type="default", mrope_section=_mrope(size), mrope_interleaved=True)),
         **_qwen_ids(tok))
