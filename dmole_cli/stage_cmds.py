@@ -100,8 +100,15 @@ def train_task(
     epochs: Annotated[Optional[float], typer.Option(help="Epochs. [default: the task's registry value, else 1]")]
     = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        help="Global batch size, split between processes under a launcher. [default: registry value, else 8]")]
-    = None,
+        help="Global batch of one optimizer step = per device x devices x grad-accum. [default: registry value, "
+             "else 8]")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(
+        help="Micro-batches per optimizer step on each device (same step, less memory). [default: 1]")] = None,
+    max_length: Annotated[Optional[int], typer.Option(
+        help="Tokens kept per sample; image tokens are never cut. [default: 2048]")] = None,
+    group_by_length: Annotated[Optional[bool], typer.Option(
+        "--group-by-length/--no-group-by-length",
+        help="Batch samples of similar length together (the reference does). [default: off]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate. [default: 1e-4]")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(
         help="Optimizer steps between resume checkpoints; a killed run resumes from the last one. [default: 50]")]
@@ -123,7 +130,8 @@ def train_task(
 
     project = open_project(workspace)
     options = stage_options(project.config, STAGE, TrainTaskOptions,
-                            {"method": method, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                            {"method": method, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
+                             "max_length": max_length, "group_by_length": group_by_length, "lr": lr,
                              "checkpoint_every": checkpoint_every, "precision": precision,
                              "gradient_checkpointing": gradient_checkpointing})
     print_summary(run(project, task, options, force=force, progress=rich_progress(quiet),

@@ -31,7 +31,7 @@ from .methods import BASELINE_LORA, EXPERT_FOLDER, JOINT_TASK, dmole_model, merg
 from .progress import Progress, silent
 from .project import Project
 from .runner import StageResult, run_stage
-from .training.chat import chat_examples, supervised_tokens
+from .training.chat import chat_examples, supervised_tokens, text_length
 from .training.loop import LoopSettings, ParamGroup, train
 from .training.trackers import check_available, open_loggers
 
@@ -41,7 +41,14 @@ STAGE = "train-task"
 class TrainTaskOptions(Strict):
     method: Method | None = Field(default=None, description="dmole, seq-lora, finetune or joint")
     epochs: float | None = Field(default=None, gt=0, description="default: the task's registry value, else 1")
-    batch_size: int | None = Field(default=None, gt=0, description="default: the task's registry value, else 8")
+    batch_size: int | None = Field(
+        default=None, gt=0, description="global batch of one optimizer step = per device x devices x grad_accum; "
+                                        "default: the task's registry value, else 8")
+    grad_accum: int = Field(default=1, gt=0, description="micro-batches per optimizer step on each device")
+    max_length: int | None = Field(default=2048, gt=0, description="tokens kept per sample (never cutting image "
+                                                                    "tokens); None keeps all")
+    group_by_length: bool = Field(default=False, description="batches of samples of similar length (the "
+                                                             "reference's group_by_length)")
     lr: float = Field(default=1e-4, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
@@ -61,7 +68,8 @@ class TrainTaskOptions(Strict):
         batch = self.batch_size or (task.batch_size if task and task.batch_size else 8)
         return LoopSettings(epochs=epochs, batch_size=batch, lr=self.lr, weight_decay=self.weight_decay,
                             warmup_ratio=self.warmup_ratio, clip=self.clip, seed=self.seed,
-                            checkpoint_every=self.checkpoint_every, precision=self.precision)
+                            checkpoint_every=self.checkpoint_every, precision=self.precision,
+                            grad_accum=self.grad_accum, group_by_length=self.group_by_length)
 
 
 def resolved_method(project: Project, options: TrainTaskOptions) -> str:
@@ -183,7 +191,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
             if vote:
                 partner = training_partner_vote(errors[indices], thresholds)
                 batch_routes = [(task_id,) + ((partner,) if partner else ())] * len(indices)
-            batch = adapter.train_batch(chat_examples([samples[i] for i in indices]))
+            batch = adapter.train_batch(chat_examples([samples[i] for i in indices]), options.max_length)
             # held through backward: gradient checkpointing re-runs the routed layers there
             scope.enter_context(experts.routed(batch_routes, vision_rows=adapter.vision_row_samples(batch)))
             return {"loss": prepared(**batch).loss, "count": supervised_tokens(batch["labels"])}
@@ -192,7 +200,8 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
         logs = project.root / ".runs" / "logs" / stage / task_name
         with open_loggers(log_to, logs, f"{stage}/{task_name}", config) as loggers:
             result = train(model, [ParamGroup(name, trainable)], loss_fn, len(samples), settings, checkpoint_dir=ckpt,
-                           progress=progress, description=f"{stage} {task_name}", loggers=loggers)
+                           progress=progress, description=f"{stage} {task_name}", loggers=loggers,
+                           lengths=[text_length(s) for s in samples])
         model.eval()
         sidecar = {"task": task_name, "task_id": task_id, "method": method, "adapter_name": name,
                    "rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,

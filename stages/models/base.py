@@ -267,8 +267,9 @@ class FamilyAdapter:
             padding_side="left" if left else "right", return_tensors="pt",
             add_special_tokens=not (bos and texts[0].startswith(bos)), **kwargs)
 
-    def train_batch(self, examples: list[ChatExample]) -> dict[str, Tensor]:
-        """Right-padded inputs with labels on answer tokens and the token that ends each answer."""
+    def train_batch(self, examples: list[ChatExample], max_length: int | None = None) -> dict[str, Tensor]:
+        """Right-padded inputs with labels on answer tokens and the token that ends each answer, each row cut
+        to ``max_length`` tokens but never inside its image tokens (see `_truncate`)."""
         rendered = [self.training_text(ex.turns) for ex in examples]
         out = self._process([text for text, _, _ in rendered], [ex.image for ex in examples], left=False,
                             return_offsets_mapping=True, return_text_replacement_offsets=True)
@@ -279,7 +280,21 @@ class FamilyAdapter:
             for start, stop in (_expanded(span, replacements[row]) for span in spans):
                 hit = [k for k, (a, b) in enumerate(offsets[row]) if a < stop and b > start]
                 labels[row, hit] = out["input_ids"][row, hit]
-        return self._on_device({**out, "labels": labels})
+        batch = {**out, "labels": labels}
+        return self._on_device(self._truncate(batch, max_length) if max_length else batch)
+
+    def _truncate(self, batch: dict[str, Tensor], max_length: int) -> dict[str, Tensor]:
+        """Cut each row after ``max_length`` tokens, or after its last image token if that comes later: the
+        model needs every image token its pixels produce, and the text after the image is what may go."""
+        ids = batch["input_ids"]
+        image = ids == self.model.config.image_token_id
+        last_image = torch.where(image.any(dim=1), image.int().cumsum(dim=1).argmax(dim=1) + 1, 0)
+        keep = torch.clamp(last_image, min=max_length)
+        cut = torch.arange(ids.shape[1])[None, :] >= keep[:, None]
+        fill = {"input_ids": self.tokenizer.pad_token_id, "labels": IGNORE}
+        width = int(torch.minimum(keep, batch["attention_mask"].sum(dim=1)).max())
+        return {key: value.masked_fill(cut, fill.get(key, 0))[:, :width] if value.shape == ids.shape else value
+                for key, value in batch.items()}
 
     def generation_batch(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Tensor]:
         """Left-padded prompts ending with the generation prompt."""

@@ -16,6 +16,12 @@ def chat_examples(samples: Sequence[TrainSample]) -> list:
     return [ChatExample(image=load_image(s.image), turns=list(s.turns)) for s in samples]
 
 
+def text_length(sample: TrainSample) -> int:
+    """A sample's conversation length in characters: what length grouping orders by (tokens would order the
+    same samples almost identically, and need the tokenizer)."""
+    return sum(len(human) + len(gpt) for human, gpt in sample.turns)
+
+
 def supervised_tokens(labels: torch.Tensor) -> int:
     """How many tokens the shifted causal-LM loss averages over."""
     from ..models.base import IGNORE

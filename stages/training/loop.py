@@ -9,7 +9,8 @@ written (live trackers, `stages/training/trackers.py`).
 The model and optimizer go through accelerate's ``Accelerator.prepare``: in one process that changes
 nothing; under a launcher it is data-parallel (DDP, or ZeRO-1/2 / FSDP NO_SHARD from the accelerate
 config), each process taking its share of every global batch, so a step sees the same samples and the
-same learning rate as in one process.
+same learning rate as in one process. ``batch_size`` is always the global batch of one optimizer step:
+per device x devices x ``grad_accum`` micro-batches, and an accumulated step is the large-batch step.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,8 @@ class LoopSettings:
     seed: int = 42
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = never
     precision: str = "auto"  # forward under bf16 autocast: "auto" (on CUDA only), "bf16" or "fp32" (never)
+    grad_accum: int = 1  # micro-batches per optimizer step (per process); batch_size stays the global batch
+    group_by_length: bool = False  # batches of similar lengths (the reference's group_by_length)
 
 
 @dataclass
@@ -63,22 +66,47 @@ class LoopResult:
     resumed_from: int = 0
 
 
-def batch_plan(n_samples: int, settings: LoopSettings) -> list[list[int]]:
+# How many batches a length-sorted mega-batch spans (transformers' LengthGroupedSampler uses 50).
+MEGABATCH_BATCHES = 50
+
+
+def batch_plan(n_samples: int, settings: LoopSettings, lengths: Sequence[int] | None = None) -> list[list[int]]:
     """Sample indices per optimizer step: a seeded permutation per epoch, cut into batches.
 
-    Fractional epochs take a prefix of the last epoch's batches. The plan is a pure function of its
-    arguments, so a resumed run continues with exactly the batches it would have seen.
+    With ``settings.group_by_length`` (``lengths`` then required), each epoch's permutation is cut into
+    mega-batches of ``MEGABATCH_BATCHES`` batches, each sorted by length, longest first, as transformers'
+    LengthGroupedSampler does; the batch holding the longest sample comes first, so memory runs out early
+    if it must. Fractional epochs take a prefix of the last epoch's batches. The plan is a pure function
+    of its arguments, so a resumed run continues with exactly the batches it would have seen.
     """
-    per_epoch = math.ceil(n_samples / settings.batch_size)
+    if settings.group_by_length and (lengths is None or len(lengths) != n_samples):
+        raise ValueError("group_by_length needs one length per sample")
+    size = settings.batch_size
+    per_epoch = math.ceil(n_samples / size)
     total = max(1, round(settings.epochs * per_epoch))
     plan: list[list[int]] = []
     epoch = 0
     while len(plan) < total:
         order = list(range(n_samples))
         random.Random(f"{settings.seed}-epoch-{epoch}").shuffle(order)
-        plan += [order[i:i + settings.batch_size] for i in range(0, n_samples, settings.batch_size)]
+        if settings.group_by_length:
+            mega = size * MEGABATCH_BATCHES
+            order = [i for start in range(0, n_samples, mega)
+                     for i in sorted(order[start:start + mega], key=lambda i: -lengths[i])]
+        batches = [order[i:i + size] for i in range(0, n_samples, size)]
+        if settings.group_by_length:
+            longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+            batches.insert(0, batches.pop(longest))
+        plan += batches
         epoch += 1
     return plan[:total]
+
+
+def micro_batches(indices: list[int], grad_accum: int) -> list[list[int]]:
+    """A process's share of one step cut into at most ``grad_accum`` contiguous, near-equal micro-batches."""
+    n = min(grad_accum, len(indices))
+    bounds = [round(k * len(indices) / n) for k in range(n + 1)]
+    return [indices[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def warmup_cosine(step: int, total: int, warmup_ratio: float) -> float:
@@ -122,31 +150,39 @@ def _prepare(model: torch.nn.Module, groups: Sequence[ParamGroup], optimizer: to
     return accelerator, prepared_model, prepared_optimizer
 
 
-def _process_weight(accelerator, count: float, device: torch.device) -> float:
-    """The factor on this process's mean loss that makes the averaged gradient the global batch's mean.
+def _scale_gradients(accelerator, params: list[torch.nn.Parameter], count: float) -> float:
+    """Turn the accumulated gradients of token (or sample) sums into the gradient of the global batch's mean.
 
-    ``count`` is how many units (samples, or supervised tokens) this process's loss averages over.
+    Each micro-batch's backward ran on its mean loss times ``count`` units (samples, or supervised tokens);
+    data parallelism then averaged over processes. Multiplying by processes / all units gives the mean over
+    every unit of the step, exactly as one process with the whole batch would. Returns the global count.
     """
-    total = float(accelerator.reduce(torch.tensor(float(count), device=device), reduction="sum"))
-    return count * accelerator.num_processes / total if total else 0.0
+    total = float(accelerator.reduce(torch.tensor(float(count), device=accelerator.device), reduction="sum"))
+    factor = accelerator.num_processes / total if total else 0.0
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(factor)
+    return total
 
 
 def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
           loss_fn: Callable[[torch.nn.Module, list[int], ExitStack], dict[str, torch.Tensor]],
           n_samples: int, settings: LoopSettings, *, checkpoint_dir: Path | None = None,
           callbacks: Sequence[Callback] = (), loggers: Sequence[Callable[[dict], None]] = (),
-          progress: Progress = silent, description: str = "training") -> LoopResult:
+          progress: Progress = silent, description: str = "training",
+          lengths: Sequence[int] | None = None) -> LoopResult:
     """Run the loop; ``loss_fn(model, indices, scope)`` must call the model it is given (the prepared one)
     and return a dict with at least ``loss`` (other scalars are logged). Contexts entered on ``scope``
     stay open through the backward pass, which recomputes activations under gradient checkpointing.
     A loss that is a mean over tokens returns their number as ``count`` (default: a mean over the
-    samples), so that data-parallel steps weight every token as one process would."""
+    samples), so that data-parallel and accumulated steps weight every token as one large batch would.
+    ``lengths`` (one per sample) is needed with ``settings.group_by_length``."""
     sharding = parameter_sharding()
     if sharding:
         raise UserError(f"the accelerate config asks for {sharding}, which splits every parameter across processes; "
                         "dmole saves experts and RoE weights from whole parameters, so use DDP, DeepSpeed ZeRO-1/2 "
                         "or FSDP NO_SHARD")
-    plan = batch_plan(n_samples, settings)
+    plan = batch_plan(n_samples, settings, lengths)
     optimizer = build_optimizer(groups, settings)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     trainable = {f"{g.name}.{i}": p for g in groups for i, p in enumerate(g.params)}
@@ -159,6 +195,7 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
             start = state.restore(trainable, optimizer)
             result.log, result.resumed_from = state.log, start
     accelerator, prepared, optimizer = _prepare(model, groups, optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     with progress(description, total=len(plan)) as bar:
         bar.advance(start)
         for step in range(start, len(plan)):
@@ -168,20 +205,30 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
                 callback.on_step_begin(step, len(plan), optimizer)
             share = my_share(plan[step])
             # a process left without samples runs the first one at weight 0: it must still join the sync
-            indices = share or plan[step][:1]
-            with ExitStack() as scope:
-                with autocast(settings.precision, accelerator.device):
-                    outputs = loss_fn(prepared, indices, scope)
-                count = outputs.pop("count", len(indices)) if share else 0
-                weight = _process_weight(accelerator, count, accelerator.device)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(outputs["loss"] * weight)
-            params = [p for g in optimizer.param_groups for p in g["params"]]
+            micros = micro_batches(share or plan[step][:1], settings.grad_accum)
+            optimizer.zero_grad(set_to_none=True)
+            count, sums = 0.0, {}
+            for k, indices in enumerate(micros):
+                # data-parallel gradients are averaged once, after the last micro-batch
+                sync = nullcontext() if k == len(micros) - 1 else accelerator.no_sync(prepared)
+                with sync, ExitStack() as scope:
+                    with autocast(settings.precision, accelerator.device):
+                        outputs = loss_fn(prepared, indices, scope)
+                    units = float(outputs.pop("count", len(indices))) if share else 0.0
+                    # nothing to learn here (no share, or every answer truncated away: the mean is NaN), but
+                    # the backward must run for the data-parallel sync
+                    loss = outputs["loss"] * units if units else sum(p.sum() for p in params) * 0.0
+                    accelerator.backward(loss)
+                count += units
+                for key, value in outputs.items():
+                    sums[key] = sums.get(key, 0.0) + (value.detach() * units if units else 0.0)
+            total = _scale_gradients(accelerator, params, count)
             if settings.clip:
                 accelerator.clip_grad_norm_(params, settings.clip)
             optimizer.step()
-            outputs["loss"] = accelerator.reduce(outputs["loss"].detach() * weight, reduction="mean")
-            row = {"step": step + 1, **{k: float(v.detach()) for k, v in outputs.items()},
+            row = {"step": step + 1,
+                   **{k: float(accelerator.reduce(v, reduction="sum")) / total if total else 0.0
+                      for k, v in sums.items()},
                    **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}}
             for callback in callbacks:
                 row.update(callback.log_fields())
