@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 def launched_worker() -> bool:
     """True in every process but the first when a launcher (accelerate launch, torchrun) started several."""
@@ -65,6 +66,8 @@ def handles_user_errors(command: Callable) -> Callable:
 
 
 def print_summary(result) -> None:
-    """The one line every stage ends with."""
+    """The one line every stage ends with, after the stage's warnings (one line each)."""
+    for warning in result.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     style = "dim" if result.up_to_date else "green"
     console.print(f"[{style}]{result.summary()}[/]", soft_wrap=True)

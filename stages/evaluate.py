@@ -23,7 +23,7 @@ from .config import Method, Strict
 from .data.samples import EvalSample
 from .data.tasks import load_eval_samples, task_files
 from .dmole.experts import ExpertModel
-from .dmole.routing import batch_vote, per_sample
+from .dmole.routing import acceptance_warning, batch_vote, per_sample
 from .embed import source_fingerprint
 from .errors import UserError
 from .evaluation.predict import batch_indices, predict, score_predictions
@@ -48,6 +48,8 @@ class EvalOptions(Strict):
     top: int = Field(default=2, gt=0, description="experts per sample at most")
     vote_support: float = Field(default=0.3, gt=0, le=1)
     caption_tokenizer: str = Field(default="simple", pattern="^(simple|ptb)$")
+    min_acceptance: float = Field(default=0.5, ge=0, le=1,
+                                  description="warn when a seen task's own router accepts fewer of its samples")
 
 
 @dataclass
@@ -151,7 +153,7 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
     def compute(writer: Writer) -> None:
         adapter = project.load_model()
         built = plan_evaluation(project, method, after, options, adapter)
-        rows = []
+        rows, warnings = [], []
         for task_name in built.tasks:
             task = project.config.task(task_name)
             samples = load_eval_samples(project.data_root, task)
@@ -167,6 +169,10 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
                 "references": [json.dumps(s.references) for s in samples], "score": scored.per_sample,
                 "routed_tasks": [list(r) for r in routes],
                 "router_errors": [list(map(float, e)) for e in errors] if errors is not None else [[]] * len(samples)})
+            task_id = project.config.task_index(task_name)
+            if built.routes_for and task_id <= project.config.task_index(after):
+                warnings.append(acceptance_warning(task_name, sum(task_id in r for r in routes), len(routes),
+                                                   options.min_acceptance, where=f"eval after {after}"))
             rows.append({"task": task_name, "family": task.family, "metric": METRIC_NAMES[task.family],
                          "score": scored.score, "n": len(samples),
                          "tokenizer": options.caption_tokenizer if task.family == "caption" else "",
@@ -174,6 +180,7 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
                          "batch_size": options.batch_size, "eval_set_sha256": _eval_set_hash(project, task_name)})
         write_parquet(writer.path("scores.parquet"), {k: [r[k] for r in rows] for k in rows[0]})
         writer.meta.update({r["task"]: round(r["score"], 3) for r in rows})
+        writer.meta["warnings"] = [w for w in warnings if w]
 
     return run_stage(project, stage, after, config=config, inputs=plan.inputs, compute=compute, force=force)
 

@@ -13,6 +13,7 @@ from artifacts.io import read_json, read_parquet, table_metadata, table_to_numpy
 
 from .config import Strict
 from .dmole.router import Autoencoder, RouterSettings, fit_router as train_router, reconstruction_errors
+from .dmole.routing import acceptance_warning
 from .errors import UserError
 from .project import Project
 from .runner import StageResult, run_stage
@@ -31,6 +32,8 @@ class FitRouterOptions(Strict):
     max_epochs: int = Field(default=1000, gt=0)
     patience: int = Field(default=10, gt=0)
     max_fit_samples: int | None = Field(default=None, gt=0, description="seeded cap on the fit set")
+    min_acceptance: float = Field(default=0.5, ge=0, le=1,
+                                  description="warn when the router accepts fewer of its own test samples")
     seed: int = 42
 
     def settings(self) -> RouterSettings:
@@ -67,7 +70,11 @@ def fit_router(project: Project, task_name: str, options: FitRouterOptions = Fit
                   "seed": options.seed, "dim": int(matrix.shape[1]), "quantiles": fitted.quantiles,
                   "embedding": metadata}
         write_json(writer.path("router.json"), record)
-        writer.meta.update(threshold=fitted.threshold, epochs=fitted.epochs, n_fit=int(len(matrix)))
+        _, test, _ = load_embeddings(embedded, "test")
+        accepted = int((reconstruction_errors(fitted.model, test) < fitted.threshold).sum()) if len(test) else 0
+        warning = acceptance_warning(task_name, accepted, len(test), options.min_acceptance, where="fit-router")
+        writer.meta.update(threshold=fitted.threshold, epochs=fitted.epochs, n_fit=int(len(matrix)),
+                           own_test_accepted=accepted, n_test=len(test), warnings=[warning] if warning else [])
 
     return run_stage(project, STAGE, task_name, config={"options": options.model_dump()}, inputs=[embedded],
                      compute=compute, force=force)

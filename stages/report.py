@@ -72,8 +72,9 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
             continue
         matrix, versions = found
         metrics = continual_metrics(matrix)
+        warnings = [w for v in versions for w in v.manifest.get("summary", {}).get("warnings", [])]
         methods[method] = {**{k: metrics[k] for k in METRIC_KEYS}, "per_task": metrics["per_task"],
-                           "matrix": matrix}
+                           "matrix": matrix, "warnings": list(dict.fromkeys(warnings))}
         used += [v for v in versions if v not in used]
     if not methods:
         raise UserError("nothing to report yet: run `dmole eval --zero-shot` and `dmole eval --after <task>`")
@@ -91,8 +92,13 @@ def sections(project: Project, result: dict) -> tuple[list[tuple[ModuleType, dic
     return found, used
 
 
-def markdown(project: Project, found: list[tuple[ModuleType, dict]]) -> str:
+def markdown(project: Project, found: list[tuple[ModuleType, dict]], result: dict) -> str:
     lines = ["# dmole report", "", f"Task sequence: {' → '.join(project.config.task_names)}.", ""]
+    warnings = [(m, w) for m, values in result["methods"].items() for w in values["warnings"]]
+    if warnings:
+        lines += ["## Routing health", "", "These evaluations ran samples without their task's experts "
+                  "because the task's own router rejected them:", ""]
+        lines += [f"- **{method}**: {warning}" for method, warning in warnings] + [""]
     for module, data in found:
         lines += module.table(data)
     return "\n".join(lines).rstrip() + "\n"
@@ -114,8 +120,9 @@ def report(project: Project, *, force: bool = False) -> StageResult:
         write_json(writer.path(FIGURE_DATA), {module.NAME: data for module, data in found})
         for module, data in found:
             module.plot(data, writer.path(module.NAME))
-        writer.path("report.md").write_text(markdown(project, found), encoding="utf-8")
+        writer.path("report.md").write_text(markdown(project, found, result), encoding="utf-8")
         writer.meta.update({f"{m}.last": v["last"] for m, v in result["methods"].items()})
+        writer.meta["warnings"] = list(dict.fromkeys(w for v in result["methods"].values() for w in v["warnings"]))
 
     config = {"methods": sorted(result["methods"]), "figures": [module.NAME for module, _ in found]}
     return run_stage(project, STAGE, REPORT_TASK, config=config, inputs=used, compute=compute, force=force)

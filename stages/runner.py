@@ -28,6 +28,11 @@ class StageResult:
     up_to_date: bool
     seconds: float
 
+    @property
+    def warnings(self) -> list[str]:
+        """One-line warnings the stage recorded with its version (shown again when it is up to date)."""
+        return list(self.version.manifest.get("summary", {}).get("warnings", []))
+
     def summary(self) -> str:
         if self.up_to_date:
             return f"{self.stage} {self.task}: up to date (v{self.version.number}), nothing written"

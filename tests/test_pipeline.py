@@ -153,3 +153,33 @@ def test_a_trained_short_answer_task_stops_by_itself(micro_bench, tmp_path):
     answers = sorted(len(json.loads(r)["answer"][0].encode()) for r in predictions["references"])
     median = generated[len(generated) // 2]
     assert 1 <= median <= 2 * answers[len(answers) // 2] + 2 < limit, (predictions["prediction"], answers)
+
+
+def test_a_router_that_rejects_its_own_test_samples_is_a_warning(micro_bench, tmp_path):
+    """A task whose own router accepts few of its test samples would silently run them without experts;
+    fit-router and eval say so in one line each (here the threshold is made far too tight)."""
+    from stages.init import create_workspace
+    from stages.project import Project
+
+    root = tmp_path / "health"
+    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data",
+                     tasks=["color-vqa", "opposite-short"], stages=MICRO_STAGES)
+    project = Project.open(root)
+    tight = cli(project, "embed", "--task", "color-vqa") and cli(project, "fit-router", "--task", "color-vqa",
+                                                                 "--quantile", "0.01")
+    assert "warning: fit-router: task 'color-vqa'" in tight and "--quantile" in tight
+    cli(project, "embed", "--task", "opposite-short")
+    assert "warning" not in cli(project, "fit-router", "--task", "opposite-short")
+    for task in project.config.task_names:
+        cli(project, "zc-score", "--task", task)
+        cli(project, "allocate", "--task", task)
+    cli(project, "train-task", "--task", "color-vqa")
+    printed = cli(project, "eval", "--after", "color-vqa")
+    assert printed.count("warning:") == 1 and "eval after color-vqa: task 'color-vqa'" in printed
+    again = cli(project, "eval", "--after", "color-vqa")
+    assert "up to date" in again and "warning: eval after color-vqa" in again
+    cli(project, "eval", "--zero-shot")
+    reported = cli(project, "report")
+    assert "warning: eval after color-vqa" in reported
+    markdown = project.store.latest("report", "all").file("report.md").read_text()
+    assert "## Routing health" in markdown and "task 'color-vqa'" in markdown

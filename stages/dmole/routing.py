@@ -71,3 +71,14 @@ def training_partner_vote(errors_past: np.ndarray, tau_past: np.ndarray, support
         return None
     task, count = min(votes.items(), key=lambda item: (-item[1], item[0]))
     return task if count / voters >= support else None
+
+
+def acceptance_warning(task: str, accepted: int, total: int, minimum: float, *, where: str) -> str | None:
+    """One line when a task's own router accepts fewer than ``minimum`` of its test samples, which then run
+    without their experts (evaluation quietly equals zero-shot); None when routing is healthy."""
+    if not total or accepted / total >= minimum:
+        return None
+    return (f"{where}: task {task!r}'s own router accepts {accepted}/{total} ({accepted / total:.0%}) of its test "
+            f"samples (< {minimum:.0%}); the rest get no expert. Likely cause: its evaluation prompts differ from "
+            "its training questions (the task's `prompt`), or its threshold is too tight (fit-router --quantile, "
+            "eval threshold_scale)")
