@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from stages.data.benchmarks import benchmark_list
 from stages.models.catalog import family_list
 
 from .common import (FamilyOption, JsonOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
@@ -19,9 +20,16 @@ from .common import (FamilyOption, JsonOption, QuietOption, WorkspaceOption, con
 def init(
     model: Annotated[Path, typer.Option(help="Local Hugging Face model folder (model and processor, as "
                                              f"save_pretrained writes it) of a supported family: {family_list()}.")],
-    data: Annotated[Path, typer.Option(help="Data root in the D-MoLE layout, with a tasks.json registry.")],
-    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task sequence (default: the registry's).")] = None,
-    registry: Annotated[Optional[Path], typer.Option(help="Task registry file [default: DATA/tasks.json].")] = None,
+    data: Annotated[Path, typer.Option(help="Data root in the D-MoLE layout, with a tasks.json registry; with "
+                                            "--benchmark, the folder that holds the official archive's data/.")],
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task sequence (default: the registry's "
+                                                      "or the benchmark's, in order).")] = None,
+    registry: Annotated[Optional[Path], typer.Option(help="Task registry file (default: DATA/tasks.json). Not "
+                                                          "with --benchmark.")] = None,
+    benchmark: Annotated[Optional[str], typer.Option(
+        help=f"Use a built-in benchmark preset instead of a registry file ({benchmark_list()}). Its tasks, files, "
+             "prompts, generation limits, epochs, global batch sizes and repeats are the official ones; "
+             "see docs/data.md.")] = None,
     method: Annotated[str, typer.Option(help="Default method: dmole, seq-lora, finetune or joint.")] = "dmole",
     seed: Annotated[int, typer.Option(help="Seed recorded for every stage.")] = 42,
     max_tiles: Annotated[Optional[int], typer.Option(
@@ -34,13 +42,16 @@ def init(
 
     The model folder is checked first: a supported model type, a processor that loads, a chat template.
 
+    The tasks come from a tasks.json registry or from a benchmark preset (ARCHIVE holds the archive's data/):
+    [bold]dmole init --benchmark dmole --model M --data ARCHIVE[/] is the official D-MoLE 9-task benchmark.
+
     An InternVL2 / InternVL2.5 remote-code folder is converted once with [bold]dmole convert[/]."""
     from stages.init import create_workspace
 
     root = default_workspace(workspace)
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
-    config = create_workspace(root, model=model, data=data, tasks=names, registry=registry, method=method,
-                              seed=seed, max_tiles=max_tiles, overwrite=overwrite)
+    config = create_workspace(root, model=model, data=data, tasks=names, registry=registry, benchmark=benchmark,
+                              method=method, seed=seed, max_tiles=max_tiles, overwrite=overwrite)
     console.print(f"init: wrote {root / 'workspace.json'} with {len(config.tasks)} tasks: "
                   f"{', '.join(config.task_names)}")
 

@@ -46,8 +46,14 @@ class TaskSpec(Strict):
     family: Family
     train: str
     eval: str
+    # The VQA pair form (vqa10 only): answers in a separate VQAv2-style annotations JSON, matched to the
+    # questions in ``eval`` by question_id (the reference's VizWiz evaluation reads its files this way).
+    eval_annotations: str | None = None
     prompt: str | None = None
     image_root: str | None = None
+    # Folder the evaluation file's image paths are relative to, when it differs from the training file's
+    # (the reference's COCO-style caption files name bare file names under a per-dataset image folder).
+    eval_image_root: str | None = None
     max_new_tokens: int | None = Field(default=None, gt=0)
     min_new_tokens: int | None = Field(default=None, ge=0)
     epochs: float | None = Field(default=None, gt=0)
@@ -61,6 +67,12 @@ class TaskSpec(Strict):
         if not NAME_PATTERN.match(name):
             raise ValueError(f"task name {name!r} must be letters, digits, '.', '_' or '-'")
         return name
+
+    @model_validator(mode="after")
+    def _pair_form_is_vqa(self) -> TaskSpec:
+        if self.eval_annotations is not None and self.family != "vqa10":
+            raise ValueError(f"eval_annotations (the VQA pair form) is for the vqa10 family, not {self.family!r}")
+        return self
 
     @property
     def eval_prompt(self) -> str:

@@ -27,13 +27,13 @@ def read_registry(path: Path) -> list[TaskSpec]:
     return [parse_model(TaskSpec, entry, source=f"{path}: tasks[{i}]") for i, entry in enumerate(entries)]
 
 
-def select_tasks(available: list[TaskSpec], names: list[str] | None) -> list[TaskSpec]:
+def select_tasks(available: list[TaskSpec], names: list[str] | None, *, source: str = "the registry") -> list[TaskSpec]:
     if not names:
         return available
     by_name = {task.name: task for task in available}
     unknown = [name for name in names if name not in by_name]
     if unknown:
-        raise ConfigError(f"unknown task {unknown[0]!r}; the registry has: {', '.join(by_name)}")
+        raise ConfigError(f"unknown task {unknown[0]!r}; {source} has: {', '.join(by_name)}")
     return [by_name[name] for name in names]
 
 
@@ -42,10 +42,40 @@ def _portable(path: Path, workspace: Path) -> str:
     return os.path.relpath(path.resolve(), workspace.resolve())
 
 
+def _benchmark_tasks(name: str, data: Path, names: list[str] | None) -> list[TaskSpec]:
+    """The preset's tasks, after checking that ``data`` is laid out as the benchmark's archive."""
+    from .data.benchmarks import benchmark
+
+    preset = benchmark(name)
+    specs = select_tasks(list(preset.tasks), names, source=f"benchmark {name!r}")
+    if not (data / preset.marker).exists():
+        hint = (f"; {data} looks like the archive's {preset.marker}/ folder itself: pass its parent "
+                f"{data.resolve().parent}" if data.resolve().name == preset.marker else "")
+        raise ConfigError(f"{data} has no '{preset.marker}' folder: the {name} benchmark's paths (e.g. "
+                          f"{specs[0].train}) are relative to the folder that holds the archive's "
+                          f"{preset.marker}/{hint}")
+    for spec in specs:
+        for field in ("train", "eval", "eval_annotations", "eval_image_root"):
+            relative = getattr(spec, field)
+            if relative and not (data / relative).exists():
+                raise ConfigError(f"benchmark {name!r}, task {spec.name!r}: {data / relative} ({field}) does not "
+                                  f"exist; the archive is expected as distributed")
+    return specs
+
+
 def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[str] | None = None,
-                     registry: Path | None = None, method: str = "dmole", seed: int = 42,
-                     stages: dict | None = None, max_tiles: int | None = None,
+                     registry: Path | None = None, benchmark: str | None = None, method: str = "dmole",
+                     seed: int = 42, stages: dict | None = None, max_tiles: int | None = None,
                      overwrite: bool = False) -> WorkspaceConfig:
+    """Write ``workspace.json``. The tasks come from ``registry`` (default ``DATA/tasks.json``) or from a
+    benchmark preset (``benchmark``, stages/data/benchmarks.py); the two are mutually exclusive."""
+    if registry is not None and benchmark is not None:
+        raise ConfigError("--registry and --benchmark are mutually exclusive: a benchmark preset replaces the "
+                          "registry file")
+    if benchmark is not None:
+        from .data.benchmarks import benchmark as preset
+
+        preset(benchmark)  # an unknown name fails before anything else is checked
     if not data.is_dir():
         raise ConfigError(f"data folder {data} does not exist")
     if not model.is_dir():
@@ -54,7 +84,8 @@ def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[st
     existing = workspace / "workspace.json"
     if existing.exists() and not overwrite:
         raise ConfigError(f"{existing} already exists; pass --overwrite to replace it")
-    specs = select_tasks(read_registry(registry or data / REGISTRY_FILE), tasks)
+    specs = (_benchmark_tasks(benchmark, data, tasks) if benchmark is not None
+             else select_tasks(read_registry(registry or data / REGISTRY_FILE), tasks))
     workspace.mkdir(parents=True, exist_ok=True)
     config = parse_model(WorkspaceConfig, {
         "model": _portable(model, workspace), "data": _portable(data, workspace),

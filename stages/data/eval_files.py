@@ -13,11 +13,17 @@ from .samples import EvalSample
 FAMILIES = ("caption", "vqa10", "short", "choice", "grounding")
 
 
-def read_eval_file(family: str, path: Path, *, data_root: Path, image_root: Path) -> list[EvalSample]:
+def read_eval_file(family: str, path: Path, *, data_root: Path, image_root: Path,
+                   annotations: Path | None = None) -> list[EvalSample]:
+    """Every sample of an evaluation file, validated. ``annotations`` is the VQA pair form's answers file."""
     if family not in FAMILIES:
         raise DataError(path, f"unknown metric family {family!r}; expected one of {', '.join(FAMILIES)}")
+    if annotations is not None and family != "vqa10":
+        raise DataError(annotations, f"a separate annotations file (the VQA pair form) is for vqa10, not {family!r}")
     if family == "caption":
         samples = _read_caption(path, data_root=data_root, image_root=image_root)
+    elif annotations is not None:
+        samples = _read_vqa_pair(path, annotations, data_root=data_root, image_root=image_root)
     else:
         samples = []
         for line, record in read_jsonl(path):
@@ -63,8 +69,9 @@ def _read_caption(path: Path, *, data_root: Path, image_root: Path) -> list[Eval
         where = f"images[{index}]"
         if not isinstance(entry, dict) or "id" not in entry:
             raise DataError(path, "expected an object with 'id' and 'file_name'", field=where)
-        image = resolve_image(data_root, image_root, entry.get("file_name"), source=path, line=None,
-                              field=f"{where}.file_name")
+        # The reference's caption reader takes 'file_name', else 'image' (eval/caption/evaluate_caption.py).
+        key = "file_name" if "file_name" in entry or "image" not in entry else "image"
+        image = resolve_image(data_root, image_root, entry.get(key), source=path, line=None, field=f"{where}.{key}")
         references = captions.get(str(entry["id"]))
         if not references:
             raise DataError(path, f"image id {entry['id']!r} has no caption annotation", field=where)
@@ -72,12 +79,88 @@ def _read_caption(path: Path, *, data_root: Path, image_root: Path) -> list[Eval
     return samples
 
 
+def _ten_answers(answers: list, path: Path, line: int | None, field: str) -> list[str]:
+    """Ten annotator answers, as strings or as VQAv2 answer objects ``{"answer": str, ...}``."""
+    texts = [item.get("answer") if isinstance(item, dict) else item for item in answers]
+    if len(texts) != 10 or not all(isinstance(text, str) for text in texts):
+        raise DataError(path, f"expected 10 answer strings (or objects with a string 'answer'), got "
+                        f"{len(answers)} items", line=line, field=field)
+    return texts
+
+
 def _read_vqa10(record: dict, path: Path, line: int) -> tuple[dict, dict]:
     question = require(record, "question", str, path=path, line=line)
     answers = require(record, "answers", list, path=path, line=line)
-    if len(answers) != 10 or not all(isinstance(answer, str) for answer in answers):
-        raise DataError(path, f"expected 10 answer strings, got {len(answers)} items", line=line, field="answers")
-    return {"question": question}, {"answers": answers}
+    return {"question": question}, {"answers": _ten_answers(answers, path, line, "answers")}
+
+
+def _read_vqa_pair(questions: Path, annotations: Path, *, data_root: Path, image_root: Path) -> list[EvalSample]:
+    """The VQA pair form: questions (with their images) in one file, ten answers per question in a VQAv2-style
+    annotations JSON ``{"annotations": [{"question_id", "answers": [{"answer", ...}] * 10, ...}]}``.
+
+    The questions file is a JSONL (``image``, ``question``, ``question_id`` per line: the reference's
+    ``vizwiz_val.jsonl``) or, for any other suffix, a JSON object ``{"questions": [...]}`` whose entries carry
+    the same three fields."""
+    answers = _annotation_answers(annotations)
+    samples = []
+    for line, where, record in _question_records(questions):
+        prefix = f"{where}." if where else ""
+        question = _field(record, "question", str, questions, line, prefix)
+        question_id = _field(record, "question_id", (str, int), questions, line, prefix)
+        if "image" not in record and "image_id" in record:
+            raise DataError(questions, "missing (an image_id alone does not locate an image file; the questions "
+                            "need an 'image' path)", line=line, field=f"{prefix}image")
+        image = resolve_image(data_root, image_root, record.get("image"), source=questions, line=line,
+                              field=f"{prefix}image")
+        if str(question_id) not in answers:
+            raise DataError(questions, f"question {question_id!r} has no entry in {annotations}",
+                            line=line, field=f"{prefix}question_id")
+        samples.append(EvalSample(id=str(question_id), image=image, prompt_fields={"question": question},
+                                  references={"answers": answers[str(question_id)]}))
+    return samples
+
+
+def _field(record: dict, field: str, kind, path: Path, line: int | None, prefix: str) -> object:
+    try:
+        return require(record, field, kind, path=path, line=line)
+    except DataError as error:
+        raise DataError(path, error.reason, line=line, field=f"{prefix}{field}") from None
+
+
+def _question_records(path: Path):
+    """``(line, field prefix, record)`` for each question of a JSONL or of a ``{"questions": [...]}`` JSON."""
+    if path.suffix == ".jsonl":
+        for line, record in read_jsonl(path):
+            yield line, "", record
+        return
+    document = read_json(path)
+    entries = document.get("questions") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise DataError(path, "expected a JSONL of questions or a JSON object with a 'questions' list")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DataError(path, "expected an object", field=f"questions[{index}]")
+        yield None, f"questions[{index}]", entry
+
+
+def _annotation_answers(path: Path) -> dict[str, list[str]]:
+    """question_id (as text) -> its ten answers, from a VQAv2-style annotations JSON."""
+    document = read_json(path)
+    entries = document.get("annotations") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise DataError(path, "expected a VQA annotations object with an 'annotations' list")
+    answers: dict[str, list[str]] = {}
+    for index, entry in enumerate(entries):
+        where = f"annotations[{index}]"
+        if not isinstance(entry, dict):
+            raise DataError(path, "expected an object with 'question_id' and 'answers'", field=where)
+        question_id = _field(entry, "question_id", (str, int), path, None, f"{where}.")
+        texts = _ten_answers(_field(entry, "answers", list, path, None, f"{where}."), path, None, f"{where}.answers")
+        if str(question_id) in answers:
+            raise DataError(path, f"question_id {question_id!r} is annotated more than once",
+                            field=f"{where}.question_id")
+        answers[str(question_id)] = texts
+    return answers
 
 
 def _read_short(record: dict, path: Path, line: int) -> tuple[dict, dict]:

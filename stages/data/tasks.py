@@ -33,10 +33,18 @@ def load_train_samples(data_root: Path, task: TaskSpec) -> list[TrainSample]:
 
 def load_eval_samples(data_root: Path, task: TaskSpec) -> list[EvalSample]:
     data_root, image_root = _roots(data_root, task)
+    if task.eval_image_root:
+        image_root = _inside(data_root, task.eval_image_root, "eval_image_root", task)
     path = _inside(data_root, task.eval, "eval", task)
-    return read_eval_file(task.family, path, data_root=data_root, image_root=image_root)
+    annotations = (_inside(data_root, task.eval_annotations, "eval_annotations", task)
+                   if task.eval_annotations else None)
+    return read_eval_file(task.family, path, data_root=data_root, image_root=image_root, annotations=annotations)
 
 
 def task_files(data_root: Path, task: TaskSpec) -> list[Path]:
-    """The annotation files a task reads: their hashes make downstream artifacts stale when data changes."""
-    return [_inside(data_root, task.train, "train", task), _inside(data_root, task.eval, "eval", task)]
+    """The annotation files a task reads, the training file first: their hashes make downstream artifacts stale
+    when data changes (everything after the first is the evaluation set)."""
+    files = [_inside(data_root, task.train, "train", task), _inside(data_root, task.eval, "eval", task)]
+    if task.eval_annotations:
+        files.append(_inside(data_root, task.eval_annotations, "eval_annotations", task))
+    return files
