@@ -148,6 +148,9 @@ def eval_(
         help="per-sample (default, batch-size independent) or batch-vote (the reference).")] = None,
     threshold_scale: Annotated[Optional[float], typer.Option(help="Multiply every router threshold. [default: 1]")]
     = None,
+    threshold_scales: Annotated[Optional[str], typer.Option(
+        help="D-MoLE threshold sensitivity: evaluate after --after once per comma-separated factor (e.g. "
+             "0.5,0.75,1,1.5,2), into one threshold-sweep artifact that the report tabulates.")] = None,
     caption_tokenizer: Annotated[Optional[str], typer.Option(help="simple (default) or ptb (needs java).")] = None,
     roe: Annotated[bool, typer.Option("--roe", help="Evaluate the latest route-train weights: dense versus RoE, "
                                                     "skip statistics (stage roe-eval).")] = False,
@@ -171,6 +174,17 @@ def eval_(
     options = stage_options(project.config, STAGE, EvalOptions,
                             {"method": method, "batch_size": batch_size, "routing": routing,
                              "threshold_scale": threshold_scale, "caption_tokenizer": caption_tokenizer})
+    if threshold_scales is not None:
+        from stages.evaluate import threshold_sweep
+
+        if after is None or (options.method or project.config.method) != "dmole":
+            raise UserError("--threshold-scales sweeps D-MoLE's routing: give --after TASK with the dmole method")
+        try:
+            scales = [float(part) for part in threshold_scales.split(",") if part.strip()]
+        except ValueError:
+            raise UserError(f"--threshold-scales takes comma-separated numbers, got {threshold_scales!r}") from None
+        print_summary(threshold_sweep(project, after, scales, options, force=force, progress=rich_progress(quiet)))
+        return
     print_summary(run(project, ZERO_SHOT if zero_shot else after, options, force=force, progress=rich_progress(quiet)))
 
 

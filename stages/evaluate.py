@@ -35,6 +35,8 @@ from .runner import StageResult, run_stage
 
 STAGE = "eval"
 ZERO_SHOT = "zero-shot"
+SWEEP = "threshold-sweep"  # D-MoLE only: its routing is what the thresholds change
+SWEEP_TABLE = "sweep.parquet"
 METRIC_NAMES = {"caption": "CIDEr-D", "vqa10": "vqa-accuracy", "short": "exact-match", "choice": "letter-accuracy",
                 "grounding": "P@IoU0.5"}
 
@@ -160,9 +162,8 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
             routes, errors = (built.routes_for(task_name, samples) if built.routes_for
                               else ([()] * len(samples), None))
             around = built.router or _routed(built.experts, routes, adapter)
-            predictions = predict(adapter, task, samples, batch_size=options.batch_size, model=built.model,
-                                  around_batch=around, progress=progress, description=f"eval {after}: {task_name}")
-            scored = score_predictions(task, samples, predictions, options.caption_tokenizer)
+            predictions, scored = _predict_and_score(adapter, task, samples, built.model, around, options, progress,
+                                                     f"eval {after}: {task_name}")
             write_parquet(writer.path(f"predictions/{task_name}.parquet"), {
                 "sample_id": [s.id for s in samples], "prediction": predictions,
                 "parsed": [None if p is None else str(p) for p in scored.parsed],
@@ -183,6 +184,48 @@ def evaluate(project: Project, after: str, options: EvalOptions = EvalOptions(),
         writer.meta["warnings"] = [w for w in warnings if w]
 
     return run_stage(project, stage, after, config=config, inputs=plan.inputs, compute=compute, force=force)
+
+
+def _predict_and_score(adapter, task, samples, model, around, options: EvalOptions, progress, description):
+    predictions = predict(adapter, task, samples, batch_size=options.batch_size, model=model, around_batch=around,
+                          progress=progress, description=description)
+    return predictions, score_predictions(task, samples, predictions, options.caption_tokenizer)
+
+
+def threshold_sweep(project: Project, after: str, scales: list[float], options: EvalOptions = EvalOptions(), *,
+                    force: bool = False, progress: Progress = silent) -> StageResult:
+    """D-MoLE after ``after`` with every router threshold multiplied by each of ``scales``, at evaluation only
+    (the authors' threshold-sensitivity study): per scale and task the score and how many samples got none,
+    one or two experts; the version's summary holds Avg Last (the mean over all tasks) per scale."""
+    if not scales or any(scale <= 0 for scale in scales):
+        raise UserError(f"--threshold-scales needs positive factors, got {scales}")
+    scales = sorted(set(scales))
+    index = project.config.task_index(after)
+    names = project.config.task_names
+    sources = {name: source_fingerprint(project, project.config.task(name)) for name in names}
+    config = {"options": options.model_dump(), "after": after, "scales": scales, "sources": sources}
+
+    def compute(writer: Writer) -> None:
+        adapter = project.load_model()
+        experts, _ = dmole_model(project, adapter, index)
+        rows = []
+        for scale in scales:
+            routes_for = _dmole_routing(project, index, options.model_copy(update={"threshold_scale": scale}))
+            for task_name in names:
+                task = project.config.task(task_name)
+                samples = load_eval_samples(project.data_root, task)
+                routes, _ = routes_for(task_name, samples)
+                _, scored = _predict_and_score(adapter, task, samples, experts.model, _routed(experts, routes, adapter),
+                                               options, progress, f"sweep x{scale:g}: {task_name}")
+                rows.append({"scale": scale, "task": task_name, "score": scored.score, "n": len(samples),
+                             **{f"experts_{k}": sum(len(r) == k for r in routes) for k in (0, 1, 2)}})
+        write_parquet(writer.path(SWEEP_TABLE), {k: [r[k] for r in rows] for k in rows[0]})
+        writer.meta.update({f"avg_last@{scale:g}": round(float(np.mean([r["score"] for r in rows
+                                                                          if r["scale"] == scale])), 3)
+                            for scale in scales})
+
+    return run_stage(project, SWEEP, after, config=config, inputs=_dmole_inputs(project, index), compute=compute,
+                     force=force)
 
 
 def _routed(experts: ExpertModel | None, routes: list[tuple[int, ...]], adapter):

@@ -21,7 +21,7 @@ from artifacts.io import read_json, read_parquet, write_json, write_parquet
 
 from .errors import UserError
 from .evaluate import STAGE as EVAL, ZERO_SHOT
-from .figures import activation, allocation, matrix, roe_skips, sensitivity
+from .figures import activation, allocation, matrix, roe_skips, sensitivity, thresholds
 from .methods import JOINT_TASK, METHODS, stage_name
 from .metrics.continual import continual_metrics
 from .project import Project
@@ -84,7 +84,7 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
 def sections(project: Project, result: dict) -> tuple[list[tuple[ModuleType, dict]], list[Version]]:
     """(figure module, its data) for every figure the workspace has the artifacts for, and those artifacts."""
     found, used = [(matrix, result)], []
-    for module in (allocation, activation, sensitivity, roe_skips):
+    for module in (allocation, activation, sensitivity, thresholds, roe_skips):
         gathered = module.gather(project)
         if gathered is not None:
             found.append((module, gathered[0]))

@@ -183,3 +183,26 @@ def test_a_router_that_rejects_its_own_test_samples_is_a_warning(micro_bench, tm
     assert "warning: eval after color-vqa" in reported
     markdown = project.store.latest("report", "all").file("report.md").read_text()
     assert "## Routing health" in markdown and "task 'color-vqa'" in markdown
+
+
+def test_threshold_sweep_reproduces_eval_at_factor_one_and_feeds_the_report(make_project):
+    project = make_project("sweep")
+    run_pipeline(project, methods=("dmole",))
+    last = project.config.task_names[-1]
+    cli(project, "eval", "--after", last, "--threshold-scales", "2,0.25,1")
+    sweep = project.store.latest("threshold-sweep", last)
+    rows = read_parquet(sweep.file("sweep.parquet")).to_pylist()
+    assert sorted({r["scale"] for r in rows}) == [0.25, 1.0, 2.0]
+    evaluated = {r["task"]: r["score"] for r in read_parquet(
+        project.store.latest("eval", last).file("scores.parquet")).to_pylist()}
+    assert {r["task"]: r["score"] for r in rows if r["scale"] == 1.0} == evaluated
+    unrouted = [sum(r["experts_0"] for r in rows if r["scale"] == s) for s in (0.25, 1.0, 2.0)]
+    assert unrouted[0] >= unrouted[1] >= unrouted[2]
+    assert sweep.manifest["summary"]["avg_last@1"] == pytest.approx(sum(evaluated.values()) / len(evaluated), abs=1e-3)
+    cli(project, "report")
+    report = project.store.latest("report", "all")
+    assert "## Threshold sensitivity (D-MoLE)" in report.file("report.md").read_text()
+    assert report.file("thresholds.png").read_bytes()[:4] == b"\x89PNG"
+    failed = runner.invoke(app, ["eval", "--after", last, "--threshold-scales", "1,x", "--workspace",
+                                 str(project.root)])
+    assert failed.exit_code == 2 and "comma-separated numbers" in failed.output
