@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from stages.naming import METHODS
+
 from .common import (ForceOption, QuietOption, WorkspaceOption, handles_user_errors, open_project,
                      print_summary)
 from .progress import rich_progress
@@ -52,7 +54,7 @@ def fit_router(
 
 
 MethodOption = Annotated[Optional[str], typer.Option(
-    help="dmole, seq-lora, finetune or joint. [default: the workspace's method]")]
+    help=f"{', '.join(METHODS)}. [default: the workspace's method]")]
 
 
 @handles_user_errors
@@ -81,6 +83,11 @@ def allocate(
     budget: Annotated[Optional[str], typer.Option(help="A fraction of the candidate modules (0.5) or a "
                                                        "parameter count (2M, 500k). [default: 0.5]")] = None,
     rank: Annotated[Optional[int], typer.Option(help="Expert rank, for parameter budgets. [default: 8]")] = None,
+    method: Annotated[Optional[str], typer.Option(
+        help="dmole, or one of its ablations, each a named method with its own artifacts: dmole-vision-only, "
+             "dmole-language-only (experts in one tower), dmole-pooled (one ranking over both towers), "
+             "dmole-uniform (the same evenly spread modules for every task). [default: the workspace's method]")]
+    = None,
     force: ForceOption = False,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -89,7 +96,7 @@ def allocate(
     from stages.config import stage_options
 
     project = open_project(workspace)
-    options = stage_options(project.config, STAGE, AllocateOptions, {"budget": budget, "rank": rank})
+    options = stage_options(project.config, STAGE, AllocateOptions, {"budget": budget, "rank": rank, "method": method})
     print_summary(run(project, task, options, force=force))
 
 

@@ -10,9 +10,10 @@ from pydantic import Field, field_validator
 from artifacts import Version, Writer
 from artifacts.io import read_json, read_parquet, write_json
 
-from .config import Strict
+from .config import Method, Strict
 from .dmole.allocation import ScoredModule, allocate as allocate_modules
 from .errors import UserError
+from .naming import allocation_rule, is_dmole, method_flag, stage_name
 from .project import Project
 from .runner import StageResult, run_stage
 
@@ -23,6 +24,8 @@ _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 class AllocateOptions(Strict):
     budget: str = Field(default="0.5", description="fraction of candidate modules, or a parameter count (2M)")
     rank: int = Field(default=8, gt=0)
+    method: Method | None = Field(default=None, description="dmole, or an ablation whose allocation rule differs "
+                                                             "(dmole-vision-only, ...); default: the workspace's")
 
     @field_validator("budget")
     @classmethod
@@ -50,37 +53,44 @@ def load_scores(version: Version) -> list[ScoredModule]:
     return [ScoredModule(r["module"], r["tower"], r["score"], r["d_in"], r["d_out"]) for r in table]
 
 
-def previous_allocation(project: Project, task_name: str) -> Version | None:
+def previous_allocation(project: Project, task_name: str, method: str = "dmole") -> Version | None:
     """The allocation of the task before ``task_name``; allocating out of order is an error."""
     index = project.config.task_index(task_name)
     if index == 1:
         return None
     before = project.config.task_names[index - 2]
-    return project.store.require(STAGE, before, hint=f"dmole allocate --task {before}")
+    return project.store.require(stage_name(STAGE, method), before,
+                                 hint=f"dmole allocate --task {before}{method_flag(method)}")
 
 
 def allocate(project: Project, task_name: str, options: AllocateOptions = AllocateOptions(), *,
              force: bool = False) -> StageResult:
+    method = options.method or project.config.method
+    if not is_dmole(method):
+        raise UserError(f"{method} allocates no experts: allocate is for dmole and its ablations")
+    options = options.model_copy(update={"method": method})
     task_id = project.config.task_index(task_name)
     scores = project.store.require("zc-score", task_name, hint=f"dmole zc-score --task {task_name}")
-    previous = previous_allocation(project, task_name)
+    previous = previous_allocation(project, task_name, method)
     fraction, parameters = parse_budget(options.budget)
+    rule = allocation_rule(method)
 
     def compute(writer: Writer) -> None:
         cumulative = read_json(previous.file("arch.json"))["cumulative"] if previous else None
         result = allocate_modules(load_scores(scores), fraction=fraction, parameters=parameters, rank=options.rank,
-                                  previous=cumulative, task_id=task_id)
+                                  previous=cumulative, task_id=task_id, rule=rule)
         if cumulative is not None and set(cumulative) != set(result.cumulative):
             raise UserError(f"the candidate modules of '{task_name}' differ from the earlier tasks' "
                             "(was the model changed?)")
-        record = {"task": task_name, "task_id": task_id, "rho": fraction, "rank": options.rank, **asdict(result)}
+        record = {"task": task_name, "task_id": task_id, "rho": fraction, "rank": options.rank, "rule": rule,
+                  **asdict(result)}
         write_json(writer.path("arch.json"), record)
         writer.meta.update(n_vision=result.n_vision, n_language=result.n_language, pi_vision=result.pi_vision,
-                           expert_parameters=result.expert_parameters)
+                           expert_parameters=result.expert_parameters, rule=rule)
 
     inputs = [scores] + ([previous] if previous else [])
-    return run_stage(project, STAGE, task_name, config={"options": options.model_dump()}, inputs=inputs,
-                     compute=compute, force=force)
+    return run_stage(project, stage_name(STAGE, method), task_name, config={"options": options.model_dump()},
+                     inputs=inputs, compute=compute, force=force)
 
 
 def allocation_table(project: Project) -> dict:

@@ -12,12 +12,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .dmole.allocation import RULES as ALLOCATION_RULES
 from .errors import UserError
 
 WORKSPACE_FILE = "workspace.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 Family = Literal["caption", "vqa10", "short", "choice", "grounding"]
-Method = Literal["dmole", "seq-lora", "finetune", "joint"]
+# D-MoLE's ablations (paper Table 4) are D-MoLE run with another allocation rule: "dmole-vision-only", ...
+DMOLE_VARIANTS = tuple(f"dmole-{rule}" for rule in ALLOCATION_RULES if rule != "dmole")
+Method = Literal[("dmole", *DMOLE_VARIANTS, "seq-lora", "finetune", "joint")]
 
 DEFAULT_PROMPTS: dict[str, str] = {
     "caption": "Provide a one-sentence caption for the provided image.",

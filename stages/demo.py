@@ -16,6 +16,7 @@ from .config import stage_options
 from .embed import EmbedOptions, embed
 from .evaluate import ZERO_SHOT, EvalOptions, evaluate
 from .fit_router import FitRouterOptions, fit_router
+from .naming import is_dmole
 from .progress import Progress, silent
 from .project import Project
 from .report import report
@@ -49,6 +50,9 @@ def run_pipeline(project: Project, methods: tuple[str, ...] = DEMO_METHODS, *,
         on_result(allocate(project, task, options("allocate", AllocateOptions)))
     on_result(evaluate(project, ZERO_SHOT, options("eval", EvalOptions), progress=progress))
     for method in methods:
+        if is_dmole(method) and method != "dmole":  # an ablation allocates by its own rule
+            for task in config.task_names:
+                on_result(allocate(project, task, options("allocate", AllocateOptions, method=method)))
         for task in config.task_names:
             on_result(train_task(project, task, options("train-task", TrainTaskOptions, method=method),
                                  progress=progress))

@@ -28,7 +28,8 @@ from .embed import source_fingerprint
 from .errors import UserError
 from .evaluation.predict import batch_indices, predict, score_predictions
 from .fit_router import load_bank, load_embeddings
-from .methods import JOINT_TASK, dmole_model, expert_folder, merged_model, stage_name, towers, trained
+from .methods import JOINT_TASK, dmole_model, expert_folder, merged_model, towers, trained
+from .naming import is_dmole, stage_name
 from .progress import Progress, silent
 from .project import Project
 from .runner import StageResult, run_stage
@@ -70,9 +71,9 @@ def _test_embeddings(project: Project, task: str) -> Version:
     return project.store.require("embed", task, hint=f"dmole embed --task {task}")
 
 
-def _dmole_inputs(project: Project, stage_index: int) -> list[Version]:
+def _dmole_inputs(project: Project, stage_index: int, method: str) -> list[Version]:
     names = project.config.task_names
-    return ([trained(project, "dmole", n) for n in names[:stage_index]]
+    return ([trained(project, method, n) for n in names[:stage_index]]
             + [project.store.require("fit-router", n, hint=f"dmole fit-router --task {n}") for n in names[:stage_index]]
             + [_test_embeddings(project, n) for n in names])
 
@@ -117,10 +118,10 @@ def plan_evaluation(project: Project, method: str, after: str, options: EvalOpti
     if method == "seq-lora":
         inputs = [trained(project, "seq-lora", n) for n in names[:index]]
         return _Plan(merged_model(project, adapter, index)[0] if adapter else None, names, inputs)
-    inputs = _dmole_inputs(project, index)
+    inputs = _dmole_inputs(project, index, method)
     if adapter is None:
         return _Plan(None, names, inputs)
-    experts, _ = dmole_model(project, adapter, index)
+    experts, _ = dmole_model(project, adapter, index, method)
     return _Plan(experts.model, names, inputs, routes_for=_dmole_routing(project, index, options), experts=experts)
 
 
@@ -200,6 +201,10 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
     if not scales or any(scale <= 0 for scale in scales):
         raise UserError(f"--threshold-scales needs positive factors, got {scales}")
     scales = sorted(set(scales))
+    method = options.method or project.config.method
+    if not is_dmole(method):
+        raise UserError(f"the threshold sweep changes D-MoLE's routing; {method} has none")
+    options = options.model_copy(update={"method": method})
     index = project.config.task_index(after)
     names = project.config.task_names
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in names}
@@ -207,7 +212,7 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
 
     def compute(writer: Writer) -> None:
         adapter = project.load_model()
-        experts, _ = dmole_model(project, adapter, index)
+        experts, _ = dmole_model(project, adapter, index, method)
         rows = []
         for scale in scales:
             routes_for = _dmole_routing(project, index, options.model_copy(update={"threshold_scale": scale}))
@@ -224,8 +229,8 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
                                                                           if r["scale"] == scale])), 3)
                             for scale in scales})
 
-    return run_stage(project, SWEEP, after, config=config, inputs=_dmole_inputs(project, index), compute=compute,
-                     force=force)
+    return run_stage(project, stage_name(SWEEP, method), after, config=config,
+                     inputs=_dmole_inputs(project, index, method), compute=compute, force=force)
 
 
 def _routed(experts: ExpertModel | None, routes: list[tuple[int, ...]], adapter):

@@ -1,6 +1,7 @@
 """How each method's model looks at a given stage, built from the workspace's trained adapters.
 
-- ``dmole``: the base plus task experts 1..t (unmerged, routed per sample).
+- ``dmole``: the base plus task experts 1..t (unmerged, routed per sample). Its ablations ``dmole-<rule>``
+  are the same with another allocation rule (vision-only, language-only, pooled, uniform).
 - ``seq-lora``: the base with stage adapters 1..t merged in order (one model, no routing).
 - ``finetune``: the base plus task i's own adapter, for task i only (oracle routing).
 - ``joint``: the base plus the one adapter trained on every task.
@@ -15,20 +16,12 @@ import torch
 from artifacts import Version
 
 from .dmole.experts import ExpertModel, LoraSettings
-from .errors import UserError
+from .naming import method_flag, stage_name
 from .project import Project
 
-METHODS = ("dmole", "seq-lora", "finetune", "joint")
 BASELINE_LORA = LoraSettings(rank=4, alpha=8, dropout=0.05)
 JOINT_TASK = "all"
 EXPERT_FOLDER = "expert"
-
-
-def stage_name(stage: str, method: str) -> str:
-    """Artifacts of the baselines live beside D-MoLE's under a method prefix: ``seq-lora.train-task``."""
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return stage if method == "dmole" else f"{method}.{stage}"
 
 
 def towers(adapter) -> dict[str, str]:
@@ -43,14 +36,13 @@ def expert_folder(version: Version) -> Path:
 
 def trained(project: Project, method: str, task: str) -> Version:
     stage = stage_name("train-task", method)
-    flag = "" if method == "dmole" else f" --method {method}"
-    return project.store.require(stage, task, hint=f"dmole train-task --task {task}{flag}")
+    return project.store.require(stage, task, hint=f"dmole train-task --task {task}{method_flag(method)}")
 
 
-def dmole_model(project: Project, adapter, upto: int) -> tuple[ExpertModel, list[Version]]:
-    """Base + experts of tasks 1..upto, all frozen."""
+def dmole_model(project: Project, adapter, upto: int, method: str = "dmole") -> tuple[ExpertModel, list[Version]]:
+    """Base + experts of tasks 1..upto of D-MoLE (or one of its ablations), all frozen."""
     experts = ExpertModel(adapter.model, towers(adapter), str(project.model_path))
-    versions = [trained(project, "dmole", name) for name in project.config.task_names[:upto]]
+    versions = [trained(project, method, name) for name in project.config.task_names[:upto]]
     for task_id, version in enumerate(versions, start=1):
         experts.load_expert(task_id, expert_folder(version))
     return experts, versions

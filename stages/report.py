@@ -22,7 +22,8 @@ from artifacts.io import read_json, read_parquet, write_json, write_parquet
 from .errors import UserError
 from .evaluate import STAGE as EVAL, ZERO_SHOT
 from .figures import activation, allocation, matrix, roe_skips, sensitivity, thresholds
-from .methods import JOINT_TASK, METHODS, stage_name
+from .methods import JOINT_TASK
+from .naming import METHODS, stage_name
 from .metrics.continual import continual_metrics
 from .project import Project
 from .runner import StageResult, run_stage

@@ -27,7 +27,8 @@ from .dmole.routing import training_partner, training_partner_vote
 from .embed import source_fingerprint
 from .errors import UserError
 from .fit_router import load_bank, load_embeddings
-from .methods import BASELINE_LORA, EXPERT_FOLDER, JOINT_TASK, dmole_model, merged_model, stage_name, towers
+from .methods import BASELINE_LORA, EXPERT_FOLDER, JOINT_TASK, dmole_model, merged_model, towers
+from .naming import is_dmole, method_flag, stage_name
 from .progress import Progress, silent
 from .project import Project
 from .runner import StageResult, run_stage
@@ -146,10 +147,12 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in names}
     inputs: list[Version] = []
     partners: list[int | None] = []
-    if method == "dmole":
-        allocation = project.store.require("allocate", task_name, hint=f"dmole allocate --task {task_name}")
+    if is_dmole(method):
+        flag = method_flag(method)
+        allocation = project.store.require(stage_name("allocate", method), task_name,
+                                           hint=f"dmole allocate --task {task_name}{flag}")
         partners, errors, thresholds, routing_inputs = _past_partners(project, task_name, task_id, samples)
-        previous = [project.store.require(STAGE, n, hint=f"dmole train-task --task {n}")
+        previous = [project.store.require(stage, n, hint=f"dmole train-task --task {n}{flag}")
                     for n in project.config.task_names[:task_id - 1]]
         inputs = [allocation, *routing_inputs, *previous]
     elif method == "seq-lora":
@@ -164,9 +167,9 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
         adapter = project.load_model()
         name = adapter_name(task_id)
         torch.manual_seed(options.seed)  # LoRA A is drawn at random: the same config gives the same expert
-        if method == "dmole":
+        if is_dmole(method):
             arch = read_json(allocation.file("arch.json"))
-            experts, _ = dmole_model(project, adapter, task_id - 1)
+            experts, _ = dmole_model(project, adapter, task_id - 1, method)
             lora = LoraSettings(options.rank, options.alpha, options.dropout)
             modules = arch["selected"]
             trainable = experts.add_expert(task_id, modules, lora)
@@ -184,7 +187,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
         if options.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-        vote = method == "dmole" and options.train_routing == "batch-vote" and task_id > 1
+        vote = is_dmole(method) and options.train_routing == "batch-vote" and task_id > 1
 
         def loss_fn(prepared, indices: list[int], scope) -> dict:
             batch_routes = [routes[i] for i in indices]
@@ -206,12 +209,12 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions = Tra
         sidecar = {"task": task_name, "task_id": task_id, "method": method, "adapter_name": name,
                    "rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
                    "target_modules": sorted(modules),
-                   "train_routing": options.train_routing if method == "dmole" else "oracle",
+                   "train_routing": options.train_routing if is_dmole(method) else "oracle",
                    "steps": result.steps, "resumed_from_step": result.resumed_from}
         _save_expert(model, name, writer, sidecar)
         write_parquet(writer.path("train_log.parquet"), {k: [row.get(k) for row in result.log]
                                                          for k in result.log[0]})
-        if method == "dmole":
+        if is_dmole(method):
             write_parquet(writer.path("routing_train.parquet"), {
                 "sample_id": [s.id for s in samples], "past_task": partners,
                 "errors": [list(map(float, row)) for row in errors] if errors.size else [[] for _ in samples]})

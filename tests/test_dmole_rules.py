@@ -111,3 +111,25 @@ def test_quantile_table_on_a_hand_case():
     table = quantile_table(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
     assert (table["min"], table["q50"], table["max"], table["mean"]) == (1.0, 3.0, 5.0, 3.0)
     assert table["q25"] == 2.0 and table["q75"] == 4.0  # linear interpolation
+
+
+def test_ablation_rules_choose_by_their_definition():
+    from stages.dmole.allocation import evenly_spread
+
+    scored = modules([1.0, 3.0, 3.0, 0.5], [2.0, 2.0, 9.0, 1.0])  # B = 4 of 8 at fraction 0.5
+    assert allocate(scored, fraction=0.5, rule="vision-only").selected == ["v.00", "v.01", "v.02", "v.03"]
+    language = allocate(scored, fraction=0.5, rule="language-only")
+    assert language.selected == ["l.00", "l.01", "l.02", "l.03"] and language.n_vision == 0
+    # pooled: one ranking over both towers, no vision floor: 9, 3, 3, then 2 (l.00 before l.01 by name)
+    assert allocate(scored, fraction=0.5, rule="pooled").selected == ["l.00", "l.02", "v.01", "v.02"]
+    # uniform: evenly spread over the model's order, whatever the scores; the same for every task
+    uniform = allocate(scored, fraction=0.5, rule="uniform")
+    assert uniform.selected == ["l.01", "l.03", "v.01", "v.03"] and uniform.n_vision == uniform.n_language == 2
+    rescored = modules([9.0, 0.0, 0.0, 9.0], [0.1, 5.0, 0.0, 7.0])
+    assert allocate(rescored, fraction=0.5, rule="uniform").selected == uniform.selected
+    assert [m.module for m in evenly_spread(scored, 3)] == ["v.01", "l.00", "l.02"]
+    # a parameter budget holds as many evenly spread modules as fit (each costs 8 * (4 + 4) = 64)
+    assert allocate(scored, parameters=200, rule="uniform").expert_parameters == 3 * 64
+    assert allocate(scored, parameters=130, rule="vision-only").selected == ["v.01", "v.02"]
+    with pytest.raises(AllocationError, match="unknown allocation rule"):
+        allocate(scored, fraction=0.5, rule="random")

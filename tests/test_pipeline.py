@@ -206,3 +206,28 @@ def test_threshold_sweep_reproduces_eval_at_factor_one_and_feeds_the_report(make
     failed = runner.invoke(app, ["eval", "--after", last, "--threshold-scales", "1,x", "--workspace",
                                  str(project.root)])
     assert failed.exit_code == 2 and "comma-separated numbers" in failed.output
+
+
+def test_ablations_run_as_named_methods_beside_dmole(make_project):
+    project = make_project("ablations")
+    ablations = ("dmole-vision-only", "dmole-uniform")
+    report = run_pipeline(project, methods=("dmole", *ablations))
+    names = project.config.task_names
+    for method, rule in zip(ablations, ("vision-only", "uniform")):
+        arches = [read_json(project.store.latest(f"{method}.allocate", n).file("arch.json")) for n in names]
+        assert {a["rule"] for a in arches} == {rule}
+        assert project.store.latest(f"{method}.allocate", names[0]).manifest["summary"]["rule"] == rule
+        expert = json.loads((project.store.latest(f"{method}.train-task", names[-1]).path / "expert" /
+                             "adapter_config.json").read_text())
+        assert sorted(expert["target_modules"]) == arches[-1]["selected"]
+    assert all(a["n_language"] == 0 for a in [read_json(project.store.latest("dmole-vision-only.allocate", n)
+                                                        .file("arch.json")) for n in names])
+    uniform = [read_json(project.store.latest("dmole-uniform.allocate", n).file("arch.json"))["selected"]
+               for n in names]
+    assert all(selected == uniform[0] for selected in uniform)  # the same modules for every task
+    metrics = read_json(report.version.file("cl_metrics.json"))["methods"]
+    assert set(metrics) == {"dmole", *ablations}
+    dmole = [read_json(project.store.latest("allocate", n).file("arch.json"))["selected"] for n in names]
+    assert dmole != uniform
+    markdown = report.version.file("report.md").read_text()
+    assert all(f"| {method} |" in markdown for method in ablations)
