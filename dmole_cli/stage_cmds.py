@@ -155,6 +155,10 @@ def eval_(
         help="per-sample (default, batch-size independent) or batch-vote (the reference).")] = None,
     threshold_scale: Annotated[Optional[float], typer.Option(help="Multiply every router threshold. [default: 1]")]
     = None,
+    second_expert: Annotated[Optional[str], typer.Option(
+        help="D-MoLE's rule for a second expert: any (every accepting router, the paper's top-2), margin (only "
+             "within second_margin x the first's relative error) or weighted (by router confidence). "
+             "[default: any]")] = None,
     threshold_scales: Annotated[Optional[str], typer.Option(
         help="D-MoLE threshold sensitivity: evaluate after --after once per comma-separated factor (e.g. "
              "0.5,0.75,1,1.5,2), into one threshold-sweep artifact that the report tabulates.")] = None,
@@ -180,7 +184,8 @@ def eval_(
     project = open_project(workspace)
     options = stage_options(project.config, STAGE, EvalOptions,
                             {"method": method, "batch_size": batch_size, "routing": routing,
-                             "threshold_scale": threshold_scale, "caption_tokenizer": caption_tokenizer})
+                             "threshold_scale": threshold_scale, "caption_tokenizer": caption_tokenizer,
+                             "second_expert": second_expert})
     if threshold_scales is not None:
         from stages.evaluate import threshold_sweep
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -23,7 +24,7 @@ from .config import Method, Strict
 from .data.samples import EvalSample
 from .data.tasks import load_eval_samples, task_files
 from .dmole.experts import ExpertModel
-from .dmole.routing import acceptance_warning, batch_vote, per_sample
+from .dmole.routing import acceptance_warning, batch_vote, confidence_weights, per_sample
 from .embed import source_fingerprint
 from .errors import UserError
 from .evaluation.predict import batch_indices, predict, score_predictions
@@ -50,6 +51,11 @@ class EvalOptions(Strict):
     threshold_scale: float = Field(default=1.0, gt=0)
     top: int = Field(default=2, gt=0, description="experts per sample at most")
     vote_support: float = Field(default=0.3, gt=0, le=1)
+    second_expert: Literal["any", "margin", "weighted"] = Field(
+        default="any", description="per-sample rule for a second expert: any accepting router (the paper's "
+                                   "top-2), margin (its relative error within second_margin x the first's), or "
+                                   "weighted (both, weighted by router confidence)")
+    second_margin: float = Field(default=2.0, gt=0)
     caption_tokenizer: str = Field(default="simple", pattern="^(simple|ptb)$")
     min_acceptance: float = Field(default=0.5, ge=0, le=1,
                                   description="warn when a seen task's own router accepts fewer of its samples")
@@ -96,8 +102,12 @@ def _dmole_routing(project: Project, stage_index: int, options: EvalOptions):
                                     support=options.vote_support)
                 routes += [chosen] * len(indices)
             return routes, errors
-        return per_sample(errors, bank.thresholds, scale=options.threshold_scale, top=options.top,
-                          order=options.routing_order), errors
+        thresholds = bank.thresholds * options.threshold_scale
+        routes = per_sample(errors, thresholds, top=options.top, order=options.routing_order,
+                            second_margin=options.second_margin if options.second_expert == "margin" else None)
+        if options.second_expert == "weighted":
+            routes = [confidence_weights(row, thresholds, route) for row, route in zip(errors, routes)]
+        return routes, errors
 
     return routes_for
 

@@ -23,7 +23,8 @@ from .errors import UserError
 from .evaluate import STAGE as EVAL, ZERO_SHOT
 from .figures import activation, allocation, matrix, roe_skips, sensitivity, thresholds
 from .methods import JOINT_TASK
-from .naming import METHODS, stage_name
+from .figures.markdown import fmt, table as md_table
+from .naming import METHODS, is_dmole, stage_name
 from .metrics.continual import continual_metrics
 from .project import Project
 from .runner import StageResult, run_stage
@@ -76,10 +77,27 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
         warnings = [w for v in versions for w in v.manifest.get("summary", {}).get("warnings", [])]
         methods[method] = {**{k: metrics[k] for k in METRIC_KEYS}, "per_task": metrics["per_task"],
                            "matrix": matrix, "warnings": list(dict.fromkeys(warnings))}
+        if is_dmole(method):
+            methods[method]["second_experts"] = second_experts(project, versions[-1])
         used += [v for v in versions if v not in used]
     if not methods:
         raise UserError("nothing to report yet: run `dmole eval --zero-shot` and `dmole eval --after <task>`")
     return {"tasks": project.config.task_names, "methods": methods}, used
+
+
+def second_experts(project: Project, version: Version) -> dict:
+    """In the evaluation ``version`` (a D-MoLE stage's), how many test samples got two experts and their mean
+    score, beside the mean score of the samples with one expert."""
+    evaluated = [t for t in project.config.task_names if (version.path / "predictions" / f"{t}.parquet").is_file()]
+    rows = [r for t in evaluated for r in read_parquet(version.file(f"predictions/{t}.parquet")).to_pylist()]
+
+    def mean(scores: list[float]) -> float | None:
+        return sum(scores) / len(scores) if scores else None
+
+    two = [r["score"] for r in rows if len(r["routed_tasks"]) == 2]
+    one = [r["score"] for r in rows if len(r["routed_tasks"]) == 1]
+    return {"after": version.task, "samples": len(rows), "two": len(two), "mean_two": mean(two), "one": len(one),
+            "mean_one": mean(one)}
 
 
 def sections(project: Project, result: dict) -> tuple[list[tuple[ModuleType, dict]], list[Version]]:
@@ -102,7 +120,21 @@ def markdown(project: Project, found: list[tuple[ModuleType, dict]], result: dic
         lines += [f"- **{method}**: {warning}" for method, warning in warnings] + [""]
     for module, data in found:
         lines += module.table(data)
+    lines += _second_expert_table(result)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _second_expert_table(result: dict) -> list[str]:
+    rows = [(method, v["second_experts"]) for method, v in result["methods"].items() if "second_experts" in v]
+    if not rows:
+        return []
+    return ["## Second experts", "",
+            "Test samples routed to two experts after each method's last evaluated stage, and their mean "
+            "score (every metric on one scale, CIDEr-D unbounded) beside the samples with one expert:", "",
+            *md_table(["method", "after", "samples", "two experts", "their mean score", "one expert",
+                       "their mean score"],
+                      [[m, d["after"], str(d["samples"]), str(d["two"]), fmt(d["mean_two"]), str(d["one"]),
+                        fmt(d["mean_one"])] for m, d in rows]), ""]
 
 
 def report(project: Project, *, force: bool = False) -> StageResult:

@@ -133,3 +133,17 @@ def test_ablation_rules_choose_by_their_definition():
     assert allocate(scored, parameters=130, rule="vision-only").selected == ["v.01", "v.02"]
     with pytest.raises(AllocationError, match="unknown allocation rule"):
         allocate(scored, fraction=0.5, rule="random")
+
+
+def test_a_second_expert_within_the_margin_of_the_first():
+    from stages.dmole.routing import confidence_weights
+
+    tau = np.array([1.0, 1.0, 1.0])
+    errors = np.array([[0.1, 0.9, 2.0],    # the second only just accepted: 0.9 > 2 x 0.1
+                       [0.3, 0.5, 2.0],    # 0.5 <= 2 x 0.3: a real second match
+                       [0.8, 0.4, 0.9]])   # first is task 2 (0.4); task 1 at 0.8 <= 0.8 joins
+    assert per_sample(errors, tau) == [(1, 2), (1, 2), (2, 1)]
+    assert per_sample(errors, tau, second_margin=2.0) == [(1,), (1, 2), (2, 1)]
+    weights = confidence_weights(errors[0], tau, (1, 2))
+    assert weights[1] == pytest.approx(0.9) and weights[2] == pytest.approx(0.1)
+    assert confidence_weights(errors[1], tau, (1,)) == {1: 1.0}

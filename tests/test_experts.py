@@ -76,3 +76,19 @@ def test_forward_outside_routing_is_an_error(adapter):
     experts = _experts(adapter)
     with pytest.raises(RuntimeError, match="outside `routed"):
         experts.model(**adapter.train_batch(_examples()[:1]))
+
+
+def test_weighted_routes_scale_each_expert(adapter):
+    experts = _experts(adapter)
+    batch = adapter.train_batch(_examples())
+    with torch.no_grad():
+        with experts.routed([(1, 2), (1,), ()]):
+            plain = experts.model(**batch).logits
+        with experts.routed([{1: 1.0, 2: 1.0}, {1: 1.0}, {}]):
+            assert torch.equal(experts.model(**batch).logits, plain)  # weight 1 is the plain route
+        with experts.routed([{1: 0.5, 2: 0.5}, {1: 0.0}, {}]):
+            weighted = experts.model(**batch).logits
+        with experts.routed([(), (), ()]):
+            base = experts.model(**batch).logits
+    assert torch.equal(weighted[1], base[1]) and torch.equal(weighted[2], base[2])
+    assert not torch.allclose(weighted[0], plain[0], atol=1e-3) and not torch.allclose(weighted[0], base[0], atol=1e-3)

@@ -231,3 +231,21 @@ def test_ablations_run_as_named_methods_beside_dmole(make_project):
     assert dmole != uniform
     markdown = report.version.file("report.md").read_text()
     assert all(f"| {method} |" in markdown for method in ablations)
+
+
+def test_report_counts_second_experts_and_eval_takes_the_second_expert_rules(make_project):
+    project = make_project("second")
+    report = run_pipeline(project, methods=("dmole",))
+    last = project.config.task_names[-1]
+    counted = read_json(report.version.file("cl_metrics.json"))["methods"]["dmole"]["second_experts"]
+    predictions = [r for t in project.config.task_names for r in read_parquet(
+        project.store.latest("eval", last).file(f"predictions/{t}.parquet")).to_pylist()]
+    assert counted["two"] == sum(len(r["routed_tasks"]) == 2 for r in predictions)
+    assert counted["samples"] == len(predictions) and "## Second experts" in report.version.file(
+        "report.md").read_text()
+    strict = evaluate(project, last, EvalOptions(batch_size=4, second_expert="margin", second_margin=1e-9))
+    routed = [r for t in project.config.task_names for r in read_parquet(
+        strict.version.file(f"predictions/{t}.parquet")).to_pylist()]
+    assert all(len(r["routed_tasks"]) <= 1 for r in routed)  # a zero margin admits no second expert
+    weighted = evaluate(project, last, EvalOptions(batch_size=4, second_expert="weighted"))
+    assert weighted.version.manifest["config"]["options"]["second_expert"] == "weighted"

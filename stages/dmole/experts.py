@@ -15,7 +15,7 @@ than a silent "all experts on".
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,15 +106,20 @@ class ExpertModel:
         return self.freeze_all_but(task_id, expected=settings.rank * self._width(modules))
 
     @contextmanager
-    def routed(self, routes: Sequence[Sequence[int]], *, vision_rows: torch.Tensor | None = None) -> Iterator[None]:
-        """Run the batch with, per sample, the experts of the task ids in ``routes[i]`` (none: the base)."""
+    def routed(self, routes: Sequence[Sequence[int] | Mapping[int, float]], *,
+               vision_rows: torch.Tensor | None = None) -> Iterator[None]:
+        """Run the batch with, per sample, the experts of the task ids in ``routes[i]`` (none: the base), each
+        at full strength, or at the weight ``routes[i]`` maps it to."""
         union = sorted({task_id for route in routes for task_id in route})
         active = [adapter_name(task_id) for task_id in union]
         unknown = set(active) - set(self.adapters)
         if unknown:
             raise RuntimeError(f"routed to experts that are not loaded: {sorted(unknown)}")
         device = next(self.model.parameters()).device
-        weights = {name: torch.tensor([1.0 if task_id in route else 0.0 for route in routes], device=device)
+        def weight(route, task_id: int) -> float:
+            return route.get(task_id, 0.0) if isinstance(route, Mapping) else float(task_id in route)
+
+        weights = {name: torch.tensor([weight(route, task_id) for route in routes], device=device)
                    for name, task_id in zip(active, union)}
         self.peft.base_model.set_adapter(active)
         if self.training_task is not None:

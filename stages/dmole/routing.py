@@ -25,8 +25,12 @@ def candidates(errors_row: np.ndarray, tau: np.ndarray, scale: float = 1.0) -> l
 
 
 def per_sample(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, top: int = 2,
-               order: str = "filter-then-rank") -> list[tuple[int, ...]]:
-    """The default inference rule: the (up to) ``top`` lowest-error accepted tasks; none means the base model."""
+               order: str = "filter-then-rank", second_margin: float | None = None) -> list[tuple[int, ...]]:
+    """The default inference rule: the (up to) ``top`` lowest-error accepted tasks; none means the base model.
+
+    With ``second_margin``, an expert after the first joins only if its error relative to its threshold is
+    at most ``second_margin`` times the first's: a stricter bar than mere acceptance, so a router that only
+    just accepts an unrelated input does not add its expert to a well-recognised one."""
     if order not in ROUTING_ORDERS:
         raise ValueError(f"routing order must be one of {ROUTING_ORDERS}")
     routed = []
@@ -35,8 +39,19 @@ def per_sample(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, top: 
             chosen = candidates(row, tau, scale)[:top]
         else:
             chosen = [k for k in _ranked(row)[:top] if row[k - 1] < tau[k - 1] * scale]
+        if second_margin is not None and chosen:
+            first = row[chosen[0] - 1] / tau[chosen[0] - 1]
+            chosen = chosen[:1] + [k for k in chosen[1:] if row[k - 1] / tau[k - 1] <= second_margin * first]
         routed.append(tuple(chosen))
     return routed
+
+
+def confidence_weights(errors_row: np.ndarray, tau: np.ndarray, route: tuple[int, ...]) -> dict[int, float]:
+    """Weights of a sample's routed experts, summing to 1, each inversely proportional to its router's error
+    relative to its threshold (one expert: weight 1)."""
+    inverse = {k: 1.0 / max(float(errors_row[k - 1] / tau[k - 1]), 1e-12) for k in route}
+    total = sum(inverse.values())
+    return {k: value / total for k, value in inverse.items()}
 
 
 def batch_vote(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, support: float = 0.3,
