@@ -35,6 +35,9 @@ def init(
     max_tiles: Annotated[Optional[int], typer.Option(
         min=1, help="Cap on the image tiles per image (InternVL dynamic tiles, LLaVA-NeXT/OneVision grid, "
                     "SmolVLM splits, Qwen pixels in whole-image views) [default: the processor's own].")] = None,
+    profile: Annotated[str, typer.Option(
+        help="dmole (its own defaults) or reference (every deliberate difference from the official D-MoLE code "
+             "switched back: batch-vote routing, length grouping, the reference's router fit set).")] = "dmole",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing workspace.json.")] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -51,7 +54,8 @@ def init(
     root = default_workspace(workspace)
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
     config = create_workspace(root, model=model, data=data, tasks=names, registry=registry, benchmark=benchmark,
-                              method=method, seed=seed, max_tiles=max_tiles, overwrite=overwrite)
+                              method=method, seed=seed, max_tiles=max_tiles, profile=profile,
+                              overwrite=overwrite)
     console.print(f"init: wrote {root / 'workspace.json'} with {len(config.tasks)} tasks: "
                   f"{', '.join(config.task_names)}")
 

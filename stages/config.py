@@ -34,6 +34,16 @@ DEFAULT_MAX_NEW_TOKENS = {"caption": 30, "grounding": 100, "choice": 10, "short"
 DEFAULT_MIN_NEW_TOKENS = {"caption": 8}
 
 
+# `profile: reference` switches each deliberate difference from the official implementation back to it
+# (docs/dmole.md, "The reference profile"); workspace stage settings and command-line flags still win.
+REFERENCE_PROFILE: dict[str, dict] = {
+    "eval": {"routing": "batch-vote"},                               # one expert set per batch, 30% vote support
+    "train-task": {"train_routing": "batch-vote", "group_by_length": True},
+    "fit-router": {"max_fit_samples": 11264},                        # 11 batches x 128 x 8 GPUs, seed 42
+}
+PROFILES = ("dmole", "reference")
+
+
 class ConfigError(UserError):
     """A bad configuration value or file, as one line."""
 
@@ -96,6 +106,7 @@ class WorkspaceConfig(Strict):
     method: Method = "dmole"
     seed: int = 42
     trust_remote_code: bool = False
+    profile: Literal[PROFILES] = "dmole"  # "reference": the official implementation's choices as stage defaults
     max_tiles: int | None = Field(default=None, ge=1)  # cap on the image processor's tiles (None: its own)
     stages: dict[str, dict] = Field(default_factory=dict)
 
@@ -134,8 +145,10 @@ def parse_model(model: type[BaseModel], data: object, *, source: str) -> BaseMod
 
 
 def stage_options(config: WorkspaceConfig, stage: str, model: type[BaseModel], overrides: dict) -> BaseModel:
-    """Merge the workspace's defaults for ``stage`` with command-line overrides (None means not given)."""
-    merged = {**config.stages.get(stage, {}), **{k: v for k, v in overrides.items() if v is not None}}
+    """Merge the profile's and the workspace's defaults for ``stage`` with command-line overrides (None means
+    not given), in that order of precedence."""
+    profile = REFERENCE_PROFILE.get(stage, {}) if config.profile == "reference" else {}
+    merged = {**profile, **config.stages.get(stage, {}), **{k: v for k, v in overrides.items() if v is not None}}
     return parse_model(model, merged, source=f"options of '{stage}'")
 
 

@@ -249,3 +249,26 @@ def test_report_counts_second_experts_and_eval_takes_the_second_expert_rules(mak
     assert all(len(r["routed_tasks"]) <= 1 for r in routed)  # a zero margin admits no second expert
     weighted = evaluate(project, last, EvalOptions(batch_size=4, second_expert="weighted"))
     assert weighted.version.manifest["config"]["options"]["second_expert"] == "weighted"
+
+
+def test_the_reference_profile_sets_the_official_choices_under_workspace_and_flags(micro_bench, tmp_path):
+    from stages.config import REFERENCE_PROFILE
+    from stages.fit_router import FitRouterOptions
+    from stages.init import create_workspace
+    from stages.project import Project
+    from stages.train_task import TrainTaskOptions
+
+    models = {"eval": EvalOptions, "train-task": TrainTaskOptions, "fit-router": FitRouterOptions}
+    assert set(REFERENCE_PROFILE) == set(models)
+    root = tmp_path / "reference"
+    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", profile="reference",
+                     stages={"train-task": {"group_by_length": False}})
+    config = Project.open(root).config
+    for stage, values in REFERENCE_PROFILE.items():
+        options = stage_options(config, stage, models[stage], {})
+        for key, value in values.items():
+            expected = False if key == "group_by_length" else value  # the workspace's setting wins
+            assert getattr(options, key) == expected, (stage, key)
+    assert stage_options(config, "eval", EvalOptions, {"routing": "per-sample"}).routing == "per-sample"
+    create_workspace(tmp_path / "own", model=micro_bench / "base-model", data=micro_bench / "data")
+    assert stage_options(Project.open(tmp_path / "own").config, "eval", EvalOptions, {}).routing == "per-sample"

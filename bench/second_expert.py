@@ -1,0 +1,80 @@
+"""D-MoLE's second-expert rules side by side on one trained workspace: evaluation only, the experts and
+routers fixed, as the authors' threshold study does. Per rule: Last and BWT over the continual matrix
+(every stage re-evaluated with the rule), and, at the last stage, how many test samples got two experts and
+what the rule did to them against the paper's `any` rule (mean score change on the samples whose routing
+differs).
+
+    python bench/second_expert.py --demo dmole-demo [--json bench/results/second_expert.json]
+
+The workspace is copied to a scratch folder first, so the demo's own evaluations stay as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from artifacts.io import read_parquet
+from stages.config import stage_options
+from stages.evaluate import STAGE as EVAL, ZERO_SHOT, EvalOptions, evaluate
+from stages.metrics.continual import continual_metrics
+from stages.project import Project
+
+RULES = {"any": {}, "margin": {"second_expert": "margin"}, "weighted": {"second_expert": "weighted"},
+         "batch-vote": {"routing": "batch-vote"}}
+
+
+def _rows(version) -> dict[str, list[dict]]:
+    return {path.stem: read_parquet(path).to_pylist() for path in sorted((version.path / "predictions").glob("*.parquet"))}
+
+
+def measure(workspace: Path) -> dict:
+    project = Project.open(workspace)
+    names = project.config.task_names
+    zero = {r["task"]: r["score"] for r in read_parquet(
+        project.store.require(EVAL, ZERO_SHOT, hint="dmole demo").file("scores.parquet")).to_pylist()}
+    results, last_rows = {}, {}
+    for rule, update in RULES.items():
+        options = stage_options(project.config, EVAL, EvalOptions, update)
+        matrix = [[zero[n] for n in names]]
+        for after in names:
+            version = evaluate(project, after, options).version
+            scores = {r["task"]: r["score"] for r in read_parquet(version.file("scores.parquet")).to_pylist()}
+            matrix.append([scores[n] for n in names])
+        last_rows[rule] = _rows(version)
+        metrics = continual_metrics(matrix)
+        flat = [r for rows in last_rows[rule].values() for r in rows]
+        results[rule] = {"last": metrics["last"], "bwt": metrics["bwt"], "avg_seen": metrics["avg_seen"],
+                         "two_experts": sum(len(r["routed_tasks"]) == 2 for r in flat), "samples": len(flat)}
+    reference = {(t, r["sample_id"]): r for t, rows in last_rows["any"].items() for r in rows}
+    for rule in RULES:
+        changed = [(r["score"], reference[t, r["sample_id"]]["score"]) for t, rows in last_rows[rule].items()
+                   for r in rows if r["routed_tasks"] != reference[t, r["sample_id"]]["routed_tasks"]]
+        results[rule]["routing_changed_vs_any"] = len(changed)
+        results[rule]["score_change_on_those"] = (sum(a - b for a, b in changed) / len(changed)) if changed else 0.0
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--demo", type=Path, required=True, help="the folder `dmole demo --out` wrote")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "demo"
+        shutil.copytree(args.demo, copy, symlinks=True)
+        results = measure(copy / "workspace")
+    print("| rule | Last | BWT | AVG (seen) | two experts (last stage) | routing changed vs any | score change there |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for rule, r in results.items():
+        print(f"| {rule} | {r['last']:.2f} | {r['bwt']:.2f} | {r['avg_seen']:.2f} | {r['two_experts']}/{r['samples']} "
+              f"| {r['routing_changed_vs_any']} | {r['score_change_on_those']:+.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
