@@ -156,9 +156,9 @@ def eval_(
     threshold_scale: Annotated[Optional[float], typer.Option(help="Multiply every router threshold. [default: 1]")]
     = None,
     second_expert: Annotated[Optional[str], typer.Option(
-        help="D-MoLE's rule for a second expert: any (every accepting router, the paper's top-2), margin (only "
-             "within second_margin x the first's relative error) or weighted (by router confidence). "
-             "[default: any]")] = None,
+        help="D-MoLE's rule for a second expert: margin (only within second_margin x the first's relative "
+             "error), any (every accepting router, the paper's top-2) or weighted (by router confidence). "
+             "[default: margin]")] = None,
     threshold_scales: Annotated[Optional[str], typer.Option(
         help="D-MoLE threshold sensitivity: evaluate after --after once per comma-separated factor (e.g. "
              "0.5,0.75,1,1.5,2), into one threshold-sweep artifact that the report tabulates.")] = None,

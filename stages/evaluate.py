@@ -52,9 +52,9 @@ class EvalOptions(Strict):
     top: int = Field(default=2, gt=0, description="experts per sample at most")
     vote_support: float = Field(default=0.3, gt=0, le=1)
     second_expert: Literal["any", "margin", "weighted"] = Field(
-        default="any", description="per-sample rule for a second expert: any accepting router (the paper's "
-                                   "top-2), margin (its relative error within second_margin x the first's), or "
-                                   "weighted (both, weighted by router confidence)")
+        default="margin", description="per-sample rule for a second expert: margin (its relative error within "
+                                      "second_margin x the first's; measured best, docs/benchmarks.md), any "
+                                      "accepting router (the paper's top-2), or weighted (by router confidence)")
     second_margin: float = Field(default=2.0, gt=0)
     caption_tokenizer: str = Field(default="simple", pattern="^(simple|ptb)$")
     min_acceptance: float = Field(default=0.5, ge=0, le=1,
