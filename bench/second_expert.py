@@ -27,8 +27,8 @@ from stages.evaluate import STAGE as EVAL, ZERO_SHOT, EvalOptions, evaluate
 from stages.metrics.continual import continual_metrics
 from stages.project import Project
 
-RULES = {"any": {}, "margin": {"second_expert": "margin"}, "weighted": {"second_expert": "weighted"},
-         "batch-vote": {"routing": "batch-vote"}}
+RULES = {"any": {"second_expert": "any"}, "margin": {"second_expert": "margin"},
+         "weighted": {"second_expert": "weighted"}, "batch-vote": {"routing": "batch-vote"}}
 
 
 def _rows(version) -> dict[str, list[dict]]:

@@ -93,7 +93,7 @@ def acceptance_warning(task: str, accepted: int, total: int, minimum: float, *, 
     without their experts (evaluation quietly equals zero-shot); None when routing is healthy."""
     if not total or accepted / total >= minimum:
         return None
-    return (f"{where}: task {task!r}'s own router accepts {accepted}/{total} ({accepted / total:.0%}) of its test "
-            f"samples (< {minimum:.0%}); the rest get no expert. Likely cause: its evaluation prompts differ from "
+    return (f"{where}: task {task!r}: its own router accepts {accepted}/{total} ({accepted / total:.0%}) of its "
+            f"test samples (< {minimum:.0%}); the rest get no expert. Likely cause: its evaluation prompts differ from "
             "its training questions (the task's `prompt`), or its threshold is too tight (fit-router --quantile, "
             "eval threshold_scale)")
