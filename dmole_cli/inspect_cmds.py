@@ -78,6 +78,17 @@ def _render_confusion(confusion: dict[str, dict[str, int]], scale: float) -> Non
     console.print(table)
 
 
+def _render_quantiles(quantiles: dict[str, dict]) -> None:
+    """Each router's threshold against the spread of its in-task training errors."""
+    if not quantiles:
+        return
+    keys = [k for k in next(iter(quantiles.values())) if k not in ("quantile", "threshold")]
+    table = Table("task", "q", "τ", *keys, title="router thresholds and in-task training errors")
+    for task, row in quantiles.items():
+        table.add_row(task, f"{row['quantile']:g}", f"{row['threshold']:.3g}", *(f"{row[k]:.3g}" for k in keys))
+    console.print(table)
+
+
 def _render_allocation(allocation: dict) -> None:
     """Layers x tasks per tower; a cell lists the module kinds holding that task's expert."""
     if not allocation:
@@ -112,6 +123,7 @@ def show(
         return
     for info in result["artifacts"]:
         _render_artifact(info)
+    _render_quantiles(result.get("quantiles", {}))
     _render_confusion(result.get("confusion", {}), result.get("threshold_scale", 1.0))
     _render_allocation(result.get("allocation", {}))
 

@@ -51,6 +51,14 @@ def describe(project: Project, stage: str, task: str, number: int | None = None)
     }
 
 
+def _router_record(project: Project, described: dict) -> dict:
+    """τ, its quantile q and the quantile table of the router's in-task training errors."""
+    from artifacts.io import read_json
+
+    record = read_json(project.store.version("fit-router", described["task"], described["version"]).file("router.json"))
+    return {"quantile": record["quantile"], "threshold": record["threshold"], **record["quantiles"]}
+
+
 def describe_stage(project: Project, stage: str, task: str | None, number: int | None) -> dict:
     """One task's artifact, or every task's latest when no task is named; plus stage-wide views."""
     if task is not None:
@@ -69,6 +77,7 @@ def describe_stage(project: Project, stage: str, task: str | None, number: int |
         scale = stage_options(project.config, "eval", EvalOptions, {}).threshold_scale
         result["threshold_scale"] = scale
         result["confusion"] = routing_confusion(project, scale)
+        result["quantiles"] = {a["task"]: _router_record(project, a) for a in found}
     if stage == "allocate":
         from .allocate import allocation_table
 

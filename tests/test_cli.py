@@ -64,6 +64,8 @@ def test_show_fit_router_includes_the_confusion_matrix(make_project):
     assert set(confusion) == set(fitted)
     for task in fitted:
         assert set(confusion[task]) == {*fitted, "none"} and sum(confusion[task].values()) == 4
+        row = shown["quantiles"][task]  # the threshold against its in-task error spread
+        assert row["threshold"] == row[f"q{round(row['quantile'] * 100)}"] and row["min"] <= row["q50"] <= row["max"]
 
 
 def test_recomputing_identical_content_keeps_downstream_fresh(make_project):

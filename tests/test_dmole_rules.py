@@ -122,9 +122,10 @@ def test_ablation_rules_choose_by_their_definition():
     assert language.selected == ["l.00", "l.01", "l.02", "l.03"] and language.n_vision == 0
     # pooled: one ranking over both towers, no vision floor: 9, 3, 3, then 2 (l.00 before l.01 by name)
     assert allocate(scored, fraction=0.5, rule="pooled").selected == ["l.00", "l.02", "v.01", "v.02"]
-    # uniform: evenly spread over the model's order, whatever the scores; the same for every task
+    # uniform: evenly spread over the model's order, whatever the scores, at D-MoLE's parameter count
     uniform = allocate(scored, fraction=0.5, rule="uniform")
     assert uniform.selected == ["l.01", "l.03", "v.01", "v.03"] and uniform.n_vision == uniform.n_language == 2
+    assert uniform.expert_parameters == allocate(scored, fraction=0.5).expert_parameters
     rescored = modules([9.0, 0.0, 0.0, 9.0], [0.1, 5.0, 0.0, 7.0])
     assert allocate(rescored, fraction=0.5, rule="uniform").selected == uniform.selected
     assert [m.module for m in evenly_spread(scored, 3)] == ["v.01", "l.00", "l.02"]

@@ -102,9 +102,7 @@ def evenly_spread(modules: list[ScoredModule], n: int) -> list[ScoredModule]:
 
 def _by_rule(rule: str, modules: list[ScoredModule], budget: int, mode: str, rank: int) -> list[ScoredModule]:
     """The ablations' choices: every module from one ranking (a tower's, or both pooled), or evenly spread."""
-    if rule == "uniform":
-        if mode == "fraction":
-            return evenly_spread(modules, budget)
+    if rule == "uniform":  # always by parameters (a module fraction is turned into D-MoLE's count)
         n = max((k for k in range(len(modules) + 1)
                  if sum(m.cost(rank) for m in evenly_spread(modules, k)) <= budget), default=0)
         return evenly_spread(modules, n)
@@ -125,6 +123,9 @@ def allocate(modules: list[ScoredModule], *, fraction: float | None = None, para
     vision = ranking([m for m in modules if m.tower == "vision"])
     language = ranking([m for m in modules if m.tower == "language"])
     s_v, s_l, pi_v = vision_share(modules)
+    if rule == "uniform" and fraction is not None:
+        # at D-MoLE's parameter count for this task and budget, so the two compare at equal size
+        parameters, fraction = allocate(modules, fraction=fraction, rank=rank).expert_parameters, None
     if rule != "dmole":
         mode = "fraction" if fraction is not None else "parameters"
         budget = round_half_up(fraction * len(modules)) if fraction is not None else parameters
