@@ -189,8 +189,8 @@ def eval_(
     if threshold_scales is not None:
         from stages.evaluate import threshold_sweep
 
-        if after is None or (options.method or project.config.method) != "dmole":
-            raise UserError("--threshold-scales sweeps D-MoLE's routing: give --after TASK with the dmole method")
+        if after is None:
+            raise UserError("--threshold-scales sweeps the model after one task: give --after TASK")
         try:
             scales = [float(part) for part in threshold_scales.split(",") if part.strip()]
         except ValueError:
