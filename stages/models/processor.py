@@ -16,7 +16,6 @@ from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, ProcessorMixin
 
-
 SUB_PROCESSORS = ("image_processor", "tokenizer", "video_processor")
 
 
@@ -34,7 +33,8 @@ class NoVideo:
 
 @cache
 def without_video(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
-    """``processor_class`` with no ``video_processor`` attribute; the class itself when it has none."""
+    """``processor_class`` built without a video processor (a `NoVideo` stands in); the class itself when it
+    has none."""
     if "video_processor" not in processor_class.get_attributes():
         return processor_class
     kept = [p for name, p in inspect.signature(processor_class.__init__).parameters.items()
@@ -58,7 +58,7 @@ def load_processor(path: Path, processor_class: type[ProcessorMixin]) -> Process
     settings, _ = processor_class.get_processor_dict(path, local_files_only=True)
     accepted = set(inspect.signature(processor_class.__init__).parameters) - {"self", "kwargs", *SUB_PROCESSORS}
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    settings.setdefault("chat_template", tokenizer.chat_template)
+    settings["chat_template"] = settings.get("chat_template") or tokenizer.chat_template
     return without_video(processor_class)(
         image_processor=AutoImageProcessor.from_pretrained(path, local_files_only=True),
         tokenizer=tokenizer,
