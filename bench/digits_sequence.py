@@ -103,7 +103,7 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from second_expert import measure
+    from second_expert import measure, report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, required=True, help="a base model folder (the demo's tiny base)")
@@ -115,14 +115,7 @@ def main() -> None:
     workspace = args.out / "workspace"
     create_workspace(workspace, model=args.base, data=args.out / "data", stages=STAGE_DEFAULTS, overwrite=True)
     run_pipeline(Project.open(workspace), methods=("dmole",))
-    results = measure(workspace)
-    print("| rule | Last | BWT | AVG (seen) | two experts (last stage) | routing changed vs any | score change there |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for rule, r in results.items():
-        print(f"| {rule} | {r['last']:.2f} | {r['bwt']:.2f} | {r['avg_seen']:.2f} | {r['two_experts']}/{r['samples']} "
-              f"| {r['routing_changed_vs_any']} | {r['score_change_on_those']:+.2f} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    report(measure(workspace), args.json)
 
 
 if __name__ == "__main__":

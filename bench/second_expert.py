@@ -62,6 +62,17 @@ def measure(workspace: Path, threshold_scale: float | None = None) -> dict:
     return results
 
 
+def report(results: dict, json_path: Path | None) -> None:
+    """Print the rules side by side as a markdown table; also write them to ``json_path`` when given."""
+    print("| rule | Last | BWT | AVG (seen) | two experts (last stage) | routing changed vs any | score change there |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for rule, r in results.items():
+        print(f"| {rule} | {r['last']:.2f} | {r['bwt']:.2f} | {r['avg_seen']:.2f} | {r['two_experts']}/{r['samples']} "
+              f"| {r['routing_changed_vs_any']} | {r['score_change_on_those']:+.2f} |")
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo", type=Path, required=True, help="the folder `dmole demo --out` wrote")
@@ -72,13 +83,7 @@ def main() -> None:
         copy = Path(scratch) / "demo"
         shutil.copytree(args.demo, copy, symlinks=True)
         results = measure(copy / "workspace", args.threshold_scale)
-    print("| rule | Last | BWT | AVG (seen) | two experts (last stage) | routing changed vs any | score change there |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for rule, r in results.items():
-        print(f"| {rule} | {r['last']:.2f} | {r['bwt']:.2f} | {r['avg_seen']:.2f} | {r['two_experts']}/{r['samples']} "
-              f"| {r['routing_changed_vs_any']} | {r['score_change_on_those']:+.2f} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    report(results, args.json)
 
 
 if __name__ == "__main__":
