@@ -26,20 +26,20 @@ import torch
 
 from artifacts.io import read_json
 from stages.allocate import allocate
-from stages.config import stage_options
 from stages.data.tasks import load_eval_samples, load_train_samples
 from stages.dmole.experts import ExpertModel, LoraSettings
-from stages.embed import EmbedOptions, embed
-from stages.evaluate import EvalOptions, plan_evaluation
+from stages.embed import embed
 from stages.evaluation.predict import predict
-from stages.fit_router import FitRouterOptions, fit_router
+from stages.fit_router import fit_router
 from stages.init import create_workspace
-from stages.methods import towers
+from stages.methods import get_method
+from stages.methods.lora import towers
+from stages.options import stage_options
 from stages.models.registry import load_family
 from stages.project import Project
-from stages.train_task import TrainTaskOptions, train_task
+from stages.train_task import train_task
 from stages.training.chat import chat_examples
-from stages.zc_score import ZcScoreOptions, zc_score
+from stages.zc_score import zc_score
 
 
 def median_ratio(a: list[float], b: list[float]) -> dict:
@@ -106,15 +106,10 @@ def preprocessing_share(demo: Path) -> dict:
                          stages=source.config.stages)
         project = Project.open(Path(tmp) / "ws")
         task = project.config.task_names[0]
-        c = project.config
         seconds = {}
-        for name, run in (("embed", lambda: embed(project, task, stage_options(c, "embed", EmbedOptions, {}))),
-                          ("fit-router", lambda: fit_router(project, task,
-                                                            stage_options(c, "fit-router", FitRouterOptions, {}))),
-                          ("zc-score", lambda: zc_score(project, task, stage_options(c, "zc-score", ZcScoreOptions, {}))),
-                          ("allocate", lambda: allocate(project, task)),
-                          ("train-task", lambda: train_task(project, task,
-                                                            stage_options(c, "train-task", TrainTaskOptions, {})))):
+        for name, run in (("embed", lambda: embed(project, task)), ("fit-router", lambda: fit_router(project, task)),
+                          ("zc-score", lambda: zc_score(project, task)), ("allocate", lambda: allocate(project, task)),
+                          ("train-task", lambda: train_task(project, task))):
             start = time.perf_counter()
             run()
             seconds[name] = time.perf_counter() - start
@@ -128,16 +123,16 @@ def inference_throughput(project: Project, repeats: int) -> dict:
     names = project.config.task_names
     task = project.config.task(names[1])
     samples = load_eval_samples(project.data_root, task)
-    options = stage_options(project.config, "eval", EvalOptions, {})
+    options = stage_options(project.config, "eval")
     routed_adapter, single_adapter = load_family(project.model_path), load_family(project.model_path)
-    routed_plan = plan_evaluation(project, "dmole", names[-1], options, routed_adapter)
-    routes, errors = routed_plan.routes_for(task.name, samples)
+    routed_plan = get_method("dmole").evaluation(project, names[-1], routed_adapter)
+    routes, errors = routed_plan.routes_for(task.name, samples, options)
     single = ExpertModel(single_adapter.model, towers(single_adapter))
     single.load_expert(2, project.store.require("train-task", names[1]).path / "expert")
 
     def run_routed():
         predict(routed_adapter, task, samples, batch_size=options.batch_size, model=routed_plan.model,
-                around_batch=lambda idx, inputs: routed_plan.experts.routed([routes[i] for i in idx]))
+                around_batch=routed_plan.around(routes))
 
     def run_single():
         predict(single_adapter, task, samples, batch_size=options.batch_size, model=single.model,
@@ -151,7 +146,7 @@ def inference_throughput(project: Project, repeats: int) -> dict:
             if i >= 1:
                 times[which].append(time.perf_counter() - start)
     result = median_ratio(*times)
-    return {"task": task.name, "samples": len(samples), "experts_loaded": len(routed_plan.experts.adapters),
+    return {"task": task.name, "samples": len(samples), "experts_loaded": len(names),
             "routed_samples_per_s": len(samples) / result["median_a_s"],
             "single_samples_per_s": len(samples) / result["median_b_s"], **result,
             "a": "routed (all experts, per sample)", "b": "single adapter"}

@@ -41,7 +41,7 @@ from stages.data.tasks import load_eval_samples, load_train_samples
 from stages.dmole.experts import ExpertModel, LoraSettings
 from stages.embed import compute_embeddings
 from stages.evaluation.predict import predict
-from stages.methods import towers
+from stages.methods.lora import towers
 from stages.models.registry import device_name, load_family
 from stages.models.tiny import TinySize, build_tiny
 from stages.training.chat import chat_examples

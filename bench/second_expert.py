@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 
 from artifacts.io import read_parquet
-from stages.config import stage_options
-from stages.evaluate import STAGE as EVAL, ZERO_SHOT, EvalOptions, evaluate
+from stages.evaluate import STAGE as EVAL, ZERO_SHOT, evaluate
 from stages.metrics.continual import continual_metrics
+from stages.options import stage_options
 from stages.project import Project
 
 RULES = {"any": {"second_expert": "any"}, "margin": {"second_expert": "margin"},
@@ -42,7 +42,7 @@ def measure(workspace: Path, threshold_scale: float | None = None) -> dict:
         project.store.require(EVAL, ZERO_SHOT, hint="dmole demo").file("scores.parquet")).to_pylist()}
     results, last_rows = {}, {}
     for rule, update in RULES.items():
-        options = stage_options(project.config, EVAL, EvalOptions, {**update, "threshold_scale": threshold_scale})
+        options = stage_options(project.config, EVAL, {**update, "threshold_scale": threshold_scale})
         matrix = [[zero[n] for n in names]]
         for after in names:
             version = evaluate(project, after, options).version

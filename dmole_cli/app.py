@@ -10,7 +10,7 @@ import warnings
 
 import typer
 
-from . import convert_cmd, inspect_cmds, roe_cmds, stage_cmds, workspace_cmds
+from . import convert_cmd, inspect_cmds, method_cmds, roe_cmds, stage_cmds, workspace_cmds
 
 app = typer.Typer(
     name="dmole", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
@@ -22,6 +22,7 @@ workspace_cmds.register(app)
 stage_cmds.register(app)
 roe_cmds.register(app)
 inspect_cmds.register(app)
+method_cmds.register(app)
 convert_cmd.register(app)
 
 

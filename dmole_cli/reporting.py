@@ -8,13 +8,20 @@ from rich.table import Table
 
 from .common import console
 
+
 def print_method_table(version) -> None:
-    """Side-by-side metrics per method, then each method's matrix R."""
+    """Table 2 (each task's final score, AVG, Last, BWT per method), the metrics side by side, then each method's
+    matrix R."""
     from artifacts.io import read_json
     from stages.figures.markdown import fmt
-    from stages.figures.matrix import METRICS, stage_labels
+    from stages.figures.matrix import METRICS, stage_labels, table2_rows
 
     result = read_json(version.file("cl_metrics.json"))
+    header, rows = table2_rows(result)
+    table2 = Table(*header, title="Table 2: each task after the last stage, AVG, Last, BWT")
+    for row in rows:
+        table2.add_row(*row)
+    console.print(table2)
     summary = Table("method", *(title for _, title in METRICS), title="continual-learning metrics (0-100)")
     for method, values in result["methods"].items():
         summary.add_row(method, *(fmt(values[key]) for key, _ in METRICS))

@@ -30,7 +30,7 @@ def init(
         help=f"Use a built-in benchmark preset instead of a registry file ({benchmark_list()}). Its tasks, files, "
              "prompts, generation limits, epochs, global batch sizes and repeats are the official ones; "
              "see docs/data.md.")] = None,
-    method: Annotated[str, typer.Option(help="Default method: dmole, seq-lora, finetune or joint.")] = "dmole",
+    method: Annotated[str, typer.Option(help="Default method of the stages (`dmole methods` lists them).")] = "dmole",
     seed: Annotated[int, typer.Option(help="Seed recorded for every stage.")] = 42,
     max_tiles: Annotated[Optional[int], typer.Option(
         min=1, help="Cap on the image tiles per image (InternVL dynamic tiles, LLaVA-NeXT/OneVision grid, "
@@ -91,13 +91,17 @@ def synth(
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the benchmark, model and workspace (reused if present).")]
     = Path("dmole-demo"),
+    methods: Annotated[Optional[str], typer.Option(
+        help="Comma-separated methods to run (`dmole methods`), or 'table2' for the nine methods of the paper's "
+             "Table 2. \\[default: dmole,seq-lora,finetune]")] = None,
     family: FamilyOption = "llava",
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data and base model.")] = 0,
     quiet: QuietOption = False,
 ) -> None:
-    """The whole method on the synthetic benchmark: D-MoLE, seq-lora and finetune over every task, then the
-    side-by-side table (Last, AVG, BWT) and a markdown report. Resumes where it stopped."""
-    from stages.demo import demo as run
+    """The whole method on the synthetic benchmark: D-MoLE, seq-lora and finetune (or --methods) over every task,
+    then Table 2 (each task's final score, AVG, Last, BWT per method) and a markdown report. Resumes where it
+    stopped."""
+    from stages.demo import DEMO_METHODS, demo as run, demo_methods
 
     from .progress import rich_progress
     from .reporting import print_method_table
@@ -106,7 +110,8 @@ def demo(
         if not quiet or not result.up_to_date:
             print_summary(result)
 
-    outcome = run(out, family=family, seed=seed, on_synth=lambda r: console.print(r.summary(), soft_wrap=True),
+    chosen = demo_methods(methods) if methods else DEMO_METHODS
+    outcome = run(out, methods=chosen, family=family, seed=seed, on_synth=lambda r: console.print(r.summary(), soft_wrap=True),
                   on_result=show, progress=rich_progress(quiet))
     print_method_table(outcome.report.version)
     console.print(f"demo: finished in {outcome.seconds:.0f}s; report at "

@@ -2,50 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
-
-from pydantic import Field, field_validator
 
 from artifacts import Version, Writer
 from artifacts.io import read_json, read_parquet, write_json
 
-from .config import Method, Strict
 from .dmole.allocation import ScoredModule, allocate as allocate_modules
 from .errors import UserError
-from .naming import allocation_rule, is_dmole, method_flag, stage_name
+from .methods import get_method
+from .methods.dmole import ALLOCATE_STAGE
+from .options import AllocateOptions, parse_budget, stage_options
 from .project import Project
 from .runner import StageResult, run_stage
 
-STAGE = "allocate"
-_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
-
-
-class AllocateOptions(Strict):
-    budget: str = Field(default="0.5", description="fraction of candidate modules, or a parameter count (2M)")
-    rank: int = Field(default=8, gt=0)
-    method: Method | None = Field(default=None, description="dmole, or an ablation whose allocation rule differs "
-                                                             "(dmole-vision-only, ...); default: the workspace's")
-
-    @field_validator("budget")
-    @classmethod
-    def _parses(cls, budget: str) -> str:
-        parse_budget(budget)
-        return budget
-
-
-def parse_budget(text: str) -> tuple[float | None, int | None]:
-    """'0.5' -> a module fraction; '2M', '500k', '120000' -> a parameter count."""
-    value = str(text).strip().lower()
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)", value)
-    if not match:
-        raise ValueError(f"budget {text!r} is neither a fraction in (0, 1] nor a parameter count like 2M")
-    number, suffix = float(match.group(1)), match.group(2)
-    if suffix or (number > 1 and number.is_integer()):
-        return None, int(number * _SUFFIX[suffix])
-    if not 0 < number <= 1:
-        raise ValueError(f"budget {text!r} is out of range: a fraction must be in (0, 1]")
-    return number, None
+STAGE = ALLOCATE_STAGE
 
 
 def load_scores(version: Version) -> list[ScoredModule]:
@@ -53,27 +23,20 @@ def load_scores(version: Version) -> list[ScoredModule]:
     return [ScoredModule(r["module"], r["tower"], r["score"], r["d_in"], r["d_out"]) for r in table]
 
 
-def previous_allocation(project: Project, task_name: str, method: str = "dmole") -> Version | None:
-    """The allocation of the task before ``task_name``; allocating out of order is an error."""
-    index = project.config.task_index(task_name)
-    if index == 1:
-        return None
-    before = project.config.task_names[index - 2]
-    return project.store.require(stage_name(STAGE, method), before,
-                                 hint=f"dmole allocate --task {before}{method_flag(method)}")
-
-
-def allocate(project: Project, task_name: str, options: AllocateOptions = AllocateOptions(), *,
+def allocate(project: Project, task_name: str, options: AllocateOptions | dict | None = None, *,
              force: bool = False) -> StageResult:
-    method = options.method or project.config.method
-    if not is_dmole(method):
-        raise UserError(f"{method} allocates no experts: allocate is for dmole and its ablations")
-    options = options.model_copy(update={"method": method})
+    """Allocate ``task_name``'s experts; ``options`` (what the caller sets) go over the workspace's defaults."""
+    options = stage_options(project.config, STAGE, options)
+    method = get_method(options.method or project.config.method)
+    if not method.allocates:
+        raise UserError(f"{method.name} allocates no experts: allocate is for dmole and its ablations")
+    options = options.model_copy(update={"method": method.name})
     task_id = project.config.task_index(task_name)
     scores = project.store.require("zc-score", task_name, hint=f"dmole zc-score --task {task_name}")
-    previous = previous_allocation(project, task_name, method)
+    # allocating out of order is an error: the task before must be allocated
+    previous = method.allocation(project, project.config.task_names[task_id - 2]) if task_id > 1 else None
     fraction, parameters = parse_budget(options.budget)
-    rule = allocation_rule(method)
+    rule = method.allocation_rule
 
     def compute(writer: Writer) -> None:
         cumulative = read_json(previous.file("arch.json"))["cumulative"] if previous else None
@@ -89,7 +52,7 @@ def allocate(project: Project, task_name: str, options: AllocateOptions = Alloca
                            expert_parameters=result.expert_parameters, rule=rule)
 
     inputs = [scores] + ([previous] if previous else [])
-    return run_stage(project, stage_name(STAGE, method), task_name, config={"options": options.model_dump()},
+    return run_stage(project, method.stage(STAGE), task_name, config={"options": options.model_dump()},
                      inputs=inputs, compute=compute, force=force)
 
 

@@ -1,7 +1,8 @@
-"""Typed configuration: the workspace file (with its task registry) and every stage's options.
+"""Typed configuration: the workspace file, with its task registry, its stage defaults and its methods' settings.
 
-Precedence for a stage option: the model default < the workspace's ``stages`` section < a command-line flag.
-Unknown keys are errors everywhere, so a typo never silently falls back to a default.
+The stage options themselves live in `options.py`; the ``stages`` section is validated against them, and the
+``methods`` section against each method's hyperparameters, when the workspace is read. Unknown stages, keys
+and methods are errors everywhere, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -12,15 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .dmole.allocation import RULES as ALLOCATION_RULES
 from .errors import UserError
 
 WORKSPACE_FILE = "workspace.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 Family = Literal["caption", "vqa10", "short", "choice", "grounding"]
-# D-MoLE's ablations (paper Table 4) are D-MoLE run with another allocation rule: "dmole-vision-only", ...
-DMOLE_VARIANTS = tuple(f"dmole-{rule}" for rule in ALLOCATION_RULES if rule != "dmole")
-Method = Literal[("dmole", *DMOLE_VARIANTS, "seq-lora", "finetune", "joint")]
 
 DEFAULT_PROMPTS: dict[str, str] = {
     "caption": "Provide a one-sentence caption for the provided image.",
@@ -103,12 +100,41 @@ class WorkspaceConfig(Strict):
     model: str
     data: str
     tasks: list[TaskSpec] = Field(min_length=1)
-    method: Method = "dmole"
+    method: str = "dmole"
     seed: int = 42
     trust_remote_code: bool = False
     profile: Literal[PROFILES] = "dmole"  # "reference": the official implementation's choices as stage defaults
     max_tiles: int | None = Field(default=None, ge=1)  # cap on the image processor's tiles (None: its own)
-    stages: dict[str, dict] = Field(default_factory=dict)
+    stages: dict[str, dict] = Field(default_factory=dict)  # stage -> option defaults (options.py)
+    methods: dict[str, dict] = Field(default_factory=dict)  # method -> hyperparameters (`dmole methods`)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        from .options import check_method
+
+        return check_method(name)
+
+    @field_validator("stages")
+    @classmethod
+    def _typed_stages(cls, stages: dict[str, dict]) -> dict[str, dict]:
+        from .options import STAGE_OPTIONS
+
+        for stage, values in stages.items():
+            if stage not in STAGE_OPTIONS:
+                raise ValueError(f"unknown stage {stage!r}; stages with options: {', '.join(STAGE_OPTIONS)}")
+            _check(STAGE_OPTIONS[stage], values, f"stage {stage!r}")
+        return stages
+
+    @field_validator("methods")
+    @classmethod
+    def _typed_methods(cls, methods: dict[str, dict]) -> dict[str, dict]:
+        from .methods import get_method
+        from .options import check_method
+
+        for name, values in methods.items():
+            _check(get_method(check_method(name)).Hyper, values, f"method {name!r}")
+        return methods
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> WorkspaceConfig:
@@ -144,12 +170,19 @@ def parse_model(model: type[BaseModel], data: object, *, source: str) -> BaseMod
         raise ConfigError(f"{source}: {location}: {first['msg']}{more}") from None
 
 
-def stage_options(config: WorkspaceConfig, stage: str, model: type[BaseModel], overrides: dict) -> BaseModel:
-    """Merge the profile's and the workspace's defaults for ``stage`` with command-line overrides (None means
-    not given), in that order of precedence."""
-    profile = REFERENCE_PROFILE.get(stage, {}) if config.profile == "reference" else {}
-    merged = {**profile, **config.stages.get(stage, {}), **{k: v for k, v in overrides.items() if v is not None}}
-    return parse_model(model, merged, source=f"options of '{stage}'")
+def _check(model: type[BaseModel], values: dict, where: str) -> None:
+    """Validate a section of the workspace against its model, as a ValueError that names the first problem."""
+    try:
+        model.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise ValueError(f"{where}: {location}: {first['msg']}") from None
+
+
+def stage_profile(config: WorkspaceConfig, stage: str) -> dict:
+    """The profile's defaults for ``stage`` (below the workspace's own ``stages`` section)."""
+    return REFERENCE_PROFILE.get(stage, {}) if config.profile == "reference" else {}
 
 
 def resolve_path(base: Path, value: str) -> Path:

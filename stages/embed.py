@@ -10,26 +10,22 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
 
 from artifacts import Writer
 from artifacts.io import fixed_size_float_list, write_parquet
 
-from .config import Strict, TaskSpec
+from .config import TaskSpec
 from .data.images import load_image
 from .data.prompts import render_prompt
-from .data.tasks import load_eval_samples, load_train_samples, task_files
+from .data.tasks import load_eval_samples, load_train_samples
 from .distributed import merge_rows, my_share
+from .options import EmbedOptions, stage_options
 from .progress import Progress, silent
 from .project import Project
-from .runner import StageResult, fingerprint, model_fingerprint, run_stage
+from .runner import StageResult, run_stage, source_fingerprint
 
 STAGE = "embed"
 SPLITS = ("train", "test")
-
-
-class EmbedOptions(Strict):
-    batch_size: int = Field(default=16, gt=0, description="samples per forward pass")
 
 
 def split_texts(project: Project, task: TaskSpec) -> dict[str, list[tuple[str, Path, str]]]:
@@ -38,11 +34,6 @@ def split_texts(project: Project, task: TaskSpec) -> dict[str, list[tuple[str, P
     test = load_eval_samples(project.data_root, task)
     return {"train": [(s.id, s.image, s.question) for s in train],
             "test": [(s.id, s.image, render_prompt(task, s)) for s in test]}
-
-
-def source_fingerprint(project: Project, task: TaskSpec) -> dict:
-    return {"data": fingerprint(task_files(project.data_root, task)),
-            "model": model_fingerprint(project)}
 
 
 def embedding_metadata(adapter) -> dict[str, str]:
@@ -70,8 +61,9 @@ def compute_embeddings(adapter, items: list[tuple[str, Path, str]], batch_size: 
     return merge_rows(np.concatenate(rows).astype(np.float32))
 
 
-def embed(project: Project, task_name: str, options: EmbedOptions = EmbedOptions(), *, force: bool = False,
+def embed(project: Project, task_name: str, options: EmbedOptions | dict | None = None, *, force: bool = False,
           progress: Progress = silent) -> StageResult:
+    options = stage_options(project.config, STAGE, options)
     task = project.config.task(task_name)
     splits = split_texts(project, task)
     config = {"options": options.model_dump(), "task": task.model_dump(), "sources": source_fingerprint(project, task)}

@@ -70,11 +70,10 @@ def describe_stage(project: Project, stage: str, task: str | None, number: int |
             raise UserError(f"no '{stage}' artifacts in this workspace yet")
     result = {"stage": stage, "artifacts": found}
     if stage == "fit-router":
-        from .config import stage_options
-        from .evaluate import EvalOptions
         from .fit_router import routing_confusion
+        from .options import stage_options
 
-        scale = stage_options(project.config, "eval", EvalOptions, {}).threshold_scale
+        scale = stage_options(project.config, "eval").threshold_scale
         result["threshold_scale"] = scale
         result["confusion"] = routing_confusion(project, scale)
         result["quantiles"] = {a["task"]: _router_record(project, a) for a in found}

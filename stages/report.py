@@ -1,10 +1,8 @@
 """Stage `report`: the continual matrix R of every method and its metrics (spec/dmole.md §11).
 
-Row 0 is the shared zero-shot evaluation; row t is the method's evaluation after task t. The
-finetune upper bound trains an independent adapter per task with oracle routing, so its stage-t model
-answers a seen task i with adapter i (the diagonal run) and an unseen task with the base (the zero-shot
-run): its off-diagonal cells are filled from those two runs instead of being generated again. The joint
-baseline is evaluated once, after training on every task, which fills only its last row.
+Row 0 is the shared zero-shot evaluation; row t is the method's evaluation after task t, as the method assembles
+its matrix (`ContinualMethod.matrix`): the finetune upper bound fills its off-diagonal cells from its per-task
+runs and the zero-shot row, joint fills only its last row, zero-shot repeats row 0.
 
 Beside the matrices, report.md holds one PNG figure and one table per section the workspace has artifacts for
 (`stages/figures/`): expert allocation, expert activation, zero-cost sensitivity and RoE's layer skipping.
@@ -20,11 +18,10 @@ from artifacts import Version, Writer
 from artifacts.io import read_json, read_parquet, write_json, write_parquet
 
 from .errors import UserError
-from .evaluate import STAGE as EVAL, ZERO_SHOT
 from .figures import activation, allocation, matrix, roe_skips, sensitivity, thresholds
-from .methods import JOINT_TASK
+from .methods import REGISTRY
+from .methods.base import EVAL_STAGE as EVAL, ZERO_SHOT
 from .figures.markdown import fmt, table as md_table
-from .naming import METHODS, is_dmole, stage_name
 from .metrics.continual import continual_metrics
 from .project import Project
 from .runner import StageResult, run_stage
@@ -39,46 +36,34 @@ def _scores(version: Version) -> dict[str, float]:
     return {row["task"]: row["score"] for row in read_parquet(version.file("scores.parquet")).to_pylist()}
 
 
-def method_matrix(project: Project, method: str) -> tuple[list[list[float | None]], list[Version]] | None:
+def method_matrix(project: Project, method) -> tuple[list[list[float | None]], list[Version]] | None:
     """R for ``method`` (None if it has no evaluation yet) and the evaluations it was read from."""
     names = project.config.task_names
     zero = project.store.latest(EVAL, ZERO_SHOT)
-    stage = stage_name(EVAL, method)
-    rows_after = [project.store.latest(stage, n) for n in names]
-    joint = project.store.latest(stage, JOINT_TASK) if method == "joint" else None
-    if not any(rows_after) and joint is None:
-        return None
     zero_scores = _scores(zero) if zero else {}
-    matrix: list[list[float | None]] = [[zero_scores.get(n) for n in names]]
-    matrix += [[None] * len(names) for _ in names]
-    used = [v for v in (zero, *rows_after, joint) if v is not None]
-    if method == "joint":
-        matrix[-1] = [_scores(joint).get(n) for n in names]
-    elif method == "finetune":
-        diagonal = [_scores(v).get(n) if v else None for v, n in zip(rows_after, names)]
-        for t in range(1, len(names) + 1):
-            matrix[t] = [diagonal[i] if i < t else zero_scores.get(names[i]) for i in range(len(names))]
-    else:
-        for t, version in enumerate(rows_after, start=1):
-            if version is not None:
-                scores = _scores(version)
-                matrix[t] = [scores.get(n) for n in names]
-    return matrix, used
+    stage = method.stage(EVAL)
+    found = {after: project.store.latest(stage, after) for after in method.stages_after(project)}
+    found = {after: version for after, version in found.items() if version is not None}
+    rows = {after: [_scores(version).get(n) for n in names] for after, version in found.items()}
+    matrix = method.matrix([zero_scores.get(n) for n in names], rows, names)
+    if matrix is None:
+        return None
+    return matrix, [v for v in (zero, *found.values()) if v is not None]
 
 
 def collect(project: Project) -> tuple[dict, list[Version]]:
     methods, used = {}, []
-    for method in METHODS:
+    for method in REGISTRY.values():
         found = method_matrix(project, method)
         if found is None:
             continue
         matrix, versions = found
         metrics = continual_metrics(matrix)
         warnings = [w for v in versions for w in v.manifest.get("summary", {}).get("warnings", [])]
-        methods[method] = {**{k: metrics[k] for k in METRIC_KEYS}, "per_task": metrics["per_task"],
-                           "matrix": matrix, "warnings": list(dict.fromkeys(warnings))}
-        if is_dmole(method):
-            methods[method]["second_experts"] = second_experts(project, versions[-1])
+        methods[method.name] = {**{k: metrics[k] for k in METRIC_KEYS}, "per_task": metrics["per_task"],
+                                "matrix": matrix, "warnings": list(dict.fromkeys(warnings))}
+        if method.routes:
+            methods[method.name]["second_experts"] = second_experts(project, versions[-1])
         used += [v for v in versions if v not in used]
     if not methods:
         raise UserError("nothing to report yet: run `dmole eval --zero-shot` and `dmole eval --after <task>`")

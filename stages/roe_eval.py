@@ -10,17 +10,15 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
-from typing import Literal
-
-from pydantic import Field
 
 from artifacts import Version, Writer
 from artifacts.io import read_json, write_json, write_parquet
 
-from .config import Strict, TaskSpec
+from .config import TaskSpec
 from .data.samples import EvalSample
 from .data.tasks import load_eval_samples
 from .distributed import merge_records
+from .options import RoEEvalOptions, stage_options
 from .progress import Progress, silent
 from .project import Project
 from .runner import StageResult, model_fingerprint, run_stage
@@ -33,13 +31,6 @@ DECISIONS, REPORT = "routing_decisions.parquet", "roe_report.json"
 SKIP_TOLERANCE, MAX_SCORE_DROP = 0.05, 2.0  # dmole's acceptance targets (spec roe.md §6.4)
 
 EvalSets = list[tuple[TaskSpec, list[EvalSample]]]
-
-
-class RoEEvalOptions(Strict):
-    batch_size: int = Field(default=8, gt=0, description="prompts per generate call")
-    batch_rule: Literal["gather", "or"] | None = Field(
-        default=None, description="rows with different decisions in one batch: gather or OR (default: route-train's)")
-    max_samples: int | None = Field(default=None, gt=0, description="first N test samples per task (default: all)")
 
 
 def base_hash(model_prints: dict[str, str]) -> str:
@@ -134,8 +125,9 @@ def write_results(writer: Writer, rows: list[dict], report: dict) -> None:
                                                      "batch_rule_applied")})
 
 
-def evaluate_roe(project: Project, options: RoEEvalOptions = RoEEvalOptions(), *, force: bool = False,
+def evaluate_roe(project: Project, options: RoEEvalOptions | dict | None = None, *, force: bool = False,
                  progress: Progress = silent) -> StageResult:
+    options = stage_options(project.config, STAGE, options)
     trained = project.store.require(TRAIN_STAGE, TASK, hint="dmole route-train")
     train_config = read_json(trained.file(CONFIG))
     batch_rule = options.batch_rule or train_config["batch_rule"]

@@ -8,16 +8,13 @@ routing_decisions.parquet and roe_report.json, under route-train/all/v<N>.
 from __future__ import annotations
 
 import random
-from typing import Literal
-
-from pydantic import Field, model_validator
 
 from artifacts import Writer, config_hash
 from artifacts.io import write_json, write_parquet
 
-from .config import Strict
 from .data.tasks import load_train_samples, task_files
 from .errors import UserError
+from .options import RouteTrainOptions, stage_options
 from .progress import Progress, silent
 from .project import Project
 from .roe_eval import (BACKBONE, CONFIG, TASK, TRAIN_STAGE, WEIGHTS, base_hash, build_report, eval_sets,
@@ -26,35 +23,6 @@ from .runner import StageResult, fingerprint, model_fingerprint, run_stage
 
 STAGE = TRAIN_STAGE
 LOG = "train_log.parquet"
-
-
-class RouteTrainOptions(Strict):
-    skip_ratio: float = Field(default=0.3, ge=0.0, lt=1.0, description="ρ: target fraction of routable layers "
-                                                                        "skipped by easy examples")
-    start: str = Field(default="base", description="what RoE is trained on: 'base' (a D-MoLE checkpoint later)")
-    hinge_weight: float = Field(default=1.0, ge=0.0, description="λ: weight of the sparsity hinge")
-    hinge_gamma: float = Field(default=5.0, ge=0.0, description="γ: difficulty weight exp(−γ·CE)")
-    epochs: float = Field(default=1.0, gt=0.0, description="passes over the training subset")
-    batch_size: int = Field(default=16, gt=0, description="examples per optimizer step")
-    roe_lr: float = Field(default=4e-4, gt=0.0, description="lr of routers and adapters")
-    router_lr: float | None = Field(default=None, gt=0.0, description="router lr if not roe_lr")
-    backbone_lr: float = Field(default=2e-6, gt=0.0, description="LLM and projector lr in stage 2 (full)")
-    stage2_mode: Literal["frozen", "full"] = Field(default="full", description="backbone in stage 2")
-    stage1_start: float = Field(default=0.3, ge=0.0, le=1.0, description="fraction of steps before routers train")
-    stage2_start: float = Field(default=0.5, ge=0.0, le=1.0, description="fraction of steps before joint tuning")
-    warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0, description="linear warm-up share of the steps")
-    adapter_rank: int | None = Field(default=None, gt=0, description="adapter bottleneck r (default D/4)")
-    always_execute: list[int] = Field(default=[0], description="layers never skipped (must include 0)")
-    batch_rule: Literal["gather", "or"] = Field(default="gather", description="mixed decisions in a batch")
-    data_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="seeded share of the training data")
-    eval_batch_size: int = Field(default=8, gt=0, description="prompts per generate call in the evaluation")
-    max_eval_samples: int | None = Field(default=None, gt=0, description="first N test samples per task")
-
-    @model_validator(mode="after")
-    def _ordered_stages(self) -> RouteTrainOptions:
-        if self.stage1_start > self.stage2_start:
-            raise ValueError("stage1_start must not exceed stage2_start")
-        return self
 
 
 class RouteTrainError(UserError):
@@ -67,8 +35,9 @@ def _training_subset(project: Project, options: RouteTrainOptions, seed: int) ->
     return random.Random(f"{seed}-route-train").sample(samples, keep) if keep < len(samples) else samples
 
 
-def route_train(project: Project, options: RouteTrainOptions = RouteTrainOptions(), *, force: bool = False,
+def route_train(project: Project, options: RouteTrainOptions | dict | None = None, *, force: bool = False,
                 progress: Progress = silent) -> StageResult:
+    options = stage_options(project.config, STAGE, options)
     if options.start != "base":
         raise RouteTrainError(f"route-train --from {options.start!r} is not supported yet: only 'base' (starting "
                               "from a D-MoLE checkpoint is a later capability, spec roe.md §8)")

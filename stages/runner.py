@@ -67,6 +67,13 @@ def model_fingerprint(project) -> dict:
     return {"files": fingerprint(model_files(project.model_path)), "max_tiles": project.config.max_tiles}
 
 
+def source_fingerprint(project, task) -> dict:
+    """What a stage's result depends on of one task: its data files and the base model."""
+    from .data.tasks import task_files
+
+    return {"data": fingerprint(task_files(project.data_root, task)), "model": model_fingerprint(project)}
+
+
 def environment(seed: int) -> dict:
     """The software, device and launcher a version was computed with (world size, accelerate settings)."""
     import peft

@@ -11,34 +11,25 @@ from __future__ import annotations
 import random
 import warnings
 
-from pydantic import Field
-
 from artifacts import Writer
 from artifacts.io import write_parquet
 
-from .config import Strict
 from .data.tasks import load_train_samples
 from .dmole.allocation import round_half_up
-from .embed import source_fingerprint
+from .options import ZcScoreOptions, stage_options
 from .project import Project
-from .runner import StageResult, run_stage
+from .runner import StageResult, run_stage, source_fingerprint
 
 STAGE = "zc-score"
-
-
-class ZcScoreOptions(Strict):
-    portion: float = Field(default=0.01, gt=0, le=1, description="fraction p of the training set")
-    batch_size: int = Field(default=2, gt=0, description="per-device batch b; at least 4 batches are used")
-    include_mlp: bool = Field(default=False, description="also score MLP projections")
-    seed: int = 42
 
 
 def sample_count(n_train: int, options: ZcScoreOptions) -> int:
     return min(n_train, max(4 * options.batch_size, round_half_up(options.portion * n_train)))
 
 
-def zc_score(project: Project, task_name: str, options: ZcScoreOptions = ZcScoreOptions(), *,
+def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | None = None, *,
              force: bool = False) -> StageResult:
+    options = stage_options(project.config, STAGE, options)
     task = project.config.task(task_name)
     samples = load_train_samples(project.data_root, task)
     config = {"options": options.model_dump(), "task": task.model_dump(), "sources": source_fingerprint(project, task)}

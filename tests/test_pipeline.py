@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from artifacts.io import read_json, read_parquet
 from dmole_cli.app import app
-from stages.config import stage_options
 from stages.demo import run_pipeline
-from stages.embed import EmbedOptions, embed
-from stages.evaluate import EvalOptions, evaluate
-from stages.fit_router import FitRouterOptions, fit_router, routing_confusion
+from stages.embed import embed
+from stages.evaluate import evaluate
+from stages.fit_router import fit_router, routing_confusion
+from stages.options import EmbedOptions, EvalOptions, stage_options
 
 runner = CliRunner()
 
@@ -33,7 +33,7 @@ def test_embed_then_fit_router_and_rerun_is_up_to_date(make_project):
     table = read_parquet(first.version.file("train.parquet"))
     assert table.column_names == ["sample_id", "task", "split", "embedding"]
     assert table.num_rows == 12 and table.schema.field("embedding").type.list_size == 64 + 128
-    options = stage_options(project.config, "fit-router", FitRouterOptions, {})
+    options = stage_options(project.config, "fit-router")
     fitted = fit_router(project, task, options)
     record = read_json(fitted.version.file("router.json"))
     assert record["quantile"] == 0.99 and record["threshold"] == record["quantiles"]["q99"]
@@ -47,7 +47,7 @@ def test_demo_loop_and_cli_shell_loop_give_the_same_report(make_project):
     project = make_project("demo")
     report = run_pipeline(project)
     metrics = read_json(report.version.file("cl_metrics.json"))
-    assert set(metrics["methods"]) == {"dmole", "seq-lora", "finetune"}
+    assert set(metrics["methods"]) == {"zero-shot", "dmole", "seq-lora", "finetune"}
     dmole = metrics["methods"]["dmole"]
     assert len(dmole["matrix"]) == 6 and all(v is not None for row in dmole["matrix"] for v in row)
     finetune = metrics["methods"]["finetune"]
@@ -72,7 +72,8 @@ def test_demo_loop_and_cli_shell_loop_give_the_same_report(make_project):
 def test_each_expert_loads_with_peft_alone_and_reproduces_the_toolkit(make_project):
     from peft import PeftModel
 
-    from stages.methods import dmole_model, expert_folder, trained
+    from stages.methods import get_method
+    from stages.methods.lora import expert_folder, expert_model
     from stages.models.registry import load_family
     from stages.training.chat import chat_examples
     from stages.data.tasks import load_train_samples
@@ -81,18 +82,20 @@ def test_each_expert_loads_with_peft_alone_and_reproduces_the_toolkit(make_proje
     run_pipeline(project, methods=("dmole",))
     names = project.config.task_names
     toolkit_adapter = load_family(project.model_path)
-    experts, _ = dmole_model(project, toolkit_adapter, len(names))
+    dmole = get_method("dmole")
+    experts = expert_model(project, toolkit_adapter,
+                           loaded={i: dmole.trained(project, n) for i, n in enumerate(names, start=1)})
     for task_id, name in enumerate(names, start=1):
         samples = load_train_samples(project.data_root, project.config.task(name))[:3]
         batch = toolkit_adapter.train_batch(chat_examples(samples))
         with torch.no_grad(), experts.routed([(task_id,)] * len(samples)):
             ours = experts.model(**batch).logits
         alone = load_family(project.model_path)
-        peft_model = PeftModel.from_pretrained(alone.model, expert_folder(trained(project, "dmole", name))).eval()
+        peft_model = PeftModel.from_pretrained(alone.model, expert_folder(dmole.trained(project, name))).eval()
         with torch.no_grad():
             theirs = peft_model(**batch).logits
         assert torch.allclose(ours, theirs, atol=1e-5), name
-        config = json.loads((expert_folder(trained(project, "dmole", name)) / "adapter_config.json").read_text())
+        config = json.loads((expert_folder(dmole.trained(project, name)) / "adapter_config.json").read_text())
         arch = read_json(project.store.latest("allocate", name).file("arch.json"))
         assert sorted(config["target_modules"]) == arch["selected"] and config["r"] == 8
 
@@ -115,7 +118,8 @@ def test_other_families_embed_and_train(tmp_path, family):
     from stages.pretrain import PretrainSettings
     from stages.project import Project
     from stages.synth import synthesize
-    from stages.train_task import TrainTaskOptions, train_task
+    from stages.options import TrainTaskOptions
+    from stages.train_task import train_task
     from stages.zc_score import zc_score
     from stages.allocate import allocate
 
@@ -226,7 +230,7 @@ def test_ablations_run_as_named_methods_beside_dmole(make_project):
                for n in names]
     assert all(selected == uniform[0] for selected in uniform)  # the same modules for every task
     metrics = read_json(report.version.file("cl_metrics.json"))["methods"]
-    assert set(metrics) == {"dmole", *ablations}
+    assert set(metrics) == {"zero-shot", "dmole", *ablations}
     dmole = [read_json(project.store.latest("allocate", n).file("arch.json"))["selected"] for n in names]
     assert dmole != uniform
     markdown = report.version.file("report.md").read_text()
@@ -253,22 +257,18 @@ def test_report_counts_second_experts_and_eval_takes_the_second_expert_rules(mak
 
 def test_the_reference_profile_sets_the_official_choices_under_workspace_and_flags(micro_bench, tmp_path):
     from stages.config import REFERENCE_PROFILE
-    from stages.fit_router import FitRouterOptions
     from stages.init import create_workspace
     from stages.project import Project
-    from stages.train_task import TrainTaskOptions
 
-    models = {"eval": EvalOptions, "train-task": TrainTaskOptions, "fit-router": FitRouterOptions}
-    assert set(REFERENCE_PROFILE) == set(models)
     root = tmp_path / "reference"
     create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", profile="reference",
                      stages={"train-task": {"group_by_length": False}})
     config = Project.open(root).config
     for stage, values in REFERENCE_PROFILE.items():
-        options = stage_options(config, stage, models[stage], {})
+        options = stage_options(config, stage)
         for key, value in values.items():
             expected = False if key == "group_by_length" else value  # the workspace's setting wins
             assert getattr(options, key) == expected, (stage, key)
-    assert stage_options(config, "eval", EvalOptions, {"routing": "per-sample"}).routing == "per-sample"
+    assert stage_options(config, "eval", {"routing": "per-sample"}).routing == "per-sample"
     create_workspace(tmp_path / "own", model=micro_bench / "base-model", data=micro_bench / "data")
-    assert stage_options(Project.open(tmp_path / "own").config, "eval", EvalOptions, {}).routing == "per-sample"
+    assert stage_options(Project.open(tmp_path / "own").config, "eval").routing == "per-sample"

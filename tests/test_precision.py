@@ -14,7 +14,7 @@ TASK = "color-vqa"
 
 
 def _expert(project, **options):
-    result = train_task(project, TASK, TrainTaskOptions(method="finetune", dropout=0.0, **options))
+    result = train_task(project, TASK, TrainTaskOptions(method="finetune", hparams={"dropout": 0.0}, **options))
     weights = load_file(result.version.file("expert/adapter_model.safetensors"))
     return weights, result.version.manifest["summary"]["final_loss"]
 

@@ -18,9 +18,18 @@ def stage_labels(tasks: list[str]) -> list[str]:
     return ["zero-shot", *(f"{t} {name}" for t, name in enumerate(tasks, start=1))]
 
 
+def table2_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """The paper's Table 2 layout: per method, each task's score after the last stage, then AVG, Last and BWT."""
+    header = ["method", *result["tasks"], "AVG", "Last", "BWT"]
+    rows = [[method, *(fmt(v) for v in values["per_task"]["last"]), fmt(values["avg_seen"]), fmt(values["last"]),
+             fmt(values["bwt"])] for method, values in result["methods"].items()]
+    return header, rows
+
+
 def table(result: dict) -> list[str]:
     tasks, methods = result["tasks"], result["methods"]
-    lines = ["## Continual-learning metrics (0-100)", "",
+    lines = ["## Table 2: each task after the last stage, AVG, Last, BWT", "", *md_table(*table2_rows(result)), "",
+             "## Continual-learning metrics (0-100)", "",
              *md_table(["method", *(key for key, _ in METRICS)],
                        [[method, *(fmt(values[key]) for key, _ in METRICS)] for method, values in methods.items()]),
              "", "## Matrix R (rows: after stage t; row 0: zero-shot)", "",

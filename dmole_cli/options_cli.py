@@ -1,0 +1,118 @@
+"""Command-line flags generated from a stage's options model (`stages/options.py`), the one place each option's
+name, type, default and help are written.
+
+``@stage_flags("train-task")`` on a command adds one ``--flag`` per field of the stage's model to the command's
+own parameters, and hands the command the values the user gave as ``options`` (a dict; flags left out are not
+in it, so the workspace's defaults apply below them when the stage resolves its options).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+import json
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+
+import typer
+from pydantic.fields import FieldInfo
+
+from stages.errors import UserError
+from stages.options import STAGE_OPTIONS
+
+OPTIONS = "options"
+COMMON = ("force", "quiet", "workspace")
+
+
+def _plain(annotation: Any) -> Any:
+    """The annotation without Optional / ``| None``."""
+    if get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType", Union)):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _default_text(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        return ""
+    value = field.default
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return f" \\[default: {'on' if value else 'off'}]"  # escaped: rich would read [..] as markup
+    return f" \\[default: {value}]"
+
+
+def parse_pairs(pairs: list[str]) -> dict[str, Any]:
+    """``["temperature=2", "name=x"]`` -> ``{"temperature": 2, "name": "x"}`` (JSON values, else strings)."""
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            values[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key.strip()] = text
+    return values
+
+
+def _flag(name: str, field: FieldInfo, flags: dict[str, str]) -> tuple[Any, Callable[[Any], Any]]:
+    """The Annotated type of the flag for one field, and how to turn its value into the option's."""
+    kind = _plain(field.annotation)
+    help_text = (field.description or "").rstrip(".")
+    help_text = help_text[:1].upper() + help_text[1:] + "." + _default_text(field)
+    flag = flags.get(name, "--" + name.replace("_", "-"))
+    if kind is bool:
+        declared = f"{flag}/--no-{flag.removeprefix('--')}"
+        return Annotated[Optional[bool], typer.Option(declared, help=help_text)], lambda v: v
+    if get_origin(kind) is Literal:  # typer offers choices through an Enum
+        choices = enum.Enum(f"{name}_choices", {str(c): str(c) for c in get_args(kind)}, type=str)
+        return Annotated[Optional[choices], typer.Option(flag, help=help_text)], lambda v: None if v is None else v.value
+    if get_origin(kind) is dict:
+        singular = flags.get(name, "--" + name.removesuffix("s").replace("_", "-"))
+        return (Annotated[Optional[list[str]], typer.Option(singular, metavar="KEY=VALUE", help=help_text)],
+                lambda v: parse_pairs(v) if v else None)
+    if get_origin(kind) is list:
+        return Annotated[Optional[list[get_args(kind)[0]]], typer.Option(flag, help=help_text)], lambda v: v or None
+    return Annotated[Optional[kind], typer.Option(flag, help=help_text)], lambda v: v
+
+
+def stage_flags(stage: str, *, flags: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> Callable:
+    """Give a command one flag per option of ``stage`` (``flags`` renames some, ``skip`` leaves some out); the
+    command receives what the user set as ``options``."""
+    model = STAGE_OPTIONS[stage]
+
+    def decorate(command: Callable) -> Callable:
+        own = inspect.signature(command)
+        hints = typing.get_type_hints(command, include_extras=True)
+        params, annotations, converters = [], {}, {}
+        for name, param in own.parameters.items():
+            if name != OPTIONS:
+                params.append(param.replace(annotation=hints[name]))
+                annotations[name] = hints[name]
+        # the stage's flags go after the command's own and before the ones every command shares
+        first_keyword = next((i for i, p in enumerate(params) if p.name in COMMON), len(params))
+        generated = []
+        for name, field in model.model_fields.items():
+            if name in skip:
+                continue
+            annotation, converters[name] = _flag(name, field, flags or {})
+            generated.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                               annotation=annotation))
+            annotations[name] = annotation
+        ordered = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+        ordered = ordered[:first_keyword] + generated + ordered[first_keyword:]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            given = {name: converters[name](kwargs.pop(name)) for name in converters if name in kwargs}
+            return command(*args, **kwargs, options={k: v for k, v in given.items() if v is not None})
+
+        wrapper.__signature__ = inspect.Signature(ordered)
+        wrapper.__annotations__ = annotations
+        return wrapper
+
+    return decorate

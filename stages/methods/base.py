@@ -1,0 +1,187 @@
+"""The method interface: what a continual method trains, what it carries from earlier tasks, how evaluation builds
+its model for a stage, and its row in the report.
+
+A method is one module under `stages/methods/` with one `ContinualMethod` subclass, registered in
+`stages/methods/__init__.py`. The stages only call this interface: train-task asks the method for a `Trainer`
+(the model, the parameters to train, the routing around each batch, extra loss terms, what to save), eval asks
+it for an `EvalPlan`, the report for its continual matrix. This module imports no torch, so the CLI and the
+light stages can list methods cheaply; the methods import their heavy parts inside their functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+from artifacts import Version
+
+from ..config import Strict, TaskSpec
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from ..data.samples import EvalSample, TrainSample
+    from ..options import EvalOptions, TrainTaskOptions
+    from ..project import Project
+
+TRAIN_STAGE, EVAL_STAGE = "train-task", "eval"
+JOINT_TASK = "all"  # the task name of a method that trains once on every task
+ZERO_SHOT = "zero-shot"  # the evaluation of the base model: row 0 of every method's matrix
+
+
+class NoHyper(Strict):
+    """A method without hyperparameters of its own."""
+
+
+class LoraHyper(Strict):
+    """One LoRA on every attention and MLP projection of both towers, as the D-MoLE reference trains its
+    baseline (gcd19/D-MoLE seq_lora.sh): rank 4 there, about D-MoLE's trainable parameters per task at its rank-8,
+    half-the-modules budget; alpha = 2 x rank; dropout 0.05."""
+
+    rank: int = Field(default=4, gt=0, description="LoRA rank (D-MoLE's seq_lora.sh: 4)")
+    alpha: int = Field(default=8, gt=0, description="LoRA alpha, scale alpha / rank (seq_lora.sh: 2 x rank)")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout (seq_lora.sh: 0.05)")
+
+
+def stage_name(stage: str, method: str) -> str:
+    """Artifacts of every method but D-MoLE live beside D-MoLE's under a method prefix: ``seq-lora.train-task``."""
+    return stage if method == "dmole" else f"{method}.{stage}"
+
+
+def method_flag(method: str) -> str:
+    """What a hint adds to a command line for ``method`` (nothing for the default, dmole)."""
+    return "" if method == "dmole" else f" --method {method}"
+
+
+@dataclass
+class TrainRun:
+    """One train-task run as a method sees it; ``carried`` holds what the method read from earlier tasks."""
+
+    project: Project
+    method: str
+    task: str                  # the task (or JOINT_TASK) the artifact is written for
+    task_id: int               # its position in the sequence: the adapter's id
+    spec: TaskSpec | None      # None when training on every task at once
+    samples: list[TrainSample]
+    options: TrainTaskOptions
+    hyper: BaseModel
+    stage: str                 # the artifact stage, e.g. ``lwf-lora.train-task``
+    carried: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """What train-task trains: built by a method inside the stage, with the base model loaded.
+
+    The loop calls, per micro-batch: `before` (no gradient, e.g. a teacher's outputs), then the forward under
+    `route` (held through backward), then `extra_losses` on the outputs; after the last step, `save`.
+    """
+
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+
+    def route(self, indices: list[int], batch: dict) -> AbstractContextManager:
+        return nullcontext()
+
+    def before(self, model: torch.nn.Module, batch: dict, indices: list[int]) -> Any:
+        return None
+
+    def extra_losses(self, model: torch.nn.Module, batch: dict, outputs: Any, before: Any) -> dict[str, torch.Tensor]:
+        """Named loss terms added to the answer cross-entropy (each also logged)."""
+        return {}
+
+    def save(self, writer, log: list[dict]) -> dict:
+        """Write the trained weights (and anything later tasks carry) into ``writer``; return sidecar fields."""
+        raise NotImplementedError
+
+
+@dataclass
+class EvalPlan:
+    """What one evaluation runs: the model, the tasks it is scored on, and each sample's route.
+
+    ``routes_for(task, samples, options)`` gives each sample's expert set (and the router errors behind it, or
+    None); ``around(routes)`` the context each generate batch runs in. Without them nothing is routed.
+    """
+
+    model: Any
+    tasks: list[str]
+    routes_for: Callable[[str, list[EvalSample], EvalOptions], tuple[list, np.ndarray | None]] | None = None
+    around: Callable[[list], Callable | None] = lambda routes: None
+
+
+Matrix = list[list[float | None]]
+
+
+class ContinualMethod:
+    """A continual method. Subclasses set the class attributes and implement `carried`, `trainer`, `evaluation`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]                       # one line for `dmole methods` and --help
+    Hyper: ClassVar[type[Strict]] = NoHyper      # its own hyperparameters, each default with its source
+    trains: ClassVar[bool] = True                # zero-shot trains nothing
+    allocates: ClassVar[bool] = False            # reads a per-task allocation (D-MoLE and its ablations)
+    routes: ClassVar[bool] = False               # routes each test sample by the router bank (threshold sweep)
+    allocation_rule: ClassVar[str | None] = None
+
+    # ---- the task sequence -------------------------------------------------------------------------------
+    def stages_after(self, project: Project) -> list[str]:
+        """The tasks train-task and eval run for, in order (one artifact each)."""
+        return list(project.config.task_names) if self.trains else []
+
+    def training_tasks(self, project: Project, task: str) -> tuple[list[str], int, TaskSpec | None]:
+        """The tasks whose data train-task ``task`` learns, its adapter id, and its registry entry."""
+        if not self.trains:
+            raise UserError(f"{self.name} trains nothing: evaluate it with `dmole eval --zero-shot`")
+        return [task], project.config.task_index(task), project.config.task(task)
+
+    def stage(self, stage: str) -> str:
+        return stage_name(stage, self.name)
+
+    def trained(self, project: Project, task: str) -> Version:
+        """The train-task artifact of ``task`` (an error with the command to run when it is missing)."""
+        return project.store.require(self.stage(TRAIN_STAGE), task,
+                                     hint=f"dmole train-task --task {task}{method_flag(self.name)}")
+
+    def trained_before(self, project: Project, task_id: int) -> list[Version]:
+        return [self.trained(project, name) for name in project.config.task_names[:task_id - 1]]
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def carried(self, run: TrainRun) -> list[Version]:
+        """The artifacts of earlier tasks this run builds on (recorded as its inputs); may fill ``run.carried``."""
+        return []
+
+    def trainer(self, run: TrainRun, adapter) -> Trainer:
+        raise NotImplementedError
+
+    # ---- evaluation --------------------------------------------------------------------------------------
+    def eval_tasks(self, project: Project, after: str) -> list[str]:
+        """The tasks the evaluation after ``after`` is scored on."""
+        self.check_after(project, after)
+        return list(project.config.task_names)
+
+    def check_after(self, project: Project, after: str) -> None:
+        if after not in self.stages_after(project):
+            if not self.trains:
+                raise UserError(f"{self.name} is the base model: evaluate it with `dmole eval --zero-shot`")
+            project.config.task(after)  # an unknown task is named as such
+            raise UserError(f"{self.name} is evaluated after {', '.join(self.stages_after(project))}, not {after}")
+
+    def eval_inputs(self, project: Project, after: str) -> list[Version]:
+        """The artifacts the evaluation after ``after`` reads (default: every trained stage up to it)."""
+        return self.trained_before(project, project.config.task_index(after) + 1)
+
+    def evaluation(self, project: Project, after: str, adapter) -> EvalPlan:
+        raise NotImplementedError
+
+    # ---- the report --------------------------------------------------------------------------------------
+    def matrix(self, zero: list[float | None], rows: dict[str, list[float | None]], names: list[str]) -> Matrix | None:
+        """The continual matrix R (row 0: zero-shot; row t: after task t) from the zero-shot row and this
+        method's evaluations (``rows``: after -> scores per task); None when it has no evaluation yet."""
+        if not rows:
+            return None
+        return [zero] + [rows.get(name, [None] * len(names)) for name in names]

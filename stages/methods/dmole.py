@@ -1,0 +1,150 @@
+"""D-MoLE (spec/dmole.md): per task, new LoRA experts on the allocated modules, trained with each sample's one
+past task routed in; at evaluation each test sample goes to up to two tasks' experts by the autoencoder routers.
+
+Its ablations (paper Table 4) are the same method with another allocation rule: ``dmole-vision-only``,
+``dmole-language-only``, ``dmole-pooled``, ``dmole-uniform``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from artifacts.io import read_json, write_parquet
+
+from ..config import Strict
+from ..dmole.allocation import RULES
+from ..errors import UserError
+from .base import ContinualMethod, EvalPlan, TrainRun, method_flag
+
+ALLOCATE_STAGE = "allocate"
+
+
+class DMoLEHyper(Strict):
+    """The expert rank is the allocation's (``allocate --rank``); these are the rest of its LoRA settings."""
+
+    alpha: int = Field(default=16, gt=0, description="LoRA alpha (the reference's dmole.sh: 2 x rank 8)")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout (the reference's dmole.sh)")
+
+
+class DMoLE(ContinualMethod):
+    Hyper = DMoLEHyper
+    allocates = True
+    routes = True
+
+    def __init__(self, rule: str = "dmole"):
+        self.allocation_rule = rule
+        self.name = "dmole" if rule == "dmole" else f"dmole-{rule}"
+        self.summary = ("D-MoLE: experts on the layers a gradient proxy ranks, routed by autoencoders" if rule == "dmole"
+                        else f"D-MoLE ablation: the {rule} allocation rule")
+
+    @classmethod
+    def with_ablations(cls) -> list[DMoLE]:
+        return [cls(rule) for rule in RULES]
+
+    def allocation(self, project, task: str):
+        return project.store.require(self.stage(ALLOCATE_STAGE), task,
+                                     hint=f"dmole allocate --task {task}{method_flag(self.name)}")
+
+    # ---- training ------------------------------------------------------------------------------------------
+    def carried(self, run: TrainRun) -> list:
+        from ..dmole.bank import load_bank, load_embeddings, require_embeddings
+        from ..dmole.routing import training_partner
+
+        allocation = self.allocation(run.project, run.task)
+        previous = self.trained_before(run.project, run.task_id)
+        run.carried.update(allocation=allocation, partners=[None] * len(run.samples), errors=None, thresholds=None)
+        if run.task_id == 1:
+            return [allocation]
+        past = run.project.config.task_names[:run.task_id - 1]
+        embedded = require_embeddings(run.project, run.task)
+        ids, matrix, metadata = load_embeddings(embedded, "train")
+        position = {sample_id: i for i, sample_id in enumerate(ids)}
+        missing = [s.id for s in run.samples if s.id not in position]
+        if missing:
+            raise UserError(f"sample {missing[0]!r} of '{run.task}' has no cached embedding; re-run "
+                            f"`dmole embed --task {run.task}`")
+        bank = load_bank(run.project, past)
+        errors = bank.errors(matrix[[position[s.id] for s in run.samples]], metadata)
+        run.carried.update(partners=training_partner(errors, bank.thresholds), errors=errors,
+                           thresholds=bank.thresholds)
+        routers = [run.project.store.require("fit-router", name) for name in past]
+        return [allocation, embedded, *routers, *previous]
+
+    def trainer(self, run: TrainRun, adapter):
+        from ..dmole.routing import training_partner_vote
+        from ..dmole.experts import LoraSettings
+        from .lora import LoraTrainer, expert_model
+
+        arch = read_json(run.carried["allocation"].file("arch.json"))
+        experts = expert_model(run.project, adapter, loaded=dict(enumerate(self.trained_before(run.project,
+                                                                                               run.task_id), 1)))
+        lora = LoraSettings(arch["rank"], run.hyper.alpha, run.hyper.dropout)
+        partners, errors, thresholds = (run.carried[k] for k in ("partners", "errors", "thresholds"))
+        routes = [(run.task_id,) + ((p,) if p is not None else ()) for p in partners]
+        vote = run.options.train_routing == "batch-vote" and run.task_id > 1
+
+        def batch_routes(indices: list[int]) -> list:
+            if not vote:
+                return [routes[i] for i in indices]
+            partner = training_partner_vote(errors[indices], thresholds)
+            return [(run.task_id,) + ((partner,) if partner else ())] * len(indices)
+
+        def record(writer) -> None:
+            write_parquet(writer.path("routing_train.parquet"), {
+                "sample_id": [s.id for s in run.samples], "past_task": partners,
+                "errors": ([list(map(float, row)) for row in errors] if errors is not None
+                           else [[] for _ in run.samples])})
+            writer.meta["samples_with_past_expert"] = sum(p is not None for p in partners)
+
+        return LoraTrainer(run, adapter, experts, arch["selected"], lora, routes, expected=arch["expert_parameters"],
+                           batch_routes=batch_routes, record=record,
+                           sidecar={"train_routing": run.options.train_routing})
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+    def eval_inputs(self, project, after: str) -> list:
+        index = project.config.task_index(after)
+        names = project.config.task_names
+        return (self.trained_before(project, index + 1)
+                + [project.store.require("fit-router", n, hint=f"dmole fit-router --task {n}") for n in names[:index]]
+                + [project.store.require("embed", n, hint=f"dmole embed --task {n}") for n in names])
+
+    def evaluation(self, project, after: str, adapter) -> EvalPlan:
+        from ..dmole.bank import load_bank
+        from .lora import expert_model, experts_around
+
+        index = project.config.task_index(after)
+        experts = expert_model(project, adapter, loaded=dict(enumerate(self.trained_before(project, index + 1), 1)))
+        bank = load_bank(project, project.config.task_names[:index])
+        return EvalPlan(experts.model, list(project.config.task_names),
+                        routes_for=lambda task, samples, options: test_routes(project, bank, task, samples, options),
+                        around=experts_around(experts, adapter))
+
+
+def test_routes(project, bank, task: str, samples: list, options):
+    """Per test sample of ``task``, its routed expert set (and the router errors behind it), spec §9."""
+    import numpy as np
+
+    from ..dmole.bank import load_embeddings, require_embeddings
+    from ..dmole.routing import batch_vote, confidence_weights, per_sample
+    from ..evaluation.predict import batch_indices
+
+    ids, matrix, metadata = load_embeddings(require_embeddings(project, task), "test")
+    position = {sample_id: i for i, sample_id in enumerate(ids)}
+    if any(s.id not in position for s in samples):
+        raise UserError(f"the test embeddings of '{task}' do not cover its evaluation file; "
+                        f"re-run `dmole embed --task {task}`")
+    errors = bank.errors(matrix[[position[s.id] for s in samples]], metadata)
+    if options.routing == "batch-vote":  # the reference's vote over each batch predict() will generate
+        routes = []
+        for indices in batch_indices(len(samples), options.batch_size):
+            chosen = batch_vote(errors[indices], bank.thresholds, scale=options.threshold_scale,
+                                support=options.vote_support)
+            routes += [chosen] * len(indices)
+        return routes, errors
+    thresholds = bank.thresholds * options.threshold_scale
+    routes = per_sample(errors, thresholds, top=options.top, order=options.routing_order,
+                        second_margin=options.second_margin if options.second_expert == "margin" else None)
+    if options.second_expert == "weighted":
+        routes = [confidence_weights(row, thresholds, route) for row, route in zip(errors, routes)]
+    return routes, np.asarray(errors)
+

@@ -1,0 +1,39 @@
+"""Joint learning: one LoRA trained once on every task's data together (multi-task, no sequence); evaluated once,
+which fills only the last row of its continual matrix."""
+
+from __future__ import annotations
+
+from .base import JOINT_TASK, ContinualMethod, EvalPlan, LoraHyper, Matrix, TrainRun
+
+
+class Joint(ContinualMethod):
+    name = "joint"
+    summary = "multi-task reference: one LoRA trained once on every task"
+    Hyper = LoraHyper
+
+    def stages_after(self, project) -> list[str]:
+        return [JOINT_TASK]
+
+    def training_tasks(self, project, task: str):
+        self.check_after(project, task)
+        return list(project.config.task_names), 1, None
+
+    def trainer(self, run: TrainRun, adapter):
+        from .lora import LoraTrainer, all_projections, expert_model, lora_settings
+
+        return LoraTrainer(run, adapter, expert_model(run.project, adapter), all_projections(adapter),
+                           lora_settings(run.hyper), [(1,)] * len(run.samples))
+
+    def eval_inputs(self, project, after: str) -> list:
+        return [self.trained(project, JOINT_TASK)]
+
+    def evaluation(self, project, after: str, adapter) -> EvalPlan:
+        from .lora import routed_plan
+
+        return routed_plan(project, adapter, self.eval_tasks(project, after), {1: self.trained(project, JOINT_TASK)},
+                           (1,))
+
+    def matrix(self, zero, rows, names) -> Matrix | None:
+        if JOINT_TASK not in rows:
+            return None
+        return [zero] + [[None] * len(names) for _ in names[1:]] + [rows[JOINT_TASK]]

@@ -1,0 +1,183 @@
+"""The LoRA machinery the methods share (heavy: torch and PEFT): building their adapters on the workspace model,
+training them through `ExpertModel`'s per-sample routing, saving them as PEFT folders and loading them back."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from artifacts import Version
+from artifacts.io import read_json, write_json
+
+from ..dmole.experts import ExpertModel, LoraSettings, adapter_name
+from .base import EvalPlan, Trainer, TrainRun
+
+EXPERT_FOLDER = "expert"
+SIDECAR = "dmole_expert.json"
+
+
+def towers(adapter) -> dict[str, str]:
+    """Tower of every attention and MLP projection: where any expert or baseline adapter may sit."""
+    return {c.name: c.tower for c in adapter.candidates(include_mlp=True)}
+
+
+def all_projections(adapter) -> list[str]:
+    return [c.name for c in adapter.candidates(include_mlp=True)]
+
+
+def expert_folder(version: Version) -> Path:
+    version.file(f"{EXPERT_FOLDER}/adapter_model.safetensors")  # checksum-verified before PEFT reads it
+    return version.path / EXPERT_FOLDER
+
+
+def lora_settings(hyper) -> LoraSettings:
+    return LoraSettings(hyper.rank, hyper.alpha, hyper.dropout)
+
+
+def expert_model(project, adapter, base: torch.nn.Module | None = None,
+                 loaded: Mapping[int, Version] = {}) -> ExpertModel:
+    """The base (or ``base``) with the trained adapters ``loaded`` (adapter id -> train-task artifact), frozen."""
+    experts = ExpertModel(adapter.model if base is None else base, towers(adapter), str(project.model_path))
+    for task_id, version in loaded.items():
+        experts.load_expert(task_id, expert_folder(version))
+    return experts
+
+
+def merged_model(adapter, versions: Sequence[Version]) -> torch.nn.Module:
+    """The base with the adapters of ``versions`` merged into its weights, in order (fp32), frozen."""
+    from peft import PeftModel
+
+    model = adapter.model
+    for version in versions:
+        model = PeftModel.from_pretrained(model, expert_folder(version)).merge_and_unload()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def continue_from(experts: ExpertModel, source: int, target: int) -> None:
+    """Start adapter ``target`` from adapter ``source``'s weights (one LoRA continued across tasks)."""
+    params = dict(experts.model.named_parameters())
+    old, new = f".{adapter_name(source)}.", f".{adapter_name(target)}."
+    with torch.no_grad():
+        for name, param in params.items():
+            if new in name:
+                param.copy_(params[name.replace(new, old)])
+
+
+def save_expert(model, name: str, folder: Path, sidecar: dict) -> None:
+    """Save one adapter as a standalone PEFT folder: adapter_model.safetensors + adapter_config.json + sidecar.
+
+    PEFT shortens long ``target_modules`` lists to unique suffixes when it injects an adapter; the saved
+    config gets the exact sorted full names back, which PEFT matches as exact keys.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, selected_adapters=[name])
+        saved = Path(tmp) / name
+        config = read_json(saved / "adapter_config.json")
+        config["target_modules"] = sidecar["target_modules"]
+        write_json(saved / "adapter_config.json", config)
+        for file in saved.iterdir():
+            shutil.copy2(file, folder / file.name)
+    write_json(folder / SIDECAR, sidecar)
+
+
+class LoraTrainer(Trainer):
+    """Trains adapter ``run.task_id`` (added on ``modules``) inside ``experts``, each sample routed to ``routes[i]``."""
+
+    def __init__(self, run: TrainRun, adapter, experts: ExpertModel, modules: Sequence[str], lora: LoraSettings,
+                 routes: Sequence, *, expected: int | None = None,
+                 batch_routes: Callable[[list[int]], list] | None = None,
+                 record: Callable[[object], None] | None = None, sidecar: Mapping | None = None):
+        """``batch_routes`` (indices -> routes) replaces the fixed per-sample ``routes`` for a batch; ``record``
+        writes what else the method keeps beside the adapter; ``sidecar`` adds fields to its sidecar. A method
+        adds loss terms by setting ``before_fn`` and ``losses_fn`` (the `Trainer` hooks' signatures)."""
+        self.run, self.adapter, self.experts, self.lora = run, adapter, experts, lora
+        self.before_fn: Callable | None = None
+        self.losses_fn: Callable | None = None
+        self.batch_routes = batch_routes or (lambda indices: [self.routes[i] for i in indices])
+        self.record, self.extra_sidecar = record, dict(sidecar or {})
+        self.modules = sorted(modules)
+        self.params = experts.add_expert(run.task_id, self.modules, lora)
+        if expected is not None and sum(p.numel() for p in self.params) != expected:
+            raise RuntimeError("trainable parameters differ from the allocation's expert size")
+        self.routes = list(routes)
+        self.model = experts.model
+
+    @property
+    def name(self) -> str:
+        return adapter_name(self.run.task_id)
+
+    def route(self, indices: list[int], batch: dict):
+        return self.routed(self.batch_routes(indices), batch)
+
+    def before(self, model, batch: dict, indices: list[int]):
+        return self.before_fn(model, batch, indices) if self.before_fn else None
+
+    def extra_losses(self, model, batch: dict, outputs, before) -> dict:
+        return self.losses_fn(model, batch, outputs, before) if self.losses_fn else {}
+
+    def batch(self, indices: list[int]) -> dict:
+        """The training batch of the run's samples ``indices`` (what the loop feeds the model)."""
+        from ..training.chat import chat_examples
+
+        return self.adapter.train_batch(chat_examples([self.run.samples[i] for i in indices]),
+                                        self.run.options.max_length)
+
+    def adapter_params(self, task_id: int) -> dict[str, torch.nn.Parameter]:
+        """Adapter ``task_id``'s parameters, keyed by their name with the adapter's name taken out."""
+        marker = f".{adapter_name(task_id)}."
+        return {name.replace(marker, "."): p for name, p in self.model.named_parameters() if marker in name}
+
+    def routed(self, routes: Sequence, batch: dict):
+        return self.experts.routed(routes, vision_rows=self.adapter.vision_row_samples(batch))
+
+    def save(self, writer, log: list[dict]) -> dict:
+        sidecar = {"task": self.run.task, "task_id": self.run.task_id, "method": self.run.method,
+                   "adapter_name": self.name, "rank": self.lora.rank, "alpha": self.lora.alpha,
+                   "dropout": self.lora.dropout, "target_modules": self.modules, **self.extra_sidecar}
+        save_expert(self.model, self.name, writer.path(EXPERT_FOLDER), sidecar)
+        if self.record is not None:
+            self.record(writer)
+        return sidecar
+
+
+def routed_plan(project, adapter, tasks: list[str], loaded: Mapping[int, Version], route: tuple[int, ...],
+                base: torch.nn.Module | None = None) -> EvalPlan:
+    """Every test sample of ``tasks`` through the adapters ``loaded``, routed to ``route`` (a fixed expert set)."""
+    experts = expert_model(project, adapter, base, loaded)
+    return EvalPlan(experts.model, tasks, routes_for=lambda task, samples, options: ([route] * len(samples), None),
+                    around=experts_around(experts, adapter))
+
+
+def experts_around(experts: ExpertModel, adapter):
+    """``around(routes)`` for an `EvalPlan`: each generate batch runs with its samples' routed experts."""
+    def around(routes: list):
+        return lambda indices, inputs: experts.routed([routes[i] for i in indices],
+                                                      vision_rows=adapter.vision_row_samples(inputs))
+    return around
+
+
+def continued_trainer(method, run: TrainRun, adapter) -> LoraTrainer:
+    """One LoRA continued across tasks: adapter t starts from task t-1's trained adapter (loaded, frozen, beside
+    it, so a method can use the previous model), on every projection, each sample routed to adapter t."""
+    previous = method.previous(run.project, run.task_id)
+    loaded = {run.task_id - 1: previous} if previous is not None else {}
+    lora = lora_settings(run.hyper)
+    if previous is not None:
+        saved = read_json(previous.file(f"{EXPERT_FOLDER}/{SIDECAR}"))
+        if (saved["rank"], saved["alpha"]) != (lora.rank, lora.alpha):
+            from ..errors import UserError
+
+            raise UserError(f"{method.name} continues one LoRA, but {previous} has rank {saved['rank']} and alpha "
+                            f"{saved['alpha']}, not {lora.rank} and {lora.alpha}")
+    trainer = LoraTrainer(run, adapter, expert_model(run.project, adapter, loaded=loaded), all_projections(adapter),
+                          lora, [(run.task_id,)] * len(run.samples))
+    if previous is not None:
+        continue_from(trainer.experts, run.task_id - 1, run.task_id)
+    return trainer

@@ -1,0 +1,28 @@
+"""Seq-FT as the D-MoLE reference trains it (seq_lora.sh): per task a fresh LoRA on every projection of both
+towers, trained on the base with every earlier task's LoRA merged in, then merged itself. One model, no routing."""
+
+from __future__ import annotations
+
+from .base import ContinualMethod, EvalPlan, LoraHyper, TrainRun
+
+
+class SeqLora(ContinualMethod):
+    name = "seq-lora"
+    summary = "Seq-FT: a fresh LoRA per task on the model with the earlier ones merged in"
+    Hyper = LoraHyper
+
+    def carried(self, run: TrainRun) -> list:
+        return self.trained_before(run.project, run.task_id)
+
+    def trainer(self, run: TrainRun, adapter):
+        from .lora import LoraTrainer, all_projections, expert_model, lora_settings, merged_model
+
+        base = merged_model(adapter, self.trained_before(run.project, run.task_id))
+        experts = expert_model(run.project, adapter, base)
+        return LoraTrainer(run, adapter, experts, all_projections(adapter), lora_settings(run.hyper),
+                           [(run.task_id,)] * len(run.samples))
+
+    def evaluation(self, project, after: str, adapter) -> EvalPlan:
+        from .lora import merged_model
+
+        return EvalPlan(merged_model(adapter, self.eval_inputs(project, after)), self.eval_tasks(project, after))

@@ -1,0 +1,206 @@
+"""Every stage's options, in one place: the single source of truth for their names, types, defaults and help.
+
+The CLI generates each stage command's flags from these models (`dmole_cli/options_cli.py`), the workspace's
+``stages`` section is validated against them, and every stage function resolves its options with
+`stage_options`, so a notebook call and the same command line run with the same options and hash alike.
+
+Precedence for a stage option: the model default < the workspace profile < the workspace's ``stages`` section <
+what the caller set (a command-line flag, or a field set explicitly on the options object).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from .config import Strict, WorkspaceConfig, parse_model, stage_profile
+
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def check_method(name: str | None) -> str | None:
+    """A registered method's name, or a one-line error naming the registered ones."""
+    if name is None:
+        return None
+    from .methods import method_names
+
+    if name not in method_names():
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(method_names())}")
+    return name
+
+
+class _MethodChoice(Strict):
+    method: str | None = Field(default=None, description="the continual method (`dmole methods` lists them); "
+                                                         "default: the workspace's")
+
+    _known_method = field_validator("method")(classmethod(lambda cls, name: check_method(name)))
+
+
+class EmbedOptions(Strict):
+    batch_size: int = Field(default=16, gt=0, description="samples per forward pass")
+
+
+class FitRouterOptions(Strict):
+    quantile: float = Field(default=0.95, gt=0, lt=1, description="threshold = this quantile of the task's own "
+                                                                  "reconstruction errors")
+    hidden: int = Field(default=128, gt=0, description="autoencoder bottleneck width")
+    output_activation: Literal["sigmoid", "none"] = Field(default="sigmoid", description="decoder output: sigmoid "
+                                                                                         "or none")
+    lr: float = Field(default=5e-3, gt=0, description="autoencoder learning rate")
+    min_lr: float = Field(default=1e-3, ge=0, description="floor of the plateau schedule")
+    batch_size: int = Field(default=1024, gt=0, description="embeddings per autoencoder step")
+    max_epochs: int = Field(default=1000, gt=0, description="epochs at most (early stopping ends sooner)")
+    patience: int = Field(default=10, gt=0, description="epochs without improvement before stopping")
+    max_fit_samples: int | None = Field(default=None, gt=0, description="seeded cap on the fit set (default: all)")
+    min_acceptance: float = Field(default=0.5, ge=0, le=1,
+                                  description="warn when the router accepts fewer of its own test samples")
+    seed: int = Field(default=42, description="seed of the fit-set draw and the autoencoder")
+
+
+class ZcScoreOptions(Strict):
+    portion: float = Field(default=0.01, gt=0, le=1, description="fraction p of the training set (at least 4 "
+                                                                 "batches are used)")
+    batch_size: int = Field(default=2, gt=0, description="per-device batch b")
+    include_mlp: bool = Field(default=False, description="also score MLP projections (default: attention only)")
+    seed: int = Field(default=42, description="seed of the sample draw")
+
+
+def parse_budget(text: str) -> tuple[float | None, int | None]:
+    """'0.5' -> a module fraction; '2M', '500k', '120000' -> a parameter count."""
+    value = str(text).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)", value)
+    if not match:
+        raise ValueError(f"budget {text!r} is neither a fraction in (0, 1] nor a parameter count like 2M")
+    number, suffix = float(match.group(1)), match.group(2)
+    if suffix or (number > 1 and number.is_integer()):
+        return None, int(number * _SUFFIX[suffix])
+    if not 0 < number <= 1:
+        raise ValueError(f"budget {text!r} is out of range: a fraction must be in (0, 1]")
+    return number, None
+
+
+class AllocateOptions(_MethodChoice):
+    budget: str = Field(default="0.5", description="a fraction of the candidate modules (0.5) or a parameter "
+                                                   "count (2M, 500k)")
+    rank: int = Field(default=8, gt=0, description="expert rank; train-task reads it from the allocation")
+
+    @field_validator("budget")
+    @classmethod
+    def _parses(cls, budget: str) -> str:
+        parse_budget(budget)
+        return budget
+
+
+class TrainTaskOptions(_MethodChoice):
+    epochs: float | None = Field(default=None, gt=0, description="default: the task's registry value, else 1")
+    batch_size: int | None = Field(
+        default=None, gt=0, description="global batch of one optimizer step = per device x devices x grad_accum; "
+                                        "default: the task's registry value, else 8")
+    grad_accum: int = Field(default=1, gt=0, description="micro-batches per optimizer step on each device (same "
+                                                         "step, less memory)")
+    max_length: int | None = Field(default=2048, gt=0, description="tokens kept per sample; image tokens are "
+                                                                   "never cut")
+    group_by_length: bool = Field(default=False, description="batch samples of similar length together (the "
+                                                             "reference's group_by_length)")
+    lr: float = Field(default=1e-4, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="linear warm-up share of the steps")
+    clip: float = Field(default=1.0, ge=0, description="gradient-norm clip (0: none)")
+    train_routing: Literal["per-sample", "batch-vote"] = Field(
+        default="per-sample", description="D-MoLE: each sample's past expert (per-sample) or one per batch by vote "
+                                          "(batch-vote, the reference)")
+    hparams: dict[str, float | int | bool | str] = Field(
+        default_factory=dict, description="the method's own hyperparameters (`dmole methods --show NAME`), over the "
+                                          "workspace's `methods` section; on the command line KEY=VALUE, repeatable")
+    checkpoint_every: int = Field(default=50, ge=0, description="optimizer steps between resume checkpoints; a killed "
+                                                                "run resumes from the last one")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="bf16 autocast: auto (on CUDA only), bf16 (always) or fp32 (never)")
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations in backward to save "
+                                                                    "memory")
+    seed: int = Field(default=42, description="seed of the adapter initialisation and the data order")
+
+
+class EvalOptions(_MethodChoice):
+    batch_size: int = Field(default=8, gt=0, description="generation batch size")
+    routing: Literal["per-sample", "batch-vote"] = Field(
+        default="per-sample", description="per-sample (batch-size independent) or batch-vote (the reference)")
+    routing_order: Literal["filter-then-rank", "rank-then-filter"] = Field(
+        default="filter-then-rank", description="threshold the routers, then rank the accepting ones (or the "
+                                                "reverse)")
+    threshold_scale: float = Field(default=1.0, gt=0, description="multiply every router threshold")
+    top: int = Field(default=2, gt=0, description="experts per sample at most")
+    vote_support: float = Field(default=0.3, gt=0, le=1, description="batch-vote: share of a batch an expert needs")
+    second_expert: Literal["any", "margin", "weighted"] = Field(
+        default="margin", description="per-sample rule for a second expert: margin (its relative error within "
+                                      "second_margin x the first's; measured best, docs/benchmarks.md), any "
+                                      "accepting router (the paper's top-2), or weighted (by router confidence)")
+    second_margin: float = Field(default=2.0, gt=0, description="the margin rule's factor")
+    caption_tokenizer: Literal["simple", "ptb"] = Field(default="simple", description="caption tokenizer: simple or "
+                                                                                      "ptb (needs java)")
+    min_acceptance: float = Field(default=0.5, ge=0, le=1,
+                                  description="warn when a seen task's own router accepts fewer of its samples")
+
+
+class RouteTrainOptions(Strict):
+    skip_ratio: float = Field(default=0.3, ge=0.0, lt=1.0, description="ρ: target fraction of routable layers "
+                                                                        "skipped by easy examples")
+    start: str = Field(default="base", description="what RoE is trained on: 'base' (a D-MoLE checkpoint later)")
+    hinge_weight: float = Field(default=1.0, ge=0.0, description="λ: weight of the sparsity hinge")
+    hinge_gamma: float = Field(default=5.0, ge=0.0, description="γ: difficulty weight exp(−γ·CE)")
+    epochs: float = Field(default=1.0, gt=0.0, description="passes over the training subset")
+    batch_size: int = Field(default=16, gt=0, description="examples per optimizer step")
+    roe_lr: float = Field(default=4e-4, gt=0.0, description="lr of routers and adapters")
+    router_lr: float | None = Field(default=None, gt=0.0, description="router lr if not roe_lr")
+    backbone_lr: float = Field(default=2e-6, gt=0.0, description="LLM and projector lr in stage 2 (full)")
+    stage2_mode: Literal["frozen", "full"] = Field(default="full", description="backbone in stage 2")
+    stage1_start: float = Field(default=0.3, ge=0.0, le=1.0, description="fraction of steps before routers train")
+    stage2_start: float = Field(default=0.5, ge=0.0, le=1.0, description="fraction of steps before joint tuning")
+    warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0, description="linear warm-up share of the steps")
+    adapter_rank: int | None = Field(default=None, gt=0, description="adapter bottleneck r (default D/4)")
+    always_execute: list[int] = Field(default=[0], description="layers never skipped (must include 0)")
+    batch_rule: Literal["gather", "or"] = Field(default="gather", description="mixed decisions in a batch")
+    data_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="seeded share of the training data")
+    eval_batch_size: int = Field(default=8, gt=0, description="prompts per generate call in the evaluation")
+    max_eval_samples: int | None = Field(default=None, gt=0, description="first N test samples per task")
+
+    @model_validator(mode="after")
+    def _ordered_stages(self) -> RouteTrainOptions:
+        if self.stage1_start > self.stage2_start:
+            raise ValueError("stage1_start must not exceed stage2_start")
+        return self
+
+
+class RoEEvalOptions(Strict):
+    batch_size: int = Field(default=8, gt=0, description="prompts per generate call")
+    batch_rule: Literal["gather", "or"] | None = Field(
+        default=None, description="rows with different decisions in one batch: gather or OR (default: route-train's)")
+    max_samples: int | None = Field(default=None, gt=0, description="first N test samples per task (default: all)")
+
+
+STAGE_OPTIONS: dict[str, type[Strict]] = {
+    "embed": EmbedOptions, "fit-router": FitRouterOptions, "zc-score": ZcScoreOptions, "allocate": AllocateOptions,
+    "train-task": TrainTaskOptions, "eval": EvalOptions, "route-train": RouteTrainOptions,
+    "roe-eval": RoEEvalOptions,
+}
+
+
+def explicit(given: BaseModel | Mapping | None) -> dict:
+    """What a caller set: the fields set explicitly on an options object, or a mapping's non-None values."""
+    if given is None:
+        return {}
+    if isinstance(given, BaseModel):
+        return given.model_dump(include=given.model_fields_set)
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def stage_options(config: WorkspaceConfig, stage: str, given: BaseModel | Mapping | None = None) -> BaseModel:
+    """``stage``'s options: the profile's and the workspace's defaults, then what the caller set."""
+    model = STAGE_OPTIONS[stage]
+    if isinstance(given, BaseModel) and not isinstance(given, model):
+        raise TypeError(f"{stage} takes {model.__name__}, not {type(given).__name__}")
+    merged = {**stage_profile(config, stage), **config.stages.get(stage, {}), **explicit(given)}
+    return parse_model(model, merged, source=f"options of '{stage}'")
