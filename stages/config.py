@@ -167,7 +167,8 @@ def parse_model(model: type[BaseModel], data: object, *, source: str) -> BaseMod
         first = error.errors()[0]
         location = ".".join(str(part) for part in first["loc"]) or "(top level)"
         more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-        raise ConfigError(f"{source}: {location}: {first['msg']}{more}") from None
+        message = first["msg"].removeprefix("Value error, ")  # our validators' own messages need no prefix
+        raise ConfigError(f"{source}: {location}: {message}{more}") from None
 
 
 def _check(model: type[BaseModel], values: dict, where: str) -> None:

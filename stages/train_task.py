@@ -16,7 +16,7 @@ from .config import TaskSpec, parse_model
 from .data.samples import TrainSample
 from .data.tasks import load_train_samples
 from .methods import get_method
-from .methods.base import TRAIN_STAGE, TrainRun
+from .methods.base import TRAIN_STAGE, ContinualMethod, TrainRun
 from .options import TrainTaskOptions, stage_options
 from .progress import Progress, silent
 from .project import Project
@@ -55,17 +55,24 @@ def checkpoint_dir(project: Project, stage: str, task: str, config: dict) -> Pat
     return project.root / ".runs" / stage / task / config_hash(config)[:16]
 
 
+def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict | None = None
+              ) -> tuple[ContinualMethod, TrainRun, list[str]]:
+    """The method, the run it is asked to train (options resolved) and the tasks whose data it learns."""
+    options = stage_options(project.config, STAGE, options)
+    method = get_method(options.method or project.config.method)
+    options = options.model_copy(update={"method": method.name})  # the same run hashes the same, however named
+    names, task_id, spec = method.training_tasks(project, task_name)
+    return method, TrainRun(project, method.name, task_name, task_id, spec, _samples(project, names), options,
+                            method_hyper(project, method, options), method.stage(STAGE)), names
+
+
 def train_task(project: Project, task_name: str, options: TrainTaskOptions | dict | None = None, *,
                force: bool = False, progress: Progress = silent, log_to: Sequence[str] = ()) -> StageResult:
     """Train task ``task_name``; ``options`` (what the caller sets) go over the workspace's defaults; ``log_to``
     also streams the step log to tensorboard / wandb (not hashed)."""
     check_available(log_to)
-    options = stage_options(project.config, STAGE, options)
-    method = get_method(options.method or project.config.method)
-    options = options.model_copy(update={"method": method.name})  # the same run hashes the same, however named
-    names, task_id, spec = method.training_tasks(project, task_name)
-    run = TrainRun(project, method.name, task_name, task_id, spec, _samples(project, names), options,
-                   method_hyper(project, method, options), method.stage(STAGE))
+    method, run, names = train_run(project, task_name, options)
+    options, spec = run.options, run.spec
     inputs = method.carried(run)
     settings = loop_settings(options, spec)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in names}

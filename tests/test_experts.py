@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from stages.dmole.experts import ExpertModel, LoraSettings
-from stages.methods import towers
+from stages.methods.lora import towers
 from stages.models.base import ChatExample
 from stages.models.registry import load_family
 from stages.models.tiny import build_tiny

@@ -17,7 +17,7 @@ from dmole_cli.app import app
 from conftest import MICRO_STAGES
 
 # LoRA dropout draws different masks in each process, so the comparison trains without it.
-STAGES = {**MICRO_STAGES, "train-task": {**MICRO_STAGES["train-task"], "dropout": 0.0}}
+METHODS = {"dmole": {"dropout": 0.0}}
 # Each process weights its token-mean loss by its share of the batch's supervised tokens, so a data-parallel
 # step is the single-process step up to float summation order (measured: 2e-6 max abs after three steps).
 EXPERT_TOLERANCE = 1e-5
@@ -63,7 +63,8 @@ def twin_runs(tmp_path_factory, micro_bench):
     projects = []
     for name in ("one", "two"):
         root = tmp_path_factory.mktemp(name) / "ws"
-        create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", stages=STAGES)
+        create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", stages=MICRO_STAGES,
+                         methods=METHODS)
         projects.append(Project.open(root))
     one, two = projects
     tasks = one.config.task_names[:2]

@@ -26,6 +26,7 @@ def towers(adapter) -> dict[str, str]:
 
 
 def all_projections(adapter) -> list[str]:
+    """Every attention and MLP projection of both towers (ask before an adapter wraps them)."""
     return [c.name for c in adapter.candidates(include_mlp=True)]
 
 
@@ -168,6 +169,7 @@ def continued_trainer(method, run: TrainRun, adapter) -> LoraTrainer:
     it, so a method can use the previous model), on every projection, each sample routed to adapter t."""
     previous = method.previous(run.project, run.task_id)
     loaded = {run.task_id - 1: previous} if previous is not None else {}
+    modules = all_projections(adapter)  # before any adapter wraps the projections
     lora = lora_settings(run.hyper)
     if previous is not None:
         saved = read_json(previous.file(f"{EXPERT_FOLDER}/{SIDECAR}"))
@@ -176,8 +178,8 @@ def continued_trainer(method, run: TrainRun, adapter) -> LoraTrainer:
 
             raise UserError(f"{method.name} continues one LoRA, but {previous} has rank {saved['rank']} and alpha "
                             f"{saved['alpha']}, not {lora.rank} and {lora.alpha}")
-    trainer = LoraTrainer(run, adapter, expert_model(run.project, adapter, loaded=loaded), all_projections(adapter),
-                          lora, [(run.task_id,)] * len(run.samples))
+    trainer = LoraTrainer(run, adapter, expert_model(run.project, adapter, loaded=loaded), modules, lora,
+                          [(run.task_id,)] * len(run.samples))
     if previous is not None:
         continue_from(trainer.experts, run.task_id - 1, run.task_id)
     return trainer

@@ -41,10 +41,10 @@ class OLora(ContinualMethod):
         from .lora import LoraTrainer, all_projections, expert_model, lora_settings
 
         loaded = dict(enumerate(self.trained_before(run.project, run.task_id), 1))
+        modules = all_projections(adapter)  # before any adapter wraps the projections
         experts = expert_model(run.project, adapter, loaded=loaded)
         everyone = tuple(range(1, run.task_id + 1))
-        trainer = LoraTrainer(run, adapter, experts, all_projections(adapter), lora_settings(run.hyper),
-                              [everyone] * len(run.samples))
+        trainer = LoraTrainer(run, adapter, experts, modules, lora_settings(run.hyper), [everyone] * len(run.samples))
 
         def lora_a(task_id: int) -> dict:
             return {k: p for k, p in trainer.adapter_params(task_id).items() if ".lora_A." in k}

@@ -1,0 +1,168 @@
+"""Each continual method's defining mechanism, and all of Table 2's methods through one pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import MICRO_STAGES
+
+from artifacts.io import read_json
+from stages.demo import TABLE2, run_pipeline
+from stages.init import create_workspace
+from stages.methods import REGISTRY, get_method
+from stages.methods.ewc import FISHER, ewc_penalty
+from stages.methods.lwf import distillation_loss
+from stages.methods.olora import orthogonality_loss
+from stages.project import Project
+from stages.train_task import train_run, train_task
+
+TASKS = ["color-vqa", "shape-choice"]
+
+
+@pytest.fixture
+def two_tasks(micro_bench, tmp_path):
+    """A workspace over the micro benchmark's first two tasks."""
+    root = tmp_path / "ws"
+    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS,
+                     stages=MICRO_STAGES)
+    return Project.open(root)
+
+
+def second_task_trainer(project: Project, method: str):
+    """Train ``method`` on the first task, then build (without training) its trainer for the second."""
+    train_task(project, TASKS[0], {"method": method})
+    chosen, run, _ = train_run(project, TASKS[1], {"method": method})
+    chosen.carried(run)
+    return run, chosen.trainer(run, project.load_model())
+
+
+# ---- LwF ------------------------------------------------------------------------------------------------------
+def test_lwf_targets_are_the_previous_models_outputs(two_tasks):
+    from peft import PeftModel
+
+    from stages.methods.lora import expert_folder
+    from stages.models.registry import load_family
+
+    run, trainer = second_task_trainer(two_tasks, "lwf-lora")
+    indices = [0, 1, 2]
+    batch = trainer.batch(indices)
+    trainer.model.train()  # as the training loop runs it
+    targets = trainer.before(trainer.model, batch, indices)
+    previous = PeftModel.from_pretrained(load_family(two_tasks.model_path).model,
+                                         expert_folder(get_method("lwf-lora").trained(two_tasks, TASKS[0]))).eval()
+    with torch.no_grad():
+        expected = previous(**batch).logits
+    assert torch.allclose(targets, expected, atol=1e-5)
+    assert trainer.model.training  # the teacher pass leaves the student in training mode
+    # the new adapter starts as the previous one, so at step 0 the student (without dropout) is its teacher
+    trainer.model.eval()
+    with torch.no_grad(), trainer.route(indices, batch):
+        outputs = trainer.model(**batch)
+    assert trainer.extra_losses(trainer.model, batch, outputs, targets)["lwf"].item() == pytest.approx(0, abs=1e-6)
+
+
+def test_distillation_loss_is_zero_on_the_targets_and_positive_away_from_them():
+    targets = torch.randn(2, 5, 11)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert distillation_loss(targets, targets, mask, 2.0).item() == pytest.approx(0, abs=1e-6)
+    moved = targets + torch.randn_like(targets)
+    assert distillation_loss(moved, targets, mask, 2.0).item() > 0
+    moved_on_padding = targets.clone()
+    moved_on_padding[0, 4] += 5  # a padding position does not count
+    assert distillation_loss(moved_on_padding, targets, mask, 2.0).item() == pytest.approx(0, abs=1e-6)
+
+
+# ---- EWC ------------------------------------------------------------------------------------------------------
+def test_ewc_penalty_is_zero_at_the_old_weights_and_grows_as_they_move():
+    anchors = {"a": torch.randn(3, 4), "b": torch.randn(5)}
+    fisher = {"a": torch.rand(3, 4), "b": torch.rand(5)}
+    assert ewc_penalty({k: v.clone() for k, v in anchors.items()}, anchors, fisher, 400.0).item() == 0
+    direction = {k: torch.randn_like(v) for k, v in anchors.items()}
+    penalties = [ewc_penalty({k: anchors[k] + step * direction[k] for k in anchors}, anchors, fisher, 400.0).item()
+                 for step in (0.01, 0.1, 1.0)]
+    assert 0 < penalties[0] < penalties[1] < penalties[2]
+
+
+def test_ewc_estimates_the_fisher_after_each_task_and_anchors_the_next(two_tasks):
+    from safetensors.torch import load_file
+
+    run, trainer = second_task_trainer(two_tasks, "ewc-lora")
+    first = load_file(get_method("ewc-lora").trained(two_tasks, TASKS[0]).file(FISHER))
+    assert set(first) == set(trainer.adapter_params(run.task_id))
+    assert all((f >= 0).all() for f in first.values()) and any(f.sum() > 0 for f in first.values())
+    assert trainer.extra_losses(trainer.model, {}, None, None)["ewc"].item() == 0  # starts at the old weights
+    with torch.no_grad():
+        for p in trainer.params:
+            p.add_(0.05 * torch.randn_like(p))
+    assert trainer.extra_losses(trainer.model, {}, None, None)["ewc"].item() > 0
+    train_task(two_tasks, TASKS[1], {"method": "ewc-lora"})
+    second = load_file(get_method("ewc-lora").trained(two_tasks, TASKS[1]).file(FISHER))
+    assert all((second[k] >= first[k]).all() for k in first)  # a running sum over the tasks
+
+
+# ---- O-LoRA ---------------------------------------------------------------------------------------------------
+def test_orthogonality_loss_is_zero_for_orthogonal_as_and_positive_otherwise():
+    basis = torch.linalg.qr(torch.randn(8, 8))[0].T  # eight orthonormal rows
+    old = [{"m": basis[:2]}, {"m": basis[2:4]}]
+    assert orthogonality_loss({"m": basis[4:6]}, old).item() == pytest.approx(0, abs=1e-5)
+    assert orthogonality_loss({"m": basis[4:6] + 0.1 * basis[0]}, old).item() > 0.1
+
+
+def test_olora_keeps_earlier_loras_frozen_and_pushes_the_new_one_away(two_tasks):
+    run, trainer = second_task_trainer(two_tasks, "o-lora")
+    new = {id(p) for p in trainer.params}
+    old = trainer.adapter_params(1)
+    assert old and not any(id(p) in new or p.requires_grad for p in old.values())
+    losses = trainer.extra_losses(trainer.model, {}, None, None)
+    assert losses["orthogonal"].item() > 0 and losses["l2"].item() == 0  # lambda_2 = 0 by default
+    assert trainer.routes[0] == (1, 2)  # every LoRA so far serves every sample
+
+
+# ---- MoELoRA --------------------------------------------------------------------------------------------------
+def test_moelora_router_weights_sum_to_one_and_every_expert_learns():
+    from stages.methods.moe_layers import MoELoraLinear
+
+    torch.manual_seed(0)
+    layer = MoELoraLinear(torch.nn.Linear(6, 5), experts=4, rank=8, alpha=16, dropout=0.0)
+    x = torch.randn(3, 7, 6)
+    gates = layer.gates(x)
+    assert gates.shape == (3, 7, 4) and torch.allclose(gates.sum(-1), torch.ones(3, 7))
+    assert torch.allclose(layer(x), layer.base(x))  # B starts at zero: the wrapped layer unchanged
+    optimizer = torch.optim.SGD([layer.router.weight, layer.lora_A, layer.lora_B], lr=0.5)
+    for _ in range(2):  # after one step B is non-zero, so every part gets a gradient
+        optimizer.zero_grad()
+        layer(x).pow(2).mean().backward()
+        optimizer.step()
+    for e in range(4):
+        assert layer.lora_A.grad[e].abs().sum() > 0 and layer.lora_B.grad[e].abs().sum() > 0, e
+    assert layer.router.weight.grad.abs().sum() > 0
+
+
+def test_moelora_rank_must_split_among_the_experts(two_tasks):
+    from stages.config import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of experts"):
+        train_run(two_tasks, TASKS[0], {"method": "moelora", "hparams": {"experts": 3}})
+
+
+# ---- every method of Table 2 in one pipeline ------------------------------------------------------------------
+@pytest.mark.slow
+def test_table2_methods_run_through_one_pipeline_and_report(two_tasks):
+    report = run_pipeline(two_tasks, TABLE2)
+    result = read_json(report.version.file("cl_metrics.json"))
+    assert list(result["methods"]) == [m for m in REGISTRY if m in TABLE2]  # Table 2's order
+    methods = result["methods"]
+    assert methods["zero-shot"]["bwt"] == 0 and methods["zero-shot"]["matrix"][1] == methods["zero-shot"]["matrix"][0]
+    assert methods["joint"]["matrix"][1] == [None, None] and None not in methods["joint"]["matrix"][2]
+    for name in TABLE2:
+        assert None not in methods[name]["matrix"][-1], name
+    store = two_tasks.store
+    for name in ("lwf-lora", "ewc-lora", "moelora", "o-lora"):  # each builds on its own first task
+        inputs = store.latest(f"{name}.train-task", TASKS[1]).manifest["inputs"]
+        assert any(i["stage"] == f"{name}.train-task" and i["task"] == TASKS[0] for i in inputs), name
+    counts = {name: store.latest(f"{name}.train-task", TASKS[0]).manifest["summary"]["trainable_parameters"]
+              for name in ("seq-lora", "lwf-lora", "ewc-lora", "o-lora", "moelora")}
+    assert len({counts[n] for n in ("seq-lora", "lwf-lora", "ewc-lora", "o-lora")}) == 1
+    assert counts["moelora"] > counts["seq-lora"]  # the same rank, plus a router per projection
+    sidecar = read_json(store.latest("lwf-lora.train-task", TASKS[1]).file("expert/dmole_expert.json"))
+    assert sidecar["method"] == "lwf-lora" and sidecar["rank"] == 4

@@ -1,0 +1,107 @@
+"""One source of truth for every option: the generated flags, the typed workspace sections, the stage functions
+that resolve the workspace's defaults themselves, and values fixed by an upstream artifact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import MICRO_STAGES
+from typer.testing import CliRunner
+
+from artifacts.io import read_json
+from dmole_cli.app import app
+from stages.config import ConfigError
+from stages.options import STAGE_OPTIONS
+from stages.project import Project
+
+runner = CliRunner()
+COMMANDS = {"embed": ["embed"], "fit-router": ["fit-router"], "zc-score": ["zc-score"], "allocate": ["allocate"],
+            "train-task": ["train-task"], "eval": ["eval"], "route-train": ["route-train"]}
+
+
+def dmole(project: Project, *args: str):
+    return runner.invoke(app, [*args, "--workspace", str(project.root)])
+
+
+def edit_workspace(project: Project, **sections) -> None:
+    path = project.root / "workspace.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **sections}))
+
+
+@pytest.mark.parametrize("stage", sorted(COMMANDS))
+def test_every_option_of_a_stage_is_a_flag_of_its_command(stage):
+    text = runner.invoke(app, [*COMMANDS[stage], "--help"], env={"COLUMNS": "250"}).output
+    flags = {"start": "--from", "hparams": "--hparam"}
+    for name in STAGE_OPTIONS[stage].model_fields:
+        assert flags.get(name, "--" + name.replace("_", "-")) in text, (stage, name)
+
+
+def test_allocating_at_rank_16_trains_rank_16_experts(make_project):
+    """Regression: the rank lived in allocate's and train-task's options; train-task now reads the allocation's."""
+    project = make_project()
+    task = project.config.task_names[0]
+    assert dmole(project, "zc-score", "--task", task).exit_code == 0
+    assert dmole(project, "allocate", "--task", task, "--rank", "16").exit_code == 0
+    trained = dmole(project, "train-task", "--task", task)
+    assert trained.exit_code == 0, trained.output
+    config = read_json(project.store.latest("train-task", task).file("expert/adapter_config.json"))
+    assert config["r"] == 16
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"stages": {"train_task": {"lr": 3e-4}}}, "unknown stage 'train_task'"),
+    ({"stages": {"train-task": {"lr": -5}}}, "stage 'train-task': lr: Input should be greater than 0"),
+    ({"stages": {"train-task": {"lrate": 1e-4}}}, "stage 'train-task': lrate: Extra inputs are not permitted"),
+    ({"methods": {"lwf-lora": {"temprature": 1.0}}}, "method 'lwf-lora': temprature: Extra inputs"),
+    ({"methods": {"lwf": {}}}, "unknown method 'lwf'"),
+    ({"method": "ewc"}, "unknown method 'ewc'"),
+])
+def test_a_bad_workspace_section_is_one_line_naming_it(make_project, section, message):
+    """Regression: a misspelt stage key in workspace.json was silently ignored."""
+    project = make_project()
+    edit_workspace(project, **section)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Project.open(project.root)
+    result = dmole(project, "tasks")
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 2  # one line (wrapped at most once by the console)
+
+
+def test_a_notebook_call_uses_the_workspace_defaults_and_hashes_like_the_cli(make_project):
+    """Regression: `train_task(project, t)` ignored the workspace's `stages` defaults and hashed differently."""
+    from stages.train_task import train_task
+
+    project = make_project(stages={**MICRO_STAGES, "train-task": {**MICRO_STAGES["train-task"], "lr": 2e-3}})
+    task = project.config.task_names[0]
+    for stage in ("zc-score", "allocate"):
+        assert dmole(project, stage, "--task", task).exit_code == 0
+    first = train_task(project, task)
+    assert first.version.manifest["config"]["options"]["lr"] == 2e-3
+    again = dmole(project, "train-task", "--task", task)
+    assert again.exit_code == 0 and "up to date" in again.output
+    changed = dmole(project, "train-task", "--task", task, "--lr", "1e-3")
+    assert changed.exit_code == 0 and "wrote v2" in changed.output
+
+
+def test_method_hyperparameters_resolve_defaults_then_workspace_then_flags(make_project):
+    from stages.train_task import train_run
+
+    project = make_project()
+    task = project.config.task_names[0]
+    edit_workspace(project, methods={"lwf-lora": {"temperature": 1.5}})
+    project = Project.open(project.root)
+    _, run, _ = train_run(project, task, {"method": "lwf-lora"})
+    assert (run.hyper.temperature, run.hyper.weight) == (1.5, 1.0)
+    _, run, _ = train_run(project, task, {"method": "lwf-lora", "hparams": {"weight": 0.5}})
+    assert (run.hyper.temperature, run.hyper.weight) == (1.5, 0.5)
+    bad = dmole(project, "train-task", "--task", task, "--method", "lwf-lora", "--hparam", "temp=2")
+    assert bad.exit_code == 2 and "temp: Extra inputs are not permitted" in bad.output
+    malformed = dmole(project, "train-task", "--task", task, "--method", "lwf-lora", "--hparam", "weight")
+    assert malformed.exit_code == 2 and "expected KEY=VALUE" in malformed.output
+
+
+def test_a_choice_option_offers_its_choices(make_project):
+    project = make_project()
+    result = dmole(project, "train-task", "--task", project.config.task_names[0], "--precision", "fp16")
+    assert result.exit_code == 2 and "'fp16' is not one of" in result.output
