@@ -36,7 +36,10 @@ class _MethodChoice(Strict):
     method: str | None = Field(default=None, description="the continual method (`dmole methods` lists them); "
                                                          "default: the workspace's")
 
-    _known_method = field_validator("method")(classmethod(lambda cls, name: check_method(name)))
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str | None) -> str | None:
+        return check_method(name)
 
 
 class EmbedOptions(Strict):

@@ -56,17 +56,13 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
 
         from .roe.attach import attach, roe_shape
         from .roe.modules import RoEModules
-        from .roe.recipe import LLM, PROJECTOR, RecipeSettings, train_roe
+        from .roe.recipe import LLM, PROJECTOR, train_roe
         from .roe.weights import VARIANT, save_roe
         from .training.loop import LoopSettings
 
         def load():
             return project.load_model()
 
-        settings = RecipeSettings(
-            rho=options.skip_ratio, lam=options.hinge_weight, gamma=options.hinge_gamma, roe_lr=options.roe_lr,
-            router_lr=options.router_lr or options.roe_lr, backbone_lr=options.backbone_lr,
-            stage2_mode=options.stage2_mode, stage1_start=options.stage1_start, stage2_start=options.stage2_start)
         loop = LoopSettings(epochs=options.epochs, batch_size=options.batch_size, lr=options.roe_lr,
                             weight_decay=0.0, warmup_ratio=options.warmup_ratio, seed=seed)
         adapter = load()
@@ -74,13 +70,13 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
         tuned = options.stage2_mode == "full"
         if tuned:  # the same model without skipping: the same fine-tuning with every layer executed
             twin = load()
-            train_roe(twin, None, samples, settings, loop, progress=progress)
+            train_roe(twin, None, samples, options, loop, progress=progress)
             scores["dense"] = evaluate_dense(twin, sets, options.eval_batch_size, progress, label="dense twin")
             del twin
         shape = roe_shape(adapter, options.always_execute, options.adapter_rank)
         torch.manual_seed(seed)
         attachment = attach(adapter, RoEModules(shape))
-        result = train_roe(adapter, attachment.modules, samples, settings, loop, progress=progress)
+        result = train_roe(adapter, attachment.modules, samples, options, loop, progress=progress)
 
         hashed = base_hash(model_prints)
         save_roe(writer.path(WEIGHTS), attachment.modules, family=adapter.family, base_model=project.model_path.name,

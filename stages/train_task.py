@@ -55,6 +55,28 @@ def checkpoint_dir(project: Project, stage: str, task: str, config: dict) -> Pat
     return project.root / ".runs" / stage / task / config_hash(config)[:16]
 
 
+def step_loss(run: TrainRun, trainer, adapter):
+    """The loop's loss function: the answer cross-entropy of a micro-batch plus the method's extra terms."""
+    import torch
+
+    from .training.chat import chat_examples, supervised_tokens
+
+    def loss_fn(prepared, indices: list[int], scope) -> dict:
+        batch = adapter.train_batch(chat_examples([run.samples[i] for i in indices]), run.options.max_length)
+        before = trainer.before(prepared, batch, indices)
+        # held through backward: gradient checkpointing re-runs the routed layers there
+        scope.enter_context(trainer.route(indices, batch))
+        outputs = prepared(**batch)
+        logged = {"loss": outputs.loss, "count": supervised_tokens(batch["labels"])}
+        for name, term in trainer.extra_losses(prepared, batch, outputs, before).items():
+            term = torch.as_tensor(term, dtype=outputs.loss.dtype, device=outputs.loss.device)
+            logged["loss"] = logged["loss"] + term
+            logged[name] = term
+        return logged
+
+    return loss_fn
+
+
 def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict | None = None
               ) -> tuple[ContinualMethod, TrainRun, list[str]]:
     """The method, the run it is asked to train (options resolved) and the tasks whose data it learns."""
@@ -84,7 +106,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
 
         import torch
 
-        from .training.chat import chat_examples, supervised_tokens, text_length
+        from .training.chat import text_length
         from .training.loop import ParamGroup, train
 
         adapter = project.load_model()
@@ -94,25 +116,12 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
         if options.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-
-        def loss_fn(prepared, indices: list[int], scope) -> dict:
-            batch = adapter.train_batch(chat_examples([run.samples[i] for i in indices]), options.max_length)
-            before = trainer.before(prepared, batch, indices)
-            # held through backward: gradient checkpointing re-runs the routed layers there
-            scope.enter_context(trainer.route(indices, batch))
-            outputs = prepared(**batch)
-            logged = {"loss": outputs.loss, "count": supervised_tokens(batch["labels"])}
-            for name, term in trainer.extra_losses(prepared, batch, outputs, before).items():
-                term = torch.as_tensor(term, dtype=outputs.loss.dtype, device=outputs.loss.device)
-                logged["loss"] = logged["loss"] + term
-                logged[name] = term
-            return logged
-
         ckpt = checkpoint_dir(project, run.stage, task_name, config)
         logs = project.root / ".runs" / "logs" / run.stage / task_name
         with open_loggers(log_to, logs, f"{run.stage}/{task_name}", config) as loggers:
-            result = train(model, [ParamGroup(method.name, trainer.params)], loss_fn, len(run.samples), settings,
-                           checkpoint_dir=ckpt, progress=progress, description=f"{run.stage} {task_name}",
+            result = train(model, [ParamGroup(method.name, trainer.params)], step_loss(run, trainer, adapter),
+                           len(run.samples), settings, checkpoint_dir=ckpt, progress=progress,
+                           description=f"{run.stage} {task_name}",
                            loggers=loggers, lengths=[text_length(s) for s in run.samples])
         model.eval()
         trainer.save(writer, result.log)

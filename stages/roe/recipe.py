@@ -6,12 +6,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from ..data.samples import TrainSample
+from ..options import RouteTrainOptions
 from ..progress import Progress, silent
 from ..training.chat import chat_examples
 from ..training.loop import LoopResult, LoopSettings, ParamGroup, batch_plan, train
@@ -21,31 +20,18 @@ from .plan import TrainingRouting, routing
 from .schedule import STAGE_NAMES, RoEStageCallback, ScheduleState, StageSchedule
 from .segments import ImageTokens, training_segments
 
-Stage2Mode = Literal["frozen", "full"]
 # Backbone groups by parameter name; the vision tower (outside both) is always frozen. Qwen2-VL's
 # projector is the patch merger inside its vision model.
 LLM = re.compile(r"model\.language_model\..*|lm_head\..*")
 PROJECTOR = re.compile(r"model\.multi_modal_projector\..*|model\.visual\.merger\..*")
 
 
-@dataclass(frozen=True)
-class RecipeSettings:
-    rho: float
-    lam: float
-    gamma: float
-    roe_lr: float
-    router_lr: float
-    backbone_lr: float
-    stage2_mode: Stage2Mode
-    stage1_start: float
-    stage2_start: float
-
-
 def parameter_groups(model: torch.nn.Module, modules: RoEModules | None,
-                     settings: RecipeSettings) -> tuple[list[ParamGroup], dict[str, set[int]]]:
+                     settings: RouteTrainOptions) -> tuple[list[ParamGroup], dict[str, set[int]]]:
     """Non-empty groups, each named and with its own base lr, and the stages each one trains in."""
     roe = dict(modules.named_parameters(prefix=PREFIX)) if modules is not None else {}
-    groups = [ParamGroup("roe_router", [p for n, p in roe.items() if ".router." in n], settings.router_lr),
+    groups = [ParamGroup("roe_router", [p for n, p in roe.items() if ".router." in n],
+                         settings.router_lr or settings.roe_lr),
               ParamGroup("roe_adapter", [p for n, p in roe.items() if ".adapter." in n], settings.roe_lr)]
     trained_in = {"roe_router": {1, 2}, "roe_adapter": {0, 1, 2}}
     if settings.stage2_mode == "full":
@@ -72,7 +58,7 @@ def _with_status(progress: Progress, status: dict) -> Progress:
     return wrapped
 
 
-def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample], settings: RecipeSettings,
+def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample], settings: RouteTrainOptions,
               loop: LoopSettings, *, progress: Progress = silent) -> LoopResult:
     """Train ``modules`` (attached to ``adapter.model``) and, in ``full`` mode, the LLM and projector.
 
@@ -83,7 +69,7 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
     for p in model.parameters():
         p.requires_grad_(False)
     groups, trained_in = parameter_groups(model, modules, settings)
-    schedule = StageSchedule(len(batch_plan(len(samples), loop)), settings.rho, settings.stage1_start,
+    schedule = StageSchedule(len(batch_plan(len(samples), loop)), settings.skip_ratio, settings.stage1_start,
                              settings.stage2_start)
     state = ScheduleState()
     callback = RoEStageCallback(schedule, state, groups, trained_in, loop.warmup_ratio)
@@ -103,8 +89,8 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
         with routing(TrainingRouting(segments, state)) as ctx:
             logits = prepared(**batch).logits
         soft_skip = ctx.soft_skip()
-        out = roe_objective(per_example_ce(logits, labels), soft_skip, rho=settings.rho, lam=settings.lam,
-                            gamma=settings.gamma)
+        out = roe_objective(per_example_ce(logits, labels), soft_skip, rho=settings.skip_ratio,
+                            lam=settings.hinge_weight, gamma=settings.hinge_gamma)
         out |= {"soft_skip": soft_skip.mean().detach(), "hard_skip": torch.tensor(ctx.hard_skip())}
         status["skip"] = float(out["soft_skip"])
         return out
