@@ -1,27 +1,20 @@
-"""The registry of continual methods: one module each under `stages/methods/`, one line each below.
+"""The registry of continual methods: one module each under `stages/methods/`, named once below.
 
-Adding a method: write its module (a `ContinualMethod` subclass, see `base.py`) and add it to `_METHODS`.
+Adding a method: write its module (a `ContinualMethod` subclass, see `base.py`, ending with ``METHODS = [...]``)
+and add the module's name to `_MODULES`.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from ..errors import UserError
 from .base import JOINT_TASK, ContinualMethod, method_flag, stage_name
-from .dmole import DMoLE
-from .ewc import EwcLora
-from .finetune import Finetune
-from .joint import Joint
-from .lwf import LwfLora
-from .moelora import MoELora
-from .olora import OLora
-from .seq_lora import SeqLora
-from .zero_shot import ZeroShot
 
-# In the order of the paper's Table 2 (D-MoLE last), then D-MoLE's ablations (its Table 4).
-_METHODS: list[ContinualMethod] = [
-    ZeroShot(), Finetune(), Joint(), SeqLora(), LwfLora(), EwcLora(), OLora(), MoELora(), *DMoLE.with_ablations(),
-]
-REGISTRY: dict[str, ContinualMethod] = {method.name: method for method in _METHODS}
+# In the order of the paper's Table 2 (D-MoLE last, followed by its ablations, its Table 4).
+_MODULES = ("zero_shot", "finetune", "joint", "seq_lora", "lwf", "ewc", "olora", "moelora", "dmole")
+REGISTRY: dict[str, ContinualMethod] = {method.name: method for module in _MODULES
+                                        for method in import_module(f".{module}", __name__).METHODS}
 
 
 def method_names() -> list[str]:

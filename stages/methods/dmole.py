@@ -148,3 +148,5 @@ def test_routes(project, bank, task: str, samples: list, options):
         routes = [confidence_weights(row, thresholds, route) for row, route in zip(errors, routes)]
     return routes, np.asarray(errors)
 
+
+METHODS = DMoLE.with_ablations()  # D-MoLE, then its ablations

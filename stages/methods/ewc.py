@@ -75,3 +75,6 @@ class EwcLora(ContinuedLora):
 
         trainer.record = record
         return trainer
+
+
+METHODS = [EwcLora()]

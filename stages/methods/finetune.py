@@ -39,3 +39,6 @@ class Finetune(ContinualMethod):
         diagonal = [rows[n][i] if n in rows else None for i, n in enumerate(names)]
         return [zero] + [[diagonal[i] if i < t else zero[i] for i in range(len(names))]
                          for t in range(1, len(names) + 1)]
+
+
+METHODS = [Finetune()]

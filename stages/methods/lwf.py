@@ -61,3 +61,6 @@ class LwfLora(ContinuedLora):
 
             trainer.before_fn, trainer.losses_fn = targets, distill
         return trainer
+
+
+METHODS = [LwfLora()]

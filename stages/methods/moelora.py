@@ -43,3 +43,6 @@ class MoELora(ContinuedLora):
         from .moe_layers import load_moelora
 
         return EvalPlan(load_moelora(adapter.model, self.trained(project, after)), self.eval_tasks(project, after))
+
+
+METHODS = [MoELora()]

@@ -61,3 +61,6 @@ class OLora(ContinualMethod):
         task_id = project.config.task_index(after)
         return routed_plan(project, adapter, self.eval_tasks(project, after),
                            dict(enumerate(self.eval_inputs(project, after), 1)), tuple(range(1, task_id + 1)))
+
+
+METHODS = [OLora()]

@@ -26,3 +26,6 @@ class SeqLora(ContinualMethod):
         from .lora import merged_model
 
         return EvalPlan(merged_model(adapter, self.eval_inputs(project, after)), self.eval_tasks(project, after))
+
+
+METHODS = [SeqLora()]
