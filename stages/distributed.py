@@ -73,6 +73,17 @@ def all_reduce_sum(tensor):
     return tensor
 
 
+def all_gather_objects(value: T) -> list[T]:
+    """Every process's ``value`` (picklable), in rank order; ``[value]`` in a single process."""
+    if not launched():
+        return [value]
+    import torch
+
+    out: list = [None] * rank_and_world()[1]
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
 def my_share(items: Sequence[T]) -> list[T]:
     """This process's contiguous share of ``items`` (all of them in a single process)."""
     if not launched():

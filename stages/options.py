@@ -168,6 +168,8 @@ class RouteTrainOptions(Strict):
     batch_rule: Literal["gather", "or"] = Field(default="gather", description="mixed decisions in a batch")
     data_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="seeded share of the training data")
     eval_batch_size: int = Field(default=8, gt=0, description="prompts per generate call in the evaluation")
+    checkpoint_every: int = Field(default=50, ge=0, description="optimizer steps between resume checkpoints; a "
+                                                                "killed run resumes from the last one")
     max_eval_samples: int | None = Field(default=None, gt=0, description="first N test samples per task")
 
     @model_validator(mode="after")

@@ -8,18 +8,20 @@ routing_decisions.parquet and roe_report.json, under route-train/all/v<N>.
 from __future__ import annotations
 
 import random
+import shutil
 
 from artifacts import Writer, config_hash
-from artifacts.io import write_json, write_parquet
+from artifacts.io import read_json, write_json, write_parquet
 
 from .data.tasks import load_train_samples, task_files
+from .distributed import is_main
 from .errors import UserError
 from .options import RouteTrainOptions, stage_options
 from .progress import Progress, silent
 from .project import Project
 from .roe_eval import (BACKBONE, CONFIG, TASK, TRAIN_STAGE, WEIGHTS, base_hash, build_report, eval_sets,
                        evaluate_dense, evaluate_routed, write_results)
-from .runner import StageResult, fingerprint, model_fingerprint, run_stage
+from .runner import StageResult, checkpoint_dir, fingerprint, model_fingerprint, run_stage
 
 STAGE = TRAIN_STAGE
 LOG = "train_log.parquet"
@@ -33,6 +35,23 @@ def _training_subset(project: Project, options: RouteTrainOptions, seed: int) ->
     samples = [s for task in project.config.tasks for s in load_train_samples(project.data_root, task)]
     keep = max(1, round(options.data_fraction * len(samples)))
     return random.Random(f"{seed}-route-train").sample(samples, keep) if keep < len(samples) else samples
+
+
+def _dense_twin_scores(load, samples, sets, options: RouteTrainOptions, loop, ckpt, progress) -> dict[str, float]:
+    """The same fine-tuning with every layer executed (nothing to skip), scored; kept beside the checkpoints
+    once done, so a resumed run does not train the twin again."""
+    from .roe.recipe import train_roe
+
+    done = ckpt / "dense_scores.json"
+    if done.is_file():
+        return read_json(done)
+    twin = load()
+    train_roe(twin, None, samples, options, loop, progress=progress, checkpoint_dir=ckpt / "twin")
+    scores = evaluate_dense(twin, sets, options.eval_batch_size, progress, label="dense twin")
+    if is_main():
+        done.parent.mkdir(parents=True, exist_ok=True)
+        write_json(done, scores)
+    return scores
 
 
 def route_train(project: Project, options: RouteTrainOptions | dict | None = None, *, force: bool = False,
@@ -64,19 +83,20 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
             return project.load_model()
 
         loop = LoopSettings(epochs=options.epochs, batch_size=options.batch_size, lr=options.roe_lr,
-                            weight_decay=0.0, warmup_ratio=options.warmup_ratio, seed=seed)
+                            weight_decay=0.0, warmup_ratio=options.warmup_ratio, seed=seed,
+                            checkpoint_every=options.checkpoint_every)
+        # resume checkpoints: the dense twin's and RoE's runs, and the twin's scores once it is done
+        ckpt = checkpoint_dir(project, STAGE, TASK, config)
         adapter = load()
         scores = {"base": evaluate_dense(adapter, sets, options.eval_batch_size, progress, label="base")}
         tuned = options.stage2_mode == "full"
-        if tuned:  # the same model without skipping: the same fine-tuning with every layer executed
-            twin = load()
-            train_roe(twin, None, samples, options, loop, progress=progress)
-            scores["dense"] = evaluate_dense(twin, sets, options.eval_batch_size, progress, label="dense twin")
-            del twin
+        if tuned:
+            scores["dense"] = _dense_twin_scores(load, samples, sets, options, loop, ckpt, progress)
         shape = roe_shape(adapter, options.always_execute, options.adapter_rank)
         torch.manual_seed(seed)
         attachment = attach(adapter, RoEModules(shape))
-        result = train_roe(adapter, attachment.modules, samples, options, loop, progress=progress)
+        result = train_roe(adapter, attachment.modules, samples, options, loop, progress=progress,
+                           checkpoint_dir=ckpt / "roe")
 
         hashed = base_hash(model_prints)
         save_roe(writer.path(WEIGHTS), attachment.modules, family=adapter.family, base_model=project.model_path.name,
@@ -96,6 +116,7 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
                                               run_id=f"{STAGE}-{config_hash(config)[:12]}", progress=progress)
         write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=options.skip_ratio,
                                                  batch_rule=options.batch_rule))
-        writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"])
+        writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from)
+        shutil.rmtree(ckpt, ignore_errors=True)
 
     return run_stage(project, STAGE, TASK, config=config, inputs=[], compute=compute, force=force)

@@ -42,6 +42,11 @@ class StageResult:
                 f"to {self.version.path} in {self.seconds:.1f}s")
 
 
+def checkpoint_dir(project: Project, stage: str, task: str, config: dict) -> Path:
+    """Where a run of ``stage`` keeps its resume checkpoints: one folder per configuration."""
+    return project.root / ".runs" / stage / task / config_hash(config)[:16]
+
+
 def fingerprint(paths: list[Path]) -> dict[str, str]:
     """Content fingerprints of source files (data, model weights) so that a change makes results stale."""
     prints = {}

@@ -7,9 +7,8 @@ stage resolves the options, records the inputs, and runs the one training loop (
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-from artifacts import Writer, config_hash
+from artifacts import Writer
 from artifacts.io import write_parquet
 
 from .config import TaskSpec, parse_model
@@ -20,7 +19,7 @@ from .methods.base import TRAIN_STAGE, ContinualMethod, TrainRun
 from .options import TrainTaskOptions, stage_options
 from .progress import Progress, silent
 from .project import Project
-from .runner import StageResult, run_stage, source_fingerprint
+from .runner import StageResult, checkpoint_dir, run_stage, source_fingerprint
 from .training.trackers import check_available, open_loggers
 
 STAGE = TRAIN_STAGE
@@ -49,10 +48,6 @@ def _samples(project: Project, task_names: list[str]) -> list[TrainSample]:
         spec = project.config.task(name)
         samples += load_train_samples(project.data_root, spec) * spec.repeat
     return samples
-
-
-def checkpoint_dir(project: Project, stage: str, task: str, config: dict) -> Path:
-    return project.root / ".runs" / stage / task / config_hash(config)[:16]
 
 
 def step_loss(run: TrainRun, trainer, adapter):

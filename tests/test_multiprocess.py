@@ -129,3 +129,46 @@ def test_a_launched_stage_that_is_up_to_date_writes_nothing(twin_runs):
     before = _latest(two, "embed", tasks[0]).number
     assert "up to date" in launched(two, "embed", "--task", tasks[0])
     assert _latest(two, "embed", tasks[0]).number == before
+
+
+# RoE on a tiny random model: two launched processes against one, in both stage-2 modes.
+ROE_SIZE = dict(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
+                vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
+ROE_STAGES = {"route-train": {"epochs": 2, "batch_size": 4, "roe_lr": 1e-2, "backbone_lr": 1e-3,
+                              "eval_batch_size": 4, "max_eval_samples": 2}}
+ROE_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module", params=["frozen", "full"])
+def roe_twins(request, tmp_path_factory):
+    """route-train in one process and under a two-process launcher, with ``stage2_mode`` frozen or full."""
+    from stages.data.synthetic import SynthSizes, write_benchmark
+    from stages.init import create_workspace
+    from stages.models.tiny import TinySize, build_tiny
+    from stages.project import Project
+
+    base = tmp_path_factory.mktemp(f"roe-{request.param}")
+    write_benchmark(base / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
+    build_tiny("llava", base / "model", size=TinySize(**ROE_SIZE))
+    projects = []
+    for name, run in (("one", single), ("two", launched)):
+        create_workspace(base / name, model=base / "model", data=base / "data", seed=0, stages=ROE_STAGES)
+        project = Project.open(base / name)
+        run(project, "route-train", "--stage2-mode", request.param, "-q")
+        projects.append(project)
+    return projects
+
+
+def test_launched_route_train_matches_one_process(roe_twins):
+    """RoE's modules sit inside the wrapped model, so their gradients are averaged over processes, and each
+    sample's stage-0 skips are seeded by the sample: the weights agree and so do the skip decisions."""
+    one, two = roe_twins
+    ours, reference = (_latest(p, "route-train", "all") for p in (two, one))
+    mine, theirs = load_file(ours.file("roe_weights.safetensors")), load_file(reference.file("roe_weights.safetensors"))
+    assert mine.keys() == theirs.keys()
+    worst = max(float((mine[k] - theirs[k]).abs().max()) for k in mine)
+    assert worst <= ROE_TOLERANCE, worst
+    decisions = [read_parquet(v.file("routing_decisions.parquet")).to_pydict() for v in (ours, reference)]
+    assert decisions[0]["decided_skip"] == decisions[1]["decided_skip"]
+    assert decisions[0]["applied_skip"] == decisions[1]["applied_skip"]
+    assert ours.manifest["environment"]["world_size"] == 2

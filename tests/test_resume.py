@@ -57,3 +57,49 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(make_project):
     for name, tensor in reference.items():
         assert (weights[name] - tensor).abs().max() <= 1e-6, name
     assert not list(runs.rglob("checkpoint.pt"))  # cleaned up after the commit
+
+
+def test_killed_route_train_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    """Killed during RoE's training (after its dense twin finished), route-train resumes from its checkpoint:
+    the twin is not trained again, and the RoE and backbone weights equal an uninterrupted run's."""
+    from stages.data.synthetic import SynthSizes, write_benchmark
+    from stages.init import create_workspace
+    from stages.models.tiny import TinySize, build_tiny
+    from stages.project import Project
+    from stages.route_train import route_train
+
+    write_benchmark(tmp_path / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
+    build_tiny("llava", tmp_path / "model", size=TinySize(
+        lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1, vision_hidden=32,
+        vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8))
+    options = {"epochs": 24, "batch_size": 4, "roe_lr": 1e-2, "backbone_lr": 1e-3, "eval_batch_size": 4,
+               "max_eval_samples": 1, "checkpoint_every": 2, "stage2_mode": "full"}
+    projects = []
+    for name in ("reference", "killed"):
+        create_workspace(tmp_path / name, model=tmp_path / "model", data=tmp_path / "data", seed=0,
+                         stages={"route-train": options})
+        projects.append(Project.open(tmp_path / name))
+    reference, project = projects
+    expected = route_train(reference).version
+
+    process = subprocess.Popen([sys.executable, "-m", "dmole_cli", "route-train", "-q", "--workspace",
+                                str(project.root)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = project.root / ".runs"
+    deadline = time.monotonic() + 300
+    while not list(runs.rglob("roe/checkpoint.pt")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert process.poll() is None, "route-train finished before it could be killed; make the run longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(runs.rglob("dense_scores.json")) and project.store.latest("route-train", "all") is None
+
+    resumed = route_train(project).version
+    assert resumed.manifest["summary"]["resumed_from"] > 0
+    for name in ("roe_weights.safetensors", "backbone.safetensors"):
+        ours, theirs = load_file(resumed.file(name)), load_file(expected.file(name))
+        assert ours.keys() == theirs.keys()
+        for key, tensor in theirs.items():
+            assert (ours[key] - tensor).abs().max() <= 1e-6, (name, key)
+    assert not list(runs.rglob("checkpoint.pt"))  # cleaned up after the commit

@@ -40,7 +40,7 @@ def setup(tmp_path_factory):
 def _forward(setup, schedule: ScheduleState):
     adapter, attachment, batch, labels, segments = setup
     attachment.modules.zero_grad(set_to_none=True)
-    with routing(TrainingRouting(segments, schedule)) as ctx:
+    with routing(TrainingRouting(segments, schedule, keys=[0, 1])) as ctx:
         logits = adapter.model(**batch).logits
     out = roe_objective(per_example_ce(logits, labels), ctx.soft_skip(), rho=0.3, lam=1.0, gamma=5.0)
     out["loss"].backward()
@@ -55,7 +55,10 @@ def test_stage0_skips_at_random_and_gives_no_router_gradient(setup):
         assert layer.adapter.up.weight.grad is not None
     p = torch.stack(list(ctx.p_skip.values()))
     valid = ctx.segments.valid_turns()
-    assert ((p[:, valid] < 1e-6) | (p[:, valid] > 1 - 1e-6)).all()  # 1000× logits: hard in practice
+    beta = random_skip_bias(0.3)
+    drawn = torch.stack([torch.sigmoid(1000.0 * (n[..., 1] - n[..., 0] - beta)) for n in ctx.noise.values()])
+    assert torch.allclose(p[:, valid], drawn[:, valid], atol=1e-6)  # skip iff u1 > u0 + b(rho), at 1000x logits
+    assert ((p[:, valid] < 1e-3) | (p[:, valid] > 1 - 1e-3)).float().mean() >= 0.75  # hard for most draws
     assert ctx.segments.n_turns == 2 and valid.tolist() == [[True, True], [True, False]]
     assert (p[:, ~valid] == 0).all()  # invalid turns execute
 
@@ -78,3 +81,20 @@ def test_an_overwhelming_execute_bias_reproduces_the_dense_model(setup):
             routed = adapter.model(**batch).logits
     assert torch.equal(executed, dense)
     assert not torch.equal(routed, dense)
+
+
+def test_stage0_draws_follow_the_sample_not_its_batch_or_process(setup):
+    """Each row's random skips are seeded by (seed, step, sample, layer): a sample draws the same skips in
+    whichever process or batch position it lands, so data-parallel ranks agree with one process."""
+    *_, segments = setup
+    cpu = torch.device("cpu")
+
+    def draws(keys, step=3, layer=1, seed=0):
+        return TrainingRouting(segments, ScheduleState(stage=0, step=step), keys=keys, seed=seed).draw(
+            layer, (len(keys), 2, 2), cpu)
+
+    both, swapped = draws([5, 9]), draws([9, 5])
+    assert torch.equal(both[0], swapped[1]) and torch.equal(both[1], swapped[0])
+    assert torch.equal(draws([9])[0], both[1])
+    for other in (draws([5, 9], step=4), draws([5, 9], layer=2), draws([5, 9], seed=1)):
+        assert not torch.equal(other, both)

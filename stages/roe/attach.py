@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import UserError
 from .layer import RoutedForward
-from .modules import RoEModules, RoEShape
+from .modules import PREFIX, RoEModules, RoEShape
 from .plan import RoutingPlan, active
 from .segments import ImageTokens, prompt_segments
 
@@ -42,21 +43,25 @@ def roe_shape(adapter, always: Iterable[int], rank: int | None = None) -> RoESha
 
 @dataclass
 class Attachment:
-    """Installed RoE: removing it restores every layer's class forward."""
+    """Installed RoE: removing it restores every layer's class forward and takes ``roe`` out of the model."""
 
     modules: RoEModules
     layers: list
     hook: RemovableHandle
+    model: nn.Module
 
     def remove(self) -> None:
         for layer in self.layers:
             del layer.forward
         self.hook.remove()
+        delattr(self.model, PREFIX)
 
 
 def attach(adapter, modules: RoEModules) -> Attachment:
     """Route the LM layers of ``adapter.model`` through ``modules`` (moved to the model's device, kept in
-    fp32). The backbone's parameter names and classes stay as they are."""
+    fp32). The modules are registered in the model as its ``roe`` sub-module, as PEFT registers adapters, so
+    data parallelism (DDP, FSDP) sees their parameters and averages their gradients; the backbone's parameter
+    names and classes stay as they are."""
     shape = modules.shape
     layers = adapter.language_layers()
     if len(layers) != shape.n_layers or adapter.d_language != shape.d_model:
@@ -65,7 +70,10 @@ def attach(adapter, modules: RoEModules) -> Attachment:
     kept = set(always_executed(adapter, [0])) & set(shape.routable)
     if kept:
         raise RoEConfigError(f"RoE weights route layers {sorted(kept)}, which must always execute")
+    if hasattr(adapter.model, PREFIX):
+        raise RoEConfigError("the model already has RoE attached")
     modules.to(adapter.device)
+    adapter.model.add_module(PREFIX, modules)
     norm = adapter.lm_input_norm
     routed = []
     for index in shape.routable:
@@ -82,4 +90,4 @@ def attach(adapter, modules: RoEModules) -> Attachment:
             plan.segments = prompt_segments(ids, mask if mask is not None else ids.new_ones(ids.shape), images)
 
     hook = adapter.model.register_forward_pre_hook(read_prompt, with_kwargs=True)
-    return Attachment(modules, routed, hook)
+    return Attachment(modules, routed, hook, adapter.model)

@@ -6,6 +6,7 @@ the dense model.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -48,16 +49,26 @@ class RoutingPlan:
 @dataclass
 class TrainingRouting:
     """One training forward: soft decisions from the schedule state, the stage-0 draws (made once per
-    forward, so recomputation sees the same values) and the per-layer skip probabilities it produced."""
+    forward, so recomputation sees the same values) and the per-layer skip probabilities it produced.
+
+    ``keys`` name the batch's rows (their sample indices in the training set): each row's stage-0 draws come
+    from a generator seeded by (seed, step, key, layer), so a sample draws the same skips whichever process
+    or micro-batch it lands in."""
 
     segments: Segments
     schedule: ScheduleState
+    keys: list[int] = field(default_factory=list)  # needed in stage 0, which draws
+    seed: int = 0
     noise: dict[int, Tensor] = field(default_factory=dict)  # [B, n, 2] U[0,1)
     p_skip: dict[int, Tensor] = field(default_factory=dict)  # [B, n] skip probability per turn
 
     def draw(self, layer: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
         if layer not in self.noise:
-            self.noise[layer] = torch.rand(shape, device=device)
+            if shape[0] != len(self.keys):
+                raise RuntimeError(f"{shape[0]} rows for {len(self.keys)} sample keys")
+            rows = [torch.rand(shape[1:], generator=torch.Generator().manual_seed(
+                _row_seed(self.seed, self.schedule.step, key, layer))) for key in self.keys]
+            self.noise[layer] = torch.stack(rows).to(device)
         return self.noise[layer]
 
     def soft_skip(self) -> Tensor:
@@ -69,6 +80,12 @@ class TrainingRouting:
     def hard_skip(self) -> float:
         valid = self.segments.valid_turns()
         return float(torch.stack([p.detach()[valid] > 0.5 for p in self.p_skip.values()]).float().mean())
+
+
+def _row_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across processes and Python runs (no salted hash())."""
+    digest = hashlib.blake2b("-".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 _ACTIVE: ContextVar[RoutingPlan | TrainingRouting | None] = ContextVar("roe_routing", default=None)

@@ -4,6 +4,7 @@ the stage callback. No loop of its own."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -59,7 +60,7 @@ def _with_status(progress: Progress, status: dict) -> Progress:
 
 
 def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample], settings: RouteTrainOptions,
-              loop: LoopSettings, *, progress: Progress = silent) -> LoopResult:
+              loop: LoopSettings, *, progress: Progress = silent, checkpoint_dir: Path | None = None) -> LoopResult:
     """Train ``modules`` (attached to ``adapter.model``) and, in ``full`` mode, the LLM and projector.
 
     With ``modules`` None this trains the dense twin: the same data, schedule, backbone groups, lrs and
@@ -86,7 +87,7 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
             ce = per_example_ce(prepared(**batch).logits, labels).mean()
             return {"loss": ce}
         segments = training_segments(batch["input_ids"], labels, batch["attention_mask"], images)
-        with routing(TrainingRouting(segments, state)) as ctx:
+        with routing(TrainingRouting(segments, state, keys=list(indices), seed=loop.seed)) as ctx:
             logits = prepared(**batch).logits
         soft_skip = ctx.soft_skip()
         out = roe_objective(per_example_ce(logits, labels), soft_skip, rho=settings.skip_ratio,
@@ -97,7 +98,8 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
 
     model.train()
     try:
-        return train(model, groups, loss_fn, len(samples), loop, callbacks=[callback], progress=_with_status(progress, status),
+        return train(model, groups, loss_fn, len(samples), loop, callbacks=[callback], checkpoint_dir=checkpoint_dir,
+                     progress=_with_status(progress, status),
                      description="route-train" if modules is not None else "route-train: dense twin")
     finally:
         model.eval()

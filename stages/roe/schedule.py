@@ -29,6 +29,7 @@ class ScheduleState:
     stage: int = 0
     tau: float = 10.0
     beta: float = 0.0
+    step: int = 0  # the 0-based optimizer step (seeds the stage-0 draws)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class StageSchedule:
         return self.bias * self.beta_decay ** self.anneal_count(step) if stage == 1 else 0.0
 
     def state(self, step: int) -> ScheduleState:
-        return ScheduleState(self.stage(step), self.tau(step), self.beta(step))
+        return ScheduleState(self.stage(step), self.tau(step), self.beta(step), step)
 
 
 class RoEStageCallback:
@@ -107,7 +108,7 @@ class RoEStageCallback:
         if total != self.schedule.total:
             raise RuntimeError(f"the schedule was built for {self.schedule.total} steps, the loop runs {total}")
         new = self.schedule.state(step)
-        self.state.stage, self.state.tau, self.state.beta = new.stage, new.tau, new.beta
+        self.state.stage, self.state.tau, self.state.beta, self.state.step = new.stage, new.tau, new.beta, new.step
         changed = new.stage != self._last_stage
         if changed:
             self._check_groups(optimizer)

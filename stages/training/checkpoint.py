@@ -1,4 +1,5 @@
-"""Resumable training state: trainable tensors, optimizer, step, RNG and the log so far.
+"""Resumable training state: trainable tensors, optimizer, step, every process's RNG (Python, torch CPU and every
+CUDA device) and the log so far.
 
 Internal state only (never a user-facing artifact), written atomically and read with
 ``weights_only=True`` so no pickled code ever runs.
@@ -24,8 +25,11 @@ class LoadedState:
     def log(self) -> list[dict]:
         return list(self.payload["log"])
 
-    def restore(self, trainable: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
-        """Copy the saved tensors and optimizer state back; return the step to continue from."""
+    def restore(self, trainable: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                rank: int = 0, world: int = 1) -> int:
+        """Copy the saved tensors and optimizer state back, and this process's RNG; return the step to continue
+        from. Resumed with another number of processes, every process takes the first one's RNG (the run then
+        differs from an uninterrupted one in its dropout draws)."""
         saved = self.payload["params"]
         if set(saved) != set(trainable):
             raise RuntimeError("the checkpoint does not match this run's trainable parameters")
@@ -33,23 +37,32 @@ class LoadedState:
             for name, param in trainable.items():
                 param.copy_(saved[name])
         optimizer.load_state_dict(self.payload["optimizer"])
-        random.setstate(_python_state(self.payload["python_rng"]))
-        torch.set_rng_state(self.payload["torch_rng"])
+        states = self.payload["rng"]
+        set_rng_state(states[rank] if len(states) == world else states[0])
         return int(self.payload["step"])
 
 
-def _python_state(saved: list) -> tuple:
-    version, internal, gauss = saved
-    return version, tuple(internal), gauss
+def rng_state() -> dict:
+    """This process's random state: Python's, torch's CPU generator and every CUDA device's."""
+    version, internal, gauss = random.getstate()
+    return {"python": [version, list(internal), gauss], "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(directory: Path, step: int, trainable: dict[str, torch.nn.Parameter],
-                    optimizer: torch.optim.Optimizer, log: list[dict]) -> None:
+                    optimizer: torch.optim.Optimizer, log: list[dict], rng: list[dict]) -> None:
+    """Write the state atomically; ``rng`` holds every process's `rng_state`, in rank order."""
     directory.mkdir(parents=True, exist_ok=True)
-    version, internal, gauss = random.getstate()
     payload = {"step": step, "params": {k: v.detach().clone() for k, v in trainable.items()},
-               "optimizer": optimizer.state_dict(), "python_rng": [version, list(internal), gauss],
-               "torch_rng": torch.get_rng_state(), "log": log}
+               "optimizer": optimizer.state_dict(), "rng": rng, "log": log}
     tmp = directory / f".{CHECKPOINT}.tmp"
     with tmp.open("wb") as handle:
         torch.save(payload, handle)

@@ -25,10 +25,10 @@ from typing import Protocol
 
 import torch
 
-from ..distributed import is_main, my_share, parameter_sharding
+from ..distributed import all_gather_objects, is_main, my_share, parameter_sharding, rank_and_world
 from ..errors import UserError
 from ..progress import Progress, silent
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
     if checkpoint_dir is not None:
         state = load_checkpoint(checkpoint_dir)
         if state is not None:  # restores the RNG too, so dropout continues exactly where it stopped
-            start = state.restore(trainable, optimizer)
+            start = state.restore(trainable, optimizer, *rank_and_world())
             result.log, result.resumed_from = state.log, start
     accelerator, prepared, optimizer = _prepare(model, groups, optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -238,6 +238,8 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
             bar.advance(1, loss=row["loss"])
             done = step + 1
             if checkpoint_dir is not None and settings.checkpoint_every and done % settings.checkpoint_every == 0 \
-                    and done < len(plan) and is_main():
-                save_checkpoint(checkpoint_dir, done, trainable, optimizer, result.log)
+                    and done < len(plan):
+                rng = all_gather_objects(rng_state())  # every process's, so each resumes its own dropout draws
+                if is_main():
+                    save_checkpoint(checkpoint_dir, done, trainable, optimizer, result.log, rng)
     return result
