@@ -155,7 +155,10 @@ class RouteTrainOptions(Strict):
     hinge_weight: float = Field(default=1.0, ge=0.0, description="λ: weight of the sparsity hinge")
     hinge_gamma: float = Field(default=5.0, ge=0.0, description="γ: difficulty weight exp(−γ·CE)")
     epochs: float = Field(default=1.0, gt=0.0, description="passes over the training subset")
-    batch_size: int = Field(default=16, gt=0, description="examples per optimizer step")
+    batch_size: int = Field(default=16, gt=0, description="examples per optimizer step (the global batch: per "
+                                                          "device x devices x grad_accum)")
+    grad_accum: int = Field(default=1, gt=0, description="micro-batches per optimizer step on each device (same "
+                                                         "step, less memory)")
     roe_lr: float = Field(default=4e-4, gt=0.0, description="lr of routers and adapters")
     router_lr: float | None = Field(default=None, gt=0.0, description="router lr if not roe_lr")
     backbone_lr: float = Field(default=2e-6, gt=0.0, description="LLM and projector lr in stage 2 (full)")

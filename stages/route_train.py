@@ -84,7 +84,7 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
 
         loop = LoopSettings(epochs=options.epochs, batch_size=options.batch_size, lr=options.roe_lr,
                             weight_decay=0.0, warmup_ratio=options.warmup_ratio, seed=seed,
-                            checkpoint_every=options.checkpoint_every)
+                            checkpoint_every=options.checkpoint_every, grad_accum=options.grad_accum)
         # resume checkpoints: the dense twin's and RoE's runs, and the twin's scores once it is done
         ckpt = checkpoint_dir(project, STAGE, TASK, config)
         adapter = load()

@@ -115,6 +115,32 @@ def test_full_stage2_saves_the_backbone_and_reports_base_and_dense(project):
     assert [lr > 0 for lr in log["lr/backbone_llm"]] == [stage == 2 for stage in log["stage"]]
 
 
+def test_accumulated_steps_train_what_the_large_batch_trains(project, monkeypatch):
+    """RoE's objective is a mean of per-example terms and each sample's stage-0 draws are its own, so two
+    micro-batches of 2 give the step one batch of 4 gives (full mode: backbone and twin too)."""
+    from safetensors.torch import load_file
+
+    from stages.training import loop
+
+    sizes: list[int] = []
+    cut = loop.micro_batches
+    monkeypatch.setattr(loop, "micro_batches", lambda indices, n: sizes.extend(
+        len(m) for m in cut(indices, n)) or cut(indices, n))
+    results = []
+    for n in (1, 2):
+        sizes.clear()
+        results.append(route_train(project, RouteTrainOptions(**OPTIONS | {"epochs": 1, "stage2_mode": "full",
+                                                                           "grad_accum": n})))
+        assert set(sizes) == {4 // n}  # the micro-batches the loop ran
+    for name in ("roe_weights.safetensors", "backbone.safetensors"):
+        one, two = (load_file(r.version.file(name)) for r in results)
+        worst = max(float((one[k] - two[k]).abs().max()) for k in one)
+        assert worst <= 1e-5, (name, worst)
+    logs = [read_parquet(r.version.file("train_log.parquet")).to_pydict() for r in results]
+    for column in ("ce", "soft_skip", "loss"):
+        assert logs[0][column] == pytest.approx(logs[1][column], rel=1e-4, abs=1e-6), column
+
+
 def test_command_line(project, trained):
     app = typer.Typer()
     register(app)
