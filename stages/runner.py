@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -80,18 +81,23 @@ def source_fingerprint(project, task) -> dict:
 
 
 def environment(seed: int) -> dict:
-    """The software, device and launcher a version was computed with (world size, accelerate settings)."""
-    import peft
-    import torch
-    import transformers
+    """The software and launcher a version is computed with (world size, accelerate settings). Package
+    versions come from their metadata, so recording them imports nothing."""
+    from importlib.metadata import version
 
+    return {"python": platform.python_version(), **{name: version(name) for name in ("torch", "transformers", "peft")},
+            "seed": seed, **launch_settings()}
+
+
+def device_environment() -> dict:
+    """The device and dtype a stage that ran torch used; nothing for a stage that never imported torch."""
+    if "torch" not in sys.modules:
+        return {}
     from .models.registry import default_device, default_dtype, device_name
 
     device = default_device()
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "device": str(device),
-            "device_name": device_name(device),
-            "dtype": str(default_dtype(device)).removeprefix("torch."), "seed": seed, **launch_settings()}
+    return {"device": str(device), "device_name": device_name(device),
+            "dtype": str(default_dtype(device)).removeprefix("torch.")}
 
 
 def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: list[Version],
@@ -114,10 +120,11 @@ def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: 
             with tempfile.TemporaryDirectory(prefix="dmole-rank-") as scratch:
                 compute(Writer(Path(scratch)))
         else:
-            with project.store.writer(stage, task, config=config, inputs=refs,
-                                      environment=environment(project.config.seed),
+            recorded = environment(project.config.seed)
+            with project.store.writer(stage, task, config=config, inputs=refs, environment=recorded,
                                       toolkit_version=__version__) as writer:
                 compute(writer)
+                recorded.update(device_environment())  # the manifest is written when the writer closes
                 writer.meta["seconds"] = round(time.perf_counter() - start, 3)
     # parts_folder ends with a barrier, so the main process has committed by now
     version = writer.version if is_main() else project.store.latest(stage, task)

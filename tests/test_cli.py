@@ -76,3 +76,21 @@ def test_recomputing_identical_content_keeps_downstream_fresh(make_project):
     invoke("embed", "--task", task, "--force", "--batch-size", "3", "--workspace", str(project.root))
     rows = {r["stage"]: r["status"] for r in json.loads(invoke("ls", "--json", "--workspace", str(project.root)))}
     assert rows == {"embed": "ok", "fit-router": "ok"}  # same content: recomputing does not make it stale
+
+
+def test_light_stages_import_no_torch_and_record_package_versions(make_project):
+    """allocate sorts a score table: it needs neither torch, transformers nor peft, even to record their versions
+    in its manifest (they come from package metadata); a stage that ran torch also records its device."""
+    project = make_project()
+    task = project.config.task_names[0]
+    invoke("zc-score", "--task", task, "--workspace", str(project.root))
+    code = ("import sys; from dmole_cli.app import app; "
+            f"app(['allocate', '--task', '{task}', '--workspace', r'{project.root}'], standalone_mode=False); "
+            "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-3:] == ["False", "False", "False"]
+    light = project.store.latest("allocate", task).manifest["environment"]
+    heavy = project.store.latest("zc-score", task).manifest["environment"]
+    assert {"torch", "transformers", "peft"} <= set(light) and "device" not in light
+    assert heavy["torch"] == light["torch"] and heavy["device"] == "cpu"
