@@ -159,16 +159,21 @@ class WorkspaceConfig(Strict):
         return self.task_names.index(self.task(name).name) + 1
 
 
+def first_problem(error: ValidationError) -> str:
+    """pydantic's report as one line: where the first problem is, what it is, and how many more there are."""
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")  # our validators' own messages need no prefix
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{location}: {message}{more}" if location else f"{message}{more}"
+
+
 def parse_model(model: type[BaseModel], data: object, *, source: str) -> BaseModel:
     """Validate ``data`` against ``model`` and turn pydantic's report into one readable line."""
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-        message = first["msg"].removeprefix("Value error, ")  # our validators' own messages need no prefix
-        raise ConfigError(f"{source}: {location}: {message}{more}") from None
+        raise ConfigError(f"{source}: {first_problem(error)}") from None
 
 
 def _check(model: type[BaseModel], values: dict, where: str) -> None:
@@ -176,9 +181,7 @@ def _check(model: type[BaseModel], values: dict, where: str) -> None:
     try:
         model.model_validate(values)
     except ValidationError as error:
-        first = error.errors()[0]
-        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise ValueError(f"{where}: {location}: {first['msg']}") from None
+        raise ValueError(f"{where}: {first_problem(error)}") from None
 
 
 def stage_profile(config: WorkspaceConfig, stage: str) -> dict:

@@ -3,6 +3,7 @@ which fills only the last row of its continual matrix."""
 
 from __future__ import annotations
 
+from ..errors import UserError
 from .base import JOINT_TASK, ContinualMethod, EvalPlan, LoraHyper, Matrix, TrainRun
 
 
@@ -13,6 +14,11 @@ class Joint(ContinualMethod):
 
     def stages_after(self, project) -> list[str]:
         return [JOINT_TASK]
+
+    def check_after(self, project, after: str) -> None:
+        if after != JOINT_TASK:
+            raise UserError(f"joint learns every task at once, so it trains and is evaluated once: use "
+                            f"`{JOINT_TASK}` (--task {JOINT_TASK}, --after {JOINT_TASK}), not {after!r}")
 
     def training_tasks(self, project, task: str):
         self.check_after(project, task)
