@@ -272,3 +272,26 @@ def test_the_reference_profile_sets_the_official_choices_under_workspace_and_fla
     assert stage_options(config, "eval", {"routing": "per-sample"}).routing == "per-sample"
     create_workspace(tmp_path / "own", model=micro_bench / "base-model", data=micro_bench / "data")
     assert stage_options(Project.open(tmp_path / "own").config, "eval").routing == "per-sample"
+
+
+@pytest.mark.slow
+def test_two_runs_of_the_same_pipeline_give_identical_reports(micro_bench, tmp_path):
+    """The whole loop is a pure function of its inputs and seeds: two fresh workspaces over the same data and
+    base model end with the same report, to the last digit (the README's figures depend on it)."""
+    from stages.init import create_workspace
+    from stages.project import Project
+
+    from safetensors.torch import load_file
+
+    reports, experts = [], []
+    for name in ("first", "second"):
+        create_workspace(tmp_path / name, model=micro_bench / "base-model", data=micro_bench / "data",
+                         tasks=["color-vqa", "opposite-short"], stages=MICRO_STAGES)
+        project = Project.open(tmp_path / name)
+        reports.append(read_json(run_pipeline(project, ("dmole", "seq-lora")).version.file("cl_metrics.json")))
+        experts.append(load_file(project.store.latest("train-task", "opposite-short")
+                                 .file("expert/adapter_model.safetensors")))
+    assert reports[0] == reports[1]
+    assert experts[0].keys() == experts[1].keys()
+    assert all(torch.equal(experts[0][k], experts[1][k]) for k in experts[0])  # bit for bit
+    assert any(".lora_B." in k and experts[0][k].abs().sum() > 0 for k in experts[0])  # and trained
