@@ -35,6 +35,9 @@ def init(
     max_tiles: Annotated[Optional[int], typer.Option(
         min=1, help="Cap on the image tiles per image (InternVL dynamic tiles, LLaVA-NeXT/OneVision grid, "
                     "SmolVLM splits, Qwen pixels in whole-image views) [default: the processor's own].")] = None,
+    image_aspect_ratio: Annotated[str, typer.Option(
+        help="processor (the image processor's own resizing) or pad (each image centred on a square of the "
+             "processor's mean colour first, as LLaVA-1.5 and RoE's --image_aspect_ratio pad).")] = "processor",
     profile: Annotated[str, typer.Option(
         help="dmole (its own defaults) or reference (every deliberate difference from the official D-MoLE code "
              "switched back: batch-vote routing, length grouping, the reference's router fit set).")] = "dmole",
@@ -54,7 +57,8 @@ def init(
     root = default_workspace(workspace)
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
     config = create_workspace(root, model=model, data=data, tasks=names, registry=registry, benchmark=benchmark,
-                              method=method, seed=seed, max_tiles=max_tiles, profile=profile,
+                              method=method, seed=seed, max_tiles=max_tiles,
+                              image_aspect_ratio=image_aspect_ratio, profile=profile,
                               overwrite=overwrite)
     console.print(f"init: wrote {root / 'workspace.json'} with {len(config.tasks)} tasks: "
                   f"{', '.join(config.task_names)}")

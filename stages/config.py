@@ -105,6 +105,9 @@ class WorkspaceConfig(Strict):
     trust_remote_code: bool = False
     profile: Literal[PROFILES] = "dmole"  # "reference": the official implementation's choices as stage defaults
     max_tiles: int | None = Field(default=None, ge=1)  # cap on the image processor's tiles (None: its own)
+    # "pad": each image centred on a square of the processor's mean colour first (LLaVA-1.5 / RoE's
+    # --image_aspect_ratio pad); "processor": the processor's own resizing alone
+    image_aspect_ratio: Literal["processor", "pad"] = "processor"
     stages: dict[str, dict] = Field(default_factory=dict)  # stage -> option defaults (options.py)
     methods: dict[str, dict] = Field(default_factory=dict)  # method -> hyperparameters (`dmole methods`)
 

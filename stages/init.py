@@ -66,7 +66,7 @@ def _benchmark_tasks(name: str, data: Path, names: list[str] | None) -> list[Tas
 def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[str] | None = None,
                      registry: Path | None = None, benchmark: str | None = None, method: str = "dmole",
                      seed: int = 42, stages: dict | None = None, methods: dict | None = None,
-                     max_tiles: int | None = None,
+                     max_tiles: int | None = None, image_aspect_ratio: str = "processor",
                      profile: str = "dmole", overwrite: bool = False) -> WorkspaceConfig:
     """Write ``workspace.json``. The tasks come from ``registry`` (default ``DATA/tasks.json``) or from a
     benchmark preset (``benchmark``, stages/data/benchmarks.py); the two are mutually exclusive."""
@@ -91,7 +91,8 @@ def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[st
     config = parse_model(WorkspaceConfig, {
         "model": _portable(model, workspace), "data": _portable(data, workspace),
         "tasks": [spec.model_dump(exclude_defaults=True) for spec in specs],
-        "method": method, "seed": seed, "max_tiles": max_tiles, "profile": profile, "stages": stages or {},
+        "method": method, "seed": seed, "max_tiles": max_tiles,
+        "image_aspect_ratio": image_aspect_ratio, "profile": profile, "stages": stages or {},
         "methods": methods or {}}, source="workspace")
     write_workspace(workspace, config)
     return config

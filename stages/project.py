@@ -39,11 +39,12 @@ class Project:
         return resolve_path(self.root, self.config.data)
 
     def load_model(self, **kwargs):
-        """The workspace's base model and processor, with its tile cap (heavy: imports torch)."""
+        """The workspace's base model and processor, with its tile cap and image padding (heavy: imports torch)."""
         from .models.registry import load_family
 
         return load_family(self.model_path, trust_remote_code=self.config.trust_remote_code,
-                           max_tiles=self.config.max_tiles, **kwargs)
+                           max_tiles=self.config.max_tiles,
+                           pad_to_square=self.config.image_aspect_ratio == "pad", **kwargs)
 
 
 def write_workspace(root: Path, config: WorkspaceConfig) -> Path:

@@ -69,8 +69,10 @@ def model_files(model_dir: Path) -> list[Path]:
 
 
 def model_fingerprint(project) -> dict:
-    """What a stage's result depends on of the base model: its files and the workspace's tile cap."""
-    return {"files": fingerprint(model_files(project.model_path)), "max_tiles": project.config.max_tiles}
+    """What a stage's result depends on of the base model: its files and how the workspace feeds it images."""
+    padded = project.config.image_aspect_ratio != "processor"  # the default adds no key: older versions stay current
+    return {"files": fingerprint(model_files(project.model_path)), "max_tiles": project.config.max_tiles,
+            **({"image_aspect_ratio": project.config.image_aspect_ratio} if padded else {})}
 
 
 def source_fingerprint(project, task) -> dict:

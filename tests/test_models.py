@@ -209,6 +209,37 @@ def test_max_tiles_caps_internvl_tiles(folders):
     assert n_free > 3 and n_capped == 3  # two tiles and the thumbnail
 
 
+def test_expand_to_square_centres_the_image_on_the_fill_colour():
+    from stages.models.base import expand_to_square
+
+    wide = _image(20, 10)
+    square = expand_to_square(wide, (1, 2, 3))
+    assert square.size == (20, 20)
+    pixels, original = np.asarray(square), np.asarray(wide)
+    assert (pixels[5:15] == original).all()  # centred: (20 - 10) // 2 rows above
+    assert (pixels[:5] == (1, 2, 3)).all() and (pixels[15:] == (1, 2, 3)).all()
+    tall = expand_to_square(_image(7, 12), (0, 0, 0))
+    assert tall.size == (12, 12) and (np.asarray(tall)[:, 2:9] == np.asarray(_image(7, 12))).all()
+    assert expand_to_square(square, (9, 9, 9)) is square
+
+
+def test_pad_to_square_feeds_the_processor_a_padded_image(folders):
+    """LLaVA-1.5's --image_aspect_ratio pad: the wide image on a square of the processor's mean colour, in the
+    training, generation and embedding inputs alike."""
+    from stages.models.base import expand_to_square
+
+    plain = load_family(folders["llava", "current"])
+    padded = load_family(folders["llava", "current"], pad_to_square=True)
+    wide = _image(64, 24)
+    fill = tuple(int(round(255 * m)) for m in plain.image_processor.image_mean)
+    by_hand = plain.generation_batch([expand_to_square(wide, fill)], ["?"])["pixel_values"]
+    assert torch.equal(padded.generation_batch([wide], ["?"])["pixel_values"], by_hand)
+    assert not torch.equal(plain.generation_batch([wide], ["?"])["pixel_values"], by_hand)
+    example = ChatExample(image=wide, turns=TURNS)
+    assert torch.equal(padded.train_batch([example])["pixel_values"], by_hand)
+    torch.testing.assert_close(padded.vision_features([wide]), plain.vision_features([expand_to_square(wide, fill)]))
+
+
 def test_processor_loads_without_torchvision(folders):
     parts = without_video(FAMILIES["qwen2vl"].processor_class).get_attributes()
     assert parts == ["image_processor", "tokenizer"]

@@ -105,3 +105,17 @@ def test_a_choice_option_offers_its_choices(make_project):
     project = make_project()
     result = dmole(project, "train-task", "--task", project.config.task_names[0], "--precision", "fp16")
     assert result.exit_code == 2 and "'fp16' is not one of" in result.output
+
+
+def test_image_padding_is_a_workspace_setting_that_reaches_the_model_and_the_hashes(micro_bench, tmp_path):
+    from stages.init import create_workspace
+    from stages.runner import model_fingerprint
+
+    projects = {}
+    for ratio in ("processor", "pad"):
+        create_workspace(tmp_path / ratio, model=micro_bench / "base-model", data=micro_bench / "data",
+                         image_aspect_ratio=ratio)
+        projects[ratio] = Project.open(tmp_path / ratio)
+    assert projects["pad"].load_model().pad_to_square and not projects["processor"].load_model().pad_to_square
+    assert model_fingerprint(projects["pad"]) != model_fingerprint(projects["processor"])  # embeddings etc. differ
+    assert "image_aspect_ratio" not in model_fingerprint(projects["processor"])  # older versions stay current

@@ -68,6 +68,18 @@ def _prepend_padding(batch: dict[str, Tensor], pad_id: int) -> dict[str, Tensor]
             if value.shape == width else value for key, value in batch.items()}
 
 
+def expand_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
+    """The image centred on a square canvas of its longer side, the rest ``fill`` (LLaVA-1.5's
+    ``--image_aspect_ratio pad``: nothing is cropped away by a square-resizing processor)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
 class FamilyAdapter:
     """Family-independent logic over the checkpoint's own model and processor.
 
@@ -86,11 +98,21 @@ class FamilyAdapter:
     lm_input_norm: ClassVar[str] = "input_layernorm"
     image_handling: ClassVar[str]  # one line for the docs' family table
 
-    def __init__(self, model: PreTrainedModel, processor, *, max_tiles: int | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, processor, *, max_tiles: int | None = None,
+                 pad_to_square: bool = False) -> None:
         self.model = model
         self.processor = processor
+        self.pad_to_square = pad_to_square
         if max_tiles is not None:
             self._cap_tiles(max_tiles)
+
+    def _rgb(self, images: list[Image.Image]) -> list[Image.Image]:
+        """What the processor receives: RGB, padded to a square with its mean colour when asked."""
+        rgb = [image.convert("RGB") for image in images]
+        if not self.pad_to_square:
+            return rgb
+        fill = tuple(int(round(255 * m)) for m in self.image_processor.image_mean)
+        return [expand_to_square(image, fill) for image in rgb]
 
     # ---- family hooks --------------------------------------------------------------
     def _cap_tiles(self, max_tiles: int) -> None:
@@ -263,7 +285,7 @@ class FamilyAdapter:
         special tokens are added unless the template already starts with BOS."""
         bos = self.tokenizer.bos_token
         return self.processor(
-            text=texts, images=[[im.convert("RGB")] for im in images], padding=True,
+            text=texts, images=[[im] for im in self._rgb(images)], padding=True,
             padding_side="left" if left else "right", return_tensors="pt",
             add_special_tokens=not (bos and texts[0].startswith(bos)), **kwargs)
 
@@ -333,7 +355,7 @@ class FamilyAdapter:
         )
         try:
             with self._eval_mode():
-                self._run_vision(self._on_device(dict(self._thumbnail_inputs([im.convert("RGB") for im in images]))))
+                self._run_vision(self._on_device(dict(self._thumbnail_inputs(self._rgb(images)))))
         finally:
             hook.remove()
         states = captured[-1].reshape(len(images), -1, captured[-1].shape[-1])  # packed families: one row a patch

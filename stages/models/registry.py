@@ -84,7 +84,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool = False,
-                max_tiles: int | None = None) -> FamilyAdapter:
+                max_tiles: int | None = None, pad_to_square: bool = False) -> FamilyAdapter:
     """Load model and processor offline; the model is in eval mode.
     device defaults to CUDA when available; dtype to bf16 on CUDA and fp32 elsewhere."""
     adapter = detect_family(path)
@@ -100,4 +100,4 @@ def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool 
         attn_implementation="flash_attention_2" if flash else "sdpa",
         trust_remote_code=trust_remote_code,
     )
-    return adapter(model.to(device).eval(), processor, max_tiles=max_tiles)
+    return adapter(model.to(device).eval(), processor, max_tiles=max_tiles, pad_to_square=pad_to_square)
