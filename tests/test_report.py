@@ -197,6 +197,15 @@ def test_roe_tables_equal_the_routing_decisions(run):
                  if v["examples"] != "0"}
     assert histogram == {str(k): v for k, v in Counter(skipped.values()).items()}
     assert histogram == summary["skipped_layers_histogram"]
+    patterns = table(version, "RoE layer skipping", index=2)
+    sets: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        sets.setdefault((r["benchmark"], r["example_id"]), [])
+        if r["routable"] and r["applied_skip"]:
+            sets[r["benchmark"], r["example_id"]].append(r["layer"])
+    expected = Counter((", ".join(map(str, sorted(v))) or "none", task) for (task, _), v in sets.items())
+    shown = {(key, task): int(count) for key, row in patterns.items() for task, count in row.items() if count != "0"}
+    assert shown == dict(expected)
 
 
 def test_cli_report_out_copies_the_report_and_its_figures(run, tmp_path):

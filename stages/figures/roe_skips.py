@@ -1,5 +1,5 @@
-"""RoE's layer skipping on the test sets: the skip rate of each language-model layer and how many layers each
-example skipped. Read from ``routing_decisions.parquet`` of the latest route-train weights (their roe-eval when
+"""RoE's layer skipping on the test sets: the skip rate of each language-model layer, how many layers each
+example skipped, and which set of layers, per task. Read from ``routing_decisions.parquet`` of the latest route-train weights (their roe-eval when
 there is one, else route-train's own closing evaluation); absent when route-train was not run."""
 
 from __future__ import annotations
@@ -38,16 +38,31 @@ def gather(project: Project) -> tuple[dict, list[Version]] | None:
     routable = {r["layer"] for r in rows if r["routable"]}
     per_layer = [[r["applied_skip"] for r in rows if r["layer"] == layer] for layer in layers]
     skipped = Counter()
+    pattern: dict[tuple[str, str], list[int]] = {}
     for r in rows:
-        skipped[(r["benchmark"], r["example_id"])] += bool(r["routable"] and r["applied_skip"])
+        example = (r["benchmark"], r["example_id"])
+        skipped[example] += bool(r["routable"] and r["applied_skip"])
+        pattern.setdefault(example, [])
+        if r["routable"] and r["applied_skip"]:
+            pattern[example].append(r["layer"])
     counts = Counter(skipped.values())
     applied = [r["applied_skip"] for r in rows if r["routable"]]
     data = {"source": f"{source.stage} v{source.number}", "rho": read_json(trained.file(CONFIG))["rho"],
             "layers": layers, "routable": [layer in routable for layer in layers],
             "skip_rate": [100.0 * sum(v) / len(v) for v in per_layer],
             "overall": 100.0 * sum(applied) / len(applied) if applied else 0.0,
-            "skipped": list(range(len(routable) + 1)), "examples": [counts[k] for k in range(len(routable) + 1)]}
+            "skipped": list(range(len(routable) + 1)), "examples": [counts[k] for k in range(len(routable) + 1)],
+            "patterns": skip_patterns(pattern)}
     return data, [trained] if source is trained else [trained, source]
+
+
+def skip_patterns(pattern: dict[tuple[str, str], list[int]]) -> dict:
+    """Which set of layers each example skipped, counted per task: the most common sets first."""
+    tasks = list(dict.fromkeys(task for task, _ in pattern))
+    per = Counter((", ".join(map(str, sorted(layers))) or "none", task) for (task, _), layers in pattern.items())
+    totals = Counter(key for key, _ in per.elements())
+    ordered = sorted(totals, key=lambda key: (-totals[key], key))
+    return {"tasks": tasks, "rows": [[key, *(per[key, task] for task in tasks)] for key in ordered]}
 
 
 def table(data: dict) -> list[str]:
@@ -61,7 +76,11 @@ def table(data: dict) -> list[str]:
                       [[str(layer), "yes" if routable else "no (always executed)", fmt(rate, ".1f")]
                        for layer, routable, rate in zip(data["layers"], data["routable"], data["skip_rate"])]),
             "", *md_table(["layers skipped", "examples"],
-                          [[str(k), str(c)] for k, c in zip(data["skipped"], data["examples"])]), ""]
+                          [[str(k), str(c)] for k, c in zip(data["skipped"], data["examples"])]), "",
+            "Which layers each example skipped, per task (examples; the same set for every example would be "
+            "static layer dropping, not routing):", "",
+            *md_table(["skipped layers", *data["patterns"]["tasks"]],
+                      [[str(cell) for cell in row] for row in data["patterns"]["rows"]]), ""]
 
 
 def plot(data: dict, path: Path) -> None:
