@@ -105,16 +105,26 @@ def launch_settings() -> dict:
     return recorded
 
 
+FSDP2 = "fsdp2"
+
+
 def parameter_sharding() -> str | None:
-    """What shards the model's parameters across processes (FSDP other than NO_SHARD, DeepSpeed ZeRO-3),
-    from the launcher's settings; None for DDP, ZeRO-1/2 and FSDP NO_SHARD, which keep whole parameters."""
+    """``FSDP2`` when the launcher asks for FSDP2 (``accelerate launch --use_fsdp --fsdp_version 2``), which the
+    training loop shards with; None for whole parameters (DDP, ZeRO-1/2, FSDP NO_SHARD). FSDP1 sharding and
+    DeepSpeed ZeRO-3 are refused with the alternative."""
+    from .errors import UserError
+
     env = os.environ
     if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        if env.get("FSDP_VERSION") == "2":
+            return FSDP2
         strategy = env.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
         if strategy not in ("NO_SHARD", "3"):
-            return f"FSDP sharding strategy {strategy}"
+            raise UserError(f"the accelerate config asks for FSDP1 with {strategy}; dmole shards with FSDP2: set "
+                            "fsdp_version: 2 (accelerate launch --use_fsdp --fsdp_version 2), or use NO_SHARD")
     if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
-        return "DeepSpeed ZeRO stage 3"
+        raise UserError("DeepSpeed ZeRO-3 is not supported (it cannot be tested without GPUs here); shard with "
+                        "FSDP2 instead: accelerate launch --use_fsdp --fsdp_version 2")
     return None
 
 

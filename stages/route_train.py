@@ -116,7 +116,8 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
                                               run_id=f"{STAGE}-{config_hash(config)[:12]}", progress=progress)
         write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=options.skip_ratio,
                                                  batch_rule=options.batch_rule))
-        writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from)
+        writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from,
+                           sharding=result.sharding)
         shutil.rmtree(ckpt, ignore_errors=True)
 
     return run_stage(project, STAGE, TASK, config=config, inputs=[], compute=compute, force=force)

@@ -14,6 +14,8 @@ from artifacts.io import write_parquet
 from .config import TaskSpec, parse_model
 from .data.samples import TrainSample
 from .data.tasks import load_train_samples
+from .distributed import launched, parameter_sharding
+from .errors import UserError
 from .methods import get_method
 from .methods.base import TRAIN_STAGE, ContinualMethod, TrainRun
 from .options import TrainTaskOptions, stage_options
@@ -89,6 +91,9 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
     also streams the step log to tensorboard / wandb (not hashed)."""
     check_available(log_to)
     method, run, names = train_run(project, task_name, options)
+    if not method.shardable and launched() and parameter_sharding():
+        raise UserError(f"{method.name}'s penalty reads the parameters themselves, which FSDP2 shards: train it "
+                        "without --use_fsdp (DDP keeps whole parameters)")
     options, spec = run.options, run.spec
     inputs = method.carried(run)
     settings = loop_settings(options, spec)
@@ -123,7 +128,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
         write_parquet(writer.path("train_log.parquet"), {k: [row.get(k) for row in result.log]
                                                          for k in result.log[0]})
         writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from,
-                           trainable_parameters=sum(p.numel() for p in trainer.params))
+                           trainable_parameters=sum(p.numel() for p in trainer.params), sharding=result.sharding)
         shutil.rmtree(ckpt, ignore_errors=True)
 
     return run_stage(project, run.stage, task_name, config=config, inputs=inputs, compute=compute, force=force)

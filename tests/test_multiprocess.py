@@ -29,9 +29,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launched(project, *args: str) -> str:
-    """Run one dmole command as two processes under accelerate's launcher."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+# FSDP2, exactly as a user asks for it (on the CPU the processes join over gloo and dmole shards with torch's
+# fully_shard; accelerate itself shards only on GPUs)
+FSDP2 = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_reshard_after_forward", "true")
+
+
+def launched(project, *args: str, launcher: tuple[str, ...] = ("--multi_gpu",)) -> str:
+    """Run one dmole command as two processes under accelerate's launcher (DDP, or ``launcher=FSDP2``)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "dmole_cli", *args, "--workspace", str(project.root)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -151,7 +156,7 @@ def roe_twins(request, tmp_path_factory):
     write_benchmark(base / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
     build_tiny("llava", base / "model", size=TinySize(**ROE_SIZE))
     projects = []
-    for name, run in (("one", single), ("two", launched)):
+    for name, run in (("one", single), ("ddp", launched), ("fsdp2", lambda *a: launched(*a, launcher=FSDP2))):
         create_workspace(base / name, model=base / "model", data=base / "data", seed=0, stages=ROE_STAGES)
         project = Project.open(base / name)
         run(project, "route-train", "--stage2-mode", request.param, "-q")
@@ -159,16 +164,166 @@ def roe_twins(request, tmp_path_factory):
     return projects
 
 
-def test_launched_route_train_matches_one_process(roe_twins):
-    """RoE's modules sit inside the wrapped model, so their gradients are averaged over processes, and each
-    sample's stage-0 skips are seeded by the sample: the weights agree and so do the skip decisions."""
-    one, two = roe_twins
-    ours, reference = (_latest(p, "route-train", "all") for p in (two, one))
-    mine, theirs = load_file(ours.file("roe_weights.safetensors")), load_file(reference.file("roe_weights.safetensors"))
-    assert mine.keys() == theirs.keys()
-    worst = max(float((mine[k] - theirs[k]).abs().max()) for k in mine)
-    assert worst <= ROE_TOLERANCE, worst
+@pytest.mark.parametrize("launch", ["ddp", "fsdp2"])
+def test_launched_route_train_matches_one_process(roe_twins, launch):
+    """RoE's modules sit inside the wrapped (or sharded) model, so their gradients are averaged over processes,
+    and each sample's stage-0 skips are seeded by the sample: the weights agree and so do the skip decisions."""
+    one, ddp, fsdp2 = roe_twins
+    ours, reference = (_latest(p, "route-train", "all") for p in ({"ddp": ddp, "fsdp2": fsdp2}[launch], one))
+    names = ["roe_weights.safetensors"] + (["backbone.safetensors"] if reference.manifest["config"]["options"]
+                                           ["stage2_mode"] == "full" else [])
+    for name in names:
+        mine, theirs = load_file(ours.file(name)), load_file(reference.file(name))
+        assert mine.keys() == theirs.keys() and all(mine[k].shape == theirs[k].shape for k in mine)
+        worst = max(float((mine[k] - theirs[k]).abs().max()) for k in mine)
+        assert worst <= ROE_TOLERANCE, (name, worst)
     decisions = [read_parquet(v.file("routing_decisions.parquet")).to_pydict() for v in (ours, reference)]
     assert decisions[0]["decided_skip"] == decisions[1]["decided_skip"]
     assert decisions[0]["applied_skip"] == decisions[1]["applied_skip"]
     assert ours.manifest["environment"]["world_size"] == 2
+    assert ours.manifest["summary"]["sharding"] == ("fsdp2" if launch == "fsdp2" else None)
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory, micro_bench):
+    """Two D-MoLE tasks trained in one process and as two FSDP2-sharded processes (the second task routes the
+    first one's frozen expert in)."""
+    from stages.init import create_workspace
+    from stages.project import Project
+
+    projects = []
+    for name in ("whole", "sharded"):
+        root = tmp_path_factory.mktemp(name) / "ws"
+        create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", stages=MICRO_STAGES,
+                         methods=METHODS, tasks=["color-vqa", "shape-choice"])
+        projects.append(Project.open(root))
+    for project in projects:
+        for task in project.config.task_names:
+            for stage in ("embed", "fit-router", "zc-score", "allocate"):
+                single(project, stage, "--task", task)
+    for task in projects[0].config.task_names:
+        single(projects[0], "train-task", "--task", task, "-q")
+        launched(projects[1], "train-task", "--task", task, "-q", launcher=FSDP2)
+    return projects
+
+
+def test_fsdp2_train_task_matches_one_process_and_saves_whole_experts(fsdp_runs):
+    from peft import PeftModel
+
+    from stages.models.registry import load_family
+
+    whole, sharded = fsdp_runs
+    for task in whole.config.task_names:
+        ours = load_file(_latest(sharded, "train-task", task).file("expert/adapter_model.safetensors"))
+        reference = load_file(_latest(whole, "train-task", task).file("expert/adapter_model.safetensors"))
+        assert ours.keys() == reference.keys()
+        assert all(ours[k].shape == reference[k].shape for k in ours)  # whole tensors, not shards
+        worst = max(float((ours[k] - reference[k]).abs().max()) for k in ours)
+        assert worst <= EXPERT_TOLERANCE, (task, worst)
+        manifest = _latest(sharded, "train-task", task).manifest
+        assert manifest["summary"]["sharding"] == "fsdp2" and manifest["environment"]["world_size"] == 2
+        assert _latest(whole, "train-task", task).manifest["summary"]["sharding"] is None
+    folder = _latest(sharded, "train-task", "shape-choice").path / "expert"
+    PeftModel.from_pretrained(load_family(whole.model_path).model, folder)  # loads in one process, as saved
+
+
+def _kill_every_process_of(marker: str) -> None:
+    """SIGKILL every process whose command line names ``marker``, and wait until they are gone."""
+    import signal
+    import time
+    from pathlib import Path
+
+    def matching() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                try:
+                    if marker in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                        found.append(int(proc.name))
+                except OSError:
+                    continue
+        return found
+
+    for pid in matching():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}/status").is_file() and "zombie" not in
+                                              Path(f"/proc/{pid}/status").read_text() for pid in matching()):
+        time.sleep(0.1)
+
+
+def test_fsdp2_train_task_killed_resumes_to_the_uninterrupted_expert(tmp_path, micro_bench):
+    """A sharded run killed with SIGKILL resumes from its checkpoint (whole tensors, the optimizer state by
+    parameter name, every process's RNG) and ends with the expert an uninterrupted single-process run trains."""
+    import time
+
+    from stages.init import create_workspace
+    from stages.project import Project
+
+    task, flags = "color-vqa", ("--epochs", "12", "--checkpoint-every", "2")
+    projects = []
+    for name in ("whole", "killed"):
+        create_workspace(tmp_path / name, model=micro_bench / "base-model", data=micro_bench / "data",
+                         stages=MICRO_STAGES, methods=METHODS, tasks=[task])
+        project = Project.open(tmp_path / name)
+        for stage in ("zc-score", "allocate"):
+            single(project, stage, "--task", task)
+        projects.append(project)
+    whole, killed = projects
+    single(whole, "train-task", "--task", task, *flags, "-q")
+    command = [sys.executable, "-m", "accelerate.commands.launch", *FSDP2, "--num_processes", "2", "--num_machines",
+               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               "-m", "dmole_cli", "train-task", "--task", task, *flags, "-q", "--workspace", str(killed.root)]
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((killed.root / ".runs").rglob("checkpoint.pt")) and time.monotonic() < deadline \
+            and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert process.poll() is None, "training finished before it could be killed; make the run longer"
+    _kill_every_process_of(str(killed.root))  # the launcher and both workers (elastic may regroup them)
+    process.wait()
+    assert killed.store.latest("train-task", task) is None
+    launched(killed, "train-task", "--task", task, *flags, "-q", launcher=FSDP2)
+    resumed = _latest(killed, "train-task", task)
+    assert resumed.manifest["summary"]["resumed_from"] > 0 and resumed.manifest["summary"]["sharding"] == "fsdp2"
+    ours = load_file(resumed.file("expert/adapter_model.safetensors"))
+    reference = load_file(_latest(whole, "train-task", task).file("expert/adapter_model.safetensors"))
+    worst = max(float((ours[k] - reference[k]).abs().max()) for k in ours)
+    assert worst <= EXPERT_TOLERANCE, worst
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}, "fsdp2"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "NO_SHARD"}, None),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}, "fsdp_version: 2"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO-3 is not supported"),
+])
+def test_what_the_launcher_asks_to_shard(monkeypatch, env, expected):
+    from stages.distributed import parameter_sharding
+    from stages.errors import UserError
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if expected in ("fsdp2", None):
+        assert parameter_sharding() == expected
+    else:
+        with pytest.raises(UserError, match=expected):
+            parameter_sharding()
+
+
+@pytest.mark.parametrize("method", ["ewc-lora", "o-lora"])
+def test_penalties_on_the_parameters_are_refused_under_fsdp2(make_project, monkeypatch, method):
+    from stages.errors import UserError
+    from stages.train_task import train_task
+
+    project = make_project()
+    for key, value in {"WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError, match="reads the parameters themselves"):
+        train_task(project, project.config.task_names[0], {"method": method})

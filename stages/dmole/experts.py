@@ -119,8 +119,10 @@ class ExpertModel:
         def weight(route, task_id: int) -> float:
             return route.get(task_id, 0.0) if isinstance(route, Mapping) else float(task_id in route)
 
-        weights = {name: torch.tensor([weight(route, task_id) for route in routes], device=device)
-                   for name, task_id in zip(active, union)}
+        # a weight for every loaded expert, zero where not routed: a copy of the model (FSDP2's working copy)
+        # keeps every expert active, and each must know it counts for nothing there
+        weights = {name: torch.tensor([weight(route, int(name.removeprefix(ADAPTER_PREFIX))) for route in routes],
+                                      device=device) for name in self.adapters}
         self.peft.base_model.set_adapter(active)
         if self.training_task is not None:
             self.freeze_all_but(self.training_task)

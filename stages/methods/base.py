@@ -127,6 +127,9 @@ class ContinualMethod:
     allocates: ClassVar[bool] = False            # reads a per-task allocation (D-MoLE and its ablations)
     routes: ClassVar[bool] = False               # routes each test sample by the router bank (threshold sweep)
     allocation_rule: ClassVar[str | None] = None
+    # False when its extra loss reads parameters directly rather than the forward's outputs: under FSDP2 the
+    # loop trains a sharded copy of the model, which such a term would not see
+    shardable: ClassVar[bool] = True
 
     # ---- the task sequence -------------------------------------------------------------------------------
     def stages_after(self, project: Project) -> list[str]:

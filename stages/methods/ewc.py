@@ -53,6 +53,7 @@ class EwcLora(ContinuedLora):
     name = "ewc-lora"
     summary = "EWC-LoRA: one LoRA continued, anchored by the accumulated diagonal Fisher"
     Hyper = EwcHyper
+    shardable = False  # its penalty reads the parameters themselves
 
     def trainer(self, run: TrainRun, adapter):
         from safetensors.torch import load_file, save_file

@@ -33,6 +33,7 @@ class OLora(ContinualMethod):
     name = "o-lora"
     summary = "O-LoRA: a LoRA per task, all kept; new A orthogonal to the earlier ones"
     Hyper = OLoraHyper
+    shardable = False  # its penalty reads the parameters themselves
 
     def carried(self, run: TrainRun) -> list:
         return self.trained_before(run.project, run.task_id)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -25,21 +27,33 @@ class LoadedState:
     def log(self) -> list[dict]:
         return list(self.payload["log"])
 
-    def restore(self, trainable: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-                rank: int = 0, world: int = 1) -> int:
-        """Copy the saved tensors and optimizer state back, and this process's RNG; return the step to continue
-        from. Resumed with another number of processes, every process takes the first one's RNG (the run then
-        differs from an uninterrupted one in its dropout draws)."""
+    @property
+    def step(self) -> int:
+        """The optimizer steps done: the step to continue from."""
+        return int(self.payload["step"])
+
+    def restore_params(self, trainable: dict[str, torch.nn.Parameter]) -> None:
+        """Copy the saved (whole) tensors back into the trainable parameters."""
         saved = self.payload["params"]
         if set(saved) != set(trainable):
             raise RuntimeError("the checkpoint does not match this run's trainable parameters")
         with torch.no_grad():
             for name, param in trainable.items():
                 param.copy_(saved[name])
-        optimizer.load_state_dict(self.payload["optimizer"])
+
+    def optimizer_state(self, *, sharded: bool) -> dict:
+        """The optimizer's saved state; a run resumes the way it was written, sharded (FSDP2) or not."""
+        if self.payload["sharded"] != sharded:
+            how = "with" if self.payload["sharded"] else "without"
+            raise UserError(f"this run's checkpoint was written {how} FSDP2 sharding: resume it the same way, or "
+                            "delete its folder under .runs/ to start over")
+        return self.payload["optimizer"]
+
+    def restore_rng(self, rank: int = 0, world: int = 1) -> None:
+        """This process's random state. Resumed with another number of processes, every process takes the
+        first one's (the run then differs from an uninterrupted one in its dropout draws)."""
         states = self.payload["rng"]
         set_rng_state(states[rank] if len(states) == world else states[0])
-        return int(self.payload["step"])
 
 
 def rng_state() -> dict:
@@ -57,12 +71,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, step: int, trainable: dict[str, torch.nn.Parameter],
-                    optimizer: torch.optim.Optimizer, log: list[dict], rng: list[dict]) -> None:
-    """Write the state atomically; ``rng`` holds every process's `rng_state`, in rank order."""
+def save_checkpoint(directory: Path, step: int, params: dict[str, torch.Tensor], optimizer_state: dict,
+                    log: list[dict], rng: list[dict], *, sharded: bool = False) -> None:
+    """Write the state atomically: whole trained tensors, the optimizer's state (keyed by parameter name when
+    ``sharded``), the log, and ``rng``, every process's `rng_state` in rank order."""
     directory.mkdir(parents=True, exist_ok=True)
-    payload = {"step": step, "params": {k: v.detach().clone() for k, v in trainable.items()},
-               "optimizer": optimizer.state_dict(), "rng": rng, "log": log}
+    payload = {"step": step, "params": {k: v.detach().clone() for k, v in params.items()},
+               "optimizer": optimizer_state, "rng": rng, "log": log, "sharded": sharded}
     tmp = directory / f".{CHECKPOINT}.tmp"
     with tmp.open("wb") as handle:
         torch.save(payload, handle)

@@ -25,10 +25,10 @@ from typing import Protocol
 
 import torch
 
-from ..distributed import all_gather_objects, is_main, my_share, parameter_sharding, rank_and_world
-from ..errors import UserError
+from ..distributed import FSDP2, all_gather_objects, is_main, my_share, parameter_sharding, rank_and_world
 from ..progress import Progress, silent
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint
+from .checkpoint import LoadedState, load_checkpoint, rng_state, save_checkpoint
+from .sharding import ShardedCopy
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class LoopResult:
     steps: int
     log: list[dict] = field(default_factory=list)
     resumed_from: int = 0
+    sharding: str | None = None  # "fsdp2" when the parameters were sharded across processes
 
 
 # How many batches a length-sorted mega-batch spans (transformers' LengthGroupedSampler uses 50).
@@ -165,6 +166,76 @@ def _scale_gradients(accelerator, params: list[torch.nn.Parameter], count: float
     return total
 
 
+class _Backend:
+    """How the loop's model is spread over processes: whole on each (through ``Accelerator.prepare``: one process,
+    DDP, ZeRO-1/2, FSDP NO_SHARD) or sharded (FSDP2, `sharding.py`)."""
+
+    def __init__(self, model: torch.nn.Module, groups: Sequence[ParamGroup], settings: LoopSettings,
+                 state: LoadedState | None):
+        from accelerate import Accelerator
+
+        rank, world = rank_and_world()
+        self.shards = None
+        if state is not None:  # before any copy or wrapping: restored tensors go to the whole model
+            state.restore_params({f"{g.name}.{i}": p for g in groups for i, p in enumerate(g.params)})
+            state.restore_rng(rank, world)
+        if parameter_sharding() == FSDP2 and world > 1:
+            self.accelerator = Accelerator()
+            self.shards = ShardedCopy(model, groups, world)
+            self.groups = [ParamGroup(g.name, self.shards.params(i), g.lr) for i, g in enumerate(groups)]
+            self.optimizer = build_optimizer(self.groups, settings)
+            self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # before a restore overwrites them
+            self.model = self.shards.model
+            if state is not None:
+                self.shards.load_optimizer_state(self.optimizer, state.optimizer_state(sharded=True))
+        else:
+            self.groups = list(groups)
+            optimizer = build_optimizer(groups, settings)
+            self.base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a restore overwrites them
+            if state is not None:
+                optimizer.load_state_dict(state.optimizer_state(sharded=False))
+            self.accelerator, self.model, self.optimizer = _prepare(model, groups, optimizer)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def micro_batch_count(self, count: int) -> int:
+        """How many micro-batches this process runs: its own, or under sharding the most any process has
+        (every forward and backward gathers and scatters shards, so all processes must run as many)."""
+        return max(all_gather_objects(count)) if self.shards else count
+
+    def sync(self, last: bool):
+        """Gradients are synchronised once per step, in the backward of its last micro-batch."""
+        if self.shards:
+            self.shards.set_gradient_sync(last)
+            return nullcontext()
+        return nullcontext() if last else self.accelerator.no_sync(self.model)
+
+    def idle_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """A zero loss for a micro-batch with nothing to learn, whose backward still joins the synchronisation.
+        Sharded, it must run through the forward's graph (each unit scatters its gradients from there)."""
+        if self.shards:
+            return torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)) * 0.0
+        return sum(p.sum() for p in self.params) * 0.0
+
+    def clip(self, max_norm: float) -> None:
+        if self.shards:
+            torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        else:
+            self.accelerator.clip_grad_norm_(self.params, max_norm)
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The trained tensors (whole, keyed like the groups) and the optimizer's state (collective when sharded)."""
+        if self.shards:
+            whole = self.shards.whole()
+            params = {f"{g.name}.{i}": whole[name] for g, names in zip(self.groups, self.shards.names)
+                      for i, name in enumerate(names)}
+            return params, self.shards.optimizer_state(self.optimizer)
+        return {f"{g.name}.{i}": p for g in self.groups for i, p in enumerate(g.params)}, self.optimizer.state_dict()
+
+    def finish(self) -> None:
+        if self.shards:
+            self.shards.finish()
+
+
 def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
           loss_fn: Callable[[torch.nn.Module, list[int], ExitStack], dict[str, torch.Tensor]],
           n_samples: int, settings: LoopSettings, *, checkpoint_dir: Path | None = None,
@@ -176,26 +247,17 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
     stay open through the backward pass, which recomputes activations under gradient checkpointing.
     A loss that is a mean over tokens returns their number as ``count`` (default: a mean over the
     samples), so that data-parallel and accumulated steps weight every token as one large batch would.
-    ``lengths`` (one per sample) is needed with ``settings.group_by_length``."""
-    sharding = parameter_sharding()
-    if sharding:
-        raise UserError(f"the accelerate config asks for {sharding}, which splits every parameter across processes; "
-                        "dmole saves experts and RoE weights from whole parameters, so use DDP, DeepSpeed ZeRO-1/2 "
-                        "or FSDP NO_SHARD")
+    ``lengths`` (one per sample) is needed with ``settings.group_by_length``. Under FSDP2 the model the loss
+    function is given is a sharded copy; ``model`` gets the trained tensors when the loop ends."""
     plan = batch_plan(n_samples, settings, lengths)
-    optimizer = build_optimizer(groups, settings)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    trainable = {f"{g.name}.{i}": p for g in groups for i, p in enumerate(g.params)}
     result = LoopResult(steps=len(plan))
-    start = 0
     torch.manual_seed(settings.seed)
-    if checkpoint_dir is not None:
-        state = load_checkpoint(checkpoint_dir)
-        if state is not None:  # restores the RNG too, so dropout continues exactly where it stopped
-            start = state.restore(trainable, optimizer, *rank_and_world())
-            result.log, result.resumed_from = state.log, start
-    accelerator, prepared, optimizer = _prepare(model, groups, optimizer)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    backend = _Backend(model, groups, settings, state)  # restores the RNG too, so dropout continues exactly
+    if state is not None:
+        result.log, result.resumed_from = state.log, state.step
+    start = result.resumed_from
+    optimizer, accelerator, base_lrs = backend.optimizer, backend.accelerator, backend.base_lrs
     with progress(description, total=len(plan)) as bar:
         bar.advance(start)
         for step in range(start, len(plan)):
@@ -205,26 +267,25 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
                 callback.on_step_begin(step, len(plan), optimizer)
             share = my_share(plan[step])
             # a process left without samples runs the first one at weight 0: it must still join the sync
-            micros = micro_batches(share or plan[step][:1], settings.grad_accum)
+            own = micro_batches(share or plan[step][:1], settings.grad_accum)
+            micros = own + [plan[step][:1]] * (backend.micro_batch_count(len(own)) - len(own))
             optimizer.zero_grad(set_to_none=True)
             count, sums = 0.0, {}
             for k, indices in enumerate(micros):
-                # data-parallel gradients are averaged once, after the last micro-batch
-                sync = nullcontext() if k == len(micros) - 1 else accelerator.no_sync(prepared)
-                with sync, ExitStack() as scope:
+                with backend.sync(k == len(micros) - 1), ExitStack() as scope:
                     with autocast(settings.precision, accelerator.device):
-                        outputs = loss_fn(prepared, indices, scope)
-                    units = float(outputs.pop("count", len(indices))) if share else 0.0
-                    # nothing to learn here (no share, or every answer truncated away: the mean is NaN), but
-                    # the backward must run for the data-parallel sync
-                    loss = outputs["loss"] * units if units else sum(p.sum() for p in params) * 0.0
+                        outputs = loss_fn(backend.model, indices, scope)
+                    units = float(outputs.pop("count", len(indices))) if share and k < len(own) else 0.0
+                    # nothing to learn here (no share, a padding micro-batch, or every answer truncated away:
+                    # the mean is NaN), but the backward must run for the data-parallel sync
+                    loss = outputs["loss"] * units if units else backend.idle_loss(outputs["loss"])
                     accelerator.backward(loss)
                 count += units
                 for key, value in outputs.items():
                     sums[key] = sums.get(key, 0.0) + (value.detach() * units if units else 0.0)
-            total = _scale_gradients(accelerator, params, count)
+            total = _scale_gradients(accelerator, backend.params, count)
             if settings.clip:
-                accelerator.clip_grad_norm_(params, settings.clip)
+                backend.clip(settings.clip)
             optimizer.step()
             row = {"step": step + 1,
                    **{k: float(accelerator.reduce(v, reduction="sum")) / total if total else 0.0
@@ -240,6 +301,10 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
             if checkpoint_dir is not None and settings.checkpoint_every and done % settings.checkpoint_every == 0 \
                     and done < len(plan):
                 rng = all_gather_objects(rng_state())  # every process's, so each resumes its own dropout draws
+                params, optimizer_state = backend.checkpoint_state()
                 if is_main():
-                    save_checkpoint(checkpoint_dir, done, trainable, optimizer, result.log, rng)
+                    save_checkpoint(checkpoint_dir, done, params, optimizer_state, result.log, rng,
+                                    sharded=backend.shards is not None)
+    backend.finish()
+    result.sharding = FSDP2 if backend.shards is not None else None
     return result
