@@ -263,7 +263,7 @@ def test_fsdp2_train_task_killed_resumes_to_the_uninterrupted_expert(tmp_path, m
     from stages.init import create_workspace
     from stages.project import Project
 
-    task, flags = "color-vqa", ("--epochs", "12", "--checkpoint-every", "2")
+    task, flags = "color-vqa", ("--epochs", "8", "--checkpoint-every", "2")
     projects = []
     for name in ("whole", "killed"):
         create_workspace(tmp_path / name, model=micro_bench / "base-model", data=micro_bench / "data",
