@@ -12,6 +12,7 @@ import enum
 import functools
 import inspect
 import json
+import types
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
@@ -28,7 +29,7 @@ COMMON = ("force", "quiet", "workspace")
 
 def _plain(annotation: Any) -> Any:
     """The annotation without Optional / ``| None``."""
-    if get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType", Union)):
+    if get_origin(annotation) in (Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
         return args[0] if len(args) == 1 else annotation
     return annotation

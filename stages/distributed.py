@@ -21,6 +21,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 # What the launcher's settings are recorded as (from `accelerate launch` flags or its --config_file).
@@ -112,8 +114,6 @@ def parameter_sharding() -> str | None:
     """``FSDP2`` when the launcher asks for FSDP2 (``accelerate launch --use_fsdp --fsdp_version 2``), which the
     training loop shards with; None for whole parameters (DDP, ZeRO-1/2, FSDP NO_SHARD). FSDP1 sharding and
     DeepSpeed ZeRO-3 are refused with the alternative."""
-    from .errors import UserError
-
     env = os.environ
     if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         if env.get("FSDP_VERSION") == "2":

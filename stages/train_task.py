@@ -124,7 +124,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
                            description=f"{run.stage} {task_name}",
                            loggers=loggers, lengths=[text_length(s) for s in run.samples])
         model.eval()
-        trainer.save(writer, result.log)
+        trainer.save(writer)
         write_parquet(writer.path("train_log.parquet"), {k: [row.get(k) for row in result.log]
                                                          for k in result.log[0]})
         writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from,

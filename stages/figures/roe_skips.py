@@ -37,15 +37,12 @@ def gather(project: Project) -> tuple[dict, list[Version]] | None:
     layers = sorted({r["layer"] for r in rows})
     routable = {r["layer"] for r in rows if r["routable"]}
     per_layer = [[r["applied_skip"] for r in rows if r["layer"] == layer] for layer in layers]
-    skipped = Counter()
-    pattern: dict[tuple[str, str], list[int]] = {}
+    pattern: dict[tuple[str, str], list[int]] = {}  # each example's skipped routable layers
     for r in rows:
-        example = (r["benchmark"], r["example_id"])
-        skipped[example] += bool(r["routable"] and r["applied_skip"])
-        pattern.setdefault(example, [])
+        skipped = pattern.setdefault((r["benchmark"], r["example_id"]), [])
         if r["routable"] and r["applied_skip"]:
-            pattern[example].append(r["layer"])
-    counts = Counter(skipped.values())
+            skipped.append(r["layer"])
+    counts = Counter(len(layers) for layers in pattern.values())
     applied = [r["applied_skip"] for r in rows if r["routable"]]
     data = {"source": f"{source.stage} v{source.number}", "rho": read_json(trained.file(CONFIG))["rho"],
             "layers": layers, "routable": [layer in routable for layer in layers],

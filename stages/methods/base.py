@@ -95,8 +95,8 @@ class Trainer:
         """Named loss terms added to the answer cross-entropy (each also logged)."""
         return {}
 
-    def save(self, writer, log: list[dict]) -> dict:
-        """Write the trained weights (and anything later tasks carry) into ``writer``; return sidecar fields."""
+    def save(self, writer) -> None:
+        """Write the trained weights (and anything later tasks carry) into ``writer``."""
         raise NotImplementedError
 
 

@@ -122,8 +122,6 @@ class DMoLE(ContinualMethod):
 
 def test_routes(project, bank, task: str, samples: list, options):
     """Per test sample of ``task``, its routed expert set (and the router errors behind it), spec §9."""
-    import numpy as np
-
     from ..dmole.bank import load_embeddings, require_embeddings
     from ..dmole.routing import batch_vote, confidence_weights, per_sample
     from ..evaluation.predict import batch_indices
@@ -146,7 +144,7 @@ def test_routes(project, bank, task: str, samples: list, options):
                         second_margin=options.second_margin if options.second_expert == "margin" else None)
     if options.second_expert == "weighted":
         routes = [confidence_weights(row, thresholds, route) for row, route in zip(errors, routes)]
-    return routes, np.asarray(errors)
+    return routes, errors
 
 
 METHODS = DMoLE.with_ablations()  # D-MoLE, then its ablations

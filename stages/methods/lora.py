@@ -14,6 +14,7 @@ from artifacts import Version
 from artifacts.io import read_json, write_json
 
 from ..dmole.experts import ExpertModel, LoraSettings, adapter_name
+from ..errors import UserError
 from .base import EvalPlan, Trainer, TrainRun
 
 EXPERT_FOLDER = "expert"
@@ -40,10 +41,10 @@ def lora_settings(hyper) -> LoraSettings:
 
 
 def expert_model(project, adapter, base: torch.nn.Module | None = None,
-                 loaded: Mapping[int, Version] = {}) -> ExpertModel:
+                 loaded: Mapping[int, Version] | None = None) -> ExpertModel:
     """The base (or ``base``) with the trained adapters ``loaded`` (adapter id -> train-task artifact), frozen."""
     experts = ExpertModel(adapter.model if base is None else base, towers(adapter), str(project.model_path))
-    for task_id, version in loaded.items():
+    for task_id, version in (loaded or {}).items():
         experts.load_expert(task_id, expert_folder(version))
     return experts
 
@@ -138,14 +139,13 @@ class LoraTrainer(Trainer):
     def routed(self, routes: Sequence, batch: dict):
         return self.experts.routed(routes, vision_rows=self.adapter.vision_row_samples(batch))
 
-    def save(self, writer, log: list[dict]) -> dict:
+    def save(self, writer) -> None:
         sidecar = {"task": self.run.task, "task_id": self.run.task_id, "method": self.run.method,
                    "adapter_name": self.name, "rank": self.lora.rank, "alpha": self.lora.alpha,
                    "dropout": self.lora.dropout, "target_modules": self.modules, **self.extra_sidecar}
         save_expert(self.model, self.name, writer.path(EXPERT_FOLDER), sidecar)
         if self.record is not None:
             self.record(writer)
-        return sidecar
 
 
 def routed_plan(project, adapter, tasks: list[str], loaded: Mapping[int, Version], route: tuple[int, ...],
@@ -174,8 +174,6 @@ def continued_trainer(method, run: TrainRun, adapter) -> LoraTrainer:
     if previous is not None:
         saved = read_json(previous.file(f"{EXPERT_FOLDER}/{SIDECAR}"))
         if (saved["rank"], saved["alpha"]) != (lora.rank, lora.alpha):
-            from ..errors import UserError
-
             raise UserError(f"{method.name} continues one LoRA, but {previous} has rank {saved['rank']} and alpha "
                             f"{saved['alpha']}, not {lora.rank} and {lora.alpha}")
     trainer = LoraTrainer(run, adapter, expert_model(run.project, adapter, loaded=loaded), modules, lora,

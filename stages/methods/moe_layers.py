@@ -8,6 +8,7 @@ from torch import nn
 
 from artifacts.io import read_json, write_json
 
+from ..errors import UserError
 from .base import Trainer, TrainRun
 from .moelora import MoELoraHyper
 
@@ -90,8 +91,6 @@ class MoELoraTrainer(Trainer):
         if previous is not None:
             saved = read_json(previous.file(CONFIG))["hyper"]
             if saved != run.hyper.model_dump():
-                from ..errors import UserError
-
                 raise UserError(f"moelora continues one MoELoRA, but {previous} was trained with {saved}")
             load_moelora(self.model, previous)
         else:
@@ -100,11 +99,9 @@ class MoELoraTrainer(Trainer):
         for p in self.params:
             p.requires_grad_(True)
 
-    def save(self, writer, log: list[dict]) -> dict:
+    def save(self, writer) -> None:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().contiguous().cpu() for k, v in moe_state(self.model).items()}, writer.path(WEIGHTS))
-        config = {"task": self.run.task, "task_id": self.run.task_id, "method": self.run.method,
-                  "modules": self.modules, "hyper": self.run.hyper.model_dump()}
-        write_json(writer.path(CONFIG), config)
-        return config
+        write_json(writer.path(CONFIG), {"task": self.run.task, "task_id": self.run.task_id, "method": self.run.method,
+                                         "modules": self.modules, "hyper": self.run.hyper.model_dump()})
