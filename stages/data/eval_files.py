@@ -1,4 +1,8 @@
-"""Readers of the evaluation files, one per metric family (spec/dmole.md §15)."""
+"""Readers of the evaluation files, one per metric family (spec/dmole.md §15).
+
+Besides COCO captions and the VQA pair form, the records of a family are one JSON object per line (D-MoLE's
+JSONL) or a JSON list of objects (LLaVA's and CoIN's question files, ``{question_id, image, text, answer}``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 from .errors import DataError
 from .images import resolve_image
-from .jsonl import read_json, read_jsonl, require
+from .jsonl import read_json, read_jsonl, read_records, require
 from .samples import EvalSample
 
 FAMILIES = ("caption", "vqa10", "short", "choice", "grounding")
@@ -26,10 +30,11 @@ def read_eval_file(family: str, path: Path, *, data_root: Path, image_root: Path
         samples = _read_vqa_pair(path, annotations, data_root=data_root, image_root=image_root)
     else:
         samples = []
-        for line, record in read_jsonl(path):
-            image = resolve_image(data_root, image_root, record.get("image"), source=path, line=line)
-            fields, references = _JSONL_READERS[family](record, path, line)
-            samples.append(EvalSample(id=_record_id(record, line, path), image=image,
+        for line, prefix, record in read_records(path):
+            image = resolve_image(data_root, image_root, record.get("image"), source=path, line=line,
+                                  field=f"{prefix}image")
+            fields, references = _RECORD_READERS[family](record, path, line, prefix)
+            samples.append(EvalSample(id=_record_id(record, line, prefix, path), image=image,
                                       prompt_fields=fields, references=references))
     if not samples:
         raise DataError(path, "no evaluation samples")
@@ -37,11 +42,11 @@ def read_eval_file(family: str, path: Path, *, data_root: Path, image_root: Path
     return samples
 
 
-def _record_id(record: dict, line: int, path: Path) -> str:
+def _record_id(record: dict, line: int | None, prefix: str, path: Path) -> str:
     for key in ("question_id", "id"):
         if key in record:
-            return str(require(record, key, (str, int), path=path, line=line))
-    return str(line)
+            return str(require(record, key, (str, int), path=path, line=line, prefix=prefix))
+    return str(line) if line is not None else prefix.strip("[].")
 
 
 def _check_unique_ids(samples: list[EvalSample], path: Path) -> None:
@@ -88,10 +93,17 @@ def _ten_answers(answers: list, path: Path, line: int | None, field: str) -> lis
     return texts
 
 
-def _read_vqa10(record: dict, path: Path, line: int) -> tuple[dict, dict]:
-    question = require(record, "question", str, path=path, line=line)
-    answers = require(record, "answers", list, path=path, line=line)
-    return {"question": question}, {"answers": _ten_answers(answers, path, line, "answers")}
+def _read_vqa10(record: dict, path: Path, line: int | None, prefix: str) -> tuple[dict, dict]:
+    question = _question(record, path, line, prefix)
+    answers = require(record, "answers", list, path=path, line=line, prefix=prefix)
+    return question, {"answers": _ten_answers(answers, path, line, f"{prefix}answers")}
+
+
+def _question(record: dict, path: Path, line: int | None, prefix: str) -> dict:
+    """The prompt field of a question record: ``question`` (D-MoLE), or ``text`` (LLaVA's and CoIN's question
+    files, where it is the whole prompt, instruction included: such a task's prompt is ``{text}``)."""
+    key = "text" if "text" in record and "question" not in record else "question"
+    return {key: require(record, key, str, path=path, line=line, prefix=prefix)}
 
 
 def _read_vqa_pair(questions: Path, annotations: Path, *, data_root: Path, image_root: Path) -> list[EvalSample]:
@@ -163,43 +175,46 @@ def _annotation_answers(path: Path) -> dict[str, list[str]]:
     return answers
 
 
-def _read_short(record: dict, path: Path, line: int) -> tuple[dict, dict]:
-    question = require(record, "question", str, path=path, line=line)
-    answer = require(record, "answer", (str, list), path=path, line=line)
+def _read_short(record: dict, path: Path, line: int | None, prefix: str) -> tuple[dict, dict]:
+    question = _question(record, path, line, prefix)
+    answer = require(record, "answer", (str, list), path=path, line=line, prefix=prefix)
     answers = [answer] if isinstance(answer, str) else answer
     if not answers or not all(isinstance(item, str) for item in answers):
-        raise DataError(path, "expected a string or a non-empty list of strings", line=line, field="answer")
-    return {"question": question}, {"answer": answers}
+        raise DataError(path, "expected a string or a non-empty list of strings", line=line, field=f"{prefix}answer")
+    return question, {"answer": answers}
 
 
-def _read_choice(record: dict, path: Path, line: int) -> tuple[dict, dict]:
-    question = require(record, "question", str, path=path, line=line)
-    choices = require(record, "choices", list, path=path, line=line)
+def _read_choice(record: dict, path: Path, line: int | None, prefix: str) -> tuple[dict, dict]:
+    question = require(record, "question", str, path=path, line=line, prefix=prefix)
+    choices = require(record, "choices", list, path=path, line=line, prefix=prefix)
     if not 2 <= len(choices) <= 5 or not all(isinstance(choice, str) for choice in choices):
-        raise DataError(path, f"expected 2 to 5 option strings, got {len(choices)} items", line=line, field="choices")
-    answer = require(record, "answer", int, path=path, line=line)
+        raise DataError(path, f"expected 2 to 5 option strings, got {len(choices)} items", line=line,
+                        field=f"{prefix}choices")
+    answer = require(record, "answer", int, path=path, line=line, prefix=prefix)
     if not 0 <= answer < len(choices):
-        raise DataError(path, f"index {answer} is outside the {len(choices)} choices", line=line, field="answer")
+        raise DataError(path, f"index {answer} is outside the {len(choices)} choices", line=line,
+                        field=f"{prefix}answer")
     return {"question": question, "choices": choices}, {"choices": choices, "answer": answer}
 
 
-def _read_grounding(record: dict, path: Path, line: int) -> tuple[dict, dict]:
-    sent = require(record, "sent", str, path=path, line=line)
-    knowledge = require(record, "knowledge", str, path=path, line=line) if "knowledge" in record else None
-    width = require(record, "width", (int, float), path=path, line=line)
-    height = require(record, "height", (int, float), path=path, line=line)
-    box = require(record, "bbox", list, path=path, line=line)
+def _read_grounding(record: dict, path: Path, line: int | None, prefix: str) -> tuple[dict, dict]:
+    sent = require(record, "sent", str, path=path, line=line, prefix=prefix)
+    knowledge = (require(record, "knowledge", str, path=path, line=line, prefix=prefix)
+                 if "knowledge" in record else None)
+    width = require(record, "width", (int, float), path=path, line=line, prefix=prefix)
+    height = require(record, "height", (int, float), path=path, line=line, prefix=prefix)
+    box = require(record, "bbox", list, path=path, line=line, prefix=prefix)
     if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
-        raise DataError(path, "expected four numbers [x1, y1, x2, y2]", line=line, field="bbox")
+        raise DataError(path, "expected four numbers [x1, y1, x2, y2]", line=line, field=f"{prefix}bbox")
     x1, y1, x2, y2 = box
     if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
         raise DataError(path, f"box {box} is not a well-formed box inside the {width}x{height} image",
-                        line=line, field="bbox")
+                        line=line, field=f"{prefix}bbox")
     fields = {"sent": sent} if knowledge is None else {"sent": sent, "knowledge": knowledge}
     return fields, {"bbox": [float(v) for v in box], "width": float(width), "height": float(height)}
 
 
-_JSONL_READERS: dict[str, Callable[[dict, Path, int], tuple[dict, dict]]] = {
+_RECORD_READERS: dict[str, Callable[[dict, Path, int | None, str], tuple[dict, dict]]] = {
     "vqa10": _read_vqa10,
     "short": _read_short,
     "choice": _read_choice,

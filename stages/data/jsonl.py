@@ -1,4 +1,4 @@
-"""Strict JSON and JSONL reading: every problem names the file and the line."""
+"""Strict JSON and JSONL reading: every problem names the file and the line (or the entry of a JSON list)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,28 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield number, record
 
 
+def read_records(path: Path) -> Iterator[tuple[int | None, str, dict]]:
+    """Yield ``(line, prefix, object)`` for each record of a JSONL file, or of a JSON list of objects (LLaVA's and
+    CoIN's files): there ``line`` is None and ``prefix`` names the entry, ``"[3]."``, for the fields of errors."""
+    if not _holds_a_list(path):
+        for line, record in read_jsonl(path):
+            yield line, "", record
+        return
+    for index, entry in enumerate(read_json(path)):
+        if not isinstance(entry, dict):
+            raise DataError(path, f"expected a JSON object, got {type(entry).__name__}", field=f"[{index}]")
+        yield None, f"[{index}].", entry
+
+
+def _holds_a_list(path: Path) -> bool:
+    """A JSON list starts with '['; every line of a JSONL file with '{'."""
+    if not path.is_file():
+        raise DataError(path, "file does not exist")
+    with path.open("rb") as handle:
+        start = handle.read(4096).lstrip()
+    return start.startswith(b"[")
+
+
 def read_json(path: Path) -> object:
     if not path.is_file():
         raise DataError(path, "file does not exist")
@@ -45,13 +67,15 @@ def read_json(path: Path) -> object:
         raise DataError(path, f"not valid JSON ({error.msg})", line=error.lineno) from error
 
 
-def require(record: dict, field: str, kind: type | tuple[type, ...], *, path: Path, line: int | None) -> object:
-    """Return ``record[field]``, insisting it exists and has the expected type (bool is not an int)."""
+def require(record: dict, field: str, kind: type | tuple[type, ...], *, path: Path, line: int | None,
+            prefix: str = "") -> object:
+    """Return ``record[field]``, insisting it exists and has the expected type (bool is not an int); errors name
+    the field after ``prefix`` (a JSON list's entry)."""
     if field not in record:
-        raise DataError(path, "missing", line=line, field=field)
+        raise DataError(path, "missing", line=line, field=prefix + field)
     value = record[field]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
         expected = " or ".join(k.__name__ for k in kinds)
-        raise DataError(path, f"expected {expected}, got {type(value).__name__}", line=line, field=field)
+        raise DataError(path, f"expected {expected}, got {type(value).__name__}", line=line, field=prefix + field)
     return value

@@ -1,4 +1,5 @@
-"""Reader and validator of the D-MoLE training format: chat JSONL with `image` and `conversations`."""
+"""Reader and validator of the training chat format: `image` and `conversations` per sample, one JSON object per
+line (D-MoLE's JSONL) or a JSON list of such objects (LLaVA's ``llava_v1_5_mix665k.json``, CoIN's train files)."""
 
 from __future__ import annotations
 
@@ -6,41 +7,47 @@ from pathlib import Path
 
 from .errors import DataError
 from .images import resolve_image
-from .jsonl import read_jsonl, require
+from .jsonl import read_records, require
 from .samples import IMAGE_PLACEHOLDER, TrainSample
 
 
 def read_training_file(path: Path, *, data_root: Path, image_root: Path) -> list[TrainSample]:
-    """Validate every line before returning anything, so a stage stops before it writes."""
+    """Validate every sample before returning anything, so a stage stops before it writes."""
     samples: list[TrainSample] = []
-    seen_ids: dict[str, int] = {}
-    for line, record in read_jsonl(path):
-        image = resolve_image(data_root, image_root, record.get("image"), source=path, line=line)
-        turns = _turns(record, path=path, line=line)
-        sample_id = _sample_id(record, line, path=path)
+    seen_ids: dict[str, str] = {}
+    for line, prefix, record in read_records(path):
+        if "image" not in record:  # LLaVA's mix has text-only conversations
+            raise DataError(path, "missing: dmole trains on image samples (filter out text-only conversations)",
+                            field=f"{prefix}image")
+        image = resolve_image(data_root, image_root, record.get("image"), source=path, line=line,
+                              field=f"{prefix}image")
+        turns = _turns(record, path=path, line=line, prefix=prefix)
+        position = f"entry {prefix.rstrip('.')}" if prefix else f"line {line}"
+        sample_id = _sample_id(record, path=path, line=line, prefix=prefix)
         if sample_id in seen_ids:
-            raise DataError(path, f"id {sample_id!r} repeats line {seen_ids[sample_id]}", line=line, field="id")
-        seen_ids[sample_id] = line
+            raise DataError(path, f"id {sample_id!r} repeats {seen_ids[sample_id]}", line=line, field=f"{prefix}id")
+        seen_ids[sample_id] = position
         samples.append(TrainSample(id=sample_id, image=image, turns=turns))
     if not samples:
         raise DataError(path, "no samples")
     return samples
 
 
-def _sample_id(record: dict, line: int, *, path: Path) -> str:
+def _sample_id(record: dict, *, path: Path, line: int | None, prefix: str) -> str:
+    """The record's ``id``; by default its line number (JSONL) or its index (a JSON list)."""
     if "id" not in record:
-        return str(line)
-    return str(require(record, "id", (str, int), path=path, line=line))
+        return str(line) if line is not None else prefix.strip("[].")
+    return str(require(record, "id", (str, int), path=path, line=line, prefix=prefix))
 
 
-def _turns(record: dict, *, path: Path, line: int) -> tuple[tuple[str, str], ...]:
-    conversations = require(record, "conversations", list, path=path, line=line)
+def _turns(record: dict, *, path: Path, line: int | None, prefix: str) -> tuple[tuple[str, str], ...]:
+    conversations = require(record, "conversations", list, path=path, line=line, prefix=prefix)
     if len(conversations) < 2 or len(conversations) % 2:
         raise DataError(path, "expected alternating human/gpt turns, an even number of at least 2",
-                        line=line, field="conversations")
+                        line=line, field=f"{prefix}conversations")
     values = []
     for index, turn in enumerate(conversations):
-        where = f"conversations[{index}]"
+        where = f"{prefix}conversations[{index}]"
         if not isinstance(turn, dict):
             raise DataError(path, "expected an object with 'from' and 'value'", line=line, field=where)
         expected = "human" if index % 2 == 0 else "gpt"
@@ -53,10 +60,10 @@ def _turns(record: dict, *, path: Path, line: int) -> tuple[tuple[str, str], ...
     count = first.count(IMAGE_PLACEHOLDER)
     if count > 1:
         raise DataError(path, f"the first human turn has {count} '{IMAGE_PLACEHOLDER}' placeholders; one image "
-                        "per sample is supported", line=line, field="conversations[0]")
+                        "per sample is supported", line=line, field=f"{prefix}conversations[0]")
     if count == 0:
         values[0] = f"{IMAGE_PLACEHOLDER}\n{first}"
     if any(IMAGE_PLACEHOLDER in value for value in values[1:]):
         raise DataError(path, f"'{IMAGE_PLACEHOLDER}' may only appear in the first human turn",
-                        line=line, field="conversations")
+                        line=line, field=f"{prefix}conversations")
     return tuple(zip(values[0::2], values[1::2]))
