@@ -10,7 +10,7 @@ import warnings
 
 import typer
 
-from . import convert_cmd, inspect_cmds, method_cmds, roe_cmds, stage_cmds, workspace_cmds
+from . import convert_cmd, data_cmds, inspect_cmds, method_cmds, roe_cmds, stage_cmds, workspace_cmds
 
 app = typer.Typer(
     name="dmole", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
@@ -24,6 +24,7 @@ roe_cmds.register(app)
 inspect_cmds.register(app)
 method_cmds.register(app)
 convert_cmd.register(app)
+data_cmds.register(app)
 
 
 def main() -> None:

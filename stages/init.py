@@ -6,10 +6,8 @@ import os
 from pathlib import Path
 
 from .config import ConfigError, TaskSpec, WorkspaceConfig, parse_model
-from .data.jsonl import read_json
+from .data.registry import REGISTRY_FILE, read_registry
 from .project import write_workspace
-
-REGISTRY_FILE = "tasks.json"
 
 
 def check_model_folder(model: Path) -> str:
@@ -17,14 +15,6 @@ def check_model_folder(model: Path) -> str:
     from .models.registry import check_folder
 
     return check_folder(model).family
-
-
-def read_registry(path: Path) -> list[TaskSpec]:
-    document = read_json(path)
-    entries = document.get("tasks") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise ConfigError(f"{path}: expected an object with a 'tasks' list")
-    return [parse_model(TaskSpec, entry, source=f"{path}: tasks[{i}]") for i, entry in enumerate(entries)]
 
 
 def select_tasks(available: list[TaskSpec], names: list[str] | None, *, source: str = "the registry") -> list[TaskSpec]:

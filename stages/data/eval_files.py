@@ -6,7 +6,7 @@ JSONL) or a JSON list of objects (LLaVA's and CoIN's question files, ``{question
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import DataError
@@ -29,16 +29,25 @@ def read_eval_file(family: str, path: Path, *, data_root: Path, image_root: Path
     elif annotations is not None:
         samples = _read_vqa_pair(path, annotations, data_root=data_root, image_root=image_root)
     else:
-        samples = []
-        for line, prefix, record in read_records(path):
-            image = resolve_image(data_root, image_root, record.get("image"), source=path, line=line,
-                                  field=f"{prefix}image")
-            fields, references = _RECORD_READERS[family](record, path, line, prefix)
-            samples.append(EvalSample(id=_record_id(record, line, prefix, path), image=image,
-                                      prompt_fields=fields, references=references))
+        samples = eval_records(family, read_records(path), source=path, data_root=data_root, image_root=image_root)
     if not samples:
         raise DataError(path, "no evaluation samples")
     _check_unique_ids(samples, path)
+    return samples
+
+
+def eval_records(family: str, records: Iterable[tuple[int | None, str, dict]], *, source: Path, data_root: Path,
+                 image_root: Path) -> list[EvalSample]:
+    """Evaluation samples from ``(line, prefix, record)`` triples in the family's record form (its JSONL fields;
+    for captions ``image`` and a list of ``captions``), each validated; errors name ``source`` with the line or
+    the prefixed field."""
+    samples = []
+    for line, prefix, record in records:
+        image = resolve_image(data_root, image_root, record.get("image"), source=source, line=line,
+                              field=f"{prefix}image")
+        fields, references = _RECORD_READERS[family](record, source, line, prefix)
+        samples.append(EvalSample(id=_record_id(record, line, prefix, source), image=image,
+                                  prompt_fields=fields, references=references))
     return samples
 
 
@@ -214,7 +223,15 @@ def _read_grounding(record: dict, path: Path, line: int | None, prefix: str) -> 
     return fields, {"bbox": [float(v) for v in box], "width": float(width), "height": float(height)}
 
 
+def _read_captions(record: dict, path: Path, line: int | None, prefix: str) -> tuple[dict, dict]:
+    captions = require(record, "captions", list, path=path, line=line, prefix=prefix)
+    if not captions or not all(isinstance(caption, str) and caption.strip() for caption in captions):
+        raise DataError(path, "expected a non-empty list of caption strings", line=line, field=f"{prefix}captions")
+    return {}, {"references": captions}
+
+
 _RECORD_READERS: dict[str, Callable[[dict, Path, int | None, str], tuple[dict, dict]]] = {
+    "caption": _read_captions,  # the record form `dmole import` converts rows to; caption files are COCO JSON
     "vqa10": _read_vqa10,
     "short": _read_short,
     "choice": _read_choice,

@@ -3,6 +3,7 @@ line (D-MoLE's JSONL) or a JSON list of such objects (LLaVA's ``llava_v1_5_mix66
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import DataError
@@ -13,23 +14,32 @@ from .samples import IMAGE_PLACEHOLDER, TrainSample
 
 def read_training_file(path: Path, *, data_root: Path, image_root: Path) -> list[TrainSample]:
     """Validate every sample before returning anything, so a stage stops before it writes."""
-    samples: list[TrainSample] = []
-    seen_ids: dict[str, str] = {}
-    for line, prefix, record in read_records(path):
-        if "image" not in record:  # LLaVA's mix has text-only conversations
-            raise DataError(path, "missing: dmole trains on image samples (filter out text-only conversations)",
-                            field=f"{prefix}image")
-        image = resolve_image(data_root, image_root, record.get("image"), source=path, line=line,
-                              field=f"{prefix}image")
-        turns = _turns(record, path=path, line=line, prefix=prefix)
-        position = f"entry {prefix.rstrip('.')}" if prefix else f"line {line}"
-        sample_id = _sample_id(record, path=path, line=line, prefix=prefix)
-        if sample_id in seen_ids:
-            raise DataError(path, f"id {sample_id!r} repeats {seen_ids[sample_id]}", line=line, field=f"{prefix}id")
-        seen_ids[sample_id] = position
-        samples.append(TrainSample(id=sample_id, image=image, turns=turns))
+    samples = train_records(read_records(path), source=path, data_root=data_root, image_root=image_root)
     if not samples:
         raise DataError(path, "no samples")
+    return samples
+
+
+def train_records(records: Iterable[tuple[int | None, str, dict]], *, source: Path, data_root: Path,
+                  image_root: Path) -> list[TrainSample]:
+    """Training samples from ``(line, prefix, record)`` triples (`read_records`' or another reader's), each
+    validated; errors name ``source`` with the line or the prefixed field."""
+    samples: list[TrainSample] = []
+    seen_ids: dict[str, str] = {}
+    for line, prefix, record in records:
+        if "image" not in record:  # LLaVA's mix has text-only conversations
+            raise DataError(source, "missing: dmole trains on image samples (filter out text-only conversations)",
+                            line=line, field=f"{prefix}image")
+        image = resolve_image(data_root, image_root, record["image"], source=source, line=line,
+                              field=f"{prefix}image")
+        turns = _turns(record, path=source, line=line, prefix=prefix)
+        position = f"entry {prefix.rstrip('.')}" if prefix else f"line {line}"
+        sample_id = _sample_id(record, path=source, line=line, prefix=prefix)
+        if sample_id in seen_ids:
+            raise DataError(source, f"id {sample_id!r} repeats {seen_ids[sample_id]}", line=line,
+                            field=f"{prefix}id")
+        seen_ids[sample_id] = position
+        samples.append(TrainSample(id=sample_id, image=image, turns=turns))
     return samples
 
 
