@@ -151,7 +151,12 @@ class EvalOptions(_MethodChoice):
 class RouteTrainOptions(Strict):
     skip_ratio: float = Field(default=0.3, ge=0.0, lt=1.0, description="ρ: target fraction of routable layers "
                                                                         "skipped by easy examples")
-    start: str = Field(default="base", description="what RoE is trained on: 'base' (a D-MoLE checkpoint later)")
+    start: str = Field(default="base", description="what RoE is trained on: 'base', or a task name: the workspace "
+                                                  "method's continual model after that task, its experts routed per "
+                                                  "sample as in eval (backbone and experts frozen)")
+    router_input: Literal["pooled", "tokens"] = Field(
+        default="pooled", description="what the routers read: masked means of the prefix and question (pooled), "
+                                      "or learned routing tokens, the reference's (tokens)")
     hinge_weight: float = Field(default=1.0, ge=0.0, description="λ: weight of the sparsity hinge")
     hinge_gamma: float = Field(default=5.0, ge=0.0, description="γ: difficulty weight exp(−γ·CE)")
     epochs: float = Field(default=1.0, gt=0.0, description="passes over the training subset")
@@ -162,7 +167,13 @@ class RouteTrainOptions(Strict):
     roe_lr: float = Field(default=4e-4, gt=0.0, description="lr of routers and adapters")
     router_lr: float | None = Field(default=None, gt=0.0, description="router lr if not roe_lr")
     backbone_lr: float = Field(default=2e-6, gt=0.0, description="LLM and projector lr in stage 2 (full)")
-    stage2_mode: Literal["frozen", "full"] = Field(default="full", description="backbone in stage 2")
+    stage2_mode: Literal["frozen", "full", "lora"] | None = Field(
+        default=None, description="backbone in stage 2: frozen, fully tuned with the projector (full), or LoRA on "
+                                  "the LM's projections plus the projector (lora); default full from the base, "
+                                  "frozen (the only choice) from a continual model")
+    lora_rank: int = Field(default=16, gt=0, description="LoRA rank in stage2_mode lora")
+    lora_alpha: int = Field(default=32, gt=0, description="LoRA alpha in stage2_mode lora")
+    lora_lr: float = Field(default=1e-4, gt=0.0, description="LoRA lr in stage2_mode lora")
     stage1_start: float = Field(default=0.3, ge=0.0, le=1.0, description="fraction of steps before routers train")
     stage2_start: float = Field(default=0.5, ge=0.0, le=1.0, description="fraction of steps before joint tuning")
     warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0, description="linear warm-up share of the steps")

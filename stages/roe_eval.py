@@ -21,12 +21,14 @@ from .distributed import merge_records
 from .options import RoEEvalOptions, stage_options
 from .progress import Progress, silent
 from .project import Project
+from .errors import UserError
+from .roe.continual import continual_inputs
 from .runner import StageResult, model_fingerprint, run_stage
 
 STAGE = "roe-eval"
 TASK = "all"
 TRAIN_STAGE = "route-train"
-WEIGHTS, CONFIG, BACKBONE = "roe_weights.safetensors", "roe_config.json", "backbone.safetensors"
+WEIGHTS, CONFIG = "roe_weights.safetensors", "roe_config.json"
 DECISIONS, REPORT = "routing_decisions.parquet", "roe_report.json"
 SKIP_TOLERANCE, MAX_SCORE_DROP = 0.05, 2.0  # dmole's acceptance targets (spec roe.md §6.4)
 
@@ -38,31 +40,71 @@ def base_hash(model_prints: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(model_prints, sort_keys=True).encode()).hexdigest()
 
 
+def continual_hash(inputs: Sequence[Version]) -> str:
+    """One hash of the artifacts a continual model is built from ("" for the base model), kept in the RoE
+    weights' metadata: RoE trained on other experts is stale."""
+    if not inputs:
+        return ""
+    return hashlib.sha256(json.dumps(sorted(str(v.ref) for v in inputs)).encode()).hexdigest()
+
+
+def continual_matrix(project: Project, after: str | None) -> dict | None:
+    """For RoE on a continual model: the task it was taken after and each task's score right after its own
+    training (the continual matrix's diagonal, from `eval`), for BWT with RoE on and off."""
+    if after is None:
+        return None
+    from artifacts.io import read_parquet
+
+    from .methods import get_method
+    from .methods.base import EVAL_STAGE
+
+    stage = get_method(project.config.method).stage(EVAL_STAGE)
+    diagonal = {}
+    for name in project.config.task_names[:project.config.task_index(after)]:
+        version = project.store.require(stage, name, hint=f"dmole eval --after {name}")
+        rows = read_parquet(version.file("scores.parquet")).to_pylist()
+        diagonal[name] = next(row["score"] for row in rows if row["task"] == name)
+    return {"after": after, "diagonal": diagonal}
+
+
 def eval_sets(project: Project, max_samples: int | None) -> EvalSets:
     """Every task's test samples, validated before any model work."""
     return [(task, load_eval_samples(project.data_root, task)[:max_samples]) for task in project.config.tasks]
 
 
-def evaluate_dense(adapter, sets: EvalSets, batch_size: int, progress: Progress = silent,
-                   label: str = "dense") -> dict[str, float]:
-    """Task scores with every layer executed (no routing plan active)."""
+def _model_and_batches(continual, task, samples) -> tuple:
+    """The model to generate with and the per-batch context of a continual model's experts (None: the base)."""
+    if continual is None:
+        return None, None
+    return continual.plan.model, continual.batches(continual.routes(task.name, samples, "test"))
+
+
+def evaluate_dense(adapter, sets: EvalSets, batch_size: int, progress: Progress = silent, label: str = "dense",
+                   continual=None) -> dict[str, float]:
+    """Task scores with every layer executed (no routing plan active); ``continual``: a continual model's experts,
+    routed per sample as `eval` routes them (stages/roe/continual.py)."""
     from .evaluation.predict import predict, score_predictions
 
-    return {task.name: score_predictions(task, samples, predict(
-        adapter, task, samples, batch_size=batch_size, progress=progress,
-        description=f"{label} {task.name}")).score for task, samples in sets}
+    scores = {}
+    for task, samples in sets:
+        model, around = _model_and_batches(continual, task, samples)
+        scores[task.name] = score_predictions(task, samples, predict(
+            adapter, task, samples, batch_size=batch_size, model=model, around_batch=around, progress=progress,
+            description=f"{label} {task.name}")).score
+    return scores
 
 
 def evaluate_routed(adapter, attachment, sets: EvalSets, batch_size: int, batch_rule: str, run_id: str,
-                    progress: Progress = silent) -> tuple[dict[str, float], list[dict]]:
+                    progress: Progress = silent, continual=None) -> tuple[dict[str, float], list[dict]]:
     """Task scores with RoE routing, and one decision row per (example, layer)."""
     from .evaluation.predict import predict, score_predictions
     from .roe.inference import RequestRecorder, decision_rows
 
     scores, rows = {}, []
     for task, samples in sets:
-        recorder = RequestRecorder(batch_rule)
-        predictions = predict(adapter, task, samples, batch_size=batch_size, around_batch=recorder,
+        model, around = _model_and_batches(continual, task, samples)
+        recorder = RequestRecorder(batch_rule, experts=(around, continual.rows) if continual is not None else None)
+        predictions = predict(adapter, task, samples, batch_size=batch_size, model=model, around_batch=recorder,
                               progress=progress, description=f"roe {task.name}")
         scores[task.name] = score_predictions(task, samples, predictions).score
         rows += merge_records(decision_rows(recorder, attachment, run_id=run_id, benchmark=task.name,
@@ -88,11 +130,23 @@ def _skip_stats(rows: Sequence[dict], n_layers: int) -> dict:
             "n_prompt_tokens_mean": _mean([r["n_prompt_tokens"] for r in rows if r["layer"] == 0])}
 
 
+def _continual_metrics(scores: dict[str, dict[str, float]], continual: dict) -> dict:
+    """Last (the mean over every task after the last task) and BWT (the mean change on earlier tasks against
+    their own diagonal), for the continual model without RoE (dense) and with it (roe)."""
+    earlier = list(continual["diagonal"])[:-1]
+    out = {"after": continual["after"], "diagonal": continual["diagonal"]}
+    for run in ("dense", "roe"):
+        out[f"{run}_last"] = _mean(list(scores[run].values()))
+        out[f"{run}_bwt"] = _mean([scores[run][t] - continual["diagonal"][t] for t in earlier]) if earlier else None
+    return out
+
+
 def build_report(adapter, attachment, rows: list[dict], scores: dict[str, dict[str, float]], *, rho: float,
-                 batch_rule: str) -> dict:
-    """``scores`` per run and task: ``base`` (the untouched base model), ``dense`` (the same model without
-    skipping: the dense twin when stage 2 tuned the backbone, else the base itself), ``forced`` (the RoE
-    weights with every layer executed, when the backbone was tuned) and ``roe`` (routed)."""
+                 batch_rule: str, reference: str = "base", continual: dict | None = None) -> dict:
+    """``scores`` per run and task: ``base`` (the model RoE was trained on: the untouched base, or a continual
+    model, named by ``reference``), ``dense`` (the same model without skipping: the dense twin when stage 2 tuned
+    the backbone, else ``base`` itself), ``forced`` (the RoE weights with every layer executed, when the backbone
+    was tuned) and ``roe`` (routed). ``continual`` (continual_matrix) adds Last and BWT."""
     from .roe.cost import theoretical_saving
 
     scores = {"dense": scores["base"]} | scores
@@ -108,7 +162,8 @@ def build_report(adapter, attachment, rows: list[dict], scores: dict[str, dict[s
     applied = {r["batch_rule"] for r in rows}
     return {
         "rho": rho, **overall, **averages, "score_drop": drop,
-        "dense_reference": "dense twin" if "forced" in scores else "base", "per_task": per_task,
+        "dense_reference": "dense twin" if "forced" in scores else reference, "per_task": per_task,
+        "continual": _continual_metrics(scores, continual) if continual is not None else None,
         "routable_layers": list(shape.routable), "batch_rule": batch_rule,
         "batch_rule_applied": "or" if "or" in applied else batch_rule,
         "theoretical_saving": theoretical_saving(adapter.model.config.text_config, shape.rank,
@@ -132,33 +187,42 @@ def evaluate_roe(project: Project, options: RoEEvalOptions | dict | None = None,
     train_config = read_json(trained.file(CONFIG))
     batch_rule = options.batch_rule or train_config["batch_rule"]
     expected_hash = base_hash(model_fingerprint(project))
+    after = None if train_config.get("from", "base") == "base" else train_config["from"]  # older runs: the base
+    continual_versions = [] if after is None else continual_inputs(project, after)
     sets = eval_sets(project, options.max_samples)
     config = {"options": options.model_dump(), "tasks": [t.model_dump() for t, _ in sets], "base_hash": expected_hash}
 
     def compute(writer: Writer) -> None:
-        import torch
-        from safetensors.torch import load_file
-
         from .roe.attach import attach
+        from .roe.backbone import load_stage2, tuned
+        from .roe.continual import load_continual
         from .roe.weights import load_roe
 
         adapter = project.load_model()
-        modules, _ = load_roe(trained.file(WEIGHTS), family=adapter.family, base_hash=expected_hash)
-        scores = {"base": evaluate_dense(adapter, sets, options.batch_size, progress, label="base")}
-        if train_config["stage2_mode"] == "full":
+        modules, metadata = load_roe(trained.file(WEIGHTS), family=adapter.family, base_hash=expected_hash)
+        if metadata["dmole_checkpoint"] != continual_hash(continual_versions):
+            raise UserError(f"the RoE weights were trained on other experts than {project.config.method} after "
+                            f"{after} has now; run `dmole route-train --from {after}` again")
+        continual = load_continual(project, adapter, after) if after is not None else None
+        reference = "base" if after is None else f"{project.config.method} after {after}"
+        scores = {"base": evaluate_dense(adapter, sets, options.batch_size, progress, label=reference,
+                                         continual=continual)}
+        if tuned(train_config["stage2_mode"]):
             # The dense twin's weights are not kept: its scores come from route-train's own evaluation.
             trained_report = read_json(trained.file(REPORT))["per_task"]
             scores["dense"] = {task.name: trained_report[task.name]["dense_score"] for task, _ in sets}
-            with torch.no_grad():
-                adapter.model.load_state_dict(load_file(str(trained.file(BACKBONE))), strict=False)
+            load_stage2(trained.file, adapter, train_config["stage2_mode"])
             scores["forced"] = evaluate_dense(adapter, sets, options.batch_size, progress, label="forced-execute")
         attachment = attach(adapter, modules)
         scores["roe"], rows = evaluate_routed(adapter, attachment, sets, options.batch_size, batch_rule,
-                                              run_id=f"{TRAIN_STAGE}-v{trained.number}", progress=progress)
+                                              run_id=f"{TRAIN_STAGE}-v{trained.number}", progress=progress,
+                                              continual=continual)
         write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=train_config["rho"],
-                                                 batch_rule=batch_rule))
+                                                 batch_rule=batch_rule, reference=reference,
+                                                 continual=continual_matrix(project, after)))
 
-    return run_stage(project, STAGE, TASK, config=config, inputs=[trained], compute=compute, force=force)
+    return run_stage(project, STAGE, TASK, config=config, inputs=[trained, *continual_versions], compute=compute,
+                     force=force)
 
 
 def _current_eval(project: Project, trained: Version) -> Version | None:

@@ -1,8 +1,11 @@
 """Stage `route-train`: RoE's per-layer routers and skip adapters on the workspace model's LM layers, trained
 on the training data of every workspace task (spec roe.md §5), then evaluated dense versus routed.
 
-Writes roe_weights.safetensors, roe_config.json, train_log.parquet, (stage2_mode full) backbone.safetensors,
-routing_decisions.parquet and roe_report.json, under route-train/all/v<N>.
+With ``--from TASK`` RoE is trained on the workspace method's continual model after TASK instead of the base
+(spec roe.md §8), on a replay of the training data of every task so far, the experts routed per sample.
+
+Writes roe_weights.safetensors, roe_config.json, train_log.parquet, (stage2_mode full / lora) backbone.safetensors
+(and backbone_lora/, a PEFT adapter), routing_decisions.parquet and roe_report.json, under route-train/all/v<N>.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from .errors import UserError
 from .options import RouteTrainOptions, stage_options
 from .progress import Progress, silent
 from .project import Project
-from .roe_eval import (BACKBONE, CONFIG, TASK, TRAIN_STAGE, WEIGHTS, base_hash, build_report, eval_sets,
-                       evaluate_dense, evaluate_routed, write_results)
+from .roe_eval import (CONFIG, TASK, TRAIN_STAGE, WEIGHTS, base_hash, build_report, continual_hash,
+                       continual_matrix, eval_sets, evaluate_dense, evaluate_routed, write_results)
+from .roe.continual import continual_inputs
 from .runner import StageResult, checkpoint_dir, fingerprint, model_fingerprint, run_stage
 
 STAGE = TRAIN_STAGE
@@ -31,10 +35,23 @@ class RouteTrainError(UserError):
     """An option route-train cannot honour."""
 
 
-def _training_subset(project: Project, options: RouteTrainOptions, seed: int) -> list:
-    samples = [s for task in project.config.tasks for s in load_train_samples(project.data_root, task)]
-    keep = max(1, round(options.data_fraction * len(samples)))
-    return random.Random(f"{seed}-route-train").sample(samples, keep) if keep < len(samples) else samples
+def _training_subset(project: Project, tasks: list, options: RouteTrainOptions, seed: int) -> list[tuple[str, object]]:
+    """(task name, sample) pairs: every sample of ``tasks``, or a seeded share of them."""
+    pairs = [(task.name, s) for task in tasks for s in load_train_samples(project.data_root, task)]
+    keep = max(1, round(options.data_fraction * len(pairs)))
+    return random.Random(f"{seed}-route-train").sample(pairs, keep) if keep < len(pairs) else pairs
+
+
+def _resolved(project: Project, options: RouteTrainOptions) -> tuple[RouteTrainOptions, str | None]:
+    """The options with stage2_mode's default filled in, and the task whose continual model RoE starts from."""
+    from .roe.continual import start_task
+
+    after = start_task(project, options.start)
+    mode = options.stage2_mode or ("full" if after is None else "frozen")
+    if after is not None and mode != "frozen":
+        raise RouteTrainError(f"route-train --from {after} keeps the continual model frozen (spec roe.md §8): "
+                              f"--stage2-mode must be frozen, not {mode}")
+    return options.model_copy(update={"stage2_mode": mode}), after
 
 
 def _dense_twin_scores(load, samples, sets, options: RouteTrainOptions, loop, ckpt, progress) -> dict[str, float]:
@@ -45,7 +62,7 @@ def _dense_twin_scores(load, samples, sets, options: RouteTrainOptions, loop, ck
     done = ckpt / "dense_scores.json"
     if done.is_file():
         return read_json(done)
-    twin = load()
+    twin, _ = load()
     train_roe(twin, None, samples, options, loop, progress=progress, checkpoint_dir=ckpt / "twin")
     scores = evaluate_dense(twin, sets, options.eval_batch_size, progress, label="dense twin")
     if is_main():
@@ -56,14 +73,15 @@ def _dense_twin_scores(load, samples, sets, options: RouteTrainOptions, loop, ck
 
 def route_train(project: Project, options: RouteTrainOptions | dict | None = None, *, force: bool = False,
                 progress: Progress = silent) -> StageResult:
-    options = stage_options(project.config, STAGE, options)
-    if options.start != "base":
-        raise RouteTrainError(f"route-train --from {options.start!r} is not supported yet: only 'base' (starting "
-                              "from a D-MoLE checkpoint is a later capability, spec roe.md §8)")
+    options, after = _resolved(project, stage_options(project.config, STAGE, options))
     seed = project.config.seed
-    samples = _training_subset(project, options, seed)
+    names = project.config.task_names
+    tasks = project.config.tasks if after is None else project.config.tasks[:names.index(after) + 1]
+    pairs = _training_subset(project, tasks, options, seed)
+    samples = [sample for _, sample in pairs]
     sets = eval_sets(project, options.max_eval_samples)
     model_prints = model_fingerprint(project)
+    inputs = [] if after is None else continual_inputs(project, after)
     config = {"options": options.model_dump(), "tasks": [t.model_dump() for t in project.config.tasks],
               "n_train_samples": len(samples), "seed": seed,
               "sources": {"data": {t.name: fingerprint(task_files(project.data_root, t)) for t in project.config.tasks},
@@ -71,53 +89,67 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
 
     def compute(writer: Writer) -> None:
         import torch
-        from safetensors.torch import save_file
 
         from .roe.attach import attach, roe_shape
+        from .roe.backbone import add_lora, save_stage2, tuned
+        from .roe.continual import load_continual
         from .roe.modules import RoEModules
-        from .roe.recipe import LLM, PROJECTOR, train_roe
-        from .roe.weights import VARIANT, save_roe
+        from .roe.recipe import train_roe
+        from .roe.weights import save_roe
         from .training.loop import LoopSettings
 
         def load():
-            return project.load_model()
+            adapter = project.load_model()
+            lora = add_lora(adapter, options.lora_rank, options.lora_alpha) if options.stage2_mode == "lora" else None
+            return adapter, lora
 
         loop = LoopSettings(epochs=options.epochs, batch_size=options.batch_size, lr=options.roe_lr,
                             weight_decay=0.0, warmup_ratio=options.warmup_ratio, seed=seed,
                             checkpoint_every=options.checkpoint_every, grad_accum=options.grad_accum)
         # resume checkpoints: the dense twin's and RoE's runs, and the twin's scores once it is done
         ckpt = checkpoint_dir(project, STAGE, TASK, config)
-        adapter = load()
-        scores = {"base": evaluate_dense(adapter, sets, options.eval_batch_size, progress, label="base")}
-        tuned = options.stage2_mode == "full"
-        if tuned:
+        adapter, lora = load()
+        continual = load_continual(project, adapter, after) if after is not None else None
+        around = None
+        if continual is not None:  # each training sample gets its experts by the inference rule
+            routes = [None] * len(pairs)
+            for task in tasks:
+                rows = [i for i, (name, _) in enumerate(pairs) if name == task.name]
+                for i, route in zip(rows, continual.routes(task.name, [pairs[i][1] for i in rows], "train")):
+                    routes[i] = route
+            around = continual.batches(routes)
+        reference = "base" if after is None else f"{project.config.method} after {after}"
+        scores = {"base": evaluate_dense(adapter, sets, options.eval_batch_size, progress, label=reference,
+                                         continual=continual)}
+        if tuned(options.stage2_mode):
             scores["dense"] = _dense_twin_scores(load, samples, sets, options, loop, ckpt, progress)
-        shape = roe_shape(adapter, options.always_execute, options.adapter_rank)
+        shape = roe_shape(adapter, options.always_execute, options.adapter_rank, options.router_input)
         torch.manual_seed(seed)
         attachment = attach(adapter, RoEModules(shape))
         result = train_roe(adapter, attachment.modules, samples, options, loop, progress=progress,
-                           checkpoint_dir=ckpt / "roe")
+                           checkpoint_dir=ckpt / "roe", around=around)
 
         hashed = base_hash(model_prints)
         save_roe(writer.path(WEIGHTS), attachment.modules, family=adapter.family, base_model=project.model_path.name,
-                 base_hash=hashed, rho=options.skip_ratio)
+                 base_hash=hashed, rho=options.skip_ratio, dmole_checkpoint=continual_hash(inputs))
         write_json(writer.path(CONFIG), {
-            "family": adapter.family, **shape.to_json(), "variant": VARIANT, "rho": options.skip_ratio,
+            "family": adapter.family, **shape.to_json(), "variant": shape.router_input, "rho": options.skip_ratio,
             "always_execute": [l for l in range(shape.n_layers) if l not in shape.routable],
-            "batch_rule": options.batch_rule, "stage2_mode": options.stage2_mode,
+            "batch_rule": options.batch_rule, "stage2_mode": options.stage2_mode, "from": after or "base",
             "base_model": project.model_path.name, "base_hash": hashed, "steps": result.steps})
         write_parquet(writer.path(LOG), {k: [row.get(k) for row in result.log] for k in result.log[0]})
-        if tuned:
-            save_file({n: p.detach().contiguous() for n, p in adapter.model.named_parameters()
-                       if LLM.fullmatch(n) or PROJECTOR.fullmatch(n)}, str(writer.path(BACKBONE)))
+        if tuned(options.stage2_mode):
+            save_stage2(writer.path, adapter, options.stage2_mode, lora)
             # With no routing plan active every layer executes: spec §6.2's forced-execute run.
             scores["forced"] = evaluate_dense(adapter, sets, options.eval_batch_size, progress, label="forced-execute")
         scores["roe"], rows = evaluate_routed(adapter, attachment, sets, options.eval_batch_size, options.batch_rule,
-                                              run_id=f"{STAGE}-{config_hash(config)[:12]}", progress=progress)
+                                              run_id=f"{STAGE}-{config_hash(config)[:12]}", progress=progress,
+                                              continual=continual)
         write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=options.skip_ratio,
-                                                 batch_rule=options.batch_rule))
+                                                 batch_rule=options.batch_rule, reference=reference,
+                                                 continual=continual_matrix(project, after)))
         writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from,
                            sharding=result.sharding)
         shutil.rmtree(ckpt, ignore_errors=True)
 
-    return run_stage(project, STAGE, TASK, config=config, inputs=[], compute=compute, force=force)
+    return run_stage(project, STAGE, TASK, config=config, inputs=inputs, compute=compute, force=force)

@@ -100,9 +100,21 @@ def test_each_expert_loads_with_peft_alone_and_reproduces_the_toolkit(make_proje
         assert sorted(config["target_modules"]) == arch["selected"] and config["r"] == 8
 
 
-def test_eval_predictions_do_not_depend_on_batch_size(make_project):
-    project = make_project("batches")
+@pytest.fixture(scope="module")
+def dmole_run(micro_bench, tmp_path_factory):
+    """A workspace where D-MoLE has learnt every micro task and been evaluated after each."""
+    from stages.init import create_workspace
+    from stages.project import Project
+
+    root = tmp_path_factory.mktemp("dmole-run") / "ws"
+    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", stages=MICRO_STAGES)
+    project = Project.open(root)
     run_pipeline(project, methods=("dmole",))
+    return project
+
+
+def test_eval_predictions_do_not_depend_on_batch_size(dmole_run):
+    project = dmole_run
     after = project.config.task_names[-1]
     one = evaluate(project, after, EvalOptions(batch_size=1))
     eight = evaluate(project, after, EvalOptions(batch_size=8))
@@ -295,3 +307,32 @@ def test_two_runs_of_the_same_pipeline_give_identical_reports(micro_bench, tmp_p
     assert experts[0].keys() == experts[1].keys()
     assert all(torch.equal(experts[0][k], experts[1][k]) for k in experts[0])  # bit for bit
     assert any(".lora_B." in k and experts[0][k].abs().sum() > 0 for k in experts[0])  # and trained
+
+
+def test_roe_on_the_continual_model_routes_experts_as_eval_does(dmole_run):
+    """route-train --from T: RoE on D-MoLE's model after T, experts routed per sample. Without RoE it scores
+    what `eval --after T` scores; eval --roe rebuilds the same composed model (batch 1 and batch 4 alike: the
+    gather rule narrows each layer's expert weights to its executing rows)."""
+    from stages.roe_eval import RoEEvalOptions, evaluate_roe
+    from stages.route_train import RouteTrainOptions, route_train
+
+    project = dmole_run
+    after = project.config.task_names[-1]
+    trained = route_train(project, RouteTrainOptions(start=after, epochs=1, batch_size=8, roe_lr=1e-2,
+                                                     eval_batch_size=4))
+    report = read_json(trained.version.file("roe_report.json"))
+    config = read_json(trained.version.file("roe_config.json"))
+    assert config["from"] == after and config["stage2_mode"] == "frozen"
+    assert report["dense_reference"] == f"dmole after {after}"
+    scores = {r["task"]: r["score"] for r in read_parquet(project.store.latest("eval", after).file(
+        "scores.parquet")).to_pylist()}
+    assert {t: v["dense_score"] for t, v in report["per_task"].items()} == pytest.approx(scores)
+    continual = report["continual"]
+    assert continual["after"] == after and continual["dense_last"] == pytest.approx(sum(scores.values()) / 5)
+    diagonal = continual["diagonal"]
+    assert continual["roe_bwt"] == pytest.approx(sum(report["per_task"][t]["roe_score"] - diagonal[t]
+                                                     for t in list(diagonal)[:-1]) / 4)
+    routed = [evaluate_roe(project, RoEEvalOptions(batch_size=b), force=True).version for b in (1, 4)]
+    decisions = [read_parquet(v.file("routing_decisions.parquet")).to_pydict() for v in routed]
+    assert decisions[0]["applied_skip"] == decisions[1]["applied_skip"]
+    assert read_json(routed[1].file("roe_report.json"))["roe_score"] == pytest.approx(report["roe_score"])

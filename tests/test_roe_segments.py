@@ -54,11 +54,12 @@ def test_prompt_segments_question_runs_to_the_end_of_the_prompt():
     assert seg.is_question.tolist() == (seg.turn == 1).tolist()
 
 
-@pytest.mark.parametrize("family", ["llava", "internvl", "qwen2vl"])
-def test_inference_router_inputs_equal_training_turn_one(family, tmp_path):
+@pytest.mark.parametrize("family,router_input", [("llava", "pooled"), ("internvl", "pooled"), ("qwen2vl", "pooled"),
+                                                 ("llava", "tokens"), ("qwen2vl", "tokens")])
+def test_inference_router_inputs_equal_training_turn_one(family, router_input, tmp_path):
     adapter = load_family(build_tiny(family, tmp_path / family, size=SIZE))
     torch.manual_seed(0)
-    attachment = attach(adapter, RoEModules(roe_shape(adapter, [0])))
+    attachment = attach(adapter, RoEModules(roe_shape(adapter, [0], router_input=router_input)))
     routable = attachment.modules.shape.routable
     captured: list = []
     hooks = [attachment.modules.layers[str(l)].router.register_forward_hook(

@@ -18,6 +18,7 @@ from stages.init import create_workspace
 from stages.models.tiny import TinySize, build_tiny
 from stages.project import Project
 from stages.roe_eval import RoEEvalOptions, evaluate_roe, roe_summary
+from stages.roe.continual import CompositionError
 from stages.route_train import RouteTrainError, RouteTrainOptions, route_train
 
 SIZE = TinySize(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
@@ -93,9 +94,34 @@ def test_roe_eval_and_summary(project, trained):
     assert summary["roe_score"] == before["roe_score"] and summary["dense_score"] == before["dense_score"]
 
 
-def test_only_the_base_model_is_supported_as_a_start(project):
-    with pytest.raises(RouteTrainError, match="not supported yet"):
+def test_a_start_that_is_no_task_or_a_tuned_backbone_on_a_continual_model_is_refused(project):
+    with pytest.raises(CompositionError, match="not 'base' nor a task"):
         route_train(project, RouteTrainOptions(start="train-task"))
+    with pytest.raises(RouteTrainError, match="must be frozen, not full"):
+        route_train(project, RouteTrainOptions(start="color-vqa", stage2_mode="full"))
+
+
+def test_lora_stage2_saves_a_peft_adapter_and_eval_reloads_it(project):
+    from peft import PeftModel
+
+    from stages.models.registry import load_family
+
+    result = route_train(project, RouteTrainOptions(**OPTIONS | {"epochs": 1, "stage2_mode": "lora"},
+                                                    lora_lr=1e-2, backbone_lr=1e-2))
+    version = result.version
+    with safe_open(str(version.file("backbone.safetensors")), framework="pt") as handle:
+        names = set(handle.keys())
+    assert names and all(n.startswith("model.multi_modal_projector.") for n in names)  # LoRA holds the LM's change
+    log = read_parquet(version.file("train_log.parquet")).to_pydict()
+    assert [lr > 0 for lr in log["lr/backbone_lora"]] == [stage == 2 for stage in log["stage"]]
+    peft = PeftModel.from_pretrained(load_family(project.model_path).model, version.path / "backbone_lora")
+    lora = {n for n, _ in peft.named_parameters() if ".lora_A." in n}
+    assert lora and all(".language_model." in n for n in lora)  # loadable by PEFT alone, on the LM only
+    trained = json.loads(version.file("roe_report.json").read_text())
+    reloaded = evaluate_roe(project, RoEEvalOptions(batch_size=4, max_samples=2), force=True)
+    again = json.loads(reloaded.version.file("roe_report.json").read_text())
+    for run in ("forced_score", "roe_score"):
+        assert again[run] == pytest.approx(trained[run]), run
 
 
 def test_full_stage2_saves_the_backbone_and_reports_base_and_dense(project):
@@ -151,7 +177,7 @@ def test_command_line(project, trained):
 
     runner = CliRunner()
     refused = runner.invoke(app, ["route-train", "--from", "train-task", "-w", str(project.root)])
-    assert refused.exit_code == 2 and "not supported yet" in refused.output
+    assert refused.exit_code == 2 and "not 'base' nor a task" in refused.output
     assert "--skip-ratio" in runner.invoke(app, ["route-train", "--help"]).output
     shown = runner.invoke(app, ["show-roe", "--json"])
     assert shown.exit_code == 0, shown.output

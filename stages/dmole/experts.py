@@ -123,10 +123,24 @@ class ExpertModel:
         # keeps every expert active, and each must know it counts for nothing there
         weights = {name: torch.tensor([weight(route, int(name.removeprefix(ADAPTER_PREFIX))) for route in routes],
                                       device=device) for name in self.adapters}
-        self.peft.base_model.set_adapter(active)
+        # with no expert in training, PEFT activates the experts frozen (it makes them trainable otherwise)
+        self.peft.base_model.set_adapter(active, inference_mode=self.training_task is None)
         if self.training_task is not None:
             self.freeze_all_but(self.training_task)
         token = _ROUTING.set(_Routing(weights, vision_rows))
+        try:
+            yield
+        finally:
+            _ROUTING.reset(token)
+
+    @contextmanager
+    def rows(self, indices: torch.Tensor) -> Iterator[None]:
+        """Inside ``routed(...)``: a language-model call on only the batch rows ``indices`` (RoE's gather of a
+        layer's executing rows) sees those rows' weights."""
+        routing = _ROUTING.get()
+        if routing is None:
+            raise RuntimeError("rows(...) outside `routed(...)`")
+        token = _ROUTING.set(_Routing({name: w[indices.to(w.device)] for name, w in routing.weights.items()}, None))
         try:
             yield
         finally:

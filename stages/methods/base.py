@@ -104,14 +104,17 @@ class Trainer:
 class EvalPlan:
     """What one evaluation runs: the model, the tasks it is scored on, and each sample's route.
 
-    ``routes_for(task, samples, options)`` gives each sample's expert set (and the router errors behind it, or
-    None); ``around(routes)`` the context each generate batch runs in. Without them nothing is routed.
+    ``routes_for(task, samples, options, split)`` gives each sample's expert set (and the router errors behind it,
+    or None), ``split`` naming the embeddings that cover ``samples`` ("test", or "train" for RoE trained on the
+    model); ``around(routes)`` the context each batch runs in; ``rows(indices)``, inside it, narrows the experts to
+    some rows of the batch. Without them nothing is routed.
     """
 
     model: Any
     tasks: list[str]
-    routes_for: Callable[[str, list[EvalSample], EvalOptions], tuple[list, np.ndarray | None]] | None = None
+    routes_for: Callable[..., tuple[list, np.ndarray | None]] | None = None
     around: Callable[[list], Callable | None] = lambda routes: None
+    rows: Callable | None = None
 
 
 Matrix = list[list[float | None]]

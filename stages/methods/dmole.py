@@ -116,35 +116,24 @@ class DMoLE(ContinualMethod):
         experts = expert_model(project, adapter, loaded=dict(enumerate(self.trained_before(project, index + 1), 1)))
         bank = load_bank(project, project.config.task_names[:index])
         return EvalPlan(experts.model, list(project.config.task_names),
-                        routes_for=lambda task, samples, options: test_routes(project, bank, task, samples, options),
-                        around=experts_around(experts, adapter))
+                        routes_for=lambda task, samples, options, split="test": sample_routes(
+                            project, bank, task, samples, options, split),
+                        around=experts_around(experts, adapter), rows=experts.rows)
 
 
-def test_routes(project, bank, task: str, samples: list, options):
-    """Per test sample of ``task``, its routed expert set (and the router errors behind it), spec §9."""
+def sample_routes(project, bank, task: str, samples: list, options, split: str = "test"):
+    """Per sample of ``task`` (from its ``split``), its routed expert set (and the router errors behind it),
+    spec §9."""
     from ..dmole.bank import load_embeddings, require_embeddings
-    from ..dmole.routing import batch_vote, confidence_weights, per_sample
-    from ..evaluation.predict import batch_indices
+    from ..dmole.routing import evaluation_routes
 
-    ids, matrix, metadata = load_embeddings(require_embeddings(project, task), "test")
+    ids, matrix, metadata = load_embeddings(require_embeddings(project, task), split)
     position = {sample_id: i for i, sample_id in enumerate(ids)}
     if any(s.id not in position for s in samples):
-        raise UserError(f"the test embeddings of '{task}' do not cover its evaluation file; "
+        raise UserError(f"the {split} embeddings of '{task}' do not cover its {split} file; "
                         f"re-run `dmole embed --task {task}`")
     errors = bank.errors(matrix[[position[s.id] for s in samples]], metadata)
-    if options.routing == "batch-vote":  # the reference's vote over each batch predict() will generate
-        routes = []
-        for indices in batch_indices(len(samples), options.batch_size):
-            chosen = batch_vote(errors[indices], bank.thresholds, scale=options.threshold_scale,
-                                support=options.vote_support)
-            routes += [chosen] * len(indices)
-        return routes, errors
-    thresholds = bank.thresholds * options.threshold_scale
-    routes = per_sample(errors, thresholds, top=options.top, order=options.routing_order,
-                        second_margin=options.second_margin if options.second_expert == "margin" else None)
-    if options.second_expert == "weighted":
-        routes = [confidence_weights(row, thresholds, route) for row, route in zip(errors, routes)]
-    return routes, errors
+    return evaluation_routes(errors, bank.thresholds, options), errors
 
 
 METHODS = DMoLE.with_ablations()  # D-MoLE, then its ablations

@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import UserError
-from .layer import RoutedForward
-from .modules import PREFIX, RoEModules, RoEShape
+from .layer import RoutedForward, StreamedForward, TokenSource
+from .modules import PREFIX, RoEModules, RoEShape, RouterInput
 from .plan import RoutingPlan, active
 from .segments import ImageTokens, prompt_segments
 
@@ -34,11 +34,28 @@ def always_executed(adapter, requested: Iterable[int]) -> list[int]:
     return sorted(requested | {types.index(t) for t in set(types)})
 
 
-def roe_shape(adapter, always: Iterable[int], rank: int | None = None) -> RoEShape:
+def roe_shape(adapter, always: Iterable[int], rank: int | None = None,
+              router_input: RouterInput = "pooled") -> RoEShape:
     d_model = adapter.d_language
     n_layers = len(adapter.language_layers())
     kept = set(always_executed(adapter, always))
-    return RoEShape(d_model, rank or d_model // 4, n_layers, tuple(l for l in range(n_layers) if l not in kept))
+    return RoEShape(d_model, rank or d_model // 4, n_layers, tuple(l for l in range(n_layers) if l not in kept),
+                    router_input)
+
+
+def _token_source(adapter, modules: RoEModules) -> TokenSource | None:
+    """Routing tokens need a mask the attention kernel honours and RoPE's value at position 0."""
+    if modules.tokens is None:
+        return None
+    attention = adapter.model.config._attn_implementation or ""
+    if "flash" in attention:
+        raise RoEConfigError(f"routing tokens need an attention mask that {attention} cannot take; load the model "
+                             "with sdpa or eager attention, or use router_input: pooled")
+    rotary = getattr(adapter.lm_body, "rotary_emb", None)
+    if rotary is None:
+        raise RoEConfigError(f"routing tokens: the {adapter.family} language model has no rotary embedding to "
+                             "place the slots at position 0; use router_input: pooled")
+    return TokenSource(modules.tokens, float(getattr(rotary, "attention_scaling", 1.0)))
 
 
 @dataclass
@@ -74,11 +91,17 @@ def attach(adapter, modules: RoEModules) -> Attachment:
         raise RoEConfigError("the model already has RoE attached")
     modules.to(adapter.device)
     adapter.model.add_module(PREFIX, modules)
+    source = _token_source(adapter, modules)
     norm = adapter.lm_input_norm
     routed = []
-    for index in shape.routable:
-        layer = layers[index]
-        layer.forward = RoutedForward(index, modules.layers[str(index)], getattr(layer, norm), layer.forward)
+    for index, layer in enumerate(layers):
+        if index in shape.routable:
+            layer.forward = RoutedForward(index, modules.layers[str(index)], getattr(layer, norm), layer.forward,
+                                          source)
+        elif source is not None:
+            layer.forward = StreamedForward(index, source, layer.forward)
+        else:
+            continue
         routed.append(layer)
     images = ImageTokens.of(adapter)
 

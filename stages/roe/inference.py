@@ -7,8 +7,8 @@ evaluation harness (stages/evaluation/predict.py) holds around each batch, keepi
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -51,11 +51,15 @@ class RequestRecorder:
 
     batch_rule: BatchRule = "gather"
     batches: list[tuple[list[int], RoutingPlan]] = field(default_factory=list)
+    # a continual model's experts: ``around(indices, inputs)`` routes them, ``rows`` narrows them (RoutingPlan.rows)
+    experts: tuple[Callable, Callable] | None = None
 
     @contextmanager
-    def __call__(self, indices: list[int], _inputs: dict) -> Iterator[RoutingPlan]:
+    def __call__(self, indices: list[int], inputs: dict) -> Iterator[RoutingPlan]:
         """The plan reads its segments from the prefill itself (the pre-hook attach() installs)."""
-        with routing(RoutingPlan(batch_rule=self.batch_rule)) as plan:
+        around, rows = self.experts if self.experts is not None else (None, None)
+        with around(indices, inputs) if around is not None else nullcontext(), \
+                routing(RoutingPlan(batch_rule=self.batch_rule, rows=rows)) as plan:
             yield plan
         _warn_fallback(plan)
         self.batches.append((indices, plan))

@@ -4,21 +4,27 @@ container outside the backbone so that no backbone parameter name changes (I1)."
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-PREFIX = "roe"  # every RoE tensor is saved and grouped as roe.layers.{l}.…
+from .tokens import RoutingTokens
+
+PREFIX = "roe"  # every RoE tensor is saved and grouped as roe.layers.{l}.… (and roe.tokens.…)
+RouterInput = Literal["pooled", "tokens"]
 
 
 @dataclass(frozen=True)
 class RoEShape:
-    """What fixes the RoE parameters of a model: width, adapter rank and the routable layers."""
+    """What fixes the RoE parameters of a model: width, adapter rank, the routable layers and what the routers
+    read (pooled summaries, or routing tokens that add ``roe.tokens.*``)."""
 
     d_model: int
     rank: int
     n_layers: int
     routable: tuple[int, ...]
+    router_input: RouterInput = "pooled"
 
     def to_json(self) -> dict:
         return asdict(self) | {"routable": list(self.routable)}
@@ -48,15 +54,18 @@ class RoutedLayer(nn.Module):
 
 
 class RoEModules(nn.Module):
-    """The ``roe.`` container: ``layers`` maps a routable layer's index (as a string) to its modules."""
+    """The ``roe.`` container: ``layers`` maps a routable layer's index (as a string) to its modules;
+    ``tokens`` holds the routing-token vectors when the routers read them."""
 
     def __init__(self, shape: RoEShape) -> None:
         super().__init__()
         self.shape = shape
         self.layers = nn.ModuleDict({str(l): RoutedLayer(shape.d_model, shape.rank) for l in shape.routable})
+        self.tokens = RoutingTokens(shape.d_model) if shape.router_input == "tokens" else None
 
     def named_tensors(self) -> dict[str, Tensor]:
-        """``roe.layers.{l}.router.weight``, ``….adapter.down.weight`` [r, D], ``….adapter.up.weight`` [D, r]."""
+        """``roe.layers.{l}.router.weight``, ``….adapter.down.weight`` [r, D], ``….adapter.up.weight`` [D, r];
+        ``roe.tokens.prefix`` and ``roe.tokens.turn`` [D] with routing tokens."""
         return {f"{PREFIX}.{name}": t.detach().contiguous() for name, t in self.state_dict().items()}
 
     def load_named_tensors(self, tensors: dict[str, Tensor]) -> None:

@@ -7,8 +7,8 @@ the dense model.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .schedule import ScheduleState
 from .segments import Segments
+from .tokens import SlotStream
 
 BatchRule = Literal["gather", "or"]
 
@@ -36,6 +37,9 @@ class RoutingPlan:
     applied: dict[int, Tensor] = field(default_factory=dict)  # [B] bool: the layer was skipped
     rule_applied: dict[int, BatchRule] = field(default_factory=dict)
     fallback_reason: str | None = None
+    stream: SlotStream | None = None  # routing tokens: the slots, moved layer by layer during the prefill
+    # per-row state outside RoE (a continual model's per-sample experts) narrowed to a layer's executing rows
+    rows: Callable[[Tensor], AbstractContextManager] | None = None
 
     @property
     def batch_rule_applied(self) -> BatchRule:
@@ -61,6 +65,7 @@ class TrainingRouting:
     seed: int = 0
     noise: dict[int, Tensor] = field(default_factory=dict)  # [B, n, 2] U[0,1)
     p_skip: dict[int, Tensor] = field(default_factory=dict)  # [B, n] skip probability per turn
+    stream: SlotStream | None = None  # routing tokens: the slots, moved layer by layer
 
     def draw(self, layer: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
         if layer not in self.noise:

@@ -3,10 +3,9 @@ the stage callback. No loop of its own."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 
 import torch
 
@@ -15,31 +14,31 @@ from ..options import RouteTrainOptions
 from ..progress import Progress, silent
 from ..training.chat import chat_examples
 from ..training.loop import LoopResult, LoopSettings, ParamGroup, batch_plan, train
+from .backbone import LLM, LORA, PROJECTOR
 from .loss import per_example_ce, roe_objective
 from .modules import PREFIX, RoEModules
 from .plan import TrainingRouting, routing
 from .schedule import STAGE_NAMES, RoEStageCallback, ScheduleState, StageSchedule
 from .segments import ImageTokens, training_segments
 
-# Backbone groups by parameter name; the vision tower (outside both) is always frozen. Qwen2-VL's
-# projector is the patch merger inside its vision model.
-LLM = re.compile(r"model\.language_model\..*|lm_head\..*")
-PROJECTOR = re.compile(r"model\.multi_modal_projector\..*|model\.visual\.merger\..*")
-
 
 def parameter_groups(model: torch.nn.Module, modules: RoEModules | None,
                      settings: RouteTrainOptions) -> tuple[list[ParamGroup], dict[str, set[int]]]:
-    """Non-empty groups, each named and with its own base lr, and the stages each one trains in."""
+    """Non-empty groups, each named and with its own base lr, and the stages each one trains in (spec §5.4)."""
     roe = dict(modules.named_parameters(prefix=PREFIX)) if modules is not None else {}
     groups = [ParamGroup("roe_router", [p for n, p in roe.items() if ".router." in n],
                          settings.router_lr or settings.roe_lr),
-              ParamGroup("roe_adapter", [p for n, p in roe.items() if ".adapter." in n], settings.roe_lr)]
-    trained_in = {"roe_router": {1, 2}, "roe_adapter": {0, 1, 2}}
+              ParamGroup("roe_adapter", [p for n, p in roe.items() if ".adapter." in n], settings.roe_lr),
+              ParamGroup("roe_tokens", [p for n, p in roe.items() if ".tokens." in n], settings.roe_lr)]
+    trained_in = {"roe_router": {1, 2}, "roe_adapter": {0, 1, 2}, "roe_tokens": {1, 2}}
+    named = [(n, p) for n, p in model.named_parameters() if not n.startswith(f"{PREFIX}.")]
     if settings.stage2_mode == "full":
-        named = list(model.named_parameters())
-        groups += [ParamGroup("backbone_llm", [p for n, p in named if LLM.fullmatch(n)], settings.backbone_lr),
-                   ParamGroup("projector", [p for n, p in named if PROJECTOR.fullmatch(n)], settings.backbone_lr)]
-        trained_in |= {"backbone_llm": {2}, "projector": {2}}
+        groups.append(ParamGroup("backbone_llm", [p for n, p in named if LLM.fullmatch(n)], settings.backbone_lr))
+    if settings.stage2_mode == "lora":
+        groups.append(ParamGroup("backbone_lora", [p for n, p in named if LORA.fullmatch(n)], settings.lora_lr))
+    if settings.stage2_mode != "frozen":
+        groups.append(ParamGroup("projector", [p for n, p in named if PROJECTOR.fullmatch(n)], settings.backbone_lr))
+    trained_in |= {"backbone_llm": {2}, "backbone_lora": {2}, "projector": {2}}
     groups = [g for g in groups if g.params]
     return groups, {g.name: trained_in[g.name] for g in groups}
 
@@ -60,8 +59,11 @@ def _with_status(progress: Progress, status: dict) -> Progress:
 
 
 def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample], settings: RouteTrainOptions,
-              loop: LoopSettings, *, progress: Progress = silent, checkpoint_dir: Path | None = None) -> LoopResult:
-    """Train ``modules`` (attached to ``adapter.model``) and, in ``full`` mode, the LLM and projector.
+              loop: LoopSettings, *, progress: Progress = silent, checkpoint_dir: Path | None = None,
+              around: Callable[[list[int], dict], AbstractContextManager] | None = None) -> LoopResult:
+    """Train ``modules`` (attached to ``adapter.model``) and, in ``full`` / ``lora`` mode, the LLM (or its LoRA)
+    and the projector. ``around(indices, batch)``, if given, is the context each batch's forward runs in (the experts
+    of a continual model, routed per sample).
 
     With ``modules`` None this trains the dense twin: the same data, schedule, backbone groups, lrs and
     gates, with every layer executed and plain per-example cross-entropy (there is nothing to skip).
@@ -83,11 +85,13 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
             return {"loss": torch.zeros((), requires_grad=True)}  # the twin's backbone is gated off: a no-op step
         batch = adapter.train_batch(chat_examples([samples[i] for i in indices]))
         labels = batch.pop("labels")
-        if modules is None:
-            ce = per_example_ce(prepared(**batch).logits, labels).mean()
-            return {"loss": ce}
-        segments = training_segments(batch["input_ids"], labels, batch["attention_mask"], images)
-        with routing(TrainingRouting(segments, state, keys=list(indices), seed=loop.seed)) as ctx:
+        with ExitStack() as stack:
+            if around is not None:
+                stack.enter_context(around(indices, batch))
+            if modules is None:
+                return {"loss": per_example_ce(prepared(**batch).logits, labels).mean()}
+            segments = training_segments(batch["input_ids"], labels, batch["attention_mask"], images)
+            ctx = stack.enter_context(routing(TrainingRouting(segments, state, keys=list(indices), seed=loop.seed)))
             logits = prepared(**batch).logits
         soft_skip = ctx.soft_skip()
         out = roe_objective(per_example_ce(logits, labels), soft_skip, rho=settings.skip_ratio,
