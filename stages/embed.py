@@ -6,7 +6,6 @@ of the user turn alone, padding excluded), computed once with no experts (spec/d
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from .data.images import load_image
 from .data.prompts import render_prompt
 from .data.tasks import load_eval_samples, load_train_samples
 from .distributed import merge_rows, my_share
+from .dmole.embedding import embedding_metadata, sequence_embeddings
 from .options import EmbedOptions, stage_options
 from .progress import Progress, silent
 from .project import Project
@@ -36,13 +36,6 @@ def split_texts(project: Project, task: TaskSpec) -> dict[str, list[tuple[str, P
             "test": [(s.id, s.image, render_prompt(task, s)) for s in test]}
 
 
-def embedding_metadata(adapter) -> dict[str, str]:
-    template = adapter.processor.chat_template or ""
-    return {"model": str(adapter.model.name_or_path), "family": adapter.family, "d_vision": str(adapter.d_vision),
-            "d_language": str(adapter.d_language), "pooling": "max/max-nonpad", "dtype": "float32",
-            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}
-
-
 def compute_embeddings(adapter, items: list[tuple[str, Path, str]], batch_size: int,
                        progress: Progress = silent, description: str = "embedding") -> np.ndarray:
     """The sequence embeddings of ``items`` in order; under a launcher each process embeds its share of the
@@ -52,11 +45,8 @@ def compute_embeddings(adapter, items: list[tuple[str, Path, str]], batch_size: 
     with progress(description, total=sum(len(items[start:start + batch_size]) for start in batches)) as bar:
         for start in batches:
             chunk = items[start:start + batch_size]
-            images = [load_image(path) for _, path, _ in chunk]
-            texts = [text for _, _, text in chunk]
-            vision = adapter.vision_features(images)
-            language = adapter.text_features(texts)
-            rows.append(np.concatenate([vision.float().cpu().numpy(), language.float().cpu().numpy()], axis=1))
+            rows.append(sequence_embeddings(adapter, [load_image(path) for _, path, _ in chunk],
+                                            [text for _, _, text in chunk]))
             bar.advance(len(chunk))
     return merge_rows(np.concatenate(rows).astype(np.float32))
 

@@ -69,6 +69,26 @@ def batch_vote(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, suppo
     return tuple(chosen)
 
 
+def evaluation_routes(errors: np.ndarray, tau: np.ndarray, options) -> list:
+    """Each sample's experts by eval's rule (``options``: the eval stage's options): per sample (its top, order and
+    second-expert rule; ``weighted`` gives each expert a weight) or, with ``batch-vote``, the reference's vote over
+    each batch of ``options.batch_size`` samples in order (the batches predict() generates)."""
+    from ..evaluation.predict import batch_indices
+
+    if options.routing == "batch-vote":
+        routes = []
+        for indices in batch_indices(len(errors), options.batch_size):
+            chosen = batch_vote(errors[indices], tau, scale=options.threshold_scale, support=options.vote_support)
+            routes += [chosen] * len(indices)
+        return routes
+    thresholds = tau * options.threshold_scale
+    routes = per_sample(errors, thresholds, top=options.top, order=options.routing_order,
+                        second_margin=options.second_margin if options.second_expert == "margin" else None)
+    if options.second_expert == "weighted":
+        return [confidence_weights(row, thresholds, route) for row, route in zip(errors, routes)]
+    return routes
+
+
 def training_partner(errors_past: np.ndarray, tau_past: np.ndarray) -> list[int | None]:
     """Per sample, the one past task (1..t-1) whose frozen experts join task t's during training."""
     partners = []

@@ -62,13 +62,24 @@ def predict(adapter, task: TaskSpec, samples: Sequence[EvalSample], *, batch_siz
     with progress(description or f"eval {task.name}", total=sum(map(len, batches))) as bar:
         for indices in batches:
             chunk = [samples[i] for i in indices]
-            inputs = adapter.generation_batch([load_image(s.image) for s in chunk],
-                                              [render_prompt(task, s) for s in chunk])
-            with (around_batch(indices, inputs) if around_batch else nullcontext()):
-                output = greedy_generate(adapter, model, inputs, max_new_tokens=max_new, min_new_tokens=min_new)
-            predictions += adapter.decode_new_tokens(output, inputs["input_ids"].shape[1])
+            predictions += generate_batch(adapter, model, [load_image(s.image) for s in chunk],
+                                          [render_prompt(task, s) for s in chunk], max_new_tokens=max_new,
+                                          min_new_tokens=min_new, around_batch=around_batch, indices=indices)
             bar.advance(len(chunk))
     return merge_records(predictions)
+
+
+@torch.no_grad()
+def generate_batch(adapter, model: torch.nn.Module, images: list, prompts: list[str], *, max_new_tokens: int,
+                   min_new_tokens: int = 0, around_batch: AroundBatch | None = None,
+                   indices: list[int] | None = None) -> list[str]:
+    """One batch's greedy replies, whitespace-stripped; ``around_batch`` sees the batch's sample ``indices``
+    (default: 0..n-1) and its model inputs."""
+    inputs = adapter.generation_batch(images, prompts)
+    indices = list(range(len(prompts))) if indices is None else indices
+    with (around_batch(indices, inputs) if around_batch else nullcontext()):
+        output = greedy_generate(adapter, model, inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+    return adapter.decode_new_tokens(output, inputs["input_ids"].shape[1])
 
 
 def score_predictions(task: TaskSpec, samples: Sequence[EvalSample], predictions: list[str],
