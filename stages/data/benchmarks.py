@@ -22,8 +22,8 @@ with ``data/``.
 ``batch_size`` in dmole is the GLOBAL batch of one optimizer step (all devices together), so the preset
 records per-device x 8; each task's description keeps the per-device value and the GPU count.
 
-A CoIN preset is not provided: CoIN's archive uses other file formats (LLaVA-style question files with
-separate answer files per task) and would need readers of its own.
+A CoIN preset is not provided: CoIN's training JSON and its question lists with answers are read directly
+(docs/data.md), but its VQAv2 and TextVQA answers live in the original datasets' annotation files.
 """
 
 from __future__ import annotations
