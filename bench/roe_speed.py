@@ -65,7 +65,7 @@ def _decoder_clock(adapter) -> Iterator[list[float]]:
             hook.remove()
 
 
-def _timed_generate(adapter, inputs, new_tokens: int, plan: RoutingPlan | None) -> tuple[float, float]:
+def timed_generate(adapter, inputs, new_tokens: int, plan: RoutingPlan | None) -> tuple[float, float]:
     """Total and decoder-stack seconds of one greedy generate call."""
     with _decoder_clock(adapter) as spans, (routing(plan) if plan else nullcontext()):
         _sync(adapter.device)
@@ -112,11 +112,11 @@ def main() -> None:
     }
     with torch.no_grad():
         for make in plans.values():  # warm-up
-            _timed_generate(adapter, inputs, args.new_tokens, make())
+            timed_generate(adapter, inputs, args.new_tokens, make())
         times = {name: [] for name in plans}
         for _ in range(args.repeats):
             for name, make in plans.items():  # interleaved, so drift hits every variant alike
-                times[name].append(_timed_generate(adapter, inputs, args.new_tokens, make()))
+                times[name].append(timed_generate(adapter, inputs, args.new_tokens, make()))
     median = {name: statistics.median(total for total, _ in values) for name, values in times.items()}
     decoder = {name: statistics.median(dec for _, dec in values) for name, values in times.items()}
     t_dec = decoder["dense"]

@@ -94,6 +94,11 @@ def render_roe_summary(summary: dict) -> None:
                   f"{saving['adapter_layer_cost_ratio']:.3f}); targets: skip within ±5 points "
                   f"{'[green]met[/]' if targets['skip_within_5_points'] else '[red]missed[/]'}, score drop ≤ 2 "
                   f"{'[green]met[/]' if targets['score_drop_at_most_2'] else '[red]missed[/]'}", soft_wrap=True)
+    if continual := summary.get("continual"):
+        bwt = ("" if continual["dense_bwt"] is None else
+               f"; BWT {continual['dense_bwt']:+.2f} → {continual['roe_bwt']:+.2f}")
+        console.print(f"continual model ({summary['dense_reference']}), without → with RoE: Last "
+                      f"{continual['dense_last']:.2f} → {continual['roe_last']:.2f}{bwt}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

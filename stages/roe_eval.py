@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from artifacts import Version, Writer
 from artifacts.io import read_json, write_json, write_parquet
@@ -180,49 +181,83 @@ def write_results(writer: Writer, rows: list[dict], report: dict) -> None:
                                                      "batch_rule_applied")})
 
 
+@dataclass
+class TrainedRoE:
+    """The latest route-train weights and what they were trained on (the base, or a continual model)."""
+
+    version: Version
+    config: dict
+    after: str | None  # the task whose continual model RoE was trained on; None for the base
+    continual_versions: list[Version]
+
+    @classmethod
+    def latest(cls, project: Project) -> TrainedRoE:
+        version = project.store.require(TRAIN_STAGE, TASK, hint="dmole route-train")
+        config = read_json(version.file(CONFIG))
+        after = None if config.get("from", "base") == "base" else config["from"]  # runs before --from: the base
+        return cls(version, config, after, [] if after is None else continual_inputs(project, after))
+
+    def reference(self, project: Project) -> str:
+        return "base" if self.after is None else f"{project.config.method} after {self.after}"
+
+    def open(self, project: Project, adapter):
+        """RoE's modules (checked against the base and the continual model) and the continual model (or None)."""
+        from .roe.continual import load_continual
+        from .roe.weights import load_roe
+
+        modules, metadata = load_roe(self.version.file(WEIGHTS), family=adapter.family,
+                                     base_hash=base_hash(model_fingerprint(project)))
+        if metadata["dmole_checkpoint"] != continual_hash(self.continual_versions):
+            raise UserError(f"the RoE weights were trained on other experts than {project.config.method} after "
+                            f"{self.after} has now; run `dmole route-train --from {self.after}` again")
+        return modules, load_continual(project, adapter, self.after) if self.after is not None else None
+
+    def routed_model(self, project: Project):
+        """The model as RoE routes it: base (with the stage-2 backbone) or continual model, RoE attached."""
+        from .roe.attach import attach
+        from .roe.backbone import load_stage2, tuned
+
+        adapter = project.load_model()
+        modules, continual = self.open(project, adapter)
+        if tuned(self.config["stage2_mode"]):
+            load_stage2(self.version.file, adapter, self.config["stage2_mode"])
+        return adapter, attach(adapter, modules), continual
+
+
 def evaluate_roe(project: Project, options: RoEEvalOptions | dict | None = None, *, force: bool = False,
                  progress: Progress = silent) -> StageResult:
     options = stage_options(project.config, STAGE, options)
-    trained = project.store.require(TRAIN_STAGE, TASK, hint="dmole route-train")
-    train_config = read_json(trained.file(CONFIG))
-    batch_rule = options.batch_rule or train_config["batch_rule"]
-    expected_hash = base_hash(model_fingerprint(project))
-    after = None if train_config.get("from", "base") == "base" else train_config["from"]  # older runs: the base
-    continual_versions = [] if after is None else continual_inputs(project, after)
+    trained = TrainedRoE.latest(project)
+    batch_rule = options.batch_rule or trained.config["batch_rule"]
     sets = eval_sets(project, options.max_samples)
-    config = {"options": options.model_dump(), "tasks": [t.model_dump() for t, _ in sets], "base_hash": expected_hash}
+    config = {"options": options.model_dump(), "tasks": [t.model_dump() for t, _ in sets],
+              "base_hash": base_hash(model_fingerprint(project))}
 
     def compute(writer: Writer) -> None:
         from .roe.attach import attach
         from .roe.backbone import load_stage2, tuned
-        from .roe.continual import load_continual
-        from .roe.weights import load_roe
 
         adapter = project.load_model()
-        modules, metadata = load_roe(trained.file(WEIGHTS), family=adapter.family, base_hash=expected_hash)
-        if metadata["dmole_checkpoint"] != continual_hash(continual_versions):
-            raise UserError(f"the RoE weights were trained on other experts than {project.config.method} after "
-                            f"{after} has now; run `dmole route-train --from {after}` again")
-        continual = load_continual(project, adapter, after) if after is not None else None
-        reference = "base" if after is None else f"{project.config.method} after {after}"
+        modules, continual = trained.open(project, adapter)
+        reference, mode = trained.reference(project), trained.config["stage2_mode"]
         scores = {"base": evaluate_dense(adapter, sets, options.batch_size, progress, label=reference,
                                          continual=continual)}
-        if tuned(train_config["stage2_mode"]):
+        if tuned(mode):
             # The dense twin's weights are not kept: its scores come from route-train's own evaluation.
-            trained_report = read_json(trained.file(REPORT))["per_task"]
+            trained_report = read_json(trained.version.file(REPORT))["per_task"]
             scores["dense"] = {task.name: trained_report[task.name]["dense_score"] for task, _ in sets}
-            load_stage2(trained.file, adapter, train_config["stage2_mode"])
+            load_stage2(trained.version.file, adapter, mode)
             scores["forced"] = evaluate_dense(adapter, sets, options.batch_size, progress, label="forced-execute")
         attachment = attach(adapter, modules)
         scores["roe"], rows = evaluate_routed(adapter, attachment, sets, options.batch_size, batch_rule,
-                                              run_id=f"{TRAIN_STAGE}-v{trained.number}", progress=progress,
+                                              run_id=f"{TRAIN_STAGE}-v{trained.version.number}", progress=progress,
                                               continual=continual)
-        write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=train_config["rho"],
+        write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=trained.config["rho"],
                                                  batch_rule=batch_rule, reference=reference,
-                                                 continual=continual_matrix(project, after)))
+                                                 continual=continual_matrix(project, trained.after)))
 
-    return run_stage(project, STAGE, TASK, config=config, inputs=[trained, *continual_versions], compute=compute,
-                     force=force)
+    return run_stage(project, STAGE, TASK, config=config, inputs=[trained.version, *trained.continual_versions],
+                     compute=compute, force=force)
 
 
 def _current_eval(project: Project, trained: Version) -> Version | None:

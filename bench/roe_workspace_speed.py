@@ -1,0 +1,92 @@
+"""Batch-1 generation speed of a workspace's trained RoE (spec roe.md §6.3), with its learned decisions: the model
+RoE was trained on (the base, or with `route-train --from TASK` the continual model with each sample's experts)
+dense against routed, on the first ``--per-task`` test prompts of every task.
+
+Both variants call ``model.generate`` on the same attached model with a fixed number of new tokens (greedy,
+``min_new_tokens`` = ``max_new_tokens``), interleaved per prompt after a warm-up; per prompt the median of
+``--repeats`` timings, summed over the prompts. The routed run's skip decisions are the routers' own, so the
+realised skip rate on these prompts is reported beside the speed-up.
+
+    python bench/roe_workspace_speed.py -w dmole-synth/workspace --json bench-roe-workspace.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from roe_speed import timed_generate
+
+from stages.data.images import load_image
+from stages.data.prompts import render_prompt
+from stages.data.tasks import load_eval_samples
+from stages.project import Project
+from stages.roe.plan import RoutingPlan
+from stages.roe_eval import TrainedRoE
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-w", "--workspace", type=Path, required=True)
+    parser.add_argument("--per-task", type=int, default=4, help="test prompts per task")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    project = Project.open(args.workspace)
+    trained = TrainedRoE.latest(project)
+    adapter, attachment, continual = trained.routed_model(project)
+    routable = attachment.modules.shape.routable
+    prompts = []
+    for task in project.config.tasks:
+        samples = load_eval_samples(project.data_root, task)[:args.per_task]
+        routes = continual.routes(task.name, samples, "test") if continual is not None else [None] * len(samples)
+        for sample, route in zip(samples, routes):
+            inputs = adapter.generation_batch([load_image(sample.image)], [render_prompt(task, sample)])
+            experts = (lambda i=inputs, r=route: continual.batches([r])([0], i)) if continual else nullcontext
+            prompts.append((inputs, experts))
+
+    def run(inputs, experts, routed: bool) -> tuple[float, RoutingPlan | None]:
+        plan = RoutingPlan(batch_rule=trained.config["batch_rule"]) if routed else None
+        with experts():
+            total, _ = timed_generate(adapter, inputs, args.new_tokens, plan)
+        return total, plan
+
+    seconds = {"dense": 0.0, "routed": 0.0}
+    skipped = []
+    with torch.no_grad():
+        run(*prompts[0], False), run(*prompts[0], True)  # warm-up
+        for inputs, experts in prompts:
+            times = {"dense": [], "routed": []}
+            for _ in range(args.repeats):
+                times["dense"].append(run(inputs, experts, False)[0])
+                total, plan = run(inputs, experts, True)
+                times["routed"].append(total)
+            skipped += [bool(plan.applied[l][0]) for l in routable]
+            for name, values in times.items():
+                seconds[name] += statistics.median(values)
+    results = {
+        "device": f"cpu ({platform.processor() or platform.machine()}, {args.threads} thread(s))"
+                  if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "torch": torch.__version__, "workspace": str(args.workspace), "route_train": str(trained.version),
+        "from": trained.config.get("from", "base"), "router_input": trained.config["variant"],
+        "prompts": len(prompts), "new_tokens": args.new_tokens, "repeats": args.repeats,
+        "skip_rate": sum(skipped) / len(skipped), "seconds": seconds,
+        "speedup_measured": seconds["dense"] / seconds["routed"],
+    }
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
