@@ -8,6 +8,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dmole-installed
 DEMO_OUT ?= dmole-demo
+# lmms-eval, for the dmole_lmms plugin and its test, installed without its declared dependencies: they include
+# torchvision, which would replace a CPU torch with a CUDA build. These are the packages its evaluation path imports;
+# filelock stays below 4, whose layout lmms-eval 0.7.3 patches (filelock._api).
+LMMS_EVAL := lmms-eval==0.7.3
+LMMS_EVAL_DEPS := loguru pytz sacrebleu evaluate tenacity "filelock<4"
 
 .PHONY: demo test install clean
 
@@ -17,6 +22,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "$(LMMS_EVAL)"
+	$(BIN)/pip install --quiet $(LMMS_EVAL_DEPS)
 	touch $(STAMP)
 
 demo: install
