@@ -142,8 +142,8 @@ def test_roe_true_gives_the_replies_and_scores_of_eval_roe(trained, lmms_tasks):
     from stages.route_train import route_train
 
     evaluate(trained, TASKS[0])  # the continual matrix's diagonal, which RoE on a continual model reports against
-    route_train(trained, {"start": TASKS[-1], "epochs": 1, "batch_size": 4, "roe_lr": 5e-2, "stage2_mode": "frozen", "skip_ratio": 0.8,
-                          "max_eval_samples": 1})
+    route_train(trained, {"start": TASKS[-1], "epochs": 1, "batch_size": 4, "roe_lr": 5e-2, "skip_ratio": 0.8,
+                          "stage2_mode": "frozen", "max_eval_samples": 1})
     report = read_json(evaluate_roe(trained, {"batch_size": 3}).version.file("roe_report.json"))
     assert report["skip_rate"] > 0
     roe = TrainedRoE.latest(trained)
