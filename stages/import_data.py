@@ -135,7 +135,7 @@ class _Converter:
     progress: Progress
 
     def _rows(self, split: str, dataset, image_column: str):
-        """``(where, row, image path, size)`` per row, the image written."""
+        """``(index, where, row, image path, size)`` per row, the image written."""
         with self.progress(f"import {split}", total=len(dataset)) as bar:
             for index, row in enumerate(raw_images(dataset, image_column)):
                 where = f"{split}[{index}]."
