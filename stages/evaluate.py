@@ -18,6 +18,7 @@ from artifacts.io import write_parquet
 from .data.tasks import load_eval_samples, task_files
 from .dmole.routing import acceptance_warning
 from .errors import UserError
+from .evaluation.names import SWEEP, SWEEP_TABLE
 from .evaluation.predict import predict, score_predictions
 from .methods import get_method
 from .methods.base import EVAL_STAGE, ZERO_SHOT, EvalPlan
@@ -27,8 +28,6 @@ from .project import Project
 from .runner import StageResult, run_stage, source_fingerprint
 
 STAGE = EVAL_STAGE
-SWEEP = "threshold-sweep"  # D-MoLE only: its routing is what the thresholds change
-SWEEP_TABLE = "sweep.parquet"
 METRIC_NAMES = {"caption": "CIDEr-D", "vqa10": "vqa-accuracy", "short": "exact-match", "choice": "letter-accuracy",
                 "grounding": "P@IoU0.5"}
 

@@ -125,6 +125,9 @@ class TrainTaskOptions(_MethodChoice):
     gradient_checkpointing: bool = Field(default=False, description="recompute activations in backward to save "
                                                                     "memory")
     seed: int = Field(default=42, description="seed of the adapter initialisation and the data order")
+    input_workers: int | None = Field(default=None, ge=0, description="worker processes that build the next "
+                                      "micro-batches' inputs (images, processor, tokens) during the step; default 2 "
+                                      "on a GPU, 0 (inline) on a CPU, where they would compete with the step")
 
 
 class EvalOptions(_MethodChoice):
@@ -185,6 +188,9 @@ class RouteTrainOptions(Strict):
     checkpoint_every: int = Field(default=50, ge=0, description="optimizer steps between resume checkpoints; a "
                                                                 "killed run resumes from the last one")
     max_eval_samples: int | None = Field(default=None, gt=0, description="first N test samples per task")
+    input_workers: int | None = Field(default=None, ge=0, description="worker processes that build the next "
+                                      "micro-batches' inputs (images, processor, tokens) during the step; default 2 "
+                                      "on a GPU, 0 (inline) on a CPU, where they would compete with the step")
 
     @model_validator(mode="after")
     def _ordered_stages(self) -> RouteTrainOptions:
@@ -214,6 +220,15 @@ def explicit(given: BaseModel | Mapping | None) -> dict:
     if isinstance(given, BaseModel):
         return given.model_dump(include=given.model_fields_set)
     return {key: value for key, value in given.items() if value is not None}
+
+
+# options that change how fast a stage runs, never what it computes: kept out of its config hash
+SPEED_ONLY = frozenset({"input_workers"})
+
+
+def hashed(options: BaseModel) -> dict:
+    """What of ``options`` goes into a stage's config (and so decides whether it is up to date)."""
+    return options.model_dump(exclude=set(SPEED_ONLY))
 
 
 def stage_options(config: WorkspaceConfig, stage: str, given: BaseModel | Mapping | None = None) -> BaseModel:

@@ -19,7 +19,7 @@ from artifacts.io import read_json, write_json, write_parquet
 from .data.tasks import load_train_samples, task_files
 from .distributed import is_main
 from .errors import UserError
-from .options import RouteTrainOptions, stage_options
+from .options import RouteTrainOptions, hashed, stage_options
 from .progress import Progress, silent
 from .project import Project
 from .roe_eval import (CONFIG, TASK, TRAIN_STAGE, WEIGHTS, base_hash, build_report, continual_hash,
@@ -82,7 +82,7 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
     sets = eval_sets(project, options.max_eval_samples)
     model_prints = model_fingerprint(project)
     inputs = [] if after is None else continual_inputs(project, after)
-    config = {"options": options.model_dump(), "tasks": [t.model_dump() for t in project.config.tasks],
+    config = {"options": hashed(options), "tasks": [t.model_dump() for t in project.config.tasks],
               "n_train_samples": len(samples), "seed": seed,
               "sources": {"data": {t.name: fingerprint(task_files(project.data_root, t)) for t in project.config.tasks},
                           "model": model_prints}}

@@ -18,7 +18,7 @@ from .distributed import launched, parameter_sharding
 from .errors import UserError
 from .methods import get_method
 from .methods.base import TRAIN_STAGE, ContinualMethod, TrainRun
-from .options import TrainTaskOptions, stage_options
+from .options import TrainTaskOptions, hashed, stage_options
 from .progress import Progress, silent
 from .project import Project
 from .runner import StageResult, checkpoint_dir, run_stage, source_fingerprint
@@ -53,13 +53,13 @@ def _samples(project: Project, task_names: list[str]) -> list[TrainSample]:
 
 
 def step_loss(run: TrainRun, trainer, adapter):
-    """The loop's loss function: the answer cross-entropy of a micro-batch plus the method's extra terms."""
+    """The loop's loss function: the answer cross-entropy of a micro-batch (its inputs built by the input
+    pipeline, `trainer.inputs`) plus the method's extra terms."""
     import torch
 
-    from .training.chat import chat_examples, supervised_tokens
+    from .training.chat import supervised_tokens
 
-    def loss_fn(prepared, indices: list[int], scope) -> dict:
-        batch = adapter.train_batch(chat_examples([run.samples[i] for i in indices]), run.options.max_length)
+    def loss_fn(prepared, indices: list[int], scope, batch: dict) -> dict:
         before = trainer.before(prepared, batch, indices)
         # held through backward: gradient checkpointing re-runs the routed layers there
         scope.enter_context(trainer.route(indices, batch))
@@ -98,7 +98,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
     inputs = method.carried(run)
     settings = loop_settings(options, spec)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in names}
-    config = {"options": options.model_dump(), "method": method.name, "hyper": run.hyper.model_dump(),
+    config = {"options": hashed(options), "method": method.name, "hyper": run.hyper.model_dump(),
               "loop": settings.__dict__, "sources": sources}
 
     def compute(writer: Writer) -> None:
@@ -107,6 +107,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
         import torch
 
         from .training.chat import text_length
+        from .training.inputs import InputPipeline, worker_count
         from .training.loop import ParamGroup, train
 
         adapter = project.load_model()
@@ -119,10 +120,11 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
         ckpt = checkpoint_dir(project, run.stage, task_name, config)
         logs = project.root / ".runs" / "logs" / run.stage / task_name
         with open_loggers(log_to, logs, f"{run.stage}/{task_name}", config) as loggers:
+            pipeline = InputPipeline(trainer.inputs, adapter.on_device, worker_count(options.input_workers))
             result = train(model, [ParamGroup(method.name, trainer.params)], step_loss(run, trainer, adapter),
                            len(run.samples), settings, checkpoint_dir=ckpt, progress=progress,
-                           description=f"{run.stage} {task_name}",
-                           loggers=loggers, lengths=[text_length(s) for s in run.samples])
+                           description=f"{run.stage} {task_name}", loggers=loggers,
+                           lengths=[text_length(s) for s in run.samples], inputs=pipeline)
         model.eval()
         trainer.save(writer)
         write_parquet(writer.path("train_log.parquet"), {k: [row.get(k) for row in result.log]

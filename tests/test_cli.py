@@ -90,6 +90,12 @@ def test_light_stages_import_no_torch_and_record_package_versions(make_project):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-3:] == ["False", "False", "False"]
+    shown = ("import sys; from dmole_cli.app import app; "
+             f"app(['{{}}', '--workspace', r'{project.root}'], standalone_mode=False); "
+             "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'matplotlib')))")
+    for command in ("tasks", "ls"):  # and `report`, when it draws no figure: tests/test_report.py
+        done = subprocess.run([sys.executable, "-c", shown.format(command)], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.split()[-4:] == ["False"] * 4, (command, done.stderr)
     light = project.store.latest("allocate", task).manifest["environment"]
     heavy = project.store.latest("zc-score", task).manifest["environment"]
     assert {"torch", "transformers", "peft"} <= set(light) and "device" not in light

@@ -45,7 +45,7 @@ def test_lwf_targets_are_the_previous_models_outputs(two_tasks):
 
     run, trainer = second_task_trainer(two_tasks, "lwf-lora")
     indices = [0, 1, 2]
-    batch = trainer.batch(indices)
+    batch = trainer.adapter.on_device(trainer.inputs(indices))
     trainer.model.train()  # as the training loop runs it
     targets = trainer.before(trainer.model, batch, indices)
     previous = PeftModel.from_pretrained(load_family(two_tasks.model_path).model,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.machinery
 import json
 import struct
+import subprocess
 import sys
 import types
 from collections import Counter, defaultdict
@@ -219,6 +220,17 @@ def test_cli_report_out_copies_the_report_and_its_figures(run, tmp_path):
         assert (out / name).read_bytes() == version.file(name).read_bytes(), name
     quiet = CliRunner().invoke(app, ["report", "-q", "--workspace", str(project.root)])
     assert quiet.exit_code == 0 and quiet.output.strip().splitlines()[-1].startswith("report all: up to date")
+
+
+def test_an_up_to_date_report_imports_no_torch_nor_matplotlib(run):
+    """A shell loop's `dmole report` after nothing changed reads JSON and Parquet only."""
+    project, _, _ = run
+    code = ("import sys; from dmole_cli.app import app; "
+            f"app(['report', '--json', '--workspace', r'{project.root}'], standalone_mode=False); "
+            "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'matplotlib')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-4:] == ["False"] * 4
 
 
 def _tiny_training(loggers) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from artifacts import Version
 from artifacts.io import read_parquet
 
-from ..evaluate import STAGE as EVAL
+from ..methods.base import EVAL_STAGE as EVAL
 from ..project import Project
 from .markdown import fmt, image, table as md_table
 from .style import FONT, colorbar, heatmap, new_figure, save

@@ -9,7 +9,7 @@ from pathlib import Path
 from artifacts import Version
 from artifacts.io import read_parquet
 
-from ..evaluate import SWEEP, SWEEP_TABLE
+from ..evaluation.names import SWEEP, SWEEP_TABLE
 from ..project import Project
 from .markdown import fmt, image, table as md_table
 from .style import FONT, new_figure, save

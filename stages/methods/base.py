@@ -84,6 +84,16 @@ class Trainer:
 
     model: torch.nn.Module
     params: list[torch.nn.Parameter]
+    run: TrainRun
+    adapter: Any
+
+    def inputs(self, indices: list[int]) -> dict:
+        """The model inputs of the run's samples ``indices``, on the CPU: what the input pipeline builds ahead
+        of the step and then moves to the device."""
+        from ..training.chat import chat_examples
+
+        return self.adapter.train_inputs(chat_examples([self.run.samples[i] for i in indices]),
+                                         self.run.options.max_length)
 
     def route(self, indices: list[int], batch: dict) -> AbstractContextManager:
         return nullcontext()

@@ -39,7 +39,7 @@ def diagonal_fisher(trainer, batch_size: int) -> dict:
     trainer.model.eval()
     for indices in chunks:
         trainer.model.zero_grad(set_to_none=True)
-        batch = trainer.batch(indices)
+        batch = trainer.adapter.on_device(trainer.inputs(indices))
         with trainer.route(indices, batch):
             trainer.model(**batch).loss.backward()
         for k, p in params.items():

@@ -124,13 +124,6 @@ class LoraTrainer(Trainer):
     def extra_losses(self, model, batch: dict, outputs, before) -> dict:
         return self.losses_fn(model, batch, outputs, before) if self.losses_fn else {}
 
-    def batch(self, indices: list[int]) -> dict:
-        """The training batch of the run's samples ``indices`` (what the loop feeds the model)."""
-        from ..training.chat import chat_examples
-
-        return self.adapter.train_batch(chat_examples([self.run.samples[i] for i in indices]),
-                                        self.run.options.max_length)
-
     def adapter_params(self, task_id: int) -> dict[str, torch.nn.Parameter]:
         """Adapter ``task_id``'s parameters, keyed by their name with the adapter's name taken out."""
         marker = f".{adapter_name(task_id)}."

@@ -86,7 +86,7 @@ class MoELoraTrainer(Trainer):
     """Trains the MoELoRA injected into the workspace model, continued from task t-1's when there is one."""
 
     def __init__(self, run: TrainRun, adapter, modules: list[str], previous=None):
-        self.run, self.modules = run, sorted(modules)
+        self.run, self.modules, self.adapter = run, sorted(modules), adapter
         self.model = adapter.model
         if previous is not None:
             saved = read_json(previous.file(CONFIG))["hyper"]

@@ -290,8 +290,12 @@ class FamilyAdapter:
             add_special_tokens=not (bos and texts[0].startswith(bos)), **kwargs)
 
     def train_batch(self, examples: list[ChatExample], max_length: int | None = None) -> dict[str, Tensor]:
-        """Right-padded inputs with labels on answer tokens and the token that ends each answer, each row cut
-        to ``max_length`` tokens but never inside its image tokens (see `_truncate`)."""
+        """`train_inputs` on the model's device."""
+        return self.on_device(self.train_inputs(examples, max_length))
+
+    def train_inputs(self, examples: list[ChatExample], max_length: int | None = None) -> dict[str, Tensor]:
+        """Right-padded inputs (on the CPU) with labels on answer tokens and the token that ends each answer,
+        each row cut to ``max_length`` tokens but never inside its image tokens (see `_truncate`)."""
         rendered = [self.training_text(ex.turns) for ex in examples]
         out = self._process([text for text, _, _ in rendered], [ex.image for ex in examples], left=False,
                             return_offsets_mapping=True, return_text_replacement_offsets=True)
@@ -303,7 +307,7 @@ class FamilyAdapter:
                 hit = [k for k, (a, b) in enumerate(offsets[row]) if a < stop and b > start]
                 labels[row, hit] = out["input_ids"][row, hit]
         batch = {**out, "labels": labels}
-        return self._on_device(self._truncate(batch, max_length) if max_length else batch)
+        return self._truncate(batch, max_length) if max_length else batch
 
     def _truncate(self, batch: dict[str, Tensor], max_length: int) -> dict[str, Tensor]:
         """Cut each row after ``max_length`` tokens, or after its last image token if that comes later: the
@@ -323,13 +327,13 @@ class FamilyAdapter:
         texts = [self._render([self._user(p, image=True)], generation_prompt=True) for p in prompts]
         # One more padding column always, for the reason given in text_features: a prompt then
         # decodes identically alone and in any batch.
-        return self._on_device(_prepend_padding(dict(self._process(texts, images, left=True)),
+        return self.on_device(_prepend_padding(dict(self._process(texts, images, left=True)),
                                                 self.tokenizer.pad_token_id))
 
-    def _on_device(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Move to the model's device; floating tensors also take its dtype."""
-        return {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
-                for k, v in tensors.items()}
+    def on_device(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Move to the model's device (asynchronously from pinned memory); floating tensors also take its dtype."""
+        return {k: v.to(self.device, self.dtype, non_blocking=True) if v.is_floating_point()
+                else v.to(self.device, non_blocking=True) for k, v in tensors.items()}
 
     def decode_new_tokens(self, output_ids: Tensor, prompt_len: int) -> list[str]:
         texts = self.tokenizer.batch_decode(output_ids[:, prompt_len:], skip_special_tokens=True)
@@ -355,7 +359,7 @@ class FamilyAdapter:
         )
         try:
             with self._eval_mode():
-                self._run_vision(self._on_device(dict(self._thumbnail_inputs(self._rgb(images)))))
+                self._run_vision(self.on_device(dict(self._thumbnail_inputs(self._rgb(images)))))
         finally:
             hook.remove()
         states = captured[-1].reshape(len(images), -1, captured[-1].shape[-1])  # packed families: one row a patch

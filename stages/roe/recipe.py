@@ -13,6 +13,7 @@ from ..data.samples import TrainSample
 from ..options import RouteTrainOptions
 from ..progress import Progress, silent
 from ..training.chat import chat_examples
+from ..training.inputs import InputPipeline, worker_count
 from ..training.loop import LoopResult, LoopSettings, ParamGroup, batch_plan, train
 from .backbone import LLM, LORA, PROJECTOR
 from .loss import per_example_ce, roe_objective
@@ -79,11 +80,11 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
     images = ImageTokens.of(adapter)
     status: dict = {}
 
-    def loss_fn(prepared: torch.nn.Module, indices: list[int], _scope) -> dict[str, torch.Tensor]:
+    def loss_fn(prepared: torch.nn.Module, indices: list[int], _scope, batch: dict) -> dict[str, torch.Tensor]:
         status["stage"] = STAGE_NAMES[state.stage]
         if modules is None and not any(p.requires_grad for g in groups for p in g.params):
             return {"loss": torch.zeros((), requires_grad=True)}  # the twin's backbone is gated off: a no-op step
-        batch = adapter.train_batch(chat_examples([samples[i] for i in indices]))
+        batch = dict(batch)
         labels = batch.pop("labels")
         with ExitStack() as stack:
             if around is not None:
@@ -102,8 +103,10 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
 
     model.train()
     try:
+        pipeline = InputPipeline(lambda indices: adapter.train_inputs(chat_examples([samples[i] for i in indices])),
+                                 adapter.on_device, worker_count(settings.input_workers))
         return train(model, groups, loss_fn, len(samples), loop, callbacks=[callback], checkpoint_dir=checkpoint_dir,
-                     progress=_with_status(progress, status),
+                     progress=_with_status(progress, status), inputs=pipeline,
                      description="route-train" if modules is not None else "route-train: dense twin")
     finally:
         model.eval()

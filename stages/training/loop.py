@@ -27,6 +27,7 @@ import torch
 
 from ..distributed import FSDP2, all_gather_objects, is_main, my_share, parameter_sharding, rank_and_world
 from ..progress import Progress, silent
+from .inputs import InputPipeline
 from .checkpoint import LoadedState, load_checkpoint, rng_state, save_checkpoint
 from .sharding import ShardedCopy
 
@@ -108,6 +109,15 @@ def micro_batches(indices: list[int], grad_accum: int) -> list[list[int]]:
     n = min(grad_accum, len(indices))
     bounds = [round(k * len(indices) / n) for k in range(n + 1)]
     return [indices[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _micro_batches(step_samples: list[int], settings: LoopSettings, backend: _Backend
+                   ) -> tuple[list[list[int]], list[list[int]]]:
+    """This process's micro-batches of one step (``own``) and the ones it runs: under sharding, padded with
+    weight-0 repeats of the step's first sample to the most any process has."""
+    # a process left without samples runs the first one at weight 0: it must still join the sync
+    own = micro_batches(my_share(step_samples) or step_samples[:1], settings.grad_accum)
+    return own, own + [step_samples[:1]] * (backend.micro_batch_count(len(own)) - len(own))
 
 
 def warmup_cosine(step: int, total: int, warmup_ratio: float) -> float:
@@ -241,14 +251,16 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
           n_samples: int, settings: LoopSettings, *, checkpoint_dir: Path | None = None,
           callbacks: Sequence[Callback] = (), loggers: Sequence[Callable[[dict], None]] = (),
           progress: Progress = silent, description: str = "training",
-          lengths: Sequence[int] | None = None) -> LoopResult:
+          lengths: Sequence[int] | None = None, inputs: InputPipeline | None = None) -> LoopResult:
     """Run the loop; ``loss_fn(model, indices, scope)`` must call the model it is given (the prepared one)
     and return a dict with at least ``loss`` (other scalars are logged). Contexts entered on ``scope``
     stay open through the backward pass, which recomputes activations under gradient checkpointing.
     A loss that is a mean over tokens returns their number as ``count`` (default: a mean over the
     samples), so that data-parallel and accumulated steps weight every token as one large batch would.
     ``lengths`` (one per sample) is needed with ``settings.group_by_length``. Under FSDP2 the model the loss
-    function is given is a sharded copy; ``model`` gets the trained tensors when the loop ends."""
+    function is given is a sharded copy; ``model`` gets the trained tensors when the loop ends. With ``inputs``
+    every micro-batch's model inputs are built ahead (stages/training/inputs.py) and the loss function gets them
+    as a fourth argument, ``loss_fn(model, indices, scope, batch)``."""
     plan = batch_plan(n_samples, settings, lengths)
     result = LoopResult(steps=len(plan))
     torch.manual_seed(settings.seed)
@@ -258,6 +270,8 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
         result.log, result.resumed_from = state.log, state.step
     start = result.resumed_from
     optimizer, accelerator, base_lrs = backend.optimizer, backend.accelerator, backend.base_lrs
+    schedule = {step: _micro_batches(plan[step], settings, backend) for step in range(start, len(plan))}
+    feed = inputs.batches([m for own, micros in schedule.values() for m in micros]) if inputs is not None else None
     with progress(description, total=len(plan)) as bar:
         bar.advance(start)
         for step in range(start, len(plan)):
@@ -266,15 +280,14 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
             for callback in callbacks:
                 callback.on_step_begin(step, len(plan), optimizer)
             share = my_share(plan[step])
-            # a process left without samples runs the first one at weight 0: it must still join the sync
-            own = micro_batches(share or plan[step][:1], settings.grad_accum)
-            micros = own + [plan[step][:1]] * (backend.micro_batch_count(len(own)) - len(own))
+            own, micros = schedule[step]
             optimizer.zero_grad(set_to_none=True)
             count, sums = 0.0, {}
             for k, indices in enumerate(micros):
                 with backend.sync(k == len(micros) - 1), ExitStack() as scope:
                     with autocast(settings.precision, accelerator.device):
-                        outputs = loss_fn(backend.model, indices, scope)
+                        outputs = (loss_fn(backend.model, indices, scope) if feed is None
+                                   else loss_fn(backend.model, indices, scope, next(feed)))
                     units = float(outputs.pop("count", len(indices))) if share and k < len(own) else 0.0
                     # nothing to learn here (no share, a padding micro-batch, or every answer truncated away:
                     # the mean is NaN), but the backward must run for the data-parallel sync

@@ -1,0 +1,76 @@
+"""Share of training time spent waiting for inputs, with the inputs built inline on the training thread (0
+workers) against built ahead by worker processes, side by side on the same training (interleaved repeats).
+
+    python bench/input_pipeline.py -w dmole-demo/workspace --task shape-caption --workers 0 2 [--repeats 3]
+
+Each run is train-task's own loop (seq-lora on every projection, the task's training data, the workspace's
+train-task settings) without writing artifacts; the loop's input pipeline reports how long the training thread
+waited for the next micro-batch. The losses of every run must be identical (the same batches in the same order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from stages.project import Project
+from stages.train_task import loop_settings, step_loss, train_run
+from stages.training.inputs import InputPipeline
+from stages.training.loop import ParamGroup, train
+
+
+def one_run(project: Project, task: str, workers: int, epochs: float) -> dict:
+    method, run, _ = train_run(project, task, {"method": "seq-lora", "epochs": epochs, "input_workers": workers})
+    adapter = project.load_model()
+    torch.manual_seed(run.options.seed)
+    trainer = method.trainer(run, adapter)
+    trainer.model.train()
+    pipeline = InputPipeline(trainer.inputs, adapter.on_device, workers)
+    start = time.perf_counter()
+    result = train(trainer.model, [ParamGroup(method.name, trainer.params)], step_loss(run, trainer, adapter),
+                   len(run.samples), loop_settings(run.options, run.spec), inputs=pipeline)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "input_wait": pipeline.waited, "share": pipeline.waited / seconds,
+            "steps": result.steps, "losses": [row["loss"] for row in result.log]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-w", "--workspace", type=Path, required=True)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    project = Project.open(args.workspace)
+    runs: dict[int, list[dict]] = {w: [] for w in args.workers}
+    for _ in range(args.repeats):
+        for workers in args.workers:  # interleaved, so drift hits every setting alike
+            runs[workers].append(one_run(project, args.task, workers, args.epochs))
+    losses = {tuple(r["losses"]) for rs in runs.values() for r in rs}
+    results = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
+        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "task": args.task, "steps": runs[args.workers[0]][0]["steps"], "identical_losses": len(losses) == 1,
+        "workers": {str(w): {"median_seconds": statistics.median(r["seconds"] for r in rs),
+                             "median_input_wait": statistics.median(r["input_wait"] for r in rs),
+                             "median_wait_share": statistics.median(r["share"] for r in rs)}
+                    for w, rs in runs.items()}}
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
