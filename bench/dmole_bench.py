@@ -4,7 +4,8 @@
 
 1. quality: the demo's continual metrics per method (Last, AVG, BWT), from its report;
 2. training step: a D-MoLE step (new expert trainable, a past expert routed in per sample through
-   the mask hooks) against a plain PEFT LoRA step with the same trainable parameters, interleaved;
+   the mask hooks) against a plain PEFT LoRA step with the same trainable parameters, interleaved, and
+   the D-MoLE step with no past expert routed in (what the routing machinery alone costs);
 3. preprocessing: embed + fit-router + zc-score + allocate as a share of train-task, for one task;
 4. inference: routed generation (all experts, per-sample routing) against one task's single adapter.
 
@@ -82,20 +83,29 @@ def training_step(project: Project, repeats: int) -> dict:
         optimizers[0].step()
         optimizers[0].zero_grad()
 
+    def own_expert_step():  # the same model and hooks, no past expert routed in: what the machinery costs
+        with experts.routed([(2,)] * len(samples)):
+            experts.model(**batch).loss.backward()
+        optimizers[0].step()
+        optimizers[0].zero_grad()
+
     def plain_step():
         plain(**batch).loss.backward()
         optimizers[1].step()
         optimizers[1].zero_grad()
 
-    times: tuple[list[float], list[float]] = ([], [])
+    times: tuple[list[float], list[float], list[float]] = ([], [], [])
     for i in range(repeats + 2):  # two warm-up rounds
-        for which, step in enumerate((dmole_step, plain_step)):
+        for which, step in enumerate((dmole_step, plain_step, own_expert_step)):
             start = time.perf_counter()
             step()
             if i >= 2:
                 times[which].append(time.perf_counter() - start)
+    own = statistics.median(times[2])
     return {"batch": len(samples), "trainable_parameters": sum(p.numel() for p in plain_params),
-            **median_ratio(*times), "a": "dmole step", "b": "plain PEFT LoRA step"}
+            **median_ratio(times[0], times[1]), "a": "dmole step", "b": "plain PEFT LoRA step",
+            "median_own_expert_s": own, "machinery_ratio": own / statistics.median(times[1]),
+            "partner_ratio": statistics.median(times[0]) / own}
 
 
 def preprocessing_share(demo: Path) -> dict:

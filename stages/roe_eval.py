@@ -212,12 +212,13 @@ class TrainedRoE:
                             f"{self.after} has now; run `dmole route-train --from {self.after}` again")
         return modules, load_continual(project, adapter, self.after) if self.after is not None else None
 
-    def routed_model(self, project: Project):
-        """The model as RoE routes it: base (with the stage-2 backbone) or continual model, RoE attached."""
+    def routed_model(self, project: Project, device: str | None = None):
+        """The model as RoE routes it: base (with the stage-2 backbone) or continual model, RoE attached, on
+        ``device`` (default: CUDA when there is one)."""
         from .roe.attach import attach
         from .roe.backbone import load_stage2, tuned
 
-        adapter = project.load_model()
+        adapter = project.load_model(device=device)
         modules, continual = self.open(project, adapter)
         if tuned(self.config["stage2_mode"]):
             load_stage2(self.version.file, adapter, self.config["stage2_mode"])

@@ -49,12 +49,12 @@ def open_model(project: Project, after: str | None = None, *, method: str | None
                options: dict | None = None, device: str | None = None) -> HarnessModel:
     """The model of ``method`` (default: the workspace's) after task ``after`` (``zero-shot``: the base model), or
     with ``roe`` the RoE model. ``options`` are the eval stage's (`dmole eval --help`; with ``roe`` roe-eval's)
-    over the workspace's defaults; ``device`` defaults to CUDA when there is one (the RoE model always does)."""
+    over the workspace's defaults; ``device`` defaults to CUDA when there is one."""
     if roe:
         if after is not None or method is not None:
             raise UserError("roe=true evaluates the latest route-train weights on the model they were trained on; "
                             "it takes no after or method")
-        return _roe_model(project, options or {})
+        return _roe_model(project, options or {}, device)
     if after is None:
         raise UserError(f"say which model: after=TASK (one of {', '.join(project.config.task_names)}), "
                         f"after={ZERO_SHOT}, or roe=true")
@@ -94,7 +94,7 @@ def _sample_routes(project: Project, method, after: str, adapter, plan, options)
     return route
 
 
-def _roe_model(project: Project, options: dict) -> HarnessModel:
+def _roe_model(project: Project, options: dict, device: str | None) -> HarnessModel:
     """The latest route-train weights attached to what they were trained on (the base with its stage-2 backbone,
     or a continual model whose experts are routed per sample as above), each batch under a fresh routing plan with
     roe-eval's batch rule."""
@@ -103,7 +103,7 @@ def _roe_model(project: Project, options: dict) -> HarnessModel:
 
     options = stage_options(project.config, ROE_EVAL_STAGE, options)
     trained = TrainedRoE.latest(project)
-    adapter, _, continual = trained.routed_model(project)
+    adapter, _, continual = trained.routed_model(project, device)
     batch_rule = options.batch_rule or trained.config["batch_rule"]
     name = f"RoE ({trained.version.stage} v{trained.version.number}) on {trained.reference(project)}"
     if continual is None:
