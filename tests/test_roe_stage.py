@@ -76,6 +76,20 @@ def test_route_train_writes_weights_config_log_decisions_and_report(project, tra
     assert report["theoretical_saving"]["decoder_saving"] <= report["skip_rate_all_layers"]
 
 
+def test_the_learned_routing_is_not_static_layer_dropping(trained):
+    """Examples skip different sets of layers: the routers read the example (the same set for every example
+    would be layer dropping, which a routing-token run on the synthetic benchmark collapsed to)."""
+    rows = read_parquet(trained.version.file("routing_decisions.parquet")).to_pylist()
+    skipped: dict[tuple[str, str], set[int]] = {}
+    for row in rows:
+        layers = skipped.setdefault((row["benchmark"], row["example_id"]), set())
+        if row["routable"] and row["applied_skip"]:
+            layers.add(row["layer"])
+    assert len({frozenset(layers) for layers in skipped.values()}) >= 2
+    per_layer = {l: {row["applied_skip"] for row in rows if row["layer"] == l and row["routable"]} for l in (1, 2, 3)}
+    assert any(decisions == {True, False} for decisions in per_layer.values())  # a layer skipped by some only
+
+
 def test_route_train_is_up_to_date_on_a_second_run(project, trained):
     again = route_train(project, RouteTrainOptions(**OPTIONS))
     assert again.up_to_date and again.version.number == trained.version.number
