@@ -14,7 +14,7 @@ DEMO_OUT ?= dmole-demo
 LMMS_EVAL := lmms-eval==0.7.3
 LMMS_EVAL_DEPS := loguru pytz sacrebleu evaluate tenacity "filelock<4"
 
-.PHONY: demo test install clean
+.PHONY: demo test test-all install clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-all: install  # also the slow end-to-end runs (pytest -m slow alone runs only those)
+	$(BIN)/python -m pytest -q -m ''
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

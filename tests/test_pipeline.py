@@ -43,6 +43,7 @@ def test_embed_then_fit_router_and_rerun_is_up_to_date(make_project):
     assert sum(confusion[task].values()) == 4 and set(confusion[task]) == {task, "none"}
 
 
+@pytest.mark.slow
 def test_demo_loop_and_cli_shell_loop_give_the_same_report(make_project):
     project = make_project("demo")
     report = run_pipeline(project)
@@ -224,6 +225,7 @@ def test_threshold_sweep_reproduces_eval_at_factor_one_and_feeds_the_report(make
     assert failed.exit_code == 2 and "comma-separated numbers" in failed.output
 
 
+@pytest.mark.slow
 def test_ablations_run_as_named_methods_beside_dmole(make_project):
     project = make_project("ablations")
     ablations = ("dmole-vision-only", "dmole-uniform")
