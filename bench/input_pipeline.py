@@ -11,13 +11,13 @@ waited for the next micro-batch. The losses of every run must be identical (the 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from emit import emit
 
 from stages.project import Project
 from stages.train_task import loop_settings, step_loss, train_run
@@ -66,10 +66,7 @@ def main() -> None:
                              "median_input_wait": statistics.median(r["input_wait"] for r in rs),
                              "median_wait_share": statistics.median(r["share"] for r in rs)}
                     for w, rs in runs.items()}}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

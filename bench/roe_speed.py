@@ -17,7 +17,6 @@ stages/roe/cost.py at the mean attended context. Criterion: measured ≥ 0.8 × 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -27,6 +26,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+from emit import emit
 from PIL import Image
 
 from stages.models.registry import load_family
@@ -138,10 +138,7 @@ def main() -> None:
         "saving_measured_over_theoretical": measured_saving / predicted_saving,
         "wrapper_overhead": median["forced_execute"] / median["dense"] - 1,
     }
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

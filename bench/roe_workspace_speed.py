@@ -13,13 +13,13 @@ realised skip rate on these prompts is reported beside the speed-up.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from emit import emit
 from roe_speed import timed_generate
 
 from stages.data.images import load_image
@@ -82,10 +82,7 @@ def main() -> None:
         "skip_rate": sum(skipped) / len(skipped), "seconds": seconds,
         "speedup_measured": seconds["dense"] / seconds["routed"],
     }
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
+    emit(results, args.json)
 
 
 if __name__ == "__main__":
