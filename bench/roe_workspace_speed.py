@@ -27,7 +27,7 @@ from stages.data.prompts import render_prompt
 from stages.data.tasks import load_eval_samples
 from stages.project import Project
 from stages.roe.plan import RoutingPlan
-from stages.roe_eval import TrainedRoE
+from stages.roe.evaluation import TrainedRoE
 
 
 def main() -> None:

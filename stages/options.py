@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -97,6 +97,12 @@ class AllocateOptions(_MethodChoice):
         return budget
 
 
+# train-task's and route-train's input pipeline (stages/training/inputs.py)
+InputWorkers = Annotated[int | None, Field(ge=0, description="worker processes that build the next micro-batches' "
+                                           "inputs (images, processor, tokens) during the step; default 2 on a GPU, "
+                                           "0 (inline) on a CPU, where they would compete with the step")]
+
+
 class TrainTaskOptions(_MethodChoice):
     epochs: float | None = Field(default=None, gt=0, description="default: the task's registry value, else 1")
     batch_size: int | None = Field(
@@ -125,9 +131,7 @@ class TrainTaskOptions(_MethodChoice):
     gradient_checkpointing: bool = Field(default=False, description="recompute activations in backward to save "
                                                                     "memory")
     seed: int = Field(default=42, description="seed of the adapter initialisation and the data order")
-    input_workers: int | None = Field(default=None, ge=0, description="worker processes that build the next "
-                                      "micro-batches' inputs (images, processor, tokens) during the step; default 2 "
-                                      "on a GPU, 0 (inline) on a CPU, where they would compete with the step")
+    input_workers: InputWorkers = None
 
 
 class EvalOptions(_MethodChoice):
@@ -188,9 +192,7 @@ class RouteTrainOptions(Strict):
     checkpoint_every: int = Field(default=50, ge=0, description="optimizer steps between resume checkpoints; a "
                                                                 "killed run resumes from the last one")
     max_eval_samples: int | None = Field(default=None, gt=0, description="first N test samples per task")
-    input_workers: int | None = Field(default=None, ge=0, description="worker processes that build the next "
-                                      "micro-batches' inputs (images, processor, tokens) during the step; default 2 "
-                                      "on a GPU, 0 (inline) on a CPU, where they would compete with the step")
+    input_workers: InputWorkers = None
 
     @model_validator(mode="after")
     def _ordered_stages(self) -> RouteTrainOptions:

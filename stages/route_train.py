@@ -22,9 +22,9 @@ from .errors import UserError
 from .options import RouteTrainOptions, hashed, stage_options
 from .progress import Progress, silent
 from .project import Project
-from .roe_eval import (CONFIG, TASK, TRAIN_STAGE, WEIGHTS, base_hash, build_report, continual_hash,
-                       continual_matrix, eval_sets, evaluate_dense, evaluate_routed, write_results)
-from .roe.continual import continual_inputs
+from .roe.evaluation import (CONFIG, TASK, TRAIN_STAGE, WEIGHTS, base_hash, build_report, continual_hash,
+                             continual_matrix, eval_sets, evaluate_dense, evaluate_routed, write_results)
+from .roe.continual import BASE, continual_inputs, trained_on
 from .runner import StageResult, checkpoint_dir, fingerprint, model_fingerprint, run_stage
 
 STAGE = TRAIN_STAGE
@@ -118,7 +118,7 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
                 for i, route in zip(rows, continual.routes(task.name, [pairs[i][1] for i in rows], "train")):
                     routes[i] = route
             around = continual.batches(routes)
-        reference = "base" if after is None else f"{project.config.method} after {after}"
+        reference = trained_on(project, after)
         scores = {"base": evaluate_dense(adapter, sets, options.eval_batch_size, progress, label=reference,
                                          continual=continual)}
         if tuned(options.stage2_mode):
@@ -129,14 +129,14 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
         result = train_roe(adapter, attachment.modules, samples, options, loop, progress=progress,
                            checkpoint_dir=ckpt / "roe", around=around)
 
-        hashed = base_hash(model_prints)
+        base_digest = base_hash(model_prints)
         save_roe(writer.path(WEIGHTS), attachment.modules, family=adapter.family, base_model=project.model_path.name,
-                 base_hash=hashed, rho=options.skip_ratio, dmole_checkpoint=continual_hash(inputs))
+                 base_hash=base_digest, rho=options.skip_ratio, dmole_checkpoint=continual_hash(inputs))
         write_json(writer.path(CONFIG), {
             "family": adapter.family, **shape.to_json(), "variant": shape.router_input, "rho": options.skip_ratio,
             "always_execute": [l for l in range(shape.n_layers) if l not in shape.routable],
-            "batch_rule": options.batch_rule, "stage2_mode": options.stage2_mode, "from": after or "base",
-            "base_model": project.model_path.name, "base_hash": hashed, "steps": result.steps})
+            "batch_rule": options.batch_rule, "stage2_mode": options.stage2_mode, "from": after or BASE,
+            "base_model": project.model_path.name, "base_hash": base_digest, "steps": result.steps})
         write_parquet(writer.path(LOG), {k: [row.get(k) for row in result.log] for k in result.log[0]})
         if tuned(options.stage2_mode):
             save_stage2(writer.path, adapter, options.stage2_mode, lora)

@@ -137,8 +137,9 @@ def test_roe_true_gives_the_replies_and_scores_of_eval_roe(trained, lmms_tasks):
     routing the layers on top."""
     from artifacts.io import read_json
     from stages.evaluation.predict import predict
+    from stages.roe.evaluation import TrainedRoE
     from stages.roe.inference import RequestRecorder
-    from stages.roe_eval import TrainedRoE, evaluate_roe
+    from stages.roe_eval import evaluate_roe
     from stages.route_train import route_train
 
     evaluate(trained, TASKS[0])  # the continual matrix's diagonal, which RoE on a continual model reports against

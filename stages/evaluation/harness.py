@@ -99,7 +99,7 @@ def _roe_model(project: Project, options: dict, device: str | None) -> HarnessMo
     or a continual model whose experts are routed per sample as above), each batch under a fresh routing plan with
     roe-eval's batch rule."""
     from ..roe.inference import RequestRecorder
-    from ..roe_eval import STAGE as ROE_EVAL_STAGE, TrainedRoE
+    from ..roe.evaluation import STAGE as ROE_EVAL_STAGE, TrainedRoE
 
     options = stage_options(project.config, ROE_EVAL_STAGE, options)
     trained = TrainedRoE.latest(project)

@@ -1,6 +1,7 @@
 """RoE's layer skipping on the test sets: the skip rate of each language-model layer, how many layers each
-example skipped, and which set of layers, per task. Read from ``routing_decisions.parquet`` of the latest route-train weights (their roe-eval when
-there is one, else route-train's own closing evaluation); absent when route-train was not run."""
+example skipped, and which set of layers, per task. Read from ``routing_decisions.parquet`` of the latest
+route-train weights (their roe-eval when there is one, else route-train's own closing evaluation); absent when
+route-train was not run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from artifacts import Version
 from artifacts.io import read_json, read_parquet
 
 from ..project import Project
-from ..roe_eval import CONFIG, DECISIONS, STAGE as ROE_EVAL, TASK, TRAIN_STAGE
+from ..roe.evaluation import CONFIG, DECISIONS, TASK, TRAIN_STAGE, evaluated_by
 from .markdown import fmt, image, table as md_table
 from .style import FONT, new_figure, save
 
@@ -19,20 +20,11 @@ NAME = "roe_skips.png"
 COLUMNS = ["layer", "routable", "applied_skip", "benchmark", "example_id"]
 
 
-def decisions_source(project: Project, trained: Version) -> Version:
-    """The latest roe-eval when it evaluated ``trained``, else ``trained`` itself."""
-    evaluated = project.store.latest(ROE_EVAL, TASK)
-    if evaluated is not None and any(i["stage"] == TRAIN_STAGE and i["version"] == trained.number
-                                     for i in evaluated.manifest["inputs"]):
-        return evaluated
-    return trained
-
-
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
     trained = project.store.latest(TRAIN_STAGE, TASK)
     if trained is None:
         return None
-    source = decisions_source(project, trained)
+    source = evaluated_by(project, trained)
     rows = read_parquet(source.file(DECISIONS)).select(COLUMNS).to_pylist()
     layers = sorted({r["layer"] for r in rows})
     routable = {r["layer"] for r in rows if r["routable"]}

@@ -145,7 +145,8 @@ def routed_plan(project, adapter, tasks: list[str], loaded: Mapping[int, Version
                 base: torch.nn.Module | None = None) -> EvalPlan:
     """Every test sample of ``tasks`` through the adapters ``loaded``, routed to ``route`` (a fixed expert set)."""
     experts = expert_model(project, adapter, base, loaded)
-    return EvalPlan(experts.model, tasks, routes_for=lambda task, samples, options, split="test": ([route] * len(samples), None),
+    return EvalPlan(experts.model, tasks,
+                    routes_for=lambda task, samples, options, split="test": ([route] * len(samples), None),
                     around=experts_around(experts, adapter))
 
 

@@ -35,6 +35,11 @@ def start_task(project, start: str) -> str | None:
     return start
 
 
+def trained_on(project, after: str | None) -> str:
+    """How reports name the model RoE was trained on: the base, or the method's model after a task."""
+    return BASE if after is None else f"{project.config.method} after {after}"
+
+
 def continual_inputs(project, after: str) -> list:
     """The artifacts the continual model after ``after`` is built from."""
     return get_method(project.config.method).eval_inputs(project, after)
@@ -46,7 +51,6 @@ class ContinualModel:
     samples runs in (its samples' experts); ``rows`` narrows it to a layer's executing rows (RoE's gather)."""
 
     plan: EvalPlan
-    adapter: object
     options: object  # EvalOptions: the routing rule, as `eval` applies it
 
     def routes(self, task: str, samples: Sequence, split: str) -> list:
@@ -63,4 +67,4 @@ class ContinualModel:
 def load_continual(project, adapter, after: str) -> ContinualModel:
     method = get_method(project.config.method)
     options = stage_options(project.config, EVAL_STAGE).model_copy(update={"method": method.name})
-    return ContinualModel(method.evaluation(project, after, adapter), adapter, options)
+    return ContinualModel(method.evaluation(project, after, adapter), options)

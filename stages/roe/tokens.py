@@ -77,7 +77,8 @@ class SlotStream:
                             _real_mask(given, batch, length, device)], dim=-1)
         mask = torch.cat([top, bottom], dim=2)
         if given is not None and given.dtype != torch.bool:
-            mask = torch.zeros(mask.shape, dtype=given.dtype, device=device).masked_fill(~mask, torch.finfo(given.dtype).min)
+            blocked = torch.finfo(given.dtype).min
+            mask = torch.zeros(mask.shape, dtype=given.dtype, device=device).masked_fill(~mask, blocked)
         joined = {}
         for name, value in kwargs.items():
             if name == "attention_mask":

@@ -17,8 +17,8 @@ def save_roe(path: Path, modules: RoEModules, *, family: str, base_model: str, b
     shape = modules.shape
     metadata = {"family": family, "base_model": base_model, "base_revision": base_revision, "base_hash": base_hash,
                 "variant": shape.router_input, "rho": str(rho), "rank": str(shape.rank),
-                "d_model": str(shape.d_model), "n_layers": str(shape.n_layers), "routable": json.dumps(list(shape.routable)),
-                "dmole_checkpoint": dmole_checkpoint}
+                "d_model": str(shape.d_model), "n_layers": str(shape.n_layers),
+                "routable": json.dumps(list(shape.routable)), "dmole_checkpoint": dmole_checkpoint}
     save_file({k: v.float().cpu() for k, v in modules.named_tensors().items()}, str(path), metadata=metadata)
 
 

@@ -112,12 +112,13 @@ def micro_batches(indices: list[int], grad_accum: int) -> list[list[int]]:
 
 
 def _micro_batches(step_samples: list[int], settings: LoopSettings, backend: _Backend
-                   ) -> tuple[list[list[int]], list[list[int]]]:
-    """This process's micro-batches of one step (``own``) and the ones it runs: under sharding, padded with
-    weight-0 repeats of the step's first sample to the most any process has."""
+                   ) -> tuple[int, list[list[int]]]:
+    """How many of this process's micro-batches of one step carry weight, and the micro-batches it runs: its
+    own, then under sharding weight-0 repeats of the step's first sample up to the most any process has."""
+    share = my_share(step_samples)
     # a process left without samples runs the first one at weight 0: it must still join the sync
-    own = micro_batches(my_share(step_samples) or step_samples[:1], settings.grad_accum)
-    return own, own + [step_samples[:1]] * (backend.micro_batch_count(len(own)) - len(own))
+    own = micro_batches(share or step_samples[:1], settings.grad_accum)
+    return len(own) if share else 0, own + [step_samples[:1]] * (backend.micro_batch_count(len(own)) - len(own))
 
 
 def warmup_cosine(step: int, total: int, warmup_ratio: float) -> float:
@@ -271,7 +272,7 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
     start = result.resumed_from
     optimizer, accelerator, base_lrs = backend.optimizer, backend.accelerator, backend.base_lrs
     schedule = {step: _micro_batches(plan[step], settings, backend) for step in range(start, len(plan))}
-    feed = inputs.batches([m for own, micros in schedule.values() for m in micros]) if inputs is not None else None
+    feed = inputs.batches([m for _, micros in schedule.values() for m in micros]) if inputs is not None else None
     with progress(description, total=len(plan)) as bar:
         bar.advance(start)
         for step in range(start, len(plan)):
@@ -279,8 +280,7 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
                 group["lr"] = base * warmup_cosine(step, len(plan), settings.warmup_ratio)
             for callback in callbacks:
                 callback.on_step_begin(step, len(plan), optimizer)
-            share = my_share(plan[step])
-            own, micros = schedule[step]
+            weighted, micros = schedule[step]
             optimizer.zero_grad(set_to_none=True)
             count, sums = 0.0, {}
             for k, indices in enumerate(micros):
@@ -288,7 +288,7 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
                     with autocast(settings.precision, accelerator.device):
                         outputs = (loss_fn(backend.model, indices, scope) if feed is None
                                    else loss_fn(backend.model, indices, scope, next(feed)))
-                    units = float(outputs.pop("count", len(indices))) if share and k < len(own) else 0.0
+                    units = float(outputs.pop("count", len(indices))) if k < weighted else 0.0
                     # nothing to learn here (no share, a padding micro-batch, or every answer truncated away:
                     # the mean is NaN), but the backward must run for the data-parallel sync
                     loss = outputs["loss"] * units if units else backend.idle_loss(outputs["loss"])

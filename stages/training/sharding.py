@@ -4,9 +4,9 @@ FSDP2 applies), for models whose training state does not fit one device.
 A working copy of the model is sharded, each stack of layers (every ``nn.ModuleList`` element) a unit and the
 root last, and trains; the caller's model stays whole and untouched and gets the trained tensors, gathered to
 whole tensors by name, at the end. Sharding thus divides the gradients, the optimizer state and the trained
-parameters between processes, while each still holds the whole model once for what comes after training. So everything after training (saving PEFT
-folders and RoE weights, evaluations that split batches unevenly between processes) runs on ordinary modules,
-exactly as without sharding. Requested with ``accelerate launch --use_fsdp --fsdp_version 2``; it runs on the
+parameters between processes, while each still holds the whole model once for what comes after training. So
+everything after training (saving PEFT folders and RoE weights, evaluations that split batches unevenly between
+processes) runs on ordinary modules, exactly as without sharding. Requested with ``accelerate launch --use_fsdp --fsdp_version 2``; it runs on the
 CPU over gloo too, where accelerate itself does not shard.
 """
 
