@@ -1,5 +1,6 @@
-"""Training speed on a CPU shared with another job, under torch's default threads and the settings that avoid
-oversubscription, side by side: each setting alone, then with a competing two-thread torch process running.
+"""Training speed on a CPU shared with another job, under torch's default threads, the settings that avoid
+oversubscription and dmole's own choice (stages/threads.py), side by side: each setting alone, then with a
+competing two-thread torch process running.
 
     python bench/shared_cpu.py -w dmole-demo/workspace [--repeats 3]
 
@@ -19,10 +20,12 @@ from pathlib import Path
 
 from emit import emit
 
+CORES = str(len(os.sched_getaffinity(0)))
 SETTINGS = {
-    "default (threads = cores, spinning waits)": {},
-    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "torch's default (threads = cores, spinning waits)": {"DMOLE_THREADS": CORES},
+    "OMP_WAIT_POLICY=PASSIVE": {"DMOLE_THREADS": CORES, "OMP_WAIT_POLICY": "PASSIVE"},
     "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
+    "dmole's choice (the cores idle at model load)": {},
 }
 ONE_RUN = ("import sys; sys.path[:0] = [{bench!r}, {root!r}]; from pathlib import Path; "
            "from input_pipeline import one_run; from stages.project import Project; "
@@ -33,7 +36,8 @@ COMPETITOR = ("import torch; torch.set_num_threads(2); a = torch.randn(384, 384)
 
 
 def timed(code: str, env: dict) -> float:
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True)
+    inherited = {k: v for k, v in os.environ.items() if k not in ("DMOLE_THREADS", "OMP_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code], env={**inherited, **env}, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-400:])
     return float(done.stdout.split()[-1])

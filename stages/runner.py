@@ -92,14 +92,17 @@ def environment(seed: int) -> dict:
 
 
 def device_environment() -> dict:
-    """The device and dtype a stage that ran torch used; nothing for a stage that never imported torch."""
+    """The device, dtype and CPU thread count a stage that ran torch used; nothing for a stage that never
+    imported torch."""
     if "torch" not in sys.modules:
         return {}
     from .models.registry import default_device, default_dtype, device_name
 
+    import torch
+
     device = default_device()
     return {"device": str(device), "device_name": device_name(device),
-            "dtype": str(default_dtype(device)).removeprefix("torch.")}
+            "dtype": str(default_dtype(device)).removeprefix("torch."), "cpu_threads": torch.get_num_threads()}
 
 
 def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: list[Version],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,12 @@ from stages.pretrain import PretrainSettings
 from stages.project import Project
 from stages.synth import synthesize
 
-# Two cores are shared with whatever else runs; one thread avoids oversubscription stalls.
+# Two cores are shared with whatever else runs; one thread avoids oversubscription stalls (and model loads,
+# which would otherwise pick the idle cores, keep it: stages/threads.py).
+os.environ["DMOLE_THREADS"] = "1"
 torch.set_num_threads(1)
 
-MICRO_SIZES = SynthSizes(image_size=32, train_per_task=12, test_per_task=4, pretrain_samples=48)
+MICRO_SIZES = SynthSizes(image_size=32, train_per_task=12, test_per_task=4, pretrain_samples=48, vision_samples=32)
 MICRO_STAGES = {
     "fit-router": {"batch_size": 8, "max_epochs": 30, "quantile": 0.99},
     "train-task": {"epochs": 1, "batch_size": 4, "lr": 3e-3, "checkpoint_every": 1},
@@ -28,7 +31,7 @@ MICRO_STAGES = {
 def micro_bench(tmp_path_factory) -> Path:
     """A five-task benchmark with a briefly pre-trained tiny LLaVA (seconds, not minutes)."""
     out = tmp_path_factory.mktemp("micro")
-    synthesize(out, sizes=MICRO_SIZES, pretraining=PretrainSettings(epochs=1, batch_size=16))
+    synthesize(out, sizes=MICRO_SIZES, pretraining=PretrainSettings(vision_epochs=1, epochs=1, batch_size=16))
     return out
 
 

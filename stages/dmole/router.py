@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..threads import one_thread
+
 QUANTILE_TABLE = (("min", 0.0), ("q10", 0.10), ("q25", 0.25), ("q50", 0.50), ("q75", 0.75), ("q90", 0.90),
                   ("q95", 0.95), ("q99", 0.99), ("max", 1.0))
 
@@ -75,6 +77,7 @@ def quantile_table(errors: np.ndarray) -> dict[str, float]:
     return table
 
 
+@one_thread()
 def fit_router(embeddings: np.ndarray, settings: RouterSettings = RouterSettings()) -> FittedRouter:
     """Train on one task's embeddings; stop after ``patience`` epochs without a new best epoch-mean loss."""
     generator = torch.Generator().manual_seed(settings.seed)

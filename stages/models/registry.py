@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed
+from ..threads import use_idle_cores
 from .base import FamilyAdapter, ModelFamilyError
 from .catalog import MODEL_TYPES
 from .gemma3 import Gemma3Adapter
@@ -86,7 +87,9 @@ def default_dtype(device: torch.device) -> torch.dtype:
 def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool = False,
                 max_tiles: int | None = None, pad_to_square: bool = False) -> FamilyAdapter:
     """Load model and processor offline; the model is in eval mode.
-    device defaults to CUDA when available; dtype to bf16 on CUDA and fp32 elsewhere."""
+    device defaults to CUDA when available; dtype to bf16 on CUDA and fp32 elsewhere. torch's CPU threads are
+    set first, to the cores idle right now (stages/threads.py)."""
+    use_idle_cores()
     adapter = detect_family(path)
     processor = load_folder_processor(path, adapter)
     device = torch.device(device) if device is not None else default_device()
