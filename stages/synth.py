@@ -15,10 +15,10 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError
-from .data.synthetic import SynthSizes, pretraining_mixture, write_benchmark
+from .data.synthetic import SynthSizes, attribute_scenes, pretraining_mixture, write_benchmark
 from .data.training_file import read_training_file
 from .init import create_workspace
-from .pretrain import PretrainSettings, pretrain
+from .pretrain import PretrainSettings, pretrain, pretrain_vision
 from .progress import Progress, silent
 
 MARKER = "synth.json"
@@ -110,6 +110,7 @@ def synthesize(out: Path, *, family: str = "llava", seed: int = 0, force: bool =
     shutil.rmtree(staging, ignore_errors=True)
     build_tiny(family, staging, seed=seed, size=tiny, byte_tokenizer=True)
     adapter = load_family(staging)
+    pretrain_vision(adapter, *attribute_scenes(seed=seed, sizes=sizes), settings=pretraining, progress=progress)
     log = pretrain(adapter, mixture, pretraining, progress)
     adapter.save(staging)
     staging.rename(out / "base-model")

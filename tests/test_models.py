@@ -16,6 +16,7 @@ from stages.models.processor import NoVideo, has_torchvision, without_video
 from stages.models.registry import FAMILIES, check_folder, load_family
 from stages.models.tiny import LAYOUTS, TinySize, build_tiny
 from stages.models.tokenizer import build_byte_tokenizer
+from stages.synth import FAMILIES as SYNTH_FAMILIES
 
 FAMILY_NAMES = list(FAMILIES)
 SIZE = TinySize(lm_layers=2, vision_layers=2)
@@ -286,3 +287,35 @@ def test_byte_tokenizer_round_trips_any_text():
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert ids == list(text.encode())
     assert tokenizer.decode(ids) == text
+
+
+@pytest.mark.parametrize("family", SYNTH_FAMILIES)
+def test_image_tokens_are_the_whole_view_with_gradients(folders, family):
+    adapter = load_family(folders[(family, "current")])
+    images = [_image(40, 28), _image(90, 30, seed=3)]
+    tokens = adapter.image_tokens([adapter.image_inputs(image) for image in images])
+    assert len(tokens) == 2 and all(t.dim() == 2 and t.shape[1] == adapter.d_language for t in tokens)
+    alone = adapter.image_tokens([adapter.image_inputs(images[1])])[0]
+    torch.testing.assert_close(alone, tokens[1], atol=1e-5, rtol=1e-5)
+    tokens[0].sum().backward()
+    language = {id(p) for p in adapter.language_side()}
+    vision_grads = [p.grad for p in adapter.model.parameters() if id(p) not in language and p.grad is not None]
+    assert vision_grads and any(g.abs().sum() > 0 for g in vision_grads)
+    assert all(p.grad is None for p in adapter.language_side())
+
+
+def test_sequence_embeddings_run_a_repeated_text_once_and_equal_each_alone(adapter):
+    from stages.dmole.embedding import sequence_embeddings
+
+    images = [_image(32, 32, seed=s) for s in range(3)]
+    texts = ["the same instruction", "another one", "the same instruction"]
+    calls = []
+    original = adapter.text_features
+    adapter.text_features = lambda batch: calls.append(list(batch)) or original(batch)
+    try:
+        together = sequence_embeddings(adapter, images, texts)
+    finally:
+        del adapter.text_features
+    assert calls == [["the same instruction", "another one"]]
+    for row, (image, text) in enumerate(zip(images, texts)):
+        np.testing.assert_allclose(sequence_embeddings(adapter, [image], [text])[0], together[row], atol=1e-5, rtol=0)

@@ -137,8 +137,8 @@ def test_other_families_embed_and_train(tmp_path, family):
     from stages.allocate import allocate
 
     out = synthesize(tmp_path / family, family=family, sizes=SynthSizes(train_per_task=8, test_per_task=2,
-                                                                       pretrain_samples=8),
-                     pretraining=PretrainSettings(epochs=1, batch_size=8))
+                                                                       pretrain_samples=8, vision_samples=8),
+                     pretraining=PretrainSettings(vision_epochs=1, epochs=1, batch_size=8))
     project = Project.open(out.workspace)
     task = project.config.task_names[0]
     assert embed(project, task, EmbedOptions(batch_size=4)).version.manifest["summary"]["family"] == family

@@ -9,8 +9,10 @@ datasets, each task has its own visual domain (a background style). The tasks (i
 - ``shape-choice`` (choice, letter accuracy): which shape is shown, among four options. Image.
 - ``locate-grounding`` (grounding, P@IoU0.5): the box of the described shape (in a corner). Image.
 
-A separate generic mixture (describe, name the colour, name the shape, copy a word, over every
-style) pre-trains the tiny base model so it starts with some zero-shot skill; it never contains the tasks' own prompts.
+The tiny base model is pre-trained in two phases, like a real multimodal LLM that starts from a pre-trained
+vision encoder: its vision side learns to tell each scene's colour, shape and position (`attribute_scenes`,
+every style), then a generic mixture (describe, name or pick the colour, name the shape, say where, give a box, copy a word)
+teaches its language side to answer, so it starts with some zero-shot skill; neither contains the tasks' own prompts.
 Everything is drawn from ``random.Random(seed)``, so the benchmark is identical for a seed.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..metrics.choice import format_choices
+from ..metrics.choice import format_choices, option_letters
 from ..metrics.grounding import format_box
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
@@ -34,9 +36,7 @@ CORNERS = (0, 2, 6, 8)  # grounding places its shape in a corner: four boxes to 
 POSITIONS = ("top left", "top middle", "top right", "middle left", "center", "middle right", "bottom left",
              "bottom middle", "bottom right")
 OPPOSITES = {"up": "down", "hot": "cold", "big": "small", "fast": "slow", "open": "closed", "light": "dark",
-             "early": "late", "happy": "sad", "full": "empty", "hard": "soft", "high": "low", "old": "new",
-             "wet": "dry", "left": "right", "loud": "quiet", "near": "far", "rich": "poor", "strong": "weak",
-             "thick": "thin", "win": "lose", "push": "pull", "buy": "sell", "day": "night", "first": "last"}
+             "full": "empty", "old": "new"}
 COPY_WORDS = ("apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "robot", "ocean", "candle",
               "forest", "bridge", "garden", "rocket", "silver", "window", "planet", "yellow", "summer", "mirror")
 
@@ -78,9 +78,14 @@ class Scene:
 @dataclass(frozen=True)
 class SynthSizes:
     image_size: int = 32
-    train_per_task: int = 480
+    train_per_task: int = 320
     test_per_task: int = 48
     pretrain_samples: int = 2400
+    vision_samples: int = 3000
+
+
+# What the vision side is pre-trained to tell from a scene: each attribute's classes, in label order.
+SCENE_ATTRIBUTES = {"color": tuple(sorted(COLORS)), "shape": SHAPES, "position": POSITIONS}
 
 
 def box_of(scene: Scene, image_size: int) -> list[int]:
@@ -246,24 +251,41 @@ def _write_eval(writer: _Writer, family: str, records: list[dict]) -> str:
 
 
 def pretraining_mixture(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes()) -> list[dict]:
-    """Generic instruction data for the tiny base: colours, shapes, positions, and copying a word."""
+    """Generic instruction data for the tiny base: colours (named, and picked among four lettered options), shapes,
+    positions (named and as a box), and copying a word."""
     rng = random.Random(f"{seed}-pretrain")
     writer = _Writer(root, "pretrain", sizes.image_size)
+    colors = SCENE_ATTRIBUTES["color"]
     records = []
     for number in range(sizes.pretrain_samples):
-        kind = number % 5
-        if kind == 4:
-            word = rng.choice(COPY_WORDS + tuple(OPPOSITES))
+        kind = number % 7
+        if kind == 6:
+            word = rng.choice(COPY_WORDS + tuple(OPPOSITES) + tuple(OPPOSITES.values()))
             image = writer.image(f"{number:05d}", noise_image(sizes.image_size, rng))
             records.append(_chat(image, f"Repeat the word '{word}'.", word, f"pretrain-{number}"))
             continue
         scene = random_scene(rng, rng.choice(STYLES))
         image = writer.image(f"{number:05d}", draw_scene(scene, sizes.image_size, rng))
         subject = rng.choice(("object", scene.shape))
+        box = format_box(box_of(scene, sizes.image_size), sizes.image_size, sizes.image_size)
+        options = rng.sample([c for c in colors if c != scene.color], 3) + [scene.color]
+        rng.shuffle(options)
         question, answer = (("What do you see?", f"{scene.color} {scene.shape}, {scene.position_name}."),
                             (f"What color is the {subject}?", scene.color),
                             ("Name the shape.", scene.shape),
-                            ("Where is the object?", scene.position_name))[kind]
+                            ("Where is the object?", scene.position_name),
+                            ("Where is the object? Answer with its box.", box),
+                            (f"Which colour is the object?\n{format_choices(options)}\nAnswer with the option's letter.",
+                             option_letters(len(options))[options.index(scene.color)]))[kind]
         records.append(_chat(image, question, answer, f"pretrain-{number}"))
     writer.jsonl("train.jsonl", records)
     return records
+
+
+def attribute_scenes(*, seed: int = 0, sizes: SynthSizes = SynthSizes()) -> tuple[list[Image.Image], dict[str, list[int]]]:
+    """Scenes in every style and, per attribute of ``SCENE_ATTRIBUTES``, each scene's class index."""
+    rng = random.Random(f"{seed}-attributes")
+    scenes = [random_scene(rng, rng.choice(STYLES)) for _ in range(sizes.vision_samples)]
+    images = [draw_scene(scene, sizes.image_size, rng) for scene in scenes]
+    values = {"color": lambda s: s.color, "shape": lambda s: s.shape, "position": lambda s: POSITIONS[s.position]}
+    return images, {name: [classes.index(values[name](s)) for s in scenes] for name, classes in SCENE_ATTRIBUTES.items()}

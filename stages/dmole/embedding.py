@@ -20,7 +20,9 @@ def embedding_metadata(adapter) -> dict[str, str]:
 
 
 def sequence_embeddings(adapter, images: list[Image.Image], texts: list[str]) -> np.ndarray:
-    """[batch, d_vision + d_language] float32; a sample's row is the same alone or in any batch."""
+    """[batch, d_vision + d_language] float32; a sample's row is the same alone or in any batch, which is
+    also why a text repeated in the batch (a task's fixed instruction) is run through the LM only once."""
     vision = adapter.vision_features(images)
-    language = adapter.text_features(texts)
+    unique = {text: row for row, text in enumerate(dict.fromkeys(texts))}
+    language = adapter.text_features(list(unique))[[unique[text] for text in texts]]
     return np.concatenate([vision.float().cpu().numpy(), language.float().cpu().numpy()], axis=1).astype(np.float32)

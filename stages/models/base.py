@@ -378,6 +378,25 @@ class FamilyAdapter:
             states = self.lm_body(input_ids=ids, attention_mask=mask).last_hidden_state
         return states.float().masked_fill(~mask.bool()[..., None], float("-inf")).amax(dim=1)
 
+    # ---- the vision side's output, with gradients ------------------------------------
+    def image_inputs(self, image: Image.Image) -> dict[str, Tensor]:
+        """One image's whole-view encoder inputs, on the CPU; `image_tokens` takes a list of them."""
+        return dict(self._thumbnail_inputs(self._rgb([image])))
+
+    def image_tokens(self, inputs: list[dict[str, Tensor]], model: PreTrainedModel | None = None) -> list[Tensor]:
+        """[tokens, d_L] per image: what the language model receives for each whole view (the projector's
+        output), from ``model`` (default: this adapter's; a training loop passes the one it prepared). Inputs
+        concatenate along their first axis: a batch axis, or packed patches with their grids. For the families
+        whose whole view is all the projector needs, those `dmole synth` builds (LLaVA-1.5, InternVL, Qwen2-VL);
+        tiling families also need their tiles' sizes."""
+        batch = {key: torch.cat([one[key] for one in inputs]) for key in inputs[0]}
+        return list((model or self.model).model.get_image_features(**self.on_device(batch)).pooler_output)
+
+    def language_side(self) -> list[nn.Parameter]:
+        """The language model's parameters: its body and output head (the rest is the vision side)."""
+        head = self.model.get_output_embeddings()
+        return list({id(p): p for p in [*self.lm_body.parameters(), *head.parameters()]}.values())
+
     # ---- persistence ---------------------------------------------------------------
     def save(self, out_dir: Path) -> None:
         """A normal HF folder: model and processor (tokenizer with chat template, image processor)."""
