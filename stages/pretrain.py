@@ -35,21 +35,27 @@ class PretrainSettings:
                             warmup_ratio=self.warmup_ratio, seed=self.seed)
 
 
+def _train_only(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """Put ``model`` in training mode with only ``params`` requiring gradients; return them."""
+    trained = {id(p) for p in params}
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trained)
+    return params
+
+
 def pretrain_vision(adapter, images: list[Image.Image], labels: dict[str, list[int]],
                     settings: PretrainSettings = PretrainSettings(), progress: Progress = silent) -> list[dict]:
     """Train the vision side of ``adapter.model`` in place: one linear head per attribute reads the mean
     image token (what any language-model position can attend to uniformly). The heads are discarded."""
     model = adapter.model
     language = {id(p) for p in adapter.language_side()}
-    vision = [p for p in model.parameters() if id(p) not in language]
+    vision = _train_only(model, [p for p in model.parameters() if id(p) not in language])
     torch.manual_seed(settings.seed)
     heads = torch.nn.ModuleDict({name: torch.nn.Linear(adapter.d_language, max(classes) + 1)
                                  for name, classes in labels.items()}).to(adapter.device)
     targets = {name: torch.tensor(classes, device=adapter.device) for name, classes in labels.items()}
     inputs = [adapter.image_inputs(image) for image in images]
-    model.train()
-    for p in model.parameters():
-        p.requires_grad_(id(p) not in language)
 
     def loss_fn(prepared, indices, _scope):
         tokens = adapter.image_tokens([inputs[i] for i in indices], prepared)
@@ -69,11 +75,7 @@ def pretrain(adapter, samples: list[TrainSample], settings: PretrainSettings = P
              progress: Progress = silent) -> list[dict]:
     """Train the language side of ``adapter.model`` in place, the vision side frozen; return the per-step log."""
     model = adapter.model
-    params = adapter.language_side()
-    trained = {id(p) for p in params}
-    model.train()
-    for p in model.parameters():
-        p.requires_grad_(id(p) in trained)
+    params = _train_only(model, adapter.language_side())
     result = train(model, [ParamGroup("language", params)],
                    lambda prepared, idx, _scope: {"loss": answer_loss(prepared, adapter, [samples[i] for i in idx])},
                    len(samples), settings.loop(settings.epochs), progress=progress, description="pre-train base")
