@@ -43,7 +43,8 @@ class _MethodChoice(Strict):
 
 
 class EmbedOptions(Strict):
-    batch_size: int = Field(default=16, gt=0, description="samples per forward pass")
+    batch_size: int = Field(default=64, gt=0, description="samples per forward pass (a sample's embedding is the "
+                                                          "same in any batch)")
 
 
 class FitRouterOptions(Strict):

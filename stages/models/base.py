@@ -342,12 +342,14 @@ class FamilyAdapter:
     # ---- sequence representation (spec §3) ----------------------------------------
     @contextmanager
     def _eval_mode(self):
-        was_training = self.model.training
+        if not self.model.training:  # already (a recursive eval() per batch cost a tenth of `embed`)
+            yield
+            return
         self.model.eval()
         try:
             yield
         finally:
-            self.model.train(was_training)
+            self.model.train()
 
     @torch.no_grad()
     def vision_features(self, images: list[Image.Image]) -> Tensor:
