@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..threads import use_idle_cores
+from ..threads import threads_from_idle_cores
 from .base import FamilyAdapter, ModelFamilyError
 from .catalog import MODEL_TYPES
 from .gemma3 import Gemma3Adapter
@@ -88,8 +88,13 @@ def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool 
                 max_tiles: int | None = None, pad_to_square: bool = False) -> FamilyAdapter:
     """Load model and processor offline; the model is in eval mode.
     device defaults to CUDA when available; dtype to bf16 on CUDA and fp32 elsewhere. torch's CPU threads are
-    set first, to the cores idle right now (stages/threads.py)."""
-    use_idle_cores()
+    then set to the cores that were idle while it loaded (stages/threads.py)."""
+    with threads_from_idle_cores():
+        return _load(path, device, dtype, trust_remote_code, max_tiles, pad_to_square)
+
+
+def _load(path: Path, device, dtype, trust_remote_code: bool, max_tiles: int | None,
+          pad_to_square: bool) -> FamilyAdapter:
     adapter = detect_family(path)
     processor = load_folder_processor(path, adapter)
     device = torch.device(device) if device is not None else default_device()
