@@ -79,6 +79,25 @@ def test_symlink_out_of_the_root_is_refused(root, tmp_path_factory):
     assert "escapes the data root" in train_error(root, [chat(image="img/link.png")])
 
 
+def test_a_directory_symlinked_out_of_the_root_is_refused_after_legitimate_samples(root, tmp_path_factory):
+    """Directories are resolved once per file: a later sample under a symlinked directory is still followed."""
+    outside = tmp_path_factory.mktemp("outside")
+    Image.new("RGB", (4, 4)).save(outside / "a.png")
+    os.symlink(outside, root / "img" / "away")
+    assert "escapes the data root" in train_error(root, [chat(image="img/a.png"), chat(image="img/away/a.png")])
+    assert "does not exist" in train_error(root, [chat(image="img/a.png"), chat(image="img/..")])
+
+
+def test_images_resolve_to_the_same_paths_as_a_full_resolution(root):
+    (root / "img" / "sub").mkdir()
+    Image.new("RGB", (4, 4)).save(root / "img" / "sub" / "b.png")
+    os.symlink(root / "img" / "sub" / "b.png", root / "img" / "alias.png")
+    paths = ["img/a.png", "img/sub/b.png", "img/sub/../a.png", "img/./sub/b.png", "img/alias.png"]
+    samples = read_training_file(write_jsonl(root / "t.jsonl", [chat(image=p, id=i) for i, p in enumerate(paths)]),
+                                 data_root=root, image_root=root)
+    assert [s.image for s in samples] == [(root / p).resolve() for p in paths]
+
+
 def test_images_that_are_not_images(root):
     (root / "img" / "fake.png").write_bytes(b"hello")
     with pytest.raises(DataError, match="not a readable image"):

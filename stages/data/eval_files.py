@@ -41,10 +41,10 @@ def eval_records(family: str, records: Iterable[tuple[int | None, str, dict]], *
     """Evaluation samples from ``(line, prefix, record)`` triples in the family's record form (its JSONL fields;
     for captions ``image`` and a list of ``captions``), each validated; errors name ``source`` with the line or
     the prefixed field."""
-    samples = []
+    samples, directories = [], {}
     for line, prefix, record in records:
         image = resolve_image(data_root, image_root, record.get("image"), source=source, line=line,
-                              field=f"{prefix}image")
+                              field=f"{prefix}image", directories=directories)
         fields, references = _RECORD_READERS[family](record, source, line, prefix)
         samples.append(EvalSample(id=_record_id(record, line, prefix, source), image=image,
                                   prompt_fields=fields, references=references))
@@ -78,14 +78,15 @@ def _read_caption(path: Path, *, data_root: Path, image_root: Path) -> list[Eval
         if not isinstance(annotation, dict) or not isinstance(annotation.get("caption"), str):
             raise DataError(path, "expected an object with 'image_id' and a string 'caption'", field=where)
         captions.setdefault(str(annotation.get("image_id")), []).append(annotation["caption"])
-    samples = []
+    samples, directories = [], {}
     for index, entry in enumerate(images):
         where = f"images[{index}]"
         if not isinstance(entry, dict) or "id" not in entry:
             raise DataError(path, "expected an object with 'id' and 'file_name'", field=where)
         # The reference's caption reader takes 'file_name', else 'image' (eval/caption/evaluate_caption.py).
         key = "file_name" if "file_name" in entry or "image" not in entry else "image"
-        image = resolve_image(data_root, image_root, entry.get(key), source=path, line=None, field=f"{where}.{key}")
+        image = resolve_image(data_root, image_root, entry.get(key), source=path, line=None, field=f"{where}.{key}",
+                              directories=directories)
         references = captions.get(str(entry["id"]))
         if not references:
             raise DataError(path, f"image id {entry['id']!r} has no caption annotation", field=where)
@@ -123,7 +124,7 @@ def _read_vqa_pair(questions: Path, annotations: Path, *, data_root: Path, image
     ``vizwiz_val.jsonl``) or, for any other suffix, a JSON object ``{"questions": [...]}`` whose entries carry
     the same three fields."""
     answers = _annotation_answers(annotations)
-    samples = []
+    samples, directories = [], {}
     for line, where, record in _question_records(questions):
         prefix = f"{where}." if where else ""
         question = _field(record, "question", str, questions, line, prefix)
@@ -132,7 +133,7 @@ def _read_vqa_pair(questions: Path, annotations: Path, *, data_root: Path, image
             raise DataError(questions, "missing (an image_id alone does not locate an image file; the questions "
                             "need an 'image' path)", line=line, field=f"{prefix}image")
         image = resolve_image(data_root, image_root, record.get("image"), source=questions, line=line,
-                              field=f"{prefix}image")
+                              field=f"{prefix}image", directories=directories)
         if str(question_id) not in answers:
             raise DataError(questions, f"question {question_id!r} has no entry in {annotations}",
                             line=line, field=f"{prefix}question_id")

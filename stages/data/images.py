@@ -13,26 +13,41 @@ MAX_IMAGE_PIXELS = 64_000_000
 
 
 def resolve_image(data_root: Path, image_root: Path, relative: object, *, source: Path, line: int | None,
-                  field: str = "image") -> Path:
+                  field: str = "image", directories: dict[Path, Path] | None = None) -> Path:
     """Resolve ``relative`` under ``image_root`` and refuse anything that ends up outside ``data_root``.
 
-    Symlinks and ``..`` are followed before the check, so neither can escape the root.
+    Symlinks and ``..`` are followed before the check, so neither can escape the root. A reader of one file
+    passes the same ``directories`` for all its samples: each directory is then resolved once, not once per
+    image (a path's resolution costs a system call per component).
     """
     if isinstance(relative, list):
         raise DataError(source, "one image per sample is supported; got a list", line=line, field=field)
     if not isinstance(relative, str) or not relative:
         raise DataError(source, f"expected a relative image path, got {relative!r}", line=line, field=field)
-    root = data_root.resolve()
+    directories = {} if directories is None else directories
+    root = _resolved_directory(data_root, directories)
     candidate = Path(relative)
     if candidate.is_absolute():
         raise DataError(source, f"image path '{relative}' is absolute; paths are relative to the image root",
                         line=line, field=field)
-    resolved = (image_root / candidate).resolve()
+    joined = image_root / candidate
+    if joined.name in ("", ".", ".."):
+        resolved = joined.resolve()
+    else:
+        resolved = _resolved_directory(joined.parent, directories) / joined.name
+        if resolved.is_symlink():
+            resolved = resolved.resolve()
     if not resolved.is_relative_to(root):
         raise DataError(source, f"image path '{relative}' escapes the data root {root}", line=line, field=field)
     if not resolved.is_file():
         raise DataError(source, f"image file '{relative}' does not exist", line=line, field=field)
     return resolved
+
+
+def _resolved_directory(directory: Path, directories: dict[Path, Path]) -> Path:
+    if directory not in directories:
+        directories[directory] = directory.resolve()
+    return directories[directory]
 
 
 def load_image(path: Path) -> Image.Image:

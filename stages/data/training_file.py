@@ -26,12 +26,13 @@ def train_records(records: Iterable[tuple[int | None, str, dict]], *, source: Pa
     validated; errors name ``source`` with the line or the prefixed field."""
     samples: list[TrainSample] = []
     seen_ids: dict[str, str] = {}
+    directories: dict[Path, Path] = {}
     for line, prefix, record in records:
         if "image" not in record:  # LLaVA's mix has text-only conversations
             raise DataError(source, "missing: dmole trains on image samples (filter out text-only conversations)",
                             line=line, field=f"{prefix}image")
         image = resolve_image(data_root, image_root, record["image"], source=source, line=line,
-                              field=f"{prefix}image")
+                              field=f"{prefix}image", directories=directories)
         turns = _turns(record, path=source, line=line, prefix=prefix)
         position = f"entry {prefix.rstrip('.')}" if prefix else f"line {line}"
         sample_id = _sample_id(record, path=source, line=line, prefix=prefix)
