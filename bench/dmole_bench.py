@@ -6,7 +6,8 @@
 2. training step: a D-MoLE step (new expert trainable, a past expert routed in per sample through
    the mask hooks) against a plain PEFT LoRA step with the same trainable parameters, interleaved, and
    the D-MoLE step with no past expert routed in (what the routing machinery alone costs);
-3. preprocessing: embed + fit-router + zc-score + allocate as a share of train-task, for one task;
+3. preprocessing: embed + fit-router + zc-score + allocate as a share of train-task, for one task (the median
+   of a few rounds, each in a fresh workspace: train-task alone varies by a tenth between rounds here);
 4. inference: routed generation (all experts, per-sample routing) against one task's single adapter.
 
 Run `dmole demo --out DEMO` first: the quality table and the trained experts come from it.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import statistics
 import tempfile
 import time
@@ -108,24 +108,31 @@ def training_step(project: Project, repeats: int) -> dict:
             "partner_ratio": statistics.median(times[0]) / own}
 
 
-def preprocessing_share(demo: Path) -> dict:
-    """One task's preprocessing against its train-task, in a fresh workspace over the demo's data."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Project.open(demo / "workspace")
-        create_workspace(Path(tmp) / "ws", model=demo / "base-model", data=demo / "data",
-                         stages=source.config.stages)
-        project = Project.open(Path(tmp) / "ws")
-        task = project.config.task_names[0]
-        seconds = {}
-        for name, run in (("embed", lambda: embed(project, task)), ("fit-router", lambda: fit_router(project, task)),
-                          ("zc-score", lambda: zc_score(project, task)), ("allocate", lambda: allocate(project, task)),
-                          ("train-task", lambda: train_task(project, task))):
-            start = time.perf_counter()
-            run()
-            seconds[name] = time.perf_counter() - start
-        shutil.rmtree(project.root / ".runs", ignore_errors=True)
-    pre = sum(v for k, v in seconds.items() if k != "train-task")
-    return {"task": task, "seconds": seconds, "preprocessing_s": pre, "share_of_train_task": pre / seconds["train-task"]}
+def preprocessing_share(demo: Path, rounds: int) -> dict:
+    """One task's preprocessing against its train-task, each round in a fresh workspace over the demo's data;
+    per-stage medians, and the median of the rounds' shares."""
+    source = Project.open(demo / "workspace")
+    task = source.config.task_names[0]
+    runs: list[dict[str, float]] = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            create_workspace(Path(tmp) / "ws", model=demo / "base-model", data=demo / "data",
+                             stages=source.config.stages)
+            project = Project.open(Path(tmp) / "ws")
+            seconds = {}
+            for name, run in (("embed", lambda: embed(project, task)),
+                              ("fit-router", lambda: fit_router(project, task)),
+                              ("zc-score", lambda: zc_score(project, task)), ("allocate", lambda: allocate(project, task)),
+                              ("train-task", lambda: train_task(project, task))):
+                start = time.perf_counter()
+                run()
+                seconds[name] = time.perf_counter() - start
+            runs.append(seconds)
+    shares = [sum(v for k, v in r.items() if k != "train-task") / r["train-task"] for r in runs]
+    medians = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+    return {"task": task, "rounds": rounds, "seconds": medians, "runs": runs,
+            "preprocessing_s": sum(v for k, v in medians.items() if k != "train-task"),
+            "share_of_train_task": statistics.median(shares), "shares": shares}
 
 
 def inference_throughput(project: Project, repeats: int) -> dict:
@@ -166,6 +173,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", type=Path, default=Path("dmole-demo"), help="output folder of `dmole demo`")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--preprocessing-rounds", type=int, default=3, help="fresh-workspace rounds of one task's "
+                        "preprocessing and train-task")
     parser.add_argument("--out", type=Path, default=Path("bench/results/dmole.json"))
     args = parser.parse_args()
     project = Project.open(args.demo / "workspace")
@@ -174,7 +183,7 @@ def main() -> None:
                "quality": quality(project),
                "training_step": training_step(project, args.repeats),
                "inference": inference_throughput(project, max(3, args.repeats // 2)),
-               "preprocessing": preprocessing_share(args.demo)}
+               "preprocessing": preprocessing_share(args.demo, args.preprocessing_rounds)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
