@@ -108,6 +108,10 @@ def training_step(project: Project, repeats: int) -> dict:
             "partner_ratio": statistics.median(times[0]) / own}
 
 
+def _preprocessing_seconds(seconds: dict[str, float]) -> float:
+    return sum(v for k, v in seconds.items() if k != "train-task")
+
+
 def preprocessing_share(demo: Path, rounds: int) -> dict:
     """One task's preprocessing against its train-task, each round in a fresh workspace over the demo's data;
     per-stage medians, and the median of the rounds' shares."""
@@ -122,16 +126,17 @@ def preprocessing_share(demo: Path, rounds: int) -> dict:
             seconds = {}
             for name, run in (("embed", lambda: embed(project, task)),
                               ("fit-router", lambda: fit_router(project, task)),
-                              ("zc-score", lambda: zc_score(project, task)), ("allocate", lambda: allocate(project, task)),
+                              ("zc-score", lambda: zc_score(project, task)),
+                              ("allocate", lambda: allocate(project, task)),
                               ("train-task", lambda: train_task(project, task))):
                 start = time.perf_counter()
                 run()
                 seconds[name] = time.perf_counter() - start
             runs.append(seconds)
-    shares = [sum(v for k, v in r.items() if k != "train-task") / r["train-task"] for r in runs]
+    shares = [_preprocessing_seconds(r) / r["train-task"] for r in runs]
     medians = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
     return {"task": task, "rounds": rounds, "seconds": medians, "runs": runs,
-            "preprocessing_s": sum(v for k, v in medians.items() if k != "train-task"),
+            "preprocessing_s": _preprocessing_seconds(medians),
             "share_of_train_task": statistics.median(shares), "shares": shares}
 
 

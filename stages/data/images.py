@@ -31,7 +31,7 @@ def resolve_image(data_root: Path, image_root: Path, relative: object, *, source
         raise DataError(source, f"image path '{relative}' is absolute; paths are relative to the image root",
                         line=line, field=field)
     joined = image_root / candidate
-    if joined.name in ("", ".", ".."):
+    if joined.name in ("", ".."):  # the root itself, or a climb: resolve it whole
         resolved = joined.resolve()
     else:
         resolved = _resolved_directory(joined.parent, directories) / joined.name

@@ -11,8 +11,9 @@ datasets, each task has its own visual domain (a background style). The tasks (i
 
 The tiny base model is pre-trained in two phases, like a real multimodal LLM that starts from a pre-trained
 vision encoder: its vision side learns to tell each scene's colour, shape and position (`attribute_scenes`,
-every style), then a generic mixture (describe, name or pick the colour, name the shape, say where, give a box, copy a word)
-teaches its language side to answer, so it starts with some zero-shot skill; neither contains the tasks' own prompts.
+every style), then a generic mixture (describe, name or pick the colour, name the shape, say where, give a box,
+copy a word) teaches its language side to answer, so it starts with some zero-shot skill; neither contains the
+tasks' own prompts.
 Everything is drawn from ``random.Random(seed)``, so the benchmark is identical for a seed.
 """
 
@@ -275,17 +276,20 @@ def pretraining_mixture(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthS
                             ("Name the shape.", scene.shape),
                             ("Where is the object?", scene.position_name),
                             ("Where is the object? Answer with its box.", box),
-                            (f"Which colour is the object?\n{format_choices(options)}\nAnswer with the option's letter.",
+                            ("Which colour is the object?\n"
+                             f"{format_choices(options)}\nAnswer with the option's letter.",
                              option_letters(len(options))[options.index(scene.color)]))[kind]
         records.append(_chat(image, question, answer, f"pretrain-{number}"))
     writer.jsonl("train.jsonl", records)
     return records
 
 
-def attribute_scenes(*, seed: int = 0, sizes: SynthSizes = SynthSizes()) -> tuple[list[Image.Image], dict[str, list[int]]]:
+def attribute_scenes(*, seed: int = 0, sizes: SynthSizes = SynthSizes()
+                     ) -> tuple[list[Image.Image], dict[str, list[int]]]:
     """Scenes in every style and, per attribute of ``SCENE_ATTRIBUTES``, each scene's class index."""
     rng = random.Random(f"{seed}-attributes")
     scenes = [random_scene(rng, rng.choice(STYLES)) for _ in range(sizes.vision_samples)]
     images = [draw_scene(scene, sizes.image_size, rng) for scene in scenes]
     values = {"color": lambda s: s.color, "shape": lambda s: s.shape, "position": lambda s: POSITIONS[s.position]}
-    return images, {name: [classes.index(values[name](s)) for s in scenes] for name, classes in SCENE_ATTRIBUTES.items()}
+    return images, {name: [classes.index(values[name](s)) for s in scenes]
+                    for name, classes in SCENE_ATTRIBUTES.items()}

@@ -90,22 +90,17 @@ def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool 
     device defaults to CUDA when available; dtype to bf16 on CUDA and fp32 elsewhere. torch's CPU threads are
     then set to the cores that were idle while it loaded (stages/threads.py)."""
     with threads_from_idle_cores():
-        return _load(path, device, dtype, trust_remote_code, max_tiles, pad_to_square)
-
-
-def _load(path: Path, device, dtype, trust_remote_code: bool, max_tiles: int | None,
-          pad_to_square: bool) -> FamilyAdapter:
-    adapter = detect_family(path)
-    processor = load_folder_processor(path, adapter)
-    device = torch.device(device) if device is not None else default_device()
-    on_cuda = device.type == "cuda"
-    dtype = dtype or default_dtype(device)
-    flash = on_cuda and importlib.util.find_spec("flash_attn") is not None
-    model = adapter.model_class.from_pretrained(
-        path,
-        local_files_only=True,
-        dtype=dtype,
-        attn_implementation="flash_attention_2" if flash else "sdpa",
-        trust_remote_code=trust_remote_code,
-    )
-    return adapter(model.to(device).eval(), processor, max_tiles=max_tiles, pad_to_square=pad_to_square)
+        adapter = detect_family(path)
+        processor = load_folder_processor(path, adapter)
+        device = torch.device(device) if device is not None else default_device()
+        on_cuda = device.type == "cuda"
+        dtype = dtype or default_dtype(device)
+        flash = on_cuda and importlib.util.find_spec("flash_attn") is not None
+        model = adapter.model_class.from_pretrained(
+            path,
+            local_files_only=True,
+            dtype=dtype,
+            attn_implementation="flash_attention_2" if flash else "sdpa",
+            trust_remote_code=trust_remote_code,
+        )
+        return adapter(model.to(device).eval(), processor, max_tiles=max_tiles, pad_to_square=pad_to_square)

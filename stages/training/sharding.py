@@ -6,8 +6,9 @@ root last, and trains; the caller's model stays whole and untouched and gets the
 whole tensors by name, at the end. Sharding thus divides the gradients, the optimizer state and the trained
 parameters between processes, while each still holds the whole model once for what comes after training. So
 everything after training (saving PEFT folders and RoE weights, evaluations that split batches unevenly between
-processes) runs on ordinary modules, exactly as without sharding. Requested with ``accelerate launch --use_fsdp --fsdp_version 2``; it runs on the
-CPU over gloo too, where accelerate itself does not shard.
+processes) runs on ordinary modules, exactly as without sharding. Requested with
+``accelerate launch --use_fsdp --fsdp_version 2``; it runs on the CPU over gloo too, where accelerate itself does
+not shard.
 """
 
 from __future__ import annotations
