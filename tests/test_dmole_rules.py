@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 
 from stages.allocate import parse_budget
 from stages.dmole.allocation import AllocationError, ScoredModule, allocate, split_modules
-from stages.dmole.router import RouterSettings, fit_router, quantile_table, reconstruction_errors
+from stages.dmole.router import (Autoencoder, RouterSettings, fit_router, flat_parameters, quantile_table,
+                                 reconstruction_errors)
 from stages.dmole.routing import batch_vote, per_sample, training_partner, training_partner_vote
 
 
@@ -105,6 +107,36 @@ def test_threshold_is_the_quantile_of_in_task_errors():
     assert fitted.threshold == pytest.approx(np.quantile(errors, 0.9))
     assert fitted.quantiles["q90"] == pytest.approx(fitted.threshold)
     assert (errors < fitted.threshold).mean() == pytest.approx(0.9, abs=0.01)
+
+
+def test_adam_on_flat_parameters_equals_adam_per_parameter_bit_for_bit(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    data = torch.rand(96, 40)
+    per_parameter, flat_model = Autoencoder(40, 24, "none"), Autoencoder(40, 24, "none")
+    flat_model.load_state_dict(per_parameter.state_dict())
+
+    def train(model, optimizer, zero):
+        for step in range(60):
+            batch = data[(step * 32) % 96:][:32]
+            loss = torch.nn.functional.mse_loss(model(batch), batch)
+            zero()
+            loss.backward()
+            optimizer.step()
+
+    optimizer = torch.optim.Adam(per_parameter.parameters(), lr=5e-3)
+    train(per_parameter, optimizer, optimizer.zero_grad)
+    with flat_parameters(flat_model) as flat:
+        assert flat.numel() == sum(p.numel() for p in per_parameter.parameters())
+        optimizer = torch.optim.Adam([flat], lr=5e-3)
+        train(flat_model, optimizer, flat.grad.zero_)
+    trained = flat_model.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in per_parameter.state_dict().items())
+    assert not torch.equal(trained["encoder.weight"], Autoencoder(40, 24, "none").state_dict()["encoder.weight"])
+    assert len({p.untyped_storage().data_ptr() for p in flat_model.parameters()}) == 4  # own storage again
+    save_file(trained, tmp_path / "router.safetensors")  # refuses tensors that share memory
+    assert torch.equal(load_file(tmp_path / "router.safetensors")["decoder.bias"], trained["decoder.bias"])
 
 
 def test_quantile_table_on_a_hand_case():

@@ -7,6 +7,8 @@ threshold is always compared with errors computed the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +79,30 @@ def quantile_table(errors: np.ndarray) -> dict[str, float]:
     return table
 
 
+@contextmanager
+def flat_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
+    """Inside the block the module's parameters and gradients are views into one flat parameter and its gradient.
+
+    Adam's update is elementwise, so stepping the flat parameter gives every weight, bit for bit, the update it
+    gets stepped on its own, in one tensor operation instead of one per parameter: a router's step is small
+    enough that those per-tensor calls were a fifth of its fit. Gradients accumulate into the views in place:
+    zero ``flat.grad`` in place (the optimizer's ``zero_grad`` costs more than the zeroing itself here). On exit
+    every parameter gets its own storage again."""
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        p.data = flat.data[offset:offset + p.numel()].view_as(p)
+        p.grad = flat.grad[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    try:
+        yield flat
+    finally:
+        for p in params:
+            p.data, p.grad = p.data.clone(), None
+
+
 @one_thread()
 def fit_router(embeddings: np.ndarray, settings: RouterSettings = RouterSettings()) -> FittedRouter:
     """Train on one task's embeddings; stop after ``patience`` epochs without a new best epoch-mean loss."""
@@ -84,29 +110,30 @@ def fit_router(embeddings: np.ndarray, settings: RouterSettings = RouterSettings
     torch.manual_seed(settings.seed)
     x = normalise(embeddings)
     model = Autoencoder(x.shape[1], settings.hidden, settings.output_activation)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.cosine_period,
-                                                           eta_min=settings.min_lr)
-    best, since_best, epoch, epoch_loss = math.inf, 0, 0, math.inf
     model.train()
-    for epoch in range(1, settings.max_epochs + 1):
-        order = torch.randperm(len(x), generator=generator)
-        total = 0.0
-        for index in order.split(settings.batch_size):
-            batch = x[index]
-            loss = nn.functional.mse_loss(model(batch), batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(index)
-        scheduler.step()
-        epoch_loss = total / len(x)
-        if epoch_loss < best:
-            best, since_best = epoch_loss, 0
-        else:
-            since_best += 1
-            if since_best >= settings.patience:
-                break
+    with flat_parameters(model) as flat:
+        optimizer = torch.optim.Adam([flat], lr=settings.lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.cosine_period,
+                                                               eta_min=settings.min_lr)
+        best, since_best, epoch, epoch_loss = math.inf, 0, 0, math.inf
+        for epoch in range(1, settings.max_epochs + 1):
+            order = torch.randperm(len(x), generator=generator)
+            total = 0.0
+            for index in order.split(settings.batch_size):
+                batch = x[index]
+                loss = nn.functional.mse_loss(model(batch), batch)
+                flat.grad.zero_()
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(index)
+            scheduler.step()
+            epoch_loss = total / len(x)
+            if epoch_loss < best:
+                best, since_best = epoch_loss, 0
+            else:
+                since_best += 1
+                if since_best >= settings.patience:
+                    break
     errors = reconstruction_errors(model, x)
     return FittedRouter(model=model, threshold=float(np.quantile(errors, settings.quantile)), epochs=epoch,
                         final_loss=epoch_loss, quantiles=quantile_table(errors))
