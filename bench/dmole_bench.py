@@ -5,7 +5,9 @@
 1. quality: the demo's continual metrics per method (Last, AVG, BWT), from its report;
 2. training step: a D-MoLE step (new expert trainable, a past expert routed in per sample through
    the mask hooks) against a plain PEFT LoRA step with the same trainable parameters, interleaved, and
-   the D-MoLE step with no past expert routed in (what the routing machinery alone costs);
+   the D-MoLE step with no past expert routed in (what the routing machinery alone costs); once at the
+   methods' LoRA dropout and once without dropout (each expert draws its own dropout mask, as the
+   reference's does, and torch draws masks slowly on a CPU);
 3. preprocessing: embed + fit-router + zc-score + allocate as a share of train-task, for one task (the median
    of a few rounds, each in a fresh workspace: train-task alone varies by a tenth between rounds here);
 4. inference: routed generation (all experts, per-sample routing) against one task's single adapter.
@@ -54,9 +56,9 @@ def quality(project: Project) -> dict:
     return {m: {k: v[k] for k in ("last", "avg_seen", "avg_all", "bwt", "fwt")} for m, v in methods.items()}
 
 
-def training_step(project: Project, repeats: int) -> dict:
+def training_step(project: Project, repeats: int, lora: LoraSettings) -> dict:
     """D-MoLE step with routing hooks and a frozen past expert vs a plain PEFT step, same trainable size."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     names = project.config.task_names
     arch_old = read_json(project.store.require("allocate", names[0]).file("arch.json"))
@@ -65,11 +67,10 @@ def training_step(project: Project, repeats: int) -> dict:
 
     dmole_adapter = load_family(project.model_path)
     experts = ExpertModel(dmole_adapter.model, towers(dmole_adapter))
-    experts.add_expert(1, arch_old["selected"], LoraSettings())
-    dmole_params = experts.add_expert(2, arch_new["selected"], LoraSettings())
+    experts.add_expert(1, arch_old["selected"], lora)
+    dmole_params = experts.add_expert(2, arch_new["selected"], lora)
     plain_adapter = load_family(project.model_path)
-    plain = get_peft_model(plain_adapter.model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
-                                                           target_modules=arch_new["selected"]))
+    plain = get_peft_model(plain_adapter.model, lora.config(arch_new["selected"]))
     plain_params = [p for p in plain.parameters() if p.requires_grad]
     assert sum(p.numel() for p in dmole_params) == sum(p.numel() for p in plain_params)
     batch = dmole_adapter.train_batch(chat_examples(samples))
@@ -102,7 +103,7 @@ def training_step(project: Project, repeats: int) -> dict:
             if i >= 2:
                 times[which].append(time.perf_counter() - start)
     own = statistics.median(times[2])
-    return {"batch": len(samples), "trainable_parameters": sum(p.numel() for p in plain_params),
+    return {"batch": len(samples), "lora_dropout": lora.dropout, "trainable_parameters": sum(p.numel() for p in plain_params),
             **median_ratio(times[0], times[1]), "a": "dmole step", "b": "plain PEFT LoRA step",
             "median_own_expert_s": own, "machinery_ratio": own / statistics.median(times[1]),
             "partner_ratio": statistics.median(times[0]) / own}
@@ -186,7 +187,8 @@ def main() -> None:
     results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
                "quality": quality(project),
-               "training_step": training_step(project, args.repeats),
+               "training_step": training_step(project, args.repeats, LoraSettings()),
+               "training_step_no_dropout": training_step(project, args.repeats, LoraSettings(dropout=0.0)),
                "inference": inference_throughput(project, max(3, args.repeats // 2)),
                "preprocessing": preprocessing_share(args.demo, args.preprocessing_rounds)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
