@@ -43,6 +43,7 @@ from stages.project import Project
 from stages.train_task import train_task
 from stages.training.chat import chat_examples
 from stages.zc_score import zc_score
+from step_ratio import step_ratio
 
 
 def median_ratio(a: list[float], b: list[float]) -> dict:
@@ -57,56 +58,11 @@ def quality(project: Project) -> dict:
 
 
 def training_step(project: Project, repeats: int, lora: LoraSettings) -> dict:
-    """D-MoLE step with routing hooks and a frozen past expert vs a plain PEFT step, same trainable size."""
-    from peft import get_peft_model
-
+    """Task 2's D-MoLE step with task 1's expert routed in vs a plain PEFT step, on 16 of task 2's samples."""
     names = project.config.task_names
-    arch_old = read_json(project.store.require("allocate", names[0]).file("arch.json"))
-    arch_new = read_json(project.store.require("allocate", names[1]).file("arch.json"))
-    samples = load_train_samples(project.data_root, project.config.task(names[1]))[:16]
-
-    dmole_adapter = load_family(project.model_path)
-    experts = ExpertModel(dmole_adapter.model, towers(dmole_adapter))
-    experts.add_expert(1, arch_old["selected"], lora)
-    dmole_params = experts.add_expert(2, arch_new["selected"], lora)
-    plain_adapter = load_family(project.model_path)
-    plain = get_peft_model(plain_adapter.model, lora.config(arch_new["selected"]))
-    plain_params = [p for p in plain.parameters() if p.requires_grad]
-    assert sum(p.numel() for p in dmole_params) == sum(p.numel() for p in plain_params)
-    batch = dmole_adapter.train_batch(chat_examples(samples))
-    optimizers = (torch.optim.AdamW(dmole_params, lr=1e-4), torch.optim.AdamW(plain_params, lr=1e-4))
-    experts.model.train()
-    plain.train()
-
-    def dmole_step():
-        with experts.routed([(2, 1)] * len(samples)):
-            experts.model(**batch).loss.backward()
-        optimizers[0].step()
-        optimizers[0].zero_grad()
-
-    def own_expert_step():  # the same model and hooks, no past expert routed in: what the machinery costs
-        with experts.routed([(2,)] * len(samples)):
-            experts.model(**batch).loss.backward()
-        optimizers[0].step()
-        optimizers[0].zero_grad()
-
-    def plain_step():
-        plain(**batch).loss.backward()
-        optimizers[1].step()
-        optimizers[1].zero_grad()
-
-    times: tuple[list[float], list[float], list[float]] = ([], [], [])
-    for i in range(repeats + 2):  # two warm-up rounds
-        for which, step in enumerate((dmole_step, plain_step, own_expert_step)):
-            start = time.perf_counter()
-            step()
-            if i >= 2:
-                times[which].append(time.perf_counter() - start)
-    own = statistics.median(times[2])
-    return {"batch": len(samples), "lora_dropout": lora.dropout, "trainable_parameters": sum(p.numel() for p in plain_params),
-            **median_ratio(times[0], times[1]), "a": "dmole step", "b": "plain PEFT LoRA step",
-            "median_own_expert_s": own, "machinery_ratio": own / statistics.median(times[1]),
-            "partner_ratio": statistics.median(times[0]) / own}
+    partner, own = (read_json(project.store.require("allocate", n).file("arch.json"))["selected"] for n in names[:2])
+    examples = chat_examples(load_train_samples(project.data_root, project.config.task(names[1]))[:16])
+    return step_ratio(lambda: load_family(project.model_path), partner, own, examples, lora, repeats)
 
 
 def _preprocessing_seconds(seconds: dict[str, float]) -> float:

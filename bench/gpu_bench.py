@@ -14,8 +14,14 @@ Measured, through the toolkit's own code:
   second (every non-padding token of the batch, image tokens included) and model FLOPs utilisation,
   MFU = tokens/s x (4 N_frozen + 6 N_lora) / peak, attention FLOPs left out (a frozen weight costs
   its forward and the input gradient, a trained one also its weight gradient);
-- peak GPU memory of the training run (``torch.cuda.max_memory_allocated``);
-- embed: samples/s of ``compute_embeddings``; eval: samples/s of ``predict`` with the expert routed.
+- the share of the timed steps the training thread spent waiting for inputs, with the inputs built inline on
+  it (a first training run) and by ``--input-workers`` DataLoader workers ahead of the step (a second run,
+  whose figures above are reported);
+- peak GPU memory of the training runs (``torch.cuda.max_memory_allocated``);
+- embed: samples/s of ``compute_embeddings``; eval: samples/s of ``predict`` with the expert routed;
+- the D-MoLE step (the new expert on every attention projection, a frozen past expert on every other layer's
+  routed into every sample) against a plain PEFT LoRA step with the same trainable parameters, at the
+  methods' LoRA settings (`step_ratio.py`, interleaved).
 
     python bench/gpu_bench.py --json bench/results/gpu.json            # on a GPU machine
     python bench/gpu_bench.py --size tiny --steps 3 --warmup 1          # smoke run on a CPU
@@ -45,7 +51,9 @@ from stages.methods.lora import towers
 from stages.models.registry import device_name, load_family
 from stages.models.tiny import TinySize, build_tiny
 from stages.training.chat import chat_examples
+from stages.training.inputs import GPU_WORKERS, InputPipeline
 from stages.training.loop import LoopSettings, ParamGroup, train
+from step_ratio import step_ratio
 
 SIZES = {
     "internvl2-2b": (TinySize(lm_layers=24, lm_hidden=2048, lm_heads=16, lm_kv_heads=8, lm_intermediate=8192,
@@ -71,14 +79,20 @@ def _peak_tflops(given: float | None) -> float | None:
 
 
 class _StepClock:
-    """Loop callback: a synchronised timestamp at the start of every step."""
+    """Loop callback: a synchronised timestamp, and the input pipeline's waiting so far, at every step start."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline: InputPipeline) -> None:
+        self.pipeline = pipeline
         self.stamps: list[float] = []
+        self.waited: list[float] = []
 
     def on_step_begin(self, step: int, total: int, optimizer) -> None:
+        self.stamp()
+
+    def stamp(self) -> None:
         _sync()
         self.stamps.append(time.perf_counter())
+        self.waited.append(self.pipeline.waited)
 
     def log_fields(self) -> dict[str, float]:
         return {}
@@ -91,41 +105,46 @@ def _data(root: Path, image_size: int, n_samples: int) -> tuple[TaskSpec, list[T
     return task, load_train_samples(root, task), load_eval_samples(root, task)
 
 
-def bench_training(adapter, samples: list[TrainSample], args) -> dict:
-    experts = ExpertModel(adapter.model, towers(adapter))
-    modules = [c.name for c in adapter.candidates(include_mlp=False)]
-    trainable = experts.add_expert(1, modules, LoraSettings(rank=8, alpha=16, dropout=0.0))
+def bench_training(adapter, experts: ExpertModel, trainable: list, samples: list[TrainSample], args,
+                   workers: int) -> dict:
+    """Train ``experts``' expert 1 for warm-up plus timed steps, its inputs built by ``workers`` DataLoader
+    workers (0: inline, on the training thread), through the toolkit's training loop."""
     model = experts.model
     n_lora = sum(p.numel() for p in trainable)
     n_frozen = sum(p.numel() for p in model.parameters()) - n_lora
     tokens: list[int] = []
+    pipeline = InputPipeline(lambda indices: adapter.train_inputs(chat_examples([samples[i % len(samples)]
+                                                                                 for i in indices])),
+                             adapter.on_device, workers)
 
-    def loss_fn(prepared, indices, scope):
-        batch = adapter.train_batch(chat_examples([samples[i % len(samples)] for i in indices]))
+    def loss_fn(prepared, indices, scope, batch):
         tokens.append(int(batch["attention_mask"].sum()))
         scope.enter_context(experts.routed([(1,)] * len(indices), vision_rows=adapter.vision_row_samples(batch)))
         return {"loss": prepared(**batch).loss}
 
     steps = args.warmup + args.steps
     settings = LoopSettings(epochs=1, batch_size=args.batch_size, lr=1e-4, warmup_ratio=0.0, precision="auto")
-    clock = _StepClock()
+    clock = _StepClock(pipeline)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     model.train()
-    train(model, [ParamGroup("expert", trainable)], loss_fn, steps * args.batch_size, settings, callbacks=[clock])
-    _sync()
-    clock.stamps.append(time.perf_counter())
+    train(model, [ParamGroup("expert", trainable)], loss_fn, steps * args.batch_size, settings, callbacks=[clock],
+          inputs=pipeline)
+    clock.stamp()
     step_seconds = [b - a for a, b in zip(clock.stamps[args.warmup:], clock.stamps[args.warmup + 1:])]
     median = statistics.median(step_seconds)
     tokens_per_second = statistics.median(tokens[args.warmup:]) / median
     flops_per_token = 4 * n_frozen + 6 * n_lora
     peak = _peak_tflops(args.peak_tflops)
     model.eval()
-    return {"step_seconds_median": median, "tokens_per_step_median": statistics.median(tokens[args.warmup:]),
+    timed = clock.stamps[-1] - clock.stamps[args.warmup]
+    return {"input_workers": workers, "step_seconds_median": median,
+            "input_wait_share": (clock.waited[-1] - clock.waited[args.warmup]) / timed,
+            "tokens_per_step_median": statistics.median(tokens[args.warmup:]),
             "tokens_per_second": tokens_per_second, "model_flops_per_token": flops_per_token,
             "mfu": tokens_per_second * flops_per_token / (peak * 1e12) if peak else None, "peak_tflops": peak,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-            "frozen_parameters": n_frozen, "lora_parameters": n_lora, "experts": experts}
+            "frozen_parameters": n_frozen, "lora_parameters": n_lora}
 
 
 def _throughput(run, n: int) -> float:
@@ -144,28 +163,43 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
     parser.add_argument("--eval-samples", type=int, default=64)
+    parser.add_argument("--input-workers", type=int, default=GPU_WORKERS,
+                        help="DataLoader workers of the second training run (the first builds inputs inline)")
+    parser.add_argument("--ratio-repeats", type=int, default=5, help="interleaved rounds of the step comparison")
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     size, image_size = SIZES[args.size]
     with tempfile.TemporaryDirectory() as tmp:
         task, train_samples, eval_samples = _data(Path(tmp) / "data", image_size, max(args.eval_samples, 8))
-        adapter = load_family(build_tiny("internvl", Path(tmp) / "model", size=size))
+        model_path = build_tiny("internvl", Path(tmp) / "model", size=size)
+        adapter = load_family(model_path)
         device = adapter.model.device
-        attention = adapter.model.config._attn_implementation
+        attention, dtype = adapter.model.config._attn_implementation, str(adapter.model.dtype)
         items = [(s.id, s.image, s.question) for s in train_samples][:args.eval_samples]
         embed_rate = _throughput(lambda: compute_embeddings(adapter, items, args.batch_size), len(items))
-        training = bench_training(adapter, train_samples, args)  # embed runs on the base, before any expert
-        experts = training.pop("experts")
+        # embed runs on the base, before any expert
+        experts = ExpertModel(adapter.model, towers(adapter))
+        candidates = adapter.candidates(include_mlp=False)
+        modules = [c.name for c in candidates]
+        trainable = experts.add_expert(1, modules, LoraSettings(rank=8, alpha=16, dropout=0.0))
+        inline, ahead = (bench_training(adapter, experts, trainable, train_samples, args, workers)
+                         for workers in (0, args.input_workers))
         router = lambda indices, inputs: experts.routed([(1,)] * len(indices),  # noqa: E731
                                                         vision_rows=adapter.vision_row_samples(inputs))
         samples = eval_samples[:args.eval_samples]
         eval_rate = _throughput(lambda: predict(adapter, task, samples, batch_size=args.batch_size,
                                                 model=experts.model, around_batch=router), len(samples))
+        # the partner on every other layer's attention projections, the new expert on all of them
+        partner = [c.name for c in candidates if c.layer % 2 == 0]
+        ratio = step_ratio(lambda: load_family(model_path), partner, modules,
+                           chat_examples(train_samples[:args.batch_size]), LoraSettings(), args.ratio_repeats)
     result = {"size": args.size, "device": device_name(device), "torch": torch.__version__,
-              "dtype": str(adapter.model.dtype), "attention": attention, "batch_size": args.batch_size,
-              **training, "embed_samples_per_second": embed_rate, "eval_samples_per_second": eval_rate,
-              "eval_max_new_tokens": task.max_new_tokens}
+              "dtype": dtype, "attention": attention, "batch_size": args.batch_size,
+              **ahead, "input_wait_share_inline": inline["input_wait_share"],
+              "step_seconds_median_inline": inline["step_seconds_median"],
+              "embed_samples_per_second": embed_rate, "eval_samples_per_second": eval_rate,
+              "eval_max_new_tokens": task.max_new_tokens, "training_step": ratio}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
