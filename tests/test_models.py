@@ -111,6 +111,17 @@ def test_labels_are_each_answer_through_its_end_token(adapter):
     assert text.replace(" ", "") == "".join(a for _, a in TURNS).replace(" ", "")
 
 
+def test_a_conversation_is_rendered_once_however_often_it_is_trained(adapter, monkeypatch):
+    first = adapter.training_text(TURNS)
+    renders = []
+    render = adapter._render
+    monkeypatch.setattr(adapter, "_render", lambda *a, **k: renders.append(a) or render(*a, **k))
+    assert adapter.training_text([tuple(turn) for turn in TURNS]) == first  # an equal conversation, a new list
+    assert renders == []
+    longer = adapter.training_text([*TURNS, ("And?", "no")])
+    assert renders and longer[0].startswith(first[0][:len(first[0]) // 2]) and longer != first
+
+
 def test_llava_15_template_writes_no_end_token_so_eos_is_appended(folders):
     llava = load_family(folders["llava", "hub"])
     text, spans, inserted = llava.training_text(TURNS)

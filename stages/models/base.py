@@ -22,6 +22,8 @@ transformers_logging.disable_progress_bar()
 
 IGNORE = -100
 IMAGE_PLACEHOLDER = "<image>"  # how the data marks the image in the first human turn
+# A rendered conversation: its text, the character spans to supervise, where an EOS was inserted.
+Rendered = tuple[str, tuple[tuple[int, int], ...], tuple[int, ...]]
 
 # The language models of every supported family (Llama, Mistral, Qwen2/3, Gemma 3) share these names.
 LM_ATTENTION = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o"}
@@ -103,6 +105,7 @@ class FamilyAdapter:
         self.model = model
         self.processor = processor
         self.pad_to_square = pad_to_square
+        self._rendered: dict[tuple[tuple[str, str], ...], Rendered] = {}
         if max_tiles is not None:
             self._cap_tiles(max_tiles)
 
@@ -237,10 +240,21 @@ class FamilyAdapter:
         ends = [ids.index(end) for end in self.end_token_ids if end in ids]
         return ids[: min(ends) + 1] if ends else ids
 
-    def training_text(self, turns: list[tuple[str, str]]) -> tuple[str, list[tuple[int, int]], list[int]]:
+    def training_text(self, turns: list[tuple[str, str]]) -> Rendered:
         """The conversation as the chat template renders it, the character spans to supervise (each answer
         through the token that ends it), and where an EOS was inserted because the template writes none
-        after an answer (llava-1.5's, as LLaVA's own training code does)."""
+        after an answer (llava-1.5's, as LLaVA's own training code does).
+
+        Remembered per conversation: rendering is a pure function of the turns and the template, and it was a
+        fifth to a quarter of building a training batch, so a sample is rendered in its first epoch only (under
+        DataLoader workers, once per worker that builds it)."""
+        key = tuple((human, gpt) for human, gpt in turns)
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            rendered = self._rendered[key] = self._render_training_text(key)
+        return rendered
+
+    def _render_training_text(self, turns: tuple[tuple[str, str], ...]) -> Rendered:
         ends = [self.tokenizer.convert_ids_to_tokens(i) for i in self.end_token_ids]
         messages: list[dict] = []
         rendered, text, spans, inserted = "", "", [], []
@@ -270,7 +284,7 @@ class FamilyAdapter:
                 spans.append((len(text), inserted[-1] + len(self.tokenizer.eos_token)))
                 text += full[start:stop] + self.tokenizer.eos_token + full[stop:]
             rendered = full
-        return text, spans, inserted
+        return text, tuple(spans), tuple(inserted)
 
     def user_turn_ids(self, text: str) -> list[int]:
         """The user turn alone as the template renders it, through its end-of-turn token."""
