@@ -43,12 +43,7 @@ from stages.project import Project
 from stages.train_task import train_task
 from stages.training.chat import chat_examples
 from stages.zc_score import zc_score
-from step_ratio import step_ratio
-
-
-def median_ratio(a: list[float], b: list[float]) -> dict:
-    return {"median_a_s": statistics.median(a), "median_b_s": statistics.median(b),
-            "ratio": statistics.median(a) / statistics.median(b)}
+from step_ratio import median_ratio, step_ratio
 
 
 def quality(project: Project) -> dict:

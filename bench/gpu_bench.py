@@ -53,7 +53,7 @@ from stages.models.tiny import TinySize, build_tiny
 from stages.training.chat import chat_examples
 from stages.training.inputs import GPU_WORKERS, InputPipeline
 from stages.training.loop import LoopSettings, ParamGroup, train
-from step_ratio import step_ratio
+from step_ratio import step_ratio, sync
 
 SIZES = {
     "internvl2-2b": (TinySize(lm_layers=24, lm_hidden=2048, lm_heads=16, lm_kv_heads=8, lm_intermediate=8192,
@@ -64,11 +64,6 @@ SIZES = {
 # Dense bf16 peak (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 TASK = "color-vqa"
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def _peak_tflops(given: float | None) -> float | None:
@@ -90,7 +85,7 @@ class _StepClock:
         self.stamp()
 
     def stamp(self) -> None:
-        _sync()
+        sync()
         self.stamps.append(time.perf_counter())
         self.waited.append(self.pipeline.waited)
 
@@ -149,10 +144,10 @@ def bench_training(adapter, experts: ExpertModel, trainable: list, samples: list
 
 def _throughput(run, n: int) -> float:
     run()  # warm-up
-    _sync()
+    sync()
     start = time.perf_counter()
     run()
-    _sync()
+    sync()
     return n / (time.perf_counter() - start)
 
 
@@ -175,7 +170,7 @@ def main() -> None:
         model_path = build_tiny("internvl", Path(tmp) / "model", size=size)
         adapter = load_family(model_path)
         device = adapter.model.device
-        attention, dtype = adapter.model.config._attn_implementation, str(adapter.model.dtype)
+        attention = adapter.model.config._attn_implementation
         items = [(s.id, s.image, s.question) for s in train_samples][:args.eval_samples]
         embed_rate = _throughput(lambda: compute_embeddings(adapter, items, args.batch_size), len(items))
         # embed runs on the base, before any expert
@@ -195,7 +190,7 @@ def main() -> None:
         ratio = step_ratio(lambda: load_family(model_path), partner, modules,
                            chat_examples(train_samples[:args.batch_size]), LoraSettings(), args.ratio_repeats)
     result = {"size": args.size, "device": device_name(device), "torch": torch.__version__,
-              "dtype": dtype, "attention": attention, "batch_size": args.batch_size,
+              "dtype": str(adapter.model.dtype), "attention": attention, "batch_size": args.batch_size,
               **ahead, "input_wait_share_inline": inline["input_wait_share"],
               "step_seconds_median_inline": inline["step_seconds_median"],
               "embed_samples_per_second": embed_rate, "eval_samples_per_second": eval_rate,

@@ -18,9 +18,15 @@ from stages.dmole.experts import ExpertModel, LoraSettings
 from stages.methods.lora import towers
 
 
-def _sync() -> None:
+def sync() -> None:
+    """Wait for the GPU's queued work, so a timer reads finished work (nothing to wait for on a CPU)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def median_ratio(a: list[float], b: list[float]) -> dict:
+    return {"median_a_s": statistics.median(a), "median_b_s": statistics.median(b),
+            "ratio": statistics.median(a) / statistics.median(b)}
 
 
 def step_ratio(load: Callable[[], object], partner_modules: Sequence[str], own_modules: Sequence[str],
@@ -57,15 +63,15 @@ def step_ratio(load: Callable[[], object], partner_modules: Sequence[str], own_m
     times: tuple[list[float], ...] = ([], [], [])
     for i in range(repeats + 2):  # two warm-up rounds
         for which, step in enumerate(steps):
-            _sync()
+            sync()
             start = time.perf_counter()
             step()
-            _sync()
+            sync()
             if i >= 2:
                 times[which].append(time.perf_counter() - start)
-    dmole, plain_s, own = (statistics.median(t) for t in times)
+    result = median_ratio(times[0], times[1])
+    own = statistics.median(times[2])
     return {"batch": rows, "lora_dropout": lora.dropout,
-            "trainable_parameters": sum(p.numel() for p in plain_params),
-            "median_a_s": dmole, "median_b_s": plain_s, "ratio": dmole / plain_s,
+            "trainable_parameters": sum(p.numel() for p in plain_params), **result,
             "a": "dmole step", "b": "plain PEFT LoRA step", "median_own_expert_s": own,
-            "machinery_ratio": own / plain_s, "partner_ratio": dmole / own}
+            "machinery_ratio": own / result["median_b_s"], "partner_ratio": result["median_a_s"] / own}
