@@ -1,6 +1,6 @@
-"""Training speed on a CPU shared with another job, under torch's default threads, the settings that avoid
-oversubscription and dmole's own choice (stages/threads.py), side by side: each setting alone, then with a
-competing two-thread torch process running.
+"""Training speed on a CPU shared with another job, under dmole's default threads (one per usable core, torch's
+spinning waits; stages/threads.py) and the settings that avoid oversubscription, side by side: each setting
+alone, then with a competing two-thread torch process running.
 
     python bench/shared_cpu.py -w dmole-demo/workspace [--repeats 3]
 
@@ -22,10 +22,9 @@ from emit import emit
 
 CORES = str(len(os.sched_getaffinity(0)))
 SETTINGS = {
-    "torch's default (threads = cores, spinning waits)": {"DMOLE_THREADS": CORES},
+    "dmole's default (threads = usable cores, spinning waits)": {},
     "OMP_WAIT_POLICY=PASSIVE": {"DMOLE_THREADS": CORES, "OMP_WAIT_POLICY": "PASSIVE"},
     "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
-    "dmole's choice (the cores idle at model load)": {},
 }
 ONE_RUN = ("import sys; sys.path[:0] = [{bench!r}, {root!r}]; from pathlib import Path; "
            "from input_pipeline import one_run; from stages.project import Project; "

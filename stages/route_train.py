@@ -148,6 +148,8 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
         write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=options.skip_ratio,
                                                  batch_rule=options.batch_rule, reference=reference,
                                                  continual=continual_matrix(project, after)))
+        if result.warnings:
+            writer.meta["warnings"] = [*writer.meta.get("warnings", []), *result.warnings]
         writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from,
                            sharding=result.sharding)
         shutil.rmtree(ckpt, ignore_errors=True)

@@ -16,6 +16,7 @@ from artifacts import Version, Writer, config_hash
 from . import __version__
 from .distributed import barrier, is_main, launch_settings, parts_folder
 from .project import Project
+from .threads import thread_mismatch
 
 # Files larger than this are fingerprinted by size and modification time instead of a full hash.
 FULL_HASH_LIMIT = 256 * 1024 * 1024
@@ -105,6 +106,15 @@ def device_environment() -> dict:
             "dtype": str(default_dtype(device)).removeprefix("torch."), "cpu_threads": torch.get_num_threads()}
 
 
+def _thread_mismatches(inputs: list[Version], threads: int | None) -> list[str]:
+    """One line per input computed with another CPU thread count than this run (stages/threads.py)."""
+    if threads is None:
+        return []
+    lines = (thread_mismatch(f"input {v}", threads, v.manifest.get("environment", {}).get("cpu_threads"))
+             for v in inputs)
+    return [line for line in lines if line]
+
+
 def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: list[Version],
               compute: Callable[[Writer], None], force: bool = False) -> StageResult:
     """Return the current version if nothing changed (unless ``force``), else run ``compute`` into a new one.
@@ -130,6 +140,9 @@ def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: 
                                       toolkit_version=__version__) as writer:
                 compute(writer)
                 recorded.update(device_environment())  # the manifest is written when the writer closes
+                mismatches = _thread_mismatches(inputs, recorded.get("cpu_threads"))
+                if mismatches:
+                    writer.meta["warnings"] = [*writer.meta.get("warnings", []), *mismatches]
                 writer.meta["seconds"] = round(time.perf_counter() - start, 3)
     # parts_folder ends with a barrier, so the main process has committed by now
     version = writer.version if is_main() else project.store.latest(stage, task)

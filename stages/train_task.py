@@ -129,6 +129,8 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
         trainer.save(writer)
         write_parquet(writer.path("train_log.parquet"), {k: [row.get(k) for row in result.log]
                                                          for k in result.log[0]})
+        if result.warnings:
+            writer.meta["warnings"] = [*writer.meta.get("warnings", []), *result.warnings]
         writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from,
                            trainable_parameters=sum(p.numel() for p in trainer.params), sharding=result.sharding)
         shutil.rmtree(ckpt, ignore_errors=True)

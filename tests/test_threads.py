@@ -1,74 +1,88 @@
-"""Thread choice: idle cores from the kernel's counters, an explicit setting winning."""
+"""Thread choice: a fixed function of the machine (never of its load), an explicit setting winning, and a line
+when a stage's inputs were computed with another count."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from stages import threads
 from stages.errors import UserError
 
-USABLE = len(os.sched_getaffinity(0))
 
-
-@pytest.mark.parametrize(("idle", "expected"), [(0.0, 1), (0.4, 1), (1.6, min(2, USABLE)), (64.0, USABLE)])
-def test_threads_follow_the_idle_cores_within_the_usable_ones(idle, expected):
-    assert threads.choose_threads({}, idle) == expected
+def test_the_count_is_the_usable_cores_unless_set():
+    assert threads.chosen_threads({}) == len(os.sched_getaffinity(0))
 
 
 def test_an_explicit_setting_wins():
-    assert threads.choose_threads({"DMOLE_THREADS": "3"}, 0.0) == 3
-    assert threads.choose_threads({"OMP_NUM_THREADS": "1"}, 8.0) is None  # torch already follows it
+    assert threads.chosen_threads({"DMOLE_THREADS": "3"}) == 3
+    assert threads.chosen_threads({"OMP_NUM_THREADS": "1"}) is None  # torch already follows it
     with pytest.raises(UserError, match="DMOLE_THREADS must be a positive whole number"):
-        threads.choose_threads({"DMOLE_THREADS": "two"}, None)
+        threads.chosen_threads({"DMOLE_THREADS": "two"})
 
 
-def test_idle_cores_from_two_readings_of_the_counters():
-    before = threads.Reading(idle=800, total=1000, own=0.0)     # idle+iowait 800 of 1000 jiffies
-    after = threads.Reading(idle=1200, total=1700, own=0.0)     # +300 busy, +400 idle of +700
-    assert threads.idle_cores(before, after, cores=4) == pytest.approx(4 * 400 / 700)
+def test_a_mismatch_is_one_line_naming_both_counts():
+    line = threads.thread_mismatch("input embed/a v1", 2, 1)
+    assert "\n" not in line and "1 CPU thread(s)" in line and "uses 2" in line and "DMOLE_THREADS=1" in line
+    assert threads.thread_mismatch("input embed/a v1", 2, 2) is None
+    assert threads.thread_mismatch("input embed/a v1", 2, None) is None  # made before counts were recorded
 
 
-def test_this_process_own_work_counts_as_idle():
-    """A model load keeps one core busy while the sample is taken: that core is ours, not a competitor's."""
-    before = threads.Reading(idle=800, total=1000, own=10.0)
-    after = threads.Reading(idle=1200, total=1700, own=110.0)   # 100 of the 300 busy jiffies were this process
-    assert threads.idle_cores(before, after, cores=4) == pytest.approx(4 * 500 / 700)
+def _busy(seconds: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", f"import time\nend = time.time() + {seconds}\n"
+                             "while time.time() < end: pass"])
 
 
-def test_the_counters_parse_from_the_kernel_format(tmp_path):
-    stat = tmp_path / "stat"
-    stat.write_text("cpu  250 0 250 1100 100 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
-    reading = threads.read_counters(stat)
-    assert (reading.idle, reading.total) == (1200, 1700)
+def _train(workspace: Path, env: dict) -> tuple[int, bytes]:
+    """The thread count train-task recorded, and the bytes of the weights it wrote."""
+    import json
+
+    subprocess.run([sys.executable, "-m", "dmole_cli", "train-task", "--task", "shape-caption", "--method", "seq-lora",
+                    "-q", "--workspace", str(workspace)], check=True, env=env, capture_output=True)
+    version = workspace / "seq-lora.train-task" / "shape-caption" / "v1"
+    threads_used = json.loads((version / "manifest.json").read_text())["environment"]["cpu_threads"]
+    return threads_used, b"".join(p.read_bytes() for p in sorted(version.rglob("*.safetensors")))
 
 
-def test_unreadable_counters_leave_torch_alone(tmp_path, monkeypatch):
+@pytest.mark.slow  # about a minute: two CLI runs, one beside busy loops on every core
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to load one of them")
+def test_training_beside_a_competing_load_gives_the_same_bytes(make_project, tmp_path):
+    """Before, each model load took the cores idle at that moment: beside another job a stage computed with fewer
+    threads, and its sums, and so its weights, differed."""
+    quiet, loaded = make_project("quiet").root, tmp_path / "loaded"
+    shutil.copytree(quiet, loaded)
+    env = {k: v for k, v in os.environ.items() if k not in ("DMOLE_THREADS", "OMP_NUM_THREADS")}
+    alone = _train(quiet, env)
+    competitors = [_busy(120) for _ in os.sched_getaffinity(0)]
+    try:
+        beside = _train(loaded, env)
+    finally:
+        for competitor in competitors:
+            competitor.kill()
+    cores = len(os.sched_getaffinity(0))
+    assert alone[0] == beside[0] == cores  # the count that decides the sums ignores the competitors
+    assert alone[1] and alone[1] == beside[1]
+
+
+def test_a_stage_says_when_its_inputs_used_another_thread_count(make_project, monkeypatch):
+    from stages.embed import embed
+    from stages.fit_router import fit_router
+
     import torch
 
-    monkeypatch.delenv("DMOLE_THREADS", raising=False)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert threads.read_counters(tmp_path / "missing") is None
+    project = make_project()
+    monkeypatch.setenv("DMOLE_THREADS", "1")
+    embed(project, "color-vqa")
     before = torch.get_num_threads()
-    torch.set_num_threads(1 if before > 1 else 2)
-    expected = torch.get_num_threads()
+    torch.set_num_threads(2)  # as a rerun on another machine, or with another DMOLE_THREADS, would
     try:
-        with threads.threads_from_idle_cores(stat=tmp_path / "missing"):
-            pass
-        assert torch.get_num_threads() == expected
+        result = fit_router(project, "color-vqa")
     finally:
         torch.set_num_threads(before)
-
-
-def test_the_count_is_set_after_the_block(monkeypatch):
-    import torch
-
-    before = torch.get_num_threads()
-    monkeypatch.setenv("DMOLE_THREADS", "1" if before > 1 else "2")
-    try:
-        with threads.threads_from_idle_cores():
-            assert torch.get_num_threads() == before
-        assert torch.get_num_threads() == int(os.environ["DMOLE_THREADS"])
-    finally:
-        torch.set_num_threads(before)
+    assert any("computed with 1 CPU thread(s) and this run uses 2" in w for w in result.warnings)
+    assert not [w for w in fit_router(project, "color-vqa", force=True).warnings if "CPU thread" in w]

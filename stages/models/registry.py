@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..threads import threads_from_idle_cores
+from ..threads import set_threads
 from .base import FamilyAdapter, ModelFamilyError
 from .catalog import MODEL_TYPES
 from .gemma3 import Gemma3Adapter
@@ -88,19 +88,19 @@ def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool 
                 max_tiles: int | None = None, pad_to_square: bool = False) -> FamilyAdapter:
     """Load model and processor offline; the model is in eval mode.
     device defaults to CUDA when available; dtype to bf16 on CUDA and fp32 elsewhere. torch's CPU threads are
-    then set to the cores that were idle while it loaded (stages/threads.py)."""
-    with threads_from_idle_cores():
-        adapter = detect_family(path)
-        processor = load_folder_processor(path, adapter)
-        device = torch.device(device) if device is not None else default_device()
-        on_cuda = device.type == "cuda"
-        dtype = dtype or default_dtype(device)
-        flash = on_cuda and importlib.util.find_spec("flash_attn") is not None
-        model = adapter.model_class.from_pretrained(
-            path,
-            local_files_only=True,
-            dtype=dtype,
-            attn_implementation="flash_attention_2" if flash else "sdpa",
-            trust_remote_code=trust_remote_code,
-        )
-        return adapter(model.to(device).eval(), processor, max_tiles=max_tiles, pad_to_square=pad_to_square)
+    set first, to a fixed function of the machine (stages/threads.py)."""
+    set_threads()
+    adapter = detect_family(path)
+    processor = load_folder_processor(path, adapter)
+    device = torch.device(device) if device is not None else default_device()
+    on_cuda = device.type == "cuda"
+    dtype = dtype or default_dtype(device)
+    flash = on_cuda and importlib.util.find_spec("flash_attn") is not None
+    model = adapter.model_class.from_pretrained(
+        path,
+        local_files_only=True,
+        dtype=dtype,
+        attn_implementation="flash_attention_2" if flash else "sdpa",
+        trust_remote_code=trust_remote_code,
+    )
+    return adapter(model.to(device).eval(), processor, max_tiles=max_tiles, pad_to_square=pad_to_square)

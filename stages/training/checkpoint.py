@@ -28,6 +28,11 @@ class LoadedState:
         return list(self.payload["log"])
 
     @property
+    def threads(self) -> int | None:
+        """The CPU thread count the interrupted run computed with (None in checkpoints from before it was kept)."""
+        return self.payload.get("threads")
+
+    @property
     def step(self) -> int:
         """The optimizer steps done: the step to continue from."""
         return int(self.payload["step"])
@@ -72,12 +77,12 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(directory: Path, step: int, params: dict[str, torch.Tensor], optimizer_state: dict,
-                    log: list[dict], rng: list[dict], *, sharded: bool = False) -> None:
+                    log: list[dict], rng: list[dict], *, sharded: bool = False, threads: int | None = None) -> None:
     """Write the state atomically: whole trained tensors, the optimizer's state (keyed by parameter name when
     ``sharded``), the log, and ``rng``, every process's `rng_state` in rank order."""
     directory.mkdir(parents=True, exist_ok=True)
     payload = {"step": step, "params": {k: v.detach().clone() for k, v in params.items()},
-               "optimizer": optimizer_state, "rng": rng, "log": log, "sharded": sharded}
+               "optimizer": optimizer_state, "rng": rng, "log": log, "sharded": sharded, "threads": threads}
     tmp = directory / f".{CHECKPOINT}.tmp"
     with tmp.open("wb") as handle:
         torch.save(payload, handle)

@@ -27,6 +27,7 @@ import torch
 
 from ..distributed import FSDP2, all_gather_objects, is_main, my_share, parameter_sharding, rank_and_world
 from ..progress import Progress, silent
+from ..threads import thread_mismatch
 from .inputs import InputPipeline
 from .checkpoint import LoadedState, load_checkpoint, rng_state, save_checkpoint
 from .sharding import ShardedCopy
@@ -66,6 +67,7 @@ class LoopResult:
     log: list[dict] = field(default_factory=list)
     resumed_from: int = 0
     sharding: str | None = None  # "fsdp2" when the parameters were sharded across processes
+    warnings: list[str] = field(default_factory=list)  # one line each, kept in the version's manifest
 
 
 # How many batches a length-sorted mega-batch spans (transformers' LengthGroupedSampler uses 50).
@@ -269,6 +271,8 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
     backend = _Backend(model, groups, settings, state)  # restores the RNG too, so dropout continues exactly
     if state is not None:
         result.log, result.resumed_from = state.log, state.step
+        result.warnings += filter(None, [thread_mismatch(f"the checkpoint resumed at step {state.step}",
+                                                         torch.get_num_threads(), state.threads)])
     start = result.resumed_from
     optimizer, accelerator, base_lrs = backend.optimizer, backend.accelerator, backend.base_lrs
     schedule = {step: _micro_batches(plan[step], settings, backend) for step in range(start, len(plan))}
@@ -317,7 +321,7 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
                 params, optimizer_state = backend.checkpoint_state()
                 if is_main():
                     save_checkpoint(checkpoint_dir, done, params, optimizer_state, result.log, rng,
-                                    sharded=backend.shards is not None)
+                                    sharded=backend.shards is not None, threads=torch.get_num_threads())
     backend.finish()
     result.sharding = FSDP2 if backend.shards is not None else None
     return result
