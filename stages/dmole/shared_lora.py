@@ -43,7 +43,7 @@ class SharedDropout(nn.Module):
         mask = self._mask
         if self._left == 0:
             self._mask = None  # not kept past the group's last member
-        return x * mask.to(x.dtype)
+        return x * mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}, uses={self.uses}"
