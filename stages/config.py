@@ -37,6 +37,7 @@ REFERENCE_PROFILE: dict[str, dict] = {
     "eval": {"routing": "batch-vote"},                               # one expert set per batch, 30% vote support
     "train-task": {"train_routing": "batch-vote", "group_by_length": True},
     "fit-router": {"max_fit_samples": 11264},                        # 11 batches x 128 x 8 GPUs, seed 42
+    "zc-score": {"fuse_qkv": True},                                  # InternVL2's fused wqkv / attn.qkv: 96 candidates
 }
 PROFILES = ("dmole", "reference")
 

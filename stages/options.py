@@ -69,6 +69,9 @@ class ZcScoreOptions(Strict):
                                                                  "batches are used)")
     batch_size: int = Field(default=2, gt=0, description="per-device batch b")
     include_mlp: bool = Field(default=False, description="also score MLP projections (default: attention only)")
+    fuse_qkv: bool = Field(default=False, description="score each layer's q, k and v projections as one qkv "
+                                                      "candidate, the fused projection they were split from "
+                                                      "(InternVL2's wqkv and attn.qkv; on under --profile reference)")
     seed: int = Field(default=42, description="seed of the sample draw")
 
 

@@ -3,7 +3,9 @@
 On the frozen pretrained base with no experts, only candidate parameters require grad. Gradients of
 the answer cross-entropy are accumulated (never zeroed) over M_s = max(4b, round(p N)) samples drawn
 from a seeded permutation, summed across data-parallel ranks, and each module scores the sum of the
-Frobenius norms of its parameters' accumulated gradients.
+Frobenius norms of its parameters' accumulated gradients. A ``qkv`` group (``fuse_qkv``) scores as the fused
+projection it was split from: per parameter (weight, bias), the norm of its members' gradients stacked, i.e.
+sqrt(|G_q|^2 + |G_k|^2 + |G_v|^2), which is the Frobenius norm of the fused tensor's gradient.
 """
 
 from __future__ import annotations
@@ -43,31 +45,34 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | 
         adapter = project.load_model()
         model = adapter.model
         model.eval()  # dropout off, for determinism
-        candidates = adapter.candidates(include_mlp=options.include_mlp)
+        candidates = adapter.candidates(include_mlp=options.include_mlp, fuse=options.fuse_qkv)
         modules = dict(model.named_modules())
         for param in model.parameters():
             param.requires_grad_(False)
-        params = {c.name: list(modules[c.name].parameters()) for c in candidates}
-        for group in params.values():
-            for param in group:
-                param.requires_grad_(True)
-                param.grad = None
+        # (candidate, parameter name) per parameter tensor: a group's members stack into one tensor per name
+        ordered = [((c, kind), param) for c in candidates for member in c.modules
+                   for kind, param in modules[member].named_parameters()]
+        for _, param in ordered:
+            param.requires_grad_(True)
+            param.grad = None
         order = list(range(len(samples)))
         random.Random(options.seed).shuffle(order)
         chosen = order[:sample_count(len(samples), options)]
         batches = [chosen[i:i + options.batch_size] for i in range(0, len(chosen), options.batch_size)]
         for batch in my_share(batches):
             answer_loss(model, adapter, [samples[i] for i in batch]).backward()
-        ordered = [(c, p) for c in candidates for p in params[c.name]]
         # a parameter has a gradient if any process's batches gave it one; every process joins every sum
         reached = all_reduce_sum(torch.tensor([float(p.grad is not None) for _, p in ordered],
                                               device=model.device)).tolist()
-        missing = [c.name for (c, _), flag in zip(ordered, reached) if not flag]
-        totals = dict.fromkeys((c.name for c in candidates), 0.0)
-        for (candidate, param), flag in zip(ordered, reached):
+        missing = [c.name for ((c, _), _), flag in zip(ordered, reached) if not flag]
+        squares: dict[tuple, float] = {}
+        for (key, param), flag in zip(ordered, reached):
             if flag:
                 local = param.grad.float() if param.grad is not None else torch.zeros_like(param, dtype=torch.float32)
-                totals[candidate.name] += float(all_reduce_sum(local).norm())
+                squares[key] = squares.get(key, 0.0) + float(all_reduce_sum(local).norm()) ** 2
+        totals = dict.fromkeys((c.name for c in candidates), 0.0)
+        for (candidate, _), square in squares.items():
+            totals[candidate.name] += square ** 0.5
         rows = [(c, totals[c.name]) for c in candidates]
         if missing:
             warnings.warn(f"{len(missing)} candidate parameters got no gradient and score 0 "

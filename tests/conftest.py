@@ -80,9 +80,9 @@ def run_cli_pipeline(pipeline_data):
         result = runner.invoke(app, [*args, "--workspace", str(workspace)])
         assert result.exit_code == 0, result.output
 
-    def run(model: Path, workspace: Path) -> Path:
+    def run(model: Path, workspace: Path, profile: str = "dmole") -> Path:
         dmole(workspace, "init", "--model", str(model), "--data", str(pipeline_data),
-              "--tasks", ",".join(PIPELINE_TASKS))
+              "--tasks", ",".join(PIPELINE_TASKS), "--profile", profile)
         settings = json.loads((workspace / "workspace.json").read_text())
         (workspace / "workspace.json").write_text(json.dumps({**settings, "stages": PIPELINE_STAGES}))
         for task in PIPELINE_TASKS:

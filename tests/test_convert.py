@@ -218,9 +218,13 @@ def _rotate(x, theta):
 
 def reference_internlm2_logits(t: dict, ids: list[int]) -> torch.Tensor:
     """InternLM2ForCausalLM's forward on the fused remote weights (eager attention, no cache)."""
+    return reference_internlm2_from_embeddings(t, t["language_model.model.tok_embeddings.weight"][ids])
+
+
+def reference_internlm2_from_embeddings(t: dict, x: torch.Tensor) -> torch.Tensor:
+    """The same forward from the input embeddings [tokens, hidden] (InternVL puts image features among them)."""
     heads, kv, d, groups = LM["heads"], LM["kv"], HEAD_DIM, LM["heads"] // LM["kv"]
-    x = t["language_model.model.tok_embeddings.weight"][ids]
-    n = len(ids)
+    n = x.shape[0]
     causal = torch.full((n, n), float("-inf")).triu(1)
     for i in range(LM["layers"]):
         p = f"language_model.model.layers.{i}."

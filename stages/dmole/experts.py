@@ -10,6 +10,9 @@ adapter's ``lora_B``, decides which of them count for which sample:
 The weights live in a context variable set around each forward or generate call, never on modules,
 so concurrent requests cannot leak into each other. A forward without weights is an error rather
 than a silent "all experts on".
+
+An allocated name may be a group of modules (a ``qkv`` candidate): its expert is one LoRA with a shared A over
+the members (`shared_lora`), targeted in PEFT as the members themselves.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+
+from .shared_lora import tie, tied_width
 
 ADAPTER_PREFIX = "task_"
 
@@ -71,8 +76,11 @@ def _mask_hook(adapter: str, tower: str):
 class ExpertModel:
     """A base model plus named task experts, with per-sample routing and strict freezing."""
 
-    def __init__(self, base: torch.nn.Module, towers: dict[str, str], base_model_id: str = ""):
+    def __init__(self, base: torch.nn.Module, towers: dict[str, str], base_model_id: str = "",
+                 groups: Mapping[str, Sequence[str]] | None = None):
+        """``towers``: module -> tower; ``groups``: group candidate name -> its member modules."""
         self.base, self.towers, self.base_model_id = base, towers, base_model_id
+        self.groups = {name: tuple(members) for name, members in (groups or {}).items()}
         self.peft: PeftModel | None = None
         self.training_task: int | None = None  # the one expert that may require grad
         self._hooked: set[str] = set()
@@ -85,25 +93,35 @@ class ExpertModel:
     def adapters(self) -> list[str]:
         return sorted(self.peft.peft_config, key=lambda n: int(n.removeprefix(ADAPTER_PREFIX))) if self.peft else []
 
-    def load_expert(self, task_id: int, folder: Path) -> None:
+    def targets(self, modules: Sequence[str]) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+        """The modules PEFT targets for the allocated ``modules`` (each group replaced by its members), and the
+        groups among them."""
+        groups = {m: self.groups[m] for m in modules if m in self.groups}
+        return sorted(member for m in modules for member in groups.get(m, (m,))), groups
+
+    def load_expert(self, task_id: int, folder: Path, shared: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Load a saved expert; ``shared`` (its sidecar's groups) ties each group's A again."""
         name = adapter_name(task_id)
         if self.peft is None:
             self.peft = PeftModel.from_pretrained(self.base, folder, adapter_name=name, is_trainable=False)
         else:
             self.peft.load_adapter(folder, adapter_name=name, is_trainable=False)
+        tie(self.peft, name, shared or {}, loaded=True)
         self._activate_all()
 
     def add_expert(self, task_id: int, modules: Sequence[str], settings: LoraSettings) -> list[torch.nn.Parameter]:
         """Add task ``task_id``'s fresh expert and make it, and only it, trainable."""
         name = adapter_name(task_id)
-        config = settings.config(modules, self.base_model_id)
+        targets, groups = self.targets(modules)
+        config = settings.config(targets, self.base_model_id)
         if self.peft is None:
             self.peft = get_peft_model(self.base, config, adapter_name=name)
         else:
             self.peft.add_adapter(name, config)
+        tie(self.peft, name, groups)
         self._activate_all()
         self.training_task = task_id
-        return self.freeze_all_but(task_id, expected=settings.rank * self._width(modules))
+        return self.freeze_all_but(task_id, expected=settings.rank * self._width(targets, groups))
 
     @contextmanager
     def routed(self, routes: Sequence[Sequence[int] | Mapping[int, float]], *,
@@ -159,9 +177,9 @@ class ExpertModel:
             raise RuntimeError(f"{count} trainable parameters, but the allocation gives task {task_id} {expected}")
         return trainable
 
-    def _width(self, modules: Sequence[str]) -> int:
+    def _width(self, modules: Sequence[str], groups: Mapping[str, Sequence[str]]) -> int:
         linears = dict(self.base.named_modules())
-        return sum(linears[m].in_features + linears[m].out_features for m in modules)
+        return tied_width(groups, {m: (linears[m].in_features, linears[m].out_features) for m in modules})
 
     def _activate_all(self) -> None:
         self.peft.base_model.set_adapter(self.adapters)

@@ -26,6 +26,11 @@ def towers(adapter) -> dict[str, str]:
     return {c.name: c.tower for c in adapter.candidates(include_mlp=True)}
 
 
+def groups(adapter) -> dict[str, tuple[str, ...]]:
+    """Every ``qkv`` group candidate (a layer's q, k and v read as one projection) and its member modules."""
+    return {c.name: c.members for c in adapter.candidates(include_mlp=True, fuse=True) if c.members}
+
+
 def all_projections(adapter) -> list[str]:
     """Every attention and MLP projection of both towers (ask before an adapter wraps them)."""
     return [c.name for c in adapter.candidates(include_mlp=True)]
@@ -43,9 +48,11 @@ def lora_settings(hyper) -> LoraSettings:
 def expert_model(project, adapter, base: torch.nn.Module | None = None,
                  loaded: Mapping[int, Version] | None = None) -> ExpertModel:
     """The base (or ``base``) with the trained adapters ``loaded`` (adapter id -> train-task artifact), frozen."""
-    experts = ExpertModel(adapter.model if base is None else base, towers(adapter), str(project.model_path))
+    experts = ExpertModel(adapter.model if base is None else base, towers(adapter), str(project.model_path),
+                          groups(adapter))
     for task_id, version in (loaded or {}).items():
-        experts.load_expert(task_id, expert_folder(version))
+        folder = expert_folder(version)
+        experts.load_expert(task_id, folder, read_json(folder / SIDECAR).get("shared_a"))
     return experts
 
 
@@ -104,8 +111,8 @@ class LoraTrainer(Trainer):
         self.losses_fn: Callable | None = None
         self.batch_routes = batch_routes or (lambda indices: [self.routes[i] for i in indices])
         self.record, self.extra_sidecar = record, dict(sidecar or {})
-        self.modules = sorted(modules)
-        self.params = experts.add_expert(run.task_id, self.modules, lora)
+        self.modules, self.shared = experts.targets(modules)  # PEFT's target modules, and the shared-A groups
+        self.params = experts.add_expert(run.task_id, sorted(modules), lora)
         if expected is not None and sum(p.numel() for p in self.params) != expected:
             raise RuntimeError("trainable parameters differ from the allocation's expert size")
         self.routes = list(routes)
@@ -135,7 +142,8 @@ class LoraTrainer(Trainer):
     def save(self, writer) -> None:
         sidecar = {"task": self.run.task, "task_id": self.run.task_id, "method": self.run.method,
                    "adapter_name": self.name, "rank": self.lora.rank, "alpha": self.lora.alpha,
-                   "dropout": self.lora.dropout, "target_modules": self.modules, **self.extra_sidecar}
+                   "dropout": self.lora.dropout, "target_modules": self.modules,
+                   **({"shared_a": self.shared} if self.shared else {}), **self.extra_sidecar}
         save_expert(self.model, self.name, writer.path(EXPERT_FOLDER), sidecar)
         if self.record is not None:
             self.record(writer)

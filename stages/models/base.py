@@ -39,7 +39,12 @@ class ModelFamilyError(UserError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """One nn.Linear that may host an expert."""
+    """One nn.Linear that may host an expert, or a group of them read as one projection (``members``).
+
+    A group is a layer's q, k and v projections fused back into the one input projection of the checkpoint they
+    were split from (InternLM2's ``wqkv``, InternViT's ``attn.qkv``): named ``<attention>.qkv``, kind ``qkv``, with
+    the shared input width and the summed output widths, so it scores, allocates and costs as the fused module.
+    """
 
     name: str
     tower: str
@@ -47,6 +52,37 @@ class Candidate:
     kind: str
     d_in: int
     d_out: int
+    members: tuple[str, ...] = ()  # the nn.Linear modules of a group; empty: the candidate is the module ``name``
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The nn.Linear modules this candidate is made of."""
+        return self.members or (self.name,)
+
+
+QKV = ("q", "k", "v")
+
+
+def fuse_qkv(candidates: list[Candidate]) -> list[Candidate]:
+    """Each layer's q, k and v candidates as one ``qkv`` group, in the place of its q; other candidates unchanged."""
+    parts: dict[tuple[str, int], list[Candidate]] = {}
+    for c in candidates:
+        if c.kind in QKV:
+            parts.setdefault((c.tower, c.layer), []).append(c)
+    fused = []
+    for c in candidates:
+        if c.kind not in QKV:
+            fused.append(c)
+            continue
+        group = sorted(parts[(c.tower, c.layer)], key=lambda m: QKV.index(m.kind))
+        if c is not group[0]:
+            continue
+        if [m.kind for m in group] != list(QKV) or len({m.d_in for m in group}) != 1:
+            raise ModelFamilyError(f"{c.tower} layer {c.layer}: q, k and v projections with one input width are "
+                                   f"needed to fuse them, found {[(m.name, m.d_in) for m in group]}")
+        fused.append(Candidate(c.name.rsplit(".", 1)[0] + ".qkv", c.tower, c.layer, "qkv", c.d_in,
+                               sum(m.d_out for m in group), tuple(m.name for m in group)))
+    return fused
 
 
 @dataclass
@@ -187,8 +223,9 @@ class FamilyAdapter:
     def language_layers(self) -> nn.ModuleList:
         return self._module_list(self._lm_layers_path)
 
-    def candidates(self, include_mlp: bool = False) -> list[Candidate]:
-        """Attention in/out projections (and optionally MLPs) of every layer of both towers."""
+    def candidates(self, include_mlp: bool = False, fuse: bool = False) -> list[Candidate]:
+        """Attention in/out projections (and optionally MLPs) of every layer of both towers; with ``fuse``, each
+        layer's q, k and v as one ``qkv`` group (`fuse_qkv`)."""
         towers = [
             ("vision", self.vision_layers_path, self.vision_attention | (self.vision_mlp if include_mlp else {})),
             ("language", self._lm_layers_path, LM_ATTENTION | (LM_MLP if include_mlp else {})),
@@ -210,7 +247,8 @@ class FamilyAdapter:
                         continue
                     candidate = Candidate(name, tower, layer, kind, module.in_features, module.out_features)
                     ranked.append(((rank, layer, order), candidate))
-        return [c for _, c in sorted(ranked, key=lambda item: item[0])]
+        ordered = [c for _, c in sorted(ranked, key=lambda item: item[0])]
+        return fuse_qkv(ordered) if fuse else ordered
 
     # ---- chat template ---------------------------------------------------------------
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
