@@ -1,8 +1,8 @@
 """D-MoLE's second-expert rules side by side on one trained workspace: evaluation only, the experts and
 routers fixed, as the authors' threshold study does. Per rule: Last and BWT over the continual matrix
-(every stage re-evaluated with the rule), and, at the last stage, how many test samples got two experts and
-what the rule did to them against the paper's `any` rule (mean score change on the samples whose routing
-differs).
+(every stage re-evaluated with the rule), each task's score after the last stage and its gap to top-1 routing
+(no second expert, the obvious alternative), and, at the last stage, how many test samples got two experts and
+what the rule did to them against top-1 (mean score change on the samples whose routing differs).
 
     python bench/second_expert.py --demo dmole-demo [--threshold-scale 10] [--json bench/results/second_expert.json]
 
@@ -27,8 +27,10 @@ from stages.metrics.continual import continual_metrics
 from stages.options import stage_options
 from stages.project import Project
 
-RULES = {"any": {"second_expert": "any"}, "margin": {"second_expert": "margin"},
-         "weighted": {"second_expert": "weighted"}, "batch-vote": {"routing": "batch-vote"}}
+BASELINE = "top-1"
+RULES = {BASELINE: {"top": 1}, "partner": {"second_expert": "partner"}, "margin": {"second_expert": "margin"},
+         "any": {"second_expert": "any"}, "weighted": {"second_expert": "weighted"},
+         "batch-vote": {"routing": "batch-vote"}}
 
 
 def _rows(version) -> dict[str, list[dict]]:
@@ -52,23 +54,31 @@ def measure(workspace: Path, threshold_scale: float | None = None) -> dict:
         metrics = continual_metrics(matrix)
         flat = [r for rows in last_rows[rule].values() for r in rows]
         results[rule] = {"last": metrics["last"], "bwt": metrics["bwt"], "avg_seen": metrics["avg_seen"],
+                         "last_row": dict(zip(names, matrix[-1])),
                          "two_experts": sum(len(r["routed_tasks"]) == 2 for r in flat), "samples": len(flat)}
-    reference = {(t, r["sample_id"]): r for t, rows in last_rows["any"].items() for r in rows}
+    reference = {(t, r["sample_id"]): r for t, rows in last_rows[BASELINE].items() for r in rows}
     for rule in RULES:
         changed = [(r["score"], reference[t, r["sample_id"]]["score"]) for t, rows in last_rows[rule].items()
                    for r in rows if r["routed_tasks"] != reference[t, r["sample_id"]]["routed_tasks"]]
-        results[rule]["routing_changed_vs_any"] = len(changed)
+        results[rule]["routing_changed_vs_top1"] = len(changed)
         results[rule]["score_change_on_those"] = (sum(a - b for a, b in changed) / len(changed)) if changed else 0.0
+        results[rule]["worst_task_vs_top1"] = min(results[rule]["last_row"][n] - results[BASELINE]["last_row"][n]
+                                                  for n in names)
     return results
 
 
 def report(results: dict, json_path: Path | None) -> None:
     """Print the rules side by side as a markdown table; also write them to ``json_path`` when given."""
-    print("| rule | Last | BWT | AVG (seen) | two experts (last stage) | routing changed vs any | score change there |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    names = list(next(iter(results.values()))["last_row"])
+    print("| rule | Last | BWT | AVG (seen) | worst task vs top-1 | two experts (last stage) | routing changed vs top-1 "
+          "| score change there |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for rule, r in results.items():
-        print(f"| {rule} | {r['last']:.2f} | {r['bwt']:.2f} | {r['avg_seen']:.2f} | {r['two_experts']}/{r['samples']} "
-              f"| {r['routing_changed_vs_any']} | {r['score_change_on_those']:+.2f} |")
+        print(f"| {rule} | {r['last']:.2f} | {r['bwt']:.2f} | {r['avg_seen']:.2f} | {r['worst_task_vs_top1']:+.2f} "
+              f"| {r['two_experts']}/{r['samples']} | {r['routing_changed_vs_top1']} | {r['score_change_on_those']:+.2f} |")
+    print("\n| rule | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
+    for rule, r in results.items():
+        print(f"| {rule} | " + " | ".join(f"{r['last_row'][n]:.2f}" for n in names) + " |")
     if json_path:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -148,9 +148,10 @@ class EvalOptions(_MethodChoice):
     threshold_scale: float = Field(default=1.0, gt=0, description="multiply every router threshold")
     top: int = Field(default=2, gt=0, description="experts per sample at most")
     vote_support: float = Field(default=0.3, gt=0, le=1, description="batch-vote: share of a batch an expert needs")
-    second_expert: Literal["any", "margin", "weighted"] = Field(
-        default="margin", description="per-sample rule for a second expert: margin (its relative error within "
-                                      "second_margin x the first's; measured best, docs/benchmarks.md), any "
+    second_expert: Literal["partner", "any", "margin", "weighted"] = Field(
+        default="margin", description="per-sample rule for a second expert: partner (the past task the first "
+                                      "task's experts were trained beside for this input, as train-task chose it), "
+                                      "margin (its relative error within second_margin x the first's), any "
                                       "accepting router (the paper's top-2), or weighted (by router confidence)")
     second_margin: float = Field(default=2.0, gt=0, description="the margin rule's factor")
     caption_tokenizer: Literal["simple", "ptb"] = Field(default="simple", description="caption tokenizer: simple or "

@@ -8,7 +8,8 @@ from stages.allocate import parse_budget
 from stages.dmole.allocation import AllocationError, ScoredModule, allocate, split_modules
 from stages.dmole.router import (Autoencoder, RouterSettings, fit_router, flat_parameters, quantile_table,
                                  reconstruction_errors)
-from stages.dmole.routing import batch_vote, per_sample, training_partner, training_partner_vote
+from stages.dmole.routing import (batch_vote, per_sample, training_partner, training_partner_vote,
+                                  with_training_partner)
 
 
 def modules(vision_scores, language_scores, width=4):
@@ -180,3 +181,35 @@ def test_a_second_expert_within_the_margin_of_the_first():
     weights = confidence_weights(errors[0], tau, (1, 2))
     assert weights[1] == pytest.approx(0.9) and weights[2] == pytest.approx(0.1)
     assert confidence_weights(errors[1], tau, (1,)) == {1: 1.0}
+
+
+def test_the_partner_rule_adds_the_first_task_s_training_partner_only():
+    tau = np.array([0.010, 0.020, 0.015])
+    # the spec's example: 3 and 2 accept; 3 is first, and of the routers before it 2 accepts at its own threshold
+    assert with_training_partner(np.array([[0.012, 0.018, 0.011]]), tau) == [(3, 2)]
+    # 1 is first: a later router that accepts (3) was never beside expert 1 in training, so it does not join
+    assert with_training_partner(np.array([[0.001, 0.030, 0.002]]), tau) == [(1,)]
+    # no router accepts: the base model answers
+    assert with_training_partner(np.array([[0.5, 0.5, 0.5]]), tau) == [()]
+
+
+def test_the_eval_scale_loosens_the_first_expert_but_not_the_partner():
+    """train-task chose partners at the routers' own thresholds; the evaluation's scale must not invent new ones."""
+    tau = np.array([0.01, 0.01])
+    errors = np.array([[0.05, 0.001]])
+    assert with_training_partner(errors, tau, scale=10) == [(2,)]
+    assert per_sample(errors, tau * 10) == [(2, 1)]  # the paper's top-2 would add expert 1
+
+
+def test_the_partner_is_what_training_chose_for_that_input():
+    rng = np.random.default_rng(0)
+    tau = rng.uniform(0.5, 1.5, size=5)
+    errors = rng.uniform(0.0, 2.0, size=(400, 5))
+    for row, route in zip(errors, with_training_partner(errors, tau, scale=1.3)):
+        accepted = [k for k in np.argsort(row, kind="stable") + 1 if row[k - 1] < 1.3 * tau[k - 1]]
+        assert route[:1] == tuple(accepted[:1])
+        if route:
+            first = route[0]
+            past = [k for k in range(1, first) if row[k - 1] < tau[k - 1]]
+            expected = min(past, key=lambda k: (row[k - 1], k)) if past else None
+            assert route[1:] == ((expected,) if expected else ())

@@ -46,6 +46,23 @@ def per_sample(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, top: 
     return routed
 
 
+def with_training_partner(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0) -> list[tuple[int, ...]]:
+    """Per sample, its lowest-error accepted task i, joined by the one past task that i's experts were trained
+    beside for such an input: `training_partner` over routers 1..i-1 at their own thresholds, exactly as
+    train-task chose it. So a second expert is one the first was trained to work with on this kind of input,
+    never a later task's expert, which the first has never seen in its graph."""
+    routes = []
+    for row in errors:
+        accepted = candidates(row, tau, scale)
+        if not accepted:
+            routes.append(())
+            continue
+        first = accepted[0]
+        partner = training_partner(row[None, :first - 1], tau[:first - 1])[0] if first > 1 else None
+        routes.append((first,) if partner is None else (first, partner))
+    return routes
+
+
 def confidence_weights(errors_row: np.ndarray, tau: np.ndarray, route: tuple[int, ...]) -> dict[int, float]:
     """Weights of a sample's routed experts, summing to 1, each inversely proportional to its router's error
     relative to its threshold (one expert: weight 1)."""
@@ -71,7 +88,7 @@ def batch_vote(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, suppo
 
 def evaluation_routes(errors: np.ndarray, tau: np.ndarray, options) -> list:
     """Each sample's experts by eval's rule (``options``: the eval stage's options): per sample (its top, order and
-    second-expert rule; ``weighted`` gives each expert a weight) or, with ``batch-vote``, the reference's vote over
+    second-expert rule; ``partner`` the first task's training partner, ``weighted`` a weight per expert) or, with ``batch-vote``, the reference's vote over
     each batch of ``options.batch_size`` samples in order (the batches predict() generates)."""
     from ..evaluation.predict import batch_indices
 
@@ -81,6 +98,8 @@ def evaluation_routes(errors: np.ndarray, tau: np.ndarray, options) -> list:
             chosen = batch_vote(errors[indices], tau, scale=options.threshold_scale, support=options.vote_support)
             routes += [chosen] * len(indices)
         return routes
+    if options.second_expert == "partner" and options.top > 1:
+        return with_training_partner(errors, tau, scale=options.threshold_scale)
     thresholds = tau * options.threshold_scale
     routes = per_sample(errors, thresholds, top=options.top, order=options.routing_order,
                         second_margin=options.second_margin if options.second_expert == "margin" else None)
