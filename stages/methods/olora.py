@@ -12,8 +12,8 @@ order scripts, scripts/order_1.sh line 42). MCITlib's multimodal port (Ghy0501/M
 lines 168-181 and 873, every linear layer of the LLM) uses lambda_1 = 0.05 (OLoRA/llava/train/llava_trainer.py
 line 323). The default here is the multimodal port's, targets "all" with lambda_1 0.05: it is the reference for
 this setting (a vision-language model with every projection adapted, like the other baselines here), where
-O-LoRA's 0.5 was set for q and v alone. ``targets=qv lambda1=0.5`` is O-LoRA's own configuration. lambda_2 = 0 in both. The model after task t is every
-LoRA 1..t.
+O-LoRA's 0.5 was set for q and v alone. ``targets=qv lambda1=0.5`` is O-LoRA's own configuration. lambda_2 = 0 in
+both. The model after task t is every LoRA 1..t.
 """
 
 from __future__ import annotations
