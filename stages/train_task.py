@@ -17,7 +17,7 @@ from .data.tasks import load_train_samples
 from .distributed import launched, parameter_sharding
 from .errors import UserError
 from .methods import get_method
-from .methods.base import TRAIN_STAGE, ContinualMethod, TrainRun
+from .methods.base import TRAIN_STAGE, ContinualMethod, TrainRun, parity_allocations
 from .options import TrainTaskOptions, hashed, stage_options
 from .progress import Progress, silent
 from .project import Project
@@ -27,11 +27,24 @@ from .training.trackers import check_available, open_loggers
 STAGE = TRAIN_STAGE
 
 
-def loop_settings(options: TrainTaskOptions, task: TaskSpec | None):
+def task_epochs(options: TrainTaskOptions, task: TaskSpec | None) -> float:
+    return options.epochs or (task.epochs if task and task.epochs else 1.0)
+
+
+def task_batch(options: TrainTaskOptions, task: TaskSpec | None) -> int:
+    return options.batch_size or (task.batch_size if task and task.batch_size else 8)
+
+
+def loop_settings(options: TrainTaskOptions, task: TaskSpec | None,
+                  union: dict[str, tuple[TaskSpec, int]] | None = None):
+    """The loop's settings for ``task``. A run on the union of tasks (joint; ``union``: task -> its spec and how many
+    samples it put in the union, already repeated by its epochs) makes one pass over the union, at the batch size
+    of the task with the most samples in it."""
     from .training.loop import LoopSettings
 
-    epochs = options.epochs or (task.epochs if task and task.epochs else 1.0)
-    batch = options.batch_size or (task.batch_size if task and task.batch_size else 8)
+    epochs, batch = task_epochs(options, task), task_batch(options, task)
+    if union:
+        epochs, batch = 1.0, task_batch(options, max(union.values(), key=lambda entry: entry[1])[0])
     return LoopSettings(epochs=epochs, batch_size=batch, lr=options.lr, weight_decay=options.weight_decay,
                         warmup_ratio=options.warmup_ratio, clip=options.clip, seed=options.seed,
                         checkpoint_every=options.checkpoint_every, precision=options.precision,
@@ -44,12 +57,25 @@ def method_hyper(project: Project, method, options: TrainTaskOptions):
     return parse_model(method.Hyper, values, source=f"hyperparameters of {method.name}")
 
 
-def _samples(project: Project, task_names: list[str]) -> list[TrainSample]:
+def repeated(samples: list, epochs: float) -> list:
+    """``samples`` once per whole epoch, then the first fraction of them for a fractional last epoch."""
+    return samples * int(epochs) + samples[:round((epochs % 1) * len(samples))]
+
+
+def _samples(project: Project, task_names: list[str], options: TrainTaskOptions, union: bool
+             ) -> tuple[list[TrainSample], dict[str, tuple[TaskSpec, int]]]:
+    """The run's samples, and per task its spec and how many samples it gave; on a union (joint) each task's
+    samples are repeated by its epochs, as the spec trains joint on every task "repeated by its epoch count"."""
     samples: list[TrainSample] = []
+    counts: dict[str, tuple[TaskSpec, int]] = {}
     for name in task_names:
         spec = project.config.task(name)
-        samples += load_train_samples(project.data_root, spec) * spec.repeat
-    return samples
+        loaded = load_train_samples(project.data_root, spec) * spec.repeat
+        if union:
+            loaded = repeated(loaded, task_epochs(options, spec))
+        samples += loaded
+        counts[name] = (spec, len(loaded))
+    return samples, counts
 
 
 def step_loss(run: TrainRun, trainer, adapter):
@@ -81,8 +107,10 @@ def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict
     method = get_method(options.method or project.config.method)
     options = options.model_copy(update={"method": method.name})  # the same run hashes the same, however named
     names, task_id, spec = method.training_tasks(project, task_name)
-    return method, TrainRun(project, method.name, task_name, task_id, spec, _samples(project, names), options,
-                            method_hyper(project, method, options), method.stage(STAGE)), names
+    samples, counts = _samples(project, names, options, union=spec is None)
+    return method, TrainRun(project, method.name, task_name, task_id, spec, samples, options,
+                            method_hyper(project, method, options), method.stage(STAGE),
+                            union=counts if spec is None else None), names
 
 
 def train_task(project: Project, task_name: str, options: TrainTaskOptions | dict | None = None, *,
@@ -95,8 +123,8 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
         raise UserError(f"{method.name}'s penalty reads the parameters themselves, which FSDP2 shards: train it "
                         "without --use_fsdp (DDP keeps whole parameters)")
     options, spec = run.options, run.spec
-    inputs = method.carried(run)
-    settings = loop_settings(options, spec)
+    inputs = method.carried(run) + parity_allocations(run)
+    settings = loop_settings(options, spec, run.union)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in names}
     config = {"options": hashed(options), "method": method.name, "hyper": run.hyper.model_dump(),
               "loop": settings.__dict__, "sources": sources}
@@ -124,7 +152,8 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
             result = train(model, [ParamGroup(method.name, trainer.params)], step_loss(run, trainer, adapter),
                            len(run.samples), settings, checkpoint_dir=ckpt, progress=progress,
                            description=f"{run.stage} {task_name}", loggers=loggers,
-                           lengths=[text_length(s) for s in run.samples], inputs=pipeline)
+                           lengths=[text_length(s) for s in run.samples], inputs=pipeline,
+                           gradient_hook=trainer.gradient_hook)
         model.eval()
         trainer.save(writer)
         write_parquet(writer.path("train_log.parquet"), {k: [row.get(k) for row in result.log]
@@ -132,7 +161,8 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
         if result.warnings:
             writer.meta["warnings"] = [*writer.meta.get("warnings", []), *result.warnings]
         writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from,
-                           trainable_parameters=sum(p.numel() for p in trainer.params), sharding=result.sharding)
+                           trainable_parameters=sum(p.numel() for p in trainer.params), sharding=result.sharding,
+                           **trainer.summary())
         shutil.rmtree(ckpt, ignore_errors=True)
 
     return run_stage(project, run.stage, task_name, config=config, inputs=inputs, compute=compute, force=force)

@@ -1,11 +1,11 @@
 """EWC-LoRA (Kirkpatrick et al. 2017, Elastic Weight Consolidation, on one LoRA continued across tasks).
 
-After each task the diagonal Fisher of the LoRA parameters is estimated from squared gradients of the answer loss
-on the task's training data and added to the earlier tasks' (a running sum, never decayed); while learning task
-t, loss = CE + weight / 2 * sum F (theta - theta_{t-1})^2, anchored at task t-1's adapter. Defaults follow
-BeyonderXX/TRACE (model/Regular/EWC.py; CoIN has no EWC code): weight (lambda) 400, the Fisher as the mean of
-squared gradients over batches, summed over tasks. TRACE accumulates it during training; here it is measured once
-on the trained adapter, as EWC defines it.
+As BeyonderXX/TRACE implements it (model/Regular/EWC.py; CoIN has no EWC code): while learning task t, loss = CE +
+weight / 2 * sum F (theta - theta_{t-1})^2 (line 77), anchored at task t-1's adapter (line 50), weight (lambda)
+400 (line 13). The diagonal Fisher F is accumulated during training: after every optimizer step each parameter's
+squared gradient (of the whole loss, NaN set to 0: lines 83, 123) divided by the steps in one epoch
+(``train_length``, lines 40, 102) is added to it. It is never reset (``_regular_fisher`` is commented out, line
+135), so it is a running sum over the tasks, and the penalty reads it as it grows, task t's own steps included.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ FISHER = "fisher.safetensors"
 
 
 class EwcHyper(LoraHyper):
-    weight: float = Field(default=400.0, ge=0, description="lambda of the quadratic penalty (TRACE: 400)")
-    fisher_batch: int = Field(default=4, gt=0, description="samples per gradient in the Fisher estimate")
+    weight: float = Field(default=400.0, ge=0, description="lambda of the quadratic penalty (TRACE EWC.py: 400)")
 
 
 def ewc_penalty(params: dict, anchors: dict, fisher: dict, weight: float):
@@ -28,53 +27,51 @@ def ewc_penalty(params: dict, anchors: dict, fisher: dict, weight: float):
     return weight / 2 * sum((fisher[k] * (params[k] - anchors[k]) ** 2).sum() for k in params)
 
 
-def diagonal_fisher(trainer, batch_size: int) -> dict:
-    """Mean over batches of the squared gradients of the answer loss, per parameter of the trained adapter."""
-    import torch
+class FisherAccumulator:
+    """TRACE's running diagonal Fisher: called after each step's backward, it adds grad^2 / ``steps_per_epoch``
+    per parameter to ``state`` (which starts from the earlier tasks' sum)."""
 
-    params = trainer.adapter_params(trainer.run.task_id)
-    fisher = {k: torch.zeros_like(p) for k, p in params.items()}
-    chunks = [list(range(i, min(i + batch_size, len(trainer.run.samples))))
-              for i in range(0, len(trainer.run.samples), batch_size)]
-    trainer.model.eval()
-    for indices in chunks:
-        trainer.model.zero_grad(set_to_none=True)
-        batch = trainer.adapter.on_device(trainer.inputs(indices))
-        with trainer.route(indices, batch):
-            trainer.model(**batch).loss.backward()
-        for k, p in params.items():
-            if p.grad is not None:
-                fisher[k] += p.grad.detach() ** 2 / len(chunks)
-    trainer.model.zero_grad(set_to_none=True)
-    return fisher
+    def __init__(self, params: dict, earlier: dict | None, steps_per_epoch: int):
+        import torch
+
+        self.params, self.steps_per_epoch = params, steps_per_epoch
+        self.state = {k: (earlier[k].to(p.device, torch.float32).clone() if earlier is not None
+                          else torch.zeros_like(p, dtype=torch.float32)) for k, p in params.items()}
+
+    def __call__(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for k, p in self.params.items():
+                if p.grad is not None:
+                    self.state[k] += torch.nan_to_num(p.grad.float(), nan=0.0) ** 2 / self.steps_per_epoch
 
 
 class EwcLora(ContinuedLora):
     name = "ewc-lora"
-    summary = "EWC-LoRA: one LoRA continued, anchored by the accumulated diagonal Fisher"
+    summary = "EWC-LoRA: one LoRA continued, anchored by the Fisher accumulated while training"
     Hyper = EwcHyper
     shardable = False  # its penalty reads the parameters themselves
 
     def trainer(self, run: TrainRun, adapter):
+        import math
+
         from safetensors.torch import load_file, save_file
+
+        from ..train_task import loop_settings
 
         trainer = super().trainer(run, adapter)
         previous = self.previous(run.project, run.task_id)
-        earlier = load_file(previous.file(FISHER)) if previous is not None else None
-        if earlier is not None:
-            params = trainer.adapter_params(run.task_id)
+        params = trainer.adapter_params(run.task_id)
+        accumulator = FisherAccumulator(params, load_file(previous.file(FISHER)) if previous is not None else None,
+                                        math.ceil(len(run.samples) / loop_settings(run.options, run.spec).batch_size))
+        trainer.gradient_hook = accumulator
+        if previous is not None:
             anchors = {k: p.detach().clone() for k, p in trainer.adapter_params(run.task_id - 1).items()}
-            fisher = {k: earlier[k].to(p.device) for k, p in params.items()}
             trainer.losses_fn = lambda model, batch, outputs, before: {
-                "ewc": ewc_penalty(params, anchors, fisher, run.hyper.weight)}
-
-        def record(writer) -> None:
-            fisher = diagonal_fisher(trainer, run.hyper.fisher_batch)
-            if earlier is not None:
-                fisher = {k: v + earlier[k].to(v.device) for k, v in fisher.items()}
-            save_file({k: v.contiguous().cpu() for k, v in fisher.items()}, writer.path(FISHER))
-
-        trainer.record = record
+                "ewc": ewc_penalty(params, anchors, accumulator.state, run.hyper.weight)}
+        trainer.record = lambda writer: save_file({k: v.contiguous().cpu() for k, v in accumulator.state.items()},
+                                                  writer.path(FISHER))
         return trainer
 
 

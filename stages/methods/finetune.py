@@ -15,10 +15,11 @@ class Finetune(ContinualMethod):
     Hyper = LoraHyper
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer, all_projections, expert_model, lora_settings
+        from .lora import LoraTrainer, all_projections, baseline_shape, expert_model
 
-        return LoraTrainer(run, adapter, expert_model(run.project, adapter), all_projections(adapter),
-                           lora_settings(run.hyper), [(run.task_id,)] * len(run.samples))
+        return LoraTrainer.shaped(run, adapter, expert_model(run.project, adapter),
+                                  baseline_shape(run, adapter, all_projections(adapter)),
+                                  [(run.task_id,)] * len(run.samples))
 
     def eval_tasks(self, project, after: str) -> list[str]:
         self.check_after(project, after)

@@ -1,5 +1,9 @@
-"""Joint learning: one LoRA trained once on every task's data together (multi-task, no sequence); evaluated once,
-which fills only the last row of its continual matrix."""
+"""Joint learning: one LoRA trained once on the union of every task's data (multi-task, no sequence); evaluated
+once, which fills only the last row of its continual matrix.
+
+As the spec defines it, the union repeats each task by its epoch count (the epochs every other method trains that
+task with: the train-task option, else the registry's) and is shuffled; train-task makes one pass over it at the
+batch size of the task with the most samples in it (`train_task.loop_settings`, `train_task._samples`)."""
 
 from __future__ import annotations
 
@@ -25,10 +29,10 @@ class Joint(ContinualMethod):
         return list(project.config.task_names), 1, None
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer, all_projections, expert_model, lora_settings
+        from .lora import LoraTrainer, all_projections, baseline_shape, expert_model
 
-        return LoraTrainer(run, adapter, expert_model(run.project, adapter), all_projections(adapter),
-                           lora_settings(run.hyper), [(1,)] * len(run.samples))
+        return LoraTrainer.shaped(run, adapter, expert_model(run.project, adapter),
+                                  baseline_shape(run, adapter, all_projections(adapter)), [(1,)] * len(run.samples))
 
     def eval_inputs(self, project, after: str) -> list:
         return [self.trained(project, JOINT_TASK)]

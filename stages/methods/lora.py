@@ -3,9 +3,11 @@ training them through `ExpertModel`'s per-sample routing, saving them as PEFT fo
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +17,7 @@ from artifacts.io import read_json, write_json
 
 from ..dmole.experts import ExpertModel, LoraSettings, adapter_name
 from ..errors import UserError
-from .base import EvalPlan, Trainer, TrainRun
+from .base import EvalPlan, Trainer, TrainRun, parity_allocations
 
 EXPERT_FOLDER = "expert"
 SIDECAR = "dmole_expert.json"
@@ -31,9 +33,17 @@ def groups(adapter) -> dict[str, tuple[str, ...]]:
     return {c.name: c.members for c in adapter.candidates(include_mlp=True, fuse=True) if c.members}
 
 
+QV_KINDS = frozenset({"q", "v", "qkv"})  # O-LoRA's q and v; a tower that fuses them (Qwen's ViT) has one qkv
+
+
+def target_projections(adapter, targets: str = "all") -> list[str]:
+    """Every attention and MLP projection of both towers, or with ``targets="qv"`` their q and v projections (ask
+    before an adapter wraps them)."""
+    return [c.name for c in adapter.candidates(include_mlp=True) if targets == "all" or c.kind in QV_KINDS]
+
+
 def all_projections(adapter) -> list[str]:
-    """Every attention and MLP projection of both towers (ask before an adapter wraps them)."""
-    return [c.name for c in adapter.candidates(include_mlp=True)]
+    return target_projections(adapter)
 
 
 def expert_folder(version: Version) -> Path:
@@ -43,6 +53,50 @@ def expert_folder(version: Version) -> Path:
 
 def lora_settings(hyper) -> LoraSettings:
     return LoraSettings(hyper.rank, hyper.alpha, hyper.dropout)
+
+
+def parity_shape(units: Sequence[int], overheads: Sequence[int], budget: int, step: int = 1) -> tuple[int, int]:
+    """``(rank, n)``: an adapter of ``rank`` (a multiple of ``step``) on the first ``n`` of some modules, module i
+    costing ``rank * units[i] + overheads[i]`` parameters, as large as possible but not above ``budget``: every
+    module at the largest rank that fits, or when even rank ``step`` does not fit on all, rank ``step`` on as many
+    leading modules as fit."""
+    rank = (budget - sum(overheads)) // (step * sum(units)) * step
+    if rank >= step:
+        return rank, len(units)
+    spent = itertools.accumulate(step * unit + overhead for unit, overhead in zip(units, overheads))
+    n = sum(1 for cost in spent if cost <= budget)
+    if not n:
+        raise UserError(f"D-MoLE's {budget} trainable parameters are fewer than one rank-{step} adapter on one module")
+    return step, n
+
+
+@dataclass
+class Shape:
+    """Where a baseline's adapter sits and its LoRA settings; ``budget`` is D-MoLE's count it matches (parity)."""
+
+    lora: LoraSettings
+    modules: list[str]
+    budget: int | None = None
+
+    def summary(self) -> dict:
+        return {} if self.budget is None else {"dmole_parameters": self.budget}
+
+
+def baseline_shape(run: TrainRun, adapter, modules: Sequence[str], *, step: int = 1,
+                   overhead: Callable[[int], int] = lambda d_in: 0) -> Shape:
+    """A baseline's adapter: its hyperparameters' LoRA on ``modules`` or, under ``parity``, the rank (a multiple of
+    ``step``; alpha scaled to keep alpha / rank) and leading modules (`parity_shape`) whose trainable parameters
+    come closest to D-MoLE's for the task without exceeding them (for joint, the mean over the tasks).
+    ``overhead(d_in)`` is what a module costs besides its LoRA (MoELoRA's router)."""
+    lora = lora_settings(run.hyper)
+    if not run.hyper.parity:
+        return Shape(lora, list(modules))
+    counts = [read_json(v.file("arch.json"))["expert_parameters"] for v in parity_allocations(run)]
+    budget = sum(counts) // len(counts)
+    sizes = {c.name: c for c in adapter.candidates(include_mlp=True)}
+    rank, n = parity_shape([sizes[m].d_in + sizes[m].d_out for m in modules],
+                           [overhead(sizes[m].d_in) for m in modules], budget, step)
+    return Shape(LoraSettings(rank, lora.alpha * rank / lora.rank, lora.dropout), list(modules)[:n], budget)
 
 
 def expert_model(project, adapter, base: torch.nn.Module | None = None,
@@ -102,15 +156,17 @@ class LoraTrainer(Trainer):
     def __init__(self, run: TrainRun, adapter, experts: ExpertModel, modules: Sequence[str], lora: LoraSettings,
                  routes: Sequence, *, expected: int | None = None,
                  batch_routes: Callable[[list[int]], list] | None = None,
-                 record: Callable[[object], None] | None = None, sidecar: Mapping | None = None):
+                 record: Callable[[object], None] | None = None, sidecar: Mapping | None = None,
+                 summary: Mapping | None = None):
         """``batch_routes`` (indices -> routes) replaces the fixed per-sample ``routes`` for a batch; ``record``
-        writes what else the method keeps beside the adapter; ``sidecar`` adds fields to its sidecar. A method
-        adds loss terms by setting ``before_fn`` and ``losses_fn`` (the `Trainer` hooks' signatures)."""
+        writes what else the method keeps beside the adapter; ``sidecar`` adds fields to its sidecar, ``summary``
+        to the artifact's summary. A method adds loss terms by setting ``before_fn`` and ``losses_fn`` (the
+        `Trainer` hooks' signatures)."""
         self.run, self.adapter, self.experts, self.lora = run, adapter, experts, lora
         self.before_fn: Callable | None = None
         self.losses_fn: Callable | None = None
         self.batch_routes = batch_routes or (lambda indices: [self.routes[i] for i in indices])
-        self.record, self.extra_sidecar = record, dict(sidecar or {})
+        self.record, self.extra_sidecar, self.extra_summary = record, dict(sidecar or {}), dict(summary or {})
         self.modules, self.shared = experts.targets(modules)  # PEFT's target modules, and the shared-A groups
         self.params = experts.add_expert(run.task_id, sorted(modules), lora)
         if expected is not None and sum(p.numel() for p in self.params) != expected:
@@ -118,9 +174,17 @@ class LoraTrainer(Trainer):
         self.routes = list(routes)
         self.model = experts.model
 
+    @classmethod
+    def shaped(cls, run: TrainRun, adapter, experts: ExpertModel, shape: Shape, routes: Sequence) -> LoraTrainer:
+        return cls(run, adapter, experts, shape.modules, shape.lora, routes, sidecar=shape.summary(),
+                   summary=shape.summary())
+
     @property
     def name(self) -> str:
         return adapter_name(self.run.task_id)
+
+    def summary(self) -> dict:
+        return dict(self.extra_summary)
 
     def route(self, indices: list[int], batch: dict):
         return self.routed(self.batch_routes(indices), batch)
@@ -166,20 +230,30 @@ def experts_around(experts: ExpertModel, adapter):
     return around
 
 
+def continued_shape(method, run: TrainRun, adapter, previous: Version | None) -> Shape:
+    """The shape of one LoRA continued across tasks: chosen at the first task, task t-1's after it (under parity
+    too: a continued LoRA cannot change its rank); without parity the hyperparameters must agree with it."""
+    if previous is None:
+        return baseline_shape(run, adapter, all_projections(adapter))
+    saved = read_json(previous.file(f"{EXPERT_FOLDER}/{SIDECAR}"))
+    lora = lora_settings(run.hyper)
+    if run.hyper.parity != ("dmole_parameters" in saved) or (
+            not run.hyper.parity and (saved["rank"], saved["alpha"]) != (lora.rank, lora.alpha)):
+        raise UserError(f"{method.name} continues one LoRA, but {previous} has rank {saved['rank']} and alpha "
+                        f"{saved['alpha']} (parity {'dmole_parameters' in saved}), not {lora.rank} and {lora.alpha} "
+                        f"(parity {run.hyper.parity})")
+    return Shape(LoraSettings(saved["rank"], saved["alpha"], lora.dropout), saved["target_modules"],
+                 saved.get("dmole_parameters"))
+
+
 def continued_trainer(method, run: TrainRun, adapter) -> LoraTrainer:
     """One LoRA continued across tasks: adapter t starts from task t-1's trained adapter (loaded, frozen, beside
     it, so a method can use the previous model), on every projection, each sample routed to adapter t."""
     previous = method.previous(run.project, run.task_id)
     loaded = {run.task_id - 1: previous} if previous is not None else {}
-    modules = all_projections(adapter)  # before any adapter wraps the projections
-    lora = lora_settings(run.hyper)
-    if previous is not None:
-        saved = read_json(previous.file(f"{EXPERT_FOLDER}/{SIDECAR}"))
-        if (saved["rank"], saved["alpha"]) != (lora.rank, lora.alpha):
-            raise UserError(f"{method.name} continues one LoRA, but {previous} has rank {saved['rank']} and alpha "
-                            f"{saved['alpha']}, not {lora.rank} and {lora.alpha}")
-    trainer = LoraTrainer(run, adapter, expert_model(run.project, adapter, loaded=loaded), modules, lora,
-                          [(run.task_id,)] * len(run.samples))
+    shape = continued_shape(method, run, adapter, previous)  # before any adapter wraps the projections
+    trainer = LoraTrainer.shaped(run, adapter, expert_model(run.project, adapter, loaded=loaded), shape,
+                                 [(run.task_id,)] * len(run.samples))
     if previous is not None:
         continue_from(trainer.experts, run.task_id - 1, run.task_id)
     return trainer

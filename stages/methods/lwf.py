@@ -1,12 +1,15 @@
 """LwF-LoRA (Li & Hoiem 2017, Learning without Forgetting, on one LoRA continued across tasks).
 
 While learning task t, the model is also pulled towards the previous model's (task t-1's) output distribution on
-task t's own inputs: loss = CE + weight * KL(softmax(old / T) || softmax(new / T)), averaged over the non-padding
-positions. Defaults follow BeyonderXX/TRACE (model/Regular/LwF.py), the common LLM continual-learning reference
-(CoIN has no LwF code): T = 2, weight 1, every non-padding position. Two deliberate differences: TRACE calls
-``kl_div(log_softmax(old), softmax(new))``, which is KL(new || old); this is the KL towards the old model LwF
-defines. And TRACE divides by the batch size ('batchmean'), so its term grows with sequence length; here it is a
-mean over positions.
+task t's own inputs. As BeyonderXX/TRACE computes it (model/Regular/LwF.py, ``KD_loss`` lines 25-36, added to the
+loss unweighted at line 86), the CoIN-style benchmarks' usual LLM reference (CoIN has no LwF code):
+``kl_div(log_softmax(old / T), softmax(new / T), reduction='batchmean')``, which is KL(new || old) = sum p_new
+(log p_new - log p_old), summed over every position of the logits (padding, prompt and image positions included:
+TRACE passes no mask) and the vocabulary, divided by the batch size; T = 2 (line 86), no T^2 factor, weight 1.
+So the term grows with the sequence length, as TRACE's does. One deliberate difference: TRACE records the old
+logits with the model still in training mode (dropout on: ``new_input_old_model_logits``, line 45, runs after
+``model.train()``, line 70, with no ``eval()``); here the teacher runs without dropout, so at the start of a task
+student and teacher agree.
 """
 
 from __future__ import annotations
@@ -22,15 +25,14 @@ class LwfHyper(LoraHyper):
     weight: float = Field(default=1.0, ge=0, description="weight of the distillation term (TRACE: 1)")
 
 
-def distillation_loss(logits, targets, mask, temperature: float):
-    """Mean over the positions where ``mask`` is 1 of KL(softmax(targets / T) || softmax(logits / T))."""
+def distillation_loss(logits, targets, temperature: float):
+    """TRACE's LwF term: KL(softmax(logits / T) || softmax(targets / T)) summed over every position and the
+    vocabulary, divided by the batch size (``logits``, ``targets``: batch x positions x vocabulary)."""
     import torch.nn.functional as F
 
     old = F.log_softmax(targets.float() / temperature, dim=-1)
     new = F.log_softmax(logits.float() / temperature, dim=-1)
-    per_position = (old.exp() * (old - new)).sum(-1)
-    mask = mask.to(per_position.dtype)
-    return (per_position * mask).sum() / mask.sum().clamp(min=1)
+    return F.kl_div(old, new, reduction="batchmean", log_target=True)
 
 
 class LwfLora(ContinuedLora):
@@ -56,7 +58,7 @@ class LwfLora(ContinuedLora):
                     model.train(training)
 
             def distill(model, batch: dict, outputs, old_logits) -> dict:
-                loss = distillation_loss(outputs.logits, old_logits, batch["attention_mask"], run.hyper.temperature)
+                loss = distillation_loss(outputs.logits, old_logits, run.hyper.temperature)
                 return {"lwf": run.hyper.weight * loss}
 
             trainer.before_fn, trainer.losses_fn = targets, distill

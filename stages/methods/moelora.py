@@ -3,8 +3,9 @@ several LoRA experts whose outputs a per-layer linear router mixes per token by 
 load-balancing loss), one MoELoRA continued from task to task (CoIN's previous_task_model_path).
 
 Defaults: CoIN splits its total rank among the experts (rank 128 over 8 experts in its scripts; its code default
-is 4 experts). Here the total rank is the other baselines' 4, so that every method trains about as many
-parameters per task; 4 experts (CoIN's code default) is the most that divides it. alpha = 2 x rank as CoIN's
+is 4 experts). Here the total rank is the other baselines' 4, so that MoELoRA trains as many LoRA parameters as
+they do (plus its routers); 4 experts (CoIN's code default) is the most that divides it. Each expert draws its own
+dropout mask, as CoIN's forward calls its dropout inside the loop over the experts. alpha = 2 x rank as CoIN's
 scripts (256 / 128). Like the other baselines it adapts both towers' projections (CoIN: the LLM's only).
 """
 

@@ -2,12 +2,23 @@
 
 Each task trains a fresh LoRA while every earlier task's LoRA stays in the model, frozen; the new LoRA's A is
 pushed orthogonal to every earlier A of the same module: loss = CE + lambda_1 * sum |A_k A_t^T| + lambda_2 *
-sum ||theta_t||_2 over the new LoRA's parameters. As cmnfriend/O-LoRA (src/uie_trainer_lora.py) computes it: the
-absolute values of the product summed with no normalisation, the L2 term unsquared per parameter, lambda_1 = 0.5
-and lambda_2 = 0 (its code defaults and its order-1/2/3 scripts). The model after task t is every LoRA 1..t.
+sum ||theta_t||_2 over the new LoRA's parameters, as cmnfriend/O-LoRA computes it (src/uie_trainer_lora.py lines
+91-109: the absolute values of the product summed with no normalisation, the L2 term unsquared per parameter).
+
+Two references fix where the LoRAs sit and lambda_1, and they go together. O-LoRA itself (text-only T5/LLaMA)
+adapts q and v only (src/run_uie_lora.py line 380 names no target modules, so PEFT's default for the model,
+src/peft/utils/other.py line 184: t5 ["q", "v"], llama q_proj/v_proj) with lambda_1 = 0.5 (line 240 and its
+order scripts, scripts/order_1.sh line 42). MCITlib's multimodal port (Ghy0501/MCITlib OLoRA/llava/train/train.py
+lines 168-181 and 873, every linear layer of the LLM) uses lambda_1 = 0.05 (OLoRA/llava/train/llava_trainer.py
+line 323). The default here is the multimodal port's, targets "all" with lambda_1 0.05: it is the reference for
+this setting (a vision-language model with every projection adapted, like the other baselines here), where
+O-LoRA's 0.5 was set for q and v alone. ``targets=qv lambda1=0.5`` is O-LoRA's own configuration. lambda_2 = 0 in
+both. The model after task t is every LoRA 1..t.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -15,14 +26,20 @@ from .base import ContinualMethod, EvalPlan, LoraHyper, TrainRun
 
 
 class OLoraHyper(LoraHyper):
-    orthogonal_weight: float = Field(default=0.5, ge=0, description="lambda_1 (O-LoRA's default: 0.5)")
-    l2_weight: float = Field(default=0.0, ge=0, description="lambda_2 (O-LoRA's default: 0)")
+    targets: Literal["all", "qv"] = Field(
+        default="all", description="the projections each LoRA adapts: all (MCITlib's multimodal O-LoRA: every "
+                                   "linear layer) or qv (O-LoRA's own: q and v; a fused qkv where a tower has one)")
+    lambda1: float = Field(default=0.05, ge=0, description="lambda_1, the orthogonality weight (MCITlib's "
+                                                          "multimodal O-LoRA: 0.05 over every projection; O-LoRA's "
+                                                          "own: 0.5 over q and v)")
+    lambda2: float = Field(default=0.0, ge=0, description="lambda_2, the L2 weight (O-LoRA and MCITlib: 0)")
 
 
 def orthogonality_loss(new: dict, old: list[dict]):
     """sum over earlier adapters and modules of |A_old A_new^T| summed: zero exactly when every row of a new A is
-    orthogonal to every row of the earlier A's of its module (``new``, ``old[k]``: module -> A)."""
-    return sum((earlier[m] @ a.T).abs().sum() for earlier in old for m, a in new.items())
+    orthogonal to every row of the earlier A's of its module (``new``, ``old[k]``: module -> A; under parity an
+    earlier adapter may sit on fewer modules)."""
+    return sum((earlier[m] @ a.T).abs().sum() for earlier in old for m, a in new.items() if m in earlier)
 
 
 def l2_norms(params) -> object:
@@ -39,21 +56,21 @@ class OLora(ContinualMethod):
         return self.trained_before(run.project, run.task_id)
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer, all_projections, expert_model, lora_settings
+        from .lora import LoraTrainer, baseline_shape, expert_model, target_projections
 
         loaded = dict(enumerate(self.trained_before(run.project, run.task_id), 1))
-        modules = all_projections(adapter)  # before any adapter wraps the projections
+        shape = baseline_shape(run, adapter, target_projections(adapter, run.hyper.targets))  # before any wrapping
         experts = expert_model(run.project, adapter, loaded=loaded)
         everyone = tuple(range(1, run.task_id + 1))
-        trainer = LoraTrainer(run, adapter, experts, modules, lora_settings(run.hyper), [everyone] * len(run.samples))
+        trainer = LoraTrainer.shaped(run, adapter, experts, shape, [everyone] * len(run.samples))
 
         def lora_a(task_id: int) -> dict:
             return {k: p for k, p in trainer.adapter_params(task_id).items() if ".lora_A." in k}
 
         new, old = lora_a(run.task_id), [lora_a(k) for k in loaded]
         trainer.losses_fn = lambda model, batch, outputs, before: {
-            "orthogonal": run.hyper.orthogonal_weight * orthogonality_loss(new, old),
-            "l2": run.hyper.l2_weight * l2_norms(trainer.params)}
+            "orthogonal": run.hyper.lambda1 * orthogonality_loss(new, old),
+            "l2": run.hyper.lambda2 * l2_norms(trainer.params)}
         return trainer
 
     def evaluation(self, project, after: str, adapter) -> EvalPlan:

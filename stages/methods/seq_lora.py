@@ -15,12 +15,12 @@ class SeqLora(ContinualMethod):
         return self.trained_before(run.project, run.task_id)
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer, all_projections, expert_model, lora_settings, merged_model
+        from .lora import LoraTrainer, all_projections, baseline_shape, expert_model, merged_model
 
+        shape = baseline_shape(run, adapter, all_projections(adapter))
         base = merged_model(adapter, self.trained_before(run.project, run.task_id))
         experts = expert_model(run.project, adapter, base)
-        return LoraTrainer(run, adapter, experts, all_projections(adapter), lora_settings(run.hyper),
-                           [(run.task_id,)] * len(run.samples))
+        return LoraTrainer.shaped(run, adapter, experts, shape, [(run.task_id,)] * len(run.samples))
 
     def evaluation(self, project, after: str, adapter) -> EvalPlan:
         from .lora import merged_model

@@ -46,6 +46,12 @@ class LoadedState:
             for name, param in trainable.items():
                 param.copy_(saved[name])
 
+    def restore_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy a `GradientHook`'s saved state back into ``state`` (a checkpoint without it leaves it as it is)."""
+        with torch.no_grad():
+            for name, saved in self.payload.get("hook_state", {}).items():
+                state[name].copy_(saved)
+
     def optimizer_state(self, *, sharded: bool) -> dict:
         """The optimizer's saved state; a run resumes the way it was written, sharded (FSDP2) or not."""
         if self.payload["sharded"] != sharded:
@@ -77,12 +83,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(directory: Path, step: int, params: dict[str, torch.Tensor], optimizer_state: dict,
-                    log: list[dict], rng: list[dict], *, sharded: bool = False, threads: int | None = None) -> None:
+                    log: list[dict], rng: list[dict], *, sharded: bool = False, threads: int | None = None,
+                    hook_state: dict[str, torch.Tensor] | None = None) -> None:
     """Write the state atomically: whole trained tensors, the optimizer's state (keyed by parameter name when
-    ``sharded``), the log, and ``rng``, every process's `rng_state` in rank order."""
+    ``sharded``), the log, ``rng``, every process's `rng_state` in rank order, and a `GradientHook`'s state."""
     directory.mkdir(parents=True, exist_ok=True)
     payload = {"step": step, "params": {k: v.detach().clone() for k, v in params.items()},
-               "optimizer": optimizer_state, "rng": rng, "log": log, "sharded": sharded, "threads": threads}
+               "optimizer": optimizer_state, "rng": rng, "log": log, "sharded": sharded, "threads": threads,
+               "hook_state": {k: v.detach().clone() for k, v in (hook_state or {}).items()}}
     tmp = directory / f".{CHECKPOINT}.tmp"
     with tmp.open("wb") as handle:
         torch.save(payload, handle)

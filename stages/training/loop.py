@@ -61,6 +61,15 @@ class Callback(Protocol):
     def log_fields(self) -> dict[str, float]: ...
 
 
+class GradientHook(Protocol):
+    """Called once per optimizer step, when the step's gradients are complete (the global batch's mean, before
+    clipping); ``state`` (name -> tensor) is what it accumulates, kept in resume checkpoints."""
+
+    state: dict[str, torch.Tensor]
+
+    def __call__(self) -> None: ...
+
+
 @dataclass
 class LoopResult:
     steps: int
@@ -254,7 +263,8 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
           n_samples: int, settings: LoopSettings, *, checkpoint_dir: Path | None = None,
           callbacks: Sequence[Callback] = (), loggers: Sequence[Callable[[dict], None]] = (),
           progress: Progress = silent, description: str = "training",
-          lengths: Sequence[int] | None = None, inputs: InputPipeline | None = None) -> LoopResult:
+          lengths: Sequence[int] | None = None, inputs: InputPipeline | None = None,
+          gradient_hook: GradientHook | None = None) -> LoopResult:
     """Run the loop; ``loss_fn(model, indices, scope)`` must call the model it is given (the prepared one)
     and return a dict with at least ``loss`` (other scalars are logged). Contexts entered on ``scope``
     stay open through the backward pass, which recomputes activations under gradient checkpointing.
@@ -263,7 +273,8 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
     ``lengths`` (one per sample) is needed with ``settings.group_by_length``. Under FSDP2 the model the loss
     function is given is a sharded copy; ``model`` gets the trained tensors when the loop ends. With ``inputs``
     every micro-batch's model inputs are built ahead (stages/training/inputs.py) and the loss function gets them
-    as a fourth argument, ``loss_fn(model, indices, scope, batch)``."""
+    as a fourth argument, ``loss_fn(model, indices, scope, batch)``. ``gradient_hook`` sees every step's gradients
+    (EWC's Fisher, accumulated during training)."""
     plan = batch_plan(n_samples, settings, lengths)
     result = LoopResult(steps=len(plan))
     torch.manual_seed(settings.seed)
@@ -273,6 +284,8 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
         result.log, result.resumed_from = state.log, state.step
         result.warnings += filter(None, [thread_mismatch(f"the checkpoint resumed at step {state.step}",
                                                          torch.get_num_threads(), state.threads)])
+        if gradient_hook is not None:
+            state.restore_tensors(gradient_hook.state)
     start = result.resumed_from
     optimizer, accelerator, base_lrs = backend.optimizer, backend.accelerator, backend.base_lrs
     schedule = {step: _micro_batches(plan[step], settings, backend) for step in range(start, len(plan))}
@@ -301,6 +314,8 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
                 for key, value in outputs.items():
                     sums[key] = sums.get(key, 0.0) + (value.detach() * units if units else 0.0)
             total = _scale_gradients(accelerator, backend.params, count)
+            if gradient_hook is not None:
+                gradient_hook()
             if settings.clip:
                 backend.clip(settings.clip)
             optimizer.step()
@@ -321,7 +336,8 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
                 params, optimizer_state = backend.checkpoint_state()
                 if is_main():
                     save_checkpoint(checkpoint_dir, done, params, optimizer_state, result.log, rng,
-                                    sharded=backend.shards is not None, threads=torch.get_num_threads())
+                                    sharded=backend.shards is not None, threads=torch.get_num_threads(),
+                                    hook_state=gradient_hook.state if gradient_hook is not None else None)
     backend.finish()
     result.sharding = FSDP2 if backend.shards is not None else None
     return result
