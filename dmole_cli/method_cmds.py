@@ -37,10 +37,14 @@ def methods(
     fields = [{"name": name, "type": str(field.annotation).removeprefix("<class '").removesuffix("'>"),
                "default": field.default, "description": field.description or ""}
               for name, field in method.Hyper.model_fields.items()]
+    grid = {"parameter": method.sweep_grid[0], "values": list(method.sweep_grid[1])} if method.sweep_grid else None
     if json_output:
-        print(json.dumps({"name": method.name, "summary": method.summary, "hyperparameters": fields}, indent=2))
+        print(json.dumps({"name": method.name, "summary": method.summary, "hyperparameters": fields,
+                          "sweep_grid": grid}, indent=2))
         return
     console.print(f"{method.name}: {method.summary}")
+    if grid:
+        console.print(f"dmole sweep tries {grid['parameter']} = {', '.join(map(str, grid['values']))} by default")
     table = Table("hyperparameter", "type", "default", "meaning and source", title=f"{method.name} hyperparameters")
     for field in fields:
         table.add_row(field["name"], field["type"], str(field["default"]), field["description"])

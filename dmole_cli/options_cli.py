@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-import json
 import types
 import typing
 from collections.abc import Callable
@@ -20,8 +19,7 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 import typer
 from pydantic.fields import FieldInfo
 
-from stages.errors import UserError
-from stages.options import STAGE_OPTIONS
+from stages.options import STAGE_OPTIONS, parse_pairs
 
 OPTIONS = "options"
 COMMON = ("force", "quiet", "workspace")
@@ -44,20 +42,6 @@ def _default_text(field: FieldInfo) -> str:
     if isinstance(value, bool):
         return f" \\[default: {'on' if value else 'off'}]"  # escaped: rich would read [..] as markup
     return f" \\[default: {value}]"
-
-
-def parse_pairs(pairs: list[str]) -> dict[str, Any]:
-    """``["temperature=2", "name=x"]`` -> ``{"temperature": 2, "name": "x"}`` (JSON values, else strings)."""
-    values = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"expected KEY=VALUE, got {pair!r}")
-        try:
-            values[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            values[key.strip()] = text
-    return values
 
 
 def _flag(name: str, field: FieldInfo, flags: dict[str, str]) -> tuple[Any, Callable[[Any], Any]]:

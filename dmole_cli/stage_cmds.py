@@ -118,6 +118,23 @@ def eval_(
     print_summary(run(project, ZERO_SHOT if zero_shot else after, options, force=force, progress=rich_progress(quiet)))
 
 
+@handles_user_errors
+@stage_flags("sweep")
+def sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False,
+          workspace: WorkspaceOption = None) -> None:
+    """Run a method's whole sequence at each value of one hyperparameter and select the value on the tasks'
+    validation sets (`val` in the registry), never the test sets.
+
+    Each value trains in a scratch workspace of its own; the artifact holds every value's test matrix and validation
+    scores and the selected value (`dmole show sweep --task METHOD`). Example: dmole sweep --method lwf-lora --grid
+    weight=0.1,1,10 (without --grid: the method's own, `dmole methods --show METHOD`); --hparam parity=true fixes a
+    hyperparameter at every value."""
+    from stages.sweep import sweep as run
+
+    project = open_project(workspace)
+    print_summary(run(project, options, force=force, progress=rich_progress(quiet)))
+
+
 def register(app: typer.Typer) -> None:
     app.command()(embed)
     app.command("fit-router")(fit_router)
@@ -125,3 +142,4 @@ def register(app: typer.Typer) -> None:
     app.command()(allocate)
     app.command("train-task")(train_task)
     app.command("eval")(eval_)
+    app.command()(sweep)

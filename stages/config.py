@@ -60,6 +60,9 @@ class TaskSpec(Strict):
     # The VQA pair form (vqa10 only): answers in a separate VQAv2-style annotations JSON, matched to the
     # questions in ``eval`` by question_id (the reference's VizWiz evaluation reads its files this way).
     eval_annotations: str | None = None
+    # A validation set in ``eval``'s format, held out from both the training and the test data: what `dmole sweep`
+    # selects a method's hyperparameter on, so that no setting is chosen on the test set.
+    val: str | None = None
     prompt: str | None = None
     image_root: str | None = None
     # Folder the evaluation file's image paths are relative to, when it differs from the training file's

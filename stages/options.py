@@ -10,12 +10,14 @@ what the caller set (a command-line flag, or a field set explicitly on the optio
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from .errors import UserError
 from .config import Strict, WorkspaceConfig, parse_model, stage_profile
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
@@ -30,6 +32,20 @@ def check_method(name: str | None) -> str | None:
     if name not in method_names():
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(method_names())}")
     return name
+
+
+def parse_pairs(pairs: list[str]) -> dict[str, Any]:
+    """``["temperature=2", "name=x"]`` -> ``{"temperature": 2, "name": "x"}`` (JSON values, else strings)."""
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            values[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key.strip()] = text
+    return values
 
 
 class _MethodChoice(Strict):
@@ -206,6 +222,13 @@ class RouteTrainOptions(Strict):
         return self
 
 
+class SweepOptions(_MethodChoice):
+    grid: str | None = Field(default=None, description="the hyperparameter and its values, KEY=V1,V2,... (default: "
+                                                       "the method's own strength and grid, `dmole methods --show`)")
+    hparams: dict[str, float | int | bool | str] = Field(
+        default={}, description="hyperparameters fixed at every grid value (e.g. parity=true), KEY=VALUE")
+
+
 class RoEEvalOptions(Strict):
     batch_size: int = Field(default=8, gt=0, description="prompts per generate call")
     batch_rule: Literal["gather", "or"] | None = Field(
@@ -216,7 +239,7 @@ class RoEEvalOptions(Strict):
 STAGE_OPTIONS: dict[str, type[Strict]] = {
     "embed": EmbedOptions, "fit-router": FitRouterOptions, "zc-score": ZcScoreOptions, "allocate": AllocateOptions,
     "train-task": TrainTaskOptions, "eval": EvalOptions, "route-train": RouteTrainOptions,
-    "roe-eval": RoEEvalOptions,
+    "roe-eval": RoEEvalOptions, "sweep": SweepOptions,
 }
 
 

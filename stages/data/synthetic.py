@@ -223,16 +223,16 @@ def write_benchmark(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes
             fields, _, answer, image = _task_item(task, rng, writer, f"train-{number:05d}")
             question = TASK_PROMPTS[task].format_map({**fields, "choices": _letters(fields.get("choices"))})
             train.append(_chat(image, question, answer, f"{task}-train-{number}"))
-        evaluation = []
-        for number in range(sizes.test_per_task):
-            _, record, _, image = _task_item(task, rng, writer, f"test-{number:05d}")
-            evaluation.append({"image": image, **record})
         family = TASK_FAMILIES[task]
-        eval_name = _write_eval(writer, family, evaluation)
+        # drawn after the training and test items, so adding the validation split left those unchanged
+        split_files = {split: _write_eval(writer, family, split, [_eval_record(task, rng, writer, f"{split}-{n:05d}")
+                                                                   for n in range(sizes.test_per_task)])
+                       for split in ("test", "val")}
         max_new, min_new = GENERATION_LIMITS[family]
         registry.append({"name": task, "family": family, "train": writer.jsonl("train.jsonl", train),
-                         "eval": eval_name, "prompt": TASK_PROMPTS[task], "max_new_tokens": max_new,
-                         "min_new_tokens": min_new, "description": TASK_DESCRIPTIONS[task]})
+                         "eval": split_files["test"], "val": split_files["val"], "prompt": TASK_PROMPTS[task],
+                         "max_new_tokens": max_new, "min_new_tokens": min_new,
+                         "description": TASK_DESCRIPTIONS[task]})
     (root / "tasks.json").write_text(json.dumps({"tasks": registry}, indent=2) + "\n", encoding="utf-8")
     return registry
 
@@ -241,12 +241,17 @@ def _letters(choices: list[str] | None) -> str:
     return format_choices(choices) if choices else ""
 
 
-def _write_eval(writer: _Writer, family: str, records: list[dict]) -> str:
+def _eval_record(task: str, rng: random.Random, writer: _Writer, image_name: str) -> dict:
+    _, record, _, image = _task_item(task, rng, writer, image_name)
+    return {"image": image, **record}
+
+
+def _write_eval(writer: _Writer, family: str, split: str, records: list[dict]) -> str:
     if family != "caption":
-        return writer.jsonl("test.jsonl", [{"question_id": i, **r} for i, r in enumerate(records)])
+        return writer.jsonl(f"{split}.jsonl", [{"question_id": i, **r} for i, r in enumerate(records)])
     document = {"images": [{"id": i, "file_name": r["image"]} for i, r in enumerate(records)],
                 "annotations": [{"image_id": i, "caption": c} for i, r in enumerate(records) for c in r["references"]]}
-    relative = f"{writer.task}/test_captions.json"
+    relative = f"{writer.task}/{split}_captions.json"
     (writer.root / relative).write_text(json.dumps(document), encoding="utf-8")
     return relative
 

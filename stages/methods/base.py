@@ -162,6 +162,9 @@ class ContinualMethod:
     allocates: ClassVar[bool] = False            # reads a per-task allocation (D-MoLE and its ablations)
     routes: ClassVar[bool] = False               # routes each test sample by the router bank (threshold sweep)
     allocation_rule: ClassVar[str | None] = None
+    # the hyperparameter that sets how strongly it holds on to earlier tasks, and the grid `dmole sweep` tries by
+    # default (a decade either side of the source's value)
+    sweep_grid: ClassVar[tuple[str, tuple] | None] = None
     # False when its extra loss reads parameters directly rather than the forward's outputs: under FSDP2 the
     # loop trains a sharded copy of the model, which such a term would not see
     shardable: ClassVar[bool] = True

@@ -51,6 +51,7 @@ class EwcLora(ContinuedLora):
     name = "ewc-lora"
     summary = "EWC-LoRA: one LoRA continued, anchored by the Fisher accumulated while training"
     Hyper = EwcHyper
+    sweep_grid = ("weight", (40.0, 400.0, 4000.0))
     shardable = False  # its penalty reads the parameters themselves
 
     def trainer(self, run: TrainRun, adapter):

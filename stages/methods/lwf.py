@@ -39,6 +39,7 @@ class LwfLora(ContinuedLora):
     name = "lwf-lora"
     summary = "LwF-LoRA: one LoRA continued, distilled towards the previous model's outputs"
     Hyper = LwfHyper
+    sweep_grid = ("weight", (0.1, 1.0, 10.0))
 
     def trainer(self, run: TrainRun, adapter):
         trainer = super().trainer(run, adapter)

@@ -50,6 +50,7 @@ class OLora(ContinualMethod):
     name = "o-lora"
     summary = "O-LoRA: a LoRA per task, all kept; new A orthogonal to the earlier ones"
     Hyper = OLoraHyper
+    sweep_grid = ("lambda1", (0.005, 0.05, 0.5))
     shardable = False  # its penalty reads the parameters themselves
 
     def carried(self, run: TrainRun) -> list:
