@@ -69,6 +69,9 @@ class ZcScoreOptions(Strict):
                                                                  "batches are used)")
     batch_size: int = Field(default=2, gt=0, description="per-device batch b")
     include_mlp: bool = Field(default=False, description="also score MLP projections (default: attention only)")
+    max_tiles: int = Field(default=1, ge=1, description="image tiles per sample at most, whatever the workspace's "
+                                                        "max_tiles: 1 scores one whole-image view, as the reference "
+                                                        "(spec §5; compute_zc_score.sh sets no dynamic tiling)")
     seed: int = Field(default=42, description="seed of the sample draw")
 
 

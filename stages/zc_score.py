@@ -3,7 +3,8 @@
 On the frozen pretrained base with no experts, only candidate parameters require grad. Gradients of
 the answer cross-entropy are accumulated (never zeroed) over M_s = max(4b, round(p N)) samples drawn
 from a seeded permutation, summed across data-parallel ranks, and each module scores the sum of the
-Frobenius norms of its parameters' accumulated gradients.
+Frobenius norms of its parameters' accumulated gradients. Images are cut into at most ``max_tiles`` tiles
+(default 1: one whole-image view, as the reference scores them), whatever the workspace's own cap.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | 
         from .distributed import all_reduce_sum, my_share, rank_and_world
         from .training.chat import answer_loss
 
-        adapter = project.load_model()
+        adapter = project.load_model(max_tiles=options.max_tiles)
         model = adapter.model
         model.eval()  # dropout off, for determinism
         candidates = adapter.candidates(include_mlp=options.include_mlp)

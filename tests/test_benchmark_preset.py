@@ -267,3 +267,41 @@ def test_the_whole_loop_through_the_cli(internvl, tmp_path):
     matrix = report["methods"]["dmole"]["matrix"]
     assert len(matrix) == 1 + len(ORDER), "the zero-shot row and one row per stage"
     assert all(value is not None for row in matrix[1:] for value in row), "every task evaluated after every stage"
+
+
+# --- zc-score scores one view per image -------------------------------------------------------------------
+
+def _zc_scores(ws: Path, *extra: str) -> dict[str, float]:
+    import pandas as pd
+
+    from stages.project import Project
+
+    dmole("zc-score", "--task", "ocrvqa", "--workspace", str(ws), *extra)
+    table = pd.read_parquet(Project.open(ws).store.latest("zc-score", "ocrvqa").file("scores.parquet"))
+    return dict(zip(table["module"], table["score"]))
+
+
+def test_zc_score_scores_one_view_per_image_whatever_the_workspace_tiles(archive, internvl, tmp_path):
+    """Spec §5: the proxy's inputs are a single image with no tiling, as in the reference, in every workspace."""
+    from PIL import Image
+
+    from stages.project import Project
+
+    data = tmp_path / "archive"
+    shutil.copytree(archive, data)
+    side = TinySize().image_size
+    for sample in load_train_samples(data, _task("ocrvqa")):  # 2:1 images, which tiling cuts into tiles
+        Image.open(sample.image).convert("RGB").resize((2 * side, side)).save(sample.image)
+    workspaces = {}
+    for tiles in (6, 1):
+        workspaces[tiles] = tmp_path / f"ws{tiles}"
+        dmole("init", "--benchmark", "dmole", "--tasks", "ocrvqa", "--max-tiles", str(tiles), "--model", str(internvl),
+              "--data", str(data), "--workspace", str(workspaces[tiles]))
+    image = Image.open(load_train_samples(data, _task("ocrvqa"))[0].image)
+    views = {tiles: Project.open(ws).load_model().generation_batch([image], ["?"])["pixel_values"].shape[0]
+             for tiles, ws in workspaces.items()}
+    assert views[6] > views[1] == 1  # the workspace's cap does tile these images elsewhere
+    one_view = _zc_scores(workspaces[1])
+    assert _zc_scores(workspaces[6]) == one_view
+    tiled = _zc_scores(workspaces[6], "--max-tiles", "6")  # asked for: the workspace's tiles, other gradients
+    assert tiled.keys() == one_view.keys() and tiled != one_view
