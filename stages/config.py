@@ -68,6 +68,10 @@ class TaskSpec(Strict):
     min_new_tokens: int | None = Field(default=None, ge=0)
     epochs: float | None = Field(default=None, gt=0)
     batch_size: int | None = Field(default=None, gt=0)
+    # train-task batch-vote: samples per vote, the reference's per-device batch (train-task vote_size)
+    vote_size: int | None = Field(default=None, gt=0)
+    # eval batch-vote: the generation batch each vote is taken over, the reference's (eval batch_size)
+    eval_batch_size: int | None = Field(default=None, gt=0)
     repeat: int = Field(default=1, ge=1)
     description: str = ""
 

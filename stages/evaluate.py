@@ -60,11 +60,12 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
         rows, warnings = [], []
         for task_name in plan.tasks:
             task = project.config.task(task_name)
+            task_options = options.for_task(task)
             samples = load_eval_samples(project.data_root, task)
-            routes, errors = (plan.routes_for(task_name, samples, options) if plan.routes_for
+            routes, errors = (plan.routes_for(task_name, samples, task_options) if plan.routes_for
                               else ([()] * len(samples), None))
-            predictions, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes), options,
-                                                     progress, f"eval {after}: {task_name}")
+            predictions, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes),
+                                                     task_options, progress, f"eval {after}: {task_name}")
             write_parquet(writer.path(f"predictions/{task_name}.parquet"), {
                 "sample_id": [s.id for s in samples], "prediction": predictions,
                 "parsed": [None if p is None else str(p) for p in scored.parsed],
@@ -80,7 +81,7 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
                          "score": scored.score, "n": len(samples),
                          "tokenizer": options.caption_tokenizer if task.family == "caption" else "",
                          "routing": options.routing if routed else "none",
-                         "batch_size": options.batch_size, "eval_set_sha256": _eval_set_hash(project, task_name)})
+                         "batch_size": task_options.batch_size, "eval_set_sha256": _eval_set_hash(project, task_name)})
         write_parquet(writer.path("scores.parquet"), {k: [r[k] for r in rows] for k in rows[0]})
         writer.meta.update({r["task"]: round(r["score"], 3) for r in rows})
         writer.meta["warnings"] = [w for w in warnings if w]
@@ -120,9 +121,9 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
             for task_name in names:
                 task = project.config.task(task_name)
                 samples = load_eval_samples(project.data_root, task)
-                routes, _ = plan.routes_for(task_name, samples, scaled)
-                _, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes), options,
-                                               progress, f"sweep x{scale:g}: {task_name}")
+                routes, _ = plan.routes_for(task_name, samples, scaled.for_task(task))
+                _, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes),
+                                               options.for_task(task), progress, f"sweep x{scale:g}: {task_name}")
                 rows.append({"scale": scale, "task": task_name, "score": scored.score, "n": len(samples),
                              **{f"experts_{k}": sum(len(r) == k for r in routes) for k in (0, 1, 2)}})
         write_parquet(writer.path(SWEEP_TABLE), {k: [r[k] for r in rows] for k in rows[0]})

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .config import Strict, WorkspaceConfig, parse_model, stage_profile
+from .config import Strict, TaskSpec, WorkspaceConfig, parse_model, stage_profile
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
@@ -125,6 +125,10 @@ class TrainTaskOptions(_MethodChoice):
     train_routing: Literal["per-sample", "batch-vote"] = Field(
         default="per-sample", description="D-MoLE: each sample's past expert (per-sample) or one per batch by vote "
                                           "(batch-vote, the reference)")
+    vote_size: int | None = Field(
+        default=None, gt=0, description="batch-vote: samples per vote, consecutive in each micro-batch (the "
+                                        "reference votes per device batch); default: the task's registry value, else "
+                                        "the whole micro-batch")
     hparams: dict[str, float | int | bool | str] = Field(
         default_factory=dict, description="the method's own hyperparameters (`dmole methods --show NAME`), over the "
                                           "workspace's `methods` section; on the command line KEY=VALUE, repeatable")
@@ -138,8 +142,13 @@ class TrainTaskOptions(_MethodChoice):
     input_workers: InputWorkers = None
 
 
+DEFAULT_EVAL_BATCH_SIZE = 8
+
+
 class EvalOptions(_MethodChoice):
-    batch_size: int = Field(default=8, gt=0, description="generation batch size")
+    batch_size: int | None = Field(
+        default=None, gt=0, description=f"generation batch size; default: under batch-vote the task's registry "
+                                        f"eval_batch_size (the reference's vote group), else {DEFAULT_EVAL_BATCH_SIZE}")
     routing: Literal["per-sample", "batch-vote"] = Field(
         default="per-sample", description="per-sample (batch-size independent) or batch-vote (the reference)")
     routing_order: Literal["filter-then-rank", "rank-then-filter"] = Field(
@@ -157,6 +166,11 @@ class EvalOptions(_MethodChoice):
                                                                                       "ptb (needs java)")
     min_acceptance: float = Field(default=0.5, ge=0, le=1,
                                   description="warn when a seen task's own router accepts fewer of its samples")
+
+    def for_task(self, task: TaskSpec | None) -> EvalOptions:
+        """These options with the generation batch of ``task`` resolved (see ``batch_size``)."""
+        registry = task.eval_batch_size if task is not None and self.routing == "batch-vote" else None
+        return self.model_copy(update={"batch_size": self.batch_size or registry or DEFAULT_EVAL_BATCH_SIZE})
 
 
 class RouteTrainOptions(Strict):

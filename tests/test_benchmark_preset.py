@@ -77,6 +77,35 @@ def test_the_preset_is_the_official_sequence_and_training_setup():
         assert task.train.startswith("data/") and task.eval.startswith("data/")
     assert _task("vizwiz").eval_annotations == "data/vizwiz/vizwiz_val_annotations.json"
     assert list(BENCHMARKS) == ["dmole"]
+    # the training vote's group is the per-device batch; evaluation votes over the batch the scripts' defaults
+    # give when dmole.sh evaluates (spec §9: 10 for caption and grounding, 8 for VQA and multiple choice)
+    assert [task.vote_size for task in DMOLE_TASKS] == [task.batch_size // REFERENCE_GPUS for task in DMOLE_TASKS]
+    by_family = {"caption": 10, "grounding": 10, "vqa10": 8, "short": 8, "choice": 8}
+    assert [task.eval_batch_size for task in DMOLE_TASKS] == [by_family[task.family] for task in DMOLE_TASKS]
+
+
+def test_the_reference_profile_votes_in_the_references_groups(archive, internvl, tmp_path):
+    """Under --profile reference with the preset, eval votes per the reference's evaluation batch and train-task
+    per its device batch, whatever the accumulation; a flag still wins, and per-sample eval keeps its batch."""
+    from stages.options import DEFAULT_EVAL_BATCH_SIZE, stage_options
+    from stages.project import Project
+    from stages.train_task import train_run
+
+    ws = tmp_path / "ws"
+    dmole("init", "--benchmark", "dmole", "--profile", "reference", "--model", str(internvl), "--data", str(archive),
+          "--workspace", str(ws))
+    project = Project.open(ws)
+    evaluation = stage_options(project.config, "eval")
+    assert evaluation.routing == "batch-vote"
+    for task in project.config.tasks:
+        assert evaluation.for_task(task).batch_size == _task(task.name).eval_batch_size
+        run = train_run(project, task.name, {"grad_accum": 8})[1]
+        assert run.options.train_routing == "batch-vote"
+        assert run.options.vote_size == _task(task.name).batch_size // REFERENCE_GPUS
+    assert train_run(project, "ocrvqa", {"vote_size": 3})[1].options.vote_size == 3
+    assert stage_options(project.config, "eval", {"batch_size": 3}).for_task(project.config.task("kvqa")).batch_size == 3
+    per_sample = stage_options(project.config, "eval", {"routing": "per-sample"})
+    assert per_sample.for_task(project.config.task("skvg")).batch_size == DEFAULT_EVAL_BATCH_SIZE
 
 
 def test_every_task_reads_the_archive_as_distributed(archive):

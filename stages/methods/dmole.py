@@ -80,7 +80,7 @@ class DMoLE(ContinualMethod):
         return [allocation, embedded, *routers, *previous]
 
     def trainer(self, run: TrainRun, adapter):
-        from ..dmole.routing import training_partner_vote
+        from ..dmole.routing import grouped_partner_votes
         from .lora import LoraTrainer, expert_model
 
         arch = read_json(run.carried["allocation"].file("arch.json"))
@@ -94,8 +94,8 @@ class DMoLE(ContinualMethod):
         def batch_routes(indices: list[int]) -> list:
             if not vote:
                 return [routes[i] for i in indices]
-            partner = training_partner_vote(errors[indices], thresholds)
-            return [(run.task_id,) + ((partner,) if partner else ())] * len(indices)
+            return [(run.task_id,) + ((p,) if p else ()) for p in grouped_partner_votes(errors[indices], thresholds,
+                                                                                          run.options.vote_size)]
 
         def record(writer) -> None:
             write_parquet(writer.path("routing_train.parquet"), {
@@ -106,7 +106,7 @@ class DMoLE(ContinualMethod):
 
         return LoraTrainer(run, adapter, experts, arch["selected"], lora, routes, expected=arch["expert_parameters"],
                            batch_routes=batch_routes, record=record,
-                           sidecar={"train_routing": run.options.train_routing})
+                           sidecar={"train_routing": run.options.train_routing, "vote_size": run.options.vote_size})
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def eval_inputs(self, project, after: str) -> list:
@@ -141,7 +141,7 @@ def sample_routes(project, bank, task: str, samples: list, options, split: str =
         raise UserError(f"the {split} embeddings of '{task}' do not cover its {split} file; "
                         f"re-run `dmole embed --task {task}`")
     errors = bank.errors(matrix[[position[s.id] for s in samples]], metadata)
-    return evaluation_routes(errors, bank.thresholds, options), errors
+    return evaluation_routes(errors, bank.thresholds, options.for_task(project.config.task(task))), errors
 
 
 METHODS = DMoLE.with_ablations()  # D-MoLE, then its ablations
