@@ -18,6 +18,7 @@ from artifacts.io import write_parquet
 from .data.tasks import load_eval_samples, task_files
 from .dmole.routing import acceptance_warning
 from .errors import UserError
+from .metrics.caption import resolve_caption_tokenizer
 from .evaluation.names import SWEEP, SWEEP_TABLE
 from .evaluation.predict import predict, score_predictions
 from .methods import get_method
@@ -39,6 +40,14 @@ def _eval_set_hash(project: Project, task: str) -> str:
     return digest.hexdigest()
 
 
+def _with_caption_tokenizer(project: Project, options: EvalOptions, tasks: list[str]) -> tuple[EvalOptions, list]:
+    """``options`` with the caption tokenizer it stands for (hashed and recorded as the one used), and the one-line
+    notice when it fell back from ptb, if any task is scored by CIDEr."""
+    tokenizer, notice = resolve_caption_tokenizer(options.caption_tokenizer)
+    captions = any(project.config.task(name).family == "caption" for name in tasks)
+    return options.model_copy(update={"caption_tokenizer": tokenizer}), [notice] if notice and captions else []
+
+
 def evaluate(project: Project, after: str, options: EvalOptions | dict | None = None, *, force: bool = False,
              progress: Progress = silent) -> StageResult:
     """Evaluate after task ``after`` (or ``zero-shot`` for the base model alone); ``options`` (what the caller
@@ -50,6 +59,7 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
     stage = STAGE if zero_shot else method.stage(STAGE)
     tasks = project.config.task_names if zero_shot else method.eval_tasks(project, after)
     inputs = [] if zero_shot else method.eval_inputs(project, after)
+    options, notices = _with_caption_tokenizer(project, options, tasks)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in tasks}
     config = {"options": options.model_dump(), "method": "base" if zero_shot else method.name,
               "after": after, "sources": sources}
@@ -57,7 +67,7 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
     def compute(writer: Writer) -> None:
         adapter = project.load_model()
         plan = EvalPlan(adapter.model, tasks) if zero_shot else method.evaluation(project, after, adapter)
-        rows, warnings = [], []
+        rows, warnings = [], list(notices)
         for task_name in plan.tasks:
             task = project.config.task(task_name)
             task_options = options.for_task(task)
@@ -109,6 +119,7 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
         raise UserError(f"the threshold sweep changes D-MoLE's routing; {method.name} has none")
     options = options.model_copy(update={"method": method.name})
     names = method.eval_tasks(project, after)
+    options, notices = _with_caption_tokenizer(project, options, names)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in names}
     config = {"options": options.model_dump(), "after": after, "scales": scales, "sources": sources}
 
@@ -127,6 +138,7 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
                 rows.append({"scale": scale, "task": task_name, "score": scored.score, "n": len(samples),
                              **{f"experts_{k}": sum(len(r) == k for r in routes) for k in (0, 1, 2)}})
         write_parquet(writer.path(SWEEP_TABLE), {k: [r[k] for r in rows] for k in rows[0]})
+        writer.meta["warnings"] = notices
         writer.meta.update({f"avg_last@{scale:g}": round(float(np.mean([r["score"] for r in rows
                                                                           if r["scale"] == scale])), 3)
                             for scale in scales})

@@ -54,7 +54,8 @@ class FitRouterOptions(Strict):
     output_activation: Literal["sigmoid", "none"] = Field(default="sigmoid", description="decoder output: sigmoid "
                                                                                          "or none")
     lr: float = Field(default=5e-3, gt=0, description="autoencoder learning rate")
-    min_lr: float = Field(default=1e-3, ge=0, description="floor of the plateau schedule")
+    min_lr: float = Field(default=1e-3, ge=0, description="floor of the learning rate's cosine annealing, stepped "
+                                                          "once per epoch over 1000 epochs")
     batch_size: int = Field(default=1024, gt=0, description="embeddings per autoencoder step")
     max_epochs: int = Field(default=1000, gt=0, description="epochs at most (early stopping ends sooner)")
     patience: int = Field(default=10, gt=0, description="epochs without improvement before stopping")
@@ -162,8 +163,10 @@ class EvalOptions(_MethodChoice):
                                       "second_margin x the first's; measured best, docs/benchmarks.md), any "
                                       "accepting router (the paper's top-2), or weighted (by router confidence)")
     second_margin: float = Field(default=2.0, gt=0, description="the margin rule's factor")
-    caption_tokenizer: Literal["simple", "ptb"] = Field(default="simple", description="caption tokenizer: simple or "
-                                                                                      "ptb (needs java)")
+    caption_tokenizer: Literal["simple", "ptb", "ptb-python", "ptb-else-python"] = Field(
+        default="simple", description="caption tokenizer: simple, ptb (pycocoevalcap's, needs java), ptb-python (its "
+                                      "rules without java) or ptb-else-python (ptb where java is, else ptb-python, "
+                                      "said in one line)")
     min_acceptance: float = Field(default=0.5, ge=0, le=1,
                                   description="warn when a seen task's own router accepts fewer of its samples")
 
