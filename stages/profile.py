@@ -55,7 +55,8 @@ DIFFERENCES: tuple[Difference, ...] = (
     Difference("router fit set", "11,264 random training samples (11 × 128 × 8 GPUs, seed 42)",
                "every training sample", {"fit-router": {"max_fit_samples": 11264}}),
     Difference("threshold", "read from a hand-written `threshold.txt` per task that no script writes; "
-               "`train_autoencoder.py` prints a quantile table of the training errors (min, Q10 … Q99, max, mean, std)",
+               "`train_autoencoder.py` writes a table of the training errors' quantiles (min, Q10 … Q99, max, "
+               "mean, std)",
                "q95 of the training reconstruction errors (`fit-router.quantile`)",
                reference="no rule to reproduce (dmole's rule stays)"),
     Difference("CIDEr tokenizer", "PTB (pycocoevalcap's Stanford tokenizer, needs java)", "`simple` (Python)",

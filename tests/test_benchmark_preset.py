@@ -103,7 +103,8 @@ def test_the_reference_profile_votes_in_the_references_groups(archive, internvl,
         assert run.options.train_routing == "batch-vote"
         assert run.options.vote_size == _task(task.name).batch_size // REFERENCE_GPUS
     assert train_run(project, "ocrvqa", {"vote_size": 3})[1].options.vote_size == 3
-    assert stage_options(project.config, "eval", {"batch_size": 3}).for_task(project.config.task("kvqa")).batch_size == 3
+    flagged = stage_options(project.config, "eval", {"batch_size": 3})
+    assert flagged.for_task(project.config.task("kvqa")).batch_size == 3
     per_sample = stage_options(project.config, "eval", {"routing": "per-sample"})
     assert per_sample.for_task(project.config.task("skvg")).batch_size == DEFAULT_EVAL_BATCH_SIZE
 
