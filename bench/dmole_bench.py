@@ -97,7 +97,7 @@ def inference_throughput(project: Project, repeats: int) -> dict:
     names = project.config.task_names
     task = project.config.task(names[1])
     samples = load_eval_samples(project.data_root, task)
-    options = stage_options(project.config, "eval")
+    options = stage_options(project.config, "eval").for_task(task)
     routed_adapter, single_adapter = load_family(project.model_path), load_family(project.model_path)
     routed_plan = get_method("dmole").evaluation(project, names[-1], routed_adapter)
     routes, errors = routed_plan.routes_for(task.name, samples, options)

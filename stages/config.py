@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
+from .profile import reference_settings
 
 WORKSPACE_FILE = "workspace.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -31,14 +32,9 @@ DEFAULT_MAX_NEW_TOKENS = {"caption": 30, "grounding": 100, "choice": 10, "short"
 DEFAULT_MIN_NEW_TOKENS = {"caption": 8}
 
 
-# `profile: reference` switches each deliberate difference from the official implementation back to it
-# (docs/dmole.md, "The reference profile"); workspace stage settings and command-line flags still win.
-REFERENCE_PROFILE: dict[str, dict] = {
-    "eval": {"routing": "batch-vote"},                               # one expert set per batch, 30% vote support
-    "train-task": {"train_routing": "batch-vote", "group_by_length": True},
-    "fit-router": {"max_fit_samples": 11264},                        # 11 batches x 128 x 8 GPUs, seed 42
-    "zc-score": {"fuse_qkv": True},                                  # InternVL2's fused wqkv / attn.qkv: 96 candidates
-}
+# `profile: reference` switches each deliberate difference from the official implementation back to it where it
+# is an option (stages/profile.py declares them all); workspace stage settings and command-line flags still win.
+REFERENCE_PROFILE: dict[str, dict] = reference_settings()
 PROFILES = ("dmole", "reference")
 
 
@@ -72,6 +68,10 @@ class TaskSpec(Strict):
     min_new_tokens: int | None = Field(default=None, ge=0)
     epochs: float | None = Field(default=None, gt=0)
     batch_size: int | None = Field(default=None, gt=0)
+    # train-task batch-vote: samples per vote, the reference's per-device batch (train-task vote_size)
+    vote_size: int | None = Field(default=None, gt=0)
+    # eval batch-vote: the generation batch each vote is taken over, the reference's (eval batch_size)
+    eval_batch_size: int | None = Field(default=None, gt=0)
     repeat: int = Field(default=1, ge=1)
     description: str = ""
 

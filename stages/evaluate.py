@@ -18,6 +18,7 @@ from artifacts.io import write_parquet
 from .data.tasks import load_eval_samples, task_files
 from .dmole.routing import acceptance_warning
 from .errors import UserError
+from .metrics.caption import resolve_caption_tokenizer
 from .evaluation.names import SWEEP, SWEEP_TABLE
 from .evaluation.predict import predict, score_predictions
 from .methods import get_method
@@ -39,6 +40,14 @@ def _eval_set_hash(project: Project, task: str) -> str:
     return digest.hexdigest()
 
 
+def _with_caption_tokenizer(project: Project, options: EvalOptions, tasks: list[str]) -> tuple[EvalOptions, list]:
+    """``options`` with the caption tokenizer it stands for (hashed and recorded as the one used), and the one-line
+    notice when it fell back from ptb, if any task is scored by CIDEr."""
+    tokenizer, notice = resolve_caption_tokenizer(options.caption_tokenizer)
+    captions = any(project.config.task(name).family == "caption" for name in tasks)
+    return options.model_copy(update={"caption_tokenizer": tokenizer}), [notice] if notice and captions else []
+
+
 def evaluate(project: Project, after: str, options: EvalOptions | dict | None = None, *, force: bool = False,
              progress: Progress = silent) -> StageResult:
     """Evaluate after task ``after`` (or ``zero-shot`` for the base model alone); ``options`` (what the caller
@@ -50,6 +59,7 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
     stage = STAGE if zero_shot else method.stage(STAGE)
     tasks = project.config.task_names if zero_shot else method.eval_tasks(project, after)
     inputs = [] if zero_shot else method.eval_inputs(project, after)
+    options, notices = _with_caption_tokenizer(project, options, tasks)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in tasks}
     config = {"options": options.model_dump(), "method": "base" if zero_shot else method.name,
               "after": after, "sources": sources}
@@ -57,14 +67,15 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
     def compute(writer: Writer) -> None:
         adapter = project.load_model()
         plan = EvalPlan(adapter.model, tasks) if zero_shot else method.evaluation(project, after, adapter)
-        rows, warnings = [], []
+        rows, warnings = [], list(notices)
         for task_name in plan.tasks:
             task = project.config.task(task_name)
+            task_options = options.for_task(task)
             samples = load_eval_samples(project.data_root, task)
-            routes, errors = (plan.routes_for(task_name, samples, options) if plan.routes_for
+            routes, errors = (plan.routes_for(task_name, samples, task_options) if plan.routes_for
                               else ([()] * len(samples), None))
-            predictions, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes), options,
-                                                     progress, f"eval {after}: {task_name}")
+            predictions, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes),
+                                                     task_options, progress, f"eval {after}: {task_name}")
             write_parquet(writer.path(f"predictions/{task_name}.parquet"), {
                 "sample_id": [s.id for s in samples], "prediction": predictions,
                 "parsed": [None if p is None else str(p) for p in scored.parsed],
@@ -80,7 +91,7 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
                          "score": scored.score, "n": len(samples),
                          "tokenizer": options.caption_tokenizer if task.family == "caption" else "",
                          "routing": options.routing if routed else "none",
-                         "batch_size": options.batch_size, "eval_set_sha256": _eval_set_hash(project, task_name)})
+                         "batch_size": task_options.batch_size, "eval_set_sha256": _eval_set_hash(project, task_name)})
         write_parquet(writer.path("scores.parquet"), {k: [r[k] for r in rows] for k in rows[0]})
         writer.meta.update({r["task"]: round(r["score"], 3) for r in rows})
         writer.meta["warnings"] = [w for w in warnings if w]
@@ -108,6 +119,7 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
         raise UserError(f"the threshold sweep changes D-MoLE's routing; {method.name} has none")
     options = options.model_copy(update={"method": method.name})
     names = method.eval_tasks(project, after)
+    options, notices = _with_caption_tokenizer(project, options, names)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in names}
     config = {"options": options.model_dump(), "after": after, "scales": scales, "sources": sources}
 
@@ -120,12 +132,13 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
             for task_name in names:
                 task = project.config.task(task_name)
                 samples = load_eval_samples(project.data_root, task)
-                routes, _ = plan.routes_for(task_name, samples, scaled)
-                _, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes), options,
-                                               progress, f"sweep x{scale:g}: {task_name}")
+                routes, _ = plan.routes_for(task_name, samples, scaled.for_task(task))
+                _, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes),
+                                               options.for_task(task), progress, f"sweep x{scale:g}: {task_name}")
                 rows.append({"scale": scale, "task": task_name, "score": scored.score, "n": len(samples),
                              **{f"experts_{k}": sum(len(r) == k for r in routes) for k in (0, 1, 2)}})
         write_parquet(writer.path(SWEEP_TABLE), {k: [r[k] for r in rows] for k in rows[0]})
+        writer.meta["warnings"] = notices
         writer.meta.update({f"avg_last@{scale:g}": round(float(np.mean([r["score"] for r in rows
                                                                           if r["scale"] == scale])), 3)
                             for scale in scales})

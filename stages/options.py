@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .errors import UserError
-from .config import Strict, WorkspaceConfig, parse_model, stage_profile
+from .config import Strict, TaskSpec, WorkspaceConfig, parse_model, stage_profile
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
@@ -70,7 +70,8 @@ class FitRouterOptions(Strict):
     output_activation: Literal["sigmoid", "none"] = Field(default="sigmoid", description="decoder output: sigmoid "
                                                                                          "or none")
     lr: float = Field(default=5e-3, gt=0, description="autoencoder learning rate")
-    min_lr: float = Field(default=1e-3, ge=0, description="floor of the plateau schedule")
+    min_lr: float = Field(default=1e-3, ge=0, description="floor of the learning rate's cosine annealing, stepped "
+                                                          "once per epoch over 1000 epochs")
     batch_size: int = Field(default=1024, gt=0, description="embeddings per autoencoder step")
     max_epochs: int = Field(default=1000, gt=0, description="epochs at most (early stopping ends sooner)")
     patience: int = Field(default=10, gt=0, description="epochs without improvement before stopping")
@@ -88,6 +89,9 @@ class ZcScoreOptions(Strict):
     fuse_qkv: bool = Field(default=False, description="score each layer's q, k and v projections as one qkv "
                                                       "candidate, the fused projection they were split from "
                                                       "(InternVL2's wqkv and attn.qkv; on under --profile reference)")
+    max_tiles: int = Field(default=1, ge=1, description="image tiles per sample at most, whatever the workspace's "
+                                                        "max_tiles: 1 scores one whole-image view, as the reference "
+                                                        "(spec §5; compute_zc_score.sh sets no dynamic tiling)")
     seed: int = Field(default=42, description="seed of the sample draw")
 
 
@@ -141,6 +145,10 @@ class TrainTaskOptions(_MethodChoice):
     train_routing: Literal["per-sample", "batch-vote"] = Field(
         default="per-sample", description="D-MoLE: each sample's past expert (per-sample) or one per batch by vote "
                                           "(batch-vote, the reference)")
+    vote_size: int | None = Field(
+        default=None, gt=0, description="batch-vote: samples per vote, consecutive in each micro-batch (the "
+                                        "reference votes per device batch); default: the task's registry value, else "
+                                        "the whole micro-batch")
     hparams: dict[str, float | int | bool | str] = Field(
         default_factory=dict, description="the method's own hyperparameters (`dmole methods --show NAME`), over the "
                                           "workspace's `methods` section; on the command line KEY=VALUE, repeatable")
@@ -154,8 +162,13 @@ class TrainTaskOptions(_MethodChoice):
     input_workers: InputWorkers = None
 
 
+DEFAULT_EVAL_BATCH_SIZE = 8
+
+
 class EvalOptions(_MethodChoice):
-    batch_size: int = Field(default=8, gt=0, description="generation batch size")
+    batch_size: int | None = Field(
+        default=None, gt=0, description=f"generation batch size; default: under batch-vote the task's registry "
+                                        f"eval_batch_size (the reference's vote group), else {DEFAULT_EVAL_BATCH_SIZE}")
     routing: Literal["per-sample", "batch-vote"] = Field(
         default="per-sample", description="per-sample (batch-size independent) or batch-vote (the reference)")
     routing_order: Literal["filter-then-rank", "rank-then-filter"] = Field(
@@ -170,10 +183,17 @@ class EvalOptions(_MethodChoice):
                                       "margin (its relative error within second_margin x the first's), any "
                                       "accepting router (the paper's top-2), or weighted (by router confidence)")
     second_margin: float = Field(default=2.0, gt=0, description="the margin rule's factor")
-    caption_tokenizer: Literal["simple", "ptb"] = Field(default="simple", description="caption tokenizer: simple or "
-                                                                                      "ptb (needs java)")
+    caption_tokenizer: Literal["simple", "ptb", "ptb-python", "ptb-else-python"] = Field(
+        default="simple", description="caption tokenizer: simple, ptb (pycocoevalcap's, needs java), ptb-python (its "
+                                      "rules without java) or ptb-else-python (ptb where java is, else ptb-python, "
+                                      "said in one line)")
     min_acceptance: float = Field(default=0.5, ge=0, le=1,
                                   description="warn when a seen task's own router accepts fewer of its samples")
+
+    def for_task(self, task: TaskSpec | None) -> EvalOptions:
+        """These options with the generation batch of ``task`` resolved (see ``batch_size``)."""
+        registry = task.eval_batch_size if task is not None and self.routing == "batch-vote" else None
+        return self.model_copy(update={"batch_size": self.batch_size or registry or DEFAULT_EVAL_BATCH_SIZE})
 
 
 class RouteTrainOptions(Strict):

@@ -38,12 +38,13 @@ class Project:
     def data_root(self) -> Path:
         return resolve_path(self.root, self.config.data)
 
-    def load_model(self, **kwargs):
-        """The workspace's base model and processor, with its tile cap and image padding (heavy: imports torch)."""
+    def load_model(self, *, max_tiles: int | None = None, **kwargs):
+        """The workspace's base model and processor, with its image padding and its tile cap, or ``max_tiles``
+        when given (heavy: imports torch)."""
         from .models.registry import load_family
 
         return load_family(self.model_path, trust_remote_code=self.config.trust_remote_code,
-                           max_tiles=self.config.max_tiles,
+                           max_tiles=self.config.max_tiles if max_tiles is None else max_tiles,
                            pad_to_square=self.config.image_aspect_ratio == "pad", **kwargs)
 
 

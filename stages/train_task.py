@@ -107,6 +107,8 @@ def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict
     method = get_method(options.method or project.config.method)
     options = options.model_copy(update={"method": method.name})  # the same run hashes the same, however named
     names, task_id, spec = method.training_tasks(project, task_name)
+    if options.vote_size is None and spec is not None:
+        options = options.model_copy(update={"vote_size": spec.vote_size})  # the registry's, hashed as resolved
     samples, counts = _samples(project, names, options, union=spec is None)
     return method, TrainRun(project, method.name, task_name, task_id, spec, samples, options,
                             method_hyper(project, method, options), method.stage(STAGE),

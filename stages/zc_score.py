@@ -5,7 +5,9 @@ the answer cross-entropy are accumulated (never zeroed) over M_s = max(4b, round
 from a seeded permutation, summed across data-parallel ranks, and each module scores the sum of the
 Frobenius norms of its parameters' accumulated gradients. A ``qkv`` group (``fuse_qkv``) scores as the fused
 projection it was split from: per parameter (weight, bias), the norm of its members' gradients stacked, i.e.
-sqrt(|G_q|^2 + |G_k|^2 + |G_v|^2), which is the Frobenius norm of the fused tensor's gradient.
+sqrt(|G_q|^2 + |G_k|^2 + |G_v|^2), which is the Frobenius norm of the fused tensor's gradient. Images are cut into
+at most ``max_tiles`` tiles (default 1: one whole-image view, as the reference scores them), whatever the
+workspace's own cap.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | 
         from .distributed import all_reduce_sum, my_share, rank_and_world
         from .training.chat import answer_loss
 
-        adapter = project.load_model()
+        adapter = project.load_model(max_tiles=options.max_tiles)
         model = adapter.model
         model.eval()  # dropout off, for determinism
         candidates = adapter.candidates(include_mlp=options.include_mlp, fuse=options.fuse_qkv)

@@ -77,6 +77,36 @@ def test_the_preset_is_the_official_sequence_and_training_setup():
         assert task.train.startswith("data/") and task.eval.startswith("data/")
     assert _task("vizwiz").eval_annotations == "data/vizwiz/vizwiz_val_annotations.json"
     assert list(BENCHMARKS) == ["dmole"]
+    # the training vote's group is the per-device batch; evaluation votes over the batch the scripts' defaults
+    # give when dmole.sh evaluates (spec §9: 10 for caption and grounding, 8 for VQA and multiple choice)
+    assert [task.vote_size for task in DMOLE_TASKS] == [task.batch_size // REFERENCE_GPUS for task in DMOLE_TASKS]
+    by_family = {"caption": 10, "grounding": 10, "vqa10": 8, "short": 8, "choice": 8}
+    assert [task.eval_batch_size for task in DMOLE_TASKS] == [by_family[task.family] for task in DMOLE_TASKS]
+
+
+def test_the_reference_profile_votes_in_the_references_groups(archive, internvl, tmp_path):
+    """Under --profile reference with the preset, eval votes per the reference's evaluation batch and train-task
+    per its device batch, whatever the accumulation; a flag still wins, and per-sample eval keeps its batch."""
+    from stages.options import DEFAULT_EVAL_BATCH_SIZE, stage_options
+    from stages.project import Project
+    from stages.train_task import train_run
+
+    ws = tmp_path / "ws"
+    dmole("init", "--benchmark", "dmole", "--profile", "reference", "--model", str(internvl), "--data", str(archive),
+          "--workspace", str(ws))
+    project = Project.open(ws)
+    evaluation = stage_options(project.config, "eval")
+    assert evaluation.routing == "batch-vote"
+    for task in project.config.tasks:
+        assert evaluation.for_task(task).batch_size == _task(task.name).eval_batch_size
+        run = train_run(project, task.name, {"grad_accum": 8})[1]
+        assert run.options.train_routing == "batch-vote"
+        assert run.options.vote_size == _task(task.name).batch_size // REFERENCE_GPUS
+    assert train_run(project, "ocrvqa", {"vote_size": 3})[1].options.vote_size == 3
+    flagged = stage_options(project.config, "eval", {"batch_size": 3})
+    assert flagged.for_task(project.config.task("kvqa")).batch_size == 3
+    per_sample = stage_options(project.config, "eval", {"routing": "per-sample"})
+    assert per_sample.for_task(project.config.task("skvg")).batch_size == DEFAULT_EVAL_BATCH_SIZE
 
 
 def test_every_task_reads_the_archive_as_distributed(archive):
@@ -267,3 +297,41 @@ def test_the_whole_loop_through_the_cli(internvl, tmp_path):
     matrix = report["methods"]["dmole"]["matrix"]
     assert len(matrix) == 1 + len(ORDER), "the zero-shot row and one row per stage"
     assert all(value is not None for row in matrix[1:] for value in row), "every task evaluated after every stage"
+
+
+# --- zc-score scores one view per image -------------------------------------------------------------------
+
+def _zc_scores(ws: Path, *extra: str) -> dict[str, float]:
+    import pandas as pd
+
+    from stages.project import Project
+
+    dmole("zc-score", "--task", "ocrvqa", "--workspace", str(ws), *extra)
+    table = pd.read_parquet(Project.open(ws).store.latest("zc-score", "ocrvqa").file("scores.parquet"))
+    return dict(zip(table["module"], table["score"]))
+
+
+def test_zc_score_scores_one_view_per_image_whatever_the_workspace_tiles(archive, internvl, tmp_path):
+    """Spec §5: the proxy's inputs are a single image with no tiling, as in the reference, in every workspace."""
+    from PIL import Image
+
+    from stages.project import Project
+
+    data = tmp_path / "archive"
+    shutil.copytree(archive, data)
+    side = TinySize().image_size
+    for sample in load_train_samples(data, _task("ocrvqa")):  # 2:1 images, which tiling cuts into tiles
+        Image.open(sample.image).convert("RGB").resize((2 * side, side)).save(sample.image)
+    workspaces = {}
+    for tiles in (6, 1):
+        workspaces[tiles] = tmp_path / f"ws{tiles}"
+        dmole("init", "--benchmark", "dmole", "--tasks", "ocrvqa", "--max-tiles", str(tiles), "--model", str(internvl),
+              "--data", str(data), "--workspace", str(workspaces[tiles]))
+    image = Image.open(load_train_samples(data, _task("ocrvqa"))[0].image)
+    views = {tiles: Project.open(ws).load_model().generation_batch([image], ["?"])["pixel_values"].shape[0]
+             for tiles, ws in workspaces.items()}
+    assert views[6] > views[1] == 1  # the workspace's cap does tile these images elsewhere
+    one_view = _zc_scores(workspaces[1])
+    assert _zc_scores(workspaces[6]) == one_view
+    tiled = _zc_scores(workspaces[6], "--max-tiles", "6")  # asked for: the workspace's tiles, other gradients
+    assert tiled.keys() == one_view.keys() and tiled != one_view

@@ -8,8 +8,9 @@ from stages.allocate import parse_budget
 from stages.dmole.allocation import AllocationError, ScoredModule, allocate, split_modules
 from stages.dmole.router import (Autoencoder, RouterSettings, fit_router, flat_parameters, quantile_table,
                                  reconstruction_errors)
-from stages.dmole.routing import (batch_vote, per_sample, training_partner, training_partner_vote,
-                                  with_training_partner)
+from stages.dmole.routing import (batch_vote, grouped_partner_votes, per_sample, training_partner,
+                                  training_partner_vote, with_training_partner)
+from stages.training.loop import micro_batches
 
 
 def modules(vision_scores, language_scores, width=4):
@@ -98,6 +99,24 @@ def test_training_partner_is_the_lowest_error_accepted_past_task_ties_to_lower_i
     errors = np.array([[0.1, 0.1], [0.9, 0.2], [0.9, 0.9]])
     assert training_partner(errors, tau) == [1, 2, None]
     assert training_partner_vote(errors, tau) == 1  # votes 1 and 2 tie: the lower id wins, 1/2 >= 0.3
+
+
+def test_the_training_vote_is_taken_per_group_of_vote_size_whatever_the_accumulation():
+    """The reference votes per device batch (10 on each of 8 GPUs): one process with a micro-batch of 80 must
+    vote per 10 consecutive samples, as it does with --grad-accum 8 (micro-batches of 10)."""
+    tau = np.array([0.5, 0.5])
+    only_first, only_second = [0.1, 0.9], [0.9, 0.1]
+    # a step of 80: eight groups of 10, accepted by task 1 only in the even groups and by task 2 in the odd ones
+    errors = np.array([only_first if (i // 10) % 2 == 0 else only_second for i in range(80)])
+    per_group = [1 if (i // 10) % 2 == 0 else 2 for i in range(80)]
+    assert grouped_partner_votes(errors, tau, 10) == per_group
+    # one vote over the whole micro-batch: a 40-40 tie that the lower id wins for every sample
+    assert grouped_partner_votes(errors, tau, None) == [1] * 80
+    accumulated = [p for micro in micro_batches(list(range(80)), 8)
+                   for p in grouped_partner_votes(errors[micro], tau, None)]
+    assert accumulated == per_group
+    assert [p for micro in micro_batches(list(range(80)), 2)
+            for p in grouped_partner_votes(errors[micro], tau, 10)] == per_group
 
 
 def test_threshold_is_the_quantile_of_in_task_errors():

@@ -5,7 +5,9 @@ import shutil
 import pytest
 
 from stages.metrics import MetricError
-from stages.metrics.caption import cider_d, ptb_tokenize, simple_tokenize, tokenize_captions
+from stages.metrics.caption import (cider_d, ptb_tokenize, resolve_caption_tokenizer, simple_tokenize,
+                                    tokenize_captions)
+from stages.metrics.ptb_python import ptb_python_tokenize
 from stages.metrics.choice import choice_accuracy, format_choices, option_letters, parse_choice
 from stages.metrics.continual import continual_metrics
 from stages.metrics.families import score_family
@@ -68,9 +70,49 @@ def test_ptb_tokenize():
     assert ptb_tokenize(["A dog's ball.", "", "Hi, there!"]) == ["a dog 's ball", "", "hi there"]
 
 
+# Captions that exercise each PTB convention ptb-python writes down (abbreviations, initials, times, prices,
+# clitics, brackets, quotes, hyphens, slashes, a period with no space after it). Java's PTB reads past the end of
+# a caption: a final initial ("a P.") keeps its period when the next caption starts in lower case, so the one
+# here is followed by a capitalised caption, as most are.
+PTB_CASES = [
+    "A street sign stating Water St. with flowers underneath.", "Two signs read \"Euclid St.\" and \"Park Ave.\".",
+    "Woman with an I.V. in her arm watching t.v. at 11:43 p.m.", "A clock shows 4:07, the time is about 11:20.",
+    "Bottles of S. Pellegrino cost $3.69 (two for $5).", "Barry Bonds #25 at bat; fans look on...",
+    "A dog's ball isn't theirs, it can't be, they cannot say.", "The photographers' reflection on a 'Stop' sign",
+    "A t-shirt, a half-eaten stir-fry and a black/white cat at 1/2 past.", "A train on the track.Passengers wait.",
+    "A yellow Market Inc. sign, knick-knacks, etc.", "A cow in a sheep penn.", "They're gonna say we'll go, I'd "
+    "think I'm right - or -- not", "A blue sign with a P.", "A man holding an ore.", "Bed.+9",
+    "A [small] {red} box with “curly” quotes and it’s fine", "",
+]
+
+
+def test_ptb_python_writes_down_the_ptb_conventions():
+    assert ptb_python_tokenize("Woman with an I.V. watching t.v. at 11:43 p.m. on Water St.") == \
+        "woman with an i.v. watching t.v. at 11:43 p.m. on water st."
+    assert ptb_python_tokenize("A dog's ball isn't there; it cannot be.") == "a dog 's ball is n't there it can not be"
+    assert ptb_python_tokenize("Bottles (two) for $3.69, a t-shirt and black/white track.Passengers") == \
+        "bottles -lrb- two -rrb- for $ 3.69 a t-shirt and black/white track.passengers"
+    assert ptb_python_tokenize("A sign with a P.") == "a sign with a p"
+
+
+def test_ptb_python_tokenizes_as_the_java_ptb_tokenizer():
+    if shutil.which("java") is None:
+        pytest.skip("java is not on PATH; the ptb tokenizer needs it")
+    assert [ptb_python_tokenize(t).split() for t in PTB_CASES] == [t.split() for t in ptb_tokenize(PTB_CASES)]
+
+
+def test_ptb_else_python_uses_ptb_where_java_is_and_says_when_it_is_not(monkeypatch):
+    assert resolve_caption_tokenizer("simple") == ("simple", None)
+    monkeypatch.setattr("stages.metrics.caption.shutil.which", lambda name: "/usr/bin/java")
+    assert resolve_caption_tokenizer("ptb-else-python") == ("ptb", None)
+    monkeypatch.setattr("stages.metrics.caption.shutil.which", lambda name: None)
+    tokenizer, notice = resolve_caption_tokenizer("ptb-else-python")
+    assert tokenizer == "ptb-python" and "java is not on PATH" in notice and "\n" not in notice
+
+
 def test_ptb_without_java_is_an_error(monkeypatch):
     monkeypatch.setattr("stages.metrics.caption.shutil.which", lambda name: None)
-    with pytest.raises(MetricError, match="needs java on PATH; use --caption-tokenizer simple"):
+    with pytest.raises(MetricError, match="needs java on PATH; use --caption-tokenizer ptb-python"):
         cider_d(["a dog"], [["a dog"]], tokenizer="ptb")
 
 

@@ -37,16 +37,31 @@ def test_every_option_of_a_stage_is_a_flag_of_its_command(stage):
         assert flags.get(name, "--" + name.replace("_", "-")) in text, (stage, name)
 
 
-def test_allocating_at_rank_16_trains_rank_16_experts(make_project):
-    """Regression: the rank lived in allocate's and train-task's options; train-task now reads the allocation's."""
+def test_allocating_at_rank_4_trains_rank_4_experts_at_scale_2(make_project):
+    """Regression: the rank lived in allocate's and train-task's options; train-task now reads the allocation's.
+    D-MoLE's alpha follows the rank (2r, as the reference's DMoLELinear is built), so the scale stays 2."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
     project = make_project()
     task = project.config.task_names[0]
     assert dmole(project, "zc-score", "--task", task).exit_code == 0
-    assert dmole(project, "allocate", "--task", task, "--rank", "16").exit_code == 0
+    assert dmole(project, "allocate", "--task", task, "--rank", "4").exit_code == 0
     trained = dmole(project, "train-task", "--task", task)
     assert trained.exit_code == 0, trained.output
-    config = read_json(project.store.latest("train-task", task).file("expert/adapter_config.json"))
-    assert config["r"] == 16
+    folder = project.store.latest("train-task", task).path / "expert"
+    config = read_json(folder / "adapter_config.json")
+    assert config["r"] == 4 and config["lora_alpha"] == 2 * 4
+    loaded = PeftModel.from_pretrained(project.load_model().model, folder)
+    scales = {layer.scaling["default"] for layer in loaded.modules() if isinstance(layer, LoraLayer)}
+    assert scales == {config["lora_alpha"] / config["r"]} == {2.0}
+
+
+def test_an_explicit_dmole_alpha_overrides_the_2r_default():
+    from stages.methods.dmole import DMoLEHyper
+
+    assert DMoLEHyper().lora(4).alpha == 8 and DMoLEHyper().lora(8).alpha == 16
+    assert DMoLEHyper(alpha=16).lora(4).alpha == 16
 
 
 @pytest.mark.parametrize("section, message", [

@@ -20,7 +20,9 @@ reference runs from that folder, and every path in its scripts and inside its an
 with ``data/``.
 
 ``batch_size`` in dmole is the GLOBAL batch of one optimizer step (all devices together), so the preset
-records per-device x 8; each task's description keeps the per-device value and the GPU count.
+records per-device x 8; each task's description keeps the per-device value and the GPU count. The per-device
+batch is also the task's ``vote_size`` (train-task's batch vote is taken per device batch, as the reference's),
+and ``eval_batch_size`` is the reference's evaluation batch, which eval's batch vote runs over.
 
 A CoIN preset is not provided: CoIN's training JSON and its question lists with answers are read directly
 (docs/data.md), but its VQAv2 and TextVQA answers live in the original datasets' annotation files.
@@ -34,6 +36,15 @@ from ..config import ConfigError, TaskSpec
 
 REFERENCE = "github.com/gcd19/D-MoLE@0725cd3"
 REFERENCE_GPUS = 8  # scripts/train/dmole.sh: CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7; GPUS = 8
+
+# The evaluation batch per process, which the reference's batch vote is taken over. dmole.sh evaluates every task
+# after each training stage (`evaluate.sh $OUTPUT_DIR $dataset --dynamic`, no --batch-size; README: "Evaluation is
+# enabled by default in the training scripts"), so each evaluation script's own argparse default applies; the
+# standalone run_eval.sh passes 16 or 8 per task instead ("task:dataset:batch" in its TASKS).
+CAPTION_EVAL_BATCH = 10  # eval/caption/evaluate_caption.py: --batch-size default=10
+GROUNDING_EVAL_BATCH = 10  # eval/refcoco/evaluate_grounding.py: --batch-size default=10
+VQA_EVAL_BATCH = 8  # eval/vqa/evaluate_vqa.py: --batch-size default=8
+CHOICE_EVAL_BATCH = 8  # eval/vqa/evaluate_multi_choice.py: --batch-size default=8
 
 # Evaluation prompts, as the official scripts build them (the user text after the image).
 CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."  # eval/caption/evaluate_caption.py
@@ -66,6 +77,8 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         prompt=CAPTION_PROMPT,
         max_new_tokens=30, min_new_tokens=8,  # evaluate_caption.py ds_collections["vizwiz-caption-val"]
         epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "vizwiz_caption:...:10:1"
+        vote_size=10,  # the per-device batch each training vote is taken over
+        eval_batch_size=CAPTION_EVAL_BATCH,
         repeat=1,  # shell/dmole/vizwiz_caption.json "repeat_time"
         description="VizWiz-Captions, val split, CIDEr. " + _reference(
             10, 1, 117_155, "shell/dmole/vizwiz_caption.json", "caption-vizwiz-val"),
@@ -78,6 +91,8 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         prompt=SKVG_PROMPT,  # evaluate_grounding.py evaluate_chat_model()
         max_new_tokens=100, min_new_tokens=1,  # evaluate_grounding.py generation_config
         epochs=5, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "skvg:...:10:5"
+        vote_size=10,  # the per-device batch each training vote is taken over
+        eval_batch_size=GROUNDING_EVAL_BATCH,
         repeat=1,  # shell/dmole/skvg.json "repeat_time"
         description="SK-VG (knowledge-based visual grounding), test split, P@IoU0.5. " + _reference(
             10, 5, 23_404, "shell/dmole/skvg.json", "grouding-skvg-test"),
@@ -91,6 +106,8 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         prompt=CAPTION_PROMPT,
         max_new_tokens=30, min_new_tokens=8,  # evaluate_caption.py ds_collections["textcaps-val"]
         epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "textcaps:...:10:1"
+        vote_size=10,  # the per-device batch each training vote is taken over
+        eval_batch_size=CAPTION_EVAL_BATCH,
         repeat=1,  # shell/dmole/textcaps.json "repeat_time"
         description="TextCaps, val split, CIDEr. " + _reference(
             10, 1, 109_765, "shell/dmole/textcaps.json", "caption-textcaps-val"),
@@ -103,6 +120,8 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         prompt=CHOICE_PROMPT,
         max_new_tokens=10, min_new_tokens=1,  # evaluate_multi_choice.py ds_collections["iconqa_test"]
         epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "iconqa:...:10:1"
+        vote_size=10,  # the per-device batch each training vote is taken over
+        eval_batch_size=CHOICE_EVAL_BATCH,
         repeat=5,  # shell/dmole/iconqa.json "repeat_time": 5
         description="IconQA (multiple-text-choice), test split, letter accuracy; the training set is repeated "
                     "5 times per epoch (shell/dmole/iconqa.json repeat_time). " + _reference(
@@ -117,6 +136,8 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         max_new_tokens=100,  # evaluate_vqa.py ds_collections["ocrvqa_val"]
         min_new_tokens=1,  # evaluate_vqa.py generation_config
         epochs=1, batch_size=8 * REFERENCE_GPUS,  # dmole.sh "ocrvqa:...:8:1"
+        vote_size=8,  # the per-device batch each training vote is taken over
+        eval_batch_size=VQA_EVAL_BATCH,
         repeat=1,  # shell/dmole/ocrvqa.json "repeat_time"
         description="OCR-VQA, val split, exact match. " + _reference(
             8, 1, 166_043, "shell/dmole/ocrvqa.json", "vqa-ocrvqa-val"),
@@ -130,6 +151,8 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         prompt=CAPTION_PROMPT,
         max_new_tokens=30, min_new_tokens=8,  # evaluate_caption.py ds_collections["flickr30k"]
         epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "flickr30k:...:10:1"
+        vote_size=10,  # the per-device batch each training vote is taken over
+        eval_batch_size=CAPTION_EVAL_BATCH,
         repeat=1,  # shell/dmole/flickr30k.json "repeat_time"
         description="Flickr30k, Karpathy test split, CIDEr. " + _reference(
             10, 1, 145_000, "shell/dmole/flickr30k.json", "caption-flickr30k"),
@@ -146,6 +169,8 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         max_new_tokens=10,  # evaluate_vqa.py ds_collections["vizwiz_val"]
         min_new_tokens=1,  # evaluate_vqa.py generation_config
         epochs=5, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "vizwiz:...:10:5"
+        vote_size=10,  # the per-device batch each training vote is taken over
+        eval_batch_size=VQA_EVAL_BATCH,
         repeat=1,  # shell/dmole/vizwiz.json "repeat_time"
         description="VizWiz-VQA, val split, VQA accuracy (ten answers). " + _reference(
             10, 5, 20_523, "shell/dmole/vizwiz.json", "vqa-vizwiz-val"),
@@ -159,6 +184,8 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         max_new_tokens=100,  # evaluate_vqa.py ds_collections["kvqa_test"]
         min_new_tokens=1,  # evaluate_vqa.py generation_config
         epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "kvqa:...:10:1"
+        vote_size=10,  # the per-device batch each training vote is taken over
+        eval_batch_size=VQA_EVAL_BATCH,
         repeat=1,  # shell/dmole/kvqa.json "repeat_time"
         description="KVQA, test split, exact match. " + _reference(
             10, 1, 146_408, "shell/dmole/kvqa.json", "vqa-kvqa-test"),
@@ -171,6 +198,8 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         prompt=CHOICE_PROMPT,
         max_new_tokens=10, min_new_tokens=1,  # evaluate_multi_choice.py ds_collections["pmcvqa_test_clean"]
         epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "pmcvqa:...:10:1"
+        vote_size=10,  # the per-device batch each training vote is taken over
+        eval_batch_size=CHOICE_EVAL_BATCH,
         repeat=1,  # shell/dmole/pmcvqa.json "repeat_time"
         description="PMC-VQA, test_clean split, letter accuracy. " + _reference(
             10, 1, 176_948, "shell/dmole/pmcvqa.json", "vqa-pmcvqa-test-clean"),

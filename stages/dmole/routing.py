@@ -127,6 +127,17 @@ def training_partner_vote(errors_past: np.ndarray, tau_past: np.ndarray, support
     return task if count / voters >= support else None
 
 
+def grouped_partner_votes(errors_past: np.ndarray, tau_past: np.ndarray, size: int | None) -> list[int | None]:
+    """Per sample of a micro-batch, the past task its vote group chose: the batch cut into consecutive groups of
+    ``size`` (None: one group), each voting as the reference's per-device batch does."""
+    size = size or len(errors_past)
+    partners: list[int | None] = []
+    for start in range(0, len(errors_past), size):
+        group = errors_past[start:start + size]
+        partners += [training_partner_vote(group, tau_past)] * len(group)
+    return partners
+
+
 def acceptance_warning(task: str, accepted: int, total: int, minimum: float, *, where: str) -> str | None:
     """One line when a task's own router accepts fewer than ``minimum`` of its test samples, which then run
     without their experts (evaluation quietly equals zero-shot); None when routing is healthy."""

@@ -89,7 +89,7 @@ def _sample_routes(project: Project, method, after: str, adapter, plan, options)
     def route(images: list[Image.Image], prompts: list[str]) -> list:
         with (plan.model.disable_adapter() if hasattr(plan.model, "disable_adapter") else nullcontext()):
             embeddings = sequence_embeddings(adapter, images, prompts)
-        return evaluation_routes(bank.errors(embeddings, metadata), bank.thresholds, options)
+        return evaluation_routes(bank.errors(embeddings, metadata), bank.thresholds, options.for_task(None))
 
     return route
 

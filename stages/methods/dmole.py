@@ -22,8 +22,17 @@ ALLOCATE_STAGE = "allocate"
 class DMoLEHyper(Strict):
     """The expert rank is the allocation's (``allocate --rank``); these are the rest of its LoRA settings."""
 
-    alpha: int = Field(default=16, gt=0, description="LoRA alpha (the reference's dmole.sh: 2 x rank 8)")
+    alpha: int | None = Field(default=None, gt=0, description="LoRA alpha; default 2 x the allocation's rank, so the "
+                                                               "scale alpha / r is 2 at any rank (the reference ties "
+                                                               "it: internvl_chat_finetune.py, lora_alpha = 2 * "
+                                                               "use_llm_lora)")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout (the reference's dmole.sh)")
+
+    def lora(self, rank: int):
+        """The expert's LoRA settings at the allocation's ``rank``: alpha as set, else 2 x rank."""
+        from ..dmole.experts import LoraSettings
+
+        return LoraSettings(rank, self.alpha if self.alpha is not None else 2 * rank, self.dropout)
 
 
 class DMoLE(ContinualMethod):
@@ -71,14 +80,13 @@ class DMoLE(ContinualMethod):
         return [allocation, embedded, *routers, *previous]
 
     def trainer(self, run: TrainRun, adapter):
-        from ..dmole.routing import training_partner_vote
-        from ..dmole.experts import LoraSettings
+        from ..dmole.routing import grouped_partner_votes
         from .lora import LoraTrainer, expert_model
 
         arch = read_json(run.carried["allocation"].file("arch.json"))
         experts = expert_model(run.project, adapter, loaded=dict(enumerate(self.trained_before(run.project,
                                                                                                run.task_id), 1)))
-        lora = LoraSettings(arch["rank"], run.hyper.alpha, run.hyper.dropout)
+        lora = run.hyper.lora(arch["rank"])
         partners, errors, thresholds = (run.carried[k] for k in ("partners", "errors", "thresholds"))
         routes = [(run.task_id,) + ((p,) if p is not None else ()) for p in partners]
         vote = run.options.train_routing == "batch-vote" and run.task_id > 1
@@ -86,8 +94,8 @@ class DMoLE(ContinualMethod):
         def batch_routes(indices: list[int]) -> list:
             if not vote:
                 return [routes[i] for i in indices]
-            partner = training_partner_vote(errors[indices], thresholds)
-            return [(run.task_id,) + ((partner,) if partner else ())] * len(indices)
+            return [(run.task_id,) + ((p,) if p else ()) for p in grouped_partner_votes(errors[indices], thresholds,
+                                                                                          run.options.vote_size)]
 
         def record(writer) -> None:
             write_parquet(writer.path("routing_train.parquet"), {
@@ -98,7 +106,7 @@ class DMoLE(ContinualMethod):
 
         return LoraTrainer(run, adapter, experts, arch["selected"], lora, routes, expected=arch["expert_parameters"],
                            batch_routes=batch_routes, record=record,
-                           sidecar={"train_routing": run.options.train_routing})
+                           sidecar={"train_routing": run.options.train_routing, "vote_size": run.options.vote_size})
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def eval_inputs(self, project, after: str) -> list:
@@ -133,7 +141,7 @@ def sample_routes(project, bank, task: str, samples: list, options, split: str =
         raise UserError(f"the {split} embeddings of '{task}' do not cover its {split} file; "
                         f"re-run `dmole embed --task {task}`")
     errors = bank.errors(matrix[[position[s.id] for s in samples]], metadata)
-    return evaluation_routes(errors, bank.thresholds, options), errors
+    return evaluation_routes(errors, bank.thresholds, options.for_task(project.config.task(task))), errors
 
 
 METHODS = DMoLE.with_ablations()  # D-MoLE, then its ablations

@@ -7,8 +7,11 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from . import MetricError
+from .ptb_python import ptb_python_tokenize
 
-CAPTION_TOKENIZERS = ("simple", "ptb")
+CAPTION_TOKENIZERS = ("simple", "ptb", "ptb-python")
+# Not a tokenizer but a choice between two: ptb where java is, else ptb-python (said in one line).
+PTB_ELSE_PYTHON = "ptb-else-python"
 
 _CLITIC = re.compile(r"(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _PUNCT = re.compile(r"[,?!:;\"`()\[\]{}]|(?<!\d)\.|\.(?!\d)")
@@ -26,18 +29,31 @@ def ptb_tokenize(texts: list[str]) -> list[str]:
     """Tokenise with pycocoevalcap's Stanford PTB tokenizer (needs java)."""
     if shutil.which("java") is None:
         raise MetricError(
-            "the 'ptb' caption tokenizer needs java on PATH; use --caption-tokenizer simple"
+            "the 'ptb' caption tokenizer needs java on PATH; use --caption-tokenizer ptb-python (its rules without "
+            "java) or simple"
         )
     tokenized = PTBTokenizer().tokenize({i: [{"caption": t}] for i, t in enumerate(texts)})
     return [tokenized[i][0] for i in range(len(texts))]
 
 
+def resolve_caption_tokenizer(name: str) -> tuple[str, str | None]:
+    """The tokenizer ``name`` stands for, and a one-line notice when ``ptb-else-python`` falls back without java."""
+    if name != PTB_ELSE_PYTHON:
+        return name, None
+    if shutil.which("java") is not None:
+        return "ptb", None
+    return "ptb-python", ("caption tokenizer: java is not on PATH, so CIDEr uses ptb-python (the PTB rules in "
+                          "Python; docs/dmole.md gives its measured difference from ptb) instead of ptb")
+
+
 def tokenize_captions(texts: list[str], tokenizer: str = "simple") -> list[str]:
-    """Tokenise many captions with the named tokenizer ("simple" or "ptb")."""
+    """Tokenise many captions with the named tokenizer ("simple", "ptb" or "ptb-python")."""
     if tokenizer == "simple":
         return [simple_tokenize(t) for t in texts]
     if tokenizer == "ptb":
         return ptb_tokenize(texts)
+    if tokenizer == "ptb-python":
+        return [ptb_python_tokenize(t) for t in texts]
     raise MetricError(f"unknown caption tokenizer {tokenizer!r}; choose one of {CAPTION_TOKENIZERS}")
 
 

@@ -88,7 +88,7 @@ def score_family(
 ) -> Scored:
     """(score 0-100, per-sample scores 0-100, parsed predictions) for one task family.
 
-    `caption_tokenizer` ("simple" or "ptb") is used by the caption family only.
+    `caption_tokenizer` ("simple", "ptb" or "ptb-python") is used by the caption family only.
     """
     if family not in FAMILIES:
         raise MetricError(f"unknown task family {family!r}; known: {sorted(FAMILIES)}")
