@@ -126,6 +126,11 @@ def show(
     _render_quantiles(result.get("quantiles", {}))
     _render_confusion(result.get("confusion", {}), result.get("threshold_scale", 1.0))
     _render_allocation(result.get("allocation", {}))
+    for method, rows in result.get("sweeps", {}).items():
+        table = Table(*rows[0], title=f"{method}: each value's scores (selected on validation)")
+        for row in rows:
+            table.add_row(*(("yes" if v else "") if k == "selected" else str(v) for k, v in row.items()))
+        console.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -62,10 +62,14 @@ def _router_record(project: Project, described: dict) -> dict:
 def describe_stage(project: Project, stage: str, task: str | None, number: int | None) -> dict:
     """One task's artifact, or every task's latest when no task is named; plus stage-wide views."""
     if task is not None:
-        project.config.task(task)
+        if project.store.latest(stage, task) is None:  # not a key of this stage: name the workspace's tasks
+            project.config.task(task)
         found = [describe(project, stage, task, number)]
     else:
-        found = [describe(project, stage, t) for t in project.config.task_names if project.store.latest(stage, t)]
+        # the sequence's tasks in order, then the stage's other keys (a sweep's method, the report's `all`)
+        keys = [v.task for v in project.store.all_latest() if v.stage == stage]
+        ordered = [t for t in project.config.task_names if t in keys] + sorted(set(keys) - set(project.config.task_names))
+        found = [describe(project, stage, t) for t in ordered]
         if not found:
             raise UserError(f"no '{stage}' artifacts in this workspace yet")
     result = {"stage": stage, "artifacts": found}
@@ -81,4 +85,8 @@ def describe_stage(project: Project, stage: str, task: str | None, number: int |
         from .allocate import allocation_table
 
         result["allocation"] = allocation_table(project)
+    if stage == "sweep":  # imported here: the sweep stage imports torch
+        from .sweep import sweep_rows
+
+        result["sweeps"] = {a["task"]: sweep_rows(project.store.version(stage, a["task"], a["version"])) for a in found}
     return result

@@ -24,9 +24,10 @@ from artifacts.io import write_json
 from .config import WorkspaceConfig
 from .data.tasks import load_eval_samples
 from .errors import UserError
+from .allocate import STAGE as ALLOCATE
 from .evaluate import ZERO_SHOT, evaluate
 from .methods import get_method
-from .methods.base import ContinualMethod
+from .methods.base import EVAL_STAGE, ContinualMethod
 from .metrics.continual import continual_metrics
 from .options import SweepOptions, parse_pairs, stage_options
 from .progress import Progress, silent
@@ -36,6 +37,9 @@ from .train_task import train_task
 
 STAGE = "sweep"
 RESULT = "sweep.json"
+# artifacts of the main workspace each scratch workspace starts with: a run finds them as its own (the zero-shot
+# evaluation is up to date where its configuration is the same; otherwise it is computed again)
+SEEDED = (ALLOCATE, f"{EVAL_STAGE}/{ZERO_SHOT}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ def _point_project(project: Project, folder: Path, method: ContinualMethod, hype
         "method": method.name, "methods": {**config.methods, method.name: hyper}})
     folder.mkdir(parents=True, exist_ok=True)
     write_workspace(folder, point)
+    for shared in SEEDED:  # D-MoLE's allocations (what parity sizes a baseline by) and the zero-shot row
+        source, target = project.root / shared, folder / shared
+        if source.is_dir() and not target.exists():
+            shutil.copytree(source, target)
     return Project.open(folder)
 
 
@@ -174,3 +182,13 @@ def sweep(project: Project, options: SweepOptions | dict | None = None, *, force
         shutil.rmtree(scratch, ignore_errors=True)
 
     return run_stage(project, STAGE, method.name, config=config, inputs=[], compute=compute, force=force)
+
+
+def sweep_rows(version) -> list[dict]:
+    """One row per grid value of a sweep artifact: its value, both relative scores, and its test Last / BWT."""
+    from artifacts.io import read_json
+
+    swept = read_json(version.file(RESULT))
+    return [{swept["parameter"]: p["value"], "selected": p["value"] == swept["selected"],
+             "validation relative": round(p["validation"]["relative"], 4), "test relative": round(p["test"]["relative"], 4),
+             "test Last": round(p["test"]["last"], 2), "test BWT": round(p["test"]["bwt"], 2)} for p in swept["points"]]
