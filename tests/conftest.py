@@ -15,7 +15,7 @@ from stages.project import Project
 from stages.synth import synthesize
 
 # Two cores are shared with whatever else runs; one thread avoids oversubscription stalls (and model loads,
-# which would otherwise pick the idle cores, keep it: stages/threads.py).
+# which would otherwise use every usable core, keep it: stages/threads.py).
 os.environ["DMOLE_THREADS"] = "1"
 torch.set_num_threads(1)
 
