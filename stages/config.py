@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -47,7 +47,12 @@ class ConfigError(UserError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never a sensible setting: `--lr inf` or `--epochs nan` is refused where it is parsed
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# torch, numpy and Python all accept a seed in this range (torch.manual_seed refuses a larger one)
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class TaskSpec(Strict):
@@ -102,7 +107,7 @@ class WorkspaceConfig(Strict):
     data: str
     tasks: list[TaskSpec] = Field(min_length=1)
     method: str = "dmole"
-    seed: int = 42
+    seed: Seed = 42
     trust_remote_code: bool = False
     profile: Literal[PROFILES] = "dmole"  # "reference": the official implementation's choices as stage defaults
     max_tiles: int | None = Field(default=None, ge=1)  # cap on the image processor's tiles (None: its own)

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .config import Strict, WorkspaceConfig, parse_model, stage_profile
+from .config import Seed, Strict, WorkspaceConfig, parse_model, stage_profile
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
@@ -61,7 +61,7 @@ class FitRouterOptions(Strict):
     max_fit_samples: int | None = Field(default=None, gt=0, description="seeded cap on the fit set (default: all)")
     min_acceptance: float = Field(default=0.5, ge=0, le=1,
                                   description="warn when the router accepts fewer of its own test samples")
-    seed: int = Field(default=42, description="seed of the fit-set draw and the autoencoder")
+    seed: Seed = Field(default=42, description="seed of the fit-set draw and the autoencoder")
 
 
 class ZcScoreOptions(Strict):
@@ -72,7 +72,7 @@ class ZcScoreOptions(Strict):
     fuse_qkv: bool = Field(default=False, description="score each layer's q, k and v projections as one qkv "
                                                       "candidate, the fused projection they were split from "
                                                       "(InternVL2's wqkv and attn.qkv; on under --profile reference)")
-    seed: int = Field(default=42, description="seed of the sample draw")
+    seed: Seed = Field(default=42, description="seed of the sample draw")
 
 
 def parse_budget(text: str) -> tuple[float | None, int | None]:
@@ -134,7 +134,7 @@ class TrainTaskOptions(_MethodChoice):
         default="auto", description="bf16 autocast: auto (on CUDA only), bf16 (always) or fp32 (never)")
     gradient_checkpointing: bool = Field(default=False, description="recompute activations in backward to save "
                                                                     "memory")
-    seed: int = Field(default=42, description="seed of the adapter initialisation and the data order")
+    seed: Seed = Field(default=42, description="seed of the adapter initialisation and the data order")
     input_workers: InputWorkers = None
 
 
