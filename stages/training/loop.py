@@ -30,8 +30,8 @@ from ..distributed import FSDP2, all_gather_objects, is_main, my_share, paramete
 from ..errors import UserError
 from ..progress import Progress, silent
 from ..threads import thread_mismatch
-from .inputs import InputPipeline
 from .checkpoint import LoadedState, load_checkpoint, rng_state, save_checkpoint
+from .inputs import InputPipeline
 from .sharding import ShardedCopy
 
 
