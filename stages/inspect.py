@@ -11,9 +11,25 @@ from .project import Project
 HEAD_ROWS = 5
 
 
+def tampered_since(project: Project, stage: str, task: str) -> list[dict]:
+    """The version folders of ``stage``/``task`` newer than its latest version whose manifest is damaged or was
+    edited by hand (no stage reads them), each with what is wrong."""
+    latest = project.store.latest(stage, task)
+    return [{"stage": stage, "task": task, "version": number, "path": str(path), "status": "tampered",
+             "problem": problem}
+            for number, path, problem in project.store.tampered(stage, task) if latest is None or number > latest.number]
+
+
 def listing(project: Project) -> list[dict]:
-    return [{"stage": v.stage, "task": v.task, "version": v.number, "created": v.created,
-             "bytes": v.size_bytes, "status": project.store.status(v)} for v in project.store.all_latest()]
+    """The latest version of every stage and task, and any newer version folder whose manifest is tampered."""
+    rows = []
+    for stage, task in project.store.stage_tasks():
+        v = project.store.latest(stage, task)
+        if v is not None:
+            rows.append({"stage": stage, "task": task, "version": v.number, "created": v.created,
+                         "bytes": v.size_bytes, "status": project.store.status(v), "problem": None})
+        rows += [{**row, "created": "", "bytes": 0} for row in tampered_since(project, stage, task)]
+    return rows
 
 
 def _cell(value):
@@ -61,14 +77,17 @@ def _router_record(project: Project, described: dict) -> dict:
 
 def describe_stage(project: Project, stage: str, task: str | None, number: int | None) -> dict:
     """One task's artifact, or every task's latest when no task is named; plus stage-wide views."""
-    if task is not None:
-        project.config.task(task)
-        found = [describe(project, stage, task, number)]
+    tasks = [project.config.task(task).name] if task is not None else project.config.task_names
+    if task is not None and number:
+        found, tampered = [describe(project, stage, task, number)], []
     else:
-        found = [describe(project, stage, t) for t in project.config.task_names if project.store.latest(stage, t)]
-        if not found:
-            raise UserError(f"no '{stage}' artifacts in this workspace yet")
-    result = {"stage": stage, "artifacts": found}
+        found = [describe(project, stage, t) for t in tasks if project.store.latest(stage, t)]
+        tampered = [row for t in tasks for row in tampered_since(project, stage, t)]
+    if not found and not tampered:
+        if task is not None:
+            describe(project, stage, task)  # says that the task has none
+        raise UserError(f"no '{stage}' artifacts in this workspace yet")
+    result = {"stage": stage, "artifacts": found, "tampered": tampered}
     if stage == "fit-router":
         from .fit_router import routing_confusion
         from .options import stage_options
