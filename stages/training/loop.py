@@ -92,7 +92,8 @@ def _check_step(loss: float, params: list[torch.nn.Parameter], accelerator, step
     if not math.isfinite(loss):
         raise TrainingFailed(f"training diverged at step {step} of {total}: the loss is {loss}; nothing was saved "
                              "(lower the learning rate or clip the gradients)")
-    broken = torch.stack([~torch.isfinite(p.detach()).all() for p in params]).sum().float()
+    local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in params]  # FSDP2: own shard
+    broken = torch.stack([~torch.isfinite(t).all() for t in local]).sum().float()
     if float(accelerator.reduce(broken.to(accelerator.device), reduction="sum")):
         raise TrainingFailed(f"training diverged at step {step} of {total}: a trained parameter is inf or nan; "
                              "nothing was saved (lower the learning rate or clip the gradients)")
