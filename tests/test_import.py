@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from dmole_cli.app import app
 from stages.data.prompts import render_prompt
 from stages.data.registry import read_registry
-from stages.data.task_swap import complete_imports
+from stages.data.task_swap import complete_imports, import_lock
 from stages.data.tasks import load_eval_samples, load_train_samples
 
 
@@ -211,3 +211,12 @@ def test_an_import_killed_at_any_step_leaves_the_old_task_or_the_new_one_whole(t
         assert state in (before, after), f"killed at step {budget}: {sorted(set(state) ^ set(before))}"
         outcomes.append(state == after)
     assert budget > 3 and True in outcomes and False in outcomes, outcomes  # killed before and after the commit
+
+
+def test_one_import_at_a_time_per_data_root(tmp_path, data):
+    DatasetDict(train=dataset(dict(CHOICE_ROWS)), test=dataset(dict(CHOICE_ROWS))).save_to_disk(str(tmp_path / "s"))
+    with import_lock(data):  # another import holds the data root
+        code, output = dmole("import", str(tmp_path / "s"), "--data", str(data), "-t", "s", "--family", "choice",
+                             "--map", "question=query", "--map", "answer=label")
+    assert code == 2 and "is being imported into by another process" in output, output
+    assert list(data.iterdir()) == []
