@@ -52,7 +52,8 @@ class Strict(BaseModel):
 
 
 # torch, numpy and Python all accept a seed in this range (torch.manual_seed refuses a larger one)
-Seed = Annotated[int, Field(ge=0, lt=2**32)]
+SEED_LIMIT = 2**32
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
 
 
 class TaskSpec(Strict):
@@ -196,6 +197,13 @@ def _check(model: type[BaseModel], values: dict, where: str) -> None:
 def stage_profile(config: WorkspaceConfig, stage: str) -> dict:
     """The profile's defaults for ``stage`` (below the workspace's own ``stages`` section)."""
     return REFERENCE_PROFILE.get(stage, {}) if config.profile == "reference" else {}
+
+
+def check_creatable(path: Path, what: str) -> None:
+    """A one-line error if the folder ``path`` cannot be created because it, or a folder above it, is a file."""
+    blocker = next((p for p in (path.absolute(), *path.absolute().parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"{what} {path} cannot be created: {blocker} is a file, not a folder")
 
 
 def resolve_path(base: Path, value: str) -> Path:

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .config import check_creatable
 from .errors import UserError
 
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -610,9 +611,7 @@ def _check_out(src: Path, out: Path, force: bool) -> None:
         raise ConvertError(f"OUT {out} must not contain SRC")
     if out.exists() and not out.is_dir():
         raise ConvertError(f"{out} exists and is not a folder")
-    above = next(parent for parent in out.absolute().parents if parent.exists())
-    if not above.is_dir():
-        raise ConvertError(f"OUT {out} cannot be created: {above} is a file, not a folder")
+    check_creatable(out, "OUT")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConvertError(f"{out} is not empty; pass --force to replace it")
 

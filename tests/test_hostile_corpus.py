@@ -1,6 +1,6 @@
 """A hostile-input corpus, tried as a new user would: `dmole import`, `dmole convert`, the presets (`init
---profile` / `--benchmark`, a workspace's `stages` section) and the options of every stage, each given something
-broken, absurd or of the wrong kind.
+--profile` / `--benchmark`, `synth`, `demo`, a workspace's `stages` section) and the options of every stage, each
+given something broken, absurd or of the wrong kind.
 
 One check for every case: a non-zero exit status, exactly one line of output (no usage box, no traceback) that
 says what is wrong, and nothing written or destroyed: every file under the test's folder (the workspace, the data
@@ -200,6 +200,14 @@ CASES = [
     Case("init: an unknown image aspect ratio", lambda e: e.init("--image-aspect-ratio", "crop"),
          "image_aspect_ratio: Input should be"),
     Case("init: a negative seed", lambda e: e.init("--seed", "-1"), "seed: Input should be greater than or equal"),
+    Case("synth --seed -1", lambda e: ["synth", "--out", str(e.root / "synth"), "--seed", "-1"],
+         "Invalid value for '--seed': Input should be greater than or equal to 0"),
+    Case("synth --out under a regular file", lambda e: ["synth", "--out", str(e.ws / "workspace.json" / "synth")],
+         "workspace.json is a file, not a folder"),
+    Case("demo --seed 2^32", lambda e: ["demo", "--out", str(e.root / "demo"), "--seed", str(2**32)],
+         "Input should be less than or equal to 4294967295"),
+    Case("demo --methods of no method", lambda e: ["demo", "--out", str(e.root / "demo"), "--methods", "best"],
+         "unknown method 'best'"),
     Case("workspace: an infinite stage default", lambda e: _edited_workspace(e, stages={"train-task": {"lr": 1e999}}),
          "stage 'train-task': lr: Input should be a finite number"),
     Case("workspace: a seed of 2^64", lambda e: _edited_workspace(e, seed=2**64), "seed: Input should be less"),
