@@ -76,8 +76,8 @@ def commit(data_root: Path, task: str, staged: Path) -> Path:
 def complete_imports(data_root: Path) -> None:
     """Finish any import that committed but was interrupted, and clear what dead imports left (unless an import is
     running now: it does so itself)."""
-    if not data_root.is_dir():
-        return
+    if not data_root.is_dir() or not os.access(data_root, os.R_OK | os.W_OK | os.X_OK):
+        return  # no data root yet, or one this user cannot import into (a shared, read-only one)
     with import_lock(data_root, wait=False) as held:
         if held:
             roll_forward(data_root)
