@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import ArtifactError
 from .io import read_json
@@ -50,14 +50,61 @@ def build_manifest(*, stage: str, task: str, version: int, toolkit_version: str,
     }
 
 
+# the type of every field, and of the fields of each input and output, as the writer records them
+_TYPES = {"schema_version": int, "stage": str, "task": str, "version": int, "created": str, "toolkit_version": str,
+          "config": dict, "config_hash": str, "inputs": list, "outputs": list, "content_hash": str,
+          "environment": dict, "summary": dict}
+_INPUT = {"stage": str, "task": str, "version": int, "content_hash": str}
+_OUTPUT = {"path": str, "sha256": str, "bytes": int}
+
+
+def _wrong_type(record: object, types: dict[str, type], where: str) -> str | None:
+    if not isinstance(record, dict):
+        return f"{where.rstrip('.') or 'the manifest'} is not an object"
+    for key, kind in types.items():
+        if key not in record:
+            return f"{where}{key} is missing" if where else f"no field {key!r}"
+        value = record[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{where}{key} is not {'an' if kind is int else 'a'} {kind.__name__}"
+    return None
+
+
+def manifest_problem(m: object, stage: str, task: str, number: int) -> str | None:
+    """What makes ``m`` not the manifest of version ``number`` of ``stage``/``task`` as the writer wrote it (a field
+    missing, of the wrong type, an output outside the version folder, another version's identity), or None."""
+    if problem := _wrong_type(m, _TYPES, ""):
+        return problem
+    for i, ref in enumerate(m["inputs"]):
+        if problem := _wrong_type(ref, _INPUT, f"inputs[{i}]."):
+            return problem
+    for i, output in enumerate(m["outputs"]):
+        if problem := _wrong_type(output, _OUTPUT, f"outputs[{i}]."):
+            return problem
+        parts = PurePosixPath(output["path"]).parts
+        if not parts or output["path"].startswith("/") or ".." in parts or output["bytes"] < 0:
+            return f"outputs[{i}] ({output['path']!r}, {output['bytes']} bytes) is not a file of the version folder"
+    found = (m["schema_version"], m["stage"], m["task"], m["version"])
+    if found != (SCHEMA_VERSION, stage, task, number):
+        return f"it names schema {found[0]}, {found[1]}/{found[2]} v{found[3]}"
+    return None
+
+
+def read_manifest(version_dir: Path, stage: str, task: str, number: int) -> tuple[dict | None, str | None]:
+    """``(manifest, None)`` for a valid manifest; ``(None, problem)`` for a manifest that is damaged or was edited
+    by hand (never written so by the writer, which renames a version into place with its manifest); ``(None, None)``
+    for a folder without one (not a version)."""
+    path = version_dir / MANIFEST
+    if not path.exists():
+        return None, None
+    try:
+        m = read_json(path)
+    except ArtifactError:
+        return None, "manifest.json is not readable JSON"
+    problem = manifest_problem(m, stage, task, number)
+    return (None, f"manifest.json: {problem}") if problem else (m, None)
+
+
 def load_manifest(version_dir: Path, stage: str, task: str, number: int) -> dict | None:
     """The manifest of `version_dir`, or None if it is missing, damaged or not this version's."""
-    try:
-        m = read_json(version_dir / MANIFEST)
-    except ArtifactError:
-        return None
-    if not isinstance(m, dict) or any(k not in m for k in _FIELDS):
-        return None
-    if (m["schema_version"], m["stage"], m["task"], m["version"]) != (SCHEMA_VERSION, stage, task, number):
-        return None
-    return m
+    return read_manifest(version_dir, stage, task, number)[0]

@@ -10,7 +10,7 @@ from .errors import MissingArtifact, TamperedArtifact
 from .io import read_json, write_json
 from .layout import CONFIG, LATEST, LOCK, check_name, is_valid_name, version_dirs
 from .lock import hold_lock
-from .manifest import load_manifest
+from .manifest import load_manifest, read_manifest
 from .version import InputRef, Version
 from .writer import Writer, open_writer
 
@@ -42,8 +42,17 @@ class Workspace:
     def version(self, stage: str, task: str, number: int) -> Version:
         v = self._load(stage, task, number)
         if v is None:
+            problem = read_manifest(self._task_dir(stage, task) / f"v{number}", stage, task, number)[1]
+            if problem:
+                raise TamperedArtifact(f"{stage}/{task} v{number} was modified after it was written ({problem})")
             raise MissingArtifact(f"no version {number} of the '{stage}' artifact for task '{task}'")
         return v
+
+    def tampered(self, stage: str, task: str) -> list[tuple[int, Path, str]]:
+        """``(number, folder, problem)`` of each version folder whose manifest is damaged or was edited by hand:
+        not a version (no stage reads it), but `dmole ls` and `show` say so."""
+        found = ((n, p, read_manifest(p, stage, task, n)[1]) for n, p in version_dirs(self._task_dir(stage, task)).items())
+        return sorted((n, p, problem) for n, p, problem in found if problem)
 
     def latest(self, stage: str, task: str) -> Version | None:
         """The version LATEST points at, or the highest valid one if LATEST is missing or broken."""
@@ -63,20 +72,17 @@ class Workspace:
             raise MissingArtifact(f"no '{stage}' artifact for task '{task}'{run}")
         return v
 
-    def all_latest(self) -> list[Version]:
-        """The latest version of every stage/task, sorted by stage then task."""
+    def stage_tasks(self) -> list[tuple[str, str]]:
+        """Every ``(stage, task)`` that has a folder, sorted by stage then task."""
         if not self.root.is_dir():
             return []
-        found = []
-        for stage_dir in sorted(self.root.iterdir()):
-            if not (stage_dir.is_dir() and is_valid_name(stage_dir.name)):
-                continue
-            for task_dir in sorted(stage_dir.iterdir()):
-                if task_dir.is_dir() and is_valid_name(task_dir.name):
-                    v = self.latest(stage_dir.name, task_dir.name)
-                    if v:
-                        found.append(v)
-        return found
+        return [(stage_dir.name, task_dir.name)
+                for stage_dir in sorted(self.root.iterdir()) if stage_dir.is_dir() and is_valid_name(stage_dir.name)
+                for task_dir in sorted(stage_dir.iterdir()) if task_dir.is_dir() and is_valid_name(task_dir.name)]
+
+    def all_latest(self) -> list[Version]:
+        """The latest version of every stage/task, sorted by stage then task."""
+        return [v for v in (self.latest(stage, task) for stage, task in self.stage_tasks()) if v]
 
     def find_current(self, stage: str, task: str, config_hash: str, inputs: list[InputRef]) -> Version | None:
         """The latest version if it was built from this config and inputs with the same content."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +12,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
+
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 def launched_worker() -> bool:
     """True in every process but the first when a launcher (accelerate launch, torchrun) started several."""
@@ -63,6 +70,38 @@ def handles_user_errors(command: Callable) -> Callable:
             raise
 
     return wrapper
+
+
+def usage_line(error: UsageError) -> str:
+    """A usage error (an unknown option, a missing argument, a value outside an option's choices) as one line:
+    click's own message, which names the option and what it takes, and where the help is."""
+    message = " ".join(error.format_message().replace("Value error, ", "").split())
+    where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+    return f"{message}{where}"
+
+
+class OneLineErrors(TyperGroup):
+    """The app's group: a usage error is one red line on stderr, exit status 2, instead of typer's usage box."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            # not standalone, click raises the usage error here instead of printing its box; a command's
+            # typer.Exit comes back as its status, a command that returns as None
+            status = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as error:
+            sys.exit(error.exit_code)  # the help is already printed
+        except UsageError as error:
+            err_console.print(f"[bold red]error:[/] {escape(usage_line(error))}", soft_wrap=True)
+            sys.exit(error.exit_code)
+        except ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            err_console.print("Aborted.")
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
 
 
 def print_summary(result) -> None:

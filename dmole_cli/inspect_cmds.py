@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import JsonOption, WorkspaceOption, console, handles_user_errors, open_project
@@ -39,6 +40,15 @@ def ls(json_output: JsonOption = False, workspace: WorkspaceOption = None) -> No
         table.add_row(row["stage"], row["task"], f"v{row['version']}", row["created"], _size(row["bytes"]),
                       f"[{style}]{row['status']}[/]")
     console.print(table if rows else "no artifacts yet")
+    _render_tampered(rows)
+
+
+def _render_tampered(rows: list[dict]) -> None:
+    """What is wrong with each tampered version whose manifest no stage can read, one line each."""
+    for row in rows:
+        if row.get("problem"):
+            console.print(f"[bold red]tampered:[/] {row['stage']}/{row['task']} v{row['version']}: "
+                          f"{escape(row['problem'])}", soft_wrap=True)
 
 
 def _render_artifact(info: dict) -> None:
@@ -123,6 +133,7 @@ def show(
         return
     for info in result["artifacts"]:
         _render_artifact(info)
+    _render_tampered(result["tampered"])
     _render_quantiles(result.get("quantiles", {}))
     _render_confusion(result.get("confusion", {}), result.get("threshold_scale", 1.0))
     _render_allocation(result.get("allocation", {}))

@@ -8,12 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from stages.config import SEED_LIMIT
 from stages.data.benchmarks import benchmark_list
 from stages.models.catalog import family_list
 
 from .common import (FamilyOption, JsonOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
                      open_project,
                      print_summary)
+
+SEED_MAX = SEED_LIMIT - 1  # the synthetic benchmark's seed, in the range of every stage's (stages.config.Seed)
 
 
 @handles_user_errors
@@ -76,7 +79,7 @@ def synth(
     out: Annotated[Path, typer.Option(help="Folder for the benchmark, the tiny base model and the workspace.")]
     = Path("dmole-synth"),
     family: FamilyOption = "llava",
-    seed: Annotated[int, typer.Option(help="Seed of the data and of the base model.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the data and of the base model.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Regenerate even if the folder already holds a benchmark.")]
     = False,
     quiet: QuietOption = False,
@@ -99,7 +102,7 @@ def demo(
         help="Comma-separated methods to run (`dmole methods`), or 'table2' for the nine methods of the paper's "
              "Table 2. \\[default: dmole,seq-lora,finetune]")] = None,
     family: FamilyOption = "llava",
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic data and base model.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the synthetic data and base model.")] = 0,
     quiet: QuietOption = False,
 ) -> None:
     """The whole method on the synthetic benchmark: D-MoLE, seq-lora and finetune (or --methods) over every task,

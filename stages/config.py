@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -43,7 +43,13 @@ class ConfigError(UserError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never a sensible setting: `--lr inf` or `--epochs nan` is refused where it is parsed
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# torch, numpy and Python all accept a seed in this range (torch.manual_seed refuses a larger one)
+SEED_LIMIT = 2**32
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
 
 
 class TaskSpec(Strict):
@@ -105,7 +111,7 @@ class WorkspaceConfig(Strict):
     data: str
     tasks: list[TaskSpec] = Field(min_length=1)
     method: str = "dmole"
-    seed: int = 42
+    seed: Seed = 42
     trust_remote_code: bool = False
     profile: Literal[PROFILES] = "dmole"  # "reference": the official implementation's choices as stage defaults
     max_tiles: int | None = Field(default=None, ge=1)  # cap on the image processor's tiles (None: its own)
@@ -194,6 +200,13 @@ def _check(model: type[BaseModel], values: dict, where: str) -> None:
 def stage_profile(config: WorkspaceConfig, stage: str) -> dict:
     """The profile's defaults for ``stage`` (below the workspace's own ``stages`` section)."""
     return REFERENCE_PROFILE.get(stage, {}) if config.profile == "reference" else {}
+
+
+def check_creatable(path: Path, what: str) -> None:
+    """A one-line error if the folder ``path`` cannot be created because it, or a folder above it, is a file."""
+    blocker = next((p for p in (path.absolute(), *path.absolute().parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"{what} {path} cannot be created: {blocker} is a file, not a folder")
 
 
 def resolve_path(base: Path, value: str) -> Path:

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .config import check_creatable
 from .errors import UserError
 
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -69,6 +70,8 @@ def read_source_config(src: Path) -> dict:
     if not src.is_dir():
         raise ConvertError(f"{src} is not a folder")
     config = _read_json(src / "config.json")
+    if not isinstance(config, dict):
+        raise ConvertError(f"{src / 'config.json'}: expected a JSON object, not {type(config).__name__}")
     model_type = config.get("model_type")
     if model_type != "internvl_chat":
         hint = " (already a native InternVL folder)" if model_type == "internvl" else ""
@@ -77,6 +80,10 @@ def read_source_config(src: Path) -> dict:
     for key in ("vision_config", "llm_config"):
         if not isinstance(config.get(key), dict):
             raise ConvertError(f"{src / 'config.json'}: no {key}")
+    vocab_size = config["llm_config"].get("vocab_size")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ConvertError(f"{src / 'config.json'}: llm_config.vocab_size must be a positive integer, not "
+                           f"{vocab_size!r}")
     return config
 
 
@@ -604,6 +611,7 @@ def _check_out(src: Path, out: Path, force: bool) -> None:
         raise ConvertError(f"OUT {out} must not contain SRC")
     if out.exists() and not out.is_dir():
         raise ConvertError(f"{out} exists and is not a folder")
+    check_creatable(out, "OUT")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConvertError(f"{out} is not empty; pass --force to replace it")
 
@@ -643,7 +651,7 @@ def _write(src: Path, target: Path, config: dict, kind: str, max_tiles: int | No
 
     transformers_logging.disable_progress_bar()  # the one-line summary is the command's output
 
-    vocab_size = int(config["llm_config"]["vocab_size"])
+    vocab_size = config["llm_config"]["vocab_size"]  # checked by read_source_config
     tokenizer = build_tokenizer(src, scratch / "tokenizer", vocab_size)
     native = native_config(config, image_token_id=tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
 

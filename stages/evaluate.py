@@ -17,6 +17,7 @@ from artifacts.io import write_parquet
 
 from .data.tasks import load_eval_samples, task_files
 from .dmole.routing import acceptance_warning
+from .config import parse_model
 from .errors import UserError
 from .metrics.caption import resolve_caption_tokenizer
 from .evaluation.names import SWEEP, SWEEP_TABLE
@@ -110,8 +111,10 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
     """A routed method (D-MoLE) after ``after`` with every router threshold multiplied by each of ``scales``, at
     evaluation only (the authors' threshold-sensitivity study): per scale and task the score and how many samples
     got none, one or two experts; the version's summary holds Avg Last (the mean over all tasks) per scale."""
-    if not scales or any(scale <= 0 for scale in scales):
-        raise UserError(f"--threshold-scales needs positive factors, got {scales}")
+    if not scales:
+        raise UserError("--threshold-scales needs at least one factor")
+    for scale in scales:  # each is a threshold_scale, checked as that option is
+        parse_model(EvalOptions, {"threshold_scale": scale}, source="--threshold-scales")
     scales = sorted(set(scales))
     options = stage_options(project.config, STAGE, options)
     method = get_method(options.method or project.config.method)

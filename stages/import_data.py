@@ -3,18 +3,17 @@ becomes a task of a data root: its images under ``DATA/TASK/images/``, its evalu
 its training split as the training chat, and its entry in ``DATA/tasks.json``.
 
 Every row is converted to the family's record and validated by the same readers as a JSONL line (errors name the
-dataset, the split, the row and the field); the written files are then read back as any task's are. Everything is
-written into a hidden folder of the data root first and moved into place at the end, so a failed import leaves
-nothing behind.
+dataset, the split, the row and the field); the written files are then read back as any task's are. Everything, the
+registry with the new entry included, is written into a hidden folder of the data root first and swapped in with
+one atomic step at the end (`data/task_swap.py`): a failed or killed import leaves the data root as it was, a task it
+replaces included.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,10 @@ from .data.errors import DataError
 from .data.eval_files import eval_records
 from .data.hub_dataset import image_file, open_splits, pick_split, raw_images
 from .data.prompts import render_prompt
-from .data.registry import REGISTRY_FILE, check_new_task, register_task
-from .data.row_mapping import (check_box_format, chat_columns, family_record, field_columns,
-                               training_answers)
+from .data.registry import REGISTRY_FILE, with_task
+from .data.row_mapping import chat_columns, check_box_format, family_record, field_columns, training_answers
 from .data.samples import IMAGE_PLACEHOLDER, EvalSample
+from .data.task_swap import commit, import_lock, roll_forward, staging
 from .data.tasks import load_eval_samples, load_train_samples
 from .data.training_file import train_records
 from .progress import Progress, silent
@@ -87,41 +86,51 @@ def import_dataset(source: Path, data_root: Path, task: str, family: str, *, tra
     if not data_root.is_dir():
         raise ConfigError(f"data folder {data_root} does not exist")
     target, registry = data_root / task, data_root / REGISTRY_FILE
-    if target.exists() and not overwrite:
-        raise ConfigError(f"{target} already exists; pass --overwrite to replace it")
-    check_new_task(registry, task, replace=overwrite)
-    staging = Path(tempfile.mkdtemp(dir=data_root, prefix=f".import-{task}-"))
-    try:
-        staged = spec.model_copy(update={"train": f"{staging.name}/{TRAIN_FILE}",
-                                         "eval": f"{staging.name}/{eval_file_name(family)}",
-                                         "image_root": staging.name})
-        splits = open_splits(source, staging / ".cache")
-        eval_name, test = pick_split(splits, eval_split, source, "eval")
-        train_name, train = pick_split(splits, train_split, source, "train")
-        if train_name == eval_name:
-            raise ConfigError(f"the training and evaluation splits are both {train_name!r}")
-        named = mapping or {}
-        images = _Images(staging, source)
-        convert = _Converter(spec, source, data_root, staging, images, box_format, progress)
-        records, _ = convert.family_records(eval_name, test, field_columns(family, test.column_names, named))
-        chats = (convert.chats(train_name, train, chat_columns(train.column_names, named))
-                 if CONVERSATIONS in train.column_names
-                 else convert.chats_from(convert.family_records(train_name, train,
-                                                                field_columns(family, train.column_names, named))[1]))
-        _write_eval_file(family, records, staging / eval_file_name(family))
-        _write_jsonl(chats, staging / TRAIN_FILE)
-        n_train, evaluation = len(load_train_samples(data_root, staged)), load_eval_samples(data_root, staged)
-        for sample in evaluation:
-            render_prompt(staged, sample)  # a prompt field the records lack stops the import, not a later stage
-        shutil.rmtree(staging / ".cache", ignore_errors=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # nothing left after a failure (gone already after the move)
-    register_task(registry, spec)
-    return ImportResult(spec, target, registry, n_train, len(evaluation), len(images.names),
-                        time.perf_counter() - start)
+    with import_lock(data_root):
+        roll_forward(data_root)  # an import a dead process committed is finished first
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"{target} is a file, not a task folder; choose another --task")
+        if target.exists() and not overwrite:
+            raise ConfigError(f"{target} already exists; pass --overwrite to replace it")
+        document = with_task(registry, spec, replace=overwrite)  # a broken registry stops the import here
+        staged = staging(data_root)
+        try:
+            n_train, n_eval, n_images = _build(staged, source, data_root, spec, train_split, eval_split,
+                                                   mapping or {}, box_format, progress)
+            (staged / REGISTRY_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+            commit(data_root, task, staged)  # the task's folder and its registry entry, in one atomic step
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # nothing left after a failure (gone already after the commit)
+    return ImportResult(spec, target, registry, n_train, n_eval, n_images, time.perf_counter() - start)
+
+
+def _build(staged: Path, source: Path, data_root: Path, spec: TaskSpec, train_split: str, eval_split: str | None,
+           named: dict[str, str], box_format: str, progress: Progress) -> tuple[int, int, int]:
+    """The task's files in ``staged``, read back as any task's are: the training and evaluation samples' counts
+    and the number of distinct images."""
+    family = spec.family
+    staged_spec = spec.model_copy(update={"train": f"{staged.name}/{TRAIN_FILE}",
+                                          "eval": f"{staged.name}/{eval_file_name(family)}",
+                                          "image_root": staged.name})
+    splits = open_splits(source, staged / ".cache")
+    eval_name, test = pick_split(splits, eval_split, source, "eval")
+    train_name, train = pick_split(splits, train_split, source, "train")
+    if train_name == eval_name:
+        raise ConfigError(f"the training and evaluation splits are both {train_name!r}")
+    images = _Images(staged, source)
+    convert = _Converter(spec, source, data_root, staged, images, box_format, progress)
+    records, _ = convert.family_records(eval_name, test, field_columns(family, test.column_names, named))
+    chats = (convert.chats(train_name, train, chat_columns(train.column_names, named))
+             if CONVERSATIONS in train.column_names
+             else convert.chats_from(convert.family_records(train_name, train,
+                                                            field_columns(family, train.column_names, named))[1]))
+    _write_eval_file(family, records, staged / eval_file_name(family))
+    _write_jsonl(chats, staged / TRAIN_FILE)
+    n_train, evaluation = len(load_train_samples(data_root, staged_spec)), load_eval_samples(data_root, staged_spec)
+    for sample in evaluation:
+        render_prompt(staged_spec, sample)  # a prompt field the records lack stops the import, not a later stage
+    shutil.rmtree(staged / ".cache", ignore_errors=True)
+    return n_train, len(evaluation), len(images.names)
 
 
 @dataclass
@@ -137,7 +146,7 @@ class _Converter:
     def _rows(self, split: str, dataset, image_column: str):
         """``(index, where, row, image path, size)`` per row, the image written."""
         with self.progress(f"import {split}", total=len(dataset)) as bar:
-            for index, row in enumerate(raw_images(dataset, image_column)):
+            for index, row in enumerate(raw_images(dataset, image_column, self.source)):
                 where = f"{split}[{index}]."
                 image, size = self.images.write(row[image_column], f"{where}{image_column}")
                 yield index, where, row, image, size

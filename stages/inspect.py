@@ -11,9 +11,25 @@ from .project import Project
 HEAD_ROWS = 5
 
 
+def tampered_since(project: Project, stage: str, task: str) -> list[dict]:
+    """The version folders of ``stage``/``task`` newer than its latest version whose manifest is damaged or was
+    edited by hand (no stage reads them), each with what is wrong."""
+    latest = project.store.latest(stage, task)
+    return [{"stage": stage, "task": task, "version": number, "path": str(path), "status": "tampered",
+             "problem": problem}
+            for number, path, problem in project.store.tampered(stage, task) if latest is None or number > latest.number]
+
+
 def listing(project: Project) -> list[dict]:
-    return [{"stage": v.stage, "task": v.task, "version": v.number, "created": v.created,
-             "bytes": v.size_bytes, "status": project.store.status(v)} for v in project.store.all_latest()]
+    """The latest version of every stage and task, and any newer version folder whose manifest is tampered."""
+    rows = []
+    for stage, task in project.store.stage_tasks():
+        v = project.store.latest(stage, task)
+        if v is not None:
+            rows.append({"stage": stage, "task": task, "version": v.number, "created": v.created,
+                         "bytes": v.size_bytes, "status": project.store.status(v), "problem": None})
+        rows += [{**row, "created": "", "bytes": 0} for row in tampered_since(project, stage, task)]
+    return rows
 
 
 def _cell(value):
@@ -64,15 +80,20 @@ def describe_stage(project: Project, stage: str, task: str | None, number: int |
     if task is not None:
         if project.store.latest(stage, task) is None:  # not a key of this stage: name the workspace's tasks
             project.config.task(task)
-        found = [describe(project, stage, task, number)]
+        tasks = [task]
+    else:  # the sequence's tasks in order, then the stage's other keys (a sweep's method, the report's `all`)
+        keys = {v.task for v in project.store.all_latest() if v.stage == stage}
+        tasks = list(project.config.task_names) + sorted(keys - set(project.config.task_names))
+    if task is not None and number:
+        found, tampered = [describe(project, stage, task, number)], []
     else:
-        # the sequence's tasks in order, then the stage's other keys (a sweep's method, the report's `all`)
-        keys = [v.task for v in project.store.all_latest() if v.stage == stage]
-        ordered = [t for t in project.config.task_names if t in keys] + sorted(set(keys) - set(project.config.task_names))
-        found = [describe(project, stage, t) for t in ordered]
-        if not found:
-            raise UserError(f"no '{stage}' artifacts in this workspace yet")
-    result = {"stage": stage, "artifacts": found}
+        found = [describe(project, stage, t) for t in tasks if project.store.latest(stage, t)]
+        tampered = [row for t in tasks for row in tampered_since(project, stage, t)]
+    if not found and not tampered:
+        if task is not None:
+            describe(project, stage, task)  # says that the task has none
+        raise UserError(f"no '{stage}' artifacts in this workspace yet")
+    result = {"stage": stage, "artifacts": found, "tampered": tampered}
     if stage == "fit-router":
         from .fit_router import routing_confusion
         from .options import stage_options

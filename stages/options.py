@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .errors import UserError
-from .config import Strict, TaskSpec, WorkspaceConfig, parse_model, stage_profile
+from .config import Seed, Strict, TaskSpec, WorkspaceConfig, parse_model, stage_profile
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
@@ -78,7 +78,7 @@ class FitRouterOptions(Strict):
     max_fit_samples: int | None = Field(default=None, gt=0, description="seeded cap on the fit set (default: all)")
     min_acceptance: float = Field(default=0.5, ge=0, le=1,
                                   description="warn when the router accepts fewer of its own test samples")
-    seed: int = Field(default=42, description="seed of the fit-set draw and the autoencoder")
+    seed: Seed = Field(default=42, description="seed of the fit-set draw and the autoencoder")
 
 
 class ZcScoreOptions(Strict):
@@ -92,7 +92,7 @@ class ZcScoreOptions(Strict):
     max_tiles: int = Field(default=1, ge=1, description="image tiles per sample at most, whatever the workspace's "
                                                         "max_tiles: 1 scores one whole-image view, as the reference "
                                                         "(spec §5; compute_zc_score.sh sets no dynamic tiling)")
-    seed: int = Field(default=42, description="seed of the sample draw")
+    seed: Seed = Field(default=42, description="seed of the sample draw")
 
 
 def parse_budget(text: str) -> tuple[float | None, int | None]:
@@ -158,7 +158,7 @@ class TrainTaskOptions(_MethodChoice):
         default="auto", description="bf16 autocast: auto (on CUDA only), bf16 (always) or fp32 (never)")
     gradient_checkpointing: bool = Field(default=False, description="recompute activations in backward to save "
                                                                     "memory")
-    seed: int = Field(default=42, description="seed of the adapter initialisation and the data order")
+    seed: Seed = Field(default=42, description="seed of the adapter initialisation and the data order")
     input_workers: InputWorkers = None
 
 

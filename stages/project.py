@@ -9,6 +9,7 @@ from pathlib import Path
 from artifacts import Workspace
 
 from .config import WORKSPACE_FILE, ConfigError, WorkspaceConfig, parse_model, resolve_path
+from .data.task_swap import complete_imports
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,9 @@ class Project:
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ConfigError(f"{path}: not valid JSON ({error})") from None
         config = parse_model(WorkspaceConfig, raw, source=str(path))
-        return cls(root=root, store=Workspace(root), config=config)
+        project = cls(root=root, store=Workspace(root), config=config)
+        complete_imports(project.data_root)  # a `dmole import` killed after its commit is finished before any read
+        return project
 
     @property
     def model_path(self) -> Path:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError
+from .config import ConfigError, check_creatable
 from .data.synthetic import SynthSizes, attribute_scenes, pretraining_mixture, write_benchmark
 from .data.training_file import read_training_file
 from .init import create_workspace
@@ -89,6 +89,7 @@ def synthesize(out: Path, *, family: str = "llava", seed: int = 0, force: bool =
 
     if family not in FAMILIES:
         raise ConfigError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    check_creatable(out, "--out")
     tiny = tiny or TinySize(image_size=sizes.image_size)
     pretraining = pretraining or PretrainSettings(seed=seed)
     recipe = _recipe(family, seed, sizes, pretraining, tiny)

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
-from datasets import Dataset, DatasetDict, Image as ImageFeature
+from datasets import Dataset, DatasetDict
+from datasets import Image as ImageFeature
 from PIL import Image
 from typer.testing import CliRunner
 
 from dmole_cli.app import app
 from stages.data.prompts import render_prompt
 from stages.data.registry import read_registry
+from stages.data.task_swap import complete_imports, import_lock
 from stages.data.tasks import load_eval_samples, load_train_samples
 
 
@@ -145,3 +152,71 @@ def test_a_training_split_with_its_own_conversations_is_taken_as_it_is(tmp_path,
     assert code == 0, output
     [sample] = load_train_samples(data, read_registry(data / "tasks.json")[0])
     assert sample.id == "llava-1" and sample.turns == (("<image>\nDescribe it.", "A red card."), ("Its colour?", "red"))
+
+
+# Runs `dmole import --overwrite` in a process that SIGKILLs itself at its N-th rename or removal (os.replace,
+# os.rename, shutil.rmtree: every step that changes what the data root holds, the writes into the hidden staging
+# folder aside), the import's own steps and those of the libraries it calls alike.
+KILLED_IMPORT = """
+import os, shutil, signal, sys
+from pathlib import Path
+left = int(sys.argv[1])
+def killing(step):
+    def wrapped(*args, **kwargs):
+        global left
+        left -= 1
+        if left < 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return step(*args, **kwargs)
+    return wrapped
+os.replace, os.rename, shutil.rmtree = killing(os.replace), killing(os.rename), killing(shutil.rmtree)
+from stages.import_data import import_dataset
+import_dataset(Path(sys.argv[2]), Path(sys.argv[3]), "s", "short", overwrite=True, prompt="{question} (new)")
+"""
+
+
+def _tree(root) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+
+
+def test_an_import_killed_at_any_step_leaves_the_old_task_or_the_new_one_whole(tmp_path, data):
+    def save(name, rows):
+        DatasetDict(train=dataset(dict(rows)), test=dataset(dict(rows))).save_to_disk(str(tmp_path / name))
+        return str(tmp_path / name)
+
+    old = save("old", {"image": [RED], "question": ["q"], "answer": ["a"]})
+    new = save("new", {"image": [BLUE, RED], "question": ["q1", "q2"], "answer": ["b", "c"]})
+    (data / "other").mkdir()
+    (data / "tasks.json").write_text('{"tasks": [{"name": "other", "family": "short", "train": "other/t.jsonl", '
+                                     '"eval": "other/e.jsonl"}]}')
+    assert dmole("import", old, "--data", str(data), "-t", "s", "--family", "short")[0] == 0
+    before = _tree(data)
+    shutil.copytree(data, tmp_path / "before")
+    shutil.copytree(data, tmp_path / "reference")
+    assert dmole("import", new, "--data", str(tmp_path / "reference"), "-t", "s", "--family", "short",
+                 "--overwrite", "--prompt", "{question} (new)")[0] == 0
+    after = _tree(tmp_path / "reference")
+    assert after != before and read_registry(tmp_path / "reference" / "tasks.json")[1].prompt == "{question} (new)"
+    outcomes = []
+    for budget in range(100):
+        shutil.rmtree(data)
+        shutil.copytree(tmp_path / "before", data)
+        run = subprocess.run([sys.executable, "-c", KILLED_IMPORT, str(budget), new, str(data)],
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True, check=False)
+        if run.returncode == 0:
+            break
+        assert run.returncode == -signal.SIGKILL, run.stderr.decode()
+        complete_imports(data)  # what the next import, or opening a workspace over this data root, does first
+        state = _tree(data)
+        assert state in (before, after), f"killed at step {budget}: {sorted(set(state) ^ set(before))}"
+        outcomes.append(state == after)
+    assert budget > 3 and True in outcomes and False in outcomes, outcomes  # killed before and after the commit
+
+
+def test_one_import_at_a_time_per_data_root(tmp_path, data):
+    DatasetDict(train=dataset(dict(CHOICE_ROWS)), test=dataset(dict(CHOICE_ROWS))).save_to_disk(str(tmp_path / "s"))
+    with import_lock(data):  # another import holds the data root
+        code, output = dmole("import", str(tmp_path / "s"), "--data", str(data), "-t", "s", "--family", "choice",
+                             "--map", "question=query", "--map", "answer=label")
+    assert code == 2 and "is being imported into by another process" in output, output
+    assert list(data.iterdir()) == []

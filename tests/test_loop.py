@@ -11,7 +11,7 @@ from PIL import Image
 from stages.models.base import IGNORE, ChatExample
 from stages.models.registry import load_family
 from stages.models.tiny import TinySize, build_tiny
-from stages.training.loop import LoopSettings, ParamGroup, batch_plan, micro_batches, train
+from stages.training.loop import LoopSettings, ParamGroup, TrainingFailed, batch_plan, micro_batches, train
 
 SIZE = TinySize(lm_layers=2, vision_layers=2)
 # Answers of very different lengths, so token weighting differs from sample weighting.
@@ -108,3 +108,44 @@ def test_truncation_keeps_every_image_token(llava):
     assert (cut["labels"] != IGNORE).any()
     with torch.no_grad():
         assert torch.isfinite(llava.model(**cut).loss)
+
+
+def _linear_run(loss_of, *, steps: int = 4, lr: float = 1e-2, clip: float = 1.0):
+    """``steps`` one-sample steps of a 2x2 linear layer; ``loss_of(step, prediction)`` gives the step's loss and
+    its count of supervised units."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(2, 2)
+    seen = []
+
+    def loss_fn(prepared, indices, _scope):
+        seen.append(indices)
+        loss, count = loss_of(len(seen), prepared(torch.ones(1, 2)).sum())
+        return {"loss": loss, "count": count}
+
+    settings = LoopSettings(epochs=1, batch_size=1, lr=lr, clip=clip, warmup_ratio=0.0)
+    return layer, train(layer, [ParamGroup("layer", list(layer.parameters()))], loss_fn, steps, settings)
+
+
+def test_a_nan_loss_stops_training_at_its_step():
+    with pytest.raises(TrainingFailed, match="diverged at step 3 of 4: the loss is nan"):
+        _linear_run(lambda step, y: (y * float("nan") if step == 3 else y ** 2, 1))
+
+
+def test_a_parameter_that_overflows_stops_training_at_its_step():
+    # sqrt(0 * y) is a finite loss (0) whose gradient is nan (0 / 0): the step's update makes the parameters nan
+    with pytest.raises(TrainingFailed, match="diverged at step 2 of 4: a trained parameter is inf or nan"):
+        _linear_run(lambda step, y: (torch.sqrt(y * 0) if step == 2 else y ** 2, 1), clip=0.0)
+
+
+def test_a_run_with_nothing_supervised_is_an_error():
+    # every answer cut away: the mean over no token is nan, and the micro-batch is idle (weight 0)
+    with pytest.raises(TrainingFailed, match="none of the 4 steps had a supervised token"):
+        _linear_run(lambda step, y: (y * float("nan"), 0))
+
+
+def test_steps_with_nothing_supervised_among_others_only_warn():
+    layer, result = _linear_run(lambda step, y: (y * float("nan"), 0) if step % 2 else (y ** 2, 3))
+    assert [row["supervised"] for row in result.log] == [0, 3, 0, 3]
+    assert result.warnings == ["2 of 4 steps had no supervised token (their answers were cut away by max_length) "
+                               "and changed nothing"]
+    assert all(torch.isfinite(p).all() for p in layer.parameters())

@@ -297,3 +297,49 @@ def test_import_is_light():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _set(path, value):
+    """An edit of a manifest: ``path`` of keys and indices set to ``value``."""
+    def edit(m):
+        *parents, last = path
+        for key in parents:
+            m = m[key]
+        m[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (_set(("outputs", 0, "bytes"), "3"), "outputs[0].bytes is not an int"),
+    (_set(("outputs", 0, "bytes"), True), "outputs[0].bytes is not an int"),
+    (_set(("outputs",), {"a.bin": 3}), "outputs is not a list"),
+    (_set(("outputs", 0, "path"), "../../workspace.json"), "is not a file of the version folder"),
+    (_set(("outputs", 0, "path"), "/etc/hostname"), "is not a file of the version folder"),
+    (_set(("inputs",), [{"stage": "embed"}]), "inputs[0].task is missing"),
+    (_set(("created",), 20260101), "created is not a str"),
+    (_set(("summary",), None), "summary is not a dict"),
+    (_set(("version",), 1), "it names schema 1, embed/caption v1"),
+    (lambda m: m.pop("config_hash"), "no field 'config_hash'"),
+])
+def test_a_hand_edited_manifest_is_tampered_and_no_version(tmp_path, edit, problem):
+    ws = Workspace(tmp_path)
+    v1 = commit(ws, "embed", "caption", {"a.bin": b"one"})
+    v2 = commit(ws, "embed", "caption", {"a.bin": b"two"})
+    manifest = json.loads((v2.path / "manifest.json").read_text())
+    edit(manifest)
+    (v2.path / "manifest.json").write_text(json.dumps(manifest))
+    assert ws.latest("embed", "caption") == v1 and ws.all_latest() == [v1]  # no stage reads it
+    [(number, path, found)] = ws.tampered("embed", "caption")
+    assert (number, path) == (2, v2.path) and found.startswith("manifest.json: ") and problem in found
+    with pytest.raises(TamperedArtifact, match="embed/caption v2 was modified after it was written"):
+        ws.version("embed", "caption", 2)
+
+
+def test_an_unreadable_manifest_is_tampered_and_a_missing_one_is_no_version(tmp_path):
+    ws = Workspace(tmp_path)
+    commit(ws, "embed", "caption", {"a.bin": b"one"})
+    (tmp_path / "embed/caption/v2").mkdir()
+    (tmp_path / "embed/caption/v3").mkdir()
+    (tmp_path / "embed/caption/v3/manifest.json").write_bytes(b"\xff{")
+    assert ws.tampered("embed", "caption") == [(3, tmp_path / "embed/caption/v3",
+                                                "manifest.json is not readable JSON")]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 from ..config import ConfigError, TaskSpec, parse_model
@@ -21,23 +18,16 @@ def read_registry(path: Path) -> list[TaskSpec]:
     return [parse_model(TaskSpec, entry, source=f"{path}: tasks[{i}]") for i, entry in enumerate(entries)]
 
 
-def check_new_task(path: Path, name: str, *, replace: bool) -> None:
-    """Refuse to register ``name`` twice unless ``replace`` (the registry, if there is one, must be valid)."""
-    if path.exists() and not replace and any(task.name == name for task in read_registry(path)):
-        raise ConfigError(f"{path} already has a task {name!r}; pass --overwrite to replace it")
-
-
-def register_task(path: Path, spec: TaskSpec) -> None:
-    """Add ``spec`` at the end of the registry, or in place of the entry of the same name; written atomically."""
+def with_task(path: Path, spec: TaskSpec, *, replace: bool) -> dict:
+    """The registry document with ``spec`` added at the end, or in place of the entry of its name when ``replace``
+    (else that is an error); the registry, if there is one, must be valid."""
     entries = [task.model_dump(exclude_defaults=True) for task in read_registry(path)] if path.exists() else []
+    names = [entry["name"] for entry in entries]
+    if spec.name in names and not replace:
+        raise ConfigError(f"{path} already has a task {spec.name!r}; pass --overwrite to replace it")
     entry = spec.model_dump(exclude_defaults=True)
-    names = [e["name"] for e in entries]
     if spec.name in names:
         entries[names.index(spec.name)] = entry
     else:
         entries.append(entry)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        json.dump({"tasks": entries}, file, indent=2)
-        file.write("\n")
-    os.replace(temporary, path)
+    return {"tasks": entries}

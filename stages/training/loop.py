@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
@@ -26,10 +27,11 @@ from typing import Protocol
 import torch
 
 from ..distributed import FSDP2, all_gather_objects, is_main, my_share, parameter_sharding, rank_and_world
+from ..errors import UserError
 from ..progress import Progress, silent
 from ..threads import thread_mismatch
-from .inputs import InputPipeline
 from .checkpoint import LoadedState, load_checkpoint, rng_state, save_checkpoint
+from .inputs import InputPipeline
 from .sharding import ShardedCopy
 
 
@@ -77,6 +79,35 @@ class LoopResult:
     resumed_from: int = 0
     sharding: str | None = None  # "fsdp2" when the parameters were sharded across processes
     warnings: list[str] = field(default_factory=list)  # one line each, kept in the version's manifest
+
+
+class TrainingFailed(UserError):
+    """A run that must not be saved: it diverged (a loss or a trained parameter that is inf or nan), or nothing in
+    it was supervised (every answer token cut away), so nothing was learned."""
+
+
+def _check_step(loss: float, params: list[torch.nn.Parameter], accelerator, step: int, total: int) -> None:
+    """Stop at the first step whose loss or updated parameters are not finite (every process stops alike: the
+    loss is the reduced one, and the parameter flag is summed over processes, which may hold different shards)."""
+    if not math.isfinite(loss):
+        raise TrainingFailed(f"training diverged at step {step} of {total}: the loss is {loss}; nothing was saved "
+                             "(lower the learning rate or clip the gradients)")
+    local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in params]  # FSDP2: own shard
+    broken = torch.stack([~torch.isfinite(t).all() for t in local]).sum().float()
+    if float(accelerator.reduce(broken.to(accelerator.device), reduction="sum")):
+        raise TrainingFailed(f"training diverged at step {step} of {total}: a trained parameter is inf or nan; "
+                             "nothing was saved (lower the learning rate or clip the gradients)")
+
+
+def _check_supervised(log: list[dict], warnings: list[str]) -> None:
+    """A run whose steps all had nothing to learn (every answer cut away) is an error; some such steps, a warning."""
+    empty = sum(1 for row in log if row.get("supervised") == 0)  # (a checkpoint's older rows may not say)
+    if empty == len(log):
+        raise TrainingFailed(f"nothing was learned: none of the {len(log)} steps had a supervised token (every "
+                             "answer was cut away; raise max_length); nothing was saved")
+    if empty:
+        warnings.append(f"{empty} of {len(log)} steps had no supervised token (their answers were cut away by "
+                        "max_length) and changed nothing")
 
 
 # How many batches a length-sorted mega-batch spans (transformers' LengthGroupedSampler uses 50).
@@ -290,54 +321,62 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
     optimizer, accelerator, base_lrs = backend.optimizer, backend.accelerator, backend.base_lrs
     schedule = {step: _micro_batches(plan[step], settings, backend) for step in range(start, len(plan))}
     feed = inputs.batches([m for _, micros in schedule.values() for m in micros]) if inputs is not None else None
-    with progress(description, total=len(plan)) as bar:
-        bar.advance(start)
-        for step in range(start, len(plan)):
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * warmup_cosine(step, len(plan), settings.warmup_ratio)
-            for callback in callbacks:
-                callback.on_step_begin(step, len(plan), optimizer)
-            weighted, micros = schedule[step]
-            optimizer.zero_grad(set_to_none=True)
-            count, sums = 0.0, {}
-            for k, indices in enumerate(micros):
-                with backend.sync(k == len(micros) - 1), ExitStack() as scope:
-                    with autocast(settings.precision, accelerator.device):
-                        outputs = (loss_fn(backend.model, indices, scope) if feed is None
-                                   else loss_fn(backend.model, indices, scope, next(feed)))
-                    units = float(outputs.pop("count", len(indices))) if k < weighted else 0.0
-                    # nothing to learn here (no share, a padding micro-batch, or every answer truncated away:
-                    # the mean is NaN), but the backward must run for the data-parallel sync
-                    loss = outputs["loss"] * units if units else backend.idle_loss(outputs["loss"])
-                    accelerator.backward(loss)
-                count += units
-                for key, value in outputs.items():
-                    sums[key] = sums.get(key, 0.0) + (value.detach() * units if units else 0.0)
-            total = _scale_gradients(accelerator, backend.params, count)
-            if gradient_hook is not None:
-                gradient_hook()
-            if settings.clip:
-                backend.clip(settings.clip)
-            optimizer.step()
-            row = {"step": step + 1,
-                   **{k: float(accelerator.reduce(v, reduction="sum")) / total if total else 0.0
-                      for k, v in sums.items()},
-                   **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}}
-            for callback in callbacks:
-                row.update(callback.log_fields())
-            result.log.append(row)
-            for log in loggers:
-                log(row)
-            bar.advance(1, loss=row["loss"])
-            done = step + 1
-            if checkpoint_dir is not None and settings.checkpoint_every and done % settings.checkpoint_every == 0 \
-                    and done < len(plan):
-                rng = all_gather_objects(rng_state())  # every process's, so each resumes its own dropout draws
-                params, optimizer_state = backend.checkpoint_state()
-                if is_main():
-                    save_checkpoint(checkpoint_dir, done, params, optimizer_state, result.log, rng,
-                                    sharded=backend.shards is not None, threads=torch.get_num_threads(),
-                                    hook_state=gradient_hook.state if gradient_hook is not None else None)
+    try:
+        with progress(description, total=len(plan)) as bar:
+            bar.advance(start)
+            for step in range(start, len(plan)):
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * warmup_cosine(step, len(plan), settings.warmup_ratio)
+                for callback in callbacks:
+                    callback.on_step_begin(step, len(plan), optimizer)
+                weighted, micros = schedule[step]
+                optimizer.zero_grad(set_to_none=True)
+                count, sums = 0.0, {}
+                for k, indices in enumerate(micros):
+                    with backend.sync(k == len(micros) - 1), ExitStack() as scope:
+                        with autocast(settings.precision, accelerator.device):
+                            outputs = (loss_fn(backend.model, indices, scope) if feed is None
+                                       else loss_fn(backend.model, indices, scope, next(feed)))
+                        units = float(outputs.pop("count", len(indices))) if k < weighted else 0.0
+                        # nothing to learn here (no share, a padding micro-batch, or every answer truncated away:
+                        # the mean is NaN), but the backward must run for the data-parallel sync
+                        loss = outputs["loss"] * units if units else backend.idle_loss(outputs["loss"])
+                        accelerator.backward(loss)
+                    count += units
+                    for key, value in outputs.items():
+                        sums[key] = sums.get(key, 0.0) + (value.detach() * units if units else 0.0)
+                total = _scale_gradients(accelerator, backend.params, count)
+                if gradient_hook is not None:
+                    gradient_hook()
+                if settings.clip:
+                    backend.clip(settings.clip)
+                optimizer.step()
+                row = {"step": step + 1,
+                       **{k: float(accelerator.reduce(v, reduction="sum")) / total if total else 0.0
+                          for k, v in sums.items()},
+                       "supervised": total,  # tokens (or samples) the step's loss averaged over, on every process
+                       **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}}
+                _check_step(row["loss"], backend.params, accelerator, step + 1, len(plan))
+                for callback in callbacks:
+                    row.update(callback.log_fields())
+                result.log.append(row)
+                for log in loggers:
+                    log(row)
+                bar.advance(1, loss=row["loss"])
+                done = step + 1
+                if checkpoint_dir is not None and settings.checkpoint_every and done % settings.checkpoint_every == 0 \
+                        and done < len(plan):
+                    rng = all_gather_objects(rng_state())  # every process's, so each resumes its own dropout draws
+                    params, optimizer_state = backend.checkpoint_state()
+                    if is_main():
+                        save_checkpoint(checkpoint_dir, done, params, optimizer_state, result.log, rng,
+                                        sharded=backend.shards is not None, threads=torch.get_num_threads(),
+                                        hook_state=gradient_hook.state if gradient_hook is not None else None)
+        _check_supervised(result.log, result.warnings)
+    except TrainingFailed:
+        if checkpoint_dir is not None and is_main():
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # its checkpoints would only resume into the failure
+        raise
     backend.finish()
     result.sharding = FSDP2 if backend.shards is not None else None
     return result
