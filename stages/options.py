@@ -175,11 +175,17 @@ class EvalOptions(_MethodChoice):
         default="filter-then-rank", description="threshold the routers, then rank the accepting ones (or the "
                                                 "reverse)")
     threshold_scale: float = Field(default=1.0, gt=0, description="multiply every router threshold")
+    ranking: Literal["relative", "error"] = Field(
+        default="relative", description="order of the routers that accept a sample: relative (its error over the "
+                                        "router's own threshold, which puts the autoencoders' scales on one; "
+                                        "measured, docs/dmole.md) or error (the raw reconstruction error, the "
+                                        "paper's)")
     top: int = Field(default=2, gt=0, description="experts per sample at most")
     vote_support: float = Field(default=0.3, gt=0, le=1, description="batch-vote: share of a batch an expert needs")
     second_expert: Literal["partner", "any", "margin", "weighted"] = Field(
-        default="margin", description="per-sample rule for a second expert: partner (the past task the first "
-                                      "task's experts were trained beside for this input, as train-task chose it), "
+        default="partner", description="per-sample rule for a second expert: partner (the past task the first "
+                                       "task's experts were trained beside for this input, as train-task chose it; "
+                                       "measured best, docs/dmole.md), "
                                       "margin (its relative error within second_margin x the first's), any "
                                       "accepting router (the paper's top-2), or weighted (by router confidence)")
     second_margin: float = Field(default=2.0, gt=0, description="the margin rule's factor")

@@ -38,6 +38,12 @@ class Difference:
 DIFFERENCES: tuple[Difference, ...] = (
     Difference("inference routing", "one expert set per batch: majority vote, a second task needs ≥ 30% of the "
                "votes", "per-sample top-2 (results independent of the batch)", {"eval": {"routing": "batch-vote"}}),
+    Difference("order of the accepting routers", "lowest raw reconstruction error (argmin over the accepting "
+               "routers)", "lowest error relative to the router's own threshold, e_k / τ_k",
+               {"eval": {"ranking": "error"}}),
+    Difference("second expert", "the runner-up of the batch vote, with ≥ 30% of its votes", "per sample, the past "
+               "task the first expert was trained beside for that input (train-task's own choice)",
+               reference="the vote decides (`eval.routing: batch-vote`)"),
     Difference("evaluation vote group", "each process's generation batch: 10 for captions and grounding, 8 for VQA "
                "and multiple choice (the evaluation scripts' `--batch-size` defaults, which `dmole.sh`'s evaluation "
                "after every task uses; the standalone `run_eval.sh` passes 16 or 8)",

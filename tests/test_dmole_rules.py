@@ -232,3 +232,13 @@ def test_the_partner_is_what_training_chose_for_that_input():
             past = [k for k in range(1, first) if row[k - 1] < tau[k - 1]]
             expected = min(past, key=lambda k: (row[k - 1], k)) if past else None
             assert route[1:] == ((expected,) if expected else ())
+
+
+def test_relative_ranking_orders_the_accepting_routers_by_error_over_threshold():
+    """Router 2's errors run ten times router 1's: raw errors always prefer 1, relative errors the better fit."""
+    tau = np.array([0.010, 0.100])
+    errors = np.array([[0.008, 0.030]])  # 0.8 of tau_1, 0.3 of tau_2
+    assert per_sample(errors, tau, top=1) == [(1,)]
+    assert per_sample(errors, tau, top=1, relative=True) == [(2,)]
+    assert with_training_partner(errors, tau, relative=True) == [(2, 1)]  # 1 accepts: expert 2's partner
+    assert per_sample(errors, tau, top=1, relative=True, scale=0.5) == [(2,)]  # 1 no longer accepts

@@ -14,19 +14,25 @@ ROUTING_MODES = ("per-sample", "batch-vote")
 ROUTING_ORDERS = ("filter-then-rank", "rank-then-filter")
 
 
-def _ranked(errors_row: np.ndarray) -> list[int]:
-    """Task ids by increasing error, ties to the lower id (stable sort)."""
-    return [int(k) + 1 for k in np.argsort(errors_row, kind="stable")]
+def _ranked(errors_row: np.ndarray, tau: np.ndarray | None = None) -> list[int]:
+    """Task ids by increasing error (with ``tau``: error relative to each router's threshold), ties to the lower id
+    (stable sort)."""
+    key = errors_row if tau is None else errors_row / tau
+    return [int(k) + 1 for k in np.argsort(key, kind="stable")]
 
 
-def candidates(errors_row: np.ndarray, tau: np.ndarray, scale: float = 1.0) -> list[int]:
-    """C(x): tasks whose router accepts x (e_k < tau_k * scale), best first."""
-    return [k for k in _ranked(errors_row) if errors_row[k - 1] < tau[k - 1] * scale]
+def candidates(errors_row: np.ndarray, tau: np.ndarray, scale: float = 1.0, *, relative: bool = False) -> list[int]:
+    """C(x): tasks whose router accepts x (e_k < tau_k * scale), best first: by lowest error, or (``relative``) by
+    lowest error relative to the router's threshold, e_k / tau_k. The routers are separate autoencoders whose errors
+    have scales of their own; each tau_k, a quantile of its in-task errors, puts them on one."""
+    return [k for k in _ranked(errors_row, tau if relative else None) if errors_row[k - 1] < tau[k - 1] * scale]
 
 
 def per_sample(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, top: int = 2,
-               order: str = "filter-then-rank", second_margin: float | None = None) -> list[tuple[int, ...]]:
-    """The default inference rule: the (up to) ``top`` lowest-error accepted tasks; none means the base model.
+               order: str = "filter-then-rank", second_margin: float | None = None,
+               relative: bool = False) -> list[tuple[int, ...]]:
+    """The default inference rule: the (up to) ``top`` best accepted tasks (``relative``: see `candidates`); none
+    means the base model.
 
     With ``second_margin``, an expert after the first joins only if its error relative to its threshold is
     at most ``second_margin`` times the first's: a stricter bar than mere acceptance, so a router that only
@@ -36,9 +42,9 @@ def per_sample(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, top: 
     routed = []
     for row in errors:
         if order == "filter-then-rank":
-            chosen = candidates(row, tau, scale)[:top]
+            chosen = candidates(row, tau, scale, relative=relative)[:top]
         else:
-            chosen = [k for k in _ranked(row)[:top] if row[k - 1] < tau[k - 1] * scale]
+            chosen = [k for k in _ranked(row, tau if relative else None)[:top] if row[k - 1] < tau[k - 1] * scale]
         if second_margin is not None and chosen:
             first = row[chosen[0] - 1] / tau[chosen[0] - 1]
             chosen = chosen[:1] + [k for k in chosen[1:] if row[k - 1] / tau[k - 1] <= second_margin * first]
@@ -46,14 +52,15 @@ def per_sample(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, top: 
     return routed
 
 
-def with_training_partner(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0) -> list[tuple[int, ...]]:
-    """Per sample, its lowest-error accepted task i, joined by the one past task that i's experts were trained
+def with_training_partner(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0,
+                          relative: bool = False) -> list[tuple[int, ...]]:
+    """Per sample, its best accepted task i (``relative``: see `candidates`), joined by the one past task that i's experts were trained
     beside for such an input: `training_partner` over routers 1..i-1 at their own thresholds, exactly as
     train-task chose it. So a second expert is one the first was trained to work with on this kind of input,
     never a later task's expert, which the first has never seen in its graph."""
     routes = []
     for row in errors:
-        accepted = candidates(row, tau, scale)
+        accepted = candidates(row, tau, scale, relative=relative)
         if not accepted:
             routes.append(())
             continue
@@ -88,8 +95,9 @@ def batch_vote(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, suppo
 
 def evaluation_routes(errors: np.ndarray, tau: np.ndarray, options) -> list:
     """Each sample's experts by eval's rule (``options``: the eval stage's options): per sample (its top, order and
-    second-expert rule; ``partner`` the first task's training partner, ``weighted`` a weight per expert) or, with ``batch-vote``, the reference's vote over
-    each batch of ``options.batch_size`` samples in order (the batches predict() generates)."""
+    ranking and second-expert rule; ``partner`` the first task's training partner, ``weighted`` a weight per expert)
+    or, with ``batch-vote``, the reference's vote over each batch of ``options.batch_size`` samples in order (the
+    batches predict() generates)."""
     from ..evaluation.predict import batch_indices
 
     if options.routing == "batch-vote":
@@ -98,10 +106,11 @@ def evaluation_routes(errors: np.ndarray, tau: np.ndarray, options) -> list:
             chosen = batch_vote(errors[indices], tau, scale=options.threshold_scale, support=options.vote_support)
             routes += [chosen] * len(indices)
         return routes
+    relative = options.ranking == "relative"
     if options.second_expert == "partner" and options.top > 1:
-        return with_training_partner(errors, tau, scale=options.threshold_scale)
+        return with_training_partner(errors, tau, scale=options.threshold_scale, relative=relative)
     thresholds = tau * options.threshold_scale
-    routes = per_sample(errors, thresholds, top=options.top, order=options.routing_order,
+    routes = per_sample(errors, thresholds, top=options.top, order=options.routing_order, relative=relative,
                         second_margin=options.second_margin if options.second_expert == "margin" else None)
     if options.second_expert == "weighted":
         return [confidence_weights(row, thresholds, route) for row, route in zip(errors, routes)]
