@@ -102,8 +102,11 @@ def device_environment() -> dict:
     import torch
 
     device = default_device()
+    # torch picks its CPU kernels by the instruction set (cpu_capability): another CPU model computes other sums,
+    # so the numbers of a run are reproduced on the same kind of CPU, not on every one
     return {"device": str(device), "device_name": device_name(device),
-            "dtype": str(default_dtype(device)).removeprefix("torch."), "cpu_threads": torch.get_num_threads()}
+            "dtype": str(default_dtype(device)).removeprefix("torch."), "cpu_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _thread_mismatches(inputs: list[Version], threads: int | None) -> list[str]:

@@ -86,3 +86,17 @@ def test_a_stage_says_when_its_inputs_used_another_thread_count(make_project, mo
         torch.set_num_threads(before)
     assert any("computed with 1 CPU thread(s) and this run uses 2" in w for w in result.warnings)
     assert not [w for w in fit_router(project, "color-vqa", force=True).warnings if "CPU thread" in w]
+
+
+def test_a_manifest_records_the_cpu_model_and_kernels_the_sums_came_from(make_project):
+    """Another CPU model runs other kernels (torch dispatches on the instruction set), so other sums."""
+    import torch
+
+    from stages.embed import embed
+    from stages.models.registry import cpu_name
+
+    environment = embed(make_project(), "color-vqa").version.manifest["environment"]
+    assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert environment["device_name"] == cpu_name() and cpu_name()
+    if os.path.exists("/proc/cpuinfo"):
+        assert cpu_name() in open("/proc/cpuinfo", encoding="utf-8").read()

@@ -75,9 +75,20 @@ def default_device() -> torch.device:
     return distributed.device() or torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_name() -> str:
+    """The CPU's model as the kernel names it (platform.processor() is often empty or only the architecture)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    """The GPU's name, or the CPU's model."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
