@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from math import isqrt
 
 import torch
@@ -38,8 +39,10 @@ class Qwen2VLAdapter(FamilyAdapter):
 
     def _cap_tiles(self, max_tiles: int) -> None:
         # No tiles here: cap the pixels at max_tiles whole-image views.
-        self.image_processor.size = {**self.image_processor.size,
-                                     "longest_edge": max_tiles * self._thumbnail_side() ** 2}
+        size, longest = self.image_processor.size, max_tiles * self._thumbnail_side() ** 2
+        # a dict up to transformers 5.2x, a SizeDict dataclass from 5.25: replaced in kind
+        self.image_processor.size = (dataclasses.replace(size, longest_edge=longest) if dataclasses.is_dataclass(size)
+                                     else {**size, "longest_edge": longest})
 
     def _thumbnail_inputs(self, images: list[Image.Image]) -> dict[str, Tensor]:
         side = self._thumbnail_side()
