@@ -4,7 +4,8 @@ request's document; it never reaches the model.
 
 ``--model_args``: ``workspace`` (required), ``after`` (a task, or ``zero-shot``), ``method`` (default: the
 workspace's), ``roe=true`` (the RoE model instead), and any option of ``dmole eval`` (``routing``, ``top``,
-``threshold_scale``, ...; with ``roe``, ``batch_rule``). lmms-eval's ``--batch_size`` and ``--device`` apply.
+``threshold_scale``, ...; with ``roe``, ``batch_rule``). lmms-eval's ``--batch_size`` (``auto``: the eval stage's)
+and ``--device`` apply. An error in them is one line listing the valid model_args.
 """
 
 from __future__ import annotations
