@@ -141,5 +141,5 @@ class Workspace:
                toolkit_version: str, sources: dict[str, str] | None = None) -> AbstractContextManager[Writer]:
         """Context manager yielding a Writer; the new version is committed when it exits cleanly. ``sources``
         are the content fingerprints of what it is built from outside the workspace (the model), by name."""
-        return open_writer(self._task_dir(stage, task), stage, task, config=config, inputs=inputs, sources=sources or {},
-                           environment=environment, toolkit_version=toolkit_version)
+        return open_writer(self._task_dir(stage, task), stage, task, config=config, inputs=inputs,
+                           sources=sources or {}, environment=environment, toolkit_version=toolkit_version)

@@ -111,9 +111,30 @@ def test_an_artifact_from_before_models_were_recorded_is_stale_once(built):
         del manifest["sources"]
         path.write_text(json.dumps(manifest))
     assert statuses(built) == {"embed": "stale", "fit-router": "stale"}
-    assert stale_because(built, "embed") == ["embed/color-vqa v1 was written before dmole recorded the model it "
-                                             "is built on"]
+    legacy = "embed/color-vqa v1 was written before dmole recorded the model it is built on"
+    assert stale_because(built, "embed") == [legacy]
     assert "re-run embed for color-vqa" in one_line_error(built, "fit-router", "--task", TASK)
     assert "wrote v2" in ok(built, "embed", "--task", TASK)
     assert "wrote v2" in ok(built, "fit-router", "--task", TASK)
     assert statuses(built) == {"embed": "ok", "fit-router": "ok"}
+
+
+def test_a_large_file_is_known_by_a_sample_of_its_content_not_by_its_time(tmp_path, monkeypatch):
+    """Over FULL_HASH_LIMIT a weights file is fingerprinted by its size and evenly spaced blocks: a copy (a new
+    modification time) is the same file, a changed block is not."""
+    from stages import runner
+
+    monkeypatch.setattr(runner, "FULL_HASH_LIMIT", 2 << 20)
+    original = tmp_path / "a" / "model.safetensors"
+    original.parent.mkdir()
+    original.write_bytes(os.urandom(3 << 20))
+    copy = tmp_path / "b" / "model.safetensors"
+    copy.parent.mkdir()
+    shutil.copyfile(original, copy)
+    os.utime(copy, ns=(0, 0))
+    assert runner.fingerprint([copy]) == runner.fingerprint([original])
+    assert runner.fingerprint([original])["model.safetensors"].startswith("sampled:")
+    changed = bytearray(original.read_bytes())
+    changed[-1] ^= 1  # the last block is always sampled
+    copy.write_bytes(bytes(changed))
+    assert runner.fingerprint([copy]) != runner.fingerprint([original])
