@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("lmms_eval", reason="the lmms-eval plugin needs lmms-eval (make install puts it in)")
 
 from artifacts.io import read_parquet  # noqa: E402
-from dmole_lmms.local_task import write_local_task  # noqa: E402
+from dmole_lmms.local_task import main as local_task  # noqa: E402
 from dmole_lmms.model import DMoLEModel  # noqa: E402
 from stages.allocate import allocate  # noqa: E402
 from stages.data.images import load_image  # noqa: E402
@@ -72,11 +72,21 @@ NAMES = {"color-vqa": "probe_colour", "shape-choice": "probe_shape"}  # no dmole
 
 @pytest.fixture(scope="module")
 def lmms_tasks(trained, tmp_path_factory) -> Path:
-    """The README's local tasks (dmole_lmms.local_task), under names that are not dmole's."""
+    """The README's local tasks (`python -m dmole_lmms.local_task`), under names that are not dmole's."""
     folder = tmp_path_factory.mktemp("lmms-tasks")
     for task, lmms_name in NAMES.items():
-        write_local_task(trained, task, folder, lmms_name)
+        assert local_task(["--workspace", str(trained.root), "--task", task, "--out", str(folder),
+                           "--name", lmms_name]) == 0
     return folder
+
+
+def test_the_local_task_command_names_a_task_after_dmoles_and_a_wrong_task_is_one_line(trained, tmp_path, capsys):
+    assert local_task(["--workspace", str(trained.root), "--task", TASKS[0], "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "dmole_color_vqa.yaml").is_file() and (tmp_path / "dmole_color_vqa-data").is_dir()
+    capsys.readouterr()
+    assert local_task(["--workspace", str(trained.root), "--task", "nope", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: unknown task 'nope'") and error.count("\n") == 1
 
 
 def simple_evaluate(model_args: str, folder: Path) -> dict:
@@ -231,6 +241,8 @@ def test_a_copied_workspace_reached_by_any_path_evaluates_alike_and_a_swapped_mo
 
     shutil.rmtree(copy / "base-model")
     build_tiny("qwen2vl", copy / "base-model", seed=1)
+    done = CliRunner().invoke(app, ["eval", "--after", TASKS[-1], "--workspace", str(workspace)])
+    assert done.exit_code == 2 and done.output.count("\n") == 1 and "was built on another model" in done.output
     with pytest.raises(UserError, match=r"^dmole model: .* was built on another model than the workspace's model now"):
         DMoLEModel.create_from_arg_string(f"workspace={workspace},after={TASKS[-1]}")
     statuses = {r["status"] for r in json.loads(CliRunner().invoke(app, ["ls", "--json", "--workspace",
