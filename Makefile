@@ -9,16 +9,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dmole-installed
 DEMO_OUT ?= dmole-demo
 # lmms-eval, for the dmole_lmms plugin and its test, installed without its declared dependencies: they include
-# torchvision, which would replace a CPU torch with a CUDA build. These are the packages its evaluation path imports;
+# torchvision, which would replace a CPU torch with a CUDA build. These are the packages its evaluation path and its
+# command line (pytablewriter, for the results table it prints last) import;
 # filelock stays below 4, whose layout lmms-eval 0.7.3 patches (filelock._api).
 LMMS_EVAL := lmms-eval==0.7.3
-LMMS_EVAL_DEPS := loguru pytz sacrebleu evaluate tenacity "filelock<4"
+LMMS_EVAL_DEPS := loguru pytz sacrebleu evaluate tenacity "filelock<4" pytablewriter
 
 .PHONY: demo test test-all install clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"

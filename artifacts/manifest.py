@@ -14,7 +14,7 @@ from .layout import MANIFEST
 SCHEMA_VERSION = 1
 _FIELDS = (
     "schema_version", "stage", "task", "version", "created", "toolkit_version", "config",
-    "config_hash", "inputs", "outputs", "content_hash", "environment", "summary",
+    "config_hash", "inputs", "outputs", "content_hash", "environment", "summary", "sources",
 )
 
 
@@ -31,7 +31,8 @@ def content_hash(outputs: list[dict]) -> str:
 
 
 def build_manifest(*, stage: str, task: str, version: int, toolkit_version: str, config: dict,
-                   inputs: list[dict], outputs: list[dict], environment: dict, summary: dict) -> dict:
+                   inputs: list[dict], sources: dict[str, str], outputs: list[dict], environment: dict,
+                   summary: dict) -> dict:
     outputs = sorted(outputs, key=lambda o: o["path"])
     return {
         "schema_version": SCHEMA_VERSION,
@@ -43,6 +44,7 @@ def build_manifest(*, stage: str, task: str, version: int, toolkit_version: str,
         "config": config,
         "config_hash": config_hash(config),
         "inputs": inputs,
+        "sources": sources,
         "outputs": outputs,
         "content_hash": content_hash(outputs),
         "environment": environment,
@@ -75,6 +77,9 @@ def manifest_problem(m: object, stage: str, task: str, number: int) -> str | Non
     missing, of the wrong type, an output outside the version folder, another version's identity), or None."""
     if problem := _wrong_type(m, _TYPES, ""):
         return problem
+    sources = m.get("sources", {})  # absent from manifests written before sources were recorded
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        return "sources is not an object of strings"
     for i, ref in enumerate(m["inputs"]):
         if problem := _wrong_type(ref, _INPUT, f"inputs[{i}]."):
             return problem

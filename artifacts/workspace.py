@@ -84,10 +84,11 @@ class Workspace:
         """The latest version of every stage/task, sorted by stage then task."""
         return [v for v in (self.latest(stage, task) for stage, task in self.stage_tasks()) if v]
 
-    def find_current(self, stage: str, task: str, config_hash: str, inputs: list[InputRef]) -> Version | None:
-        """The latest version if it was built from this config and inputs with the same content."""
+    def find_current(self, stage: str, task: str, config_hash: str, inputs: list[InputRef],
+                     sources: dict[str, str] | None = None) -> Version | None:
+        """The latest version if it was built from this config, inputs with the same content and these sources."""
         v = self.latest(stage, task)
-        if v is None or v.manifest["config_hash"] != config_hash:
+        if v is None or v.manifest["config_hash"] != config_hash or self.stale_sources(v, sources or {}):
             return None
         recorded = sorted((i["stage"], i["task"], i["content_hash"]) for i in v.manifest["inputs"])
         wanted = sorted((i.stage, i.task, i.content_hash) for i in inputs)
@@ -105,19 +106,40 @@ class Workspace:
                 reasons.append(f"input {name} changed: built from v{ref['version']}, latest is v{now.number}")
         return reasons
 
-    def status(self, v: Version) -> str:
-        """Return "tampered" (an output fails its checksum), "stale" (an input changed) or "ok"."""
+    @staticmethod
+    def stale_sources(v: Version, current: dict[str, str | None]) -> list[str]:
+        """Why `v` is out of date with what it was built from outside the workspace: each source of ``current``
+        (name -> content fingerprint now, None when it cannot be read) that `v` recorded otherwise or not at all."""
+        recorded = v.manifest.get("sources", {})
+        reasons = []
+        for name, now in current.items():
+            if name not in recorded:
+                reasons.append(f"{v} was written before dmole recorded the {name} it is built on")
+            elif now is None:
+                reasons.append(f"the {name} {v} was built on is missing")
+            elif recorded[name] != now:
+                reasons.append(f"{v} was built on another {name} than the workspace's {name} now")
+        return reasons
+
+    def stale_because(self, v: Version, sources: dict[str, str | None]) -> list[str]:
+        """Every reason `v` is out of date: its inputs (`stale_inputs`) and its sources (`stale_sources`)."""
+        return self.stale_inputs(v) + self.stale_sources(v, sources)
+
+    def status(self, v: Version, sources: dict[str, str | None] | None = None) -> str:
+        """Return "tampered" (an output fails its checksum), "stale" (an input changed, or one of ``sources``,
+        see `stale_sources`) or "ok"."""
         try:
             v.verify()
         except (TamperedArtifact, MissingArtifact):
             return "tampered"
-        return "stale" if self.stale_inputs(v) else "ok"
+        return "stale" if self.stale_because(v, sources or {}) else "ok"
 
     def lock(self, stage: str, task: str) -> AbstractContextManager[None]:
         return hold_lock(self._task_dir(stage, task) / LOCK, f"{stage}/{task}")
 
-    def writer(self, stage: str, task: str, *, config: dict, inputs: list[InputRef],
-               environment: dict, toolkit_version: str) -> AbstractContextManager[Writer]:
-        """Context manager yielding a Writer; the new version is committed when it exits cleanly."""
+    def writer(self, stage: str, task: str, *, config: dict, inputs: list[InputRef], environment: dict,
+               toolkit_version: str, sources: dict[str, str] | None = None) -> AbstractContextManager[Writer]:
+        """Context manager yielding a Writer; the new version is committed when it exits cleanly. ``sources``
+        are the content fingerprints of what it is built from outside the workspace (the model), by name."""
         return open_writer(self._task_dir(stage, task), stage, task, config=config, inputs=inputs,
-                           environment=environment, toolkit_version=toolkit_version)
+                           sources=sources or {}, environment=environment, toolkit_version=toolkit_version)

@@ -38,11 +38,11 @@ class Writer:
 
 @contextmanager
 def open_writer(task_dir: Path, stage: str, task: str, *, config: dict, inputs: list[InputRef],
-                environment: dict, toolkit_version: str) -> Iterator[Writer]:
+                sources: dict[str, str], environment: dict, toolkit_version: str) -> Iterator[Writer]:
     """Yield a Writer under the stage/task lock; commit on normal exit, discard on error."""
     config_hash(config)  # a config that is not JSON fails here, before any work is done
     header = dict(stage=stage, task=task, toolkit_version=toolkit_version, config=config,
-                  inputs=[asdict(i) for i in inputs], environment=environment)
+                  inputs=[asdict(i) for i in inputs], sources=sources, environment=environment)
     with hold_lock(task_dir / LOCK, f"{stage}/{task}"):
         # We hold the lock, so any temp folder here belongs to a writer that died.
         for leftover in task_dir.glob(f"{TMP_PREFIX}*"):

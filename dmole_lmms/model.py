@@ -4,7 +4,8 @@ request's document; it never reaches the model.
 
 ``--model_args``: ``workspace`` (required), ``after`` (a task, or ``zero-shot``), ``method`` (default: the
 workspace's), ``roe=true`` (the RoE model instead), and any option of ``dmole eval`` (``routing``, ``top``,
-``threshold_scale``, ...; with ``roe``, ``batch_rule``). lmms-eval's ``--batch_size`` and ``--device`` apply.
+``threshold_scale``, ...; with ``roe``, ``batch_rule``). lmms-eval's ``--batch_size`` (``auto``: the eval stage's)
+and ``--device`` apply. An error in them is one line listing the valid model_args.
 """
 
 from __future__ import annotations
@@ -18,30 +19,40 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from PIL import Image
 
+from artifacts import ArtifactError
 from stages.data.samples import IMAGE_PLACEHOLDER
 from stages.errors import UserError
 from stages.evaluation.harness import open_model
+from stages.methods.base import EVAL_STAGE
+from stages.options import STAGE_OPTIONS, stage_options
 from stages.project import Project
+from stages.roe.evaluation import STAGE as ROE_EVAL_STAGE
 
 DEFAULT_MAX_NEW_TOKENS = 128  # when a task's generation_kwargs set none
+MODEL_ARGS = ("workspace", "after", "method", "roe")  # the model_args of the plugin itself; the rest are options
+
+
+def valid_model_args(roe: bool) -> str:
+    """The model_args the plugin takes: its own, then the options of `dmole eval` (with roe=true, of roe-eval)."""
+    options = STAGE_OPTIONS[ROE_EVAL_STAGE if roe else EVAL_STAGE].model_fields
+    return ", ".join([*MODEL_ARGS, *(name for name in options if name not in MODEL_ARGS)])
 
 
 class DMoLEModel(lmms):
     is_simple = True
 
-    def __init__(self, workspace: str, after: str | None = None, method: str | None = None, roe: bool = False,
-                 batch_size: int | str = 1, device: str | None = None, max_batch_size: int | None = None,
-                 **options) -> None:
-        """``max_batch_size`` (lmms-eval's automatic batch size) is accepted and not used: the batch is fixed."""
+    def __init__(self, workspace: str | None = None, after: str | None = None, method: str | None = None,
+                 roe: bool | str = False, batch_size: int | str = 1, device: str | None = None,
+                 max_batch_size: int | None = None, **options) -> None:
+        """``batch_size`` is lmms-eval's ``--batch_size``: a number, or ``auto`` for the eval stage's batch size
+        (the workspace's); ``max_batch_size`` (lmms-eval's cap on an automatic batch size) is accepted and not
+        used. Any error in the model_args is one UserError naming the valid ones."""
         super().__init__()
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UserError("the dmole lmms-eval model runs in one process; start lmms-eval without a launcher")
-        self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise UserError(f"batch_size must be a positive number, got {batch_size!r}")
-        self.harness = open_model(Project.open(Path(str(workspace))), None if after is None else str(after),
-                                  method=method, roe=roe is True or str(roe).lower() == "true",
-                                  options={**options, "batch_size": self.batch_size}, device=device)
+        roe = roe is True or str(roe).lower() == "true"
+        try:
+            self.harness, self.batch_size = _open(workspace, after, method, roe, batch_size, device, options)
+        except (UserError, ArtifactError) as error:
+            raise UserError(f"dmole model: {error} (--model_args takes {valid_model_args(roe)})") from None
         logger.info(f"dmole: {self.harness.name} from {workspace}, batches of {self.batch_size}")
         self._warned_sampling = False
 
@@ -88,6 +99,25 @@ class DMoLEModel(lmms):
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list:
         raise NotImplementedError("dmole answers one turn per sample; multi-round tasks are not supported")
+
+
+def _open(workspace: str | None, after, method, roe: bool, batch_size: int | str, device, options: dict):
+    """The harness model of the model_args and the batch size it generates in."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("the dmole lmms-eval model runs in one process; start lmms-eval without a launcher")
+    if workspace is None:
+        raise UserError("say which workspace: workspace=PATH")
+    unknown = sorted(set(options) - set(STAGE_OPTIONS[ROE_EVAL_STAGE if roe else EVAL_STAGE].model_fields))
+    if unknown:
+        raise UserError(f"unknown model_args {', '.join(unknown)}")
+    project = Project.open(Path(str(workspace)))
+    if str(batch_size).lower().startswith("auto"):  # lmms-eval's usual value, also as auto:N
+        batch_size = stage_options(project.config, ROE_EVAL_STAGE if roe else EVAL_STAGE, options).batch_size
+    elif not str(batch_size).isdigit() or int(batch_size) < 1:
+        raise UserError(f"batch_size must be a positive number or auto, got {batch_size!r}")
+    harness = open_model(project, None if after is None else str(after), method=method, roe=roe,
+                         options={**options, "batch_size": int(batch_size)}, device=device)
+    return harness, int(batch_size)
 
 
 def _one_image(visuals: list, task: str, doc_id: int) -> Image.Image:

@@ -22,7 +22,7 @@ from .dmole.embedding import embedding_metadata, sequence_embeddings
 from .options import EmbedOptions, stage_options
 from .progress import Progress, silent
 from .project import Project
-from .runner import StageResult, run_stage, source_fingerprint
+from .runner import StageResult, model_identity, run_stage, source_fingerprint
 
 STAGE = "embed"
 SPLITS = ("train", "test")
@@ -60,7 +60,7 @@ def embed(project: Project, task_name: str, options: EmbedOptions | dict | None 
 
     def compute(writer: Writer) -> None:
         adapter = project.load_model()
-        metadata = embedding_metadata(adapter)
+        metadata = embedding_metadata(adapter, model_identity(project))
         for split, items in splits.items():
             matrix = compute_embeddings(adapter, items, options.batch_size, progress, f"embed {task_name} {split}")
             write_parquet(writer.path(f"{split}.parquet"), {

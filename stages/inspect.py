@@ -7,6 +7,7 @@ from artifacts.io import read_parquet
 
 from .errors import UserError
 from .project import Project
+from .runner import model_identity
 
 HEAD_ROWS = 5
 
@@ -20,14 +21,24 @@ def tampered_since(project: Project, stage: str, task: str) -> list[dict]:
             for number, path, problem in project.store.tampered(stage, task) if latest is None or number > latest.number]
 
 
+def current_sources(project: Project) -> dict[str, str | None]:
+    """The workspace's sources now, for `Workspace.status`: the model's identity, None when its folder is gone."""
+    try:
+        return {"model": model_identity(project)}
+    except UserError:
+        return {"model": None}
+
+
 def listing(project: Project) -> list[dict]:
-    """The latest version of every stage and task, and any newer version folder whose manifest is tampered."""
+    """The latest version of every stage and task, and any newer version folder whose manifest is tampered; every
+    version built on another model than the workspace's (or before models were recorded) is stale."""
+    sources = current_sources(project)
     rows = []
     for stage, task in project.store.stage_tasks():
         v = project.store.latest(stage, task)
         if v is not None:
             rows.append({"stage": stage, "task": task, "version": v.number, "created": v.created,
-                         "bytes": v.size_bytes, "status": project.store.status(v), "problem": None})
+                         "bytes": v.size_bytes, "status": project.store.status(v, sources), "problem": None})
         rows += [{**row, "created": "", "bytes": 0} for row in tampered_since(project, stage, task)]
     return rows
 
@@ -57,9 +68,10 @@ def describe(project: Project, stage: str, task: str, number: int | None = None)
     store = project.store
     version = store.version(stage, task, number) if number else store.require(stage, task)
     manifest = version.manifest
+    sources = current_sources(project)
     return {
         "stage": stage, "task": task, "version": version.number, "path": str(version.path),
-        "status": store.status(version), "stale_because": store.stale_inputs(version),
+        "status": store.status(version, sources), "stale_because": store.stale_because(version, sources),
         "created": version.created, "config_hash": manifest["config_hash"], "config": manifest["config"],
         "inputs": manifest["inputs"], "outputs": manifest["outputs"], "environment": manifest["environment"],
         "summary": manifest.get("summary", {}),

@@ -14,12 +14,15 @@ from pathlib import Path
 from artifacts import Version, Writer, config_hash
 
 from . import __version__
+from .config import WORKSPACE_FILE
 from .distributed import barrier, is_main, launch_settings, parts_folder
+from .errors import UserError
 from .project import Project
 from .threads import thread_mismatch
 
-# Files larger than this are fingerprinted by size and modification time instead of a full hash.
+# Files larger than this are fingerprinted by their size and a sample of their content instead of a full hash.
 FULL_HASH_LIMIT = 256 * 1024 * 1024
+SAMPLED_BLOCKS, BLOCK = 64, 1 << 20
 
 
 @dataclass(frozen=True)
@@ -49,31 +52,63 @@ def checkpoint_dir(project: Project, stage: str, task: str, config: dict) -> Pat
     return project.root / ".runs" / stage / task / config_hash(config)[:16]
 
 
-def fingerprint(paths: list[Path]) -> dict[str, str]:
-    """Content fingerprints of source files (data, model weights) so that a change makes results stale."""
-    prints = {}
-    for path in sorted(paths):
-        stat = path.stat()
-        if stat.st_size > FULL_HASH_LIMIT:
-            prints[path.name] = f"size={stat.st_size},mtime={stat.st_mtime_ns}"
-            continue
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
+def _digest(path: Path, size: int) -> str:
+    """sha256 of the file, or beyond FULL_HASH_LIMIT of its size and SAMPLED_BLOCKS evenly spaced blocks (the
+    first and last included): its content alone, so that a copy fingerprints as the original does."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        if size <= FULL_HASH_LIMIT:
+            for block in iter(lambda: handle.read(BLOCK), b""):
                 digest.update(block)
-        prints[str(path.name)] = digest.hexdigest()
-    return prints
+            return digest.hexdigest()
+        digest.update(f"size={size}".encode())
+        for i in range(SAMPLED_BLOCKS):
+            handle.seek((size - BLOCK) * i // (SAMPLED_BLOCKS - 1))
+            digest.update(handle.read(BLOCK))
+    return f"sampled:{digest.hexdigest()}"
 
 
-def model_files(model_dir: Path) -> list[Path]:
-    return [p for p in model_dir.iterdir() if p.suffix in {".json", ".safetensors", ".jinja"}]
+def fingerprint(paths: list[Path]) -> dict[str, str]:
+    """Content fingerprints of source files (data, model weights) by file name, so that a change makes results
+    stale and a moved or copied file does not."""
+    return {path.name: _digest(path, path.stat().st_size) for path in sorted(paths)}
+
+
+def model_files(project) -> list[Path]:
+    """The files of the workspace's model folder that make the model (weights, configs, tokenizer, template); a
+    folder that is gone or holds no model is one UserError."""
+    folder = project.model_path
+    if not (folder / "config.json").is_file():
+        problem = "holds no model (no config.json)" if folder.is_dir() else "is missing"
+        raise UserError(f"the workspace's model folder {folder} (\"model\" in {project.root / WORKSPACE_FILE}) "
+                        f"{problem}; restore it or point \"model\" at the model the workspace was built on")
+    return [p for p in folder.iterdir() if p.suffix in {".json", ".safetensors", ".jinja"}]
 
 
 def model_fingerprint(project) -> dict:
     """What a stage's result depends on of the base model: its files and how the workspace feeds it images."""
     padded = project.config.image_aspect_ratio != "processor"  # the default adds no key: older versions stay current
-    return {"files": fingerprint(model_files(project.model_path)), "max_tiles": project.config.max_tiles,
+    return {"files": fingerprint(model_files(project)), "max_tiles": project.config.max_tiles,
             **({"image_aspect_ratio": project.config.image_aspect_ratio} if padded else {})}
+
+
+def model_identity(project) -> str:
+    """The identity of the workspace's model: one hash of its files' content (never of a path), recorded as the
+    ``model`` source of every version and in embedding metadata. A missing model folder is one UserError."""
+    return config_hash(fingerprint(model_files(project)))
+
+
+def require_built_on_model(project, versions: list[Version]) -> dict[str, str]:
+    """The workspace's sources (``{"model": identity}``) after checking that every version in ``versions`` was
+    built on that model; one UserError naming the first that was not (a replaced model is never used with
+    artifacts of another)."""
+    sources = {"model": model_identity(project)}
+    for version in versions:
+        reasons = project.store.stale_sources(version, sources)
+        if reasons:
+            raise UserError(f"{reasons[0]} ({project.model_path}); re-run {version.stage} for {version.task} and "
+                            "the stages after it (`dmole ls` marks them stale)")
+    return sources
 
 
 def source_fingerprint(project, task) -> dict:
@@ -125,11 +160,12 @@ def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: 
     Under a launcher every process runs ``compute`` (sharing work through `distributed`); only the main
     process writes into the version, the others into a scratch folder that is dropped.
     """
-    for version in inputs:  # a damaged input stops the stage before it touches the workspace
+    for version in inputs:  # a damaged input, or one built on another model, stops the stage before it writes
         version.verify()
+    sources = require_built_on_model(project, inputs)
     refs = [v.ref() for v in inputs]
     start = time.perf_counter()
-    current = None if force else project.store.find_current(stage, task, config_hash(config), refs)
+    current = None if force else project.store.find_current(stage, task, config_hash(config), refs, sources)
     barrier()  # every process decides before any of them can commit
     if current is not None:
         return StageResult(stage, task, current, True, 0.0)
@@ -139,8 +175,8 @@ def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: 
                 compute(Writer(Path(scratch)))
         else:
             recorded = environment(project.config.seed)
-            with project.store.writer(stage, task, config=config, inputs=refs, environment=recorded,
-                                      toolkit_version=__version__) as writer:
+            with project.store.writer(stage, task, config=config, inputs=refs, sources=sources,
+                                      environment=recorded, toolkit_version=__version__) as writer:
                 compute(writer)
                 recorded.update(device_environment())  # the manifest is written when the writer closes
                 mismatches = _thread_mismatches(inputs, recorded.get("cpu_threads"))

@@ -4,9 +4,11 @@ routers decide each sample from its image and prompt, never from lmms-eval's tas
 
 from __future__ import annotations
 
-import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,13 @@ import pytest
 pytest.importorskip("lmms_eval", reason="the lmms-eval plugin needs lmms-eval (make install puts it in)")
 
 from artifacts.io import read_parquet  # noqa: E402
+from dmole_lmms.local_task import main as local_task  # noqa: E402
+from dmole_lmms.model import DMoLEModel  # noqa: E402
 from stages.allocate import allocate  # noqa: E402
 from stages.data.images import load_image  # noqa: E402
 from stages.data.prompts import render_prompt  # noqa: E402
 from stages.data.tasks import load_eval_samples  # noqa: E402
+from stages.errors import UserError  # noqa: E402
 from stages.embed import embed  # noqa: E402
 from stages.evaluate import evaluate  # noqa: E402
 from stages.evaluation.harness import open_model  # noqa: E402
@@ -30,14 +35,17 @@ from stages.zc_score import zc_score  # noqa: E402
 from conftest import MICRO_STAGES  # noqa: E402
 
 TASKS = ("color-vqa", "shape-choice")
-PROBE = Path(__file__).parent / "lmms_task" / "probe_utils.py"
 
 
 @pytest.fixture(scope="module")
 def trained(micro_bench, tmp_path_factory) -> Project:
-    """D-MoLE over two tasks, evaluated after the second (every sample routed by the routers)."""
-    root = tmp_path_factory.mktemp("lmms") / "ws"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=list(TASKS),
+    """D-MoLE over two tasks, evaluated after the second (every sample routed by the routers); its model and
+    data lie beside it (relative paths), so the folder above it can be moved."""
+    bench = tmp_path_factory.mktemp("lmms")
+    for folder in ("base-model", "data"):
+        shutil.copytree(micro_bench / folder, bench / folder)
+    root = bench / "ws"
+    create_workspace(root, model=bench / "base-model", data=bench / "data", tasks=list(TASKS),
                      stages=MICRO_STAGES)
     settings = json.loads((root / "workspace.json").read_text())
     for task in settings["tasks"]:  # replies of a few tokens at least (the micro model would often end at once)
@@ -59,53 +67,26 @@ def eval_rows(project: Project, task: str) -> tuple[dict, float]:
     return {r["sample_id"]: r for r in predictions}, score
 
 
-def write_lmms_task(project: Project, task_name: str, folder: Path, lmms_name: str) -> None:
-    """A local lmms-eval task over a save_to_disk dataset of ``task_name``'s test samples (lmms-eval's YAML form)."""
-    from datasets import Dataset, DatasetDict, Image as ImageFeature
-
-    task = project.config.task(task_name)
-    samples = load_eval_samples(project.data_root, task)
-    images = []
-    for sample in samples:
-        buffer = io.BytesIO()
-        load_image(sample.image).save(buffer, format="PNG")
-        images.append({"bytes": buffer.getvalue(), "path": None})
-    rows = {"image": images, "sample_id": [s.id for s in samples], "family": [task.family] * len(samples),
-            "prompt": [render_prompt(task, s) for s in samples],
-            "references": [json.dumps(s.references) for s in samples]}
-    data = folder / f"{lmms_name}-data"
-    DatasetDict(test=Dataset.from_dict(rows).cast_column("image", ImageFeature())).save_to_disk(str(data))
-    max_new, min_new = task.generation_limits
-    (folder / f"{lmms_name}.yaml").write_text(f"""task: {lmms_name}
-dataset_path: {data}
-dataset_kwargs:
-  load_from_disk: true
-test_split: test
-output_type: generate_until
-doc_to_visual: !function probe_utils.doc_to_visual
-doc_to_text: !function probe_utils.doc_to_text
-doc_to_target: sample_id
-generation_kwargs:
-  max_new_tokens: {max_new}
-  min_new_tokens: {min_new}
-process_results: !function probe_utils.process_results
-metric_list:
-  - metric: dmole_score
-    aggregation: !function probe_utils.aggregate
-    higher_is_better: true
-""")
-
-
 NAMES = {"color-vqa": "probe_colour", "shape-choice": "probe_shape"}  # no dmole task name reaches lmms-eval
 
 
 @pytest.fixture(scope="module")
 def lmms_tasks(trained, tmp_path_factory) -> Path:
+    """The README's local tasks (`python -m dmole_lmms.local_task`), under names that are not dmole's."""
     folder = tmp_path_factory.mktemp("lmms-tasks")
-    shutil.copy(PROBE, folder / PROBE.name)
     for task, lmms_name in NAMES.items():
-        write_lmms_task(trained, task, folder, lmms_name)
+        assert local_task(["--workspace", str(trained.root), "--task", task, "--out", str(folder),
+                           "--name", lmms_name]) == 0
     return folder
+
+
+def test_the_local_task_command_names_a_task_after_dmoles_and_a_wrong_task_is_one_line(trained, tmp_path, capsys):
+    assert local_task(["--workspace", str(trained.root), "--task", TASKS[0], "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "dmole_color_vqa.yaml").is_file() and (tmp_path / "dmole_color_vqa-data").is_dir()
+    capsys.readouterr()
+    assert local_task(["--workspace", str(trained.root), "--task", "nope", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: unknown task 'nope'") and error.count("\n") == 1
 
 
 def simple_evaluate(model_args: str, folder: Path) -> dict:
@@ -209,3 +190,84 @@ def test_a_request_is_one_image_and_its_prompt_and_a_reply_stops_at_the_tasks_st
         _one_image([image, image], "mme", 3)
     assert _prompt("<image>\nIs it red?") == "Is it red?"
     assert _cut("yes\n\nbecause", ("\n\n",)) == "yes" and _cut("yes", ()) == "yes"
+
+
+def lmms_eval_command(model_args: str, folder: Path, cwd: Path, out: Path) -> dict:
+    """The real `lmms-eval` command line as a user types it (`--batch_size auto`), in a subprocess: its scores."""
+    command = [str(Path(sys.executable).parent / "lmms-eval"), "--model", "dmole", "--model_args", model_args,
+               "--tasks", ",".join(NAMES.values()), "--include_path", str(folder), "--batch_size", "auto",
+               "--output_path", str(out)]
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and "Error during evaluation" not in done.stderr + done.stdout, done.stderr[-3000:]
+    [results] = out.rglob("*_results.json")
+    scores = json.loads(results.read_text())["results"]
+    return {lmms_name: scores[lmms_name]["dmole_score,none"] for lmms_name in NAMES.values()}
+
+
+def test_the_readme_recipe_through_the_lmms_eval_command_gives_dmole_evals_scores(trained, lmms_tasks, tmp_path):
+    scores = lmms_eval_command(f"workspace={trained.root},after={TASKS[-1]}", lmms_tasks, tmp_path, tmp_path / "out")
+    for task, lmms_name in NAMES.items():
+        assert scores[lmms_name] == pytest.approx(eval_rows(trained, task)[1], abs=1e-9)
+
+
+def test_a_copied_workspace_reached_by_any_path_evaluates_alike_and_a_swapped_model_is_refused(
+        trained, lmms_tasks, tmp_path, monkeypatch):
+    """The workspace with its model and data (relative paths) copied elsewhere: `dmole eval` (recomputed), lmms-eval's
+    simple_evaluate (an absolute path) and its command line (a relative path from another folder) give the
+    original's scores; its model replaced by another family's, the plugin refuses in one line."""
+    from typer.testing import CliRunner
+
+    from dmole_cli.app import app
+    from stages.models.tiny import build_tiny
+
+    copy = tmp_path / "elsewhere" / "bench"
+    shutil.copytree(trained.root.parent, copy)
+    workspace = copy / trained.root.name
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    relative = Path("bench") / trained.root.name
+    done = CliRunner().invoke(app, ["eval", "--after", TASKS[-1], "--force", "--workspace", str(relative)])
+    assert done.exit_code == 0, done.output
+    moved = Project.open(workspace)
+    expected = {task: eval_rows(trained, task)[1] for task in TASKS}
+    assert {task: eval_rows(moved, task)[1] for task in TASKS} == pytest.approx(expected, abs=1e-9)
+    results = simple_evaluate(f"workspace={workspace},after={TASKS[-1]}", lmms_tasks)
+    command = lmms_eval_command(f"workspace={relative},after={TASKS[-1]}", lmms_tasks, tmp_path / "elsewhere",
+                                tmp_path / "out")
+    for task, lmms_name in NAMES.items():
+        assert results["results"][lmms_name]["dmole_score,none"] == pytest.approx(expected[task], abs=1e-9)
+        assert command[lmms_name] == pytest.approx(expected[task], abs=1e-9)
+
+    shutil.rmtree(copy / "base-model")
+    build_tiny("qwen2vl", copy / "base-model", seed=1)
+    done = CliRunner().invoke(app, ["eval", "--after", TASKS[-1], "--workspace", str(workspace)])
+    assert done.exit_code == 2 and done.output.count("\n") == 1 and "was built on another model" in done.output
+    with pytest.raises(UserError, match=r"^dmole model: .* was built on another model than the workspace's model now"):
+        DMoLEModel.create_from_arg_string(f"workspace={workspace},after={TASKS[-1]}")
+    statuses = {r["status"] for r in json.loads(CliRunner().invoke(app, ["ls", "--json", "--workspace",
+                                                                         str(workspace)]).output)}
+    assert statuses == {"stale"}
+
+
+VALID = "--model_args takes workspace, after, method, roe, "
+
+
+@pytest.mark.parametrize("args, expected", [
+    ("", "say which workspace: workspace=PATH"),
+    ("workspace={ws},after=shape-choice,treshold_scale=0.5", "unknown model_args treshold_scale"),
+    ("workspace={ws},after=nope", "unknown task 'nope'"),
+    ("workspace={ws}/missing,after=shape-choice", "no workspace at"),
+])
+def test_a_wrong_model_arg_is_one_line_naming_the_valid_ones(trained, args, expected):
+    with pytest.raises(UserError) as caught:
+        DMoLEModel.create_from_arg_string(args.format(ws=trained.root), {"batch_size": "auto"})
+    message = str(caught.value)
+    assert expected in message and VALID in message and "threshold_scale" in message and "\n" not in message
+
+
+def test_batch_size_auto_is_the_eval_stages_batch_size(trained):
+    assert DMoLEModel.create_from_arg_string(f"workspace={trained.root},after={TASKS[-1]}",
+                                             {"batch_size": "auto"}).batch_size == MICRO_STAGES["eval"]["batch_size"]
+    assert DMoLEModel.create_from_arg_string(f"workspace={trained.root},after=zero-shot",
+                                             {"batch_size": 2}).batch_size == 2

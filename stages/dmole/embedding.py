@@ -11,10 +11,11 @@ import numpy as np
 from PIL import Image
 
 
-def embedding_metadata(adapter) -> dict[str, str]:
-    """What an embedding depends on besides the sample: routers refuse embeddings computed otherwise."""
+def embedding_metadata(adapter, model: str) -> dict[str, str]:
+    """What an embedding depends on besides the sample: routers refuse embeddings computed otherwise. ``model`` is
+    the model's identity (stages/runner.py `model_identity`: its content, never the path it was loaded from)."""
     template = adapter.processor.chat_template or ""
-    return {"model": str(adapter.model.name_or_path), "family": adapter.family, "d_vision": str(adapter.d_vision),
+    return {"model": model, "family": adapter.family, "d_vision": str(adapter.d_vision),
             "d_language": str(adapter.d_language), "pooling": "max/max-nonpad", "dtype": "float32",
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}
 

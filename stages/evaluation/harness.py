@@ -23,6 +23,7 @@ from ..methods import get_method
 from ..methods.base import EVAL_STAGE, ZERO_SHOT
 from ..options import stage_options
 from ..project import Project
+from ..runner import require_built_on_model
 from .predict import AroundBatch, generate_batch
 
 
@@ -60,20 +61,23 @@ def open_model(project: Project, after: str | None = None, *, method: str | None
                         f"after={ZERO_SHOT}, or roe=true")
     options = stage_options(project.config, EVAL_STAGE, {**(options or {}), "method": method})
     if after == ZERO_SHOT:
+        require_built_on_model(project, [])  # a missing model folder is one line
         adapter = project.load_model(device=device)
         return HarnessModel(adapter, adapter.model, "base model")
     chosen = get_method(options.method or project.config.method)
     chosen.check_after(project, after)
+    model = require_built_on_model(project, chosen.eval_inputs(project, after))["model"]  # what `eval` reads
     adapter = project.load_model(device=device)
     plan = chosen.evaluation(project, after, adapter)
     return HarnessModel(adapter, plan.model, f"{chosen.name} after {after}",
-                        _sample_routes(project, chosen, after, adapter, plan, options), plan.around)
+                        _sample_routes(project, chosen, after, adapter, plan, options, model), plan.around)
 
 
-def _sample_routes(project: Project, method, after: str, adapter, plan, options) -> Callable | None:
+def _sample_routes(project: Project, method, after: str, adapter, plan, options, model: str) -> Callable | None:
     """``route(images, prompts)`` of ``method``'s plan after ``after``: D-MoLE's routers score each sample's
     embedding (experts off) and eval's routing rule picks its experts; a method without routers routes every
-    sample alike (its route does not depend on the task it is asked for); None when nothing is routed."""
+    sample alike (its route does not depend on the task it is asked for); None when nothing is routed. ``model``
+    is the model's identity, which the embeddings' metadata records."""
     if not method.routes:
         if plan.routes_for is None:
             return None
@@ -84,7 +88,7 @@ def _sample_routes(project: Project, method, after: str, adapter, plan, options)
     from ..dmole.routing import evaluation_routes
 
     bank = load_bank(project, project.config.task_names[:project.config.task_index(after)])
-    metadata = embedding_metadata(adapter)
+    metadata = embedding_metadata(adapter, model)
 
     def route(images: list[Image.Image], prompts: list[str]) -> list:
         with (plan.model.disable_adapter() if hasattr(plan.model, "disable_adapter") else nullcontext()):
@@ -103,12 +107,13 @@ def _roe_model(project: Project, options: dict, device: str | None) -> HarnessMo
 
     options = stage_options(project.config, ROE_EVAL_STAGE, options)
     trained = TrainedRoE.latest(project)
+    model = require_built_on_model(project, [trained.version, *trained.continual_versions])["model"]
     adapter, _, continual = trained.routed_model(project, device)
     batch_rule = options.batch_rule or trained.config["batch_rule"]
     name = f"RoE ({trained.version.stage} v{trained.version.number}) on {trained.reference(project)}"
     if continual is None:
         return HarnessModel(adapter, adapter.model, name, around=lambda routes: RequestRecorder(batch_rule))
     method = get_method(continual.options.method)
-    route = _sample_routes(project, method, trained.after, adapter, continual.plan, continual.options)
+    route = _sample_routes(project, method, trained.after, adapter, continual.plan, continual.options, model)
     return HarnessModel(adapter, continual.plan.model, name, route, lambda routes: RequestRecorder(
         batch_rule, experts=(continual.batches(routes) if routes is not None else None, continual.rows)))
