@@ -15,7 +15,7 @@ from ..progress import Progress, silent
 from ..training.chat import chat_examples
 from ..training.inputs import InputPipeline, worker_count
 from ..training.loop import LoopResult, LoopSettings, ParamGroup, batch_plan, train
-from .backbone import LLM, LORA, PROJECTOR
+from .backbone import llm_parameters, lora_parameters, projector_parameters
 from .loss import per_example_ce, roe_objective
 from .modules import PREFIX, RoEModules
 from .plan import TrainingRouting, routing
@@ -23,22 +23,22 @@ from .schedule import STAGE_NAMES, RoEStageCallback, ScheduleState, StageSchedul
 from .segments import ImageTokens, training_segments
 
 
-def parameter_groups(model: torch.nn.Module, modules: RoEModules | None,
+def parameter_groups(adapter, modules: RoEModules | None,
                      settings: RouteTrainOptions) -> tuple[list[ParamGroup], dict[str, set[int]]]:
-    """Non-empty groups, each named and with its own base lr, and the stages each one trains in (spec §5.4)."""
+    """Non-empty groups, each named and with its own base lr, and the stages each one trains in (spec §5.4). The
+    backbone's groups come from the family's declaration (its LM and projector), not from parameter names."""
     roe = dict(modules.named_parameters(prefix=PREFIX)) if modules is not None else {}
     groups = [ParamGroup("roe_router", [p for n, p in roe.items() if ".router." in n],
                          settings.router_lr or settings.roe_lr),
               ParamGroup("roe_adapter", [p for n, p in roe.items() if ".adapter." in n], settings.roe_lr),
               ParamGroup("roe_tokens", [p for n, p in roe.items() if ".tokens." in n], settings.roe_lr)]
     trained_in = {"roe_router": {1, 2}, "roe_adapter": {0, 1, 2}, "roe_tokens": {1, 2}}
-    named = [(n, p) for n, p in model.named_parameters() if not n.startswith(f"{PREFIX}.")]
     if settings.stage2_mode == "full":
-        groups.append(ParamGroup("backbone_llm", [p for n, p in named if LLM.fullmatch(n)], settings.backbone_lr))
+        groups.append(ParamGroup("backbone_llm", [p for _, p in llm_parameters(adapter)], settings.backbone_lr))
     if settings.stage2_mode == "lora":
-        groups.append(ParamGroup("backbone_lora", [p for n, p in named if LORA.fullmatch(n)], settings.lora_lr))
+        groups.append(ParamGroup("backbone_lora", [p for _, p in lora_parameters(adapter.model)], settings.lora_lr))
     if settings.stage2_mode != "frozen":
-        groups.append(ParamGroup("projector", [p for n, p in named if PROJECTOR.fullmatch(n)], settings.backbone_lr))
+        groups.append(ParamGroup("projector", [p for _, p in projector_parameters(adapter)], settings.backbone_lr))
     trained_in |= {"backbone_llm": {2}, "backbone_lora": {2}, "projector": {2}}
     groups = [g for g in groups if g.params]
     return groups, {g.name: trained_in[g.name] for g in groups}
@@ -72,7 +72,7 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
     model = adapter.model
     for p in model.parameters():
         p.requires_grad_(False)
-    groups, trained_in = parameter_groups(model, modules, settings)
+    groups, trained_in = parameter_groups(adapter, modules, settings)
     schedule = StageSchedule(len(batch_plan(len(samples), loop)), settings.skip_ratio, settings.stage1_start,
                              settings.stage2_start)
     state = ScheduleState()
