@@ -30,6 +30,25 @@ def route_train(options: dict, force: ForceOption = False, quiet: QuietOption = 
     print_summary(result)
 
 
+@handles_user_errors
+@stage_flags("roe-sweep", flags={"skip_ratios": "--target", "seeds": "--seed", "baselines": "--baseline"})
+def route_sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False,
+                workspace: WorkspaceOption = None) -> None:
+    """Train RoE at several skip targets (route-train's options, ρ per --target) and, at each RoE run's realised
+    skip, static layer dropping and random routing with the same adapters and schedule, per --seed; report each
+    task's score relative to the dense model, the realised skip and the batch-1 speed-up (stage roe-sweep)."""
+    from stages.figures.roe_sweep import from_result, table
+    from stages.route_sweep import RESULT, route_sweep as run
+
+    from artifacts.io import read_json
+
+    result = run(open_project(workspace), options, force=force, progress=rich_progress(quiet))
+    if not quiet:
+        console.print("\n".join(table(from_result(read_json(result.version.file(RESULT)),
+                                                     f"{result.stage} v{result.version.number}"))), soft_wrap=True)
+    print_summary(result)
+
+
 def run_roe_eval(workspace: Path | None, *, batch_size: int | None = None, batch_rule: str | None = None,
                  max_samples: int | None = None, force: bool = False, quiet: bool = False,
                  json_output: bool = False) -> None:
@@ -103,3 +122,4 @@ def render_roe_summary(summary: dict) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("route-train")(route_train)
+    app.command("route-sweep")(route_sweep)
