@@ -98,14 +98,15 @@ def render_roe_summary(summary: dict) -> None:
         runs.remove("base")  # the same numbers as dense
     headers = {"base": "base", "dense": f"dense ({summary['dense_reference']})", "forced": "forced-execute",
                "roe": "RoE"}
-    scores = Table("task", *(headers[run] for run in runs), "RoE − dense", "skip",
+    scores = Table("task", *(headers[run] for run in runs), "RoE − dense", "RoE / dense", "skip",
                    title="accuracy (0–100): the same model without skipping (dense) versus RoE")
     rows = list(summary["per_task"].items())
-    rows.append(("average", summary))
+    rows.append(("average", summary | {"relative": summary.get("mean_relative")}))
     for name, t in rows:
+        relative = t.get("relative")  # reports written before relative scores have none
         scores.add_row(name, *(f"{t[f'{run}_score']:.2f}" for run in runs),
-                       f"{t['roe_score'] - t['dense_score']:+.2f}", _pct(t["skip_rate"]),
-                       end_section=name == rows[-2][0])
+                       f"{t['roe_score'] - t['dense_score']:+.2f}", "n/a" if relative is None else f"{relative:.3f}",
+                       _pct(t["skip_rate"]), end_section=name == rows[-2][0])
     console.print(scores)
     saving = summary["theoretical_saving"]
     targets = summary["targets"]

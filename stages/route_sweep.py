@@ -4,19 +4,18 @@ options.
 
 Writes sweep.json (options, the dense reference per seed, the layer ranking behind static dropping, every run, and
 the per-(target, variant) summary over seeds), sweep.parquet (one row per run and task) and sweep.md with the
-accuracy–speed plot sweep.png, under roe-sweep/all/v<N>. Each finished run is kept beside the stage's checkpoints,
-so a killed sweep resumes with the next run.
+accuracy–speed plot sweep.png, under roe-sweep/all/v<N>. Each finished (seed, target) and each seed's dense scores
+are kept under .runs/roe-sweep/, keyed by everything but the targets and seeds: a killed sweep resumes, and a sweep
+over more targets or seeds trains only what is new.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-
 from artifacts import Writer
-from artifacts.io import write_json, write_parquet
+from artifacts.io import read_json, write_json, write_parquet
 
 from .data.tasks import task_files
+from .distributed import is_main
 from .errors import UserError
 from .figures.roe_sweep import RESULT, STAGE, TASK
 from .options import RouteSweepOptions, hashed, stage_options
@@ -58,19 +57,21 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
               "sources": {"data": {t.name: fingerprint(task_files(project.data_root, t)) for t in project.config.tasks},
                           "model": model_fingerprint(project)}}
 
+    # Finished runs are kept per (seed, target) under a key of everything else that decides them, so a killed
+    # sweep resumes and a sweep over more targets or seeds reuses the runs it shares with an earlier one.
+    cache = checkpoint_dir(project, STAGE, TASK, {k: v for k, v in config.items() if k != "options"} | {
+        "options": {k: v for k, v in config["options"].items() if k not in ("skip_ratios", "seeds")}})
+
     def compute(writer: Writer) -> None:
         from .figures import roe_sweep as figure
         from .roe.attach import roe_shape
         from .roe.backbone import tuned
         from .roe.evaluation import evaluate_dense
         from .roe.recipe import dense_twin_scores, loop_settings
-        from .roe.sweep import SweepInputs, static_ranking, summarise, sweep_seed
+        from .roe.sweep import SweepInputs, static_ranking, summarise, sweep_target
 
         inputs = SweepInputs(samples, sets, settings, sweep)
-        ckpt = checkpoint_dir(project, STAGE, TASK, config)
-        ckpt.mkdir(parents=True, exist_ok=True)
-        done_file = ckpt / "runs.jsonl"
-        done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.is_file() else []
+        cache.mkdir(parents=True, exist_ok=True)
         base = project.load_model()
         routable = list(roe_shape(base, settings.always_execute).routable)
         change = static_ranking(project, inputs, project.config.seed)
@@ -79,17 +80,19 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
         for seed in sweep.seeds:
             if tuned(settings.stage2_mode):
                 dense[seed] = dense_twin_scores(project, samples, sets, settings, loop_settings(settings, seed, 0),
-                                                progress=progress, checkpoint_dir=ckpt / f"seed-{seed}")
+                                                progress=progress, checkpoint_dir=cache / f"seed-{seed}")
             else:
                 dense[seed] = evaluate_dense(base, sets, settings.eval_batch_size, progress, label="base")
-            kept = [r for r in done if r["seed"] == seed]
-            if len(kept) == len(sweep.skip_ratios) * (1 + len(sweep.baselines)):
-                runs += kept
-                continue
-            seed_runs = sweep_seed(project, inputs, seed, dense[seed], change, routable, progress)
-            with done_file.open("a") as handle:
-                handle.writelines(json.dumps(r) + "\n" for r in seed_runs)
-            runs += seed_runs
+            for target in sweep.skip_ratios:
+                done = cache / f"seed-{seed}" / f"target-{target}.json"
+                if done.is_file():
+                    rows = read_json(done)
+                else:
+                    rows = sweep_target(project, inputs, seed, target, dense[seed], change, routable, progress)
+                    if is_main():
+                        done.parent.mkdir(parents=True, exist_ok=True)
+                        write_json(done, rows)
+                runs += rows
         result = {"options": sweep.model_dump(), "route_train": settings.model_dump(), "routable": routable,
                   "layer_change": change, "dense_reference": "dense twin" if tuned(settings.stage2_mode) else "base",
                   "dense": {str(s): scores for s, scores in dense.items()}, "runs": runs,
@@ -101,6 +104,5 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
         writer.path(NOTE).write_text("\n".join(figure.table(data)) + "\n", encoding="utf-8")
         writer.meta.update(sweep=[{k: row[k] for k in ("target", "variant", "skip_rate", "mean_relative",
                                                          "spread", "speedup")} for row in result["summary"]])
-        shutil.rmtree(ckpt, ignore_errors=True)
 
     return run_stage(project, STAGE, TASK, config=config, inputs=[], compute=compute, force=force)

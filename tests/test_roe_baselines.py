@@ -159,3 +159,6 @@ def test_route_sweep_writes_every_run_with_baselines_at_the_realised_skip(projec
     assert version.file("roe_sweep.png").stat().st_size > 0
     assert "RoE skip-ratio sweep" in version.file("sweep.md").read_text()
     assert route_sweep(project, options).up_to_date
+    # a sweep over fewer seeds is a new version, built from the runs already trained (timings included)
+    subset = json.loads(route_sweep(project, options | {"seeds": [1]}).version.file("sweep.json").read_text())
+    assert subset["runs"] == [r for r in runs if r["seed"] == 1]

@@ -159,13 +159,17 @@ def build_report(adapter, attachment, rows: list[dict], scores: dict[str, dict[s
     per_task = {}
     for task in scores["roe"]:
         stats = skip_stats([r for r in rows if r["benchmark"] == task], shape.n_layers)
+        dense = scores["dense"][task]
         per_task[task] = {f"{run}_score": by_task[task] for run, by_task in scores.items()} | {
+            "relative": scores["roe"][task] / dense if dense else None,  # RoE on over RoE off
             "skip_rate": stats["skip_rate"], "skip_rate_per_layer": stats["skip_rate_per_layer"]}
     averages = {f"{run}_score": _mean(list(by_task.values())) for run, by_task in scores.items()}
+    relatives = [t["relative"] for t in per_task.values() if t["relative"] is not None]
     drop = averages["dense_score"] - averages["roe_score"]
     applied = {r["batch_rule"] for r in rows}
     return {
         "rho": rho, **overall, **averages, "score_drop": drop,
+        "mean_relative": _mean(relatives) if relatives else None,  # per-task RoE / dense, averaged over tasks
         "dense_reference": "dense twin" if "forced" in scores else reference, "per_task": per_task,
         "continual": _continual_metrics(scores, continual) if continual is not None else None,
         "routable_layers": list(shape.routable), "batch_rule": batch_rule,

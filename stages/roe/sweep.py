@@ -95,28 +95,27 @@ def static_ranking(project, inputs: SweepInputs, seed: int) -> list[float]:
         return layer_change(adapter, batches)
 
 
-def sweep_seed(project, inputs: SweepInputs, seed: int, dense: dict[str, float], change: list[float],
-               routable: Sequence[int], progress: Progress = silent) -> list[dict]:
-    """Every target's RoE run and its baselines for one seed, as rows (see the module's docstring)."""
+def sweep_target(project, inputs: SweepInputs, seed: int, target: float, dense: dict[str, float],
+                 change: list[float], routable: Sequence[int], progress: Progress = silent) -> list[dict]:
+    """RoE at ``target`` and its baselines at RoE's realised skip, for one seed, as rows (see the module's
+    docstring)."""
     runs = []
 
-    def record(target: float, variant: str, skip: float, scores: dict, speed: dict | None, **extra) -> None:
+    def record(variant: str, skip: float, scores: dict, speed: dict | None, **extra) -> None:
         rel = relative(scores, dense)
         runs.append({"seed": seed, "target": target, "variant": variant, "skip_rate": skip, "scores": scores,
                      "relative": rel, "mean_relative": mean_relative(rel), "speed": speed, **extra})
 
-    for target in inputs.sweep.skip_ratios:
-        skip, scores, speed = _train_and_score(project, inputs, target, seed, None, progress)
-        record(target, "roe", skip, scores, speed)
-        baselines = []
-        if "static" in inputs.sweep.baselines:
-            k = round(skip * len(routable))
-            baselines.append(FixedRouting("static", layers=least_change_layers(change, routable, k), seed=seed))
-        if "random" in inputs.sweep.baselines:
-            baselines.append(FixedRouting("random", rate=skip, seed=seed))
-        for fixed in baselines:
-            record(target, fixed.kind, *_train_and_score(project, inputs, target, seed, fixed, progress),
-                   routing=fixed.to_json())
+    skip, scores, speed = _train_and_score(project, inputs, target, seed, None, progress)
+    record("roe", skip, scores, speed)
+    baselines = []
+    if "static" in inputs.sweep.baselines:
+        k = round(skip * len(routable))
+        baselines.append(FixedRouting("static", layers=least_change_layers(change, routable, k), seed=seed))
+    if "random" in inputs.sweep.baselines:
+        baselines.append(FixedRouting("random", rate=skip, seed=seed))
+    for fixed in baselines:
+        record(fixed.kind, *_train_and_score(project, inputs, target, seed, fixed, progress), routing=fixed.to_json())
     return runs
 
 
