@@ -171,6 +171,10 @@ class RouteTrainOptions(Strict):
                                       "or learned routing tokens, the reference's (tokens)")
     hinge_weight: float = Field(default=1.0, ge=0.0, description="λ: weight of the sparsity hinge")
     hinge_gamma: float = Field(default=5.0, ge=0.0, description="γ: difficulty weight exp(−γ·CE)")
+    skip_estimate: Literal["soft", "straight-through"] = Field(
+        default="soft", description="the skip rate s_i the hinge reads: the mean soft skip probability (soft, the "
+                                    "spec's), or the share of decisions over 1/2, as inference takes them, with the "
+                                    "soft rate's gradient (straight-through)")
     epochs: float = Field(default=1.0, gt=0.0, description="passes over the training subset")
     batch_size: int = Field(default=16, gt=0, description="examples per optimizer step (the global batch: per "
                                                           "device x devices x grad_accum)")

@@ -5,8 +5,8 @@ options.
 Writes sweep.json (options, the dense reference per seed, the layer ranking behind static dropping, every run, and
 the per-(target, variant) summary over seeds), sweep.parquet (one row per run and task) and sweep.md with the
 accuracy–speed plot sweep.png, under roe-sweep/all/v<N>. Each finished (seed, target) and each seed's dense scores
-are kept under .runs/roe-sweep/, keyed by everything but the targets and seeds: a killed sweep resumes, and a sweep
-over more targets or seeds trains only what is new.
+are kept under .runs/roe-sweep/, keyed by everything but the targets and seeds (the twin: by what it depends on): a
+killed sweep resumes, and a sweep over more targets or seeds, or with other RoE knobs, trains only what is new.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def _table_rows(runs: list[dict]) -> dict[str, list]:
 def route_sweep(project: Project, options: RouteSweepOptions | dict | None = None, *, force: bool = False,
                 progress: Progress = silent) -> StageResult:
     from .roe.evaluation import eval_sets
+    from .roe.recipe import TWIN_OPTIONS
     from .route_train import TRAIN_STAGE, training_subset
 
     sweep = stage_options(project.config, STAGE, options)
@@ -58,9 +59,13 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
                           "model": model_fingerprint(project)}}
 
     # Finished runs are kept per (seed, target) under a key of everything else that decides them, so a killed
-    # sweep resumes and a sweep over more targets or seeds reuses the runs it shares with an earlier one.
+    # sweep resumes and a sweep over more targets or seeds reuses the runs it shares with an earlier one; each
+    # seed's dense twin under a key of what it depends on, so RoE's own knobs do not train it again.
     cache = checkpoint_dir(project, STAGE, TASK, {k: v for k, v in config.items() if k != "options"} | {
         "options": {k: v for k, v in config["options"].items() if k not in ("skip_ratios", "seeds")}})
+    twins = checkpoint_dir(project, STAGE, "twin", {k: v for k, v in config.items() if k not in ("options",
+                                                                                                  "route_train")}
+                           | {"route_train": {k: config["route_train"][k] for k in TWIN_OPTIONS}})
 
     def compute(writer: Writer) -> None:
         from .figures import roe_sweep as figure
@@ -80,7 +85,7 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
         for seed in sweep.seeds:
             if tuned(settings.stage2_mode):
                 dense[seed] = dense_twin_scores(project, samples, sets, settings, loop_settings(settings, seed, 0),
-                                                progress=progress, checkpoint_dir=cache / f"seed-{seed}")
+                                                progress=progress, checkpoint_dir=twins / f"seed-{seed}")
             else:
                 dense[seed] = evaluate_dense(base, sets, settings.eval_batch_size, progress, label="base")
             for target in sweep.skip_ratios:

@@ -18,7 +18,7 @@ from stages.models.registry import load_family
 from stages.models.tiny import TinySize, build_tiny
 from stages.project import Project
 from stages.roe.fixed import FixedRouting, layer_change, least_change_layers
-from stages.roe.sweep import mean_relative, relative, summarise
+from stages.roe.sweep import mean_relative, relative, skip_patterns, summarise
 from stages.route_sweep import route_sweep
 
 SIZE = TinySize(lm_layers=5, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
@@ -117,6 +117,17 @@ def test_the_static_baseline_skips_its_layers_in_training_and_inference(project)
     assert rows and all(r["applied_skip"] == (r["layer"] in (1, 3)) for r in rows)
 
 
+def test_skip_patterns_count_the_distinct_sets_of_skipped_layers_per_task():
+    def row(task, example, layer, skipped, routable=True):
+        return {"benchmark": task, "example_id": example, "layer": layer, "routable": routable,
+                "applied_skip": skipped}
+
+    rows = [row("a", "1", 1, True), row("a", "1", 2, False), row("a", "2", 1, True), row("a", "2", 2, False),
+            row("a", "3", 1, False), row("a", "3", 2, True), row("b", "1", 0, True, routable=False),
+            row("b", "1", 1, False), row("b", "2", 1, False)]
+    assert skip_patterns(rows) == {"a": 2, "b": 1}
+
+
 def test_relative_scores_and_the_summary_over_seeds():
     dense = {"a": 200.0, "b": 50.0, "c": 0.0}
     rel = relative({"a": 150.0, "b": 50.0, "c": 10.0}, dense)
@@ -151,6 +162,7 @@ def test_route_sweep_writes_every_run_with_baselines_at_the_realised_skip(projec
         k = round(roe_skip * len(routable))
         assert by["static"]["routing"]["layers"] == list(least_change_layers(sweep["layer_change"], routable, k))
         assert by["static"]["skip_rate"] == pytest.approx(k / len(routable))
+        assert set(by["static"]["skip_patterns"].values()) == {1}  # one set of layers for every example
     assert [(row["target"], row["variant"]) for row in sweep["summary"]] == [(0.3, v) for v in ("roe", "static",
                                                                                                "random")]
     table = read_parquet(version.file("sweep.parquet")).to_pydict()

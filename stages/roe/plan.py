@@ -87,6 +87,15 @@ class TrainingRouting:
         per_layer = torch.stack([(p * valid).sum(1) / valid.sum(1).clamp(min=1.0) for p in self.p_skip.values()])
         return per_layer.mean(0)
 
+    def straight_through_skip(self) -> Tensor:
+        """s_i as the hinge sees it under ``skip_estimate: straight-through``: the share of routable layers and valid
+        turns whose skip probability exceeds 1/2 (what inference's argmax skips), with the soft rate's gradient, [B]."""
+        valid = self.segments.valid_turns().float()
+        hard = torch.stack([((p > 0.5).float() * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+                            for p in self.p_skip.values()]).mean(0)
+        soft = self.soft_skip()
+        return hard.to(soft.device) + soft - soft.detach()
+
     def hard_skip(self) -> float:
         valid = self.segments.valid_turns()
         return float(torch.stack([p.detach()[valid] > 0.5 for p in self.p_skip.values()]).float().mean())

@@ -65,6 +65,13 @@ def load_for_training(project, settings: RouteTrainOptions):
     return adapter, lora
 
 
+# What the dense twin's training and scores depend on of route-train's options: RoE's own knobs (ρ, the hinge, the
+# router input, roe and router lrs, adapter rank, always-executed layers) leave the twin as it is.
+TWIN_OPTIONS = ("epochs", "batch_size", "grad_accum", "backbone_lr", "stage2_mode", "lora_rank", "lora_alpha",
+                "lora_lr", "stage1_start", "stage2_start", "warmup_ratio", "data_fraction", "eval_batch_size",
+                "max_eval_samples")
+
+
 def dense_twin_scores(project, samples: Sequence[TrainSample], sets, settings: RouteTrainOptions, loop: LoopSettings,
                       *, progress: Progress = silent, checkpoint_dir: Path | None = None) -> dict[str, float]:
     """The same fine-tuning with every layer executed (nothing to skip), scored; kept beside the checkpoints once
@@ -141,7 +148,8 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
                                                               seed=loop.seed, fixed=fixed)))
             logits = prepared(**batch).logits
         soft_skip = ctx.soft_skip()
-        out = roe_objective(per_example_ce(logits, labels), soft_skip, rho=settings.skip_ratio,
+        hinged = ctx.straight_through_skip() if settings.skip_estimate == "straight-through" else soft_skip
+        out = roe_objective(per_example_ce(logits, labels), hinged, rho=settings.skip_ratio,
                             lam=settings.hinge_weight, gamma=settings.hinge_gamma)
         out |= {"soft_skip": soft_skip.mean().detach(), "hard_skip": torch.tensor(ctx.hard_skip())}
         status["skip"] = float(out["soft_skip"])

@@ -39,10 +39,21 @@ def mean_relative(rel: dict[str, float | None]) -> float | None:
     return _mean([v for v in rel.values() if v is not None])
 
 
+def skip_patterns(rows: Sequence[dict]) -> dict[str, int]:
+    """Per task, how many different sets of routable layers its test examples skipped (1: static dropping)."""
+    sets: dict[tuple[str, str], set[int]] = {}
+    for row in rows:
+        skipped = sets.setdefault((row["benchmark"], row["example_id"]), set())
+        if row["routable"] and row["applied_skip"]:
+            skipped.add(row["layer"])
+    tasks = dict.fromkeys(task for task, _ in sets)
+    return {task: len({frozenset(v) for (t, _), v in sets.items() if t == task}) for task in tasks}
+
+
 def _train_and_score(project, inputs: SweepInputs, target: float, seed: int, fixed: FixedRouting | None,
-                     progress: Progress) -> tuple[float, dict[str, float], dict | None]:
+                     progress: Progress) -> tuple[float, dict[str, float], dict | None, dict[str, int]]:
     """Train RoE (or a baseline's adapters, ``fixed``) at ``target`` with ``seed``; its realised skip on the test
-    sets, its task scores and its batch-1 timing."""
+    sets, its task scores, its batch-1 timing and its number of skip patterns per task."""
     import torch
 
     from .attach import attach, roe_shape
@@ -62,9 +73,9 @@ def _train_and_score(project, inputs: SweepInputs, target: float, seed: int, fix
     name = fixed.kind if fixed is not None else "roe"
     scores, rows = evaluate_routed(adapter, attachment, inputs.sets, settings.eval_batch_size, settings.batch_rule,
                                    run_id=f"sweep-{name}-{target}-{seed}", progress=progress, fixed=fixed)
-    skip = skip_stats(rows, shape.n_layers)["skip_rate"]
+    skip, patterns = skip_stats(rows, shape.n_layers)["skip_rate"], skip_patterns(rows)
     if not inputs.sweep.speed_prompts:
-        return skip, scores, None
+        return skip, scores, None, patterns
     routable = shape.routable
 
     def new_plan(prompt) -> RoutingPlan:
@@ -75,7 +86,8 @@ def _train_and_score(project, inputs: SweepInputs, target: float, seed: int, fix
                          new_tokens=inputs.sweep.speed_new_tokens, repeats=inputs.sweep.speed_repeats,
                          new_plan=new_plan)
     return skip, scores, {"dense_seconds": speed.dense_seconds, "routed_seconds": speed.routed_seconds,
-                          "speedup": speed.speedup, "timed_skip_rate": speed.skip_rate, "prompts": speed.prompts}
+                          "speedup": speed.speedup, "timed_skip_rate": speed.skip_rate,
+                          "prompts": speed.prompts}, patterns
 
 
 def static_ranking(project, inputs: SweepInputs, seed: int) -> list[float]:
@@ -101,13 +113,14 @@ def sweep_target(project, inputs: SweepInputs, seed: int, target: float, dense: 
     docstring)."""
     runs = []
 
-    def record(variant: str, skip: float, scores: dict, speed: dict | None, **extra) -> None:
+    def record(variant: str, skip: float, scores: dict, speed: dict | None, patterns: dict, **extra) -> None:
         rel = relative(scores, dense)
         runs.append({"seed": seed, "target": target, "variant": variant, "skip_rate": skip, "scores": scores,
-                     "relative": rel, "mean_relative": mean_relative(rel), "speed": speed, **extra})
+                     "relative": rel, "mean_relative": mean_relative(rel), "speed": speed,
+                     "skip_patterns": patterns, **extra})
 
-    skip, scores, speed = _train_and_score(project, inputs, target, seed, None, progress)
-    record("roe", skip, scores, speed)
+    skip, scores, speed, patterns = _train_and_score(project, inputs, target, seed, None, progress)
+    record("roe", skip, scores, speed, patterns)
     baselines = []
     if "static" in inputs.sweep.baselines:
         k = round(skip * len(routable))
