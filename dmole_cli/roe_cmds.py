@@ -45,7 +45,8 @@ def route_sweep(options: dict, force: ForceOption = False, quiet: QuietOption = 
     result = run(open_project(workspace), options, force=force, progress=rich_progress(quiet))
     if not quiet:
         console.print("\n".join(table(from_result(read_json(result.version.file(RESULT)),
-                                                     f"{result.stage} v{result.version.number}"))), soft_wrap=True)
+                                                     f"{result.stage} v{result.version.number}"))), soft_wrap=True,
+                      markup=False)  # the table's image link is not rich markup
     print_summary(result)
 
 

@@ -114,7 +114,7 @@ def test_the_straight_through_skip_rate_is_the_hard_rate_with_the_soft_gradient(
     valid = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     hard = sum(((q > 0.5).float() * valid).sum(1) / valid.sum(1) for q in p.values()) / 2
     assert torch.allclose(rate, hard)
-    rate.sum().backward()
+    rate.sum().backward(retain_graph=True)
     straight = logits.grad.clone()
     logits.grad = None
     state.soft_skip().sum().backward()
