@@ -20,9 +20,6 @@ import argparse
 import platform
 import statistics
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -34,46 +31,8 @@ from stages.models.tiny import TinySize, build_tiny
 from stages.roe.attach import attach, roe_shape
 from stages.roe.cost import theoretical_saving
 from stages.roe.modules import RoEModules
-from stages.roe.plan import RoutingPlan, routing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextmanager
-def _decoder_clock(adapter) -> Iterator[list[float]]:
-    """Collects, per forward, the seconds from the first LM layer's start to the last one's end."""
-    layers = adapter.language_layers()
-    spans: list[float] = []
-    begin: list[float] = []
-
-    def start(*_):
-        _sync(adapter.device)
-        begin.append(time.perf_counter())
-
-    def stop(*_):
-        _sync(adapter.device)
-        spans.append(time.perf_counter() - begin.pop())
-
-    hooks = [layers[0].register_forward_pre_hook(start), layers[-1].register_forward_hook(stop)]
-    try:
-        yield spans
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def timed_generate(adapter, inputs, new_tokens: int, plan: RoutingPlan | None) -> tuple[float, float]:
-    """Total and decoder-stack seconds of one greedy generate call."""
-    with _decoder_clock(adapter) as spans, (routing(plan) if plan else nullcontext()):
-        _sync(adapter.device)
-        start = time.perf_counter()
-        adapter.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                               num_beams=1, pad_token_id=adapter.tokenizer.pad_token_id)
-        _sync(adapter.device)
-        return time.perf_counter() - start, sum(spans)
+from stages.roe.plan import RoutingPlan
+from stages.roe.speed import timed_generate
 
 
 def main() -> None:

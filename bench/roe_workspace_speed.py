@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from emit import emit
-from roe_speed import timed_generate
 
-from stages.data.images import load_image
-from stages.data.prompts import render_prompt
-from stages.data.tasks import load_eval_samples
 from stages.project import Project
-from stages.roe.plan import RoutingPlan
 from stages.roe.evaluation import TrainedRoE
+from stages.roe.plan import RoutingPlan
+from stages.roe.speed import batch1_speed, workspace_prompts
 
 
 def main() -> None:
@@ -45,42 +40,17 @@ def main() -> None:
     trained = TrainedRoE.latest(project)
     adapter, attachment, continual = trained.routed_model(project)
     routable = attachment.modules.shape.routable
-    prompts = []
-    for task in project.config.tasks:
-        samples = load_eval_samples(project.data_root, task)[:args.per_task]
-        routes = continual.routes(task.name, samples, "test") if continual is not None else [None] * len(samples)
-        for sample, route in zip(samples, routes):
-            inputs = adapter.generation_batch([load_image(sample.image)], [render_prompt(task, sample)])
-            experts = (lambda i=inputs, r=route: continual.batches([r])([0], i)) if continual else nullcontext
-            prompts.append((inputs, experts))
-
-    def run(inputs, experts, routed: bool) -> tuple[float, RoutingPlan | None]:
-        plan = RoutingPlan(batch_rule=trained.config["batch_rule"]) if routed else None
-        with experts():
-            total, _ = timed_generate(adapter, inputs, args.new_tokens, plan)
-        return total, plan
-
-    seconds = {"dense": 0.0, "routed": 0.0}
-    skipped = []
-    with torch.no_grad():
-        run(*prompts[0], False), run(*prompts[0], True)  # warm-up
-        for inputs, experts in prompts:
-            times = {"dense": [], "routed": []}
-            for _ in range(args.repeats):
-                times["dense"].append(run(inputs, experts, False)[0])
-                total, plan = run(inputs, experts, True)
-                times["routed"].append(total)
-            skipped += [bool(plan.applied[l][0]) for l in routable]
-            for name, values in times.items():
-                seconds[name] += statistics.median(values)
+    prompts = workspace_prompts(project, adapter, continual, args.per_task)
+    speed = batch1_speed(adapter, prompts, routable, new_tokens=args.new_tokens, repeats=args.repeats,
+                         new_plan=lambda _prompt: RoutingPlan(batch_rule=trained.config["batch_rule"]))
     results = {
         "device": f"cpu ({platform.processor() or platform.machine()}, {args.threads} thread(s))"
                   if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "torch": torch.__version__, "workspace": str(args.workspace), "route_train": str(trained.version),
         "from": trained.config.get("from", "base"), "router_input": trained.config["variant"],
         "prompts": len(prompts), "new_tokens": args.new_tokens, "repeats": args.repeats,
-        "skip_rate": sum(skipped) / len(skipped), "seconds": seconds,
-        "speedup_measured": seconds["dense"] / seconds["routed"],
+        "skip_rate": speed.skip_rate, "seconds": {"dense": speed.dense_seconds, "routed": speed.routed_seconds},
+        "speedup_measured": speed.speedup,
     }
     emit(results, args.json)
 

@@ -30,6 +30,26 @@ def route_train(options: dict, force: ForceOption = False, quiet: QuietOption = 
     print_summary(result)
 
 
+@handles_user_errors
+@stage_flags("roe-sweep", flags={"skip_ratios": "--target", "seeds": "--seed", "baselines": "--baseline"})
+def route_sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False,
+                workspace: WorkspaceOption = None) -> None:
+    """Train RoE at several skip targets (route-train's options, ρ per --target) and, at each RoE run's realised
+    skip, static layer dropping and random routing with the same adapters and schedule, per --seed; report each
+    task's score relative to the dense model, the realised skip and the batch-1 speed-up (stage roe-sweep)."""
+    from stages.figures.roe_sweep import from_result, table
+    from stages.route_sweep import RESULT, route_sweep as run
+
+    from artifacts.io import read_json
+
+    result = run(open_project(workspace), options, force=force, progress=rich_progress(quiet))
+    if not quiet:
+        console.print("\n".join(table(from_result(read_json(result.version.file(RESULT)),
+                                                     f"{result.stage} v{result.version.number}"))), soft_wrap=True,
+                      markup=False)  # the table's image link is not rich markup
+    print_summary(result)
+
+
 def run_roe_eval(workspace: Path | None, *, batch_size: int | None = None, batch_rule: str | None = None,
                  max_samples: int | None = None, force: bool = False, quiet: bool = False,
                  json_output: bool = False) -> None:
@@ -79,14 +99,15 @@ def render_roe_summary(summary: dict) -> None:
         runs.remove("base")  # the same numbers as dense
     headers = {"base": "base", "dense": f"dense ({summary['dense_reference']})", "forced": "forced-execute",
                "roe": "RoE"}
-    scores = Table("task", *(headers[run] for run in runs), "RoE − dense", "skip",
+    scores = Table("task", *(headers[run] for run in runs), "RoE − dense", "RoE / dense", "skip",
                    title="accuracy (0–100): the same model without skipping (dense) versus RoE")
     rows = list(summary["per_task"].items())
-    rows.append(("average", summary))
+    rows.append(("average", summary | {"relative": summary.get("mean_relative")}))
     for name, t in rows:
+        relative = t.get("relative")  # reports written before relative scores have none
         scores.add_row(name, *(f"{t[f'{run}_score']:.2f}" for run in runs),
-                       f"{t['roe_score'] - t['dense_score']:+.2f}", _pct(t["skip_rate"]),
-                       end_section=name == rows[-2][0])
+                       f"{t['roe_score'] - t['dense_score']:+.2f}", "n/a" if relative is None else f"{relative:.3f}",
+                       _pct(t["skip_rate"]), end_section=name == rows[-2][0])
     console.print(scores)
     saving = summary["theoretical_saving"]
     targets = summary["targets"]
@@ -103,3 +124,4 @@ def render_roe_summary(summary: dict) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("route-train")(route_train)
+    app.command("route-sweep")(route_sweep)

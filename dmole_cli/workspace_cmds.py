@@ -82,15 +82,21 @@ def synth(
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the data and of the base model.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Regenerate even if the folder already holds a benchmark.")]
     = False,
+    lm_layers: Annotated[Optional[int], typer.Option(
+        min=2, help="Language-model layers of the base (default 8; e.g. 24 for a RoE testbed as deep as real "
+                    "models).")] = None,
+    lm_hidden: Annotated[Optional[int], typer.Option(
+        min=16, help="Language-model width D of the base (default 128; the MLP is 2·D wide).")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Generate the synthetic benchmark (5 tasks, every metric family), pre-train its tiny base model, and
     write a ready workspace at OUT/workspace."""
-    from stages.synth import synthesize
+    from stages.synth import synthesize, tiny_size
 
     from .progress import rich_progress
 
-    result = synthesize(out, family=family, seed=seed, force=force, progress=rich_progress(quiet))
+    result = synthesize(out, family=family, seed=seed, force=force, progress=rich_progress(quiet),
+                        tiny=tiny_size(lm_layers=lm_layers, lm_hidden=lm_hidden))  # the defaults when neither is given
     console.print(result.summary(), soft_wrap=True)
 
 

@@ -213,6 +213,10 @@ class RouteTrainOptions(Strict):
                                       "or learned routing tokens, the reference's (tokens)")
     hinge_weight: float = Field(default=1.0, ge=0.0, description="λ: weight of the sparsity hinge")
     hinge_gamma: float = Field(default=5.0, ge=0.0, description="γ: difficulty weight exp(−γ·CE)")
+    skip_estimate: Literal["soft", "straight-through"] = Field(
+        default="soft", description="the skip rate s_i the hinge reads: the mean soft skip probability (soft, the "
+                                    "spec's), or the share of decisions over 1/2, as inference takes them, with the "
+                                    "soft rate's gradient (straight-through)")
     epochs: float = Field(default=1.0, gt=0.0, description="passes over the training subset")
     batch_size: int = Field(default=16, gt=0, description="examples per optimizer step (the global batch: per "
                                                           "device x devices x grad_accum)")
@@ -262,10 +266,43 @@ class RoEEvalOptions(Strict):
     max_samples: int | None = Field(default=None, gt=0, description="first N test samples per task (default: all)")
 
 
+class RouteSweepOptions(Strict):
+    """`route-sweep`: RoE at several skip targets against static layer dropping and random routing at the realised
+    skip. Each run trains with route-train's options (the workspace's route-train section), ρ set per target."""
+
+    skip_ratios: list[float] = Field(default=[0.1, 0.2, 0.3, 0.4], min_length=1,
+                                     description="targets ρ to train RoE at (repeatable)")
+    seeds: list[int] = Field(default=[42, 43], min_length=1, description="training seeds; every run is repeated "
+                                                                         "per seed, the spread is reported")
+    baselines: list[str] = Field(
+        default=["static", "random"], description="baselines at RoE's realised skip: static (the same layers for "
+                                                  "every example, those whose output changes their input least on "
+                                                  "training data) and random (each example and layer at the rate)")
+    change_samples: int = Field(default=256, gt=0, description="training samples that rank the layers for static "
+                                                               "dropping")
+    speed_prompts: int = Field(default=2, ge=0, description="test prompts per task timed at batch 1 (0: no timing)")
+    speed_new_tokens: int = Field(default=32, gt=0, description="new tokens per timed generate call")
+    speed_repeats: int = Field(default=3, gt=0, description="timings per prompt and variant (the median is kept)")
+
+    @field_validator("skip_ratios")
+    @classmethod
+    def _targets(cls, targets: list[float]) -> list[float]:
+        if any(not 0.0 < t < 1.0 for t in targets):
+            raise ValueError("every skip ratio must lie in (0, 1)")
+        return sorted(set(targets))
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, baselines: list[str]) -> list[str]:
+        if unknown := set(baselines) - {"static", "random"}:
+            raise ValueError(f"unknown baselines {sorted(unknown)}; choose static and/or random")
+        return list(dict.fromkeys(baselines))
+
+
 STAGE_OPTIONS: dict[str, type[Strict]] = {
     "embed": EmbedOptions, "fit-router": FitRouterOptions, "zc-score": ZcScoreOptions, "allocate": AllocateOptions,
     "train-task": TrainTaskOptions, "eval": EvalOptions, "route-train": RouteTrainOptions,
-    "roe-eval": RoEEvalOptions, "sweep": SweepOptions,
+    "roe-eval": RoEEvalOptions, "roe-sweep": RouteSweepOptions, "sweep": SweepOptions,
 }
 
 

@@ -18,7 +18,7 @@ from artifacts import Version, Writer
 from artifacts.io import read_json, read_parquet, write_json, write_parquet
 
 from .errors import UserError
-from .figures import activation, allocation, matrix, roe_skips, sensitivity, thresholds
+from .figures import activation, allocation, matrix, roe_skips, roe_sweep, sensitivity, thresholds
 from .methods import REGISTRY
 from .methods.base import EVAL_STAGE as EVAL, ZERO_SHOT
 from .figures.markdown import fmt, table as md_table
@@ -88,7 +88,7 @@ def second_experts(project: Project, version: Version) -> dict:
 def sections(project: Project, result: dict) -> tuple[list[tuple[ModuleType, dict]], list[Version]]:
     """(figure module, its data) for every figure the workspace has the artifacts for, and those artifacts."""
     found, used = [(matrix, result)], []
-    for module in (allocation, activation, sensitivity, thresholds, roe_skips):
+    for module in (allocation, activation, sensitivity, thresholds, roe_skips, roe_sweep):
         gathered = module.gather(project)
         if gathered is not None:
             found.append((module, gathered[0]))

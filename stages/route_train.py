@@ -14,10 +14,9 @@ import random
 import shutil
 
 from artifacts import Writer, config_hash
-from artifacts.io import read_json, write_json, write_parquet
+from artifacts.io import write_json, write_parquet
 
 from .data.tasks import load_train_samples, task_files
-from .distributed import is_main
 from .errors import UserError
 from .options import RouteTrainOptions, hashed, stage_options
 from .progress import Progress, silent
@@ -35,7 +34,7 @@ class RouteTrainError(UserError):
     """An option route-train cannot honour."""
 
 
-def _training_subset(project: Project, tasks: list, options: RouteTrainOptions, seed: int) -> list[tuple[str, object]]:
+def training_subset(project: Project, tasks: list, options: RouteTrainOptions, seed: int) -> list[tuple[str, object]]:
     """(task name, sample) pairs: every sample of ``tasks``, or a seeded share of them."""
     pairs = [(task.name, s) for task in tasks for s in load_train_samples(project.data_root, task)]
     keep = max(1, round(options.data_fraction * len(pairs)))
@@ -54,30 +53,13 @@ def _resolved(project: Project, options: RouteTrainOptions) -> tuple[RouteTrainO
     return options.model_copy(update={"stage2_mode": mode}), after
 
 
-def _dense_twin_scores(load, samples, sets, options: RouteTrainOptions, loop, ckpt, progress) -> dict[str, float]:
-    """The same fine-tuning with every layer executed (nothing to skip), scored; kept beside the checkpoints
-    once done, so a resumed run does not train the twin again."""
-    from .roe.recipe import train_roe
-
-    done = ckpt / "dense_scores.json"
-    if done.is_file():
-        return read_json(done)
-    twin, _ = load()
-    train_roe(twin, None, samples, options, loop, progress=progress, checkpoint_dir=ckpt / "twin")
-    scores = evaluate_dense(twin, sets, options.eval_batch_size, progress, label="dense twin")
-    if is_main():
-        done.parent.mkdir(parents=True, exist_ok=True)
-        write_json(done, scores)
-    return scores
-
-
 def route_train(project: Project, options: RouteTrainOptions | dict | None = None, *, force: bool = False,
                 progress: Progress = silent) -> StageResult:
     options, after = _resolved(project, stage_options(project.config, STAGE, options))
     seed = project.config.seed
     names = project.config.task_names
     tasks = project.config.tasks if after is None else project.config.tasks[:names.index(after) + 1]
-    pairs = _training_subset(project, tasks, options, seed)
+    pairs = training_subset(project, tasks, options, seed)
     samples = [sample for _, sample in pairs]
     sets = eval_sets(project, options.max_eval_samples)
     model_prints = model_fingerprint(project)
@@ -91,24 +73,16 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
         import torch
 
         from .roe.attach import attach, roe_shape
-        from .roe.backbone import add_lora, save_stage2, tuned
+        from .roe.backbone import save_stage2, tuned
         from .roe.continual import load_continual
         from .roe.modules import RoEModules
-        from .roe.recipe import train_roe
+        from .roe.recipe import dense_twin_scores, load_for_training, loop_settings, train_roe
         from .roe.weights import save_roe
-        from .training.loop import LoopSettings
 
-        def load():
-            adapter = project.load_model()
-            lora = add_lora(adapter, options.lora_rank, options.lora_alpha) if options.stage2_mode == "lora" else None
-            return adapter, lora
-
-        loop = LoopSettings(epochs=options.epochs, batch_size=options.batch_size, lr=options.roe_lr,
-                            weight_decay=0.0, warmup_ratio=options.warmup_ratio, seed=seed,
-                            checkpoint_every=options.checkpoint_every, grad_accum=options.grad_accum)
+        loop = loop_settings(options, seed)
         # resume checkpoints: the dense twin's and RoE's runs, and the twin's scores once it is done
         ckpt = checkpoint_dir(project, STAGE, TASK, config)
-        adapter, lora = load()
+        adapter, lora = load_for_training(project, options)
         continual = load_continual(project, adapter, after) if after is not None else None
         around = None
         if continual is not None:  # each training sample gets its experts by the inference rule
@@ -122,7 +96,8 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
         scores = {"base": evaluate_dense(adapter, sets, options.eval_batch_size, progress, label=reference,
                                          continual=continual)}
         if tuned(options.stage2_mode):
-            scores["dense"] = _dense_twin_scores(load, samples, sets, options, loop, ckpt, progress)
+            scores["dense"] = dense_twin_scores(project, samples, sets, options, loop, progress=progress,
+                                                checkpoint_dir=ckpt)
         shape = roe_shape(adapter, options.always_execute, options.adapter_rank, options.router_input)
         torch.manual_seed(seed)
         attachment = attach(adapter, RoEModules(shape))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import __version__
@@ -54,6 +54,16 @@ STAGE_DEFAULTS: dict[str, dict] = {
 }
 
 
+def tiny_size(sizes: SynthSizes = SynthSizes(), *, lm_layers: int | None = None, lm_hidden: int | None = None):
+    """The base's dimensions for ``sizes``' images: the defaults, with the language model's depth and width (its
+    MLP 2·D wide) as given."""
+    from .models.tiny import TinySize
+
+    base = TinySize(image_size=sizes.image_size)
+    hidden = lm_hidden or base.lm_hidden
+    return replace(base, lm_layers=lm_layers or base.lm_layers, lm_hidden=hidden, lm_intermediate=2 * hidden)
+
+
 @dataclass
 class SynthResult:
     out: Path
@@ -85,12 +95,12 @@ def synthesize(out: Path, *, family: str = "llava", seed: int = 0, force: bool =
                sizes: SynthSizes = SynthSizes(), pretraining: PretrainSettings | None = None,
                tiny=None, progress: Progress = silent) -> SynthResult:
     from .models.registry import load_family
-    from .models.tiny import TinySize, build_tiny
+    from .models.tiny import build_tiny
 
     if family not in FAMILIES:
         raise ConfigError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     check_creatable(out, "--out")
-    tiny = tiny or TinySize(image_size=sizes.image_size)
+    tiny = tiny or tiny_size(sizes)
     pretraining = pretraining or PretrainSettings(seed=seed)
     recipe = _recipe(family, seed, sizes, pretraining, tiny)
     marker = out / MARKER

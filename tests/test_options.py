@@ -17,7 +17,8 @@ from stages.project import Project
 
 runner = CliRunner()
 COMMANDS = {"embed": ["embed"], "fit-router": ["fit-router"], "zc-score": ["zc-score"], "allocate": ["allocate"],
-            "train-task": ["train-task"], "eval": ["eval"], "route-train": ["route-train"]}
+            "train-task": ["train-task"], "eval": ["eval"], "route-train": ["route-train"],
+            "roe-sweep": ["route-sweep"]}
 
 
 def dmole(project: Project, *args: str):
@@ -32,7 +33,8 @@ def edit_workspace(project: Project, **sections) -> None:
 @pytest.mark.parametrize("stage", sorted(COMMANDS))
 def test_every_option_of_a_stage_is_a_flag_of_its_command(stage):
     text = runner.invoke(app, [*COMMANDS[stage], "--help"], env={"COLUMNS": "250"}).output
-    flags = {"start": "--from", "hparams": "--hparam"}
+    flags = {"start": "--from", "hparams": "--hparam", "skip_ratios": "--target", "seeds": "--seed",
+             "baselines": "--baseline"}
     for name in STAGE_OPTIONS[stage].model_fields:
         assert flags.get(name, "--" + name.replace("_", "-")) in text, (stage, name)
 

@@ -329,6 +329,8 @@ def test_roe_on_the_continual_model_routes_experts_as_eval_does(dmole_run):
     scores = {r["task"]: r["score"] for r in read_parquet(project.store.latest("eval", after).file(
         "scores.parquet")).to_pylist()}
     assert {t: v["dense_score"] for t, v in report["per_task"].items()} == pytest.approx(scores)
+    for task, row in report["per_task"].items():  # RoE on over RoE off, per task
+        assert row["relative"] == (pytest.approx(row["roe_score"] / scores[task]) if scores[task] else None)
     continual = report["continual"]
     assert continual["after"] == after and continual["dense_last"] == pytest.approx(sum(scores.values()) / 5)
     diagonal = continual["diagonal"]

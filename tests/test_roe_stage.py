@@ -72,6 +72,11 @@ def test_route_train_writes_weights_config_log_decisions_and_report(project, tra
     assert len(report["skip_rate_per_layer"]) == 4 and report["skip_rate_per_layer"][0] == 0.0
     assert report["batch_rule_applied"] == "gather"
     assert set(report["per_task"]) == set(project.config.task_names)
+    for task in report["per_task"].values():  # RoE on over RoE off, per task (None without a dense score)
+        assert task["relative"] == (pytest.approx(task["roe_score"] / task["dense_score"]) if task["dense_score"]
+                                    else None)
+    relatives = [t["relative"] for t in report["per_task"].values() if t["relative"] is not None]
+    assert report["mean_relative"] == (pytest.approx(sum(relatives) / len(relatives)) if relatives else None)
     assert 0 <= report["dense_score"] <= 100 and 0 <= report["roe_score"] <= 100
     assert report["theoretical_saving"]["decoder_saving"] <= report["skip_rate_all_layers"]
 

@@ -98,3 +98,24 @@ def test_stage0_draws_follow_the_sample_not_its_batch_or_process(setup):
     assert torch.equal(draws([9])[0], both[1])
     for other in (draws([5, 9], step=4), draws([5, 9], layer=2), draws([5, 9], seed=1)):
         assert not torch.equal(other, both)
+
+
+def test_the_straight_through_skip_rate_is_the_hard_rate_with_the_soft_gradient():
+    """skip_estimate straight-through: the hinge reads the share of decisions over 1/2 (what inference skips), and
+    its gradient is the soft rate's."""
+    from stages.roe.segments import Segments
+
+    turn = torch.tensor([[0, 1, 1, 2, 2], [0, 1, 1, -1, -1]])
+    segments = Segments(turn, torch.tensor([[False, True, False, True, False], [False, True, False, False, False]]))
+    logits = torch.tensor([[2.0, -1.0], [0.3, -3.0]], requires_grad=True)  # two layers, [B, n] each
+    p = {1: torch.sigmoid(logits), 2: torch.sigmoid(-logits)}
+    state = TrainingRouting(segments, ScheduleState(stage=2), p_skip=p)
+    rate = state.straight_through_skip()
+    valid = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    hard = sum(((q > 0.5).float() * valid).sum(1) / valid.sum(1) for q in p.values()) / 2
+    assert torch.allclose(rate, hard)
+    rate.sum().backward(retain_graph=True)
+    straight = logits.grad.clone()
+    logits.grad = None
+    state.soft_skip().sum().backward()
+    assert torch.equal(straight, logits.grad) and straight.abs().sum() > 0

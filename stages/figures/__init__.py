@@ -7,4 +7,6 @@ it as a markdown table (``table``) and as a PNG (``plot``); matplotlib is import
   rate on tasks not yet seen.
 - ``sensitivity``: the zero-cost scores per layer, tower and task.
 - ``roe_skips``: RoE's skip rate per layer and the number of layers each example skipped.
+- ``roe_sweep``: RoE's skip-ratio sweep against static dropping and random routing: relative scores per task, skip
+  and batch-1 speed-up.
 """

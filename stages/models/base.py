@@ -134,6 +134,8 @@ class FamilyAdapter:
     vision_mlp: ClassVar[dict[str, str]] = VIT_MLP
     lm_path: ClassVar[str] = "model.language_model"  # the decoder stack with its final norm
     lm_input_norm: ClassVar[str] = "input_layernorm"
+    # the modules (or parameters) that carry the vision features into the LM: what is tuned as "the projector"
+    projector_paths: ClassVar[tuple[str, ...]] = ("model.multi_modal_projector",)
     image_handling: ClassVar[str]  # one line for the docs' family table
 
     def __init__(self, model: PreTrainedModel, processor, *, max_tiles: int | None = None,
@@ -448,8 +450,21 @@ class FamilyAdapter:
 
     def language_side(self) -> list[nn.Parameter]:
         """The language model's parameters: its body and output head (the rest is the vision side)."""
+        return [p for _, p in self.named_language_side()]
+
+    def named_language_side(self) -> list[tuple[str, nn.Parameter]]:
+        """``language_side`` with the names ``model.named_parameters()`` gives them (a tied head appears once)."""
         head = self.model.get_output_embeddings()
-        return list({id(p): p for p in [*self.lm_body.parameters(), *head.parameters()]}.values())
+        ours = {id(p) for p in [*self.lm_body.parameters(), *head.parameters()]}
+        return [(n, p) for n, p in self.model.named_parameters() if id(p) in ours]
+
+    def named_projector(self) -> list[tuple[str, nn.Parameter]]:
+        """The projector's parameters by name, from the family's ``projector_paths``."""
+        found = [(n, p) for n, p in self.model.named_parameters()
+                 if any(n == path or n.startswith(f"{path}.") for path in self.projector_paths)]
+        if not found:
+            raise ModelFamilyError(f"{self.family}: no parameter under {', '.join(self.projector_paths)}")
+        return found
 
     # ---- persistence ---------------------------------------------------------------
     def save(self, out_dir: Path) -> None:

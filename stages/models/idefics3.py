@@ -24,6 +24,7 @@ class SmolVLMAdapter(FamilyAdapter):
     vision_layers_path = r"model\.vision_model\.encoder\.layers"
     vision_attention = CLIP_ATTENTION
     lm_path = "model.text_model"
+    projector_paths = ("model.connector",)
     image_handling = "image splitting into max_image_size sub-images + a global view"
 
     def _cap_tiles(self, max_tiles: int) -> None:

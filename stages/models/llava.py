@@ -40,6 +40,7 @@ class LlavaNextAdapter(LlavaAdapter):
     model_class = LlavaNextForConditionalGeneration
     processor_class = LlavaNextProcessor
     image_handling = "any-resolution: base view + grid tiles (image_grid_pinpoints)"
+    projector_paths = ("model.multi_modal_projector", "model.image_newline")  # the row separator is learned too
 
     def _cap_tiles(self, max_tiles: int) -> None:
         # The model counts each image's tiles from its own config, so both must agree.

@@ -27,6 +27,7 @@ class Qwen2VLAdapter(FamilyAdapter):
     vision_layers_path = r"model\.visual\.blocks"
     vision_attention = {"attn.qkv": "qkv", "attn.proj": "o"}
     image_handling = "native resolution within min/max pixels, patches packed, 2x2 merge"
+    projector_paths = ("model.visual.merger",)  # the patch merger inside the vision model
     embed_image_size = 448  # side of the square whole-image view for the sequence representation
 
     @property
@@ -69,3 +70,4 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     processor_class = Qwen3VLProcessor
     vision_mlp = {"mlp.linear_fc1": "mlp_up", "mlp.linear_fc2": "mlp_down"}
     image_handling = "as Qwen2-VL with 16-pixel patches; DeepStack features from inner ViT layers"
+    projector_paths = ("model.visual.merger", "model.visual.deepstack_merger_list")

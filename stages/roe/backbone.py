@@ -17,10 +17,6 @@ from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-# Backbone groups by parameter name; the vision tower (outside both) is always frozen. Qwen2-VL's
-# projector is the patch merger inside its vision model.
-LLM = re.compile(r"model\.language_model\..*|lm_head\..*")
-PROJECTOR = re.compile(r"model\.multi_modal_projector\..*|model\.visual\.merger\..*")
 LORA = re.compile(r".*\.lora_[AB]\..*")
 BACKBONE, LORA_FOLDER = "backbone.safetensors", "backbone_lora"
 PEFT_PREFIX = "base_model.model."  # how PEFT names a wrapped model's tensors on disk
@@ -28,6 +24,21 @@ PEFT_PREFIX = "base_model.model."  # how PEFT names a wrapped model's tensors on
 
 def tuned(mode: str) -> bool:
     return mode != "frozen"
+
+
+def llm_parameters(adapter) -> list[tuple[str, torch.nn.Parameter]]:
+    """The LM's own parameters (body and head, from the family's declaration), LoRA's excluded."""
+    return [(n, p) for n, p in adapter.named_language_side() if not LORA.fullmatch(n)]
+
+
+def projector_parameters(adapter) -> list[tuple[str, torch.nn.Parameter]]:
+    """The projector's parameters, from the family's declaration (``projector_paths``). The vision tower, outside
+    both, is always frozen."""
+    return adapter.named_projector()
+
+
+def lora_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if LORA.fullmatch(n)]
 
 
 def add_lora(adapter, rank: int, alpha: int) -> LoraConfig:
@@ -39,15 +50,15 @@ def add_lora(adapter, rank: int, alpha: int) -> LoraConfig:
     return config
 
 
-def tuned_tensors(model: torch.nn.Module, mode: str) -> dict[str, torch.Tensor]:
+def tuned_tensors(adapter, mode: str) -> dict[str, torch.Tensor]:
     """The stage-2 tensors saved in ``backbone.safetensors``: LLM and projector (full), the projector (lora)."""
-    keep = (lambda n: LLM.fullmatch(n) or PROJECTOR.fullmatch(n)) if mode == "full" else PROJECTOR.fullmatch
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if keep(n) and not LORA.fullmatch(n)}
+    named = (llm_parameters(adapter) if mode == "full" else []) + projector_parameters(adapter)
+    return {n: p.detach().contiguous() for n, p in named}
 
 
 def save_stage2(path: Callable[[str], Path], adapter, mode: str, lora: LoraConfig | None) -> None:
     """Write the stage-2 tensors through ``path`` (a version writer's: name -> where to write it)."""
-    save_file(tuned_tensors(adapter.model, mode), str(path(BACKBONE)))
+    save_file(tuned_tensors(adapter, mode), str(path(BACKBONE)))
     if mode == "lora":
         state = get_peft_model_state_dict(adapter.model)
         save_file({PEFT_PREFIX + k: v.detach().contiguous() for k, v in state.items()},

@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from artifacts import Version, Writer
 from artifacts.io import read_json, read_parquet, write_json, write_parquet
@@ -25,6 +26,9 @@ from ..progress import Progress, silent
 from ..project import Project
 from ..runner import model_fingerprint
 from .continual import BASE, continual_inputs, load_continual, trained_on
+
+if TYPE_CHECKING:
+    from .fixed import FixedRouting
 
 STAGE = "roe-eval"
 TASK = "all"
@@ -91,15 +95,18 @@ def evaluate_dense(adapter, sets: EvalSets, batch_size: int, progress: Progress 
 
 
 def evaluate_routed(adapter, attachment, sets: EvalSets, batch_size: int, batch_rule: str, run_id: str,
-                    progress: Progress = silent, continual=None) -> tuple[dict[str, float], list[dict]]:
-    """Task scores with RoE routing, and one decision row per (example, layer)."""
+                    progress: Progress = silent, continual=None,
+                    fixed: FixedRouting | None = None) -> tuple[dict[str, float], list[dict]]:
+    """Task scores with RoE routing (or a baseline's ``fixed`` routing), and one decision row per (example,
+    layer)."""
     from ..evaluation.predict import predict, score_predictions
     from .inference import RequestRecorder, decision_rows
 
     scores, rows = {}, []
     for task, samples in sets:
         model, around = _model_and_batches(continual, task, samples)
-        recorder = RequestRecorder(batch_rule, experts=(around, continual.rows) if continual is not None else None)
+        recorder = RequestRecorder(batch_rule, experts=(around, continual.rows) if continual is not None else None,
+                                   fixed=fixed, routable=attachment.modules.shape.routable, benchmark=task.name)
         predictions = predict(adapter, task, samples, batch_size=batch_size, model=model, around_batch=recorder,
                               progress=progress, description=f"roe {task.name}")
         scores[task.name] = score_predictions(task, samples, predictions).score
@@ -113,7 +120,7 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _skip_stats(rows: Sequence[dict], n_layers: int) -> dict:
+def skip_stats(rows: Sequence[dict], n_layers: int) -> dict:
     routable = [r for r in rows if r["routable"]]
     per_layer = [[r["applied_skip"] for r in rows if r["layer"] == l] for l in range(n_layers)]
     per_example = Counter()
@@ -148,17 +155,21 @@ def build_report(adapter, attachment, rows: list[dict], scores: dict[str, dict[s
 
     scores = {"dense": scores["base"]} | scores
     shape = attachment.modules.shape
-    overall = _skip_stats(rows, shape.n_layers)
+    overall = skip_stats(rows, shape.n_layers)
     per_task = {}
     for task in scores["roe"]:
-        stats = _skip_stats([r for r in rows if r["benchmark"] == task], shape.n_layers)
+        stats = skip_stats([r for r in rows if r["benchmark"] == task], shape.n_layers)
+        dense = scores["dense"][task]
         per_task[task] = {f"{run}_score": by_task[task] for run, by_task in scores.items()} | {
+            "relative": scores["roe"][task] / dense if dense else None,  # RoE on over RoE off
             "skip_rate": stats["skip_rate"], "skip_rate_per_layer": stats["skip_rate_per_layer"]}
     averages = {f"{run}_score": _mean(list(by_task.values())) for run, by_task in scores.items()}
+    relatives = [t["relative"] for t in per_task.values() if t["relative"] is not None]
     drop = averages["dense_score"] - averages["roe_score"]
     applied = {r["batch_rule"] for r in rows}
     return {
         "rho": rho, **overall, **averages, "score_drop": drop,
+        "mean_relative": _mean(relatives) if relatives else None,  # per-task RoE / dense, averaged over tasks
         "dense_reference": "dense twin" if "forced" in scores else reference, "per_task": per_task,
         "continual": _continual_metrics(scores, continual) if continual is not None else None,
         "routable_layers": list(shape.routable), "batch_rule": batch_rule,

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..evaluation.predict import greedy_generate
 from .attach import Attachment
+from .fixed import FixedRouting
 from .plan import BatchRule, RoutingPlan, routing
 
 
@@ -47,19 +48,25 @@ def generate_with_roe(adapter, images: Sequence[Image.Image], prompts: Sequence[
 
 @dataclass
 class RequestRecorder:
-    """``around_batch`` for predict(): a new plan per batch, kept with the batch's sample indices."""
+    """``around_batch`` for predict(): a new plan per batch, kept with the batch's sample indices. With ``fixed`` (a
+    baseline) the plan is forced to its decisions for ``routable``, each sample keyed by (``benchmark``, index)."""
 
     batch_rule: BatchRule = "gather"
     batches: list[tuple[list[int], RoutingPlan]] = field(default_factory=list)
     # a continual model's experts: ``around(indices, inputs)`` routes them, ``rows`` narrows them (RoutingPlan.rows)
     experts: tuple[Callable, Callable] | None = None
+    fixed: FixedRouting | None = None
+    routable: Sequence[int] = ()
+    benchmark: str = ""
 
     @contextmanager
     def __call__(self, indices: list[int], inputs: dict) -> Iterator[RoutingPlan]:
         """The plan reads its segments from the prefill itself (the pre-hook attach() installs)."""
         around, rows = self.experts if self.experts is not None else (None, None)
+        forced = None if self.fixed is None else self.fixed.forced([(self.benchmark, i) for i in indices],
+                                                                   self.routable)
         with around(indices, inputs) if around is not None else nullcontext(), \
-                routing(RoutingPlan(batch_rule=self.batch_rule, rows=rows)) as plan:
+                routing(RoutingPlan(batch_rule=self.batch_rule, rows=rows, forced=forced)) as plan:
             yield plan
         _warn_fallback(plan)
         self.batches.append((indices, plan))

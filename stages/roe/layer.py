@@ -147,7 +147,11 @@ class RoutedForward:
         segments, schedule = state.segments, state.schedule
         sequence, arguments = stream.joined(hidden, kwargs) if stream is not None else (hidden, kwargs)
         normed = self.norm(sequence)
-        if schedule.stage == 0:  # random skipping at rate ρ; the router is not consulted
+        if state.fixed is not None:  # a baseline's decisions, per example; the router is not consulted
+            skip = state.fixed.skips(state.keys, self.index, schedule.step).to(hidden.device)
+            logits = torch.stack([torch.zeros_like(skip, dtype=torch.float), 2000.0 * skip - 1000.0], dim=-1)
+            logits = logits[:, None].expand(-1, segments.n_turns, -1)
+        elif schedule.stage == 0:  # random skipping at rate ρ; the router is not consulted
             noise = state.draw(self.index, (hidden.shape[0], segments.n_turns, 2), hidden.device)
             logits = 1000.0 * (noise + torch.tensor([schedule.beta, 0.0], device=hidden.device))
         else:

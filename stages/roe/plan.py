@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -19,6 +19,9 @@ from torch import Tensor
 from .schedule import ScheduleState
 from .segments import Segments
 from .tokens import SlotStream
+
+if TYPE_CHECKING:
+    from .fixed import FixedRouting
 
 BatchRule = Literal["gather", "or"]
 
@@ -57,7 +60,8 @@ class TrainingRouting:
 
     ``keys`` name the batch's rows (their sample indices in the training set): each row's stage-0 draws come
     from a generator seeded by (seed, step, key, layer), so a sample draws the same skips whichever process
-    or micro-batch it lands in."""
+    or micro-batch it lands in. ``fixed`` (a baseline: static or random routing) replaces the stage-0 draws and
+    the routers in every stage."""
 
     segments: Segments
     schedule: ScheduleState
@@ -66,13 +70,14 @@ class TrainingRouting:
     noise: dict[int, Tensor] = field(default_factory=dict)  # [B, n, 2] U[0,1)
     p_skip: dict[int, Tensor] = field(default_factory=dict)  # [B, n] skip probability per turn
     stream: SlotStream | None = None  # routing tokens: the slots, moved layer by layer
+    fixed: FixedRouting | None = None
 
     def draw(self, layer: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
         if layer not in self.noise:
             if shape[0] != len(self.keys):
                 raise RuntimeError(f"{shape[0]} rows for {len(self.keys)} sample keys")
             rows = [torch.rand(shape[1:], generator=torch.Generator().manual_seed(
-                _row_seed(self.seed, self.schedule.step, key, layer))) for key in self.keys]
+                row_seed(self.seed, self.schedule.step, key, layer))) for key in self.keys]
             self.noise[layer] = torch.stack(rows).to(device)
         return self.noise[layer]
 
@@ -82,12 +87,21 @@ class TrainingRouting:
         per_layer = torch.stack([(p * valid).sum(1) / valid.sum(1).clamp(min=1.0) for p in self.p_skip.values()])
         return per_layer.mean(0)
 
+    def straight_through_skip(self) -> Tensor:
+        """s_i as the hinge sees it under ``skip_estimate: straight-through``: the share of routable layers and valid
+        turns whose skip probability exceeds 1/2 (what inference's argmax skips), with the soft rate's gradient, [B]."""
+        valid = self.segments.valid_turns().float()
+        hard = torch.stack([((p > 0.5).float() * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+                            for p in self.p_skip.values()]).mean(0)
+        soft = self.soft_skip()
+        return hard.to(soft.device) + soft - soft.detach()
+
     def hard_skip(self) -> float:
         valid = self.segments.valid_turns()
         return float(torch.stack([p.detach()[valid] > 0.5 for p in self.p_skip.values()]).float().mean())
 
 
-def _row_seed(*parts: int) -> int:
+def row_seed(*parts: int) -> int:
     """A 63-bit seed from integers, stable across processes and Python runs (no salted hash())."""
     digest = hashlib.blake2b("-".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1

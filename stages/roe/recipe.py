@@ -15,7 +15,8 @@ from ..progress import Progress, silent
 from ..training.chat import chat_examples
 from ..training.inputs import InputPipeline, worker_count
 from ..training.loop import LoopResult, LoopSettings, ParamGroup, batch_plan, train
-from .backbone import LLM, LORA, PROJECTOR
+from .backbone import add_lora, llm_parameters, lora_parameters, projector_parameters
+from .fixed import FixedRouting
 from .loss import per_example_ce, roe_objective
 from .modules import PREFIX, RoEModules
 from .plan import TrainingRouting, routing
@@ -23,25 +24,74 @@ from .schedule import STAGE_NAMES, RoEStageCallback, ScheduleState, StageSchedul
 from .segments import ImageTokens, training_segments
 
 
-def parameter_groups(model: torch.nn.Module, modules: RoEModules | None,
-                     settings: RouteTrainOptions) -> tuple[list[ParamGroup], dict[str, set[int]]]:
-    """Non-empty groups, each named and with its own base lr, and the stages each one trains in (spec §5.4)."""
+def parameter_groups(adapter, modules: RoEModules | None, settings: RouteTrainOptions,
+                     fixed: FixedRouting | None = None) -> tuple[list[ParamGroup], dict[str, set[int]]]:
+    """Non-empty groups, each named and with its own base lr, and the stages each one trains in (spec §5.4). The
+    backbone's groups come from the family's declaration (its LM and projector), not from parameter names. Under
+    ``fixed`` routing (a baseline) nothing reads the routers or tokens, so only the adapters are RoE's to train."""
     roe = dict(modules.named_parameters(prefix=PREFIX)) if modules is not None else {}
+    if fixed is not None:
+        roe = {n: p for n, p in roe.items() if ".adapter." in n}
     groups = [ParamGroup("roe_router", [p for n, p in roe.items() if ".router." in n],
                          settings.router_lr or settings.roe_lr),
               ParamGroup("roe_adapter", [p for n, p in roe.items() if ".adapter." in n], settings.roe_lr),
               ParamGroup("roe_tokens", [p for n, p in roe.items() if ".tokens." in n], settings.roe_lr)]
     trained_in = {"roe_router": {1, 2}, "roe_adapter": {0, 1, 2}, "roe_tokens": {1, 2}}
-    named = [(n, p) for n, p in model.named_parameters() if not n.startswith(f"{PREFIX}.")]
     if settings.stage2_mode == "full":
-        groups.append(ParamGroup("backbone_llm", [p for n, p in named if LLM.fullmatch(n)], settings.backbone_lr))
+        groups.append(ParamGroup("backbone_llm", [p for _, p in llm_parameters(adapter)], settings.backbone_lr))
     if settings.stage2_mode == "lora":
-        groups.append(ParamGroup("backbone_lora", [p for n, p in named if LORA.fullmatch(n)], settings.lora_lr))
+        groups.append(ParamGroup("backbone_lora", [p for _, p in lora_parameters(adapter.model)], settings.lora_lr))
     if settings.stage2_mode != "frozen":
-        groups.append(ParamGroup("projector", [p for n, p in named if PROJECTOR.fullmatch(n)], settings.backbone_lr))
+        groups.append(ParamGroup("projector", [p for _, p in projector_parameters(adapter)], settings.backbone_lr))
     trained_in |= {"backbone_llm": {2}, "backbone_lora": {2}, "projector": {2}}
     groups = [g for g in groups if g.params]
     return groups, {g.name: trained_in[g.name] for g in groups}
+
+
+def loop_settings(settings: RouteTrainOptions, seed: int, checkpoint_every: int | None = None) -> LoopSettings:
+    """The standard loop's settings for a RoE run (and its dense twin): roe_lr is the loop's default lr, each group
+    carries its own; weight decay 0 (spec §5.4)."""
+    every = settings.checkpoint_every if checkpoint_every is None else checkpoint_every
+    return LoopSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.roe_lr, weight_decay=0.0,
+                        warmup_ratio=settings.warmup_ratio, seed=seed, checkpoint_every=every,
+                        grad_accum=settings.grad_accum)
+
+
+def load_for_training(project, settings: RouteTrainOptions):
+    """A fresh copy of the workspace's base model, with stage 2's LoRA injected in ``lora`` mode: (adapter, its
+    LoRA config or None)."""
+    adapter = project.load_model()
+    lora = add_lora(adapter, settings.lora_rank, settings.lora_alpha) if settings.stage2_mode == "lora" else None
+    return adapter, lora
+
+
+# What the dense twin's training and scores depend on of route-train's options: RoE's own knobs (ρ, the hinge, the
+# router input, roe and router lrs, adapter rank, always-executed layers) leave the twin as it is.
+TWIN_OPTIONS = ("epochs", "batch_size", "grad_accum", "backbone_lr", "stage2_mode", "lora_rank", "lora_alpha",
+                "lora_lr", "stage1_start", "stage2_start", "warmup_ratio", "data_fraction", "eval_batch_size",
+                "max_eval_samples")
+
+
+def dense_twin_scores(project, samples: Sequence[TrainSample], sets, settings: RouteTrainOptions, loop: LoopSettings,
+                      *, progress: Progress = silent, checkpoint_dir: Path | None = None) -> dict[str, float]:
+    """The same fine-tuning with every layer executed (nothing to skip), scored; kept beside the checkpoints once
+    done, so a resumed run does not train the twin again."""
+    from artifacts.io import read_json, write_json
+
+    from ..distributed import is_main
+    from .evaluation import evaluate_dense
+
+    done = checkpoint_dir / "dense_scores.json" if checkpoint_dir is not None else None
+    if done is not None and done.is_file():
+        return read_json(done)
+    twin, _ = load_for_training(project, settings)
+    train_roe(twin, None, samples, settings, loop, progress=progress,
+              checkpoint_dir=checkpoint_dir / "twin" if checkpoint_dir is not None else None)
+    scores = evaluate_dense(twin, sets, settings.eval_batch_size, progress, label="dense twin")
+    if done is not None and is_main():
+        done.parent.mkdir(parents=True, exist_ok=True)
+        write_json(done, scores)
+    return scores
 
 
 def _with_status(progress: Progress, status: dict) -> Progress:
@@ -61,18 +111,20 @@ def _with_status(progress: Progress, status: dict) -> Progress:
 
 def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample], settings: RouteTrainOptions,
               loop: LoopSettings, *, progress: Progress = silent, checkpoint_dir: Path | None = None,
-              around: Callable[[list[int], dict], AbstractContextManager] | None = None) -> LoopResult:
+              around: Callable[[list[int], dict], AbstractContextManager] | None = None,
+              fixed: FixedRouting | None = None) -> LoopResult:
     """Train ``modules`` (attached to ``adapter.model``) and, in ``full`` / ``lora`` mode, the LLM (or its LoRA)
     and the projector. ``around(indices, batch)``, if given, is the context each batch's forward runs in (the experts
     of a continual model, routed per sample).
 
     With ``modules`` None this trains the dense twin: the same data, schedule, backbone groups, lrs and
-    gates, with every layer executed and plain per-example cross-entropy (there is nothing to skip).
+    gates, with every layer executed and plain per-example cross-entropy (there is nothing to skip). With ``fixed``
+    (a baseline) the given decisions replace the stage-0 draws and the routers in every stage.
     """
     model = adapter.model
     for p in model.parameters():
         p.requires_grad_(False)
-    groups, trained_in = parameter_groups(model, modules, settings)
+    groups, trained_in = parameter_groups(adapter, modules, settings, fixed)
     schedule = StageSchedule(len(batch_plan(len(samples), loop)), settings.skip_ratio, settings.stage1_start,
                              settings.stage2_start)
     state = ScheduleState()
@@ -92,10 +144,12 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
             if modules is None:
                 return {"loss": per_example_ce(prepared(**batch).logits, labels).mean()}
             segments = training_segments(batch["input_ids"], labels, batch["attention_mask"], images)
-            ctx = stack.enter_context(routing(TrainingRouting(segments, state, keys=list(indices), seed=loop.seed)))
+            ctx = stack.enter_context(routing(TrainingRouting(segments, state, keys=list(indices),
+                                                              seed=loop.seed, fixed=fixed)))
             logits = prepared(**batch).logits
         soft_skip = ctx.soft_skip()
-        out = roe_objective(per_example_ce(logits, labels), soft_skip, rho=settings.skip_ratio,
+        hinged = ctx.straight_through_skip() if settings.skip_estimate == "straight-through" else soft_skip
+        out = roe_objective(per_example_ce(logits, labels), hinged, rho=settings.skip_ratio,
                             lam=settings.hinge_weight, gamma=settings.hinge_gamma)
         out |= {"soft_skip": soft_skip.mean().detach(), "hard_skip": torch.tensor(ctx.hard_skip())}
         status["skip"] = float(out["soft_skip"])

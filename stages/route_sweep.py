@@ -1,0 +1,113 @@
+"""Stage `roe-sweep` (`dmole route-sweep`): RoE at several skip targets against static layer dropping and random
+routing at the same realised skip, per seed (stages/roe/sweep.py), on the workspace's base model with route-train's
+options.
+
+Writes sweep.json (options, the dense reference per seed, the layer ranking behind static dropping, every run, and
+the per-(target, variant) summary over seeds), sweep.parquet (one row per run and task) and sweep.md with the
+accuracy–speed plot sweep.png, under roe-sweep/all/v<N>. Each finished (seed, target) and each seed's dense scores
+are kept under .runs/roe-sweep/, keyed by everything but the targets and seeds (the twin: by what it depends on): a
+killed sweep resumes, and a sweep over more targets or seeds, or with other RoE knobs, trains only what is new.
+"""
+
+from __future__ import annotations
+
+from artifacts import Writer
+from artifacts.io import read_json, write_json, write_parquet
+
+from .data.tasks import task_files
+from .distributed import is_main
+from .errors import UserError
+from .figures.roe_sweep import RESULT, STAGE, TASK
+from .options import RouteSweepOptions, hashed, stage_options
+from .progress import Progress, silent
+from .project import Project
+from .runner import (
+    StageResult,
+    checkpoint_dir,
+    fingerprint,
+    model_fingerprint,
+    run_stage,
+)
+
+TABLE, NOTE = "sweep.parquet", "sweep.md"
+
+
+def _table_rows(runs: list[dict]) -> dict[str, list]:
+    rows = [{"seed": r["seed"], "target": r["target"], "variant": r["variant"], "skip_rate": r["skip_rate"],
+             "task": task, "score": score, "relative": r["relative"][task],
+             "speedup": r["speed"]["speedup"] if r["speed"] else None}
+            for r in runs for task, score in r["scores"].items()]
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def route_sweep(project: Project, options: RouteSweepOptions | dict | None = None, *, force: bool = False,
+                progress: Progress = silent) -> StageResult:
+    from .roe.evaluation import eval_sets
+    from .roe.recipe import TWIN_OPTIONS
+    from .route_train import TRAIN_STAGE, training_subset
+
+    sweep = stage_options(project.config, STAGE, options)
+    settings = stage_options(project.config, TRAIN_STAGE, None)
+    if settings.start != "base":
+        raise UserError("route-sweep trains on the base model; set route-train's `start` back to base")
+    settings = settings.model_copy(update={"stage2_mode": settings.stage2_mode or "full"})
+    samples = [s for _, s in training_subset(project, project.config.tasks, settings, project.config.seed)]
+    sets = eval_sets(project, settings.max_eval_samples)
+    config = {"options": hashed(sweep), "route_train": hashed(settings),
+              "tasks": [t.model_dump() for t in project.config.tasks], "n_train_samples": len(samples),
+              "sources": {"data": {t.name: fingerprint(task_files(project.data_root, t)) for t in project.config.tasks},
+                          "model": model_fingerprint(project)}}
+
+    # Finished runs are kept per (seed, target) under a key of everything else that decides them, so a killed
+    # sweep resumes and a sweep over more targets or seeds reuses the runs it shares with an earlier one; each
+    # seed's dense twin under a key of what it depends on, so RoE's own knobs do not train it again.
+    cache = checkpoint_dir(project, STAGE, TASK, {k: v for k, v in config.items() if k != "options"} | {
+        "options": {k: v for k, v in config["options"].items() if k not in ("skip_ratios", "seeds")}})
+    twins = checkpoint_dir(project, STAGE, "twin", {k: v for k, v in config.items() if k not in ("options",
+                                                                                                  "route_train")}
+                           | {"route_train": {k: config["route_train"][k] for k in TWIN_OPTIONS}})
+
+    def compute(writer: Writer) -> None:
+        from .figures import roe_sweep as figure
+        from .roe.attach import roe_shape
+        from .roe.backbone import tuned
+        from .roe.evaluation import evaluate_dense
+        from .roe.recipe import dense_twin_scores, loop_settings
+        from .roe.sweep import SweepInputs, static_ranking, summarise, sweep_target
+
+        inputs = SweepInputs(samples, sets, settings, sweep)
+        cache.mkdir(parents=True, exist_ok=True)
+        base = project.load_model()
+        routable = list(roe_shape(base, settings.always_execute).routable)
+        change = static_ranking(project, inputs, project.config.seed)
+        dense: dict[int, dict[str, float]] = {}
+        runs = []
+        for seed in sweep.seeds:
+            if tuned(settings.stage2_mode):
+                dense[seed] = dense_twin_scores(project, samples, sets, settings, loop_settings(settings, seed, 0),
+                                                progress=progress, checkpoint_dir=twins / f"seed-{seed}")
+            else:
+                dense[seed] = evaluate_dense(base, sets, settings.eval_batch_size, progress, label="base")
+            for target in sweep.skip_ratios:
+                done = cache / f"seed-{seed}" / f"target-{target}.json"
+                if done.is_file():
+                    rows = read_json(done)
+                else:
+                    rows = sweep_target(project, inputs, seed, target, dense[seed], change, routable, progress)
+                    if is_main():
+                        done.parent.mkdir(parents=True, exist_ok=True)
+                        write_json(done, rows)
+                runs += rows
+        result = {"options": sweep.model_dump(), "route_train": settings.model_dump(), "routable": routable,
+                  "layer_change": change, "dense_reference": "dense twin" if tuned(settings.stage2_mode) else "base",
+                  "dense": {str(s): scores for s, scores in dense.items()}, "runs": runs,
+                  "summary": summarise(runs)}
+        write_json(writer.path(RESULT), result)
+        write_parquet(writer.path(TABLE), _table_rows(runs))
+        data = figure.from_result(result, STAGE)
+        figure.plot(data, writer.path(figure.NAME))
+        writer.path(NOTE).write_text("\n".join(figure.table(data)) + "\n", encoding="utf-8")
+        writer.meta.update(sweep=[{k: row[k] for k in ("target", "variant", "skip_rate", "mean_relative",
+                                                         "spread", "speedup")} for row in result["summary"]])
+
+    return run_stage(project, STAGE, TASK, config=config, inputs=[], compute=compute, force=force)
