@@ -255,6 +255,7 @@ def _kill_every_process_of(marker: str) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # about 35 s; killed-and-resumed training and FSDP2 equivalence are each covered by faster tests
 def test_fsdp2_train_task_killed_resumes_to_the_uninterrupted_expert(tmp_path, micro_bench):
     """A sharded run killed with SIGKILL resumes from its checkpoint (whole tensors, the optimizer state by
     parameter name, every process's RNG) and ends with the expert an uninterrupted single-process run trains."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -59,6 +61,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(make_project):
     assert not list(runs.rglob("checkpoint.pt"))  # cleaned up after the commit
 
 
+@pytest.mark.slow  # about 30 s; the same checkpoint machinery is covered by the killed train-task test
 def test_killed_route_train_resumes_and_matches_an_uninterrupted_run(tmp_path):
     """Killed during RoE's training (after its dense twin finished), route-train resumes from its checkpoint:
     the twin is not trained again, and the RoE and backbone weights equal an uninterrupted run's."""
