@@ -32,7 +32,8 @@ METRIC_KEYS = ("last", "avg_seen", "avg_all", "bwt", "fwt")
 FIGURE_DATA = "figures.json"  # the data behind every figure, keyed by its PNG's name
 
 
-def _scores(version: Version) -> dict[str, float]:
+def version_scores(version: Version) -> dict[str, float]:
+    """Each task's score in an evaluation version."""
     return {row["task"]: row["score"] for row in read_parquet(version.file("scores.parquet")).to_pylist()}
 
 
@@ -40,11 +41,11 @@ def method_matrix(project: Project, method) -> tuple[list[list[float | None]], l
     """R for ``method`` (None if it has no evaluation yet) and the evaluations it was read from."""
     names = project.config.task_names
     zero = project.store.latest(EVAL, ZERO_SHOT)
-    zero_scores = _scores(zero) if zero else {}
+    zero_scores = version_scores(zero) if zero else {}
     stage = method.stage(EVAL)
     found = {after: project.store.latest(stage, after) for after in method.stages_after(project)}
     found = {after: version for after, version in found.items() if version is not None}
-    rows = {after: [_scores(version).get(n) for n in names] for after, version in found.items()}
+    rows = {after: [version_scores(version).get(n) for n in names] for after, version in found.items()}
     matrix = method.matrix([zero_scores.get(n) for n in names], rows, names)
     if matrix is None:
         return None

@@ -32,8 +32,9 @@ from .metrics.continual import continual_metrics
 from .options import SweepOptions, parse_pairs, stage_options
 from .progress import Progress, silent
 from .project import Project, write_workspace
+from .report import version_scores
 from .runner import StageResult, fingerprint, run_stage, source_fingerprint
-from .train_task import train_task
+from .train_task import method_hyper, train_task
 
 STAGE = "sweep"
 RESULT = "sweep.json"
@@ -66,13 +67,6 @@ def parse_grid(text: str | None, method: ContinualMethod) -> Grid:
     return Grid(key, tuple(parse_pairs([f"{key}={v}"])[key] for v in values))
 
 
-def _checked_hyper(method: ContinualMethod, values: dict) -> dict:
-    """``values`` as the method's hyperparameter model reads them (a bad one is a one-line error)."""
-    from .config import parse_model
-
-    return parse_model(method.Hyper, values, source=f"hyperparameters of {method.name}").model_dump()
-
-
 def _require_validation(project: Project) -> None:
     for task in project.config.tasks:
         if task.val is None:
@@ -100,31 +94,25 @@ def _point_project(project: Project, folder: Path, method: ContinualMethod, hype
     return Project.open(folder)
 
 
-def _scores(result: StageResult) -> dict[str, float]:
-    from artifacts.io import read_parquet
-
-    return {row["task"]: row["score"] for row in read_parquet(result.version.file("scores.parquet")).to_pylist()}
-
-
 def _run_point(project: Project, folder: Path, method: ContinualMethod, hyper: dict, progress: Progress) -> dict:
     """Train the method's sequence once: its test matrix, then the same experts' validation scores after the last
     task. Scores are read from each evaluation's own result, never from the store's latest version, which the
     validation pass moves."""
     names = project.config.task_names
     tested = _point_project(project, folder, method, hyper, validation=False)
-    zero = _scores(evaluate(tested, ZERO_SHOT, progress=progress))
+    zero = version_scores(evaluate(tested, ZERO_SHOT, progress=progress).version)
     rows = {}
     for after in method.stages_after(tested):
         train_task(tested, after, {"method": method.name}, progress=progress)
-        scores = _scores(evaluate(tested, after, {"method": method.name}, progress=progress))
+        scores = version_scores(evaluate(tested, after, {"method": method.name}, progress=progress).version)
         rows[after] = [scores.get(n) for n in names]
     matrix = method.matrix([zero.get(n) for n in names], rows, names)
     metrics = continual_metrics(matrix)
     # the same folder reading the validation sets: the trained experts are found as they are (train-task does not
     # run again) and the evaluation writes a new version beside the test one
     validated = _point_project(project, folder, method, hyper, validation=True)
-    last = _scores(evaluate(validated, method.stages_after(validated)[-1], {"method": method.name},
-                            progress=progress))
+    last = version_scores(evaluate(validated, method.stages_after(validated)[-1], {"method": method.name},
+                                   progress=progress).version)
     return {"test": {"last": metrics["last"], "avg_seen": metrics["avg_seen"], "bwt": metrics["bwt"],
                      "matrix": matrix, "last_row": dict(zip(names, matrix[-1]))},
             "validation": {"last_row": {n: last[n] for n in names}}}
@@ -155,8 +143,8 @@ def sweep(project: Project, options: SweepOptions | dict | None = None, *, force
     if not method.trains:
         raise UserError(f"{method.name} trains nothing, so there is nothing to sweep")
     grid = parse_grid(options.grid, method)
-    base = {**project.config.methods.get(method.name, {}), **options.hparams}
-    hypers = [_checked_hyper(method, {**base, grid.parameter: value}) for value in grid.values]
+    hypers = [method_hyper(project, method, options.model_copy(
+        update={"hparams": {**options.hparams, grid.parameter: value}})).model_dump() for value in grid.values]
     _require_validation(project)
     names = project.config.task_names
     config = {"options": options.model_dump(), "method": method.name, "grid": [grid.parameter, list(grid.values)],
