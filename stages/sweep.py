@@ -178,5 +178,6 @@ def sweep_rows(version) -> list[dict]:
 
     swept = read_json(version.file(RESULT))
     return [{swept["parameter"]: p["value"], "selected": p["value"] == swept["selected"],
-             "validation relative": round(p["validation"]["relative"], 4), "test relative": round(p["test"]["relative"], 4),
+             "validation relative": round(p["validation"]["relative"], 4),
+             "test relative": round(p["test"]["relative"], 4),
              "test Last": round(p["test"]["last"], 2), "test BWT": round(p["test"]["bwt"], 2)} for p in swept["points"]]

@@ -55,7 +55,8 @@ def per_sample(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, top: 
 def with_training_partner(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0,
                           relative: bool = False) -> list[tuple[int, ...]]:
     """Per sample, its best accepted task i (``relative``: see `candidates`), joined by the one past task that i's
-    experts were trained beside for such an input: `training_partner` over routers 1..i-1 at their own thresholds, exactly as
+    experts were trained beside for such an input: `training_partner` over routers 1..i-1 at their own thresholds,
+    exactly as
     train-task chose it. So a second expert is one the first was trained to work with on this kind of input,
     never a later task's expert, which the first has never seen in its graph."""
     routes = []
