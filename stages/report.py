@@ -18,7 +18,7 @@ from artifacts import Version, Writer
 from artifacts.io import read_json, read_parquet, write_json, write_parquet
 
 from .errors import UserError
-from .figures import activation, allocation, matrix, roe_skips, roe_sweep, sensitivity, thresholds
+from .figures import activation, allocation, matrix, roe_skips, roe_sweep, sensitivity, sweeps, thresholds
 from .methods import REGISTRY
 from .methods.base import EVAL_STAGE as EVAL, ZERO_SHOT
 from .figures.markdown import fmt, table as md_table
@@ -62,7 +62,8 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
         metrics = continual_metrics(matrix)
         warnings = [w for v in versions for w in v.manifest.get("summary", {}).get("warnings", [])]
         methods[method.name] = {**{k: metrics[k] for k in METRIC_KEYS}, "per_task": metrics["per_task"],
-                                "matrix": matrix, "warnings": list(dict.fromkeys(warnings))}
+                                "matrix": matrix, "warnings": list(dict.fromkeys(warnings)),
+                                "hyper": project.config.methods.get(method.name, {})}
         if method.routes:
             methods[method.name]["second_experts"] = second_experts(project, versions[-1])
         used += [v for v in versions if v not in used]
@@ -89,7 +90,7 @@ def second_experts(project: Project, version: Version) -> dict:
 def sections(project: Project, result: dict) -> tuple[list[tuple[ModuleType, dict]], list[Version]]:
     """(figure module, its data) for every figure the workspace has the artifacts for, and those artifacts."""
     found, used = [(matrix, result)], []
-    for module in (allocation, activation, sensitivity, thresholds, roe_skips, roe_sweep):
+    for module in (allocation, activation, sensitivity, thresholds, roe_skips, roe_sweep, sweeps):
         gathered = module.gather(project)
         if gathered is not None:
             found.append((module, gathered[0]))
@@ -143,7 +144,8 @@ def report(project: Project, *, force: bool = False) -> StageResult:
         writer.meta.update({f"{m}.last": v["last"] for m, v in result["methods"].items()})
         writer.meta["warnings"] = list(dict.fromkeys(w for v in result["methods"].values() for w in v["warnings"]))
 
-    config = {"methods": sorted(result["methods"]), "figures": [module.NAME for module, _ in found]}
+    config = {"methods": sorted(result["methods"]), "figures": [module.NAME for module, _ in found],
+              "hypers": {method: values["hyper"] for method, values in result["methods"].items()}}
     return run_stage(project, STAGE, REPORT_TASK, config=config, inputs=used, compute=compute, force=force)
 
 

@@ -100,6 +100,15 @@ def test_roe_figure_only_once_route_train_ran(run):
     assert any(i["stage"] == "route-train" for i in after.manifest["inputs"])
 
 
+def test_table2_says_which_hyperparameters_each_row_ran_with(run):
+    from stages.figures.matrix import protocol
+
+    project, _, version = run
+    shown = table(version, "Table 2: each task after the last stage, AVG, Last, BWT")
+    assert {row["hyperparameters"] for row in shown.values()} == {"sourced defaults"}
+    assert protocol({"weight": 0.1, "rank": 8}) == "rank=8, weight=0.1"
+
+
 def test_matrix_and_metric_tables_equal_the_parquet_and_json(run):
     project, _, version = run
     tasks = project.config.task_names

@@ -81,3 +81,35 @@ def test_the_selected_value_is_validation_s_choice_even_where_test_prefers_anoth
     result = module.sweep(make_project(), {"method": "lwf-lora", "grid": "weight=1,10"})
     swept = json.loads(result.version.file(module.RESULT).read_text())
     assert swept["selected"] == 10 and result.version.manifest["summary"]["selected"] == {"weight": 10}
+
+
+def test_the_report_s_sweep_table_lists_every_value_and_marks_the_selected_one(make_project, monkeypatch, tmp_path):
+    import stages.sweep as module
+    from stages.figures import sweeps
+
+    def fake_point(project, folder, method, hyper, progress):
+        weight = hyper["weight"]
+        names = project.config.task_names
+        return {"test": {"last": 10.0 * weight, "avg_seen": 5.0 * weight, "bwt": -weight, "matrix": [],
+                         "last_row": {n: 10.0 * weight for n in names}},
+                "validation": {"last_row": {n: 90.0 if weight == 2 else 10.0 for n in names}}}
+
+    monkeypatch.setattr(module, "_run_point", fake_point)
+    project = make_project()
+    assert sweeps.gather(project) is None  # no sweep, no section
+    version = module.sweep(project, {"method": "lwf-lora", "grid": "weight=1,2,3"}).version
+    data, used = sweeps.gather(project)
+    assert used == [version]
+    lines = sweeps.table(data)
+    header = next(line for line in lines if line.startswith("| method"))
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines
+             if line.startswith("| lwf-lora")]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = [dict(zip(columns, row)) for row in cells]
+    assert [r["value"] for r in rows] == ["weight=1", "weight=2", "weight=3"]
+    assert [r["selected"] for r in rows] == ["", "✓", ""]
+    for row, weight in zip(rows, (1, 2, 3)):
+        assert (float(row["Last"]), float(row["AVG"]), float(row["BWT"])) == (10.0 * weight, 5.0 * weight, -weight)
+        assert float(row["color-vqa"]) == 10.0 * weight
+    sweeps.plot(data, tmp_path / sweeps.NAME)
+    assert (tmp_path / sweeps.NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,11 +18,17 @@ def stage_labels(tasks: list[str]) -> list[str]:
     return ["zero-shot", *(f"{t} {name}" for t, name in enumerate(tasks, start=1))]
 
 
+def protocol(hyper: dict) -> str:
+    """How a method's row was run: its sourced defaults, or the hyperparameters the workspace sets."""
+    return ", ".join(f"{key}={value}" for key, value in sorted(hyper.items())) or "sourced defaults"
+
+
 def table2_rows(result: dict) -> tuple[list[str], list[list[str]]]:
-    """The paper's Table 2 layout: per method, each task's score after the last stage, then AVG, Last and BWT."""
-    header = ["method", *result["tasks"], "AVG", "Last", "BWT"]
+    """The paper's Table 2 layout: per method, each task's score after the last stage, then AVG, Last and BWT, and
+    the hyperparameters the row ran with."""
+    header = ["method", *result["tasks"], "AVG", "Last", "BWT", "hyperparameters"]
     rows = [[method, *(fmt(v) for v in values["per_task"]["last"]), fmt(values["avg_seen"]), fmt(values["last"]),
-             fmt(values["bwt"])] for method, values in result["methods"].items()]
+             fmt(values["bwt"]), protocol(values["hyper"])] for method, values in result["methods"].items()]
     return header, rows
 
 
