@@ -23,6 +23,7 @@ from .methods import REGISTRY
 from .methods.base import EVAL_STAGE as EVAL, ZERO_SHOT
 from .figures.markdown import fmt, table as md_table
 from .metrics.continual import continual_metrics
+from .metrics.field_continual import field_metrics
 from .project import Project
 from .runner import StageResult, run_stage
 
@@ -62,7 +63,8 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
         metrics = continual_metrics(matrix)
         warnings = [w for v in versions for w in v.manifest.get("summary", {}).get("warnings", [])]
         methods[method.name] = {**{k: metrics[k] for k in METRIC_KEYS}, "per_task": metrics["per_task"],
-                                "matrix": matrix, "warnings": list(dict.fromkeys(warnings)),
+                                "matrix": matrix, "field": field_metrics(matrix),
+                                "warnings": list(dict.fromkeys(warnings)),
                                 "hyper": project.config.methods.get(method.name, {})}
         if method.routes:
             methods[method.name]["second_experts"] = second_experts(project, versions[-1])

@@ -119,6 +119,8 @@ def test_matrix_and_metric_tables_equal_the_parquet_and_json(run):
     for method, values in metrics.items():
         for key in ("last", "avg_seen", "avg_all", "bwt", "fwt"):
             assert values[key] == number(shown[method][key], 2), (method, key)
+        field = values["field"]  # the field's names for the same matrix (tests/test_field_metrics.py)
+        assert (field["mcitlib"]["mfn"], field["mcitlib"]["maa"]) == (values["last"], values["avg_seen"])
     cells = read_parquet(version.file("matrix.parquet")).to_pylist()
     assert len(cells) == len(reported) * (len(tasks) + 1) * len(tasks)
     labels = ["zero-shot", *(f"{t} {name}" for t, name in enumerate(tasks, start=1))]
