@@ -56,8 +56,9 @@ _DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
 _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
 
 
-def _strip_punctuation(text: str) -> str:
-    """Step 3: delete or blank each punctuation mark, deciding on the unmodified `text`."""
+def _strip_punctuation(text: str, period_limit: int = 0) -> str:
+    """Step 3: delete or blank each punctuation mark, deciding on the unmodified `text`; at most `period_limit`
+    periods are deleted when it is not 0."""
     out = text
     comma_number = _DIGIT_COMMA_DIGIT.search(text) is not None
     for c in PUNCTUATION:
@@ -65,18 +66,21 @@ def _strip_punctuation(text: str) -> str:
             out = out.replace(c, "")
         else:
             out = out.replace(c, " ")
-    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
+    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=period_limit)
 
 
-def normalize_vqa_answer(answer: str) -> str:
-    """Normalise an answer the way EvalAI's VQA evaluation does (steps 1-4)."""
+def normalize_vqa_answer(answer: str, period_limit: int = 0) -> str:
+    """Normalise an answer the way EvalAI's VQA evaluation does (steps 1-4).
+
+    `period_limit` 32 is the m4c evaluator's (MMF's, which CoIN and LLaVA copy): it passes re.UNICODE (32) where
+    re.sub takes its count, so only the first 32 periods are deleted."""
     text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = text.replace("\n", " ").replace("\t", " ").strip()
-    words = [NUMBERS.get(w, w) for w in _strip_punctuation(text).split()]
+    words = [NUMBERS.get(w, w) for w in _strip_punctuation(text, period_limit).split()]
     return " ".join(CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES)
 
 
-def vqa_soft_accuracy(pred: str, answers: list[str]) -> float:
+def vqa_soft_accuracy(pred: str, answers: list[str], period_limit: int = 0) -> float:
     """Leave-one-out soft accuracy in [0, 1] against (at least) 10 human answers.
 
     Every answer is left out once, as EvalAI does; with exactly 10 answers this is
@@ -84,8 +88,8 @@ def vqa_soft_accuracy(pred: str, answers: list[str]) -> float:
     """
     if len(answers) < 10:
         raise MetricError(f"VQA soft accuracy needs 10 answers, got {len(answers)}")
-    pred = normalize_vqa_answer(pred)
-    matches = sum(normalize_vqa_answer(a) == pred for a in answers)
+    pred = normalize_vqa_answer(pred, period_limit)
+    matches = sum(normalize_vqa_answer(a, period_limit) == pred for a in answers)
     # Leaving out a matching answer leaves matches-1; leaving out any other leaves matches.
     credit = matches * min(3, matches - 1) + (len(answers) - matches) * min(3, matches)
     return credit / (3 * len(answers))
