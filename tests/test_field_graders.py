@@ -215,6 +215,8 @@ def test_score_rule_on_dmole_samples():
     # a dmole choice sample holds the gold index; MCITlib's files hold the letter
     score, per_sample, parsed = score_rule("mcitlib-exact", ["b", "A"], [{"choices": ["x", "y"], "answer": 1}] * 2)
     assert (score, per_sample, parsed) == (50.0, [100.0, 0.0], ["b", "A"])
+    # CoIN's ScienceQA files hold the gold index, as dmole's choice samples do
+    assert score_rule("coin-scienceqa", ["B", "b. y"], [{"choices": ["x", "y"], "answer": 1}] * 2)[1] == [100.0] * 2
     score, per_sample, parsed = score_rule("dmole-short", ["Paris "], [{"answer": "paris"}])
     assert score == 100.0
     with pytest.raises(MetricError, match="answer_bbox"):

@@ -84,5 +84,7 @@ def score_rule(rule: str, predictions: list[str], samples: list[dict], *, tokeni
     table = {**mcitlib_rules.RULES, **coin_rules.RULES}
     if rule not in table:
         raise MetricError(f"unknown rule {rule!r}; known: {sorted(RULES)}")
-    per_sample = [100.0 * table[rule](p, _gold_text(s)) for p, s in zip(predictions, samples)]
+    if rule.startswith("mcitlib-"):
+        samples = [_gold_text(s) for s in samples]
+    per_sample = [100.0 * table[rule](p, s) for p, s in zip(predictions, samples)]
     return sum(per_sample) / len(per_sample), per_sample, [_parsed(rule, p) for p in predictions]
