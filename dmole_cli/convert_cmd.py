@@ -37,12 +37,15 @@ def convert(
     with <|im_end|> ending each turn, the conversation template a chat
     template, the image tiling an InternVLProcessor.
 
+    An original-layout LLaVA-1.5 checkpoint (liuhaotian/llava-v1.5-7b:
+    LlavaLlamaForCausalLM with mm_* keys) becomes a transformers LLaVA folder.
+
     OUT is written whole or not at all. See docs/convert.md."""
     import json
 
-    from stages.convert import convert_internvl_chat
+    from stages.convert_llava import convert_checkpoint
 
-    written = convert_internvl_chat(src, out, max_tiles=max_tiles, force=force)
+    written = convert_checkpoint(src, out, max_tiles=max_tiles, force=force)
     config = json.loads((written / "config.json").read_text(encoding="utf-8"))
     processor = json.loads((written / "processor_config.json").read_text(encoding="utf-8")) \
         if (written / "processor_config.json").is_file() else {}
@@ -50,7 +53,7 @@ def convert(
     tiles = image.get("max_patches", 1) if image.get("crop_to_patches") else 1
     text, vision = config["text_config"], config["vision_config"]
     console.print(f"convert: wrote {written} ({text['model_type']} LM {text['num_hidden_layers']} layers, "
-                  f"InternViT {vision['num_hidden_layers']} layers; {config['image_seq_length']} image tokens per "
+                  f"{vision['model_type']} {vision['num_hidden_layers']} layers; {config['image_seq_length']} image tokens per "
                   f"tile, up to {tiles} tile{'s' if tiles != 1 else ''})", soft_wrap=True)
 
 

@@ -1,0 +1,248 @@
+"""`dmole convert` for LLaVA-1.5 in its original layout (liuhaotian/llava-v1.5-7b) -> a transformers LLaVA folder.
+
+The original checkpoint is haotian-liu/LLaVA's ``LlavaLlamaForCausalLM``: ``config.json`` with ``model_type: llava``
+and the ``mm_*`` keys (``mm_vision_tower``, ``mm_projector_type: mlp2x_gelu``, ``mm_vision_select_layer: -2``,
+``mm_vision_select_feature: patch``, ``image_aspect_ratio: pad``), a Llama under ``model.*`` / ``lm_head``, the
+projector under ``model.mm_projector.{0,2}`` and CLIP's vision model under ``model.vision_tower.vision_tower.vision_model.*``
+(or, where the checkpoint leaves it out, in the ``mm_vision_tower`` folder: a CLIP or CLIPVisionModel checkpoint).
+
+transformers' own converter (``models/llava/convert_llava_weights_to_hf.py`` in its repository) is not shipped in
+the installed package, so its steps are followed here with transformers' own pieces: its key mapping
+(KEYS_TO_MODIFY_MAPPING) written as rules for the native names of ``LlavaForConditionalGeneration``, ``<image>``
+and ``<pad>`` added to the tokenizer, and ``resize_token_embeddings(..., pad_to_multiple_of=64)``, whose mean
+resizing draws the new rows as that script did (seeded here, so a conversion is reproducible). The selection
+(layer −2, patch tokens without CLS) and the GELU MLP projector are the native model's defaults; "pad" images are
+padded to a square with the image mean, as ``LlavaImageProcessor(do_pad=True)`` does. See docs/convert.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .convert import (ConvertError, _check_out, _load_tokenizer, _read_json, _rename, _replace, _tokenizer_folder,
+                      convert_state_dict, iter_source_tensors)
+
+IMAGE_TOKEN, PAD_TOKEN = "<image>", "<pad>"
+# openai/clip-vit-large-patch14-336, the tower every LLaVA-1.5 checkpoint names, for when its folder is not here
+CLIP_L_336 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+              "image_size": 336, "patch_size": 14, "projection_dim": 768, "hidden_act": "quick_gelu",
+              "layer_norm_eps": 1e-5}
+KNOWN_TOWERS = {"openai/clip-vit-large-patch14-336": CLIP_L_336}
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+# LLaVA-1.5's conv_vicuna_v1 (llava/conversation.py): system line, "USER: " / "ASSISTANT: " turns joined by " ",
+# each assistant turn closed by "</s>"; the image placeholder "<image>\n" goes before the first user text.
+VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the human's questions.")
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq|model\.image_newline")
+_TEXT_ONLY = re.compile(r"(?:clip\.)?(?:text_model\..*|text_projection\..*|visual_projection\..*|logit_scale)")
+
+WEIGHT_RULES = [
+    # CLIPVisionModel's names as LLaVA saved them (transformers 4: vision_model.*), or flat as transformers 5 names them
+    (r"model\.vision_tower\.vision_tower\.(?:vision_model\.)?(.+)", r"model.vision_tower.\1"),
+    (r"model\.mm_projector\.0\.(weight|bias)", r"model.multi_modal_projector.linear_1.\1"),
+    (r"model\.mm_projector\.2\.(weight|bias)", r"model.multi_modal_projector.linear_2.\1"),
+    (r"model\.((?:embed_tokens|layers|norm)\..+)", r"model.language_model.\1"),
+    (r"lm_head\.weight", "lm_head.weight"),
+]
+TOWER_PREFIX = "model.vision_tower.vision_tower."  # a tower folder's tensors are read as if the checkpoint held them
+
+
+def is_original_llava(config: dict) -> bool:
+    """Whether a config.json is haotian-liu/LLaVA's (mm_* keys at the top level, no vision_config)."""
+    return isinstance(config, dict) and "mm_vision_tower" in config and "vision_config" not in config
+
+
+def read_llava_config(src: Path) -> dict:
+    if not src.is_dir():
+        raise ConvertError(f"{src} is not a folder")
+    config = _read_json(src / "config.json")
+    if not is_original_llava(config):
+        raise ConvertError(f"{src / 'config.json'}: not an original-layout LLaVA checkpoint (no mm_vision_tower)")
+    checks = {"mm_projector_type": "mlp2x_gelu", "mm_vision_select_feature": "patch"}
+    for key, value in checks.items():
+        if config.get(key, value) != value:
+            raise ConvertError(f"config.json: {key} is {config[key]!r}; only {value!r} (LLaVA-1.5) is supported")
+    if config.get("mm_use_im_start_end") or config.get("mm_use_im_patch_token"):
+        raise ConvertError("config.json: mm_use_im_start_end / mm_use_im_patch_token are not LLaVA-1.5's; "
+                           "not supported")
+    return config
+
+
+def _tower_folder(src: Path, config: dict) -> Path | None:
+    """The vision tower's folder, if mm_vision_tower names one on this machine (absolute, or beside SRC)."""
+    name = str(config["mm_vision_tower"])
+    for candidate in (Path(name).expanduser(), src / name):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def vision_config_dict(src: Path, config: dict) -> dict:
+    """CLIP's vision config: from the tower folder's config.json, else the known tower's."""
+    folder = _tower_folder(src, config)
+    if folder is not None:
+        tower = _read_json(folder / "config.json")
+        return dict(tower.get("vision_config", tower))
+    name = str(config["mm_vision_tower"])
+    if name in KNOWN_TOWERS:
+        return dict(KNOWN_TOWERS[name])
+    raise ConvertError(f"mm_vision_tower {name!r} is neither a folder on this machine nor a known tower "
+                       f"({', '.join(KNOWN_TOWERS)}); download it and point mm_vision_tower at the folder")
+
+
+def native_config(config: dict, vision: dict, *, image_token_id: int, pad_token_id: int | None):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    text_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta",
+                 "rope_scaling", "attention_bias", "tie_word_embeddings", "bos_token_id", "eos_token_id")
+    text = LlamaConfig(**{k: config[k] for k in text_keys if config.get(k) is not None})
+    tower = {k: v for k, v in vision.items() if k not in ("model_type", "architectures", "transformers_version")}
+    vision_config = CLIPVisionConfig(**tower)
+    if config.get("mm_hidden_size", vision_config.hidden_size) != vision_config.hidden_size:
+        raise ConvertError(f"config.json: mm_hidden_size {config['mm_hidden_size']} is not the tower's hidden size "
+                           f"{vision_config.hidden_size}")
+    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    return LlavaConfig(text_config=text, vision_config=vision_config, image_token_id=image_token_id,
+                       projector_hidden_act="gelu", vision_feature_layer=config.get("mm_vision_select_layer", -2),
+                       vision_feature_select_strategy="default", image_seq_length=patches,
+                       pad_token_id=pad_token_id, tie_word_embeddings=bool(config.get("tie_word_embeddings", False)))
+
+
+def _tensors(src: Path, config: dict):
+    """The checkpoint's tensors, then the tower folder's vision_model.* where the checkpoint has no tower."""
+    names = []
+    for name, tensor in iter_source_tensors(src):
+        names.append(name)
+        if not _IGNORED.fullmatch(name):
+            yield name, tensor
+    if any(n.startswith(TOWER_PREFIX) for n in names):
+        return
+    folder = _tower_folder(src, config)
+    if folder is None:
+        raise ConvertError(f"the checkpoint has no vision tower weights and mm_vision_tower "
+                           f"{config['mm_vision_tower']!r} is not a folder on this machine")
+    for name, tensor in iter_source_tensors(folder):
+        if not _TEXT_ONLY.fullmatch(name):
+            yield TOWER_PREFIX + name, tensor
+
+
+def chat_template(bos: bool) -> str:
+    """conv_vicuna_v1 as a Jinja chat template; an image part is written as "<image>\\n"."""
+    return (("{{- bos_token -}}" if bos else "")
+            + "{%- if messages and messages[0]['role'] == 'system' -%}"
+            "{%- set ns = namespace(system=messages[0]['content'] if messages[0]['content'] is string else "
+            "messages[0]['content'][0]['text'], turns=messages[1:]) -%}"
+            "{%- else -%}"
+            f"{{%- set ns = namespace(system={json.dumps(VICUNA_SYSTEM)}, turns=messages) -%}}"
+            "{%- endif -%}"
+            "{{- ns.system -}}"
+            "{%- for message in ns.turns -%}"
+            "{{- ' ' -}}{{- 'USER: ' if message['role'] == 'user' else 'ASSISTANT: ' -}}"
+            "{%- if message['content'] is string -%}{{- message['content'] -}}{%- else -%}"
+            "{%- for part in message['content'] -%}"
+            "{%- if part['type'] == 'image' -%}{{- '<image>\\n' -}}"
+            "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+            "{%- endfor -%}{%- endif -%}"
+            "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
+            "{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{- ' ASSISTANT:' -}}{%- endif -%}")
+
+
+def image_processor(src: Path, config: dict, vision):
+    """LLaVA-1.5's preprocessing: pad to a square with the mean colour ("pad"), then CLIP's resize and crop."""
+    from transformers import LlavaImageProcessor
+
+    folder = _tower_folder(src, config)
+    settings = _read_json(folder / "preprocessor_config.json") if folder and \
+        (folder / "preprocessor_config.json").is_file() else {}
+    size = vision.image_size
+    return LlavaImageProcessor(
+        do_pad=config.get("image_aspect_ratio", "pad") == "pad",
+        size={"shortest_edge": settings.get("size", {}).get("shortest_edge", size)
+              if isinstance(settings.get("size"), dict) else settings.get("size", size)},
+        crop_size={"height": size, "width": size}, do_center_crop=True, do_resize=True, do_rescale=True,
+        do_normalize=True, image_mean=settings.get("image_mean", CLIP_MEAN),
+        image_std=settings.get("image_std", CLIP_STD), do_convert_rgb=True)
+
+
+def convert_llava_original(src: Path, out: Path, *, force: bool = False, seed: int = 0) -> Path:
+    """Write a transformers LLaVA folder at ``out`` from the original-layout LLaVA-1.5 checkpoint ``src``; the
+    folder appears whole or not at all, as convert.py's do."""
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    config = read_llava_config(src)
+    _check_out(src, out, force)
+    vision = vision_config_dict(src, config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-", dir=out.parent))
+    try:
+        _write(src, work / "model", config, vision, work / "scratch", seed)
+        _replace(work / "model", out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _write(src: Path, target: Path, config: dict, vision: dict, scratch: Path, seed: int) -> None:
+    import torch
+    from transformers import AddedToken, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    folder, class_name = _tokenizer_folder(src, scratch / "tokenizer")
+    tokenizer = _load_tokenizer(folder, class_name)
+    vocab_size = int(config["vocab_size"])
+    if len(tokenizer) > vocab_size:
+        raise ConvertError(f"the tokenizer has {len(tokenizer)} tokens; the language model embeds {vocab_size}")
+    tokenizer.add_tokens(AddedToken(IMAGE_TOKEN, special=True, normalized=False), special_tokens=True)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    image_id, pad_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.pad_token_id
+
+    native = native_config(config, vision, image_token_id=image_id, pad_token_id=pad_id)
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(native)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items() if name not in tied}
+    rules = [(re.compile(p), _rename(t)) for p, t in WEIGHT_RULES]
+    state = convert_state_dict(_tensors(src, config), rules, expected)
+    dtype = state["lm_head.weight"].dtype if "lm_head.weight" in state else torch.float32
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    model.to(torch.float32)  # the mean resizing below computes a covariance; the source dtype is restored after
+    torch.manual_seed(seed)
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    model.to(dtype)
+    model.generation_config.pad_token_id = pad_id
+    target.mkdir(parents=True)
+    model.save_pretrained(target)
+    del model, state
+
+    bos = tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+    template = chat_template(bos)
+    tokenizer.chat_template = template
+    processor = LlavaProcessor(image_processor=image_processor(src, config, native.vision_config),
+                               tokenizer=tokenizer, patch_size=native.vision_config.patch_size,
+                               vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
+                               num_additional_image_tokens=1, chat_template=template)
+    processor.save_pretrained(target)
+
+
+def convert_checkpoint(src: Path, out: Path, *, max_tiles: int | None = None, force: bool = False) -> Path:
+    """`dmole convert`: an original-layout LLaVA-1.5 checkpoint here, an InternVL2 remote-code one in convert.py."""
+    from .convert import convert_internvl_chat
+
+    config_file = Path(src).expanduser() / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None  # convert_internvl_chat says what is wrong with the folder
+    if is_original_llava(config):
+        if max_tiles is not None:
+            raise ConvertError("--max-tiles applies to InternVL checkpoints; LLaVA-1.5 takes one image tile")
+        return convert_llava_original(src, out, force=force)
+    return convert_internvl_chat(src, out, max_tiles=max_tiles, force=force)
