@@ -33,8 +33,8 @@ CLIP_L_336 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers
               "layer_norm_eps": 1e-5}
 KNOWN_TOWERS = {"openai/clip-vit-large-patch14-336": CLIP_L_336}
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-# LLaVA-1.5's conv_vicuna_v1 (llava/conversation.py): system line, "USER: " / "ASSISTANT: " turns joined by " ",
-# each assistant turn closed by "</s>"; the image placeholder "<image>\n" goes before the first user text.
+# LLaVA-1.5's conv_vicuna_v1 (llava/conversation.py, SeparatorStyle.TWO): the system line and " ", then each turn
+# as "USER: " + text + " " or "ASSISTANT: " + text + "</s>"; the image placeholder "<image>\n" precedes its text.
 VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
                  "helpful, detailed, and polite answers to the human's questions.")
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq|model\.image_newline")
@@ -140,17 +140,17 @@ def chat_template(bos: bool) -> str:
             "{%- else -%}"
             f"{{%- set ns = namespace(system={json.dumps(VICUNA_SYSTEM)}, turns=messages) -%}}"
             "{%- endif -%}"
-            "{{- ns.system -}}"
+            "{{- ns.system -}}{{- ' ' -}}"
             "{%- for message in ns.turns -%}"
-            "{{- ' ' -}}{{- 'USER: ' if message['role'] == 'user' else 'ASSISTANT: ' -}}"
+            "{{- 'USER: ' if message['role'] == 'user' else 'ASSISTANT: ' -}}"
             "{%- if message['content'] is string -%}{{- message['content'] -}}{%- else -%}"
             "{%- for part in message['content'] -%}"
             "{%- if part['type'] == 'image' -%}{{- '<image>\\n' -}}"
             "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
             "{%- endfor -%}{%- endif -%}"
-            "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
+            "{{- eos_token if message['role'] == 'assistant' else ' ' -}}"
             "{%- endfor -%}"
-            "{%- if add_generation_prompt -%}{{- ' ASSISTANT:' -}}{%- endif -%}")
+            "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}")
 
 
 def image_processor(src: Path, config: dict, vision):
