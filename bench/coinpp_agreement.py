@@ -41,7 +41,8 @@ def main() -> None:
                  (theirs["backward_transfer"], own["bwt"])]
         rows = zip(theirs["per_task"], field["forgetting_table"])
         pairs += [(a["best_post_acquisition_score"], b["best"]) for a, b in rows]
-        pairs += [(a["forgetting"], b["forgetting"]) for a, b in zip(theirs["per_task"][:-1], field["forgetting_table"])]
+        pairs += [(a["forgetting"], b["forgetting"])
+                  for a, b in zip(theirs["per_task"][:-1], field["forgetting_table"])]
         for a, b in pairs:
             if a is None or b is None:
                 assert a is None and b is None, (a, b)

@@ -30,7 +30,8 @@ def measure(predictions: list[str], references: list[list[str]]) -> dict:
     diffs = [b - a for a, b in zip(java_each["METEOR"], free_each["METEOR"])]
     mean = {name: sum(scores.values()) / len(scores) * 100 for name, scores in (("java", java), ("java_free", free))}
     return {"segments": len(diffs),
-            "meteor": {"java": java["METEOR"], "java_free": free["METEOR"], "difference": free["METEOR"] - java["METEOR"]},
+            "meteor": {"java": java["METEOR"], "java_free": free["METEOR"],
+                       "difference": free["METEOR"] - java["METEOR"]},
             "segments_equal": sum(abs(d) < 1e-6 for d in diffs),
             "segments_lower": sum(d < -1e-6 for d in diffs), "segments_higher": sum(d > 1e-6 for d in diffs),
             "mean_segment_difference": sum(diffs) / len(diffs), "largest_segment_difference": max(diffs, key=abs),

@@ -53,7 +53,8 @@ def convert(
     tiles = image.get("max_patches", 1) if image.get("crop_to_patches") else 1
     text, vision = config["text_config"], config["vision_config"]
     console.print(f"convert: wrote {written} ({text['model_type']} LM {text['num_hidden_layers']} layers, "
-                  f"{vision['model_type']} {vision['num_hidden_layers']} layers; {config['image_seq_length']} image tokens per "
+                  f"{vision['model_type']} {vision['num_hidden_layers']} layers; {config['image_seq_length']} image "
+                  f"tokens per "
                   f"tile, up to {tiles} tile{'s' if tiles != 1 else ''})", soft_wrap=True)
 
 

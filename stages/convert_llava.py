@@ -3,7 +3,8 @@
 The original checkpoint is haotian-liu/LLaVA's ``LlavaLlamaForCausalLM``: ``config.json`` with ``model_type: llava``
 and the ``mm_*`` keys (``mm_vision_tower``, ``mm_projector_type: mlp2x_gelu``, ``mm_vision_select_layer: -2``,
 ``mm_vision_select_feature: patch``, ``image_aspect_ratio: pad``), a Llama under ``model.*`` / ``lm_head``, the
-projector under ``model.mm_projector.{0,2}`` and CLIP's vision model under ``model.vision_tower.vision_tower.vision_model.*``
+projector under ``model.mm_projector.{0,2}`` and CLIP's vision model under
+``model.vision_tower.vision_tower.vision_model.*``
 (or, where the checkpoint leaves it out, in the ``mm_vision_tower`` folder: a CLIP or CLIPVisionModel checkpoint).
 
 transformers' own converter (``models/llava/convert_llava_weights_to_hf.py`` in its repository) is not shipped in

@@ -132,7 +132,8 @@ def test_processor_pads_expands_and_templates(converted):
                                                                          {"type": "text", "text": "what is it?"}]}],
                                            add_generation_prompt=True)
     assert prompt == f"<s>{VICUNA_SYSTEM} USER: <image>\nwhat is it? ASSISTANT:"
-    two_turns = processor.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+    two_turns = processor.apply_chat_template([{"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": "yo"},
                                                {"role": "user", "content": "and?"}], add_generation_prompt=True)
     assert two_turns == f"<s>{VICUNA_SYSTEM} USER: hi ASSISTANT: yo</s>USER: and? ASSISTANT:"  # conv.get_prompt()
     batch = processor(images=image, text=prompt, return_tensors="pt")

@@ -108,7 +108,8 @@ def test_meteor_python_corpus_sums_statistics():
 def test_meteor_python_equals_the_jar_where_exact_and_stem_matches_are_all():
     from pycocoevalcap.meteor.meteor import Meteor
 
-    pairs = [("red car", "a red car"), ("car red", "a red car"), ("a man on a horse", "a man on a horse near the beach"),
+    pairs = [("red car", "a red car"), ("car red", "a red car"),
+             ("a man on a horse", "a man on a horse near the beach"),
              ("two dogs playing in the grass", "a dog plays in the grass")]
     jar = Meteor().compute_score({i: [ref] for i, (_, ref) in enumerate(pairs)},
                                  {i: [hyp] for i, (hyp, _) in enumerate(pairs)})

@@ -4,7 +4,8 @@ pycocoevalcap's ``Meteor`` runs ``meteor-1.5.jar - - -stdio -l en -norm`` (Denko
 WMT 2014). Its score for a hypothesis h against a reference r, with English's parameters α = 0.85, β = 0.20,
 γ = 0.60, δ = 0.75 and module weights w = (exact 1.0, stem 0.6, synonym 0.8, paraphrase 0.6):
 
-    P = Σ_modules w·(δ·content matches in h + (1−δ)·function-word matches in h) / (δ·|h content| + (1−δ)·|h function|)
+    P = Σ_modules w·(δ·content matches in h + (1−δ)·function-word matches in h)
+        / (δ·|h content| + (1−δ)·|h function|)
     R = the same over r
     Fmean = P·R / (α·P + (1−α)·R)
     Pen = γ·(chunks / mean matches)^β   (0 when h and r match whole, in one chunk)
@@ -72,7 +73,7 @@ class Stats:
     ref_length: int = 0
     test_function: int = 0
     ref_function: int = 0
-    test_matched: float = 0.0  # Σ module weight × (δ for a content word, 1−δ for a function word), hypothesis side
+    test_matched: float = 0.0  # Σ module weight × (δ for a content word, 1−δ for a function word), hypothesis
     ref_matched: float = 0.0  # the same, reference side
     chunks: int = 0
     matches: int = 0  # aligned word pairs
