@@ -97,20 +97,41 @@ def test_meteor_python_stem_module():
         _meteor_by_hand(3, 3, 3, 3, 1, 2, 1, stem=(2, 0)))
 
 
+def test_meteor_python_synonym_module():
+    from stages.metrics.meteor_synonyms import are_synonyms
+
+    assert are_synonyms("couch", "sofa") and are_synonyms("big", "large") and not are_synonyms("dog", "dog")
+    assert are_synonyms("couches", "sofa")  # a plural's base form (WordNet's detachment rules) carries its synsets
+    # big~large and couch~sofa at weight 0.8, all six words in one chunk: no fragmentation penalty
+    got = segment_stats("a big dog on a couch", "a large dog on a sofa").score()
+    assert got == pytest.approx(_meteor_synonyms_by_hand())
+
+
+def _meteor_synonyms_by_hand() -> float:
+    matched = DELTA * 1 + 0.8 * DELTA * 2 + (1 - DELTA) * 3  # dog exact, big/couch synonyms, a/on/a function words
+    length = DELTA * 3 + (1 - DELTA) * 3
+    p = r = matched / length
+    return p * r / (ALPHA * p + (1 - ALPHA) * r)
+
+
 def test_meteor_python_corpus_sums_statistics():
     score, scores = meteor_python(["red car", "car red"], [["a red car"], ["a blue truck", "a red car"]])
     assert scores == pytest.approx([_meteor_by_hand(2, 0, 2, 1, 2, 0, 1), _meteor_by_hand(2, 0, 2, 1, 2, 0, 2)])
     # corpus: 4 words each side of 6 reference words, 4 matches in 3 chunks
     assert score == pytest.approx(_meteor_by_hand(4, 0, 4, 2, 4, 0, 3))
+    # a segment matched whole adds its matches but no chunk: 2 + 2 content matches in 1 chunk
+    score, _ = meteor_python(["red car", "blue car"], [["a red car"], ["blue car"]])
+    assert score == pytest.approx(_meteor_by_hand(4, 0, 4, 1, 4, 0, 1))
 
 
 @needs_java
-def test_meteor_python_equals_the_jar_where_exact_and_stem_matches_are_all():
+def test_meteor_python_equals_the_jar_where_exact_stem_and_synonym_matches_are_all():
     from pycocoevalcap.meteor.meteor import Meteor
 
     pairs = [("red car", "a red car"), ("car red", "a red car"),
              ("a man on a horse", "a man on a horse near the beach"),
-             ("two dogs playing in the grass", "a dog plays in the grass")]
+             ("two dogs playing in the grass", "a dog plays in the grass"),
+             ("a big dog on a couch", "a large dog on a sofa")]
     jar = Meteor().compute_score({i: [ref] for i, (_, ref) in enumerate(pairs)},
                                  {i: [hyp] for i, (hyp, _) in enumerate(pairs)})
     python = meteor_python([hyp for hyp, _ in pairs], [[ref] for _, ref in pairs])

@@ -12,11 +12,14 @@ WMT 2014). Its score for a hypothesis h against a reference r, with English's pa
     score = Fmean·(1 − Pen)
 
 against several references the best one's statistics are kept, and the corpus score is this formula on the sums
-of every segment's statistics (the jar's ``EVAL`` line, which pycocoevalcap reports).
+of every segment's statistics (the jar's ``EVAL`` line, which pycocoevalcap reports), a segment matched whole in one
+chunk adding no chunk (the jar zeroes its chunk count while scoring it).
 
 Here the exact module aligns words, then the stem module (Snowball's English stemmer, from the snowballstemmer
-package) aligns the words left; the jar's synonym (WordNet) and paraphrase modules are not reproduced, so a
-hypothesis that says "couch" for "sofa" earns less than under java.
+package) aligns the words left, then the synonym module (the jar's WordNet synsets, meteor_synonyms.py) the words
+left after that, each reference word taken greedily; the jar instead resolves all modules' candidate matches at
+once. Its paraphrase module (a 62 MB phrase table) is not reproduced, so a hypothesis that says "rides along" for
+"riding on" earns less than under java.
 The function-word list is read from the jar that pycocoevalcap ships (``function/english.words``). The alignment
 keeps the most matches and, among those, the fewest chunks, then the smallest total distance (the jar's order of
 preference), searched exhaustively up to a node budget. ``bench/meteor_agreement.py`` measures the difference
@@ -28,12 +31,12 @@ from __future__ import annotations
 import re
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.20, 0.60, 0.75
-EXACT_WEIGHT, STEM_WEIGHT = 1.0, 0.6
+EXACT_WEIGHT, STEM_WEIGHT, SYNONYM_WEIGHT = 1.0, 0.6, 0.8
 _SEARCH_BUDGET = 20000  # alignment nodes visited per segment before the best alignment so far is kept
 
 # Meteor's -norm tokenisation (after NIST mteval): these symbols become tokens of their own; hyphens and
@@ -89,9 +92,16 @@ class Stats:
         ref_weighted = DELTA * (self.ref_length - self.ref_function) + (1 - DELTA) * self.ref_function
         precision, recall = self.test_matched / test_weighted, self.ref_matched / ref_weighted
         fmean = precision * recall / (ALPHA * precision + (1 - ALPHA) * recall)
-        whole = self.matches == self.test_length == self.ref_length and self.chunks == 1
-        fragmentation = 0.0 if whole else self.chunks / self.matches
+        fragmentation = 0.0 if self.whole() else self.chunks / self.matches
         return fmean * (1 - GAMMA * fragmentation ** BETA)
+
+    def whole(self) -> bool:
+        """Every word of both sides matched, in one chunk."""
+        return self.matches == self.test_length == self.ref_length and self.chunks == 1
+
+    def for_corpus(self) -> "Stats":
+        """These statistics as the jar adds them up: scoring a whole-matched segment sets its chunks to 0."""
+        return replace(self, chunks=0) if self.whole() else self
 
 
 def _chunks(pairs: list[tuple[int, int]]) -> int:
@@ -156,15 +166,37 @@ def _stemmer():
     return snowballstemmer.stemmer("english")
 
 
+def _synonym_pairs(h: list[str], r: list[str], taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """WordNet-synonym pairs among the words still unaligned, left to right: each hypothesis word takes the
+    reference word that continues a chunk, else the nearest."""
+    from .meteor_synonyms import are_synonyms
+
+    pairs = sorted(taken)
+    h_free = [i for i in range(len(h)) if i not in {i for i, _ in taken}]
+    r_free = {j for j in range(len(r))} - {j for _, j in taken}
+    found = []
+    for i in h_free:
+        options = [j for j in r_free if are_synonyms(h[i], r[j])]
+        if options:
+            aligned = dict(pairs)
+            j = min(options, key=lambda j: (aligned.get(i - 1) != j - 1, abs(i - j)))
+            found.append((i, j))
+            pairs = sorted([*pairs, (i, j)])
+            r_free.discard(j)
+    return found
+
+
 def segment_stats(test: str, ref: str) -> Stats:
-    """Statistics of one hypothesis against one reference: exact matches, then stem matches of the rest."""
+    """Statistics of one hypothesis against one reference: exact matches, then stem matches of the rest, then
+    synonym matches of the rest (module weights 1.0, 0.6, 0.8)."""
     h, r, function = normalize(test), normalize(ref), function_words()
     exact = align(h, r)
     h_left, r_left = {i for i, _ in exact}, {j for _, j in exact}
     stem = _stemmer().stemWords
     stems = align([None if i in h_left else s for i, s in enumerate(stem(h))],
                   [None if j in r_left else s for j, s in enumerate(stem(r))], tuple(exact))
-    pairs = sorted(exact + stems)
+    synonyms = _synonym_pairs(h, r, exact + stems)
+    pairs = sorted(exact + stems + synonyms)
 
     def weighted(side: list[str], positions: list[int]) -> float:
         return sum(DELTA if side[p] not in function else 1 - DELTA for p in positions)
@@ -173,7 +205,8 @@ def segment_stats(test: str, ref: str) -> Stats:
         """Weighted matches on side k (0: hypothesis, 1: reference)."""
         side = (h, r)[k]
         return (EXACT_WEIGHT * weighted(side, [pair[k] for pair in exact])
-                + STEM_WEIGHT * weighted(side, [pair[k] for pair in stems]))
+                + STEM_WEIGHT * weighted(side, [pair[k] for pair in stems])
+                + SYNONYM_WEIGHT * weighted(side, [pair[k] for pair in synonyms]))
 
     return Stats(test_length=len(h), ref_length=len(r), test_function=sum(w in function for w in h),
                  ref_function=sum(w in function for w in r), test_matched=matched(0), ref_matched=matched(1),
@@ -188,5 +221,5 @@ def best_stats(test: str, refs: list[str]) -> Stats:
 def meteor_python(predictions: list[str], references: list[list[str]]) -> tuple[float, list[float]]:
     """Corpus METEOR (0-1, from summed statistics) and each segment's, as pycocoevalcap's Meteor returns them."""
     stats = [best_stats(p, refs) for p, refs in zip(predictions, references)]
-    total = sum(stats, Stats())
+    total = sum((s.for_corpus() for s in stats), Stats())
     return total.score(), [s.score() for s in stats]
