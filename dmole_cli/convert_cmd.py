@@ -14,7 +14,8 @@ from .common import console, handles_user_errors
 def convert(
     src: Annotated[Path, typer.Argument(
         help="Remote-code checkpoint folder (config.json with model_type internvl_chat, safetensors, tokenizer), "
-             "e.g. a download of OpenGVLab/InternVL2-2B.", metavar="SRC", show_default=False)],
+             "e.g. a download of OpenGVLab/InternVL2-2B, or an original-layout LLaVA-1.5 folder "
+             "(liuhaotian/llava-v1.5-7b).", metavar="SRC", show_default=False)],
     out: Annotated[Path, typer.Argument(
         help="Folder to write the native InternVL checkpoint to (created; must be empty unless --force).",
         metavar="OUT", show_default=False)],
