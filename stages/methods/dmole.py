@@ -56,7 +56,9 @@ class DMoLE(ContinualMethod):
 
     # ---- training ------------------------------------------------------------------------------------------
     def carried(self, run: TrainRun) -> list:
-        from ..dmole.bank import load_bank, load_embeddings, require_embeddings
+        import numpy as np
+
+        from ..dmole.bank import load_bank, require_embeddings
         from ..dmole.routing import training_partner
 
         allocation = self.allocation(run.project, run.task)
@@ -65,19 +67,18 @@ class DMoLE(ContinualMethod):
         if run.task_id == 1:
             return [allocation]
         past = run.project.config.task_names[:run.task_id - 1]
-        embedded = require_embeddings(run.project, run.task)
-        ids, matrix, metadata = load_embeddings(embedded, "train")
-        position = {sample_id: i for i, sample_id in enumerate(ids)}
-        missing = [s.id for s in run.samples if s.id not in position]
-        if missing:
-            raise UserError(f"sample {missing[0]!r} of '{run.task}' has no cached embedding; re-run "
-                            f"`dmole embed --task {run.task}`")
         bank = load_bank(run.project, past)
-        errors = bank.errors(matrix[[position[s.id] for s in run.samples]], metadata)
+        own = len(run.samples) - sum(len(buffer) for buffer in run.replayed.values())
+        embedded, errors = [], []
+        for task, samples in {run.task: run.samples[:own], **run.replayed}.items():  # a replayed sample: its task's
+            version = require_embeddings(run.project, task)
+            embedded.append(version)
+            errors.append(train_errors(bank, version, task, samples))
+        errors = np.concatenate(errors)
         run.carried.update(partners=training_partner(errors, bank.thresholds), errors=errors,
                            thresholds=bank.thresholds)
         routers = [run.project.store.require("fit-router", name) for name in past]
-        return [allocation, embedded, *routers, *previous]
+        return [allocation, *embedded, *routers, *previous]
 
     def trainer(self, run: TrainRun, adapter):
         from ..dmole.routing import grouped_partner_votes
@@ -127,6 +128,19 @@ class DMoLE(ContinualMethod):
                         routes_for=lambda task, samples, options, split="test": sample_routes(
                             project, bank, task, samples, options, split),
                         around=experts_around(experts, adapter), rows=experts.rows)
+
+
+def train_errors(bank, embedded, task: str, samples: list):
+    """The router bank's errors on ``samples`` of ``task`` (training samples, from its ``embed`` artifact)."""
+    from ..dmole.bank import load_embeddings
+
+    ids, matrix, metadata = load_embeddings(embedded, "train")
+    position = {sample_id: i for i, sample_id in enumerate(ids)}
+    missing = [s.id for s in samples if s.id not in position]
+    if missing:
+        raise UserError(f"sample {missing[0]!r} of '{task}' has no cached embedding; re-run "
+                        f"`dmole embed --task {task}`")
+    return bank.errors(matrix[[position[s.id] for s in samples]], metadata)
 
 
 def sample_routes(project, bank, task: str, samples: list, options, split: str = "test"):
