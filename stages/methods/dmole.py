@@ -28,11 +28,12 @@ class DMoLEHyper(Strict):
                                                                "use_llm_lora)")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout (the reference's dmole.sh)")
 
-    def lora(self, rank: int):
-        """The expert's LoRA settings at the allocation's ``rank``: alpha as set, else 2 x rank."""
+    def lora(self, rank: int, dora: bool = False):
+        """The expert's LoRA settings at the allocation's ``rank`` (a DoRA's when it allocated DoRAs): alpha as set,
+        else 2 x rank."""
         from ..dmole.experts import LoraSettings
 
-        return LoraSettings(rank, self.alpha if self.alpha is not None else 2 * rank, self.dropout)
+        return LoraSettings(rank, self.alpha if self.alpha is not None else 2 * rank, self.dropout, dora)
 
 
 class DMoLE(ContinualMethod):
@@ -87,7 +88,12 @@ class DMoLE(ContinualMethod):
         arch = read_json(run.carried["allocation"].file("arch.json"))
         experts = expert_model(run.project, adapter, loaded=dict(enumerate(self.trained_before(run.project,
                                                                                                run.task_id), 1)))
-        lora = run.hyper.lora(arch["rank"])
+        expert_type = arch.get("expert_type", "lora")
+        if run.options.expert_type not in (None, expert_type):
+            raise UserError(f"{self.name} trains the experts its allocation sized: {run.carried['allocation']} "
+                            f"allocated {expert_type} experts, not {run.options.expert_type} (re-run `dmole allocate "
+                            f"--task {run.task} --expert-type {run.options.expert_type}{method_flag(self.name)}`)")
+        lora = run.hyper.lora(arch["rank"], expert_type == "dora")
         partners, errors, thresholds = (run.carried[k] for k in ("partners", "errors", "thresholds"))
         routes = [(run.task_id,) + ((p,) if p is not None else ()) for p in partners]
         vote = run.options.train_routing == "batch-vote" and run.task_id > 1
