@@ -178,9 +178,10 @@ class LoraTrainer(Trainer):
         self.model = experts.model
 
     @classmethod
-    def shaped(cls, run: TrainRun, adapter, experts: ExpertModel, shape: Shape, routes: Sequence) -> LoraTrainer:
+    def shaped(cls, run: TrainRun, adapter, experts: ExpertModel, shape: Shape, routes: Sequence,
+               **extra) -> LoraTrainer:
         return cls(run, adapter, experts, shape.modules, shape.lora, routes, sidecar=shape.summary(),
-                   summary=shape.summary())
+                   summary=shape.summary(), **extra)
 
     @property
     def name(self) -> str:
