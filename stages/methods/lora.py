@@ -154,7 +154,10 @@ def save_expert(model, name: str, folder: Path, sidecar: dict) -> None:
 
 
 class LoraTrainer(Trainer):
-    """Trains adapter ``run.task_id`` (added on ``modules``) inside ``experts``, each sample routed to ``routes[i]``."""
+    """Trains adapter ``run.task_id`` (added on ``modules``) inside ``experts``, each sample routed to ``routes[i]``;
+    saved as a PEFT folder named ``folder`` in the artifact."""
+
+    folder = EXPERT_FOLDER
 
     def __init__(self, run: TrainRun, adapter, experts: ExpertModel, modules: Sequence[str], lora: LoraSettings,
                  routes: Sequence, *, expected: int | None = None,
@@ -212,7 +215,7 @@ class LoraTrainer(Trainer):
                    "adapter_name": self.name, "rank": self.lora.rank, "alpha": self.lora.alpha,
                    "dropout": self.lora.dropout, "expert_type": self.lora.expert_type, "target_modules": self.modules,
                    **({"shared_a": self.shared} if self.shared else {}), **self.extra_sidecar}
-        save_expert(self.model, self.name, writer.path(EXPERT_FOLDER), sidecar)
+        save_expert(self.model, self.name, writer.path(self.folder), sidecar)
         if self.record is not None:
             self.record(writer)
 

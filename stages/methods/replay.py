@@ -41,19 +41,23 @@ def buffer_size(replay: float, available: int) -> int:
     return min(available, max(1, round(replay * available)) if replay < 1 else int(replay))
 
 
-def replay_buffers(run: TrainRun) -> dict[str, list]:
-    """Per earlier task of the sequence, in order, its buffer: a seeded draw without replacement from its training
-    samples (each line once, whatever its ``repeat``)."""
+def task_buffers(project, names: list[str], size: float, seed: int) -> dict[str, list]:
+    """Per task of ``names``, in order, its buffer of ``size`` (`buffer_size`): a draw without replacement from its
+    training samples (each line once, whatever its ``repeat``), seeded by ``seed`` and the task's name."""
     from ..data.tasks import load_train_samples
 
-    project, hyper = run.project, run.hyper
     buffers = {}
-    for name in project.config.task_names[:run.task_id - 1]:
+    for name in names:
         samples = load_train_samples(project.data_root, project.config.task(name))
-        chosen = random.Random(f"{hyper.replay_seed}-replay-{name}").sample(range(len(samples)),
-                                                                             buffer_size(hyper.replay, len(samples)))
+        chosen = random.Random(f"{seed}-replay-{name}").sample(range(len(samples)), buffer_size(size, len(samples)))
         buffers[name] = [samples[i] for i in sorted(chosen)]
     return buffers
+
+
+def replay_buffers(run: TrainRun) -> dict[str, list]:
+    """Every earlier task's buffer, by the run's ``replay`` and ``replay_seed``."""
+    return task_buffers(run.project, run.project.config.task_names[:run.task_id - 1], run.hyper.replay,
+                        run.hyper.replay_seed)
 
 
 class ReplayHyper(LoraHyper, ReplayFields):
