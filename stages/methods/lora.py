@@ -220,6 +220,13 @@ class LoraTrainer(Trainer):
             self.record(writer)
 
 
+def fresh_trainer(run: TrainRun, adapter, trainer_class: type[LoraTrainer] = LoraTrainer) -> LoraTrainer:
+    """A fresh adapter on the base, on every projection, each sample routed to it alone (adapter ``run.task_id``)."""
+    return trainer_class.shaped(run, adapter, expert_model(run.project, adapter),
+                                baseline_shape(run, adapter, all_projections(adapter)),
+                                [(run.task_id,)] * len(run.samples))
+
+
 def routed_plan(project, adapter, tasks: list[str], loaded: Mapping[int, Version], route: tuple[int, ...],
                 base: torch.nn.Module | None = None) -> EvalPlan:
     """Every test sample of ``tasks`` through the adapters ``loaded``, routed to ``route`` (a fixed expert set)."""

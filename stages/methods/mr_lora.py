@@ -41,12 +41,10 @@ class MRLora(ContinualMethod):
     Hyper = MRLoraHyper
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import all_projections, baseline_shape, expert_model
+        from .lora import fresh_trainer
         from .mr_lora_router import MRLoraTrainer
 
-        shape = baseline_shape(run, adapter, all_projections(adapter))
-        return MRLoraTrainer.shaped(run, adapter, expert_model(run.project, adapter), shape,
-                                    [(run.task_id,)] * len(run.samples))
+        return fresh_trainer(run, adapter, MRLoraTrainer)
 
     def evaluation(self, project, after: str, adapter) -> EvalPlan:
         from .lora import experts_around
