@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from artifacts.io import read_json
 
+from ..errors import UserError
 from .lora import SIDECAR, expert_folder, expert_model
 
 PREFIX = "base_model.model."
@@ -75,6 +76,9 @@ def task_matching(project, learnt: list[str], task: str, samples: list, split: s
                for name in learnt]
     ids, matrix, metadata = load_embeddings(require_embeddings(project, task), split)
     position = {sample_id: i for i, sample_id in enumerate(ids)}
+    if any(s.id not in position for s in samples):
+        raise UserError(f"the {split} embeddings of '{task}' do not cover its {split} file; re-run "
+                        f"`dmole embed --task {task}`")
     vision, language = parts(matrix[[position[s.id] for s in samples]], metadata)
     similarity = (cosines(vision, np.stack([a[0] for a in anchors]))
                   + cosines(language, np.stack([a[1] for a in anchors]))) / 2

@@ -47,8 +47,9 @@ def extend_subspace(gradient: torch.Tensor, subspace: torch.Tensor, energy: floa
 
 
 def evenly_spaced(count: int, ratio: float) -> list[int]:
-    """``int(count * ratio)`` sample indices spread from the first to the last (the reference's ``linspace``)."""
-    return torch.linspace(0, count - 1, int(count * ratio)).long().tolist()
+    """``int(count * ratio)`` sample indices spread from the first to the last (the reference's ``linspace``), at
+    least one (the reference would take none from a task of fewer than 1 / ratio samples)."""
+    return torch.linspace(0, count - 1, max(1, int(count * ratio))).long().tolist()
 
 
 class KeepLoraTrainer(LoraTrainer):
@@ -79,8 +80,6 @@ class KeepLoraTrainer(LoraTrainer):
         with respect to its weight (the base's: the merged model's gradient), without dropout."""
         own = len(self.run.samples) - sum(len(buffer) for buffer in self.run.replayed.values())
         indices = evenly_spaced(own, self.run.hyper.gradient_ratio)
-        if not indices:
-            raise ValueError(f"gradient_ratio {self.run.hyper.gradient_ratio} of {own} samples is no sample")
         weights = {m: self.layer(m).get_base_layer().weight for m in self.modules}
         sums = {m: torch.zeros_like(w, dtype=torch.float32) for m, w in weights.items()}
         training = self.model.training

@@ -1,7 +1,8 @@
 """Replay (experience replay): task t trains on its own data mixed with a buffer of every earlier task's training
 samples; and D-MoLE + replay, D-MoLE trained on the same mixture.
 
-MCITlib's Replay (Ghy0501/MCITlib v3, LLaVA/Replay/scripts/MCITlib/Train/Taskn.sh) continues the previous task's
+MCITlib's Replay (MCITlib v3 as mirrored in zackschen/MCITlib-Train at 4e92f7b,
+``LLaVA/Replay/scripts/MCITlib/Train/Taskn.sh``) continues the previous task's
 LoRA (``--previous_task_model_path``) on ``replay_path``, a file that mixes the current task with samples of the
 earlier ones, drawn once at random. Those files come from MLLM-CL (bjzhb666/MLLM-CL, README "data" layout:
 ``replay20.json``, ``task5replay20_train.json``, ``num5sample_images20/``), 20 samples per earlier task: the default
