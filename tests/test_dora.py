@@ -16,6 +16,7 @@ from stages.methods.lora import towers
 from stages.models.base import ChatExample
 from stages.models.registry import load_family
 from stages.models.tiny import build_tiny
+from tests.test_qkv_group import internvl2  # noqa: F401  (the fixture)
 
 DORA = LoraSettings(rank=4, alpha=8, dropout=0.0, dora=True)
 
@@ -176,3 +177,26 @@ def test_lora_baselines_train_dora_adapters(two_tasks, method):
     assert read_json(folder / SIDECAR)["expert_type"] == "dora"
     loaded = PeftModel.from_pretrained(load_family(two_tasks.model_path).model, folder)
     assert any("lora_magnitude_vector" in name for name, _ in loaded.named_parameters())
+
+
+def test_a_dora_expert_on_a_fused_qkv_group_shares_a_and_is_pefts_dora_on_each_member(internvl2, tmp_path):
+    from stages.methods.lora import groups
+
+    _, out = internvl2
+    adapter = load_family(out, device="cpu", max_tiles=1)
+    qkv = [c for c in adapter.candidates(fuse=True) if c.kind == "qkv"][:2]
+    experts = ExpertModel(adapter.model, towers(adapter), groups=groups(adapter))
+    params = experts.add_expert(1, [c.name for c in qkv], DORA)
+    # one A per group, one B and one magnitude per member: r (d_in + d_out) + d_out of the fused projection
+    assert sum(p.numel() for p in params) == sum(4 * (c.d_in + c.d_out) + c.d_out for c in qkv)
+    nudge(experts.model, 3)
+    experts.model.save_pretrained(tmp_path / "saved", selected_adapters=["task_1"])
+    inputs = batch(adapter)
+    experts.model.eval()
+    with torch.no_grad(), experts.routed([(1,), (1,)]):
+        ours = experts.model(**inputs).logits
+    alone = PeftModel.from_pretrained(load_family(out, device="cpu", max_tiles=1).model,
+                                      tmp_path / "saved" / "task_1").eval()
+    with torch.no_grad():
+        theirs = alone(**inputs).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from ..errors import UserError
 from .base import LoraHyper, TrainRun
 from .seq_lora import SeqLora
 
@@ -50,6 +51,9 @@ class KeepLora(SeqLora):
     def trainer(self, run: TrainRun, adapter):
         from .keeplora_layers import KeepLoraTrainer
 
+        if run.options.expert_type == "dora":
+            raise UserError("keeplora reads the merged weight's gradient through the base weight, which a DoRA's "
+                            "magnitudes rescale: it trains LoRA only")
         previous = self.trained_before(run.project, run.task_id)
         return self.merged_trainer(run, adapter, KeepLoraTrainer, previous=previous[-1] if previous else None)
 

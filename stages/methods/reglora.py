@@ -32,7 +32,7 @@ class RegLoraHyper(LoraHyper):
 
 class RegLora(SeqLora):
     name = "reglora"
-    summary = "RegLoRA (SEFE): a LoRA per task, merged; earlier updates' largest elements held at zero in new ones"
+    summary = "RegLoRA (SEFE): a LoRA per task, merged, penalised where earlier tasks' updates are largest"
     Hyper = RegLoraHyper
     sweep_grid = ("weight", (2.5e2, 2.5e3, 2.5e4))
     shardable = False  # its penalty reads the parameters themselves
