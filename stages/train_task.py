@@ -142,7 +142,9 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
         from .training.chat import text_length
         from .training.inputs import InputPipeline, worker_count
         from .training.loop import ParamGroup, train
+        from .training.memory import peak_memory, reset_peak_memory
 
+        rss_reset = reset_peak_memory()
         adapter = project.load_model()
         torch.manual_seed(options.seed)  # adapters are drawn at random: the same config gives the same weights
         trainer = method.trainer(run, adapter)
@@ -169,7 +171,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
             writer.meta["replay"] = {task: [s.id for s in buffer] for task, buffer in run.replayed.items()}
         writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from,
                            trainable_parameters=sum(p.numel() for p in trainer.params), sharding=result.sharding,
-                           **trainer.summary())
+                           **peak_memory(rss_reset), **trainer.summary())
         shutil.rmtree(ckpt, ignore_errors=True)
 
     return run_stage(project, run.stage, task_name, config=config, inputs=inputs, compute=compute, force=force)
