@@ -17,9 +17,13 @@ def key_elements(update: torch.Tensor, share: float) -> torch.Tensor:
     return torch.stack([flat // update.shape[1], flat % update.shape[1]], dim=1)
 
 
-def key_penalty(updates: dict[str, torch.Tensor], keys: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum over modules of the mean magnitude of the update at its key elements."""
-    return sum(updates[m][keys[m][:, 0], keys[m][:, 1]].abs().mean() for m in updates if len(keys.get(m, ())))
+def key_penalty(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], keys: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over modules of the mean magnitude of the update B A at its key elements, each element (i, j) computed
+    alone as B[i] . A[:, j] (the whole product would be a weight-sized matrix per module and step)."""
+    def at_keys(a: torch.Tensor, b: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        return (b[key[:, 0]] * a[:, key[:, 1]].T).sum(-1)
+
+    return sum(at_keys(*pairs[m], keys[m]).abs().mean() for m in pairs if len(keys.get(m, ())))
 
 
 class RegLoraTrainer(LoraTrainer):
@@ -32,23 +36,24 @@ class RegLoraTrainer(LoraTrainer):
         super().__init__(run, adapter, experts, modules, lora, routes, **kwargs)
         self.keys = load_file(previous.file(KEYS)) if previous is not None else {}
 
-    def updates(self) -> dict[str, torch.Tensor]:
-        """Per module, this task's B A (unscaled, as the reference reads it)."""
+    def pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per module, this task's (A, B); the update is B A, unscaled, as the reference reads it."""
         layers = {m: self.model.get_submodule(f"base_model.model.{m}") for m in self.modules}
-        return {m: layer.lora_B[self.name].weight @ layer.lora_A[self.name].weight for m, layer in layers.items()}
+        return {m: (layer.lora_A[self.name].weight, layer.lora_B[self.name].weight) for m, layer in layers.items()}
 
     def extra_losses(self, model, batch: dict, outputs, before) -> dict:
         if not self.keys:
             return {}
         device = outputs.loss.device
         keys = {m: k.to(device) for m, k in self.keys.items()}
-        return {"reg": self.run.hyper.weight * key_penalty(self.updates(), keys)}
+        return {"reg": self.run.hyper.weight * key_penalty(self.pairs(), keys)}
 
     def save(self, writer) -> None:
         from safetensors.torch import save_file
 
         super().save(writer)
         with torch.no_grad():
-            own = {m: key_elements(u.float(), self.run.hyper.key_share).cpu() for m, u in self.updates().items()}
+            own = {m: key_elements((b @ a).float(), self.run.hyper.key_share).cpu()
+                   for m, (a, b) in self.pairs().items()}
         save_file({m: torch.cat([k, self.keys[m]]) if m in self.keys else k for m, k in own.items()},
                   writer.path(KEYS))
