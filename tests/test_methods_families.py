@@ -23,7 +23,11 @@ HPARAMS = {"replay": {"replay": 2}, "dmole-replay": {"replay": 2}, "keeplora": {
            "reglora": {}, "hide": {}}
 
 
-@pytest.mark.parametrize("family", list(MODEL_TYPES))
+# LLaVA, InternVL and Qwen2-VL in every run; the other families (about 20 s each) with the slow tests
+CORE = ("llava", "internvl", "qwen2vl")
+
+
+@pytest.mark.parametrize("family", [f if f in CORE else pytest.param(f, marks=pytest.mark.slow) for f in MODEL_TYPES])
 def test_the_new_methods_train_and_evaluate_on_the_family(family, pipeline_data, tmp_path):
     root = tmp_path / "ws"
     create_workspace(root, model=build_tiny(family, tmp_path / "model", size=SIZE), data=pipeline_data,
