@@ -24,7 +24,7 @@ from stages.train_task import train_run, train_task
 from stages.training.chat import supervised_tokens
 
 TASKS = ["color-vqa", "shape-choice"]
-FAST_ROUTER = {"router_samples": 4, "router_epochs": 2, "router_lr": 3e-3, "router_rank": 8, "router_alpha": 16}
+FAST_ROUTER = {"router_samples": 4, "router_epochs": 6, "router_lr": 1e-2, "router_rank": 8, "router_alpha": 16}
 
 
 @pytest.fixture
@@ -74,6 +74,7 @@ def test_each_test_sample_goes_to_the_expert_whose_letter_the_router_finds_likel
             expected.append((1 + max(range(2), key=likelihood.__getitem__),))
         assert routes == expected, task
         chosen[task] = routes
+    assert set(chosen[TASKS[0]] + chosen[TASKS[1]]) == {(1,), (2,)}  # the trained router tells the tasks apart
     result = evaluate(two_tasks, TASKS[1], {"method": "mr-lora"})
     for task in TASKS:
         table = read_parquet(result.version.file(f"predictions/{task}.parquet")).to_pydict()
