@@ -105,8 +105,8 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the benchmark, model and workspace (reused if present).")]
     = Path("dmole-demo"),
     methods: Annotated[Optional[str], typer.Option(
-        help="Comma-separated methods to run (`dmole methods`), or 'table2' for the nine methods of the paper's "
-             "Table 2. \\[default: dmole,seq-lora,finetune]")] = None,
+        help="Comma-separated methods to run (`dmole methods`) or groups: 'table2' for the nine methods of the "
+             "paper's Table 2, 'recent' for those 2026's tables add. \\[default: dmole,seq-lora,finetune]")] = None,
     family: FamilyOption = "llava",
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the synthetic data and base model.")] = 0,
     quiet: QuietOption = False,

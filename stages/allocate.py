@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from artifacts import Version, Writer
 from artifacts.io import read_json, read_parquet, write_json
@@ -40,16 +40,18 @@ def allocate(project: Project, task_name: str, options: AllocateOptions | dict |
 
     def compute(writer: Writer) -> None:
         cumulative = read_json(previous.file("arch.json"))["cumulative"] if previous else None
-        result = allocate_modules(load_scores(scores), fraction=fraction, parameters=parameters, rank=options.rank,
+        scored = [replace(m, overhead=m.d_out if options.expert_type == "dora" else 0) for m in load_scores(scores)]
+        result = allocate_modules(scored, fraction=fraction, parameters=parameters, rank=options.rank,
                                   previous=cumulative, task_id=task_id, rule=rule)
         if cumulative is not None and set(cumulative) != set(result.cumulative):
             raise UserError(f"the candidate modules of '{task_name}' differ from the earlier tasks' "
                             "(was the model changed?)")
         record = {"task": task_name, "task_id": task_id, "rho": fraction, "rank": options.rank, "rule": rule,
-                  **asdict(result)}
+                  "expert_type": options.expert_type, **asdict(result)}
         write_json(writer.path("arch.json"), record)
         writer.meta.update(n_vision=result.n_vision, n_language=result.n_language, pi_vision=result.pi_vision,
-                           expert_parameters=result.expert_parameters, rule=rule)
+                           expert_parameters=result.expert_parameters, rule=rule,
+                           expert_type=options.expert_type)
 
     inputs = [scores] + ([previous] if previous else [])
     return run_stage(project, method.stage(STAGE), task_name, config={"options": options.model_dump()},

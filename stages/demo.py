@@ -27,14 +27,19 @@ from .zc_score import zc_score
 
 DEMO_METHODS = ("dmole", "seq-lora", "finetune")
 TABLE2 = ("zero-shot", "finetune", "joint", "seq-lora", "lwf-lora", "ewc-lora", "o-lora", "moelora", "dmole")
+# the methods of 2026's tables (issue 29), and D-MoLE with replay
+RECENT = ("replay", "mr-lora", "keeplora", "reglora", "hide", "dmole-replay")
+GROUPS = {"table2": TABLE2, "recent": RECENT}
 
 
 def demo_methods(text: str) -> tuple[str, ...]:
-    """``--methods``: comma-separated method names, or ``table2`` for the paper's Table 2 methods."""
-    names = TABLE2 if text.strip() == "table2" else tuple(n.strip() for n in text.split(",") if n.strip())
+    """``--methods``: comma-separated method names or groups (``table2``: the paper's Table 2 methods; ``recent``:
+    the ones 2026's tables add), each method once."""
+    names = [name for part in text.split(",") if part.strip()
+             for name in GROUPS.get(part.strip(), (part.strip(),))]
     for name in names:
         get_method(name)  # an unknown name fails before any work
-    return names
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass

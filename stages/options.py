@@ -113,6 +113,9 @@ class AllocateOptions(_MethodChoice):
     budget: str = Field(default="0.5", description="a fraction of the candidate modules (0.5) or a parameter "
                                                    "count (2M, 500k)")
     rank: int = Field(default=8, gt=0, description="expert rank; train-task reads it from the allocation")
+    expert_type: Literal["lora", "dora"] = Field(
+        default="lora", description="the experts: LoRA, or DoRA (PEFT's use_dora; its magnitudes, one per output "
+                                    "feature, count in the budget); train-task reads it from the allocation")
 
     @field_validator("budget")
     @classmethod
@@ -152,6 +155,9 @@ class TrainTaskOptions(_MethodChoice):
     hparams: dict[str, float | int | bool | str] = Field(
         default_factory=dict, description="the method's own hyperparameters (`dmole methods --show NAME`), over the "
                                           "workspace's `methods` section; on the command line KEY=VALUE, repeatable")
+    expert_type: Literal["lora", "dora"] | None = Field(
+        default=None, description="the adapters a LoRA method trains: LoRA or DoRA (PEFT's use_dora); default: the "
+                                  "allocation's for D-MoLE, else lora")
     checkpoint_every: int = Field(default=50, ge=0, description="optimizer steps between resume checkpoints; a killed "
                                                                 "run resumes from the last one")
     precision: Literal["auto", "fp32", "bf16"] = Field(

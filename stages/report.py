@@ -20,7 +20,7 @@ from artifacts.io import read_json, read_parquet, write_json, write_parquet
 from .errors import UserError
 from .figures import activation, allocation, matrix, roe_skips, roe_sweep, sensitivity, sweeps, thresholds
 from .methods import REGISTRY
-from .methods.base import EVAL_STAGE as EVAL, ZERO_SHOT
+from .methods.base import EVAL_STAGE as EVAL, TRAIN_STAGE, ZERO_SHOT
 from .figures.markdown import fmt, table as md_table
 from .metrics.continual import continual_metrics
 from .metrics.field_continual import field_metrics
@@ -68,10 +68,25 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
                                 "hyper": project.config.methods.get(method.name, {})}
         if method.routes:
             methods[method.name]["second_experts"] = second_experts(project, versions[-1])
-        used += [v for v in versions if v not in used]
+        cost, trained = training_cost(project, method)
+        methods[method.name].update(cost)
+        used += [v for v in versions + trained if v not in used]
     if not methods:
         raise UserError("nothing to report yet: run `dmole eval --zero-shot` and `dmole eval --after <task>`")
     return {"tasks": project.config.task_names, "methods": methods}, used
+
+
+def training_cost(project: Project, method) -> tuple[dict, list[Version]]:
+    """The method's train-task runs (the latest of each stage): their wall time summed (``train_seconds``) and their
+    highest peak memory (``peak_memory``: the accelerator's where recorded, else the process's resident set), and
+    those runs; None for either when nothing was trained or recorded."""
+    trained = [v for v in (project.store.latest(method.stage(TRAIN_STAGE), after)
+                           for after in (method.stages_after(project))) if v is not None]
+    summaries = [v.manifest["summary"] for v in trained]
+    kind = "gpu" if any("peak_gpu_bytes" in s for s in summaries) else "rss"
+    peaks = [s[f"peak_{kind}_bytes"] for s in summaries if f"peak_{kind}_bytes" in s]
+    return {"train_seconds": sum(s["seconds"] for s in summaries) if summaries else None,
+            "peak_memory": {"kind": kind, "bytes": max(peaks)} if peaks else None}, trained
 
 
 def second_experts(project: Project, version: Version) -> dict:

@@ -102,7 +102,8 @@ def step_loss(run: TrainRun, trainer, adapter):
 
 def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict | None = None
               ) -> tuple[ContinualMethod, TrainRun, list[str]]:
-    """The method, the run it is asked to train (options resolved) and the tasks whose data it learns."""
+    """The method, the run it is asked to train (options resolved, any replay buffer mixed in) and the tasks whose
+    data it learns (a replayed task's too)."""
     options = stage_options(project.config, STAGE, options)
     method = get_method(options.method or project.config.method)
     options = options.model_copy(update={"method": method.name})  # the same run hashes the same, however named
@@ -110,9 +111,11 @@ def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict
     if options.vote_size is None and spec is not None:
         options = options.model_copy(update={"vote_size": spec.vote_size})  # the registry's, hashed as resolved
     samples, counts = _samples(project, names, options, union=spec is None)
-    return method, TrainRun(project, method.name, task_name, task_id, spec, samples, options,
-                            method_hyper(project, method, options), method.stage(STAGE),
-                            union=counts if spec is None else None), names
+    run = TrainRun(project, method.name, task_name, task_id, spec, samples, options,
+                   method_hyper(project, method, options), method.stage(STAGE), union=counts if spec is None else None)
+    run.replayed = method.replay(run)
+    run.samples += [sample for buffer in run.replayed.values() for sample in buffer]
+    return method, run, [*names, *run.replayed]
 
 
 def train_task(project: Project, task_name: str, options: TrainTaskOptions | dict | None = None, *,
@@ -139,7 +142,9 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
         from .training.chat import text_length
         from .training.inputs import InputPipeline, worker_count
         from .training.loop import ParamGroup, train
+        from .training.memory import peak_memory, reset_peak_memory
 
+        rss_reset = reset_peak_memory()
         adapter = project.load_model()
         torch.manual_seed(options.seed)  # adapters are drawn at random: the same config gives the same weights
         trainer = method.trainer(run, adapter)
@@ -162,9 +167,11 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
                                                          for k in result.log[0]})
         if result.warnings:
             writer.meta["warnings"] = [*writer.meta.get("warnings", []), *result.warnings]
+        if run.replayed:
+            writer.meta["replay"] = {task: [s.id for s in buffer] for task, buffer in run.replayed.items()}
         writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from,
                            trainable_parameters=sum(p.numel() for p in trainer.params), sharding=result.sharding,
-                           **trainer.summary())
+                           **peak_memory(rss_reset), **trainer.summary())
         shutil.rmtree(ckpt, ignore_errors=True)
 
     return run_stage(project, run.stage, task_name, config=config, inputs=inputs, compute=compute, force=force)

@@ -288,3 +288,16 @@ def test_wandb_logger_gets_each_step_and_finishes(tmp_path, monkeypatch):
     assert calls[0] == ("init", "train-task/shape-caption", {"lr": 0.1}) and calls[-1] == ("finish",)
     assert [(c[1], c[2]["loss"]) for c in calls[1:-1]] == [(row["step"], row["loss"]) for row in log]
     assert all("step" not in c[2] for c in calls[1:-1])
+
+
+def test_table2_gives_each_methods_training_time_and_peak_memory(run):
+    project, _, version = run
+    shown = table(version, "Table 2: each task after the last stage, AVG, Last, BWT")
+    assert shown["zero-shot"]["train time"] == "—" and shown["zero-shot"]["peak memory"] == "—"
+    for method in METHODS:
+        stage = "train-task" if method == "dmole" else f"{method}.train-task"
+        summaries = [project.store.latest(stage, task).manifest["summary"] for task in project.config.task_names]
+        assert shown[method]["train time"] == f"{sum(s['seconds'] for s in summaries):.0f} s"
+        peak = max(s["peak_rss_bytes"] for s in summaries)  # a CPU run: the process's resident set, per stage
+        assert shown[method]["peak memory"] == f"{peak / 2**20:.0f} MiB RSS"
+        assert 0 < peak < 64 * 2**30

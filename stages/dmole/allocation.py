@@ -34,9 +34,10 @@ class ScoredModule:
     score: float
     d_in: int
     d_out: int
+    overhead: int = 0  # what its expert costs besides the LoRA matrices (a DoRA's magnitudes: d_out)
 
     def cost(self, rank: int) -> int:
-        return rank * (self.d_in + self.d_out)
+        return rank * (self.d_in + self.d_out) + self.overhead
 
 
 @dataclass

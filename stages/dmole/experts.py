@@ -11,6 +11,10 @@ The weights live in a context variable set around each forward or generate call,
 so concurrent requests cannot leak into each other. A forward without weights is an error rather
 than a silent "all experts on".
 
+An expert may be a DoRA (``LoraSettings.dora``: PEFT's ``use_dora``), whose per-sample weight scales its whole
+output, ``(m / ||W + s B A||_c - 1) W x + (m / ||W + s B A||_c) s B A x``, on the layer's own ``W x``: PEFT would
+hand a DoRA the running sum of the experts before it, so two routed DoRAs add their outputs as two routed LoRAs do.
+
 An allocated name may be a group of modules (a ``qkv`` candidate): its expert is one LoRA with a shared A over
 the members (`shared_lora`), targeted in PEFT as the members themselves.
 """
@@ -40,10 +44,16 @@ class LoraSettings:
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.05
+    dora: bool = False  # a DoRA (weight-decomposed LoRA, PEFT's use_dora): a magnitude per output feature too
+
+    @property
+    def expert_type(self) -> str:
+        return "dora" if self.dora else "lora"
 
     def config(self, target_modules: Sequence[str], base_model: str = "") -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
-                          target_modules=sorted(target_modules), base_model_name_or_path=base_model or None)
+                          target_modules=sorted(target_modules), base_model_name_or_path=base_model or None,
+                          use_dora=self.dora)
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,12 @@ def _mask_hook(adapter: str, tower: str):
         return output * weight.to(output.dtype).view(rows, *([1] * (output.dim() - 1)))
 
     return hook
+
+
+def _own_base(module, args, kwargs):
+    """A DoRA expert rescales the layer's ``W x`` alone (PEFT passes the sum so far, earlier experts included;
+    without it, PEFT computes ``W x`` itself, as it does under dropout)."""
+    return args, {**kwargs, "base_result": None}
 
 
 class ExpertModel:
@@ -121,7 +137,8 @@ class ExpertModel:
         tie(self.peft, name, groups)
         self._activate_all()
         self.training_task = task_id
-        return self.freeze_all_but(task_id, expected=settings.rank * self._width(targets, groups))
+        magnitudes = sum(d_out for _, d_out in self._sizes(targets).values()) if settings.dora else 0
+        return self.freeze_all_but(task_id, expected=settings.rank * self._width(targets, groups) + magnitudes)
 
     @contextmanager
     def routed(self, routes: Sequence[Sequence[int] | Mapping[int, float]], *,
@@ -177,19 +194,35 @@ class ExpertModel:
             raise RuntimeError(f"{count} trainable parameters, but the allocation gives task {task_id} {expected}")
         return trainable
 
-    def _width(self, modules: Sequence[str], groups: Mapping[str, Sequence[str]]) -> int:
+    def _sizes(self, modules: Sequence[str]) -> dict[str, tuple[int, int]]:
         linears = dict(self.base.named_modules())
-        return tied_width(groups, {m: (linears[m].in_features, linears[m].out_features) for m in modules})
+        return {m: (linears[m].in_features, linears[m].out_features) for m in modules}
+
+    def _width(self, modules: Sequence[str], groups: Mapping[str, Sequence[str]]) -> int:
+        return tied_width(groups, self._sizes(modules))
+
+    def _weighted(self, module_name: str) -> tuple[str, str] | None:
+        """``(adapter, target module)`` when ``module_name`` is where an adapter's per-sample weight applies: a
+        LoRA's ``lora_B``, a DoRA's magnitude module (its whole output: a DoRA also runs ``lora_B`` on an identity
+        to get its weight norm)."""
+        parent, _, adapter = module_name.rpartition(".")
+        if not adapter.startswith(ADAPTER_PREFIX):
+            return None
+        container = ".lora_magnitude_vector" if self.peft.peft_config[adapter].use_dora else ".lora_B"
+        if not parent.endswith(container):
+            return None
+        return adapter, parent.removesuffix(container).removeprefix("base_model.model.")
 
     def _activate_all(self) -> None:
         self.peft.base_model.set_adapter(self.adapters)
         for module_name, module in self.peft.named_modules():
-            if not module_name.split(".")[-1].startswith(ADAPTER_PREFIX) or ".lora_B." not in f".{module_name}":
+            weighted = self._weighted(module_name)
+            if weighted is None or module_name in self._hooked:
                 continue
-            if module_name in self._hooked:
-                continue
-            target = module_name.split(".lora_B.")[0].removeprefix("base_model.model.")
-            module.register_forward_hook(_mask_hook(module_name.rsplit(".", 1)[-1], self.towers[target]))
+            adapter, target = weighted
+            module.register_forward_hook(_mask_hook(adapter, self.towers[target]))
+            if self.peft.peft_config[adapter].use_dora:
+                module.register_forward_pre_hook(_own_base, with_kwargs=True)
             self._hooked.add(module_name)
         for param in self.peft.parameters():
             param.requires_grad_(False)

@@ -24,12 +24,23 @@ def protocol(hyper: dict) -> str:
 
 
 def table2_rows(result: dict) -> tuple[list[str], list[list[str]]]:
-    """The paper's Table 2 layout: per method, each task's score after the last stage, then AVG, Last and BWT, and
-    the hyperparameters the row ran with."""
-    header = ["method", *result["tasks"], "AVG", "Last", "BWT", "hyperparameters"]
+    """The paper's Table 2 layout: per method, each task's score after the last stage, then AVG, Last and BWT, its
+    training time (every train-task run's, summed) and peak memory (the highest), and the hyperparameters the row
+    ran with."""
+    header = ["method", *result["tasks"], "AVG", "Last", "BWT", "train time", "peak memory", "hyperparameters"]
     rows = [[method, *(fmt(v) for v in values["per_task"]["last"]), fmt(values["avg_seen"]), fmt(values["last"]),
-             fmt(values["bwt"]), protocol(values["hyper"])] for method, values in result["methods"].items()]
+             fmt(values["bwt"]), _seconds(values.get("train_seconds")), _memory(values.get("peak_memory")),
+             protocol(values["hyper"])] for method, values in result["methods"].items()]
     return header, rows
+
+
+def _seconds(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds:.0f} s"
+
+
+def _memory(peak: dict | None) -> str:
+    """In MiB, with where it was measured: the accelerator (GPU) or the process's resident set (RSS)."""
+    return "—" if peak is None else f"{peak['bytes'] / 2**20:.0f} MiB {peak['kind'].upper()}"
 
 
 def table(result: dict) -> list[str]:

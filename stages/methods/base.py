@@ -90,6 +90,8 @@ class TrainRun:
     carried: dict[str, Any] = field(default_factory=dict)
     # training on every task at once: task -> its spec and how many samples (repeated by its epochs) it gave
     union: dict[str, tuple[TaskSpec, int]] | None = None
+    # earlier tasks' samples mixed into ``samples`` (after the task's own, in this order): task -> its buffer
+    replayed: dict[str, list[TrainSample]] = field(default_factory=dict)
 
 
 class Trainer:
@@ -192,6 +194,10 @@ class ContinualMethod:
         return [self.trained(project, name) for name in project.config.task_names[:task_id - 1]]
 
     # ---- training ----------------------------------------------------------------------------------------
+    def replay(self, run: TrainRun) -> dict[str, list[TrainSample]]:
+        """Earlier tasks' samples to mix into the run (task -> its buffer); none but for replay methods."""
+        return {}
+
     def carried(self, run: TrainRun) -> list[Version]:
         """The artifacts of earlier tasks this run builds on (recorded as its inputs); may fill ``run.carried``."""
         return []

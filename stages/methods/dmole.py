@@ -28,11 +28,12 @@ class DMoLEHyper(Strict):
                                                                "use_llm_lora)")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout (the reference's dmole.sh)")
 
-    def lora(self, rank: int):
-        """The expert's LoRA settings at the allocation's ``rank``: alpha as set, else 2 x rank."""
+    def lora(self, rank: int, dora: bool = False):
+        """The expert's LoRA settings at the allocation's ``rank`` (a DoRA's when it allocated DoRAs): alpha as set,
+        else 2 x rank."""
         from ..dmole.experts import LoraSettings
 
-        return LoraSettings(rank, self.alpha if self.alpha is not None else 2 * rank, self.dropout)
+        return LoraSettings(rank, self.alpha if self.alpha is not None else 2 * rank, self.dropout, dora)
 
 
 class DMoLE(ContinualMethod):
@@ -56,7 +57,9 @@ class DMoLE(ContinualMethod):
 
     # ---- training ------------------------------------------------------------------------------------------
     def carried(self, run: TrainRun) -> list:
-        from ..dmole.bank import load_bank, load_embeddings, require_embeddings
+        import numpy as np
+
+        from ..dmole.bank import load_bank, require_embeddings
         from ..dmole.routing import training_partner
 
         allocation = self.allocation(run.project, run.task)
@@ -65,19 +68,18 @@ class DMoLE(ContinualMethod):
         if run.task_id == 1:
             return [allocation]
         past = run.project.config.task_names[:run.task_id - 1]
-        embedded = require_embeddings(run.project, run.task)
-        ids, matrix, metadata = load_embeddings(embedded, "train")
-        position = {sample_id: i for i, sample_id in enumerate(ids)}
-        missing = [s.id for s in run.samples if s.id not in position]
-        if missing:
-            raise UserError(f"sample {missing[0]!r} of '{run.task}' has no cached embedding; re-run "
-                            f"`dmole embed --task {run.task}`")
         bank = load_bank(run.project, past)
-        errors = bank.errors(matrix[[position[s.id] for s in run.samples]], metadata)
+        own = len(run.samples) - sum(len(buffer) for buffer in run.replayed.values())
+        embedded, errors = [], []
+        for task, samples in {run.task: run.samples[:own], **run.replayed}.items():  # a replayed sample: its task's
+            version = require_embeddings(run.project, task)
+            embedded.append(version)
+            errors.append(train_errors(bank, version, task, samples))
+        errors = np.concatenate(errors)
         run.carried.update(partners=training_partner(errors, bank.thresholds), errors=errors,
                            thresholds=bank.thresholds)
         routers = [run.project.store.require("fit-router", name) for name in past]
-        return [allocation, embedded, *routers, *previous]
+        return [allocation, *embedded, *routers, *previous]
 
     def trainer(self, run: TrainRun, adapter):
         from ..dmole.routing import grouped_partner_votes
@@ -86,7 +88,12 @@ class DMoLE(ContinualMethod):
         arch = read_json(run.carried["allocation"].file("arch.json"))
         experts = expert_model(run.project, adapter, loaded=dict(enumerate(self.trained_before(run.project,
                                                                                                run.task_id), 1)))
-        lora = run.hyper.lora(arch["rank"])
+        expert_type = arch.get("expert_type", "lora")
+        if run.options.expert_type not in (None, expert_type):
+            raise UserError(f"{self.name} trains the experts its allocation sized: {run.carried['allocation']} "
+                            f"allocated {expert_type} experts, not {run.options.expert_type} (re-run `dmole allocate "
+                            f"--task {run.task} --expert-type {run.options.expert_type}{method_flag(self.name)}`)")
+        lora = run.hyper.lora(arch["rank"], expert_type == "dora")
         partners, errors, thresholds = (run.carried[k] for k in ("partners", "errors", "thresholds"))
         routes = [(run.task_id,) + ((p,) if p is not None else ()) for p in partners]
         vote = run.options.train_routing == "batch-vote" and run.task_id > 1
@@ -127,6 +134,19 @@ class DMoLE(ContinualMethod):
                         routes_for=lambda task, samples, options, split="test": sample_routes(
                             project, bank, task, samples, options, split),
                         around=experts_around(experts, adapter), rows=experts.rows)
+
+
+def train_errors(bank, embedded, task: str, samples: list):
+    """The router bank's errors on ``samples`` of ``task`` (training samples, from its ``embed`` artifact)."""
+    from ..dmole.bank import load_embeddings
+
+    ids, matrix, metadata = load_embeddings(embedded, "train")
+    position = {sample_id: i for i, sample_id in enumerate(ids)}
+    missing = [s.id for s in samples if s.id not in position]
+    if missing:
+        raise UserError(f"sample {missing[0]!r} of '{task}' has no cached embedding; re-run "
+                        f"`dmole embed --task {task}`")
+    return bank.errors(matrix[[position[s.id] for s in samples]], metadata)
 
 
 def sample_routes(project, bank, task: str, samples: list, options, split: str = "test"):

@@ -15,11 +15,9 @@ class Finetune(ContinualMethod):
     Hyper = LoraHyper
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer, all_projections, baseline_shape, expert_model
+        from .lora import fresh_trainer
 
-        return LoraTrainer.shaped(run, adapter, expert_model(run.project, adapter),
-                                  baseline_shape(run, adapter, all_projections(adapter)),
-                                  [(run.task_id,)] * len(run.samples))
+        return fresh_trainer(run, adapter)
 
     def eval_tasks(self, project, after: str) -> list[str]:
         self.check_after(project, after)

@@ -29,10 +29,9 @@ class Joint(ContinualMethod):
         return list(project.config.task_names), 1, None
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer, all_projections, baseline_shape, expert_model
+        from .lora import fresh_trainer
 
-        return LoraTrainer.shaped(run, adapter, expert_model(run.project, adapter),
-                                  baseline_shape(run, adapter, all_projections(adapter)), [(1,)] * len(run.samples))
+        return fresh_trainer(run, adapter)  # adapter 1, as training_tasks gives it
 
     def eval_inputs(self, project, after: str) -> list:
         return [self.trained(project, JOINT_TASK)]

@@ -7,7 +7,7 @@ import itertools
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -51,8 +51,10 @@ def expert_folder(version: Version) -> Path:
     return version.path / EXPERT_FOLDER
 
 
-def lora_settings(hyper) -> LoraSettings:
-    return LoraSettings(hyper.rank, hyper.alpha, hyper.dropout)
+def lora_settings(run: TrainRun) -> LoraSettings:
+    """A baseline's adapter settings: its hyperparameters' LoRA, a DoRA under ``--expert-type dora``."""
+    hyper = run.hyper
+    return LoraSettings(hyper.rank, hyper.alpha, hyper.dropout, run.options.expert_type == "dora")
 
 
 def parity_shape(units: Sequence[int], overheads: Sequence[int], budget: int, step: int = 1) -> tuple[int, int]:
@@ -87,16 +89,17 @@ def baseline_shape(run: TrainRun, adapter, modules: Sequence[str], *, step: int 
     """A baseline's adapter: its hyperparameters' LoRA on ``modules`` or, under ``parity``, the rank (a multiple of
     ``step``; alpha scaled to keep alpha / rank) and leading modules (`parity_shape`) whose trainable parameters
     come closest to D-MoLE's for the task without exceeding them (for joint, the mean over the tasks).
-    ``overhead(d_in)`` is what a module costs besides its LoRA (MoELoRA's router)."""
-    lora = lora_settings(run.hyper)
+    ``overhead(d_in)`` is what a module costs besides its LoRA (MoELoRA's router; a DoRA's magnitudes come on top)."""
+    lora = lora_settings(run)
     if not run.hyper.parity:
         return Shape(lora, list(modules))
     counts = [read_json(v.file("arch.json"))["expert_parameters"] for v in parity_allocations(run)]
     budget = sum(counts) // len(counts)
     sizes = {c.name: c for c in adapter.candidates(include_mlp=True)}
     rank, n = parity_shape([sizes[m].d_in + sizes[m].d_out for m in modules],
-                           [overhead(sizes[m].d_in) for m in modules], budget, step)
-    return Shape(LoraSettings(rank, lora.alpha * rank / lora.rank, lora.dropout), list(modules)[:n], budget)
+                           [overhead(sizes[m].d_in) + (sizes[m].d_out if lora.dora else 0) for m in modules],
+                           budget, step)
+    return Shape(replace(lora, rank=rank, alpha=lora.alpha * rank / lora.rank), list(modules)[:n], budget)
 
 
 def expert_model(project, adapter, base: torch.nn.Module | None = None,
@@ -151,7 +154,10 @@ def save_expert(model, name: str, folder: Path, sidecar: dict) -> None:
 
 
 class LoraTrainer(Trainer):
-    """Trains adapter ``run.task_id`` (added on ``modules``) inside ``experts``, each sample routed to ``routes[i]``."""
+    """Trains adapter ``run.task_id`` (added on ``modules``) inside ``experts``, each sample routed to ``routes[i]``;
+    saved as a PEFT folder named ``folder`` in the artifact."""
+
+    folder = EXPERT_FOLDER
 
     def __init__(self, run: TrainRun, adapter, experts: ExpertModel, modules: Sequence[str], lora: LoraSettings,
                  routes: Sequence, *, expected: int | None = None,
@@ -175,9 +181,10 @@ class LoraTrainer(Trainer):
         self.model = experts.model
 
     @classmethod
-    def shaped(cls, run: TrainRun, adapter, experts: ExpertModel, shape: Shape, routes: Sequence) -> LoraTrainer:
+    def shaped(cls, run: TrainRun, adapter, experts: ExpertModel, shape: Shape, routes: Sequence,
+               **extra) -> LoraTrainer:
         return cls(run, adapter, experts, shape.modules, shape.lora, routes, sidecar=shape.summary(),
-                   summary=shape.summary())
+                   summary=shape.summary(), **extra)
 
     @property
     def name(self) -> str:
@@ -206,11 +213,18 @@ class LoraTrainer(Trainer):
     def save(self, writer) -> None:
         sidecar = {"task": self.run.task, "task_id": self.run.task_id, "method": self.run.method,
                    "adapter_name": self.name, "rank": self.lora.rank, "alpha": self.lora.alpha,
-                   "dropout": self.lora.dropout, "target_modules": self.modules,
+                   "dropout": self.lora.dropout, "expert_type": self.lora.expert_type, "target_modules": self.modules,
                    **({"shared_a": self.shared} if self.shared else {}), **self.extra_sidecar}
-        save_expert(self.model, self.name, writer.path(EXPERT_FOLDER), sidecar)
+        save_expert(self.model, self.name, writer.path(self.folder), sidecar)
         if self.record is not None:
             self.record(writer)
+
+
+def fresh_trainer(run: TrainRun, adapter, trainer_class: type[LoraTrainer] = LoraTrainer) -> LoraTrainer:
+    """A fresh adapter on the base, on every projection, each sample routed to it alone (adapter ``run.task_id``)."""
+    return trainer_class.shaped(run, adapter, expert_model(run.project, adapter),
+                                baseline_shape(run, adapter, all_projections(adapter)),
+                                [(run.task_id,)] * len(run.samples))
 
 
 def routed_plan(project, adapter, tasks: list[str], loaded: Mapping[int, Version], route: tuple[int, ...],
@@ -236,13 +250,16 @@ def continued_shape(method, run: TrainRun, adapter, previous: Version | None) ->
     if previous is None:
         return baseline_shape(run, adapter, all_projections(adapter))
     saved = read_json(previous.file(f"{EXPERT_FOLDER}/{SIDECAR}"))
-    lora = lora_settings(run.hyper)
+    lora = lora_settings(run)
+    if saved.get("expert_type", "lora") != lora.expert_type:
+        raise UserError(f"{method.name} continues one adapter, but {previous} is a {saved.get('expert_type', 'lora')}, "
+                        f"not a {lora.expert_type}")
     if run.hyper.parity != ("dmole_parameters" in saved) or (
             not run.hyper.parity and (saved["rank"], saved["alpha"]) != (lora.rank, lora.alpha)):
         raise UserError(f"{method.name} continues one LoRA, but {previous} has rank {saved['rank']} and alpha "
                         f"{saved['alpha']} (parity {'dmole_parameters' in saved}), not {lora.rank} and {lora.alpha} "
                         f"(parity {run.hyper.parity})")
-    return Shape(LoraSettings(saved["rank"], saved["alpha"], lora.dropout), saved["target_modules"],
+    return Shape(replace(lora, rank=saved["rank"], alpha=saved["alpha"]), saved["target_modules"],
                  saved.get("dmole_parameters"))
 
 

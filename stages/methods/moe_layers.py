@@ -95,6 +95,8 @@ class MoELoraTrainer(Trainer):
     modules and rank too, under parity chosen at the first task like every continued LoRA's)."""
 
     def __init__(self, run: TrainRun, adapter, modules: list[str], previous=None):
+        if run.options.expert_type == "dora":
+            raise UserError("moelora trains its own mixture of LoRA experts, not PEFT adapters: it has no DoRA form")
         self.run, self.adapter = run, adapter
         self.model = adapter.model
         if previous is not None:

@@ -15,12 +15,19 @@ class SeqLora(ContinualMethod):
         return self.trained_before(run.project, run.task_id)
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer, all_projections, baseline_shape, expert_model, merged_model
+        from .lora import LoraTrainer
+
+        return self.merged_trainer(run, adapter, LoraTrainer)
+
+    def merged_trainer(self, run: TrainRun, adapter, trainer_class, **extra):
+        """A ``trainer_class`` (a `LoraTrainer`; ``extra``: its own arguments) training a fresh adapter on the base
+        with the earlier tasks' adapters merged in."""
+        from .lora import all_projections, baseline_shape, expert_model, merged_model
 
         shape = baseline_shape(run, adapter, all_projections(adapter))
         base = merged_model(adapter, self.trained_before(run.project, run.task_id))
         experts = expert_model(run.project, adapter, base)
-        return LoraTrainer.shaped(run, adapter, experts, shape, [(run.task_id,)] * len(run.samples))
+        return trainer_class.shaped(run, adapter, experts, shape, [(run.task_id,)] * len(run.samples), **extra)
 
     def evaluation(self, project, after: str, adapter) -> EvalPlan:
         from .lora import merged_model
