@@ -11,7 +11,7 @@ from .dmole.allocation import ScoredModule, allocate as allocate_modules
 from .errors import UserError
 from .methods import get_method
 from .methods.dmole import ALLOCATE_STAGE
-from .options import AllocateOptions, parse_budget, stage_options
+from .options import AllocateOptions, hashed, parse_budget, stage_options
 from .project import Project
 from .runner import StageResult, run_stage
 
@@ -54,7 +54,7 @@ def allocate(project: Project, task_name: str, options: AllocateOptions | dict |
                            expert_type=options.expert_type)
 
     inputs = [scores] + ([previous] if previous else [])
-    return run_stage(project, method.stage(STAGE), task_name, config={"options": options.model_dump()},
+    return run_stage(project, method.stage(STAGE), task_name, config={"options": hashed(options)},
                      inputs=inputs, compute=compute, force=force)
 
 

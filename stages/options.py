@@ -325,9 +325,15 @@ def explicit(given: BaseModel | Mapping | None) -> dict:
 SPEED_ONLY = frozenset({"input_workers"})
 
 
+# options added after artifacts existed, with the values that compute what dmole computed before them: at those
+# values they stay out of the config hash, so an upgrade leaves the earlier artifacts up to date
+NEUTRAL = {"expert_type": ("lora", None)}
+
+
 def hashed(options: BaseModel) -> dict:
     """What of ``options`` goes into a stage's config (and so decides whether it is up to date)."""
-    return options.model_dump(exclude=set(SPEED_ONLY))
+    return {key: value for key, value in options.model_dump(exclude=set(SPEED_ONLY)).items()
+            if value not in NEUTRAL.get(key, ())}
 
 
 def stage_options(config: WorkspaceConfig, stage: str, given: BaseModel | Mapping | None = None) -> BaseModel:

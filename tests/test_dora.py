@@ -200,3 +200,14 @@ def test_a_dora_expert_on_a_fused_qkv_group_shares_a_and_is_pefts_dora_on_each_m
     with torch.no_grad():
         theirs = alone(**inputs).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_the_expert_type_enters_a_config_hash_only_where_it_changes_what_is_computed():
+    from stages.options import AllocateOptions, TrainTaskOptions, hashed
+
+    for model in (AllocateOptions, TrainTaskOptions):
+        # what these stages hashed before the option existed: the same workspace stays up to date after an upgrade
+        before = {k: v for k, v in model().model_dump().items() if k not in ("expert_type", "input_workers")}
+        assert hashed(model()) == before
+        assert hashed(model(expert_type="dora"))["expert_type"] == "dora"
+    assert "expert_type" not in hashed(TrainTaskOptions(expert_type="lora"))
