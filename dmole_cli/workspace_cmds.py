@@ -143,7 +143,7 @@ def report(
     """Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / all), BWT, FWT,
     and report.md with figures: expert allocation, expert activation, zero-cost sensitivity, RoE skipping."""
     from artifacts.io import read_json
-    from stages.report import export, figure_names, report as run
+    from stages.report import COSTS, export, figure_names, report as run
 
     from .reporting import print_method_table, print_report_files
 
@@ -152,7 +152,8 @@ def report(
         export(result.version, out)
     folder, figures = out or result.version.path, figure_names(result.version)
     if json_output:
-        print(json.dumps({**read_json(result.version.file("cl_metrics.json")), "report": str(folder / "report.md"),
+        print(json.dumps({**read_json(result.version.file("cl_metrics.json")),
+                          "cost": read_json(result.version.file(COSTS)), "report": str(folder / "report.md"),
                           "figures": [str(folder / name) for name in figures]}, indent=2))
         return
     if not quiet:

@@ -31,6 +31,7 @@ STAGE = "report"
 REPORT_TASK = "all"
 METRIC_KEYS = ("last", "avg_seen", "avg_all", "bwt", "fwt")
 FIGURE_DATA = "figures.json"  # the data behind every figure, keyed by its PNG's name
+COSTS = "cost.json"  # each method's training time and peak memory
 
 
 def version_scores(version: Version) -> dict[str, float]:
@@ -68,12 +69,21 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
                                 "hyper": project.config.methods.get(method.name, {})}
         if method.routes:
             methods[method.name]["second_experts"] = second_experts(project, versions[-1])
-        cost, trained = training_cost(project, method)
-        methods[method.name].update(cost)
-        used += [v for v in versions + trained if v not in used]
+        used += [v for v in versions if v not in used]
     if not methods:
         raise UserError("nothing to report yet: run `dmole eval --zero-shot` and `dmole eval --after <task>`")
     return {"tasks": project.config.task_names, "methods": methods}, used
+
+
+def training_costs(project: Project, methods: list[str]) -> tuple[dict, list[Version]]:
+    """Per method, its training time and peak memory (`training_cost`), and the train-task runs they came from.
+    Kept apart from the results (`cost.json`, not report.md): they measure the machine, so two runs that compute
+    the same numbers still differ here."""
+    costs, used = {}, []
+    for name in methods:
+        costs[name], trained = training_cost(project, REGISTRY[name])
+        used += trained
+    return costs, used
 
 
 def training_cost(project: Project, method) -> tuple[dict, list[Version]]:
@@ -145,7 +155,8 @@ def report(project: Project, *, force: bool = False) -> StageResult:
     """The continual matrices and metrics, and report.md with one PNG figure and one table per section."""
     result, used = collect(project)
     found, inputs = sections(project, result)
-    used += [v for v in inputs if v not in used]
+    costs, trained = training_costs(project, list(result["methods"]))
+    used += [v for v in inputs + trained if v not in used]
 
     def compute(writer: Writer) -> None:
         rows = [(method, t, task, value) for method, values in result["methods"].items()
@@ -154,6 +165,7 @@ def report(project: Project, *, force: bool = False) -> StageResult:
             "method": [r[0] for r in rows], "stage": [r[1] for r in rows], "task": [r[2] for r in rows],
             "score": [r[3] for r in rows]})
         write_json(writer.path("cl_metrics.json"), result)
+        write_json(writer.path(COSTS), costs)
         write_json(writer.path(FIGURE_DATA), {module.NAME: data for module, data in found})
         for module, data in found:
             module.plot(data, writer.path(module.NAME))

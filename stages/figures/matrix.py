@@ -23,24 +23,23 @@ def protocol(hyper: dict) -> str:
     return ", ".join(f"{key}={value}" for key, value in sorted(hyper.items())) or "sourced defaults"
 
 
-def table2_rows(result: dict) -> tuple[list[str], list[list[str]]]:
-    """The paper's Table 2 layout: per method, each task's score after the last stage, then AVG, Last and BWT, its
-    training time (every train-task run's, summed) and peak memory (the highest), and the hyperparameters the row
-    ran with."""
-    header = ["method", *result["tasks"], "AVG", "Last", "BWT", "train time", "peak memory", "hyperparameters"]
+def table2_rows(result: dict, costs: dict | None = None) -> tuple[list[str], list[list[str]]]:
+    """The paper's Table 2 layout: per method, each task's score after the last stage, then AVG, Last and BWT, and
+    the hyperparameters the row ran with; with ``costs`` (the report's cost.json), also each method's training
+    time (every train-task run's, summed) and peak memory (the highest)."""
+    header = ["method", *result["tasks"], "AVG", "Last", "BWT", *(("train time", "peak memory") if costs else ()),
+              "hyperparameters"]
     rows = [[method, *(fmt(v) for v in values["per_task"]["last"]), fmt(values["avg_seen"]), fmt(values["last"]),
-             fmt(values["bwt"]), _seconds(values.get("train_seconds")), _memory(values.get("peak_memory")),
-             protocol(values["hyper"])] for method, values in result["methods"].items()]
+             fmt(values["bwt"]), *(_cost(costs[method]) if costs else ()), protocol(values["hyper"])]
+            for method, values in result["methods"].items()]
     return header, rows
 
 
-def _seconds(seconds: float | None) -> str:
-    return "—" if seconds is None else f"{seconds:.0f} s"
-
-
-def _memory(peak: dict | None) -> str:
-    """In MiB, with where it was measured: the accelerator (GPU) or the process's resident set (RSS)."""
-    return "—" if peak is None else f"{peak['bytes'] / 2**20:.0f} MiB {peak['kind'].upper()}"
+def _cost(cost: dict) -> tuple[str, str]:
+    """Seconds, and MiB with where the peak was measured: the accelerator (GPU) or the process's resident set."""
+    seconds, peak = cost["train_seconds"], cost["peak_memory"]
+    return ("—" if seconds is None else f"{seconds:.0f} s",
+            "—" if peak is None else f"{peak['bytes'] / 2**20:.0f} MiB {peak['kind'].upper()}")
 
 
 def table(result: dict) -> list[str]:
