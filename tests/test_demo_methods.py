@@ -25,6 +25,7 @@ def test_methods_are_named_one_by_one_or_by_group():
         demo_methods("recent,sefe")
 
 
+@pytest.mark.slow  # 60-90 s; each method's own test covers its training and evaluation
 def test_the_demo_pipeline_runs_the_recent_methods_into_one_report(micro_bench, tmp_path):
     root = tmp_path / "ws"
     create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data",

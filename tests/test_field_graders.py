@@ -34,6 +34,7 @@ PREDICTIONS = [
 
 
 # ------------------------------------------------------------------ MCITlib's caption average, against COCOEvalCap
+@pytest.mark.slow  # 40 s: COCOEvalCap runs the METEOR jar; bench/field_graders_agreement.py measures it too
 @needs_java
 def test_mcitlib_caption_equals_cocoevalcap_as_eval_caption_runs_it(tmp_path, monkeypatch):
     pycocotools_coco = pytest.importorskip("pycocotools.coco", reason="pycocotools (the dev extra) is not installed")

@@ -23,8 +23,8 @@ HPARAMS = {"replay": {"replay": 2}, "dmole-replay": {"replay": 2}, "keeplora": {
            "reglora": {}, "hide": {}}
 
 
-# LLaVA, InternVL and Qwen2-VL in every run; the other families (about 20 s each) with the slow tests
-CORE = ("llava", "internvl", "qwen2vl")
+# LLaVA in every run; the other families (InternVL and Qwen2-VL among them, about 20 s each) with the slow tests
+CORE = ("llava",)
 
 
 @pytest.mark.parametrize("family", [f if f in CORE else pytest.param(f, marks=pytest.mark.slow) for f in MODEL_TYPES])
