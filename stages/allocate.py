@@ -10,12 +10,12 @@ from artifacts.io import read_json, read_parquet, write_json
 from .dmole.allocation import ScoredModule, allocate as allocate_modules
 from .errors import UserError
 from .methods import get_method
-from .methods.dmole import ALLOCATE_STAGE
-from .options import AllocateOptions, parse_budget, stage_options
+from .options import AllocateOptions, parse_budget
 from .project import Project
+from .registry import ALLOCATE, ZC_SCORE
+from .resolve import stage_options
 from .runner import StageResult, run_stage
 
-STAGE = ALLOCATE_STAGE
 
 
 def load_scores(version: Version) -> list[ScoredModule]:
@@ -26,13 +26,13 @@ def load_scores(version: Version) -> list[ScoredModule]:
 def allocate(project: Project, task_name: str, options: AllocateOptions | dict | None = None, *,
              force: bool = False) -> StageResult:
     """Allocate ``task_name``'s experts; ``options`` (what the caller sets) go over the workspace's defaults."""
-    options = stage_options(project.config, STAGE, options)
+    options = stage_options(project.config, ALLOCATE.name, options)
     method = get_method(options.method or project.config.method)
     if not method.allocates:
         raise UserError(f"{method.name} allocates no experts: allocate is for dmole and its ablations")
     options = options.model_copy(update={"method": method.name})
     task_id = project.config.task_index(task_name)
-    scores = project.store.require("zc-score", task_name, hint=f"dmole zc-score --task {task_name}")
+    scores = project.store.require(ZC_SCORE.name, task_name, hint=f"dmole zc-score --task {task_name}")
     # allocating out of order is an error: the task before must be allocated
     previous = method.allocation(project, project.config.task_names[task_id - 2]) if task_id > 1 else None
     fraction, parameters = parse_budget(options.budget)
@@ -52,18 +52,18 @@ def allocate(project: Project, task_name: str, options: AllocateOptions | dict |
                            expert_parameters=result.expert_parameters, rule=rule)
 
     inputs = [scores] + ([previous] if previous else [])
-    return run_stage(project, method.stage(STAGE), task_name, config={"options": options.model_dump()},
+    return run_stage(project, method.stage(ALLOCATE.name), task_name, config={"options": options.model_dump()},
                      inputs=inputs, compute=compute, force=force)
 
 
 def allocation_table(project: Project) -> dict:
     """Per tower, layer -> task -> module kinds holding that task's expert (the architecture's evolution)."""
-    tasks = [t for t in project.config.task_names if project.store.latest(STAGE, t)]
+    tasks = [t for t in project.config.task_names if project.store.latest(ALLOCATE.name, t)]
     if not tasks:
         raise UserError("no allocation yet: run `dmole allocate --task <first task>`")
-    last = read_json(project.store.latest(STAGE, tasks[-1]).file("arch.json"))["cumulative"]
+    last = read_json(project.store.latest(ALLOCATE.name, tasks[-1]).file("arch.json"))["cumulative"]
     kinds = {r["module"]: (r["tower"], r["layer"], r["kind"])
-             for r in read_parquet(project.store.require("zc-score", tasks[-1]).file("scores.parquet")).to_pylist()}
+             for r in read_parquet(project.store.require(ZC_SCORE.name, tasks[-1]).file("scores.parquet")).to_pylist()}
     towers: dict[str, dict[int, dict[str, list[str]]]] = {}
     for module, task_ids in last.items():
         tower, layer, kind = kinds[module]

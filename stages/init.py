@@ -8,6 +8,7 @@ from pathlib import Path
 from .config import ConfigError, TaskSpec, WorkspaceConfig, parse_model
 from .data.registry import REGISTRY_FILE, read_registry
 from .project import write_workspace
+from .resolve import check_workspace
 
 
 def check_model_folder(model: Path) -> str:
@@ -78,11 +79,11 @@ def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[st
     specs = (_benchmark_tasks(benchmark, data, tasks) if benchmark is not None
              else select_tasks(read_registry(registry or data / REGISTRY_FILE), tasks))
     workspace.mkdir(parents=True, exist_ok=True)
-    config = parse_model(WorkspaceConfig, {
+    config = check_workspace(parse_model(WorkspaceConfig, {
         "model": _portable(model, workspace), "data": _portable(data, workspace),
         "tasks": [spec.model_dump(exclude_defaults=True) for spec in specs],
         "method": method, "seed": seed, "max_tiles": max_tiles,
         "image_aspect_ratio": image_aspect_ratio, "profile": profile, "stages": stages or {},
-        "methods": methods or {}}, source="workspace")
+        "methods": methods or {}}, source="workspace"), source="workspace")
     write_workspace(workspace, config)
     return config

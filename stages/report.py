@@ -20,13 +20,13 @@ from artifacts.io import read_json, read_parquet, write_json, write_parquet
 from .errors import UserError
 from .figures import activation, allocation, matrix, roe_skips, roe_sweep, sensitivity, thresholds
 from .methods import REGISTRY
-from .methods.base import EVAL_STAGE as EVAL, ZERO_SHOT
+from .methods.base import ZERO_SHOT
 from .figures.markdown import fmt, table as md_table
 from .metrics.continual import continual_metrics
 from .project import Project
+from .registry import EVAL, REPORT
 from .runner import StageResult, run_stage
 
-STAGE = "report"
 REPORT_TASK = "all"
 METRIC_KEYS = ("last", "avg_seen", "avg_all", "bwt", "fwt")
 FIGURE_DATA = "figures.json"  # the data behind every figure, keyed by its PNG's name
@@ -40,9 +40,9 @@ def version_scores(version: Version) -> dict[str, float]:
 def method_matrix(project: Project, method) -> tuple[list[list[float | None]], list[Version]] | None:
     """R for ``method`` (None if it has no evaluation yet) and the evaluations it was read from."""
     names = project.config.task_names
-    zero = project.store.latest(EVAL, ZERO_SHOT)
+    zero = project.store.latest(EVAL.name, ZERO_SHOT)
     zero_scores = version_scores(zero) if zero else {}
-    stage = method.stage(EVAL)
+    stage = method.stage(EVAL.name)
     found = {after: project.store.latest(stage, after) for after in method.stages_after(project)}
     found = {after: version for after, version in found.items() if version is not None}
     rows = {after: [version_scores(version).get(n) for n in names] for after, version in found.items()}
@@ -144,7 +144,7 @@ def report(project: Project, *, force: bool = False) -> StageResult:
         writer.meta["warnings"] = list(dict.fromkeys(w for v in result["methods"].values() for w in v["warnings"]))
 
     config = {"methods": sorted(result["methods"]), "figures": [module.NAME for module, _ in found]}
-    return run_stage(project, STAGE, REPORT_TASK, config=config, inputs=used, compute=compute, force=force)
+    return run_stage(project, REPORT.name, REPORT_TASK, config=config, inputs=used, compute=compute, force=force)
 
 
 def figure_names(version: Version) -> list[str]:

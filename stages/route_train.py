@@ -18,15 +18,16 @@ from artifacts.io import write_json, write_parquet
 
 from .data.tasks import load_train_samples, task_files
 from .errors import UserError
-from .options import RouteTrainOptions, hashed, stage_options
+from .options import RouteTrainOptions, hashed
 from .progress import Progress, silent
 from .project import Project
-from .roe.evaluation import (CONFIG, TASK, TRAIN_STAGE, WEIGHTS, base_hash, build_report, continual_hash,
+from .registry import ROUTE_TRAIN
+from .resolve import stage_options
+from .roe.evaluation import (CONFIG, TASK, WEIGHTS, base_hash, build_report, continual_hash,
                              continual_matrix, eval_sets, evaluate_dense, evaluate_routed, write_results)
 from .roe.continual import BASE, continual_inputs, trained_on
 from .runner import StageResult, checkpoint_dir, fingerprint, model_fingerprint, run_stage
 
-STAGE = TRAIN_STAGE
 LOG = "train_log.parquet"
 
 
@@ -55,7 +56,7 @@ def _resolved(project: Project, options: RouteTrainOptions) -> tuple[RouteTrainO
 
 def route_train(project: Project, options: RouteTrainOptions | dict | None = None, *, force: bool = False,
                 progress: Progress = silent) -> StageResult:
-    options, after = _resolved(project, stage_options(project.config, STAGE, options))
+    options, after = _resolved(project, stage_options(project.config, ROUTE_TRAIN.name, options))
     seed = project.config.seed
     names = project.config.task_names
     tasks = project.config.tasks if after is None else project.config.tasks[:names.index(after) + 1]
@@ -81,7 +82,7 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
 
         loop = loop_settings(options, seed)
         # resume checkpoints: the dense twin's and RoE's runs, and the twin's scores once it is done
-        ckpt = checkpoint_dir(project, STAGE, TASK, config)
+        ckpt = checkpoint_dir(project, ROUTE_TRAIN.name, TASK, config)
         adapter, lora = load_for_training(project, options)
         continual = load_continual(project, adapter, after) if after is not None else None
         around = None
@@ -118,7 +119,7 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
             # With no routing plan active every layer executes: spec §6.2's forced-execute run.
             scores["forced"] = evaluate_dense(adapter, sets, options.eval_batch_size, progress, label="forced-execute")
         scores["roe"], rows = evaluate_routed(adapter, attachment, sets, options.eval_batch_size, options.batch_rule,
-                                              run_id=f"{STAGE}-{config_hash(config)[:12]}", progress=progress,
+                                              run_id=f"{ROUTE_TRAIN.name}-{config_hash(config)[:12]}", progress=progress,
                                               continual=continual)
         write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=options.skip_ratio,
                                                  batch_rule=options.batch_rule, reference=reference,
@@ -129,4 +130,4 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
                            sharding=result.sharding)
         shutil.rmtree(ckpt, ignore_errors=True)
 
-    return run_stage(project, STAGE, TASK, config=config, inputs=inputs, compute=compute, force=force)
+    return run_stage(project, ROUTE_TRAIN.name, TASK, config=config, inputs=inputs, compute=compute, force=force)

@@ -17,14 +17,15 @@ from .data.tasks import load_train_samples
 from .distributed import launched, parameter_sharding
 from .errors import UserError
 from .methods import get_method
-from .methods.base import TRAIN_STAGE, ContinualMethod, TrainRun, parity_allocations
-from .options import TrainTaskOptions, hashed, stage_options
+from .methods.base import ContinualMethod, TrainRun, parity_allocations
+from .options import TrainTaskOptions, hashed
 from .progress import Progress, silent
 from .project import Project
+from .registry import TRAIN_TASK
+from .resolve import stage_options
 from .runner import StageResult, checkpoint_dir, run_stage, source_fingerprint
 from .training.trackers import check_available, open_loggers
 
-STAGE = TRAIN_STAGE
 
 
 def task_epochs(options: TrainTaskOptions, task: TaskSpec | None) -> float:
@@ -103,7 +104,7 @@ def step_loss(run: TrainRun, trainer, adapter):
 def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict | None = None
               ) -> tuple[ContinualMethod, TrainRun, list[str]]:
     """The method, the run it is asked to train (options resolved) and the tasks whose data it learns."""
-    options = stage_options(project.config, STAGE, options)
+    options = stage_options(project.config, TRAIN_TASK.name, options)
     method = get_method(options.method or project.config.method)
     options = options.model_copy(update={"method": method.name})  # the same run hashes the same, however named
     names, task_id, spec = method.training_tasks(project, task_name)
@@ -111,7 +112,7 @@ def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict
         options = options.model_copy(update={"vote_size": spec.vote_size})  # the registry's, hashed as resolved
     samples, counts = _samples(project, names, options, union=spec is None)
     return method, TrainRun(project, method.name, task_name, task_id, spec, samples, options,
-                            method_hyper(project, method, options), method.stage(STAGE),
+                            method_hyper(project, method, options), method.stage(TRAIN_TASK.name),
                             union=counts if spec is None else None), names
 
 

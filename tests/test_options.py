@@ -12,13 +12,10 @@ from typer.testing import CliRunner
 from artifacts.io import read_json
 from dmole_cli.app import app
 from stages.config import ConfigError
-from stages.options import STAGE_OPTIONS
 from stages.project import Project
+from stages.registry import STAGES, with_options
 
 runner = CliRunner()
-COMMANDS = {"embed": ["embed"], "fit-router": ["fit-router"], "zc-score": ["zc-score"], "allocate": ["allocate"],
-            "train-task": ["train-task"], "eval": ["eval"], "route-train": ["route-train"],
-            "roe-sweep": ["route-sweep"]}
 
 
 def dmole(project: Project, *args: str):
@@ -30,13 +27,20 @@ def edit_workspace(project: Project, **sections) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **sections}))
 
 
-@pytest.mark.parametrize("stage", sorted(COMMANDS))
+@pytest.mark.parametrize("stage", sorted(with_options()))
 def test_every_option_of_a_stage_is_a_flag_of_its_command(stage):
-    text = runner.invoke(app, [*COMMANDS[stage], "--help"], env={"COLUMNS": "250"}).output
-    flags = {"start": "--from", "hparams": "--hparam", "skip_ratios": "--target", "seeds": "--seed",
-             "baselines": "--baseline"}
-    for name in STAGE_OPTIONS[stage].model_fields:
+    declared = STAGES[stage]
+    text = runner.invoke(app, [*declared.command_line, "--help"], env={"COLUMNS": "250"}).output
+    flags = {"hparams": "--hparam", **declared.flags}
+    for name in declared.options.model_fields:
         assert flags.get(name, "--" + name.replace("_", "-")) in text, (stage, name)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_takes_quiet(stage):
+    """A shell loop can write -q on every stage's command."""
+    text = runner.invoke(app, [*STAGES[stage].command_line[:1], "--help"], env={"COLUMNS": "250"}).output
+    assert "--quiet" in text and "-q" in text, stage
 
 
 def test_allocating_at_rank_4_trains_rank_4_experts_at_scale_2(make_project):

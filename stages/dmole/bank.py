@@ -10,10 +10,8 @@ from artifacts import Version
 from artifacts.io import read_json, read_parquet, table_metadata, table_to_numpy
 
 from ..errors import UserError
+from ..registry import EMBED, FIT_ROUTER
 from .router import Autoencoder, reconstruction_errors
-
-ROUTER_STAGE = "fit-router"
-EMBED_STAGE = "embed"
 
 
 def load_embeddings(version: Version, split: str) -> tuple[list[str], np.ndarray, dict[str, str]]:
@@ -22,7 +20,7 @@ def load_embeddings(version: Version, split: str) -> tuple[list[str], np.ndarray
 
 
 def require_embeddings(project, task: str) -> Version:
-    return project.store.require(EMBED_STAGE, task, hint=f"dmole embed --task {task}")
+    return project.store.require(EMBED.name, task, hint=EMBED.hint(task))
 
 
 @dataclass
@@ -57,7 +55,7 @@ def load_router(version: Version) -> tuple[Autoencoder, dict]:
 
 
 def router_versions(project, tasks: list[str]) -> list[Version]:
-    return [project.store.require(ROUTER_STAGE, t, hint=f"dmole fit-router --task {t}") for t in tasks]
+    return [project.store.require(FIT_ROUTER.name, t, hint=FIT_ROUTER.hint(t)) for t in tasks]
 
 
 def load_bank(project, tasks: list[str]) -> RouterBank:

@@ -12,7 +12,8 @@ from artifacts import Version
 from artifacts.io import read_json, read_parquet
 
 from ..project import Project
-from ..roe.evaluation import CONFIG, DECISIONS, TASK, TRAIN_STAGE, evaluated_by
+from ..registry import ROUTE_TRAIN
+from ..roe.evaluation import CONFIG, DECISIONS, TASK, evaluated_by
 from .markdown import fmt, image, table as md_table
 from .style import FONT, new_figure, save
 
@@ -21,7 +22,7 @@ COLUMNS = ["layer", "routable", "applied_skip", "benchmark", "example_id"]
 
 
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
-    trained = project.store.latest(TRAIN_STAGE, TASK)
+    trained = project.store.latest(ROUTE_TRAIN.name, TASK)
     if trained is None:
         return None
     source = evaluated_by(project, trained)

@@ -10,7 +10,7 @@ from artifacts import Version
 from artifacts.io import read_parquet
 
 from ..project import Project
-from ..zc_score import STAGE as ZC_SCORE
+from ..registry import ZC_SCORE
 from .allocation import TOWER_TITLES
 from .markdown import fmt, image, table as md_table
 from .style import FONT, colorbar, compact, heatmap, new_figure, save
@@ -27,7 +27,7 @@ def layer_scores(version: Version) -> dict[str, dict[int, float]]:
 
 
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
-    found = [(t, v) for t in project.config.task_names if (v := project.store.latest(ZC_SCORE, t))]
+    found = [(t, v) for t in project.config.task_names if (v := project.store.latest(ZC_SCORE.name, t))]
     if not found:
         return None
     per_task = [layer_scores(v) for _, v in found]

@@ -14,9 +14,9 @@ from artifacts.io import read_json, write_parquet
 from ..config import Strict
 from ..dmole.allocation import RULES
 from ..errors import UserError
+from ..registry import ALLOCATE, EMBED
 from .base import ContinualMethod, EvalPlan, TrainRun, method_flag
 
-ALLOCATE_STAGE = "allocate"
 
 
 class DMoLEHyper(Strict):
@@ -51,12 +51,12 @@ class DMoLE(ContinualMethod):
         return [cls(rule) for rule in RULES]
 
     def allocation(self, project, task: str):
-        return project.store.require(self.stage(ALLOCATE_STAGE), task,
-                                     hint=f"dmole allocate --task {task}{method_flag(self.name)}")
+        return project.store.require(self.stage(ALLOCATE.name), task,
+                                     hint=ALLOCATE.hint(task) + method_flag(self.name))
 
     # ---- training ------------------------------------------------------------------------------------------
     def carried(self, run: TrainRun) -> list:
-        from ..dmole.bank import load_bank, load_embeddings, require_embeddings
+        from ..dmole.bank import load_bank, load_embeddings, require_embeddings, router_versions
         from ..dmole.routing import training_partner
 
         allocation = self.allocation(run.project, run.task)
@@ -71,13 +71,12 @@ class DMoLE(ContinualMethod):
         missing = [s.id for s in run.samples if s.id not in position]
         if missing:
             raise UserError(f"sample {missing[0]!r} of '{run.task}' has no cached embedding; re-run "
-                            f"`dmole embed --task {run.task}`")
+                            f"`{EMBED.hint(run.task)}`")
         bank = load_bank(run.project, past)
         errors = bank.errors(matrix[[position[s.id] for s in run.samples]], metadata)
         run.carried.update(partners=training_partner(errors, bank.thresholds), errors=errors,
                            thresholds=bank.thresholds)
-        routers = [run.project.store.require("fit-router", name) for name in past]
-        return [allocation, embedded, *routers, *previous]
+        return [allocation, embedded, *router_versions(run.project, past), *previous]
 
     def trainer(self, run: TrainRun, adapter):
         from ..dmole.routing import grouped_partner_votes
@@ -110,11 +109,12 @@ class DMoLE(ContinualMethod):
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def eval_inputs(self, project, after: str) -> list:
+        from ..dmole.bank import require_embeddings, router_versions
+
         index = project.config.task_index(after)
         names = project.config.task_names
-        return (self.trained_before(project, index + 1)
-                + [project.store.require("fit-router", n, hint=f"dmole fit-router --task {n}") for n in names[:index]]
-                + [project.store.require("embed", n, hint=f"dmole embed --task {n}") for n in names])
+        return (self.trained_before(project, index + 1) + router_versions(project, names[:index])
+                + [require_embeddings(project, n) for n in names])
 
     def evaluation(self, project, after: str, adapter) -> EvalPlan:
         from ..dmole.bank import load_bank
