@@ -147,5 +147,5 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
                                                                           if r["scale"] == scale])), 3)
                             for scale in scales})
 
-    return run_stage(project, method.stage(THRESHOLD_SWEEP.name), after, config=config, inputs=method.eval_inputs(project, after),
-                     compute=compute, force=force)
+    return run_stage(project, method.stage(THRESHOLD_SWEEP.name), after, config=config,
+                     inputs=method.eval_inputs(project, after), compute=compute, force=force)

@@ -85,7 +85,8 @@ def _router_record(project: Project, described: dict) -> dict:
     """τ, its quantile q and the quantile table of the router's in-task training errors."""
     from artifacts.io import read_json
 
-    record = read_json(project.store.version(FIT_ROUTER.name, described["task"], described["version"]).file("router.json"))
+    version = project.store.version(FIT_ROUTER.name, described["task"], described["version"])
+    record = read_json(version.file("router.json"))
     return {"quantile": record["quantile"], "threshold": record["threshold"], **record["quantiles"]}
 
 

@@ -119,8 +119,8 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
             # With no routing plan active every layer executes: spec §6.2's forced-execute run.
             scores["forced"] = evaluate_dense(adapter, sets, options.eval_batch_size, progress, label="forced-execute")
         scores["roe"], rows = evaluate_routed(adapter, attachment, sets, options.eval_batch_size, options.batch_rule,
-                                              run_id=f"{ROUTE_TRAIN.name}-{config_hash(config)[:12]}", progress=progress,
-                                              continual=continual)
+                                              run_id=f"{ROUTE_TRAIN.name}-{config_hash(config)[:12]}",
+                                              progress=progress, continual=continual)
         write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=options.skip_ratio,
                                                  batch_rule=options.batch_rule, reference=reference,
                                                  continual=continual_matrix(project, after)))

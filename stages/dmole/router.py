@@ -96,7 +96,7 @@ def flat_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
 
 @one_thread()
 def fit_router(embeddings: np.ndarray, settings: FitRouterOptions = FitRouterOptions(),
-               progress: Progress = silent, description: str = "fit-router") -> FittedRouter:
+               progress: Progress = silent, description: str = "autoencoder") -> FittedRouter:
     """Train on one task's embeddings; stop after ``patience`` epochs without a new best epoch-mean loss."""
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)

@@ -9,8 +9,9 @@ from pathlib import Path
 from artifacts import Version
 from artifacts.io import read_parquet
 
-from ..evaluation.names import SWEEP, SWEEP_TABLE
+from ..evaluation.names import SWEEP_TABLE
 from ..project import Project
+from ..registry import THRESHOLD_SWEEP
 from .markdown import fmt, image, table as md_table
 from .style import FONT, new_figure, save
 
@@ -18,7 +19,8 @@ NAME = "thresholds.png"
 
 
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
-    found = [v for v in (project.store.latest(SWEEP, t) for t in project.config.task_names) if v is not None]
+    latest = (project.store.latest(THRESHOLD_SWEEP.name, t) for t in project.config.task_names)
+    found = [v for v in latest if v is not None]
     if not found:
         return None
     version = max(found, key=lambda v: project.config.task_index(v.task))  # the latest stage swept
