@@ -144,6 +144,14 @@ class TrainTaskOptions(_MethodChoice):
     seed: Seed = Field(default=42, description="seed of the adapter initialisation and the data order")
     input_workers: InputWorkers = None
 
+    def epochs_for(self, task: TaskSpec | None) -> float:
+        """The epochs of ``task``: these options', else its registry value, else 1."""
+        return self.epochs or (task.epochs if task and task.epochs else 1.0)
+
+    def batch_for(self, task: TaskSpec | None) -> int:
+        """The global batch of ``task``: these options', else its registry value, else 8."""
+        return self.batch_size or (task.batch_size if task and task.batch_size else 8)
+
 
 DEFAULT_EVAL_BATCH_SIZE = 8
 

@@ -7,6 +7,7 @@ stage resolves the options, records the inputs, and runs the one training loop (
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 
 from artifacts import Writer
 from artifacts.io import write_parquet
@@ -28,14 +29,6 @@ from .training.trackers import check_available, open_loggers
 
 
 
-def task_epochs(options: TrainTaskOptions, task: TaskSpec | None) -> float:
-    return options.epochs or (task.epochs if task and task.epochs else 1.0)
-
-
-def task_batch(options: TrainTaskOptions, task: TaskSpec | None) -> int:
-    return options.batch_size or (task.batch_size if task and task.batch_size else 8)
-
-
 def loop_settings(options: TrainTaskOptions, task: TaskSpec | None,
                   union: dict[str, tuple[TaskSpec, int]] | None = None):
     """The loop's settings for ``task``. A run on the union of tasks (joint; ``union``: task -> its spec and how many
@@ -43,13 +36,11 @@ def loop_settings(options: TrainTaskOptions, task: TaskSpec | None,
     of the task with the most samples in it."""
     from .training.loop import LoopSettings
 
-    epochs, batch = task_epochs(options, task), task_batch(options, task)
+    epochs, batch = options.epochs_for(task), options.batch_for(task)
     if union:
-        epochs, batch = 1.0, task_batch(options, max(union.values(), key=lambda entry: entry[1])[0])
-    return LoopSettings(epochs=epochs, batch_size=batch, lr=options.lr, weight_decay=options.weight_decay,
-                        warmup_ratio=options.warmup_ratio, clip=options.clip, seed=options.seed,
-                        checkpoint_every=options.checkpoint_every, precision=options.precision,
-                        grad_accum=options.grad_accum, group_by_length=options.group_by_length)
+        epochs, batch = 1.0, options.batch_for(max(union.values(), key=lambda entry: entry[1])[0])
+    shared = {f.name for f in fields(LoopSettings)} & set(TrainTaskOptions.model_fields) - {"epochs", "batch_size"}
+    return LoopSettings(epochs=epochs, batch_size=batch, **options.model_dump(include=shared))
 
 
 def method_hyper(project: Project, method, options: TrainTaskOptions):
@@ -73,7 +64,7 @@ def _samples(project: Project, task_names: list[str], options: TrainTaskOptions,
         spec = project.config.task(name)
         loaded = load_train_samples(project.data_root, spec) * spec.repeat
         if union:
-            loaded = repeated(loaded, task_epochs(options, spec))
+            loaded = repeated(loaded, options.epochs_for(spec))
         samples += loaded
         counts[name] = (spec, len(loaded))
     return samples, counts

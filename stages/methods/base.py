@@ -94,7 +94,9 @@ class Trainer:
     """What train-task trains: built by a method inside the stage, with the base model loaded.
 
     The loop calls, per micro-batch: `before` (no gradient, e.g. a teacher's outputs), then the forward under
-    `route` (held through backward), then `extra_losses` on the outputs; after the last step, `save`.
+    `route` (held through backward), then `extra_losses` on the outputs; after the last step, `save`. A method
+    changes them by overriding them in its trainer's class (`lora_trainer.LoraTrainer` for most), never by setting
+    them on a trainer from outside.
     """
 
     model: torch.nn.Module

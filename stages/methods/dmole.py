@@ -16,6 +16,7 @@ from ..dmole.allocation import RULES
 from ..errors import UserError
 from ..registry import ALLOCATE, EMBED
 from .base import ContinualMethod, EvalPlan, TrainRun, method_flag
+from .lora_trainer import LoraTrainer
 
 
 
@@ -33,6 +34,27 @@ class DMoLEHyper(Strict):
         from ..dmole.experts import LoraSettings
 
         return LoraSettings(rank, self.alpha if self.alpha is not None else 2 * rank, self.dropout)
+
+
+class DMoLETrainer(LoraTrainer):
+    """Task t's expert, each sample routed with its training partner (under batch-vote, with its group's vote), and
+    the routing it trained under recorded beside it."""
+
+    def batch_routes(self, indices: list[int]) -> list:
+        run = self.run
+        if run.options.train_routing != "batch-vote" or run.task_id == 1:
+            return super().batch_routes(indices)
+        from ..dmole.routing import grouped_partner_votes
+
+        votes = grouped_partner_votes(run.carried["errors"][indices], run.carried["thresholds"], run.options.vote_size)
+        return [(run.task_id,) + ((p,) if p else ()) for p in votes]
+
+    def record(self, writer) -> None:
+        samples, partners, errors = self.run.samples, self.run.carried["partners"], self.run.carried["errors"]
+        write_parquet(writer.path("routing_train.parquet"), {
+            "sample_id": [s.id for s in samples], "past_task": partners,
+            "errors": [list(map(float, row)) for row in errors] if errors is not None else [[] for _ in samples]})
+        writer.meta["samples_with_past_expert"] = sum(p is not None for p in partners)
 
 
 class DMoLE(ContinualMethod):
@@ -79,33 +101,15 @@ class DMoLE(ContinualMethod):
         return [allocation, embedded, *router_versions(run.project, past), *previous]
 
     def trainer(self, run: TrainRun, adapter):
-        from ..dmole.routing import grouped_partner_votes
-        from .lora import LoraTrainer, expert_model
+        from .lora import expert_model
 
         arch = read_json(run.carried["allocation"].file("arch.json"))
         experts = expert_model(run.project, adapter, loaded=dict(enumerate(self.trained_before(run.project,
                                                                                                run.task_id), 1)))
-        lora = run.hyper.lora(arch["rank"])
-        partners, errors, thresholds = (run.carried[k] for k in ("partners", "errors", "thresholds"))
-        routes = [(run.task_id,) + ((p,) if p is not None else ()) for p in partners]
-        vote = run.options.train_routing == "batch-vote" and run.task_id > 1
-
-        def batch_routes(indices: list[int]) -> list:
-            if not vote:
-                return [routes[i] for i in indices]
-            return [(run.task_id,) + ((p,) if p else ()) for p in grouped_partner_votes(errors[indices], thresholds,
-                                                                                          run.options.vote_size)]
-
-        def record(writer) -> None:
-            write_parquet(writer.path("routing_train.parquet"), {
-                "sample_id": [s.id for s in run.samples], "past_task": partners,
-                "errors": ([list(map(float, row)) for row in errors] if errors is not None
-                           else [[] for _ in run.samples])})
-            writer.meta["samples_with_past_expert"] = sum(p is not None for p in partners)
-
-        return LoraTrainer(run, adapter, experts, arch["selected"], lora, routes, expected=arch["expert_parameters"],
-                           batch_routes=batch_routes, record=record,
-                           sidecar={"train_routing": run.options.train_routing, "vote_size": run.options.vote_size})
+        routes = [(run.task_id,) + ((p,) if p is not None else ()) for p in run.carried["partners"]]
+        return DMoLETrainer(run, adapter, experts, arch["selected"], run.hyper.lora(arch["rank"]), routes,
+                            expected=arch["expert_parameters"],
+                            sidecar={"train_routing": run.options.train_routing, "vote_size": run.options.vote_size})
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def eval_inputs(self, project, after: str) -> list:

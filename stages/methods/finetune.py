@@ -7,6 +7,7 @@ adapter on its own task only, and the report fills the rest of row t from those 
 from __future__ import annotations
 
 from .base import ContinualMethod, EvalPlan, LoraHyper, Matrix, TrainRun
+from .lora_trainer import LoraTrainer
 
 
 class Finetune(ContinualMethod):
@@ -15,7 +16,7 @@ class Finetune(ContinualMethod):
     Hyper = LoraHyper
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer, all_projections, baseline_shape, expert_model
+        from .lora import all_projections, baseline_shape, expert_model
 
         return LoraTrainer.shaped(run, adapter, expert_model(run.project, adapter),
                                   baseline_shape(run, adapter, all_projections(adapter)),

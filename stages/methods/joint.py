@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from .base import JOINT_TASK, ContinualMethod, EvalPlan, LoraHyper, Matrix, TrainRun
+from .lora_trainer import LoraTrainer
 
 
 class Joint(ContinualMethod):
@@ -29,7 +30,7 @@ class Joint(ContinualMethod):
         return list(project.config.task_names), 1, None
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer, all_projections, baseline_shape, expert_model
+        from .lora import all_projections, baseline_shape, expert_model
 
         return LoraTrainer.shaped(run, adapter, expert_model(run.project, adapter),
                                   baseline_shape(run, adapter, all_projections(adapter)), [(1,)] * len(run.samples))

@@ -1,11 +1,9 @@
 """The LoRA machinery the methods share (heavy: torch and PEFT): building their adapters on the workspace model,
-training them through `ExpertModel`'s per-sample routing, saving them as PEFT folders and loading them back."""
+training them through `ExpertModel`'s per-sample routing (`lora_trainer.py`) and loading them back."""
 
 from __future__ import annotations
 
 import itertools
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +11,12 @@ from pathlib import Path
 import torch
 
 from artifacts import Version
-from artifacts.io import read_json, write_json
+from artifacts.io import read_json
 
 from ..dmole.experts import ExpertModel, LoraSettings, adapter_name
 from ..errors import UserError
-from .base import EvalPlan, Trainer, TrainRun, parity_allocations
-
-EXPERT_FOLDER = "expert"
-SIDECAR = "dmole_expert.json"
+from .base import EvalPlan, TrainRun, parity_allocations
+from .lora_trainer import EXPERT_FOLDER, SIDECAR, LoraTrainer
 
 
 def towers(adapter) -> dict[str, str]:
@@ -132,87 +128,6 @@ def continue_from(experts: ExpertModel, source: int, target: int) -> None:
                 param.copy_(params[name.replace(new, old)])
 
 
-def save_expert(model, name: str, folder: Path, sidecar: dict) -> None:
-    """Save one adapter as a standalone PEFT folder: adapter_model.safetensors + adapter_config.json + sidecar.
-
-    PEFT shortens long ``target_modules`` lists to unique suffixes when it injects an adapter; the saved
-    config gets the exact sorted full names back, which PEFT matches as exact keys.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, selected_adapters=[name])
-        saved = Path(tmp) / name
-        config = read_json(saved / "adapter_config.json")
-        config["target_modules"] = sidecar["target_modules"]
-        write_json(saved / "adapter_config.json", config)
-        for file in saved.iterdir():
-            shutil.copy2(file, folder / file.name)
-    write_json(folder / SIDECAR, sidecar)
-
-
-class LoraTrainer(Trainer):
-    """Trains adapter ``run.task_id`` (added on ``modules``) inside ``experts``, each sample routed to ``routes[i]``."""
-
-    def __init__(self, run: TrainRun, adapter, experts: ExpertModel, modules: Sequence[str], lora: LoraSettings,
-                 routes: Sequence, *, expected: int | None = None,
-                 batch_routes: Callable[[list[int]], list] | None = None,
-                 record: Callable[[object], None] | None = None, sidecar: Mapping | None = None,
-                 summary: Mapping | None = None):
-        """``batch_routes`` (indices -> routes) replaces the fixed per-sample ``routes`` for a batch; ``record``
-        writes what else the method keeps beside the adapter; ``sidecar`` adds fields to its sidecar, ``summary``
-        to the artifact's summary. A method adds loss terms by setting ``before_fn`` and ``losses_fn`` (the
-        `Trainer` hooks' signatures)."""
-        self.run, self.adapter, self.experts, self.lora = run, adapter, experts, lora
-        self.before_fn: Callable | None = None
-        self.losses_fn: Callable | None = None
-        self.batch_routes = batch_routes or (lambda indices: [self.routes[i] for i in indices])
-        self.record, self.extra_sidecar, self.extra_summary = record, dict(sidecar or {}), dict(summary or {})
-        self.modules, self.shared = experts.targets(modules)  # PEFT's target modules, and the shared-A groups
-        self.params = experts.add_expert(run.task_id, sorted(modules), lora)
-        if expected is not None and sum(p.numel() for p in self.params) != expected:
-            raise RuntimeError("trainable parameters differ from the allocation's expert size")
-        self.routes = list(routes)
-        self.model = experts.model
-
-    @classmethod
-    def shaped(cls, run: TrainRun, adapter, experts: ExpertModel, shape: Shape, routes: Sequence) -> LoraTrainer:
-        return cls(run, adapter, experts, shape.modules, shape.lora, routes, sidecar=shape.summary(),
-                   summary=shape.summary())
-
-    @property
-    def name(self) -> str:
-        return adapter_name(self.run.task_id)
-
-    def summary(self) -> dict:
-        return dict(self.extra_summary)
-
-    def route(self, indices: list[int], batch: dict):
-        return self.routed(self.batch_routes(indices), batch)
-
-    def before(self, model, batch: dict, indices: list[int]):
-        return self.before_fn(model, batch, indices) if self.before_fn else None
-
-    def extra_losses(self, model, batch: dict, outputs, before) -> dict:
-        return self.losses_fn(model, batch, outputs, before) if self.losses_fn else {}
-
-    def adapter_params(self, task_id: int) -> dict[str, torch.nn.Parameter]:
-        """Adapter ``task_id``'s parameters, keyed by their name with the adapter's name taken out."""
-        marker = f".{adapter_name(task_id)}."
-        return {name.replace(marker, "."): p for name, p in self.model.named_parameters() if marker in name}
-
-    def routed(self, routes: Sequence, batch: dict):
-        return self.experts.routed(routes, vision_rows=self.adapter.vision_row_samples(batch))
-
-    def save(self, writer) -> None:
-        sidecar = {"task": self.run.task, "task_id": self.run.task_id, "method": self.run.method,
-                   "adapter_name": self.name, "rank": self.lora.rank, "alpha": self.lora.alpha,
-                   "dropout": self.lora.dropout, "target_modules": self.modules,
-                   **({"shared_a": self.shared} if self.shared else {}), **self.extra_sidecar}
-        save_expert(self.model, self.name, writer.path(EXPERT_FOLDER), sidecar)
-        if self.record is not None:
-            self.record(writer)
-
-
 def routed_plan(project, adapter, tasks: list[str], loaded: Mapping[int, Version], route: tuple[int, ...],
                 base: torch.nn.Module | None = None) -> EvalPlan:
     """Every test sample of ``tasks`` through the adapters ``loaded``, routed to ``route`` (a fixed expert set)."""
@@ -246,14 +161,14 @@ def continued_shape(method, run: TrainRun, adapter, previous: Version | None) ->
                  saved.get("dmole_parameters"))
 
 
-def continued_trainer(method, run: TrainRun, adapter) -> LoraTrainer:
+def continued_trainer(method, run: TrainRun, adapter, trainer: type[LoraTrainer] = LoraTrainer) -> LoraTrainer:
     """One LoRA continued across tasks: adapter t starts from task t-1's trained adapter (loaded, frozen, beside
     it, so a method can use the previous model), on every projection, each sample routed to adapter t."""
     previous = method.previous(run.project, run.task_id)
     loaded = {run.task_id - 1: previous} if previous is not None else {}
     shape = continued_shape(method, run, adapter, previous)  # before any adapter wraps the projections
-    trainer = LoraTrainer.shaped(run, adapter, expert_model(run.project, adapter, loaded=loaded), shape,
-                                 [(run.task_id,)] * len(run.samples))
+    trainer = trainer.shaped(run, adapter, expert_model(run.project, adapter, loaded=loaded), shape,
+                             [(run.task_id,)] * len(run.samples), previous=previous)
     if previous is not None:
         continue_from(trainer.experts, run.task_id - 1, run.task_id)
     return trainer

@@ -4,6 +4,7 @@ towers, trained on the base with every earlier task's LoRA merged in, then merge
 from __future__ import annotations
 
 from .base import ContinualMethod, EvalPlan, LoraHyper, TrainRun
+from .lora_trainer import LoraTrainer
 
 
 class SeqLora(ContinualMethod):
@@ -15,7 +16,7 @@ class SeqLora(ContinualMethod):
         return self.trained_before(run.project, run.task_id)
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer, all_projections, baseline_shape, expert_model, merged_model
+        from .lora import all_projections, baseline_shape, expert_model, merged_model
 
         shape = baseline_shape(run, adapter, all_projections(adapter))
         base = merged_model(adapter, self.trained_before(run.project, run.task_id))
