@@ -23,6 +23,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ import torch
 from artifacts.io import read_json
 from stages.allocate import allocate
 from stages.data.tasks import load_eval_samples, load_train_samples
-from stages.dmole.experts import ExpertModel, LoraSettings
+from stages.dmole.experts import ExpertModel
 from stages.embed import embed
 from stages.evaluation.predict import predict
 from stages.fit_router import fit_router
@@ -38,10 +39,11 @@ from stages.init import create_workspace
 from stages.methods import get_method
 from stages.methods.lora import towers
 from stages.models.registry import load_family
+from stages.options import TrainTaskOptions
 from stages.project import Project
 from stages.registry import ALLOCATE, EMBED, EVAL, FIT_ROUTER, REPORT, TRAIN_TASK, ZC_SCORE
 from stages.resolve import stage_options
-from stages.train_task import train_task
+from stages.train_task import method_hyper, train_task
 from stages.training.chat import chat_examples
 from stages.zc_score import zc_score
 from step_ratio import median_ratio, step_ratio
@@ -53,10 +55,14 @@ def quality(project: Project) -> dict:
     return {m: {k: v[k] for k in ("last", "avg_seen", "avg_all", "bwt", "fwt")} for m, v in methods.items()}
 
 
-def training_step(project: Project, repeats: int, lora: LoraSettings) -> dict:
-    """Task 2's D-MoLE step with task 1's expert routed in vs a plain PEFT step, on 16 of task 2's samples."""
+def training_step(project: Project, repeats: int, dropout: bool = True) -> dict:
+    """Task 2's D-MoLE step with task 1's expert routed in vs a plain PEFT step, on 16 of task 2's samples, with
+    D-MoLE's LoRA as train-task builds it (the workspace's hyperparameters at the allocation's rank)."""
     names = project.config.task_names
-    partner, own = (read_json(project.store.require(ALLOCATE.name, n).file("arch.json"))["selected"] for n in names[:2])
+    first, second = (read_json(project.store.require(ALLOCATE.name, n).file("arch.json")) for n in names[:2])
+    partner, own = first["selected"], second["selected"]
+    lora = method_hyper(project, get_method("dmole"), TrainTaskOptions()).lora(second["rank"])
+    lora = lora if dropout else replace(lora, dropout=0.0)
     examples = chat_examples(load_train_samples(project.data_root, project.config.task(names[1]))[:16])
     return step_ratio(lambda: load_family(project.model_path), partner, own, examples, lora, repeats)
 
@@ -139,8 +145,8 @@ def main() -> None:
     results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
                "quality": quality(project),
-               "training_step": training_step(project, args.repeats, LoraSettings()),
-               "training_step_no_dropout": training_step(project, args.repeats, LoraSettings(dropout=0.0)),
+               "training_step": training_step(project, args.repeats),
+               "training_step_no_dropout": training_step(project, args.repeats, dropout=False),
                "inference": inference_throughput(project, max(3, args.repeats // 2)),
                "preprocessing": preprocessing_share(args.demo, args.preprocessing_rounds)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,11 @@ from .errors import UserError
 WORKSPACE_FILE = "workspace.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 Family = Literal["caption", "vqa10", "short", "choice", "grounding"]
+# "reference": the official implementation's choices as stage defaults (stages/profile.py declares them all)
+Profile = Literal["dmole", "reference"]
+# "pad": each image centred on a square of the processor's mean colour first (LLaVA-1.5 / RoE's
+# --image_aspect_ratio pad); "processor": the processor's own resizing alone
+ImageAspectRatio = Literal["processor", "pad"]
 
 DEFAULT_PROMPTS: dict[str, str] = {
     "caption": "Provide a one-sentence caption for the provided image.",
@@ -29,10 +34,6 @@ DEFAULT_PROMPTS: dict[str, str] = {
 }
 DEFAULT_MAX_NEW_TOKENS = {"caption": 30, "grounding": 100, "choice": 10, "short": 100, "vqa10": 10}
 DEFAULT_MIN_NEW_TOKENS = {"caption": 8}
-
-# `profile: reference` switches each deliberate difference from the official implementation back to it where it
-# is an option (stages/profile.py declares them all); workspace stage settings and command-line flags still win.
-PROFILES = ("dmole", "reference")
 
 
 class ConfigError(UserError):
@@ -110,11 +111,9 @@ class WorkspaceConfig(Strict):
     method: str = "dmole"
     seed: Seed = 42
     trust_remote_code: bool = False
-    profile: Literal[PROFILES] = "dmole"  # "reference": the official implementation's choices as stage defaults
+    profile: Profile = "dmole"
     max_tiles: int | None = Field(default=None, ge=1)  # cap on the image processor's tiles (None: its own)
-    # "pad": each image centred on a square of the processor's mean colour first (LLaVA-1.5 / RoE's
-    # --image_aspect_ratio pad); "processor": the processor's own resizing alone
-    image_aspect_ratio: Literal["processor", "pad"] = "processor"
+    image_aspect_ratio: ImageAspectRatio = "processor"
     stages: dict[str, dict] = Field(default_factory=dict)  # stage -> option defaults (options.py)
     methods: dict[str, dict] = Field(default_factory=dict)  # method -> hyperparameters (`dmole methods`)
 

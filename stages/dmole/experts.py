@@ -37,9 +37,11 @@ def adapter_name(task_id: int) -> str:
 
 @dataclass(frozen=True)
 class LoraSettings:
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    """One adapter's LoRA shape; each method's hyperparameters hold its defaults (D-MoLE's: `DMoLEHyper.lora`)."""
+
+    rank: int
+    alpha: int
+    dropout: float
 
     def config(self, target_modules: Sequence[str], base_model: str = "") -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
