@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .common import (ForceOption, QuietOption, WorkspaceOption, console, handles_user_errors, open_project,
-                     print_summary)
 from stages.registry import ROE_SWEEP, ROUTE_TRAIN
 
+from .common import (ForceOption, JsonOption, QuietOption, WorkspaceOption, console, handles_user_errors,
+                     open_project, print_result)
 from .options_cli import stage_flags
 from .progress import rich_progress
 
@@ -19,42 +19,44 @@ from .progress import rich_progress
 @handles_user_errors
 @stage_flags(ROUTE_TRAIN)
 def route_train(options: dict, force: ForceOption = False, quiet: QuietOption = False,
-                workspace: WorkspaceOption = None) -> None:
+                json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
     from stages.route_train import route_train as run
     from stages.roe_eval import roe_summary
 
     project = open_project(workspace)
-    result = run(project, options, force=force, progress=rich_progress(quiet))
-    if not quiet:
+    result = run(project, options, force=force, progress=rich_progress(quiet or json_output))
+    if not (quiet or json_output):
         render_roe_summary(roe_summary(project))
-    print_summary(result)
+    print_result(result, json_output)
 
 
 @handles_user_errors
 @stage_flags(ROE_SWEEP)
 def route_sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False,
-                workspace: WorkspaceOption = None) -> None:
+                json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
     from stages.figures.roe_sweep import from_result, table
     from stages.route_sweep import RESULT, route_sweep as run
 
     from artifacts.io import read_json
 
-    result = run(open_project(workspace), options, force=force, progress=rich_progress(quiet))
-    if not quiet:
+    result = run(open_project(workspace), options, force=force, progress=rich_progress(quiet or json_output))
+    if not (quiet or json_output):
         console.print("\n".join(table(from_result(read_json(result.version.file(RESULT)),
                                                      f"{result.stage} v{result.version.number}"))), soft_wrap=True,
                       markup=False)  # the table's image link is not rich markup
-    print_summary(result)
+    print_result(result, json_output)
 
 
-def run_roe_eval(workspace: Path | None, options: dict, *, force: bool = False, quiet: bool = False) -> None:
+def run_roe_eval(workspace: Path | None, options: dict, *, force: bool = False, quiet: bool = False,
+                 json_output: bool = False) -> None:
     """What `dmole eval --roe` does: evaluate the latest route-train weights, then print their summary."""
     from stages.roe_eval import evaluate_roe, roe_summary
 
     project = open_project(workspace)
-    result = evaluate_roe(project, options, force=force, progress=rich_progress(quiet))
-    render_roe_summary(roe_summary(project))
-    print_summary(result)
+    result = evaluate_roe(project, options, force=force, progress=rich_progress(quiet or json_output))
+    if not json_output:
+        render_roe_summary(roe_summary(project))
+    print_result(result, json_output)
 
 
 def show_route_train(workspace: Path | None, json_output: bool = False) -> None:

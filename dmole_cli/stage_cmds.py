@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import (ForceOption, QuietOption, WorkspaceOption, handles_user_errors, open_project,
-                     print_summary)
 from stages.registry import ALLOCATE, EMBED, EVAL, FIT_ROUTER, ROE_EVAL, SWEEP, THRESHOLD_SWEEP, TRAIN_TASK, ZC_SCORE
 
+from .common import (ForceOption, JsonOption, QuietOption, WorkspaceOption, handles_user_errors, open_project,
+                     print_result)
 from .options_cli import options_of, stage_flags
 from .progress import rich_progress
 
@@ -21,38 +21,41 @@ TaskOption = Annotated[str, typer.Option("--task", "-t", help="Task name (see `d
 @handles_user_errors
 @stage_flags(EMBED)
 def embed(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
-          workspace: WorkspaceOption = None) -> None:
+          json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
     from stages.embed import embed as run
 
-    print_summary(run(open_project(workspace), task, options, force=force, progress=rich_progress(quiet)))
+    progress = rich_progress(quiet or json_output)
+    print_result(run(open_project(workspace), task, options, force=force, progress=progress), json_output)
 
 
 @handles_user_errors
 @stage_flags(FIT_ROUTER)
 def fit_router(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
-               workspace: WorkspaceOption = None) -> None:
+               json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
     from stages.fit_router import fit_router as run
 
-    print_summary(run(open_project(workspace), task, options, force=force, progress=rich_progress(quiet)))
+    progress = rich_progress(quiet or json_output)
+    print_result(run(open_project(workspace), task, options, force=force, progress=progress), json_output)
 
 
 @handles_user_errors
 @stage_flags(ZC_SCORE)
 def zc_score(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
-             workspace: WorkspaceOption = None) -> None:
+             json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
     from stages.zc_score import zc_score as run
 
-    print_summary(run(open_project(workspace), task, options, force=force, progress=rich_progress(quiet)))
+    progress = rich_progress(quiet or json_output)
+    print_result(run(open_project(workspace), task, options, force=force, progress=progress), json_output)
 
 
 @handles_user_errors
 @stage_flags(ALLOCATE)
 def allocate(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
-             workspace: WorkspaceOption = None) -> None:
+             json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
     from stages.allocate import allocate as run
 
     del quiet  # allocate shows no progress; it takes -q as every stage does
-    print_summary(run(open_project(workspace), task, options, force=force))
+    print_result(run(open_project(workspace), task, options, force=force), json_output)
 
 
 @handles_user_errors
@@ -64,12 +67,14 @@ def train_task(
         "--log-to", help="Also stream the per-step log to tensorboard or wandb (optional packages).")] = None,
     force: ForceOption = False,
     quiet: QuietOption = False,
+    json_output: JsonOption = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     from stages.train_task import train_task as run
 
-    print_summary(run(open_project(workspace), task, options, force=force, progress=rich_progress(quiet),
-                      log_to=[log_to] if log_to else []))
+    progress = rich_progress(quiet or json_output)
+    print_result(run(open_project(workspace), task, options, force=force, progress=progress,
+                     log_to=[log_to] if log_to else []), json_output)
 
 
 @handles_user_errors
@@ -83,6 +88,7 @@ def eval_(
     roe: Annotated[bool, typer.Option(ROE_EVAL.switch, help=ROE_EVAL.help)] = False,
     force: ForceOption = False,
     quiet: QuietOption = False,
+    json_output: JsonOption = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     from stages.errors import UserError
@@ -92,11 +98,12 @@ def eval_(
     if roe:
         from .roe_cmds import run_roe_eval
 
-        run_roe_eval(workspace, options, force=force, quiet=quiet)
+        run_roe_eval(workspace, options, force=force, quiet=quiet, json_output=json_output)
         return
     if zero_shot == (after is not None):
         raise UserError("give exactly one of --after TASK or --zero-shot")
     project = open_project(workspace)
+    progress = rich_progress(quiet or json_output)
     if threshold_scales is not None:
         from stages.evaluate import threshold_sweep
 
@@ -106,19 +113,19 @@ def eval_(
             scales = [float(part) for part in threshold_scales.split(",") if part.strip()]
         except ValueError:
             raise UserError(f"--threshold-scales takes comma-separated numbers, got {threshold_scales!r}") from None
-        print_summary(threshold_sweep(project, after, scales, options, force=force, progress=rich_progress(quiet)))
+        print_result(threshold_sweep(project, after, scales, options, force=force, progress=progress), json_output)
         return
-    print_summary(run(project, ZERO_SHOT if zero_shot else after, options, force=force, progress=rich_progress(quiet)))
+    print_result(run(project, ZERO_SHOT if zero_shot else after, options, force=force, progress=progress), json_output)
 
 
 @handles_user_errors
 @stage_flags(SWEEP)
-def sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False,
+def sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False, json_output: JsonOption = False,
           workspace: WorkspaceOption = None) -> None:
     from stages.sweep import sweep as run
 
-    project = open_project(workspace)
-    print_summary(run(project, options, force=force, progress=rich_progress(quiet)))
+    progress = rich_progress(quiet or json_output)
+    print_result(run(open_project(workspace), options, force=force, progress=progress), json_output)
 
 
 def register(app: typer.Typer) -> None:

@@ -140,3 +140,24 @@ def test_image_padding_is_a_workspace_setting_that_reaches_the_model_and_the_has
     assert projects["pad"].load_model().pad_to_square and not projects["processor"].load_model().pad_to_square
     assert model_fingerprint(projects["pad"]) != model_fingerprint(projects["processor"])  # embeddings etc. differ
     assert "image_aspect_ratio" not in model_fingerprint(projects["processor"])  # older versions stay current
+
+
+def test_eval_takes_each_flag_for_the_stage_it_runs(make_project):
+    """eval's flags serve eval and, with --roe, roe-eval: an option of one is refused for the other."""
+    project = make_project()
+    task = project.config.task_names[0]
+    plain = dmole(project, "eval", "--after", task, "--batch-rule", "or")
+    assert plain.exit_code == 2 and "--batch-rule is not an option of eval" in plain.output
+    roe = dmole(project, "eval", "--roe", "--routing", "batch-vote")
+    assert roe.exit_code == 2 and "--routing is not an option of eval --roe" in roe.output
+
+
+def test_a_stage_prints_its_result_as_json(make_project):
+    project = make_project()
+    task = project.config.task_names[0]
+    assert dmole(project, "zc-score", "--task", task, "-q").exit_code == 0
+    first = dmole(project, "allocate", "--task", task, "--json")
+    assert first.exit_code == 0, first.output
+    assert {k: v for k, v in json.loads(first.output).items() if k in ("stage", "task", "version", "up_to_date")} == {
+        "stage": "allocate", "task": task, "version": 1, "up_to_date": False}
+    assert json.loads(dmole(project, "allocate", "--task", task, "--json").output)["up_to_date"] is True
