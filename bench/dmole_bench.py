@@ -51,7 +51,7 @@ from step_ratio import median_ratio, step_ratio
 
 def quality(project: Project) -> dict:
     report = project.store.require(REPORT.name, "all", hint="dmole demo")
-    methods = read_json(report.file("cl_metrics.json"))["methods"]
+    methods = read_json(report.file(REPORT.files.metrics))["methods"]
     return {m: {k: v[k] for k in ("last", "avg_seen", "avg_all", "bwt", "fwt")} for m, v in methods.items()}
 
 
@@ -59,7 +59,7 @@ def training_step(project: Project, repeats: int, dropout: bool = True) -> dict:
     """Task 2's D-MoLE step with task 1's expert routed in vs a plain PEFT step, on 16 of task 2's samples, with
     D-MoLE's LoRA as train-task builds it (the workspace's hyperparameters at the allocation's rank)."""
     names = project.config.task_names
-    first, second = (read_json(project.store.require(ALLOCATE.name, n).file("arch.json")) for n in names[:2])
+    first, second = (read_json(project.store.require(ALLOCATE.name, n).file(ALLOCATE.files.arch)) for n in names[:2])
     partner, own = first["selected"], second["selected"]
     lora = method_hyper(project, get_method("dmole"), TrainTaskOptions()).lora(second["rank"])
     lora = lora if dropout else replace(lora, dropout=0.0)
@@ -109,7 +109,7 @@ def inference_throughput(project: Project, repeats: int) -> dict:
     routed_plan = get_method("dmole").evaluation(project, names[-1], routed_adapter)
     routes, errors = routed_plan.routes_for(task.name, samples, options)
     single = ExpertModel(single_adapter.model, towers(single_adapter))
-    single.load_expert(2, project.store.require(TRAIN_TASK.name, names[1]).path / "expert")
+    single.load_expert(2, project.store.require(TRAIN_TASK.name, names[1]).path / TRAIN_TASK.files.expert)
 
     def run_routed():
         predict(routed_adapter, task, samples, batch_size=options.batch_size, model=routed_plan.model,

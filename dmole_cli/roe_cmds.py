@@ -35,13 +35,13 @@ def route_train(options: dict, force: ForceOption = False, quiet: QuietOption = 
 def route_sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False,
                 json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
     from stages.figures.roe_sweep import from_result, table
-    from stages.route_sweep import RESULT, route_sweep as run
+    from stages.route_sweep import route_sweep as run
 
     from artifacts.io import read_json
 
     result = run(open_project(workspace), options, force=force, progress=rich_progress(quiet or json_output))
     if not (quiet or json_output):
-        console.print("\n".join(table(from_result(read_json(result.version.file(RESULT)),
+        console.print("\n".join(table(from_result(read_json(result.version.file(ROE_SWEEP.files.result)),
                                                      f"{result.stage} v{result.version.number}"))), soft_wrap=True,
                       markup=False)  # the table's image link is not rich markup
     print_result(result, json_output)

@@ -11,6 +11,7 @@ import typer
 from stages.config import SEED_LIMIT, ImageAspectRatio, Profile, WorkspaceConfig
 from stages.data.benchmarks import benchmark_list
 from stages.models.catalog import family_list
+from stages.registry import REPORT
 
 from .common import (FamilyOption, JsonOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
                      open_project,
@@ -163,7 +164,8 @@ def report(
         export(result.version, out)
     folder, figures = out or result.version.path, figure_names(result.version)
     if json_output:
-        print(json.dumps({**read_json(result.version.file("cl_metrics.json")), "report": str(folder / "report.md"),
+        metrics = read_json(result.version.file(REPORT.files.metrics))
+        print(json.dumps({**metrics, "report": str(folder / REPORT.files.markdown),
                           "figures": [str(folder / name) for name in figures]}, indent=2))
         return
     if not quiet:

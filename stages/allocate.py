@@ -19,7 +19,7 @@ from .runner import StageResult, run_stage
 
 
 def load_scores(version: Version) -> list[ScoredModule]:
-    table = read_parquet(version.file("scores.parquet")).to_pylist()
+    table = read_parquet(version.file(ZC_SCORE.files.scores)).to_pylist()
     return [ScoredModule(r["module"], r["tower"], r["score"], r["d_in"], r["d_out"]) for r in table]
 
 
@@ -39,7 +39,7 @@ def allocate(project: Project, task_name: str, options: AllocateOptions | dict |
     rule = method.allocation_rule
 
     def compute(writer: Writer) -> None:
-        cumulative = read_json(previous.file("arch.json"))["cumulative"] if previous else None
+        cumulative = read_json(previous.file(ALLOCATE.files.arch))["cumulative"] if previous else None
         result = allocate_modules(load_scores(scores), fraction=fraction, parameters=parameters, rank=options.rank,
                                   previous=cumulative, task_id=task_id, rule=rule)
         if cumulative is not None and set(cumulative) != set(result.cumulative):
@@ -47,7 +47,7 @@ def allocate(project: Project, task_name: str, options: AllocateOptions | dict |
                             "(was the model changed?)")
         record = {"task": task_name, "task_id": task_id, "rho": fraction, "rank": options.rank, "rule": rule,
                   **asdict(result)}
-        write_json(writer.path("arch.json"), record)
+        write_json(writer.path(ALLOCATE.files.arch), record)
         writer.meta.update(n_vision=result.n_vision, n_language=result.n_language, pi_vision=result.pi_vision,
                            expert_parameters=result.expert_parameters, rule=rule)
 
@@ -61,9 +61,9 @@ def allocation_table(project: Project) -> dict:
     tasks = [t for t in project.config.task_names if project.store.latest(ALLOCATE.name, t)]
     if not tasks:
         raise UserError("no allocation yet: run `dmole allocate --task <first task>`")
-    last = read_json(project.store.latest(ALLOCATE.name, tasks[-1]).file("arch.json"))["cumulative"]
-    kinds = {r["module"]: (r["tower"], r["layer"], r["kind"])
-             for r in read_parquet(project.store.require(ZC_SCORE.name, tasks[-1]).file("scores.parquet")).to_pylist()}
+    last = read_json(project.store.latest(ALLOCATE.name, tasks[-1]).file(ALLOCATE.files.arch))["cumulative"]
+    scores = read_parquet(project.store.require(ZC_SCORE.name, tasks[-1]).file(ZC_SCORE.files.scores)).to_pylist()
+    kinds = {r["module"]: (r["tower"], r["layer"], r["kind"]) for r in scores}
     towers: dict[str, dict[int, dict[str, list[str]]]] = {}
     for module, task_ids in last.items():
         tower, layer, kind = kinds[module]

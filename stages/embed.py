@@ -64,7 +64,7 @@ def embed(project: Project, task_name: str, options: EmbedOptions | dict | None 
         metadata = embedding_metadata(adapter, model_identity(project))
         for split, items in splits.items():
             matrix = compute_embeddings(adapter, items, options.batch_size, progress, f"embed {task_name} {split}")
-            write_parquet(writer.path(f"{split}.parquet"), {
+            write_parquet(writer.path(EMBED.files.split.format(split=split)), {
                 "sample_id": [sample_id for sample_id, _, _ in items], "task": [task_name] * len(items),
                 "split": [split] * len(items), "embedding": fixed_size_float_list(matrix)}, metadata=metadata)
             writer.meta[f"n_{split}"] = len(items)

@@ -20,7 +20,6 @@ from .dmole.routing import acceptance_warning
 from .config import parse_model
 from .errors import UserError
 from .metrics.caption import resolve_caption_tokenizer
-from .evaluation.names import SWEEP_TABLE
 from .evaluation.predict import predict, score_predictions
 from .methods import get_method
 from .methods.base import ZERO_SHOT, EvalPlan
@@ -78,7 +77,7 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
                               else ([()] * len(samples), None))
             predictions, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes),
                                                      task_options, progress, f"eval {after}: {task_name}")
-            write_parquet(writer.path(f"predictions/{task_name}.parquet"), {
+            write_parquet(writer.path(EVAL.files.predictions.format(task=task_name)), {
                 "sample_id": [s.id for s in samples], "prediction": predictions,
                 "parsed": [None if p is None else str(p) for p in scored.parsed],
                 "references": [json.dumps(s.references) for s in samples], "score": scored.per_sample,
@@ -94,7 +93,7 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
                          "tokenizer": options.caption_tokenizer if task.family == "caption" else "",
                          "routing": options.routing if routed else "none",
                          "batch_size": task_options.batch_size, "eval_set_sha256": _eval_set_hash(project, task_name)})
-        write_parquet(writer.path("scores.parquet"), {k: [r[k] for r in rows] for k in rows[0]})
+        write_parquet(writer.path(EVAL.files.scores), {k: [r[k] for r in rows] for k in rows[0]})
         writer.meta.update({r["task"]: round(r["score"], 3) for r in rows})
         writer.meta["warnings"] = [w for w in warnings if w]
 
@@ -141,7 +140,7 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
                                                options.for_task(task), progress, f"sweep x{scale:g}: {task_name}")
                 rows.append({"scale": scale, "task": task_name, "score": scored.score, "n": len(samples),
                              **{f"experts_{k}": sum(len(r) == k for r in routes) for k in (0, 1, 2)}})
-        write_parquet(writer.path(SWEEP_TABLE), {k: [r[k] for r in rows] for k in rows[0]})
+        write_parquet(writer.path(THRESHOLD_SWEEP.files.table), {k: [r[k] for r in rows] for k in rows[0]})
         writer.meta["warnings"] = notices
         writer.meta.update({f"avg_last@{scale:g}": round(float(np.mean([r["score"] for r in rows
                                                                           if r["scale"] == scale])), 3)

@@ -35,12 +35,13 @@ def fit_router(project: Project, task_name: str, options: FitRouterOptions | dic
             keep = sorted(random.Random(options.seed).sample(range(len(matrix)), options.max_fit_samples))
             matrix = matrix[keep]
         fitted = train_router(matrix, options, progress, f"{FIT_ROUTER.name} {task_name}")
-        save_file({k: v.contiguous() for k, v in fitted.model.state_dict().items()}, writer.path("router.safetensors"))
+        save_file({k: v.contiguous() for k, v in fitted.model.state_dict().items()},
+                  writer.path(FIT_ROUTER.files.weights))
         record = {"config": options.model_dump(), "quantile": options.quantile, "threshold": fitted.threshold,
                   "epochs": fitted.epochs, "final_loss": fitted.final_loss, "n_fit": int(len(matrix)),
                   "seed": options.seed, "dim": int(matrix.shape[1]), "quantiles": fitted.quantiles,
                   "embedding": metadata}
-        write_json(writer.path("router.json"), record)
+        write_json(writer.path(FIT_ROUTER.files.router), record)
         _, test, _ = load_embeddings(embedded, "test")
         accepted = int((reconstruction_errors(fitted.model, test) < fitted.threshold).sum()) if len(test) else 0
         warning = acceptance_warning(task_name, accepted, len(test), options.min_acceptance, where=FIT_ROUTER.name)

@@ -86,7 +86,7 @@ def _router_record(project: Project, described: dict) -> dict:
     from artifacts.io import read_json
 
     version = project.store.version(FIT_ROUTER.name, described["task"], described["version"])
-    record = read_json(version.file("router.json"))
+    record = read_json(version.file(FIT_ROUTER.files.router))
     return {"quantile": record["quantile"], "threshold": record["threshold"], **record["quantiles"]}
 
 

@@ -29,12 +29,11 @@ from .runner import StageResult, run_stage
 
 REPORT_TASK = "all"
 METRIC_KEYS = ("last", "avg_seen", "avg_all", "bwt", "fwt")
-FIGURE_DATA = "figures.json"  # the data behind every figure, keyed by its PNG's name
 
 
 def version_scores(version: Version) -> dict[str, float]:
     """Each task's score in an evaluation version."""
-    return {row["task"]: row["score"] for row in read_parquet(version.file("scores.parquet")).to_pylist()}
+    return {row["task"]: row["score"] for row in read_parquet(version.file(EVAL.files.scores)).to_pylist()}
 
 
 def method_matrix(project: Project, method) -> tuple[list[list[float | None]], list[Version]] | None:
@@ -74,8 +73,9 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
 def second_experts(project: Project, version: Version) -> dict:
     """In the evaluation ``version`` (a D-MoLE stage's), how many test samples got two experts and their mean
     score, beside the mean score of the samples with one expert."""
-    evaluated = [t for t in project.config.task_names if (version.path / "predictions" / f"{t}.parquet").is_file()]
-    rows = [r for t in evaluated for r in read_parquet(version.file(f"predictions/{t}.parquet")).to_pylist()]
+    evaluated = [t for t in project.config.task_names
+                 if (version.path / EVAL.files.predictions.format(task=t)).is_file()]
+    rows = [r for t in evaluated for r in read_parquet(version.file(EVAL.files.predictions.format(task=t))).to_pylist()]
 
     def mean(scores: list[float]) -> float | None:
         return sum(scores) / len(scores) if scores else None
@@ -132,14 +132,14 @@ def report(project: Project, *, force: bool = False) -> StageResult:
     def compute(writer: Writer) -> None:
         rows = [(method, t, task, value) for method, values in result["methods"].items()
                 for t, row in enumerate(values["matrix"]) for task, value in zip(result["tasks"], row)]
-        write_parquet(writer.path("matrix.parquet"), {
+        write_parquet(writer.path(REPORT.files.matrix), {
             "method": [r[0] for r in rows], "stage": [r[1] for r in rows], "task": [r[2] for r in rows],
             "score": [r[3] for r in rows]})
-        write_json(writer.path("cl_metrics.json"), result)
-        write_json(writer.path(FIGURE_DATA), {module.NAME: data for module, data in found})
+        write_json(writer.path(REPORT.files.metrics), result)
+        write_json(writer.path(REPORT.files.figures), {module.NAME: data for module, data in found})
         for module, data in found:
             module.plot(data, writer.path(module.NAME))
-        writer.path("report.md").write_text(markdown(project, found, result), encoding="utf-8")
+        writer.path(REPORT.files.markdown).write_text(markdown(project, found, result), encoding="utf-8")
         writer.meta.update({f"{m}.last": v["last"] for m, v in result["methods"].items()})
         writer.meta["warnings"] = list(dict.fromkeys(w for v in result["methods"].values() for w in v["warnings"]))
 
@@ -149,11 +149,11 @@ def report(project: Project, *, force: bool = False) -> StageResult:
 
 def figure_names(version: Version) -> list[str]:
     """The PNG figures of a report version, in the report's order."""
-    return list(read_json(version.file(FIGURE_DATA)))
+    return list(read_json(version.file(REPORT.files.figures)))
 
 
 def export(version: Version, out: Path) -> None:
     """Copy report.md and its figures from the report ``version`` into the folder ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in ["report.md", *figure_names(version)]:
+    for name in [REPORT.files.markdown, *figure_names(version)]:
         shutil.copyfile(version.file(name), out / name)

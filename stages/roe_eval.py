@@ -14,7 +14,7 @@ from .progress import Progress, silent
 from .project import Project
 from .registry import ROE_EVAL, ROUTE_TRAIN
 from .resolve import stage_options
-from .roe.evaluation import (REPORT, TASK, TrainedRoE, base_hash, build_report, continual_matrix,
+from .roe.evaluation import (TASK, TrainedRoE, base_hash, build_report, continual_matrix,
                              eval_sets, evaluate_dense, evaluate_routed, evaluated_by, write_results)
 from .runner import StageResult, model_fingerprint, run_stage
 
@@ -39,7 +39,7 @@ def evaluate_roe(project: Project, options: RoEEvalOptions | dict | None = None,
                                          continual=continual)}
         if tuned(mode):
             # The dense twin's weights are not kept: its scores come from route-train's own evaluation.
-            trained_report = read_json(trained.version.file(REPORT))["per_task"]
+            trained_report = read_json(trained.version.file(ROE_EVAL.files.report))["per_task"]
             scores["dense"] = {task.name: trained_report[task.name]["dense_score"] for task, _ in sets}
             load_stage2(trained.version.file, adapter, mode)
             scores["forced"] = evaluate_dense(adapter, sets, options.batch_size, progress, label="forced-execute")
@@ -60,5 +60,5 @@ def roe_summary(project: Project) -> dict:
     route-train's own closing evaluation."""
     trained = project.store.require(ROUTE_TRAIN.name, TASK, hint=ROUTE_TRAIN.hint())
     source = evaluated_by(project, trained)
-    report = read_json(source.file(REPORT))
+    report = read_json(source.file(ROE_EVAL.files.report))
     return {"source": f"{source.stage} v{source.number}", **report}

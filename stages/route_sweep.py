@@ -17,7 +17,7 @@ from artifacts.io import read_json, write_json, write_parquet
 from .data.tasks import task_files
 from .distributed import is_main
 from .errors import UserError
-from .figures.roe_sweep import RESULT, TASK
+from .figures.roe_sweep import TASK
 from .options import RouteSweepOptions, hashed
 from .progress import Progress, silent
 from .project import Project
@@ -31,7 +31,6 @@ from .runner import (
     run_stage,
 )
 
-TABLE, NOTE = "sweep.parquet", "sweep.md"
 
 
 def _table_rows(runs: list[dict]) -> dict[str, list]:
@@ -104,11 +103,11 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
                   "layer_change": change, "dense_reference": "dense twin" if tuned(settings.stage2_mode) else "base",
                   "dense": {str(s): scores for s, scores in dense.items()}, "runs": runs,
                   "summary": summarise(runs)}
-        write_json(writer.path(RESULT), result)
-        write_parquet(writer.path(TABLE), _table_rows(runs))
+        write_json(writer.path(ROE_SWEEP.files.result), result)
+        write_parquet(writer.path(ROE_SWEEP.files.table), _table_rows(runs))
         data = figure.from_result(result, ROE_SWEEP.name)
         figure.plot(data, writer.path(figure.NAME))
-        writer.path(NOTE).write_text("\n".join(figure.table(data)) + "\n", encoding="utf-8")
+        writer.path(ROE_SWEEP.files.note).write_text("\n".join(figure.table(data)) + "\n", encoding="utf-8")
         writer.meta.update(sweep=[{k: row[k] for k in ("target", "variant", "skip_rate", "mean_relative",
                                                          "spread", "speedup")} for row in result["summary"]])
 

@@ -23,12 +23,11 @@ from .progress import Progress, silent
 from .project import Project
 from .registry import ROUTE_TRAIN
 from .resolve import stage_options
-from .roe.evaluation import (CONFIG, TASK, WEIGHTS, base_hash, build_report, continual_hash,
+from .roe.evaluation import (TASK, base_hash, build_report, continual_hash,
                              continual_matrix, eval_sets, evaluate_dense, evaluate_routed, write_results)
 from .roe.continual import BASE, continual_inputs, trained_on
 from .runner import StageResult, checkpoint_dir, fingerprint, model_fingerprint, run_stage
 
-LOG = "train_log.parquet"
 
 
 class RouteTrainError(UserError):
@@ -106,14 +105,15 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
                            checkpoint_dir=ckpt / "roe", around=around)
 
         base_digest = base_hash(model_prints)
-        save_roe(writer.path(WEIGHTS), attachment.modules, family=adapter.family, base_model=project.model_path.name,
-                 base_hash=base_digest, rho=options.skip_ratio, dmole_checkpoint=continual_hash(inputs))
-        write_json(writer.path(CONFIG), {
+        save_roe(writer.path(ROUTE_TRAIN.files.weights), attachment.modules, family=adapter.family,
+                 base_model=project.model_path.name, base_hash=base_digest, rho=options.skip_ratio, dmole_checkpoint=continual_hash(inputs))
+        write_json(writer.path(ROUTE_TRAIN.files.config), {
             "family": adapter.family, **shape.to_json(), "variant": shape.router_input, "rho": options.skip_ratio,
             "always_execute": [l for l in range(shape.n_layers) if l not in shape.routable],
             "batch_rule": options.batch_rule, "stage2_mode": options.stage2_mode, "from": after or BASE,
             "base_model": project.model_path.name, "base_hash": base_digest, "steps": result.steps})
-        write_parquet(writer.path(LOG), {k: [row.get(k) for row in result.log] for k in result.log[0]})
+        write_parquet(writer.path(ROUTE_TRAIN.files.log),
+                      {k: [row.get(k) for row in result.log] for k in result.log[0]})
         if tuned(options.stage2_mode):
             save_stage2(writer.path, adapter, options.stage2_mode, lora)
             # With no routing plan active every layer executes: spec §6.2's forced-execute run.

@@ -37,7 +37,6 @@ from .report import version_scores
 from .runner import StageResult, fingerprint, run_stage, source_fingerprint
 from .train_task import method_hyper, train_task
 
-RESULT = "sweep.json"
 # artifacts of the main workspace each scratch workspace starts with: a run finds them as its own (the zero-shot
 # evaluation is up to date where its configuration is the same; otherwise it is computed again)
 SEEDED = (ALLOCATE.name, f"{EVAL.name}/{ZERO_SHOT}")
@@ -162,7 +161,7 @@ def sweep(project: Project, options: SweepOptions | dict | None = None, *, force
         for point, validation, test in zip(points, relative_scores(points, "validation"),
                                            relative_scores(points, "test")):
             point["validation"]["relative"], point["test"]["relative"] = validation, test
-        write_json(writer.path(RESULT), {"method": method.name, "parameter": grid.parameter,
+        write_json(writer.path(SWEEP.files.result), {"method": method.name, "parameter": grid.parameter,
                                          "selected": points[chosen]["value"], "tasks": names, "points": points})
         writer.meta.update(selected={grid.parameter: points[chosen]["value"]},
                            test_last=round(points[chosen]["test"]["last"], 3),
@@ -176,7 +175,7 @@ def sweep_rows(version) -> list[dict]:
     """One row per grid value of a sweep artifact: its value, both relative scores, and its test Last / BWT."""
     from artifacts.io import read_json
 
-    swept = read_json(version.file(RESULT))
+    swept = read_json(version.file(SWEEP.files.result))
     return [{swept["parameter"]: p["value"], "selected": p["value"] == swept["selected"],
              "validation relative": round(p["validation"]["relative"], 4),
              "test relative": round(p["test"]["relative"], 4),

@@ -150,7 +150,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
                            gradient_hook=trainer.gradient_hook)
         model.eval()
         trainer.save(writer)
-        write_parquet(writer.path("train_log.parquet"), {k: [row.get(k) for row in result.log]
+        write_parquet(writer.path(TRAIN_TASK.files.log), {k: [row.get(k) for row in result.log]
                                                          for k in result.log[0]})
         if result.warnings:
             writer.meta["warnings"] = [*writer.meta.get("warnings", []), *result.warnings]

@@ -85,7 +85,7 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | 
             warnings.warn(f"{len(missing)} candidate parameters got no gradient and score 0 "
                           f"(first: {missing[0]})", stacklevel=1)
         rows.sort(key=lambda item: (-item[1], item[0].name))
-        write_parquet(writer.path("scores.parquet"), {
+        write_parquet(writer.path(ZC_SCORE.files.scores), {
             "module": [c.name for c, _ in rows], "tower": [c.tower for c, _ in rows],
             "layer": [c.layer for c, _ in rows], "kind": [c.kind for c, _ in rows],
             "d_in": [c.d_in for c, _ in rows], "d_out": [c.d_out for c, _ in rows],

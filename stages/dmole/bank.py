@@ -15,7 +15,7 @@ from .router import Autoencoder, reconstruction_errors
 
 
 def load_embeddings(version: Version, split: str) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    table = read_parquet(version.file(f"{split}.parquet"))
+    table = read_parquet(version.file(EMBED.files.split.format(split=split)))
     return table.column("sample_id").to_pylist(), table_to_numpy(table, "embedding"), table_metadata(table)
 
 
@@ -47,8 +47,8 @@ class RouterBank:
 def load_router(version: Version) -> tuple[Autoencoder, dict]:
     from safetensors.torch import load_file
 
-    record = read_json(version.file("router.json"))
-    state = load_file(version.file("router.safetensors"))
+    record = read_json(version.file(FIT_ROUTER.files.router))
+    state = load_file(version.file(FIT_ROUTER.files.weights))
     model = Autoencoder(record["dim"], record["config"]["hidden"], record["config"]["output_activation"])
     model.load_state_dict(state)
     return model, record

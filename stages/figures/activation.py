@@ -21,7 +21,7 @@ NAME = "activation.png"
 
 
 def routes(version: Version, task: str) -> list[list[int]]:
-    return read_parquet(version.file(f"predictions/{task}.parquet")).column("routed_tasks").to_pylist()
+    return read_parquet(version.file(EVAL.files.predictions.format(task=task))).column("routed_tasks").to_pylist()
 
 
 def percent(part: int, whole: int) -> float | None:

@@ -21,7 +21,7 @@ NAME = "sensitivity.png"
 def layer_scores(version: Version) -> dict[str, dict[int, float]]:
     """tower -> layer -> summed module score."""
     summed: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-    for row in read_parquet(version.file("scores.parquet")).select(["tower", "layer", "score"]).to_pylist():
+    for row in read_parquet(version.file(ZC_SCORE.files.scores)).select(["tower", "layer", "score"]).to_pylist():
         summed[row["tower"]][row["layer"]] += row["score"]
     return summed
 

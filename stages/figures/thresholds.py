@@ -9,7 +9,6 @@ from pathlib import Path
 from artifacts import Version
 from artifacts.io import read_parquet
 
-from ..evaluation.names import SWEEP_TABLE
 from ..project import Project
 from ..registry import THRESHOLD_SWEEP
 from .markdown import fmt, image, table as md_table
@@ -24,7 +23,7 @@ def gather(project: Project) -> tuple[dict, list[Version]] | None:
     if not found:
         return None
     version = max(found, key=lambda v: project.config.task_index(v.task))  # the latest stage swept
-    rows = read_parquet(version.file(SWEEP_TABLE)).to_pylist()
+    rows = read_parquet(version.file(THRESHOLD_SWEEP.files.table)).to_pylist()
     scales = sorted({r["scale"] for r in rows})
     at = {(r["scale"], r["task"]): r for r in rows}
     tasks = [t for t in project.config.task_names if (scales[0], t) in at]

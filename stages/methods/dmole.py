@@ -103,7 +103,7 @@ class DMoLE(ContinualMethod):
     def trainer(self, run: TrainRun, adapter):
         from .lora import expert_model
 
-        arch = read_json(run.carried["allocation"].file("arch.json"))
+        arch = read_json(run.carried["allocation"].file(ALLOCATE.files.arch))
         experts = expert_model(run.project, adapter, loaded=dict(enumerate(self.trained_before(run.project,
                                                                                                run.task_id), 1)))
         routes = [(run.task_id,) + ((p,) if p is not None else ()) for p in run.carried["partners"]]

@@ -16,7 +16,8 @@ from artifacts.io import read_json
 from ..dmole.experts import ExpertModel, LoraSettings, adapter_name
 from ..errors import UserError
 from .base import EvalPlan, TrainRun, parity_allocations
-from .lora_trainer import EXPERT_FOLDER, SIDECAR, LoraTrainer
+from ..registry import ALLOCATE, TRAIN_TASK
+from .lora_trainer import SIDECAR, LoraTrainer
 
 
 def towers(adapter) -> dict[str, str]:
@@ -43,8 +44,8 @@ def all_projections(adapter) -> list[str]:
 
 
 def expert_folder(version: Version) -> Path:
-    version.file(f"{EXPERT_FOLDER}/adapter_model.safetensors")  # checksum-verified before PEFT reads it
-    return version.path / EXPERT_FOLDER
+    version.file(f"{TRAIN_TASK.files.expert}/adapter_model.safetensors")  # checksum-verified before PEFT reads it
+    return version.path / TRAIN_TASK.files.expert
 
 
 def lora_settings(hyper) -> LoraSettings:
@@ -87,7 +88,7 @@ def baseline_shape(run: TrainRun, adapter, modules: Sequence[str], *, step: int 
     lora = lora_settings(run.hyper)
     if not run.hyper.parity:
         return Shape(lora, list(modules))
-    counts = [read_json(v.file("arch.json"))["expert_parameters"] for v in parity_allocations(run)]
+    counts = [read_json(v.file(ALLOCATE.files.arch))["expert_parameters"] for v in parity_allocations(run)]
     budget = sum(counts) // len(counts)
     sizes = {c.name: c for c in adapter.candidates(include_mlp=True)}
     rank, n = parity_shape([sizes[m].d_in + sizes[m].d_out for m in modules],
@@ -150,7 +151,7 @@ def continued_shape(method, run: TrainRun, adapter, previous: Version | None) ->
     too: a continued LoRA cannot change its rank); without parity the hyperparameters must agree with it."""
     if previous is None:
         return baseline_shape(run, adapter, all_projections(adapter))
-    saved = read_json(previous.file(f"{EXPERT_FOLDER}/{SIDECAR}"))
+    saved = read_json(previous.file(f"{TRAIN_TASK.files.expert}/{SIDECAR}"))
     lora = lora_settings(run.hyper)
     if run.hyper.parity != ("dmole_parameters" in saved) or (
             not run.hyper.parity and (saved["rank"], saved["alpha"]) != (lora.rank, lora.alpha)):

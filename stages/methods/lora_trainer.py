@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from artifacts.io import read_json, write_json
 
+from ..registry import TRAIN_TASK
 from .base import Trainer, TrainRun
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from ..dmole.experts import ExpertModel, LoraSettings
     from .lora import Shape
 
-EXPERT_FOLDER = "expert"
 SIDECAR = "dmole_expert.json"
 
 
@@ -105,5 +105,5 @@ class LoraTrainer(Trainer):
                    "adapter_name": self.name, "rank": self.lora.rank, "alpha": self.lora.alpha,
                    "dropout": self.lora.dropout, "target_modules": self.modules,
                    **({"shared_a": self.shared} if self.shared else {}), **self.extra_sidecar}
-        save_expert(self.model, self.name, writer.path(EXPERT_FOLDER), sidecar)
+        save_expert(self.model, self.name, writer.path(TRAIN_TASK.files.expert), sidecar)
         self.record(writer)

@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from .fixed import FixedRouting
 
 TASK = "all"
-WEIGHTS, CONFIG = "roe_weights.safetensors", "roe_config.json"
-DECISIONS, REPORT = "routing_decisions.parquet", "roe_report.json"
 SKIP_TOLERANCE, MAX_SCORE_DROP = 0.05, 2.0  # dmole's acceptance targets (spec roe.md §6.4)
 
 EvalSets = list[tuple[TaskSpec, list[EvalSample]]]
@@ -60,7 +58,7 @@ def continual_matrix(project: Project, after: str | None) -> dict | None:
     diagonal = {}
     for name in project.config.task_names[:project.config.task_index(after)]:
         version = project.store.require(stage, name, hint=f"dmole {EVAL.name} --after {name}")
-        rows = read_parquet(version.file("scores.parquet")).to_pylist()
+        rows = read_parquet(version.file(EVAL.files.scores)).to_pylist()
         diagonal[name] = next(row["score"] for row in rows if row["task"] == name)
     return {"after": after, "diagonal": diagonal}
 
@@ -180,8 +178,8 @@ def build_report(adapter, attachment, rows: list[dict], scores: dict[str, dict[s
 
 
 def write_results(writer: Writer, rows: list[dict], report: dict) -> None:
-    write_parquet(writer.path(DECISIONS), {k: [r[k] for r in rows] for k in rows[0]})
-    write_json(writer.path(REPORT), report)
+    write_parquet(writer.path(ROE_EVAL.files.decisions), {k: [r[k] for r in rows] for k in rows[0]})
+    write_json(writer.path(ROE_EVAL.files.report), report)
     writer.meta.update({key: report[key] for key in ("skip_rate", "base_score", "dense_score", "roe_score",
                                                      "batch_rule_applied")})
 
@@ -198,7 +196,7 @@ class TrainedRoE:
     @classmethod
     def latest(cls, project: Project) -> TrainedRoE:
         version = project.store.require(ROUTE_TRAIN.name, TASK, hint=ROUTE_TRAIN.hint())
-        config = read_json(version.file(CONFIG))
+        config = read_json(version.file(ROUTE_TRAIN.files.config))
         after = None if config.get("from", BASE) == BASE else config["from"]  # runs before --from: the base
         return cls(version, config, after, [] if after is None else continual_inputs(project, after))
 
@@ -209,7 +207,7 @@ class TrainedRoE:
         """RoE's modules (checked against the base and the continual model) and the continual model (or None)."""
         from .weights import load_roe
 
-        modules, metadata = load_roe(self.version.file(WEIGHTS), family=adapter.family,
+        modules, metadata = load_roe(self.version.file(ROUTE_TRAIN.files.weights), family=adapter.family,
                                      base_hash=base_hash(model_fingerprint(project)))
         if metadata["dmole_checkpoint"] != continual_hash(self.continual_versions):
             raise UserError(f"the RoE weights were trained on other experts than {project.config.method} after "
