@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from .config import Strict
-from .errors import UserError
 from .options import (AllocateOptions, EmbedOptions, EvalOptions, FitRouterOptions, RoEEvalOptions, RouteSweepOptions,
                       RouteTrainOptions, SweepOptions, TrainTaskOptions, ZcScoreOptions)
 
@@ -33,7 +32,6 @@ class Stage:
     command: str = ""  # the command that runs it (default: its name)
     switch: str = ""  # the flag of ``command`` that selects it, where another stage's command runs it
     flags: dict[str, str] = field(default_factory=dict)  # option -> its flag, where not --option-name
-    per_task: bool = False  # the command takes --task
 
     @property
     def command_line(self) -> tuple[str, ...]:
@@ -46,22 +44,22 @@ class Stage:
 
 
 EMBED = Stage("embed", "Sequence representation (frozen base, no experts) of the task's train and test samples, to "
-                       "Parquet.", EmbedOptions, Files(split="{split}.parquet"), per_task=True)
+                       "Parquet.", EmbedOptions, Files(split="{split}.parquet"))
 FIT_ROUTER = Stage("fit-router", "Fit the task's autoencoder router on its training embeddings and set its "
                                  "threshold.", FitRouterOptions,
-                   Files(router="router.json", weights="router.safetensors"), per_task=True)
+                   Files(router="router.json", weights="router.safetensors"))
 ZC_SCORE = Stage("zc-score", "Zero-cost proxy: gradient norm of every candidate module of both towers on the frozen "
-                             "base.", ZcScoreOptions, Files(scores="scores.parquet"), per_task=True)
+                             "base.", ZcScoreOptions, Files(scores="scores.parquet"))
 ALLOCATE = Stage(
     "allocate", "Choose the task's expert modules: budget split between towers by gradient share (vision >= 25%)."
                 "\n\n--method takes dmole or one of its ablations, each a named method with its own artifacts: "
                 "dmole-vision-only, dmole-language-only (experts in one tower), dmole-pooled (one ranking over both "
                 "towers), dmole-uniform (the same evenly spread modules for every task).", AllocateOptions,
-    Files(arch="arch.json"), per_task=True)
+    Files(arch="arch.json"))
 TRAIN_TASK = Stage("train-task", "Train the task's adapter for the method (`dmole methods` lists them); resumes "
                                  "automatically.\n\nA method's own hyperparameters (`dmole methods --show NAME`) are "
                                  "set with --hparam KEY=VALUE.", TrainTaskOptions,
-                   Files(expert="expert", log="train_log.parquet"), per_task=True)
+                   Files(expert="expert", log="train_log.parquet"))
 EVAL = Stage("eval", "Evaluate on the test split of every task (seen and unseen), greedy decoding, each family's "
                      "metric.", EvalOptions, Files(scores="scores.parquet", predictions="predictions/{task}.parquet"))
 THRESHOLD_SWEEP = Stage(  # D-MoLE only: its routing is what the thresholds change
@@ -105,9 +103,3 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 def with_options() -> dict[str, Stage]:
     """The stages that take options, by name (what the workspace's ``stages`` section may set)."""
     return {name: stage for name, stage in STAGES.items() if stage.options is not None}
-
-
-def get_stage(name: str) -> Stage:
-    if name not in STAGES:
-        raise UserError(f"unknown stage {name!r}; the stages are: {', '.join(STAGES)}")
-    return STAGES[name]
