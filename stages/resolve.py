@@ -9,11 +9,12 @@ neither of.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .config import ConfigError, WorkspaceConfig, first_problem, parse_model
+from .config import ConfigError, WorkspaceConfig, first_problem
 from .methods import get_method, method_names
 from .options import explicit
 from .profile import reference_settings
@@ -22,6 +23,7 @@ from .registry import with_options
 # `profile: reference` switches each deliberate difference from the official implementation back to it where it
 # is an option (stages/profile.py declares them all); workspace stage settings and command-line flags still win.
 REFERENCE_PROFILE: dict[str, dict] = reference_settings()
+T = TypeVar("T")
 
 
 def check_method(name: str | None) -> str | None:
@@ -36,13 +38,24 @@ def stage_profile(config: WorkspaceConfig, stage: str) -> dict:
     return REFERENCE_PROFILE.get(stage, {}) if config.profile == "reference" else {}
 
 
-def _problem(where: str, check) -> None:
+def _problem(where: str, check: Callable[[], T]) -> T:
+    """What ``check`` returns, or its error as one line after ``where``."""
     try:
-        check()
+        return check()
     except ValidationError as error:
         raise ConfigError(f"{where}: {first_problem(error)}") from None
     except ValueError as error:
         raise ConfigError(f"{where}: {error}") from None
+
+
+def _options(model: type[BaseModel], values: Mapping) -> BaseModel:
+    """``values`` as ``model``'s options, the method they name checked against the method registry."""
+    options = model.model_validate(values)
+    try:
+        check_method(getattr(options, "method", None))
+    except ValueError as error:
+        raise ValueError(f"method: {error}") from None
+    return options
 
 
 def stage_options(config: WorkspaceConfig, stage: str, given: BaseModel | Mapping | None = None) -> BaseModel:
@@ -51,9 +64,7 @@ def stage_options(config: WorkspaceConfig, stage: str, given: BaseModel | Mappin
     if isinstance(given, BaseModel) and not isinstance(given, model):
         raise TypeError(f"{stage} takes {model.__name__}, not {type(given).__name__}")
     merged = {**stage_profile(config, stage), **config.stages.get(stage, {}), **explicit(given)}
-    options = parse_model(model, merged, source=f"options of '{stage}'")
-    _problem(f"options of '{stage}': method", lambda: check_method(getattr(options, "method", None)))
-    return options
+    return _problem(f"options of '{stage}'", lambda: _options(model, merged))
 
 
 def check_workspace(config: WorkspaceConfig, *, source: str) -> WorkspaceConfig:
@@ -64,7 +75,7 @@ def check_workspace(config: WorkspaceConfig, *, source: str) -> WorkspaceConfig:
     for name, values in config.stages.items():
         if name not in stages:
             raise ConfigError(f"{source}: stages: unknown stage {name!r}; stages with options: {', '.join(stages)}")
-        _problem(f"{source}: stages: stage {name!r}", lambda: stages[name].options.model_validate(values))
+        _problem(f"{source}: stages: stage {name!r}", lambda: _options(stages[name].options, values))
     for name, values in config.methods.items():
         _problem(f"{source}: methods", lambda: check_method(name))
         _problem(f"{source}: methods: method {name!r}", lambda: get_method(name).Hyper.model_validate(values))

@@ -161,3 +161,10 @@ def test_a_stage_prints_its_result_as_json(make_project):
     assert {k: v for k, v in json.loads(first.output).items() if k in ("stage", "task", "version", "up_to_date")} == {
         "stage": "allocate", "task": task, "version": 1, "up_to_date": False}
     assert json.loads(dmole(project, "allocate", "--task", task, "--json").output)["up_to_date"] is True
+
+
+def test_a_workspace_stage_default_naming_an_unknown_method_is_refused_when_opened(make_project):
+    project = make_project()
+    edit_workspace(project, stages={"train-task": {"method": "nothing"}})
+    with pytest.raises(ConfigError, match="stages: stage 'train-task': method: unknown method 'nothing'"):
+        Project.open(project.root)
