@@ -25,7 +25,7 @@ from stages.options import parse_pairs
 from stages.registry import Stage
 
 OPTIONS = "options"
-COMMON = ("force", "quiet", "workspace")
+COMMON = ("force", "quiet", "json_output", "workspace")
 
 
 def _plain(annotation: Any) -> Any:
@@ -87,9 +87,12 @@ def options_of(stage: Stage, options: dict) -> dict:
 
 
 def stage_flags(*stages: Stage) -> Callable:
-    """Give a command one flag per option of ``stages`` (an option several share is one flag; each stage's
-    declaration renames some); the command receives what the user set as ``options``."""
-    fields = {name: field for stage in stages for name, field in stage.options.model_fields.items()}
+    """Give a command one flag per option of ``stages`` (an option several share is one flag, with the first
+    stage's help; each stage's declaration renames some); the command receives what the user set as ``options``."""
+    fields: dict[str, FieldInfo] = {}
+    for stage in stages:
+        for name, field in stage.options.model_fields.items():
+            fields.setdefault(name, field)
     flags = {name: flag for stage in stages for name, flag in stage.flags.items()}
 
     def decorate(command: Callable) -> Callable:
