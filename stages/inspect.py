@@ -7,7 +7,8 @@ from artifacts.io import read_parquet
 
 from .errors import UserError
 from .project import Project
-from .registry import ALLOCATE, EVAL, FIT_ROUTER, SWEEP
+from .methods import method_names
+from .registry import ALLOCATE, EVAL, FIT_ROUTER, STAGES, SWEEP
 from .resolve import stage_options
 from .runner import model_identity
 
@@ -90,8 +91,18 @@ def _router_record(project: Project, described: dict) -> dict:
     return {"quantile": record["quantile"], "threshold": record["threshold"], **record["quantiles"]}
 
 
+def check_stage(stage: str) -> None:
+    """A one-line error unless ``stage`` names a stage's artifacts: a declared stage, or METHOD.STAGE for another
+    method's (`methods.base.stage_name`)."""
+    method, _, declared = stage.rpartition(".")
+    if declared not in STAGES or (method and method not in method_names()):
+        raise UserError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}, another method's as "
+                        "METHOD.STAGE (e.g. seq-lora.train-task)")
+
+
 def describe_stage(project: Project, stage: str, task: str | None, number: int | None) -> dict:
     """One task's artifact, or every task's latest when no task is named; plus stage-wide views."""
+    check_stage(stage)
     if task is not None:
         if project.store.latest(stage, task) is None:  # not a key of this stage: name the workspace's tasks
             project.config.task(task)
