@@ -35,6 +35,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 test-all: install  # also the slow end-to-end runs (pytest -m slow alone runs only those)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m ''
 
 clean:
