@@ -17,7 +17,6 @@ from .resolve import stage_options
 from .runner import StageResult, run_stage
 
 
-
 def load_scores(version: Version) -> list[ScoredModule]:
     table = read_parquet(version.file(ZC_SCORE.files.scores)).to_pylist()
     return [ScoredModule(r["module"], r["tower"], r["score"], r["d_in"], r["d_out"]) for r in table]

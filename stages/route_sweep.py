@@ -32,7 +32,6 @@ from .runner import (
 )
 
 
-
 def _table_rows(runs: list[dict]) -> dict[str, list]:
     rows = [{"seed": r["seed"], "target": r["target"], "variant": r["variant"], "skip_rate": r["skip_rate"],
              "task": task, "score": score, "relative": r["relative"][task],

@@ -29,7 +29,6 @@ from .roe.continual import BASE, continual_inputs, trained_on
 from .runner import StageResult, checkpoint_dir, fingerprint, model_fingerprint, run_stage
 
 
-
 class RouteTrainError(UserError):
     """An option route-train cannot honour."""
 

@@ -28,7 +28,6 @@ from .runner import StageResult, checkpoint_dir, run_stage, source_fingerprint
 from .training.trackers import check_available, open_loggers
 
 
-
 def loop_settings(options: TrainTaskOptions, task: TaskSpec | None,
                   union: dict[str, tuple[TaskSpec, int]] | None = None):
     """The loop's settings for ``task``. A run on the union of tasks (joint; ``union``: task -> its spec and how many

@@ -28,7 +28,6 @@ from .resolve import stage_options
 from .runner import StageResult, run_stage, source_fingerprint
 
 
-
 def sample_count(n_train: int, options: ZcScoreOptions) -> int:
     return min(n_train, max(4 * options.batch_size, round_half_up(options.portion * n_train)))
 

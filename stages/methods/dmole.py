@@ -19,7 +19,6 @@ from .base import ContinualMethod, EvalPlan, TrainRun, method_flag
 from .lora_trainer import LoraTrainer
 
 
-
 class DMoLEHyper(Strict):
     """The expert rank is the allocation's (``allocate --rank``); these are the rest of its LoRA settings."""
 

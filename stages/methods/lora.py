@@ -15,8 +15,8 @@ from artifacts.io import read_json
 
 from ..dmole.experts import ExpertModel, LoraSettings, adapter_name
 from ..errors import UserError
-from .base import EvalPlan, TrainRun, parity_allocations
 from ..registry import ALLOCATE, TRAIN_TASK
+from .base import EvalPlan, TrainRun, parity_allocations
 from .lora_trainer import SIDECAR, LoraTrainer
 
 
