@@ -31,9 +31,11 @@ demo: install
 	$(BIN)/dmole demo --out $(DEMO_OUT)
 
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 test-all: install  # also the slow end-to-end runs (pytest -m slow alone runs only those)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m ''
 
 clean:

@@ -23,6 +23,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,38 +31,44 @@ import torch
 from artifacts.io import read_json
 from stages.allocate import allocate
 from stages.data.tasks import load_eval_samples, load_train_samples
-from stages.dmole.experts import ExpertModel, LoraSettings
+from stages.dmole.experts import ExpertModel
 from stages.embed import embed
 from stages.evaluation.predict import predict
 from stages.fit_router import fit_router
 from stages.init import create_workspace
 from stages.methods import get_method
 from stages.methods.lora import towers
-from stages.options import stage_options
 from stages.models.registry import load_family
+from stages.options import TrainTaskOptions
 from stages.project import Project
-from stages.train_task import train_task
+from stages.registry import ALLOCATE, EMBED, EVAL, FIT_ROUTER, REPORT, TRAIN_TASK, ZC_SCORE
+from stages.resolve import stage_options
+from stages.train_task import method_hyper, train_task
 from stages.training.chat import chat_examples
 from stages.zc_score import zc_score
 from step_ratio import median_ratio, step_ratio
 
 
 def quality(project: Project) -> dict:
-    report = project.store.require("report", "all", hint="dmole demo")
-    methods = read_json(report.file("cl_metrics.json"))["methods"]
+    report = project.store.require(REPORT.name, "all", hint="dmole demo")
+    methods = read_json(report.file(REPORT.files.metrics))["methods"]
     return {m: {k: v[k] for k in ("last", "avg_seen", "avg_all", "bwt", "fwt")} for m, v in methods.items()}
 
 
-def training_step(project: Project, repeats: int, lora: LoraSettings) -> dict:
-    """Task 2's D-MoLE step with task 1's expert routed in vs a plain PEFT step, on 16 of task 2's samples."""
+def training_step(project: Project, repeats: int, dropout: bool = True) -> dict:
+    """Task 2's D-MoLE step with task 1's expert routed in vs a plain PEFT step, on 16 of task 2's samples, with
+    D-MoLE's LoRA as train-task builds it (the workspace's hyperparameters at the allocation's rank)."""
     names = project.config.task_names
-    partner, own = (read_json(project.store.require("allocate", n).file("arch.json"))["selected"] for n in names[:2])
+    first, second = (read_json(project.store.require(ALLOCATE.name, n).file(ALLOCATE.files.arch)) for n in names[:2])
+    partner, own = first["selected"], second["selected"]
+    lora = method_hyper(project, get_method("dmole"), TrainTaskOptions()).lora(second["rank"])
+    lora = lora if dropout else replace(lora, dropout=0.0)
     examples = chat_examples(load_train_samples(project.data_root, project.config.task(names[1]))[:16])
     return step_ratio(lambda: load_family(project.model_path), partner, own, examples, lora, repeats)
 
 
 def _preprocessing_seconds(seconds: dict[str, float]) -> float:
-    return sum(v for k, v in seconds.items() if k != "train-task")
+    return sum(v for k, v in seconds.items() if k != TRAIN_TASK.name)
 
 
 def preprocessing_share(demo: Path, rounds: int) -> dict:
@@ -76,16 +83,16 @@ def preprocessing_share(demo: Path, rounds: int) -> dict:
                              stages=source.config.stages)
             project = Project.open(Path(tmp) / "ws")
             seconds = {}
-            for name, run in (("embed", lambda: embed(project, task)),
-                              ("fit-router", lambda: fit_router(project, task)),
-                              ("zc-score", lambda: zc_score(project, task)),
-                              ("allocate", lambda: allocate(project, task)),
-                              ("train-task", lambda: train_task(project, task))):
+            for name, run in ((EMBED.name, lambda: embed(project, task)),
+                              (FIT_ROUTER.name, lambda: fit_router(project, task)),
+                              (ZC_SCORE.name, lambda: zc_score(project, task)),
+                              (ALLOCATE.name, lambda: allocate(project, task)),
+                              (TRAIN_TASK.name, lambda: train_task(project, task))):
                 start = time.perf_counter()
                 run()
                 seconds[name] = time.perf_counter() - start
             runs.append(seconds)
-    shares = [_preprocessing_seconds(r) / r["train-task"] for r in runs]
+    shares = [_preprocessing_seconds(r) / r[TRAIN_TASK.name] for r in runs]
     medians = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
     return {"task": task, "rounds": rounds, "seconds": medians, "runs": runs,
             "preprocessing_s": _preprocessing_seconds(medians),
@@ -97,12 +104,12 @@ def inference_throughput(project: Project, repeats: int) -> dict:
     names = project.config.task_names
     task = project.config.task(names[1])
     samples = load_eval_samples(project.data_root, task)
-    options = stage_options(project.config, "eval").for_task(task)
+    options = stage_options(project.config, EVAL.name).for_task(task)
     routed_adapter, single_adapter = load_family(project.model_path), load_family(project.model_path)
     routed_plan = get_method("dmole").evaluation(project, names[-1], routed_adapter)
     routes, errors = routed_plan.routes_for(task.name, samples, options)
     single = ExpertModel(single_adapter.model, towers(single_adapter))
-    single.load_expert(2, project.store.require("train-task", names[1]).path / "expert")
+    single.load_expert(2, project.store.require(TRAIN_TASK.name, names[1]).path / TRAIN_TASK.files.expert)
 
     def run_routed():
         predict(routed_adapter, task, samples, batch_size=options.batch_size, model=routed_plan.model,
@@ -138,8 +145,8 @@ def main() -> None:
     results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
                "quality": quality(project),
-               "training_step": training_step(project, args.repeats, LoraSettings()),
-               "training_step_no_dropout": training_step(project, args.repeats, LoraSettings(dropout=0.0)),
+               "training_step": training_step(project, args.repeats),
+               "training_step_no_dropout": training_step(project, args.repeats, dropout=False),
                "inference": inference_throughput(project, max(3, args.repeats // 2)),
                "preprocessing": preprocessing_share(args.demo, args.preprocessing_rounds)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

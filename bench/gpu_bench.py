@@ -36,6 +36,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,12 +45,14 @@ from stages.config import TaskSpec
 from stages.data.samples import TrainSample
 from stages.data.synthetic import SynthSizes, write_benchmark
 from stages.data.tasks import load_eval_samples, load_train_samples
-from stages.dmole.experts import ExpertModel, LoraSettings
+from stages.dmole.experts import ExpertModel
 from stages.embed import compute_embeddings
 from stages.evaluation.predict import predict
+from stages.methods.dmole import DMoLEHyper
 from stages.methods.lora import towers
 from stages.models.registry import device_name, load_family
 from stages.models.tiny import TinySize, build_tiny
+from stages.options import AllocateOptions
 from stages.training.chat import chat_examples
 from stages.training.inputs import GPU_WORKERS, InputPipeline
 from stages.training.loop import LoopSettings, ParamGroup, train
@@ -177,7 +180,8 @@ def main() -> None:
         experts = ExpertModel(adapter.model, towers(adapter))
         candidates = adapter.candidates(include_mlp=False)
         modules = [c.name for c in candidates]
-        trainable = experts.add_expert(1, modules, LoraSettings(rank=8, alpha=16, dropout=0.0))
+        lora = DMoLEHyper().lora(AllocateOptions().rank)  # D-MoLE's expert LoRA at the default rank
+        trainable = experts.add_expert(1, modules, replace(lora, dropout=0.0))
         inline, ahead = (bench_training(adapter, experts, trainable, train_samples, args, workers)
                          for workers in (0, args.input_workers))
         router = lambda indices, inputs: experts.routed([(1,)] * len(indices),  # noqa: E731
@@ -188,7 +192,7 @@ def main() -> None:
         # the partner on every other layer's attention projections, the new expert on all of them
         partner = [c.name for c in candidates if c.layer % 2 == 0]
         ratio = step_ratio(lambda: load_family(model_path), partner, modules,
-                           chat_examples(train_samples[:args.batch_size]), LoraSettings(), args.ratio_repeats)
+                           chat_examples(train_samples[:args.batch_size]), lora, args.ratio_repeats)
     result = {"size": args.size, "device": device_name(device), "torch": torch.__version__,
               "dtype": str(adapter.model.dtype), "attention": attention, "batch_size": args.batch_size,
               **ahead, "input_wait_share_inline": inline["input_wait_share"],

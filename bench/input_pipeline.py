@@ -24,7 +24,8 @@ import torch
 from emit import emit
 
 from stages.project import Project
-from stages.train_task import loop_settings, step_loss, train_run
+from stages.train_task import train_run
+from stages.training.steps import loop_settings, step_loss
 from stages.training.inputs import InputPipeline
 from stages.training.loop import ParamGroup, train
 

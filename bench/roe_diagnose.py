@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from emit import emit
 
-from stages.options import stage_options
 from stages.project import Project
+from stages.registry import ROUTE_TRAIN
+from stages.resolve import stage_options
 from stages.roe.attach import attach, roe_shape
 from stages.roe.evaluation import eval_sets, evaluate_routed, skip_stats
 from stages.roe.modules import RoEModules
@@ -41,7 +42,7 @@ def main() -> None:
     start = time.perf_counter()
     project = Project.open(args.workspace)
     overrides = {k: json.loads(v) for k, v in (pair.split("=", 1) for pair in args.overrides)}
-    settings = stage_options(project.config, "route-train", overrides)
+    settings = stage_options(project.config, ROUTE_TRAIN.name, overrides)
     settings = settings.model_copy(update={"stage2_mode": settings.stage2_mode or "full"})
     samples = [s for _, s in training_subset(project, project.config.tasks, settings, project.config.seed)]
     sets = eval_sets(project, settings.max_eval_samples)

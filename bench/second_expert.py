@@ -22,10 +22,11 @@ import tempfile
 from pathlib import Path
 
 from artifacts.io import read_parquet
-from stages.evaluate import STAGE as EVAL, ZERO_SHOT, evaluate
+from stages.evaluate import ZERO_SHOT, evaluate
 from stages.metrics.continual import continual_metrics
-from stages.options import stage_options
 from stages.project import Project
+from stages.registry import EVAL
+from stages.resolve import stage_options
 
 BASELINE = "top-1"
 # per-sample rules at eval's default ranking (relative error); two at the paper's raw-error ranking, to show it
@@ -43,14 +44,14 @@ def measure(workspace: Path, threshold_scale: float | None = None) -> dict:
     project = Project.open(workspace)
     names = project.config.task_names
     zero = {r["task"]: r["score"] for r in read_parquet(
-        project.store.require(EVAL, ZERO_SHOT, hint="dmole demo").file("scores.parquet")).to_pylist()}
+        project.store.require(EVAL.name, ZERO_SHOT, hint="dmole demo").file(EVAL.files.scores)).to_pylist()}
     results, last_rows = {}, {}
     for rule, update in RULES.items():
-        options = stage_options(project.config, EVAL, {**update, "threshold_scale": threshold_scale})
+        options = stage_options(project.config, EVAL.name, {**update, "threshold_scale": threshold_scale})
         matrix = [[zero[n] for n in names]]
         for after in names:
             version = evaluate(project, after, options).version
-            scores = {r["task"]: r["score"] for r in read_parquet(version.file("scores.parquet")).to_pylist()}
+            scores = {r["task"]: r["score"] for r in read_parquet(version.file(EVAL.files.scores)).to_pylist()}
             matrix.append([scores[n] for n in names])
         last_rows[rule] = _rows(version)
         metrics = continual_metrics(matrix)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -102,6 +103,14 @@ class OneLineErrors(TyperGroup):
             err_console.print("Aborted.")
             sys.exit(1)
         sys.exit(status if isinstance(status, int) else 0)
+
+
+def print_result(result, json_output: bool) -> None:
+    """What a stage command ends with: its summary line, or under --json its result as JSON."""
+    if json_output:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        print_summary(result)
 
 
 def print_summary(result) -> None:

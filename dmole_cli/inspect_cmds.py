@@ -9,6 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from stages.registry import ROUTE_TRAIN, STAGES
+
 from .common import JsonOption, WorkspaceOption, console, handles_user_errors, open_project
 
 STATUS_STYLE = {"ok": "green", "stale": "yellow", "tampered": "bold red"}
@@ -112,7 +114,8 @@ def _render_allocation(allocation: dict) -> None:
 
 @handles_user_errors
 def show(
-    stage: Annotated[str, typer.Argument(help="Stage name, e.g. embed, fit-router, zc-score, allocate, eval.")],
+    stage: Annotated[str, typer.Argument(help=f"Stage name: {', '.join(STAGES)}; another method's as METHOD.STAGE "
+                                              "(seq-lora.train-task).")],
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task (default: every task).")] = None,
     version: Annotated[Optional[int], typer.Option(help="Version number (default: the latest).")] = None,
     json_output: JsonOption = False,
@@ -122,7 +125,7 @@ def show(
     allocate the expert map, route-train the skip rates and scores)."""
     from stages.inspect import describe_stage
 
-    if stage == "route-train":
+    if stage == ROUTE_TRAIN.name:
         from .roe_cmds import show_route_train
 
         show_route_train(workspace, json_output)

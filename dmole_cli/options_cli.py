@@ -1,9 +1,10 @@
 """Command-line flags generated from a stage's options model (`stages/options.py`), the one place each option's
 name, type, default and help are written.
 
-``@stage_flags("train-task")`` on a command adds one ``--flag`` per field of the stage's model to the command's
-own parameters, and hands the command the values the user gave as ``options`` (a dict; flags left out are not
-in it, so the workspace's defaults apply below them when the stage resolves its options).
+``@stage_flags(TRAIN_TASK)`` on a command adds one ``--flag`` per field of the declared stage's model
+(`stages/registry.py`) to the command's own parameters, and hands the command the values the user gave as
+``options`` (a dict; flags left out are not in it, so the workspace's defaults apply below them when the stage
+resolves its options).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 import typer
 from pydantic.fields import FieldInfo
 
-from stages.options import STAGE_OPTIONS, parse_pairs
+from stages.errors import UserError
+from stages.options import parse_pairs
+from stages.registry import Stage
 
 OPTIONS = "options"
-COMMON = ("force", "quiet", "workspace")
+COMMON = ("force", "quiet", "json_output", "workspace")
 
 
 def _plain(annotation: Any) -> Any:
@@ -49,13 +52,13 @@ def _flag(name: str, field: FieldInfo, flags: dict[str, str]) -> tuple[Any, Call
     kind = _plain(field.annotation)
     help_text = (field.description or "").rstrip(".")
     help_text = help_text[:1].upper() + help_text[1:] + "." + _default_text(field)
-    flag = flags.get(name, "--" + name.replace("_", "-"))
+    flag = _flag_name(name, flags)
     if kind is bool:
         declared = f"{flag}/--no-{flag.removeprefix('--')}"
         return Annotated[Optional[bool], typer.Option(declared, help=help_text)], lambda v: v
     if get_origin(kind) is Literal:  # typer offers choices through an Enum
-        choices = enum.Enum(f"{name}_choices", {str(c): str(c) for c in get_args(kind)}, type=str)
-        return Annotated[Optional[choices], typer.Option(flag, help=help_text)], lambda v: None if v is None else v.value
+        values = choices(name, tuple(str(c) for c in get_args(kind)))
+        return Annotated[Optional[values], typer.Option(flag, help=help_text)], lambda v: None if v is None else v.value
     if get_origin(kind) is dict:
         singular = flags.get(name, "--" + name.removesuffix("s").replace("_", "-"))
         return (Annotated[Optional[list[str]], typer.Option(singular, metavar="KEY=VALUE", help=help_text)],
@@ -65,10 +68,32 @@ def _flag(name: str, field: FieldInfo, flags: dict[str, str]) -> tuple[Any, Call
     return Annotated[Optional[kind], typer.Option(flag, help=help_text)], lambda v: v
 
 
-def stage_flags(stage: str, *, flags: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> Callable:
-    """Give a command one flag per option of ``stage`` (``flags`` renames some, ``skip`` leaves some out); the
-    command receives what the user set as ``options``."""
-    model = STAGE_OPTIONS[stage]
+def choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    """An Enum of ``values``, which typer offers as a flag's choices (and `--help` lists)."""
+    return enum.Enum(f"{name}_choices", {value: value for value in values}, type=str)
+
+
+def _flag_name(name: str, flags: dict[str, str]) -> str:
+    return flags.get(name, "--" + name.replace("_", "-"))
+
+
+def options_of(stage: Stage, options: dict) -> dict:
+    """``options`` when ``stage`` takes each of them (a command whose flags serve several stages runs one), else a
+    one-line error naming the first it does not take."""
+    foreign = [name for name in options if name not in stage.options.model_fields]
+    if foreign:
+        raise UserError(f"{_flag_name(foreign[0], stage.flags)} is not an option of {' '.join(stage.command_line)}")
+    return options
+
+
+def stage_flags(*stages: Stage) -> Callable:
+    """Give a command one flag per option of ``stages`` (an option several share is one flag, with the first
+    stage's help; each stage's declaration renames some); the command receives what the user set as ``options``."""
+    fields: dict[str, FieldInfo] = {}
+    for stage in stages:
+        for name, field in stage.options.model_fields.items():
+            fields.setdefault(name, field)
+    flags = {name: flag for stage in stages for name, flag in stage.flags.items()}
 
     def decorate(command: Callable) -> Callable:
         own = inspect.signature(command)
@@ -81,10 +106,8 @@ def stage_flags(stage: str, *, flags: dict[str, str] | None = None, skip: tuple[
         # the stage's flags go after the command's own and before the ones every command shares
         first_keyword = next((i for i, p in enumerate(params) if p.name in COMMON), len(params))
         generated = []
-        for name, field in model.model_fields.items():
-            if name in skip:
-                continue
-            annotation, converters[name] = _flag(name, field, flags or {})
+        for name, field in fields.items():
+            annotation, converters[name] = _flag(name, field, flags)
             generated.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                                annotation=annotation))
             annotations[name] = annotation

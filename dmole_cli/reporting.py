@@ -14,11 +14,11 @@ def print_method_table(version) -> None:
     matrix R."""
     from artifacts.io import read_json
     from stages.figures.markdown import fmt
+    from stages.registry import REPORT
     from stages.figures.matrix import METRICS, stage_labels, table2_rows
-    from stages.report import COSTS
 
-    result = read_json(version.file("cl_metrics.json"))
-    header, rows = table2_rows(result, read_json(version.file(COSTS)))
+    result = read_json(version.file(REPORT.files.metrics))
+    header, rows = table2_rows(result, read_json(version.file(REPORT.files.costs)))
     table2 = Table(*header, title="Table 2: each task after the last stage, AVG, Last, BWT")
     for row in rows:
         table2.add_row(*row)

@@ -8,62 +8,55 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .common import (ForceOption, QuietOption, WorkspaceOption, console, handles_user_errors, open_project,
-                     print_summary)
+from stages.registry import ROE_SWEEP, ROUTE_TRAIN
+
+from .common import (ForceOption, JsonOption, QuietOption, WorkspaceOption, console, handles_user_errors,
+                     open_project, print_result)
 from .options_cli import stage_flags
 from .progress import rich_progress
 
 
 @handles_user_errors
-@stage_flags("route-train", flags={"start": "--from"})
+@stage_flags(ROUTE_TRAIN)
 def route_train(options: dict, force: ForceOption = False, quiet: QuietOption = False,
-                workspace: WorkspaceOption = None) -> None:
-    """Train RoE routers and skip adapters on every task's training data (3-stage schedule), then compare
-    dense and routed accuracy and report the realised skip rate."""
+                json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
     from stages.route_train import route_train as run
     from stages.roe_eval import roe_summary
 
     project = open_project(workspace)
-    result = run(project, options, force=force, progress=rich_progress(quiet))
-    if not quiet:
+    result = run(project, options, force=force, progress=rich_progress(quiet or json_output))
+    if not (quiet or json_output):
         render_roe_summary(roe_summary(project))
-    print_summary(result)
+    print_result(result, json_output)
 
 
 @handles_user_errors
-@stage_flags("roe-sweep", flags={"skip_ratios": "--target", "seeds": "--seed", "baselines": "--baseline"})
+@stage_flags(ROE_SWEEP)
 def route_sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False,
-                workspace: WorkspaceOption = None) -> None:
-    """Train RoE at several skip targets (route-train's options, ρ per --target) and, at each RoE run's realised
-    skip, static layer dropping and random routing with the same adapters and schedule, per --seed; report each
-    task's score relative to the dense model, the realised skip and the batch-1 speed-up (stage roe-sweep)."""
+                json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
     from stages.figures.roe_sweep import from_result, table
-    from stages.route_sweep import RESULT, route_sweep as run
+    from stages.route_sweep import route_sweep as run
 
     from artifacts.io import read_json
 
-    result = run(open_project(workspace), options, force=force, progress=rich_progress(quiet))
-    if not quiet:
-        console.print("\n".join(table(from_result(read_json(result.version.file(RESULT)),
+    result = run(open_project(workspace), options, force=force, progress=rich_progress(quiet or json_output))
+    if not (quiet or json_output):
+        console.print("\n".join(table(from_result(read_json(result.version.file(ROE_SWEEP.files.result)),
                                                      f"{result.stage} v{result.version.number}"))), soft_wrap=True,
                       markup=False)  # the table's image link is not rich markup
-    print_summary(result)
+    print_result(result, json_output)
 
 
-def run_roe_eval(workspace: Path | None, *, batch_size: int | None = None, batch_rule: str | None = None,
-                 max_samples: int | None = None, force: bool = False, quiet: bool = False,
+def run_roe_eval(workspace: Path | None, options: dict, *, force: bool = False, quiet: bool = False,
                  json_output: bool = False) -> None:
     """What `dmole eval --roe` does: evaluate the latest route-train weights, then print their summary."""
     from stages.roe_eval import evaluate_roe, roe_summary
 
     project = open_project(workspace)
-    options = {"batch_size": batch_size, "batch_rule": batch_rule, "max_samples": max_samples}
     result = evaluate_roe(project, options, force=force, progress=rich_progress(quiet or json_output))
-    if json_output:
-        print(json.dumps(roe_summary(project), indent=2))
-        return
-    render_roe_summary(roe_summary(project))
-    print_summary(result)
+    if not json_output:
+        render_roe_summary(roe_summary(project))
+    print_result(result, json_output)
 
 
 def show_route_train(workspace: Path | None, json_output: bool = False) -> None:
@@ -123,5 +116,5 @@ def render_roe_summary(summary: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("route-train")(route_train)
-    app.command("route-sweep")(route_sweep)
+    for stage, command in ((ROUTE_TRAIN, route_train), (ROE_SWEEP, route_sweep)):
+        app.command(stage.command_line[0], help=stage.help)(command)

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import typer
 
-from stages.config import SEED_LIMIT
+from stages.config import SEED_LIMIT, ImageAspectRatio, Profile, WorkspaceConfig
 from stages.data.benchmarks import benchmark_list
 from stages.models.catalog import family_list
+from stages.registry import REPORT
 
 from .common import (FamilyOption, JsonOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
                      open_project,
                      print_summary)
+from .options_cli import choices
 
 SEED_MAX = SEED_LIMIT - 1  # the synthetic benchmark's seed, in the range of every stage's (stages.config.Seed)
+AspectRatios = choices("image_aspect_ratio", get_args(ImageAspectRatio))
+Profiles = choices("profile", get_args(Profile))
+
+
+def workspace_default(name: str):
+    """A workspace setting's default (stages/config.py), for `init`'s flag of it."""
+    return WorkspaceConfig.model_fields[name].default
 
 
 @handles_user_errors
@@ -33,17 +42,20 @@ def init(
         help=f"Use a built-in benchmark preset instead of a registry file ({benchmark_list()}). Its tasks, files, "
              "prompts, generation limits, epochs, global batch sizes and repeats are the official ones; "
              "see docs/data.md.")] = None,
-    method: Annotated[str, typer.Option(help="Default method of the stages (`dmole methods` lists them).")] = "dmole",
-    seed: Annotated[int, typer.Option(help="Seed recorded for every stage.")] = 42,
+    method: Annotated[str, typer.Option(help="Default method of the stages (`dmole methods` lists them).")]
+    = workspace_default("method"),
+    seed: Annotated[int, typer.Option(help="Seed recorded for every stage.")] = workspace_default("seed"),
     max_tiles: Annotated[Optional[int], typer.Option(
         min=1, help="Cap on the image tiles per image (InternVL dynamic tiles, LLaVA-NeXT/OneVision grid, "
                     "SmolVLM splits, Qwen pixels in whole-image views) [default: the processor's own].")] = None,
-    image_aspect_ratio: Annotated[str, typer.Option(
+    image_aspect_ratio: Annotated[AspectRatios, typer.Option(
         help="processor (the image processor's own resizing) or pad (each image centred on a square of the "
-             "processor's mean colour first, as LLaVA-1.5 and RoE's --image_aspect_ratio pad).")] = "processor",
-    profile: Annotated[str, typer.Option(
+             "processor's mean colour first, as LLaVA-1.5 and RoE's --image_aspect_ratio pad).")]
+    = AspectRatios(workspace_default("image_aspect_ratio")),
+    profile: Annotated[Profiles, typer.Option(
         help="dmole (its own defaults) or reference (every deliberate difference from the official D-MoLE code "
-             "switched back: batch-vote routing, length grouping, the reference's router fit set).")] = "dmole",
+             "switched back: batch-vote routing, length grouping, the reference's router fit set).")]
+    = Profiles(workspace_default("profile")),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing workspace.json.")] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -61,7 +73,7 @@ def init(
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
     config = create_workspace(root, model=model, data=data, tasks=names, registry=registry, benchmark=benchmark,
                               method=method, seed=seed, max_tiles=max_tiles,
-                              image_aspect_ratio=image_aspect_ratio, profile=profile,
+                              image_aspect_ratio=image_aspect_ratio.value, profile=profile.value,
                               overwrite=overwrite)
     console.print(f"init: wrote {root / 'workspace.json'} with {len(config.tasks)} tasks: "
                   f"{', '.join(config.task_names)}")
@@ -143,7 +155,7 @@ def report(
     """Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / all), BWT, FWT,
     and report.md with figures: expert allocation, expert activation, zero-cost sensitivity, RoE skipping."""
     from artifacts.io import read_json
-    from stages.report import COSTS, export, figure_names, report as run
+    from stages.report import export, figure_names, report as run
 
     from .reporting import print_method_table, print_report_files
 
@@ -152,8 +164,9 @@ def report(
         export(result.version, out)
     folder, figures = out or result.version.path, figure_names(result.version)
     if json_output:
-        print(json.dumps({**read_json(result.version.file("cl_metrics.json")),
-                          "cost": read_json(result.version.file(COSTS)), "report": str(folder / "report.md"),
+        metrics = read_json(result.version.file(REPORT.files.metrics))
+        print(json.dumps({**metrics, "cost": read_json(result.version.file(REPORT.files.costs)),
+                          "report": str(folder / REPORT.files.markdown),
                           "figures": [str(folder / name) for name in figures]}, indent=2))
         return
     if not quiet:

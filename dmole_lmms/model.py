@@ -1,5 +1,5 @@
 """The ``dmole`` model of lmms-eval: each request's image and prompt go to the dmole model of a workspace
-(stages/evaluation/harness.py), which routes every sample from its own inputs. lmms-eval's task name only locates a
+(stages/harness.py), which routes every sample from its own inputs. lmms-eval's task name only locates a
 request's document; it never reaches the model.
 
 ``--model_args``: ``workspace`` (required), ``after`` (a task, or ``zero-shot``), ``method`` (default: the
@@ -22,11 +22,10 @@ from PIL import Image
 from artifacts import ArtifactError
 from stages.data.samples import IMAGE_PLACEHOLDER
 from stages.errors import UserError
-from stages.evaluation.harness import open_model
-from stages.methods.base import EVAL_STAGE
-from stages.options import STAGE_OPTIONS, stage_options
+from stages.harness import open_model
 from stages.project import Project
-from stages.roe.evaluation import STAGE as ROE_EVAL_STAGE
+from stages.registry import EVAL, ROE_EVAL
+from stages.resolve import stage_options
 
 DEFAULT_MAX_NEW_TOKENS = 128  # when a task's generation_kwargs set none
 MODEL_ARGS = ("workspace", "after", "method", "roe")  # the model_args of the plugin itself; the rest are options
@@ -34,7 +33,7 @@ MODEL_ARGS = ("workspace", "after", "method", "roe")  # the model_args of the pl
 
 def valid_model_args(roe: bool) -> str:
     """The model_args the plugin takes: its own, then the options of `dmole eval` (with roe=true, of roe-eval)."""
-    options = STAGE_OPTIONS[ROE_EVAL_STAGE if roe else EVAL_STAGE].model_fields
+    options = (ROE_EVAL if roe else EVAL).options.model_fields
     return ", ".join([*MODEL_ARGS, *(name for name in options if name not in MODEL_ARGS)])
 
 
@@ -107,12 +106,13 @@ def _open(workspace: str | None, after, method, roe: bool, batch_size: int | str
         raise UserError("the dmole lmms-eval model runs in one process; start lmms-eval without a launcher")
     if workspace is None:
         raise UserError("say which workspace: workspace=PATH")
-    unknown = sorted(set(options) - set(STAGE_OPTIONS[ROE_EVAL_STAGE if roe else EVAL_STAGE].model_fields))
+    stage = ROE_EVAL if roe else EVAL
+    unknown = sorted(set(options) - set(stage.options.model_fields))
     if unknown:
         raise UserError(f"unknown model_args {', '.join(unknown)}")
     project = Project.open(Path(str(workspace)))
     if str(batch_size).lower().startswith("auto"):  # lmms-eval's usual value, also as auto:N
-        batch_size = stage_options(project.config, ROE_EVAL_STAGE if roe else EVAL_STAGE, options).batch_size
+        batch_size = stage_options(project.config, stage.name, options).batch_size
     elif not str(batch_size).isdigit() or int(batch_size) < 1:
         raise UserError(f"batch_size must be a positive number or auto, got {batch_size!r}")
     harness = open_model(project, None if after is None else str(after), method=method, roe=roe,

@@ -1,8 +1,8 @@
 """Typed configuration: the workspace file, with its task registry, its stage defaults and its methods' settings.
 
-The stage options themselves live in `options.py`; the ``stages`` section is validated against them, and the
-``methods`` section against each method's hyperparameters, when the workspace is read. Unknown stages, keys
-and methods are errors everywhere, so a typo never silently falls back to a default.
+A leaf: it knows no stage and no method. Its ``method``, ``stages`` and ``methods`` sections are checked against
+the stage and method registries where both are known, when the workspace is opened (`resolve.check_workspace`).
+Unknown stages, keys and methods are errors everywhere, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -14,11 +14,15 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
-from .profile import reference_settings
 
 WORKSPACE_FILE = "workspace.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 Family = Literal["caption", "vqa10", "short", "choice", "grounding"]
+# "reference": the official implementation's choices as stage defaults (stages/profile.py declares them all)
+Profile = Literal["dmole", "reference"]
+# "pad": each image centred on a square of the processor's mean colour first (LLaVA-1.5 / RoE's
+# --image_aspect_ratio pad); "processor": the processor's own resizing alone
+ImageAspectRatio = Literal["processor", "pad"]
 
 DEFAULT_PROMPTS: dict[str, str] = {
     "caption": "Provide a one-sentence caption for the provided image.",
@@ -30,12 +34,6 @@ DEFAULT_PROMPTS: dict[str, str] = {
 }
 DEFAULT_MAX_NEW_TOKENS = {"caption": 30, "grounding": 100, "choice": 10, "short": 100, "vqa10": 10}
 DEFAULT_MIN_NEW_TOKENS = {"caption": 8}
-
-
-# `profile: reference` switches each deliberate difference from the official implementation back to it where it
-# is an option (stages/profile.py declares them all); workspace stage settings and command-line flags still win.
-REFERENCE_PROFILE: dict[str, dict] = reference_settings()
-PROFILES = ("dmole", "reference")
 
 
 class ConfigError(UserError):
@@ -113,41 +111,11 @@ class WorkspaceConfig(Strict):
     method: str = "dmole"
     seed: Seed = 42
     trust_remote_code: bool = False
-    profile: Literal[PROFILES] = "dmole"  # "reference": the official implementation's choices as stage defaults
+    profile: Profile = "dmole"
     max_tiles: int | None = Field(default=None, ge=1)  # cap on the image processor's tiles (None: its own)
-    # "pad": each image centred on a square of the processor's mean colour first (LLaVA-1.5 / RoE's
-    # --image_aspect_ratio pad); "processor": the processor's own resizing alone
-    image_aspect_ratio: Literal["processor", "pad"] = "processor"
+    image_aspect_ratio: ImageAspectRatio = "processor"
     stages: dict[str, dict] = Field(default_factory=dict)  # stage -> option defaults (options.py)
     methods: dict[str, dict] = Field(default_factory=dict)  # method -> hyperparameters (`dmole methods`)
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, name: str) -> str:
-        from .options import check_method
-
-        return check_method(name)
-
-    @field_validator("stages")
-    @classmethod
-    def _typed_stages(cls, stages: dict[str, dict]) -> dict[str, dict]:
-        from .options import STAGE_OPTIONS
-
-        for stage, values in stages.items():
-            if stage not in STAGE_OPTIONS:
-                raise ValueError(f"unknown stage {stage!r}; stages with options: {', '.join(STAGE_OPTIONS)}")
-            _check(STAGE_OPTIONS[stage], values, f"stage {stage!r}")
-        return stages
-
-    @field_validator("methods")
-    @classmethod
-    def _typed_methods(cls, methods: dict[str, dict]) -> dict[str, dict]:
-        from .methods import get_method
-        from .options import check_method
-
-        for name, values in methods.items():
-            _check(get_method(check_method(name)).Hyper, values, f"method {name!r}")
-        return methods
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> WorkspaceConfig:
@@ -187,19 +155,6 @@ def parse_model(model: type[BaseModel], data: object, *, source: str) -> BaseMod
         return model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(f"{source}: {first_problem(error)}") from None
-
-
-def _check(model: type[BaseModel], values: dict, where: str) -> None:
-    """Validate a section of the workspace against its model, as a ValueError that names the first problem."""
-    try:
-        model.model_validate(values)
-    except ValidationError as error:
-        raise ValueError(f"{where}: {first_problem(error)}") from None
-
-
-def stage_profile(config: WorkspaceConfig, stage: str) -> dict:
-    """The profile's defaults for ``stage`` (below the workspace's own ``stages`` section)."""
-    return REFERENCE_PROFILE.get(stage, {}) if config.profile == "reference" else {}
 
 
 def check_creatable(path: Path, what: str) -> None:

@@ -19,12 +19,13 @@ from .data.prompts import render_prompt
 from .data.tasks import load_eval_samples, load_train_samples
 from .distributed import merge_rows, my_share
 from .dmole.embedding import embedding_metadata, sequence_embeddings
-from .options import EmbedOptions, stage_options
+from .options import EmbedOptions
 from .progress import Progress, silent
 from .project import Project
+from .registry import EMBED
+from .resolve import stage_options
 from .runner import StageResult, model_identity, run_stage, source_fingerprint
 
-STAGE = "embed"
 SPLITS = ("train", "test")
 
 
@@ -53,7 +54,7 @@ def compute_embeddings(adapter, items: list[tuple[str, Path, str]], batch_size: 
 
 def embed(project: Project, task_name: str, options: EmbedOptions | dict | None = None, *, force: bool = False,
           progress: Progress = silent) -> StageResult:
-    options = stage_options(project.config, STAGE, options)
+    options = stage_options(project.config, EMBED.name, options)
     task = project.config.task(task_name)
     splits = split_texts(project, task)
     config = {"options": options.model_dump(), "task": task.model_dump(), "sources": source_fingerprint(project, task)}
@@ -63,10 +64,10 @@ def embed(project: Project, task_name: str, options: EmbedOptions | dict | None 
         metadata = embedding_metadata(adapter, model_identity(project))
         for split, items in splits.items():
             matrix = compute_embeddings(adapter, items, options.batch_size, progress, f"embed {task_name} {split}")
-            write_parquet(writer.path(f"{split}.parquet"), {
+            write_parquet(writer.path(EMBED.files.split.format(split=split)), {
                 "sample_id": [sample_id for sample_id, _, _ in items], "task": [task_name] * len(items),
                 "split": [split] * len(items), "embedding": fixed_size_float_list(matrix)}, metadata=metadata)
             writer.meta[f"n_{split}"] = len(items)
         writer.meta.update(dim=int(matrix.shape[1]), **metadata)
 
-    return run_stage(project, STAGE, task_name, config=config, inputs=[], compute=compute, force=force)
+    return run_stage(project, EMBED.name, task_name, config=config, inputs=[], compute=compute, force=force)

@@ -20,16 +20,16 @@ from .dmole.routing import acceptance_warning
 from .config import parse_model
 from .errors import UserError
 from .metrics.caption import resolve_caption_tokenizer
-from .evaluation.names import SWEEP, SWEEP_TABLE
 from .evaluation.predict import predict, score_predictions
 from .methods import get_method
-from .methods.base import EVAL_STAGE, ZERO_SHOT, EvalPlan
-from .options import EvalOptions, stage_options
+from .methods.base import ZERO_SHOT, EvalPlan
+from .options import EvalOptions
 from .progress import Progress, silent
 from .project import Project
+from .registry import EVAL, THRESHOLD_SWEEP
+from .resolve import stage_options
 from .runner import StageResult, run_stage, source_fingerprint
 
-STAGE = EVAL_STAGE
 METRIC_NAMES = {"caption": "CIDEr-D", "vqa10": "vqa-accuracy", "short": "exact-match", "choice": "letter-accuracy",
                 "grounding": "P@IoU0.5"}
 
@@ -53,11 +53,11 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
              progress: Progress = silent) -> StageResult:
     """Evaluate after task ``after`` (or ``zero-shot`` for the base model alone); ``options`` (what the caller
     sets) go over the workspace's defaults."""
-    options = stage_options(project.config, STAGE, options)
+    options = stage_options(project.config, EVAL.name, options)
     zero_shot = after == ZERO_SHOT
     method = get_method(options.method or project.config.method)
     options = options.model_copy(update={"method": None if zero_shot else method.name})
-    stage = STAGE if zero_shot else method.stage(STAGE)
+    stage = EVAL.name if zero_shot else method.stage(EVAL.name)
     tasks = project.config.task_names if zero_shot else method.eval_tasks(project, after)
     inputs = [] if zero_shot else method.eval_inputs(project, after)
     options, notices = _with_caption_tokenizer(project, options, tasks)
@@ -77,7 +77,7 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
                               else ([()] * len(samples), None))
             predictions, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes),
                                                      task_options, progress, f"eval {after}: {task_name}")
-            write_parquet(writer.path(f"predictions/{task_name}.parquet"), {
+            write_parquet(writer.path(EVAL.files.predictions.format(task=task_name)), {
                 "sample_id": [s.id for s in samples], "prediction": predictions,
                 "parsed": [None if p is None else str(p) for p in scored.parsed],
                 "references": [json.dumps(s.references) for s in samples], "score": scored.per_sample,
@@ -93,7 +93,7 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
                          "tokenizer": options.caption_tokenizer if task.family == "caption" else "",
                          "routing": options.routing if routed else "none",
                          "batch_size": task_options.batch_size, "eval_set_sha256": _eval_set_hash(project, task_name)})
-        write_parquet(writer.path("scores.parquet"), {k: [r[k] for r in rows] for k in rows[0]})
+        write_parquet(writer.path(EVAL.files.scores), {k: [r[k] for r in rows] for k in rows[0]})
         writer.meta.update({r["task"]: round(r["score"], 3) for r in rows})
         writer.meta["warnings"] = [w for w in warnings if w]
 
@@ -116,7 +116,7 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
     for scale in scales:  # each is a threshold_scale, checked as that option is
         parse_model(EvalOptions, {"threshold_scale": scale}, source="--threshold-scales")
     scales = sorted(set(scales))
-    options = stage_options(project.config, STAGE, options)
+    options = stage_options(project.config, EVAL.name, options)
     method = get_method(options.method or project.config.method)
     if not method.routes:
         raise UserError(f"the threshold sweep changes D-MoLE's routing; {method.name} has none")
@@ -140,11 +140,11 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
                                                options.for_task(task), progress, f"sweep x{scale:g}: {task_name}")
                 rows.append({"scale": scale, "task": task_name, "score": scored.score, "n": len(samples),
                              **{f"experts_{k}": sum(len(r) == k for r in routes) for k in (0, 1, 2)}})
-        write_parquet(writer.path(SWEEP_TABLE), {k: [r[k] for r in rows] for k in rows[0]})
+        write_parquet(writer.path(THRESHOLD_SWEEP.files.table), {k: [r[k] for r in rows] for k in rows[0]})
         writer.meta["warnings"] = notices
         writer.meta.update({f"avg_last@{scale:g}": round(float(np.mean([r["score"] for r in rows
                                                                           if r["scale"] == scale])), 3)
                             for scale in scales})
 
-    return run_stage(project, method.stage(SWEEP), after, config=config, inputs=method.eval_inputs(project, after),
-                     compute=compute, force=force)
+    return run_stage(project, method.stage(THRESHOLD_SWEEP.name), after, config=config,
+                     inputs=method.eval_inputs(project, after), compute=compute, force=force)

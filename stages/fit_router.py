@@ -7,27 +7,23 @@ import random
 from artifacts import Writer
 from artifacts.io import write_json
 
-from .dmole.bank import ROUTER_STAGE, load_bank, load_embeddings, require_embeddings
-from .dmole.router import RouterSettings, fit_router as train_router, reconstruction_errors
+from .dmole.bank import load_bank, load_embeddings, require_embeddings
+from .dmole.router import fit_router as train_router, reconstruction_errors
 from .dmole.routing import acceptance_warning
-from .options import FitRouterOptions, stage_options
+from .options import FitRouterOptions
+from .progress import Progress, silent
 from .project import Project
+from .registry import EMBED, FIT_ROUTER
+from .resolve import stage_options
 from .runner import StageResult, run_stage
 
-STAGE = ROUTER_STAGE
 NONE = "none"
 
 
-def router_settings(options: FitRouterOptions) -> RouterSettings:
-    return RouterSettings(hidden=options.hidden, output_activation=options.output_activation, lr=options.lr,
-                          min_lr=options.min_lr, batch_size=options.batch_size, max_epochs=options.max_epochs,
-                          patience=options.patience, quantile=options.quantile, seed=options.seed)
-
-
 def fit_router(project: Project, task_name: str, options: FitRouterOptions | dict | None = None, *,
-               force: bool = False) -> StageResult:
+               force: bool = False, progress: Progress = silent) -> StageResult:
     """Fit ``task_name``'s router; ``options`` (what the caller sets) go over the workspace's defaults."""
-    options = stage_options(project.config, STAGE, options)
+    options = stage_options(project.config, FIT_ROUTER.name, options)
     project.config.task(task_name)
     embedded = require_embeddings(project, task_name)
 
@@ -38,20 +34,21 @@ def fit_router(project: Project, task_name: str, options: FitRouterOptions | dic
         if options.max_fit_samples and len(matrix) > options.max_fit_samples:
             keep = sorted(random.Random(options.seed).sample(range(len(matrix)), options.max_fit_samples))
             matrix = matrix[keep]
-        fitted = train_router(matrix, router_settings(options))
-        save_file({k: v.contiguous() for k, v in fitted.model.state_dict().items()}, writer.path("router.safetensors"))
+        fitted = train_router(matrix, options, progress, f"{FIT_ROUTER.name} {task_name}")
+        save_file({k: v.contiguous() for k, v in fitted.model.state_dict().items()},
+                  writer.path(FIT_ROUTER.files.weights))
         record = {"config": options.model_dump(), "quantile": options.quantile, "threshold": fitted.threshold,
                   "epochs": fitted.epochs, "final_loss": fitted.final_loss, "n_fit": int(len(matrix)),
                   "seed": options.seed, "dim": int(matrix.shape[1]), "quantiles": fitted.quantiles,
                   "embedding": metadata}
-        write_json(writer.path("router.json"), record)
+        write_json(writer.path(FIT_ROUTER.files.router), record)
         _, test, _ = load_embeddings(embedded, "test")
         accepted = int((reconstruction_errors(fitted.model, test) < fitted.threshold).sum()) if len(test) else 0
-        warning = acceptance_warning(task_name, accepted, len(test), options.min_acceptance, where="fit-router")
+        warning = acceptance_warning(task_name, accepted, len(test), options.min_acceptance, where=FIT_ROUTER.name)
         writer.meta.update(threshold=fitted.threshold, epochs=fitted.epochs, n_fit=int(len(matrix)),
                            own_test_accepted=accepted, n_test=len(test), warnings=[warning] if warning else [])
 
-    return run_stage(project, STAGE, task_name, config={"options": options.model_dump()}, inputs=[embedded],
+    return run_stage(project, FIT_ROUTER.name, task_name, config={"options": options.model_dump()}, inputs=[embedded],
                      compute=compute, force=force)
 
 
@@ -59,13 +56,13 @@ def routing_confusion(project: Project, scale: float = 1.0) -> dict[str, dict[st
     """Rows: the true task of each held-out test sample; columns: the top-1 accepted router, or "none"."""
     from .dmole.routing import candidates
 
-    fitted = [t for t in project.config.task_names if project.store.latest(STAGE, t)]
+    fitted = [t for t in project.config.task_names if project.store.latest(FIT_ROUTER.name, t)]
     if not fitted:
         return {}
     bank = load_bank(project, fitted)
     confusion: dict[str, dict[str, int]] = {}
     for task in project.config.task_names:
-        embedded = project.store.latest("embed", task)
+        embedded = project.store.latest(EMBED.name, task)
         if embedded is None:
             continue
         _, matrix, metadata = load_embeddings(embedded, "test")

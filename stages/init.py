@@ -8,6 +8,7 @@ from pathlib import Path
 from .config import ConfigError, TaskSpec, WorkspaceConfig, parse_model
 from .data.registry import REGISTRY_FILE, read_registry
 from .project import write_workspace
+from .resolve import check_workspace
 
 
 def check_model_folder(model: Path) -> str:
@@ -54,12 +55,11 @@ def _benchmark_tasks(name: str, data: Path, names: list[str] | None) -> list[Tas
 
 
 def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[str] | None = None,
-                     registry: Path | None = None, benchmark: str | None = None, method: str = "dmole",
-                     seed: int = 42, stages: dict | None = None, methods: dict | None = None,
-                     max_tiles: int | None = None, image_aspect_ratio: str = "processor",
-                     profile: str = "dmole", overwrite: bool = False) -> WorkspaceConfig:
+                     registry: Path | None = None, benchmark: str | None = None, overwrite: bool = False,
+                     **settings) -> WorkspaceConfig:
     """Write ``workspace.json``. The tasks come from ``registry`` (default ``DATA/tasks.json``) or from a
-    benchmark preset (``benchmark``, stages/data/benchmarks.py); the two are mutually exclusive."""
+    benchmark preset (``benchmark``, stages/data/benchmarks.py); the two are mutually exclusive. ``settings`` are
+    the workspace's other fields (`WorkspaceConfig`: method, seed, stages, profile, ...), its defaults below them."""
     if registry is not None and benchmark is not None:
         raise ConfigError("--registry and --benchmark are mutually exclusive: a benchmark preset replaces the "
                           "registry file")
@@ -78,11 +78,9 @@ def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[st
     specs = (_benchmark_tasks(benchmark, data, tasks) if benchmark is not None
              else select_tasks(read_registry(registry or data / REGISTRY_FILE), tasks))
     workspace.mkdir(parents=True, exist_ok=True)
-    config = parse_model(WorkspaceConfig, {
+    config = check_workspace(parse_model(WorkspaceConfig, {
         "model": _portable(model, workspace), "data": _portable(data, workspace),
-        "tasks": [spec.model_dump(exclude_defaults=True) for spec in specs],
-        "method": method, "seed": seed, "max_tiles": max_tiles,
-        "image_aspect_ratio": image_aspect_ratio, "profile": profile, "stages": stages or {},
-        "methods": methods or {}}, source="workspace")
+        "tasks": [spec.model_dump(exclude_defaults=True) for spec in specs], **settings}, source="workspace"),
+        source="workspace")
     write_workspace(workspace, config)
     return config

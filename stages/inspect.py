@@ -7,6 +7,9 @@ from artifacts.io import read_parquet
 
 from .errors import UserError
 from .project import Project
+from .methods import method_names
+from .registry import ALLOCATE, EVAL, FIT_ROUTER, STAGES, SWEEP
+from .resolve import stage_options
 from .runner import model_identity
 
 HEAD_ROWS = 5
@@ -83,12 +86,23 @@ def _router_record(project: Project, described: dict) -> dict:
     """τ, its quantile q and the quantile table of the router's in-task training errors."""
     from artifacts.io import read_json
 
-    record = read_json(project.store.version("fit-router", described["task"], described["version"]).file("router.json"))
+    version = project.store.version(FIT_ROUTER.name, described["task"], described["version"])
+    record = read_json(version.file(FIT_ROUTER.files.router))
     return {"quantile": record["quantile"], "threshold": record["threshold"], **record["quantiles"]}
+
+
+def check_stage(stage: str) -> None:
+    """A one-line error unless ``stage`` names a stage's artifacts: a declared stage, or METHOD.STAGE for another
+    method's (`methods.base.stage_name`)."""
+    method, _, declared = stage.rpartition(".")
+    if declared not in STAGES or (method and method not in method_names()):
+        raise UserError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}, another method's as "
+                        "METHOD.STAGE (e.g. seq-lora.train-task)")
 
 
 def describe_stage(project: Project, stage: str, task: str | None, number: int | None) -> dict:
     """One task's artifact, or every task's latest when no task is named; plus stage-wide views."""
+    check_stage(stage)
     if task is not None:
         if project.store.latest(stage, task) is None:  # not a key of this stage: name the workspace's tasks
             project.config.task(task)
@@ -106,19 +120,18 @@ def describe_stage(project: Project, stage: str, task: str | None, number: int |
             describe(project, stage, task)  # says that the task has none
         raise UserError(f"no '{stage}' artifacts in this workspace yet")
     result = {"stage": stage, "artifacts": found, "tampered": tampered}
-    if stage == "fit-router":
+    if stage == FIT_ROUTER.name:
         from .fit_router import routing_confusion
-        from .options import stage_options
 
-        scale = stage_options(project.config, "eval").threshold_scale
+        scale = stage_options(project.config, EVAL.name).threshold_scale
         result["threshold_scale"] = scale
         result["confusion"] = routing_confusion(project, scale)
         result["quantiles"] = {a["task"]: _router_record(project, a) for a in found}
-    if stage == "allocate":
+    if stage == ALLOCATE.name:
         from .allocate import allocation_table
 
         result["allocation"] = allocation_table(project)
-    if stage == "sweep":  # imported here: the sweep stage imports torch
+    if stage == SWEEP.name:  # imported here: the sweep stage imports torch
         from .sweep import sweep_rows
 
         result["sweeps"] = {a["task"]: sweep_rows(project.store.version(stage, a["task"], a["version"])) for a in found}

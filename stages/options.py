@@ -1,11 +1,10 @@
 """Every stage's options, in one place: the single source of truth for their names, types, defaults and help.
 
-The CLI generates each stage command's flags from these models (`dmole_cli/options_cli.py`), the workspace's
-``stages`` section is validated against them, and every stage function resolves its options with
-`stage_options`, so a notebook call and the same command line run with the same options and hash alike.
-
-Precedence for a stage option: the model default < the workspace profile < the workspace's ``stages`` section <
-what the caller set (a command-line flag, or a field set explicitly on the options object).
+Each stage's declaration (`registry.py`) names its model; the CLI generates the stage command's flags from it
+(`dmole_cli/options_cli.py`), the workspace's ``stages`` section is validated against it, and every stage function
+resolves its options with `resolve.stage_options`, so a notebook call and the same command line run with the same
+options and hash alike. This module knows no stage and no method: the method a model names is checked against the
+method registry where the options are resolved.
 """
 
 from __future__ import annotations
@@ -17,21 +16,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from .config import Seed, Strict, TaskSpec
 from .errors import UserError
-from .config import Seed, Strict, TaskSpec, WorkspaceConfig, parse_model, stage_profile
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
-
-
-def check_method(name: str | None) -> str | None:
-    """A registered method's name, or a one-line error naming the registered ones."""
-    if name is None:
-        return None
-    from .methods import method_names
-
-    if name not in method_names():
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(method_names())}")
-    return name
 
 
 def parse_pairs(pairs: list[str]) -> dict[str, Any]:
@@ -51,11 +39,6 @@ def parse_pairs(pairs: list[str]) -> dict[str, Any]:
 class _MethodChoice(Strict):
     method: str | None = Field(default=None, description="the continual method (`dmole methods` lists them); "
                                                          "default: the workspace's")
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, name: str | None) -> str | None:
-        return check_method(name)
 
 
 class EmbedOptions(Strict):
@@ -166,6 +149,14 @@ class TrainTaskOptions(_MethodChoice):
                                                                     "memory")
     seed: Seed = Field(default=42, description="seed of the adapter initialisation and the data order")
     input_workers: InputWorkers = None
+
+    def epochs_for(self, task: TaskSpec | None) -> float:
+        """The epochs of ``task``: these options', else its registry value, else 1."""
+        return self.epochs or (task.epochs if task and task.epochs else 1.0)
+
+    def batch_for(self, task: TaskSpec | None) -> int:
+        """The global batch of ``task``: these options', else its registry value, else 8."""
+        return self.batch_size or (task.batch_size if task and task.batch_size else 8)
 
 
 DEFAULT_EVAL_BATCH_SIZE = 8
@@ -305,13 +296,6 @@ class RouteSweepOptions(Strict):
         return list(dict.fromkeys(baselines))
 
 
-STAGE_OPTIONS: dict[str, type[Strict]] = {
-    "embed": EmbedOptions, "fit-router": FitRouterOptions, "zc-score": ZcScoreOptions, "allocate": AllocateOptions,
-    "train-task": TrainTaskOptions, "eval": EvalOptions, "route-train": RouteTrainOptions,
-    "roe-eval": RoEEvalOptions, "roe-sweep": RouteSweepOptions, "sweep": SweepOptions,
-}
-
-
 def explicit(given: BaseModel | Mapping | None) -> dict:
     """What a caller set: the fields set explicitly on an options object, or a mapping's non-None values."""
     if given is None:
@@ -334,12 +318,3 @@ def hashed(options: BaseModel) -> dict:
     """What of ``options`` goes into a stage's config (and so decides whether it is up to date)."""
     return {key: value for key, value in options.model_dump(exclude=set(SPEED_ONLY)).items()
             if value not in NEUTRAL.get(key, ())}
-
-
-def stage_options(config: WorkspaceConfig, stage: str, given: BaseModel | Mapping | None = None) -> BaseModel:
-    """``stage``'s options: the profile's and the workspace's defaults, then what the caller set."""
-    model = STAGE_OPTIONS[stage]
-    if isinstance(given, BaseModel) and not isinstance(given, model):
-        raise TypeError(f"{stage} takes {model.__name__}, not {type(given).__name__}")
-    merged = {**stage_profile(config, stage), **config.stages.get(stage, {}), **explicit(given)}
-    return parse_model(model, merged, source=f"options of '{stage}'")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from .registry import EVAL, FIT_ROUTER, TRAIN_TASK, ZC_SCORE
+
 SAME = "(same)"
 NOT_SWITCHABLE = "not switchable"
 
@@ -37,10 +39,10 @@ class Difference:
 
 DIFFERENCES: tuple[Difference, ...] = (
     Difference("inference routing", "one expert set per batch: majority vote, a second task needs ≥ 30% of the "
-               "votes", "per-sample top-2 (results independent of the batch)", {"eval": {"routing": "batch-vote"}}),
+               "votes", "per-sample top-2 (results independent of the batch)", {EVAL.name: {"routing": "batch-vote"}}),
     Difference("order of the accepting routers", "lowest raw reconstruction error (argmin over the accepting "
                "routers)", "lowest error relative to the router's own threshold, e_k / τ_k",
-               {"eval": {"ranking": "error"}}),
+               {EVAL.name: {"ranking": "error"}}),
     Difference("second expert", "the runner-up of the batch vote, with ≥ 30% of its votes", "per sample, the past "
                "task the first expert was trained beside for that input (train-task's own choice)",
                reference="the vote decides (`eval.routing: batch-vote`)"),
@@ -52,16 +54,16 @@ DIFFERENCES: tuple[Difference, ...] = (
     Difference("evaluation batch composition", "8 processes each batch a contiguous shard of the split",
                "batches cut from the whole split, then shared among processes", reference=NOT_SWITCHABLE),
     Difference("training routing", "the same vote per micro-batch", "per-sample past partner",
-               {"train-task": {"train_routing": "batch-vote"}}),
+               {TRAIN_TASK.name: {"train_routing": "batch-vote"}}),
     Difference("training vote group", "each GPU's micro-batch: 10 (8 for OCR-VQA)", "the whole micro-batch "
                "(80 on one process without `--grad-accum 8`)",
                reference="each task's `vote_size` (`--benchmark dmole`: 10 / 8), whatever `--grad-accum`"),
     Difference("batching", "`group_by_length True`", "off (seeded random batches)",
-               {"train-task": {"group_by_length": True}}),
+               {TRAIN_TASK.name: {"group_by_length": True}}),
     Difference("router fit set", "11,264 random training samples (11 × 128 × 8 GPUs, seed 42)",
-               "every training sample", {"fit-router": {"max_fit_samples": 11264}}),
+               "every training sample", {FIT_ROUTER.name: {"max_fit_samples": 11264}}),
     Difference("candidates (converted InternVL2)", "fused `wqkv` / `attn.qkv` and the output projection: 96",
-               "the split `q`, `k`, `v` and `o`: 192", {"zc-score": {"fuse_qkv": True}},
+               "the split `q`, `k`, `v` and `o`: 192", {ZC_SCORE.name: {"fuse_qkv": True}},
                reference="(one `qkv` candidate per layer and tower; below)"),
     Difference("threshold", "read from a hand-written `threshold.txt` per task that no script writes; "
                "`train_autoencoder.py` writes a table of the training errors' quantiles (min, Q10 … Q99, max, "
@@ -69,7 +71,7 @@ DIFFERENCES: tuple[Difference, ...] = (
                "q95 of the training reconstruction errors (`fit-router.quantile`)",
                reference="no rule to reproduce (dmole's rule stays)"),
     Difference("CIDEr tokenizer", "PTB (pycocoevalcap's Stanford tokenizer, needs java)", "`simple` (Python)",
-               {"eval": {"caption_tokenizer": "ptb-else-python"}},
+               {EVAL.name: {"caption_tokenizer": "ptb-else-python"}},
                reference="(ptb-python without java, said in one line; measured difference below)"),
     Difference("LoRA alpha", "2 × rank (`lora_alpha = 2 * use_llm_lora`)", "the same (2r unless `--hparam alpha=N`)",
                reference=SAME),

@@ -10,6 +10,7 @@ from artifacts import Workspace
 
 from .config import WORKSPACE_FILE, ConfigError, WorkspaceConfig, parse_model, resolve_path
 from .data.task_swap import complete_imports
+from .resolve import check_workspace
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Project:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ConfigError(f"{path}: not valid JSON ({error})") from None
-        config = parse_model(WorkspaceConfig, raw, source=str(path))
+        config = check_workspace(parse_model(WorkspaceConfig, raw, source=str(path)), source=str(path))
         project = cls(root=root, store=Workspace(root), config=config)
         complete_imports(project.data_root)  # a `dmole import` killed after its commit is finished before any read
         return project

@@ -20,31 +20,29 @@ from artifacts.io import read_json, read_parquet, write_json, write_parquet
 from .errors import UserError
 from .figures import activation, allocation, matrix, roe_skips, roe_sweep, sensitivity, sweeps, thresholds
 from .methods import REGISTRY
-from .methods.base import EVAL_STAGE as EVAL, TRAIN_STAGE, ZERO_SHOT
+from .methods.base import ZERO_SHOT
 from .figures.markdown import fmt, table as md_table
 from .metrics.continual import continual_metrics
 from .metrics.field_continual import field_metrics
 from .project import Project
+from .registry import EVAL, REPORT, TRAIN_TASK
 from .runner import StageResult, run_stage
 
-STAGE = "report"
 REPORT_TASK = "all"
 METRIC_KEYS = ("last", "avg_seen", "avg_all", "bwt", "fwt")
-FIGURE_DATA = "figures.json"  # the data behind every figure, keyed by its PNG's name
-COSTS = "cost.json"  # each method's training time and peak memory
 
 
 def version_scores(version: Version) -> dict[str, float]:
     """Each task's score in an evaluation version."""
-    return {row["task"]: row["score"] for row in read_parquet(version.file("scores.parquet")).to_pylist()}
+    return {row["task"]: row["score"] for row in read_parquet(version.file(EVAL.files.scores)).to_pylist()}
 
 
 def method_matrix(project: Project, method) -> tuple[list[list[float | None]], list[Version]] | None:
     """R for ``method`` (None if it has no evaluation yet) and the evaluations it was read from."""
     names = project.config.task_names
-    zero = project.store.latest(EVAL, ZERO_SHOT)
+    zero = project.store.latest(EVAL.name, ZERO_SHOT)
     zero_scores = version_scores(zero) if zero else {}
-    stage = method.stage(EVAL)
+    stage = method.stage(EVAL.name)
     found = {after: project.store.latest(stage, after) for after in method.stages_after(project)}
     found = {after: version for after, version in found.items() if version is not None}
     rows = {after: [version_scores(version).get(n) for n in names] for after, version in found.items()}
@@ -77,7 +75,7 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
 
 def training_costs(project: Project, methods: list[str]) -> tuple[dict, list[Version]]:
     """Per method, its training time and peak memory (`training_cost`), and the train-task runs they came from.
-    Kept apart from the results (`cost.json`, not report.md): they measure the machine, so two runs that compute
+    Kept apart from the results (`REPORT.files.costs`, not report.md): they measure the machine, so two runs that compute
     the same numbers still differ here."""
     costs, used = {}, []
     for name in methods:
@@ -90,7 +88,7 @@ def training_cost(project: Project, method) -> tuple[dict, list[Version]]:
     """The method's train-task runs (the latest of each stage): their wall time summed (``train_seconds``) and their
     highest peak memory (``peak_memory``: the accelerator's where recorded, else the process's resident set), and
     those runs; None for either when nothing was trained or recorded."""
-    trained = [v for v in (project.store.latest(method.stage(TRAIN_STAGE), after)
+    trained = [v for v in (project.store.latest(method.stage(TRAIN_TASK.name), after)
                            for after in (method.stages_after(project))) if v is not None]
     summaries = [v.manifest["summary"] for v in trained]
     kind = "gpu" if any("peak_gpu_bytes" in s for s in summaries) else "rss"
@@ -102,8 +100,9 @@ def training_cost(project: Project, method) -> tuple[dict, list[Version]]:
 def second_experts(project: Project, version: Version) -> dict:
     """In the evaluation ``version`` (a D-MoLE stage's), how many test samples got two experts and their mean
     score, beside the mean score of the samples with one expert."""
-    evaluated = [t for t in project.config.task_names if (version.path / "predictions" / f"{t}.parquet").is_file()]
-    rows = [r for t in evaluated for r in read_parquet(version.file(f"predictions/{t}.parquet")).to_pylist()]
+    evaluated = [t for t in project.config.task_names
+                 if (version.path / EVAL.files.predictions.format(task=t)).is_file()]
+    rows = [r for t in evaluated for r in read_parquet(version.file(EVAL.files.predictions.format(task=t))).to_pylist()]
 
     def mean(scores: list[float]) -> float | None:
         return sum(scores) / len(scores) if scores else None
@@ -161,30 +160,30 @@ def report(project: Project, *, force: bool = False) -> StageResult:
     def compute(writer: Writer) -> None:
         rows = [(method, t, task, value) for method, values in result["methods"].items()
                 for t, row in enumerate(values["matrix"]) for task, value in zip(result["tasks"], row)]
-        write_parquet(writer.path("matrix.parquet"), {
+        write_parquet(writer.path(REPORT.files.matrix), {
             "method": [r[0] for r in rows], "stage": [r[1] for r in rows], "task": [r[2] for r in rows],
             "score": [r[3] for r in rows]})
-        write_json(writer.path("cl_metrics.json"), result)
-        write_json(writer.path(COSTS), costs)
-        write_json(writer.path(FIGURE_DATA), {module.NAME: data for module, data in found})
+        write_json(writer.path(REPORT.files.metrics), result)
+        write_json(writer.path(REPORT.files.costs), costs)
+        write_json(writer.path(REPORT.files.figures), {module.NAME: data for module, data in found})
         for module, data in found:
             module.plot(data, writer.path(module.NAME))
-        writer.path("report.md").write_text(markdown(project, found, result), encoding="utf-8")
+        writer.path(REPORT.files.markdown).write_text(markdown(project, found, result), encoding="utf-8")
         writer.meta.update({f"{m}.last": v["last"] for m, v in result["methods"].items()})
         writer.meta["warnings"] = list(dict.fromkeys(w for v in result["methods"].values() for w in v["warnings"]))
 
     config = {"methods": sorted(result["methods"]), "figures": [module.NAME for module, _ in found],
               "hypers": {method: values["hyper"] for method, values in result["methods"].items()}}
-    return run_stage(project, STAGE, REPORT_TASK, config=config, inputs=used, compute=compute, force=force)
+    return run_stage(project, REPORT.name, REPORT_TASK, config=config, inputs=used, compute=compute, force=force)
 
 
 def figure_names(version: Version) -> list[str]:
     """The PNG figures of a report version, in the report's order."""
-    return list(read_json(version.file(FIGURE_DATA)))
+    return list(read_json(version.file(REPORT.files.figures)))
 
 
 def export(version: Version, out: Path) -> None:
     """Copy report.md and its figures from the report ``version`` into the folder ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in ["report.md", *figure_names(version)]:
+    for name in [REPORT.files.markdown, *figure_names(version)]:
         shutil.copyfile(version.file(name), out / name)

@@ -17,10 +17,12 @@ from artifacts.io import read_json, write_json, write_parquet
 from .data.tasks import task_files
 from .distributed import is_main
 from .errors import UserError
-from .figures.roe_sweep import RESULT, STAGE, TASK
-from .options import RouteSweepOptions, hashed, stage_options
+from .figures.roe_sweep import TASK
+from .options import RouteSweepOptions, hashed
 from .progress import Progress, silent
 from .project import Project
+from .registry import ROE_SWEEP, ROUTE_TRAIN
+from .resolve import stage_options
 from .runner import (
     StageResult,
     checkpoint_dir,
@@ -28,8 +30,6 @@ from .runner import (
     model_fingerprint,
     run_stage,
 )
-
-TABLE, NOTE = "sweep.parquet", "sweep.md"
 
 
 def _table_rows(runs: list[dict]) -> dict[str, list]:
@@ -44,10 +44,10 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
                 progress: Progress = silent) -> StageResult:
     from .roe.evaluation import eval_sets
     from .roe.recipe import TWIN_OPTIONS
-    from .route_train import TRAIN_STAGE, training_subset
+    from .route_train import training_subset
 
-    sweep = stage_options(project.config, STAGE, options)
-    settings = stage_options(project.config, TRAIN_STAGE, None)
+    sweep = stage_options(project.config, ROE_SWEEP.name, options)
+    settings = stage_options(project.config, ROUTE_TRAIN.name, None)
     if settings.start != "base":
         raise UserError("route-sweep trains on the base model; set route-train's `start` back to base")
     settings = settings.model_copy(update={"stage2_mode": settings.stage2_mode or "full"})
@@ -61,9 +61,9 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
     # Finished runs are kept per (seed, target) under a key of everything else that decides them, so a killed
     # sweep resumes and a sweep over more targets or seeds reuses the runs it shares with an earlier one; each
     # seed's dense twin under a key of what it depends on, so RoE's own knobs do not train it again.
-    cache = checkpoint_dir(project, STAGE, TASK, {k: v for k, v in config.items() if k != "options"} | {
+    cache = checkpoint_dir(project, ROE_SWEEP.name, TASK, {k: v for k, v in config.items() if k != "options"} | {
         "options": {k: v for k, v in config["options"].items() if k not in ("skip_ratios", "seeds")}})
-    twins = checkpoint_dir(project, STAGE, "twin", {k: v for k, v in config.items() if k not in ("options",
+    twins = checkpoint_dir(project, ROE_SWEEP.name, "twin", {k: v for k, v in config.items() if k not in ("options",
                                                                                                   "route_train")}
                            | {"route_train": {k: config["route_train"][k] for k in TWIN_OPTIONS}})
 
@@ -102,12 +102,12 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
                   "layer_change": change, "dense_reference": "dense twin" if tuned(settings.stage2_mode) else "base",
                   "dense": {str(s): scores for s, scores in dense.items()}, "runs": runs,
                   "summary": summarise(runs)}
-        write_json(writer.path(RESULT), result)
-        write_parquet(writer.path(TABLE), _table_rows(runs))
-        data = figure.from_result(result, STAGE)
+        write_json(writer.path(ROE_SWEEP.files.result), result)
+        write_parquet(writer.path(ROE_SWEEP.files.table), _table_rows(runs))
+        data = figure.from_result(result, ROE_SWEEP.name)
         figure.plot(data, writer.path(figure.NAME))
-        writer.path(NOTE).write_text("\n".join(figure.table(data)) + "\n", encoding="utf-8")
+        writer.path(ROE_SWEEP.files.note).write_text("\n".join(figure.table(data)) + "\n", encoding="utf-8")
         writer.meta.update(sweep=[{k: row[k] for k in ("target", "variant", "skip_rate", "mean_relative",
                                                          "spread", "speedup")} for row in result["summary"]])
 
-    return run_stage(project, STAGE, TASK, config=config, inputs=[], compute=compute, force=force)
+    return run_stage(project, ROE_SWEEP.name, TASK, config=config, inputs=[], compute=compute, force=force)

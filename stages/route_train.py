@@ -18,16 +18,15 @@ from artifacts.io import write_json, write_parquet
 
 from .data.tasks import load_train_samples, task_files
 from .errors import UserError
-from .options import RouteTrainOptions, hashed, stage_options
+from .options import RouteTrainOptions, hashed
 from .progress import Progress, silent
 from .project import Project
-from .roe.evaluation import (CONFIG, TASK, TRAIN_STAGE, WEIGHTS, base_hash, build_report, continual_hash,
+from .registry import ROUTE_TRAIN
+from .resolve import stage_options
+from .roe.evaluation import (TASK, base_hash, build_report, continual_hash,
                              continual_matrix, eval_sets, evaluate_dense, evaluate_routed, write_results)
 from .roe.continual import BASE, continual_inputs, trained_on
 from .runner import StageResult, checkpoint_dir, fingerprint, model_fingerprint, run_stage
-
-STAGE = TRAIN_STAGE
-LOG = "train_log.parquet"
 
 
 class RouteTrainError(UserError):
@@ -55,7 +54,7 @@ def _resolved(project: Project, options: RouteTrainOptions) -> tuple[RouteTrainO
 
 def route_train(project: Project, options: RouteTrainOptions | dict | None = None, *, force: bool = False,
                 progress: Progress = silent) -> StageResult:
-    options, after = _resolved(project, stage_options(project.config, STAGE, options))
+    options, after = _resolved(project, stage_options(project.config, ROUTE_TRAIN.name, options))
     seed = project.config.seed
     names = project.config.task_names
     tasks = project.config.tasks if after is None else project.config.tasks[:names.index(after) + 1]
@@ -81,7 +80,7 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
 
         loop = loop_settings(options, seed)
         # resume checkpoints: the dense twin's and RoE's runs, and the twin's scores once it is done
-        ckpt = checkpoint_dir(project, STAGE, TASK, config)
+        ckpt = checkpoint_dir(project, ROUTE_TRAIN.name, TASK, config)
         adapter, lora = load_for_training(project, options)
         continual = load_continual(project, adapter, after) if after is not None else None
         around = None
@@ -105,21 +104,22 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
                            checkpoint_dir=ckpt / "roe", around=around)
 
         base_digest = base_hash(model_prints)
-        save_roe(writer.path(WEIGHTS), attachment.modules, family=adapter.family, base_model=project.model_path.name,
-                 base_hash=base_digest, rho=options.skip_ratio, dmole_checkpoint=continual_hash(inputs))
-        write_json(writer.path(CONFIG), {
+        save_roe(writer.path(ROUTE_TRAIN.files.weights), attachment.modules, family=adapter.family,
+                 base_model=project.model_path.name, base_hash=base_digest, rho=options.skip_ratio, dmole_checkpoint=continual_hash(inputs))
+        write_json(writer.path(ROUTE_TRAIN.files.config), {
             "family": adapter.family, **shape.to_json(), "variant": shape.router_input, "rho": options.skip_ratio,
             "always_execute": [l for l in range(shape.n_layers) if l not in shape.routable],
             "batch_rule": options.batch_rule, "stage2_mode": options.stage2_mode, "from": after or BASE,
             "base_model": project.model_path.name, "base_hash": base_digest, "steps": result.steps})
-        write_parquet(writer.path(LOG), {k: [row.get(k) for row in result.log] for k in result.log[0]})
+        write_parquet(writer.path(ROUTE_TRAIN.files.log),
+                      {k: [row.get(k) for row in result.log] for k in result.log[0]})
         if tuned(options.stage2_mode):
             save_stage2(writer.path, adapter, options.stage2_mode, lora)
             # With no routing plan active every layer executes: spec §6.2's forced-execute run.
             scores["forced"] = evaluate_dense(adapter, sets, options.eval_batch_size, progress, label="forced-execute")
         scores["roe"], rows = evaluate_routed(adapter, attachment, sets, options.eval_batch_size, options.batch_rule,
-                                              run_id=f"{STAGE}-{config_hash(config)[:12]}", progress=progress,
-                                              continual=continual)
+                                              run_id=f"{ROUTE_TRAIN.name}-{config_hash(config)[:12]}",
+                                              progress=progress, continual=continual)
         write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=options.skip_ratio,
                                                  batch_rule=options.batch_rule, reference=reference,
                                                  continual=continual_matrix(project, after)))
@@ -129,4 +129,4 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
                            sharding=result.sharding)
         shutil.rmtree(ckpt, ignore_errors=True)
 
-    return run_stage(project, STAGE, TASK, config=config, inputs=inputs, compute=compute, force=force)
+    return run_stage(project, ROUTE_TRAIN.name, TASK, config=config, inputs=inputs, compute=compute, force=force)

@@ -38,6 +38,11 @@ class StageResult:
         """One-line warnings the stage recorded with its version (shown again when it is up to date)."""
         return list(self.version.manifest.get("summary", {}).get("warnings", []))
 
+    def as_json(self) -> dict:
+        """What `--json` prints: the version the stage wrote or found up to date, and its warnings."""
+        return {"stage": self.stage, "task": self.task, "version": self.version.number, "up_to_date": self.up_to_date,
+                "path": str(self.version.path), "seconds": round(self.seconds, 3), "warnings": self.warnings}
+
     def summary(self) -> str:
         if self.up_to_date:
             return f"{self.stage} {self.task}: up to date (v{self.version.number}), nothing written"

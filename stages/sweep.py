@@ -24,23 +24,22 @@ from artifacts.io import write_json
 from .config import WorkspaceConfig
 from .data.tasks import load_eval_samples
 from .errors import UserError
-from .allocate import STAGE as ALLOCATE
 from .evaluate import ZERO_SHOT, evaluate
 from .methods import get_method
-from .methods.base import EVAL_STAGE, ContinualMethod
+from .methods.base import ContinualMethod
 from .metrics.continual import continual_metrics
-from .options import SweepOptions, parse_pairs, stage_options
+from .options import SweepOptions, parse_pairs
 from .progress import Progress, silent
 from .project import Project, write_workspace
+from .registry import ALLOCATE, EVAL, SWEEP
+from .resolve import stage_options
 from .report import version_scores
 from .runner import StageResult, fingerprint, run_stage, source_fingerprint
 from .train_task import method_hyper, train_task
 
-STAGE = "sweep"
-RESULT = "sweep.json"
 # artifacts of the main workspace each scratch workspace starts with: a run finds them as its own (the zero-shot
 # evaluation is up to date where its configuration is the same; otherwise it is computed again)
-SEEDED = (ALLOCATE, f"{EVAL_STAGE}/{ZERO_SHOT}")
+SEEDED = (ALLOCATE.name, f"{EVAL.name}/{ZERO_SHOT}")
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ def selected_index(points: list[dict]) -> int:
 
 def sweep(project: Project, options: SweepOptions | dict | None = None, *, force: bool = False,
           progress: Progress = silent) -> StageResult:
-    options = stage_options(project.config, STAGE, options)
+    options = stage_options(project.config, SWEEP.name, options)
     method = get_method(options.method or project.config.method)
     if not method.trains:
         raise UserError(f"{method.name} trains nothing, so there is nothing to sweep")
@@ -151,7 +150,7 @@ def sweep(project: Project, options: SweepOptions | dict | None = None, *, force
               "hypers": hypers, "stages": project.config.stages, "profile": project.config.profile,
               "sources": {n: {**source_fingerprint(project, project.config.task(n)),
                               "val": fingerprint([project.data_root / project.config.task(n).val])} for n in names}}
-    scratch = project.root / ".runs" / STAGE / method.name / config_hash(config)[:16]
+    scratch = project.root / ".runs" / SWEEP.name / method.name / config_hash(config)[:16]
 
     def compute(writer) -> None:
         points = []
@@ -162,21 +161,21 @@ def sweep(project: Project, options: SweepOptions | dict | None = None, *, force
         for point, validation, test in zip(points, relative_scores(points, "validation"),
                                            relative_scores(points, "test")):
             point["validation"]["relative"], point["test"]["relative"] = validation, test
-        write_json(writer.path(RESULT), {"method": method.name, "parameter": grid.parameter,
+        write_json(writer.path(SWEEP.files.result), {"method": method.name, "parameter": grid.parameter,
                                          "selected": points[chosen]["value"], "tasks": names, "points": points})
         writer.meta.update(selected={grid.parameter: points[chosen]["value"]},
                            test_last=round(points[chosen]["test"]["last"], 3),
                            test_bwt=round(points[chosen]["test"]["bwt"], 3))
         shutil.rmtree(scratch, ignore_errors=True)
 
-    return run_stage(project, STAGE, method.name, config=config, inputs=[], compute=compute, force=force)
+    return run_stage(project, SWEEP.name, method.name, config=config, inputs=[], compute=compute, force=force)
 
 
 def sweep_rows(version) -> list[dict]:
     """One row per grid value of a sweep artifact: its value, both relative scores, and its test Last / BWT."""
     from artifacts.io import read_json
 
-    swept = read_json(version.file(RESULT))
+    swept = read_json(version.file(SWEEP.files.result))
     return [{swept["parameter"]: p["value"], "selected": p["value"] == swept["selected"],
              "validation relative": round(p["validation"]["relative"], 4),
              "test relative": round(p["test"]["relative"], 4),

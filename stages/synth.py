@@ -20,6 +20,7 @@ from .data.training_file import read_training_file
 from .init import create_workspace
 from .pretrain import PretrainSettings, pretrain, pretrain_vision
 from .progress import Progress, silent
+from .registry import EVAL, FIT_ROUTER, ROUTE_TRAIN, TRAIN_TASK, ZC_SCORE
 
 MARKER = "synth.json"
 FAMILIES = ("llava", "internvl", "qwen2vl")
@@ -43,14 +44,14 @@ FAMILIES = ("llava", "internvl", "qwen2vl")
 #   default budget of half the candidates an expert has about the baselines' parameter count; the
 #   tasks here lean on memorising small vocabularies, which MLP projections carry.
 STAGE_DEFAULTS: dict[str, dict] = {
-    "fit-router": {"batch_size": 32, "quantile": 0.99, "output_activation": "none"},
-    "zc-score": {"include_mlp": True},
-    "train-task": {"lr": 3e-3, "epochs": 4, "batch_size": 16},
-    "eval": {"batch_size": 16, "threshold_scale": 2.0},
+    FIT_ROUTER.name: {"batch_size": 32, "quantile": 0.99, "output_activation": "none"},
+    ZC_SCORE.name: {"include_mlp": True},
+    TRAIN_TASK.name: {"lr": 3e-3, "epochs": 4, "batch_size": 16},
+    EVAL.name: {"batch_size": 16, "threshold_scale": 2.0},
     # RoE (docs/roe.md): the tiny base has never seen the tasks, so the backbone must learn them while the
     # routers learn to skip; a short router warm-up (stage 2 from 30% of the steps) keeps the skip rate
     # near the target instead of overshooting.
-    "route-train": {"epochs": 3, "roe_lr": 3e-3, "backbone_lr": 1e-3, "stage2_start": 0.3},
+    ROUTE_TRAIN.name: {"epochs": 3, "roe_lr": 3e-3, "backbone_lr": 1e-3, "stage2_start": 0.3},
 }
 
 

@@ -17,38 +17,15 @@ from .data.tasks import load_train_samples
 from .distributed import launched, parameter_sharding
 from .errors import UserError
 from .methods import get_method
-from .methods.base import TRAIN_STAGE, ContinualMethod, TrainRun, parity_allocations
-from .options import TrainTaskOptions, hashed, stage_options
+from .methods.base import ContinualMethod, TrainRun, parity_allocations
+from .options import TrainTaskOptions, hashed
 from .progress import Progress, silent
 from .project import Project
+from .registry import TRAIN_TASK
+from .resolve import stage_options
 from .runner import StageResult, checkpoint_dir, run_stage, source_fingerprint
+from .training.steps import loop_settings, step_loss
 from .training.trackers import check_available, open_loggers
-
-STAGE = TRAIN_STAGE
-
-
-def task_epochs(options: TrainTaskOptions, task: TaskSpec | None) -> float:
-    return options.epochs or (task.epochs if task and task.epochs else 1.0)
-
-
-def task_batch(options: TrainTaskOptions, task: TaskSpec | None) -> int:
-    return options.batch_size or (task.batch_size if task and task.batch_size else 8)
-
-
-def loop_settings(options: TrainTaskOptions, task: TaskSpec | None,
-                  union: dict[str, tuple[TaskSpec, int]] | None = None):
-    """The loop's settings for ``task``. A run on the union of tasks (joint; ``union``: task -> its spec and how many
-    samples it put in the union, already repeated by its epochs) makes one pass over the union, at the batch size
-    of the task with the most samples in it."""
-    from .training.loop import LoopSettings
-
-    epochs, batch = task_epochs(options, task), task_batch(options, task)
-    if union:
-        epochs, batch = 1.0, task_batch(options, max(union.values(), key=lambda entry: entry[1])[0])
-    return LoopSettings(epochs=epochs, batch_size=batch, lr=options.lr, weight_decay=options.weight_decay,
-                        warmup_ratio=options.warmup_ratio, clip=options.clip, seed=options.seed,
-                        checkpoint_every=options.checkpoint_every, precision=options.precision,
-                        grad_accum=options.grad_accum, group_by_length=options.group_by_length)
 
 
 def method_hyper(project: Project, method, options: TrainTaskOptions):
@@ -72,39 +49,17 @@ def _samples(project: Project, task_names: list[str], options: TrainTaskOptions,
         spec = project.config.task(name)
         loaded = load_train_samples(project.data_root, spec) * spec.repeat
         if union:
-            loaded = repeated(loaded, task_epochs(options, spec))
+            loaded = repeated(loaded, options.epochs_for(spec))
         samples += loaded
         counts[name] = (spec, len(loaded))
     return samples, counts
-
-
-def step_loss(run: TrainRun, trainer, adapter):
-    """The loop's loss function: the answer cross-entropy of a micro-batch (its inputs built by the input
-    pipeline, `trainer.inputs`) plus the method's extra terms."""
-    import torch
-
-    from .training.chat import supervised_tokens
-
-    def loss_fn(prepared, indices: list[int], scope, batch: dict) -> dict:
-        before = trainer.before(prepared, batch, indices)
-        # held through backward: gradient checkpointing re-runs the routed layers there
-        scope.enter_context(trainer.route(indices, batch))
-        outputs = prepared(**batch)
-        logged = {"loss": outputs.loss, "count": supervised_tokens(batch["labels"])}
-        for name, term in trainer.extra_losses(prepared, batch, outputs, before).items():
-            term = torch.as_tensor(term, dtype=outputs.loss.dtype, device=outputs.loss.device)
-            logged["loss"] = logged["loss"] + term
-            logged[name] = term
-        return logged
-
-    return loss_fn
 
 
 def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict | None = None
               ) -> tuple[ContinualMethod, TrainRun, list[str]]:
     """The method, the run it is asked to train (options resolved, any replay buffer mixed in) and the tasks whose
     data it learns (a replayed task's too)."""
-    options = stage_options(project.config, STAGE, options)
+    options = stage_options(project.config, TRAIN_TASK.name, options)
     method = get_method(options.method or project.config.method)
     options = options.model_copy(update={"method": method.name})  # the same run hashes the same, however named
     names, task_id, spec = method.training_tasks(project, task_name)
@@ -112,7 +67,8 @@ def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict
         options = options.model_copy(update={"vote_size": spec.vote_size})  # the registry's, hashed as resolved
     samples, counts = _samples(project, names, options, union=spec is None)
     run = TrainRun(project, method.name, task_name, task_id, spec, samples, options,
-                   method_hyper(project, method, options), method.stage(STAGE), union=counts if spec is None else None)
+                   method_hyper(project, method, options), method.stage(TRAIN_TASK.name),
+                   union=counts if spec is None else None)
     run.replayed = method.replay(run)
     run.samples += [sample for buffer in run.replayed.values() for sample in buffer]
     return method, run, [*names, *run.replayed]
@@ -163,7 +119,7 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
                            gradient_hook=trainer.gradient_hook)
         model.eval()
         trainer.save(writer)
-        write_parquet(writer.path("train_log.parquet"), {k: [row.get(k) for row in result.log]
+        write_parquet(writer.path(TRAIN_TASK.files.log), {k: [row.get(k) for row in result.log]
                                                          for k in result.log[0]})
         if result.warnings:
             writer.meta["warnings"] = [*writer.meta.get("warnings", []), *result.warnings]

@@ -20,11 +20,12 @@ from artifacts.io import write_parquet
 
 from .data.tasks import load_train_samples
 from .dmole.allocation import round_half_up
-from .options import ZcScoreOptions, stage_options
+from .options import ZcScoreOptions
+from .progress import Progress, silent
 from .project import Project
+from .registry import ZC_SCORE
+from .resolve import stage_options
 from .runner import StageResult, run_stage, source_fingerprint
-
-STAGE = "zc-score"
 
 
 def sample_count(n_train: int, options: ZcScoreOptions) -> int:
@@ -32,8 +33,8 @@ def sample_count(n_train: int, options: ZcScoreOptions) -> int:
 
 
 def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | None = None, *,
-             force: bool = False) -> StageResult:
-    options = stage_options(project.config, STAGE, options)
+             force: bool = False, progress: Progress = silent) -> StageResult:
+    options = stage_options(project.config, ZC_SCORE.name, options)
     task = project.config.task(task_name)
     samples = load_train_samples(project.data_root, task)
     config = {"options": options.model_dump(), "task": task.model_dump(), "sources": source_fingerprint(project, task)}
@@ -61,8 +62,11 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | 
         random.Random(options.seed).shuffle(order)
         chosen = order[:sample_count(len(samples), options)]
         batches = [chosen[i:i + options.batch_size] for i in range(0, len(chosen), options.batch_size)]
-        for batch in my_share(batches):
-            answer_loss(model, adapter, [samples[i] for i in batch]).backward()
+        mine = my_share(batches)
+        with progress(f"{ZC_SCORE.name} {task_name}", total=len(mine)) as bar:
+            for batch in mine:
+                answer_loss(model, adapter, [samples[i] for i in batch]).backward()
+                bar.advance(1)
         # a parameter has a gradient if any process's batches gave it one; every process joins every sum
         reached = all_reduce_sum(torch.tensor([float(p.grad is not None) for _, p in ordered],
                                               device=model.device)).tolist()
@@ -80,7 +84,7 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | 
             warnings.warn(f"{len(missing)} candidate parameters got no gradient and score 0 "
                           f"(first: {missing[0]})", stacklevel=1)
         rows.sort(key=lambda item: (-item[1], item[0].name))
-        write_parquet(writer.path("scores.parquet"), {
+        write_parquet(writer.path(ZC_SCORE.files.scores), {
             "module": [c.name for c, _ in rows], "tower": [c.tower for c, _ in rows],
             "layer": [c.layer for c, _ in rows], "kind": [c.kind for c, _ in rows],
             "d_in": [c.d_in for c, _ in rows], "d_out": [c.d_out for c, _ in rows],
@@ -88,4 +92,4 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | 
         writer.meta.update(n_samples=len(chosen), n_batches=len(batches), n_candidates=len(rows),
                            no_gradient=len(missing), world_size=rank_and_world()[1])
 
-    return run_stage(project, STAGE, task_name, config=config, inputs=[], compute=compute, force=force)
+    return run_stage(project, ZC_SCORE.name, task_name, config=config, inputs=[], compute=compute, force=force)

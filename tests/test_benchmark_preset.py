@@ -87,7 +87,8 @@ def test_the_preset_is_the_official_sequence_and_training_setup():
 def test_the_reference_profile_votes_in_the_references_groups(archive, internvl, tmp_path):
     """Under --profile reference with the preset, eval votes per the reference's evaluation batch and train-task
     per its device batch, whatever the accumulation; a flag still wins, and per-sample eval keeps its batch."""
-    from stages.options import DEFAULT_EVAL_BATCH_SIZE, stage_options
+    from stages.options import DEFAULT_EVAL_BATCH_SIZE
+    from stages.resolve import stage_options
     from stages.project import Project
     from stages.train_task import train_run
 

@@ -100,3 +100,12 @@ def test_light_stages_import_no_torch_and_record_package_versions(make_project):
     heavy = project.store.latest("zc-score", task).manifest["environment"]
     assert {"torch", "transformers", "peft"} <= set(light) and "device" not in light
     assert heavy["torch"] == light["torch"] and heavy["device"] == "cpu"
+
+
+def test_show_names_the_stages_when_given_an_unknown_one(make_project):
+    project = make_project()
+    for stage in ("embedding", "lwf.train-task"):
+        result = runner.invoke(app, ["show", stage, "--workspace", str(project.root)])
+        assert result.exit_code == 2 and f"unknown stage '{stage}'" in result.output and "fit-router" in result.output
+    known = runner.invoke(app, ["show", "seq-lora.train-task", "--workspace", str(project.root)])
+    assert known.exit_code == 2 and "no 'seq-lora.train-task' artifacts" in known.output

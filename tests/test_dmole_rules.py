@@ -6,10 +6,11 @@ import torch
 
 from stages.allocate import parse_budget
 from stages.dmole.allocation import AllocationError, ScoredModule, allocate, split_modules
-from stages.dmole.router import (Autoencoder, RouterSettings, fit_router, flat_parameters, quantile_table,
+from stages.dmole.router import (Autoencoder, fit_router, flat_parameters, quantile_table,
                                  reconstruction_errors)
 from stages.dmole.routing import (batch_vote, grouped_partner_votes, per_sample, training_partner,
                                   training_partner_vote, with_training_partner)
+from stages.options import FitRouterOptions
 from stages.training.loop import micro_batches
 
 
@@ -122,7 +123,7 @@ def test_the_training_vote_is_taken_per_group_of_vote_size_whatever_the_accumula
 def test_threshold_is_the_quantile_of_in_task_errors():
     rng = np.random.default_rng(0)
     data = rng.normal(size=(200, 16)).astype(np.float32)
-    fitted = fit_router(data, RouterSettings(max_epochs=30, batch_size=64, quantile=0.9))
+    fitted = fit_router(data, FitRouterOptions(max_epochs=30, batch_size=64, quantile=0.9))
     errors = reconstruction_errors(fitted.model, data)
     assert fitted.threshold == pytest.approx(np.quantile(errors, 0.9))
     assert fitted.quantiles["q90"] == pytest.approx(fitted.threshold)

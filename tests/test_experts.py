@@ -32,8 +32,8 @@ def _examples():
 def _experts(adapter) -> ExpertModel:
     names = [c.name for c in adapter.candidates()]
     experts = ExpertModel(adapter.model, towers(adapter))
-    experts.add_expert(1, names[::2], LoraSettings())
-    experts.add_expert(2, names[1::3], LoraSettings())
+    experts.add_expert(1, names[::2], LoraSettings(8, 16, 0.05))
+    experts.add_expert(2, names[1::3], LoraSettings(8, 16, 0.05))
     torch.manual_seed(0)
     with torch.no_grad():  # B starts at zero; make both experts change the output
         for name, param in experts.model.named_parameters():

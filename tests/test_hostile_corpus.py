@@ -195,10 +195,11 @@ CASES = [
     Case("convert: a SRC that does not exist", lambda e: ["convert", str(e.root / "nowhere"), str(e.root / "out")],
          "is not a folder"),
     # ---- the presets ----
-    Case("init: an unknown profile", lambda e: e.init("--profile", "fast"), "profile: Input should be"),
+    Case("init: an unknown profile", lambda e: e.init("--profile", "fast"),
+         "Invalid value for '--profile': 'fast' is not one of 'dmole', 'reference'"),
     Case("init: an unknown benchmark preset", lambda e: e.init("--benchmark", "coin"), "coin"),
     Case("init: an unknown image aspect ratio", lambda e: e.init("--image-aspect-ratio", "crop"),
-         "image_aspect_ratio: Input should be"),
+         "Invalid value for '--image-aspect-ratio': 'crop' is not one of 'processor', 'pad'"),
     Case("init: a negative seed", lambda e: e.init("--seed", "-1"), "seed: Input should be greater than or equal"),
     Case("synth --seed -1", lambda e: ["synth", "--out", str(e.root / "synth"), "--seed", "-1"],
          "Invalid value for '--seed': Input should be greater than or equal to 0"),

@@ -25,7 +25,7 @@ from stages.data.tasks import load_eval_samples  # noqa: E402
 from stages.errors import UserError  # noqa: E402
 from stages.embed import embed  # noqa: E402
 from stages.evaluate import evaluate  # noqa: E402
-from stages.evaluation.harness import open_model  # noqa: E402
+from stages.harness import open_model  # noqa: E402
 from stages.fit_router import fit_router  # noqa: E402
 from stages.init import create_workspace  # noqa: E402
 from stages.project import Project  # noqa: E402

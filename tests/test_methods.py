@@ -226,7 +226,7 @@ def test_joint_repeats_each_task_by_its_epochs_at_the_registrys_batch(micro_benc
     import json
 
     from stages.data.tasks import load_train_samples
-    from stages.train_task import loop_settings
+    from stages.training.steps import loop_settings
 
     registry = json.loads((micro_bench / "data" / "tasks.json").read_text())
     schedule = {"color-vqa": (3, 2), "shape-choice": (1.5, 5)}  # epochs, batch size

@@ -12,13 +12,10 @@ from typer.testing import CliRunner
 from artifacts.io import read_json
 from dmole_cli.app import app
 from stages.config import ConfigError
-from stages.options import STAGE_OPTIONS
 from stages.project import Project
+from stages.registry import STAGES, with_options
 
 runner = CliRunner()
-COMMANDS = {"embed": ["embed"], "fit-router": ["fit-router"], "zc-score": ["zc-score"], "allocate": ["allocate"],
-            "train-task": ["train-task"], "eval": ["eval"], "route-train": ["route-train"],
-            "roe-sweep": ["route-sweep"]}
 
 
 def dmole(project: Project, *args: str):
@@ -30,13 +27,20 @@ def edit_workspace(project: Project, **sections) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **sections}))
 
 
-@pytest.mark.parametrize("stage", sorted(COMMANDS))
+@pytest.mark.parametrize("stage", sorted(with_options()))
 def test_every_option_of_a_stage_is_a_flag_of_its_command(stage):
-    text = runner.invoke(app, [*COMMANDS[stage], "--help"], env={"COLUMNS": "250"}).output
-    flags = {"start": "--from", "hparams": "--hparam", "skip_ratios": "--target", "seeds": "--seed",
-             "baselines": "--baseline"}
-    for name in STAGE_OPTIONS[stage].model_fields:
+    declared = STAGES[stage]
+    text = runner.invoke(app, [*declared.command_line, "--help"], env={"COLUMNS": "250"}).output
+    flags = {"hparams": "--hparam", **declared.flags}
+    for name in declared.options.model_fields:
         assert flags.get(name, "--" + name.replace("_", "-")) in text, (stage, name)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_takes_quiet(stage):
+    """A shell loop can write -q on every stage's command."""
+    text = runner.invoke(app, [*STAGES[stage].command_line[:1], "--help"], env={"COLUMNS": "250"}).output
+    assert "--quiet" in text and "-q" in text, stage
 
 
 def test_allocating_at_rank_4_trains_rank_4_experts_at_scale_2(make_project):
@@ -136,3 +140,31 @@ def test_image_padding_is_a_workspace_setting_that_reaches_the_model_and_the_has
     assert projects["pad"].load_model().pad_to_square and not projects["processor"].load_model().pad_to_square
     assert model_fingerprint(projects["pad"]) != model_fingerprint(projects["processor"])  # embeddings etc. differ
     assert "image_aspect_ratio" not in model_fingerprint(projects["processor"])  # older versions stay current
+
+
+def test_eval_takes_each_flag_for_the_stage_it_runs(make_project):
+    """eval's flags serve eval and, with --roe, roe-eval: an option of one is refused for the other."""
+    project = make_project()
+    task = project.config.task_names[0]
+    plain = dmole(project, "eval", "--after", task, "--batch-rule", "or")
+    assert plain.exit_code == 2 and "--batch-rule is not an option of eval" in plain.output
+    roe = dmole(project, "eval", "--roe", "--routing", "batch-vote")
+    assert roe.exit_code == 2 and "--routing is not an option of eval --roe" in roe.output
+
+
+def test_a_stage_prints_its_result_as_json(make_project):
+    project = make_project()
+    task = project.config.task_names[0]
+    assert dmole(project, "zc-score", "--task", task, "-q").exit_code == 0
+    first = dmole(project, "allocate", "--task", task, "--json")
+    assert first.exit_code == 0, first.output
+    assert {k: v for k, v in json.loads(first.output).items() if k in ("stage", "task", "version", "up_to_date")} == {
+        "stage": "allocate", "task": task, "version": 1, "up_to_date": False}
+    assert json.loads(dmole(project, "allocate", "--task", task, "--json").output)["up_to_date"] is True
+
+
+def test_a_workspace_stage_default_naming_an_unknown_method_is_refused_when_opened(make_project):
+    project = make_project()
+    edit_workspace(project, stages={"train-task": {"method": "nothing"}})
+    with pytest.raises(ConfigError, match="stages: stage 'train-task': method: unknown method 'nothing'"):
+        Project.open(project.root)

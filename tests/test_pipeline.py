@@ -15,7 +15,8 @@ from stages.demo import run_pipeline
 from stages.embed import embed
 from stages.evaluate import evaluate
 from stages.fit_router import fit_router, routing_confusion
-from stages.options import EmbedOptions, EvalOptions, stage_options
+from stages.options import EmbedOptions, EvalOptions
+from stages.resolve import stage_options
 
 runner = CliRunner()
 
@@ -270,7 +271,7 @@ def test_report_counts_second_experts_and_eval_takes_the_second_expert_rules(mak
 
 
 def test_the_reference_profile_sets_the_official_choices_under_workspace_and_flags(micro_bench, tmp_path):
-    from stages.config import REFERENCE_PROFILE
+    from stages.resolve import REFERENCE_PROFILE
     from stages.init import create_workspace
     from stages.project import Project
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.config import REFERENCE_PROFILE
-from stages.options import STAGE_OPTIONS
 from stages.profile import DIFFERENCES, NOT_SWITCHABLE, SAME, Difference, difference_table, reference_settings
+from stages.registry import STAGES
+from stages.resolve import REFERENCE_PROFILE
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "dmole.md"
 
@@ -25,7 +25,7 @@ def test_the_docs_table_is_the_generated_one():
 def test_the_profile_sets_valid_options_and_only_the_declared_ones():
     assert REFERENCE_PROFILE == reference_settings()
     for stage, values in REFERENCE_PROFILE.items():
-        options = STAGE_OPTIONS[stage].model_validate(values)
+        options = STAGES[stage].options.model_validate(values)
         assert {key: getattr(options, key) for key in values} == values
     declared = {(stage, key) for d in DIFFERENCES for stage, values in d.settings.items() for key in values}
     assert declared == {(stage, key) for stage, values in REFERENCE_PROFILE.items() for key in values}

@@ -237,14 +237,14 @@ def test_reference_profile_trains_saves_and_reloads_the_shared_a_expert(internvl
 
 
 def test_a_saved_expert_with_different_a_copies_is_refused(internvl2, tmp_path):
-    from stages.methods.lora import save_expert
+    from stages.methods.lora_trainer import save_expert
 
     _, out = internvl2
     adapter = load_family(out, device="cpu", max_tiles=1)
     where, grouped = towers(adapter), groups(adapter)
     group = next(c for c in adapter.candidates(fuse=True) if c.kind == "qkv")
     experts = ExpertModel(adapter.model, where, groups=grouped)
-    experts.add_expert(1, [group.name], LoraSettings())
+    experts.add_expert(1, [group.name], LoraSettings(8, 16, 0.05))
     targets, shared = experts.targets([group.name])
     save_expert(experts.model, "task_1", tmp_path / "expert",
                 {"target_modules": targets, "shared_a": {k: list(v) for k, v in shared.items()}})

@@ -18,7 +18,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 
 import pytest

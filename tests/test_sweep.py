@@ -8,6 +8,7 @@ import pytest
 
 from stages.errors import UserError
 from stages.methods import get_method
+from stages.registry import SWEEP
 from stages.sweep import parse_grid, relative_scores, selected_index
 
 
@@ -36,7 +37,7 @@ def test_selection_weighs_every_task_alike_whatever_its_scale():
 def test_a_sweep_selects_on_validation_and_leaves_the_workspace_s_own_runs_alone(micro_bench, tmp_path):
     from stages.init import create_workspace
     from stages.project import Project
-    from stages.sweep import RESULT, sweep
+    from stages.sweep import sweep
 
     from conftest import MICRO_STAGES
 
@@ -45,7 +46,7 @@ def test_a_sweep_selects_on_validation_and_leaves_the_workspace_s_own_runs_alone
                      tasks=["color-vqa", "shape-choice"], stages=MICRO_STAGES)
     project = Project.open(root)
     result = sweep(project, {"method": "lwf-lora", "grid": "weight=0,100"})
-    swept = json.loads(result.version.file(RESULT).read_text())
+    swept = json.loads(result.version.file(SWEEP.files.result).read_text())
     assert [p["value"] for p in swept["points"]] == [0, 100]
     for point in swept["points"]:  # zero-shot and two stages on test; both tasks scored on validation
         assert len(point["test"]["matrix"]) == 3 and point["hyper"]["weight"] == point["value"]
@@ -79,7 +80,7 @@ def test_the_selected_value_is_validation_s_choice_even_where_test_prefers_anoth
 
     monkeypatch.setattr(module, "_run_point", fake_point)
     result = module.sweep(make_project(), {"method": "lwf-lora", "grid": "weight=1,10"})
-    swept = json.loads(result.version.file(module.RESULT).read_text())
+    swept = json.loads(result.version.file(SWEEP.files.result).read_text())
     assert swept["selected"] == 10 and result.version.manifest["summary"]["selected"] == {"weight": 10}
 
 

@@ -10,19 +10,17 @@ from artifacts import Version
 from artifacts.io import read_json, read_parquet, table_metadata, table_to_numpy
 
 from ..errors import UserError
+from ..registry import EMBED, FIT_ROUTER
 from .router import Autoencoder, reconstruction_errors
-
-ROUTER_STAGE = "fit-router"
-EMBED_STAGE = "embed"
 
 
 def load_embeddings(version: Version, split: str) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    table = read_parquet(version.file(f"{split}.parquet"))
+    table = read_parquet(version.file(EMBED.files.split.format(split=split)))
     return table.column("sample_id").to_pylist(), table_to_numpy(table, "embedding"), table_metadata(table)
 
 
 def require_embeddings(project, task: str) -> Version:
-    return project.store.require(EMBED_STAGE, task, hint=f"dmole embed --task {task}")
+    return project.store.require(EMBED.name, task, hint=EMBED.hint(task))
 
 
 @dataclass
@@ -49,15 +47,15 @@ class RouterBank:
 def load_router(version: Version) -> tuple[Autoencoder, dict]:
     from safetensors.torch import load_file
 
-    record = read_json(version.file("router.json"))
-    state = load_file(version.file("router.safetensors"))
+    record = read_json(version.file(FIT_ROUTER.files.router))
+    state = load_file(version.file(FIT_ROUTER.files.weights))
     model = Autoencoder(record["dim"], record["config"]["hidden"], record["config"]["output_activation"])
     model.load_state_dict(state)
     return model, record
 
 
 def router_versions(project, tasks: list[str]) -> list[Version]:
-    return [project.store.require(ROUTER_STAGE, t, hint=f"dmole fit-router --task {t}") for t in tasks]
+    return [project.store.require(FIT_ROUTER.name, t, hint=FIT_ROUTER.hint(t)) for t in tasks]
 
 
 def load_bank(project, tasks: list[str]) -> RouterBank:

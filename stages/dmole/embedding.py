@@ -1,7 +1,7 @@
 """The sequence representation the routers score (spec/dmole.md §3), for one batch of images and user texts:
 concat(max-pooled last vision-encoder states of the thumbnail, max-pooled final normed LM states of the user turn
 alone, padding excluded), on the frozen base. `embed` caches it per sample; the lmms-eval plugin computes it for
-samples it is handed (stages/evaluation/harness.py)."""
+samples it is handed (stages/harness.py)."""
 
 from __future__ import annotations
 

@@ -41,9 +41,11 @@ def adapter_name(task_id: int) -> str:
 
 @dataclass(frozen=True)
 class LoraSettings:
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    """One adapter's LoRA shape; each method's hyperparameters hold its defaults (D-MoLE's: `DMoLEHyper.lora`)."""
+
+    rank: int
+    alpha: int
+    dropout: float
     dora: bool = False  # a DoRA (weight-decomposed LoRA, PEFT's use_dora): a magnitude per output feature too
 
     @property

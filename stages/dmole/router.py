@@ -15,24 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..options import FitRouterOptions
+from ..progress import Progress, silent
 from ..threads import one_thread
 
 QUANTILE_TABLE = (("min", 0.0), ("q10", 0.10), ("q25", 0.25), ("q50", 0.50), ("q75", 0.75), ("q90", 0.90),
                   ("q95", 0.95), ("q99", 0.99), ("max", 1.0))
 
 
-@dataclass(frozen=True)
-class RouterSettings:
-    hidden: int = 128
-    output_activation: str = "sigmoid"  # "sigmoid" (reference) or "none"
-    lr: float = 5e-3
-    min_lr: float = 1e-3
-    cosine_period: int = 1000
-    batch_size: int = 1024
-    max_epochs: int = 1000
-    patience: int = 10
-    quantile: float = 0.95
-    seed: int = 42
+COSINE_PERIOD = 1000  # epochs of the learning rate's cosine annealing (FitRouterOptions.min_lr)
 
 
 class Autoencoder(nn.Module):
@@ -104,7 +95,8 @@ def flat_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
 
 
 @one_thread()
-def fit_router(embeddings: np.ndarray, settings: RouterSettings = RouterSettings()) -> FittedRouter:
+def fit_router(embeddings: np.ndarray, settings: FitRouterOptions = FitRouterOptions(),
+               progress: Progress = silent, description: str = "autoencoder") -> FittedRouter:
     """Train on one task's embeddings; stop after ``patience`` epochs without a new best epoch-mean loss."""
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -113,27 +105,29 @@ def fit_router(embeddings: np.ndarray, settings: RouterSettings = RouterSettings
     model.train()
     with flat_parameters(model) as flat:
         optimizer = torch.optim.Adam([flat], lr=settings.lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.cosine_period,
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=COSINE_PERIOD,
                                                                eta_min=settings.min_lr)
         best, since_best, epoch, epoch_loss = math.inf, 0, 0, math.inf
-        for epoch in range(1, settings.max_epochs + 1):
-            order = torch.randperm(len(x), generator=generator)
-            total = 0.0
-            for index in order.split(settings.batch_size):
-                batch = x[index]
-                loss = nn.functional.mse_loss(model(batch), batch)
-                flat.grad.zero_()
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(index)
-            scheduler.step()
-            epoch_loss = total / len(x)
-            if epoch_loss < best:
-                best, since_best = epoch_loss, 0
-            else:
-                since_best += 1
-                if since_best >= settings.patience:
-                    break
+        with progress(description, total=settings.max_epochs) as bar:
+            for epoch in range(1, settings.max_epochs + 1):
+                order = torch.randperm(len(x), generator=generator)
+                total = 0.0
+                for index in order.split(settings.batch_size):
+                    batch = x[index]
+                    loss = nn.functional.mse_loss(model(batch), batch)
+                    flat.grad.zero_()
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item() * len(index)
+                scheduler.step()
+                epoch_loss = total / len(x)
+                bar.advance(1, loss=epoch_loss)
+                if epoch_loss < best:
+                    best, since_best = epoch_loss, 0
+                else:
+                    since_best += 1
+                    if since_best >= settings.patience:
+                        break
     errors = reconstruction_errors(model, x)
     return FittedRouter(model=model, threshold=float(np.quantile(errors, settings.quantile)), epochs=epoch,
                         final_loss=epoch_loss, quantiles=quantile_table(errors))

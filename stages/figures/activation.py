@@ -12,8 +12,8 @@ from pathlib import Path
 from artifacts import Version
 from artifacts.io import read_parquet
 
-from ..methods.base import EVAL_STAGE as EVAL
 from ..project import Project
+from ..registry import EVAL
 from .markdown import fmt, image, table as md_table
 from .style import FONT, colorbar, heatmap, new_figure, save
 
@@ -21,7 +21,7 @@ NAME = "activation.png"
 
 
 def routes(version: Version, task: str) -> list[list[int]]:
-    return read_parquet(version.file(f"predictions/{task}.parquet")).column("routed_tasks").to_pylist()
+    return read_parquet(version.file(EVAL.files.predictions.format(task=task))).column("routed_tasks").to_pylist()
 
 
 def percent(part: int, whole: int) -> float | None:
@@ -30,7 +30,7 @@ def percent(part: int, whole: int) -> float | None:
 
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
     names = project.config.task_names
-    evaluated = [(t, name, v) for t, name in enumerate(names, start=1) if (v := project.store.latest(EVAL, name))]
+    evaluated = [(t, name, v) for t, name in enumerate(names, start=1) if (v := project.store.latest(EVAL.name, name))]
     if not evaluated:
         return None
     stage, after, last = evaluated[-1]

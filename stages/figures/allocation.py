@@ -7,8 +7,9 @@ from pathlib import Path
 
 from artifacts import Version
 
-from ..allocate import STAGE as ALLOCATE, allocation_table
+from ..allocate import allocation_table
 from ..project import Project
+from ..registry import ALLOCATE, ZC_SCORE
 from .markdown import image, table as md_table
 from .style import FONT, colorbar, heatmap, new_figure, save
 
@@ -24,7 +25,7 @@ def _kind_key(kind: str) -> tuple[int, str]:
 
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
     """Per tower: the layers and, per layer and task, the module kinds holding that task's expert."""
-    versions = [v for t in project.config.task_names if (v := project.store.latest(ALLOCATE, t))]
+    versions = [v for t in project.config.task_names if (v := project.store.latest(ALLOCATE.name, t))]
     if not versions:
         return None
     found = allocation_table(project)
@@ -32,7 +33,7 @@ def gather(project: Project) -> tuple[dict, list[Version]] | None:
                "cells": [[sorted(cells[task], key=_kind_key) for task in found["tasks"]] for cells in rows.values()]}
               for tower, rows in found["towers"].items()]
     kinds = sorted({k for t in towers for row in t["cells"] for cell in row for k in cell}, key=_kind_key)
-    scores = project.store.require("zc-score", found["tasks"][-1])
+    scores = project.store.require(ZC_SCORE.name, found["tasks"][-1])
     return {"tasks": found["tasks"], "kinds": kinds, "towers": towers}, [*versions, scores]
 
 

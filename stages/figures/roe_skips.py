@@ -12,7 +12,8 @@ from artifacts import Version
 from artifacts.io import read_json, read_parquet
 
 from ..project import Project
-from ..roe.evaluation import CONFIG, DECISIONS, TASK, TRAIN_STAGE, evaluated_by
+from ..registry import ROE_EVAL, ROUTE_TRAIN
+from ..roe.evaluation import TASK, evaluated_by
 from .markdown import fmt, image, table as md_table
 from .style import FONT, new_figure, save
 
@@ -21,11 +22,11 @@ COLUMNS = ["layer", "routable", "applied_skip", "benchmark", "example_id"]
 
 
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
-    trained = project.store.latest(TRAIN_STAGE, TASK)
+    trained = project.store.latest(ROUTE_TRAIN.name, TASK)
     if trained is None:
         return None
     source = evaluated_by(project, trained)
-    rows = read_parquet(source.file(DECISIONS)).select(COLUMNS).to_pylist()
+    rows = read_parquet(source.file(ROE_EVAL.files.decisions)).select(COLUMNS).to_pylist()
     layers = sorted({r["layer"] for r in rows})
     routable = {r["layer"] for r in rows if r["routable"]}
     per_layer = [[r["applied_skip"] for r in rows if r["layer"] == layer] for layer in layers]
@@ -36,7 +37,8 @@ def gather(project: Project) -> tuple[dict, list[Version]] | None:
             skipped.append(r["layer"])
     counts = Counter(len(layers) for layers in pattern.values())
     applied = [r["applied_skip"] for r in rows if r["routable"]]
-    data = {"source": f"{source.stage} v{source.number}", "rho": read_json(trained.file(CONFIG))["rho"],
+    rho = read_json(trained.file(ROUTE_TRAIN.files.config))["rho"]
+    data = {"source": f"{source.stage} v{source.number}", "rho": rho,
             "layers": layers, "routable": [layer in routable for layer in layers],
             "skip_rate": [100.0 * sum(v) / len(v) for v in per_layer],
             "overall": 100.0 * sum(applied) / len(applied) if applied else 0.0,

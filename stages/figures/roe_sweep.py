@@ -11,12 +11,13 @@ from artifacts import Version
 from artifacts.io import read_json
 
 from ..project import Project
+from ..registry import ROE_SWEEP
 from .markdown import fmt, image
 from .markdown import table as md_table
 from .style import FONT, new_figure, save
 
 NAME = "roe_sweep.png"
-STAGE, TASK, RESULT = "roe-sweep", "all", "sweep.json"
+TASK = "all"
 LABELS = {"roe": "RoE (learned)", "static": "static dropping", "random": "random routing"}
 COLOURS = {"roe": "#4c72b0", "static": "#dd8452", "random": "#8c8c8c"}
 
@@ -30,10 +31,11 @@ def from_result(result: dict, source: str) -> dict:
 
 
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
-    version = project.store.latest(STAGE, TASK)
+    version = project.store.latest(ROE_SWEEP.name, TASK)
     if version is None:
         return None
-    return from_result(read_json(version.file(RESULT)), f"{STAGE} v{version.number}"), [version]
+    result = read_json(version.file(ROE_SWEEP.files.result))
+    return from_result(result, f"{ROE_SWEEP.name} v{version.number}"), [version]
 
 
 def _pct(value: float | None) -> str:

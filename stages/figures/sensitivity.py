@@ -10,7 +10,7 @@ from artifacts import Version
 from artifacts.io import read_parquet
 
 from ..project import Project
-from ..zc_score import STAGE as ZC_SCORE
+from ..registry import ZC_SCORE
 from .allocation import TOWER_TITLES
 from .markdown import fmt, image, table as md_table
 from .style import FONT, colorbar, compact, heatmap, new_figure, save
@@ -21,13 +21,13 @@ NAME = "sensitivity.png"
 def layer_scores(version: Version) -> dict[str, dict[int, float]]:
     """tower -> layer -> summed module score."""
     summed: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-    for row in read_parquet(version.file("scores.parquet")).select(["tower", "layer", "score"]).to_pylist():
+    for row in read_parquet(version.file(ZC_SCORE.files.scores)).select(["tower", "layer", "score"]).to_pylist():
         summed[row["tower"]][row["layer"]] += row["score"]
     return summed
 
 
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
-    found = [(t, v) for t in project.config.task_names if (v := project.store.latest(ZC_SCORE, t))]
+    found = [(t, v) for t in project.config.task_names if (v := project.store.latest(ZC_SCORE.name, t))]
     if not found:
         return None
     per_task = [layer_scores(v) for _, v in found]

@@ -13,23 +13,23 @@ from artifacts.io import read_json
 
 from ..methods import REGISTRY
 from ..project import Project
+from ..registry import SWEEP
 from .markdown import fmt, image
 from .markdown import table as md_table
 from .style import FONT, new_figure, save
 
 NAME = "sweeps.png"
-STAGE, RESULT = "sweep", "sweep.json"
 
 
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
-    versions = [v for v in (project.store.latest(STAGE, name) for name in REGISTRY) if v is not None]
+    versions = [v for v in (project.store.latest(SWEEP.name, name) for name in REGISTRY) if v is not None]
     if not versions:
         return None
     sweeps = []
     for version in versions:
-        swept = read_json(version.file(RESULT))
+        swept = read_json(version.file(SWEEP.files.result))
         sweeps.append({"method": swept["method"], "parameter": swept["parameter"], "selected": swept["selected"],
-                       "source": f"{STAGE} {version.task} v{version.number}", "tasks": swept["tasks"],
+                       "source": f"{SWEEP.name} {version.task} v{version.number}", "tasks": swept["tasks"],
                        "points": [{"value": p["value"], "validation_relative": p["validation"]["relative"],
                                    **{k: p["test"][k] for k in ("last", "avg_seen", "bwt", "last_row")}}
                                   for p in swept["points"]]})

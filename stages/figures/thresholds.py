@@ -9,8 +9,8 @@ from pathlib import Path
 from artifacts import Version
 from artifacts.io import read_parquet
 
-from ..evaluation.names import SWEEP, SWEEP_TABLE
 from ..project import Project
+from ..registry import THRESHOLD_SWEEP
 from .markdown import fmt, image, table as md_table
 from .style import FONT, new_figure, save
 
@@ -18,11 +18,12 @@ NAME = "thresholds.png"
 
 
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
-    found = [v for v in (project.store.latest(SWEEP, t) for t in project.config.task_names) if v is not None]
+    latest = (project.store.latest(THRESHOLD_SWEEP.name, t) for t in project.config.task_names)
+    found = [v for v in latest if v is not None]
     if not found:
         return None
     version = max(found, key=lambda v: project.config.task_index(v.task))  # the latest stage swept
-    rows = read_parquet(version.file(SWEEP_TABLE)).to_pylist()
+    rows = read_parquet(version.file(THRESHOLD_SWEEP.files.table)).to_pylist()
     scales = sorted({r["scale"] for r in rows})
     at = {(r["scale"], r["task"]): r for r in rows}
     tasks = [t for t in project.config.task_names if (scales[0], t) in at]

@@ -21,16 +21,16 @@ from artifacts import Version
 
 from ..config import Strict, TaskSpec
 from ..errors import UserError
+from ..registry import ALLOCATE, TRAIN_TASK
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from ..data.samples import EvalSample, TrainSample
-    from ..options import EvalOptions, TrainTaskOptions
+    from ..data.samples import TrainSample
+    from ..options import TrainTaskOptions
     from ..project import Project
 
-TRAIN_STAGE, EVAL_STAGE = "train-task", "eval"
 JOINT_TASK = "all"  # the task name of a method that trains once on every task
 ZERO_SHOT = "zero-shot"  # the evaluation of the base model: row 0 of every method's matrix
 
@@ -58,10 +58,8 @@ def parity_allocations(run: TrainRun) -> list[Version]:
     baseline's size (recorded as inputs of the run)."""
     if not getattr(run.hyper, "parity", False):
         return []
-    from . import get_method
-
     tasks = list(run.union) if run.union else [run.task]
-    return [get_method("dmole").allocation(run.project, task) for task in tasks]
+    return [run.project.store.require(ALLOCATE.name, task, hint=ALLOCATE.hint(task)) for task in tasks]
 
 
 def stage_name(stage: str, method: str) -> str:
@@ -98,7 +96,9 @@ class Trainer:
     """What train-task trains: built by a method inside the stage, with the base model loaded.
 
     The loop calls, per micro-batch: `before` (no gradient, e.g. a teacher's outputs), then the forward under
-    `route` (held through backward), then `extra_losses` on the outputs; after the last step, `save`.
+    `route` (held through backward), then `extra_losses` on the outputs; after the last step, `save`. A method
+    changes them by overriding them in its trainer's class (`lora_trainer.LoraTrainer` for most), never by setting
+    them on a trainer from outside.
     """
 
     model: torch.nn.Module
@@ -187,8 +187,8 @@ class ContinualMethod:
 
     def trained(self, project: Project, task: str) -> Version:
         """The train-task artifact of ``task`` (an error with the command to run when it is missing)."""
-        return project.store.require(self.stage(TRAIN_STAGE), task,
-                                     hint=f"dmole train-task --task {task}{method_flag(self.name)}")
+        return project.store.require(self.stage(TRAIN_TASK.name), task,
+                                     hint=TRAIN_TASK.hint(task) + method_flag(self.name))
 
     def trained_before(self, project: Project, task_id: int) -> list[Version]:
         return [self.trained(project, name) for name in project.config.task_names[:task_id - 1]]

@@ -3,11 +3,15 @@ adapter starts from task t-1's, and the model after task t is that one adapter, 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from .base import ContinualMethod, EvalPlan, LoraHyper, TrainRun
+from .lora_trainer import LoraTrainer
 
 
 class ContinuedLora(ContinualMethod):
     Hyper = LoraHyper
+    Trainer: ClassVar[type[LoraTrainer]] = LoraTrainer  # a method's own hooks subclass it
 
     def previous(self, project, task_id: int):
         """Task t-1's trained artifact (None for the first task)."""
@@ -20,7 +24,7 @@ class ContinuedLora(ContinualMethod):
     def trainer(self, run: TrainRun, adapter):
         from .lora import continued_trainer
 
-        return continued_trainer(self, run, adapter)
+        return continued_trainer(self, run, adapter, self.Trainer)
 
     def eval_inputs(self, project, after: str) -> list:
         return [self.trained(project, after)]

@@ -14,9 +14,9 @@ from artifacts.io import read_json, write_parquet
 from ..config import Strict
 from ..dmole.allocation import RULES
 from ..errors import UserError
+from ..registry import ALLOCATE, EMBED
 from .base import ContinualMethod, EvalPlan, TrainRun, method_flag
-
-ALLOCATE_STAGE = "allocate"
+from .lora_trainer import LoraTrainer
 
 
 class DMoLEHyper(Strict):
@@ -36,6 +36,27 @@ class DMoLEHyper(Strict):
         return LoraSettings(rank, self.alpha if self.alpha is not None else 2 * rank, self.dropout, dora)
 
 
+class DMoLETrainer(LoraTrainer):
+    """Task t's expert, each sample routed with its training partner (under batch-vote, with its group's vote), and
+    the routing it trained under recorded beside it."""
+
+    def batch_routes(self, indices: list[int]) -> list:
+        run = self.run
+        if run.options.train_routing != "batch-vote" or run.task_id == 1:
+            return super().batch_routes(indices)
+        from ..dmole.routing import grouped_partner_votes
+
+        votes = grouped_partner_votes(run.carried["errors"][indices], run.carried["thresholds"], run.options.vote_size)
+        return [(run.task_id,) + ((p,) if p else ()) for p in votes]
+
+    def record(self, writer) -> None:
+        samples, partners, errors = self.run.samples, self.run.carried["partners"], self.run.carried["errors"]
+        write_parquet(writer.path("routing_train.parquet"), {
+            "sample_id": [s.id for s in samples], "past_task": partners,
+            "errors": [list(map(float, row)) for row in errors] if errors is not None else [[] for _ in samples]})
+        writer.meta["samples_with_past_expert"] = sum(p is not None for p in partners)
+
+
 class DMoLE(ContinualMethod):
     Hyper = DMoLEHyper
     allocates = True
@@ -52,14 +73,14 @@ class DMoLE(ContinualMethod):
         return [cls(rule) for rule in RULES]
 
     def allocation(self, project, task: str):
-        return project.store.require(self.stage(ALLOCATE_STAGE), task,
-                                     hint=f"dmole allocate --task {task}{method_flag(self.name)}")
+        return project.store.require(self.stage(ALLOCATE.name), task,
+                                     hint=ALLOCATE.hint(task) + method_flag(self.name))
 
     # ---- training ------------------------------------------------------------------------------------------
     def carried(self, run: TrainRun) -> list:
         import numpy as np
 
-        from ..dmole.bank import load_bank, require_embeddings
+        from ..dmole.bank import load_bank, require_embeddings, router_versions
         from ..dmole.routing import training_partner
 
         allocation = self.allocation(run.project, run.task)
@@ -78,50 +99,33 @@ class DMoLE(ContinualMethod):
         errors = np.concatenate(errors)
         run.carried.update(partners=training_partner(errors, bank.thresholds), errors=errors,
                            thresholds=bank.thresholds)
-        routers = [run.project.store.require("fit-router", name) for name in past]
-        return [allocation, *embedded, *routers, *previous]
+        return [allocation, *embedded, *router_versions(run.project, past), *previous]
 
     def trainer(self, run: TrainRun, adapter):
-        from ..dmole.routing import grouped_partner_votes
-        from .lora import LoraTrainer, expert_model
+        from .lora import expert_model
 
-        arch = read_json(run.carried["allocation"].file("arch.json"))
+        arch = read_json(run.carried["allocation"].file(ALLOCATE.files.arch))
         experts = expert_model(run.project, adapter, loaded=dict(enumerate(self.trained_before(run.project,
                                                                                                run.task_id), 1)))
         expert_type = arch.get("expert_type", "lora")
         if run.options.expert_type not in (None, expert_type):
             raise UserError(f"{self.name} trains the experts its allocation sized: {run.carried['allocation']} "
-                            f"allocated {expert_type} experts, not {run.options.expert_type} (re-run `dmole allocate "
-                            f"--task {run.task} --expert-type {run.options.expert_type}{method_flag(self.name)}`)")
-        lora = run.hyper.lora(arch["rank"], expert_type == "dora")
-        partners, errors, thresholds = (run.carried[k] for k in ("partners", "errors", "thresholds"))
-        routes = [(run.task_id,) + ((p,) if p is not None else ()) for p in partners]
-        vote = run.options.train_routing == "batch-vote" and run.task_id > 1
-
-        def batch_routes(indices: list[int]) -> list:
-            if not vote:
-                return [routes[i] for i in indices]
-            return [(run.task_id,) + ((p,) if p else ()) for p in grouped_partner_votes(errors[indices], thresholds,
-                                                                                          run.options.vote_size)]
-
-        def record(writer) -> None:
-            write_parquet(writer.path("routing_train.parquet"), {
-                "sample_id": [s.id for s in run.samples], "past_task": partners,
-                "errors": ([list(map(float, row)) for row in errors] if errors is not None
-                           else [[] for _ in run.samples])})
-            writer.meta["samples_with_past_expert"] = sum(p is not None for p in partners)
-
-        return LoraTrainer(run, adapter, experts, arch["selected"], lora, routes, expected=arch["expert_parameters"],
-                           batch_routes=batch_routes, record=record,
-                           sidecar={"train_routing": run.options.train_routing, "vote_size": run.options.vote_size})
+                            f"allocated {expert_type} experts, not {run.options.expert_type} (re-run "
+                            f"`{ALLOCATE.hint(run.task)} --expert-type {run.options.expert_type}"
+                            f"{method_flag(self.name)}`)")
+        routes = [(run.task_id,) + ((p,) if p is not None else ()) for p in run.carried["partners"]]
+        return DMoLETrainer(run, adapter, experts, arch["selected"], run.hyper.lora(arch["rank"], expert_type == "dora"),
+                            routes, expected=arch["expert_parameters"],
+                            sidecar={"train_routing": run.options.train_routing, "vote_size": run.options.vote_size})
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def eval_inputs(self, project, after: str) -> list:
+        from ..dmole.bank import require_embeddings, router_versions
+
         index = project.config.task_index(after)
         names = project.config.task_names
-        return (self.trained_before(project, index + 1)
-                + [project.store.require("fit-router", n, hint=f"dmole fit-router --task {n}") for n in names[:index]]
-                + [project.store.require("embed", n, hint=f"dmole embed --task {n}") for n in names])
+        return (self.trained_before(project, index + 1) + router_versions(project, names[:index])
+                + [require_embeddings(project, n) for n in names])
 
     def evaluation(self, project, after: str, adapter) -> EvalPlan:
         from ..dmole.bank import load_bank
@@ -144,8 +148,7 @@ def train_errors(bank, embedded, task: str, samples: list):
     position = {sample_id: i for i, sample_id in enumerate(ids)}
     missing = [s.id for s in samples if s.id not in position]
     if missing:
-        raise UserError(f"sample {missing[0]!r} of '{task}' has no cached embedding; re-run "
-                        f"`dmole embed --task {task}`")
+        raise UserError(f"sample {missing[0]!r} of '{task}' has no cached embedding; re-run `{EMBED.hint(task)}`")
     return bank.errors(matrix[[position[s.id] for s in samples]], metadata)
 
 

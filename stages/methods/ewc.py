@@ -10,10 +10,13 @@ squared gradient (of the whole loss, NaN set to 0: lines 83, 123) divided by the
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field
 
-from .base import LoraHyper, TrainRun
+from .base import LoraHyper
 from .continued import ContinuedLora
+from .lora_trainer import LoraTrainer
 
 FISHER = "fisher.safetensors"
 
@@ -47,33 +50,40 @@ class FisherAccumulator:
                     self.state[k] += torch.nan_to_num(p.grad.float(), nan=0.0) ** 2 / self.steps_per_epoch
 
 
+class EwcTrainer(LoraTrainer):
+    """The continued LoRA, its running Fisher accumulated after every step (`gradient_hook`) and saved with it,
+    anchored from the second task on at task t-1's adapter by the Fisher-weighted penalty."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from safetensors.torch import load_file
+
+        run = self.run
+        self.penalised = self.adapter_params(run.task_id)
+        earlier = load_file(self.previous.file(FISHER)) if self.previous is not None else None
+        self.gradient_hook = FisherAccumulator(self.penalised, earlier,
+                                               math.ceil(len(run.samples) / run.options.batch_for(run.spec)))
+        self.anchors = None if self.previous is None else {
+            k: p.detach().clone() for k, p in self.adapter_params(run.task_id - 1).items()}
+
+    def extra_losses(self, model, batch: dict, outputs, before) -> dict:
+        if self.anchors is None:
+            return {}
+        return {"ewc": ewc_penalty(self.penalised, self.anchors, self.gradient_hook.state, self.run.hyper.weight)}
+
+    def record(self, writer) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous().cpu() for k, v in self.gradient_hook.state.items()}, writer.path(FISHER))
+
+
 class EwcLora(ContinuedLora):
     name = "ewc-lora"
     summary = "EWC-LoRA: one LoRA continued, anchored by the Fisher accumulated while training"
     Hyper = EwcHyper
     sweep_grid = ("weight", (40.0, 400.0, 4000.0))
     shardable = False  # its penalty reads the parameters themselves
-
-    def trainer(self, run: TrainRun, adapter):
-        import math
-
-        from safetensors.torch import load_file, save_file
-
-        from ..train_task import loop_settings
-
-        trainer = super().trainer(run, adapter)
-        previous = self.previous(run.project, run.task_id)
-        params = trainer.adapter_params(run.task_id)
-        accumulator = FisherAccumulator(params, load_file(previous.file(FISHER)) if previous is not None else None,
-                                        math.ceil(len(run.samples) / loop_settings(run.options, run.spec).batch_size))
-        trainer.gradient_hook = accumulator
-        if previous is not None:
-            anchors = {k: p.detach().clone() for k, p in trainer.adapter_params(run.task_id - 1).items()}
-            trainer.losses_fn = lambda model, batch, outputs, before: {
-                "ewc": ewc_penalty(params, anchors, accumulator.state, run.hyper.weight)}
-        trainer.record = lambda writer: save_file({k: v.contiguous().cpu() for k, v in accumulator.state.items()},
-                                                  writer.path(FISHER))
-        return trainer
+    Trainer = EwcTrainer
 
 
 METHODS = [EwcLora()]

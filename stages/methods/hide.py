@@ -42,8 +42,9 @@ class HiDe(ContinualMethod):
         return fresh_trainer(run, adapter)
 
     def eval_inputs(self, project, after: str) -> list:
-        return super().eval_inputs(project, after) + [project.store.require("embed", n, hint=f"dmole embed --task {n}")
-                                                      for n in project.config.task_names]
+        from ..dmole.bank import require_embeddings
+
+        return super().eval_inputs(project, after) + [require_embeddings(project, n) for n in project.config.task_names]
 
     def evaluation(self, project, after: str, adapter) -> EvalPlan:
         from .hide_layers import decoupled_model, task_matching

@@ -3,7 +3,7 @@ once, which fills only the last row of its continual matrix.
 
 As the spec defines it, the union repeats each task by its epoch count (the epochs every other method trains that
 task with: the train-task option, else the registry's) and is shuffled; train-task makes one pass over it at the
-batch size of the task with the most samples in it (`train_task.loop_settings`, `train_task._samples`)."""
+batch size of the task with the most samples in it (`training.steps.loop_settings`, `train_task._samples`)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .lora import LoraTrainer
+from .lora_trainer import LoraTrainer
 
 SUBSPACE = "subspace.safetensors"  # module -> M, its principal subspace after the task: [k, d_in], orthonormal rows
 

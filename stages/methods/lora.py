@@ -1,11 +1,9 @@
 """The LoRA machinery the methods share (heavy: torch and PEFT): building their adapters on the workspace model,
-training them through `ExpertModel`'s per-sample routing, saving them as PEFT folders and loading them back."""
+training them through `ExpertModel`'s per-sample routing (`lora_trainer.py`) and loading them back."""
 
 from __future__ import annotations
 
 import itertools
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,14 +11,13 @@ from pathlib import Path
 import torch
 
 from artifacts import Version
-from artifacts.io import read_json, write_json
+from artifacts.io import read_json
 
 from ..dmole.experts import ExpertModel, LoraSettings, adapter_name
 from ..errors import UserError
-from .base import EvalPlan, Trainer, TrainRun, parity_allocations
-
-EXPERT_FOLDER = "expert"
-SIDECAR = "dmole_expert.json"
+from ..registry import ALLOCATE, TRAIN_TASK
+from .base import EvalPlan, TrainRun, parity_allocations
+from .lora_trainer import SIDECAR, LoraTrainer
 
 
 def towers(adapter) -> dict[str, str]:
@@ -47,8 +44,8 @@ def all_projections(adapter) -> list[str]:
 
 
 def expert_folder(version: Version) -> Path:
-    version.file(f"{EXPERT_FOLDER}/adapter_model.safetensors")  # checksum-verified before PEFT reads it
-    return version.path / EXPERT_FOLDER
+    version.file(f"{TRAIN_TASK.files.expert}/adapter_model.safetensors")  # checksum-verified before PEFT reads it
+    return version.path / TRAIN_TASK.files.expert
 
 
 def lora_settings(run: TrainRun) -> LoraSettings:
@@ -93,7 +90,7 @@ def baseline_shape(run: TrainRun, adapter, modules: Sequence[str], *, step: int 
     lora = lora_settings(run)
     if not run.hyper.parity:
         return Shape(lora, list(modules))
-    counts = [read_json(v.file("arch.json"))["expert_parameters"] for v in parity_allocations(run)]
+    counts = [read_json(v.file(ALLOCATE.files.arch))["expert_parameters"] for v in parity_allocations(run)]
     budget = sum(counts) // len(counts)
     sizes = {c.name: c for c in adapter.candidates(include_mlp=True)}
     rank, n = parity_shape([sizes[m].d_in + sizes[m].d_out for m in modules],
@@ -135,91 +132,6 @@ def continue_from(experts: ExpertModel, source: int, target: int) -> None:
                 param.copy_(params[name.replace(new, old)])
 
 
-def save_expert(model, name: str, folder: Path, sidecar: dict) -> None:
-    """Save one adapter as a standalone PEFT folder: adapter_model.safetensors + adapter_config.json + sidecar.
-
-    PEFT shortens long ``target_modules`` lists to unique suffixes when it injects an adapter; the saved
-    config gets the exact sorted full names back, which PEFT matches as exact keys.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, selected_adapters=[name])
-        saved = Path(tmp) / name
-        config = read_json(saved / "adapter_config.json")
-        config["target_modules"] = sidecar["target_modules"]
-        write_json(saved / "adapter_config.json", config)
-        for file in saved.iterdir():
-            shutil.copy2(file, folder / file.name)
-    write_json(folder / SIDECAR, sidecar)
-
-
-class LoraTrainer(Trainer):
-    """Trains adapter ``run.task_id`` (added on ``modules``) inside ``experts``, each sample routed to ``routes[i]``;
-    saved as a PEFT folder named ``folder`` in the artifact."""
-
-    folder = EXPERT_FOLDER
-
-    def __init__(self, run: TrainRun, adapter, experts: ExpertModel, modules: Sequence[str], lora: LoraSettings,
-                 routes: Sequence, *, expected: int | None = None,
-                 batch_routes: Callable[[list[int]], list] | None = None,
-                 record: Callable[[object], None] | None = None, sidecar: Mapping | None = None,
-                 summary: Mapping | None = None):
-        """``batch_routes`` (indices -> routes) replaces the fixed per-sample ``routes`` for a batch; ``record``
-        writes what else the method keeps beside the adapter; ``sidecar`` adds fields to its sidecar, ``summary``
-        to the artifact's summary. A method adds loss terms by setting ``before_fn`` and ``losses_fn`` (the
-        `Trainer` hooks' signatures)."""
-        self.run, self.adapter, self.experts, self.lora = run, adapter, experts, lora
-        self.before_fn: Callable | None = None
-        self.losses_fn: Callable | None = None
-        self.batch_routes = batch_routes or (lambda indices: [self.routes[i] for i in indices])
-        self.record, self.extra_sidecar, self.extra_summary = record, dict(sidecar or {}), dict(summary or {})
-        self.modules, self.shared = experts.targets(modules)  # PEFT's target modules, and the shared-A groups
-        self.params = experts.add_expert(run.task_id, sorted(modules), lora)
-        if expected is not None and sum(p.numel() for p in self.params) != expected:
-            raise RuntimeError("trainable parameters differ from the allocation's expert size")
-        self.routes = list(routes)
-        self.model = experts.model
-
-    @classmethod
-    def shaped(cls, run: TrainRun, adapter, experts: ExpertModel, shape: Shape, routes: Sequence,
-               **extra) -> LoraTrainer:
-        return cls(run, adapter, experts, shape.modules, shape.lora, routes, sidecar=shape.summary(),
-                   summary=shape.summary(), **extra)
-
-    @property
-    def name(self) -> str:
-        return adapter_name(self.run.task_id)
-
-    def summary(self) -> dict:
-        return dict(self.extra_summary)
-
-    def route(self, indices: list[int], batch: dict):
-        return self.routed(self.batch_routes(indices), batch)
-
-    def before(self, model, batch: dict, indices: list[int]):
-        return self.before_fn(model, batch, indices) if self.before_fn else None
-
-    def extra_losses(self, model, batch: dict, outputs, before) -> dict:
-        return self.losses_fn(model, batch, outputs, before) if self.losses_fn else {}
-
-    def adapter_params(self, task_id: int) -> dict[str, torch.nn.Parameter]:
-        """Adapter ``task_id``'s parameters, keyed by their name with the adapter's name taken out."""
-        marker = f".{adapter_name(task_id)}."
-        return {name.replace(marker, "."): p for name, p in self.model.named_parameters() if marker in name}
-
-    def routed(self, routes: Sequence, batch: dict):
-        return self.experts.routed(routes, vision_rows=self.adapter.vision_row_samples(batch))
-
-    def save(self, writer) -> None:
-        sidecar = {"task": self.run.task, "task_id": self.run.task_id, "method": self.run.method,
-                   "adapter_name": self.name, "rank": self.lora.rank, "alpha": self.lora.alpha,
-                   "dropout": self.lora.dropout, "expert_type": self.lora.expert_type, "target_modules": self.modules,
-                   **({"shared_a": self.shared} if self.shared else {}), **self.extra_sidecar}
-        save_expert(self.model, self.name, writer.path(self.folder), sidecar)
-        if self.record is not None:
-            self.record(writer)
-
-
 def fresh_trainer(run: TrainRun, adapter, trainer_class: type[LoraTrainer] = LoraTrainer) -> LoraTrainer:
     """A fresh adapter on the base, on every projection, each sample routed to it alone (adapter ``run.task_id``)."""
     return trainer_class.shaped(run, adapter, expert_model(run.project, adapter),
@@ -249,7 +161,7 @@ def continued_shape(method, run: TrainRun, adapter, previous: Version | None) ->
     too: a continued LoRA cannot change its rank); without parity the hyperparameters must agree with it."""
     if previous is None:
         return baseline_shape(run, adapter, all_projections(adapter))
-    saved = read_json(previous.file(f"{EXPERT_FOLDER}/{SIDECAR}"))
+    saved = read_json(previous.file(f"{TRAIN_TASK.files.expert}/{SIDECAR}"))
     lora = lora_settings(run)
     if saved.get("expert_type", "lora") != lora.expert_type:
         raise UserError(f"{method.name} continues one adapter, but {previous} is a {saved.get('expert_type', 'lora')}, "
@@ -263,14 +175,14 @@ def continued_shape(method, run: TrainRun, adapter, previous: Version | None) ->
                  saved.get("dmole_parameters"))
 
 
-def continued_trainer(method, run: TrainRun, adapter) -> LoraTrainer:
+def continued_trainer(method, run: TrainRun, adapter, trainer: type[LoraTrainer] = LoraTrainer) -> LoraTrainer:
     """One LoRA continued across tasks: adapter t starts from task t-1's trained adapter (loaded, frozen, beside
     it, so a method can use the previous model), on every projection, each sample routed to adapter t."""
     previous = method.previous(run.project, run.task_id)
     loaded = {run.task_id - 1: previous} if previous is not None else {}
     shape = continued_shape(method, run, adapter, previous)  # before any adapter wraps the projections
-    trainer = LoraTrainer.shaped(run, adapter, expert_model(run.project, adapter, loaded=loaded), shape,
-                                 [(run.task_id,)] * len(run.samples))
+    trainer = trainer.shaped(run, adapter, expert_model(run.project, adapter, loaded=loaded), shape,
+                             [(run.task_id,)] * len(run.samples), previous=previous)
     if previous is not None:
         continue_from(trainer.experts, run.task_id - 1, run.task_id)
     return trainer

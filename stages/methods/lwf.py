@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import LoraHyper, TrainRun
+from .base import LoraHyper
 from .continued import ContinuedLora
+from .lora_trainer import LoraTrainer
 
 
 class LwfHyper(LoraHyper):
@@ -35,35 +36,37 @@ def distillation_loss(logits, targets, temperature: float):
     return F.kl_div(old, new, reduction="batchmean", log_target=True)
 
 
+class LwfTrainer(LoraTrainer):
+    """The continued LoRA, distilled from the second task on towards the previous model's outputs."""
+
+    def before(self, model, batch: dict, indices: list[int]):
+        """The previous model's logits (its adapter, no dropout): what LwF distils towards."""
+        if self.previous is None:
+            return None
+        import torch
+
+        training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.routed([(self.run.task_id - 1,)] * len(indices), batch):
+                return model(**batch).logits.detach()
+        finally:
+            model.train(training)
+
+    def extra_losses(self, model, batch: dict, outputs, before) -> dict:
+        if before is None:
+            return {}
+        hyper = self.run.hyper
+        return {"lwf": hyper.weight * distillation_loss(outputs.logits, before, hyper.temperature)}
+
+
 class LwfLora(ContinuedLora):
     name = "lwf-lora"
     summary = "LwF-LoRA: one LoRA continued, distilled towards the previous model's outputs"
     Hyper = LwfHyper
     sweep_grid = ("weight", (0.1, 1.0, 10.0))
 
-    def trainer(self, run: TrainRun, adapter):
-        trainer = super().trainer(run, adapter)
-        if run.task_id > 1:
-            previous = (run.task_id - 1,)
-
-            def targets(model, batch: dict, indices: list[int]):
-                """The previous model's logits (its adapter, no dropout): what LwF distils towards."""
-                import torch
-
-                training = model.training
-                model.eval()
-                try:
-                    with torch.no_grad(), trainer.routed([previous] * len(indices), batch):
-                        return model(**batch).logits.detach()
-                finally:
-                    model.train(training)
-
-            def distill(model, batch: dict, outputs, old_logits) -> dict:
-                loss = distillation_loss(outputs.logits, old_logits, run.hyper.temperature)
-                return {"lwf": run.hyper.weight * loss}
-
-            trainer.before_fn, trainer.losses_fn = targets, distill
-        return trainer
+    Trainer = LwfTrainer
 
 
 METHODS = [LwfLora()]

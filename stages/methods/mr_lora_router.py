@@ -10,7 +10,8 @@ import torch
 from ..data.samples import TrainSample
 from ..dmole.experts import LoraSettings
 from ..models.base import IGNORE, ChatExample
-from .lora import LoraTrainer, expert_model
+from .lora import expert_model
+from .lora_trainer import LoraTrainer
 from .replay import task_buffers
 
 ROUTER_ID = 0  # the router's adapter id beside the experts (task ids start at 1)
@@ -63,7 +64,7 @@ class MRLoraTrainer(LoraTrainer):
 
     def train_router(self) -> RouterTrainer:
         from ..progress import silent
-        from ..train_task import loop_settings, step_loss
+        from ..training.steps import loop_settings, step_loss
         from ..training.chat import text_length
         from ..training.inputs import InputPipeline
         from ..training.loop import ParamGroup, train

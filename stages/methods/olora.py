@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import ContinualMethod, EvalPlan, LoraHyper, TrainRun
+from .lora_trainer import LoraTrainer
 
 
 class OLoraHyper(LoraHyper):
@@ -46,6 +47,23 @@ def l2_norms(params) -> object:
     return sum(p.norm(2) for p in params)
 
 
+class OLoraTrainer(LoraTrainer):
+    """Task t's fresh LoRA beside every earlier one (frozen), its A pushed orthogonal to theirs."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.new = self.lora_a(self.run.task_id)
+        self.old = [self.lora_a(task_id) for task_id in range(1, self.run.task_id)]
+
+    def lora_a(self, task_id: int) -> dict:
+        return {k: p for k, p in self.adapter_params(task_id).items() if ".lora_A." in k}
+
+    def extra_losses(self, model, batch: dict, outputs, before) -> dict:
+        hyper = self.run.hyper
+        return {"orthogonal": hyper.lambda1 * orthogonality_loss(self.new, self.old),
+                "l2": hyper.lambda2 * l2_norms(self.params)}
+
+
 class OLora(ContinualMethod):
     name = "o-lora"
     summary = "O-LoRA: a LoRA per task, all kept; new A orthogonal to the earlier ones"
@@ -57,22 +75,13 @@ class OLora(ContinualMethod):
         return self.trained_before(run.project, run.task_id)
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer, baseline_shape, expert_model, target_projections
+        from .lora import baseline_shape, expert_model, target_projections
 
         loaded = dict(enumerate(self.trained_before(run.project, run.task_id), 1))
         shape = baseline_shape(run, adapter, target_projections(adapter, run.hyper.targets))  # before any wrapping
         experts = expert_model(run.project, adapter, loaded=loaded)
         everyone = tuple(range(1, run.task_id + 1))
-        trainer = LoraTrainer.shaped(run, adapter, experts, shape, [everyone] * len(run.samples))
-
-        def lora_a(task_id: int) -> dict:
-            return {k: p for k, p in trainer.adapter_params(task_id).items() if ".lora_A." in k}
-
-        new, old = lora_a(run.task_id), [lora_a(k) for k in loaded]
-        trainer.losses_fn = lambda model, batch, outputs, before: {
-            "orthogonal": run.hyper.lambda1 * orthogonality_loss(new, old),
-            "l2": run.hyper.lambda2 * l2_norms(trainer.params)}
-        return trainer
+        return OLoraTrainer.shaped(run, adapter, experts, shape, [everyone] * len(run.samples))
 
     def evaluation(self, project, after: str, adapter) -> EvalPlan:
         from .lora import routed_plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .lora import LoraTrainer
+from .lora_trainer import LoraTrainer
 
 KEYS = "key_elements.safetensors"  # module -> [n, 2] (row, column) of every task's key elements so far
 

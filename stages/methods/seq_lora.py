@@ -4,6 +4,7 @@ towers, trained on the base with every earlier task's LoRA merged in, then merge
 from __future__ import annotations
 
 from .base import ContinualMethod, EvalPlan, LoraHyper, TrainRun
+from .lora_trainer import LoraTrainer
 
 
 class SeqLora(ContinualMethod):
@@ -15,8 +16,6 @@ class SeqLora(ContinualMethod):
         return self.trained_before(run.project, run.task_id)
 
     def trainer(self, run: TrainRun, adapter):
-        from .lora import LoraTrainer
-
         return self.merged_trainer(run, adapter, LoraTrainer)
 
     def merged_trainer(self, run: TrainRun, adapter, trainer_class, **extra):

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..methods import get_method
-from ..methods.base import EVAL_STAGE, EvalPlan
-from ..options import stage_options
+from ..methods.base import EvalPlan
+from ..registry import EVAL
+from ..resolve import stage_options
 
 BASE = "base"
 
@@ -66,5 +67,5 @@ class ContinualModel:
 
 def load_continual(project, adapter, after: str) -> ContinualModel:
     method = get_method(project.config.method)
-    options = stage_options(project.config, EVAL_STAGE).model_copy(update={"method": method.name})
+    options = stage_options(project.config, EVAL.name).model_copy(update={"method": method.name})
     return ContinualModel(method.evaluation(project, after, adapter), options)

@@ -21,20 +21,16 @@ from ..data.tasks import load_eval_samples
 from ..distributed import merge_records
 from ..errors import UserError
 from ..methods import get_method
-from ..methods.base import EVAL_STAGE
 from ..progress import Progress, silent
 from ..project import Project
+from ..registry import EVAL, ROE_EVAL, ROUTE_TRAIN
 from ..runner import model_fingerprint
 from .continual import BASE, continual_inputs, load_continual, trained_on
 
 if TYPE_CHECKING:
     from .fixed import FixedRouting
 
-STAGE = "roe-eval"
 TASK = "all"
-TRAIN_STAGE = "route-train"
-WEIGHTS, CONFIG = "roe_weights.safetensors", "roe_config.json"
-DECISIONS, REPORT = "routing_decisions.parquet", "roe_report.json"
 SKIP_TOLERANCE, MAX_SCORE_DROP = 0.05, 2.0  # dmole's acceptance targets (spec roe.md §6.4)
 
 EvalSets = list[tuple[TaskSpec, list[EvalSample]]]
@@ -58,11 +54,11 @@ def continual_matrix(project: Project, after: str | None) -> dict | None:
     training (the continual matrix's diagonal, from `eval`), for BWT with RoE on and off."""
     if after is None:
         return None
-    stage = get_method(project.config.method).stage(EVAL_STAGE)
+    stage = get_method(project.config.method).stage(EVAL.name)
     diagonal = {}
     for name in project.config.task_names[:project.config.task_index(after)]:
-        version = project.store.require(stage, name, hint=f"dmole eval --after {name}")
-        rows = read_parquet(version.file("scores.parquet")).to_pylist()
+        version = project.store.require(stage, name, hint=f"dmole {EVAL.name} --after {name}")
+        rows = read_parquet(version.file(EVAL.files.scores)).to_pylist()
         diagonal[name] = next(row["score"] for row in rows if row["task"] == name)
     return {"after": after, "diagonal": diagonal}
 
@@ -182,8 +178,8 @@ def build_report(adapter, attachment, rows: list[dict], scores: dict[str, dict[s
 
 
 def write_results(writer: Writer, rows: list[dict], report: dict) -> None:
-    write_parquet(writer.path(DECISIONS), {k: [r[k] for r in rows] for k in rows[0]})
-    write_json(writer.path(REPORT), report)
+    write_parquet(writer.path(ROE_EVAL.files.decisions), {k: [r[k] for r in rows] for k in rows[0]})
+    write_json(writer.path(ROE_EVAL.files.report), report)
     writer.meta.update({key: report[key] for key in ("skip_rate", "base_score", "dense_score", "roe_score",
                                                      "batch_rule_applied")})
 
@@ -199,8 +195,8 @@ class TrainedRoE:
 
     @classmethod
     def latest(cls, project: Project) -> TrainedRoE:
-        version = project.store.require(TRAIN_STAGE, TASK, hint="dmole route-train")
-        config = read_json(version.file(CONFIG))
+        version = project.store.require(ROUTE_TRAIN.name, TASK, hint=ROUTE_TRAIN.hint())
+        config = read_json(version.file(ROUTE_TRAIN.files.config))
         after = None if config.get("from", BASE) == BASE else config["from"]  # runs before --from: the base
         return cls(version, config, after, [] if after is None else continual_inputs(project, after))
 
@@ -211,11 +207,11 @@ class TrainedRoE:
         """RoE's modules (checked against the base and the continual model) and the continual model (or None)."""
         from .weights import load_roe
 
-        modules, metadata = load_roe(self.version.file(WEIGHTS), family=adapter.family,
+        modules, metadata = load_roe(self.version.file(ROUTE_TRAIN.files.weights), family=adapter.family,
                                      base_hash=base_hash(model_fingerprint(project)))
         if metadata["dmole_checkpoint"] != continual_hash(self.continual_versions):
             raise UserError(f"the RoE weights were trained on other experts than {project.config.method} after "
-                            f"{self.after} has now; run `dmole route-train --from {self.after}` again")
+                            f"{self.after} has now; run `{ROUTE_TRAIN.hint()} --from {self.after}` again")
         return modules, load_continual(project, adapter, self.after) if self.after is not None else None
 
     def routed_model(self, project: Project, device: str | None = None):
@@ -234,8 +230,8 @@ class TrainedRoE:
 def evaluated_by(project: Project, trained: Version) -> Version:
     """Where ``trained``'s latest results are: the latest roe-eval when it evaluated these weights, else
     route-train's own closing evaluation."""
-    evaluated = project.store.latest(STAGE, TASK)
-    if evaluated is not None and any(i["stage"] == TRAIN_STAGE and i["version"] == trained.number
+    evaluated = project.store.latest(ROE_EVAL.name, TASK)
+    if evaluated is not None and any(i["stage"] == ROUTE_TRAIN.name and i["version"] == trained.number
                                      for i in evaluated.manifest["inputs"]):
         return evaluated
     return trained

@@ -12,6 +12,7 @@ import torch
 from ..data.samples import TrainSample
 from ..options import RouteTrainOptions
 from ..progress import Progress, silent
+from ..registry import ROUTE_TRAIN
 from ..training.chat import chat_examples
 from ..training.inputs import InputPipeline, worker_count
 from ..training.loop import LoopResult, LoopSettings, ParamGroup, batch_plan, train
@@ -161,7 +162,7 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
                                  adapter.on_device, worker_count(settings.input_workers))
         return train(model, groups, loss_fn, len(samples), loop, callbacks=[callback], checkpoint_dir=checkpoint_dir,
                      progress=_with_status(progress, status), inputs=pipeline,
-                     description="route-train" if modules is not None else "route-train: dense twin")
+                     description=ROUTE_TRAIN.name + ("" if modules is not None else ": dense twin"))
     finally:
         model.eval()
         for p in model.parameters():

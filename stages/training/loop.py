@@ -28,6 +28,7 @@ import torch
 
 from ..distributed import FSDP2, all_gather_objects, is_main, my_share, parameter_sharding, rank_and_world
 from ..errors import UserError
+from ..options import TrainTaskOptions
 from ..progress import Progress, silent
 from ..threads import thread_mismatch
 from .checkpoint import LoadedState, load_checkpoint, rng_state, save_checkpoint
@@ -35,20 +36,25 @@ from .inputs import InputPipeline
 from .sharding import ShardedCopy
 
 
+def _train_task_default(name: str):
+    """train-task's default for a setting it shares with the loop (stages/options.py), so it is written once."""
+    return TrainTaskOptions.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class LoopSettings:
     epochs: float
     batch_size: int
     lr: float
-    weight_decay: float = 0.01
+    weight_decay: float = _train_task_default("weight_decay")
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_ratio: float = 0.03
-    clip: float = 1.0
-    seed: int = 42
+    warmup_ratio: float = _train_task_default("warmup_ratio")
+    clip: float = _train_task_default("clip")
+    seed: int = _train_task_default("seed")
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = never
-    precision: str = "auto"  # forward under bf16 autocast: "auto" (on CUDA only), "bf16" or "fp32" (never)
-    grad_accum: int = 1  # micro-batches per optimizer step (per process); batch_size stays the global batch
-    group_by_length: bool = False  # batches of similar lengths (the reference's group_by_length)
+    precision: str = _train_task_default("precision")  # bf16 autocast: "auto" (on CUDA only), "bf16" or "fp32"
+    grad_accum: int = _train_task_default("grad_accum")  # micro-batches per optimizer step (per process)
+    group_by_length: bool = _train_task_default("group_by_length")  # batches of similar lengths
 
 
 @dataclass

@@ -18,13 +18,14 @@ from typing import Any
 
 from PIL import Image
 
-from ..errors import UserError
-from ..methods import get_method
-from ..methods.base import EVAL_STAGE, ZERO_SHOT
-from ..options import stage_options
-from ..project import Project
-from ..runner import require_built_on_model
-from .predict import AroundBatch, generate_batch
+from .errors import UserError
+from .evaluation.predict import AroundBatch, generate_batch
+from .methods import get_method
+from .methods.base import ZERO_SHOT
+from .project import Project
+from .registry import EVAL, ROE_EVAL
+from .resolve import stage_options
+from .runner import require_built_on_model
 
 
 @dataclass
@@ -59,7 +60,7 @@ def open_model(project: Project, after: str | None = None, *, method: str | None
     if after is None:
         raise UserError(f"say which model: after=TASK (one of {', '.join(project.config.task_names)}), "
                         f"after={ZERO_SHOT}, or roe=true")
-    options = stage_options(project.config, EVAL_STAGE, {**(options or {}), "method": method})
+    options = stage_options(project.config, EVAL.name, {**(options or {}), "method": method})
     if after == ZERO_SHOT:
         require_built_on_model(project, [])  # a missing model folder is one line
         adapter = project.load_model(device=device)
@@ -83,9 +84,9 @@ def _sample_routes(project: Project, method, after: str, adapter, plan, options,
             return None
         [fixed], _ = plan.routes_for(plan.tasks[0], [None], options)
         return lambda images, prompts: [fixed] * len(prompts)
-    from ..dmole.bank import load_bank
-    from ..dmole.embedding import embedding_metadata, sequence_embeddings
-    from ..dmole.routing import evaluation_routes
+    from .dmole.bank import load_bank
+    from .dmole.embedding import embedding_metadata, sequence_embeddings
+    from .dmole.routing import evaluation_routes
 
     bank = load_bank(project, project.config.task_names[:project.config.task_index(after)])
     metadata = embedding_metadata(adapter, model)
@@ -102,10 +103,10 @@ def _roe_model(project: Project, options: dict, device: str | None) -> HarnessMo
     """The latest route-train weights attached to what they were trained on (the base with its stage-2 backbone,
     or a continual model whose experts are routed per sample as above), each batch under a fresh routing plan with
     roe-eval's batch rule."""
-    from ..roe.inference import RequestRecorder
-    from ..roe.evaluation import STAGE as ROE_EVAL_STAGE, TrainedRoE
+    from .roe.evaluation import TrainedRoE
+    from .roe.inference import RequestRecorder
 
-    options = stage_options(project.config, ROE_EVAL_STAGE, options)
+    options = stage_options(project.config, ROE_EVAL.name, options)
     trained = TrainedRoE.latest(project)
     model = require_built_on_model(project, [trained.version, *trained.continual_versions])["model"]
     adapter, _, continual = trained.routed_model(project, device)
