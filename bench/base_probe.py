@@ -13,9 +13,9 @@ import random
 from pathlib import Path
 
 from emit import emit
-from stages.data.synthetic import STYLES, draw_scene, random_scene
-from stages.evaluation.predict import generate_batch
-from stages.models.registry import load_family
+from dmole.stages.data.synthetic import STYLES, draw_scene, random_scene
+from dmole.stages.evaluation.predict import generate_batch
+from dmole.stages.models.registry import load_family
 
 QUESTIONS = {"Name the shape.": lambda s: s.shape, "Where is the object?": lambda s: s.position_name,
              "What color is the object?": lambda s: s.color}

@@ -16,8 +16,8 @@ import importlib.util
 import random
 from pathlib import Path
 
-from stages.metrics.continual import continual_metrics
-from stages.metrics.field_continual import field_metrics
+from dmole.stages.metrics.continual import continual_metrics
+from dmole.stages.metrics.field_continual import field_metrics
 
 
 def main() -> None:

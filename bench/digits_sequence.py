@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages.demo import run_pipeline
-from stages.init import create_workspace
-from stages.project import Project
-from stages.synth import STAGE_DEFAULTS
+from dmole.stages.demo import run_pipeline
+from dmole.stages.init import create_workspace
+from dmole.stages.project import Project
+from dmole.stages.synth import STAGE_DEFAULTS
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TRAIN, TEST = 240, 40

@@ -28,24 +28,24 @@ from pathlib import Path
 
 import torch
 
-from artifacts.io import read_json
-from stages.allocate import allocate
-from stages.data.tasks import load_eval_samples, load_train_samples
-from stages.dmole.experts import ExpertModel
-from stages.embed import embed
-from stages.evaluation.predict import predict
-from stages.fit_router import fit_router
-from stages.init import create_workspace
-from stages.methods import get_method
-from stages.methods.lora import towers
-from stages.models.registry import load_family
-from stages.options import TrainTaskOptions
-from stages.project import Project
-from stages.registry import ALLOCATE, EMBED, EVAL, FIT_ROUTER, REPORT, TRAIN_TASK, ZC_SCORE
-from stages.resolve import stage_options
-from stages.train_task import method_hyper, train_task
-from stages.training.chat import chat_examples
-from stages.zc_score import zc_score
+from dmole.artifacts.io import read_json
+from dmole.stages.allocate import allocate
+from dmole.stages.data.tasks import load_eval_samples, load_train_samples
+from dmole.stages.dmole.experts import ExpertModel
+from dmole.stages.embed import embed
+from dmole.stages.evaluation.predict import predict
+from dmole.stages.fit_router import fit_router
+from dmole.stages.init import create_workspace
+from dmole.stages.methods import get_method
+from dmole.stages.methods.lora import towers
+from dmole.stages.models.registry import load_family
+from dmole.stages.options import TrainTaskOptions
+from dmole.stages.project import Project
+from dmole.stages.registry import ALLOCATE, EMBED, EVAL, FIT_ROUTER, REPORT, TRAIN_TASK, ZC_SCORE
+from dmole.stages.resolve import stage_options
+from dmole.stages.train_task import method_hyper, train_task
+from dmole.stages.training.chat import chat_examples
+from dmole.stages.zc_score import zc_score
 from step_ratio import median_ratio, step_ratio
 
 

@@ -17,9 +17,9 @@ import torch
 import transformers as tf
 from PIL import Image
 
-from stages.models.processor import build_processor
-from stages.models.registry import FAMILIES
-from stages.models.tiny import TEMPLATES, TOKENIZERS, train_tokenizer
+from dmole.stages.models.processor import build_processor
+from dmole.stages.models.registry import FAMILIES
+from dmole.stages.models.tiny import TEMPLATES, TOKENIZERS, train_tokenizer
 
 SIDE = 448
 tf.logging.set_verbosity_error()  # the meta models' small vocabularies do not hold the real special-token ids

@@ -27,7 +27,7 @@ import tempfile
 import types
 from pathlib import Path
 
-from stages.metrics.field_graders import score_rule
+from dmole.stages.metrics.field_graders import score_rule
 
 CHOICES = ["cat", "dog", "bird"]
 GOLD_BOX = "[0.1, 0.2, 0.5, 0.6]"
@@ -230,7 +230,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         theirs = original_caption(mcitlib, Path(tmp))
     preds, refs = [p for p, _ in CAPTIONS], [r for _, r in CAPTIONS]
-    from stages.metrics.mcitlib_rules import caption
+    from dmole.stages.metrics.mcitlib_rules import caption
 
     ours = {}
     for name, (tokenizer, meteor) in {"java": ("ptb", "java"), "java-free": ("ptb-python", "python")}.items():

@@ -41,21 +41,21 @@ from pathlib import Path
 
 import torch
 
-from stages.config import TaskSpec
-from stages.data.samples import TrainSample
-from stages.data.synthetic import SynthSizes, write_benchmark
-from stages.data.tasks import load_eval_samples, load_train_samples
-from stages.dmole.experts import ExpertModel
-from stages.embed import compute_embeddings
-from stages.evaluation.predict import predict
-from stages.methods.dmole import DMoLEHyper
-from stages.methods.lora import towers
-from stages.models.registry import device_name, load_family
-from stages.models.tiny import TinySize, build_tiny
-from stages.options import AllocateOptions
-from stages.training.chat import chat_examples
-from stages.training.inputs import GPU_WORKERS, InputPipeline
-from stages.training.loop import LoopSettings, ParamGroup, train
+from dmole.stages.config import TaskSpec
+from dmole.stages.data.samples import TrainSample
+from dmole.stages.data.synthetic import SynthSizes, write_benchmark
+from dmole.stages.data.tasks import load_eval_samples, load_train_samples
+from dmole.stages.dmole.experts import ExpertModel
+from dmole.stages.embed import compute_embeddings
+from dmole.stages.evaluation.predict import predict
+from dmole.stages.methods.dmole import DMoLEHyper
+from dmole.stages.methods.lora import towers
+from dmole.stages.models.registry import device_name, load_family
+from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.options import AllocateOptions
+from dmole.stages.training.chat import chat_examples
+from dmole.stages.training.inputs import GPU_WORKERS, InputPipeline
+from dmole.stages.training.loop import LoopSettings, ParamGroup, train
 from step_ratio import step_ratio, sync
 
 SIZES = {

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from emit import emit
 
-from stages.project import Project
-from stages.train_task import train_run
-from stages.training.steps import loop_settings, step_loss
-from stages.training.inputs import InputPipeline
-from stages.training.loop import ParamGroup, train
+from dmole.stages.project import Project
+from dmole.stages.train_task import train_run
+from dmole.stages.training.steps import loop_settings, step_loss
+from dmole.stages.training.inputs import InputPipeline
+from dmole.stages.training.loop import ParamGroup, train
 
 
 class _Forgetful(dict):

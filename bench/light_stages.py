@@ -20,7 +20,7 @@ from pathlib import Path
 HEAVY = ("torch", "transformers", "peft", "matplotlib")
 # Runs the CLI in-process and reports, at exit, which heavy modules it imported.
 PROBE = ("import atexit, sys; atexit.register(lambda: sys.stderr.write('HEAVY ' + ','.join(m for m in {heavy} "
-         "if m in sys.modules) + '\\n')); sys.argv = ['dmole'] + sys.argv[1:]; from dmole_cli.app import main; main()")
+         "if m in sys.modules) + '\\n')); sys.argv = ['dmole'] + sys.argv[1:]; from dmole.cli.app import main; main()")
 
 
 def run(args: list[str]) -> tuple[float, list[str]]:
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     w = ["-w", str(args.workspace)]
-    task = subprocess.run([sys.executable, "-m", "dmole_cli", "tasks", *w], capture_output=True, text=True,
+    task = subprocess.run([sys.executable, "-m", "dmole.cli", "tasks", *w], capture_output=True, text=True,
                           check=True).stdout.split()[0]
     commands = {
         "dmole --help": ["--help"],

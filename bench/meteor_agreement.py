@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from stages.metrics.coco_caption import coco_caption_scores
+from dmole.stages.metrics.coco_caption import coco_caption_scores
 
 
 def _captions(path: Path) -> dict[int, str]:

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from stages.metrics.caption import cider_d, tokenize_captions
+from dmole.stages.metrics.caption import cider_d, tokenize_captions
 
 CANDIDATES = ("ptb-python", "simple")
 

@@ -16,15 +16,15 @@ from pathlib import Path
 import torch
 from emit import emit
 
-from stages.project import Project
-from stages.registry import ROUTE_TRAIN
-from stages.resolve import stage_options
-from stages.roe.attach import attach, roe_shape
-from stages.roe.evaluation import eval_sets, evaluate_routed, skip_stats
-from stages.roe.modules import RoEModules
-from stages.roe.recipe import load_for_training, loop_settings, train_roe
-from stages.roe.sweep import mean_relative, relative, skip_patterns
-from stages.route_train import training_subset
+from dmole.stages.project import Project
+from dmole.stages.registry import ROUTE_TRAIN
+from dmole.stages.resolve import stage_options
+from dmole.stages.roe.attach import attach, roe_shape
+from dmole.stages.roe.evaluation import eval_sets, evaluate_routed, skip_stats
+from dmole.stages.roe.modules import RoEModules
+from dmole.stages.roe.recipe import load_for_training, loop_settings, train_roe
+from dmole.stages.roe.sweep import mean_relative, relative, skip_patterns
+from dmole.stages.route_train import training_subset
 
 LOGGED = ("step", "stage", "tau", "loss", "ce", "reg", "soft_skip", "hard_skip")
 

@@ -26,13 +26,13 @@ import torch
 from emit import emit
 from PIL import Image
 
-from stages.models.registry import load_family
-from stages.models.tiny import TinySize, build_tiny
-from stages.roe.attach import attach, roe_shape
-from stages.roe.cost import theoretical_saving
-from stages.roe.modules import RoEModules
-from stages.roe.plan import RoutingPlan
-from stages.roe.speed import timed_generate
+from dmole.stages.models.registry import load_family
+from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.roe.attach import attach, roe_shape
+from dmole.stages.roe.cost import theoretical_saving
+from dmole.stages.roe.modules import RoEModules
+from dmole.stages.roe.plan import RoutingPlan
+from dmole.stages.roe.speed import timed_generate
 
 
 def main() -> None:

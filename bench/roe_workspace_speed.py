@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from emit import emit
 
-from stages.project import Project
-from stages.roe.evaluation import TrainedRoE
-from stages.roe.plan import RoutingPlan
-from stages.roe.speed import batch1_speed, workspace_prompts
+from dmole.stages.project import Project
+from dmole.stages.roe.evaluation import TrainedRoE
+from dmole.stages.roe.plan import RoutingPlan
+from dmole.stages.roe.speed import batch1_speed, workspace_prompts
 
 
 def main() -> None:

@@ -21,12 +21,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from artifacts.io import read_parquet
-from stages.evaluate import ZERO_SHOT, evaluate
-from stages.metrics.continual import continual_metrics
-from stages.project import Project
-from stages.registry import EVAL
-from stages.resolve import stage_options
+from dmole.artifacts.io import read_parquet
+from dmole.stages.evaluate import ZERO_SHOT, evaluate
+from dmole.stages.metrics.continual import continual_metrics
+from dmole.stages.project import Project
+from dmole.stages.registry import EVAL
+from dmole.stages.resolve import stage_options
 
 BASELINE = "top-1"
 # per-sample rules at eval's default ranking (relative error); two at the paper's raw-error ranking, to show it

@@ -27,7 +27,7 @@ SETTINGS = {
     "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
 }
 ONE_RUN = ("import sys; sys.path[:0] = [{bench!r}, {root!r}]; from pathlib import Path; "
-           "from input_pipeline import one_run; from stages.project import Project; "
+           "from input_pipeline import one_run; from dmole.stages.project import Project; "
            "p = Project.open(Path({workspace!r})); one_run(p, {task!r}, 0, 0.05); "
            "print(one_run(p, {task!r}, 0, {epochs})['seconds'])")
 COMPETITOR = ("import torch; torch.set_num_threads(2); a = torch.randn(384, 384)\n"

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from stages.dmole.experts import ExpertModel, LoraSettings
-from stages.methods.lora import towers
+from dmole.stages.dmole.experts import ExpertModel, LoraSettings
+from dmole.stages.methods.lora import towers
 
 
 def sync() -> None:

@@ -44,15 +44,15 @@ def default_workspace(path: Path | None) -> Path:
 
 def open_project(workspace: Path | None):
     """The workspace named by --workspace / DMOLE_WORKSPACE, or the current folder."""
-    from stages.project import Project
+    from dmole.stages.project import Project
 
     return Project.open(default_workspace(workspace))
 
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input, not a bug. Imported lazily so `dmole --help` stays fast."""
-    from artifacts import ArtifactError
-    from stages.errors import UserError
+    from dmole.artifacts import ArtifactError
+    from dmole.stages.errors import UserError
 
     return UserError, ArtifactError
 

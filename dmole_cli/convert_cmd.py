@@ -44,7 +44,7 @@ def convert(
     OUT is written whole or not at all. See docs/convert.md."""
     import json
 
-    from stages.convert_llava import convert_checkpoint
+    from dmole.stages.convert_llava import convert_checkpoint
 
     written = convert_checkpoint(src, out, max_tiles=max_tiles, force=force)
     config = json.loads((written / "config.json").read_text(encoding="utf-8"))

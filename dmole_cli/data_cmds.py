@@ -7,7 +7,7 @@ from typing import Annotated, Optional, get_args
 
 import typer
 
-from stages.config import Family
+from dmole.stages.config import Family
 
 from .common import QuietOption, console, handles_user_errors
 
@@ -49,8 +49,8 @@ def import_(
     in DATA/tasks.json, ready for [bold]dmole init --data DATA[/].
 
     Each row is validated as a JSONL line is (errors name its split, row and field); a failed import writes nothing."""
-    from stages.data.row_mapping import parse_mapping
-    from stages.import_data import import_dataset
+    from dmole.stages.data.row_mapping import parse_mapping
+    from dmole.stages.import_data import import_dataset
 
     from .progress import rich_progress
 

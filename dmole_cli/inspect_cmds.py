@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from stages.registry import ROUTE_TRAIN, STAGES
+from dmole.stages.registry import ROUTE_TRAIN, STAGES
 
 from .common import JsonOption, WorkspaceOption, console, handles_user_errors, open_project
 
@@ -28,7 +28,7 @@ def _size(n: int) -> str:
 @handles_user_errors
 def ls(json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
     """List the latest artifact of every stage and task: version, creation time, size and status."""
-    from stages.inspect import listing
+    from dmole.stages.inspect import listing
 
     rows = listing(open_project(workspace))
     if json_output:
@@ -123,7 +123,7 @@ def show(
 ) -> None:
     """Summarise an artifact: manifest, table heads and statistics (fit-router adds the routing confusion,
     allocate the expert map, route-train the skip rates and scores)."""
-    from stages.inspect import describe_stage
+    from dmole.stages.inspect import describe_stage
 
     if stage == ROUTE_TRAIN.name:
         from .roe_cmds import show_route_train

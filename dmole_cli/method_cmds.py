@@ -21,7 +21,7 @@ def methods(
 
     A method's hyperparameters are set per run with `train-task --hparam KEY=VALUE`, or for the workspace in
     workspace.json's "methods" section: {"lwf-lora": {"temperature": 1.0}}."""
-    from stages.methods import REGISTRY, get_method
+    from dmole.stages.methods import REGISTRY, get_method
 
     if show is None:
         rows = [{"name": m.name, "summary": m.summary, "trains": m.trains} for m in REGISTRY.values()]

@@ -20,9 +20,9 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 import typer
 from pydantic.fields import FieldInfo
 
-from stages.errors import UserError
-from stages.options import parse_pairs
-from stages.registry import Stage
+from dmole.stages.errors import UserError
+from dmole.stages.options import parse_pairs
+from dmole.stages.registry import Stage
 
 OPTIONS = "options"
 COMMON = ("force", "quiet", "json_output", "workspace")

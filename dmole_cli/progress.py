@@ -32,7 +32,7 @@ def rich_progress(quiet: bool = False):
     """A Progress factory for stage functions; ``quiet`` (and any launched process but the first) gets the
     stages' silent one."""
     if quiet or launched_worker():
-        from stages.progress import silent
+        from dmole.stages.progress import silent
 
         return silent
 

@@ -12,10 +12,10 @@ from .common import console
 def print_method_table(version) -> None:
     """Table 2 (each task's final score, AVG, Last, BWT per method), the metrics side by side, then each method's
     matrix R."""
-    from artifacts.io import read_json
-    from stages.figures.markdown import fmt
-    from stages.registry import REPORT
-    from stages.figures.matrix import METRICS, stage_labels, table2_rows
+    from dmole.artifacts.io import read_json
+    from dmole.stages.figures.markdown import fmt
+    from dmole.stages.registry import REPORT
+    from dmole.stages.figures.matrix import METRICS, stage_labels, table2_rows
 
     result = read_json(version.file(REPORT.files.metrics))
     header, rows = table2_rows(result, read_json(version.file(REPORT.files.costs)))

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from stages.registry import ROE_SWEEP, ROUTE_TRAIN
+from dmole.stages.registry import ROE_SWEEP, ROUTE_TRAIN
 
 from .common import (ForceOption, JsonOption, QuietOption, WorkspaceOption, console, handles_user_errors,
                      open_project, print_result)
@@ -20,8 +20,8 @@ from .progress import rich_progress
 @stage_flags(ROUTE_TRAIN)
 def route_train(options: dict, force: ForceOption = False, quiet: QuietOption = False,
                 json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
-    from stages.route_train import route_train as run
-    from stages.roe_eval import roe_summary
+    from dmole.stages.route_train import route_train as run
+    from dmole.stages.roe_eval import roe_summary
 
     project = open_project(workspace)
     result = run(project, options, force=force, progress=rich_progress(quiet or json_output))
@@ -34,10 +34,10 @@ def route_train(options: dict, force: ForceOption = False, quiet: QuietOption = 
 @stage_flags(ROE_SWEEP)
 def route_sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False,
                 json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
-    from stages.figures.roe_sweep import from_result, table
-    from stages.route_sweep import route_sweep as run
+    from dmole.stages.figures.roe_sweep import from_result, table
+    from dmole.stages.route_sweep import route_sweep as run
 
-    from artifacts.io import read_json
+    from dmole.artifacts.io import read_json
 
     result = run(open_project(workspace), options, force=force, progress=rich_progress(quiet or json_output))
     if not (quiet or json_output):
@@ -50,7 +50,7 @@ def route_sweep(options: dict, force: ForceOption = False, quiet: QuietOption = 
 def run_roe_eval(workspace: Path | None, options: dict, *, force: bool = False, quiet: bool = False,
                  json_output: bool = False) -> None:
     """What `dmole eval --roe` does: evaluate the latest route-train weights, then print their summary."""
-    from stages.roe_eval import evaluate_roe, roe_summary
+    from dmole.stages.roe_eval import evaluate_roe, roe_summary
 
     project = open_project(workspace)
     result = evaluate_roe(project, options, force=force, progress=rich_progress(quiet or json_output))
@@ -61,7 +61,7 @@ def run_roe_eval(workspace: Path | None, options: dict, *, force: bool = False, 
 
 def show_route_train(workspace: Path | None, json_output: bool = False) -> None:
     """What `dmole show route-train` does: the RoE summary as tables or JSON."""
-    from stages.roe_eval import roe_summary
+    from dmole.stages.roe_eval import roe_summary
 
     summary = roe_summary(open_project(workspace))
     if json_output:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from stages.registry import ALLOCATE, EMBED, EVAL, FIT_ROUTER, ROE_EVAL, SWEEP, THRESHOLD_SWEEP, TRAIN_TASK, ZC_SCORE
+from dmole.stages.registry import ALLOCATE, EMBED, EVAL, FIT_ROUTER, ROE_EVAL, SWEEP, THRESHOLD_SWEEP, TRAIN_TASK, ZC_SCORE
 
 from .common import (ForceOption, JsonOption, QuietOption, WorkspaceOption, handles_user_errors, open_project,
                      print_result)
@@ -22,7 +22,7 @@ TaskOption = Annotated[str, typer.Option("--task", "-t", help="Task name (see `d
 @stage_flags(EMBED)
 def embed(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
           json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
-    from stages.embed import embed as run
+    from dmole.stages.embed import embed as run
 
     progress = rich_progress(quiet or json_output)
     print_result(run(open_project(workspace), task, options, force=force, progress=progress), json_output)
@@ -32,7 +32,7 @@ def embed(task: TaskOption, options: dict, force: ForceOption = False, quiet: Qu
 @stage_flags(FIT_ROUTER)
 def fit_router(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
                json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
-    from stages.fit_router import fit_router as run
+    from dmole.stages.fit_router import fit_router as run
 
     progress = rich_progress(quiet or json_output)
     print_result(run(open_project(workspace), task, options, force=force, progress=progress), json_output)
@@ -42,7 +42,7 @@ def fit_router(task: TaskOption, options: dict, force: ForceOption = False, quie
 @stage_flags(ZC_SCORE)
 def zc_score(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
              json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
-    from stages.zc_score import zc_score as run
+    from dmole.stages.zc_score import zc_score as run
 
     progress = rich_progress(quiet or json_output)
     print_result(run(open_project(workspace), task, options, force=force, progress=progress), json_output)
@@ -52,7 +52,7 @@ def zc_score(task: TaskOption, options: dict, force: ForceOption = False, quiet:
 @stage_flags(ALLOCATE)
 def allocate(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
              json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
-    from stages.allocate import allocate as run
+    from dmole.stages.allocate import allocate as run
 
     del quiet  # allocate shows no progress; it takes -q as every stage does
     print_result(run(open_project(workspace), task, options, force=force), json_output)
@@ -70,7 +70,7 @@ def train_task(
     json_output: JsonOption = False,
     workspace: WorkspaceOption = None,
 ) -> None:
-    from stages.train_task import train_task as run
+    from dmole.stages.train_task import train_task as run
 
     progress = rich_progress(quiet or json_output)
     print_result(run(open_project(workspace), task, options, force=force, progress=progress,
@@ -91,8 +91,8 @@ def eval_(
     json_output: JsonOption = False,
     workspace: WorkspaceOption = None,
 ) -> None:
-    from stages.errors import UserError
-    from stages.evaluate import ZERO_SHOT, evaluate as run
+    from dmole.stages.errors import UserError
+    from dmole.stages.evaluate import ZERO_SHOT, evaluate as run
 
     options = options_of(ROE_EVAL if roe else EVAL, options)
     if roe:
@@ -105,7 +105,7 @@ def eval_(
     project = open_project(workspace)
     progress = rich_progress(quiet or json_output)
     if threshold_scales is not None:
-        from stages.evaluate import threshold_sweep
+        from dmole.stages.evaluate import threshold_sweep
 
         if after is None:
             raise UserError("--threshold-scales sweeps the model after one task: give --after TASK")
@@ -122,7 +122,7 @@ def eval_(
 @stage_flags(SWEEP)
 def sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False, json_output: JsonOption = False,
           workspace: WorkspaceOption = None) -> None:
-    from stages.sweep import sweep as run
+    from dmole.stages.sweep import sweep as run
 
     progress = rich_progress(quiet or json_output)
     print_result(run(open_project(workspace), options, force=force, progress=progress), json_output)

@@ -8,17 +8,17 @@ from typing import Annotated, Optional, get_args
 
 import typer
 
-from stages.config import SEED_LIMIT, ImageAspectRatio, Profile, WorkspaceConfig
-from stages.data.benchmarks import benchmark_list
-from stages.models.catalog import family_list
-from stages.registry import REPORT
+from dmole.stages.config import SEED_LIMIT, ImageAspectRatio, Profile, WorkspaceConfig
+from dmole.stages.data.benchmarks import benchmark_list
+from dmole.stages.models.catalog import family_list
+from dmole.stages.registry import REPORT
 
 from .common import (FamilyOption, JsonOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
                      open_project,
                      print_summary)
 from .options_cli import choices
 
-SEED_MAX = SEED_LIMIT - 1  # the synthetic benchmark's seed, in the range of every stage's (stages.config.Seed)
+SEED_MAX = SEED_LIMIT - 1  # the synthetic benchmark's seed, in the range of every stage's (dmole.stages.config.Seed)
 AspectRatios = choices("image_aspect_ratio", get_args(ImageAspectRatio))
 Profiles = choices("profile", get_args(Profile))
 
@@ -67,7 +67,7 @@ def init(
     [bold]dmole init --benchmark dmole --model M --data ARCHIVE[/] is the official D-MoLE 9-task benchmark.
 
     An InternVL2 / InternVL2.5 remote-code folder is converted once with [bold]dmole convert[/]."""
-    from stages.init import create_workspace
+    from dmole.stages.init import create_workspace
 
     root = default_workspace(workspace)
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
@@ -103,7 +103,7 @@ def synth(
 ) -> None:
     """Generate the synthetic benchmark (5 tasks, every metric family), pre-train its tiny base model, and
     write a ready workspace at OUT/workspace."""
-    from stages.synth import synthesize, tiny_size
+    from dmole.stages.synth import synthesize, tiny_size
 
     from .progress import rich_progress
 
@@ -126,7 +126,7 @@ def demo(
     """The whole method on the synthetic benchmark: D-MoLE, seq-lora and finetune (or --methods) over every task,
     then Table 2 (each task's final score, AVG, Last, BWT per method) and a markdown report. Resumes where it
     stopped."""
-    from stages.demo import DEMO_METHODS, demo as run, demo_methods
+    from dmole.stages.demo import DEMO_METHODS, demo as run, demo_methods
 
     from .progress import rich_progress
     from .reporting import print_method_table
@@ -154,8 +154,8 @@ def report(
 ) -> None:
     """Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / all), BWT, FWT,
     and report.md with figures: expert allocation, expert activation, zero-cost sensitivity, RoE skipping."""
-    from artifacts.io import read_json
-    from stages.report import export, figure_names, report as run
+    from dmole.artifacts.io import read_json
+    from dmole.stages.report import export, figure_names, report as run
 
     from .reporting import print_method_table, print_report_files
 

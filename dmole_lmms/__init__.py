@@ -11,4 +11,4 @@ def manifests() -> list:
     """lmms-eval's registration payload: the ``dmole`` model, a simple (non-chat) implementation."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return [ModelManifest(model_id=MODEL_ID, simple_class_path="dmole_lmms.model.DMoLEModel")]
+    return [ModelManifest(model_id=MODEL_ID, simple_class_path="dmole.lmms.model.DMoLEModel")]

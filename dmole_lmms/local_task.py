@@ -3,10 +3,10 @@ that task: each document carries the task's rendered prompt (as `eval` renders i
 the task's ``max_new_tokens`` / ``min_new_tokens`` are `eval`'s, and the score is the task's own metric
 (stages/metrics), aggregated over the whole test set as `eval` aggregates it.
 
-    python -m dmole_lmms.local_task --workspace W --task color-vqa --out my-tasks
+    python -m dmole.lmms.local_task --workspace W --task color-vqa --out my-tasks
     lmms-eval --model dmole --model_args workspace=W,after=LAST --tasks dmole_color_vqa --include_path my-tasks
 
-The functions below are the task's (its YAML names them as ``!function dmole_lmms.local_task.<name>``). Nothing
+The functions below are the task's (its YAML names them as ``!function dmole.lmms.local_task.<name>``). Nothing
 here imports lmms-eval; writing the dataset needs `datasets`.
 """
 
@@ -18,14 +18,14 @@ import json
 import sys
 from pathlib import Path
 
-from stages.data.images import load_image
-from stages.data.prompts import render_prompt
-from stages.data.tasks import load_eval_samples
-from stages.errors import UserError
-from stages.metrics.families import score_family
-from stages.project import Project
+from dmole.stages.data.images import load_image
+from dmole.stages.data.prompts import render_prompt
+from dmole.stages.data.tasks import load_eval_samples
+from dmole.stages.errors import UserError
+from dmole.stages.metrics.families import score_family
+from dmole.stages.project import Project
 
-FUNCTIONS = "dmole_lmms.local_task"
+FUNCTIONS = "dmole.lmms.local_task"
 
 
 def default_name(task: str) -> str:
@@ -92,7 +92,7 @@ def aggregate(items):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dmole_lmms.local_task", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dmole.lmms.local_task", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", type=Path, required=True, help="the dmole workspace")
     parser.add_argument("--task", required=True, help="the workspace's task whose test set the lmms-eval task is")
     parser.add_argument("--out", type=Path, required=True, help="the folder to pass to lmms-eval's --include_path")

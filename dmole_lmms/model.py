@@ -19,13 +19,13 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from PIL import Image
 
-from artifacts import ArtifactError
-from stages.data.samples import IMAGE_PLACEHOLDER
-from stages.errors import UserError
-from stages.harness import open_model
-from stages.project import Project
-from stages.registry import EVAL, ROE_EVAL
-from stages.resolve import stage_options
+from dmole.artifacts import ArtifactError
+from dmole.stages.data.samples import IMAGE_PLACEHOLDER
+from dmole.stages.errors import UserError
+from dmole.stages.harness import open_model
+from dmole.stages.project import Project
+from dmole.stages.registry import EVAL, ROE_EVAL
+from dmole.stages.resolve import stage_options
 
 DEFAULT_MAX_NEW_TOKENS = 128  # when a task's generation_kwargs set none
 MODEL_ARGS = ("workspace", "after", "method", "roe")  # the model_args of the plugin itself; the rest are options

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-from artifacts import Version, Writer
-from artifacts.io import read_json, read_parquet, write_json
+from dmole.artifacts import Version, Writer
+from dmole.artifacts.io import read_json, read_parquet, write_json
 
 from .dmole.allocation import ScoredModule, allocate as allocate_modules
 from .errors import UserError

@@ -160,7 +160,7 @@ def parts_folder(folder: Path) -> Iterator[None]:
 def _exchange(share: T, write: Callable[[T, Path], None], read: Callable[[Path], T]) -> list[T]:
     parts = _current_parts.get()
     if parts is None:
-        raise RuntimeError("merging per-process parts needs a stage run (stages.runner.run_stage)")
+        raise RuntimeError("merging per-process parts needs a stage run (dmole.stages.runner.run_stage)")
     parts.exchanges += 1
     rank, world = rank_and_world()
     paths = [parts.folder / f"{parts.exchanges:04d}-rank{r}.part" for r in range(world)]

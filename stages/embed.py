@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from artifacts import Writer
-from artifacts.io import fixed_size_float_list, write_parquet
+from dmole.artifacts import Writer
+from dmole.artifacts.io import fixed_size_float_list, write_parquet
 
 from .config import TaskSpec
 from .data.images import load_image

@@ -12,8 +12,8 @@ import json
 
 import numpy as np
 
-from artifacts import Writer
-from artifacts.io import write_parquet
+from dmole.artifacts import Writer
+from dmole.artifacts.io import write_parquet
 
 from .data.tasks import load_eval_samples, task_files
 from .dmole.routing import acceptance_warning

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from artifacts import Writer
-from artifacts.io import write_json
+from dmole.artifacts import Writer
+from dmole.artifacts.io import write_json
 
 from .dmole.bank import load_bank, load_embeddings, require_embeddings
 from .dmole.router import fit_router as train_router, reconstruction_errors

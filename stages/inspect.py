@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from artifacts import Version
-from artifacts.io import read_parquet
+from dmole.artifacts import Version
+from dmole.artifacts.io import read_parquet
 
 from .errors import UserError
 from .project import Project
@@ -84,7 +84,7 @@ def describe(project: Project, stage: str, task: str, number: int | None = None)
 
 def _router_record(project: Project, described: dict) -> dict:
     """τ, its quantile q and the quantile table of the router's in-task training errors."""
-    from artifacts.io import read_json
+    from dmole.artifacts.io import read_json
 
     version = project.store.version(FIT_ROUTER.name, described["task"], described["version"])
     record = read_json(version.file(FIT_ROUTER.files.router))

@@ -111,5 +111,5 @@ def difference_table() -> str:
     return "\n".join([TABLE_HEADER, *rows])
 
 
-if __name__ == "__main__":  # python -m stages.profile: the table to paste into docs/dmole.md
+if __name__ == "__main__":  # python -m dmole.stages.profile: the table to paste into docs/dmole.md
     print(difference_table())

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from artifacts import Workspace
+from dmole.artifacts import Workspace
 
 from .config import WORKSPACE_FILE, ConfigError, WorkspaceConfig, parse_model, resolve_path
 from .data.task_swap import complete_imports

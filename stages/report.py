@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 from types import ModuleType
 
-from artifacts import Version, Writer
-from artifacts.io import read_json, read_parquet, write_json, write_parquet
+from dmole.artifacts import Version, Writer
+from dmole.artifacts.io import read_json, read_parquet, write_json, write_parquet
 
 from .errors import UserError
 from .figures import activation, allocation, matrix, roe_skips, roe_sweep, sensitivity, sweeps, thresholds

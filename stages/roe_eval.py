@@ -6,8 +6,8 @@ The evaluation itself (stages/roe/evaluation.py) also closes `route-train`.
 
 from __future__ import annotations
 
-from artifacts import Writer
-from artifacts.io import read_json
+from dmole.artifacts import Writer
+from dmole.artifacts.io import read_json
 
 from .options import RoEEvalOptions
 from .progress import Progress, silent

@@ -11,8 +11,8 @@ killed sweep resumes, and a sweep over more targets or seeds, or with other RoE 
 
 from __future__ import annotations
 
-from artifacts import Writer
-from artifacts.io import read_json, write_json, write_parquet
+from dmole.artifacts import Writer
+from dmole.artifacts.io import read_json, write_json, write_parquet
 
 from .data.tasks import task_files
 from .distributed import is_main

@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 import shutil
 
-from artifacts import Writer, config_hash
-from artifacts.io import write_json, write_parquet
+from dmole.artifacts import Writer, config_hash
+from dmole.artifacts.io import write_json, write_parquet
 
 from .data.tasks import load_train_samples, task_files
 from .errors import UserError

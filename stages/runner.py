@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from artifacts import Version, Writer, config_hash
+from dmole.artifacts import Version, Writer, config_hash
 
 from . import __version__
 from .config import WORKSPACE_FILE

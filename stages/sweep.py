@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from artifacts import config_hash
-from artifacts.io import write_json
+from dmole.artifacts import config_hash
+from dmole.artifacts.io import write_json
 
 from .config import WorkspaceConfig
 from .data.tasks import load_eval_samples
@@ -173,7 +173,7 @@ def sweep(project: Project, options: SweepOptions | dict | None = None, *, force
 
 def sweep_rows(version) -> list[dict]:
     """One row per grid value of a sweep artifact: its value, both relative scores, and its test Last / BWT."""
-    from artifacts.io import read_json
+    from dmole.artifacts.io import read_json
 
     swept = read_json(version.file(SWEEP.files.result))
     return [{swept["parameter"]: p["value"], "selected": p["value"] == swept["selected"],

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from artifacts import Writer
-from artifacts.io import write_parquet
+from dmole.artifacts import Writer
+from dmole.artifacts.io import write_parquet
 
 from .config import TaskSpec, parse_model
 from .data.samples import TrainSample

@@ -15,8 +15,8 @@ from __future__ import annotations
 import random
 import warnings
 
-from artifacts import Writer
-from artifacts.io import write_parquet
+from dmole.artifacts import Writer
+from dmole.artifacts.io import write_parquet
 
 from .data.tasks import load_train_samples
 from .dmole.allocation import round_half_up

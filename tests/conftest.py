@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.data.synthetic import SynthSizes
-from stages.init import create_workspace
-from stages.pretrain import PretrainSettings
-from stages.project import Project
-from stages.synth import synthesize
+from dmole.stages.data.synthetic import SynthSizes
+from dmole.stages.init import create_workspace
+from dmole.stages.pretrain import PretrainSettings
+from dmole.stages.project import Project
+from dmole.stages.synth import synthesize
 
 # Two cores are shared with whatever else runs; one thread avoids oversubscription stalls (and model loads,
 # which would otherwise use every usable core, keep it: stages/threads.py).
@@ -57,7 +57,7 @@ PIPELINE_STAGES = {"fit-router": {"max_epochs": 20}, "train-task": {"epochs": 1,
 @pytest.fixture(scope="session")
 def pipeline_data(tmp_path_factory) -> Path:
     """Two synthetic tasks' data at 32 px, four training and two test samples each."""
-    from stages.data.synthetic import write_benchmark
+    from dmole.stages.data.synthetic import write_benchmark
 
     root = tmp_path_factory.mktemp("pipeline-data")
     write_benchmark(root, seed=0, sizes=SynthSizes(image_size=32, train_per_task=4, test_per_task=2))
@@ -72,7 +72,7 @@ def run_cli_pipeline(pipeline_data):
 
     from typer.testing import CliRunner
 
-    from dmole_cli.app import app
+    from dmole.cli.app import app
 
     runner = CliRunner()
 

@@ -13,14 +13,14 @@ import torch
 from official_archive import write_official_archive
 from typer.testing import CliRunner
 
-from dmole_cli.app import app
-from stages.config import ConfigError, TaskSpec, parse_model
-from stages.data.benchmarks import BENCHMARKS, DMOLE_TASKS, REFERENCE_GPUS
-from stages.data.errors import DataError
-from stages.data.eval_files import read_eval_file
-from stages.data.prompts import render_prompt
-from stages.data.tasks import load_eval_samples, load_train_samples, task_files
-from stages.models.tiny import TinySize, build_tiny
+from dmole.cli.app import app
+from dmole.stages.config import ConfigError, TaskSpec, parse_model
+from dmole.stages.data.benchmarks import BENCHMARKS, DMOLE_TASKS, REFERENCE_GPUS
+from dmole.stages.data.errors import DataError
+from dmole.stages.data.eval_files import read_eval_file
+from dmole.stages.data.prompts import render_prompt
+from dmole.stages.data.tasks import load_eval_samples, load_train_samples, task_files
+from dmole.stages.models.tiny import TinySize, build_tiny
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -87,10 +87,10 @@ def test_the_preset_is_the_official_sequence_and_training_setup():
 def test_the_reference_profile_votes_in_the_references_groups(archive, internvl, tmp_path):
     """Under --profile reference with the preset, eval votes per the reference's evaluation batch and train-task
     per its device batch, whatever the accumulation; a flag still wins, and per-sample eval keeps its batch."""
-    from stages.options import DEFAULT_EVAL_BATCH_SIZE
-    from stages.resolve import stage_options
-    from stages.project import Project
-    from stages.train_task import train_run
+    from dmole.stages.options import DEFAULT_EVAL_BATCH_SIZE
+    from dmole.stages.resolve import stage_options
+    from dmole.stages.project import Project
+    from dmole.stages.train_task import train_run
 
     ws = tmp_path / "ws"
     dmole("init", "--benchmark", "dmole", "--profile", "reference", "--model", str(internvl), "--data", str(archive),
@@ -305,7 +305,7 @@ def test_the_whole_loop_through_the_cli(internvl, tmp_path):
 def _zc_scores(ws: Path, *extra: str) -> dict[str, float]:
     import pandas as pd
 
-    from stages.project import Project
+    from dmole.stages.project import Project
 
     dmole("zc-score", "--task", "ocrvqa", "--workspace", str(ws), *extra)
     table = pd.read_parquet(Project.open(ws).store.latest("zc-score", "ocrvqa").file("scores.parquet"))
@@ -316,7 +316,7 @@ def test_zc_score_scores_one_view_per_image_whatever_the_workspace_tiles(archive
     """Spec §5: the proxy's inputs are a single image with no tiling, as in the reference, in every workspace."""
     from PIL import Image
 
-    from stages.project import Project
+    from dmole.stages.project import Project
 
     data = tmp_path / "archive"
     shutil.copytree(archive, data)

@@ -8,7 +8,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from dmole_cli.app import app
+from dmole.cli.app import app
 
 runner = CliRunner()
 
@@ -20,7 +20,7 @@ def invoke(*args):
 
 
 def test_help_lists_the_commands_without_importing_torch():
-    code = ("import sys; from dmole_cli.app import app; "
+    code = ("import sys; from dmole.cli.app import app; "
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == \
         ["False", "False"]
@@ -84,13 +84,13 @@ def test_light_stages_import_no_torch_and_record_package_versions(make_project):
     project = make_project()
     task = project.config.task_names[0]
     invoke("zc-score", "--task", task, "--workspace", str(project.root))
-    code = ("import sys; from dmole_cli.app import app; "
+    code = ("import sys; from dmole.cli.app import app; "
             f"app(['allocate', '--task', '{task}', '--workspace', r'{project.root}'], standalone_mode=False); "
             "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-3:] == ["False", "False", "False"]
-    shown = ("import sys; from dmole_cli.app import app; "
+    shown = ("import sys; from dmole.cli.app import app; "
              f"app(['{{}}', '--workspace', r'{project.root}'], standalone_mode=False); "
              "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'matplotlib')))")
     for command in ("tasks", "ls"):  # and `report`, when it draws no figure: tests/test_report.py

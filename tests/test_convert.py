@@ -16,9 +16,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from artifacts.io import read_json
-from dmole_cli.app import app
-from stages.convert import ConvertError, chat_template, convert_internvl_chat
+from dmole.artifacts.io import read_json
+from dmole.cli.app import app
+from dmole.stages.convert import ConvertError, chat_template, convert_internvl_chat
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -301,7 +301,7 @@ def _native(out: Path):
 def _processor(out: Path):
     from transformers import InternVLProcessor
 
-    from stages.models.processor import load_processor
+    from dmole.stages.models.processor import load_processor
 
     return load_processor(out, InternVLProcessor)
 
@@ -484,8 +484,8 @@ def test_cli_converts_and_force_replaces(internlm2, tmp_path):
 
 
 def test_dmole_loads_the_converted_folder_and_supervises_answers(internlm2):
-    from stages.models.base import ChatExample
-    from stages.models.registry import load_family
+    from dmole.stages.models.base import ChatExample
+    from dmole.stages.models.registry import load_family
 
     _, out = internlm2
     adapter = load_family(out, device="cpu", max_tiles=2)

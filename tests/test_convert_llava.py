@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from stages.convert import ConvertError
-from stages.convert_llava import VICUNA_SYSTEM, convert_llava_original, is_original_llava
+from dmole.stages.convert import ConvertError
+from dmole.stages.convert_llava import VICUNA_SYSTEM, convert_llava_original, is_original_llava
 
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=128, hidden_act="silu")
@@ -163,7 +163,7 @@ def test_not_an_original_llava_is_a_one_line_error(tmp_path):
 def test_cli_converts_an_original_llava(tmp_path):
     from typer.testing import CliRunner
 
-    from dmole_cli.app import app
+    from dmole.cli.app import app
 
     write_original(tmp_path / "src")
     result = CliRunner().invoke(app, ["convert", str(tmp_path / "src"), str(tmp_path / "out")])
@@ -177,8 +177,8 @@ def test_cli_converts_an_original_llava(tmp_path):
 def test_dmole_loads_the_converted_llava_and_supervises_answers(converted):
     from PIL import Image
 
-    from stages.models.base import ChatExample
-    from stages.models.registry import load_family
+    from dmole.stages.models.base import ChatExample
+    from dmole.stages.models.registry import load_family
 
     _, out, _ = converted
     adapter = load_family(out, device="cpu")

@@ -8,10 +8,10 @@ import os
 import pytest
 from PIL import Image
 
-from stages.data.errors import DataError
-from stages.data.eval_files import read_eval_file
-from stages.data.images import load_image
-from stages.data.training_file import read_training_file
+from dmole.stages.data.errors import DataError
+from dmole.stages.data.eval_files import read_eval_file
+from dmole.stages.data.images import load_image
+from dmole.stages.data.training_file import read_training_file
 
 
 @pytest.fixture

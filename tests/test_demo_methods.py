@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from conftest import MICRO_STAGES
 
-from artifacts.io import read_json
-from stages.demo import RECENT, TABLE2, demo_methods, run_pipeline
-from stages.errors import UserError
-from stages.init import create_workspace
-from stages.project import Project
+from dmole.artifacts.io import read_json
+from dmole.stages.demo import RECENT, TABLE2, demo_methods, run_pipeline
+from dmole.stages.errors import UserError
+from dmole.stages.init import create_workspace
+from dmole.stages.project import Project
 
 FAST = {"keeplora": {"rank": 4, "alpha": 1},
         "mr-lora": {"router_samples": 2, "router_epochs": 1, "router_rank": 4, "router_alpha": 8},

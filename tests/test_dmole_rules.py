@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from stages.allocate import parse_budget
-from stages.dmole.allocation import AllocationError, ScoredModule, allocate, split_modules
-from stages.dmole.router import (Autoencoder, fit_router, flat_parameters, quantile_table,
+from dmole.stages.allocate import parse_budget
+from dmole.stages.dmole.allocation import AllocationError, ScoredModule, allocate, split_modules
+from dmole.stages.dmole.router import (Autoencoder, fit_router, flat_parameters, quantile_table,
                                  reconstruction_errors)
-from stages.dmole.routing import (batch_vote, grouped_partner_votes, per_sample, training_partner,
+from dmole.stages.dmole.routing import (batch_vote, grouped_partner_votes, per_sample, training_partner,
                                   training_partner_vote, with_training_partner)
-from stages.options import FitRouterOptions
-from stages.training.loop import micro_batches
+from dmole.stages.options import FitRouterOptions
+from dmole.stages.training.loop import micro_batches
 
 
 def modules(vision_scores, language_scores, width=4):
@@ -167,7 +167,7 @@ def test_quantile_table_on_a_hand_case():
 
 
 def test_ablation_rules_choose_by_their_definition():
-    from stages.dmole.allocation import evenly_spread
+    from dmole.stages.dmole.allocation import evenly_spread
 
     scored = modules([1.0, 3.0, 3.0, 0.5], [2.0, 2.0, 9.0, 1.0])  # B = 4 of 8 at fraction 0.5
     assert allocate(scored, fraction=0.5, rule="vision-only").selected == ["v.00", "v.01", "v.02", "v.03"]
@@ -190,7 +190,7 @@ def test_ablation_rules_choose_by_their_definition():
 
 
 def test_a_second_expert_within_the_margin_of_the_first():
-    from stages.dmole.routing import confidence_weights
+    from dmole.stages.dmole.routing import confidence_weights
 
     tau = np.array([1.0, 1.0, 1.0])
     errors = np.array([[0.1, 0.9, 2.0],    # the second only just accepted: 0.9 > 2 x 0.1

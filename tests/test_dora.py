@@ -10,12 +10,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from PIL import Image
 
-from artifacts.io import read_json
-from stages.dmole.experts import ExpertModel, LoraSettings
-from stages.methods.lora import towers
-from stages.models.base import ChatExample
-from stages.models.registry import load_family
-from stages.models.tiny import build_tiny
+from dmole.artifacts.io import read_json
+from dmole.stages.dmole.experts import ExpertModel, LoraSettings
+from dmole.stages.methods.lora import towers
+from dmole.stages.models.base import ChatExample
+from dmole.stages.models.registry import load_family
+from dmole.stages.models.tiny import build_tiny
 from tests.test_qkv_group import internvl2  # noqa: F401  (the fixture)
 
 DORA = LoraSettings(rank=4, alpha=8, dropout=0.0, dora=True)
@@ -104,8 +104,8 @@ def test_two_routed_dora_experts_add_what_each_peft_dora_layer_adds():
 def two_tasks(micro_bench, tmp_path):
     from conftest import MICRO_STAGES
 
-    from stages.init import create_workspace
-    from stages.project import Project
+    from dmole.stages.init import create_workspace
+    from dmole.stages.project import Project
 
     root = tmp_path / "ws"
     create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data",
@@ -114,17 +114,17 @@ def two_tasks(micro_bench, tmp_path):
 
 
 def test_dmole_allocates_trains_routes_and_reloads_dora_experts(two_tasks):
-    from stages.allocate import allocate
-    from stages.embed import embed
-    from stages.evaluate import evaluate
-    from stages.fit_router import fit_router
-    from stages.methods import get_method
-    from stages.methods.lora import expert_folder, expert_model
-    from stages.train_task import train_task
-    from stages.training.chat import chat_examples
-    from stages.data.tasks import load_train_samples
-    from stages.zc_score import zc_score
-    from stages.errors import UserError
+    from dmole.stages.allocate import allocate
+    from dmole.stages.embed import embed
+    from dmole.stages.evaluate import evaluate
+    from dmole.stages.fit_router import fit_router
+    from dmole.stages.methods import get_method
+    from dmole.stages.methods.lora import expert_folder, expert_model
+    from dmole.stages.train_task import train_task
+    from dmole.stages.training.chat import chat_examples
+    from dmole.stages.data.tasks import load_train_samples
+    from dmole.stages.zc_score import zc_score
+    from dmole.stages.errors import UserError
 
     names = two_tasks.config.task_names
     for task in names:
@@ -164,10 +164,10 @@ def test_dmole_allocates_trains_routes_and_reloads_dora_experts(two_tasks):
 
 @pytest.mark.parametrize("method", ["seq-lora", "o-lora"])
 def test_lora_baselines_train_dora_adapters(two_tasks, method):
-    from stages.evaluate import evaluate
-    from stages.methods import get_method
-    from stages.methods.lora import SIDECAR, expert_folder
-    from stages.train_task import train_task
+    from dmole.stages.evaluate import evaluate
+    from dmole.stages.methods import get_method
+    from dmole.stages.methods.lora import SIDECAR, expert_folder
+    from dmole.stages.train_task import train_task
 
     names = two_tasks.config.task_names
     for task in names:
@@ -180,7 +180,7 @@ def test_lora_baselines_train_dora_adapters(two_tasks, method):
 
 
 def test_a_dora_expert_on_a_fused_qkv_group_shares_a_and_is_pefts_dora_on_each_member(internvl2, tmp_path):
-    from stages.methods.lora import groups
+    from dmole.stages.methods.lora import groups
 
     _, out = internvl2
     adapter = load_family(out, device="cpu", max_tiles=1)
@@ -203,7 +203,7 @@ def test_a_dora_expert_on_a_fused_qkv_group_shares_a_and_is_pefts_dora_on_each_m
 
 
 def test_the_expert_type_enters_a_config_hash_only_where_it_changes_what_is_computed():
-    from stages.options import AllocateOptions, TrainTaskOptions, hashed
+    from dmole.stages.options import AllocateOptions, TrainTaskOptions, hashed
 
     for model in (AllocateOptions, TrainTaskOptions):
         # what these stages hashed before the option existed: the same workspace stays up to date after an upgrade

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.dmole.experts import ExpertModel, LoraSettings
-from stages.methods.lora import towers
-from stages.models.base import ChatExample
-from stages.models.registry import load_family
-from stages.models.tiny import build_tiny
+from dmole.stages.dmole.experts import ExpertModel, LoraSettings
+from dmole.stages.methods.lora import towers
+from dmole.stages.models.base import ChatExample
+from dmole.stages.models.registry import load_family
+from dmole.stages.models.tiny import build_tiny
 
 
 @pytest.fixture(scope="module")

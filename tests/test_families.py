@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from conftest import PIPELINE_TASKS
 
-from artifacts.io import read_json, read_parquet
-from stages.models.catalog import MODEL_TYPES
-from stages.models.tiny import LAYOUTS, TinySize, build_tiny
+from dmole.artifacts.io import read_json, read_parquet
+from dmole.stages.models.catalog import MODEL_TYPES
+from dmole.stages.models.tiny import LAYOUTS, TinySize, build_tiny
 
 SIZE = TinySize(lm_layers=2, vision_layers=2, lm_hidden=64, lm_intermediate=128)
 

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from stages.metrics import MetricError, coin_rules, mcitlib_rules
-from stages.metrics.field_graders import caption_backends, rule_for, score_rule
-from stages.metrics.meteor_python import ALPHA, BETA, DELTA, GAMMA, meteor_python, segment_stats
+from dmole.stages.metrics import MetricError, coin_rules, mcitlib_rules
+from dmole.stages.metrics.field_graders import caption_backends, rule_for, score_rule
+from dmole.stages.metrics.meteor_python import ALPHA, BETA, DELTA, GAMMA, meteor_python, segment_stats
 
 JAVA = shutil.which("java") is not None
 needs_java = pytest.mark.skipif(not JAVA, reason="java is not on PATH: the PTB tokenizer and meteor-1.5.jar need it")
@@ -99,7 +99,7 @@ def test_meteor_python_stem_module():
 
 
 def test_meteor_python_synonym_module():
-    from stages.metrics.meteor_synonyms import are_synonyms
+    from dmole.stages.metrics.meteor_synonyms import are_synonyms
 
     assert are_synonyms("couch", "sofa") and are_synonyms("big", "large") and not are_synonyms("dog", "dog")
     assert are_synonyms("couches", "sofa")  # a plural's base form (WordNet's detachment rules) carries its synsets

@@ -2,8 +2,8 @@
 
 import pytest
 
-from stages.metrics.continual import continual_metrics
-from stages.metrics.field_continual import (coinpp_metrics, continual_next_metrics, field_metrics, forgetting_table,
+from dmole.stages.metrics.continual import continual_metrics
+from dmole.stages.metrics.field_continual import (coinpp_metrics, continual_next_metrics, field_metrics, forgetting_table,
                                             mcitlib_metrics)
 
 # Row 0 is zero-shot; rows 1..3 follow the three stages.

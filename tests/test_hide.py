@@ -10,17 +10,17 @@ import torch
 from conftest import MICRO_STAGES
 from safetensors.torch import load_file
 
-from stages.data.tasks import load_eval_samples
-from stages.dmole.bank import load_embeddings, require_embeddings
-from stages.embed import embed
-from stages.evaluate import evaluate
-from stages.init import create_workspace
-from stages.methods import get_method
-from stages.methods.lora import expert_folder
-from stages.models.registry import load_family
-from stages.project import Project
-from stages.train_task import train_task
-from stages.training.chat import chat_examples
+from dmole.stages.data.tasks import load_eval_samples
+from dmole.stages.dmole.bank import load_embeddings, require_embeddings
+from dmole.stages.embed import embed
+from dmole.stages.evaluate import evaluate
+from dmole.stages.init import create_workspace
+from dmole.stages.methods import get_method
+from dmole.stages.methods.lora import expert_folder
+from dmole.stages.models.registry import load_family
+from dmole.stages.project import Project
+from dmole.stages.train_task import train_task
+from dmole.stages.training.chat import chat_examples
 
 TASKS = ["color-vqa", "shape-choice"]
 
@@ -68,7 +68,7 @@ def test_task_matching_weights_each_sample_by_its_similarity_to_the_task_anchors
 
 
 def test_the_llms_last_layer_weights_each_tasks_lora_and_the_others_hold_them_fused(trained):
-    from stages.data.tasks import load_train_samples
+    from dmole.stages.data.tasks import load_train_samples
 
     method = get_method("hide")
     adapter = trained.load_model()

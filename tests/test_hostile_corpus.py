@@ -22,9 +22,9 @@ from datasets import DatasetDict
 from PIL import Image
 from typer.testing import CliRunner
 
-from artifacts.layout import LOCK
-from dmole_cli.app import app
-from stages.init import create_workspace
+from dmole.artifacts.layout import LOCK
+from dmole.cli.app import app
+from dmole.stages.init import create_workspace
 from test_import import BLUE, RED, dataset
 
 runner = CliRunner()

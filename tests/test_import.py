@@ -17,11 +17,11 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from typer.testing import CliRunner
 
-from dmole_cli.app import app
-from stages.data.prompts import render_prompt
-from stages.data.registry import read_registry
-from stages.data.task_swap import complete_imports, import_lock
-from stages.data.tasks import load_eval_samples, load_train_samples
+from dmole.cli.app import app
+from dmole.stages.data.prompts import render_prompt
+from dmole.stages.data.registry import read_registry
+from dmole.stages.data.task_swap import complete_imports, import_lock
+from dmole.stages.data.tasks import load_eval_samples, load_train_samples
 
 
 def png(colour: tuple[int, int, int], size=(20, 10)) -> bytes:
@@ -170,7 +170,7 @@ def killing(step):
         return step(*args, **kwargs)
     return wrapped
 os.replace, os.rename, shutil.rmtree = killing(os.replace), killing(os.rename), killing(shutil.rmtree)
-from stages.import_data import import_dataset
+from dmole.stages.import_data import import_dataset
 import_dataset(Path(sys.argv[2]), Path(sys.argv[3]), "s", "short", overwrite=True, prompt="{question} (new)")
 """
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from artifacts.io import read_parquet
-from stages.options import TrainTaskOptions
-from stages.train_task import train_task
-from stages.training.inputs import InputPipeline
+from dmole.artifacts.io import read_parquet
+from dmole.stages.options import TrainTaskOptions
+from dmole.stages.train_task import train_task
+from dmole.stages.training.inputs import InputPipeline
 
 
 def test_workers_train_the_same_batches_in_the_same_order_to_the_same_weights(make_project):

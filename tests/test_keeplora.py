@@ -9,11 +9,11 @@ import torch
 from conftest import MICRO_STAGES
 from safetensors.torch import load_file
 
-from stages.init import create_workspace
-from stages.methods import get_method
-from stages.methods.keeplora_layers import SUBSPACE, extend_subspace, residual_basis, weight_subspace
-from stages.project import Project
-from stages.train_task import train_run, train_task
+from dmole.stages.init import create_workspace
+from dmole.stages.methods import get_method
+from dmole.stages.methods.keeplora_layers import SUBSPACE, extend_subspace, residual_basis, weight_subspace
+from dmole.stages.project import Project
+from dmole.stages.train_task import train_run, train_task
 
 TASKS = ["color-vqa", "shape-choice"]
 
@@ -69,8 +69,8 @@ def two_tasks(micro_bench, tmp_path):
 def test_keeplora_fixes_a_to_the_residual_of_the_merged_models_gradient_and_trains_b(two_tasks):
     from peft import PeftModel
 
-    from stages.methods.lora import expert_folder
-    from stages.models.registry import load_family
+    from dmole.stages.methods.lora import expert_folder
+    from dmole.stages.models.registry import load_family
 
     options = {"method": "keeplora", "hparams": {"rank": 8, "gradient_ratio": 0.25}}
     train_task(two_tasks, TASKS[0], options)

@@ -9,10 +9,10 @@ import json
 import pytest
 from PIL import Image
 
-from stages.config import TaskSpec
-from stages.data.errors import DataError
-from stages.data.prompts import render_prompt
-from stages.data.tasks import load_eval_samples, load_train_samples
+from dmole.stages.config import TaskSpec
+from dmole.stages.data.errors import DataError
+from dmole.stages.data.prompts import render_prompt
+from dmole.stages.data.tasks import load_eval_samples, load_train_samples
 
 # llava_v1_5_mix665k.json: a JSON list, indented, each entry {id, image, conversations}; image paths relative to
 # the image folder; several turns; the ShareGPT part has text-only entries ({id, model, conversations}).

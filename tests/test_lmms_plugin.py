@@ -15,22 +15,22 @@ import pytest
 
 pytest.importorskip("lmms_eval", reason="the lmms-eval plugin needs lmms-eval (make install puts it in)")
 
-from artifacts.io import read_parquet  # noqa: E402
-from dmole_lmms.local_task import main as local_task  # noqa: E402
-from dmole_lmms.model import DMoLEModel  # noqa: E402
-from stages.allocate import allocate  # noqa: E402
-from stages.data.images import load_image  # noqa: E402
-from stages.data.prompts import render_prompt  # noqa: E402
-from stages.data.tasks import load_eval_samples  # noqa: E402
-from stages.errors import UserError  # noqa: E402
-from stages.embed import embed  # noqa: E402
-from stages.evaluate import evaluate  # noqa: E402
-from stages.harness import open_model  # noqa: E402
-from stages.fit_router import fit_router  # noqa: E402
-from stages.init import create_workspace  # noqa: E402
-from stages.project import Project  # noqa: E402
-from stages.train_task import train_task  # noqa: E402
-from stages.zc_score import zc_score  # noqa: E402
+from dmole.artifacts.io import read_parquet  # noqa: E402
+from dmole.lmms.local_task import main as local_task  # noqa: E402
+from dmole.lmms.model import DMoLEModel  # noqa: E402
+from dmole.stages.allocate import allocate  # noqa: E402
+from dmole.stages.data.images import load_image  # noqa: E402
+from dmole.stages.data.prompts import render_prompt  # noqa: E402
+from dmole.stages.data.tasks import load_eval_samples  # noqa: E402
+from dmole.stages.errors import UserError  # noqa: E402
+from dmole.stages.embed import embed  # noqa: E402
+from dmole.stages.evaluate import evaluate  # noqa: E402
+from dmole.stages.harness import open_model  # noqa: E402
+from dmole.stages.fit_router import fit_router  # noqa: E402
+from dmole.stages.init import create_workspace  # noqa: E402
+from dmole.stages.project import Project  # noqa: E402
+from dmole.stages.train_task import train_task  # noqa: E402
+from dmole.stages.zc_score import zc_score  # noqa: E402
 
 from conftest import MICRO_STAGES  # noqa: E402
 
@@ -72,7 +72,7 @@ NAMES = {"color-vqa": "probe_colour", "shape-choice": "probe_shape"}  # no dmole
 
 @pytest.fixture(scope="module")
 def lmms_tasks(trained, tmp_path_factory) -> Path:
-    """The README's local tasks (`python -m dmole_lmms.local_task`), under names that are not dmole's."""
+    """The README's local tasks (`python -m dmole.lmms.local_task`), under names that are not dmole's."""
     folder = tmp_path_factory.mktemp("lmms-tasks")
     for task, lmms_name in NAMES.items():
         assert local_task(["--workspace", str(trained.root), "--task", task, "--out", str(folder),
@@ -102,7 +102,7 @@ def simple_evaluate(model_args: str, folder: Path) -> dict:
 def test_simple_evaluate_with_the_dmole_model_gives_dmole_evals_replies_and_scores(trained, lmms_tasks):
     from lmms_eval.models import get_model
 
-    from dmole_lmms.model import DMoLEModel
+    from dmole.lmms.model import DMoLEModel
 
     assert get_model("dmole") is DMoLEModel  # registered through the lmms_eval.models entry point
     results = simple_evaluate(f"workspace={trained.root},after={TASKS[-1]},method=dmole", lmms_tasks)
@@ -116,12 +116,12 @@ def test_simple_evaluate_with_the_dmole_model_gives_dmole_evals_replies_and_scor
 def test_roe_true_gives_the_replies_and_scores_of_eval_roe(trained, lmms_tasks):
     """RoE trained on D-MoLE's model after the last task: its experts routed per sample from the inputs, RoE
     routing the layers on top."""
-    from artifacts.io import read_json
-    from stages.evaluation.predict import predict
-    from stages.roe.evaluation import TrainedRoE
-    from stages.roe.inference import RequestRecorder
-    from stages.roe_eval import evaluate_roe
-    from stages.route_train import route_train
+    from dmole.artifacts.io import read_json
+    from dmole.stages.evaluation.predict import predict
+    from dmole.stages.roe.evaluation import TrainedRoE
+    from dmole.stages.roe.inference import RequestRecorder
+    from dmole.stages.roe_eval import evaluate_roe
+    from dmole.stages.route_train import route_train
 
     evaluate(trained, TASKS[0])  # the continual matrix's diagonal, which RoE on a continual model reports against
     route_train(trained, {"start": TASKS[-1], "epochs": 1, "batch_size": 4, "roe_lr": 5e-2, "skip_ratio": 0.8,
@@ -170,8 +170,8 @@ def test_the_harness_routes_each_sample_as_eval_does_from_its_inputs_alone(train
     ({"roe": True, "after": TASKS[0]}, "takes no after or method"),
 ])
 def test_a_wrong_model_argument_is_one_user_error(trained, args, expected):
-    from artifacts import ArtifactError
-    from stages.errors import UserError
+    from dmole.artifacts import ArtifactError
+    from dmole.stages.errors import UserError
 
     options = {k: v for k, v in args.items() if k not in ("after", "roe")}
     with pytest.raises((UserError, ArtifactError), match=expected):
@@ -181,8 +181,8 @@ def test_a_wrong_model_argument_is_one_user_error(trained, args, expected):
 def test_a_request_is_one_image_and_its_prompt_and_a_reply_stops_at_the_tasks_stop_strings():
     from PIL import Image
 
-    from dmole_lmms.model import _cut, _one_image, _prompt
-    from stages.errors import UserError
+    from dmole.lmms.model import _cut, _one_image, _prompt
+    from dmole.stages.errors import UserError
 
     image = Image.new("L", (4, 4))
     assert _one_image([image], "mme", 3).mode == "RGB"
@@ -219,8 +219,8 @@ def test_a_copied_workspace_reached_by_any_path_evaluates_alike_and_a_swapped_mo
     original's scores; its model replaced by another family's, the plugin refuses in one line."""
     from typer.testing import CliRunner
 
-    from dmole_cli.app import app
-    from stages.models.tiny import build_tiny
+    from dmole.cli.app import app
+    from dmole.stages.models.tiny import build_tiny
 
     copy = tmp_path / "elsewhere" / "bench"
     shutil.copytree(trained.root.parent, copy)

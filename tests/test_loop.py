@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.models.base import IGNORE, ChatExample
-from stages.models.registry import load_family
-from stages.models.tiny import TinySize, build_tiny
-from stages.training.loop import LoopSettings, ParamGroup, TrainingFailed, batch_plan, micro_batches, train
+from dmole.stages.models.base import IGNORE, ChatExample
+from dmole.stages.models.registry import load_family
+from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.training.loop import LoopSettings, ParamGroup, TrainingFailed, batch_plan, micro_batches, train
 
 SIZE = TinySize(lm_layers=2, vision_layers=2)
 # Answers of very different lengths, so token weighting differs from sample weighting.

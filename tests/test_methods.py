@@ -6,15 +6,15 @@ import pytest
 import torch
 from conftest import MICRO_STAGES
 
-from artifacts.io import read_json
-from stages.demo import TABLE2, run_pipeline
-from stages.init import create_workspace
-from stages.methods import REGISTRY, get_method
-from stages.methods.ewc import FISHER, ewc_penalty
-from stages.methods.lwf import distillation_loss
-from stages.methods.olora import orthogonality_loss
-from stages.project import Project
-from stages.train_task import train_run, train_task
+from dmole.artifacts.io import read_json
+from dmole.stages.demo import TABLE2, run_pipeline
+from dmole.stages.init import create_workspace
+from dmole.stages.methods import REGISTRY, get_method
+from dmole.stages.methods.ewc import FISHER, ewc_penalty
+from dmole.stages.methods.lwf import distillation_loss
+from dmole.stages.methods.olora import orthogonality_loss
+from dmole.stages.project import Project
+from dmole.stages.train_task import train_run, train_task
 
 TASKS = ["color-vqa", "shape-choice"]
 
@@ -40,8 +40,8 @@ def second_task_trainer(project: Project, method: str):
 def test_lwf_targets_are_the_previous_models_outputs(two_tasks):
     from peft import PeftModel
 
-    from stages.methods.lora import expert_folder
-    from stages.models.registry import load_family
+    from dmole.stages.methods.lora import expert_folder
+    from dmole.stages.models.registry import load_family
 
     run, trainer = second_task_trainer(two_tasks, "lwf-lora")
     indices = [0, 1, 2]
@@ -103,8 +103,8 @@ def test_ewc_estimates_the_fisher_after_each_task_and_anchors_the_next(two_tasks
 
 def fisher_run(checkpoint_dir, seed: int = 0):
     """A linear model trained at lr 0 (fixed weights) for 4 steps, 2 per epoch, with the Fisher accumulator."""
-    from stages.methods.ewc import FisherAccumulator
-    from stages.training.loop import LoopSettings, ParamGroup, train
+    from dmole.stages.methods.ewc import FisherAccumulator
+    from dmole.stages.training.loop import LoopSettings, ParamGroup, train
 
     torch.manual_seed(seed)
     model, xs, ys = torch.nn.Linear(3, 2), torch.randn(6, 3), torch.randn(6, 2)
@@ -121,7 +121,7 @@ def fisher_run(checkpoint_dir, seed: int = 0):
 
 
 def test_fisher_accumulates_each_steps_squared_gradient_over_the_steps_per_epoch(tmp_path):
-    from stages.training.loop import batch_plan
+    from dmole.stages.training.loop import batch_plan
 
     model, xs, ys, settings, fisher = fisher_run(tmp_path / "a")
     expected = {k: torch.ones_like(p) for k, p in model.named_parameters()}  # the earlier tasks' sum
@@ -150,7 +150,7 @@ def test_orthogonality_loss_is_zero_for_orthogonal_as_and_positive_otherwise():
 
 
 def test_olora_targets_q_and_v_as_olora_does(two_tasks):
-    from stages.methods.lora import target_projections
+    from dmole.stages.methods.lora import target_projections
 
     adapter = two_tasks.load_model()
     kinds = {c.name: c.kind for c in adapter.candidates(include_mlp=True)}
@@ -174,7 +174,7 @@ def test_olora_keeps_earlier_loras_frozen_and_pushes_the_new_one_away(two_tasks)
 
 # ---- MoELoRA --------------------------------------------------------------------------------------------------
 def test_moelora_router_weights_sum_to_one_and_every_expert_learns():
-    from stages.methods.moe_layers import MoELoraLinear
+    from dmole.stages.methods.moe_layers import MoELoraLinear
 
     torch.manual_seed(0)
     layer = MoELoraLinear(torch.nn.Linear(6, 5), experts=4, rank=8, alpha=16, dropout=0.0)
@@ -193,7 +193,7 @@ def test_moelora_router_weights_sum_to_one_and_every_expert_learns():
 
 
 def test_moelora_experts_draw_their_own_dropout_masks():
-    from stages.methods.moe_layers import MoELoraLinear
+    from dmole.stages.methods.moe_layers import MoELoraLinear
 
     torch.manual_seed(0)
     layer = MoELoraLinear(torch.nn.Linear(6, 5), experts=4, rank=8, alpha=16, dropout=0.5).train()
@@ -215,7 +215,7 @@ def test_moelora_experts_draw_their_own_dropout_masks():
 
 
 def test_moelora_rank_must_split_among_the_experts(two_tasks):
-    from stages.config import ConfigError
+    from dmole.stages.config import ConfigError
 
     with pytest.raises(ConfigError, match="multiple of experts"):
         train_run(two_tasks, TASKS[0], {"method": "moelora", "hparams": {"experts": 3}})
@@ -225,8 +225,8 @@ def test_moelora_rank_must_split_among_the_experts(two_tasks):
 def test_joint_repeats_each_task_by_its_epochs_at_the_registrys_batch(micro_bench, tmp_path):
     import json
 
-    from stages.data.tasks import load_train_samples
-    from stages.training.steps import loop_settings
+    from dmole.stages.data.tasks import load_train_samples
+    from dmole.stages.training.steps import loop_settings
 
     registry = json.loads((micro_bench / "data" / "tasks.json").read_text())
     schedule = {"color-vqa": (3, 2), "shape-choice": (1.5, 5)}  # epochs, batch size
@@ -251,7 +251,7 @@ def test_joint_repeats_each_task_by_its_epochs_at_the_registrys_batch(micro_benc
 def test_parity_shape_is_the_largest_adapter_not_above_the_budget():
     from itertools import accumulate
 
-    from stages.methods.lora import parity_shape
+    from dmole.stages.methods.lora import parity_shape
 
     units, overheads = [10, 20, 30], [0, 4, 4]
 
@@ -270,8 +270,8 @@ def test_parity_shape_is_the_largest_adapter_not_above_the_budget():
 
 @pytest.mark.parametrize("method", ["seq-lora", "moelora"])
 def test_parity_trains_about_dmoles_parameters_per_task(two_tasks, method):
-    from stages.allocate import allocate
-    from stages.zc_score import zc_score
+    from dmole.stages.allocate import allocate
+    from dmole.stages.zc_score import zc_score
 
     zc_score(two_tasks, TASKS[0])
     budget = read_json(allocate(two_tasks, TASKS[0]).version.file("arch.json"))["expert_parameters"]

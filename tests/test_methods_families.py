@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 from conftest import PIPELINE_STAGES, PIPELINE_TASKS
 
-from stages.allocate import allocate
-from stages.embed import embed
-from stages.evaluate import evaluate
-from stages.fit_router import fit_router
-from stages.init import create_workspace
-from stages.models.catalog import MODEL_TYPES
-from stages.models.tiny import TinySize, build_tiny
-from stages.project import Project
-from stages.train_task import train_task
-from stages.zc_score import zc_score
+from dmole.stages.allocate import allocate
+from dmole.stages.embed import embed
+from dmole.stages.evaluate import evaluate
+from dmole.stages.fit_router import fit_router
+from dmole.stages.init import create_workspace
+from dmole.stages.models.catalog import MODEL_TYPES
+from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.project import Project
+from dmole.stages.train_task import train_task
+from dmole.stages.zc_score import zc_score
 
 SIZE = TinySize(lm_layers=2, vision_layers=2, lm_hidden=64, lm_intermediate=128)
 HPARAMS = {"replay": {"replay": 2}, "dmole-replay": {"replay": 2}, "keeplora": {"rank": 4, "alpha": 1},

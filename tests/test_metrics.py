@@ -4,16 +4,16 @@ import shutil
 
 import pytest
 
-from stages.metrics import MetricError
-from stages.metrics.caption import (cider_d, ptb_tokenize, resolve_caption_tokenizer, simple_tokenize,
+from dmole.stages.metrics import MetricError
+from dmole.stages.metrics.caption import (cider_d, ptb_tokenize, resolve_caption_tokenizer, simple_tokenize,
                                     tokenize_captions)
-from stages.metrics.ptb_python import ptb_python_tokenize
-from stages.metrics.choice import choice_accuracy, format_choices, option_letters, parse_choice
-from stages.metrics.continual import continual_metrics
-from stages.metrics.families import score_family
-from stages.metrics.grounding import format_box, grounding_hit, iou, parse_box, to_pixels
-from stages.metrics.short import exact_match
-from stages.metrics.vqa import normalize_vqa_answer, vqa_soft_accuracy
+from dmole.stages.metrics.ptb_python import ptb_python_tokenize
+from dmole.stages.metrics.choice import choice_accuracy, format_choices, option_letters, parse_choice
+from dmole.stages.metrics.continual import continual_metrics
+from dmole.stages.metrics.families import score_family
+from dmole.stages.metrics.grounding import format_box, grounding_hit, iou, parse_box, to_pixels
+from dmole.stages.metrics.short import exact_match
+from dmole.stages.metrics.vqa import normalize_vqa_answer, vqa_soft_accuracy
 
 # ---------------------------------------------------------------- captions
 
@@ -103,15 +103,15 @@ def test_ptb_python_tokenizes_as_the_java_ptb_tokenizer():
 
 def test_ptb_else_python_uses_ptb_where_java_is_and_says_when_it_is_not(monkeypatch):
     assert resolve_caption_tokenizer("simple") == ("simple", None)
-    monkeypatch.setattr("stages.metrics.caption.shutil.which", lambda name: "/usr/bin/java")
+    monkeypatch.setattr("dmole.stages.metrics.caption.shutil.which", lambda name: "/usr/bin/java")
     assert resolve_caption_tokenizer("ptb-else-python") == ("ptb", None)
-    monkeypatch.setattr("stages.metrics.caption.shutil.which", lambda name: None)
+    monkeypatch.setattr("dmole.stages.metrics.caption.shutil.which", lambda name: None)
     tokenizer, notice = resolve_caption_tokenizer("ptb-else-python")
     assert tokenizer == "ptb-python" and "java is not on PATH" in notice and "\n" not in notice
 
 
 def test_ptb_without_java_is_an_error(monkeypatch):
-    monkeypatch.setattr("stages.metrics.caption.shutil.which", lambda name: None)
+    monkeypatch.setattr("dmole.stages.metrics.caption.shutil.which", lambda name: None)
     with pytest.raises(MetricError, match="needs java on PATH; use --caption-tokenizer ptb-python"):
         cider_d(["a dog"], [["a dog"]], tokenizer="ptb")
 

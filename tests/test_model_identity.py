@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dmole_cli.app import app
-from stages.init import create_workspace
+from dmole.cli.app import app
+from dmole.stages.init import create_workspace
 
 runner = CliRunner()
 TASK = "color-vqa"
@@ -61,7 +61,7 @@ def built(micro_bench, tmp_path) -> Path:
 
 
 def test_a_model_swapped_for_another_family_makes_everything_stale_and_is_refused_in_one_line(built, tmp_path):
-    from stages.models.tiny import build_tiny
+    from dmole.stages.models.tiny import build_tiny
 
     model = built.parent / "base-model"
     shutil.rmtree(model)
@@ -122,7 +122,7 @@ def test_an_artifact_from_before_models_were_recorded_is_stale_once(built):
 def test_a_large_file_is_known_by_a_sample_of_its_content_not_by_its_time(tmp_path, monkeypatch):
     """Over FULL_HASH_LIMIT a weights file is fingerprinted by its size and evenly spaced blocks: a copy (a new
     modification time) is the same file, a changed block is not."""
-    from stages import runner
+    from dmole.stages import runner
 
     monkeypatch.setattr(runner, "FULL_HASH_LIMIT", 2 << 20)
     original = tmp_path / "a" / "model.safetensors"

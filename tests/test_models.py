@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.models.base import IGNORE, ChatExample, ModelFamilyError
-from stages.models.catalog import MODEL_TYPES
-from stages.models.processor import NoVideo, has_torchvision, without_video
-from stages.models.registry import FAMILIES, check_folder, load_family
-from stages.models.tiny import LAYOUTS, TinySize, build_tiny
-from stages.models.tokenizer import build_byte_tokenizer
-from stages.synth import FAMILIES as SYNTH_FAMILIES
+from dmole.stages.models.base import IGNORE, ChatExample, ModelFamilyError
+from dmole.stages.models.catalog import MODEL_TYPES
+from dmole.stages.models.processor import NoVideo, has_torchvision, without_video
+from dmole.stages.models.registry import FAMILIES, check_folder, load_family
+from dmole.stages.models.tiny import LAYOUTS, TinySize, build_tiny
+from dmole.stages.models.tokenizer import build_byte_tokenizer
+from dmole.stages.synth import FAMILIES as SYNTH_FAMILIES
 
 FAMILY_NAMES = list(FAMILIES)
 SIZE = TinySize(lm_layers=2, vision_layers=2)
@@ -222,7 +222,7 @@ def test_max_tiles_caps_internvl_tiles(folders):
 
 
 def test_expand_to_square_centres_the_image_on_the_fill_colour():
-    from stages.models.base import expand_to_square
+    from dmole.stages.models.base import expand_to_square
 
     wide = _image(20, 10)
     square = expand_to_square(wide, (1, 2, 3))
@@ -238,7 +238,7 @@ def test_expand_to_square_centres_the_image_on_the_fill_colour():
 def test_pad_to_square_feeds_the_processor_a_padded_image(folders):
     """LLaVA-1.5's --image_aspect_ratio pad: the wide image on a square of the processor's mean colour, in the
     training, generation and embedding inputs alike."""
-    from stages.models.base import expand_to_square
+    from dmole.stages.models.base import expand_to_square
 
     plain = load_family(folders["llava", "current"])
     padded = load_family(folders["llava", "current"], pad_to_square=True)
@@ -316,7 +316,7 @@ def test_image_tokens_are_the_whole_view_with_gradients(folders, family):
 
 
 def test_sequence_embeddings_run_a_repeated_text_once_and_equal_each_alone(adapter):
-    from stages.dmole.embedding import sequence_embeddings
+    from dmole.stages.dmole.embedding import sequence_embeddings
 
     images = [_image(32, 32, seed=s) for s in range(3)]
     texts = ["the same instruction", "another one", "the same instruction"]

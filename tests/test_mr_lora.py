@@ -9,19 +9,19 @@ import torch
 from conftest import MICRO_STAGES
 from peft import PeftModel
 
-from artifacts.io import read_parquet
-from stages.data.images import load_image
-from stages.data.prompts import render_prompt
-from stages.data.tasks import load_eval_samples
-from stages.evaluate import evaluate
-from stages.init import create_workspace
-from stages.methods import get_method
-from stages.methods.mr_lora_router import ROUTER_FOLDER, router_question, router_set
-from stages.models.base import ChatExample
-from stages.models.registry import load_family
-from stages.project import Project
-from stages.train_task import train_run, train_task
-from stages.training.chat import supervised_tokens
+from dmole.artifacts.io import read_parquet
+from dmole.stages.data.images import load_image
+from dmole.stages.data.prompts import render_prompt
+from dmole.stages.data.tasks import load_eval_samples
+from dmole.stages.evaluate import evaluate
+from dmole.stages.init import create_workspace
+from dmole.stages.methods import get_method
+from dmole.stages.methods.mr_lora_router import ROUTER_FOLDER, router_question, router_set
+from dmole.stages.models.base import ChatExample
+from dmole.stages.models.registry import load_family
+from dmole.stages.project import Project
+from dmole.stages.train_task import train_run, train_task
+from dmole.stages.training.chat import supervised_tokens
 
 TASKS = ["color-vqa", "shape-choice"]
 FAST_ROUTER = {"router_samples": 4, "router_epochs": 6, "router_lr": 1e-2, "router_rank": 8, "router_alpha": 16}

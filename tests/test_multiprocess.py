@@ -12,8 +12,8 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from artifacts.io import read_parquet, table_to_numpy
-from dmole_cli.app import app
+from dmole.artifacts.io import read_parquet, table_to_numpy
+from dmole.cli.app import app
 from conftest import MICRO_STAGES
 
 # LoRA dropout draws different masks in each process, so the comparison trains without it.
@@ -38,7 +38,7 @@ def launched(project, *args: str, launcher: tuple[str, ...] = ("--multi_gpu",)) 
     """Run one dmole command as two processes under accelerate's launcher (DDP, or ``launcher=FSDP2``)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "dmole_cli", *args, "--workspace", str(project.root)]
+               "--main_process_port", str(_free_port()), "-m", "dmole.cli", *args, "--workspace", str(project.root)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -62,8 +62,8 @@ def _embeddings(project, task: str, split: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def twin_runs(tmp_path_factory, micro_bench):
     """The same two-task D-MoLE sequence, in one process and as two launched processes."""
-    from stages.init import create_workspace
-    from stages.project import Project
+    from dmole.stages.init import create_workspace
+    from dmole.stages.project import Project
 
     projects = []
     for name in ("one", "two"):
@@ -147,10 +147,10 @@ ROE_TOLERANCE = 1e-5
 @pytest.fixture(scope="module", params=["frozen", "full"])
 def roe_twins(request, tmp_path_factory):
     """route-train in one process and under a two-process launcher, with ``stage2_mode`` frozen or full."""
-    from stages.data.synthetic import SynthSizes, write_benchmark
-    from stages.init import create_workspace
-    from stages.models.tiny import TinySize, build_tiny
-    from stages.project import Project
+    from dmole.stages.data.synthetic import SynthSizes, write_benchmark
+    from dmole.stages.init import create_workspace
+    from dmole.stages.models.tiny import TinySize, build_tiny
+    from dmole.stages.project import Project
 
     base = tmp_path_factory.mktemp(f"roe-{request.param}")
     write_benchmark(base / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
@@ -188,8 +188,8 @@ def test_launched_route_train_matches_one_process(roe_twins, launch):
 def fsdp_runs(tmp_path_factory, micro_bench):
     """Two D-MoLE tasks trained in one process and as two FSDP2-sharded processes (the second task routes the
     first one's frozen expert in)."""
-    from stages.init import create_workspace
-    from stages.project import Project
+    from dmole.stages.init import create_workspace
+    from dmole.stages.project import Project
 
     projects = []
     for name in ("whole", "sharded"):
@@ -210,7 +210,7 @@ def fsdp_runs(tmp_path_factory, micro_bench):
 def test_fsdp2_train_task_matches_one_process_and_saves_whole_experts(fsdp_runs):
     from peft import PeftModel
 
-    from stages.models.registry import load_family
+    from dmole.stages.models.registry import load_family
 
     whole, sharded = fsdp_runs
     for task in whole.config.task_names:
@@ -261,8 +261,8 @@ def test_fsdp2_train_task_killed_resumes_to_the_uninterrupted_expert(tmp_path, m
     parameter name, every process's RNG) and ends with the expert an uninterrupted single-process run trains."""
     import time
 
-    from stages.init import create_workspace
-    from stages.project import Project
+    from dmole.stages.init import create_workspace
+    from dmole.stages.project import Project
 
     task, flags = "color-vqa", ("--epochs", "8", "--checkpoint-every", "2")
     projects = []
@@ -277,7 +277,7 @@ def test_fsdp2_train_task_killed_resumes_to_the_uninterrupted_expert(tmp_path, m
     single(whole, "train-task", "--task", task, *flags, "-q")
     command = [sys.executable, "-m", "accelerate.commands.launch", *FSDP2, "--num_processes", "2", "--num_machines",
                "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-               "-m", "dmole_cli", "train-task", "--task", task, *flags, "-q", "--workspace", str(killed.root)]
+               "-m", "dmole.cli", "train-task", "--task", task, *flags, "-q", "--workspace", str(killed.root)]
     process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -306,8 +306,8 @@ def test_fsdp2_train_task_killed_resumes_to_the_uninterrupted_expert(tmp_path, m
     ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO-3 is not supported"),
 ])
 def test_what_the_launcher_asks_to_shard(monkeypatch, env, expected):
-    from stages.distributed import parameter_sharding
-    from stages.errors import UserError
+    from dmole.stages.distributed import parameter_sharding
+    from dmole.stages.errors import UserError
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -320,8 +320,8 @@ def test_what_the_launcher_asks_to_shard(monkeypatch, env, expected):
 
 @pytest.mark.parametrize("method", ["ewc-lora", "o-lora"])
 def test_penalties_on_the_parameters_are_refused_under_fsdp2(make_project, monkeypatch, method):
-    from stages.errors import UserError
-    from stages.train_task import train_task
+    from dmole.stages.errors import UserError
+    from dmole.stages.train_task import train_task
 
     project = make_project()
     for key, value in {"WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}.items():

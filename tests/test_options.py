@@ -9,11 +9,11 @@ import pytest
 from conftest import MICRO_STAGES
 from typer.testing import CliRunner
 
-from artifacts.io import read_json
-from dmole_cli.app import app
-from stages.config import ConfigError
-from stages.project import Project
-from stages.registry import STAGES, with_options
+from dmole.artifacts.io import read_json
+from dmole.cli.app import app
+from dmole.stages.config import ConfigError
+from dmole.stages.project import Project
+from dmole.stages.registry import STAGES, with_options
 
 runner = CliRunner()
 
@@ -64,7 +64,7 @@ def test_allocating_at_rank_4_trains_rank_4_experts_at_scale_2(make_project):
 
 
 def test_an_explicit_dmole_alpha_overrides_the_2r_default():
-    from stages.methods.dmole import DMoLEHyper
+    from dmole.stages.methods.dmole import DMoLEHyper
 
     assert DMoLEHyper().lora(4).alpha == 8 and DMoLEHyper().lora(8).alpha == 16
     assert DMoLEHyper(alpha=16).lora(4).alpha == 16
@@ -91,7 +91,7 @@ def test_a_bad_workspace_section_is_one_line_naming_it(make_project, section, me
 
 def test_a_notebook_call_uses_the_workspace_defaults_and_hashes_like_the_cli(make_project):
     """Regression: `train_task(project, t)` ignored the workspace's `stages` defaults and hashed differently."""
-    from stages.train_task import train_task
+    from dmole.stages.train_task import train_task
 
     project = make_project(stages={**MICRO_STAGES, "train-task": {**MICRO_STAGES["train-task"], "lr": 2e-3}})
     task = project.config.task_names[0]
@@ -106,7 +106,7 @@ def test_a_notebook_call_uses_the_workspace_defaults_and_hashes_like_the_cli(mak
 
 
 def test_method_hyperparameters_resolve_defaults_then_workspace_then_flags(make_project):
-    from stages.train_task import train_run
+    from dmole.stages.train_task import train_run
 
     project = make_project()
     task = project.config.task_names[0]
@@ -129,8 +129,8 @@ def test_a_choice_option_offers_its_choices(make_project):
 
 
 def test_image_padding_is_a_workspace_setting_that_reaches_the_model_and_the_hashes(micro_bench, tmp_path):
-    from stages.init import create_workspace
-    from stages.runner import model_fingerprint
+    from dmole.stages.init import create_workspace
+    from dmole.stages.runner import model_fingerprint
 
     projects = {}
     for ratio in ("processor", "pad"):

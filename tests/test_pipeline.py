@@ -9,14 +9,14 @@ import torch
 from conftest import MICRO_STAGES
 from typer.testing import CliRunner
 
-from artifacts.io import read_json, read_parquet
-from dmole_cli.app import app
-from stages.demo import run_pipeline
-from stages.embed import embed
-from stages.evaluate import evaluate
-from stages.fit_router import fit_router, routing_confusion
-from stages.options import EmbedOptions, EvalOptions
-from stages.resolve import stage_options
+from dmole.artifacts.io import read_json, read_parquet
+from dmole.cli.app import app
+from dmole.stages.demo import run_pipeline
+from dmole.stages.embed import embed
+from dmole.stages.evaluate import evaluate
+from dmole.stages.fit_router import fit_router, routing_confusion
+from dmole.stages.options import EmbedOptions, EvalOptions
+from dmole.stages.resolve import stage_options
 
 runner = CliRunner()
 
@@ -74,11 +74,11 @@ def test_demo_loop_and_cli_shell_loop_give_the_same_report(make_project):
 def test_each_expert_loads_with_peft_alone_and_reproduces_the_toolkit(make_project):
     from peft import PeftModel
 
-    from stages.methods import get_method
-    from stages.methods.lora import expert_folder, expert_model
-    from stages.models.registry import load_family
-    from stages.training.chat import chat_examples
-    from stages.data.tasks import load_train_samples
+    from dmole.stages.methods import get_method
+    from dmole.stages.methods.lora import expert_folder, expert_model
+    from dmole.stages.models.registry import load_family
+    from dmole.stages.training.chat import chat_examples
+    from dmole.stages.data.tasks import load_train_samples
 
     project = make_project("peft")
     run_pipeline(project, methods=("dmole",))
@@ -105,8 +105,8 @@ def test_each_expert_loads_with_peft_alone_and_reproduces_the_toolkit(make_proje
 @pytest.fixture(scope="module")
 def dmole_run(micro_bench, tmp_path_factory):
     """A workspace where D-MoLE has learnt every micro task and been evaluated after each."""
-    from stages.init import create_workspace
-    from stages.project import Project
+    from dmole.stages.init import create_workspace
+    from dmole.stages.project import Project
 
     root = tmp_path_factory.mktemp("dmole-run") / "ws"
     create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", stages=MICRO_STAGES)
@@ -128,14 +128,14 @@ def test_eval_predictions_do_not_depend_on_batch_size(dmole_run):
 
 @pytest.mark.parametrize("family", ["internvl", "qwen2vl"])
 def test_other_families_embed_and_train(tmp_path, family):
-    from stages.data.synthetic import SynthSizes
-    from stages.pretrain import PretrainSettings
-    from stages.project import Project
-    from stages.synth import synthesize
-    from stages.options import TrainTaskOptions
-    from stages.train_task import train_task
-    from stages.zc_score import zc_score
-    from stages.allocate import allocate
+    from dmole.stages.data.synthetic import SynthSizes
+    from dmole.stages.pretrain import PretrainSettings
+    from dmole.stages.project import Project
+    from dmole.stages.synth import synthesize
+    from dmole.stages.options import TrainTaskOptions
+    from dmole.stages.train_task import train_task
+    from dmole.stages.zc_score import zc_score
+    from dmole.stages.allocate import allocate
 
     out = synthesize(tmp_path / family, family=family, sizes=SynthSizes(train_per_task=8, test_per_task=2,
                                                                        pretrain_samples=8, vision_samples=8),
@@ -153,8 +153,8 @@ def test_other_families_embed_and_train(tmp_path, family):
 def test_a_trained_short_answer_task_stops_by_itself(micro_bench, tmp_path):
     """Labels end with the end-of-turn token, so generation ends near the answer's length, far short of a
     generous max_new_tokens."""
-    from stages.init import create_workspace
-    from stages.project import Project
+    from dmole.stages.init import create_workspace
+    from dmole.stages.project import Project
 
     limit = 48
     root = tmp_path / "stops"
@@ -176,8 +176,8 @@ def test_a_trained_short_answer_task_stops_by_itself(micro_bench, tmp_path):
 def test_a_router_that_rejects_its_own_test_samples_is_a_warning(micro_bench, tmp_path):
     """A task whose own router accepts few of its test samples would silently run them without experts;
     fit-router and eval say so in one line each (here the threshold is made far too tight)."""
-    from stages.init import create_workspace
-    from stages.project import Project
+    from dmole.stages.init import create_workspace
+    from dmole.stages.project import Project
 
     root = tmp_path / "health"
     create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data",
@@ -271,9 +271,9 @@ def test_report_counts_second_experts_and_eval_takes_the_second_expert_rules(mak
 
 
 def test_the_reference_profile_sets_the_official_choices_under_workspace_and_flags(micro_bench, tmp_path):
-    from stages.resolve import REFERENCE_PROFILE
-    from stages.init import create_workspace
-    from stages.project import Project
+    from dmole.stages.resolve import REFERENCE_PROFILE
+    from dmole.stages.init import create_workspace
+    from dmole.stages.project import Project
 
     root = tmp_path / "reference"
     create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", profile="reference",
@@ -293,8 +293,8 @@ def test_the_reference_profile_sets_the_official_choices_under_workspace_and_fla
 def test_two_runs_of_the_same_pipeline_give_identical_reports(micro_bench, tmp_path):
     """The whole loop is a pure function of its inputs and seeds: two fresh workspaces over the same data and
     base model end with the same report, to the last digit (the README's figures depend on it)."""
-    from stages.init import create_workspace
-    from stages.project import Project
+    from dmole.stages.init import create_workspace
+    from dmole.stages.project import Project
 
     from safetensors.torch import load_file
 
@@ -316,8 +316,8 @@ def test_roe_on_the_continual_model_routes_experts_as_eval_does(dmole_run):
     """route-train --from T: RoE on D-MoLE's model after T, experts routed per sample. Without RoE it scores
     what `eval --after T` scores; eval --roe rebuilds the same composed model (batch 1 and batch 4 alike: the
     gather rule narrows each layer's expert weights to its executing rows)."""
-    from stages.roe_eval import RoEEvalOptions, evaluate_roe
-    from stages.route_train import RouteTrainOptions, route_train
+    from dmole.stages.roe_eval import RoEEvalOptions, evaluate_roe
+    from dmole.stages.route_train import RouteTrainOptions, route_train
 
     project = dmole_run
     after = project.config.task_names[-1]

@@ -8,7 +8,7 @@ import math
 import torch
 from safetensors.torch import load_file
 
-from stages.train_task import TrainTaskOptions, train_task
+from dmole.stages.train_task import TrainTaskOptions, train_task
 
 TASK = "color-vqa"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from stages.data.synthetic import SCENE_ATTRIBUTES, SynthSizes, attribute_scenes, pretraining_mixture
-from stages.data.training_file import read_training_file
-from stages.models.registry import load_family
-from stages.models.tiny import TinySize, build_tiny
-from stages.pretrain import PretrainSettings, pretrain, pretrain_vision
+from dmole.stages.data.synthetic import SCENE_ATTRIBUTES, SynthSizes, attribute_scenes, pretraining_mixture
+from dmole.stages.data.training_file import read_training_file
+from dmole.stages.models.registry import load_family
+from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.pretrain import PretrainSettings, pretrain, pretrain_vision
 
 SIZES = SynthSizes(image_size=32, pretrain_samples=10, vision_samples=64)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.profile import DIFFERENCES, NOT_SWITCHABLE, SAME, Difference, difference_table, reference_settings
-from stages.registry import STAGES
-from stages.resolve import REFERENCE_PROFILE
+from dmole.stages.profile import DIFFERENCES, NOT_SWITCHABLE, SAME, Difference, difference_table, reference_settings
+from dmole.stages.registry import STAGES
+from dmole.stages.resolve import REFERENCE_PROFILE
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "dmole.md"
 
@@ -47,18 +47,18 @@ def test_every_difference_says_what_the_profile_does_about_it():
 def test_eval_falls_back_to_ptb_python_without_java_in_one_line_only_when_it_scores_captions(monkeypatch):
     from types import SimpleNamespace
 
-    from stages.config import WorkspaceConfig
-    from stages.evaluate import _with_caption_tokenizer
-    from stages.options import EvalOptions
+    from dmole.stages.config import WorkspaceConfig
+    from dmole.stages.evaluate import _with_caption_tokenizer
+    from dmole.stages.options import EvalOptions
 
     tasks = [{"name": "cap", "family": "caption", "train": "t", "eval": "e"},
              {"name": "vqa", "family": "short", "train": "t", "eval": "e"}]
     project = SimpleNamespace(config=WorkspaceConfig(model="m", data="d", tasks=tasks, profile="reference"))
     options = EvalOptions(caption_tokenizer=REFERENCE_PROFILE["eval"]["caption_tokenizer"])
-    monkeypatch.setattr("stages.metrics.caption.shutil.which", lambda name: None)
+    monkeypatch.setattr("dmole.stages.metrics.caption.shutil.which", lambda name: None)
     resolved, notices = _with_caption_tokenizer(project, options, ["cap", "vqa"])
     assert resolved.caption_tokenizer == "ptb-python" and len(notices) == 1 and "\n" not in notices[0]
     assert _with_caption_tokenizer(project, options, ["vqa"])[1] == []
-    monkeypatch.setattr("stages.metrics.caption.shutil.which", lambda name: "/usr/bin/java")
+    monkeypatch.setattr("dmole.stages.metrics.caption.shutil.which", lambda name: "/usr/bin/java")
     assert _with_caption_tokenizer(project, options, ["cap"]) == (options.model_copy(
         update={"caption_tokenizer": "ptb"}), [])

@@ -13,16 +13,16 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from artifacts.io import read_json, read_parquet
-from stages.convert import convert_internvl_chat
-from stages.dmole.allocation import ScoredModule, allocate as allocate_modules
-from stages.dmole.experts import ExpertModel, LoraSettings
-from stages.dmole.shared_lora import SharedDropout
-from stages.init import create_workspace
-from stages.methods.lora import SIDECAR, expert_folder, expert_model, groups, towers
-from stages.models.base import ChatExample
-from stages.models.registry import load_family
-from stages.project import Project
+from dmole.artifacts.io import read_json, read_parquet
+from dmole.stages.convert import convert_internvl_chat
+from dmole.stages.dmole.allocation import ScoredModule, allocate as allocate_modules
+from dmole.stages.dmole.experts import ExpertModel, LoraSettings
+from dmole.stages.dmole.shared_lora import SharedDropout
+from dmole.stages.init import create_workspace
+from dmole.stages.methods.lora import SIDECAR, expert_folder, expert_model, groups, towers
+from dmole.stages.models.base import ChatExample
+from dmole.stages.models.registry import load_family
+from dmole.stages.project import Project
 from tests.conftest import PIPELINE_TASKS
 from tests.test_convert import (LM, VIT, HEAD_DIM, reference_image_features, reference_internlm2_from_embeddings,
                                 reference_qkv_rows, source_tensors, write_remote_checkpoint)
@@ -79,10 +79,10 @@ def _workspace(root, model, data) -> Project:
 
 def test_reference_profile_scores_and_allocates_the_fused_projection_as_the_original(internvl2, pipeline_data,
                                                                                        tmp_path):
-    from stages.allocate import allocate
-    from stages.data.tasks import load_train_samples
-    from stages.training.chat import chat_examples
-    from stages.zc_score import zc_score
+    from dmole.stages.allocate import allocate
+    from dmole.stages.data.tasks import load_train_samples
+    from dmole.stages.training.chat import chat_examples
+    from dmole.stages.zc_score import zc_score
 
     src, out = internvl2
     project = _workspace(tmp_path / "ws", out, pipeline_data)
@@ -237,7 +237,7 @@ def test_reference_profile_trains_saves_and_reloads_the_shared_a_expert(internvl
 
 
 def test_a_saved_expert_with_different_a_copies_is_refused(internvl2, tmp_path):
-    from stages.methods.lora_trainer import save_expert
+    from dmole.stages.methods.lora_trainer import save_expert
 
     _, out = internvl2
     adapter = load_family(out, device="cpu", max_tiles=1)

@@ -9,12 +9,12 @@ import torch
 from conftest import MICRO_STAGES
 from safetensors.torch import load_file
 
-from stages.init import create_workspace
-from stages.methods import get_method
-from stages.methods.lora import expert_folder
-from stages.methods.reglora_layers import KEYS, key_elements
-from stages.project import Project
-from stages.train_task import train_run, train_task
+from dmole.stages.init import create_workspace
+from dmole.stages.methods import get_method
+from dmole.stages.methods.lora import expert_folder
+from dmole.stages.methods.reglora_layers import KEYS, key_elements
+from dmole.stages.project import Project
+from dmole.stages.train_task import train_run, train_task
 
 TASKS = ["color-vqa", "shape-choice"]
 

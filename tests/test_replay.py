@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from conftest import MICRO_STAGES
 
-from stages.data.tasks import load_train_samples
-from stages.init import create_workspace
-from stages.methods import get_method
-from stages.methods.replay import buffer_size
-from stages.project import Project
-from stages.train_task import train_run, train_task
+from dmole.stages.data.tasks import load_train_samples
+from dmole.stages.init import create_workspace
+from dmole.stages.methods import get_method
+from dmole.stages.methods.replay import buffer_size
+from dmole.stages.project import Project
+from dmole.stages.train_task import train_run, train_task
 
 TASKS = ["color-vqa", "shape-choice", "opposite-short"]
 
@@ -75,12 +75,12 @@ def test_replay_trains_on_the_mixture_and_records_the_buffer(three_tasks):
 
 
 def test_dmole_replay_routes_each_replayed_sample_by_its_own_embedding(three_tasks):
-    from stages.allocate import allocate
-    from stages.dmole.bank import load_bank, load_embeddings, require_embeddings
-    from stages.dmole.routing import training_partner
-    from stages.embed import embed
-    from stages.fit_router import fit_router
-    from stages.zc_score import zc_score
+    from dmole.stages.allocate import allocate
+    from dmole.stages.dmole.bank import load_bank, load_embeddings, require_embeddings
+    from dmole.stages.dmole.routing import training_partner
+    from dmole.stages.embed import embed
+    from dmole.stages.fit_router import fit_router
+    from dmole.stages.zc_score import zc_score
 
     for task in TASKS[:2]:
         embed(three_tasks, task)

@@ -15,18 +15,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from artifacts.io import read_json, read_parquet
+from dmole.artifacts.io import read_json, read_parquet
 from conftest import MICRO_STAGES
-from dmole_cli.app import app
-from stages.demo import run_pipeline
-from stages.figures.allocation import KIND_ORDER, cell_text
-from stages.errors import UserError
-from stages.init import create_workspace
-from stages.project import Project
-from stages.report import report
-from stages.route_train import RouteTrainOptions, route_train
-from stages.training.loop import LoopSettings, ParamGroup, train
-from stages.training.trackers import open_loggers
+from dmole.cli.app import app
+from dmole.stages.demo import run_pipeline
+from dmole.stages.figures.allocation import KIND_ORDER, cell_text
+from dmole.stages.errors import UserError
+from dmole.stages.init import create_workspace
+from dmole.stages.project import Project
+from dmole.stages.report import report
+from dmole.stages.route_train import RouteTrainOptions, route_train
+from dmole.stages.training.loop import LoopSettings, ParamGroup, train
+from dmole.stages.training.trackers import open_loggers
 
 FIGURES = ("matrix.png", "allocation.png", "activation.png", "sensitivity.png", "roe_skips.png")
 METHODS = ("dmole", "seq-lora")
@@ -101,7 +101,7 @@ def test_roe_figure_only_once_route_train_ran(run):
 
 
 def test_table2_says_which_hyperparameters_each_row_ran_with(run):
-    from stages.figures.matrix import protocol
+    from dmole.stages.figures.matrix import protocol
 
     project, _, version = run
     shown = table(version, "Table 2: each task after the last stage, AVG, Last, BWT")
@@ -236,7 +236,7 @@ def test_cli_report_out_copies_the_report_and_its_figures(run, tmp_path):
 def test_an_up_to_date_report_imports_no_torch_nor_matplotlib(run):
     """A shell loop's `dmole report` after nothing changed reads JSON and Parquet only."""
     project, _, _ = run
-    code = ("import sys; from dmole_cli.app import app; "
+    code = ("import sys; from dmole.cli.app import app; "
             f"app(['report', '--json', '--workspace', r'{project.root}'], standalone_mode=False); "
             "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'matplotlib')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -291,8 +291,8 @@ def test_wandb_logger_gets_each_step_and_finishes(tmp_path, monkeypatch):
 
 
 def test_table2_gives_each_methods_training_time_and_peak_memory(run):
-    from stages.figures.matrix import table2_rows
-    from stages.report import COSTS
+    from dmole.stages.figures.matrix import table2_rows
+    from dmole.stages.report import COSTS
 
     project, _, version = run
     header, rows = table2_rows(read_json(version.file("cl_metrics.json")), read_json(version.file(COSTS)))

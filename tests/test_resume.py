@@ -12,9 +12,9 @@ import time
 
 from safetensors.torch import load_file
 
-from stages.allocate import allocate
-from stages.train_task import TrainTaskOptions, train_task
-from stages.zc_score import zc_score
+from dmole.stages.allocate import allocate
+from dmole.stages.train_task import TrainTaskOptions, train_task
+from dmole.stages.zc_score import zc_score
 
 TASK = "shape-caption"
 OPTIONS = TrainTaskOptions(epochs=12, batch_size=4, lr=3e-3, checkpoint_every=2)
@@ -36,7 +36,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(make_project):
 
     project = make_project("killed")
     _prepare(project)
-    command = [sys.executable, "-m", "dmole_cli", "train-task", "--task", TASK, "--epochs", "12", "--batch-size", "4",
+    command = [sys.executable, "-m", "dmole.cli", "train-task", "--task", TASK, "--epochs", "12", "--batch-size", "4",
                "--lr", "3e-3", "--checkpoint-every", "2", "-q", "--workspace", str(project.root)]
     process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -65,11 +65,11 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(make_project):
 def test_killed_route_train_resumes_and_matches_an_uninterrupted_run(tmp_path):
     """Killed during RoE's training (after its dense twin finished), route-train resumes from its checkpoint:
     the twin is not trained again, and the RoE and backbone weights equal an uninterrupted run's."""
-    from stages.data.synthetic import SynthSizes, write_benchmark
-    from stages.init import create_workspace
-    from stages.models.tiny import TinySize, build_tiny
-    from stages.project import Project
-    from stages.route_train import route_train
+    from dmole.stages.data.synthetic import SynthSizes, write_benchmark
+    from dmole.stages.init import create_workspace
+    from dmole.stages.models.tiny import TinySize, build_tiny
+    from dmole.stages.project import Project
+    from dmole.stages.route_train import route_train
 
     write_benchmark(tmp_path / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
     build_tiny("llava", tmp_path / "model", size=TinySize(
@@ -85,7 +85,7 @@ def test_killed_route_train_resumes_and_matches_an_uninterrupted_run(tmp_path):
     reference, project = projects
     expected = route_train(reference).version
 
-    process = subprocess.Popen([sys.executable, "-m", "dmole_cli", "route-train", "-q", "--workspace",
+    process = subprocess.Popen([sys.executable, "-m", "dmole.cli", "route-train", "-q", "--workspace",
                                 str(project.root)], env={**os.environ, "OMP_NUM_THREADS": "1"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = project.root / ".runs"

@@ -23,10 +23,10 @@ import zlib
 import pytest
 from typer.testing import CliRunner
 
-from artifacts.layout import LOCK
-from dmole_cli.app import app
-from stages.init import create_workspace
-from stages.project import Project
+from dmole.artifacts.layout import LOCK
+from dmole.cli.app import app
+from dmole.stages.init import create_workspace
+from dmole.stages.project import Project
 
 runner = CliRunner()
 TASK = "color-vqa"
@@ -194,7 +194,7 @@ def test_writer_killed_mid_write_leaves_the_previous_version(private):
     """SIGKILL while a version's files are being written: the last version and LATEST stay valid, the lock
     is released with the process, and the next run commits normally."""
     good = _committed_embed(private)
-    script = (f"from artifacts import Workspace\n"
+    script = (f"from dmole.artifacts import Workspace\n"
               f"with Workspace({str(private.root)!r}).writer('embed', {TASK!r}, config={{}}, inputs=[], "
               f"environment={{}}, toolkit_version='test') as w:\n"
               f"    with open(w.path('train.parquet'), 'wb') as f:\n"

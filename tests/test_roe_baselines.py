@@ -11,15 +11,15 @@ import math
 import pytest
 import torch
 
-from artifacts.io import read_parquet
-from stages.data.synthetic import SynthSizes, write_benchmark
-from stages.init import create_workspace
-from stages.models.registry import load_family
-from stages.models.tiny import TinySize, build_tiny
-from stages.project import Project
-from stages.roe.fixed import FixedRouting, layer_change, least_change_layers
-from stages.roe.sweep import mean_relative, relative, skip_patterns, summarise
-from stages.route_sweep import route_sweep
+from dmole.artifacts.io import read_parquet
+from dmole.stages.data.synthetic import SynthSizes, write_benchmark
+from dmole.stages.init import create_workspace
+from dmole.stages.models.registry import load_family
+from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.project import Project
+from dmole.stages.roe.fixed import FixedRouting, layer_change, least_change_layers
+from dmole.stages.roe.sweep import mean_relative, relative, skip_patterns, summarise
+from dmole.stages.route_sweep import route_sweep
 
 SIZE = TinySize(lm_layers=5, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
                 vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
@@ -60,8 +60,8 @@ def test_random_routing_skips_at_its_rate_per_sample_whatever_the_batch():
 
 
 def test_least_change_layers_are_those_whose_output_is_closest_to_their_input(project):
-    from stages.data.tasks import load_train_samples
-    from stages.training.chat import chat_examples
+    from dmole.stages.data.tasks import load_train_samples
+    from dmole.stages.training.chat import chat_examples
 
     adapter = load_family(project.model_path, device="cpu")
     samples = load_train_samples(project.data_root, project.config.tasks[0])
@@ -84,16 +84,16 @@ def test_least_change_layers_are_those_whose_output_is_closest_to_their_input(pr
 
 
 def test_the_static_baseline_skips_its_layers_in_training_and_inference(project):
-    from stages.data.tasks import load_train_samples
-    from stages.options import RouteTrainOptions
-    from stages.roe.attach import attach, roe_shape
-    from stages.roe.evaluation import eval_sets, evaluate_routed
-    from stages.roe.modules import RoEModules
-    from stages.roe.plan import TrainingRouting, routing
-    from stages.roe.recipe import parameter_groups
-    from stages.roe.schedule import StageSchedule
-    from stages.roe.segments import ImageTokens, training_segments
-    from stages.training.chat import chat_examples
+    from dmole.stages.data.tasks import load_train_samples
+    from dmole.stages.options import RouteTrainOptions
+    from dmole.stages.roe.attach import attach, roe_shape
+    from dmole.stages.roe.evaluation import eval_sets, evaluate_routed
+    from dmole.stages.roe.modules import RoEModules
+    from dmole.stages.roe.plan import TrainingRouting, routing
+    from dmole.stages.roe.recipe import parameter_groups
+    from dmole.stages.roe.schedule import StageSchedule
+    from dmole.stages.roe.segments import ImageTokens, training_segments
+    from dmole.stages.training.chat import chat_examples
 
     adapter = load_family(project.model_path, device="cpu")
     attachment = attach(adapter, RoEModules(roe_shape(adapter, [0])))

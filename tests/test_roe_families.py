@@ -11,9 +11,9 @@ import pytest
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from stages.models.catalog import MODEL_TYPES
-from stages.models.registry import load_family
-from stages.models.tiny import LAYOUTS, TinySize, build_tiny
+from dmole.stages.models.catalog import MODEL_TYPES
+from dmole.stages.models.registry import load_family
+from dmole.stages.models.tiny import LAYOUTS, TinySize, build_tiny
 
 SIZE = TinySize(lm_layers=3, vision_layers=1, lm_hidden=64, lm_intermediate=128)
 TASKS = ("color-vqa", "shape-choice")
@@ -26,7 +26,7 @@ def _names(parameters) -> set[str]:
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("family", list(MODEL_TYPES))
 def test_route_train_and_eval_roe_run_on_the_family(family, layout, pipeline_data, tmp_path):
-    from dmole_cli.app import app
+    from dmole.cli.app import app
 
     model = build_tiny(family, tmp_path / "model", size=SIZE, layout=layout)
     workspace = tmp_path / "ws"

@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.models.registry import load_family
-from stages.models.tiny import TinySize, build_tiny
-from stages.roe.attach import RoEConfigError, attach, roe_shape
-from stages.roe.inference import _warn_fallback, generate_with_roe
-from stages.roe.modules import RoEModules, RoEShape
-from stages.roe.plan import RoutingPlan, routing
-from stages.roe.segments import Segments
-from stages.roe.weights import load_roe, save_roe
+from dmole.stages.models.registry import load_family
+from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.roe.attach import RoEConfigError, attach, roe_shape
+from dmole.stages.roe.inference import _warn_fallback, generate_with_roe
+from dmole.stages.roe.modules import RoEModules, RoEShape
+from dmole.stages.roe.plan import RoutingPlan, routing
+from dmole.stages.roe.segments import Segments
+from dmole.stages.roe.weights import load_roe, save_roe
 
 FAMILIES = ("llava", "internvl", "qwen2vl")
 SIZE = TinySize(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from stages.roe.loss import difficulty_weight, per_example_ce, roe_objective
-from stages.roe.schedule import RoEStageCallback, ScheduleState, StageSchedule, random_skip_bias
-from stages.training.loop import LoopSettings, ParamGroup, train, warmup_cosine
+from dmole.stages.roe.loss import difficulty_weight, per_example_ce, roe_objective
+from dmole.stages.roe.schedule import RoEStageCallback, ScheduleState, StageSchedule, random_skip_bias
+from dmole.stages.training.loop import LoopSettings, ParamGroup, train, warmup_cosine
 
 
 @pytest.mark.parametrize("rho, b", [(0.0, 1.0), (0.1, 0.55279), (0.2, 0.36754), (0.3, 0.22540), (0.4, 0.10557)])

@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.models.base import IGNORE, ChatExample
-from stages.models.registry import load_family
-from stages.models.tiny import TinySize, build_tiny
-from stages.roe.attach import attach, roe_shape
-from stages.roe.modules import RoEModules
-from stages.roe.plan import RoutingPlan, TrainingRouting, routing
-from stages.roe.schedule import ScheduleState
-from stages.roe.segments import ImageTokens, prompt_segments, training_segments
+from dmole.stages.models.base import IGNORE, ChatExample
+from dmole.stages.models.registry import load_family
+from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.roe.attach import attach, roe_shape
+from dmole.stages.roe.modules import RoEModules
+from dmole.stages.roe.plan import RoutingPlan, TrainingRouting, routing
+from dmole.stages.roe.schedule import ScheduleState
+from dmole.stages.roe.segments import ImageTokens, prompt_segments, training_segments
 
 IMG, END, PAD = 99, 98, 0
 IMAGES = ImageTokens(IMG, frozenset({END}))

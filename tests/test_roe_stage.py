@@ -10,16 +10,16 @@ import typer
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from artifacts.io import read_parquet
-from dmole_cli.common import JsonOption
-from dmole_cli.roe_cmds import register, show_route_train
-from stages.data.synthetic import SynthSizes, write_benchmark
-from stages.init import create_workspace
-from stages.models.tiny import TinySize, build_tiny
-from stages.project import Project
-from stages.roe_eval import RoEEvalOptions, evaluate_roe, roe_summary
-from stages.roe.continual import CompositionError
-from stages.route_train import RouteTrainError, RouteTrainOptions, route_train
+from dmole.artifacts.io import read_parquet
+from dmole.cli.common import JsonOption
+from dmole.cli.roe_cmds import register, show_route_train
+from dmole.stages.data.synthetic import SynthSizes, write_benchmark
+from dmole.stages.init import create_workspace
+from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.project import Project
+from dmole.stages.roe_eval import RoEEvalOptions, evaluate_roe, roe_summary
+from dmole.stages.roe.continual import CompositionError
+from dmole.stages.route_train import RouteTrainError, RouteTrainOptions, route_train
 
 SIZE = TinySize(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
                 vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
@@ -123,7 +123,7 @@ def test_a_start_that_is_no_task_or_a_tuned_backbone_on_a_continual_model_is_ref
 def test_lora_stage2_saves_a_peft_adapter_and_eval_reloads_it(project):
     from peft import PeftModel
 
-    from stages.models.registry import load_family
+    from dmole.stages.models.registry import load_family
 
     result = route_train(project, RouteTrainOptions(**OPTIONS | {"epochs": 1, "stage2_mode": "lora"},
                                                     lora_lr=1e-2, backbone_lr=1e-2))
@@ -165,7 +165,7 @@ def test_accumulated_steps_train_what_the_large_batch_trains(project, monkeypatc
     micro-batches of 2 give the step one batch of 4 gives (full mode: backbone and twin too)."""
     from safetensors.torch import load_file
 
-    from stages.training import loop
+    from dmole.stages.training import loop
 
     sizes: list[int] = []
     cut = loop.micro_batches

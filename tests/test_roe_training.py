@@ -7,15 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.models.base import ChatExample
-from stages.models.registry import load_family
-from stages.models.tiny import TinySize, build_tiny
-from stages.roe.attach import attach, roe_shape
-from stages.roe.loss import per_example_ce, roe_objective
-from stages.roe.modules import RoEModules
-from stages.roe.plan import TrainingRouting, routing
-from stages.roe.schedule import ScheduleState, random_skip_bias
-from stages.roe.segments import ImageTokens, training_segments
+from dmole.stages.models.base import ChatExample
+from dmole.stages.models.registry import load_family
+from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.roe.attach import attach, roe_shape
+from dmole.stages.roe.loss import per_example_ce, roe_objective
+from dmole.stages.roe.modules import RoEModules
+from dmole.stages.roe.plan import TrainingRouting, routing
+from dmole.stages.roe.schedule import ScheduleState, random_skip_bias
+from dmole.stages.roe.segments import ImageTokens, training_segments
 
 SIZE = TinySize(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
                 vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
@@ -103,7 +103,7 @@ def test_stage0_draws_follow_the_sample_not_its_batch_or_process(setup):
 def test_the_straight_through_skip_rate_is_the_hard_rate_with_the_soft_gradient():
     """skip_estimate straight-through: the hinge reads the share of decisions over 1/2 (what inference skips), and
     its gradient is the soft rate's."""
-    from stages.roe.segments import Segments
+    from dmole.stages.roe.segments import Segments
 
     turn = torch.tensor([[0, 1, 1, 2, 2], [0, 1, 1, -1, -1]])
     segments = Segments(turn, torch.tensor([[False, True, False, True, False], [False, True, False, False, False]]))

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from artifacts import (
+from dmole.artifacts import (
     ArtifactError,
     InputRef,
     InvalidName,
@@ -20,7 +20,7 @@ from artifacts import (
     Workspace,
     config_hash,
 )
-from artifacts.io import (
+from dmole.artifacts.io import (
     fixed_size_float_list,
     read_json,
     read_parquet,
@@ -192,7 +192,7 @@ def test_lock_held_by_another_process(tmp_path):
     ws = Workspace(tmp_path)
     child = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from artifacts import Workspace\n"
+         "import sys; from dmole.artifacts import Workspace\n"
          f"with Workspace({str(tmp_path)!r}).lock('embed', 'caption'):\n"
          "    print('locked', flush=True); sys.stdin.read()"],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

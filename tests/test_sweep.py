@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from stages.errors import UserError
-from stages.methods import get_method
-from stages.registry import SWEEP
-from stages.sweep import parse_grid, relative_scores, selected_index
+from dmole.stages.errors import UserError
+from dmole.stages.methods import get_method
+from dmole.stages.registry import SWEEP
+from dmole.stages.sweep import parse_grid, relative_scores, selected_index
 
 
 def test_a_grid_is_read_as_the_method_s_hyperparameters():
@@ -35,9 +35,9 @@ def test_selection_weighs_every_task_alike_whatever_its_scale():
 
 
 def test_a_sweep_selects_on_validation_and_leaves_the_workspace_s_own_runs_alone(micro_bench, tmp_path):
-    from stages.init import create_workspace
-    from stages.project import Project
-    from stages.sweep import sweep
+    from dmole.stages.init import create_workspace
+    from dmole.stages.project import Project
+    from dmole.stages.sweep import sweep
 
     from conftest import MICRO_STAGES
 
@@ -58,8 +58,8 @@ def test_a_sweep_selects_on_validation_and_leaves_the_workspace_s_own_runs_alone
 
 
 def test_a_sweep_needs_validation_sets(make_project):
-    from stages.project import Project, write_workspace
-    from stages.sweep import sweep
+    from dmole.stages.project import Project, write_workspace
+    from dmole.stages.sweep import sweep
 
     project = make_project()
     config = project.config.model_copy(update={"tasks": [t.model_copy(update={"val": None})
@@ -70,7 +70,7 @@ def test_a_sweep_needs_validation_sets(make_project):
 
 
 def test_the_selected_value_is_validation_s_choice_even_where_test_prefers_another(make_project, monkeypatch):
-    import stages.sweep as module
+    import dmole.stages.sweep as module
 
     def fake_point(project, folder, method, hyper, progress):
         good = hyper["weight"] == 10  # validation prefers 10, test prefers 1
@@ -85,8 +85,8 @@ def test_the_selected_value_is_validation_s_choice_even_where_test_prefers_anoth
 
 
 def test_the_report_s_sweep_table_lists_every_value_and_marks_the_selected_one(make_project, monkeypatch, tmp_path):
-    import stages.sweep as module
-    from stages.figures import sweeps
+    import dmole.stages.sweep as module
+    from dmole.stages.figures import sweeps
 
     def fake_point(project, folder, method, hyper, progress):
         weight = hyper["weight"]

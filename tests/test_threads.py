@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stages import threads
-from stages.errors import UserError
+from dmole.stages import threads
+from dmole.stages.errors import UserError
 
 
 def test_the_count_is_the_usable_cores_unless_set():
@@ -42,7 +42,7 @@ def _train(workspace: Path, env: dict) -> tuple[int, bytes]:
     """The thread count train-task recorded, and the bytes of the weights it wrote."""
     import json
 
-    subprocess.run([sys.executable, "-m", "dmole_cli", "train-task", "--task", "shape-caption", "--method", "seq-lora",
+    subprocess.run([sys.executable, "-m", "dmole.cli", "train-task", "--task", "shape-caption", "--method", "seq-lora",
                     "-q", "--workspace", str(workspace)], check=True, env=env, capture_output=True)
     version = workspace / "seq-lora.train-task" / "shape-caption" / "v1"
     threads_used = json.loads((version / "manifest.json").read_text())["environment"]["cpu_threads"]
@@ -70,8 +70,8 @@ def test_training_beside_a_competing_load_gives_the_same_bytes(make_project, tmp
 
 
 def test_a_stage_says_when_its_inputs_used_another_thread_count(make_project, monkeypatch):
-    from stages.embed import embed
-    from stages.fit_router import fit_router
+    from dmole.stages.embed import embed
+    from dmole.stages.fit_router import fit_router
 
     import torch
 
@@ -92,8 +92,8 @@ def test_a_manifest_records_the_cpu_model_and_kernels_the_sums_came_from(make_pr
     """Another CPU model runs other kernels (torch dispatches on the instruction set), so other sums."""
     import torch
 
-    from stages.embed import embed
-    from stages.models.registry import cpu_name
+    from dmole.stages.embed import embed
+    from dmole.stages.models.registry import cpu_name
 
     environment = embed(make_project(), "color-vqa").version.manifest["environment"]
     assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

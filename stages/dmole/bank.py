@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from artifacts import Version
-from artifacts.io import read_json, read_parquet, table_metadata, table_to_numpy
+from dmole.artifacts import Version
+from dmole.artifacts.io import read_json, read_parquet, table_metadata, table_to_numpy
 
 from ..errors import UserError
 from ..registry import EMBED, FIT_ROUTER

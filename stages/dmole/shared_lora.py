@@ -1,6 +1,6 @@
 """One LoRA over a group of projections that read the same input: a shared A, one B split across the members.
 
-A ``qkv`` candidate (`stages.models.base.Candidate`) is a layer's q, k and v projections standing for the fused
+A ``qkv`` candidate (`dmole.stages.models.base.Candidate`) is a layer's q, k and v projections standing for the fused
 projection they were split from. A rank-r LoRA on that fused projection is
 
     [y_q; y_k; y_v] = W x + (alpha / r) * B A dropout(x),   A: r x d_in,  B: (d_q + d_k + d_v) x r

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artifacts import Version
-from artifacts.io import read_parquet
+from dmole.artifacts import Version
+from dmole.artifacts.io import read_parquet
 
 from ..project import Project
 from ..registry import EVAL

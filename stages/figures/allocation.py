@@ -1,11 +1,11 @@
 """The expert allocation over the task sequence: per tower, layers × tasks, which modules hold each task's
-expert (the architecture's evolution). Read from the allocate stage (``stages.allocate.allocation_table``)."""
+expert (the architecture's evolution). Read from the allocate stage (``dmole.stages.allocate.allocation_table``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from artifacts import Version
+from dmole.artifacts import Version
 
 from ..allocate import allocation_table
 from ..project import Project

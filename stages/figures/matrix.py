@@ -1,6 +1,6 @@
 """The continual matrix R of each method (stages × tasks) with Last, AVG, BWT and FWT beside it.
 
-``result`` is what ``stages.report.collect`` returns: the task names and, per method, the matrix and metrics.
+``result`` is what ``dmole.stages.report.collect`` returns: the task names and, per method, the matrix and metrics.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from artifacts import Version
-from artifacts.io import read_json, read_parquet
+from dmole.artifacts import Version
+from dmole.artifacts.io import read_json, read_parquet
 
 from ..project import Project
 from ..registry import ROE_EVAL, ROUTE_TRAIN

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artifacts import Version
-from artifacts.io import read_json
+from dmole.artifacts import Version
+from dmole.artifacts.io import read_json
 
 from ..project import Project
 from ..registry import ROE_SWEEP

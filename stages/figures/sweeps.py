@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artifacts import Version
-from artifacts.io import read_json
+from dmole.artifacts import Version
+from dmole.artifacts.io import read_json
 
 from ..methods import REGISTRY
 from ..project import Project

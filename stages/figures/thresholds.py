@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artifacts import Version
-from artifacts.io import read_parquet
+from dmole.artifacts import Version
+from dmole.artifacts.io import read_parquet
 
 from ..project import Project
 from ..registry import THRESHOLD_SWEEP

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from artifacts import Version
+from dmole.artifacts import Version
 
 from ..config import Strict, TaskSpec
 from ..errors import UserError

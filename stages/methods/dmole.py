@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from artifacts.io import read_json, write_parquet
+from dmole.artifacts.io import read_json, write_parquet
 
 from ..config import Strict
 from ..dmole.allocation import RULES

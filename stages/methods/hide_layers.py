@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from artifacts.io import read_json
+from dmole.artifacts.io import read_json
 
 from ..errors import UserError
 from .lora import SIDECAR, expert_folder, expert_model

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from artifacts import Version
-from artifacts.io import read_json
+from dmole.artifacts import Version
+from dmole.artifacts.io import read_json
 
 from ..dmole.experts import ExpertModel, LoraSettings, adapter_name
 from ..errors import UserError

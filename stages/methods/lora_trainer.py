@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from artifacts.io import read_json, write_json
+from dmole.artifacts.io import read_json, write_json
 
 from ..registry import TRAIN_TASK
 from .base import Trainer, TrainRun
@@ -20,7 +20,7 @@ from .base import Trainer, TrainRun
 if TYPE_CHECKING:
     import torch
 
-    from artifacts import Version
+    from dmole.artifacts import Version
 
     from ..dmole.experts import ExpertModel, LoraSettings
     from .lora import Shape

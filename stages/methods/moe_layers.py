@@ -8,7 +8,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from artifacts.io import read_json, write_json
+from dmole.artifacts.io import read_json, write_json
 
 from ..dmole.experts import LoraSettings
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from artifacts import Version, Writer
-from artifacts.io import read_json, read_parquet, write_json, write_parquet
+from dmole.artifacts import Version, Writer
+from dmole.artifacts.io import read_json, read_parquet, write_json, write_parquet
 
 from ..config import TaskSpec
 from ..data.samples import EvalSample

@@ -77,7 +77,7 @@ def dense_twin_scores(project, samples: Sequence[TrainSample], sets, settings: R
                       *, progress: Progress = silent, checkpoint_dir: Path | None = None) -> dict[str, float]:
     """The same fine-tuning with every layer executed (nothing to skip), scored; kept beside the checkpoints once
     done, so a resumed run does not train the twin again."""
-    from artifacts.io import read_json, write_json
+    from dmole.artifacts.io import read_json, write_json
 
     from ..distributed import is_main
     from .evaluation import evaluate_dense
