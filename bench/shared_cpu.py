@@ -26,7 +26,7 @@ SETTINGS = {
     "OMP_WAIT_POLICY=PASSIVE": {"DMOLE_THREADS": CORES, "OMP_WAIT_POLICY": "PASSIVE"},
     "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
 }
-ONE_RUN = ("import sys; sys.path[:0] = [{bench!r}, {root!r}]; from pathlib import Path; "
+ONE_RUN = ("import sys; sys.path[:0] = [{bench!r}]; from pathlib import Path; "
            "from input_pipeline import one_run; from dmole.stages.project import Project; "
            "p = Project.open(Path({workspace!r})); one_run(p, {task!r}, 0, 0.05); "
            "print(one_run(p, {task!r}, 0, {epochs})['seconds'])")
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     bench = str(Path(__file__).resolve().parent)
-    code = ONE_RUN.format(bench=bench, root=str(Path(bench).parent), workspace=str(args.workspace.resolve()),
+    code = ONE_RUN.format(bench=bench, workspace=str(args.workspace.resolve()),
                           task=args.task, epochs=args.epochs)
     results = {}
     for load in ("alone", "with a competing 2-thread torch job"):

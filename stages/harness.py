@@ -1,4 +1,4 @@
-"""A trained model as another evaluation harness drives it (the lmms-eval plugin, `dmole_lmms`): batches of images
+"""A trained model as another evaluation harness drives it (the lmms-eval plugin, `dmole.lmms`): batches of images
 and prompts in, replies out, decoded by the toolkit's one rule, as `eval` decodes.
 
 Each sample is routed from its own image and prompt, as `embed` and `eval` route a test sample: D-MoLE's routers

@@ -5,7 +5,6 @@ routers decide each sample from its image and prompt, never from lmms-eval's tas
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -197,9 +196,7 @@ def lmms_eval_command(model_args: str, folder: Path, cwd: Path, out: Path) -> di
     command = [str(Path(sys.executable).parent / "lmms-eval"), "--model", "dmole", "--model_args", model_args,
                "--tasks", ",".join(NAMES.values()), "--include_path", str(folder), "--batch_size", "auto",
                "--output_path", str(out)]
-    repo = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0 and "Error during evaluation" not in done.stderr + done.stdout, done.stderr[-3000:]
     [results] = out.rglob("*_results.json")
     scores = json.loads(results.read_text())["results"]

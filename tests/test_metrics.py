@@ -1,4 +1,4 @@
-"""Hand-computed cases for stages.metrics (spec §10 and §11)."""
+"""Hand-computed cases for dmole.stages.metrics (spec §10 and §11)."""
 
 import shutil
 

@@ -292,8 +292,8 @@ def test_corrupt_parquet_is_an_artifact_error(tmp_path):
 
 
 def test_import_is_light():
-    code = ("import sys, artifacts, artifacts.io; "
-            "print(sorted(m for m in ('torch', 'transformers', 'pyarrow', 'numpy', 'stages', 'dmole_cli') "
+    code = ("import sys, dmole.artifacts, dmole.artifacts.io; "
+            "print(sorted(m for m in ('torch', 'transformers', 'pyarrow', 'numpy', 'dmole.stages', 'dmole.cli') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
