@@ -32,10 +32,14 @@ demo: install
 
 test: install
 	$(BIN)/lint-imports
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 	$(BIN)/python -m pytest -q
 
 test-all: install  # also the slow end-to-end runs (pytest -m slow alone runs only those)
 	$(BIN)/lint-imports
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 	$(BIN)/python -m pytest -q -m ''
 
 clean:
