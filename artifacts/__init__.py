@@ -7,6 +7,14 @@ from .workspace import Workspace
 from .writer import Writer
 
 __all__ = [
-    "ArtifactError", "InputRef", "InvalidName", "LockedError", "MissingArtifact",
-    "TamperedArtifact", "Version", "Workspace", "Writer", "config_hash",
+    "ArtifactError",
+    "InputRef",
+    "InvalidName",
+    "LockedError",
+    "MissingArtifact",
+    "TamperedArtifact",
+    "Version",
+    "Workspace",
+    "Writer",
+    "config_hash",
 ]

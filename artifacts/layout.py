@@ -25,8 +25,7 @@ def check_name(kind: str, name: str) -> str:
     """Return `name` if it is a valid stage or task name, else raise InvalidName."""
     if not is_valid_name(name):
         raise InvalidName(
-            f"invalid {kind} name {name!r}: use letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
+            f"invalid {kind} name {name!r}: use letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
     return name
 

@@ -13,8 +13,20 @@ from .layout import MANIFEST
 
 SCHEMA_VERSION = 1
 _FIELDS = (
-    "schema_version", "stage", "task", "version", "created", "toolkit_version", "config",
-    "config_hash", "inputs", "outputs", "content_hash", "environment", "summary", "sources",
+    "schema_version",
+    "stage",
+    "task",
+    "version",
+    "created",
+    "toolkit_version",
+    "config",
+    "config_hash",
+    "inputs",
+    "outputs",
+    "content_hash",
+    "environment",
+    "summary",
+    "sources",
 )
 
 
@@ -30,9 +42,19 @@ def content_hash(outputs: list[dict]) -> str:
     return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 
 
-def build_manifest(*, stage: str, task: str, version: int, toolkit_version: str, config: dict,
-                   inputs: list[dict], sources: dict[str, str], outputs: list[dict], environment: dict,
-                   summary: dict) -> dict:
+def build_manifest(
+    *,
+    stage: str,
+    task: str,
+    version: int,
+    toolkit_version: str,
+    config: dict,
+    inputs: list[dict],
+    sources: dict[str, str],
+    outputs: list[dict],
+    environment: dict,
+    summary: dict,
+) -> dict:
     outputs = sorted(outputs, key=lambda o: o["path"])
     return {
         "schema_version": SCHEMA_VERSION,
@@ -53,9 +75,21 @@ def build_manifest(*, stage: str, task: str, version: int, toolkit_version: str,
 
 
 # the type of every field, and of the fields of each input and output, as the writer records them
-_TYPES = {"schema_version": int, "stage": str, "task": str, "version": int, "created": str, "toolkit_version": str,
-          "config": dict, "config_hash": str, "inputs": list, "outputs": list, "content_hash": str,
-          "environment": dict, "summary": dict}
+_TYPES = {
+    "schema_version": int,
+    "stage": str,
+    "task": str,
+    "version": int,
+    "created": str,
+    "toolkit_version": str,
+    "config": dict,
+    "config_hash": str,
+    "inputs": list,
+    "outputs": list,
+    "content_hash": str,
+    "environment": dict,
+    "summary": dict,
+}
 _INPUT = {"stage": str, "task": str, "version": int, "content_hash": str}
 _OUTPUT = {"path": str, "sha256": str, "bytes": int}
 

@@ -51,7 +51,9 @@ class Workspace:
     def tampered(self, stage: str, task: str) -> list[tuple[int, Path, str]]:
         """``(number, folder, problem)`` of each version folder whose manifest is damaged or was edited by hand:
         not a version (no stage reads it), but `dmole ls` and `show` say so."""
-        found = ((n, p, read_manifest(p, stage, task, n)[1]) for n, p in version_dirs(self._task_dir(stage, task)).items())
+        found = (
+            (n, p, read_manifest(p, stage, task, n)[1]) for n, p in version_dirs(self._task_dir(stage, task)).items()
+        )
         return sorted((n, p, problem) for n, p, problem in found if problem)
 
     def latest(self, stage: str, task: str) -> Version | None:
@@ -76,16 +78,21 @@ class Workspace:
         """Every ``(stage, task)`` that has a folder, sorted by stage then task."""
         if not self.root.is_dir():
             return []
-        return [(stage_dir.name, task_dir.name)
-                for stage_dir in sorted(self.root.iterdir()) if stage_dir.is_dir() and is_valid_name(stage_dir.name)
-                for task_dir in sorted(stage_dir.iterdir()) if task_dir.is_dir() and is_valid_name(task_dir.name)]
+        return [
+            (stage_dir.name, task_dir.name)
+            for stage_dir in sorted(self.root.iterdir())
+            if stage_dir.is_dir() and is_valid_name(stage_dir.name)
+            for task_dir in sorted(stage_dir.iterdir())
+            if task_dir.is_dir() and is_valid_name(task_dir.name)
+        ]
 
     def all_latest(self) -> list[Version]:
         """The latest version of every stage/task, sorted by stage then task."""
         return [v for v in (self.latest(stage, task) for stage, task in self.stage_tasks()) if v]
 
-    def find_current(self, stage: str, task: str, config_hash: str, inputs: list[InputRef],
-                     sources: dict[str, str] | None = None) -> Version | None:
+    def find_current(
+        self, stage: str, task: str, config_hash: str, inputs: list[InputRef], sources: dict[str, str] | None = None
+    ) -> Version | None:
         """The latest version if it was built from this config, inputs with the same content and these sources."""
         v = self.latest(stage, task)
         if v is None or v.manifest["config_hash"] != config_hash or self.stale_sources(v, sources or {}):
@@ -137,9 +144,26 @@ class Workspace:
     def lock(self, stage: str, task: str) -> AbstractContextManager[None]:
         return hold_lock(self._task_dir(stage, task) / LOCK, f"{stage}/{task}")
 
-    def writer(self, stage: str, task: str, *, config: dict, inputs: list[InputRef], environment: dict,
-               toolkit_version: str, sources: dict[str, str] | None = None) -> AbstractContextManager[Writer]:
+    def writer(
+        self,
+        stage: str,
+        task: str,
+        *,
+        config: dict,
+        inputs: list[InputRef],
+        environment: dict,
+        toolkit_version: str,
+        sources: dict[str, str] | None = None,
+    ) -> AbstractContextManager[Writer]:
         """Context manager yielding a Writer; the new version is committed when it exits cleanly. ``sources``
         are the content fingerprints of what it is built from outside the workspace (the model), by name."""
-        return open_writer(self._task_dir(stage, task), stage, task, config=config, inputs=inputs,
-                           sources=sources or {}, environment=environment, toolkit_version=toolkit_version)
+        return open_writer(
+            self._task_dir(stage, task),
+            stage,
+            task,
+            config=config,
+            inputs=inputs,
+            sources=sources or {},
+            environment=environment,
+            toolkit_version=toolkit_version,
+        )

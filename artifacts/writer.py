@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from .errors import ArtifactError
 from .io import atomic_write, fsync_path, sha256_file, write_json
@@ -37,12 +37,28 @@ class Writer:
 
 
 @contextmanager
-def open_writer(task_dir: Path, stage: str, task: str, *, config: dict, inputs: list[InputRef],
-                sources: dict[str, str], environment: dict, toolkit_version: str) -> Iterator[Writer]:
+def open_writer(
+    task_dir: Path,
+    stage: str,
+    task: str,
+    *,
+    config: dict,
+    inputs: list[InputRef],
+    sources: dict[str, str],
+    environment: dict,
+    toolkit_version: str,
+) -> Iterator[Writer]:
     """Yield a Writer under the stage/task lock; commit on normal exit, discard on error."""
     config_hash(config)  # a config that is not JSON fails here, before any work is done
-    header = dict(stage=stage, task=task, toolkit_version=toolkit_version, config=config,
-                  inputs=[asdict(i) for i in inputs], sources=sources, environment=environment)
+    header = dict(
+        stage=stage,
+        task=task,
+        toolkit_version=toolkit_version,
+        config=config,
+        inputs=[asdict(i) for i in inputs],
+        sources=sources,
+        environment=environment,
+    )
     with hold_lock(task_dir / LOCK, f"{stage}/{task}"):
         # We hold the lock, so any temp folder here belongs to a writer that died.
         for leftover in task_dir.glob(f"{TMP_PREFIX}*"):
@@ -64,8 +80,7 @@ def _commit(tmp: Path, task_dir: Path, header: dict, summary: dict) -> Version:
     for dirpath, _, filenames in os.walk(tmp):
         for name in filenames:
             p = Path(dirpath, name)
-            outputs.append({"path": p.relative_to(tmp).as_posix(), "sha256": sha256_file(p),
-                            "bytes": p.stat().st_size})
+            outputs.append({"path": p.relative_to(tmp).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size})
             fsync_path(p)
         fsync_path(dirpath)
     number = max(version_dirs(task_dir), default=0) + 1

@@ -12,13 +12,16 @@ import argparse
 import random
 from pathlib import Path
 
-from emit import emit
 from dmole.stages.data.synthetic import STYLES, draw_scene, random_scene
 from dmole.stages.evaluation.predict import generate_batch
 from dmole.stages.models.registry import load_family
+from emit import emit
 
-QUESTIONS = {"Name the shape.": lambda s: s.shape, "Where is the object?": lambda s: s.position_name,
-             "What color is the object?": lambda s: s.color}
+QUESTIONS = {
+    "Name the shape.": lambda s: s.shape,
+    "Where is the object?": lambda s: s.position_name,
+    "What color is the object?": lambda s: s.color,
+}
 
 
 def main() -> None:
@@ -37,7 +40,7 @@ def main() -> None:
     for question, truth in QUESTIONS.items():
         replies = []
         for start in range(0, len(images), args.batch_size):
-            chunk = images[start:start + args.batch_size]
+            chunk = images[start : start + args.batch_size]
             replies += generate_batch(adapter, adapter.model, chunk, [question] * len(chunk), max_new_tokens=16)
         accuracy[question] = sum(r.strip(". ") == truth(s) for r, s in zip(replies, scenes)) / len(scenes)
     emit({"base": str(args.base), "scenes": args.scenes, "accuracy": accuracy}, args.json)

@@ -35,14 +35,17 @@ def main() -> None:
         categories = [f"task{i}" for i in range(T)]
         theirs = module.continual_metrics({s: dict(zip(categories, R[s])) for s in range(T + 1)}, categories)
         field, own = field_metrics(R), continual_metrics(R)
-        pairs = [(theirs["average_forgetting"], field["coinpp"]["average_forgetting"]),
-                 (theirs["final_average_accuracy"], own["last"]),
-                 (theirs["average_incremental_accuracy"], own["avg_seen"]),
-                 (theirs["backward_transfer"], own["bwt"])]
+        pairs = [
+            (theirs["average_forgetting"], field["coinpp"]["average_forgetting"]),
+            (theirs["final_average_accuracy"], own["last"]),
+            (theirs["average_incremental_accuracy"], own["avg_seen"]),
+            (theirs["backward_transfer"], own["bwt"]),
+        ]
         rows = zip(theirs["per_task"], field["forgetting_table"])
         pairs += [(a["best_post_acquisition_score"], b["best"]) for a, b in rows]
-        pairs += [(a["forgetting"], b["forgetting"])
-                  for a, b in zip(theirs["per_task"][:-1], field["forgetting_table"])]
+        pairs += [
+            (a["forgetting"], b["forgetting"]) for a, b in zip(theirs["per_task"][:-1], field["forgetting_table"])
+        ]
         for a, b in pairs:
             if a is None or b is None:
                 assert a is None and b is None, (a, b)

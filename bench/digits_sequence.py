@@ -41,8 +41,11 @@ def _item(task: str, digit: int, rng: random.Random) -> tuple[str, str, dict]:
     """(training question, training answer, evaluation record without the image)."""
     word = WORDS[digit]
     if task == "digit-caption":
-        return "Describe the image.", f"a handwritten {word}", {"references": [f"a handwritten {word}",
-                                                                                f"the digit {word} written by hand"]}
+        return (
+            "Describe the image.",
+            f"a handwritten {word}",
+            {"references": [f"a handwritten {word}", f"the digit {word} written by hand"]},
+        )
     if task == "digit-vqa":
         question = "What digit is written?"
         return question, word, {"question": question, "answers": [word] * 8 + [str(digit), "unanswerable"]}
@@ -54,14 +57,27 @@ def _item(task: str, digit: int, rng: random.Random) -> tuple[str, str, dict]:
         return question, answer, {"question": question, "answer": answer}
     choices = sorted(rng.sample([w for w in WORDS if w != word], 3) + [word])
     question = "Which digit is written?"
-    return question, "ABCD"[choices.index(word)], {"question": question, "choices": choices,
-                                                    "answer": choices.index(word)}
+    return (
+        question,
+        "ABCD"[choices.index(word)],
+        {"question": question, "choices": choices, "answer": choices.index(word)},
+    )
 
 
-TASKS = {"digit-caption": "caption", "digit-vqa": "vqa10", "digit-parity": "short", "digit-choice": "choice",
-         "digit-next": "short"}
-PROMPTS = {"digit-caption": "Describe the image.", "digit-vqa": "{question}", "digit-parity": "{question}",
-           "digit-choice": "{question}\n{choices}", "digit-next": "{question}"}
+TASKS = {
+    "digit-caption": "caption",
+    "digit-vqa": "vqa10",
+    "digit-parity": "short",
+    "digit-choice": "choice",
+    "digit-next": "short",
+}
+PROMPTS = {
+    "digit-caption": "Describe the image.",
+    "digit-vqa": "{question}",
+    "digit-parity": "{question}",
+    "digit-choice": "{question}\n{choices}",
+    "digit-next": "{question}",
+}
 
 
 def write_sequence(root: Path, seed: int = 0) -> None:
@@ -79,23 +95,41 @@ def write_sequence(root: Path, seed: int = 0) -> None:
             _image(digits.images[index]).save(root / image)
             question, answer, record = _item(task, int(digits.target[index]), rng)
             if n < TRAIN:
-                train.append({"id": f"{task}-{n}", "image": image, "conversations": [
-                    {"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]})
+                train.append(
+                    {
+                        "id": f"{task}-{n}",
+                        "image": image,
+                        "conversations": [
+                            {"from": "human", "value": f"<image>\n{question}"},
+                            {"from": "gpt", "value": answer},
+                        ],
+                    }
+                )
             else:
                 test.append({"image": image, **record})
         (root / task / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
         if family == "caption":
-            document = {"images": [{"id": i, "file_name": r["image"]} for i, r in enumerate(test)],
-                        "annotations": [{"image_id": i, "caption": c} for i, r in enumerate(test)
-                                        for c in r["references"]]}
+            document = {
+                "images": [{"id": i, "file_name": r["image"]} for i, r in enumerate(test)],
+                "annotations": [{"image_id": i, "caption": c} for i, r in enumerate(test) for c in r["references"]],
+            }
             (root / task / "test.json").write_text(json.dumps(document))
             evaluation = f"{task}/test.json"
         else:
-            (root / task / "test.jsonl").write_text("".join(json.dumps({"question_id": i, **r}) + "\n"
-                                                            for i, r in enumerate(test)))
+            (root / task / "test.jsonl").write_text(
+                "".join(json.dumps({"question_id": i, **r}) + "\n" for i, r in enumerate(test))
+            )
             evaluation = f"{task}/test.jsonl"
-        registry.append({"name": task, "family": family, "train": f"{task}/train.jsonl", "eval": evaluation,
-                         "prompt": PROMPTS[task], "max_new_tokens": 12})
+        registry.append(
+            {
+                "name": task,
+                "family": family,
+                "train": f"{task}/train.jsonl",
+                "eval": evaluation,
+                "prompt": PROMPTS[task],
+                "max_new_tokens": 12,
+            }
+        )
     (root / "tasks.json").write_text(json.dumps({"tasks": registry}, indent=2) + "\n")
 
 

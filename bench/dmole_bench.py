@@ -79,24 +79,33 @@ def preprocessing_share(demo: Path, rounds: int) -> dict:
     runs: list[dict[str, float]] = []
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
-            create_workspace(Path(tmp) / "ws", model=demo / "base-model", data=demo / "data",
-                             stages=source.config.stages)
+            create_workspace(
+                Path(tmp) / "ws", model=demo / "base-model", data=demo / "data", stages=source.config.stages
+            )
             project = Project.open(Path(tmp) / "ws")
             seconds = {}
-            for name, run in ((EMBED.name, lambda: embed(project, task)),
-                              (FIT_ROUTER.name, lambda: fit_router(project, task)),
-                              (ZC_SCORE.name, lambda: zc_score(project, task)),
-                              (ALLOCATE.name, lambda: allocate(project, task)),
-                              (TRAIN_TASK.name, lambda: train_task(project, task))):
+            for name, run in (
+                (EMBED.name, lambda: embed(project, task)),
+                (FIT_ROUTER.name, lambda: fit_router(project, task)),
+                (ZC_SCORE.name, lambda: zc_score(project, task)),
+                (ALLOCATE.name, lambda: allocate(project, task)),
+                (TRAIN_TASK.name, lambda: train_task(project, task)),
+            ):
                 start = time.perf_counter()
                 run()
                 seconds[name] = time.perf_counter() - start
             runs.append(seconds)
     shares = [_preprocessing_seconds(r) / r[TRAIN_TASK.name] for r in runs]
     medians = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
-    return {"task": task, "rounds": rounds, "seconds": medians, "runs": runs,
-            "preprocessing_s": _preprocessing_seconds(medians),
-            "share_of_train_task": statistics.median(shares), "shares": shares}
+    return {
+        "task": task,
+        "rounds": rounds,
+        "seconds": medians,
+        "runs": runs,
+        "preprocessing_s": _preprocessing_seconds(medians),
+        "share_of_train_task": statistics.median(shares),
+        "shares": shares,
+    }
 
 
 def inference_throughput(project: Project, repeats: int) -> dict:
@@ -112,12 +121,24 @@ def inference_throughput(project: Project, repeats: int) -> dict:
     single.load_expert(2, project.store.require(TRAIN_TASK.name, names[1]).path / TRAIN_TASK.files.expert)
 
     def run_routed():
-        predict(routed_adapter, task, samples, batch_size=options.batch_size, model=routed_plan.model,
-                around_batch=routed_plan.around(routes))
+        predict(
+            routed_adapter,
+            task,
+            samples,
+            batch_size=options.batch_size,
+            model=routed_plan.model,
+            around_batch=routed_plan.around(routes),
+        )
 
     def run_single():
-        predict(single_adapter, task, samples, batch_size=options.batch_size, model=single.model,
-                around_batch=lambda idx, inputs: single.routed([(2,)] * len(idx)))
+        predict(
+            single_adapter,
+            task,
+            samples,
+            batch_size=options.batch_size,
+            model=single.model,
+            around_batch=lambda idx, inputs: single.routed([(2,)] * len(idx)),
+        )
 
     times: tuple[list[float], list[float]] = ([], [])
     for i in range(repeats + 1):
@@ -127,28 +148,44 @@ def inference_throughput(project: Project, repeats: int) -> dict:
             if i >= 1:
                 times[which].append(time.perf_counter() - start)
     result = median_ratio(*times)
-    return {"task": task.name, "samples": len(samples), "experts_loaded": len(names),
-            "routed_samples_per_s": len(samples) / result["median_a_s"],
-            "single_samples_per_s": len(samples) / result["median_b_s"], **result,
-            "a": "routed (all experts, per sample)", "b": "single adapter"}
+    return {
+        "task": task.name,
+        "samples": len(samples),
+        "experts_loaded": len(names),
+        "routed_samples_per_s": len(samples) / result["median_a_s"],
+        "single_samples_per_s": len(samples) / result["median_b_s"],
+        **result,
+        "a": "routed (all experts, per sample)",
+        "b": "single adapter",
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", type=Path, default=Path("dmole-demo"), help="output folder of `dmole demo`")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--preprocessing-rounds", type=int, default=3, help="fresh-workspace rounds of one task's "
-                        "preprocessing and train-task")
+    parser.add_argument(
+        "--preprocessing-rounds",
+        type=int,
+        default=3,
+        help="fresh-workspace rounds of one task's preprocessing and train-task",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/dmole.json"))
     args = parser.parse_args()
     project = Project.open(args.demo / "workspace")
-    results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
-                           "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
-               "quality": quality(project),
-               "training_step": training_step(project, args.repeats),
-               "training_step_no_dropout": training_step(project, args.repeats, dropout=False),
-               "inference": inference_throughput(project, max(3, args.repeats // 2)),
-               "preprocessing": preprocessing_share(args.demo, args.preprocessing_rounds)}
+    results = {
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+        },
+        "quality": quality(project),
+        "training_step": training_step(project, args.repeats),
+        "training_step_no_dropout": training_step(project, args.repeats, dropout=False),
+        "inference": inference_throughput(project, max(3, args.repeats // 2)),
+        "preprocessing": preprocessing_share(args.demo, args.preprocessing_rounds),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

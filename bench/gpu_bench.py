@@ -59,9 +59,23 @@ from dmole.stages.training.loop import LoopSettings, ParamGroup, train
 from step_ratio import step_ratio, sync
 
 SIZES = {
-    "internvl2-2b": (TinySize(lm_layers=24, lm_hidden=2048, lm_heads=16, lm_kv_heads=8, lm_intermediate=8192,
-                              vision_layers=24, vision_hidden=1024, vision_heads=16, vision_intermediate=4096,
-                              image_size=448, patch_size=14, vocab_size=92_553), 448),
+    "internvl2-2b": (
+        TinySize(
+            lm_layers=24,
+            lm_hidden=2048,
+            lm_heads=16,
+            lm_kv_heads=8,
+            lm_intermediate=8192,
+            vision_layers=24,
+            vision_hidden=1024,
+            vision_heads=16,
+            vision_intermediate=4096,
+            image_size=448,
+            patch_size=14,
+            vocab_size=92_553,
+        ),
+        448,
+    ),
     "tiny": (TinySize(), 32),
 }
 # Dense bf16 peak (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name().
@@ -97,23 +111,28 @@ class _StepClock:
 
 
 def _data(root: Path, image_size: int, n_samples: int) -> tuple[TaskSpec, list[TrainSample], list]:
-    registry = write_benchmark(root, sizes=SynthSizes(image_size=image_size, train_per_task=n_samples,
-                                                      test_per_task=n_samples, pretrain_samples=0))
+    registry = write_benchmark(
+        root,
+        sizes=SynthSizes(image_size=image_size, train_per_task=n_samples, test_per_task=n_samples, pretrain_samples=0),
+    )
     task = TaskSpec(**next(entry for entry in registry if entry["name"] == TASK))
     return task, load_train_samples(root, task), load_eval_samples(root, task)
 
 
-def bench_training(adapter, experts: ExpertModel, trainable: list, samples: list[TrainSample], args,
-                   workers: int) -> dict:
+def bench_training(
+    adapter, experts: ExpertModel, trainable: list, samples: list[TrainSample], args, workers: int
+) -> dict:
     """Train ``experts``' expert 1 for warm-up plus timed steps, its inputs built by ``workers`` DataLoader
     workers (0: inline, on the training thread), through the toolkit's training loop."""
     model = experts.model
     n_lora = sum(p.numel() for p in trainable)
     n_frozen = sum(p.numel() for p in model.parameters()) - n_lora
     tokens: list[int] = []
-    pipeline = InputPipeline(lambda indices: adapter.train_inputs(chat_examples([samples[i % len(samples)]
-                                                                                 for i in indices])),
-                             adapter.on_device, workers)
+    pipeline = InputPipeline(
+        lambda indices: adapter.train_inputs(chat_examples([samples[i % len(samples)] for i in indices])),
+        adapter.on_device,
+        workers,
+    )
 
     def loss_fn(prepared, indices, scope, batch):
         tokens.append(int(batch["attention_mask"].sum()))
@@ -126,23 +145,36 @@ def bench_training(adapter, experts: ExpertModel, trainable: list, samples: list
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     model.train()
-    train(model, [ParamGroup("expert", trainable)], loss_fn, steps * args.batch_size, settings, callbacks=[clock],
-          inputs=pipeline)
+    train(
+        model,
+        [ParamGroup("expert", trainable)],
+        loss_fn,
+        steps * args.batch_size,
+        settings,
+        callbacks=[clock],
+        inputs=pipeline,
+    )
     clock.stamp()
-    step_seconds = [b - a for a, b in zip(clock.stamps[args.warmup:], clock.stamps[args.warmup + 1:])]
+    step_seconds = [b - a for a, b in zip(clock.stamps[args.warmup :], clock.stamps[args.warmup + 1 :])]
     median = statistics.median(step_seconds)
-    tokens_per_second = statistics.median(tokens[args.warmup:]) / median
+    tokens_per_second = statistics.median(tokens[args.warmup :]) / median
     flops_per_token = 4 * n_frozen + 6 * n_lora
     peak = _peak_tflops(args.peak_tflops)
     model.eval()
     timed = clock.stamps[-1] - clock.stamps[args.warmup]
-    return {"input_workers": workers, "step_seconds_median": median,
-            "input_wait_share": (clock.waited[-1] - clock.waited[args.warmup]) / timed,
-            "tokens_per_step_median": statistics.median(tokens[args.warmup:]),
-            "tokens_per_second": tokens_per_second, "model_flops_per_token": flops_per_token,
-            "mfu": tokens_per_second * flops_per_token / (peak * 1e12) if peak else None, "peak_tflops": peak,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-            "frozen_parameters": n_frozen, "lora_parameters": n_lora}
+    return {
+        "input_workers": workers,
+        "step_seconds_median": median,
+        "input_wait_share": (clock.waited[-1] - clock.waited[args.warmup]) / timed,
+        "tokens_per_step_median": statistics.median(tokens[args.warmup :]),
+        "tokens_per_second": tokens_per_second,
+        "model_flops_per_token": flops_per_token,
+        "mfu": tokens_per_second * flops_per_token / (peak * 1e12) if peak else None,
+        "peak_tflops": peak,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "frozen_parameters": n_frozen,
+        "lora_parameters": n_lora,
+    }
 
 
 def _throughput(run, n: int) -> float:
@@ -161,8 +193,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
     parser.add_argument("--eval-samples", type=int, default=64)
-    parser.add_argument("--input-workers", type=int, default=GPU_WORKERS,
-                        help="DataLoader workers of the second training run (the first builds inputs inline)")
+    parser.add_argument(
+        "--input-workers",
+        type=int,
+        default=GPU_WORKERS,
+        help="DataLoader workers of the second training run (the first builds inputs inline)",
+    )
     parser.add_argument("--ratio-repeats", type=int, default=5, help="interleaved rounds of the step comparison")
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--json", type=Path, default=None)
@@ -174,7 +210,7 @@ def main() -> None:
         adapter = load_family(model_path)
         device = adapter.model.device
         attention = adapter.model.config._attn_implementation
-        items = [(s.id, s.image, s.question) for s in train_samples][:args.eval_samples]
+        items = [(s.id, s.image, s.question) for s in train_samples][: args.eval_samples]
         embed_rate = _throughput(lambda: compute_embeddings(adapter, items, args.batch_size), len(items))
         # embed runs on the base, before any expert
         experts = ExpertModel(adapter.model, towers(adapter))
@@ -182,23 +218,46 @@ def main() -> None:
         modules = [c.name for c in candidates]
         lora = DMoLEHyper().lora(AllocateOptions().rank)  # D-MoLE's expert LoRA at the default rank
         trainable = experts.add_expert(1, modules, replace(lora, dropout=0.0))
-        inline, ahead = (bench_training(adapter, experts, trainable, train_samples, args, workers)
-                         for workers in (0, args.input_workers))
-        router = lambda indices, inputs: experts.routed([(1,)] * len(indices),  # noqa: E731
-                                                        vision_rows=adapter.vision_row_samples(inputs))
-        samples = eval_samples[:args.eval_samples]
-        eval_rate = _throughput(lambda: predict(adapter, task, samples, batch_size=args.batch_size,
-                                                model=experts.model, around_batch=router), len(samples))
+        inline, ahead = (
+            bench_training(adapter, experts, trainable, train_samples, args, workers)
+            for workers in (0, args.input_workers)
+        )
+        router = lambda indices, inputs: experts.routed(
+            [(1,)] * len(indices),
+            vision_rows=adapter.vision_row_samples(inputs),
+        )
+        samples = eval_samples[: args.eval_samples]
+        eval_rate = _throughput(
+            lambda: predict(
+                adapter, task, samples, batch_size=args.batch_size, model=experts.model, around_batch=router
+            ),
+            len(samples),
+        )
         # the partner on every other layer's attention projections, the new expert on all of them
         partner = [c.name for c in candidates if c.layer % 2 == 0]
-        ratio = step_ratio(lambda: load_family(model_path), partner, modules,
-                           chat_examples(train_samples[:args.batch_size]), lora, args.ratio_repeats)
-    result = {"size": args.size, "device": device_name(device), "torch": torch.__version__,
-              "dtype": str(adapter.model.dtype), "attention": attention, "batch_size": args.batch_size,
-              **ahead, "input_wait_share_inline": inline["input_wait_share"],
-              "step_seconds_median_inline": inline["step_seconds_median"],
-              "embed_samples_per_second": embed_rate, "eval_samples_per_second": eval_rate,
-              "eval_max_new_tokens": task.max_new_tokens, "training_step": ratio}
+        ratio = step_ratio(
+            lambda: load_family(model_path),
+            partner,
+            modules,
+            chat_examples(train_samples[: args.batch_size]),
+            lora,
+            args.ratio_repeats,
+        )
+    result = {
+        "size": args.size,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "dtype": str(adapter.model.dtype),
+        "attention": attention,
+        "batch_size": args.batch_size,
+        **ahead,
+        "input_wait_share_inline": inline["input_wait_share"],
+        "step_seconds_median_inline": inline["step_seconds_median"],
+        "embed_samples_per_second": embed_rate,
+        "eval_samples_per_second": eval_rate,
+        "eval_max_new_tokens": task.max_new_tokens,
+        "training_step": ratio,
+    }
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

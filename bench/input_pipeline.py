@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import torch
-from emit import emit
 
 from dmole.stages.project import Project
 from dmole.stages.train_task import train_run
-from dmole.stages.training.steps import loop_settings, step_loss
 from dmole.stages.training.inputs import InputPipeline
 from dmole.stages.training.loop import ParamGroup, train
+from dmole.stages.training.steps import loop_settings, step_loss
+from emit import emit
 
 
 class _Forgetful(dict):
@@ -47,11 +47,22 @@ def one_run(project: Project, task: str, workers: int, epochs: float, remember: 
     trainer.model.train()
     pipeline = InputPipeline(trainer.inputs, adapter.on_device, workers)
     start = time.perf_counter()
-    result = train(trainer.model, [ParamGroup(method.name, trainer.params)], step_loss(run, trainer, adapter),
-                   len(run.samples), loop_settings(run.options, run.spec), inputs=pipeline)
+    result = train(
+        trainer.model,
+        [ParamGroup(method.name, trainer.params)],
+        step_loss(run, trainer, adapter),
+        len(run.samples),
+        loop_settings(run.options, run.spec),
+        inputs=pipeline,
+    )
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "input_wait": pipeline.waited, "share": pipeline.waited / seconds,
-            "steps": result.steps, "losses": [row["loss"] for row in result.log]}
+    return {
+        "seconds": seconds,
+        "input_wait": pipeline.waited,
+        "share": pipeline.waited / seconds,
+        "steps": result.steps,
+        "losses": [row["loss"] for row in result.log],
+    }
 
 
 def main() -> None:
@@ -62,8 +73,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--unremembered", type=int, nargs="*", default=[],
-                        help="worker counts also run with every conversation rendered again at every epoch")
+    parser.add_argument(
+        "--unremembered",
+        type=int,
+        nargs="*",
+        default=[],
+        help="worker counts also run with every conversation rendered again at every epoch",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.threads:
@@ -76,14 +92,22 @@ def main() -> None:
             runs[name].append(one_run(project, args.task, workers, args.epochs, remember))
     losses = {tuple(r["losses"]) for rs in runs.values() for r in rs}
     results = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
-        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "task": args.task, "epochs": args.epochs, "steps": runs[settings[0][0]][0]["steps"],
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "task": args.task,
+        "epochs": args.epochs,
+        "steps": runs[settings[0][0]][0]["steps"],
         "identical_losses": len(losses) == 1,
-        "workers": {name: {"median_seconds": statistics.median(r["seconds"] for r in rs),
-                           "median_input_wait": statistics.median(r["input_wait"] for r in rs),
-                           "median_wait_share": statistics.median(r["share"] for r in rs)}
-                    for name, rs in runs.items()}}
+        "workers": {
+            name: {
+                "median_seconds": statistics.median(r["seconds"] for r in rs),
+                "median_input_wait": statistics.median(r["input_wait"] for r in rs),
+                "median_wait_share": statistics.median(r["share"] for r in rs),
+            }
+            for name, rs in runs.items()
+        },
+    }
     emit(results, args.json)
 
 

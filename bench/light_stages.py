@@ -19,8 +19,10 @@ from pathlib import Path
 
 HEAVY = ("torch", "transformers", "peft", "matplotlib")
 # Runs the CLI in-process and reports, at exit, which heavy modules it imported.
-PROBE = ("import atexit, sys; atexit.register(lambda: sys.stderr.write('HEAVY ' + ','.join(m for m in {heavy} "
-         "if m in sys.modules) + '\\n')); sys.argv = ['dmole'] + sys.argv[1:]; from dmole.cli.app import main; main()")
+PROBE = (
+    "import atexit, sys; atexit.register(lambda: sys.stderr.write('HEAVY ' + ','.join(m for m in {heavy} "
+    "if m in sys.modules) + '\\n')); sys.argv = ['dmole'] + sys.argv[1:]; from dmole.cli.app import main; main()"
+)
 
 
 def run(args: list[str]) -> tuple[float, list[str]]:
@@ -40,8 +42,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     w = ["-w", str(args.workspace)]
-    task = subprocess.run([sys.executable, "-m", "dmole.cli", "tasks", *w], capture_output=True, text=True,
-                          check=True).stdout.split()[0]
+    task = subprocess.run(
+        [sys.executable, "-m", "dmole.cli", "tasks", *w], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
     commands = {
         "dmole --help": ["--help"],
         "dmole tasks": ["tasks", *w],
@@ -59,8 +62,10 @@ def main() -> None:
         for name, command in commands.items():
             seconds, heavy[name] = run(command)
             times[name].append(seconds)
-    results = {name: {"median_s": statistics.median(values), "runs_s": values, "imports": heavy[name]}
-               for name, values in times.items()}
+    results = {
+        name: {"median_s": statistics.median(values), "runs_s": values, "imports": heavy[name]}
+        for name, values in times.items()
+    }
     for name, r in results.items():
         print(f"{name:<50} {r['median_s']:6.2f} s   heavy imports: {', '.join(r['imports']) or 'none'}")
     if args.json:

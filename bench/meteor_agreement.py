@@ -29,14 +29,17 @@ def measure(predictions: list[str], references: list[list[str]]) -> dict:
     free, free_each = coco_caption_scores(predictions, references, tokenizer="ptb-python", meteor="python")
     diffs = [b - a for a, b in zip(java_each["METEOR"], free_each["METEOR"])]
     mean = {name: sum(scores.values()) / len(scores) * 100 for name, scores in (("java", java), ("java_free", free))}
-    return {"segments": len(diffs),
-            "meteor": {"java": java["METEOR"], "java_free": free["METEOR"],
-                       "difference": free["METEOR"] - java["METEOR"]},
-            "segments_equal": sum(abs(d) < 1e-6 for d in diffs),
-            "segments_lower": sum(d < -1e-6 for d in diffs), "segments_higher": sum(d > 1e-6 for d in diffs),
-            "mean_segment_difference": sum(diffs) / len(diffs), "largest_segment_difference": max(diffs, key=abs),
-            "other_metrics_difference": {m: free[m] - java[m] for m in java if m != "METEOR"},
-            "mcitlib_caption_average": {**mean, "difference": mean["java_free"] - mean["java"]}}
+    return {
+        "segments": len(diffs),
+        "meteor": {"java": java["METEOR"], "java_free": free["METEOR"], "difference": free["METEOR"] - java["METEOR"]},
+        "segments_equal": sum(abs(d) < 1e-6 for d in diffs),
+        "segments_lower": sum(d < -1e-6 for d in diffs),
+        "segments_higher": sum(d > 1e-6 for d in diffs),
+        "mean_segment_difference": sum(diffs) / len(diffs),
+        "largest_segment_difference": max(diffs, key=abs),
+        "other_metrics_difference": {m: free[m] - java[m] for m in java if m != "METEOR"},
+        "mcitlib_caption_average": {**mean, "difference": mean["java_free"] - mean["java"]},
+    }
 
 
 def main() -> None:
@@ -47,8 +50,10 @@ def main() -> None:
     args = parser.parse_args()
     preds, refs = _captions(args.predictions), _captions(args.references)
     shared = sorted(set(preds) & set(refs))
-    report = {"predictions_vs_references": measure([preds[i] for i in shared], [[refs[i]] for i in shared]),
-              "references_vs_predictions": measure([refs[i] for i in shared], [[preds[i]] for i in shared])}
+    report = {
+        "predictions_vs_references": measure([preds[i] for i in shared], [[refs[i]] for i in shared]),
+        "references_vs_predictions": measure([refs[i] for i in shared], [[preds[i]] for i in shared]),
+    }
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

@@ -30,14 +30,20 @@ def measure(predictions: dict[int, str], references: dict[int, str]) -> dict:
     texts = list(predictions.values()) + list(references.values())
     tokens = {name: [t.split() for t in tokenize_captions(texts, name)] for name in ("ptb", *CANDIDATES)}
     preds, refs = [predictions[i] for i in shared], [references[i] for i in shared]
-    cider = {name: {"predictions_vs_references": cider_d(preds, [[r] for r in refs], name)[0],
-                    "references_vs_predictions": cider_d(refs, [[p] for p in preds], name)[0]}
-             for name in ("ptb", *CANDIDATES)}
-    return {"captions": len(texts), "scored_pairs": len(shared),
-            "same_tokens": {name: sum(a == b for a, b in zip(tokens[name], tokens["ptb"])) for name in CANDIDATES},
-            "cider": cider,
-            "cider_minus_ptb": {name: {k: cider[name][k] - cider["ptb"][k] for k in cider["ptb"]}
-                                for name in CANDIDATES}}
+    cider = {
+        name: {
+            "predictions_vs_references": cider_d(preds, [[r] for r in refs], name)[0],
+            "references_vs_predictions": cider_d(refs, [[p] for p in preds], name)[0],
+        }
+        for name in ("ptb", *CANDIDATES)
+    }
+    return {
+        "captions": len(texts),
+        "scored_pairs": len(shared),
+        "same_tokens": {name: sum(a == b for a, b in zip(tokens[name], tokens["ptb"])) for name in CANDIDATES},
+        "cider": cider,
+        "cider_minus_ptb": {name: {k: cider[name][k] - cider["ptb"][k] for k in cider["ptb"]} for name in CANDIDATES},
+    }
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-from emit import emit
 
 from dmole.stages.project import Project
 from dmole.stages.registry import ROUTE_TRAIN
@@ -25,6 +24,7 @@ from dmole.stages.roe.modules import RoEModules
 from dmole.stages.roe.recipe import load_for_training, loop_settings, train_roe
 from dmole.stages.roe.sweep import mean_relative, relative, skip_patterns
 from dmole.stages.route_train import training_subset
+from emit import emit
 
 LOGGED = ("step", "stage", "tau", "loss", "ce", "reg", "soft_skip", "hard_skip")
 
@@ -51,15 +51,26 @@ def main() -> None:
     torch.manual_seed(args.seed)
     attachment = attach(adapter, RoEModules(shape))
     log = train_roe(adapter, attachment.modules, samples, settings, loop_settings(settings, args.seed, 0)).log
-    scores, rows = evaluate_routed(adapter, attachment, sets, settings.eval_batch_size, settings.batch_rule,
-                                   run_id="diagnose")
+    scores, rows = evaluate_routed(
+        adapter, attachment, sets, settings.eval_batch_size, settings.batch_rule, run_id="diagnose"
+    )
     stats = skip_stats(rows, shape.n_layers)
     rel = relative(scores, json.loads(args.dense.read_text())) if args.dense else None
-    emit({"overrides": overrides, "seed": args.seed,
-          "log": [{k: float(row[k]) for k in LOGGED} for row in log[::args.every] + log[-1:]],
-          "skip_rate": stats["skip_rate"], "skip_rate_per_layer": stats["skip_rate_per_layer"],
-          "skip_patterns": skip_patterns(rows), "scores": scores, "relative": rel,
-          "mean_relative": mean_relative(rel) if rel else None, "seconds": time.perf_counter() - start}, args.json)
+    emit(
+        {
+            "overrides": overrides,
+            "seed": args.seed,
+            "log": [{k: float(row[k]) for k in LOGGED} for row in log[:: args.every] + log[-1:]],
+            "skip_rate": stats["skip_rate"],
+            "skip_rate_per_layer": stats["skip_rate_per_layer"],
+            "skip_patterns": skip_patterns(rows),
+            "scores": scores,
+            "relative": rel,
+            "mean_relative": mean_relative(rel) if rel else None,
+            "seconds": time.perf_counter() - start,
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

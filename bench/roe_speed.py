@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from emit import emit
 from PIL import Image
 
 from dmole.stages.models.registry import load_family
@@ -33,6 +32,7 @@ from dmole.stages.roe.cost import theoretical_saving
 from dmole.stages.roe.modules import RoEModules
 from dmole.stages.roe.plan import RoutingPlan
 from dmole.stages.roe.speed import timed_generate
+from emit import emit
 
 
 def main() -> None:
@@ -52,8 +52,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    size = TinySize(lm_layers=args.layers, lm_hidden=args.hidden, lm_heads=args.heads, lm_kv_heads=args.kv_heads,
-                    lm_intermediate=args.intermediate)
+    size = TinySize(
+        lm_layers=args.layers,
+        lm_hidden=args.hidden,
+        lm_heads=args.heads,
+        lm_kv_heads=args.kv_heads,
+        lm_intermediate=args.intermediate,
+    )
     with tempfile.TemporaryDirectory() as folder:
         model = build_tiny("llava", Path(folder) / "model", size=size, byte_tokenizer=True)
         adapter = load_family(model, device=device)
@@ -62,8 +67,9 @@ def main() -> None:
     routable = attachment.modules.shape.routable
     n_skip = round(args.skip_ratio * len(routable))
     skipped = [routable[int((i + 0.5) * len(routable) / n_skip)] for i in range(n_skip)]
-    inputs = adapter.generation_batch([Image.new("RGB", (32, 32), "teal")],
-                                      ["Describe the shape in the picture, its colour and where it is."])
+    inputs = adapter.generation_batch(
+        [Image.new("RGB", (32, 32), "teal")], ["Describe the shape in the picture, its colour and where it is."]
+    )
     plans = {
         "dense": lambda: None,
         "forced_execute": lambda: RoutingPlan.force_all(False, routable, 1),
@@ -86,11 +92,18 @@ def main() -> None:
     predicted_saving = cost["decoder_saving"] * t_dec
     measured_saving = median["dense"] - median["routed"]
     results = {
-        "device": str(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, "
-                                                             f"{args.threads} thread(s))",
-        "torch": torch.__version__, "model": vars(args) | {"json": None}, "routed_layers": list(routable),
-        "skipped_layers": skipped, "skip_rate": len(skipped) / len(routable), "skip_rate_all_layers": skip_all,
-        "seconds": median, "decoder_seconds": decoder, **cost,
+        "device": str(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {args.threads} thread(s))",
+        "torch": torch.__version__,
+        "model": vars(args) | {"json": None},
+        "routed_layers": list(routable),
+        "skipped_layers": skipped,
+        "skip_rate": len(skipped) / len(routable),
+        "skip_rate_all_layers": skip_all,
+        "seconds": median,
+        "decoder_seconds": decoder,
+        **cost,
         "predicted_seconds": median["dense"] - predicted_saving,
         "speedup_measured": median["dense"] / median["routed"],
         "speedup_theoretical": median["dense"] / (median["dense"] - predicted_saving),

@@ -17,12 +17,12 @@ import platform
 from pathlib import Path
 
 import torch
-from emit import emit
 
 from dmole.stages.project import Project
 from dmole.stages.roe.evaluation import TrainedRoE
 from dmole.stages.roe.plan import RoutingPlan
 from dmole.stages.roe.speed import batch1_speed, workspace_prompts
+from emit import emit
 
 
 def main() -> None:
@@ -41,15 +41,28 @@ def main() -> None:
     adapter, attachment, continual = trained.routed_model(project)
     routable = attachment.modules.shape.routable
     prompts = workspace_prompts(project, adapter, continual, args.per_task)
-    speed = batch1_speed(adapter, prompts, routable, new_tokens=args.new_tokens, repeats=args.repeats,
-                         new_plan=lambda _prompt: RoutingPlan(batch_rule=trained.config["batch_rule"]))
+    speed = batch1_speed(
+        adapter,
+        prompts,
+        routable,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        new_plan=lambda _prompt: RoutingPlan(batch_rule=trained.config["batch_rule"]),
+    )
     results = {
         "device": f"cpu ({platform.processor() or platform.machine()}, {args.threads} thread(s))"
-                  if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-        "torch": torch.__version__, "workspace": str(args.workspace), "route_train": str(trained.version),
-        "from": trained.config.get("from", "base"), "router_input": trained.config["variant"],
-        "prompts": len(prompts), "new_tokens": args.new_tokens, "repeats": args.repeats,
-        "skip_rate": speed.skip_rate, "seconds": {"dense": speed.dense_seconds, "routed": speed.routed_seconds},
+        if not torch.cuda.is_available()
+        else torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "workspace": str(args.workspace),
+        "route_train": str(trained.version),
+        "from": trained.config.get("from", "base"),
+        "router_input": trained.config["variant"],
+        "prompts": len(prompts),
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "skip_rate": speed.skip_rate,
+        "seconds": {"dense": speed.dense_seconds, "routed": speed.routed_seconds},
         "speedup_measured": speed.speedup,
     }
     emit(results, args.json)

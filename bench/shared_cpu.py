@@ -26,12 +26,13 @@ SETTINGS = {
     "OMP_WAIT_POLICY=PASSIVE": {"DMOLE_THREADS": CORES, "OMP_WAIT_POLICY": "PASSIVE"},
     "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
 }
-ONE_RUN = ("import sys; sys.path[:0] = [{bench!r}]; from pathlib import Path; "
-           "from input_pipeline import one_run; from dmole.stages.project import Project; "
-           "p = Project.open(Path({workspace!r})); one_run(p, {task!r}, 0, 0.05); "
-           "print(one_run(p, {task!r}, 0, {epochs})['seconds'])")
-COMPETITOR = ("import torch; torch.set_num_threads(2); a = torch.randn(384, 384)\n"
-              "while True: a = (a @ a).tanh()")
+ONE_RUN = (
+    "import sys; sys.path[:0] = [{bench!r}]; from pathlib import Path; "
+    "from input_pipeline import one_run; from dmole.stages.project import Project; "
+    "p = Project.open(Path({workspace!r})); one_run(p, {task!r}, 0, 0.05); "
+    "print(one_run(p, {task!r}, 0, {epochs})['seconds'])"
+)
+COMPETITOR = "import torch; torch.set_num_threads(2); a = torch.randn(384, 384)\nwhile True: a = (a @ a).tanh()"
 
 
 def timed(code: str, env: dict) -> float:
@@ -51,8 +52,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     bench = str(Path(__file__).resolve().parent)
-    code = ONE_RUN.format(bench=bench, workspace=str(args.workspace.resolve()),
-                          task=args.task, epochs=args.epochs)
+    code = ONE_RUN.format(bench=bench, workspace=str(args.workspace.resolve()), task=args.task, epochs=args.epochs)
     results = {}
     for load in ("alone", "with a competing 2-thread torch job"):
         competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR]) if load != "alone" else None
@@ -66,8 +66,9 @@ def main() -> None:
             if competitor:
                 competitor.kill()
         results[load] = {name: {"median_s": statistics.median(v), "runs_s": v} for name, v in runs.items()}
-    emit({"cores": len(os.sched_getaffinity(0)), "task": args.task, "epochs": args.epochs, "results": results},
-         args.json)
+    emit(
+        {"cores": len(os.sched_getaffinity(0)), "task": args.task, "epochs": args.epochs, "results": results}, args.json
+    )
 
 
 if __name__ == "__main__":

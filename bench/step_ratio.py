@@ -25,12 +25,21 @@ def sync() -> None:
 
 
 def median_ratio(a: list[float], b: list[float]) -> dict:
-    return {"median_a_s": statistics.median(a), "median_b_s": statistics.median(b),
-            "ratio": statistics.median(a) / statistics.median(b)}
+    return {
+        "median_a_s": statistics.median(a),
+        "median_b_s": statistics.median(b),
+        "ratio": statistics.median(a) / statistics.median(b),
+    }
 
 
-def step_ratio(load: Callable[[], object], partner_modules: Sequence[str], own_modules: Sequence[str],
-               examples: list, lora: LoraSettings, repeats: int) -> dict:
+def step_ratio(
+    load: Callable[[], object],
+    partner_modules: Sequence[str],
+    own_modules: Sequence[str],
+    examples: list,
+    lora: LoraSettings,
+    repeats: int,
+) -> dict:
     """``load()`` gives a fresh family adapter (called twice: one model for D-MoLE, one for plain PEFT); every
     step trains on the one batch of ``examples`` (chat examples)."""
     from peft import get_peft_model
@@ -71,7 +80,14 @@ def step_ratio(load: Callable[[], object], partner_modules: Sequence[str], own_m
                 times[which].append(time.perf_counter() - start)
     result = median_ratio(times[0], times[1])
     own = statistics.median(times[2])
-    return {"batch": rows, "lora_dropout": lora.dropout,
-            "trainable_parameters": sum(p.numel() for p in plain_params), **result,
-            "a": "dmole step", "b": "plain PEFT LoRA step", "median_own_expert_s": own,
-            "machinery_ratio": own / result["median_b_s"], "partner_ratio": result["median_a_s"] / own}
+    return {
+        "batch": rows,
+        "lora_dropout": lora.dropout,
+        "trainable_parameters": sum(p.numel() for p in plain_params),
+        **result,
+        "a": "dmole step",
+        "b": "plain PEFT LoRA step",
+        "median_own_expert_s": own,
+        "machinery_ratio": own / result["median_b_s"],
+        "partner_ratio": result["median_a_s"] / own,
+    }

@@ -14,10 +14,15 @@ from . import convert_cmd, data_cmds, inspect_cmds, method_cmds, roe_cmds, stage
 from .common import OneLineErrors
 
 app = typer.Typer(
-    name="dmole", cls=OneLineErrors, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+    name="dmole",
+    cls=OneLineErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
     help="Continual multimodal instruction tuning (D-MoLE) and learned layer skipping (RoE), as resumable "
-         "stages over versioned artifacts.\n\nStart with [bold]dmole demo[/], or [bold]dmole synth[/] / "
-         "[bold]dmole init[/] and then loop over [bold]dmole tasks[/].")
+    "stages over versioned artifacts.\n\nStart with [bold]dmole demo[/], or [bold]dmole synth[/] / "
+    "[bold]dmole init[/] and then loop over [bold]dmole tasks[/].",
+)
 
 workspace_cmds.register(app)
 stage_cmds.register(app)

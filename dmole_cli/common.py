@@ -20,6 +20,7 @@ try:  # typer >= 0.22 carries its own copy of click
 except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
+
 def launched_worker() -> bool:
     """True in every process but the first when a launcher (accelerate launch, torchrun) started several."""
     return int(os.environ.get("RANK", "0")) > 0
@@ -29,9 +30,16 @@ def launched_worker() -> bool:
 console = Console(highlight=False, quiet=launched_worker())
 err_console = Console(stderr=True, highlight=False)
 
-WorkspaceOption = Annotated[Path, typer.Option(
-    "--workspace", "-w", envvar="DMOLE_WORKSPACE", show_default="current folder",
-    help="Workspace folder (holds workspace.json and the artifacts).")]
+WorkspaceOption = Annotated[
+    Path,
+    typer.Option(
+        "--workspace",
+        "-w",
+        envvar="DMOLE_WORKSPACE",
+        show_default="current folder",
+        help="Workspace folder (holds workspace.json and the artifacts).",
+    ),
+]
 ForceOption = Annotated[bool, typer.Option("--force", help="Recompute even if the latest version is up to date.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; only the summary line.")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,17 +12,34 @@ from .common import console, handles_user_errors
 
 @handles_user_errors
 def convert(
-    src: Annotated[Path, typer.Argument(
-        help="Remote-code checkpoint folder (config.json with model_type internvl_chat, safetensors, tokenizer), "
-             "e.g. a download of OpenGVLab/InternVL2-2B, or an original-layout LLaVA-1.5 folder "
-             "(liuhaotian/llava-v1.5-7b).", metavar="SRC", show_default=False)],
-    out: Annotated[Path, typer.Argument(
-        help="Folder to write the native InternVL checkpoint to (created; must be empty unless --force).",
-        metavar="OUT", show_default=False)],
-    max_tiles: Annotated[Optional[int], typer.Option(
-        "--max-tiles", min=1, show_default="the checkpoint's max_dynamic_patch",
-        help="Most image tiles per image in the written processor (a thumbnail is added when there are several). "
-             "Fewer tiles mean fewer image tokens: each tile costs image_seq_length tokens (256 at 448 px).")] = None,
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="Remote-code checkpoint folder (config.json with model_type internvl_chat, safetensors, tokenizer), "
+            "e.g. a download of OpenGVLab/InternVL2-2B, or an original-layout LLaVA-1.5 folder "
+            "(liuhaotian/llava-v1.5-7b).",
+            metavar="SRC",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder to write the native InternVL checkpoint to (created; must be empty unless --force).",
+            metavar="OUT",
+            show_default=False,
+        ),
+    ],
+    max_tiles: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tiles",
+            min=1,
+            show_default="the checkpoint's max_dynamic_patch",
+            help="Most image tiles per image in the written processor (a thumbnail is added when there are several). "
+            "Fewer tiles mean fewer image tokens: each tile costs image_seq_length tokens (256 at 448 px).",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it already holds files.")] = False,
 ) -> None:
     """Convert an InternVL2 / InternVL2.5 checkpoint in the remote-code layout ([bold]InternVLChatModel[/], as
@@ -48,15 +65,21 @@ def convert(
 
     written = convert_checkpoint(src, out, max_tiles=max_tiles, force=force)
     config = json.loads((written / "config.json").read_text(encoding="utf-8"))
-    processor = json.loads((written / "processor_config.json").read_text(encoding="utf-8")) \
-        if (written / "processor_config.json").is_file() else {}
+    processor = (
+        json.loads((written / "processor_config.json").read_text(encoding="utf-8"))
+        if (written / "processor_config.json").is_file()
+        else {}
+    )
     image = processor.get("image_processor", {})
     tiles = image.get("max_patches", 1) if image.get("crop_to_patches") else 1
     text, vision = config["text_config"], config["vision_config"]
-    console.print(f"convert: wrote {written} ({text['model_type']} LM {text['num_hidden_layers']} layers, "
-                  f"{vision['model_type']} {vision['num_hidden_layers']} layers; {config['image_seq_length']} image "
-                  f"tokens per "
-                  f"tile, up to {tiles} tile{'s' if tiles != 1 else ''})", soft_wrap=True)
+    console.print(
+        f"convert: wrote {written} ({text['model_type']} LM {text['num_hidden_layers']} layers, "
+        f"{vision['model_type']} {vision['num_hidden_layers']} layers; {config['image_seq_length']} image "
+        f"tokens per "
+        f"tile, up to {tiles} tile{'s' if tiles != 1 else ''})",
+        soft_wrap=True,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -14,7 +14,6 @@ from dmole.stages.registry import ROUTE_TRAIN, STAGES
 from .common import JsonOption, WorkspaceOption, console, handles_user_errors, open_project
 
 STATUS_STYLE = {"ok": "green", "stale": "yellow", "tampered": "bold red"}
-
 
 
 def _size(n: int) -> str:
@@ -39,8 +38,14 @@ def ls(json_output: JsonOption = False, workspace: WorkspaceOption = None) -> No
         table.add_column(column, justify="right" if column in ("version", "size") else "left")
     for row in rows:
         style = STATUS_STYLE.get(row["status"], "")
-        table.add_row(row["stage"], row["task"], f"v{row['version']}", row["created"], _size(row["bytes"]),
-                      f"[{style}]{row['status']}[/]")
+        table.add_row(
+            row["stage"],
+            row["task"],
+            f"v{row['version']}",
+            row["created"],
+            _size(row["bytes"]),
+            f"[{style}]{row['status']}[/]",
+        )
     console.print(table if rows else "no artifacts yet")
     _render_tampered(rows)
 
@@ -49,17 +54,21 @@ def _render_tampered(rows: list[dict]) -> None:
     """What is wrong with each tampered version whose manifest no stage can read, one line each."""
     for row in rows:
         if row.get("problem"):
-            console.print(f"[bold red]tampered:[/] {row['stage']}/{row['task']} v{row['version']}: "
-                          f"{escape(row['problem'])}", soft_wrap=True)
+            console.print(
+                f"[bold red]tampered:[/] {row['stage']}/{row['task']} v{row['version']}: {escape(row['problem'])}",
+                soft_wrap=True,
+            )
 
 
 def _render_artifact(info: dict) -> None:
     status = info["status"] + (f" ({'; '.join(info['stale_because'])})" if info["stale_because"] else "")
     console.rule(f"{info['stage']} / {info['task']} v{info['version']}")
-    console.print(f"path: {info['path']}\ncreated: {info['created']}   status: {status}\n"
-                  f"config hash: {info['config_hash'][:16]}…   inputs: "
-                  + (", ".join(f"{i['stage']}/{i['task']} v{i['version']}" for i in info["inputs"]) or "none"),
-                  soft_wrap=True)
+    console.print(
+        f"path: {info['path']}\ncreated: {info['created']}   status: {status}\n"
+        f"config hash: {info['config_hash'][:16]}…   inputs: "
+        + (", ".join(f"{i['stage']}/{i['task']} v{i['version']}" for i in info["inputs"]) or "none"),
+        soft_wrap=True,
+    )
     if info["summary"]:
         summary = Table("summary", "value", show_header=False)
         for key, value in info["summary"].items():
@@ -81,8 +90,12 @@ def _render_confusion(confusion: dict[str, dict[str, int]], scale: float) -> Non
     if not confusion:
         return
     columns = list(next(iter(confusion.values())))
-    table = Table("true task \\ routed", *columns, "own %",
-                  title=f"routing confusion (held-out test samples, threshold scale {scale:g})")
+    table = Table(
+        "true task \\ routed",
+        *columns,
+        "own %",
+        title=f"routing confusion (held-out test samples, threshold scale {scale:g})",
+    )
     for true_task, row in confusion.items():
         total = sum(row.values())
         own = 100 * row.get(true_task, 0) / total if total else 0.0
@@ -114,10 +127,14 @@ def _render_allocation(allocation: dict) -> None:
 
 @handles_user_errors
 def show(
-    stage: Annotated[str, typer.Argument(help=f"Stage name: {', '.join(STAGES)}; another method's as METHOD.STAGE "
-                                              "(seq-lora.train-task).")],
-    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task (default: every task).")] = None,
-    version: Annotated[Optional[int], typer.Option(help="Version number (default: the latest).")] = None,
+    stage: Annotated[
+        str,
+        typer.Argument(
+            help=f"Stage name: {', '.join(STAGES)}; another method's as METHOD.STAGE (seq-lora.train-task)."
+        ),
+    ],
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Task (default: every task).")] = None,
+    version: Annotated[int | None, typer.Option(help="Version number (default: the latest).")] = None,
     json_output: JsonOption = False,
     workspace: WorkspaceOption = None,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -13,8 +13,7 @@ from .common import JsonOption, console, handles_user_errors
 
 @handles_user_errors
 def methods(
-    show: Annotated[Optional[str], typer.Option(help="One method: its hyperparameters, defaults and sources.")]
-    = None,
+    show: Annotated[str | None, typer.Option(help="One method: its hyperparameters, defaults and sources.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """The continual methods train-task, eval and demo take (--method), in the order of the paper's Table 2.
@@ -34,13 +33,23 @@ def methods(
         console.print(table)
         return
     method = get_method(show)
-    fields = [{"name": name, "type": str(field.annotation).removeprefix("<class '").removesuffix("'>"),
-               "default": field.default, "description": field.description or ""}
-              for name, field in method.Hyper.model_fields.items()]
+    fields = [
+        {
+            "name": name,
+            "type": str(field.annotation).removeprefix("<class '").removesuffix("'>"),
+            "default": field.default,
+            "description": field.description or "",
+        }
+        for name, field in method.Hyper.model_fields.items()
+    ]
     grid = {"parameter": method.sweep_grid[0], "values": list(method.sweep_grid[1])} if method.sweep_grid else None
     if json_output:
-        print(json.dumps({"name": method.name, "summary": method.summary, "hyperparameters": fields,
-                          "sweep_grid": grid}, indent=2))
+        print(
+            json.dumps(
+                {"name": method.name, "summary": method.summary, "hyperparameters": fields, "sweep_grid": grid},
+                indent=2,
+            )
+        )
         return
     console.print(f"{method.name}: {method.summary}")
     if grid:

@@ -15,7 +15,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
 from pydantic.fields import FieldInfo
@@ -55,17 +55,19 @@ def _flag(name: str, field: FieldInfo, flags: dict[str, str]) -> tuple[Any, Call
     flag = _flag_name(name, flags)
     if kind is bool:
         declared = f"{flag}/--no-{flag.removeprefix('--')}"
-        return Annotated[Optional[bool], typer.Option(declared, help=help_text)], lambda v: v
+        return Annotated[bool | None, typer.Option(declared, help=help_text)], lambda v: v
     if get_origin(kind) is Literal:  # typer offers choices through an Enum
         values = choices(name, tuple(str(c) for c in get_args(kind)))
-        return Annotated[Optional[values], typer.Option(flag, help=help_text)], lambda v: None if v is None else v.value
+        return Annotated[values | None, typer.Option(flag, help=help_text)], lambda v: None if v is None else v.value
     if get_origin(kind) is dict:
         singular = flags.get(name, "--" + name.removesuffix("s").replace("_", "-"))
-        return (Annotated[Optional[list[str]], typer.Option(singular, metavar="KEY=VALUE", help=help_text)],
-                lambda v: parse_pairs(v) if v else None)
+        return (
+            Annotated[list[str] | None, typer.Option(singular, metavar="KEY=VALUE", help=help_text)],
+            lambda v: parse_pairs(v) if v else None,
+        )
     if get_origin(kind) is list:
-        return Annotated[Optional[list[get_args(kind)[0]]], typer.Option(flag, help=help_text)], lambda v: v or None
-    return Annotated[Optional[kind], typer.Option(flag, help=help_text)], lambda v: v
+        return Annotated[list[get_args(kind)[0]] | None, typer.Option(flag, help=help_text)], lambda v: v or None
+    return Annotated[kind | None, typer.Option(flag, help=help_text)], lambda v: v
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
@@ -108,8 +110,9 @@ def stage_flags(*stages: Stage) -> Callable:
         generated = []
         for name, field in fields.items():
             annotation, converters[name] = _flag(name, field, flags)
-            generated.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                               annotation=annotation))
+            generated.append(
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+            )
             annotations[name] = annotation
         ordered = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
         ordered = ordered[:first_keyword] + generated + ordered[first_keyword:]

@@ -14,8 +14,8 @@ def print_method_table(version) -> None:
     matrix R."""
     from dmole.artifacts.io import read_json
     from dmole.stages.figures.markdown import fmt
-    from dmole.stages.registry import REPORT
     from dmole.stages.figures.matrix import METRICS, stage_labels, table2_rows
+    from dmole.stages.registry import REPORT
 
     result = read_json(version.file(REPORT.files.metrics))
     header, rows = table2_rows(result, read_json(version.file(REPORT.files.costs)))

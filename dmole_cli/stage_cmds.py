@@ -4,14 +4,31 @@ flag is generated from the stage's options model (`options_cli.stage_flags`)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from dmole.stages.registry import ALLOCATE, EMBED, EVAL, FIT_ROUTER, ROE_EVAL, SWEEP, THRESHOLD_SWEEP, TRAIN_TASK, ZC_SCORE
+from dmole.stages.registry import (
+    ALLOCATE,
+    EMBED,
+    EVAL,
+    FIT_ROUTER,
+    ROE_EVAL,
+    SWEEP,
+    THRESHOLD_SWEEP,
+    TRAIN_TASK,
+    ZC_SCORE,
+)
 
-from .common import (ForceOption, JsonOption, QuietOption, WorkspaceOption, handles_user_errors, open_project,
-                     print_result)
+from .common import (
+    ForceOption,
+    JsonOption,
+    QuietOption,
+    WorkspaceOption,
+    handles_user_errors,
+    open_project,
+    print_result,
+)
 from .options_cli import options_of, stage_flags
 from .progress import rich_progress
 
@@ -20,8 +37,14 @@ TaskOption = Annotated[str, typer.Option("--task", "-t", help="Task name (see `d
 
 @handles_user_errors
 @stage_flags(EMBED)
-def embed(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
-          json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
+def embed(
+    task: TaskOption,
+    options: dict,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
     from dmole.stages.embed import embed as run
 
     progress = rich_progress(quiet or json_output)
@@ -30,8 +53,14 @@ def embed(task: TaskOption, options: dict, force: ForceOption = False, quiet: Qu
 
 @handles_user_errors
 @stage_flags(FIT_ROUTER)
-def fit_router(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
-               json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
+def fit_router(
+    task: TaskOption,
+    options: dict,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
     from dmole.stages.fit_router import fit_router as run
 
     progress = rich_progress(quiet or json_output)
@@ -40,8 +69,14 @@ def fit_router(task: TaskOption, options: dict, force: ForceOption = False, quie
 
 @handles_user_errors
 @stage_flags(ZC_SCORE)
-def zc_score(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
-             json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
+def zc_score(
+    task: TaskOption,
+    options: dict,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
     from dmole.stages.zc_score import zc_score as run
 
     progress = rich_progress(quiet or json_output)
@@ -50,8 +85,14 @@ def zc_score(task: TaskOption, options: dict, force: ForceOption = False, quiet:
 
 @handles_user_errors
 @stage_flags(ALLOCATE)
-def allocate(task: TaskOption, options: dict, force: ForceOption = False, quiet: QuietOption = False,
-             json_output: JsonOption = False, workspace: WorkspaceOption = None) -> None:
+def allocate(
+    task: TaskOption,
+    options: dict,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
     from dmole.stages.allocate import allocate as run
 
     del quiet  # allocate shows no progress; it takes -q as every stage does
@@ -63,8 +104,10 @@ def allocate(task: TaskOption, options: dict, force: ForceOption = False, quiet:
 def train_task(
     task: TaskOption,
     options: dict,
-    log_to: Annotated[Optional[str], typer.Option(
-        "--log-to", help="Also stream the per-step log to tensorboard or wandb (optional packages).")] = None,
+    log_to: Annotated[
+        str | None,
+        typer.Option("--log-to", help="Also stream the per-step log to tensorboard or wandb (optional packages)."),
+    ] = None,
     force: ForceOption = False,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
@@ -73,18 +116,19 @@ def train_task(
     from dmole.stages.train_task import train_task as run
 
     progress = rich_progress(quiet or json_output)
-    print_result(run(open_project(workspace), task, options, force=force, progress=progress,
-                     log_to=[log_to] if log_to else []), json_output)
+    print_result(
+        run(open_project(workspace), task, options, force=force, progress=progress, log_to=[log_to] if log_to else []),
+        json_output,
+    )
 
 
 @handles_user_errors
 @stage_flags(EVAL, ROE_EVAL)
 def eval_(
     options: dict,
-    after: Annotated[Optional[str], typer.Option(help="Evaluate the model as it stands after this task.")] = None,
+    after: Annotated[str | None, typer.Option(help="Evaluate the model as it stands after this task.")] = None,
     zero_shot: Annotated[bool, typer.Option("--zero-shot", help="Evaluate the base model (row 0).")] = False,
-    threshold_scales: Annotated[Optional[str], typer.Option(THRESHOLD_SWEEP.switch, help=THRESHOLD_SWEEP.help)]
-    = None,
+    threshold_scales: Annotated[str | None, typer.Option(THRESHOLD_SWEEP.switch, help=THRESHOLD_SWEEP.help)] = None,
     roe: Annotated[bool, typer.Option(ROE_EVAL.switch, help=ROE_EVAL.help)] = False,
     force: ForceOption = False,
     quiet: QuietOption = False,
@@ -92,7 +136,8 @@ def eval_(
     workspace: WorkspaceOption = None,
 ) -> None:
     from dmole.stages.errors import UserError
-    from dmole.stages.evaluate import ZERO_SHOT, evaluate as run
+    from dmole.stages.evaluate import ZERO_SHOT
+    from dmole.stages.evaluate import evaluate as run
 
     options = options_of(ROE_EVAL if roe else EVAL, options)
     if roe:
@@ -120,8 +165,13 @@ def eval_(
 
 @handles_user_errors
 @stage_flags(SWEEP)
-def sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False, json_output: JsonOption = False,
-          workspace: WorkspaceOption = None) -> None:
+def sweep(
+    options: dict,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
     from dmole.stages.sweep import sweep as run
 
     progress = rich_progress(quiet or json_output)
@@ -129,6 +179,13 @@ def sweep(options: dict, force: ForceOption = False, quiet: QuietOption = False,
 
 
 def register(app: typer.Typer) -> None:
-    for stage, command in ((EMBED, embed), (FIT_ROUTER, fit_router), (ZC_SCORE, zc_score), (ALLOCATE, allocate),
-                           (TRAIN_TASK, train_task), (EVAL, eval_), (SWEEP, sweep)):
+    for stage, command in (
+        (EMBED, embed),
+        (FIT_ROUTER, fit_router),
+        (ZC_SCORE, zc_score),
+        (ALLOCATE, allocate),
+        (TRAIN_TASK, train_task),
+        (EVAL, eval_),
+        (SWEEP, sweep),
+    ):
         app.command(stage.command_line[0], help=stage.help)(command)

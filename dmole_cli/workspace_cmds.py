@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional, get_args
+from typing import Annotated, get_args
 
 import typer
 
@@ -13,9 +13,17 @@ from dmole.stages.data.benchmarks import benchmark_list
 from dmole.stages.models.catalog import family_list
 from dmole.stages.registry import REPORT
 
-from .common import (FamilyOption, JsonOption, QuietOption, WorkspaceOption, console, default_workspace, handles_user_errors,
-                     open_project,
-                     print_summary)
+from .common import (
+    FamilyOption,
+    JsonOption,
+    QuietOption,
+    WorkspaceOption,
+    console,
+    default_workspace,
+    handles_user_errors,
+    open_project,
+    print_summary,
+)
 from .options_cli import choices
 
 SEED_MAX = SEED_LIMIT - 1  # the synthetic benchmark's seed, in the range of every stage's (dmole.stages.config.Seed)
@@ -30,32 +38,61 @@ def workspace_default(name: str):
 
 @handles_user_errors
 def init(
-    model: Annotated[Path, typer.Option(help="Local Hugging Face model folder (model and processor, as "
-                                             f"save_pretrained writes it) of a supported family: {family_list()}.")],
-    data: Annotated[Path, typer.Option(help="Data root in the D-MoLE layout, with a tasks.json registry; with "
-                                            "--benchmark, the folder that holds the official archive's data/.")],
-    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task sequence (default: the registry's "
-                                                      "or the benchmark's, in order).")] = None,
-    registry: Annotated[Optional[Path], typer.Option(help="Task registry file (default: DATA/tasks.json). Not "
-                                                          "with --benchmark.")] = None,
-    benchmark: Annotated[Optional[str], typer.Option(
-        help=f"Use a built-in benchmark preset instead of a registry file ({benchmark_list()}). Its tasks, files, "
-             "prompts, generation limits, epochs, global batch sizes and repeats are the official ones; "
-             "see docs/data.md.")] = None,
-    method: Annotated[str, typer.Option(help="Default method of the stages (`dmole methods` lists them).")]
-    = workspace_default("method"),
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="Local Hugging Face model folder (model and processor, as "
+            f"save_pretrained writes it) of a supported family: {family_list()}."
+        ),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Data root in the D-MoLE layout, with a tasks.json registry; with "
+            "--benchmark, the folder that holds the official archive's data/."
+        ),
+    ],
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated task sequence (default: the registry's or the benchmark's, in order)."),
+    ] = None,
+    registry: Annotated[
+        Path | None, typer.Option(help="Task registry file (default: DATA/tasks.json). Not with --benchmark.")
+    ] = None,
+    benchmark: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Use a built-in benchmark preset instead of a registry file ({benchmark_list()}). Its tasks, files, "
+            "prompts, generation limits, epochs, global batch sizes and repeats are the official ones; "
+            "see docs/data.md."
+        ),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="Default method of the stages (`dmole methods` lists them).")
+    ] = workspace_default("method"),
     seed: Annotated[int, typer.Option(help="Seed recorded for every stage.")] = workspace_default("seed"),
-    max_tiles: Annotated[Optional[int], typer.Option(
-        min=1, help="Cap on the image tiles per image (InternVL dynamic tiles, LLaVA-NeXT/OneVision grid, "
-                    "SmolVLM splits, Qwen pixels in whole-image views) [default: the processor's own].")] = None,
-    image_aspect_ratio: Annotated[AspectRatios, typer.Option(
-        help="processor (the image processor's own resizing) or pad (each image centred on a square of the "
-             "processor's mean colour first, as LLaVA-1.5 and RoE's --image_aspect_ratio pad).")]
-    = AspectRatios(workspace_default("image_aspect_ratio")),
-    profile: Annotated[Profiles, typer.Option(
-        help="dmole (its own defaults) or reference (every deliberate difference from the official D-MoLE code "
-             "switched back: batch-vote routing, length grouping, the reference's router fit set).")]
-    = Profiles(workspace_default("profile")),
+    max_tiles: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Cap on the image tiles per image (InternVL dynamic tiles, LLaVA-NeXT/OneVision grid, "
+            "SmolVLM splits, Qwen pixels in whole-image views) [default: the processor's own].",
+        ),
+    ] = None,
+    image_aspect_ratio: Annotated[
+        AspectRatios,
+        typer.Option(
+            help="processor (the image processor's own resizing) or pad (each image centred on a square of the "
+            "processor's mean colour first, as LLaVA-1.5 and RoE's --image_aspect_ratio pad)."
+        ),
+    ] = AspectRatios(workspace_default("image_aspect_ratio")),
+    profile: Annotated[
+        Profiles,
+        typer.Option(
+            help="dmole (its own defaults) or reference (every deliberate difference from the official D-MoLE code "
+            "switched back: batch-vote routing, length grouping, the reference's router fit set)."
+        ),
+    ] = Profiles(workspace_default("profile")),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing workspace.json.")] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -71,12 +108,23 @@ def init(
 
     root = default_workspace(workspace)
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
-    config = create_workspace(root, model=model, data=data, tasks=names, registry=registry, benchmark=benchmark,
-                              method=method, seed=seed, max_tiles=max_tiles,
-                              image_aspect_ratio=image_aspect_ratio.value, profile=profile.value,
-                              overwrite=overwrite)
-    console.print(f"init: wrote {root / 'workspace.json'} with {len(config.tasks)} tasks: "
-                  f"{', '.join(config.task_names)}")
+    config = create_workspace(
+        root,
+        model=model,
+        data=data,
+        tasks=names,
+        registry=registry,
+        benchmark=benchmark,
+        method=method,
+        seed=seed,
+        max_tiles=max_tiles,
+        image_aspect_ratio=image_aspect_ratio.value,
+        profile=profile.value,
+        overwrite=overwrite,
+    )
+    console.print(
+        f"init: wrote {root / 'workspace.json'} with {len(config.tasks)} tasks: {', '.join(config.task_names)}"
+    )
 
 
 @handles_user_errors
@@ -88,17 +136,24 @@ def tasks(workspace: WorkspaceOption = None) -> None:
 
 @handles_user_errors
 def synth(
-    out: Annotated[Path, typer.Option(help="Folder for the benchmark, the tiny base model and the workspace.")]
-    = Path("dmole-synth"),
+    out: Annotated[Path, typer.Option(help="Folder for the benchmark, the tiny base model and the workspace.")] = Path(
+        "dmole-synth"
+    ),
     family: FamilyOption = "llava",
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the data and of the base model.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Regenerate even if the folder already holds a benchmark.")]
-    = False,
-    lm_layers: Annotated[Optional[int], typer.Option(
-        min=2, help="Language-model layers of the base (default 8; e.g. 24 for a RoE testbed as deep as real "
-                    "models).")] = None,
-    lm_hidden: Annotated[Optional[int], typer.Option(
-        min=16, help="Language-model width D of the base (default 128; the MLP is 2·D wide).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Regenerate even if the folder already holds a benchmark.")
+    ] = False,
+    lm_layers: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Language-model layers of the base (default 8; e.g. 24 for a RoE testbed as deep as real models).",
+        ),
+    ] = None,
+    lm_hidden: Annotated[
+        int | None, typer.Option(min=16, help="Language-model width D of the base (default 128; the MLP is 2·D wide).")
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Generate the synthetic benchmark (5 tasks, every metric family), pre-train its tiny base model, and
@@ -107,18 +162,29 @@ def synth(
 
     from .progress import rich_progress
 
-    result = synthesize(out, family=family, seed=seed, force=force, progress=rich_progress(quiet),
-                        tiny=tiny_size(lm_layers=lm_layers, lm_hidden=lm_hidden))  # the defaults when neither is given
+    result = synthesize(
+        out,
+        family=family,
+        seed=seed,
+        force=force,
+        progress=rich_progress(quiet),
+        tiny=tiny_size(lm_layers=lm_layers, lm_hidden=lm_hidden),
+    )  # the defaults when neither is given
     console.print(result.summary(), soft_wrap=True)
 
 
 @handles_user_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the benchmark, model and workspace (reused if present).")]
-    = Path("dmole-demo"),
-    methods: Annotated[Optional[str], typer.Option(
-        help="Comma-separated methods to run (`dmole methods`) or groups: 'table2' for the nine methods of the "
-             "paper's Table 2, 'recent' for those 2026's tables add. \\[default: dmole,seq-lora,finetune]")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Folder for the benchmark, model and workspace (reused if present).")
+    ] = Path("dmole-demo"),
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated methods to run (`dmole methods`) or groups: 'table2' for the nine methods of the "
+            "paper's Table 2, 'recent' for those 2026's tables add. \\[default: dmole,seq-lora,finetune]"
+        ),
+    ] = None,
     family: FamilyOption = "llava",
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the synthetic data and base model.")] = 0,
     quiet: QuietOption = False,
@@ -126,7 +192,8 @@ def demo(
     """The whole method on the synthetic benchmark: D-MoLE, seq-lora and finetune (or --methods) over every task,
     then Table 2 (each task's final score, AVG, Last, BWT per method) and a markdown report. Resumes where it
     stopped."""
-    from dmole.stages.demo import DEMO_METHODS, demo as run, demo_methods
+    from dmole.stages.demo import DEMO_METHODS, demo_methods
+    from dmole.stages.demo import demo as run
 
     from .progress import rich_progress
     from .reporting import print_method_table
@@ -136,17 +203,26 @@ def demo(
             print_summary(result)
 
     chosen = demo_methods(methods) if methods else DEMO_METHODS
-    outcome = run(out, methods=chosen, family=family, seed=seed, on_synth=lambda r: console.print(r.summary(), soft_wrap=True),
-                  on_result=show, progress=rich_progress(quiet))
+    outcome = run(
+        out,
+        methods=chosen,
+        family=family,
+        seed=seed,
+        on_synth=lambda r: console.print(r.summary(), soft_wrap=True),
+        on_result=show,
+        progress=rich_progress(quiet),
+    )
     print_method_table(outcome.report.version)
-    console.print(f"demo: finished in {outcome.seconds:.0f}s; report at "
-                  f"{outcome.report.version.path / 'report.md'}; workspace {outcome.workspace}", soft_wrap=True)
+    console.print(
+        f"demo: finished in {outcome.seconds:.0f}s; report at "
+        f"{outcome.report.version.path / 'report.md'}; workspace {outcome.workspace}",
+        soft_wrap=True,
+    )
 
 
 @handles_user_errors
 def report(
-    out: Annotated[Optional[Path], typer.Option(help="Also copy report.md and its PNG figures into this folder.")]
-    = None,
+    out: Annotated[Path | None, typer.Option(help="Also copy report.md and its PNG figures into this folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rewrite the report even if nothing changed.")] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -155,7 +231,8 @@ def report(
     """Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / all), BWT, FWT,
     and report.md with figures: expert allocation, expert activation, zero-cost sensitivity, RoE skipping."""
     from dmole.artifacts.io import read_json
-    from dmole.stages.report import export, figure_names, report as run
+    from dmole.stages.report import export, figure_names
+    from dmole.stages.report import report as run
 
     from .reporting import print_method_table, print_report_files
 
@@ -165,9 +242,17 @@ def report(
     folder, figures = out or result.version.path, figure_names(result.version)
     if json_output:
         metrics = read_json(result.version.file(REPORT.files.metrics))
-        print(json.dumps({**metrics, "cost": read_json(result.version.file(REPORT.files.costs)),
-                          "report": str(folder / REPORT.files.markdown),
-                          "figures": [str(folder / name) for name in figures]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    **metrics,
+                    "cost": read_json(result.version.file(REPORT.files.costs)),
+                    "report": str(folder / REPORT.files.markdown),
+                    "figures": [str(folder / name) for name in figures],
+                },
+                indent=2,
+            )
+        )
         return
     if not quiet:
         print_method_table(result.version)

@@ -35,7 +35,8 @@ def default_name(task: str) -> str:
 
 def write_local_task(project: Project, task_name: str, folder: Path, name: str | None = None) -> Path:
     """Write ``<name>.yaml`` and its dataset ``<name>-data`` (save_to_disk) into ``folder``; returns the YAML."""
-    from datasets import Dataset, DatasetDict, Image as ImageFeature
+    from datasets import Dataset, DatasetDict
+    from datasets import Image as ImageFeature
 
     task = project.config.task(task_name)
     name = name or default_name(task_name)
@@ -45,9 +46,13 @@ def write_local_task(project: Project, task_name: str, folder: Path, name: str |
         buffer = io.BytesIO()
         load_image(sample.image).save(buffer, format="PNG")
         images.append({"bytes": buffer.getvalue(), "path": None})
-    rows = {"image": images, "sample_id": [s.id for s in samples], "family": [task.family] * len(samples),
-            "prompt": [render_prompt(task, s) for s in samples],
-            "references": [json.dumps(s.references) for s in samples]}
+    rows = {
+        "image": images,
+        "sample_id": [s.id for s in samples],
+        "family": [task.family] * len(samples),
+        "prompt": [render_prompt(task, s) for s in samples],
+        "references": [json.dumps(s.references) for s in samples],
+    }
     folder.mkdir(parents=True, exist_ok=True)
     data = (folder / f"{name}-data").resolve()
     DatasetDict(test=Dataset.from_dict(rows).cast_column("image", ImageFeature())).save_to_disk(str(data))

@@ -40,9 +40,17 @@ def valid_model_args(roe: bool) -> str:
 class DMoLEModel(lmms):
     is_simple = True
 
-    def __init__(self, workspace: str | None = None, after: str | None = None, method: str | None = None,
-                 roe: bool | str = False, batch_size: int | str = 1, device: str | None = None,
-                 max_batch_size: int | None = None, **options) -> None:
+    def __init__(
+        self,
+        workspace: str | None = None,
+        after: str | None = None,
+        method: str | None = None,
+        roe: bool | str = False,
+        batch_size: int | str = 1,
+        device: str | None = None,
+        max_batch_size: int | None = None,
+        **options,
+    ) -> None:
         """``batch_size`` is lmms-eval's ``--batch_size``: a number, or ``auto`` for the eval stage's batch size
         (the workspace's); ``max_batch_size`` (lmms-eval's cap on an automatic batch size) is accepted and not
         used. Any error in the model_args is one UserError naming the valid ones."""
@@ -75,26 +83,38 @@ class DMoLEModel(lmms):
 
     def _generate(self, pending: list, limits: tuple, replies: list) -> None:
         max_new, min_new, until = limits
-        texts = self.harness.generate([image for _, image, _ in pending], [prompt for _, _, prompt in pending],
-                                      max_new_tokens=max_new, min_new_tokens=min_new)
+        texts = self.harness.generate(
+            [image for _, image, _ in pending],
+            [prompt for _, _, prompt in pending],
+            max_new_tokens=max_new,
+            min_new_tokens=min_new,
+        )
         for (index, _, _), text in zip(pending, texts):
             replies[index] = _cut(text, until)
 
     def _limits(self, gen_kwargs: dict) -> tuple[int, int, tuple[str, ...]]:
         """(max new tokens, min new tokens, stop strings); sampling settings are noted once and not applied."""
-        sampling = {k: gen_kwargs[k] for k in ("do_sample", "temperature", "num_beams", "top_p")
-                    if k in gen_kwargs and gen_kwargs[k] not in (False, 0, 1, None)}
+        sampling = {
+            k: gen_kwargs[k]
+            for k in ("do_sample", "temperature", "num_beams", "top_p")
+            if k in gen_kwargs and gen_kwargs[k] not in (False, 0, 1, None)
+        }
         if sampling and not self._warned_sampling:
-            warnings.warn(f"dmole decodes greedily with one beam, as `dmole eval` does; ignoring {sampling}",
-                          stacklevel=2)
+            warnings.warn(
+                f"dmole decodes greedily with one beam, as `dmole eval` does; ignoring {sampling}", stacklevel=2
+            )
             self._warned_sampling = True
         until = gen_kwargs.get("until") or ()
-        return (int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
-                int(gen_kwargs.get("min_new_tokens") or 0), (until,) if isinstance(until, str) else tuple(until))
+        return (
+            int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
+            int(gen_kwargs.get("min_new_tokens") or 0),
+            (until,) if isinstance(until, str) else tuple(until),
+        )
 
     def loglikelihood(self, requests: list[Instance]) -> list:
-        raise NotImplementedError("dmole evaluates by generation (generate_until tasks); loglikelihood tasks are "
-                                  "not supported")
+        raise NotImplementedError(
+            "dmole evaluates by generation (generate_until tasks); loglikelihood tasks are not supported"
+        )
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list:
         raise NotImplementedError("dmole answers one turn per sample; multi-round tasks are not supported")
@@ -115,8 +135,14 @@ def _open(workspace: str | None, after, method, roe: bool, batch_size: int | str
         batch_size = stage_options(project.config, stage.name, options).batch_size
     elif not str(batch_size).isdigit() or int(batch_size) < 1:
         raise UserError(f"batch_size must be a positive number or auto, got {batch_size!r}")
-    harness = open_model(project, None if after is None else str(after), method=method, roe=roe,
-                         options={**options, "batch_size": int(batch_size)}, device=device)
+    harness = open_model(
+        project,
+        None if after is None else str(after),
+        method=method,
+        roe=roe,
+        options={**options, "batch_size": int(batch_size)},
+        device=device,
+    )
     return harness, int(batch_size)
 
 
@@ -124,8 +150,10 @@ def _one_image(visuals: list, task: str, doc_id: int) -> Image.Image:
     """dmole's models take exactly one image per sample."""
     images = [v for v in visuals or [] if isinstance(v, Image.Image)]
     if len(images) != 1 or len(visuals) != 1:
-        raise UserError(f"lmms-eval task {task!r}, document {doc_id}: dmole takes one image per sample, got "
-                        f"{len(visuals or [])} visual input(s)")
+        raise UserError(
+            f"lmms-eval task {task!r}, document {doc_id}: dmole takes one image per sample, got "
+            f"{len(visuals or [])} visual input(s)"
+        )
     return images[0].convert("RGB")
 
 
@@ -138,5 +166,5 @@ def _cut(text: str, until: tuple[str, ...]) -> str:
     """The reply up to the first stop string, as lmms-eval's models cut theirs."""
     for stop in until:
         if stop:
-            text = text.split(stop)[0]
+            text = text.split(stop, maxsplit=1)[0]
     return text

@@ -7,7 +7,8 @@ from dataclasses import asdict, replace
 from dmole.artifacts import Version, Writer
 from dmole.artifacts.io import read_json, read_parquet, write_json
 
-from .dmole.allocation import ScoredModule, allocate as allocate_modules
+from .dmole.allocation import ScoredModule
+from .dmole.allocation import allocate as allocate_modules
 from .errors import UserError
 from .methods import get_method
 from .options import AllocateOptions, hashed, parse_budget
@@ -22,8 +23,9 @@ def load_scores(version: Version) -> list[ScoredModule]:
     return [ScoredModule(r["module"], r["tower"], r["score"], r["d_in"], r["d_out"]) for r in table]
 
 
-def allocate(project: Project, task_name: str, options: AllocateOptions | dict | None = None, *,
-             force: bool = False) -> StageResult:
+def allocate(
+    project: Project, task_name: str, options: AllocateOptions | dict | None = None, *, force: bool = False
+) -> StageResult:
     """Allocate ``task_name``'s experts; ``options`` (what the caller sets) go over the workspace's defaults."""
     options = stage_options(project.config, ALLOCATE.name, options)
     method = get_method(options.method or project.config.method)
@@ -40,21 +42,48 @@ def allocate(project: Project, task_name: str, options: AllocateOptions | dict |
     def compute(writer: Writer) -> None:
         cumulative = read_json(previous.file(ALLOCATE.files.arch))["cumulative"] if previous else None
         scored = [replace(m, overhead=m.d_out if options.expert_type == "dora" else 0) for m in load_scores(scores)]
-        result = allocate_modules(scored, fraction=fraction, parameters=parameters, rank=options.rank,
-                                  previous=cumulative, task_id=task_id, rule=rule)
+        result = allocate_modules(
+            scored,
+            fraction=fraction,
+            parameters=parameters,
+            rank=options.rank,
+            previous=cumulative,
+            task_id=task_id,
+            rule=rule,
+        )
         if cumulative is not None and set(cumulative) != set(result.cumulative):
-            raise UserError(f"the candidate modules of '{task_name}' differ from the earlier tasks' "
-                            "(was the model changed?)")
-        record = {"task": task_name, "task_id": task_id, "rho": fraction, "rank": options.rank, "rule": rule,
-                  "expert_type": options.expert_type, **asdict(result)}
+            raise UserError(
+                f"the candidate modules of '{task_name}' differ from the earlier tasks' (was the model changed?)"
+            )
+        record = {
+            "task": task_name,
+            "task_id": task_id,
+            "rho": fraction,
+            "rank": options.rank,
+            "rule": rule,
+            "expert_type": options.expert_type,
+            **asdict(result),
+        }
         write_json(writer.path(ALLOCATE.files.arch), record)
-        writer.meta.update(n_vision=result.n_vision, n_language=result.n_language, pi_vision=result.pi_vision,
-                           expert_parameters=result.expert_parameters, rule=rule,
-                           expert_type=options.expert_type)
+        writer.meta.update(
+            n_vision=result.n_vision,
+            n_language=result.n_language,
+            pi_vision=result.pi_vision,
+            expert_parameters=result.expert_parameters,
+            rule=rule,
+            expert_type=options.expert_type,
+        )
 
     inputs = [scores] + ([previous] if previous else [])
-    return run_stage(project, method.stage(ALLOCATE.name), task_name, config={"options": hashed(options)},
-                     inputs=inputs, compute=compute, force=force)
+    return run_stage(
+        project,
+        method.stage(ALLOCATE.name),
+        task_name,
+        config={"options": hashed(options)},
+        inputs=inputs,
+        compute=compute,
+        force=force,
+    )
 
 
 def allocation_table(project: Project) -> dict:
@@ -71,5 +100,10 @@ def allocation_table(project: Project) -> dict:
         cell = towers.setdefault(tower, {}).setdefault(layer, {name: [] for name in tasks})
         for task_id in task_ids:
             cell[project.config.task_names[task_id - 1]].append(kind)
-    return {"tasks": tasks, "towers": {t: {layer: cells for layer, cells in sorted(rows.items())}
-                                       for t, rows in sorted(towers.items(), key=lambda kv: kv[0] != "vision")}}
+    return {
+        "tasks": tasks,
+        "towers": {
+            t: {layer: cells for layer, cells in sorted(rows.items())}
+            for t, rows in sorted(towers.items(), key=lambda kv: kv[0] != "vision")
+        },
+    }

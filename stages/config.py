@@ -30,7 +30,7 @@ DEFAULT_PROMPTS: dict[str, str] = {
     "choice": "{question}\n{choices}\nAnswer with the option's letter from the given choices directly.",
     "short": "{question} Answer the question using a single word or phrase.",
     "vqa10": "{question} When the provided information is insufficient, respond with 'Unanswerable'. "
-             "Answer the question using a single word or phrase.",
+    "Answer the question using a single word or phrase.",
 }
 DEFAULT_MAX_NEW_TOKENS = {"caption": 30, "grounding": 100, "choice": 10, "short": 100, "vqa10": 10}
 DEFAULT_MIN_NEW_TOKENS = {"caption": 8}
@@ -98,8 +98,10 @@ class TaskSpec(Strict):
 
     @property
     def generation_limits(self) -> tuple[int, int]:
-        return (self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[self.family],
-                self.min_new_tokens if self.min_new_tokens is not None else DEFAULT_MIN_NEW_TOKENS.get(self.family, 0))
+        return (
+            self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[self.family],
+            self.min_new_tokens if self.min_new_tokens is not None else DEFAULT_MIN_NEW_TOKENS.get(self.family, 0),
+        )
 
 
 class WorkspaceConfig(Strict):

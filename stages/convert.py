@@ -38,8 +38,12 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 #   system_template + sep + (role + message + sep)* + generation role,
 # with system_template '<|im_start|>system\n{system_message}', roles '<|im_start|>user\n' / '<|im_start|>assistant\n'.
 # They differ in the default system message and in whether sep is '<|im_end|>' or '<|im_end|>\n'.
-_INTERNVL2_SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
-_INTERNVL2_5_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+_INTERNVL2_SYSTEM = (
+    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+)
+_INTERNVL2_5_SYSTEM = (
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+)
 CONVERSATION_TEMPLATES = {
     # name: (default system message, text after <|im_end|>)
     "internlm2-chat": (_INTERNVL2_SYSTEM, ""),
@@ -75,15 +79,18 @@ def read_source_config(src: Path) -> dict:
     model_type = config.get("model_type")
     if model_type != "internvl_chat":
         hint = " (already a native InternVL folder)" if model_type == "internvl" else ""
-        raise ConvertError(f"{src / 'config.json'}: model_type is {model_type!r}{hint}; expected 'internvl_chat' "
-                           f"(an InternVL2 / InternVL2.5 remote-code checkpoint)")
+        raise ConvertError(
+            f"{src / 'config.json'}: model_type is {model_type!r}{hint}; expected 'internvl_chat' "
+            f"(an InternVL2 / InternVL2.5 remote-code checkpoint)"
+        )
     for key in ("vision_config", "llm_config"):
         if not isinstance(config.get(key), dict):
             raise ConvertError(f"{src / 'config.json'}: no {key}")
     vocab_size = config["llm_config"].get("vocab_size")
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ConvertError(f"{src / 'config.json'}: llm_config.vocab_size must be a positive integer, not "
-                           f"{vocab_size!r}")
+        raise ConvertError(
+            f"{src / 'config.json'}: llm_config.vocab_size must be a positive integer, not {vocab_size!r}"
+        )
     return config
 
 
@@ -120,8 +127,10 @@ def _safetensors_files(src: Path) -> dict[str, Path]:
         except Exception as error:
             raise ConvertError(f"{single} is not a readable safetensors file ({error})") from None
     pickles = sorted(p.name for p in src.glob("pytorch_model*.bin"))
-    raise ConvertError(f"{src}: no model.safetensors or model.safetensors.index.json"
-                       + (f" ({', '.join(pickles)} found; pickled weights are not read)" if pickles else ""))
+    raise ConvertError(
+        f"{src}: no model.safetensors or model.safetensors.index.json"
+        + (f" ({', '.join(pickles)} found; pickled weights are not read)" if pickles else "")
+    )
 
 
 def iter_source_tensors(src: Path) -> Iterator[tuple[str, object]]:
@@ -231,12 +240,16 @@ def _text_config(llm: dict, kind: str, dtype: str | None):
         if llm.get("num_key_value_heads") and heads % llm["num_key_value_heads"]:
             raise ConvertError(f"llm_config: {heads} heads are not a multiple of {llm['num_key_value_heads']} kv heads")
         # InternLM2's `bias` (default True in InternLM2Config) puts biases on wqkv and wo, never on the MLP.
-        return LlamaConfig(**common, head_dim=hidden // heads, attention_bias=bool(llm.get("bias", True)),
-                           mlp_bias=False)
+        return LlamaConfig(
+            **common, head_dim=hidden // heads, attention_bias=bool(llm.get("bias", True)), mlp_bias=False
+        )
     if llm.get("model_type") == "llama" or (llm.get("architectures") or [""])[0] == "LlamaForCausalLM":
-        return LlamaConfig(**common, head_dim=llm.get("head_dim") or hidden // heads,
-                           attention_bias=bool(llm.get("attention_bias", False)),
-                           mlp_bias=bool(llm.get("mlp_bias", False)))
+        return LlamaConfig(
+            **common,
+            head_dim=llm.get("head_dim") or hidden // heads,
+            attention_bias=bool(llm.get("attention_bias", False)),
+            mlp_bias=bool(llm.get("mlp_bias", False)),
+        )
     extra = {key: llm[key] for key in ("use_sliding_window", "sliding_window", "max_window_layers") if key in llm}
     return Qwen2Config(**common, **extra)
 
@@ -254,8 +267,10 @@ def native_config(config: dict, image_token_id: int):
     from transformers import InternVLConfig
 
     if config.get("ps_version", "v1") != "v2":
-        raise ConvertError(f"ps_version {config.get('ps_version', 'v1')!r}: only 'v2' pixel shuffle has a native "
-                           f"equivalent ('v1' leaves the feature map transposed)")
+        raise ConvertError(
+            f"ps_version {config.get('ps_version', 'v1')!r}: only 'v2' pixel shuffle has a native "
+            f"equivalent ('v1' leaves the feature map transposed)"
+        )
     ratio = float(config.get("downsample_ratio", 0.5))
     if ratio <= 0 or round(1 / ratio) != 1 / ratio:
         raise ConvertError(f"downsample_ratio {ratio} is not 1/n")
@@ -317,8 +332,10 @@ def split_wqkv(tensor, heads: int, kv_heads: int, head_dim: int):
     v = [..., -1, :]); query head h * groups + g keeps its place, which is the order repeat_kv expects."""
     groups = heads // kv_heads
     if tensor.shape[0] != kv_heads * (groups + 2) * head_dim:
-        raise ConvertError(f"wqkv has {tensor.shape[0]} rows; {heads} heads and {kv_heads} kv heads of "
-                           f"{head_dim} need {(heads + 2 * kv_heads) * head_dim}")
+        raise ConvertError(
+            f"wqkv has {tensor.shape[0]} rows; {heads} heads and {kv_heads} kv heads of "
+            f"{head_dim} need {(heads + 2 * kv_heads) * head_dim}"
+        )
     grouped = tensor.reshape(kv_heads, groups + 2, head_dim, *tensor.shape[1:])
     q = grouped[:, :groups].reshape(heads * head_dim, *tensor.shape[1:])
     k = grouped[:, groups].reshape(kv_heads * head_dim, *tensor.shape[1:])
@@ -338,18 +355,30 @@ def _split_wqkv(text) -> Callable[[re.Match, object], dict[str, object]]:
 VISION_RULES = [
     (r"vision_model\.embeddings\.class_embedding", "model.vision_tower.embeddings.cls_token"),
     (r"vision_model\.embeddings\.position_embedding", "model.vision_tower.embeddings.position_embeddings"),
-    (r"vision_model\.embeddings\.patch_embedding\.(weight|bias)",
-     r"model.vision_tower.embeddings.patch_embeddings.projection.\1"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.attn\.proj\.(weight|bias)",
-     r"model.vision_tower.encoder.layer.\1.attention.projection_layer.\2"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.attn\.(q_norm|k_norm)\.weight",
-     r"model.vision_tower.encoder.layer.\1.attention.\2.weight"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)",
-     r"model.vision_tower.encoder.layer.\1.mlp.\2.\3"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.norm1\.(weight|bias)",
-     r"model.vision_tower.encoder.layer.\1.layernorm_before.\2"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.norm2\.(weight|bias)",
-     r"model.vision_tower.encoder.layer.\1.layernorm_after.\2"),
+    (
+        r"vision_model\.embeddings\.patch_embedding\.(weight|bias)",
+        r"model.vision_tower.embeddings.patch_embeddings.projection.\1",
+    ),
+    (
+        r"vision_model\.encoder\.layers\.(\d+)\.attn\.proj\.(weight|bias)",
+        r"model.vision_tower.encoder.layer.\1.attention.projection_layer.\2",
+    ),
+    (
+        r"vision_model\.encoder\.layers\.(\d+)\.attn\.(q_norm|k_norm)\.weight",
+        r"model.vision_tower.encoder.layer.\1.attention.\2.weight",
+    ),
+    (
+        r"vision_model\.encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)",
+        r"model.vision_tower.encoder.layer.\1.mlp.\2.\3",
+    ),
+    (
+        r"vision_model\.encoder\.layers\.(\d+)\.norm1\.(weight|bias)",
+        r"model.vision_tower.encoder.layer.\1.layernorm_before.\2",
+    ),
+    (
+        r"vision_model\.encoder\.layers\.(\d+)\.norm2\.(weight|bias)",
+        r"model.vision_tower.encoder.layer.\1.layernorm_after.\2",
+    ),
     (r"vision_model\.encoder\.layers\.(\d+)\.ls([12])", r"model.vision_tower.encoder.layer.\1.lambda_\2"),
     # the projector: nn.Sequential(LayerNorm, Linear, GELU, Linear)
     (r"mlp1\.0\.(weight|bias)", r"model.multi_modal_projector.layer_norm.\1"),
@@ -359,18 +388,30 @@ VISION_RULES = [
 
 INTERNLM2_RULES = [
     (r"language_model\.model\.tok_embeddings\.weight", "model.language_model.embed_tokens.weight"),
-    (r"language_model\.model\.layers\.(\d+)\.attention\.wo\.(weight|bias)",
-     r"model.language_model.layers.\1.self_attn.o_proj.\2"),
-    (r"language_model\.model\.layers\.(\d+)\.feed_forward\.w1\.weight",
-     r"model.language_model.layers.\1.mlp.gate_proj.weight"),
-    (r"language_model\.model\.layers\.(\d+)\.feed_forward\.w3\.weight",
-     r"model.language_model.layers.\1.mlp.up_proj.weight"),
-    (r"language_model\.model\.layers\.(\d+)\.feed_forward\.w2\.weight",
-     r"model.language_model.layers.\1.mlp.down_proj.weight"),
-    (r"language_model\.model\.layers\.(\d+)\.attention_norm\.weight",
-     r"model.language_model.layers.\1.input_layernorm.weight"),
-    (r"language_model\.model\.layers\.(\d+)\.ffn_norm\.weight",
-     r"model.language_model.layers.\1.post_attention_layernorm.weight"),
+    (
+        r"language_model\.model\.layers\.(\d+)\.attention\.wo\.(weight|bias)",
+        r"model.language_model.layers.\1.self_attn.o_proj.\2",
+    ),
+    (
+        r"language_model\.model\.layers\.(\d+)\.feed_forward\.w1\.weight",
+        r"model.language_model.layers.\1.mlp.gate_proj.weight",
+    ),
+    (
+        r"language_model\.model\.layers\.(\d+)\.feed_forward\.w3\.weight",
+        r"model.language_model.layers.\1.mlp.up_proj.weight",
+    ),
+    (
+        r"language_model\.model\.layers\.(\d+)\.feed_forward\.w2\.weight",
+        r"model.language_model.layers.\1.mlp.down_proj.weight",
+    ),
+    (
+        r"language_model\.model\.layers\.(\d+)\.attention_norm\.weight",
+        r"model.language_model.layers.\1.input_layernorm.weight",
+    ),
+    (
+        r"language_model\.model\.layers\.(\d+)\.ffn_norm\.weight",
+        r"model.language_model.layers.\1.post_attention_layernorm.weight",
+    ),
     (r"language_model\.model\.norm\.weight", "model.language_model.norm.weight"),
     (r"language_model\.output\.weight", "lm_head.weight"),
 ]
@@ -384,11 +425,19 @@ HF_LM_RULES = [
 def weight_rules(kind: str, text_config) -> list[Rule]:
     """Ordered (source-name pattern, producer of native tensors); the first full match wins."""
     rules: list[Rule] = [(re.compile(p), _rename(t)) for p, t in VISION_RULES]
-    rules.append((re.compile(r"vision_model\.encoder\.layers\.(\d+)\.attn\.qkv\.(weight|bias)"),
-                  _split_equal(r"model.vision_tower.encoder.layer.\1.attention.{}_proj.\2")))
+    rules.append(
+        (
+            re.compile(r"vision_model\.encoder\.layers\.(\d+)\.attn\.qkv\.(weight|bias)"),
+            _split_equal(r"model.vision_tower.encoder.layer.\1.attention.{}_proj.\2"),
+        )
+    )
     if kind == "internlm2":
-        rules.append((re.compile(r"language_model\.model\.layers\.(\d+)\.attention\.wqkv\.(weight|bias)"),
-                      _split_wqkv(text_config)))
+        rules.append(
+            (
+                re.compile(r"language_model\.model\.layers\.(\d+)\.attention\.wqkv\.(weight|bias)"),
+                _split_wqkv(text_config),
+            )
+        )
         rules += [(re.compile(p), _rename(t)) for p, t in INTERNLM2_RULES]
     else:
         rules += [(re.compile(p), _rename(t)) for p, t in HF_LM_RULES]
@@ -409,15 +458,19 @@ def convert_state_dict(tensors, rules: list[Rule], expected: dict[str, tuple]) -
                 produced = produce(m, tensor)
                 break
         else:
-            raise ConvertError(f"unexpected tensor {name!r} {tuple(tensor.shape)}: no native InternVL parameter "
-                               f"corresponds to it")
+            raise ConvertError(
+                f"unexpected tensor {name!r} {tuple(tensor.shape)}: no native InternVL parameter corresponds to it"
+            )
         for native, value in produced.items():
             if native not in expected:
-                raise ConvertError(f"tensor {name!r} maps to {native!r}, which the native model does not have "
-                                   f"(config.json and the weights disagree)")
+                raise ConvertError(
+                    f"tensor {name!r} maps to {native!r}, which the native model does not have "
+                    f"(config.json and the weights disagree)"
+                )
             if tuple(value.shape) != expected[native]:
-                raise ConvertError(f"tensor {name!r} gives {native} shape {tuple(value.shape)}; the config says "
-                                   f"{expected[native]}")
+                raise ConvertError(
+                    f"tensor {name!r} gives {native} shape {tuple(value.shape)}; the config says {expected[native]}"
+                )
             if native in converted:
                 raise ConvertError(f"{native} is produced by both {origin[native]!r} and {name!r}")
             converted[native], origin[native] = value, name
@@ -430,8 +483,14 @@ def convert_state_dict(tensors, rules: list[Rule], expected: dict[str, tuple]) -
 
 # ---- tokenizer, template, processor ------------------------------------------------------------------------------
 # Keys of a slow / remote tokenizer_config.json that mean nothing to the fast tokenizer (or would pull remote code).
-_DROPPED_TOKENIZER_KEYS = {"auto_map", "sp_model_kwargs", "decode_with_prefix_space", "chat_template",
-                           "tokenizer_file", "name_or_path"}
+_DROPPED_TOKENIZER_KEYS = {
+    "auto_map",
+    "sp_model_kwargs",
+    "decode_with_prefix_space",
+    "chat_template",
+    "tokenizer_file",
+    "name_or_path",
+}
 
 
 def _tokenizer_folder(src: Path, scratch: Path) -> tuple[Path, str | None]:
@@ -494,8 +553,12 @@ def build_tokenizer(src: Path, scratch: Path, vocab_size: int):
     # InternVLProcessor also needs a video token (a distinct string: it counts it in every prompt). InternVL2
     # tokenizers have none, so <video> is added after the vocabulary: its id is past the language model's
     # embedding, so it must not be fed to the model (dmole never feeds video; InternVL2 took video as frames).
-    extra = {"start_image_token": IMG_START, "end_image_token": IMG_END, "context_image_token": IMG_CONTEXT,
-             "video_token": VIDEO}
+    extra = {
+        "start_image_token": IMG_START,
+        "end_image_token": IMG_END,
+        "context_image_token": IMG_CONTEXT,
+        "video_token": VIDEO,
+    }
     pad = probe.pad_token or probe.eos_token or TURN_END
     tokenizer = _load_tokenizer(folder, class_name, extra_special_tokens=extra, eos_token=TURN_END, pad_token=pad)
 
@@ -504,16 +567,19 @@ def build_tokenizer(src: Path, scratch: Path, vocab_size: int):
         content = entry.get("content") if isinstance(entry, dict) else str(entry)
         got = tokenizer.convert_tokens_to_ids(content)
         if got != int(token_id):
-            raise ConvertError(f"the converted tokenizer gives {content!r} id {got}; the source tokenizer_config.json "
-                               f"says {token_id}")
+            raise ConvertError(
+                f"the converted tokenizer gives {content!r} id {got}; the source tokenizer_config.json says {token_id}"
+            )
     for token in REQUIRED_TOKENS:
         ids = tokenizer.encode(token, add_special_tokens=False)
         if len(ids) != 1:
             raise ConvertError(f"{token} does not encode as one token ({ids})")
     for token in REQUIRED_TOKENS:
         if tokenizer.convert_tokens_to_ids(token) >= vocab_size:
-            raise ConvertError(f"{token} has id {tokenizer.convert_tokens_to_ids(token)}, past the language model's "
-                               f"{vocab_size} embeddings")
+            raise ConvertError(
+                f"{token} has id {tokenizer.convert_tokens_to_ids(token)}, past the language model's "
+                f"{vocab_size} embeddings"
+            )
     allowed = vocab_size + (VIDEO not in vocab)
     if len(tokenizer) > allowed:
         raise ConvertError(f"the tokenizer has {len(tokenizer)} tokens; the language model embeds {vocab_size}")
@@ -536,8 +602,7 @@ def chat_template(template: str | None, *, bos: bool) -> str:
     With `bos`, the prompt starts with the BOS token that InternLM2's tokenizer adds when InternVL tokenizes it.
     """
     if template not in CONVERSATION_TEMPLATES:
-        raise ConvertError(f"conversation template {template!r} is not supported "
-                           f"({', '.join(CONVERSATION_TEMPLATES)})")
+        raise ConvertError(f"conversation template {template!r} is not supported ({', '.join(CONVERSATION_TEMPLATES)})")
     system, after = CONVERSATION_TEMPLATES[template]
     lines = [
         "{{- bos_token -}}" if bos else "",
@@ -581,12 +646,14 @@ def image_processor(config: dict, max_tiles: int | None):
     side = image_size(config)
     dynamic = bool(config.get("dynamic_image_size", False))
     if dynamic and not config.get("use_thumbnail", False):
-        raise ConvertError("dynamic_image_size without use_thumbnail: the native image processor always adds the "
-                           "thumbnail tile")
+        raise ConvertError(
+            "dynamic_image_size without use_thumbnail: the native image processor always adds the thumbnail tile"
+        )
     tiles = max_tiles if max_tiles is not None else int(config.get("max_dynamic_patch", 6))
     if dynamic and tiles < int(config.get("min_dynamic_patch", 1)):
-        raise ConvertError(f"at most {tiles} tiles is fewer than the checkpoint's min_dynamic_patch "
-                           f"{config.get('min_dynamic_patch')}")
+        raise ConvertError(
+            f"at most {tiles} tiles is fewer than the checkpoint's min_dynamic_patch {config.get('min_dynamic_patch')}"
+        )
     return GotOcr2ImageProcessorPil(
         size={"height": side, "width": side},
         crop_to_patches=dynamic,
@@ -630,8 +697,9 @@ def convert_internvl_chat(src: Path, out: Path, *, max_tiles: int | None = None,
     kind = lm_kind(config["llm_config"])
     template_name = config.get("template")
     if template_name not in CONVERSATION_TEMPLATES:  # before any heavy work
-        raise ConvertError(f"conversation template {template_name!r} is not supported "
-                           f"({', '.join(CONVERSATION_TEMPLATES)})")
+        raise ConvertError(
+            f"conversation template {template_name!r} is not supported ({', '.join(CONVERSATION_TEMPLATES)})"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-", dir=out.parent))
     try:

@@ -24,20 +24,39 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .convert import (ConvertError, _check_out, _load_tokenizer, _read_json, _rename, _replace, _tokenizer_folder,
-                      convert_state_dict, iter_source_tensors)
+from .convert import (
+    ConvertError,
+    _check_out,
+    _load_tokenizer,
+    _read_json,
+    _rename,
+    _replace,
+    _tokenizer_folder,
+    convert_state_dict,
+    iter_source_tensors,
+)
 
 IMAGE_TOKEN, PAD_TOKEN = "<image>", "<pad>"
 # openai/clip-vit-large-patch14-336, the tower every LLaVA-1.5 checkpoint names, for when its folder is not here
-CLIP_L_336 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-              "image_size": 336, "patch_size": 14, "projection_dim": 768, "hidden_act": "quick_gelu",
-              "layer_norm_eps": 1e-5}
+CLIP_L_336 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
 KNOWN_TOWERS = {"openai/clip-vit-large-patch14-336": CLIP_L_336}
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 # LLaVA-1.5's conv_vicuna_v1 (llava/conversation.py, SeparatorStyle.TWO): the system line and " ", then each turn
 # as "USER: " + text + " " or "ASSISTANT: " + text + "</s>"; the image placeholder "<image>\n" precedes its text.
-VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-                 "helpful, detailed, and polite answers to the human's questions.")
+VICUNA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the human's questions."
+)
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq|model\.image_newline")
 _TEXT_ONLY = re.compile(r"(?:clip\.)?(?:text_model\..*|text_projection\..*|visual_projection\..*|logit_scale)")
 
@@ -68,8 +87,9 @@ def read_llava_config(src: Path) -> dict:
         if config.get(key, value) != value:
             raise ConvertError(f"config.json: {key} is {config[key]!r}; only {value!r} (LLaVA-1.5) is supported")
     if config.get("mm_use_im_start_end") or config.get("mm_use_im_patch_token"):
-        raise ConvertError("config.json: mm_use_im_start_end / mm_use_im_patch_token are not LLaVA-1.5's; "
-                           "not supported")
+        raise ConvertError(
+            "config.json: mm_use_im_start_end / mm_use_im_patch_token are not LLaVA-1.5's; not supported"
+        )
     return config
 
 
@@ -91,27 +111,52 @@ def vision_config_dict(src: Path, config: dict) -> dict:
     name = str(config["mm_vision_tower"])
     if name in KNOWN_TOWERS:
         return dict(KNOWN_TOWERS[name])
-    raise ConvertError(f"mm_vision_tower {name!r} is neither a folder on this machine nor a known tower "
-                       f"({', '.join(KNOWN_TOWERS)}); download it and point mm_vision_tower at the folder")
+    raise ConvertError(
+        f"mm_vision_tower {name!r} is neither a folder on this machine nor a known tower "
+        f"({', '.join(KNOWN_TOWERS)}); download it and point mm_vision_tower at the folder"
+    )
 
 
 def native_config(config: dict, vision: dict, *, image_token_id: int, pad_token_id: int | None):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    text_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta",
-                 "rope_scaling", "attention_bias", "tie_word_embeddings", "bos_token_id", "eos_token_id")
+    text_keys = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "hidden_act",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "attention_bias",
+        "tie_word_embeddings",
+        "bos_token_id",
+        "eos_token_id",
+    )
     text = LlamaConfig(**{k: config[k] for k in text_keys if config.get(k) is not None})
     tower = {k: v for k, v in vision.items() if k not in ("model_type", "architectures", "transformers_version")}
     vision_config = CLIPVisionConfig(**tower)
     if config.get("mm_hidden_size", vision_config.hidden_size) != vision_config.hidden_size:
-        raise ConvertError(f"config.json: mm_hidden_size {config['mm_hidden_size']} is not the tower's hidden size "
-                           f"{vision_config.hidden_size}")
+        raise ConvertError(
+            f"config.json: mm_hidden_size {config['mm_hidden_size']} is not the tower's hidden size "
+            f"{vision_config.hidden_size}"
+        )
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
-    return LlavaConfig(text_config=text, vision_config=vision_config, image_token_id=image_token_id,
-                       projector_hidden_act="gelu", vision_feature_layer=config.get("mm_vision_select_layer", -2),
-                       vision_feature_select_strategy="default", image_seq_length=patches,
-                       pad_token_id=pad_token_id, tie_word_embeddings=bool(config.get("tie_word_embeddings", False)))
+    return LlavaConfig(
+        text_config=text,
+        vision_config=vision_config,
+        image_token_id=image_token_id,
+        projector_hidden_act="gelu",
+        vision_feature_layer=config.get("mm_vision_select_layer", -2),
+        vision_feature_select_strategy="default",
+        image_seq_length=patches,
+        pad_token_id=pad_token_id,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+    )
 
 
 def _tensors(src: Path, config: dict):
@@ -125,8 +170,10 @@ def _tensors(src: Path, config: dict):
         return
     folder = _tower_folder(src, config)
     if folder is None:
-        raise ConvertError(f"the checkpoint has no vision tower weights and mm_vision_tower "
-                           f"{config['mm_vision_tower']!r} is not a folder on this machine")
+        raise ConvertError(
+            f"the checkpoint has no vision tower weights and mm_vision_tower "
+            f"{config['mm_vision_tower']!r} is not a folder on this machine"
+        )
     for name, tensor in iter_source_tensors(folder):
         if not _TEXT_ONLY.fullmatch(name):
             yield TOWER_PREFIX + name, tensor
@@ -134,24 +181,25 @@ def _tensors(src: Path, config: dict):
 
 def chat_template(bos: bool) -> str:
     """conv_vicuna_v1 as a Jinja chat template; an image part is written as "<image>\\n"."""
-    return (("{{- bos_token -}}" if bos else "")
-            + "{%- if messages and messages[0]['role'] == 'system' -%}"
-            "{%- set ns = namespace(system=messages[0]['content'] if messages[0]['content'] is string else "
-            "messages[0]['content'][0]['text'], turns=messages[1:]) -%}"
-            "{%- else -%}"
-            f"{{%- set ns = namespace(system={json.dumps(VICUNA_SYSTEM)}, turns=messages) -%}}"
-            "{%- endif -%}"
-            "{{- ns.system -}}{{- ' ' -}}"
-            "{%- for message in ns.turns -%}"
-            "{{- 'USER: ' if message['role'] == 'user' else 'ASSISTANT: ' -}}"
-            "{%- if message['content'] is string -%}{{- message['content'] -}}{%- else -%}"
-            "{%- for part in message['content'] -%}"
-            "{%- if part['type'] == 'image' -%}{{- '<image>\\n' -}}"
-            "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
-            "{%- endfor -%}{%- endif -%}"
-            "{{- eos_token if message['role'] == 'assistant' else ' ' -}}"
-            "{%- endfor -%}"
-            "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}")
+    return (
+        ("{{- bos_token -}}" if bos else "") + "{%- if messages and messages[0]['role'] == 'system' -%}"
+        "{%- set ns = namespace(system=messages[0]['content'] if messages[0]['content'] is string else "
+        "messages[0]['content'][0]['text'], turns=messages[1:]) -%}"
+        "{%- else -%}"
+        f"{{%- set ns = namespace(system={json.dumps(VICUNA_SYSTEM)}, turns=messages) -%}}"
+        "{%- endif -%}"
+        "{{- ns.system -}}{{- ' ' -}}"
+        "{%- for message in ns.turns -%}"
+        "{{- 'USER: ' if message['role'] == 'user' else 'ASSISTANT: ' -}}"
+        "{%- if message['content'] is string -%}{{- message['content'] -}}{%- else -%}"
+        "{%- for part in message['content'] -%}"
+        "{%- if part['type'] == 'image' -%}{{- '<image>\\n' -}}"
+        "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        "{{- eos_token if message['role'] == 'assistant' else ' ' -}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+    )
 
 
 def image_processor(src: Path, config: dict, vision):
@@ -159,16 +207,28 @@ def image_processor(src: Path, config: dict, vision):
     from transformers import LlavaImageProcessor
 
     folder = _tower_folder(src, config)
-    settings = _read_json(folder / "preprocessor_config.json") if folder and \
-        (folder / "preprocessor_config.json").is_file() else {}
+    settings = (
+        _read_json(folder / "preprocessor_config.json")
+        if folder and (folder / "preprocessor_config.json").is_file()
+        else {}
+    )
     size = vision.image_size
     return LlavaImageProcessor(
         do_pad=config.get("image_aspect_ratio", "pad") == "pad",
-        size={"shortest_edge": settings.get("size", {}).get("shortest_edge", size)
-              if isinstance(settings.get("size"), dict) else settings.get("size", size)},
-        crop_size={"height": size, "width": size}, do_center_crop=True, do_resize=True, do_rescale=True,
-        do_normalize=True, image_mean=settings.get("image_mean", CLIP_MEAN),
-        image_std=settings.get("image_std", CLIP_STD), do_convert_rgb=True)
+        size={
+            "shortest_edge": settings.get("size", {}).get("shortest_edge", size)
+            if isinstance(settings.get("size"), dict)
+            else settings.get("size", size)
+        },
+        crop_size={"height": size, "width": size},
+        do_center_crop=True,
+        do_resize=True,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=settings.get("image_mean", CLIP_MEAN),
+        image_std=settings.get("image_std", CLIP_STD),
+        do_convert_rgb=True,
+    )
 
 
 def convert_llava_original(src: Path, out: Path, *, force: bool = False, seed: int = 0) -> Path:
@@ -226,10 +286,15 @@ def _write(src: Path, target: Path, config: dict, vision: dict, scratch: Path, s
     bos = tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
     template = chat_template(bos)
     tokenizer.chat_template = template
-    processor = LlavaProcessor(image_processor=image_processor(src, config, native.vision_config),
-                               tokenizer=tokenizer, patch_size=native.vision_config.patch_size,
-                               vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
-                               num_additional_image_tokens=1, chat_template=template)
+    processor = LlavaProcessor(
+        image_processor=image_processor(src, config, native.vision_config),
+        tokenizer=tokenizer,
+        patch_size=native.vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,
+        chat_template=template,
+    )
     processor.save_pretrained(target)
 
 

@@ -35,8 +35,7 @@ GROUPS = {"table2": TABLE2, "recent": RECENT}
 def demo_methods(text: str) -> tuple[str, ...]:
     """``--methods``: comma-separated method names or groups (``table2``: the paper's Table 2 methods; ``recent``:
     the ones 2026's tables add), each method once."""
-    names = [name for part in text.split(",") if part.strip()
-             for name in GROUPS.get(part.strip(), (part.strip(),))]
+    names = [name for part in text.split(",") if part.strip() for name in GROUPS.get(part.strip(), (part.strip(),))]
     for name in names:
         get_method(name)  # an unknown name fails before any work
     return tuple(dict.fromkeys(names))
@@ -49,8 +48,13 @@ class DemoResult:
     seconds: float
 
 
-def run_pipeline(project: Project, methods: Sequence[str] = DEMO_METHODS, *,
-                 on_result: Callable[[StageResult], None] = lambda r: None, progress: Progress = silent) -> StageResult:
+def run_pipeline(
+    project: Project,
+    methods: Sequence[str] = DEMO_METHODS,
+    *,
+    on_result: Callable[[StageResult], None] = lambda r: None,
+    progress: Progress = silent,
+) -> StageResult:
     """Per task: embed, fit-router, zc-score; then zero-shot; then per method (allocate), train and evaluate."""
     chosen = [get_method(name) for name in methods]
     for task in project.config.task_names:
@@ -68,8 +72,16 @@ def run_pipeline(project: Project, methods: Sequence[str] = DEMO_METHODS, *,
     return report(project)
 
 
-def demo(out: Path, *, methods: Sequence[str] = DEMO_METHODS, family: str = "llava", seed: int = 0, on_synth: Callable[[SynthResult], None] = lambda r: None,
-         on_result: Callable[[StageResult], None] = lambda r: None, progress: Progress = silent) -> DemoResult:
+def demo(
+    out: Path,
+    *,
+    methods: Sequence[str] = DEMO_METHODS,
+    family: str = "llava",
+    seed: int = 0,
+    on_synth: Callable[[SynthResult], None] = lambda r: None,
+    on_result: Callable[[StageResult], None] = lambda r: None,
+    progress: Progress = silent,
+) -> DemoResult:
     start = time.perf_counter()
     synthetic = synthesize(out, family=family, seed=seed, progress=progress)
     on_synth(synthetic)

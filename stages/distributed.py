@@ -97,8 +97,9 @@ def my_share(items: Sequence[T]) -> list[T]:
 def launch_settings() -> dict:
     """The launcher's settings as recorded in a manifest: world size, and accelerate/FSDP/DeepSpeed options."""
     _, world = rank_and_world()
-    settings = {k: v for k, v in sorted(os.environ.items()) if k.startswith(LAUNCH_SETTINGS)
-                and not k.startswith(NOISE)}
+    settings = {
+        k: v for k, v in sorted(os.environ.items()) if k.startswith(LAUNCH_SETTINGS) and not k.startswith(NOISE)
+    }
     recorded = {"world_size": world}
     if launched():
         recorded["distributed_type"] = str(process_state().distributed_type).split(".")[-1]
@@ -120,11 +121,15 @@ def parameter_sharding() -> str | None:
             return FSDP2
         strategy = env.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
         if strategy not in ("NO_SHARD", "3"):
-            raise UserError(f"the accelerate config asks for FSDP1 with {strategy}; dmole shards with FSDP2: set "
-                            "fsdp_version: 2 (accelerate launch --use_fsdp --fsdp_version 2), or use NO_SHARD")
+            raise UserError(
+                f"the accelerate config asks for FSDP1 with {strategy}; dmole shards with FSDP2: set "
+                "fsdp_version: 2 (accelerate launch --use_fsdp --fsdp_version 2), or use NO_SHARD"
+            )
     if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
-        raise UserError("DeepSpeed ZeRO-3 is not supported (it cannot be tested without GPUs here); shard with "
-                        "FSDP2 instead: accelerate launch --use_fsdp --fsdp_version 2")
+        raise UserError(
+            "DeepSpeed ZeRO-3 is not supported (it cannot be tested without GPUs here); shard with "
+            "FSDP2 instead: accelerate launch --use_fsdp --fsdp_version 2"
+        )
     return None
 
 
@@ -192,5 +197,4 @@ def merge_records(share: list[T]) -> list[T]:
     """Every process's ``my_share`` JSON values (strings, numbers, flat dicts), concatenated in rank order."""
     if not launched():
         return share
-    return [record for part in _exchange(share, _save_records, lambda p: json.loads(p.read_text()))
-            for record in part]
+    return [record for part in _exchange(share, _save_records, lambda p: json.loads(p.read_text())) for record in part]

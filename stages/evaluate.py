@@ -15,14 +15,14 @@ import numpy as np
 from dmole.artifacts import Writer
 from dmole.artifacts.io import write_parquet
 
+from .config import parse_model
 from .data.tasks import load_eval_samples, task_files
 from .dmole.routing import acceptance_warning
-from .config import parse_model
 from .errors import UserError
-from .metrics.caption import resolve_caption_tokenizer
 from .evaluation.predict import predict, score_predictions
 from .methods import get_method
 from .methods.base import ZERO_SHOT, EvalPlan
+from .metrics.caption import resolve_caption_tokenizer
 from .options import EvalOptions
 from .progress import Progress, silent
 from .project import Project
@@ -30,8 +30,13 @@ from .registry import EVAL, THRESHOLD_SWEEP
 from .resolve import stage_options
 from .runner import StageResult, run_stage, source_fingerprint
 
-METRIC_NAMES = {"caption": "CIDEr-D", "vqa10": "vqa-accuracy", "short": "exact-match", "choice": "letter-accuracy",
-                "grounding": "P@IoU0.5"}
+METRIC_NAMES = {
+    "caption": "CIDEr-D",
+    "vqa10": "vqa-accuracy",
+    "short": "exact-match",
+    "choice": "letter-accuracy",
+    "grounding": "P@IoU0.5",
+}
 
 
 def _eval_set_hash(project: Project, task: str) -> str:
@@ -49,8 +54,14 @@ def _with_caption_tokenizer(project: Project, options: EvalOptions, tasks: list[
     return options.model_copy(update={"caption_tokenizer": tokenizer}), [notice] if notice and captions else []
 
 
-def evaluate(project: Project, after: str, options: EvalOptions | dict | None = None, *, force: bool = False,
-             progress: Progress = silent) -> StageResult:
+def evaluate(
+    project: Project,
+    after: str,
+    options: EvalOptions | dict | None = None,
+    *,
+    force: bool = False,
+    progress: Progress = silent,
+) -> StageResult:
     """Evaluate after task ``after`` (or ``zero-shot`` for the base model alone); ``options`` (what the caller
     sets) go over the workspace's defaults."""
     options = stage_options(project.config, EVAL.name, options)
@@ -62,8 +73,12 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
     inputs = [] if zero_shot else method.eval_inputs(project, after)
     options, notices = _with_caption_tokenizer(project, options, tasks)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in tasks}
-    config = {"options": options.model_dump(), "method": "base" if zero_shot else method.name,
-              "after": after, "sources": sources}
+    config = {
+        "options": options.model_dump(),
+        "method": "base" if zero_shot else method.name,
+        "after": after,
+        "sources": sources,
+    }
 
     def compute(writer: Writer) -> None:
         adapter = project.load_model()
@@ -73,26 +88,58 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
             task = project.config.task(task_name)
             task_options = options.for_task(task)
             samples = load_eval_samples(project.data_root, task)
-            routes, errors = (plan.routes_for(task_name, samples, task_options) if plan.routes_for
-                              else ([()] * len(samples), None))
-            predictions, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes),
-                                                     task_options, progress, f"eval {after}: {task_name}")
-            write_parquet(writer.path(EVAL.files.predictions.format(task=task_name)), {
-                "sample_id": [s.id for s in samples], "prediction": predictions,
-                "parsed": [None if p is None else str(p) for p in scored.parsed],
-                "references": [json.dumps(s.references) for s in samples], "score": scored.per_sample,
-                "routed_tasks": [list(r) for r in routes],
-                "router_errors": [list(map(float, e)) for e in errors] if errors is not None else [[]] * len(samples)})
+            routes, errors = (
+                plan.routes_for(task_name, samples, task_options) if plan.routes_for else ([()] * len(samples), None)
+            )
+            predictions, scored = _predict_and_score(
+                adapter,
+                task,
+                samples,
+                plan.model,
+                plan.around(routes),
+                task_options,
+                progress,
+                f"eval {after}: {task_name}",
+            )
+            write_parquet(
+                writer.path(EVAL.files.predictions.format(task=task_name)),
+                {
+                    "sample_id": [s.id for s in samples],
+                    "prediction": predictions,
+                    "parsed": [None if p is None else str(p) for p in scored.parsed],
+                    "references": [json.dumps(s.references) for s in samples],
+                    "score": scored.per_sample,
+                    "routed_tasks": [list(r) for r in routes],
+                    "router_errors": [list(map(float, e)) for e in errors]
+                    if errors is not None
+                    else [[]] * len(samples),
+                },
+            )
             task_id = project.config.task_index(task_name)
             routed = method.routes and not zero_shot
             if routed and task_id <= project.config.task_index(after):
-                warnings.append(acceptance_warning(task_name, sum(task_id in r for r in routes), len(routes),
-                                                   options.min_acceptance, where=f"eval after {after}"))
-            rows.append({"task": task_name, "family": task.family, "metric": METRIC_NAMES[task.family],
-                         "score": scored.score, "n": len(samples),
-                         "tokenizer": options.caption_tokenizer if task.family == "caption" else "",
-                         "routing": options.routing if routed else "none",
-                         "batch_size": task_options.batch_size, "eval_set_sha256": _eval_set_hash(project, task_name)})
+                warnings.append(
+                    acceptance_warning(
+                        task_name,
+                        sum(task_id in r for r in routes),
+                        len(routes),
+                        options.min_acceptance,
+                        where=f"eval after {after}",
+                    )
+                )
+            rows.append(
+                {
+                    "task": task_name,
+                    "family": task.family,
+                    "metric": METRIC_NAMES[task.family],
+                    "score": scored.score,
+                    "n": len(samples),
+                    "tokenizer": options.caption_tokenizer if task.family == "caption" else "",
+                    "routing": options.routing if routed else "none",
+                    "batch_size": task_options.batch_size,
+                    "eval_set_sha256": _eval_set_hash(project, task_name),
+                }
+            )
         write_parquet(writer.path(EVAL.files.scores), {k: [r[k] for r in rows] for k in rows[0]})
         writer.meta.update({r["task"]: round(r["score"], 3) for r in rows})
         writer.meta["warnings"] = [w for w in warnings if w]
@@ -101,13 +148,28 @@ def evaluate(project: Project, after: str, options: EvalOptions | dict | None = 
 
 
 def _predict_and_score(adapter, task, samples, model, around, options: EvalOptions, progress, description):
-    predictions = predict(adapter, task, samples, batch_size=options.batch_size, model=model, around_batch=around,
-                          progress=progress, description=description)
+    predictions = predict(
+        adapter,
+        task,
+        samples,
+        batch_size=options.batch_size,
+        model=model,
+        around_batch=around,
+        progress=progress,
+        description=description,
+    )
     return predictions, score_predictions(task, samples, predictions, options.caption_tokenizer)
 
 
-def threshold_sweep(project: Project, after: str, scales: list[float], options: EvalOptions | dict | None = None, *,
-                    force: bool = False, progress: Progress = silent) -> StageResult:
+def threshold_sweep(
+    project: Project,
+    after: str,
+    scales: list[float],
+    options: EvalOptions | dict | None = None,
+    *,
+    force: bool = False,
+    progress: Progress = silent,
+) -> StageResult:
     """A routed method (D-MoLE) after ``after`` with every router threshold multiplied by each of ``scales``, at
     evaluation only (the authors' threshold-sensitivity study): per scale and task the score and how many samples
     got none, one or two experts; the version's summary holds Avg Last (the mean over all tasks) per scale."""
@@ -136,15 +198,40 @@ def threshold_sweep(project: Project, after: str, scales: list[float], options: 
                 task = project.config.task(task_name)
                 samples = load_eval_samples(project.data_root, task)
                 routes, _ = plan.routes_for(task_name, samples, scaled.for_task(task))
-                _, scored = _predict_and_score(adapter, task, samples, plan.model, plan.around(routes),
-                                               options.for_task(task), progress, f"sweep x{scale:g}: {task_name}")
-                rows.append({"scale": scale, "task": task_name, "score": scored.score, "n": len(samples),
-                             **{f"experts_{k}": sum(len(r) == k for r in routes) for k in (0, 1, 2)}})
+                _, scored = _predict_and_score(
+                    adapter,
+                    task,
+                    samples,
+                    plan.model,
+                    plan.around(routes),
+                    options.for_task(task),
+                    progress,
+                    f"sweep x{scale:g}: {task_name}",
+                )
+                rows.append(
+                    {
+                        "scale": scale,
+                        "task": task_name,
+                        "score": scored.score,
+                        "n": len(samples),
+                        **{f"experts_{k}": sum(len(r) == k for r in routes) for k in (0, 1, 2)},
+                    }
+                )
         write_parquet(writer.path(THRESHOLD_SWEEP.files.table), {k: [r[k] for r in rows] for k in rows[0]})
         writer.meta["warnings"] = notices
-        writer.meta.update({f"avg_last@{scale:g}": round(float(np.mean([r["score"] for r in rows
-                                                                          if r["scale"] == scale])), 3)
-                            for scale in scales})
+        writer.meta.update(
+            {
+                f"avg_last@{scale:g}": round(float(np.mean([r["score"] for r in rows if r["scale"] == scale])), 3)
+                for scale in scales
+            }
+        )
 
-    return run_stage(project, method.stage(THRESHOLD_SWEEP.name), after, config=config,
-                     inputs=method.eval_inputs(project, after), compute=compute, force=force)
+    return run_stage(
+        project,
+        method.stage(THRESHOLD_SWEEP.name),
+        after,
+        config=config,
+        inputs=method.eval_inputs(project, after),
+        compute=compute,
+        force=force,
+    )

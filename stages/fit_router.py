@@ -8,7 +8,8 @@ from dmole.artifacts import Writer
 from dmole.artifacts.io import write_json
 
 from .dmole.bank import load_bank, load_embeddings, require_embeddings
-from .dmole.router import fit_router as train_router, reconstruction_errors
+from .dmole.router import fit_router as train_router
+from .dmole.router import reconstruction_errors
 from .dmole.routing import acceptance_warning
 from .options import FitRouterOptions
 from .progress import Progress, silent
@@ -20,8 +21,14 @@ from .runner import StageResult, run_stage
 NONE = "none"
 
 
-def fit_router(project: Project, task_name: str, options: FitRouterOptions | dict | None = None, *,
-               force: bool = False, progress: Progress = silent) -> StageResult:
+def fit_router(
+    project: Project,
+    task_name: str,
+    options: FitRouterOptions | dict | None = None,
+    *,
+    force: bool = False,
+    progress: Progress = silent,
+) -> StageResult:
     """Fit ``task_name``'s router; ``options`` (what the caller sets) go over the workspace's defaults."""
     options = stage_options(project.config, FIT_ROUTER.name, options)
     project.config.task(task_name)
@@ -35,21 +42,43 @@ def fit_router(project: Project, task_name: str, options: FitRouterOptions | dic
             keep = sorted(random.Random(options.seed).sample(range(len(matrix)), options.max_fit_samples))
             matrix = matrix[keep]
         fitted = train_router(matrix, options, progress, f"{FIT_ROUTER.name} {task_name}")
-        save_file({k: v.contiguous() for k, v in fitted.model.state_dict().items()},
-                  writer.path(FIT_ROUTER.files.weights))
-        record = {"config": options.model_dump(), "quantile": options.quantile, "threshold": fitted.threshold,
-                  "epochs": fitted.epochs, "final_loss": fitted.final_loss, "n_fit": int(len(matrix)),
-                  "seed": options.seed, "dim": int(matrix.shape[1]), "quantiles": fitted.quantiles,
-                  "embedding": metadata}
+        save_file(
+            {k: v.contiguous() for k, v in fitted.model.state_dict().items()}, writer.path(FIT_ROUTER.files.weights)
+        )
+        record = {
+            "config": options.model_dump(),
+            "quantile": options.quantile,
+            "threshold": fitted.threshold,
+            "epochs": fitted.epochs,
+            "final_loss": fitted.final_loss,
+            "n_fit": len(matrix),
+            "seed": options.seed,
+            "dim": int(matrix.shape[1]),
+            "quantiles": fitted.quantiles,
+            "embedding": metadata,
+        }
         write_json(writer.path(FIT_ROUTER.files.router), record)
         _, test, _ = load_embeddings(embedded, "test")
         accepted = int((reconstruction_errors(fitted.model, test) < fitted.threshold).sum()) if len(test) else 0
         warning = acceptance_warning(task_name, accepted, len(test), options.min_acceptance, where=FIT_ROUTER.name)
-        writer.meta.update(threshold=fitted.threshold, epochs=fitted.epochs, n_fit=int(len(matrix)),
-                           own_test_accepted=accepted, n_test=len(test), warnings=[warning] if warning else [])
+        writer.meta.update(
+            threshold=fitted.threshold,
+            epochs=fitted.epochs,
+            n_fit=len(matrix),
+            own_test_accepted=accepted,
+            n_test=len(test),
+            warnings=[warning] if warning else [],
+        )
 
-    return run_stage(project, FIT_ROUTER.name, task_name, config={"options": options.model_dump()}, inputs=[embedded],
-                     compute=compute, force=force)
+    return run_stage(
+        project,
+        FIT_ROUTER.name,
+        task_name,
+        config={"options": options.model_dump()},
+        inputs=[embedded],
+        compute=compute,
+        force=force,
+    )
 
 
 def routing_confusion(project: Project, scale: float = 1.0) -> dict[str, dict[str, int]]:

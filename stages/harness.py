@@ -39,27 +39,46 @@ class HarnessModel:
     route: Callable[[list[Image.Image], list[str]], list] | None = None
     around: Callable[[list | None], AroundBatch | None] = lambda routes: None
 
-    def generate(self, images: list[Image.Image], prompts: list[str], *, max_new_tokens: int,
-                 min_new_tokens: int = 0) -> list[str]:
+    def generate(
+        self, images: list[Image.Image], prompts: list[str], *, max_new_tokens: int, min_new_tokens: int = 0
+    ) -> list[str]:
         """Greedy replies to one batch, each sample with its own route."""
         routes = self.route(images, prompts) if self.route else None
-        return generate_batch(self.adapter, self.model, images, prompts, max_new_tokens=max_new_tokens,
-                              min_new_tokens=min_new_tokens, around_batch=self.around(routes))
+        return generate_batch(
+            self.adapter,
+            self.model,
+            images,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            around_batch=self.around(routes),
+        )
 
 
-def open_model(project: Project, after: str | None = None, *, method: str | None = None, roe: bool = False,
-               options: dict | None = None, device: str | None = None) -> HarnessModel:
+def open_model(
+    project: Project,
+    after: str | None = None,
+    *,
+    method: str | None = None,
+    roe: bool = False,
+    options: dict | None = None,
+    device: str | None = None,
+) -> HarnessModel:
     """The model of ``method`` (default: the workspace's) after task ``after`` (``zero-shot``: the base model), or
     with ``roe`` the RoE model. ``options`` are the eval stage's (`dmole eval --help`; with ``roe`` roe-eval's)
     over the workspace's defaults; ``device`` defaults to CUDA when there is one."""
     if roe:
         if after is not None or method is not None:
-            raise UserError("roe=true evaluates the latest route-train weights on the model they were trained on; "
-                            "it takes no after or method")
+            raise UserError(
+                "roe=true evaluates the latest route-train weights on the model they were trained on; "
+                "it takes no after or method"
+            )
         return _roe_model(project, options or {}, device)
     if after is None:
-        raise UserError(f"say which model: after=TASK (one of {', '.join(project.config.task_names)}), "
-                        f"after={ZERO_SHOT}, or roe=true")
+        raise UserError(
+            f"say which model: after=TASK (one of {', '.join(project.config.task_names)}), "
+            f"after={ZERO_SHOT}, or roe=true"
+        )
     options = stage_options(project.config, EVAL.name, {**(options or {}), "method": method})
     if after == ZERO_SHOT:
         require_built_on_model(project, [])  # a missing model folder is one line
@@ -70,8 +89,13 @@ def open_model(project: Project, after: str | None = None, *, method: str | None
     model = require_built_on_model(project, chosen.eval_inputs(project, after))["model"]  # what `eval` reads
     adapter = project.load_model(device=device)
     plan = chosen.evaluation(project, after, adapter)
-    return HarnessModel(adapter, plan.model, f"{chosen.name} after {after}",
-                        _sample_routes(project, chosen, after, adapter, plan, options, model), plan.around)
+    return HarnessModel(
+        adapter,
+        plan.model,
+        f"{chosen.name} after {after}",
+        _sample_routes(project, chosen, after, adapter, plan, options, model),
+        plan.around,
+    )
 
 
 def _sample_routes(project: Project, method, after: str, adapter, plan, options, model: str) -> Callable | None:
@@ -88,11 +112,11 @@ def _sample_routes(project: Project, method, after: str, adapter, plan, options,
     from .dmole.embedding import embedding_metadata, sequence_embeddings
     from .dmole.routing import evaluation_routes
 
-    bank = load_bank(project, project.config.task_names[:project.config.task_index(after)])
+    bank = load_bank(project, project.config.task_names[: project.config.task_index(after)])
     metadata = embedding_metadata(adapter, model)
 
     def route(images: list[Image.Image], prompts: list[str]) -> list:
-        with (plan.model.disable_adapter() if hasattr(plan.model, "disable_adapter") else nullcontext()):
+        with plan.model.disable_adapter() if hasattr(plan.model, "disable_adapter") else nullcontext():
             embeddings = sequence_embeddings(adapter, images, prompts)
         return evaluation_routes(bank.errors(embeddings, metadata), bank.thresholds, options.for_task(None))
 
@@ -116,5 +140,12 @@ def _roe_model(project: Project, options: dict, device: str | None) -> HarnessMo
         return HarnessModel(adapter, adapter.model, name, around=lambda routes: RequestRecorder(batch_rule))
     method = get_method(continual.options.method)
     route = _sample_routes(project, method, trained.after, adapter, continual.plan, continual.options, model)
-    return HarnessModel(adapter, continual.plan.model, name, route, lambda routes: RequestRecorder(
-        batch_rule, experts=(continual.batches(routes) if routes is not None else None, continual.rows)))
+    return HarnessModel(
+        adapter,
+        continual.plan.model,
+        name,
+        route,
+        lambda routes: RequestRecorder(
+            batch_rule, experts=(continual.batches(routes) if routes is not None else None, continual.rows)
+        ),
+    )

@@ -50,8 +50,10 @@ class ImportResult:
     seconds: float
 
     def summary(self) -> str:
-        return (f"import {self.task.name}: wrote {self.n_train} training and {self.n_eval} evaluation samples "
-                f"({self.n_images} images) to {self.folder}, registered in {self.registry}, in {self.seconds:.1f}s")
+        return (
+            f"import {self.task.name}: wrote {self.n_train} training and {self.n_eval} evaluation samples "
+            f"({self.n_images} images) to {self.folder}, registered in {self.registry}, in {self.seconds:.1f}s"
+        )
 
 
 class _Images:
@@ -70,16 +72,36 @@ class _Images:
         return f"{IMAGE_FOLDER}/{name}", (image.width, image.height)
 
 
-def import_dataset(source: Path, data_root: Path, task: str, family: str, *, train_split: str = "train",
-                   eval_split: str | None = None, mapping: dict[str, str] | None = None, prompt: str | None = None,
-                   box_format: str = "xyxy", overwrite: bool = False, progress: Progress = silent) -> ImportResult:
+def import_dataset(
+    source: Path,
+    data_root: Path,
+    task: str,
+    family: str,
+    *,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    mapping: dict[str, str] | None = None,
+    prompt: str | None = None,
+    box_format: str = "xyxy",
+    overwrite: bool = False,
+    progress: Progress = silent,
+) -> ImportResult:
     """Import ``source`` as task ``task`` of ``family`` into ``data_root``; ``mapping`` names the dataset column of
     a record field (default: the field's own name or a usual alias), ``prompt`` the task's prompt (also the
     training chat's question)."""
     start = time.perf_counter()
-    spec = parse_model(TaskSpec, {"name": task, "family": family, "train": f"{task}/{TRAIN_FILE}",
-                                  "eval": f"{task}/{eval_file_name(family)}", "image_root": task, "prompt": prompt},
-                       source="dmole import")
+    spec = parse_model(
+        TaskSpec,
+        {
+            "name": task,
+            "family": family,
+            "train": f"{task}/{TRAIN_FILE}",
+            "eval": f"{task}/{eval_file_name(family)}",
+            "image_root": task,
+            "prompt": prompt,
+        },
+        source="dmole import",
+    )
     check_box_format(box_format)
     if not source.exists():
         raise DataError(source, "does not exist")
@@ -95,8 +117,9 @@ def import_dataset(source: Path, data_root: Path, task: str, family: str, *, tra
         document = with_task(registry, spec, replace=overwrite)  # a broken registry stops the import here
         staged = staging(data_root)
         try:
-            n_train, n_eval, n_images = _build(staged, source, data_root, spec, train_split, eval_split,
-                                                   mapping or {}, box_format, progress)
+            n_train, n_eval, n_images = _build(
+                staged, source, data_root, spec, train_split, eval_split, mapping or {}, box_format, progress
+            )
             (staged / REGISTRY_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
             commit(data_root, task, staged)  # the task's folder and its registry entry, in one atomic step
         finally:
@@ -104,14 +127,27 @@ def import_dataset(source: Path, data_root: Path, task: str, family: str, *, tra
     return ImportResult(spec, target, registry, n_train, n_eval, n_images, time.perf_counter() - start)
 
 
-def _build(staged: Path, source: Path, data_root: Path, spec: TaskSpec, train_split: str, eval_split: str | None,
-           named: dict[str, str], box_format: str, progress: Progress) -> tuple[int, int, int]:
+def _build(
+    staged: Path,
+    source: Path,
+    data_root: Path,
+    spec: TaskSpec,
+    train_split: str,
+    eval_split: str | None,
+    named: dict[str, str],
+    box_format: str,
+    progress: Progress,
+) -> tuple[int, int, int]:
     """The task's files in ``staged``, read back as any task's are: the training and evaluation samples' counts
     and the number of distinct images."""
     family = spec.family
-    staged_spec = spec.model_copy(update={"train": f"{staged.name}/{TRAIN_FILE}",
-                                          "eval": f"{staged.name}/{eval_file_name(family)}",
-                                          "image_root": staged.name})
+    staged_spec = spec.model_copy(
+        update={
+            "train": f"{staged.name}/{TRAIN_FILE}",
+            "eval": f"{staged.name}/{eval_file_name(family)}",
+            "image_root": staged.name,
+        }
+    )
     splits = open_splits(source, staged / ".cache")
     eval_name, test = pick_split(splits, eval_split, source, "eval")
     train_name, train = pick_split(splits, train_split, source, "train")
@@ -120,10 +156,13 @@ def _build(staged: Path, source: Path, data_root: Path, spec: TaskSpec, train_sp
     images = _Images(staged, source)
     convert = _Converter(spec, source, data_root, staged, images, box_format, progress)
     records, _ = convert.family_records(eval_name, test, field_columns(family, test.column_names, named))
-    chats = (convert.chats(train_name, train, chat_columns(train.column_names, named))
-             if CONVERSATIONS in train.column_names
-             else convert.chats_from(convert.family_records(train_name, train,
-                                                            field_columns(family, train.column_names, named))[1]))
+    chats = (
+        convert.chats(train_name, train, chat_columns(train.column_names, named))
+        if CONVERSATIONS in train.column_names
+        else convert.chats_from(
+            convert.family_records(train_name, train, field_columns(family, train.column_names, named))[1]
+        )
+    )
     _write_eval_file(family, records, staged / eval_file_name(family))
     _write_jsonl(chats, staged / TRAIN_FILE)
     n_train, evaluation = len(load_train_samples(data_root, staged_spec)), load_eval_samples(data_root, staged_spec)
@@ -158,8 +197,13 @@ class _Converter:
         for index, where, row, image, size in self._rows(split, dataset, columns["image"]):
             record = family_record(self.spec.family, row, columns, image, size, self.box_format)
             record.setdefault("question_id", index)
-            samples += eval_records(self.spec.family, [(None, where, record)], source=self.source,
-                                    data_root=self.data_root, image_root=self.staging)
+            samples += eval_records(
+                self.spec.family,
+                [(None, where, record)],
+                source=self.source,
+                data_root=self.data_root,
+                image_root=self.staging,
+            )
             records.append(record)
         return records, samples
 
@@ -170,20 +214,25 @@ class _Converter:
             question = f"{IMAGE_PLACEHOLDER}\n{render_prompt(self.spec, sample)}"
             answers = training_answers(self.spec.family, sample.references)
             for k, answer in enumerate(answers):
-                chats.append({"id": sample.id if len(answers) == 1 else f"{sample.id}-{k}",
-                              "image": sample.image.relative_to(self.staging.resolve()).as_posix(),
-                              "conversations": [{"from": "human", "value": question},
-                                                {"from": "gpt", "value": answer}]})
+                chats.append(
+                    {
+                        "id": sample.id if len(answers) == 1 else f"{sample.id}-{k}",
+                        "image": sample.image.relative_to(self.staging.resolve()).as_posix(),
+                        "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+                    }
+                )
         return chats
 
     def chats(self, split: str, dataset, columns: dict[str, str]) -> list[dict]:
         """A training split that holds its own chat (a ``conversations`` column, LLaVA-style)."""
         chats = []
         for index, where, row, image, _ in self._rows(split, dataset, columns["image"]):
-            chat = {"id": row[columns["id"]] if "id" in columns else index, "image": image,
-                    CONVERSATIONS: row[CONVERSATIONS]}
-            train_records([(None, where, chat)], source=self.source, data_root=self.data_root,
-                          image_root=self.staging)
+            chat = {
+                "id": row[columns["id"]] if "id" in columns else index,
+                "image": image,
+                CONVERSATIONS: row[CONVERSATIONS],
+            }
+            train_records([(None, where, chat)], source=self.source, data_root=self.data_root, image_root=self.staging)
             chats.append(chat)
         return chats
 
@@ -199,7 +248,10 @@ def _write_eval_file(family: str, records: list[dict], path: Path) -> None:
     if family != "caption":
         _write_jsonl(records, path)
         return
-    document = {"images": [{"id": r["question_id"], "file_name": r["image"]} for r in records],
-                "annotations": [{"image_id": r["question_id"], "caption": caption}
-                                for r in records for caption in r["captions"]]}
+    document = {
+        "images": [{"id": r["question_id"], "file_name": r["image"]} for r in records],
+        "annotations": [
+            {"image_id": r["question_id"], "caption": caption} for r in records for caption in r["captions"]
+        ],
+    }
     path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")

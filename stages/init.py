@@ -40,29 +40,45 @@ def _benchmark_tasks(name: str, data: Path, names: list[str] | None) -> list[Tas
     preset = benchmark(name)
     specs = select_tasks(list(preset.tasks), names, source=f"benchmark {name!r}")
     if not (data / preset.marker).exists():
-        hint = (f"; {data} looks like the archive's {preset.marker}/ folder itself: pass its parent "
-                f"{data.resolve().parent}" if data.resolve().name == preset.marker else "")
-        raise ConfigError(f"{data} has no '{preset.marker}' folder: the {name} benchmark's paths (e.g. "
-                          f"{specs[0].train}) are relative to the folder that holds the archive's "
-                          f"{preset.marker}/{hint}")
+        hint = (
+            f"; {data} looks like the archive's {preset.marker}/ folder itself: pass its parent {data.resolve().parent}"
+            if data.resolve().name == preset.marker
+            else ""
+        )
+        raise ConfigError(
+            f"{data} has no '{preset.marker}' folder: the {name} benchmark's paths (e.g. "
+            f"{specs[0].train}) are relative to the folder that holds the archive's "
+            f"{preset.marker}/{hint}"
+        )
     for spec in specs:
         for field in ("train", "eval", "eval_annotations", "eval_image_root"):
             relative = getattr(spec, field)
             if relative and not (data / relative).exists():
-                raise ConfigError(f"benchmark {name!r}, task {spec.name!r}: {data / relative} ({field}) does not "
-                                  f"exist; the archive is expected as distributed")
+                raise ConfigError(
+                    f"benchmark {name!r}, task {spec.name!r}: {data / relative} ({field}) does not "
+                    f"exist; the archive is expected as distributed"
+                )
     return specs
 
 
-def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[str] | None = None,
-                     registry: Path | None = None, benchmark: str | None = None, overwrite: bool = False,
-                     **settings) -> WorkspaceConfig:
+def create_workspace(
+    workspace: Path,
+    *,
+    model: Path,
+    data: Path,
+    tasks: list[str] | None = None,
+    registry: Path | None = None,
+    benchmark: str | None = None,
+    overwrite: bool = False,
+    **settings,
+) -> WorkspaceConfig:
     """Write ``workspace.json``. The tasks come from ``registry`` (default ``DATA/tasks.json``) or from a
     benchmark preset (``benchmark``, stages/data/benchmarks.py); the two are mutually exclusive. ``settings`` are
     the workspace's other fields (`WorkspaceConfig`: method, seed, stages, profile, ...), its defaults below them."""
     if registry is not None and benchmark is not None:
-        raise ConfigError("--registry and --benchmark are mutually exclusive: a benchmark preset replaces the "
-                          "registry file")
+        raise ConfigError(
+            "--registry and --benchmark are mutually exclusive: a benchmark preset replaces the registry file"
+        )
     if benchmark is not None:
         from .data.benchmarks import benchmark as preset
 
@@ -75,12 +91,24 @@ def create_workspace(workspace: Path, *, model: Path, data: Path, tasks: list[st
     existing = workspace / "workspace.json"
     if existing.exists() and not overwrite:
         raise ConfigError(f"{existing} already exists; pass --overwrite to replace it")
-    specs = (_benchmark_tasks(benchmark, data, tasks) if benchmark is not None
-             else select_tasks(read_registry(registry or data / REGISTRY_FILE), tasks))
+    specs = (
+        _benchmark_tasks(benchmark, data, tasks)
+        if benchmark is not None
+        else select_tasks(read_registry(registry or data / REGISTRY_FILE), tasks)
+    )
     workspace.mkdir(parents=True, exist_ok=True)
-    config = check_workspace(parse_model(WorkspaceConfig, {
-        "model": _portable(model, workspace), "data": _portable(data, workspace),
-        "tasks": [spec.model_dump(exclude_defaults=True) for spec in specs], **settings}, source="workspace"),
-        source="workspace")
+    config = check_workspace(
+        parse_model(
+            WorkspaceConfig,
+            {
+                "model": _portable(model, workspace),
+                "data": _portable(data, workspace),
+                "tasks": [spec.model_dump(exclude_defaults=True) for spec in specs],
+                **settings,
+            },
+            source="workspace",
+        ),
+        source="workspace",
+    )
     write_workspace(workspace, config)
     return config

@@ -6,8 +6,8 @@ from dmole.artifacts import Version
 from dmole.artifacts.io import read_parquet
 
 from .errors import UserError
-from .project import Project
 from .methods import method_names
+from .project import Project
 from .registry import ALLOCATE, EVAL, FIT_ROUTER, STAGES, SWEEP
 from .resolve import stage_options
 from .runner import model_identity
@@ -19,9 +19,11 @@ def tampered_since(project: Project, stage: str, task: str) -> list[dict]:
     """The version folders of ``stage``/``task`` newer than its latest version whose manifest is damaged or was
     edited by hand (no stage reads them), each with what is wrong."""
     latest = project.store.latest(stage, task)
-    return [{"stage": stage, "task": task, "version": number, "path": str(path), "status": "tampered",
-             "problem": problem}
-            for number, path, problem in project.store.tampered(stage, task) if latest is None or number > latest.number]
+    return [
+        {"stage": stage, "task": task, "version": number, "path": str(path), "status": "tampered", "problem": problem}
+        for number, path, problem in project.store.tampered(stage, task)
+        if latest is None or number > latest.number
+    ]
 
 
 def current_sources(project: Project) -> dict[str, str | None]:
@@ -40,8 +42,17 @@ def listing(project: Project) -> list[dict]:
     for stage, task in project.store.stage_tasks():
         v = project.store.latest(stage, task)
         if v is not None:
-            rows.append({"stage": stage, "task": task, "version": v.number, "created": v.created,
-                         "bytes": v.size_bytes, "status": project.store.status(v, sources), "problem": None})
+            rows.append(
+                {
+                    "stage": stage,
+                    "task": task,
+                    "version": v.number,
+                    "created": v.created,
+                    "bytes": v.size_bytes,
+                    "status": project.store.status(v, sources),
+                    "problem": None,
+                }
+            )
         rows += [{**row, "created": "", "bytes": 0} for row in tampered_since(project, stage, task)]
     return rows
 
@@ -73,10 +84,18 @@ def describe(project: Project, stage: str, task: str, number: int | None = None)
     manifest = version.manifest
     sources = current_sources(project)
     return {
-        "stage": stage, "task": task, "version": version.number, "path": str(version.path),
-        "status": store.status(version, sources), "stale_because": store.stale_because(version, sources),
-        "created": version.created, "config_hash": manifest["config_hash"], "config": manifest["config"],
-        "inputs": manifest["inputs"], "outputs": manifest["outputs"], "environment": manifest["environment"],
+        "stage": stage,
+        "task": task,
+        "version": version.number,
+        "path": str(version.path),
+        "status": store.status(version, sources),
+        "stale_because": store.stale_because(version, sources),
+        "created": version.created,
+        "config_hash": manifest["config_hash"],
+        "config": manifest["config"],
+        "inputs": manifest["inputs"],
+        "outputs": manifest["outputs"],
+        "environment": manifest["environment"],
         "summary": manifest.get("summary", {}),
         "tables": [describe_table(version, o["path"]) for o in manifest["outputs"] if o["path"].endswith(".parquet")],
     }
@@ -96,8 +115,10 @@ def check_stage(stage: str) -> None:
     method's (`methods.base.stage_name`)."""
     method, _, declared = stage.rpartition(".")
     if declared not in STAGES or (method and method not in method_names()):
-        raise UserError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}, another method's as "
-                        "METHOD.STAGE (e.g. seq-lora.train-task)")
+        raise UserError(
+            f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}, another method's as "
+            "METHOD.STAGE (e.g. seq-lora.train-task)"
+        )
 
 
 def describe_stage(project: Project, stage: str, task: str | None, number: int | None) -> dict:

@@ -31,8 +31,14 @@ class PretrainSettings:
     seed: int = 0
 
     def loop(self, epochs: float) -> LoopSettings:
-        return LoopSettings(epochs=epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                            warmup_ratio=self.warmup_ratio, seed=self.seed)
+        return LoopSettings(
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio,
+            seed=self.seed,
+        )
 
 
 def _train_only(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
@@ -44,40 +50,61 @@ def _train_only(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> lis
     return params
 
 
-def pretrain_vision(adapter, images: list[Image.Image], labels: dict[str, list[int]],
-                    settings: PretrainSettings = PretrainSettings(), progress: Progress = silent) -> list[dict]:
+def pretrain_vision(
+    adapter,
+    images: list[Image.Image],
+    labels: dict[str, list[int]],
+    settings: PretrainSettings = PretrainSettings(),
+    progress: Progress = silent,
+) -> list[dict]:
     """Train the vision side of ``adapter.model`` in place: one linear head per attribute reads the mean
     image token (what any language-model position can attend to uniformly). The heads are discarded."""
     model = adapter.model
     language = {id(p) for p in adapter.language_side()}
     vision = _train_only(model, [p for p in model.parameters() if id(p) not in language])
     torch.manual_seed(settings.seed)
-    heads = torch.nn.ModuleDict({name: torch.nn.Linear(adapter.d_language, max(classes) + 1)
-                                 for name, classes in labels.items()}).to(adapter.device)
+    heads = torch.nn.ModuleDict(
+        {name: torch.nn.Linear(adapter.d_language, max(classes) + 1) for name, classes in labels.items()}
+    ).to(adapter.device)
     targets = {name: torch.tensor(classes, device=adapter.device) for name, classes in labels.items()}
     inputs = [adapter.image_inputs(image) for image in images]
 
     def loss_fn(prepared, indices, _scope):
         tokens = adapter.image_tokens([inputs[i] for i in indices], prepared)
         pooled = torch.stack([one.mean(dim=0) for one in tokens])
-        losses = {name: torch.nn.functional.cross_entropy(head(pooled.float()), targets[name][indices])
-                  for name, head in heads.items()}
+        losses = {
+            name: torch.nn.functional.cross_entropy(head(pooled.float()), targets[name][indices])
+            for name, head in heads.items()
+        }
         return {"loss": sum(losses.values()), **{name: loss.detach() for name, loss in losses.items()}}
 
-    result = train(model, [ParamGroup("vision", vision), ParamGroup("heads", list(heads.parameters()))], loss_fn,
-                   len(images), settings.loop(settings.vision_epochs), progress=progress,
-                   description="pre-train vision")
+    result = train(
+        model,
+        [ParamGroup("vision", vision), ParamGroup("heads", list(heads.parameters()))],
+        loss_fn,
+        len(images),
+        settings.loop(settings.vision_epochs),
+        progress=progress,
+        description="pre-train vision",
+    )
     model.eval()
     return result.log
 
 
-def pretrain(adapter, samples: list[TrainSample], settings: PretrainSettings = PretrainSettings(),
-             progress: Progress = silent) -> list[dict]:
+def pretrain(
+    adapter, samples: list[TrainSample], settings: PretrainSettings = PretrainSettings(), progress: Progress = silent
+) -> list[dict]:
     """Train the language side of ``adapter.model`` in place, the vision side frozen; return the per-step log."""
     model = adapter.model
     params = _train_only(model, adapter.language_side())
-    result = train(model, [ParamGroup("language", params)],
-                   lambda prepared, idx, _scope: {"loss": answer_loss(prepared, adapter, [samples[i] for i in idx])},
-                   len(samples), settings.loop(settings.epochs), progress=progress, description="pre-train base")
+    result = train(
+        model,
+        [ParamGroup("language", params)],
+        lambda prepared, idx, _scope: {"loss": answer_loss(prepared, adapter, [samples[i] for i in idx])},
+        len(samples),
+        settings.loop(settings.epochs),
+        progress=progress,
+        description="pre-train base",
+    )
     model.eval()
     return result.log

@@ -23,8 +23,10 @@ class Project:
     def open(cls, root: Path) -> Project:
         path = root / WORKSPACE_FILE
         if not path.is_file():
-            raise ConfigError(f"no workspace at {root} (no {WORKSPACE_FILE}); run `dmole init` or `dmole synth`, "
-                              "or point --workspace / DMOLE_WORKSPACE at one")
+            raise ConfigError(
+                f"no workspace at {root} (no {WORKSPACE_FILE}); run `dmole init` or `dmole synth`, "
+                "or point --workspace / DMOLE_WORKSPACE at one"
+            )
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -47,9 +49,13 @@ class Project:
         when given (heavy: imports torch)."""
         from .models.registry import load_family
 
-        return load_family(self.model_path, trust_remote_code=self.config.trust_remote_code,
-                           max_tiles=self.config.max_tiles if max_tiles is None else max_tiles,
-                           pad_to_square=self.config.image_aspect_ratio == "pad", **kwargs)
+        return load_family(
+            self.model_path,
+            trust_remote_code=self.config.trust_remote_code,
+            max_tiles=self.config.max_tiles if max_tiles is None else max_tiles,
+            pad_to_square=self.config.image_aspect_ratio == "pad",
+            **kwargs,
+        )
 
 
 def write_workspace(root: Path, config: WorkspaceConfig) -> Path:

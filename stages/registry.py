@@ -15,8 +15,18 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from .config import Strict
-from .options import (AllocateOptions, EmbedOptions, EvalOptions, FitRouterOptions, RoEEvalOptions, RouteSweepOptions,
-                      RouteTrainOptions, SweepOptions, TrainTaskOptions, ZcScoreOptions)
+from .options import (
+    AllocateOptions,
+    EmbedOptions,
+    EvalOptions,
+    FitRouterOptions,
+    RoEEvalOptions,
+    RouteSweepOptions,
+    RouteTrainOptions,
+    SweepOptions,
+    TrainTaskOptions,
+    ZcScoreOptions,
+)
 
 
 class Files(SimpleNamespace):
@@ -43,62 +53,126 @@ class Stage:
         return " ".join(("dmole", *self.command_line, *(("--task", task) if task else ())))
 
 
-EMBED = Stage("embed", "Sequence representation (frozen base, no experts) of the task's train and test samples, to "
-                       "Parquet.", EmbedOptions, Files(split="{split}.parquet"))
-FIT_ROUTER = Stage("fit-router", "Fit the task's autoencoder router on its training embeddings and set its "
-                                 "threshold.", FitRouterOptions,
-                   Files(router="router.json", weights="router.safetensors"))
-ZC_SCORE = Stage("zc-score", "Zero-cost proxy: gradient norm of every candidate module of both towers on the frozen "
-                             "base.", ZcScoreOptions, Files(scores="scores.parquet"))
+EMBED = Stage(
+    "embed",
+    "Sequence representation (frozen base, no experts) of the task's train and test samples, to Parquet.",
+    EmbedOptions,
+    Files(split="{split}.parquet"),
+)
+FIT_ROUTER = Stage(
+    "fit-router",
+    "Fit the task's autoencoder router on its training embeddings and set its threshold.",
+    FitRouterOptions,
+    Files(router="router.json", weights="router.safetensors"),
+)
+ZC_SCORE = Stage(
+    "zc-score",
+    "Zero-cost proxy: gradient norm of every candidate module of both towers on the frozen base.",
+    ZcScoreOptions,
+    Files(scores="scores.parquet"),
+)
 ALLOCATE = Stage(
-    "allocate", "Choose the task's expert modules: budget split between towers by gradient share (vision >= 25%)."
-                "\n\n--method takes dmole or one of its ablations, each a named method with its own artifacts: "
-                "dmole-vision-only, dmole-language-only (experts in one tower), dmole-pooled (one ranking over both "
-                "towers), dmole-uniform (the same evenly spread modules for every task).", AllocateOptions,
-    Files(arch="arch.json"))
-TRAIN_TASK = Stage("train-task", "Train the task's adapter for the method (`dmole methods` lists them); resumes "
-                                 "automatically.\n\nA method's own hyperparameters (`dmole methods --show NAME`) are "
-                                 "set with --hparam KEY=VALUE.", TrainTaskOptions,
-                   Files(expert="expert", log="train_log.parquet"))
-EVAL = Stage("eval", "Evaluate on the test split of every task (seen and unseen), greedy decoding, each family's "
-                     "metric.", EvalOptions, Files(scores="scores.parquet", predictions="predictions/{task}.parquet"))
+    "allocate",
+    "Choose the task's expert modules: budget split between towers by gradient share (vision >= 25%)."
+    "\n\n--method takes dmole or one of its ablations, each a named method with its own artifacts: "
+    "dmole-vision-only, dmole-language-only (experts in one tower), dmole-pooled (one ranking over both "
+    "towers), dmole-uniform (the same evenly spread modules for every task).",
+    AllocateOptions,
+    Files(arch="arch.json"),
+)
+TRAIN_TASK = Stage(
+    "train-task",
+    "Train the task's adapter for the method (`dmole methods` lists them); resumes "
+    "automatically.\n\nA method's own hyperparameters (`dmole methods --show NAME`) are "
+    "set with --hparam KEY=VALUE.",
+    TrainTaskOptions,
+    Files(expert="expert", log="train_log.parquet"),
+)
+EVAL = Stage(
+    "eval",
+    "Evaluate on the test split of every task (seen and unseen), greedy decoding, each family's metric.",
+    EvalOptions,
+    Files(scores="scores.parquet", predictions="predictions/{task}.parquet"),
+)
 THRESHOLD_SWEEP = Stage(  # D-MoLE only: its routing is what the thresholds change
-    "threshold-sweep", "D-MoLE threshold sensitivity: evaluate after --after once per comma-separated factor (e.g. "
-                       "0.5,0.75,1,1.5,2), into one threshold-sweep artifact that the report tabulates.",
-    files=Files(table="sweep.parquet"), command=EVAL.name, switch="--threshold-scales")
-ROUTE_TRAIN = Stage("route-train", "Train RoE routers and skip adapters on every task's training data (3-stage "
-                                   "schedule), then compare dense and routed accuracy and report the realised skip "
-                                   "rate.", RouteTrainOptions,
-                    Files(weights="roe_weights.safetensors", config="roe_config.json", log="train_log.parquet"),
-                    flags={"start": "--from"})
-ROE_EVAL = Stage("roe-eval", "Evaluate the latest route-train weights: dense versus RoE, skip statistics (stage "
-                             "roe-eval).", RoEEvalOptions,
-                 # route-train's closing evaluation writes them too
-                 Files(decisions="routing_decisions.parquet", report="roe_report.json"), command=EVAL.name,
-                 switch="--roe")
+    "threshold-sweep",
+    "D-MoLE threshold sensitivity: evaluate after --after once per comma-separated factor (e.g. "
+    "0.5,0.75,1,1.5,2), into one threshold-sweep artifact that the report tabulates.",
+    files=Files(table="sweep.parquet"),
+    command=EVAL.name,
+    switch="--threshold-scales",
+)
+ROUTE_TRAIN = Stage(
+    "route-train",
+    "Train RoE routers and skip adapters on every task's training data (3-stage "
+    "schedule), then compare dense and routed accuracy and report the realised skip "
+    "rate.",
+    RouteTrainOptions,
+    Files(weights="roe_weights.safetensors", config="roe_config.json", log="train_log.parquet"),
+    flags={"start": "--from"},
+)
+ROE_EVAL = Stage(
+    "roe-eval",
+    "Evaluate the latest route-train weights: dense versus RoE, skip statistics (stage roe-eval).",
+    RoEEvalOptions,
+    # route-train's closing evaluation writes them too
+    Files(decisions="routing_decisions.parquet", report="roe_report.json"),
+    command=EVAL.name,
+    switch="--roe",
+)
 ROE_SWEEP = Stage(
-    "roe-sweep", "Train RoE at several skip targets (route-train's options, ρ per --target) and, at each RoE run's "
-                 "realised skip, static layer dropping and random routing with the same adapters and schedule, per "
-                 "--seed; report each task's score relative to the dense model, the realised skip and the batch-1 "
-                 "speed-up (stage roe-sweep).", RouteSweepOptions,
-    Files(result="sweep.json", table="sweep.parquet", note="sweep.md"), command="route-sweep",
-    flags={"skip_ratios": "--target", "seeds": "--seed", "baselines": "--baseline"})
+    "roe-sweep",
+    "Train RoE at several skip targets (route-train's options, ρ per --target) and, at each RoE run's "
+    "realised skip, static layer dropping and random routing with the same adapters and schedule, per "
+    "--seed; report each task's score relative to the dense model, the realised skip and the batch-1 "
+    "speed-up (stage roe-sweep).",
+    RouteSweepOptions,
+    Files(result="sweep.json", table="sweep.parquet", note="sweep.md"),
+    command="route-sweep",
+    flags={"skip_ratios": "--target", "seeds": "--seed", "baselines": "--baseline"},
+)
 SWEEP = Stage(
-    "sweep", "Run a method's whole sequence at each value of one hyperparameter and select the value on the tasks' "
-             "validation sets (`val` in the registry), never the test sets.\n\nEach value trains in a scratch "
-             "workspace of its own; the artifact holds every value's test matrix and validation scores and the "
-             "selected value (`dmole show sweep --task METHOD`). Example: dmole sweep --method lwf-lora --grid "
-             "weight=0.1,1,10 (without --grid: the method's own, `dmole methods --show METHOD`); --hparam "
-             "parity=true fixes a hyperparameter at every value.", SweepOptions, Files(result="sweep.json"))
-REPORT = Stage("report", "Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / "
-                         "all), BWT, FWT, and report.md with figures: expert allocation, expert activation, "
-                         "zero-cost sensitivity, RoE skipping.", files=Files(
-    matrix="matrix.parquet", metrics="cl_metrics.json", costs="cost.json", figures="figures.json",
-    markdown="report.md"))
+    "sweep",
+    "Run a method's whole sequence at each value of one hyperparameter and select the value on the tasks' "
+    "validation sets (`val` in the registry), never the test sets.\n\nEach value trains in a scratch "
+    "workspace of its own; the artifact holds every value's test matrix and validation scores and the "
+    "selected value (`dmole show sweep --task METHOD`). Example: dmole sweep --method lwf-lora --grid "
+    "weight=0.1,1,10 (without --grid: the method's own, `dmole methods --show METHOD`); --hparam "
+    "parity=true fixes a hyperparameter at every value.",
+    SweepOptions,
+    Files(result="sweep.json"),
+)
+REPORT = Stage(
+    "report",
+    "Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / "
+    "all), BWT, FWT, and report.md with figures: expert allocation, expert activation, "
+    "zero-cost sensitivity, RoE skipping.",
+    files=Files(
+        matrix="matrix.parquet",
+        metrics="cl_metrics.json",
+        costs="cost.json",
+        figures="figures.json",
+        markdown="report.md",
+    ),
+)
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    EMBED, FIT_ROUTER, ZC_SCORE, ALLOCATE, TRAIN_TASK, EVAL, THRESHOLD_SWEEP, ROUTE_TRAIN, ROE_EVAL, ROE_SWEEP, SWEEP,
-    REPORT)}
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        EMBED,
+        FIT_ROUTER,
+        ZC_SCORE,
+        ALLOCATE,
+        TRAIN_TASK,
+        EVAL,
+        THRESHOLD_SWEEP,
+        ROUTE_TRAIN,
+        ROE_EVAL,
+        ROE_SWEEP,
+        SWEEP,
+        REPORT,
+    )
+}
 
 
 def with_options() -> dict[str, Stage]:

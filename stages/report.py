@@ -19,9 +19,10 @@ from dmole.artifacts.io import read_json, read_parquet, write_json, write_parque
 
 from .errors import UserError
 from .figures import activation, allocation, matrix, roe_skips, roe_sweep, sensitivity, sweeps, thresholds
+from .figures.markdown import fmt
+from .figures.markdown import table as md_table
 from .methods import REGISTRY
 from .methods.base import ZERO_SHOT
-from .figures.markdown import fmt, table as md_table
 from .metrics.continual import continual_metrics
 from .metrics.field_continual import field_metrics
 from .project import Project
@@ -61,10 +62,14 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
         matrix, versions = found
         metrics = continual_metrics(matrix)
         warnings = [w for v in versions for w in v.manifest.get("summary", {}).get("warnings", [])]
-        methods[method.name] = {**{k: metrics[k] for k in METRIC_KEYS}, "per_task": metrics["per_task"],
-                                "matrix": matrix, "field": field_metrics(matrix),
-                                "warnings": list(dict.fromkeys(warnings)),
-                                "hyper": project.config.methods.get(method.name, {})}
+        methods[method.name] = {
+            **{k: metrics[k] for k in METRIC_KEYS},
+            "per_task": metrics["per_task"],
+            "matrix": matrix,
+            "field": field_metrics(matrix),
+            "warnings": list(dict.fromkeys(warnings)),
+            "hyper": project.config.methods.get(method.name, {}),
+        }
         if method.routes:
             methods[method.name]["second_experts"] = second_experts(project, versions[-1])
         used += [v for v in versions if v not in used]
@@ -88,20 +93,28 @@ def training_cost(project: Project, method) -> tuple[dict, list[Version]]:
     """The method's train-task runs (the latest of each stage): their wall time summed (``train_seconds``) and their
     highest peak memory (``peak_memory``: the accelerator's where recorded, else the process's resident set), and
     those runs; None for either when nothing was trained or recorded."""
-    trained = [v for v in (project.store.latest(method.stage(TRAIN_TASK.name), after)
-                           for after in (method.stages_after(project))) if v is not None]
+    trained = [
+        v
+        for v in (
+            project.store.latest(method.stage(TRAIN_TASK.name), after) for after in (method.stages_after(project))
+        )
+        if v is not None
+    ]
     summaries = [v.manifest["summary"] for v in trained]
     kind = "gpu" if any("peak_gpu_bytes" in s for s in summaries) else "rss"
     peaks = [s[f"peak_{kind}_bytes"] for s in summaries if f"peak_{kind}_bytes" in s]
-    return {"train_seconds": sum(s["seconds"] for s in summaries) if summaries else None,
-            "peak_memory": {"kind": kind, "bytes": max(peaks)} if peaks else None}, trained
+    return {
+        "train_seconds": sum(s["seconds"] for s in summaries) if summaries else None,
+        "peak_memory": {"kind": kind, "bytes": max(peaks)} if peaks else None,
+    }, trained
 
 
 def second_experts(project: Project, version: Version) -> dict:
     """In the evaluation ``version`` (a D-MoLE stage's), how many test samples got two experts and their mean
     score, beside the mean score of the samples with one expert."""
-    evaluated = [t for t in project.config.task_names
-                 if (version.path / EVAL.files.predictions.format(task=t)).is_file()]
+    evaluated = [
+        t for t in project.config.task_names if (version.path / EVAL.files.predictions.format(task=t)).is_file()
+    ]
     rows = [r for t in evaluated for r in read_parquet(version.file(EVAL.files.predictions.format(task=t))).to_pylist()]
 
     def mean(scores: list[float]) -> float | None:
@@ -109,8 +122,14 @@ def second_experts(project: Project, version: Version) -> dict:
 
     two = [r["score"] for r in rows if len(r["routed_tasks"]) == 2]
     one = [r["score"] for r in rows if len(r["routed_tasks"]) == 1]
-    return {"after": version.task, "samples": len(rows), "two": len(two), "mean_two": mean(two), "one": len(one),
-            "mean_one": mean(one)}
+    return {
+        "after": version.task,
+        "samples": len(rows),
+        "two": len(two),
+        "mean_two": mean(two),
+        "one": len(one),
+        "mean_one": mean(one),
+    }
 
 
 def sections(project: Project, result: dict) -> tuple[list[tuple[ModuleType, dict]], list[Version]]:
@@ -128,8 +147,12 @@ def markdown(project: Project, found: list[tuple[ModuleType, dict]], result: dic
     lines = ["# dmole report", "", f"Task sequence: {' → '.join(project.config.task_names)}.", ""]
     warnings = [(m, w) for m, values in result["methods"].items() for w in values["warnings"]]
     if warnings:
-        lines += ["## Routing health", "", "These evaluations ran samples without their task's experts "
-                  "because the task's own router rejected them:", ""]
+        lines += [
+            "## Routing health",
+            "",
+            "These evaluations ran samples without their task's experts because the task's own router rejected them:",
+            "",
+        ]
         lines += [f"- **{method}**: {warning}" for method, warning in warnings] + [""]
     for module, data in found:
         lines += module.table(data)
@@ -141,13 +164,21 @@ def _second_expert_table(result: dict) -> list[str]:
     rows = [(method, v["second_experts"]) for method, v in result["methods"].items() if "second_experts" in v]
     if not rows:
         return []
-    return ["## Second experts", "",
-            "Test samples routed to two experts after each method's last evaluated stage, and their mean "
-            "score (every metric on one scale, CIDEr-D unbounded) beside the samples with one expert:", "",
-            *md_table(["method", "after", "samples", "two experts", "their mean score", "one expert",
-                       "their mean score"],
-                      [[m, d["after"], str(d["samples"]), str(d["two"]), fmt(d["mean_two"]), str(d["one"]),
-                        fmt(d["mean_one"])] for m, d in rows]), ""]
+    return [
+        "## Second experts",
+        "",
+        "Test samples routed to two experts after each method's last evaluated stage, and their mean "
+        "score (every metric on one scale, CIDEr-D unbounded) beside the samples with one expert:",
+        "",
+        *md_table(
+            ["method", "after", "samples", "two experts", "their mean score", "one expert", "their mean score"],
+            [
+                [m, d["after"], str(d["samples"]), str(d["two"]), fmt(d["mean_two"]), str(d["one"]), fmt(d["mean_one"])]
+                for m, d in rows
+            ],
+        ),
+        "",
+    ]
 
 
 def report(project: Project, *, force: bool = False) -> StageResult:
@@ -158,11 +189,21 @@ def report(project: Project, *, force: bool = False) -> StageResult:
     used += [v for v in inputs + trained if v not in used]
 
     def compute(writer: Writer) -> None:
-        rows = [(method, t, task, value) for method, values in result["methods"].items()
-                for t, row in enumerate(values["matrix"]) for task, value in zip(result["tasks"], row)]
-        write_parquet(writer.path(REPORT.files.matrix), {
-            "method": [r[0] for r in rows], "stage": [r[1] for r in rows], "task": [r[2] for r in rows],
-            "score": [r[3] for r in rows]})
+        rows = [
+            (method, t, task, value)
+            for method, values in result["methods"].items()
+            for t, row in enumerate(values["matrix"])
+            for task, value in zip(result["tasks"], row)
+        ]
+        write_parquet(
+            writer.path(REPORT.files.matrix),
+            {
+                "method": [r[0] for r in rows],
+                "stage": [r[1] for r in rows],
+                "task": [r[2] for r in rows],
+                "score": [r[3] for r in rows],
+            },
+        )
         write_json(writer.path(REPORT.files.metrics), result)
         write_json(writer.path(REPORT.files.costs), costs)
         write_json(writer.path(REPORT.files.figures), {module.NAME: data for module, data in found})
@@ -172,8 +213,11 @@ def report(project: Project, *, force: bool = False) -> StageResult:
         writer.meta.update({f"{m}.last": v["last"] for m, v in result["methods"].items()})
         writer.meta["warnings"] = list(dict.fromkeys(w for v in result["methods"].values() for w in v["warnings"]))
 
-    config = {"methods": sorted(result["methods"]), "figures": [module.NAME for module, _ in found],
-              "hypers": {method: values["hyper"] for method, values in result["methods"].items()}}
+    config = {
+        "methods": sorted(result["methods"]),
+        "figures": [module.NAME for module, _ in found],
+        "hypers": {method: values["hyper"] for method, values in result["methods"].items()},
+    }
     return run_stage(project, REPORT.name, REPORT_TASK, config=config, inputs=used, compute=compute, force=force)
 
 

@@ -33,15 +33,30 @@ from .runner import (
 
 
 def _table_rows(runs: list[dict]) -> dict[str, list]:
-    rows = [{"seed": r["seed"], "target": r["target"], "variant": r["variant"], "skip_rate": r["skip_rate"],
-             "task": task, "score": score, "relative": r["relative"][task],
-             "speedup": r["speed"]["speedup"] if r["speed"] else None}
-            for r in runs for task, score in r["scores"].items()]
+    rows = [
+        {
+            "seed": r["seed"],
+            "target": r["target"],
+            "variant": r["variant"],
+            "skip_rate": r["skip_rate"],
+            "task": task,
+            "score": score,
+            "relative": r["relative"][task],
+            "speedup": r["speed"]["speedup"] if r["speed"] else None,
+        }
+        for r in runs
+        for task, score in r["scores"].items()
+    ]
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 
-def route_sweep(project: Project, options: RouteSweepOptions | dict | None = None, *, force: bool = False,
-                progress: Progress = silent) -> StageResult:
+def route_sweep(
+    project: Project,
+    options: RouteSweepOptions | dict | None = None,
+    *,
+    force: bool = False,
+    progress: Progress = silent,
+) -> StageResult:
     from .roe.evaluation import eval_sets
     from .roe.recipe import TWIN_OPTIONS
     from .route_train import training_subset
@@ -53,19 +68,34 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
     settings = settings.model_copy(update={"stage2_mode": settings.stage2_mode or "full"})
     samples = [s for _, s in training_subset(project, project.config.tasks, settings, project.config.seed)]
     sets = eval_sets(project, settings.max_eval_samples)
-    config = {"options": hashed(sweep), "route_train": hashed(settings),
-              "tasks": [t.model_dump() for t in project.config.tasks], "n_train_samples": len(samples),
-              "sources": {"data": {t.name: fingerprint(task_files(project.data_root, t)) for t in project.config.tasks},
-                          "model": model_fingerprint(project)}}
+    config = {
+        "options": hashed(sweep),
+        "route_train": hashed(settings),
+        "tasks": [t.model_dump() for t in project.config.tasks],
+        "n_train_samples": len(samples),
+        "sources": {
+            "data": {t.name: fingerprint(task_files(project.data_root, t)) for t in project.config.tasks},
+            "model": model_fingerprint(project),
+        },
+    }
 
     # Finished runs are kept per (seed, target) under a key of everything else that decides them, so a killed
     # sweep resumes and a sweep over more targets or seeds reuses the runs it shares with an earlier one; each
     # seed's dense twin under a key of what it depends on, so RoE's own knobs do not train it again.
-    cache = checkpoint_dir(project, ROE_SWEEP.name, TASK, {k: v for k, v in config.items() if k != "options"} | {
-        "options": {k: v for k, v in config["options"].items() if k not in ("skip_ratios", "seeds")}})
-    twins = checkpoint_dir(project, ROE_SWEEP.name, "twin", {k: v for k, v in config.items() if k not in ("options",
-                                                                                                  "route_train")}
-                           | {"route_train": {k: config["route_train"][k] for k in TWIN_OPTIONS}})
+    cache = checkpoint_dir(
+        project,
+        ROE_SWEEP.name,
+        TASK,
+        {k: v for k, v in config.items() if k != "options"}
+        | {"options": {k: v for k, v in config["options"].items() if k not in ("skip_ratios", "seeds")}},
+    )
+    twins = checkpoint_dir(
+        project,
+        ROE_SWEEP.name,
+        "twin",
+        {k: v for k, v in config.items() if k not in ("options", "route_train")}
+        | {"route_train": {k: config["route_train"][k] for k in TWIN_OPTIONS}},
+    )
 
     def compute(writer: Writer) -> None:
         from .figures import roe_sweep as figure
@@ -84,8 +114,15 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
         runs = []
         for seed in sweep.seeds:
             if tuned(settings.stage2_mode):
-                dense[seed] = dense_twin_scores(project, samples, sets, settings, loop_settings(settings, seed, 0),
-                                                progress=progress, checkpoint_dir=twins / f"seed-{seed}")
+                dense[seed] = dense_twin_scores(
+                    project,
+                    samples,
+                    sets,
+                    settings,
+                    loop_settings(settings, seed, 0),
+                    progress=progress,
+                    checkpoint_dir=twins / f"seed-{seed}",
+                )
             else:
                 dense[seed] = evaluate_dense(base, sets, settings.eval_batch_size, progress, label="base")
             for target in sweep.skip_ratios:
@@ -98,16 +135,26 @@ def route_sweep(project: Project, options: RouteSweepOptions | dict | None = Non
                         done.parent.mkdir(parents=True, exist_ok=True)
                         write_json(done, rows)
                 runs += rows
-        result = {"options": sweep.model_dump(), "route_train": settings.model_dump(), "routable": routable,
-                  "layer_change": change, "dense_reference": "dense twin" if tuned(settings.stage2_mode) else "base",
-                  "dense": {str(s): scores for s, scores in dense.items()}, "runs": runs,
-                  "summary": summarise(runs)}
+        result = {
+            "options": sweep.model_dump(),
+            "route_train": settings.model_dump(),
+            "routable": routable,
+            "layer_change": change,
+            "dense_reference": "dense twin" if tuned(settings.stage2_mode) else "base",
+            "dense": {str(s): scores for s, scores in dense.items()},
+            "runs": runs,
+            "summary": summarise(runs),
+        }
         write_json(writer.path(ROE_SWEEP.files.result), result)
         write_parquet(writer.path(ROE_SWEEP.files.table), _table_rows(runs))
         data = figure.from_result(result, ROE_SWEEP.name)
         figure.plot(data, writer.path(figure.NAME))
         writer.path(ROE_SWEEP.files.note).write_text("\n".join(figure.table(data)) + "\n", encoding="utf-8")
-        writer.meta.update(sweep=[{k: row[k] for k in ("target", "variant", "skip_rate", "mean_relative",
-                                                         "spread", "speedup")} for row in result["summary"]])
+        writer.meta.update(
+            sweep=[
+                {k: row[k] for k in ("target", "variant", "skip_rate", "mean_relative", "spread", "speedup")}
+                for row in result["summary"]
+            ]
+        )
 
     return run_stage(project, ROE_SWEEP.name, TASK, config=config, inputs=[], compute=compute, force=force)

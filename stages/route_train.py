@@ -23,9 +23,18 @@ from .progress import Progress, silent
 from .project import Project
 from .registry import ROUTE_TRAIN
 from .resolve import stage_options
-from .roe.evaluation import (TASK, base_hash, build_report, continual_hash,
-                             continual_matrix, eval_sets, evaluate_dense, evaluate_routed, write_results)
 from .roe.continual import BASE, continual_inputs, trained_on
+from .roe.evaluation import (
+    TASK,
+    base_hash,
+    build_report,
+    continual_hash,
+    continual_matrix,
+    eval_sets,
+    evaluate_dense,
+    evaluate_routed,
+    write_results,
+)
 from .runner import StageResult, checkpoint_dir, fingerprint, model_fingerprint, run_stage
 
 
@@ -47,26 +56,39 @@ def _resolved(project: Project, options: RouteTrainOptions) -> tuple[RouteTrainO
     after = start_task(project, options.start)
     mode = options.stage2_mode or ("full" if after is None else "frozen")
     if after is not None and mode != "frozen":
-        raise RouteTrainError(f"route-train --from {after} keeps the continual model frozen (spec roe.md §8): "
-                              f"--stage2-mode must be frozen, not {mode}")
+        raise RouteTrainError(
+            f"route-train --from {after} keeps the continual model frozen (spec roe.md §8): "
+            f"--stage2-mode must be frozen, not {mode}"
+        )
     return options.model_copy(update={"stage2_mode": mode}), after
 
 
-def route_train(project: Project, options: RouteTrainOptions | dict | None = None, *, force: bool = False,
-                progress: Progress = silent) -> StageResult:
+def route_train(
+    project: Project,
+    options: RouteTrainOptions | dict | None = None,
+    *,
+    force: bool = False,
+    progress: Progress = silent,
+) -> StageResult:
     options, after = _resolved(project, stage_options(project.config, ROUTE_TRAIN.name, options))
     seed = project.config.seed
     names = project.config.task_names
-    tasks = project.config.tasks if after is None else project.config.tasks[:names.index(after) + 1]
+    tasks = project.config.tasks if after is None else project.config.tasks[: names.index(after) + 1]
     pairs = training_subset(project, tasks, options, seed)
     samples = [sample for _, sample in pairs]
     sets = eval_sets(project, options.max_eval_samples)
     model_prints = model_fingerprint(project)
     inputs = [] if after is None else continual_inputs(project, after)
-    config = {"options": hashed(options), "tasks": [t.model_dump() for t in project.config.tasks],
-              "n_train_samples": len(samples), "seed": seed,
-              "sources": {"data": {t.name: fingerprint(task_files(project.data_root, t)) for t in project.config.tasks},
-                          "model": model_prints}}
+    config = {
+        "options": hashed(options),
+        "tasks": [t.model_dump() for t in project.config.tasks],
+        "n_train_samples": len(samples),
+        "seed": seed,
+        "sources": {
+            "data": {t.name: fingerprint(task_files(project.data_root, t)) for t in project.config.tasks},
+            "model": model_prints,
+        },
+    }
 
     def compute(writer: Writer) -> None:
         import torch
@@ -92,41 +114,94 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
                     routes[i] = route
             around = continual.batches(routes)
         reference = trained_on(project, after)
-        scores = {"base": evaluate_dense(adapter, sets, options.eval_batch_size, progress, label=reference,
-                                         continual=continual)}
+        scores = {
+            "base": evaluate_dense(
+                adapter, sets, options.eval_batch_size, progress, label=reference, continual=continual
+            )
+        }
         if tuned(options.stage2_mode):
-            scores["dense"] = dense_twin_scores(project, samples, sets, options, loop, progress=progress,
-                                                checkpoint_dir=ckpt)
+            scores["dense"] = dense_twin_scores(
+                project, samples, sets, options, loop, progress=progress, checkpoint_dir=ckpt
+            )
         shape = roe_shape(adapter, options.always_execute, options.adapter_rank, options.router_input)
         torch.manual_seed(seed)
         attachment = attach(adapter, RoEModules(shape))
-        result = train_roe(adapter, attachment.modules, samples, options, loop, progress=progress,
-                           checkpoint_dir=ckpt / "roe", around=around)
+        result = train_roe(
+            adapter,
+            attachment.modules,
+            samples,
+            options,
+            loop,
+            progress=progress,
+            checkpoint_dir=ckpt / "roe",
+            around=around,
+        )
 
         base_digest = base_hash(model_prints)
-        save_roe(writer.path(ROUTE_TRAIN.files.weights), attachment.modules, family=adapter.family,
-                 base_model=project.model_path.name, base_hash=base_digest, rho=options.skip_ratio, dmole_checkpoint=continual_hash(inputs))
-        write_json(writer.path(ROUTE_TRAIN.files.config), {
-            "family": adapter.family, **shape.to_json(), "variant": shape.router_input, "rho": options.skip_ratio,
-            "always_execute": [l for l in range(shape.n_layers) if l not in shape.routable],
-            "batch_rule": options.batch_rule, "stage2_mode": options.stage2_mode, "from": after or BASE,
-            "base_model": project.model_path.name, "base_hash": base_digest, "steps": result.steps})
-        write_parquet(writer.path(ROUTE_TRAIN.files.log),
-                      {k: [row.get(k) for row in result.log] for k in result.log[0]})
+        save_roe(
+            writer.path(ROUTE_TRAIN.files.weights),
+            attachment.modules,
+            family=adapter.family,
+            base_model=project.model_path.name,
+            base_hash=base_digest,
+            rho=options.skip_ratio,
+            dmole_checkpoint=continual_hash(inputs),
+        )
+        write_json(
+            writer.path(ROUTE_TRAIN.files.config),
+            {
+                "family": adapter.family,
+                **shape.to_json(),
+                "variant": shape.router_input,
+                "rho": options.skip_ratio,
+                "always_execute": [l for l in range(shape.n_layers) if l not in shape.routable],
+                "batch_rule": options.batch_rule,
+                "stage2_mode": options.stage2_mode,
+                "from": after or BASE,
+                "base_model": project.model_path.name,
+                "base_hash": base_digest,
+                "steps": result.steps,
+            },
+        )
+        write_parquet(
+            writer.path(ROUTE_TRAIN.files.log), {k: [row.get(k) for row in result.log] for k in result.log[0]}
+        )
         if tuned(options.stage2_mode):
             save_stage2(writer.path, adapter, options.stage2_mode, lora)
             # With no routing plan active every layer executes: spec §6.2's forced-execute run.
             scores["forced"] = evaluate_dense(adapter, sets, options.eval_batch_size, progress, label="forced-execute")
-        scores["roe"], rows = evaluate_routed(adapter, attachment, sets, options.eval_batch_size, options.batch_rule,
-                                              run_id=f"{ROUTE_TRAIN.name}-{config_hash(config)[:12]}",
-                                              progress=progress, continual=continual)
-        write_results(writer, rows, build_report(adapter, attachment, rows, scores, rho=options.skip_ratio,
-                                                 batch_rule=options.batch_rule, reference=reference,
-                                                 continual=continual_matrix(project, after)))
+        scores["roe"], rows = evaluate_routed(
+            adapter,
+            attachment,
+            sets,
+            options.eval_batch_size,
+            options.batch_rule,
+            run_id=f"{ROUTE_TRAIN.name}-{config_hash(config)[:12]}",
+            progress=progress,
+            continual=continual,
+        )
+        write_results(
+            writer,
+            rows,
+            build_report(
+                adapter,
+                attachment,
+                rows,
+                scores,
+                rho=options.skip_ratio,
+                batch_rule=options.batch_rule,
+                reference=reference,
+                continual=continual_matrix(project, after),
+            ),
+        )
         if result.warnings:
             writer.meta["warnings"] = [*writer.meta.get("warnings", []), *result.warnings]
-        writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from,
-                           sharding=result.sharding)
+        writer.meta.update(
+            steps=result.steps,
+            final_loss=result.log[-1]["loss"],
+            resumed_from=result.resumed_from,
+            sharding=result.sharding,
+        )
         shutil.rmtree(ckpt, ignore_errors=True)
 
     return run_stage(project, ROUTE_TRAIN.name, TASK, config=config, inputs=inputs, compute=compute, force=force)

@@ -40,16 +40,25 @@ class StageResult:
 
     def as_json(self) -> dict:
         """What `--json` prints: the version the stage wrote or found up to date, and its warnings."""
-        return {"stage": self.stage, "task": self.task, "version": self.version.number, "up_to_date": self.up_to_date,
-                "path": str(self.version.path), "seconds": round(self.seconds, 3), "warnings": self.warnings}
+        return {
+            "stage": self.stage,
+            "task": self.task,
+            "version": self.version.number,
+            "up_to_date": self.up_to_date,
+            "path": str(self.version.path),
+            "seconds": round(self.seconds, 3),
+            "warnings": self.warnings,
+        }
 
     def summary(self) -> str:
         if self.up_to_date:
             return f"{self.stage} {self.task}: up to date (v{self.version.number}), nothing written"
         outputs = self.version.manifest["outputs"]
         size = self.version.size_bytes / 1e6
-        return (f"{self.stage} {self.task}: wrote v{self.version.number} ({len(outputs)} files, {size:.2f} MB) "
-                f"to {self.version.path} in {self.seconds:.1f}s")
+        return (
+            f"{self.stage} {self.task}: wrote v{self.version.number} ({len(outputs)} files, {size:.2f} MB) "
+            f"to {self.version.path} in {self.seconds:.1f}s"
+        )
 
 
 def checkpoint_dir(project: Project, stage: str, task: str, config: dict) -> Path:
@@ -85,16 +94,21 @@ def model_files(project) -> list[Path]:
     folder = project.model_path
     if not (folder / "config.json").is_file():
         problem = "holds no model (no config.json)" if folder.is_dir() else "is missing"
-        raise UserError(f"the workspace's model folder {folder} (\"model\" in {project.root / WORKSPACE_FILE}) "
-                        f"{problem}; restore it or point \"model\" at the model the workspace was built on")
+        raise UserError(
+            f'the workspace\'s model folder {folder} ("model" in {project.root / WORKSPACE_FILE}) '
+            f'{problem}; restore it or point "model" at the model the workspace was built on'
+        )
     return [p for p in folder.iterdir() if p.suffix in {".json", ".safetensors", ".jinja"}]
 
 
 def model_fingerprint(project) -> dict:
     """What a stage's result depends on of the base model: its files and how the workspace feeds it images."""
     padded = project.config.image_aspect_ratio != "processor"  # the default adds no key: older versions stay current
-    return {"files": fingerprint(model_files(project)), "max_tiles": project.config.max_tiles,
-            **({"image_aspect_ratio": project.config.image_aspect_ratio} if padded else {})}
+    return {
+        "files": fingerprint(model_files(project)),
+        "max_tiles": project.config.max_tiles,
+        **({"image_aspect_ratio": project.config.image_aspect_ratio} if padded else {}),
+    }
 
 
 def model_identity(project) -> str:
@@ -111,8 +125,10 @@ def require_built_on_model(project, versions: list[Version]) -> dict[str, str]:
     for version in versions:
         reasons = project.store.stale_sources(version, sources)
         if reasons:
-            raise UserError(f"{reasons[0]} ({project.model_path}); re-run {version.stage} for {version.task} and "
-                            "the stages after it (`dmole ls` marks them stale)")
+            raise UserError(
+                f"{reasons[0]} ({project.model_path}); re-run {version.stage} for {version.task} and "
+                "the stages after it (`dmole ls` marks them stale)"
+            )
     return sources
 
 
@@ -128,8 +144,12 @@ def environment(seed: int) -> dict:
     versions come from their metadata, so recording them imports nothing."""
     from importlib.metadata import version
 
-    return {"python": platform.python_version(), **{name: version(name) for name in ("torch", "transformers", "peft")},
-            "seed": seed, **launch_settings()}
+    return {
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("torch", "transformers", "peft")},
+        "seed": seed,
+        **launch_settings(),
+    }
 
 
 def device_environment() -> dict:
@@ -137,29 +157,42 @@ def device_environment() -> dict:
     imported torch."""
     if "torch" not in sys.modules:
         return {}
-    from .models.registry import default_device, default_dtype, device_name
-
     import torch
+
+    from .models.registry import default_device, default_dtype, device_name
 
     device = default_device()
     # torch picks its CPU kernels by the instruction set (cpu_capability): another CPU model computes other sums,
     # so the numbers of a run are reproduced on the same kind of CPU, not on every one
-    return {"device": str(device), "device_name": device_name(device),
-            "dtype": str(default_dtype(device)).removeprefix("torch."), "cpu_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "dtype": str(default_dtype(device)).removeprefix("torch."),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def _thread_mismatches(inputs: list[Version], threads: int | None) -> list[str]:
     """One line per input computed with another CPU thread count than this run (stages/threads.py)."""
     if threads is None:
         return []
-    lines = (thread_mismatch(f"input {v}", threads, v.manifest.get("environment", {}).get("cpu_threads"))
-             for v in inputs)
+    lines = (
+        thread_mismatch(f"input {v}", threads, v.manifest.get("environment", {}).get("cpu_threads")) for v in inputs
+    )
     return [line for line in lines if line]
 
 
-def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: list[Version],
-              compute: Callable[[Writer], None], force: bool = False) -> StageResult:
+def run_stage(
+    project: Project,
+    stage: str,
+    task: str,
+    *,
+    config: dict,
+    inputs: list[Version],
+    compute: Callable[[Writer], None],
+    force: bool = False,
+) -> StageResult:
     """Return the current version if nothing changed (unless ``force``), else run ``compute`` into a new one.
 
     Under a launcher every process runs ``compute`` (sharing work through `distributed`); only the main
@@ -180,8 +213,15 @@ def run_stage(project: Project, stage: str, task: str, *, config: dict, inputs: 
                 compute(Writer(Path(scratch)))
         else:
             recorded = environment(project.config.seed)
-            with project.store.writer(stage, task, config=config, inputs=refs, sources=sources,
-                                      environment=recorded, toolkit_version=__version__) as writer:
+            with project.store.writer(
+                stage,
+                task,
+                config=config,
+                inputs=refs,
+                sources=sources,
+                environment=recorded,
+                toolkit_version=__version__,
+            ) as writer:
                 compute(writer)
                 recorded.update(device_environment())  # the manifest is written when the writer closes
                 mismatches = _thread_mismatches(inputs, recorded.get("cpu_threads"))

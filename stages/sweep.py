@@ -32,8 +32,8 @@ from .options import SweepOptions, parse_pairs
 from .progress import Progress, silent
 from .project import Project, write_workspace
 from .registry import ALLOCATE, EVAL, SWEEP
-from .resolve import stage_options
 from .report import version_scores
+from .resolve import stage_options
 from .runner import StageResult, fingerprint, run_stage, source_fingerprint
 from .train_task import method_hyper, train_task
 
@@ -69,21 +69,30 @@ def parse_grid(text: str | None, method: ContinualMethod) -> Grid:
 def _require_validation(project: Project) -> None:
     for task in project.config.tasks:
         if task.val is None:
-            raise UserError(f"task {task.name!r} has no validation set (`val` in the task registry): a sweep selects "
-                            "on validation data, never on the test set")
+            raise UserError(
+                f"task {task.name!r} has no validation set (`val` in the task registry): a sweep selects "
+                "on validation data, never on the test set"
+            )
         load_eval_samples(project.data_root, task.model_copy(update={"eval": task.val}))  # validated before work
 
 
-def _point_project(project: Project, folder: Path, method: ContinualMethod, hyper: dict, *,
-                   validation: bool) -> Project:
+def _point_project(
+    project: Project, folder: Path, method: ContinualMethod, hyper: dict, *, validation: bool
+) -> Project:
     """A scratch workspace with the main one's model, data, stage settings and profile, ``hyper`` as the method's
     hyperparameters, and (``validation``) the validation sets in place of the test sets."""
     config = project.config
     tasks = [t.model_copy(update={"eval": t.val, "eval_annotations": None}) if validation else t for t in config.tasks]
-    point = WorkspaceConfig.model_validate({
-        **config.model_dump(), "model": str(project.model_path.resolve()), "data": str(project.data_root.resolve()),
-        "tasks": [t.model_dump(exclude_defaults=True) for t in tasks],
-        "method": method.name, "methods": {**config.methods, method.name: hyper}})
+    point = WorkspaceConfig.model_validate(
+        {
+            **config.model_dump(),
+            "model": str(project.model_path.resolve()),
+            "data": str(project.data_root.resolve()),
+            "tasks": [t.model_dump(exclude_defaults=True) for t in tasks],
+            "method": method.name,
+            "methods": {**config.methods, method.name: hyper},
+        }
+    )
     folder.mkdir(parents=True, exist_ok=True)
     write_workspace(folder, point)
     for shared in SEEDED:  # D-MoLE's allocations (what parity sizes a baseline by) and the zero-shot row
@@ -110,11 +119,19 @@ def _run_point(project: Project, folder: Path, method: ContinualMethod, hyper: d
     # the same folder reading the validation sets: the trained experts are found as they are (train-task does not
     # run again) and the evaluation writes a new version beside the test one
     validated = _point_project(project, folder, method, hyper, validation=True)
-    last = version_scores(evaluate(validated, method.stages_after(validated)[-1], {"method": method.name},
-                                   progress=progress).version)
-    return {"test": {"last": metrics["last"], "avg_seen": metrics["avg_seen"], "bwt": metrics["bwt"],
-                     "matrix": matrix, "last_row": dict(zip(names, matrix[-1]))},
-            "validation": {"last_row": {n: last[n] for n in names}}}
+    last = version_scores(
+        evaluate(validated, method.stages_after(validated)[-1], {"method": method.name}, progress=progress).version
+    )
+    return {
+        "test": {
+            "last": metrics["last"],
+            "avg_seen": metrics["avg_seen"],
+            "bwt": metrics["bwt"],
+            "matrix": matrix,
+            "last_row": dict(zip(names, matrix[-1])),
+        },
+        "validation": {"last_row": {n: last[n] for n in names}},
+    }
 
 
 def relative_scores(points: list[dict], split: str) -> list[float]:
@@ -135,21 +152,37 @@ def selected_index(points: list[dict]) -> int:
     return max(range(len(points)), key=lambda i: (scores[i], -i))
 
 
-def sweep(project: Project, options: SweepOptions | dict | None = None, *, force: bool = False,
-          progress: Progress = silent) -> StageResult:
+def sweep(
+    project: Project, options: SweepOptions | dict | None = None, *, force: bool = False, progress: Progress = silent
+) -> StageResult:
     options = stage_options(project.config, SWEEP.name, options)
     method = get_method(options.method or project.config.method)
     if not method.trains:
         raise UserError(f"{method.name} trains nothing, so there is nothing to sweep")
     grid = parse_grid(options.grid, method)
-    hypers = [method_hyper(project, method, options.model_copy(
-        update={"hparams": {**options.hparams, grid.parameter: value}})).model_dump() for value in grid.values]
+    hypers = [
+        method_hyper(
+            project, method, options.model_copy(update={"hparams": {**options.hparams, grid.parameter: value}})
+        ).model_dump()
+        for value in grid.values
+    ]
     _require_validation(project)
     names = project.config.task_names
-    config = {"options": options.model_dump(), "method": method.name, "grid": [grid.parameter, list(grid.values)],
-              "hypers": hypers, "stages": project.config.stages, "profile": project.config.profile,
-              "sources": {n: {**source_fingerprint(project, project.config.task(n)),
-                              "val": fingerprint([project.data_root / project.config.task(n).val])} for n in names}}
+    config = {
+        "options": options.model_dump(),
+        "method": method.name,
+        "grid": [grid.parameter, list(grid.values)],
+        "hypers": hypers,
+        "stages": project.config.stages,
+        "profile": project.config.profile,
+        "sources": {
+            n: {
+                **source_fingerprint(project, project.config.task(n)),
+                "val": fingerprint([project.data_root / project.config.task(n).val]),
+            }
+            for n in names
+        },
+    }
     scratch = project.root / ".runs" / SWEEP.name / method.name / config_hash(config)[:16]
 
     def compute(writer) -> None:
@@ -158,14 +191,25 @@ def sweep(project: Project, options: SweepOptions | dict | None = None, *, force
             folder = scratch / f"{grid.parameter}={value}"
             points.append({"value": value, "hyper": hyper, **_run_point(project, folder, method, hyper, progress)})
         chosen = selected_index(points)
-        for point, validation, test in zip(points, relative_scores(points, "validation"),
-                                           relative_scores(points, "test")):
+        for point, validation, test in zip(
+            points, relative_scores(points, "validation"), relative_scores(points, "test")
+        ):
             point["validation"]["relative"], point["test"]["relative"] = validation, test
-        write_json(writer.path(SWEEP.files.result), {"method": method.name, "parameter": grid.parameter,
-                                         "selected": points[chosen]["value"], "tasks": names, "points": points})
-        writer.meta.update(selected={grid.parameter: points[chosen]["value"]},
-                           test_last=round(points[chosen]["test"]["last"], 3),
-                           test_bwt=round(points[chosen]["test"]["bwt"], 3))
+        write_json(
+            writer.path(SWEEP.files.result),
+            {
+                "method": method.name,
+                "parameter": grid.parameter,
+                "selected": points[chosen]["value"],
+                "tasks": names,
+                "points": points,
+            },
+        )
+        writer.meta.update(
+            selected={grid.parameter: points[chosen]["value"]},
+            test_last=round(points[chosen]["test"]["last"], 3),
+            test_bwt=round(points[chosen]["test"]["bwt"], 3),
+        )
         shutil.rmtree(scratch, ignore_errors=True)
 
     return run_stage(project, SWEEP.name, method.name, config=config, inputs=[], compute=compute, force=force)
@@ -176,7 +220,14 @@ def sweep_rows(version) -> list[dict]:
     from dmole.artifacts.io import read_json
 
     swept = read_json(version.file(SWEEP.files.result))
-    return [{swept["parameter"]: p["value"], "selected": p["value"] == swept["selected"],
-             "validation relative": round(p["validation"]["relative"], 4),
-             "test relative": round(p["test"]["relative"], 4),
-             "test Last": round(p["test"]["last"], 2), "test BWT": round(p["test"]["bwt"], 2)} for p in swept["points"]]
+    return [
+        {
+            swept["parameter"]: p["value"],
+            "selected": p["value"] == swept["selected"],
+            "validation relative": round(p["validation"]["relative"], 4),
+            "test relative": round(p["test"]["relative"], 4),
+            "test Last": round(p["test"]["last"], 2),
+            "test BWT": round(p["test"]["bwt"], 2),
+        }
+        for p in swept["points"]
+    ]

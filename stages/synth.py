@@ -81,20 +81,39 @@ class SynthResult:
     def summary(self) -> str:
         if self.reused:
             return f"synth: {self.out} already holds the {self.family} benchmark (seed unchanged); nothing written"
-        loss = f", pre-training loss {self.pretrain_loss[0]:.2f} -> {self.pretrain_loss[-1]:.2f}" \
-            if self.pretrain_loss else ""
-        return (f"synth: wrote {len(self.tasks)} tasks, a pre-trained {self.family} base and a workspace to "
-                f"{self.out} in {self.seconds:.1f}s{loss}; next: `export DMOLE_WORKSPACE={self.workspace}`")
+        loss = (
+            f", pre-training loss {self.pretrain_loss[0]:.2f} -> {self.pretrain_loss[-1]:.2f}"
+            if self.pretrain_loss
+            else ""
+        )
+        return (
+            f"synth: wrote {len(self.tasks)} tasks, a pre-trained {self.family} base and a workspace to "
+            f"{self.out} in {self.seconds:.1f}s{loss}; next: `export DMOLE_WORKSPACE={self.workspace}`"
+        )
 
 
 def _recipe(family: str, seed: int, sizes: SynthSizes, pretraining: PretrainSettings, tiny) -> dict:
-    return {"family": family, "seed": seed, "sizes": asdict(sizes), "pretrain": asdict(pretraining),
-            "tiny": asdict(tiny), "toolkit_version": __version__}
+    return {
+        "family": family,
+        "seed": seed,
+        "sizes": asdict(sizes),
+        "pretrain": asdict(pretraining),
+        "tiny": asdict(tiny),
+        "toolkit_version": __version__,
+    }
 
 
-def synthesize(out: Path, *, family: str = "llava", seed: int = 0, force: bool = False,
-               sizes: SynthSizes = SynthSizes(), pretraining: PretrainSettings | None = None,
-               tiny=None, progress: Progress = silent) -> SynthResult:
+def synthesize(
+    out: Path,
+    *,
+    family: str = "llava",
+    seed: int = 0,
+    force: bool = False,
+    sizes: SynthSizes = SynthSizes(),
+    pretraining: PretrainSettings | None = None,
+    tiny=None,
+    progress: Progress = silent,
+) -> SynthResult:
     from .models.registry import load_family
     from .models.tiny import build_tiny
 
@@ -127,8 +146,15 @@ def synthesize(out: Path, *, family: str = "llava", seed: int = 0, force: bool =
     adapter.save(staging)
     staging.rename(out / "base-model")
 
-    create_workspace(out / "workspace", model=out / "base-model", data=data, seed=42,
-                     stages=STAGE_DEFAULTS, overwrite=True)
+    create_workspace(
+        out / "workspace", model=out / "base-model", data=data, seed=42, stages=STAGE_DEFAULTS, overwrite=True
+    )
     marker.write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
-    return SynthResult(out, family, [t["name"] for t in registry], time.perf_counter() - start, reused=False,
-                       pretrain_loss=[row["loss"] for row in log])
+    return SynthResult(
+        out,
+        family,
+        [t["name"] for t in registry],
+        time.perf_counter() - start,
+        reused=False,
+        pretrain_loss=[row["loss"] for row in log],
+    )

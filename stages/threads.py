@@ -47,9 +47,11 @@ def thread_mismatch(what: str, threads: int, recorded: int | None) -> str | None
     """One line when ``what`` was computed with another thread count than this run's, else None."""
     if recorded is None or recorded == threads:
         return None
-    return (f"{what} was computed with {recorded} CPU thread(s) and this run uses {threads}: floating-point sums "
-            f"differ with the thread count, so results may differ in the last digits (set DMOLE_THREADS={recorded} "
-            "to match)")
+    return (
+        f"{what} was computed with {recorded} CPU thread(s) and this run uses {threads}: floating-point sums "
+        f"differ with the thread count, so results may differ in the last digits (set DMOLE_THREADS={recorded} "
+        "to match)"
+    )
 
 
 @contextmanager

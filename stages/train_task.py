@@ -36,11 +36,12 @@ def method_hyper(project: Project, method, options: TrainTaskOptions):
 
 def repeated(samples: list, epochs: float) -> list:
     """``samples`` once per whole epoch, then the first fraction of them for a fractional last epoch."""
-    return samples * int(epochs) + samples[:round((epochs % 1) * len(samples))]
+    return samples * int(epochs) + samples[: round((epochs % 1) * len(samples))]
 
 
-def _samples(project: Project, task_names: list[str], options: TrainTaskOptions, union: bool
-             ) -> tuple[list[TrainSample], dict[str, tuple[TaskSpec, int]]]:
+def _samples(
+    project: Project, task_names: list[str], options: TrainTaskOptions, union: bool
+) -> tuple[list[TrainSample], dict[str, tuple[TaskSpec, int]]]:
     """The run's samples, and per task its spec and how many samples it gave; on a union (joint) each task's
     samples are repeated by its epochs, as the spec trains joint on every task "repeated by its epoch count"."""
     samples: list[TrainSample] = []
@@ -55,8 +56,9 @@ def _samples(project: Project, task_names: list[str], options: TrainTaskOptions,
     return samples, counts
 
 
-def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict | None = None
-              ) -> tuple[ContinualMethod, TrainRun, list[str]]:
+def train_run(
+    project: Project, task_name: str, options: TrainTaskOptions | dict | None = None
+) -> tuple[ContinualMethod, TrainRun, list[str]]:
     """The method, the run it is asked to train (options resolved, any replay buffer mixed in) and the tasks whose
     data it learns (a replayed task's too)."""
     options = stage_options(project.config, TRAIN_TASK.name, options)
@@ -66,29 +68,52 @@ def train_run(project: Project, task_name: str, options: TrainTaskOptions | dict
     if options.vote_size is None and spec is not None:
         options = options.model_copy(update={"vote_size": spec.vote_size})  # the registry's, hashed as resolved
     samples, counts = _samples(project, names, options, union=spec is None)
-    run = TrainRun(project, method.name, task_name, task_id, spec, samples, options,
-                   method_hyper(project, method, options), method.stage(TRAIN_TASK.name),
-                   union=counts if spec is None else None)
+    run = TrainRun(
+        project,
+        method.name,
+        task_name,
+        task_id,
+        spec,
+        samples,
+        options,
+        method_hyper(project, method, options),
+        method.stage(TRAIN_TASK.name),
+        union=counts if spec is None else None,
+    )
     run.replayed = method.replay(run)
     run.samples += [sample for buffer in run.replayed.values() for sample in buffer]
     return method, run, [*names, *run.replayed]
 
 
-def train_task(project: Project, task_name: str, options: TrainTaskOptions | dict | None = None, *,
-               force: bool = False, progress: Progress = silent, log_to: Sequence[str] = ()) -> StageResult:
+def train_task(
+    project: Project,
+    task_name: str,
+    options: TrainTaskOptions | dict | None = None,
+    *,
+    force: bool = False,
+    progress: Progress = silent,
+    log_to: Sequence[str] = (),
+) -> StageResult:
     """Train task ``task_name``; ``options`` (what the caller sets) go over the workspace's defaults; ``log_to``
     also streams the step log to tensorboard / wandb (not hashed)."""
     check_available(log_to)
     method, run, names = train_run(project, task_name, options)
     if not method.shardable and launched() and parameter_sharding():
-        raise UserError(f"{method.name}'s penalty reads the parameters themselves, which FSDP2 shards: train it "
-                        "without --use_fsdp (DDP keeps whole parameters)")
+        raise UserError(
+            f"{method.name}'s penalty reads the parameters themselves, which FSDP2 shards: train it "
+            "without --use_fsdp (DDP keeps whole parameters)"
+        )
     options, spec = run.options, run.spec
     inputs = method.carried(run) + parity_allocations(run)
     settings = loop_settings(options, spec, run.union)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in names}
-    config = {"options": hashed(options), "method": method.name, "hyper": run.hyper.model_dump(),
-              "loop": settings.__dict__, "sources": sources}
+    config = {
+        "options": hashed(options),
+        "method": method.name,
+        "hyper": run.hyper.model_dump(),
+        "loop": settings.__dict__,
+        "sources": sources,
+    }
 
     def compute(writer: Writer) -> None:
         import shutil
@@ -112,22 +137,36 @@ def train_task(project: Project, task_name: str, options: TrainTaskOptions | dic
         logs = project.root / ".runs" / "logs" / run.stage / task_name
         with open_loggers(log_to, logs, f"{run.stage}/{task_name}", config) as loggers:
             pipeline = InputPipeline(trainer.inputs, adapter.on_device, worker_count(options.input_workers))
-            result = train(model, [ParamGroup(method.name, trainer.params)], step_loss(run, trainer, adapter),
-                           len(run.samples), settings, checkpoint_dir=ckpt, progress=progress,
-                           description=f"{run.stage} {task_name}", loggers=loggers,
-                           lengths=[text_length(s) for s in run.samples], inputs=pipeline,
-                           gradient_hook=trainer.gradient_hook)
+            result = train(
+                model,
+                [ParamGroup(method.name, trainer.params)],
+                step_loss(run, trainer, adapter),
+                len(run.samples),
+                settings,
+                checkpoint_dir=ckpt,
+                progress=progress,
+                description=f"{run.stage} {task_name}",
+                loggers=loggers,
+                lengths=[text_length(s) for s in run.samples],
+                inputs=pipeline,
+                gradient_hook=trainer.gradient_hook,
+            )
         model.eval()
         trainer.save(writer)
-        write_parquet(writer.path(TRAIN_TASK.files.log), {k: [row.get(k) for row in result.log]
-                                                         for k in result.log[0]})
+        write_parquet(writer.path(TRAIN_TASK.files.log), {k: [row.get(k) for row in result.log] for k in result.log[0]})
         if result.warnings:
             writer.meta["warnings"] = [*writer.meta.get("warnings", []), *result.warnings]
         if run.replayed:
             writer.meta["replay"] = {task: [s.id for s in buffer] for task, buffer in run.replayed.items()}
-        writer.meta.update(steps=result.steps, final_loss=result.log[-1]["loss"], resumed_from=result.resumed_from,
-                           trainable_parameters=sum(p.numel() for p in trainer.params), sharding=result.sharding,
-                           **peak_memory(rss_reset), **trainer.summary())
+        writer.meta.update(
+            steps=result.steps,
+            final_loss=result.log[-1]["loss"],
+            resumed_from=result.resumed_from,
+            trainable_parameters=sum(p.numel() for p in trainer.params),
+            sharding=result.sharding,
+            **peak_memory(rss_reset),
+            **trainer.summary(),
+        )
         shutil.rmtree(ckpt, ignore_errors=True)
 
     return run_stage(project, run.stage, task_name, config=config, inputs=inputs, compute=compute, force=force)

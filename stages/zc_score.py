@@ -32,8 +32,14 @@ def sample_count(n_train: int, options: ZcScoreOptions) -> int:
     return min(n_train, max(4 * options.batch_size, round_half_up(options.portion * n_train)))
 
 
-def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | None = None, *,
-             force: bool = False, progress: Progress = silent) -> StageResult:
+def zc_score(
+    project: Project,
+    task_name: str,
+    options: ZcScoreOptions | dict | None = None,
+    *,
+    force: bool = False,
+    progress: Progress = silent,
+) -> StageResult:
     options = stage_options(project.config, ZC_SCORE.name, options)
     task = project.config.task(task_name)
     samples = load_train_samples(project.data_root, task)
@@ -53,23 +59,28 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | 
         for param in model.parameters():
             param.requires_grad_(False)
         # (candidate, parameter name) per parameter tensor: a group's members stack into one tensor per name
-        ordered = [((c, kind), param) for c in candidates for member in c.modules
-                   for kind, param in modules[member].named_parameters()]
+        ordered = [
+            ((c, kind), param)
+            for c in candidates
+            for member in c.modules
+            for kind, param in modules[member].named_parameters()
+        ]
         for _, param in ordered:
             param.requires_grad_(True)
             param.grad = None
         order = list(range(len(samples)))
         random.Random(options.seed).shuffle(order)
-        chosen = order[:sample_count(len(samples), options)]
-        batches = [chosen[i:i + options.batch_size] for i in range(0, len(chosen), options.batch_size)]
+        chosen = order[: sample_count(len(samples), options)]
+        batches = [chosen[i : i + options.batch_size] for i in range(0, len(chosen), options.batch_size)]
         mine = my_share(batches)
         with progress(f"{ZC_SCORE.name} {task_name}", total=len(mine)) as bar:
             for batch in mine:
                 answer_loss(model, adapter, [samples[i] for i in batch]).backward()
                 bar.advance(1)
         # a parameter has a gradient if any process's batches gave it one; every process joins every sum
-        reached = all_reduce_sum(torch.tensor([float(p.grad is not None) for _, p in ordered],
-                                              device=model.device)).tolist()
+        reached = all_reduce_sum(
+            torch.tensor([float(p.grad is not None) for _, p in ordered], device=model.device)
+        ).tolist()
         missing = [c.name for ((c, _), _), flag in zip(ordered, reached) if not flag]
         squares: dict[tuple, float] = {}
         for (key, param), flag in zip(ordered, reached):
@@ -78,18 +89,32 @@ def zc_score(project: Project, task_name: str, options: ZcScoreOptions | dict | 
                 squares[key] = squares.get(key, 0.0) + float(all_reduce_sum(local).norm()) ** 2
         totals = dict.fromkeys((c.name for c in candidates), 0.0)
         for (candidate, _), square in squares.items():
-            totals[candidate.name] += square ** 0.5
+            totals[candidate.name] += square**0.5
         rows = [(c, totals[c.name]) for c in candidates]
         if missing:
-            warnings.warn(f"{len(missing)} candidate parameters got no gradient and score 0 "
-                          f"(first: {missing[0]})", stacklevel=1)
+            warnings.warn(
+                f"{len(missing)} candidate parameters got no gradient and score 0 (first: {missing[0]})", stacklevel=1
+            )
         rows.sort(key=lambda item: (-item[1], item[0].name))
-        write_parquet(writer.path(ZC_SCORE.files.scores), {
-            "module": [c.name for c, _ in rows], "tower": [c.tower for c, _ in rows],
-            "layer": [c.layer for c, _ in rows], "kind": [c.kind for c, _ in rows],
-            "d_in": [c.d_in for c, _ in rows], "d_out": [c.d_out for c, _ in rows],
-            "score": [score for _, score in rows], "n_samples": [len(chosen)] * len(rows)})
-        writer.meta.update(n_samples=len(chosen), n_batches=len(batches), n_candidates=len(rows),
-                           no_gradient=len(missing), world_size=rank_and_world()[1])
+        write_parquet(
+            writer.path(ZC_SCORE.files.scores),
+            {
+                "module": [c.name for c, _ in rows],
+                "tower": [c.tower for c, _ in rows],
+                "layer": [c.layer for c, _ in rows],
+                "kind": [c.kind for c, _ in rows],
+                "d_in": [c.d_in for c, _ in rows],
+                "d_out": [c.d_out for c, _ in rows],
+                "score": [score for _, score in rows],
+                "n_samples": [len(chosen)] * len(rows),
+            },
+        )
+        writer.meta.update(
+            n_samples=len(chosen),
+            n_batches=len(batches),
+            n_candidates=len(rows),
+            no_gradient=len(missing),
+            world_size=rank_and_world()[1],
+        )
 
     return run_stage(project, ZC_SCORE.name, task_name, config=config, inputs=[], compute=compute, force=force)

@@ -41,8 +41,12 @@ def make_project(micro_bench, tmp_path):
 
     def make(name: str = "ws", stages: dict | None = None) -> Project:
         root = tmp_path / name
-        create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data",
-                         stages=MICRO_STAGES if stages is None else stages)
+        create_workspace(
+            root,
+            model=micro_bench / "base-model",
+            data=micro_bench / "data",
+            stages=MICRO_STAGES if stages is None else stages,
+        )
         return Project.open(root)
 
     return make
@@ -50,8 +54,11 @@ def make_project(micro_bench, tmp_path):
 
 # A two-task D-MoLE loop through the CLI, as a user runs it on their own model folder.
 PIPELINE_TASKS = ("color-vqa", "shape-choice")
-PIPELINE_STAGES = {"fit-router": {"max_epochs": 20}, "train-task": {"epochs": 1, "batch_size": 2},
-                   "eval": {"batch_size": 2}}
+PIPELINE_STAGES = {
+    "fit-router": {"max_epochs": 20},
+    "train-task": {"epochs": 1, "batch_size": 2},
+    "eval": {"batch_size": 2},
+}
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +88,18 @@ def run_cli_pipeline(pipeline_data):
         assert result.exit_code == 0, result.output
 
     def run(model: Path, workspace: Path, profile: str = "dmole") -> Path:
-        dmole(workspace, "init", "--model", str(model), "--data", str(pipeline_data),
-              "--tasks", ",".join(PIPELINE_TASKS), "--profile", profile)
+        dmole(
+            workspace,
+            "init",
+            "--model",
+            str(model),
+            "--data",
+            str(pipeline_data),
+            "--tasks",
+            ",".join(PIPELINE_TASKS),
+            "--profile",
+            profile,
+        )
         settings = json.loads((workspace / "workspace.json").read_text())
         (workspace / "workspace.json").write_text(json.dumps({**settings, "stages": PIPELINE_STAGES}))
         for task in PIPELINE_TASKS:

@@ -46,7 +46,9 @@ from PIL import Image, ImageDraw
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 CAPTION_INSTRUCTION = "Provide a one-sentence caption for the provided image."
-GROUNDING_INSTRUCTION = "Please provide the bounding box coordinate of the region this sentence describes: <ref>{}</ref>"
+GROUNDING_INSTRUCTION = (
+    "Please provide the bounding box coordinate of the region this sentence describes: <ref>{}</ref>"
+)
 
 
 def _image(path: Path, size: int, color: str, box: tuple[int, int, int, int] | None = None) -> None:
@@ -68,8 +70,11 @@ def _json(path: Path, document: object) -> None:
 
 
 def _chat(sample_id: str, image: str, question: str, answer: str) -> dict:
-    return {"id": sample_id, "image": image,
-            "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]}
+    return {
+        "id": sample_id,
+        "image": image,
+        "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],
+    }
 
 
 class _Writer:
@@ -97,11 +102,15 @@ class _Writer:
             self.picture(f"{eval_images}/{file_name}", color)
             images.append({"file_name": file_name, "id": 1000 + i, **(extra(file_name) if extra else {})})
             for j, text in enumerate((f"A {color} square.", f"A {color} box on a card.", f"Something {color}.")):
-                annotations.append({"image_id": 1000 + i, "caption": text, "id": 10 * (1000 + i) + j,
-                                    **({"is_precanned": False, "is_rejected": False, "text_detected": False}
-                                       if extra else {})})
-        _json(self.root / eval_file, {"info": {"description": folder}, "images": images,
-                                      "annotations": annotations})
+                annotations.append(
+                    {
+                        "image_id": 1000 + i,
+                        "caption": text,
+                        "id": 10 * (1000 + i) + j,
+                        **({"is_precanned": False, "is_rejected": False, "text_detected": False} if extra else {}),
+                    }
+                )
+        _json(self.root / eval_file, {"info": {"description": folder}, "images": images, "annotations": annotations})
 
     def grounding(self) -> None:
         """SK-VG: a box of the named colour, and the knowledge sentence that the prompt starts with."""
@@ -116,12 +125,25 @@ class _Writer:
                 sent = f"the thing that belongs to the owner ({color})"
                 if split == "train":
                     normalised = [round(1000 * v / s) for v in box]
-                    out.append(_chat(f"skvg_{i}", image, f"Based on the knowledge {knowledge}.\n"
-                                     + GROUNDING_INSTRUCTION.format(sent),
-                                     f"<ref>{sent}</ref><box>[{normalised}]</box>"))
+                    out.append(
+                        _chat(
+                            f"skvg_{i}",
+                            image,
+                            f"Based on the knowledge {knowledge}.\n" + GROUNDING_INSTRUCTION.format(sent),
+                            f"<ref>{sent}</ref><box>[{normalised}]</box>",
+                        )
+                    )
                 else:
-                    out.append({"image": image, "sent": sent, "knowledge": knowledge, "bbox": list(box),
-                                "width": s, "height": s})
+                    out.append(
+                        {
+                            "image": image,
+                            "sent": sent,
+                            "knowledge": knowledge,
+                            "bbox": list(box),
+                            "width": s,
+                            "height": s,
+                        }
+                    )
         _jsonl(self.root / "data/sk-vg/train.jsonl", train)
         _jsonl(self.root / "data/sk-vg/test.jsonl", test)
 
@@ -131,14 +153,20 @@ class _Writer:
             for i in range(self.n):
                 color = self.color()
                 image = self.picture(f"data/{folder}/images/{split}/{i}.jpg", color)
-                choices = [color] + [c for c in sorted(COLORS) if c != color][:n_choices - 1]
+                choices = [color] + [c for c in sorted(COLORS) if c != color][: n_choices - 1]
                 self.rng.shuffle(choices)
                 question = "What colour is the square?"
                 answer = choices.index(color)
                 if split == "train":
                     lettered = "\n".join(f"{'ABCDE'[k]}. {c}" for k, c in enumerate(choices))
-                    out.append(_chat(f"{folder}_{i}", image, f"{question}\n{lettered}\nAnswer with the option's "
-                                     "letter from the given choices directly.", "ABCDE"[answer]))
+                    out.append(
+                        _chat(
+                            f"{folder}_{i}",
+                            image,
+                            f"{question}\n{lettered}\nAnswer with the option's letter from the given choices directly.",
+                            "ABCDE"[answer],
+                        )
+                    )
                 else:
                     out.append({"image": image, "question": question, "choices": choices, "answer": answer})
         _jsonl(self.root / f"data/{folder}/{train_file}", train)
@@ -152,8 +180,14 @@ class _Writer:
                 image = self.picture(f"data/{folder}/{images}/{split}_{i}.jpg", color)
                 question = "What colour is the cover?"
                 if split == "train":
-                    out.append(_chat(f"{folder}_{i}", image, f"{question} Answer the question using a single word "
-                                     "or phrase.", color))
+                    out.append(
+                        _chat(
+                            f"{folder}_{i}",
+                            image,
+                            f"{question} Answer the question using a single word or phrase.",
+                            color,
+                        )
+                    )
                 else:
                     out.append({"image": image, "question": question, "question_id": 500 + i, "answer": color})
         _jsonl(self.root / f"data/{folder}/train.jsonl", train)
@@ -164,9 +198,16 @@ class _Writer:
         for i in range(self.n):
             color = self.color()
             image = self.picture(f"data/vizwiz/train/VizWiz_train_{i:08d}.jpg", color)
-            train.append(_chat(f"vizwiz_{i}", image, "What colour is this? When the provided information is "
-                               "insufficient, respond with 'Unanswerable'. Answer the question using a single word "
-                               "or phrase.", color))
+            train.append(
+                _chat(
+                    f"vizwiz_{i}",
+                    image,
+                    "What colour is this? When the provided information is "
+                    "insufficient, respond with 'Unanswerable'. Answer the question using a single word "
+                    "or phrase.",
+                    color,
+                )
+            )
         for i in range(self.n):
             color = self.color()
             image = self.picture(f"data/vizwiz/val/VizWiz_val_{i:08d}.jpg", color)
@@ -174,17 +215,34 @@ class _Writer:
             jsonl.append({"image": image, "question": question, "question_id": i})
             questions.append({"image_id": i, "question": question, "question_id": i})
             answers = [color] * 7 + ["unanswerable"] * 2 + [f"light {color}"]
-            annotations.append({"question_id": i, "image_id": i, "question_type": "other", "answer_type": "other",
-                                "multiple_choice_answer": color,
-                                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
-                                            for k, a in enumerate(answers)]})
+            annotations.append(
+                {
+                    "question_id": i,
+                    "image_id": i,
+                    "question_type": "other",
+                    "answer_type": "other",
+                    "multiple_choice_answer": color,
+                    "answers": [
+                        {"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(answers)
+                    ],
+                }
+            )
         _jsonl(self.root / "data/vizwiz/train.jsonl", train)
         _jsonl(self.root / "data/vizwiz/vizwiz_val.jsonl", jsonl)
-        _json(self.root / "data/vizwiz/vizwiz_val_questions.json",
-              {"info": {}, "task_type": "Open-Ended", "data_type": "vizwiz", "data_subtype": "val",
-               "questions": questions})
-        _json(self.root / "data/vizwiz/vizwiz_val_annotations.json",
-              {"info": {}, "data_type": "vizwiz", "data_subtype": "val", "annotations": annotations})
+        _json(
+            self.root / "data/vizwiz/vizwiz_val_questions.json",
+            {
+                "info": {},
+                "task_type": "Open-Ended",
+                "data_type": "vizwiz",
+                "data_subtype": "val",
+                "questions": questions,
+            },
+        )
+        _json(
+            self.root / "data/vizwiz/vizwiz_val_annotations.json",
+            {"info": {}, "data_type": "vizwiz", "data_subtype": "val", "annotations": annotations},
+        )
 
 
 def write_official_archive(root: Path, *, per_task: int = 3, image_size: int = 32, seed: int = 0) -> Path:
@@ -192,17 +250,34 @@ def write_official_archive(root: Path, *, per_task: int = 3, image_size: int = 3
     `dmole init --benchmark dmole --data` takes."""
     root = Path(root)
     writer = _Writer(root, per_task, image_size, random.Random(seed))
-    writer.captions("vizwiz-caption", "data/vizwiz-caption/images/train", "data/vizwiz-caption/val.json",
-                    "data/vizwiz-caption/images/val", lambda split, i: f"VizWiz_{split}_{i:08d}.jpg",
-                    extra=lambda name: {"vizwiz_url": f"https://vizwiz.cs.colorado.edu/VizWiz_visualization_img/"
-                                                      f"{name}", "text_detected": False})
+    writer.captions(
+        "vizwiz-caption",
+        "data/vizwiz-caption/images/train",
+        "data/vizwiz-caption/val.json",
+        "data/vizwiz-caption/images/val",
+        lambda split, i: f"VizWiz_{split}_{i:08d}.jpg",
+        extra=lambda name: {
+            "vizwiz_url": f"https://vizwiz.cs.colorado.edu/VizWiz_visualization_img/{name}",
+            "text_detected": False,
+        },
+    )
     writer.grounding()
-    writer.captions("textcaps", "data/textcaps/images", "data/textcaps/val.json", "data/textcaps/images",
-                    lambda split, i: f"{split}_{i:016x}.jpg")
+    writer.captions(
+        "textcaps",
+        "data/textcaps/images",
+        "data/textcaps/val.json",
+        "data/textcaps/images",
+        lambda split, i: f"{split}_{i:016x}.jpg",
+    )
     writer.choice("iconqa", "multi_text_choice_train.jsonl", "multi_text_choice_test.jsonl", n_choices=3)
     writer.short("ocrvqa", "ocrvqa_val.jsonl", "images")
-    writer.captions("flickr30k", "data/flickr30k", "data/flickr30k/flickr30k_test_karpathy.json",
-                    "data/flickr30k", lambda split, i: f"Images/{split}{1000000 + i}.jpg")
+    writer.captions(
+        "flickr30k",
+        "data/flickr30k",
+        "data/flickr30k/flickr30k_test_karpathy.json",
+        "data/flickr30k",
+        lambda split, i: f"Images/{split}{1000000 + i}.jpg",
+    )
     writer.vizwiz()
     writer.short("kvqa", "test.jsonl", "KVQAimgs")
     writer.choice("pmcvqa", "train.jsonl", "test_clean.jsonl", n_choices=4)

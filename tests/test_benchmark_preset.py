@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from official_archive import write_official_archive
 from typer.testing import CliRunner
 
 from dmole.cli.app import app
@@ -21,13 +20,17 @@ from dmole.stages.data.eval_files import read_eval_file
 from dmole.stages.data.prompts import render_prompt
 from dmole.stages.data.tasks import load_eval_samples, load_train_samples, task_files
 from dmole.stages.models.tiny import TinySize, build_tiny
+from official_archive import write_official_archive
 
 torch.set_num_threads(1)
 runner = CliRunner()
 PER_TASK = 3
 ORDER = ["vizwiz-caption", "skvg", "textcaps", "iconqa", "ocrvqa", "flickr30k", "vizwiz", "kvqa", "pmcvqa"]
-LOOP_STAGES = {"fit-router": {"max_epochs": 20}, "train-task": {"epochs": 1, "batch_size": 2},
-               "eval": {"batch_size": 2}}
+LOOP_STAGES = {
+    "fit-router": {"max_epochs": 20},
+    "train-task": {"epochs": 1, "batch_size": 2},
+    "eval": {"batch_size": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +41,11 @@ def archive(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def internvl(tmp_path_factory) -> Path:
     """A tiny InternVL (the paper's family), random weights."""
-    return build_tiny("internvl", tmp_path_factory.mktemp("tiny") / "internvl",
-                      size=TinySize(lm_layers=2, vision_layers=2, lm_hidden=64, lm_intermediate=128))
+    return build_tiny(
+        "internvl",
+        tmp_path_factory.mktemp("tiny") / "internvl",
+        size=TinySize(lm_layers=2, vision_layers=2, lm_hidden=64, lm_intermediate=128),
+    )
 
 
 def _task(name: str) -> TaskSpec:
@@ -61,17 +67,36 @@ def one_line_error(*args: str) -> str:
 
 # --- the preset ---------------------------------------------------------------------------------------------
 
+
 def test_the_preset_is_the_official_sequence_and_training_setup():
     assert [task.name for task in DMOLE_TASKS] == ORDER
-    assert [task.family for task in DMOLE_TASKS] == ["caption", "grounding", "caption", "choice", "short",
-                                                     "caption", "vqa10", "short", "choice"]
+    assert [task.family for task in DMOLE_TASKS] == [
+        "caption",
+        "grounding",
+        "caption",
+        "choice",
+        "short",
+        "caption",
+        "vqa10",
+        "short",
+        "choice",
+    ]
     # scripts/train/dmole.sh: per-device batch 10 (OCR-VQA 8) on 8 GPUs; batch_size is the global batch.
     assert REFERENCE_GPUS == 8
     assert [task.batch_size for task in DMOLE_TASKS] == [80, 80, 80, 80, 64, 80, 80, 80, 80]
     assert [task.epochs for task in DMOLE_TASKS] == [1, 5, 1, 1, 1, 1, 5, 1, 1]
     assert [task.repeat for task in DMOLE_TASKS] == [1, 1, 1, 5, 1, 1, 1, 1, 1]
-    assert [task.generation_limits for task in DMOLE_TASKS] == [(30, 8), (100, 1), (30, 8), (10, 1), (100, 1),
-                                                                (30, 8), (10, 1), (100, 1), (10, 1)]
+    assert [task.generation_limits for task in DMOLE_TASKS] == [
+        (30, 8),
+        (100, 1),
+        (30, 8),
+        (10, 1),
+        (100, 1),
+        (30, 8),
+        (10, 1),
+        (100, 1),
+        (10, 1),
+    ]
     for task in DMOLE_TASKS:
         assert f"per-device batch {task.batch_size // 8} x 8 GPUs = global {task.batch_size}" in task.description
         assert task.train.startswith("data/") and task.eval.startswith("data/")
@@ -88,13 +113,24 @@ def test_the_reference_profile_votes_in_the_references_groups(archive, internvl,
     """Under --profile reference with the preset, eval votes per the reference's evaluation batch and train-task
     per its device batch, whatever the accumulation; a flag still wins, and per-sample eval keeps its batch."""
     from dmole.stages.options import DEFAULT_EVAL_BATCH_SIZE
-    from dmole.stages.resolve import stage_options
     from dmole.stages.project import Project
+    from dmole.stages.resolve import stage_options
     from dmole.stages.train_task import train_run
 
     ws = tmp_path / "ws"
-    dmole("init", "--benchmark", "dmole", "--profile", "reference", "--model", str(internvl), "--data", str(archive),
-          "--workspace", str(ws))
+    dmole(
+        "init",
+        "--benchmark",
+        "dmole",
+        "--profile",
+        "reference",
+        "--model",
+        str(internvl),
+        "--data",
+        str(archive),
+        "--workspace",
+        str(ws),
+    )
     project = Project.open(ws)
     evaluation = stage_options(project.config, "eval")
     assert evaluation.routing == "batch-vote"
@@ -156,11 +192,14 @@ def test_a_prompt_that_is_not_a_template_is_one_data_error(archive):
 
 def test_an_eval_image_root_outside_the_data_root_is_refused(archive):
     task = _task("textcaps").model_copy(update={"eval_image_root": "../elsewhere"})
-    with pytest.raises(DataError, match="field 'eval_image_root': task 'textcaps': '../elsewhere' escapes the data root"):
+    with pytest.raises(
+        DataError, match="field 'eval_image_root': task 'textcaps': '../elsewhere' escapes the data root"
+    ):
         load_eval_samples(archive, task)
 
 
 # --- the VQA pair form and the caption format --------------------------------------------------------------
+
 
 def _pair(archive: Path, tmp_path: Path, edit_annotations=None, questions: str = "vizwiz_val.jsonl"):
     """Copies of VizWiz's questions and annotations (images stay in the archive) after ``edit_annotations``."""
@@ -186,12 +225,18 @@ def test_pair_form_missing_annotation_names_the_question(archive, tmp_path):
     assert str(caught.value) == (f"{questions}:2: field 'question_id': question 1 has no entry in {annotations}")
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda e: e[2]["answers"].pop(), "field 'annotations[2].answers': expected 10 answer strings"),
-    (lambda e: e[0].pop("question_id"), "field 'annotations[0].question_id': missing"),
-    (lambda e: e.append(dict(e[0])), "field 'annotations[3].question_id': question_id 0 is annotated more than once"),
-    (lambda e: e[1]["answers"].__setitem__(4, {"answer": 7}), "field 'annotations[1].answers': expected 10"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda e: e[2]["answers"].pop(), "field 'annotations[2].answers': expected 10 answer strings"),
+        (lambda e: e[0].pop("question_id"), "field 'annotations[0].question_id': missing"),
+        (
+            lambda e: e.append(dict(e[0])),
+            "field 'annotations[3].question_id': question_id 0 is annotated more than once",
+        ),
+        (lambda e: e[1]["answers"].__setitem__(4, {"answer": 7}), "field 'annotations[1].answers': expected 10"),
+    ],
+)
 def test_pair_form_annotation_errors_name_the_entry(archive, tmp_path, edit, expected):
     questions, annotations = _pair(archive, tmp_path, edit)
     with pytest.raises(DataError) as caught:
@@ -215,8 +260,11 @@ def test_pair_form_with_a_questions_json(archive, tmp_path):
 
 def test_pair_form_is_only_for_vqa10():
     with pytest.raises(ConfigError, match="eval_annotations .* is for the vqa10 family, not 'short'"):
-        parse_model(TaskSpec, {"name": "x", "family": "short", "train": "t.jsonl", "eval": "e.jsonl",
-                               "eval_annotations": "a.json"}, source="tasks.json")
+        parse_model(
+            TaskSpec,
+            {"name": "x", "family": "short", "train": "t.jsonl", "eval": "e.jsonl", "eval_annotations": "a.json"},
+            source="tasks.json",
+        )
 
 
 def test_caption_files_may_name_images_by_image(archive, tmp_path):
@@ -236,18 +284,41 @@ def test_caption_files_may_name_images_by_image(archive, tmp_path):
 
 # --- dmole init --benchmark ---------------------------------------------------------------------------------
 
+
 def test_init_errors_are_one_line(archive, internvl, tmp_path):
     ws = str(tmp_path / "ws")
     assert "unknown benchmark 'coin'; known benchmarks: dmole" in one_line_error(
-        "init", "--benchmark", "coin", "--model", str(internvl), "--data", str(archive), "--workspace", ws)
+        "init", "--benchmark", "coin", "--model", str(internvl), "--data", str(archive), "--workspace", ws
+    )
     assert "--registry and --benchmark are mutually exclusive" in one_line_error(
-        "init", "--benchmark", "dmole", "--registry", str(archive / "tasks.json"), "--model", str(internvl),
-        "--data", str(archive), "--workspace", ws)
+        "init",
+        "--benchmark",
+        "dmole",
+        "--registry",
+        str(archive / "tasks.json"),
+        "--model",
+        str(internvl),
+        "--data",
+        str(archive),
+        "--workspace",
+        ws,
+    )
     assert "unknown task 'vizwiz_caption'; benchmark 'dmole' has: vizwiz-caption, skvg" in one_line_error(
-        "init", "--benchmark", "dmole", "--tasks", "vizwiz_caption", "--model", str(internvl), "--data",
-        str(archive), "--workspace", ws)
-    line = one_line_error("init", "--benchmark", "dmole", "--model", str(internvl), "--data", str(archive / "data"),
-                          "--workspace", ws)
+        "init",
+        "--benchmark",
+        "dmole",
+        "--tasks",
+        "vizwiz_caption",
+        "--model",
+        str(internvl),
+        "--data",
+        str(archive),
+        "--workspace",
+        ws,
+    )
+    line = one_line_error(
+        "init", "--benchmark", "dmole", "--model", str(internvl), "--data", str(archive / "data"), "--workspace", ws
+    )
     assert "has no 'data' folder" in line and f"pass its parent {archive.resolve()}" in line
     assert not (tmp_path / "ws").exists()
 
@@ -256,8 +327,17 @@ def test_init_refuses_an_incomplete_archive(archive, internvl, tmp_path):
     data = tmp_path / "archive"
     shutil.copytree(archive, data)
     (data / "data/vizwiz/vizwiz_val_annotations.json").unlink()
-    line = one_line_error("init", "--benchmark", "dmole", "--model", str(internvl), "--data", str(data),
-                          "--workspace", str(tmp_path / "ws"))
+    line = one_line_error(
+        "init",
+        "--benchmark",
+        "dmole",
+        "--model",
+        str(internvl),
+        "--data",
+        str(data),
+        "--workspace",
+        str(tmp_path / "ws"),
+    )
     assert "task 'vizwiz'" in line and "vizwiz_val_annotations.json (eval_annotations) does not exist" in line
 
 
@@ -265,8 +345,19 @@ def test_a_missing_pair_annotation_stops_embed_with_one_line(archive, internvl, 
     data = tmp_path / "archive"
     shutil.copytree(archive, data)
     ws = str(tmp_path / "ws")
-    dmole("init", "--benchmark", "dmole", "--tasks", "vizwiz", "--model", str(internvl), "--data", str(data),
-          "--workspace", ws)
+    dmole(
+        "init",
+        "--benchmark",
+        "dmole",
+        "--tasks",
+        "vizwiz",
+        "--model",
+        str(internvl),
+        "--data",
+        str(data),
+        "--workspace",
+        ws,
+    )
     path = data / "data/vizwiz/vizwiz_val_annotations.json"
     document = json.loads(path.read_text())
     document["annotations"] = [a for a in document["annotations"] if a["question_id"] != 2]
@@ -302,6 +393,7 @@ def test_the_whole_loop_through_the_cli(internvl, tmp_path):
 
 # --- zc-score scores one view per image -------------------------------------------------------------------
 
+
 def _zc_scores(ws: Path, *extra: str) -> dict[str, float]:
     import pandas as pd
 
@@ -326,11 +418,26 @@ def test_zc_score_scores_one_view_per_image_whatever_the_workspace_tiles(archive
     workspaces = {}
     for tiles in (6, 1):
         workspaces[tiles] = tmp_path / f"ws{tiles}"
-        dmole("init", "--benchmark", "dmole", "--tasks", "ocrvqa", "--max-tiles", str(tiles), "--model", str(internvl),
-              "--data", str(data), "--workspace", str(workspaces[tiles]))
+        dmole(
+            "init",
+            "--benchmark",
+            "dmole",
+            "--tasks",
+            "ocrvqa",
+            "--max-tiles",
+            str(tiles),
+            "--model",
+            str(internvl),
+            "--data",
+            str(data),
+            "--workspace",
+            str(workspaces[tiles]),
+        )
     image = Image.open(load_train_samples(data, _task("ocrvqa"))[0].image)
-    views = {tiles: Project.open(ws).load_model().generation_batch([image], ["?"])["pixel_values"].shape[0]
-             for tiles, ws in workspaces.items()}
+    views = {
+        tiles: Project.open(ws).load_model().generation_batch([image], ["?"])["pixel_values"].shape[0]
+        for tiles, ws in workspaces.items()
+    }
     assert views[6] > views[1] == 1  # the workspace's cap does tile these images elsewhere
     one_view = _zc_scores(workspaces[1])
     assert _zc_scores(workspaces[6]) == one_view

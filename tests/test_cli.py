@@ -20,23 +20,56 @@ def invoke(*args):
 
 
 def test_help_lists_the_commands_without_importing_torch():
-    code = ("import sys; from dmole.cli.app import app; "
-            "print('torch' in sys.modules, 'transformers' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == \
-        ["False", "False"]
+    code = "import sys; from dmole.cli.app import app; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == [
+        "False",
+        "False",
+    ]
     text = invoke("--help")
-    for command in ("init", "tasks", "synth", "demo", "embed", "fit-router", "zc-score", "allocate", "train-task",
-                    "eval", "report", "ls", "show"):
+    for command in (
+        "init",
+        "tasks",
+        "synth",
+        "demo",
+        "embed",
+        "fit-router",
+        "zc-score",
+        "allocate",
+        "train-task",
+        "eval",
+        "report",
+        "ls",
+        "show",
+    ):
         assert command in text
 
 
 def test_init_selects_and_orders_tasks(micro_bench, tmp_path):
     workspace = tmp_path / "ws"
-    invoke("init", "--model", str(micro_bench / "base-model"), "--data", str(micro_bench / "data"),
-           "--tasks", "shape-choice,color-vqa", "--workspace", str(workspace))
+    invoke(
+        "init",
+        "--model",
+        str(micro_bench / "base-model"),
+        "--data",
+        str(micro_bench / "data"),
+        "--tasks",
+        "shape-choice,color-vqa",
+        "--workspace",
+        str(workspace),
+    )
     assert invoke("tasks", "--workspace", str(workspace)).split() == ["shape-choice", "color-vqa"]
-    again = runner.invoke(app, ["init", "--model", str(micro_bench / "base-model"), "--data",
-                                str(micro_bench / "data"), "--workspace", str(workspace)])
+    again = runner.invoke(
+        app,
+        [
+            "init",
+            "--model",
+            str(micro_bench / "base-model"),
+            "--data",
+            str(micro_bench / "data"),
+            "--workspace",
+            str(workspace),
+        ],
+    )
     assert again.exit_code == 2 and "already exists" in again.output
 
 
@@ -84,15 +117,19 @@ def test_light_stages_import_no_torch_and_record_package_versions(make_project):
     project = make_project()
     task = project.config.task_names[0]
     invoke("zc-score", "--task", task, "--workspace", str(project.root))
-    code = ("import sys; from dmole.cli.app import app; "
-            f"app(['allocate', '--task', '{task}', '--workspace', r'{project.root}'], standalone_mode=False); "
-            "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft')))")
+    code = (
+        "import sys; from dmole.cli.app import app; "
+        f"app(['allocate', '--task', '{task}', '--workspace', r'{project.root}'], standalone_mode=False); "
+        "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-3:] == ["False", "False", "False"]
-    shown = ("import sys; from dmole.cli.app import app; "
-             f"app(['{{}}', '--workspace', r'{project.root}'], standalone_mode=False); "
-             "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'matplotlib')))")
+    shown = (
+        "import sys; from dmole.cli.app import app; "
+        f"app(['{{}}', '--workspace', r'{project.root}'], standalone_mode=False); "
+        "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'matplotlib')))"
+    )
     for command in ("tasks", "ls"):  # and `report`, when it draws no figure: tests/test_report.py
         done = subprocess.run([sys.executable, "-c", shown.format(command)], capture_output=True, text=True)
         assert done.returncode == 0 and done.stdout.split()[-4:] == ["False"] * 4, (command, done.stderr)

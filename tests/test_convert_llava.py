@@ -14,10 +14,27 @@ from safetensors.torch import save_file
 from dmole.stages.convert import ConvertError
 from dmole.stages.convert_llava import VICUNA_SYSTEM, convert_llava_original, is_original_llava
 
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=128, hidden_act="silu")
-VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=28,
-              patch_size=14, projection_dim=8, hidden_act="quick_gelu")
+TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    max_position_embeddings=128,
+    hidden_act="silu",
+)
+VISION = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+    projection_dim=8,
+    hidden_act="quick_gelu",
+)
 PATCHES = (28 // 14) ** 2
 TOWER = "model.vision_tower.vision_tower.vision_model."  # as LLaVA saved CLIPVisionModel under transformers 4
 
@@ -26,16 +43,43 @@ def _tokenizer(folder) -> int:
     """A tiny Llama-style sentencepiece BPE (unk 0, bos 1, eos 2, dummy prefix); returns its size."""
     import sentencepiece as spm
 
-    text = ["the quick brown fox jumps over the lazy dog", "a picture of a cat on a mat", "what is in the image?",
-            "describe the scene in one sentence", "USER: ASSISTANT: a chat"] * 10
+    text = [
+        "the quick brown fox jumps over the lazy dog",
+        "a picture of a cat on a mat",
+        "what is in the image?",
+        "describe the scene in one sentence",
+        "USER: ASSISTANT: a chat",
+    ] * 10
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(text), model_writer=model, vocab_size=320, model_type="bpe", byte_fallback=True,
-        character_coverage=1.0, num_threads=1, minloglevel=2, unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+        sentence_iterator=iter(text),
+        model_writer=model,
+        vocab_size=320,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+    )
     (folder / "tokenizer.model").write_bytes(model.getvalue())
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "pad_token": None, "add_bos_token": True, "add_eos_token": False, "model_max_length": 2048}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "pad_token": None,
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "model_max_length": 2048,
+            }
+        )
+    )
     return spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
 
 
@@ -53,18 +97,40 @@ def write_original(folder, *, tower_inside: bool = True, seed: int = 0) -> dict:
     tower = folder.parent / f"{folder.name}-clip"
     clip.save_pretrained(tower)
     tensors = {k: v.contiguous() for k, v in llama.state_dict().items()}
-    tensors |= {"model.mm_projector.0.weight": torch.randn(32, 16) * 0.3, "model.mm_projector.0.bias": torch.randn(32),
-                "model.mm_projector.2.weight": torch.randn(32, 32) * 0.3, "model.mm_projector.2.bias": torch.randn(32)}
+    tensors |= {
+        "model.mm_projector.0.weight": torch.randn(32, 16) * 0.3,
+        "model.mm_projector.0.bias": torch.randn(32),
+        "model.mm_projector.2.weight": torch.randn(32, 32) * 0.3,
+        "model.mm_projector.2.bias": torch.randn(32),
+    }
     if tower_inside:
         tensors |= {f"{TOWER}{k}": v.contiguous() for k, v in clip.state_dict().items()}
     save_file(tensors, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "vocab_size": vocab, **TEXT,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": False,
-        "torch_dtype": "float32", "mm_vision_tower": str(tower), "mm_hidden_size": 16,
-        "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
-        "image_aspect_ratio": "pad", "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
-        "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlavaLlamaForCausalLM"],
+                "model_type": "llava",
+                "vocab_size": vocab,
+                **TEXT,
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+                "pad_token_id": 0,
+                "tie_word_embeddings": False,
+                "torch_dtype": "float32",
+                "mm_vision_tower": str(tower),
+                "mm_hidden_size": 16,
+                "mm_projector_type": "mlp2x_gelu",
+                "mm_vision_select_layer": -2,
+                "mm_vision_select_feature": "patch",
+                "image_aspect_ratio": "pad",
+                "mm_use_im_start_end": False,
+                "mm_use_im_patch_token": False,
+                "tune_mm_mlp_adapter": False,
+                "freeze_mm_mlp_adapter": False,
+            }
+        )
+    )
     return {**tensors, **{f"{TOWER}{k}": v for k, v in clip.state_dict().items()}}
 
 
@@ -74,7 +140,7 @@ def original_logits(t: dict, vocab: int, ids_before: list[int], ids_after: list[
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
     clip = CLIPVisionModel(CLIPVisionConfig(**VISION)).eval()
-    clip.load_state_dict({k[len(TOWER):]: v for k, v in t.items() if k.startswith(TOWER)})
+    clip.load_state_dict({k[len(TOWER) :]: v for k, v in t.items() if k.startswith(TOWER)})
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, tie_word_embeddings=False, **TEXT)).eval()
     llama.load_state_dict({k: v for k, v in t.items() if not k.startswith(("model.vision_tower", "model.mm_"))})
     with torch.no_grad():
@@ -128,13 +194,19 @@ def test_processor_pads_expands_and_templates(converted):
     src, out, _ = converted
     processor = AutoProcessor.from_pretrained(out)
     image = Image.new("RGB", (40, 20), (255, 0, 0))
-    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
-                                                                         {"type": "text", "text": "what is it?"}]}],
-                                           add_generation_prompt=True)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it?"}]}],
+        add_generation_prompt=True,
+    )
     assert prompt == f"<s>{VICUNA_SYSTEM} USER: <image>\nwhat is it? ASSISTANT:"
-    two_turns = processor.apply_chat_template([{"role": "user", "content": "hi"},
-                                               {"role": "assistant", "content": "yo"},
-                                               {"role": "user", "content": "and?"}], add_generation_prompt=True)
+    two_turns = processor.apply_chat_template(
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yo"},
+            {"role": "user", "content": "and?"},
+        ],
+        add_generation_prompt=True,
+    )
     assert two_turns == f"<s>{VICUNA_SYSTEM} USER: hi ASSISTANT: yo</s>USER: and? ASSISTANT:"  # conv.get_prompt()
     batch = processor(images=image, text=prompt, return_tensors="pt")
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
@@ -142,14 +214,16 @@ def test_processor_pads_expands_and_templates(converted):
     assert tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
     # "pad": the 40x20 image is centred on a 40x40 square of the mean colour, so the top rows are not red
     red = (1 - 0.48145466) / 0.26862954
-    assert batch["pixel_values"][0, 0, 0].mean() < red - 1 and batch["pixel_values"][0, 0, 14].mean() == \
-        pytest.approx(red, abs=0.05)
+    assert batch["pixel_values"][0, 0, 0].mean() < red - 1 and batch["pixel_values"][0, 0, 14].mean() == pytest.approx(
+        red, abs=0.05
+    )
     # the original vocabulary keeps its ids
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
-    assert processor.tokenizer("a picture of a cat", add_special_tokens=False)["input_ids"] == \
-        sp.encode("a picture of a cat")
+    assert processor.tokenizer("a picture of a cat", add_special_tokens=False)["input_ids"] == sp.encode(
+        "a picture of a cat"
+    )
 
 
 def test_not_an_original_llava_is_a_one_line_error(tmp_path):
@@ -168,8 +242,9 @@ def test_cli_converts_an_original_llava(tmp_path):
     write_original(tmp_path / "src")
     result = CliRunner().invoke(app, ["convert", str(tmp_path / "src"), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("convert: wrote") and "clip_vision_model 3 layers; 4 image tokens" in \
-        result.output, result.output
+    assert (
+        result.output.startswith("convert: wrote") and "clip_vision_model 3 layers; 4 image tokens" in result.output
+    ), result.output
     refused = CliRunner().invoke(app, ["convert", str(tmp_path / "src"), str(tmp_path / "out2"), "--max-tiles", "2"])
     assert refused.exit_code == 2 and "--max-tiles applies to InternVL" in refused.output
 
@@ -182,8 +257,9 @@ def test_dmole_loads_the_converted_llava_and_supervises_answers(converted):
 
     _, out, _ = converted
     adapter = load_family(out, device="cpu")
-    batch = adapter.train_batch([ChatExample(Image.new("RGB", (30, 20), (10, 200, 30)),
-                                             [("<image>\nWhat is it?", "a cat")])])
+    batch = adapter.train_batch(
+        [ChatExample(Image.new("RGB", (30, 20), (10, 200, 30)), [("<image>\nWhat is it?", "a cat")])]
+    )
     ids = batch["input_ids"][0].tolist()
     assert ids.count(adapter.model.config.image_token_id) == PATCHES
     with torch.no_grad():

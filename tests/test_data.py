@@ -27,8 +27,10 @@ def write_jsonl(path, records):
 
 
 def chat(**overrides):
-    record = {"image": "img/a.png", "conversations": [{"from": "human", "value": "<image>\nq?"},
-                                                      {"from": "gpt", "value": "a"}]}
+    record = {
+        "image": "img/a.png",
+        "conversations": [{"from": "human", "value": "<image>\nq?"}, {"from": "gpt", "value": "a"}],
+    }
     return {**record, **overrides}
 
 
@@ -41,23 +43,29 @@ def train_error(root, records) -> str:
 
 def test_a_valid_training_file_reads_and_adds_a_missing_placeholder(root):
     no_placeholder = chat(conversations=[{"from": "human", "value": "q?"}, {"from": "gpt", "value": "a"}], id=7)
-    samples = read_training_file(write_jsonl(root / "t.jsonl", [chat(), no_placeholder]), data_root=root,
-                                 image_root=root)
+    samples = read_training_file(
+        write_jsonl(root / "t.jsonl", [chat(), no_placeholder]), data_root=root, image_root=root
+    )
     assert [s.id for s in samples] == ["1", "7"]
     assert samples[1].turns[0][0] == "<image>\nq?" and samples[1].question == "q?"
 
 
-@pytest.mark.parametrize("records, expected", [
-    ([chat(), "{not json"], ":2: not valid JSON"),
-    ([chat(conversations="hi")], ":1: field 'conversations': expected list, got str"),
-    ([chat(conversations=[{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}])],
-     "field 'conversations[0]': expected from='human'"),
-    ([chat(image=["img/a.png", "img/a.png"])], "field 'image': one image per sample"),
-    ([chat(image="/etc/passwd")], "is absolute"),
-    ([chat(image="img/missing.png")], "image file 'img/missing.png' does not exist"),
-    ([chat(id=1), chat(id=1)], ":2: field 'id': id '1' repeats line 1"),
-    ([chat(id=True)], "field 'id': expected str or int, got bool"),
-])
+@pytest.mark.parametrize(
+    "records, expected",
+    [
+        ([chat(), "{not json"], ":2: not valid JSON"),
+        ([chat(conversations="hi")], ":1: field 'conversations': expected list, got str"),
+        (
+            [chat(conversations=[{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}])],
+            "field 'conversations[0]': expected from='human'",
+        ),
+        ([chat(image=["img/a.png", "img/a.png"])], "field 'image': one image per sample"),
+        ([chat(image="/etc/passwd")], "is absolute"),
+        ([chat(image="img/missing.png")], "image file 'img/missing.png' does not exist"),
+        ([chat(id=1), chat(id=1)], ":2: field 'id': id '1' repeats line 1"),
+        ([chat(id=True)], "field 'id': expected str or int, got bool"),
+    ],
+)
 def test_training_file_errors(root, records, expected):
     assert expected in train_error(root, records)
 
@@ -93,8 +101,11 @@ def test_images_resolve_to_the_same_paths_as_a_full_resolution(root):
     Image.new("RGB", (4, 4)).save(root / "img" / "sub" / "b.png")
     os.symlink(root / "img" / "sub" / "b.png", root / "img" / "alias.png")
     paths = ["img/a.png", "img/sub/b.png", "img/sub/../a.png", "img/./sub/b.png", "img/alias.png"]
-    samples = read_training_file(write_jsonl(root / "t.jsonl", [chat(image=p, id=i) for i, p in enumerate(paths)]),
-                                 data_root=root, image_root=root)
+    samples = read_training_file(
+        write_jsonl(root / "t.jsonl", [chat(image=p, id=i) for i, p in enumerate(paths)]),
+        data_root=root,
+        image_root=root,
+    )
     assert [s.image for s in samples] == [(root / p).resolve() for p in paths]
 
 
@@ -111,17 +122,29 @@ def eval_error(root, family, records) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize("family, record, expected", [
-    ("vqa10", {"image": "img/a.png", "question": "q", "answers": ["a"] * 9}, "expected 10 answer strings"),
-    ("short", {"image": "img/a.png", "question": "q", "answer": 3}, "field 'answer': expected str or list"),
-    ("choice", {"image": "img/a.png", "question": "q", "choices": ["a", "b"], "answer": 2},
-     "field 'answer': index 2 is outside the 2 choices"),
-    ("choice", {"image": "img/a.png", "question": "q", "choices": ["a"], "answer": 0}, "expected 2 to 5 option"),
-    ("grounding", {"image": "img/a.png", "sent": "s", "bbox": [0, 0, 50, 10], "width": 40, "height": 30},
-     "is not a well-formed box inside the 40x30 image"),
-    ("grounding", {"image": "img/a.png", "sent": "s", "bbox": [0, 0, 5], "width": 40, "height": 30},
-     "expected four numbers"),
-])
+@pytest.mark.parametrize(
+    "family, record, expected",
+    [
+        ("vqa10", {"image": "img/a.png", "question": "q", "answers": ["a"] * 9}, "expected 10 answer strings"),
+        ("short", {"image": "img/a.png", "question": "q", "answer": 3}, "field 'answer': expected str or list"),
+        (
+            "choice",
+            {"image": "img/a.png", "question": "q", "choices": ["a", "b"], "answer": 2},
+            "field 'answer': index 2 is outside the 2 choices",
+        ),
+        ("choice", {"image": "img/a.png", "question": "q", "choices": ["a"], "answer": 0}, "expected 2 to 5 option"),
+        (
+            "grounding",
+            {"image": "img/a.png", "sent": "s", "bbox": [0, 0, 50, 10], "width": 40, "height": 30},
+            "is not a well-formed box inside the 40x30 image",
+        ),
+        (
+            "grounding",
+            {"image": "img/a.png", "sent": "s", "bbox": [0, 0, 5], "width": 40, "height": 30},
+            "expected four numbers",
+        ),
+    ],
+)
 def test_eval_file_errors(root, family, record, expected):
     message = eval_error(root, family, [record])
     assert ":1:" in message and expected in message
@@ -132,7 +155,13 @@ def test_caption_file_needs_references(root):
     path.write_text(json.dumps({"images": [{"id": 1, "file_name": "img/a.png"}], "annotations": []}))
     with pytest.raises(DataError, match="image id 1 has no caption annotation"):
         read_eval_file("caption", path, data_root=root, image_root=root)
-    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "img/a.png"}],
-                                "annotations": [{"image_id": 1, "caption": "x"}, {"image_id": 1, "caption": "y"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "img/a.png"}],
+                "annotations": [{"image_id": 1, "caption": "x"}, {"image_id": 1, "caption": "y"}],
+            }
+        )
+    )
     samples = read_eval_file("caption", path, data_root=root, image_root=root)
     assert samples[0].references == {"references": ["x", "y"]}

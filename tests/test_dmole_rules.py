@@ -6,17 +6,23 @@ import torch
 
 from dmole.stages.allocate import parse_budget
 from dmole.stages.dmole.allocation import AllocationError, ScoredModule, allocate, split_modules
-from dmole.stages.dmole.router import (Autoencoder, fit_router, flat_parameters, quantile_table,
-                                 reconstruction_errors)
-from dmole.stages.dmole.routing import (batch_vote, grouped_partner_votes, per_sample, training_partner,
-                                  training_partner_vote, with_training_partner)
+from dmole.stages.dmole.router import Autoencoder, fit_router, flat_parameters, quantile_table, reconstruction_errors
+from dmole.stages.dmole.routing import (
+    batch_vote,
+    grouped_partner_votes,
+    per_sample,
+    training_partner,
+    training_partner_vote,
+    with_training_partner,
+)
 from dmole.stages.options import FitRouterOptions
 from dmole.stages.training.loop import micro_batches
 
 
 def modules(vision_scores, language_scores, width=4):
-    return ([ScoredModule(f"v.{i:02d}", "vision", s, width, width) for i, s in enumerate(vision_scores)]
-            + [ScoredModule(f"l.{i:02d}", "language", s, width, width) for i, s in enumerate(language_scores)])
+    return [ScoredModule(f"v.{i:02d}", "vision", s, width, width) for i, s in enumerate(vision_scores)] + [
+        ScoredModule(f"l.{i:02d}", "language", s, width, width) for i, s in enumerate(language_scores)
+    ]
 
 
 @pytest.mark.parametrize("pi_vision, expected", [(0.2, (12, 36)), (0.4, (19, 29)), (0.1, (12, 36))])
@@ -64,8 +70,16 @@ def test_allocation_errors_are_user_errors():
         allocate(modules([1.0], [1.0]), parameters=3)
 
 
-@pytest.mark.parametrize("text, parsed", [("0.5", (0.5, None)), ("1", (1.0, None)), ("2M", (None, 2_000_000)),
-                                          ("500k", (None, 500_000)), ("120000", (None, 120_000))])
+@pytest.mark.parametrize(
+    "text, parsed",
+    [
+        ("0.5", (0.5, None)),
+        ("1", (1.0, None)),
+        ("2M", (None, 2_000_000)),
+        ("500k", (None, 500_000)),
+        ("120000", (None, 120_000)),
+    ],
+)
 def test_budget_parsing(text, parsed):
     assert parse_budget(text) == parsed
 
@@ -113,11 +127,13 @@ def test_the_training_vote_is_taken_per_group_of_vote_size_whatever_the_accumula
     assert grouped_partner_votes(errors, tau, 10) == per_group
     # one vote over the whole micro-batch: a 40-40 tie that the lower id wins for every sample
     assert grouped_partner_votes(errors, tau, None) == [1] * 80
-    accumulated = [p for micro in micro_batches(list(range(80)), 8)
-                   for p in grouped_partner_votes(errors[micro], tau, None)]
+    accumulated = [
+        p for micro in micro_batches(list(range(80)), 8) for p in grouped_partner_votes(errors[micro], tau, None)
+    ]
     assert accumulated == per_group
-    assert [p for micro in micro_batches(list(range(80)), 2)
-            for p in grouped_partner_votes(errors[micro], tau, 10)] == per_group
+    assert [
+        p for micro in micro_batches(list(range(80)), 2) for p in grouped_partner_votes(errors[micro], tau, 10)
+    ] == per_group
 
 
 def test_threshold_is_the_quantile_of_in_task_errors():
@@ -140,7 +156,7 @@ def test_adam_on_flat_parameters_equals_adam_per_parameter_bit_for_bit(tmp_path)
 
     def train(model, optimizer, zero):
         for step in range(60):
-            batch = data[(step * 32) % 96:][:32]
+            batch = data[(step * 32) % 96 :][:32]
             loss = torch.nn.functional.mse_loss(model(batch), batch)
             zero()
             loss.backward()
@@ -193,9 +209,13 @@ def test_a_second_expert_within_the_margin_of_the_first():
     from dmole.stages.dmole.routing import confidence_weights
 
     tau = np.array([1.0, 1.0, 1.0])
-    errors = np.array([[0.1, 0.9, 2.0],    # the second only just accepted: 0.9 > 2 x 0.1
-                       [0.3, 0.5, 2.0],    # 0.5 <= 2 x 0.3: a real second match
-                       [0.8, 0.4, 0.9]])   # first is task 2 (0.4); task 1 at 0.8 <= 0.8 joins
+    errors = np.array(
+        [
+            [0.1, 0.9, 2.0],  # the second only just accepted: 0.9 > 2 x 0.1
+            [0.3, 0.5, 2.0],  # 0.5 <= 2 x 0.3: a real second match
+            [0.8, 0.4, 0.9],
+        ]
+    )  # first is task 2 (0.4); task 1 at 0.8 <= 0.8 joins
     assert per_sample(errors, tau) == [(1, 2), (1, 2), (2, 1)]
     assert per_sample(errors, tau, second_margin=2.0) == [(1,), (1, 2), (2, 1)]
     weights = confidence_weights(errors[0], tau, (1, 2))

@@ -39,8 +39,10 @@ def nudge(model: torch.nn.Module, seed: int) -> None:
 
 def batch(adapter) -> dict:
     colours = ((200, 30, 30), (30, 200, 30))
-    examples = [ChatExample(Image.new("RGB", (32, 32), c), [(f"<image>\nquestion {i}?", f"answer {i}")])
-                for i, c in enumerate(colours)]
+    examples = [
+        ChatExample(Image.new("RGB", (32, 32), c), [(f"<image>\nquestion {i}?", f"answer {i}")])
+        for i, c in enumerate(colours)
+    ]
     return adapter.train_batch(examples)
 
 
@@ -50,8 +52,9 @@ def test_a_routed_dora_expert_is_peft_dora_layer_and_unrouted_samples_see_the_ba
     experts = ExpertModel(adapter.model, towers(adapter))
     params = experts.add_expert(1, modules, DORA)
     linears = dict(load_family(tiny_folder).model.named_modules())
-    assert sum(p.numel() for p in params) == sum(4 * (linears[m].in_features + linears[m].out_features)
-                                                 + linears[m].out_features for m in modules)
+    assert sum(p.numel() for p in params) == sum(
+        4 * (linears[m].in_features + linears[m].out_features) + linears[m].out_features for m in modules
+    )
     nudge(experts.model, 0)
     experts.model.save_pretrained(tmp_path / "saved", selected_adapters=["task_1"])
     inputs = batch(adapter)
@@ -87,8 +90,11 @@ def test_two_routed_dora_experts_add_what_each_peft_dora_layer_adds():
         layer = torch.nn.Sequential(torch.nn.Linear(12, 10))
         layer.load_state_dict(weights)
         alone = get_peft_model(layer, LoraConfig(r=4, lora_alpha=8, target_modules=["0"], use_dora=True))
-        own = {k.replace(f".task_{task_id}.", ".default."): v for k, v in experts.model.state_dict().items()
-               if f".task_{task_id}." in k}
+        own = {
+            k.replace(f".task_{task_id}.", ".default."): v
+            for k, v in experts.model.state_dict().items()
+            if f".task_{task_id}." in k
+        }
         missing = alone.load_state_dict(own, strict=False)
         assert not [k for k in missing.missing_keys if "default" in k]
         alone.eval()
@@ -103,28 +109,32 @@ def test_two_routed_dora_experts_add_what_each_peft_dora_layer_adds():
 @pytest.fixture
 def two_tasks(micro_bench, tmp_path):
     from conftest import MICRO_STAGES
-
     from dmole.stages.init import create_workspace
     from dmole.stages.project import Project
 
     root = tmp_path / "ws"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data",
-                     tasks=["color-vqa", "shape-choice"], stages=MICRO_STAGES)
+    create_workspace(
+        root,
+        model=micro_bench / "base-model",
+        data=micro_bench / "data",
+        tasks=["color-vqa", "shape-choice"],
+        stages=MICRO_STAGES,
+    )
     return Project.open(root)
 
 
 def test_dmole_allocates_trains_routes_and_reloads_dora_experts(two_tasks):
     from dmole.stages.allocate import allocate
+    from dmole.stages.data.tasks import load_train_samples
     from dmole.stages.embed import embed
+    from dmole.stages.errors import UserError
     from dmole.stages.evaluate import evaluate
     from dmole.stages.fit_router import fit_router
     from dmole.stages.methods import get_method
     from dmole.stages.methods.lora import expert_folder, expert_model
     from dmole.stages.train_task import train_task
     from dmole.stages.training.chat import chat_examples
-    from dmole.stages.data.tasks import load_train_samples
     from dmole.stages.zc_score import zc_score
-    from dmole.stages.errors import UserError
 
     names = two_tasks.config.task_names
     for task in names:
@@ -137,15 +147,18 @@ def test_dmole_allocates_trains_routes_and_reloads_dora_experts(two_tasks):
         model = two_tasks.load_model()
         sizes = {c.name: c for fuse in (False, True) for c in model.candidates(include_mlp=True, fuse=fuse)}
         # the budget pays for each module's magnitudes too (d_out parameters)
-        assert arch["expert_parameters"] == sum(8 * (sizes[m].d_in + sizes[m].d_out) + sizes[m].d_out
-                                                for m in arch["selected"])
+        assert arch["expert_parameters"] == sum(
+            8 * (sizes[m].d_in + sizes[m].d_out) + sizes[m].d_out for m in arch["selected"]
+        )
         assert len(arch["selected"]) <= len(lora["selected"])
     with pytest.raises(UserError, match="allocated dora experts, not lora"):
         train_task(two_tasks, names[0], {"expert_type": "lora"})
     for task in names:
         result = train_task(two_tasks, task)
-        assert result.version.manifest["summary"]["trainable_parameters"] == read_json(
-            get_method("dmole").allocation(two_tasks, task).file("arch.json"))["expert_parameters"]
+        assert (
+            result.version.manifest["summary"]["trainable_parameters"]
+            == read_json(get_method("dmole").allocation(two_tasks, task).file("arch.json"))["expert_parameters"]
+        )
         evaluate(two_tasks, task)
     adapter = load_family(two_tasks.model_path)
     dmole = get_method("dmole")
@@ -195,8 +208,9 @@ def test_a_dora_expert_on_a_fused_qkv_group_shares_a_and_is_pefts_dora_on_each_m
     experts.model.eval()
     with torch.no_grad(), experts.routed([(1,), (1,)]):
         ours = experts.model(**inputs).logits
-    alone = PeftModel.from_pretrained(load_family(out, device="cpu", max_tiles=1).model,
-                                      tmp_path / "saved" / "task_1").eval()
+    alone = PeftModel.from_pretrained(
+        load_family(out, device="cpu", max_tiles=1).model, tmp_path / "saved" / "task_1"
+    ).eval()
     with torch.no_grad():
         theirs = alone(**inputs).logits
     assert torch.allclose(ours, theirs, atol=1e-5)

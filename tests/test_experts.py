@@ -25,8 +25,10 @@ def adapter(tiny_folder):
 
 def _examples():
     colours = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
-    return [ChatExample(Image.new("RGB", (32, 32), c), [(f"<image>\nquestion {i}?", f"answer {i}")])
-            for i, c in enumerate(colours)]
+    return [
+        ChatExample(Image.new("RGB", (32, 32), c), [(f"<image>\nquestion {i}?", f"answer {i}")])
+        for i, c in enumerate(colours)
+    ]
 
 
 def _experts(adapter) -> ExpertModel:

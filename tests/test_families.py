@@ -5,8 +5,8 @@ eval for two tasks."""
 from __future__ import annotations
 
 import pytest
-from conftest import PIPELINE_TASKS
 
+from conftest import PIPELINE_TASKS
 from dmole.artifacts.io import read_json, read_parquet
 from dmole.stages.models.catalog import MODEL_TYPES
 from dmole.stages.models.tiny import LAYOUTS, TinySize, build_tiny

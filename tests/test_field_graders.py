@@ -48,18 +48,27 @@ def test_mcitlib_caption_equals_cocoevalcap_as_eval_caption_runs_it(tmp_path, mo
             return "SPICE"
 
     monkeypatch.setattr(coco_eval_module, "Spice", NoSpice)
-    annotations = {"images": [{"id": i + 1} for i in range(len(REFERENCES))],
-                   "annotations": [{"image_id": i + 1, "id": 10 * i + k, "caption": c}
-                                   for i, refs in enumerate(REFERENCES) for k, c in enumerate(refs)]}
+    annotations = {
+        "images": [{"id": i + 1} for i in range(len(REFERENCES))],
+        "annotations": [
+            {"image_id": i + 1, "id": 10 * i + k, "caption": c}
+            for i, refs in enumerate(REFERENCES)
+            for k, c in enumerate(refs)
+        ],
+    }
     (tmp_path / "val.json").write_text(json.dumps(annotations))
     # eval_caption.py numbers the replies 1, 2, ... in file order and loads them as COCO results
-    (tmp_path / "pred.json").write_text(json.dumps([{"image_id": i + 1, "caption": p}
-                                                    for i, p in enumerate(PREDICTIONS)]))
+    (tmp_path / "pred.json").write_text(
+        json.dumps([{"image_id": i + 1, "caption": p} for i, p in enumerate(PREDICTIONS)])
+    )
     coco = pycocotools_coco.COCO(str(tmp_path / "val.json"))
     evaluator = coco_eval_module.COCOEvalCap(coco, coco.loadRes(str(tmp_path / "pred.json")))
     evaluator.evaluate()
-    shown = {m: 100.0 * s for m, s in evaluator.eval.items()
-             if m in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")}
+    shown = {
+        m: 100.0 * s
+        for m, s in evaluator.eval.items()
+        if m in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+    }
     expected = sum(shown.values()) / len(shown)
 
     score, per_sample, metrics = mcitlib_rules.caption(PREDICTIONS, REFERENCES, tokenizer="ptb", meteor="java")
@@ -71,6 +80,7 @@ def test_mcitlib_caption_equals_cocoevalcap_as_eval_caption_runs_it(tmp_path, mo
 # ------------------------------------------------------------------ the Java-free METEOR
 def _meteor_by_hand(h_content, h_function, r_content, r_function, m_content, m_function, chunks, stem=(0, 0)):
     """Meteor 1.5's formula written out for one segment; stem = (content, function) stem matches (weight 0.6)."""
+
     def weighted(content, function):
         return DELTA * content + (1 - DELTA) * function
 
@@ -82,12 +92,15 @@ def _meteor_by_hand(h_content, h_function, r_content, r_function, m_content, m_f
     return fmean * (1 - (0 if whole else GAMMA * (chunks / matches) ** BETA))
 
 
-@pytest.mark.parametrize("hyp, ref, counts", [
-    ("red car", "a red car", (2, 0, 2, 1, 2, 0, 1)),  # "a" is a function word
-    ("car red", "a red car", (2, 0, 2, 1, 2, 0, 2)),  # two chunks
-    ("the cat sat on the mat", "the cat sat on the mat", (3, 3, 3, 3, 3, 3, 1)),  # whole: no penalty
-    ("a man on a horse", "a man on a horse near the beach", (2, 3, 4, 4, 2, 3, 1)),  # "near" is content
-])
+@pytest.mark.parametrize(
+    "hyp, ref, counts",
+    [
+        ("red car", "a red car", (2, 0, 2, 1, 2, 0, 1)),  # "a" is a function word
+        ("car red", "a red car", (2, 0, 2, 1, 2, 0, 2)),  # two chunks
+        ("the cat sat on the mat", "the cat sat on the mat", (3, 3, 3, 3, 3, 3, 1)),  # whole: no penalty
+        ("a man on a horse", "a man on a horse near the beach", (2, 3, 4, 4, 2, 3, 1)),  # "near" is content
+    ],
+)
 def test_meteor_python_by_hand(hyp, ref, counts):
     assert segment_stats(hyp, ref).score() == pytest.approx(_meteor_by_hand(*counts))
 
@@ -95,7 +108,8 @@ def test_meteor_python_by_hand(hyp, ref, counts):
 def test_meteor_python_stem_module():
     # dogs~dog, playing~plays: stems match with weight 0.6; "two"/"a" differ; "in the grass" matches exactly
     assert segment_stats("two dogs playing in the grass", "a dog plays in the grass").score() == pytest.approx(
-        _meteor_by_hand(3, 3, 3, 3, 1, 2, 1, stem=(2, 0)))
+        _meteor_by_hand(3, 3, 3, 3, 1, 2, 1, stem=(2, 0))
+    )
 
 
 def test_meteor_python_synonym_module():
@@ -129,12 +143,16 @@ def test_meteor_python_corpus_sums_statistics():
 def test_meteor_python_equals_the_jar_where_exact_stem_and_synonym_matches_are_all():
     from pycocoevalcap.meteor.meteor import Meteor
 
-    pairs = [("red car", "a red car"), ("car red", "a red car"),
-             ("a man on a horse", "a man on a horse near the beach"),
-             ("two dogs playing in the grass", "a dog plays in the grass"),
-             ("a big dog on a couch", "a large dog on a sofa")]
-    jar = Meteor().compute_score({i: [ref] for i, (_, ref) in enumerate(pairs)},
-                                 {i: [hyp] for i, (hyp, _) in enumerate(pairs)})
+    pairs = [
+        ("red car", "a red car"),
+        ("car red", "a red car"),
+        ("a man on a horse", "a man on a horse near the beach"),
+        ("two dogs playing in the grass", "a dog plays in the grass"),
+        ("a big dog on a couch", "a large dog on a sofa"),
+    ]
+    jar = Meteor().compute_score(
+        {i: [ref] for i, (_, ref) in enumerate(pairs)}, {i: [hyp] for i, (hyp, _) in enumerate(pairs)}
+    )
     python = meteor_python([hyp for hyp, _ in pairs], [[ref] for _, ref in pairs])
     assert python[1] == pytest.approx(jar[1], abs=1e-6)
     assert python[0] == pytest.approx(jar[0], abs=1e-6)
@@ -173,8 +191,17 @@ def test_mcitlib_dcl_rules():
 
 
 # ------------------------------------------------------------------ CoIN's rules
-@pytest.mark.parametrize("reply, letter", [("B", "B"), ("C. a cat", "C"), ("The answer is D", "D"),
-                                           ("I think A", "I"), ("no letter here", "FAILED"), ("b", "B")])
+@pytest.mark.parametrize(
+    "reply, letter",
+    [
+        ("B", "B"),
+        ("C. a cat", "C"),
+        ("The answer is D", "D"),
+        ("I think A", "I"),
+        ("no letter here", "FAILED"),
+        ("b", "B"),
+    ],
+)
 def test_coin_scienceqa_letter(reply, letter):
     assert coin_rules.scienceqa_letter(reply) == letter
 

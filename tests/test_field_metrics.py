@@ -3,8 +3,13 @@
 import pytest
 
 from dmole.stages.metrics.continual import continual_metrics
-from dmole.stages.metrics.field_continual import (coinpp_metrics, continual_next_metrics, field_metrics, forgetting_table,
-                                            mcitlib_metrics)
+from dmole.stages.metrics.field_continual import (
+    coinpp_metrics,
+    continual_next_metrics,
+    field_metrics,
+    forgetting_table,
+    mcitlib_metrics,
+)
 
 # Row 0 is zero-shot; rows 1..3 follow the three stages.
 R = [
@@ -52,13 +57,15 @@ def test_continual_next_by_hand():
 
 
 def test_forgetting_table_rows():
-    rows = forgetting_table([
-        [0, 0, 0, 0],
-        [50, 1, 2, 3],
-        [40, 70, 4, 5],
-        [60, 65, 30, 6],
-        [45, 20, 25, 90],
-    ])
+    rows = forgetting_table(
+        [
+            [0, 0, 0, 0],
+            [50, 1, 2, 3],
+            [40, 70, 4, 5],
+            [60, 65, 30, 6],
+            [45, 20, 25, 90],
+        ]
+    )
     assert [r["acquired"] for r in rows] == [50, 70, 30, 90]
     assert [r["best"] for r in rows] == [60, 70, 30, 90]
     assert [r["best_before_last"] for r in rows] == [60, 70, 30, None]

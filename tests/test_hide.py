@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import MICRO_STAGES
 from safetensors.torch import load_file
 
+from conftest import MICRO_STAGES
 from dmole.stages.data.tasks import load_eval_samples
 from dmole.stages.dmole.bank import load_embeddings, require_embeddings
 from dmole.stages.embed import embed
@@ -28,8 +28,9 @@ TASKS = ["color-vqa", "shape-choice"]
 @pytest.fixture
 def trained(micro_bench, tmp_path):
     root = tmp_path / "ws"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS,
-                     stages=MICRO_STAGES)
+    create_workspace(
+        root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS, stages=MICRO_STAGES
+    )
     project = Project.open(root)
     for task in TASKS:
         embed(project, task)
@@ -48,8 +49,10 @@ def matching(project, task: str, sample_ids: list[str]) -> np.ndarray:
         sims = []
         for name in TASKS:
             train = load_embeddings(require_embeddings(project, name), "train")[1]
-            cos = [float(np.dot(x[s], train[:, s].mean(0)) / np.linalg.norm(x[s]) / np.linalg.norm(train[:, s].mean(0)))
-                   for s in (slice(0, d), slice(d, None))]
+            cos = [
+                float(np.dot(x[s], train[:, s].mean(0)) / np.linalg.norm(x[s]) / np.linalg.norm(train[:, s].mean(0)))
+                for s in (slice(0, d), slice(d, None))
+            ]
             sims.append(sum(cos) / 2)
         e = np.exp((np.array(sims) - max(sims)) / 0.05)
         rows.append(e / e.sum())

@@ -69,8 +69,16 @@ class Env:
         return [*args, "--workspace", str(self.ws)]
 
     def init(self, *args: str) -> list[str]:
-        return ["init", "--model", str(self.model), "--data", str(self.data), "--workspace", str(self.root / "new"),
-                *args]
+        return [
+            "init",
+            "--model",
+            str(self.model),
+            "--data",
+            str(self.data),
+            "--workspace",
+            str(self.root / "new"),
+            *args,
+        ]
 
 
 def _bomb() -> bytes:
@@ -96,7 +104,7 @@ def _config_not_json(env: Env) -> list[str]:
 def _truncated_parquet(env: Env) -> list[str]:
     source = env.parquet()
     shard = Path(source) / "data" / "train-00000-of-00001.parquet"
-    shard.write_bytes(shard.read_bytes()[:len(shard.read_bytes()) // 2])
+    shard.write_bytes(shard.read_bytes()[: len(shard.read_bytes()) // 2])
     return env.import_(source)
 
 
@@ -137,159 +145,332 @@ class Case:
 
 CASES = [
     # ---- dmole import: damaged datasets ----
-    Case("import: an empty training split", lambda e: e.import_(e.saved(train={k: [] for k in ROWS})),
-         "the train split 'train' has no rows"),
-    Case("import: an empty evaluation split", lambda e: e.import_(e.saved(test={k: [] for k in ROWS})),
-         "the eval split 'test' has no rows"),
+    Case(
+        "import: an empty training split",
+        lambda e: e.import_(e.saved(train={k: [] for k in ROWS})),
+        "the train split 'train' has no rows",
+    ),
+    Case(
+        "import: an empty evaluation split",
+        lambda e: e.import_(e.saved(test={k: [] for k in ROWS})),
+        "the eval split 'test' has no rows",
+    ),
     Case("import: a broken dataset_dict.json", _broken_dataset_dict, "dataset_dict.json:1: not valid JSON"),
     Case("import: a missing .arrow file", _without_arrow, "train: is not a readable dataset (FileNotFoundError"),
     Case("import: a truncated parquet shard", _truncated_parquet, "is not a readable dataset (ArrowInvalid"),
     Case("import: one saved Dataset, not a DatasetDict", _one_saved_dataset, "holds one saved Dataset"),
     Case("import: a folder that is no dataset", lambda e: e.import_(str(e.data)), "is neither a save_to_disk folder"),
     Case("import: a source that does not exist", lambda e: e.import_(str(e.root / "nowhere")), "does not exist"),
-    Case("import: a number column mapped to image",
-         lambda e: e.import_(e.saved(train={**ROWS, "n": [1, 2]}, test={**ROWS, "n": [1, 2]}), "--map", "image=n"),
-         "column 'n' does not hold images"),
-    Case("import: a text column mapped to image", lambda e: e.import_(e.saved(), "--map", "image=question"),
-         "field 'test[0].question': no image"),
-    Case("import: bytes that are not an image",
-         lambda e: e.import_(e.saved(train={**ROWS, "image": [b"GIF89a-not-really", RED]})),
-         "field 'train[0].image': not a readable image"),
-    Case("import: a decompression bomb", lambda e: e.import_(e.saved(train={**ROWS, "image": [_bomb(), RED]})),
-         "field 'train[0].image': image is above the 64,000,000-pixel limit"),
+    Case(
+        "import: a number column mapped to image",
+        lambda e: e.import_(e.saved(train={**ROWS, "n": [1, 2]}, test={**ROWS, "n": [1, 2]}), "--map", "image=n"),
+        "column 'n' does not hold images",
+    ),
+    Case(
+        "import: a text column mapped to image",
+        lambda e: e.import_(e.saved(), "--map", "image=question"),
+        "field 'test[0].question': no image",
+    ),
+    Case(
+        "import: bytes that are not an image",
+        lambda e: e.import_(e.saved(train={**ROWS, "image": [b"GIF89a-not-really", RED]})),
+        "field 'train[0].image': not a readable image",
+    ),
+    Case(
+        "import: a decompression bomb",
+        lambda e: e.import_(e.saved(train={**ROWS, "image": [_bomb(), RED]})),
+        "field 'train[0].image': image is above the 64,000,000-pixel limit",
+    ),
     # ---- dmole import: bad arguments and a bad data root ----
     Case("import: a task name that is a file", _task_name_that_is_a_file, "is a file, not a task folder"),
-    Case("import --overwrite over an unreadable registry", _overwrite_over_an_unreadable_registry,
-         "tasks.json:1: not valid JSON"),
-    Case("import: a task that exists, without --overwrite", lambda e: e.import_(e.saved(), "--task", "color-vqa"),
-         "already exists; pass --overwrite"),
-    Case("import: a task name that climbs out", lambda e: e.import_(e.saved(), "--task", "../escape"),
-         "task name '../escape' must be letters"),
+    Case(
+        "import --overwrite over an unreadable registry",
+        _overwrite_over_an_unreadable_registry,
+        "tasks.json:1: not valid JSON",
+    ),
+    Case(
+        "import: a task that exists, without --overwrite",
+        lambda e: e.import_(e.saved(), "--task", "color-vqa"),
+        "already exists; pass --overwrite",
+    ),
+    Case(
+        "import: a task name that climbs out",
+        lambda e: e.import_(e.saved(), "--task", "../escape"),
+        "task name '../escape' must be letters",
+    ),
     Case("import: an unknown family", lambda e: e.import_(e.saved(), "--family", "poem"), "family: Input should be"),
     Case("import: an unknown box format", lambda e: e.import_(e.saved(), "--bbox", "cxcywh"), "cxcywh"),
-    Case("import: a data root that does not exist",
-         lambda e: e.import_(e.saved(), "--data", str(e.root / "nowhere")), "does not exist"),
-    Case("import: the same split for training and evaluation", lambda e: e.import_(e.saved(), "--eval-split", "train"),
-         "the training and evaluation splits are both 'train'"),
+    Case(
+        "import: a data root that does not exist",
+        lambda e: e.import_(e.saved(), "--data", str(e.root / "nowhere")),
+        "does not exist",
+    ),
+    Case(
+        "import: the same split for training and evaluation",
+        lambda e: e.import_(e.saved(), "--eval-split", "train"),
+        "the training and evaluation splits are both 'train'",
+    ),
     Case("import: --map without '='", lambda e: e.import_(e.saved(), "--map", "question"), "--map takes FIELD=COLUMN"),
-    Case("import: --map of an unknown field", lambda e: e.import_(e.saved(), "--map", "colour=question"),
-         "--map colour=...: a short record has the fields"),
+    Case(
+        "import: --map of an unknown field",
+        lambda e: e.import_(e.saved(), "--map", "colour=question"),
+        "--map colour=...: a short record has the fields",
+    ),
     Case("import: without SOURCE", lambda e: ["import", "--data", str(e.data)], "Missing argument 'SOURCE'"),
     # ---- dmole convert ----
-    Case("convert: a config that is not an object", lambda e: ["convert", e.checkpoint([1, 2]), str(e.root / "out")],
-         "config.json: expected a JSON object, not list"),
-    Case("convert: an llm_config without vocab_size",
-         lambda e: ["convert", e.checkpoint({"model_type": "internvl_chat", "vision_config": {}, "llm_config": {}}),
-                    str(e.root / "out")], "llm_config.vocab_size must be a positive integer, not None"),
-    Case("convert: a vocab_size that is text",
-         lambda e: ["convert", e.checkpoint({"model_type": "internvl_chat", "vision_config": {},
-                                             "llm_config": {"vocab_size": "92553"}}), str(e.root / "out")],
-         "llm_config.vocab_size must be a positive integer, not '92553'"),
-    Case("convert: OUT under a regular file",
-         lambda e: ["convert", e.checkpoint({"model_type": "internvl_chat", "vision_config": {},
-                                             "llm_config": {"vocab_size": 8}}), str(e.ws / "workspace.json" / "out")],
-         "is a file, not a folder"),
+    Case(
+        "convert: a config that is not an object",
+        lambda e: ["convert", e.checkpoint([1, 2]), str(e.root / "out")],
+        "config.json: expected a JSON object, not list",
+    ),
+    Case(
+        "convert: an llm_config without vocab_size",
+        lambda e: [
+            "convert",
+            e.checkpoint({"model_type": "internvl_chat", "vision_config": {}, "llm_config": {}}),
+            str(e.root / "out"),
+        ],
+        "llm_config.vocab_size must be a positive integer, not None",
+    ),
+    Case(
+        "convert: a vocab_size that is text",
+        lambda e: [
+            "convert",
+            e.checkpoint({"model_type": "internvl_chat", "vision_config": {}, "llm_config": {"vocab_size": "92553"}}),
+            str(e.root / "out"),
+        ],
+        "llm_config.vocab_size must be a positive integer, not '92553'",
+    ),
+    Case(
+        "convert: OUT under a regular file",
+        lambda e: [
+            "convert",
+            e.checkpoint({"model_type": "internvl_chat", "vision_config": {}, "llm_config": {"vocab_size": 8}}),
+            str(e.ws / "workspace.json" / "out"),
+        ],
+        "is a file, not a folder",
+    ),
     Case("convert: a config.json that is not JSON", _config_not_json, "config.json is not valid JSON"),
-    Case("convert: --max-tiles 0", lambda e: ["convert", e.checkpoint({}), str(e.root / "out"), "--max-tiles", "0"],
-         "Invalid value for '--max-tiles'"),
-    Case("convert: a SRC that does not exist", lambda e: ["convert", str(e.root / "nowhere"), str(e.root / "out")],
-         "is not a folder"),
+    Case(
+        "convert: --max-tiles 0",
+        lambda e: ["convert", e.checkpoint({}), str(e.root / "out"), "--max-tiles", "0"],
+        "Invalid value for '--max-tiles'",
+    ),
+    Case(
+        "convert: a SRC that does not exist",
+        lambda e: ["convert", str(e.root / "nowhere"), str(e.root / "out")],
+        "is not a folder",
+    ),
     # ---- the presets ----
-    Case("init: an unknown profile", lambda e: e.init("--profile", "fast"),
-         "Invalid value for '--profile': 'fast' is not one of 'dmole', 'reference'"),
+    Case(
+        "init: an unknown profile",
+        lambda e: e.init("--profile", "fast"),
+        "Invalid value for '--profile': 'fast' is not one of 'dmole', 'reference'",
+    ),
     Case("init: an unknown benchmark preset", lambda e: e.init("--benchmark", "coin"), "coin"),
-    Case("init: an unknown image aspect ratio", lambda e: e.init("--image-aspect-ratio", "crop"),
-         "Invalid value for '--image-aspect-ratio': 'crop' is not one of 'processor', 'pad'"),
+    Case(
+        "init: an unknown image aspect ratio",
+        lambda e: e.init("--image-aspect-ratio", "crop"),
+        "Invalid value for '--image-aspect-ratio': 'crop' is not one of 'processor', 'pad'",
+    ),
     Case("init: a negative seed", lambda e: e.init("--seed", "-1"), "seed: Input should be greater than or equal"),
-    Case("synth --seed -1", lambda e: ["synth", "--out", str(e.root / "synth"), "--seed", "-1"],
-         "Invalid value for '--seed': Input should be greater than or equal to 0"),
-    Case("synth --out under a regular file", lambda e: ["synth", "--out", str(e.ws / "workspace.json" / "synth")],
-         "workspace.json is a file, not a folder"),
-    Case("demo --seed 2^32", lambda e: ["demo", "--out", str(e.root / "demo"), "--seed", str(2**32)],
-         "Input should be less than or equal to 4294967295"),
-    Case("demo --methods of no method", lambda e: ["demo", "--out", str(e.root / "demo"), "--methods", "best"],
-         "unknown method 'best'"),
-    Case("workspace: an infinite stage default", lambda e: _edited_workspace(e, stages={"train-task": {"lr": 1e999}}),
-         "stage 'train-task': lr: Input should be a finite number"),
+    Case(
+        "synth --seed -1",
+        lambda e: ["synth", "--out", str(e.root / "synth"), "--seed", "-1"],
+        "Invalid value for '--seed': Input should be greater than or equal to 0",
+    ),
+    Case(
+        "synth --out under a regular file",
+        lambda e: ["synth", "--out", str(e.ws / "workspace.json" / "synth")],
+        "workspace.json is a file, not a folder",
+    ),
+    Case(
+        "demo --seed 2^32",
+        lambda e: ["demo", "--out", str(e.root / "demo"), "--seed", str(2**32)],
+        "Input should be less than or equal to 4294967295",
+    ),
+    Case(
+        "demo --methods of no method",
+        lambda e: ["demo", "--out", str(e.root / "demo"), "--methods", "best"],
+        "unknown method 'best'",
+    ),
+    Case(
+        "workspace: an infinite stage default",
+        lambda e: _edited_workspace(e, stages={"train-task": {"lr": 1e999}}),
+        "stage 'train-task': lr: Input should be a finite number",
+    ),
     Case("workspace: a seed of 2^64", lambda e: _edited_workspace(e, seed=2**64), "seed: Input should be less"),
     # ---- every stage's options ----
-    Case("train-task --epochs inf", lambda e: e.stage("train-task", "-t", "color-vqa", "--epochs", "inf"),
-         "epochs: Input should be a finite number"),
-    Case("train-task --epochs nan", lambda e: e.stage("train-task", "-t", "color-vqa", "--epochs", "nan"),
-         "epochs: Input should be a finite number"),
-    Case("train-task --lr inf", lambda e: e.stage("train-task", "-t", "color-vqa", "--lr", "inf"),
-         "lr: Input should be a finite number"),
-    Case("train-task --lr -1", lambda e: e.stage("train-task", "-t", "color-vqa", "--lr", "-1"),
-         "lr: Input should be greater than 0"),
-    Case("train-task --warmup-ratio 1", lambda e: e.stage("train-task", "-t", "color-vqa", "--warmup-ratio", "1"),
-         "warmup_ratio: Input should be less than 1"),
-    Case("train-task --clip nan", lambda e: e.stage("train-task", "-t", "color-vqa", "--clip", "nan"),
-         "clip: Input should be a finite number"),
-    Case("train-task --seed 2^64",
-         lambda e: e.stage("train-task", "-t", "color-vqa", "--seed", str(2**64)), "seed: Input should be less"),
-    Case("train-task --max-length 0", lambda e: e.stage("train-task", "-t", "color-vqa", "--max-length", "0"),
-         "max_length: Input should be greater than 0"),
-    Case("train-task --precision fp16", lambda e: e.stage("train-task", "-t", "color-vqa", "--precision", "fp16"),
-         "Invalid value for '--precision': 'fp16' is not one of 'auto', 'fp32', 'bf16'"),
-    Case("train-task --hparam without '='", lambda e: e.stage("train-task", "-t", "color-vqa", "--hparam", "x"),
-         "expected KEY=VALUE"),
-    Case("train-task --hparam inf", lambda e: e.stage("train-task", "-t", "color-vqa", "--method", "lwf-lora",
-                                                      "--hparam", "temperature=Infinity"), "finite number"),
-    Case("train-task --input-workers -1",
-         lambda e: e.stage("train-task", "-t", "color-vqa", "--input-workers", "-1"), "input_workers: Input should be"),
-    Case("train-task --method nothing", lambda e: e.stage("train-task", "-t", "color-vqa", "--method", "nothing"),
-         "unknown method 'nothing'"),
-    Case("train-task: an unknown option", lambda e: e.stage("train-task", "-t", "color-vqa", "--learning-rate", "1"),
-         "No such option: --learning-rate"),
+    Case(
+        "train-task --epochs inf",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--epochs", "inf"),
+        "epochs: Input should be a finite number",
+    ),
+    Case(
+        "train-task --epochs nan",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--epochs", "nan"),
+        "epochs: Input should be a finite number",
+    ),
+    Case(
+        "train-task --lr inf",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--lr", "inf"),
+        "lr: Input should be a finite number",
+    ),
+    Case(
+        "train-task --lr -1",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--lr", "-1"),
+        "lr: Input should be greater than 0",
+    ),
+    Case(
+        "train-task --warmup-ratio 1",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--warmup-ratio", "1"),
+        "warmup_ratio: Input should be less than 1",
+    ),
+    Case(
+        "train-task --clip nan",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--clip", "nan"),
+        "clip: Input should be a finite number",
+    ),
+    Case(
+        "train-task --seed 2^64",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--seed", str(2**64)),
+        "seed: Input should be less",
+    ),
+    Case(
+        "train-task --max-length 0",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--max-length", "0"),
+        "max_length: Input should be greater than 0",
+    ),
+    Case(
+        "train-task --precision fp16",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--precision", "fp16"),
+        "Invalid value for '--precision': 'fp16' is not one of 'auto', 'fp32', 'bf16'",
+    ),
+    Case(
+        "train-task --hparam without '='",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--hparam", "x"),
+        "expected KEY=VALUE",
+    ),
+    Case(
+        "train-task --hparam inf",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--method", "lwf-lora", "--hparam", "temperature=Infinity"),
+        "finite number",
+    ),
+    Case(
+        "train-task --input-workers -1",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--input-workers", "-1"),
+        "input_workers: Input should be",
+    ),
+    Case(
+        "train-task --method nothing",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--method", "nothing"),
+        "unknown method 'nothing'",
+    ),
+    Case(
+        "train-task: an unknown option",
+        lambda e: e.stage("train-task", "-t", "color-vqa", "--learning-rate", "1"),
+        "No such option: --learning-rate",
+    ),
     Case("train-task: no --task", lambda e: e.stage("train-task"), "Missing option '--task'"),
-    Case("eval --threshold-scales nan", lambda e: e.stage("eval", "--after", "color-vqa", "--threshold-scales", "nan"),
-         "--threshold-scales: threshold_scale: Input should be a finite number"),
-    Case("eval --threshold-scales 1,inf",
-         lambda e: e.stage("eval", "--after", "color-vqa", "--threshold-scales", "1,inf"), "finite number"),
-    Case("eval --threshold-scales -1", lambda e: e.stage("eval", "--after", "color-vqa", "--threshold-scales", "-1"),
-         "threshold_scale: Input should be greater than 0"),
-    Case("eval --threshold-scale 0", lambda e: e.stage("eval", "--after", "color-vqa", "--threshold-scale", "0"),
-         "threshold_scale: Input should be greater than 0"),
-    Case("eval --second-expert junk", lambda e: e.stage("eval", "--after", "color-vqa", "--second-expert", "junk"),
-         "'--second-expert': 'junk' is not one of 'partner', 'any', 'margin', 'weighted'"),
-    Case("eval --vote-support 2", lambda e: e.stage("eval", "--after", "color-vqa", "--vote-support", "2"),
-         "vote_support: Input should be less than or equal to 1"),
-    Case("embed --batch-size 0", lambda e: e.stage("embed", "-t", "color-vqa", "--batch-size", "0"),
-         "batch_size: Input should be greater than 0"),
-    Case("embed --batch-size abc", lambda e: e.stage("embed", "-t", "color-vqa", "--batch-size", "abc"),
-         "Invalid value for '--batch-size'"),
-    Case("fit-router --quantile 1", lambda e: e.stage("fit-router", "-t", "color-vqa", "--quantile", "1"),
-         "quantile: Input should be less than 1"),
+    Case(
+        "eval --threshold-scales nan",
+        lambda e: e.stage("eval", "--after", "color-vqa", "--threshold-scales", "nan"),
+        "--threshold-scales: threshold_scale: Input should be a finite number",
+    ),
+    Case(
+        "eval --threshold-scales 1,inf",
+        lambda e: e.stage("eval", "--after", "color-vqa", "--threshold-scales", "1,inf"),
+        "finite number",
+    ),
+    Case(
+        "eval --threshold-scales -1",
+        lambda e: e.stage("eval", "--after", "color-vqa", "--threshold-scales", "-1"),
+        "threshold_scale: Input should be greater than 0",
+    ),
+    Case(
+        "eval --threshold-scale 0",
+        lambda e: e.stage("eval", "--after", "color-vqa", "--threshold-scale", "0"),
+        "threshold_scale: Input should be greater than 0",
+    ),
+    Case(
+        "eval --second-expert junk",
+        lambda e: e.stage("eval", "--after", "color-vqa", "--second-expert", "junk"),
+        "'--second-expert': 'junk' is not one of 'partner', 'any', 'margin', 'weighted'",
+    ),
+    Case(
+        "eval --vote-support 2",
+        lambda e: e.stage("eval", "--after", "color-vqa", "--vote-support", "2"),
+        "vote_support: Input should be less than or equal to 1",
+    ),
+    Case(
+        "embed --batch-size 0",
+        lambda e: e.stage("embed", "-t", "color-vqa", "--batch-size", "0"),
+        "batch_size: Input should be greater than 0",
+    ),
+    Case(
+        "embed --batch-size abc",
+        lambda e: e.stage("embed", "-t", "color-vqa", "--batch-size", "abc"),
+        "Invalid value for '--batch-size'",
+    ),
+    Case(
+        "fit-router --quantile 1",
+        lambda e: e.stage("fit-router", "-t", "color-vqa", "--quantile", "1"),
+        "quantile: Input should be less than 1",
+    ),
     Case("fit-router --lr nan", lambda e: e.stage("fit-router", "-t", "color-vqa", "--lr", "nan"), "finite number"),
-    Case("zc-score --portion 2", lambda e: e.stage("zc-score", "-t", "color-vqa", "--portion", "2"),
-         "portion: Input should be less than or equal to 1"),
-    Case("allocate --budget nan", lambda e: e.stage("allocate", "-t", "color-vqa", "--budget", "nan"),
-         "budget 'nan' is neither a fraction"),
-    Case("route-train --skip-ratio 1", lambda e: e.stage("route-train", "--skip-ratio", "1"),
-         "skip_ratio: Input should be less than 1"),
+    Case(
+        "zc-score --portion 2",
+        lambda e: e.stage("zc-score", "-t", "color-vqa", "--portion", "2"),
+        "portion: Input should be less than or equal to 1",
+    ),
+    Case(
+        "allocate --budget nan",
+        lambda e: e.stage("allocate", "-t", "color-vqa", "--budget", "nan"),
+        "budget 'nan' is neither a fraction",
+    ),
+    Case(
+        "route-train --skip-ratio 1",
+        lambda e: e.stage("route-train", "--skip-ratio", "1"),
+        "skip_ratio: Input should be less than 1",
+    ),
     Case("route-train --roe-lr inf", lambda e: e.stage("route-train", "--roe-lr", "inf"), "finite number"),
-    Case("route-train stages out of order",
-         lambda e: e.stage("route-train", "--stage1-start", "0.9", "--stage2-start", "0.1"),
-         "stage1_start must not exceed stage2_start"),
-    Case("eval --roe --batch-size 0", lambda e: e.stage("eval", "--roe", "--batch-size", "0"),
-         "batch_size: Input should be greater than 0"),
-    Case("show: a version that does not exist", lambda e: e.stage("show", "embed", "-t", "color-vqa", "--version", "3"),
-         "no version 3 of the 'embed' artifact"),
+    Case(
+        "route-train stages out of order",
+        lambda e: e.stage("route-train", "--stage1-start", "0.9", "--stage2-start", "0.1"),
+        "stage1_start must not exceed stage2_start",
+    ),
+    Case(
+        "eval --roe --batch-size 0",
+        lambda e: e.stage("eval", "--roe", "--batch-size", "0"),
+        "batch_size: Input should be greater than 0",
+    ),
+    Case(
+        "show: a version that does not exist",
+        lambda e: e.stage("show", "embed", "-t", "color-vqa", "--version", "3"),
+        "no version 3 of the 'embed' artifact",
+    ),
 ]
 
 
 def _snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` and its content's hash (the empty lock files aside: bookkeeping, not data)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != LOCK}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != LOCK
+    }
 
 
 @pytest.fixture
 def env(micro_bench, tmp_path) -> Env:
     data = tmp_path / "data"
     shutil.copytree(micro_bench / "data", data)
-    create_workspace(tmp_path / "ws", model=micro_bench / "base-model", data=data,
-                     stages={"train-task": {"epochs": 1, "batch_size": 4, "checkpoint_every": 1}})
+    create_workspace(
+        tmp_path / "ws",
+        model=micro_bench / "base-model",
+        data=data,
+        stages={"train-task": {"epochs": 1, "batch_size": 4, "checkpoint_every": 1}},
+    )
     return Env(tmp_path, tmp_path / "ws", data, micro_bench / "base-model")
 
 
@@ -311,20 +492,26 @@ def test_hostile_input_is_one_line_and_changes_nothing(env, case):
     assert case.says in line, line
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--max-length", "1"], "nothing was learned: none of the 3 steps had a supervised token"),
-    (["--lr", "1e30"], "training diverged at step 2 of 3: the loss is nan"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--max-length", "1"], "nothing was learned: none of the 3 steps had a supervised token"),
+        (["--lr", "1e30"], "training diverged at step 2 of 3: the loss is nan"),
+    ],
+)
 def test_a_broken_training_run_fails_and_saves_nothing(env, args, says):
     line = refused(env, env.stage("train-task", "-t", "shape-caption", "--method", "seq-lora", *args))
     assert says in line, line
 
 
-@pytest.mark.parametrize("edit", [
-    lambda m: m["outputs"][0].update(bytes="12"),  # a wrong type, which crashed `dmole ls`
-    lambda m: m.update(inputs=None),
-    lambda m: m.update(version="2"),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["outputs"][0].update(bytes="12"),  # a wrong type, which crashed `dmole ls`
+        lambda m: m.update(inputs=None),
+        lambda m: m.update(version="2"),
+    ],
+)
 def test_ls_and_show_survive_a_hand_edited_manifest_and_call_it_tampered(env, edit):
     assert runner.invoke(app, env.stage("embed", "-t", "color-vqa")).exit_code == 0
     assert runner.invoke(app, env.stage("embed", "-t", "color-vqa", "--force")).exit_code == 0

@@ -15,8 +15,7 @@ def test_workers_train_the_same_batches_in_the_same_order_to_the_same_weights(ma
     project = make_project("inputs")
     task = project.config.task_names[0]
     inline = train_task(project, task, TrainTaskOptions(method="seq-lora", input_workers=0, grad_accum=2))
-    workers = train_task(project, task, TrainTaskOptions(method="seq-lora", input_workers=2, grad_accum=2),
-                         force=True)
+    workers = train_task(project, task, TrainTaskOptions(method="seq-lora", input_workers=2, grad_accum=2), force=True)
     assert inline.version.manifest["config_hash"] == workers.version.manifest["config_hash"]  # speed only
     weights = [load_file(r.version.file("expert/adapter_model.safetensors")) for r in (inline, workers)]
     assert weights[0].keys() == weights[1].keys()

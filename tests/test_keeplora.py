@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import MICRO_STAGES
 from safetensors.torch import load_file
 
+from conftest import MICRO_STAGES
 from dmole.stages.init import create_workspace
 from dmole.stages.methods import get_method
 from dmole.stages.methods.keeplora_layers import SUBSPACE, extend_subspace, residual_basis, weight_subspace
@@ -29,8 +29,8 @@ def orthonormal(d: int, k: int, seed: int) -> np.ndarray:
 
 def test_the_residual_basis_is_the_gradients_leading_directions_outside_the_subspace():
     rng = np.random.default_rng(0)
-    gradient = rng.normal(size=(7, 9))                  # d_out x d_in
-    m = orthonormal(9, 3, 1).T                          # 3 orthonormal rows in the input space
+    gradient = rng.normal(size=(7, 9))  # d_out x d_in
+    m = orthonormal(9, 3, 1).T  # 3 orthonormal rows in the input space
     a = residual_basis(torch.tensor(gradient), torch.tensor(m, dtype=torch.float32), 2).double().numpy()
     outside = (np.eye(9) - m.T @ m) @ gradient.T
     u, _, _ = np.linalg.svd(outside)
@@ -61,8 +61,9 @@ def test_the_first_subspace_holds_less_than_the_weights_energy():
 @pytest.fixture
 def two_tasks(micro_bench, tmp_path):
     root = tmp_path / "ws"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS,
-                     stages=MICRO_STAGES)
+    create_workspace(
+        root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS, stages=MICRO_STAGES
+    )
     return Project.open(root)
 
 
@@ -79,8 +80,11 @@ def test_keeplora_fixes_a_to_the_residual_of_the_merged_models_gradient_and_trai
     trainer = method.trainer(run, two_tasks.load_model())
     module = trainer.modules[5]
     # independently: task 1's folder merged into a fresh model, the mean gradient over the evenly spaced samples
-    merged = PeftModel.from_pretrained(load_family(two_tasks.model_path).model,
-                                       expert_folder(first)).merge_and_unload().eval()
+    merged = (
+        PeftModel.from_pretrained(load_family(two_tasks.model_path).model, expert_folder(first))
+        .merge_and_unload()
+        .eval()
+    )
     weight = merged.get_submodule(module).weight
     weight.requires_grad_(True)
     picked = np.linspace(0, len(run.samples) - 1, int(len(run.samples) * 0.25)).astype(int)
@@ -89,13 +93,19 @@ def test_keeplora_fixes_a_to_the_residual_of_the_merged_models_gradient_and_trai
         merged(**trainer.inputs([int(i)])).loss.backward()
         total += weight.grad
         weight.grad = None
-    gradient = (total / len(picked)).T.double().numpy()      # d_in x d_out
+    gradient = (total / len(picked)).T.double().numpy()  # d_in x d_out
     m = load_file(first.file(SUBSPACE))[module].double().numpy()
     u, _, _ = np.linalg.svd((np.eye(len(m.T)) - m.T @ m) @ gradient)
     a = trainer.layer(module).lora_A[trainer.name].weight.detach().double().numpy()
     assert np.allclose(projector(a), projector(u[:, :8].T), atol=1e-4)
-    assert all(".lora_A." not in name for name, p in trainer.model.named_parameters()
-               if any(p is q for q in trainer.params)) and trainer.params
+    assert (
+        all(
+            ".lora_A." not in name
+            for name, p in trainer.model.named_parameters()
+            if any(p is q for q in trainer.params)
+        )
+        and trainer.params
+    )
 
     result = train_task(two_tasks, TASKS[1], options)
     saved = load_file(expert_folder(result.version) / "adapter_model.safetensors")
@@ -103,5 +113,5 @@ def test_keeplora_fixes_a_to_the_residual_of_the_merged_models_gradient_and_trai
     b_saved = next(v for k, v in saved.items() if f"{module}.lora_B" in k)
     assert np.allclose(a_saved, a, atol=1e-5) and b_saved.abs().sum() > 0  # A kept, B learned
     grown = load_file(result.version.file(SUBSPACE))[module].double().numpy()
-    assert len(grown) >= len(m) and np.allclose(grown[:len(m)], m, atol=1e-6)
+    assert len(grown) >= len(m) and np.allclose(grown[: len(m)], m, atol=1e-6)
     assert np.allclose(grown @ grown.T, np.eye(len(grown)), atol=1e-4)

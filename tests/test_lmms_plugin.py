@@ -14,24 +14,23 @@ import pytest
 
 pytest.importorskip("lmms_eval", reason="the lmms-eval plugin needs lmms-eval (make install puts it in)")
 
-from dmole.artifacts.io import read_parquet  # noqa: E402
-from dmole.lmms.local_task import main as local_task  # noqa: E402
-from dmole.lmms.model import DMoLEModel  # noqa: E402
-from dmole.stages.allocate import allocate  # noqa: E402
-from dmole.stages.data.images import load_image  # noqa: E402
-from dmole.stages.data.prompts import render_prompt  # noqa: E402
-from dmole.stages.data.tasks import load_eval_samples  # noqa: E402
-from dmole.stages.errors import UserError  # noqa: E402
-from dmole.stages.embed import embed  # noqa: E402
-from dmole.stages.evaluate import evaluate  # noqa: E402
-from dmole.stages.harness import open_model  # noqa: E402
-from dmole.stages.fit_router import fit_router  # noqa: E402
-from dmole.stages.init import create_workspace  # noqa: E402
-from dmole.stages.project import Project  # noqa: E402
-from dmole.stages.train_task import train_task  # noqa: E402
-from dmole.stages.zc_score import zc_score  # noqa: E402
-
-from conftest import MICRO_STAGES  # noqa: E402
+from conftest import MICRO_STAGES
+from dmole.artifacts.io import read_parquet
+from dmole.lmms.local_task import main as local_task
+from dmole.lmms.model import DMoLEModel
+from dmole.stages.allocate import allocate
+from dmole.stages.data.images import load_image
+from dmole.stages.data.prompts import render_prompt
+from dmole.stages.data.tasks import load_eval_samples
+from dmole.stages.embed import embed
+from dmole.stages.errors import UserError
+from dmole.stages.evaluate import evaluate
+from dmole.stages.fit_router import fit_router
+from dmole.stages.harness import open_model
+from dmole.stages.init import create_workspace
+from dmole.stages.project import Project
+from dmole.stages.train_task import train_task
+from dmole.stages.zc_score import zc_score
 
 TASKS = ("color-vqa", "shape-choice")
 
@@ -44,8 +43,7 @@ def trained(micro_bench, tmp_path_factory) -> Project:
     for folder in ("base-model", "data"):
         shutil.copytree(micro_bench / folder, bench / folder)
     root = bench / "ws"
-    create_workspace(root, model=bench / "base-model", data=bench / "data", tasks=list(TASKS),
-                     stages=MICRO_STAGES)
+    create_workspace(root, model=bench / "base-model", data=bench / "data", tasks=list(TASKS), stages=MICRO_STAGES)
     settings = json.loads((root / "workspace.json").read_text())
     for task in settings["tasks"]:  # replies of a few tokens at least (the micro model would often end at once)
         task["min_new_tokens"] = 4
@@ -74,8 +72,10 @@ def lmms_tasks(trained, tmp_path_factory) -> Path:
     """The README's local tasks (`python -m dmole.lmms.local_task`), under names that are not dmole's."""
     folder = tmp_path_factory.mktemp("lmms-tasks")
     for task, lmms_name in NAMES.items():
-        assert local_task(["--workspace", str(trained.root), "--task", task, "--out", str(folder),
-                           "--name", lmms_name]) == 0
+        assert (
+            local_task(["--workspace", str(trained.root), "--task", task, "--out", str(folder), "--name", lmms_name])
+            == 0
+        )
     return folder
 
 
@@ -93,9 +93,14 @@ def simple_evaluate(model_args: str, folder: Path) -> dict:
     from lmms_eval.evaluator import simple_evaluate as evaluate_with_lmms
     from lmms_eval.tasks import TaskManager
 
-    return evaluate_with_lmms(model="dmole", model_args=model_args, tasks=list(NAMES.values()), batch_size=3,
-                              log_samples=True, task_manager=TaskManager(include_path=str(folder),
-                                                                         include_defaults=False))
+    return evaluate_with_lmms(
+        model="dmole",
+        model_args=model_args,
+        tasks=list(NAMES.values()),
+        batch_size=3,
+        log_samples=True,
+        task_manager=TaskManager(include_path=str(folder), include_defaults=False),
+    )
 
 
 def test_simple_evaluate_with_the_dmole_model_gives_dmole_evals_replies_and_scores(trained, lmms_tasks):
@@ -123,8 +128,18 @@ def test_roe_true_gives_the_replies_and_scores_of_eval_roe(trained, lmms_tasks):
     from dmole.stages.route_train import route_train
 
     evaluate(trained, TASKS[0])  # the continual matrix's diagonal, which RoE on a continual model reports against
-    route_train(trained, {"start": TASKS[-1], "epochs": 1, "batch_size": 4, "roe_lr": 5e-2, "skip_ratio": 0.8,
-                          "stage2_mode": "frozen", "max_eval_samples": 1})
+    route_train(
+        trained,
+        {
+            "start": TASKS[-1],
+            "epochs": 1,
+            "batch_size": 4,
+            "roe_lr": 5e-2,
+            "skip_ratio": 0.8,
+            "stage2_mode": "frozen",
+            "max_eval_samples": 1,
+        },
+    )
     report = read_json(evaluate_roe(trained, {"batch_size": 3}).version.file("roe_report.json"))
     assert report["skip_rate"] > 0
     roe = TrainedRoE.latest(trained)
@@ -141,7 +156,8 @@ def test_roe_true_gives_the_replies_and_scores_of_eval_roe(trained, lmms_tasks):
         replies = {s["doc"]["sample_id"]: s["resps"][0][0] for s in results["samples"][lmms_name]}
         assert [replies[s.id] for s in samples] == expected
         assert results["results"][lmms_name]["dmole_score,none"] == pytest.approx(
-            report["per_task"][task]["roe_score"], abs=1e-9)
+            report["per_task"][task]["roe_score"], abs=1e-9
+        )
         dmole_replies, _ = eval_rows(trained, task)  # the same experts without RoE
         changed += sum(reply != dmole_replies[s.id]["prediction"] for s, reply in zip(samples, expected))
     assert changed > 0  # the skipped layers change replies: the plugin ran RoE, not only the experts
@@ -162,12 +178,15 @@ def test_the_harness_routes_each_sample_as_eval_does_from_its_inputs_alone(train
     assert routed["color-vqa"] != routed["shape-choice"]
 
 
-@pytest.mark.parametrize("args, expected", [
-    ({}, "say which model: after=TASK"),
-    ({"after": "nope"}, "unknown task 'nope'"),
-    ({"after": TASKS[0], "top": 0}, "top"),
-    ({"roe": True, "after": TASKS[0]}, "takes no after or method"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ({}, "say which model: after=TASK"),
+        ({"after": "nope"}, "unknown task 'nope'"),
+        ({"after": TASKS[0], "top": 0}, "top"),
+        ({"roe": True, "after": TASKS[0]}, "takes no after or method"),
+    ],
+)
 def test_a_wrong_model_argument_is_one_user_error(trained, args, expected):
     from dmole.artifacts import ArtifactError
     from dmole.stages.errors import UserError
@@ -193,9 +212,21 @@ def test_a_request_is_one_image_and_its_prompt_and_a_reply_stops_at_the_tasks_st
 
 def lmms_eval_command(model_args: str, folder: Path, cwd: Path, out: Path) -> dict:
     """The real `lmms-eval` command line as a user types it (`--batch_size auto`), in a subprocess: its scores."""
-    command = [str(Path(sys.executable).parent / "lmms-eval"), "--model", "dmole", "--model_args", model_args,
-               "--tasks", ",".join(NAMES.values()), "--include_path", str(folder), "--batch_size", "auto",
-               "--output_path", str(out)]
+    command = [
+        str(Path(sys.executable).parent / "lmms-eval"),
+        "--model",
+        "dmole",
+        "--model_args",
+        model_args,
+        "--tasks",
+        ",".join(NAMES.values()),
+        "--include_path",
+        str(folder),
+        "--batch_size",
+        "auto",
+        "--output_path",
+        str(out),
+    ]
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0 and "Error during evaluation" not in done.stderr + done.stdout, done.stderr[-3000:]
     [results] = out.rglob("*_results.json")
@@ -210,7 +241,8 @@ def test_the_readme_recipe_through_the_lmms_eval_command_gives_dmole_evals_score
 
 
 def test_a_copied_workspace_reached_by_any_path_evaluates_alike_and_a_swapped_model_is_refused(
-        trained, lmms_tasks, tmp_path, monkeypatch):
+    trained, lmms_tasks, tmp_path, monkeypatch
+):
     """The workspace with its model and data (relative paths) copied elsewhere: `dmole eval` (recomputed), lmms-eval's
     simple_evaluate (an absolute path) and its command line (a relative path from another folder) give the
     original's scores; its model replaced by another family's, the plugin refuses in one line."""
@@ -230,8 +262,9 @@ def test_a_copied_workspace_reached_by_any_path_evaluates_alike_and_a_swapped_mo
     expected = {task: eval_rows(trained, task)[1] for task in TASKS}
     assert {task: eval_rows(moved, task)[1] for task in TASKS} == pytest.approx(expected, abs=1e-9)
     results = simple_evaluate(f"workspace={workspace},after={TASKS[-1]}", lmms_tasks)
-    command = lmms_eval_command(f"workspace={relative},after={TASKS[-1]}", lmms_tasks, tmp_path / "elsewhere",
-                                tmp_path / "out")
+    command = lmms_eval_command(
+        f"workspace={relative},after={TASKS[-1]}", lmms_tasks, tmp_path / "elsewhere", tmp_path / "out"
+    )
     for task, lmms_name in NAMES.items():
         assert results["results"][lmms_name]["dmole_score,none"] == pytest.approx(expected[task], abs=1e-9)
         assert command[lmms_name] == pytest.approx(expected[task], abs=1e-9)
@@ -242,20 +275,24 @@ def test_a_copied_workspace_reached_by_any_path_evaluates_alike_and_a_swapped_mo
     assert done.exit_code == 2 and done.output.count("\n") == 1 and "was built on another model" in done.output
     with pytest.raises(UserError, match=r"^dmole model: .* was built on another model than the workspace's model now"):
         DMoLEModel.create_from_arg_string(f"workspace={workspace},after={TASKS[-1]}")
-    statuses = {r["status"] for r in json.loads(CliRunner().invoke(app, ["ls", "--json", "--workspace",
-                                                                         str(workspace)]).output)}
+    statuses = {
+        r["status"] for r in json.loads(CliRunner().invoke(app, ["ls", "--json", "--workspace", str(workspace)]).output)
+    }
     assert statuses == {"stale"}
 
 
 VALID = "--model_args takes workspace, after, method, roe, "
 
 
-@pytest.mark.parametrize("args, expected", [
-    ("", "say which workspace: workspace=PATH"),
-    ("workspace={ws},after=shape-choice,treshold_scale=0.5", "unknown model_args treshold_scale"),
-    ("workspace={ws},after=nope", "unknown task 'nope'"),
-    ("workspace={ws}/missing,after=shape-choice", "no workspace at"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ("", "say which workspace: workspace=PATH"),
+        ("workspace={ws},after=shape-choice,treshold_scale=0.5", "unknown model_args treshold_scale"),
+        ("workspace={ws},after=nope", "unknown task 'nope'"),
+        ("workspace={ws}/missing,after=shape-choice", "no workspace at"),
+    ],
+)
 def test_a_wrong_model_arg_is_one_line_naming_the_valid_ones(trained, args, expected):
     with pytest.raises(UserError) as caught:
         DMoLEModel.create_from_arg_string(args.format(ws=trained.root), {"batch_size": "auto"})
@@ -264,7 +301,13 @@ def test_a_wrong_model_arg_is_one_line_naming_the_valid_ones(trained, args, expe
 
 
 def test_batch_size_auto_is_the_eval_stages_batch_size(trained):
-    assert DMoLEModel.create_from_arg_string(f"workspace={trained.root},after={TASKS[-1]}",
-                                             {"batch_size": "auto"}).batch_size == MICRO_STAGES["eval"]["batch_size"]
-    assert DMoLEModel.create_from_arg_string(f"workspace={trained.root},after=zero-shot",
-                                             {"batch_size": 2}).batch_size == 2
+    assert (
+        DMoLEModel.create_from_arg_string(
+            f"workspace={trained.root},after={TASKS[-1]}", {"batch_size": "auto"}
+        ).batch_size
+        == MICRO_STAGES["eval"]["batch_size"]
+    )
+    assert (
+        DMoLEModel.create_from_arg_string(f"workspace={trained.root},after=zero-shot", {"batch_size": 2}).batch_size
+        == 2
+    )

@@ -102,8 +102,9 @@ def test_truncation_keeps_every_image_token(llava):
     assert int(cut["attention_mask"][1].sum()) == kept
     # A limit inside the image block keeps the whole block and cuts right after it.
     tight = llava.train_batch([ChatExample(_image(0), long)], max_length=3)
-    assert tight["input_ids"].shape[1] == last_image and int((tight["input_ids"] == image_id).sum()) == \
-        int((full["input_ids"][0] == image_id).sum())
+    assert tight["input_ids"].shape[1] == last_image and int((tight["input_ids"] == image_id).sum()) == int(
+        (full["input_ids"][0] == image_id).sum()
+    )
     assert (tight["labels"] == IGNORE).all()
     assert (cut["labels"] != IGNORE).any()
     with torch.no_grad():
@@ -128,13 +129,13 @@ def _linear_run(loss_of, *, steps: int = 4, lr: float = 1e-2, clip: float = 1.0)
 
 def test_a_nan_loss_stops_training_at_its_step():
     with pytest.raises(TrainingFailed, match="diverged at step 3 of 4: the loss is nan"):
-        _linear_run(lambda step, y: (y * float("nan") if step == 3 else y ** 2, 1))
+        _linear_run(lambda step, y: (y * float("nan") if step == 3 else y**2, 1))
 
 
 def test_a_parameter_that_overflows_stops_training_at_its_step():
     # sqrt(0 * y) is a finite loss (0) whose gradient is nan (0 / 0): the step's update makes the parameters nan
     with pytest.raises(TrainingFailed, match="diverged at step 2 of 4: a trained parameter is inf or nan"):
-        _linear_run(lambda step, y: (torch.sqrt(y * 0) if step == 2 else y ** 2, 1), clip=0.0)
+        _linear_run(lambda step, y: (torch.sqrt(y * 0) if step == 2 else y**2, 1), clip=0.0)
 
 
 def test_a_run_with_nothing_supervised_is_an_error():
@@ -144,8 +145,9 @@ def test_a_run_with_nothing_supervised_is_an_error():
 
 
 def test_steps_with_nothing_supervised_among_others_only_warn():
-    layer, result = _linear_run(lambda step, y: (y * float("nan"), 0) if step % 2 else (y ** 2, 3))
+    layer, result = _linear_run(lambda step, y: (y * float("nan"), 0) if step % 2 else (y**2, 3))
     assert [row["supervised"] for row in result.log] == [0, 3, 0, 3]
-    assert result.warnings == ["2 of 4 steps had no supervised token (their answers were cut away by max_length) "
-                               "and changed nothing"]
+    assert result.warnings == [
+        "2 of 4 steps had no supervised token (their answers were cut away by max_length) and changed nothing"
+    ]
     assert all(torch.isfinite(p).all() for p in layer.parameters())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MICRO_STAGES
 
+from conftest import MICRO_STAGES
 from dmole.artifacts.io import read_json
 from dmole.stages.demo import TABLE2, run_pipeline
 from dmole.stages.init import create_workspace
@@ -23,8 +23,9 @@ TASKS = ["color-vqa", "shape-choice"]
 def two_tasks(micro_bench, tmp_path):
     """A workspace over the micro benchmark's first two tasks."""
     root = tmp_path / "ws"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS,
-                     stages=MICRO_STAGES)
+    create_workspace(
+        root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS, stages=MICRO_STAGES
+    )
     return Project.open(root)
 
 
@@ -48,8 +49,9 @@ def test_lwf_targets_are_the_previous_models_outputs(two_tasks):
     batch = trainer.adapter.on_device(trainer.inputs(indices))
     trainer.model.train()  # as the training loop runs it
     targets = trainer.before(trainer.model, batch, indices)
-    previous = PeftModel.from_pretrained(load_family(two_tasks.model_path).model,
-                                         expert_folder(get_method("lwf-lora").trained(two_tasks, TASKS[0]))).eval()
+    previous = PeftModel.from_pretrained(
+        load_family(two_tasks.model_path).model, expert_folder(get_method("lwf-lora").trained(two_tasks, TASKS[0]))
+    ).eval()
     with torch.no_grad():
         expected = previous(**batch).logits
     assert torch.allclose(targets, expected, atol=1e-5)
@@ -79,8 +81,10 @@ def test_ewc_penalty_is_zero_at_the_old_weights_and_grows_as_they_move():
     fisher = {"a": torch.rand(3, 4), "b": torch.rand(5)}
     assert ewc_penalty({k: v.clone() for k, v in anchors.items()}, anchors, fisher, 400.0).item() == 0
     direction = {k: torch.randn_like(v) for k, v in anchors.items()}
-    penalties = [ewc_penalty({k: anchors[k] + step * direction[k] for k in anchors}, anchors, fisher, 400.0).item()
-                 for step in (0.01, 0.1, 1.0)]
+    penalties = [
+        ewc_penalty({k: anchors[k] + step * direction[k] for k in anchors}, anchors, fisher, 400.0).item()
+        for step in (0.01, 0.1, 1.0)
+    ]
     assert 0 < penalties[0] < penalties[1] < penalties[2]
 
 
@@ -115,8 +119,15 @@ def fisher_run(checkpoint_dir, seed: int = 0):
     def loss_fn(prepared, indices, scope):
         return {"loss": (prepared(xs[indices]) - ys[indices]).pow(2).sum(-1).mean()}
 
-    train(model, [ParamGroup("m", list(params.values()))], loss_fn, 6, settings, checkpoint_dir=checkpoint_dir,
-          gradient_hook=accumulator)
+    train(
+        model,
+        [ParamGroup("m", list(params.values()))],
+        loss_fn,
+        6,
+        settings,
+        checkpoint_dir=checkpoint_dir,
+        gradient_hook=accumulator,
+    )
     return model, xs, ys, settings, accumulator.state
 
 
@@ -129,7 +140,7 @@ def test_fisher_accumulates_each_steps_squared_gradient_over_the_steps_per_epoch
         model.zero_grad()
         (model(xs[batch]) - ys[batch]).pow(2).sum(-1).mean().backward()
         for k, p in model.named_parameters():
-            expected[k] += p.grad ** 2 / 2  # unclipped: TRACE's hook sees the gradient before clipping
+            expected[k] += p.grad**2 / 2  # unclipped: TRACE's hook sees the gradient before clipping
     for k in expected:
         assert torch.allclose(fisher[k], expected[k], rtol=1e-5), k
 
@@ -205,12 +216,13 @@ def test_moelora_experts_draw_their_own_dropout_masks():
     torch.manual_seed(1)  # the same draws, by hand: a fresh mask for each expert, as CoIN's loop calls its dropout
     gates = torch.softmax(x @ layer.router.weight.T, -1)
     per_expert = [torch.nn.functional.dropout(x, 0.5) @ layer.lora_A[e].T @ layer.lora_B[e].T for e in range(4)]
-    expected = layer.base(x) + 16 / 8 * sum(gates[..., e:e + 1] * per_expert[e] for e in range(4))
+    expected = layer.base(x) + 16 / 8 * sum(gates[..., e : e + 1] * per_expert[e] for e in range(4))
     assert torch.allclose(out, expected, atol=1e-6)
     torch.manual_seed(1)
     shared = torch.nn.functional.dropout(x, 0.5)
-    one_mask = layer.base(x) + 2 * sum(gates[..., e:e + 1] * (shared @ layer.lora_A[e].T @ layer.lora_B[e].T)
-                                       for e in range(4))
+    one_mask = layer.base(x) + 2 * sum(
+        gates[..., e : e + 1] * (shared @ layer.lora_A[e].T @ layer.lora_B[e].T) for e in range(4)
+    )
     assert not torch.allclose(out, one_mask, atol=1e-3)
 
 
@@ -234,8 +246,14 @@ def test_joint_repeats_each_task_by_its_epochs_at_the_registrys_batch(micro_benc
         if task["name"] in schedule:
             task["epochs"], task["batch_size"] = schedule[task["name"]]
     (tmp_path / "tasks.json").write_text(json.dumps(registry))
-    create_workspace(tmp_path / "ws", model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS,
-                     registry=tmp_path / "tasks.json", stages={"train-task": {"lr": 3e-3}})
+    create_workspace(
+        tmp_path / "ws",
+        model=micro_bench / "base-model",
+        data=micro_bench / "data",
+        tasks=TASKS,
+        registry=tmp_path / "tasks.json",
+        stages={"train-task": {"lr": 3e-3}},
+    )
     project = Project.open(tmp_path / "ws")
     _, run, _ = train_run(project, "all", {"method": "joint"})
     loaded = {name: load_train_samples(project.data_root, project.config.task(name)) for name in TASKS}
@@ -299,8 +317,10 @@ def test_table2_methods_run_through_one_pipeline_and_report(two_tasks):
     for name in ("lwf-lora", "ewc-lora", "moelora", "o-lora"):  # each builds on its own first task
         inputs = store.latest(f"{name}.train-task", TASKS[1]).manifest["inputs"]
         assert any(i["stage"] == f"{name}.train-task" and i["task"] == TASKS[0] for i in inputs), name
-    counts = {name: store.latest(f"{name}.train-task", TASKS[0]).manifest["summary"]["trainable_parameters"]
-              for name in ("seq-lora", "lwf-lora", "ewc-lora", "o-lora", "moelora")}
+    counts = {
+        name: store.latest(f"{name}.train-task", TASKS[0]).manifest["summary"]["trainable_parameters"]
+        for name in ("seq-lora", "lwf-lora", "ewc-lora", "o-lora", "moelora")
+    }
     assert len({counts[n] for n in ("seq-lora", "lwf-lora", "ewc-lora", "o-lora")}) == 1
     assert counts["moelora"] > counts["seq-lora"]  # the same rank, plus a router per projection
     sidecar = read_json(store.latest("lwf-lora.train-task", TASKS[1]).file("expert/dmole_expert.json"))

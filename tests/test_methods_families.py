@@ -4,8 +4,8 @@ among them): two tasks trained and evaluated by each, through the stage function
 from __future__ import annotations
 
 import pytest
-from conftest import PIPELINE_STAGES, PIPELINE_TASKS
 
+from conftest import PIPELINE_STAGES, PIPELINE_TASKS
 from dmole.stages.allocate import allocate
 from dmole.stages.embed import embed
 from dmole.stages.evaluate import evaluate
@@ -18,9 +18,14 @@ from dmole.stages.train_task import train_task
 from dmole.stages.zc_score import zc_score
 
 SIZE = TinySize(lm_layers=2, vision_layers=2, lm_hidden=64, lm_intermediate=128)
-HPARAMS = {"replay": {"replay": 2}, "dmole-replay": {"replay": 2}, "keeplora": {"rank": 4, "alpha": 1},
-           "mr-lora": {"router_samples": 2, "router_epochs": 1, "router_rank": 4, "router_alpha": 8},
-           "reglora": {}, "hide": {}}
+HPARAMS = {
+    "replay": {"replay": 2},
+    "dmole-replay": {"replay": 2},
+    "keeplora": {"rank": 4, "alpha": 1},
+    "mr-lora": {"router_samples": 2, "router_epochs": 1, "router_rank": 4, "router_alpha": 8},
+    "reglora": {},
+    "hide": {},
+}
 
 
 # LLaVA in every run; the other families (InternVL and Qwen2-VL among them, about 20 s each) with the slow tests
@@ -30,8 +35,13 @@ CORE = ("llava",)
 @pytest.mark.parametrize("family", [f if f in CORE else pytest.param(f, marks=pytest.mark.slow) for f in MODEL_TYPES])
 def test_the_new_methods_train_and_evaluate_on_the_family(family, pipeline_data, tmp_path):
     root = tmp_path / "ws"
-    create_workspace(root, model=build_tiny(family, tmp_path / "model", size=SIZE), data=pipeline_data,
-                     tasks=list(PIPELINE_TASKS), stages=PIPELINE_STAGES)
+    create_workspace(
+        root,
+        model=build_tiny(family, tmp_path / "model", size=SIZE),
+        data=pipeline_data,
+        tasks=list(PIPELINE_TASKS),
+        stages=PIPELINE_STAGES,
+    )
     project = Project.open(root)
     for task in PIPELINE_TASKS:
         embed(project, task)

@@ -5,13 +5,18 @@ import shutil
 import pytest
 
 from dmole.stages.metrics import MetricError
-from dmole.stages.metrics.caption import (cider_d, ptb_tokenize, resolve_caption_tokenizer, simple_tokenize,
-                                    tokenize_captions)
-from dmole.stages.metrics.ptb_python import ptb_python_tokenize
+from dmole.stages.metrics.caption import (
+    cider_d,
+    ptb_tokenize,
+    resolve_caption_tokenizer,
+    simple_tokenize,
+    tokenize_captions,
+)
 from dmole.stages.metrics.choice import choice_accuracy, format_choices, option_letters, parse_choice
 from dmole.stages.metrics.continual import continual_metrics
 from dmole.stages.metrics.families import score_family
 from dmole.stages.metrics.grounding import format_box, grounding_hit, iou, parse_box, to_pixels
+from dmole.stages.metrics.ptb_python import ptb_python_tokenize
 from dmole.stages.metrics.short import exact_match
 from dmole.stages.metrics.vqa import normalize_vqa_answer, vqa_soft_accuracy
 
@@ -75,23 +80,37 @@ def test_ptb_tokenize():
 # a caption: a final initial ("a P.") keeps its period when the next caption starts in lower case, so the one
 # here is followed by a capitalised caption, as most are.
 PTB_CASES = [
-    "A street sign stating Water St. with flowers underneath.", "Two signs read \"Euclid St.\" and \"Park Ave.\".",
-    "Woman with an I.V. in her arm watching t.v. at 11:43 p.m.", "A clock shows 4:07, the time is about 11:20.",
-    "Bottles of S. Pellegrino cost $3.69 (two for $5).", "Barry Bonds #25 at bat; fans look on...",
-    "A dog's ball isn't theirs, it can't be, they cannot say.", "The photographers' reflection on a 'Stop' sign",
-    "A t-shirt, a half-eaten stir-fry and a black/white cat at 1/2 past.", "A train on the track.Passengers wait.",
-    "A yellow Market Inc. sign, knick-knacks, etc.", "A cow in a sheep penn.", "They're gonna say we'll go, I'd "
-    "think I'm right - or -- not", "A blue sign with a P.", "A man holding an ore.", "Bed.+9",
-    "A [small] {red} box with “curly” quotes and it’s fine", "",
+    "A street sign stating Water St. with flowers underneath.",
+    'Two signs read "Euclid St." and "Park Ave.".',
+    "Woman with an I.V. in her arm watching t.v. at 11:43 p.m.",
+    "A clock shows 4:07, the time is about 11:20.",
+    "Bottles of S. Pellegrino cost $3.69 (two for $5).",
+    "Barry Bonds #25 at bat; fans look on...",
+    "A dog's ball isn't theirs, it can't be, they cannot say.",
+    "The photographers' reflection on a 'Stop' sign",
+    "A t-shirt, a half-eaten stir-fry and a black/white cat at 1/2 past.",
+    "A train on the track.Passengers wait.",
+    "A yellow Market Inc. sign, knick-knacks, etc.",
+    "A cow in a sheep penn.",
+    "They're gonna say we'll go, I'd think I'm right - or -- not",
+    "A blue sign with a P.",
+    "A man holding an ore.",
+    "Bed.+9",
+    "A [small] {red} box with “curly” quotes and it’s fine",
+    "",
 ]
 
 
 def test_ptb_python_writes_down_the_ptb_conventions():
-    assert ptb_python_tokenize("Woman with an I.V. watching t.v. at 11:43 p.m. on Water St.") == \
-        "woman with an i.v. watching t.v. at 11:43 p.m. on water st."
+    assert (
+        ptb_python_tokenize("Woman with an I.V. watching t.v. at 11:43 p.m. on Water St.")
+        == "woman with an i.v. watching t.v. at 11:43 p.m. on water st."
+    )
     assert ptb_python_tokenize("A dog's ball isn't there; it cannot be.") == "a dog 's ball is n't there it can not be"
-    assert ptb_python_tokenize("Bottles (two) for $3.69, a t-shirt and black/white track.Passengers") == \
-        "bottles -lrb- two -rrb- for $ 3.69 a t-shirt and black/white track.passengers"
+    assert (
+        ptb_python_tokenize("Bottles (two) for $3.69, a t-shirt and black/white track.Passengers")
+        == "bottles -lrb- two -rrb- for $ 3.69 a t-shirt and black/white track.passengers"
+    )
     assert ptb_python_tokenize("A sign with a P.") == "a sign with a p"
 
 

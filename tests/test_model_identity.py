@@ -52,8 +52,13 @@ def built(micro_bench, tmp_path) -> Path:
     for folder in ("base-model", "data"):
         shutil.copytree(micro_bench / folder, bench / folder)
     workspace = bench / "workspace"
-    create_workspace(workspace, model=bench / "base-model", data=bench / "data", tasks=[TASK],
-                     stages={"fit-router": {"batch_size": 8, "max_epochs": 5}})
+    create_workspace(
+        workspace,
+        model=bench / "base-model",
+        data=bench / "data",
+        tasks=[TASK],
+        stages={"fit-router": {"batch_size": 8, "max_epochs": 5}},
+    )
     ok(workspace, "embed", "--task", TASK)
     ok(workspace, "fit-router", "--task", TASK)
     assert statuses(workspace) == {"embed": "ok", "fit-router": "ok"}
@@ -68,7 +73,8 @@ def test_a_model_swapped_for_another_family_makes_everything_stale_and_is_refuse
     build_tiny("qwen2vl", model, seed=1)
     assert statuses(built) == {"embed": "stale", "fit-router": "stale"}
     assert stale_because(built, "fit-router") == [
-        "fit-router/color-vqa v1 was built on another model than the workspace's model now"]
+        "fit-router/color-vqa v1 was built on another model than the workspace's model now"
+    ]
     error = one_line_error(built, "fit-router", "--task", TASK, "--force")
     assert "embed/color-vqa v1 was built on another model" in error and "re-run embed for color-vqa" in error
 

@@ -31,12 +31,16 @@ def _image(width: int, height: int, seed: int = 0) -> Image.Image:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return {(name, layout): build_tiny(name, root / f"{name}-{layout}", size=SIZE, layout=layout)
-            for name in FAMILY_NAMES for layout in LAYOUTS}
+    return {
+        (name, layout): build_tiny(name, root / f"{name}-{layout}", size=SIZE, layout=layout)
+        for name in FAMILY_NAMES
+        for layout in LAYOUTS
+    }
 
 
-@pytest.fixture(scope="module", params=[(f, layout) for f in FAMILY_NAMES for layout in LAYOUTS],
-                ids=lambda p: "-".join(p))
+@pytest.fixture(
+    scope="module", params=[(f, layout) for f in FAMILY_NAMES for layout in LAYOUTS], ids=lambda p: "-".join(p)
+)
 def adapter(request, folders):
     """Shared per family and layout: tests that change the model load their own copy."""
     return load_family(folders[request.param])
@@ -53,9 +57,13 @@ def _conversation(image, turns, generation: bool):
 
 
 def _processor_inputs(adapter, image, turns, generation: bool) -> dict:
-    return adapter.processor.apply_chat_template(_conversation(image, turns, generation), tokenize=True,
-                                                 return_dict=True, add_generation_prompt=generation,
-                                                 return_tensors="pt")
+    return adapter.processor.apply_chat_template(
+        _conversation(image, turns, generation),
+        tokenize=True,
+        return_dict=True,
+        add_generation_prompt=generation,
+        return_tensors="pt",
+    )
 
 
 def _assert_same_pixels(ours: dict, theirs: dict) -> None:
@@ -119,14 +127,15 @@ def test_a_conversation_is_rendered_once_however_often_it_is_trained(adapter, mo
     assert adapter.training_text([tuple(turn) for turn in TURNS]) == first  # an equal conversation, a new list
     assert renders == []
     longer = adapter.training_text([*TURNS, ("And?", "no")])
-    assert renders and longer[0].startswith(first[0][:len(first[0]) // 2]) and longer != first
+    assert renders and longer[0].startswith(first[0][: len(first[0]) // 2]) and longer != first
 
 
 def test_llava_15_template_writes_no_end_token_so_eos_is_appended(folders):
     llava = load_family(folders["llava", "hub"])
     text, spans, inserted = llava.training_text(TURNS)
     assert len(inserted) == 2 and "</s>" not in llava.processor.apply_chat_template(
-        _conversation(None, TURNS, generation=False))
+        _conversation(None, TURNS, generation=False)
+    )
     assert [text[a:b] for a, b in spans] == [" A red square.</s>", " yes</s>"]
     # And the processor's leading <s> is there, as LlavaProcessor adds it.
     assert llava.generation_batch([_image(32, 32)], ["Hi"])["input_ids"][0, 1] == llava.tokenizer.bos_token_id
@@ -150,7 +159,8 @@ def test_vision_rows_map_to_their_samples(adapter):
     batch = adapter.generation_batch([_image(40, 28), _image(70, 24, 1)], ["a", "b"])
     seen: list[int] = []
     hook = adapter.vision_layers()[0].register_forward_hook(
-        lambda _m, args, _o: seen.append((args[0] if args else _o[0]).shape[0]))
+        lambda _m, args, _o: seen.append((args[0] if args else _o[0]).shape[0])
+    )
     try:
         with torch.no_grad():
             adapter.model(**batch)
@@ -268,8 +278,9 @@ def test_same_seed_same_weights_and_save_round_trips(folders, tmp_path):
     first.save(tmp_path / "saved")
     reloaded = load_family(tmp_path / "saved")
     assert reloaded.processor.chat_template == first.processor.chat_template
-    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(),
-                                                   reloaded.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), reloaded.model.state_dict().values())
+    )
 
 
 def test_unusable_folders_are_one_line_errors(folders, tmp_path):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MICRO_STAGES
 from peft import PeftModel
 
+from conftest import MICRO_STAGES
 from dmole.artifacts.io import read_parquet
 from dmole.stages.data.images import load_image
 from dmole.stages.data.prompts import render_prompt
@@ -30,8 +30,9 @@ FAST_ROUTER = {"router_samples": 4, "router_epochs": 6, "router_lr": 1e-2, "rout
 @pytest.fixture
 def two_tasks(micro_bench, tmp_path):
     root = tmp_path / "ws"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS,
-                     stages=MICRO_STAGES)
+    create_workspace(
+        root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS, stages=MICRO_STAGES
+    )
     return Project.open(root)
 
 

@@ -12,9 +12,9 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from conftest import MICRO_STAGES
 from dmole.artifacts.io import read_parquet, table_to_numpy
 from dmole.cli.app import app
-from conftest import MICRO_STAGES
 
 # LoRA dropout draws different masks in each process, so the comparison trains without it.
 METHODS = {"dmole": {"dropout": 0.0}}
@@ -36,9 +36,27 @@ FSDP2 = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_reshard_after_forward", "t
 
 def launched(project, *args: str, launcher: tuple[str, ...] = ("--multi_gpu",)) -> str:
     """Run one dmole command as two processes under accelerate's launcher (DDP, or ``launcher=FSDP2``)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "dmole.cli", *args, "--workspace", str(project.root)]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *launcher,
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "dmole.cli",
+        *args,
+        "--workspace",
+        str(project.root),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -68,8 +86,9 @@ def twin_runs(tmp_path_factory, micro_bench):
     projects = []
     for name in ("one", "two"):
         root = tmp_path_factory.mktemp(name) / "ws"
-        create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", stages=MICRO_STAGES,
-                         methods=METHODS)
+        create_workspace(
+            root, model=micro_bench / "base-model", data=micro_bench / "data", stages=MICRO_STAGES, methods=METHODS
+        )
         projects.append(Project.open(root))
     one, two = projects
     tasks = one.config.task_names[:2]
@@ -137,10 +156,29 @@ def test_a_launched_stage_that_is_up_to_date_writes_nothing(twin_runs):
 
 
 # RoE on a tiny random model: two launched processes against one, in both stage-2 modes.
-ROE_SIZE = dict(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
-                vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
-ROE_STAGES = {"route-train": {"epochs": 2, "batch_size": 4, "roe_lr": 1e-2, "backbone_lr": 1e-3,
-                              "eval_batch_size": 4, "max_eval_samples": 2}}
+ROE_SIZE = dict(
+    lm_layers=4,
+    lm_hidden=64,
+    lm_heads=2,
+    lm_kv_heads=1,
+    lm_intermediate=128,
+    vision_layers=1,
+    vision_hidden=32,
+    vision_heads=1,
+    vision_intermediate=64,
+    image_size=16,
+    patch_size=8,
+)
+ROE_STAGES = {
+    "route-train": {
+        "epochs": 2,
+        "batch_size": 4,
+        "roe_lr": 1e-2,
+        "backbone_lr": 1e-3,
+        "eval_batch_size": 4,
+        "max_eval_samples": 2,
+    }
+}
 ROE_TOLERANCE = 1e-5
 
 
@@ -170,8 +208,9 @@ def test_launched_route_train_matches_one_process(roe_twins, launch):
     and each sample's stage-0 skips are seeded by the sample: the weights agree and so do the skip decisions."""
     one, ddp, fsdp2 = roe_twins
     ours, reference = (_latest(p, "route-train", "all") for p in ({"ddp": ddp, "fsdp2": fsdp2}[launch], one))
-    names = ["roe_weights.safetensors"] + (["backbone.safetensors"] if reference.manifest["config"]["options"]
-                                           ["stage2_mode"] == "full" else [])
+    names = ["roe_weights.safetensors"] + (
+        ["backbone.safetensors"] if reference.manifest["config"]["options"]["stage2_mode"] == "full" else []
+    )
     for name in names:
         mine, theirs = load_file(ours.file(name)), load_file(reference.file(name))
         assert mine.keys() == theirs.keys() and all(mine[k].shape == theirs[k].shape for k in mine)
@@ -194,8 +233,14 @@ def fsdp_runs(tmp_path_factory, micro_bench):
     projects = []
     for name in ("whole", "sharded"):
         root = tmp_path_factory.mktemp(name) / "ws"
-        create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", stages=MICRO_STAGES,
-                         methods=METHODS, tasks=["color-vqa", "shape-choice"])
+        create_workspace(
+            root,
+            model=micro_bench / "base-model",
+            data=micro_bench / "data",
+            stages=MICRO_STAGES,
+            methods=METHODS,
+            tasks=["color-vqa", "shape-choice"],
+        )
         projects.append(Project.open(root))
     for project in projects:
         for task in project.config.task_names:
@@ -250,8 +295,10 @@ def _kill_every_process_of(marker: str) -> None:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}/status").is_file() and "zombie" not in
-                                              Path(f"/proc/{pid}/status").read_text() for pid in matching()):
+    while time.monotonic() < deadline and any(
+        Path(f"/proc/{pid}/status").is_file() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        for pid in matching()
+    ):
         time.sleep(0.1)
 
 
@@ -267,22 +314,54 @@ def test_fsdp2_train_task_killed_resumes_to_the_uninterrupted_expert(tmp_path, m
     task, flags = "color-vqa", ("--epochs", "8", "--checkpoint-every", "2")
     projects = []
     for name in ("whole", "killed"):
-        create_workspace(tmp_path / name, model=micro_bench / "base-model", data=micro_bench / "data",
-                         stages=MICRO_STAGES, methods=METHODS, tasks=[task])
+        create_workspace(
+            tmp_path / name,
+            model=micro_bench / "base-model",
+            data=micro_bench / "data",
+            stages=MICRO_STAGES,
+            methods=METHODS,
+            tasks=[task],
+        )
         project = Project.open(tmp_path / name)
         for stage in ("zc-score", "allocate"):
             single(project, stage, "--task", task)
         projects.append(project)
     whole, killed = projects
     single(whole, "train-task", "--task", task, *flags, "-q")
-    command = [sys.executable, "-m", "accelerate.commands.launch", *FSDP2, "--num_processes", "2", "--num_machines",
-               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-               "-m", "dmole.cli", "train-task", "--task", task, *flags, "-q", "--workspace", str(killed.root)]
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *FSDP2,
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "dmole.cli",
+        "train-task",
+        "--task",
+        task,
+        *flags,
+        "-q",
+        "--workspace",
+        str(killed.root),
+    ]
+    process = subprocess.Popen(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
-    while not list((killed.root / ".runs").rglob("checkpoint.pt")) and time.monotonic() < deadline \
-            and process.poll() is None:
+    while (
+        not list((killed.root / ".runs").rglob("checkpoint.pt"))
+        and time.monotonic() < deadline
+        and process.poll() is None
+    ):
         time.sleep(0.05)
     time.sleep(0.5)
     assert process.poll() is None, "training finished before it could be killed; make the run longer"
@@ -298,13 +377,19 @@ def test_fsdp2_train_task_killed_resumes_to_the_uninterrupted_expert(tmp_path, m
     assert worst <= EXPERT_TOLERANCE, worst
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}, "fsdp2"),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "NO_SHARD"}, None),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}, "fsdp_version: 2"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO-3 is not supported"),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}, "fsdp2"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "NO_SHARD"}, None),
+        (
+            {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"},
+            "fsdp_version: 2",
+        ),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO-3 is not supported"),
+    ],
+)
 def test_what_the_launcher_asks_to_shard(monkeypatch, env, expected):
     from dmole.stages.distributed import parameter_sharding
     from dmole.stages.errors import UserError

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import MICRO_STAGES
 from typer.testing import CliRunner
 
+from conftest import MICRO_STAGES
 from dmole.artifacts.io import read_json
 from dmole.cli.app import app
 from dmole.stages.config import ConfigError
@@ -70,14 +70,17 @@ def test_an_explicit_dmole_alpha_overrides_the_2r_default():
     assert DMoLEHyper(alpha=16).lora(4).alpha == 16
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"stages": {"train_task": {"lr": 3e-4}}}, "unknown stage 'train_task'"),
-    ({"stages": {"train-task": {"lr": -5}}}, "stage 'train-task': lr: Input should be greater than 0"),
-    ({"stages": {"train-task": {"lrate": 1e-4}}}, "stage 'train-task': lrate: Extra inputs are not permitted"),
-    ({"methods": {"lwf-lora": {"temprature": 1.0}}}, "method 'lwf-lora': temprature: Extra inputs"),
-    ({"methods": {"lwf": {}}}, "unknown method 'lwf'"),
-    ({"method": "ewc"}, "unknown method 'ewc'"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"stages": {"train_task": {"lr": 3e-4}}}, "unknown stage 'train_task'"),
+        ({"stages": {"train-task": {"lr": -5}}}, "stage 'train-task': lr: Input should be greater than 0"),
+        ({"stages": {"train-task": {"lrate": 1e-4}}}, "stage 'train-task': lrate: Extra inputs are not permitted"),
+        ({"methods": {"lwf-lora": {"temprature": 1.0}}}, "method 'lwf-lora': temprature: Extra inputs"),
+        ({"methods": {"lwf": {}}}, "unknown method 'lwf'"),
+        ({"method": "ewc"}, "unknown method 'ewc'"),
+    ],
+)
 def test_a_bad_workspace_section_is_one_line_naming_it(make_project, section, message):
     """Regression: a misspelt stage key in workspace.json was silently ignored."""
     project = make_project()
@@ -134,8 +137,9 @@ def test_image_padding_is_a_workspace_setting_that_reaches_the_model_and_the_has
 
     projects = {}
     for ratio in ("processor", "pad"):
-        create_workspace(tmp_path / ratio, model=micro_bench / "base-model", data=micro_bench / "data",
-                         image_aspect_ratio=ratio)
+        create_workspace(
+            tmp_path / ratio, model=micro_bench / "base-model", data=micro_bench / "data", image_aspect_ratio=ratio
+        )
         projects[ratio] = Project.open(tmp_path / ratio)
     assert projects["pad"].load_model().pad_to_square and not projects["processor"].load_model().pad_to_square
     assert model_fingerprint(projects["pad"]) != model_fingerprint(projects["processor"])  # embeddings etc. differ
@@ -159,7 +163,11 @@ def test_a_stage_prints_its_result_as_json(make_project):
     first = dmole(project, "allocate", "--task", task, "--json")
     assert first.exit_code == 0, first.output
     assert {k: v for k, v in json.loads(first.output).items() if k in ("stage", "task", "version", "up_to_date")} == {
-        "stage": "allocate", "task": task, "version": 1, "up_to_date": False}
+        "stage": "allocate",
+        "task": task,
+        "version": 1,
+        "up_to_date": False,
+    }
     assert json.loads(dmole(project, "allocate", "--task", task, "--json").output)["up_to_date"] is True
 
 

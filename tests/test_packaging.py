@@ -7,13 +7,19 @@ import ast
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
+import tomllib
+
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = {"dmole_cli": "dmole.cli", "dmole_lmms": "dmole.lmms", "stages": "dmole.stages", "artifacts": "dmole.artifacts"}
+FOLDERS = {
+    "dmole_cli": "dmole.cli",
+    "dmole_lmms": "dmole.lmms",
+    "stages": "dmole.stages",
+    "artifacts": "dmole.artifacts",
+}
 SOURCES = ("dmole_cli", "dmole_lmms", "stages", "artifacts", "tests", "bench")
 
 
@@ -49,10 +55,18 @@ def test_no_code_imports_a_folder_by_its_bare_name():
     stale = []
     for path in sorted(p for folder in SOURCES for p in (REPO / folder).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
-            stale += [f"{path.relative_to(REPO)}:{node.lineno} {name}" for name in names
-                      if name and name.split(".")[0] in FOLDERS]
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            stale += [
+                f"{path.relative_to(REPO)}:{node.lineno} {name}"
+                for name in names
+                if name and name.split(".")[0] in FOLDERS
+            ]
     assert stale == []
 
 
@@ -75,13 +89,20 @@ def test_the_built_wheel_installs_only_dmole_names(tmp_path):
     out = tmp_path / "wheel"
     # the installed setuptools where it meets pyproject's build requirement (no download), else pip's isolated build
     isolation = ["--no-build-isolation"] if setuptools_major() >= 68 else []
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "--quiet", str(source), "-w",
-                           str(out)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "--quiet", str(source), "-w", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     [wheel] = out.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"dmole", "dmole-0.1.0.dist-info"}
-    expected = {f"dmole/{FOLDERS[folder].removeprefix('dmole.')}/{p.relative_to(REPO / folder).as_posix()}"
-                for folder in FOLDERS for p in (REPO / folder).rglob("*.py")}
+    expected = {
+        f"dmole/{FOLDERS[folder].removeprefix('dmole.')}/{p.relative_to(REPO / folder).as_posix()}"
+        for folder in FOLDERS
+        for p in (REPO / folder).rglob("*.py")
+    }
     assert expected <= set(names)
     assert not any(name.startswith("dmole/__init__") for name in names)  # a namespace: other packages may join it

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import MICRO_STAGES
 from typer.testing import CliRunner
 
+from conftest import MICRO_STAGES
 from dmole.artifacts.io import read_json, read_parquet
 from dmole.cli.app import app
 from dmole.stages.demo import run_pipeline
@@ -74,19 +74,20 @@ def test_demo_loop_and_cli_shell_loop_give_the_same_report(make_project):
 def test_each_expert_loads_with_peft_alone_and_reproduces_the_toolkit(make_project):
     from peft import PeftModel
 
+    from dmole.stages.data.tasks import load_train_samples
     from dmole.stages.methods import get_method
     from dmole.stages.methods.lora import expert_folder, expert_model
     from dmole.stages.models.registry import load_family
     from dmole.stages.training.chat import chat_examples
-    from dmole.stages.data.tasks import load_train_samples
 
     project = make_project("peft")
     run_pipeline(project, methods=("dmole",))
     names = project.config.task_names
     toolkit_adapter = load_family(project.model_path)
     dmole = get_method("dmole")
-    experts = expert_model(project, toolkit_adapter,
-                           loaded={i: dmole.trained(project, n) for i, n in enumerate(names, start=1)})
+    experts = expert_model(
+        project, toolkit_adapter, loaded={i: dmole.trained(project, n) for i, n in enumerate(names, start=1)}
+    )
     for task_id, name in enumerate(names, start=1):
         samples = load_train_samples(project.data_root, project.config.task(name))[:3]
         batch = toolkit_adapter.train_batch(chat_examples(samples))
@@ -128,18 +129,21 @@ def test_eval_predictions_do_not_depend_on_batch_size(dmole_run):
 
 @pytest.mark.parametrize("family", ["internvl", "qwen2vl"])
 def test_other_families_embed_and_train(tmp_path, family):
+    from dmole.stages.allocate import allocate
     from dmole.stages.data.synthetic import SynthSizes
+    from dmole.stages.options import TrainTaskOptions
     from dmole.stages.pretrain import PretrainSettings
     from dmole.stages.project import Project
     from dmole.stages.synth import synthesize
-    from dmole.stages.options import TrainTaskOptions
     from dmole.stages.train_task import train_task
     from dmole.stages.zc_score import zc_score
-    from dmole.stages.allocate import allocate
 
-    out = synthesize(tmp_path / family, family=family, sizes=SynthSizes(train_per_task=8, test_per_task=2,
-                                                                       pretrain_samples=8, vision_samples=8),
-                     pretraining=PretrainSettings(vision_epochs=1, epochs=1, batch_size=8))
+    out = synthesize(
+        tmp_path / family,
+        family=family,
+        sizes=SynthSizes(train_per_task=8, test_per_task=2, pretrain_samples=8, vision_samples=8),
+        pretraining=PretrainSettings(vision_epochs=1, epochs=1, batch_size=8),
+    )
     project = Project.open(out.workspace)
     task = project.config.task_names[0]
     assert embed(project, task, EmbedOptions(batch_size=4)).version.manifest["summary"]["family"] == family
@@ -158,15 +162,21 @@ def test_a_trained_short_answer_task_stops_by_itself(micro_bench, tmp_path):
 
     limit = 48
     root = tmp_path / "stops"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=["opposite-short"],
-                     stages={**MICRO_STAGES, "train-task": {**MICRO_STAGES["train-task"], "epochs": 30, "lr": 1e-2}})
+    create_workspace(
+        root,
+        model=micro_bench / "base-model",
+        data=micro_bench / "data",
+        tasks=["opposite-short"],
+        stages={**MICRO_STAGES, "train-task": {**MICRO_STAGES["train-task"], "epochs": 30, "lr": 1e-2}},
+    )
     settings = json.loads((root / "workspace.json").read_text())
     settings["tasks"][0]["max_new_tokens"] = limit
     (root / "workspace.json").write_text(json.dumps(settings))
     project = Project.open(root)
     run_pipeline(project, methods=("dmole",))
-    predictions = read_parquet(project.store.latest("eval", "opposite-short").file(
-        "predictions/opposite-short.parquet")).to_pydict()
+    predictions = read_parquet(
+        project.store.latest("eval", "opposite-short").file("predictions/opposite-short.parquet")
+    ).to_pydict()
     generated = sorted(len(p.encode()) for p in predictions["prediction"])  # byte tokenizer: one token a byte
     answers = sorted(len(json.loads(r)["answer"][0].encode()) for r in predictions["references"])
     median = generated[len(generated) // 2]
@@ -180,11 +190,17 @@ def test_a_router_that_rejects_its_own_test_samples_is_a_warning(micro_bench, tm
     from dmole.stages.project import Project
 
     root = tmp_path / "health"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data",
-                     tasks=["color-vqa", "opposite-short"], stages=MICRO_STAGES)
+    create_workspace(
+        root,
+        model=micro_bench / "base-model",
+        data=micro_bench / "data",
+        tasks=["color-vqa", "opposite-short"],
+        stages=MICRO_STAGES,
+    )
     project = Project.open(root)
-    tight = cli(project, "embed", "--task", "color-vqa") and cli(project, "fit-router", "--task", "color-vqa",
-                                                                 "--quantile", "0.01")
+    tight = cli(project, "embed", "--task", "color-vqa") and cli(
+        project, "fit-router", "--task", "color-vqa", "--quantile", "0.01"
+    )
     assert "warning: fit-router: task 'color-vqa'" in tight and "--quantile" in tight
     cli(project, "embed", "--task", "opposite-short")
     assert "warning" not in cli(project, "fit-router", "--task", "opposite-short")
@@ -211,8 +227,10 @@ def test_threshold_sweep_reproduces_eval_at_factor_one_and_feeds_the_report(make
     sweep = project.store.latest("threshold-sweep", last)
     rows = read_parquet(sweep.file("sweep.parquet")).to_pylist()
     assert sorted({r["scale"] for r in rows}) == [0.25, 1.0, 2.0]
-    evaluated = {r["task"]: r["score"] for r in read_parquet(
-        project.store.latest("eval", last).file("scores.parquet")).to_pylist()}
+    evaluated = {
+        r["task"]: r["score"]
+        for r in read_parquet(project.store.latest("eval", last).file("scores.parquet")).to_pylist()
+    }
     assert {r["task"]: r["score"] for r in rows if r["scale"] == 1.0} == evaluated
     unrouted = [sum(r["experts_0"] for r in rows if r["scale"] == s) for s in (0.25, 1.0, 2.0)]
     assert unrouted[0] >= unrouted[1] >= unrouted[2]
@@ -221,8 +239,9 @@ def test_threshold_sweep_reproduces_eval_at_factor_one_and_feeds_the_report(make
     report = project.store.latest("report", "all")
     assert "## Threshold sensitivity (D-MoLE)" in report.file("report.md").read_text()
     assert report.file("thresholds.png").read_bytes()[:4] == b"\x89PNG"
-    failed = runner.invoke(app, ["eval", "--after", last, "--threshold-scales", "1,x", "--workspace",
-                                 str(project.root)])
+    failed = runner.invoke(
+        app, ["eval", "--after", last, "--threshold-scales", "1,x", "--workspace", str(project.root)]
+    )
     assert failed.exit_code == 2 and "comma-separated numbers" in failed.output
 
 
@@ -236,13 +255,19 @@ def test_ablations_run_as_named_methods_beside_dmole(make_project):
         arches = [read_json(project.store.latest(f"{method}.allocate", n).file("arch.json")) for n in names]
         assert {a["rule"] for a in arches} == {rule}
         assert project.store.latest(f"{method}.allocate", names[0]).manifest["summary"]["rule"] == rule
-        expert = json.loads((project.store.latest(f"{method}.train-task", names[-1]).path / "expert" /
-                             "adapter_config.json").read_text())
+        expert = json.loads(
+            (
+                project.store.latest(f"{method}.train-task", names[-1]).path / "expert" / "adapter_config.json"
+            ).read_text()
+        )
         assert sorted(expert["target_modules"]) == arches[-1]["selected"]
-    assert all(a["n_language"] == 0 for a in [read_json(project.store.latest("dmole-vision-only.allocate", n)
-                                                        .file("arch.json")) for n in names])
-    uniform = [read_json(project.store.latest("dmole-uniform.allocate", n).file("arch.json"))["selected"]
-               for n in names]
+    assert all(
+        a["n_language"] == 0
+        for a in [read_json(project.store.latest("dmole-vision-only.allocate", n).file("arch.json")) for n in names]
+    )
+    uniform = [
+        read_json(project.store.latest("dmole-uniform.allocate", n).file("arch.json"))["selected"] for n in names
+    ]
     assert all(selected == uniform[0] for selected in uniform)  # the same modules for every task
     metrics = read_json(report.version.file("cl_metrics.json"))["methods"]
     assert set(metrics) == {"zero-shot", "dmole", *ablations}
@@ -257,27 +282,39 @@ def test_report_counts_second_experts_and_eval_takes_the_second_expert_rules(mak
     report = run_pipeline(project, methods=("dmole",))
     last = project.config.task_names[-1]
     counted = read_json(report.version.file("cl_metrics.json"))["methods"]["dmole"]["second_experts"]
-    predictions = [r for t in project.config.task_names for r in read_parquet(
-        project.store.latest("eval", last).file(f"predictions/{t}.parquet")).to_pylist()]
+    predictions = [
+        r
+        for t in project.config.task_names
+        for r in read_parquet(project.store.latest("eval", last).file(f"predictions/{t}.parquet")).to_pylist()
+    ]
     assert counted["two"] == sum(len(r["routed_tasks"]) == 2 for r in predictions)
-    assert counted["samples"] == len(predictions) and "## Second experts" in report.version.file(
-        "report.md").read_text()
+    assert (
+        counted["samples"] == len(predictions) and "## Second experts" in report.version.file("report.md").read_text()
+    )
     strict = evaluate(project, last, EvalOptions(batch_size=4, second_expert="margin", second_margin=1e-9))
-    routed = [r for t in project.config.task_names for r in read_parquet(
-        strict.version.file(f"predictions/{t}.parquet")).to_pylist()]
+    routed = [
+        r
+        for t in project.config.task_names
+        for r in read_parquet(strict.version.file(f"predictions/{t}.parquet")).to_pylist()
+    ]
     assert all(len(r["routed_tasks"]) <= 1 for r in routed)  # a zero margin admits no second expert
     weighted = evaluate(project, last, EvalOptions(batch_size=4, second_expert="weighted"))
     assert weighted.version.manifest["config"]["options"]["second_expert"] == "weighted"
 
 
 def test_the_reference_profile_sets_the_official_choices_under_workspace_and_flags(micro_bench, tmp_path):
-    from dmole.stages.resolve import REFERENCE_PROFILE
     from dmole.stages.init import create_workspace
     from dmole.stages.project import Project
+    from dmole.stages.resolve import REFERENCE_PROFILE
 
     root = tmp_path / "reference"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", profile="reference",
-                     stages={"train-task": {"group_by_length": False}})
+    create_workspace(
+        root,
+        model=micro_bench / "base-model",
+        data=micro_bench / "data",
+        profile="reference",
+        stages={"train-task": {"group_by_length": False}},
+    )
     config = Project.open(root).config
     for stage, values in REFERENCE_PROFILE.items():
         options = stage_options(config, stage)
@@ -293,19 +330,25 @@ def test_the_reference_profile_sets_the_official_choices_under_workspace_and_fla
 def test_two_runs_of_the_same_pipeline_give_identical_reports(micro_bench, tmp_path):
     """The whole loop is a pure function of its inputs and seeds: two fresh workspaces over the same data and
     base model end with the same report, to the last digit (the README's figures depend on it)."""
+    from safetensors.torch import load_file
+
     from dmole.stages.init import create_workspace
     from dmole.stages.project import Project
 
-    from safetensors.torch import load_file
-
     reports, experts = [], []
     for name in ("first", "second"):
-        create_workspace(tmp_path / name, model=micro_bench / "base-model", data=micro_bench / "data",
-                         tasks=["color-vqa", "opposite-short"], stages=MICRO_STAGES)
+        create_workspace(
+            tmp_path / name,
+            model=micro_bench / "base-model",
+            data=micro_bench / "data",
+            tasks=["color-vqa", "opposite-short"],
+            stages=MICRO_STAGES,
+        )
         project = Project.open(tmp_path / name)
         reports.append(read_json(run_pipeline(project, ("dmole", "seq-lora")).version.file("cl_metrics.json")))
-        experts.append(load_file(project.store.latest("train-task", "opposite-short")
-                                 .file("expert/adapter_model.safetensors")))
+        experts.append(
+            load_file(project.store.latest("train-task", "opposite-short").file("expert/adapter_model.safetensors"))
+        )
     assert reports[0] == reports[1]
     assert experts[0].keys() == experts[1].keys()
     assert all(torch.equal(experts[0][k], experts[1][k]) for k in experts[0])  # bit for bit
@@ -321,22 +364,26 @@ def test_roe_on_the_continual_model_routes_experts_as_eval_does(dmole_run):
 
     project = dmole_run
     after = project.config.task_names[-1]
-    trained = route_train(project, RouteTrainOptions(start=after, epochs=1, batch_size=8, roe_lr=1e-2,
-                                                     eval_batch_size=4))
+    trained = route_train(
+        project, RouteTrainOptions(start=after, epochs=1, batch_size=8, roe_lr=1e-2, eval_batch_size=4)
+    )
     report = read_json(trained.version.file("roe_report.json"))
     config = read_json(trained.version.file("roe_config.json"))
     assert config["from"] == after and config["stage2_mode"] == "frozen"
     assert report["dense_reference"] == f"dmole after {after}"
-    scores = {r["task"]: r["score"] for r in read_parquet(project.store.latest("eval", after).file(
-        "scores.parquet")).to_pylist()}
+    scores = {
+        r["task"]: r["score"]
+        for r in read_parquet(project.store.latest("eval", after).file("scores.parquet")).to_pylist()
+    }
     assert {t: v["dense_score"] for t, v in report["per_task"].items()} == pytest.approx(scores)
     for task, row in report["per_task"].items():  # RoE on over RoE off, per task
         assert row["relative"] == (pytest.approx(row["roe_score"] / scores[task]) if scores[task] else None)
     continual = report["continual"]
     assert continual["after"] == after and continual["dense_last"] == pytest.approx(sum(scores.values()) / 5)
     diagonal = continual["diagonal"]
-    assert continual["roe_bwt"] == pytest.approx(sum(report["per_task"][t]["roe_score"] - diagonal[t]
-                                                     for t in list(diagonal)[:-1]) / 4)
+    assert continual["roe_bwt"] == pytest.approx(
+        sum(report["per_task"][t]["roe_score"] - diagonal[t] for t in list(diagonal)[:-1]) / 4
+    )
     routed = [evaluate_roe(project, RoEEvalOptions(batch_size=b), force=True).version for b in (1, 4)]
     decisions = [read_parquet(v.file("routing_decisions.parquet")).to_pydict() for v in routed]
     assert decisions[0]["applied_skip"] == decisions[1]["applied_skip"]

@@ -19,8 +19,9 @@ def _snapshot(params) -> list[torch.Tensor]:
 
 
 def test_each_phase_trains_its_own_side_only(tmp_path):
-    adapter = load_family(build_tiny("llava", tmp_path / "base", size=TinySize(lm_layers=2, vision_layers=2),
-                                     byte_tokenizer=True))
+    adapter = load_family(
+        build_tiny("llava", tmp_path / "base", size=TinySize(lm_layers=2, vision_layers=2), byte_tokenizer=True)
+    )
     language = adapter.language_side()
     ids = {id(p) for p in language}
     vision = [p for p in adapter.model.parameters() if id(p) not in ids]
@@ -37,8 +38,9 @@ def test_each_phase_trains_its_own_side_only(tmp_path):
     assert last < 0.9 * first  # the heads learn to read the attributes off the mean image token
 
     pretraining_mixture(tmp_path / "data", sizes=SIZES)
-    mixture = read_training_file(tmp_path / "data" / "pretrain" / "train.jsonl", data_root=tmp_path / "data",
-                                 image_root=tmp_path / "data")
+    mixture = read_training_file(
+        tmp_path / "data" / "pretrain" / "train.jsonl", data_root=tmp_path / "data", image_root=tmp_path / "data"
+    )
     language_before, vision_before = _snapshot(language), _snapshot(vision)
     pretrain(adapter, mixture, PretrainSettings(epochs=1, batch_size=5))
     assert all(torch.equal(a, b) for a, b in zip(vision_before, vision))

@@ -23,7 +23,7 @@ def test_the_docs_table_is_the_generated_one():
 
 
 def test_the_profile_sets_valid_options_and_only_the_declared_ones():
-    assert REFERENCE_PROFILE == reference_settings()
+    assert reference_settings() == REFERENCE_PROFILE
     for stage, values in REFERENCE_PROFILE.items():
         options = STAGES[stage].options.model_validate(values)
         assert {key: getattr(options, key) for key in values} == values
@@ -36,8 +36,14 @@ def test_every_difference_says_what_the_profile_does_about_it():
     assert len(set(topics)) == len(topics)
     for difference in DIFFERENCES:
         assert difference.reference_cell
-    for topic in ("LoRA alpha", "zero-cost proxy images", "evaluation vote group", "training vote group",
-                  "CIDEr tokenizer", "threshold"):
+    for topic in (
+        "LoRA alpha",
+        "zero-cost proxy images",
+        "evaluation vote group",
+        "training vote group",
+        "CIDEr tokenizer",
+        "threshold",
+    ):
         assert topic in topics
     assert any(d.reference == SAME for d in DIFFERENCES) and any(d.reference == NOT_SWITCHABLE for d in DIFFERENCES)
     with pytest.raises(ValueError, match="says neither what the profile sets nor why"):
@@ -51,8 +57,10 @@ def test_eval_falls_back_to_ptb_python_without_java_in_one_line_only_when_it_sco
     from dmole.stages.evaluate import _with_caption_tokenizer
     from dmole.stages.options import EvalOptions
 
-    tasks = [{"name": "cap", "family": "caption", "train": "t", "eval": "e"},
-             {"name": "vqa", "family": "short", "train": "t", "eval": "e"}]
+    tasks = [
+        {"name": "cap", "family": "caption", "train": "t", "eval": "e"},
+        {"name": "vqa", "family": "short", "train": "t", "eval": "e"},
+    ]
     project = SimpleNamespace(config=WorkspaceConfig(model="m", data="d", tasks=tasks, profile="reference"))
     options = EvalOptions(caption_tokenizer=REFERENCE_PROFILE["eval"]["caption_tokenizer"])
     monkeypatch.setattr("dmole.stages.metrics.caption.shutil.which", lambda name: None)
@@ -60,5 +68,7 @@ def test_eval_falls_back_to_ptb_python_without_java_in_one_line_only_when_it_sco
     assert resolved.caption_tokenizer == "ptb-python" and len(notices) == 1 and "\n" not in notices[0]
     assert _with_caption_tokenizer(project, options, ["vqa"])[1] == []
     monkeypatch.setattr("dmole.stages.metrics.caption.shutil.which", lambda name: "/usr/bin/java")
-    assert _with_caption_tokenizer(project, options, ["cap"]) == (options.model_copy(
-        update={"caption_tokenizer": "ptb"}), [])
+    assert _with_caption_tokenizer(project, options, ["cap"]) == (
+        options.model_copy(update={"caption_tokenizer": "ptb"}),
+        [],
+    )

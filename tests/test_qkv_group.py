@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from dmole.artifacts.io import read_json, read_parquet
 from dmole.stages.convert import convert_internvl_chat
-from dmole.stages.dmole.allocation import ScoredModule, allocate as allocate_modules
+from dmole.stages.dmole.allocation import ScoredModule
+from dmole.stages.dmole.allocation import allocate as allocate_modules
 from dmole.stages.dmole.experts import ExpertModel, LoraSettings
 from dmole.stages.dmole.shared_lora import SharedDropout
 from dmole.stages.init import create_workspace
@@ -24,21 +25,37 @@ from dmole.stages.models.base import ChatExample
 from dmole.stages.models.registry import load_family
 from dmole.stages.project import Project
 from tests.conftest import PIPELINE_TASKS
-from tests.test_convert import (LM, VIT, HEAD_DIM, reference_image_features, reference_internlm2_from_embeddings,
-                                reference_qkv_rows, source_tensors, write_remote_checkpoint)
+from tests.test_convert import (
+    HEAD_DIM,
+    LM,
+    VIT,
+    reference_image_features,
+    reference_internlm2_from_embeddings,
+    reference_qkv_rows,
+    source_tensors,
+    write_remote_checkpoint,
+)
 
 torch.set_num_threads(1)
 
 # the remote-code module -> the converted model's candidate standing for it (a group of q, k, v, or the module)
 REMOTE_MODULES = {
-    **{f"language_model.model.layers.{i}.attention.wqkv": f"model.language_model.layers.{i}.self_attn.qkv"
-       for i in range(LM["layers"])},
-    **{f"language_model.model.layers.{i}.attention.wo": f"model.language_model.layers.{i}.self_attn.o_proj"
-       for i in range(LM["layers"])},
-    **{f"vision_model.encoder.layers.{i}.attn.qkv": f"model.vision_tower.encoder.layer.{i}.attention.qkv"
-       for i in range(VIT["layers"])},
-    **{f"vision_model.encoder.layers.{i}.attn.proj": f"model.vision_tower.encoder.layer.{i}.attention.projection_layer"
-       for i in range(VIT["layers"])},
+    **{
+        f"language_model.model.layers.{i}.attention.wqkv": f"model.language_model.layers.{i}.self_attn.qkv"
+        for i in range(LM["layers"])
+    },
+    **{
+        f"language_model.model.layers.{i}.attention.wo": f"model.language_model.layers.{i}.self_attn.o_proj"
+        for i in range(LM["layers"])
+    },
+    **{
+        f"vision_model.encoder.layers.{i}.attn.qkv": f"model.vision_tower.encoder.layer.{i}.attention.qkv"
+        for i in range(VIT["layers"])
+    },
+    **{
+        f"vision_model.encoder.layers.{i}.attn.proj": f"model.vision_tower.encoder.layer.{i}.attention.projection_layer"
+        for i in range(VIT["layers"])
+    },
 }
 
 
@@ -67,18 +84,27 @@ def official_scores(t: dict, batches: list[dict], image_token_id: int) -> dict[s
     for batch in batches:
         logits = reference_logits(leaves, batch, image_token_id)
         F.cross_entropy(logits[:-1], batch["labels"][0, 1:], ignore_index=-100).backward()
-    return {module: sum(float(p.grad.norm()) for name, p in leaves.items() if name.rsplit(".", 1)[0] == module)
-            for module in REMOTE_MODULES}
+    return {
+        module: sum(float(p.grad.norm()) for name, p in leaves.items() if name.rsplit(".", 1)[0] == module)
+        for module in REMOTE_MODULES
+    }
 
 
 def _workspace(root, model, data) -> Project:
-    create_workspace(root, model=model, data=data, tasks=list(PIPELINE_TASKS), profile="reference",
-                     stages={"zc-score": {"batch_size": 1}})  # one sample a batch: the gradient sum is order-free
+    create_workspace(
+        root,
+        model=model,
+        data=data,
+        tasks=list(PIPELINE_TASKS),
+        profile="reference",
+        stages={"zc-score": {"batch_size": 1}},
+    )  # one sample a batch: the gradient sum is order-free
     return Project.open(root)
 
 
-def test_reference_profile_scores_and_allocates_the_fused_projection_as_the_original(internvl2, pipeline_data,
-                                                                                       tmp_path):
+def test_reference_profile_scores_and_allocates_the_fused_projection_as_the_original(
+    internvl2, pipeline_data, tmp_path
+):
     from dmole.stages.allocate import allocate
     from dmole.stages.data.tasks import load_train_samples
     from dmole.stages.training.chat import chat_examples
@@ -92,7 +118,8 @@ def test_reference_profile_scores_and_allocates_the_fused_projection_as_the_orig
     # one qkv candidate per layer of both towers, beside its output projection: 2 per layer, as the original's
     assert sorted(r["module"] for r in rows) == sorted(REMOTE_MODULES.values())
     assert {(r["tower"], r["layer"]) for r in rows if r["kind"] == "qkv"} == (
-        {("language", i) for i in range(LM["layers"])} | {("vision", i) for i in range(VIT["layers"])})
+        {("language", i) for i in range(LM["layers"])} | {("vision", i) for i in range(VIT["layers"])}
+    )
 
     fused = source_tensors(src)
     adapter = load_family(out, device="cpu", max_tiles=project.config.max_tiles)
@@ -108,9 +135,20 @@ def test_reference_profile_scores_and_allocates_the_fused_projection_as_the_orig
 
     allocate(project, task)
     arch = read_json(project.store.latest("allocate", task).file("arch.json"))
-    expected = allocate_modules([ScoredModule(REMOTE_MODULES[m], "vision" if m.startswith("vision") else "language",
-                                              score, fused[m + ".weight"].shape[1], fused[m + ".weight"].shape[0])
-                                 for m, score in official.items()], fraction=0.5, rank=arch["rank"])
+    expected = allocate_modules(
+        [
+            ScoredModule(
+                REMOTE_MODULES[m],
+                "vision" if m.startswith("vision") else "language",
+                score,
+                fused[m + ".weight"].shape[1],
+                fused[m + ".weight"].shape[0],
+            )
+            for m, score in official.items()
+        ],
+        fraction=0.5,
+        rank=arch["rank"],
+    )
     assert arch["selected"] == expected.selected
     assert arch["expert_parameters"] == expected.expert_parameters
     assert arch["budget"] == round(0.5 * len(REMOTE_MODULES))
@@ -167,8 +205,9 @@ def test_shared_a_expert_is_a_lora_on_the_fused_projection(internvl2):
     with torch.no_grad(), experts.routed([(1,)]):
         ours = experts.model(**batch).logits[0]
     with torch.no_grad():
-        reference = reference_logits(_fused_lora(fused, experts, settings.alpha / settings.rank), batch,
-                                     adapter.model.config.image_token_id)
+        reference = reference_logits(
+            _fused_lora(fused, experts, settings.alpha / settings.rank), batch, adapter.model.config.image_token_id
+        )
         base = reference_logits(fused, batch, adapter.model.config.image_token_id)
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(ours, base, atol=1e-2)  # the expert acts
@@ -203,7 +242,8 @@ def test_reference_profile_trains_saves_and_reloads_the_shared_a_expert(internvl
         chosen = {m: list(group_members[m]) for m in arch["selected"] if m in group_members}
         assert sidecar.get("shared_a", {}) == chosen
         assert sidecar["target_modules"] == sorted(
-            member for m in arch["selected"] for member in group_members.get(m, [m]))
+            member for m in arch["selected"] for member in group_members.get(m, [m])
+        )
         assert read_json(expert_folder(version) / "adapter_config.json")["target_modules"] == sidecar["target_modules"]
     last = project.store.latest("train-task", PIPELINE_TASKS[-1])
     folder = expert_folder(last)
@@ -211,8 +251,9 @@ def test_reference_profile_trains_saves_and_reloads_the_shared_a_expert(internvl
     assert shared, "the allocation chose no qkv group: the test would not reach the shared-A expert"
 
     # dmole's loader: the saved tensors, bit for bit, with each group's A one module again
-    experts = expert_model(project, load_family(out, device="cpu", max_tiles=project.config.max_tiles),
-                           loaded={len(PIPELINE_TASKS): last})
+    experts = expert_model(
+        project, load_family(out, device="cpu", max_tiles=project.config.max_tiles), loaded={len(PIPELINE_TASKS): last}
+    )
     name = f"task_{len(PIPELINE_TASKS)}"
     saved = load_file(folder / "adapter_model.safetensors")
     loaded = {k: v for k, v in experts.model.state_dict().items() if f".{name}." in k}
@@ -246,8 +287,12 @@ def test_a_saved_expert_with_different_a_copies_is_refused(internvl2, tmp_path):
     experts = ExpertModel(adapter.model, where, groups=grouped)
     experts.add_expert(1, [group.name], LoraSettings(8, 16, 0.05))
     targets, shared = experts.targets([group.name])
-    save_expert(experts.model, "task_1", tmp_path / "expert",
-                {"target_modules": targets, "shared_a": {k: list(v) for k, v in shared.items()}})
+    save_expert(
+        experts.model,
+        "task_1",
+        tmp_path / "expert",
+        {"target_modules": targets, "shared_a": {k: list(v) for k, v in shared.items()}},
+    )
     weights = load_file(tmp_path / "expert" / "adapter_model.safetensors")
     key = next(k for k in weights if group.members[1] in k and "lora_A" in k)
     weights[key] = weights[key] + 1

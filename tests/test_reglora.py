@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import MICRO_STAGES
 from safetensors.torch import load_file
 
+from conftest import MICRO_STAGES
 from dmole.stages.init import create_workspace
 from dmole.stages.methods import get_method
 from dmole.stages.methods.lora import expert_folder
@@ -33,8 +33,9 @@ def test_key_elements_are_the_largest_share_of_the_update():
 @pytest.fixture
 def two_tasks(micro_bench, tmp_path):
     root = tmp_path / "ws"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS,
-                     stages=MICRO_STAGES)
+    create_workspace(
+        root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS, stages=MICRO_STAGES
+    )
     return Project.open(root)
 
 
@@ -42,8 +43,11 @@ def saved_updates(version) -> dict[str, np.ndarray]:
     """Each module's B A, read from the artifact's PEFT file."""
     tensors = load_file(expert_folder(version) / "adapter_model.safetensors")
     prefix = "base_model.model."
-    return {k[len(prefix):-len(".lora_A.weight")]: (tensors[k.replace("lora_A", "lora_B")] @ v).double().numpy()
-            for k, v in tensors.items() if k.endswith("lora_A.weight")}
+    return {
+        k[len(prefix) : -len(".lora_A.weight")]: (tensors[k.replace("lora_A", "lora_B")] @ v).double().numpy()
+        for k, v in tensors.items()
+        if k.endswith("lora_A.weight")
+    }
 
 
 def test_a_later_task_is_penalised_at_the_earlier_tasks_key_elements(two_tasks):
@@ -58,8 +62,9 @@ def test_a_later_task_is_penalised_at_the_earlier_tasks_key_elements(two_tasks):
         assert len(keys[module]) == k
         chosen = {tuple(p) for p in keys[module].tolist()}
         # the chosen positions hold the k largest magnitudes (ties aside)
-        assert np.allclose(sorted(np.abs(update[tuple(np.array(list(chosen)).T)])),
-                           sorted(np.abs(update).flatten())[-k:], rtol=1e-5)
+        assert np.allclose(
+            sorted(np.abs(update[tuple(np.array(list(chosen)).T)])), sorted(np.abs(update).flatten())[-k:], rtol=1e-5
+        )
 
     method, run, _ = train_run(two_tasks, TASKS[1], options)
     trainer = method.trainer(run, two_tasks.load_model())

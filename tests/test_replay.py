@@ -7,8 +7,8 @@ import random
 
 import numpy as np
 import pytest
-from conftest import MICRO_STAGES
 
+from conftest import MICRO_STAGES
 from dmole.stages.data.tasks import load_train_samples
 from dmole.stages.init import create_workspace
 from dmole.stages.methods import get_method
@@ -22,8 +22,9 @@ TASKS = ["color-vqa", "shape-choice", "opposite-short"]
 @pytest.fixture
 def three_tasks(micro_bench, tmp_path):
     root = tmp_path / "ws"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS,
-                     stages=MICRO_STAGES)
+    create_workspace(
+        root, model=micro_bench / "base-model", data=micro_bench / "data", tasks=TASKS, stages=MICRO_STAGES
+    )
     return Project.open(root)
 
 
@@ -36,7 +37,7 @@ def training_lines(project: Project, task: str) -> list[str]:
 
 def test_buffer_size_is_a_fraction_or_a_count():
     assert buffer_size(0.25, 12) == 3 and buffer_size(0.01, 12) == 1  # a fraction, at least one sample
-    assert buffer_size(5, 12) == 5 and buffer_size(20, 12) == 12      # a count, at most the task's samples
+    assert buffer_size(5, 12) == 5 and buffer_size(20, 12) == 12  # a count, at most the task's samples
 
 
 def test_the_buffer_is_a_seeded_draw_of_every_earlier_tasks_samples_mixed_in(three_tasks):

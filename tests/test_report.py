@@ -15,12 +15,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dmole.artifacts.io import read_json, read_parquet
 from conftest import MICRO_STAGES
+from dmole.artifacts.io import read_json, read_parquet
 from dmole.cli.app import app
 from dmole.stages.demo import run_pipeline
-from dmole.stages.figures.allocation import KIND_ORDER, cell_text
 from dmole.stages.errors import UserError
+from dmole.stages.figures.allocation import KIND_ORDER, cell_text
 from dmole.stages.init import create_workspace
 from dmole.stages.project import Project
 from dmole.stages.report import report
@@ -39,8 +39,7 @@ def run(micro_bench, tmp_path_factory):
     create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data", stages=MICRO_STAGES)
     project = Project.open(root)
     before = run_pipeline(project, methods=METHODS)
-    route_train(project, RouteTrainOptions(epochs=1, batch_size=8, roe_lr=1e-2, eval_batch_size=4,
-                                           max_eval_samples=2))
+    route_train(project, RouteTrainOptions(epochs=1, batch_size=8, roe_lr=1e-2, eval_batch_size=4, max_eval_samples=2))
     return project, before.version, report(project).version
 
 
@@ -71,7 +70,7 @@ def table(version, h2: str, h3: str = "", index: int = 0) -> dict[str, dict[str,
 
 
 def number(cell: str, decimals: int):
-    return pytest.approx(float(cell), abs=0.5 * 10 ** -decimals + 1e-9)
+    return pytest.approx(float(cell), abs=0.5 * 10**-decimals + 1e-9)
 
 
 def png_size(path) -> tuple[int, int]:
@@ -155,8 +154,11 @@ def test_allocation_table_equals_the_allocation_artifacts(run):
 def test_activation_tables_equal_the_routes_in_the_predictions(run):
     project, _, version = run
     tasks = project.config.task_names
-    routes = lambda after, task: read_parquet(  # noqa: E731
-        project.store.latest("eval", after).file(f"predictions/{task}.parquet")).column("routed_tasks").to_pylist()
+    routes = lambda after, task: (
+        read_parquet(project.store.latest("eval", after).file(f"predictions/{task}.parquet"))
+        .column("routed_tasks")
+        .to_pylist()
+    )
     shown = table(version, "Expert activation (D-MoLE routing)")
     assert list(shown) == tasks
     for task in tasks:
@@ -205,8 +207,9 @@ def test_roe_tables_equal_the_routing_decisions(run):
     skipped = Counter()
     for r in rows:
         skipped[(r["benchmark"], r["example_id"])] += bool(r["routable"] and r["applied_skip"])
-    histogram = {k: int(v["examples"]) for k, v in table(version, "RoE layer skipping", index=1).items()
-                 if v["examples"] != "0"}
+    histogram = {
+        k: int(v["examples"]) for k, v in table(version, "RoE layer skipping", index=1).items() if v["examples"] != "0"
+    }
     assert histogram == {str(k): v for k, v in Counter(skipped.values()).items()}
     assert histogram == summary["skipped_layers_histogram"]
     patterns = table(version, "RoE layer skipping", index=2)
@@ -236,9 +239,11 @@ def test_cli_report_out_copies_the_report_and_its_figures(run, tmp_path):
 def test_an_up_to_date_report_imports_no_torch_nor_matplotlib(run):
     """A shell loop's `dmole report` after nothing changed reads JSON and Parquet only."""
     project, _, _ = run
-    code = ("import sys; from dmole.cli.app import app; "
-            f"app(['report', '--json', '--workspace', r'{project.root}'], standalone_mode=False); "
-            "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'matplotlib')))")
+    code = (
+        "import sys; from dmole.cli.app import app; "
+        f"app(['report', '--json', '--workspace', r'{project.root}'], standalone_mode=False); "
+        "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'matplotlib')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-4:] == ["False"] * 4
@@ -247,9 +252,14 @@ def test_an_up_to_date_report_imports_no_torch_nor_matplotlib(run):
 def _tiny_training(loggers) -> list[dict]:
     model = torch.nn.Linear(3, 1, bias=False)
     settings = LoopSettings(epochs=1, batch_size=2, lr=0.1, warmup_ratio=0.0)
-    result = train(model, [ParamGroup("w", [model.weight])],
-                   lambda prepared, idx, _scope: {"loss": (prepared.weight * len(idx)).pow(2).sum()}, 6, settings,
-                   loggers=loggers)
+    result = train(
+        model,
+        [ParamGroup("w", [model.weight])],
+        lambda prepared, idx, _scope: {"loss": (prepared.weight * len(idx)).pow(2).sum()},
+        6,
+        settings,
+        loggers=loggers,
+    )
     return result.log
 
 
@@ -264,9 +274,8 @@ def test_log_to_a_tracker_that_is_not_installed_is_a_user_error(tmp_path, monkey
     with pytest.raises(UserError, match="pip install tensorboard"):
         with open_loggers(["tensorboard"], tmp_path, "run", {}):
             pass
-    with pytest.raises(UserError, match="choose one of"):
-        with open_loggers(["mlflow"], tmp_path, "run", {}):
-            pass
+    with pytest.raises(UserError, match="choose one of"), open_loggers(["mlflow"], tmp_path, "run", {}):
+        pass
 
 
 def test_wandb_logger_gets_each_step_and_finishes(tmp_path, monkeypatch):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 from safetensors.torch import load_file
 
 from dmole.stages.allocate import allocate
@@ -36,10 +35,28 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(make_project):
 
     project = make_project("killed")
     _prepare(project)
-    command = [sys.executable, "-m", "dmole.cli", "train-task", "--task", TASK, "--epochs", "12", "--batch-size", "4",
-               "--lr", "3e-3", "--checkpoint-every", "2", "-q", "--workspace", str(project.root)]
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "dmole.cli",
+        "train-task",
+        "--task",
+        TASK,
+        "--epochs",
+        "12",
+        "--batch-size",
+        "4",
+        "--lr",
+        "3e-3",
+        "--checkpoint-every",
+        "2",
+        "-q",
+        "--workspace",
+        str(project.root),
+    ]
+    process = subprocess.Popen(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     runs = project.root / ".runs"
     deadline = time.monotonic() + 120
     while not list(runs.rglob("checkpoint.pt")) and time.monotonic() < deadline and process.poll() is None:
@@ -72,22 +89,48 @@ def test_killed_route_train_resumes_and_matches_an_uninterrupted_run(tmp_path):
     from dmole.stages.route_train import route_train
 
     write_benchmark(tmp_path / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
-    build_tiny("llava", tmp_path / "model", size=TinySize(
-        lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1, vision_hidden=32,
-        vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8))
-    options = {"epochs": 24, "batch_size": 4, "roe_lr": 1e-2, "backbone_lr": 1e-3, "eval_batch_size": 4,
-               "max_eval_samples": 1, "checkpoint_every": 2, "stage2_mode": "full"}
+    build_tiny(
+        "llava",
+        tmp_path / "model",
+        size=TinySize(
+            lm_layers=4,
+            lm_hidden=64,
+            lm_heads=2,
+            lm_kv_heads=1,
+            lm_intermediate=128,
+            vision_layers=1,
+            vision_hidden=32,
+            vision_heads=1,
+            vision_intermediate=64,
+            image_size=16,
+            patch_size=8,
+        ),
+    )
+    options = {
+        "epochs": 24,
+        "batch_size": 4,
+        "roe_lr": 1e-2,
+        "backbone_lr": 1e-3,
+        "eval_batch_size": 4,
+        "max_eval_samples": 1,
+        "checkpoint_every": 2,
+        "stage2_mode": "full",
+    }
     projects = []
     for name in ("reference", "killed"):
-        create_workspace(tmp_path / name, model=tmp_path / "model", data=tmp_path / "data", seed=0,
-                         stages={"route-train": options})
+        create_workspace(
+            tmp_path / name, model=tmp_path / "model", data=tmp_path / "data", seed=0, stages={"route-train": options}
+        )
         projects.append(Project.open(tmp_path / name))
     reference, project = projects
     expected = route_train(reference).version
 
-    process = subprocess.Popen([sys.executable, "-m", "dmole.cli", "route-train", "-q", "--workspace",
-                                str(project.root)], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dmole.cli", "route-train", "-q", "--workspace", str(project.root)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     runs = project.root / ".runs"
     deadline = time.monotonic() + 300
     while not list(runs.rglob("roe/checkpoint.pt")) and time.monotonic() < deadline and process.poll() is None:

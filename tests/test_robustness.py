@@ -75,10 +75,15 @@ def _first_image(tmp_path):
 
 def _png_header(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` pixels (no pixel data: it must be refused unread)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _committed_embed(project):
@@ -126,7 +131,7 @@ def test_truncated_jsonl_keeps_the_previous_version(private, tmp_path):
     good = _committed_embed(private)
     train = _train_file(tmp_path)
     text = train.read_text()
-    train.write_text(text[:len(text) - len(text.splitlines()[-1]) // 2 - 1])  # the last line cut in half
+    train.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])  # the last line cut in half
     fails(private, "embed", "--task", TASK, "--force", match=f"{train}:")
     _still_latest_and_intact(private, good)
 
@@ -153,8 +158,10 @@ def test_absurdly_long_jsonl_line(private, tmp_path):
     fails(private, "embed", "--task", TASK, match="line is longer than")
 
 
-@pytest.mark.parametrize("side, message", [(9_000, "9000x9000, above the 64,000,000-pixel limit"),
-                                           (40_000, "above the 64,000,000-pixel limit (Image size")])
+@pytest.mark.parametrize(
+    "side, message",
+    [(9_000, "9000x9000, above the 64,000,000-pixel limit"), (40_000, "above the 64,000,000-pixel limit (Image size")],
+)
 def test_image_over_the_pixel_limit(private, tmp_path, side, message):
     good = _committed_embed(private)
     _first_image(tmp_path).write_bytes(_png_header(side, side))
@@ -194,14 +201,20 @@ def test_writer_killed_mid_write_leaves_the_previous_version(private):
     """SIGKILL while a version's files are being written: the last version and LATEST stay valid, the lock
     is released with the process, and the next run commits normally."""
     good = _committed_embed(private)
-    script = (f"from dmole.artifacts import Workspace\n"
-              f"with Workspace({str(private.root)!r}).writer('embed', {TASK!r}, config={{}}, inputs=[], "
-              f"environment={{}}, toolkit_version='test') as w:\n"
-              f"    with open(w.path('train.parquet'), 'wb') as f:\n"
-              f"        f.write(b'half a file'); f.flush(); print('writing', flush=True)\n"
-              f"        import time; time.sleep(60)\n")
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    script = (
+        f"from dmole.artifacts import Workspace\n"
+        f"with Workspace({str(private.root)!r}).writer('embed', {TASK!r}, config={{}}, inputs=[], "
+        f"environment={{}}, toolkit_version='test') as w:\n"
+        f"    with open(w.path('train.parquet'), 'wb') as f:\n"
+        f"        f.write(b'half a file'); f.flush(); print('writing', flush=True)\n"
+        f"        import time; time.sleep(60)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert process.stdout.readline().strip() == "writing"
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
@@ -261,7 +274,8 @@ def test_unknown_model_family(micro_bench, tmp_path):
     model = tmp_path / "bert"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    result = runner.invoke(app, ["init", "--model", str(model), "--data", str(micro_bench / "data"),
-                                 "--workspace", str(tmp_path / "ws")])
+    result = runner.invoke(
+        app, ["init", "--model", str(model), "--data", str(micro_bench / "data"), "--workspace", str(tmp_path / "ws")]
+    )
     assert result.exit_code == 2 and "model_type 'bert' is not supported; supported families" in result.output
     assert not (tmp_path / "ws").exists()

@@ -21,8 +21,19 @@ from dmole.stages.roe.fixed import FixedRouting, layer_change, least_change_laye
 from dmole.stages.roe.sweep import mean_relative, relative, skip_patterns, summarise
 from dmole.stages.route_sweep import route_sweep
 
-SIZE = TinySize(lm_layers=5, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
-                vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
+SIZE = TinySize(
+    lm_layers=5,
+    lm_hidden=64,
+    lm_heads=2,
+    lm_kv_heads=1,
+    lm_intermediate=128,
+    vision_layers=1,
+    vision_hidden=32,
+    vision_heads=1,
+    vision_intermediate=64,
+    image_size=16,
+    patch_size=8,
+)
 ROUTE_TRAIN = dict(epochs=1, batch_size=4, roe_lr=1e-2, eval_batch_size=4, max_eval_samples=2, stage2_mode="frozen")
 
 
@@ -31,8 +42,7 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("roe-sweep")
     write_benchmark(root / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
     build_tiny("llava", root / "model", size=SIZE)
-    create_workspace(root / "ws", model=root / "model", data=root / "data", seed=0,
-                     stages={"route-train": ROUTE_TRAIN})
+    create_workspace(root / "ws", model=root / "model", data=root / "data", seed=0, stages={"route-train": ROUTE_TRAIN})
     return Project.open(root / "ws")
 
 
@@ -41,7 +51,11 @@ def test_static_routing_skips_its_layers_for_every_example():
     keys = [("task", i) for i in range(7)]
     forced = static.forced(keys, routable=[1, 2, 3, 4])
     assert {layer: decisions.tolist() for layer, decisions in forced.items()} == {
-        1: [False] * 7, 2: [True] * 7, 3: [False] * 7, 4: [True] * 7}
+        1: [False] * 7,
+        2: [True] * 7,
+        3: [False] * 7,
+        4: [True] * 7,
+    }
     assert torch.equal(static.skips(keys, 2, step=5), static.skips(keys, 2, step=9))  # the same at every step
 
 
@@ -70,11 +84,14 @@ def test_least_change_layers_are_those_whose_output_is_closest_to_their_input(pr
     # independently: the decoder's hidden states before each layer (the last entry is after the final norm, so the
     # last layer is compared through the others only)
     with torch.no_grad():
-        states = adapter.model(**{k: v for k, v in batch.items() if k != "labels"},
-                               output_hidden_states=True).hidden_states
+        states = adapter.model(
+            **{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True
+        ).hidden_states
     mask = batch["attention_mask"].bool()
-    expected = [float(torch.nn.functional.cosine_similarity(states[l], states[l + 1], dim=-1)[mask].mean())
-                for l in range(len(states) - 2)]
+    expected = [
+        float(torch.nn.functional.cosine_similarity(states[l], states[l + 1], dim=-1)[mask].mean())
+        for l in range(len(states) - 2)
+    ]
     assert len(change) == len(states) - 1 and change[:-1] == pytest.approx(expected, abs=1e-5)
     routable = [1, 2, 3, 4]
     chosen = least_change_layers(change, routable, 2)
@@ -111,7 +128,8 @@ def test_the_static_baseline_skips_its_layers_in_training_and_inference(project)
         with torch.no_grad(), routing(TrainingRouting(segments, state, keys=[0, 1, 2], fixed=static)) as ctx:
             adapter.model(**batch)
         assert {l: p.tolist() for l, p in ctx.p_skip.items()} == {
-            l: [[1.0]] * 3 if l in (1, 3) else [[0.0]] * 3 for l in (1, 2, 3, 4)}
+            l: [[1.0]] * 3 if l in (1, 3) else [[0.0]] * 3 for l in (1, 2, 3, 4)
+        }
 
     _, rows = evaluate_routed(adapter, attachment, eval_sets(project, 2), 2, "gather", run_id="t", fixed=static)
     assert rows and all(r["applied_skip"] == (r["layer"] in (1, 3)) for r in rows)
@@ -119,12 +137,19 @@ def test_the_static_baseline_skips_its_layers_in_training_and_inference(project)
 
 def test_skip_patterns_count_the_distinct_sets_of_skipped_layers_per_task():
     def row(task, example, layer, skipped, routable=True):
-        return {"benchmark": task, "example_id": example, "layer": layer, "routable": routable,
-                "applied_skip": skipped}
+        return {"benchmark": task, "example_id": example, "layer": layer, "routable": routable, "applied_skip": skipped}
 
-    rows = [row("a", "1", 1, True), row("a", "1", 2, False), row("a", "2", 1, True), row("a", "2", 2, False),
-            row("a", "3", 1, False), row("a", "3", 2, True), row("b", "1", 0, True, routable=False),
-            row("b", "1", 1, False), row("b", "2", 1, False)]
+    rows = [
+        row("a", "1", 1, True),
+        row("a", "1", 2, False),
+        row("a", "2", 1, True),
+        row("a", "2", 2, False),
+        row("a", "3", 1, False),
+        row("a", "3", 2, True),
+        row("b", "1", 0, True, routable=False),
+        row("b", "1", 1, False),
+        row("b", "2", 1, False),
+    ]
     assert skip_patterns(rows) == {"a": 2, "b": 1}
 
 
@@ -133,9 +158,18 @@ def test_relative_scores_and_the_summary_over_seeds():
     rel = relative({"a": 150.0, "b": 50.0, "c": 10.0}, dense)
     assert rel == {"a": 0.75, "b": 1.0, "c": None}  # no reference for a task the dense model scores 0 on
     assert mean_relative(rel) == pytest.approx(0.875)
-    runs = [{"seed": seed, "target": 0.3, "variant": "roe", "skip_rate": skip, "relative": {"a": a, "b": 1.0},
-             "mean_relative": (a + 1.0) / 2, "speed": {"speedup": speedup}}
-            for seed, skip, a, speedup in ((0, 0.2, 0.5, 1.1), (1, 0.4, 0.9, 1.3))]
+    runs = [
+        {
+            "seed": seed,
+            "target": 0.3,
+            "variant": "roe",
+            "skip_rate": skip,
+            "relative": {"a": a, "b": 1.0},
+            "mean_relative": (a + 1.0) / 2,
+            "speed": {"speedup": speedup},
+        }
+        for seed, skip, a, speedup in ((0, 0.2, 0.5, 1.1), (1, 0.4, 0.9, 1.3))
+    ]
     [row] = summarise(runs)
     assert row["skip_rate"] == pytest.approx(0.3) and row["speedup"] == pytest.approx(1.2)
     assert row["mean_relative"] == pytest.approx(0.85) and row["spread"] == pytest.approx(0.2)
@@ -143,15 +177,22 @@ def test_relative_scores_and_the_summary_over_seeds():
 
 
 def test_route_sweep_writes_every_run_with_baselines_at_the_realised_skip(project):
-    options = {"skip_ratios": [0.3], "seeds": [0, 1], "speed_prompts": 1, "speed_repeats": 1, "speed_new_tokens": 2,
-               "change_samples": 8}
+    options = {
+        "skip_ratios": [0.3],
+        "seeds": [0, 1],
+        "speed_prompts": 1,
+        "speed_repeats": 1,
+        "speed_new_tokens": 2,
+        "change_samples": 8,
+    }
     version = route_sweep(project, options).version
     sweep = json.loads(version.file("sweep.json").read_text())
     routable = sweep["routable"]
     assert sweep["dense_reference"] == "base" and routable == [1, 2, 3, 4]
     runs = sweep["runs"]
     assert sorted((r["seed"], r["variant"]) for r in runs) == sorted(
-        (s, v) for s in (0, 1) for v in ("roe", "static", "random"))
+        (s, v) for s in (0, 1) for v in ("roe", "static", "random")
+    )
     for run in runs:
         assert run["relative"] == relative(run["scores"], sweep["dense"][str(run["seed"])])
         assert run["speed"]["speedup"] == pytest.approx(run["speed"]["dense_seconds"] / run["speed"]["routed_seconds"])
@@ -163,8 +204,9 @@ def test_route_sweep_writes_every_run_with_baselines_at_the_realised_skip(projec
         assert by["static"]["routing"]["layers"] == list(least_change_layers(sweep["layer_change"], routable, k))
         assert by["static"]["skip_rate"] == pytest.approx(k / len(routable))
         assert set(by["static"]["skip_patterns"].values()) == {1}  # one set of layers for every example
-    assert [(row["target"], row["variant"]) for row in sweep["summary"]] == [(0.3, v) for v in ("roe", "static",
-                                                                                               "random")]
+    assert [(row["target"], row["variant"]) for row in sweep["summary"]] == [
+        (0.3, v) for v in ("roe", "static", "random")
+    ]
     table = read_parquet(version.file("sweep.parquet")).to_pydict()
     assert len(table["task"]) == len(runs) * len(project.config.task_names)
     assert table["score"] == [r["scores"][t] for r in runs for t in r["scores"]]

@@ -37,14 +37,33 @@ def test_route_train_and_eval_roe_run_on_the_family(family, layout, pipeline_dat
         assert result.exit_code == 0, result.output
 
     dmole("init", "--model", str(model), "--data", str(pipeline_data), "--tasks", ",".join(TASKS))
-    dmole("route-train", "--stage2-mode", "full", "--epochs", "1", "--batch-size", "4", "--max-eval-samples", "2",
-          "--eval-batch-size", "2", "--roe-lr", "1e-2", "--backbone-lr", "1e-3", "-q")
+    dmole(
+        "route-train",
+        "--stage2-mode",
+        "full",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--max-eval-samples",
+        "2",
+        "--eval-batch-size",
+        "2",
+        "--roe-lr",
+        "1e-2",
+        "--backbone-lr",
+        "1e-3",
+        "-q",
+    )
     dmole("eval", "--roe", "--batch-size", "2", "-q")  # every test sample (two a task), as route-train scored
 
     # what the family declares as its LM and projector, on an independent load of the folder
     adapter = load_family(model, device="cpu")
-    lm = {n for n, _ in adapter.model.named_parameters()
-          if n.startswith(f"{adapter.lm_path}.") or n.startswith("lm_head.")}
+    lm = {
+        n
+        for n, _ in adapter.model.named_parameters()
+        if n.startswith(f"{adapter.lm_path}.") or n.startswith("lm_head.")
+    }
     projector = _names(adapter.named_projector())
     assert lm and projector and not lm & projector
     vision = {n for n, _ in adapter.vision_layers().named_parameters()}

@@ -18,8 +18,19 @@ from dmole.stages.roe.segments import Segments
 from dmole.stages.roe.weights import load_roe, save_roe
 
 FAMILIES = ("llava", "internvl", "qwen2vl")
-SIZE = TinySize(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
-                vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
+SIZE = TinySize(
+    lm_layers=4,
+    lm_hidden=64,
+    lm_heads=2,
+    lm_kv_heads=1,
+    lm_intermediate=128,
+    vision_layers=1,
+    vision_hidden=32,
+    vision_heads=1,
+    vision_intermediate=64,
+    image_size=16,
+    patch_size=8,
+)
 NEW = 5
 PROMPTS = ["what colour is it?", "a much longer question about the shape in the picture", "hi"]
 
@@ -36,8 +47,15 @@ def routed(request, tmp_path_factory):
 
 def _generate(adapter, images, prompts, **kwargs):
     inputs = adapter.generation_batch(images, prompts)
-    out = adapter.model.generate(**inputs, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, num_beams=1,
-                                 pad_token_id=adapter.tokenizer.pad_token_id, **kwargs)
+    out = adapter.model.generate(
+        **inputs,
+        max_new_tokens=NEW,
+        min_new_tokens=NEW,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=adapter.tokenizer.pad_token_id,
+        **kwargs,
+    )
     return inputs, out
 
 
@@ -66,8 +84,9 @@ def test_skipped_layer_never_runs_and_keeps_no_cache(routed):
     routable = attachment.modules.shape.routable
     layers = adapter.language_layers()
     calls = {l: 0 for l in routable}
-    hooks = [layers[l].self_attn.register_forward_hook(lambda *_, l=l: calls.__setitem__(l, calls[l] + 1))
-             for l in routable]
+    hooks = [
+        layers[l].self_attn.register_forward_hook(lambda *_, l=l: calls.__setitem__(l, calls[l] + 1)) for l in routable
+    ]
     try:
         with routing(RoutingPlan.force_all(True, routable, 1)):
             _, out = _generate(adapter, images[:1], PROMPTS[:1], return_dict_in_generate=True)
@@ -113,9 +132,15 @@ def test_mixed_batch_matches_each_row_alone(routed):
     assert batch.plan.batch_rule_applied == "gather"
     assert any(0 < int(d.sum()) < 3 for d in batch.plan.applied.values())
     for row in range(3):
-        alone = generate_with_roe(adapter, images[row:row + 1], PROMPTS[row:row + 1], max_new_tokens=NEW,
-                                  min_new_tokens=NEW, forced={l: d[row:row + 1] for l, d in forced.items()})
-        assert alone.texts == batch.texts[row:row + 1]
+        alone = generate_with_roe(
+            adapter,
+            images[row : row + 1],
+            PROMPTS[row : row + 1],
+            max_new_tokens=NEW,
+            min_new_tokens=NEW,
+            forced={l: d[row : row + 1] for l, d in forced.items()},
+        )
+        assert alone.texts == batch.texts[row : row + 1]
 
 
 def test_or_rule_is_flagged_and_executes_for_all(routed):

@@ -32,11 +32,11 @@ def test_boundaries_interval_and_annealing():
     assert s.anneal_count(299) == 0 and s.anneal_count(300) == 1 and s.anneal_count(304) == 1
     assert s.anneal_count(305) == 2
     assert s.tau(300) == pytest.approx(10 * 0.95)
-    assert s.tau(499) == pytest.approx(10 * 0.95 ** 40) == pytest.approx(1.285, abs=1e-3)  # ≈ 1.29 (spec)
-    assert s.tau(999) == pytest.approx(10 * 0.95 ** 140) == pytest.approx(0.0076, abs=1e-4)  # ≈ 0.008
+    assert s.tau(499) == pytest.approx(10 * 0.95**40) == pytest.approx(1.285, abs=1e-3)  # ≈ 1.29 (spec)
+    assert s.tau(999) == pytest.approx(10 * 0.95**140) == pytest.approx(0.0076, abs=1e-4)  # ≈ 0.008
     assert s.beta(0) == pytest.approx(0.22540, abs=1e-5)
     assert s.beta(300) == pytest.approx(random_skip_bias(0.3) * 0.85)
-    assert s.beta(499) == pytest.approx(random_skip_bias(0.3) * 0.85 ** 40)
+    assert s.beta(499) == pytest.approx(random_skip_bias(0.3) * 0.85**40)
     assert s.beta(500) == 0.0
     assert StageSchedule(total=10, rho=0.3).interval == 1  # K = max(1, ⌊0.005·S⌋)
 
@@ -44,9 +44,11 @@ def test_boundaries_interval_and_annealing():
 def _toy_groups():
     torch.manual_seed(0)
     router, adapter, backbone = (torch.nn.Linear(3, 2, bias=False) for _ in range(3))
-    groups = [ParamGroup("roe_router", list(router.parameters()), 4e-4),
-              ParamGroup("roe_adapter", list(adapter.parameters()), 4e-4),
-              ParamGroup("backbone_llm", list(backbone.parameters()), 2e-6)]
+    groups = [
+        ParamGroup("roe_router", list(router.parameters()), 4e-4),
+        ParamGroup("roe_adapter", list(adapter.parameters()), 4e-4),
+        ParamGroup("backbone_llm", list(backbone.parameters()), 2e-6),
+    ]
     trained_in = {"roe_router": {1, 2}, "roe_adapter": {0, 1, 2}, "backbone_llm": {2}}
     return (router, adapter, backbone), groups, trained_in
 
@@ -94,10 +96,10 @@ def _toy_run(n: int, *, checkpoint_dir=None, stop_after: int | None = None, warm
         weights.append([m.weight.detach().clone() for m in modules])
         return {"loss": sum(m(torch.ones(1, 3)).sum() for m in modules)}
 
-    settings = LoopSettings(epochs=1, batch_size=1, lr=4e-4, weight_decay=0.0, warmup_ratio=warmup,
-                            checkpoint_every=5)
-    result = train(torch.nn.ModuleList(modules), groups, loss_fn, n, settings, callbacks=[callback],
-                   checkpoint_dir=checkpoint_dir)
+    settings = LoopSettings(epochs=1, batch_size=1, lr=4e-4, weight_decay=0.0, warmup_ratio=warmup, checkpoint_every=5)
+    result = train(
+        torch.nn.ModuleList(modules), groups, loss_fn, n, settings, callbacks=[callback], checkpoint_dir=checkpoint_dir
+    )
     return result, seen, weights
 
 
@@ -122,8 +124,13 @@ def test_resumed_run_sees_the_same_schedule_and_lrs(tmp_path):
 
 def test_changed_groups_are_caught():
     _, groups, trained_in = _toy_groups()
-    callback = RoEStageCallback(StageSchedule(total=4, rho=0.3), ScheduleState(), groups[:2],
-                                {k: trained_in[k] for k in ("roe_router", "roe_adapter")}, 0.0)
+    callback = RoEStageCallback(
+        StageSchedule(total=4, rho=0.3),
+        ScheduleState(),
+        groups[:2],
+        {k: trained_in[k] for k in ("roe_router", "roe_adapter")},
+        0.0,
+    )
     optimizer = torch.optim.AdamW([{"params": g.params, "lr": g.lr, "name": g.name} for g in groups])
     with pytest.raises(RuntimeError, match="parameter groups changed"):
         callback.on_step_begin(0, 4, optimizer)
@@ -145,8 +152,14 @@ def test_hinge_and_difficulty_weight():
 def test_per_example_ce_averages_examples_not_tokens_and_splits_exactly():
     torch.manual_seed(0)
     logits = torch.randn(4, 6, 11, requires_grad=True)
-    labels = torch.tensor([[-100, -100, 3, 4, 5, 6], [1, -100, -100, -100, -100, -100],
-                           [-100, -100, -100, 2, 2, -100], [-100, 7, 8, 9, 10, 1]])
+    labels = torch.tensor(
+        [
+            [-100, -100, 3, 4, 5, 6],
+            [1, -100, -100, -100, -100, -100],
+            [-100, -100, -100, 2, 2, -100],
+            [-100, 7, 8, 9, 10, 1],
+        ]
+    )
     ce = per_example_ce(logits, labels)
     assert ce[1] == 0.0  # no supervised next token
     token = torch.nn.functional.cross_entropy(logits[0, 1:5], labels[0, 2:6])
@@ -154,7 +167,9 @@ def test_per_example_ce_averages_examples_not_tokens_and_splits_exactly():
     skip = torch.rand(4)
     full = roe_objective(ce, skip, rho=0.3, lam=1.0, gamma=5.0)["loss"]
     (full_grad,) = torch.autograd.grad(full, logits)
-    halves = sum(0.5 * roe_objective(per_example_ce(logits[i], labels[i]), skip[i], rho=0.3, lam=1.0,
-                                     gamma=5.0)["loss"] for i in (slice(0, 2), slice(2, 4)))
+    halves = sum(
+        0.5 * roe_objective(per_example_ce(logits[i], labels[i]), skip[i], rho=0.3, lam=1.0, gamma=5.0)["loss"]
+        for i in (slice(0, 2), slice(2, 4))
+    )
     (half_grad,) = torch.autograd.grad(halves, logits)
     assert torch.allclose(full_grad, half_grad, atol=1e-7)

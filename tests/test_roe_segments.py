@@ -18,8 +18,19 @@ from dmole.stages.roe.segments import ImageTokens, prompt_segments, training_seg
 
 IMG, END, PAD = 99, 98, 0
 IMAGES = ImageTokens(IMG, frozenset({END}))
-SIZE = TinySize(lm_layers=3, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
-                vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
+SIZE = TinySize(
+    lm_layers=3,
+    lm_hidden=64,
+    lm_heads=2,
+    lm_kv_heads=1,
+    lm_intermediate=128,
+    vision_layers=1,
+    vision_hidden=32,
+    vision_heads=1,
+    vision_intermediate=64,
+    image_size=16,
+    patch_size=8,
+)
 
 
 def test_training_segments_two_turns_with_an_image_block():
@@ -54,16 +65,22 @@ def test_prompt_segments_question_runs_to_the_end_of_the_prompt():
     assert seg.is_question.tolist() == (seg.turn == 1).tolist()
 
 
-@pytest.mark.parametrize("family,router_input", [("llava", "pooled"), ("internvl", "pooled"), ("qwen2vl", "pooled"),
-                                                 ("llava", "tokens"), ("qwen2vl", "tokens")])
+@pytest.mark.parametrize(
+    "family,router_input",
+    [("llava", "pooled"), ("internvl", "pooled"), ("qwen2vl", "pooled"), ("llava", "tokens"), ("qwen2vl", "tokens")],
+)
 def test_inference_router_inputs_equal_training_turn_one(family, router_input, tmp_path):
     adapter = load_family(build_tiny(family, tmp_path / family, size=SIZE))
     torch.manual_seed(0)
     attachment = attach(adapter, RoEModules(roe_shape(adapter, [0], router_input=router_input)))
     routable = attachment.modules.shape.routable
     captured: list = []
-    hooks = [attachment.modules.layers[str(l)].router.register_forward_hook(
-        lambda _m, inputs, _o: captured.append(inputs[0][:, 0])) for l in routable]
+    hooks = [
+        attachment.modules.layers[str(l)].router.register_forward_hook(
+            lambda _m, inputs, _o: captured.append(inputs[0][:, 0])
+        )
+        for l in routable
+    ]
     image, question = Image.new("RGB", (16, 16), "teal"), "which shape is drawn here?"
     batch = adapter.train_batch([ChatExample(image, [(f"<image>\n{question}", "a circle")])])
     labels = batch.pop("labels")

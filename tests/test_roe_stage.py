@@ -17,16 +17,41 @@ from dmole.stages.data.synthetic import SynthSizes, write_benchmark
 from dmole.stages.init import create_workspace
 from dmole.stages.models.tiny import TinySize, build_tiny
 from dmole.stages.project import Project
-from dmole.stages.roe_eval import RoEEvalOptions, evaluate_roe, roe_summary
 from dmole.stages.roe.continual import CompositionError
+from dmole.stages.roe_eval import RoEEvalOptions, evaluate_roe, roe_summary
 from dmole.stages.route_train import RouteTrainError, RouteTrainOptions, route_train
 
-SIZE = TinySize(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
-                vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
+SIZE = TinySize(
+    lm_layers=4,
+    lm_hidden=64,
+    lm_heads=2,
+    lm_kv_heads=1,
+    lm_intermediate=128,
+    vision_layers=1,
+    vision_hidden=32,
+    vision_heads=1,
+    vision_intermediate=64,
+    image_size=16,
+    patch_size=8,
+)
 OPTIONS = dict(epochs=2, batch_size=4, roe_lr=1e-2, eval_batch_size=4, max_eval_samples=2, stage2_mode="frozen")
-DECISION_COLUMNS = ["run_id", "benchmark", "example_id", "turn", "layer", "routable", "logit_exec", "logit_skip",
-                    "decided_skip", "applied_skip", "batch_rule", "batch_size", "n_prompt_tokens", "n_prefix_tokens",
-                    "n_question_tokens"]
+DECISION_COLUMNS = [
+    "run_id",
+    "benchmark",
+    "example_id",
+    "turn",
+    "layer",
+    "routable",
+    "logit_exec",
+    "logit_skip",
+    "decided_skip",
+    "applied_skip",
+    "batch_rule",
+    "batch_size",
+    "n_prompt_tokens",
+    "n_prefix_tokens",
+    "n_question_tokens",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +72,30 @@ def test_route_train_writes_weights_config_log_decisions_and_report(project, tra
     version = trained.version
     with safe_open(str(version.file("roe_weights.safetensors")), framework="pt") as handle:
         names, metadata = set(handle.keys()), handle.metadata()
-    assert names == {f"roe.layers.{l}.{part}" for l in (1, 2, 3)
-                     for part in ("router.weight", "adapter.down.weight", "adapter.up.weight")}
+    assert names == {
+        f"roe.layers.{l}.{part}"
+        for l in (1, 2, 3)
+        for part in ("router.weight", "adapter.down.weight", "adapter.up.weight")
+    }
     assert metadata["family"] == "llava" and metadata["routable"] == "[1, 2, 3]" and metadata["rank"] == "16"
     assert metadata["variant"] == "pooled" and metadata["rho"] == "0.3" and len(metadata["base_hash"]) == 64
     config = json.loads(version.file("roe_config.json").read_text())
     assert config["always_execute"] == [0] and config["d_model"] == 64 and config["stage2_mode"] == "frozen"
 
     log = read_parquet(version.file("train_log.parquet")).to_pydict()
-    for column in ("step", "stage", "tau", "beta", "ce", "reg", "soft_skip", "hard_skip", "loss",
-                   "lr/roe_router", "lr/roe_adapter"):
+    for column in (
+        "step",
+        "stage",
+        "tau",
+        "beta",
+        "ce",
+        "reg",
+        "soft_skip",
+        "hard_skip",
+        "loss",
+        "lr/roe_router",
+        "lr/roe_adapter",
+    ):
         assert column in log
     assert set(log["stage"]) == {0.0, 1.0, 2.0}
     assert all(lr == 0 for lr, stage in zip(log["lr/roe_router"], log["stage"]) if stage == 0)
@@ -73,8 +112,9 @@ def test_route_train_writes_weights_config_log_decisions_and_report(project, tra
     assert report["batch_rule_applied"] == "gather"
     assert set(report["per_task"]) == set(project.config.task_names)
     for task in report["per_task"].values():  # RoE on over RoE off, per task (None without a dense score)
-        assert task["relative"] == (pytest.approx(task["roe_score"] / task["dense_score"]) if task["dense_score"]
-                                    else None)
+        assert task["relative"] == (
+            pytest.approx(task["roe_score"] / task["dense_score"]) if task["dense_score"] else None
+        )
     relatives = [t["relative"] for t in report["per_task"].values() if t["relative"] is not None]
     assert report["mean_relative"] == (pytest.approx(sum(relatives) / len(relatives)) if relatives else None)
     assert 0 <= report["dense_score"] <= 100 and 0 <= report["roe_score"] <= 100
@@ -125,8 +165,9 @@ def test_lora_stage2_saves_a_peft_adapter_and_eval_reloads_it(project):
 
     from dmole.stages.models.registry import load_family
 
-    result = route_train(project, RouteTrainOptions(**OPTIONS | {"epochs": 1, "stage2_mode": "lora"},
-                                                    lora_lr=1e-2, backbone_lr=1e-2))
+    result = route_train(
+        project, RouteTrainOptions(**OPTIONS | {"epochs": 1, "stage2_mode": "lora"}, lora_lr=1e-2, backbone_lr=1e-2)
+    )
     version = result.version
     with safe_open(str(version.file("backbone.safetensors")), framework="pt") as handle:
         names = set(handle.keys())
@@ -144,8 +185,7 @@ def test_lora_stage2_saves_a_peft_adapter_and_eval_reloads_it(project):
 
 
 def test_full_stage2_saves_the_backbone_and_reports_base_and_dense(project):
-    result = route_train(project, RouteTrainOptions(**OPTIONS | {"epochs": 1, "stage2_mode": "full"},
-                                                    backbone_lr=1e-2))
+    result = route_train(project, RouteTrainOptions(**OPTIONS | {"epochs": 1, "stage2_mode": "full"}, backbone_lr=1e-2))
     report = json.loads(result.version.file("roe_report.json").read_text())
     with safe_open(str(result.version.file("backbone.safetensors")), framework="pt") as handle:
         names = set(handle.keys())
@@ -169,13 +209,15 @@ def test_accumulated_steps_train_what_the_large_batch_trains(project, monkeypatc
 
     sizes: list[int] = []
     cut = loop.micro_batches
-    monkeypatch.setattr(loop, "micro_batches", lambda indices, n: sizes.extend(
-        len(m) for m in cut(indices, n)) or cut(indices, n))
+    monkeypatch.setattr(
+        loop, "micro_batches", lambda indices, n: sizes.extend(len(m) for m in cut(indices, n)) or cut(indices, n)
+    )
     results = []
     for n in (1, 2):
         sizes.clear()
-        results.append(route_train(project, RouteTrainOptions(**OPTIONS | {"epochs": 1, "stage2_mode": "full",
-                                                                           "grad_accum": n})))
+        results.append(
+            route_train(project, RouteTrainOptions(**OPTIONS | {"epochs": 1, "stage2_mode": "full", "grad_accum": n}))
+        )
         assert set(sizes) == {4 // n}  # the micro-batches the loop ran
     for name in ("roe_weights.safetensors", "backbone.safetensors"):
         one, two = (load_file(r.version.file(name)) for r in results)

@@ -19,8 +19,19 @@ from dmole.stages.roe.schedule import ScheduleState, random_skip_bias
 from dmole.stages.roe.segments import ImageTokens, training_segments
 from dmole.stages.roe.weights import load_roe, save_roe
 
-SIZE = TinySize(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
-                vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
+SIZE = TinySize(
+    lm_layers=4,
+    lm_hidden=64,
+    lm_heads=2,
+    lm_kv_heads=1,
+    lm_intermediate=128,
+    vision_layers=1,
+    vision_hidden=32,
+    vision_heads=1,
+    vision_intermediate=64,
+    image_size=16,
+    patch_size=8,
+)
 PROMPTS = ["what colour is it?", "a much longer question about the shape in the picture", "hi"]
 
 
@@ -63,8 +74,13 @@ def _slots_inside_the_sequence(adapter, attachment, lm_inputs: dict, plan: Routi
     positions = lm_inputs["position_ids"]
     positions = torch.cat([positions.new_zeros(*positions.shape[:-1], 2), positions], dim=-1)
     with torch.no_grad():
-        out = adapter.lm_body(inputs_embeds=torch.cat([slots, embeds], 1), attention_mask=mask,
-                              position_ids=positions, use_cache=False, output_hidden_states=True)
+        out = adapter.lm_body(
+            inputs_embeds=torch.cat([slots, embeds], 1),
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=False,
+            output_hidden_states=True,
+        )
     return [h[:, :2] for h in out.hidden_states]
 
 
@@ -72,8 +88,9 @@ def test_slots_beside_the_sequence_equal_slots_inside_it_and_decide_from_the_las
     adapter, attachment, images = tokens
     routable = attachment.modules.shape.routable
     lm_inputs, hook = _capture_lm_inputs(adapter)
-    plan = generate_with_roe(adapter, images, PROMPTS, max_new_tokens=2,
-                             forced={l: torch.zeros(3, dtype=torch.bool) for l in routable}).plan
+    plan = generate_with_roe(
+        adapter, images, PROMPTS, max_new_tokens=2, forced={l: torch.zeros(3, dtype=torch.bool) for l in routable}
+    ).plan
     hook.remove()
     reference = _slots_inside_the_sequence(adapter, attachment, lm_inputs["kwargs"], plan)
     layers = adapter.language_layers()
@@ -90,8 +107,9 @@ def test_slots_never_change_a_real_token(tokens):
     routable = attachment.modules.shape.routable
     inputs = adapter.generation_batch(images, PROMPTS)
     with torch.no_grad():
-        dense = adapter.model.generate(**inputs, max_new_tokens=4, do_sample=False,
-                                       pad_token_id=adapter.tokenizer.pad_token_id)
+        dense = adapter.model.generate(
+            **inputs, max_new_tokens=4, do_sample=False, pad_token_id=adapter.tokenizer.pad_token_id
+        )
         dense_logits = adapter.model(**inputs).logits
     forced = {l: torch.zeros(3, dtype=torch.bool) for l in routable}
     routed = generate_with_roe(adapter, images, PROMPTS, max_new_tokens=4, forced=forced)
@@ -102,11 +120,17 @@ def test_slots_never_change_a_real_token(tokens):
 
 
 def _training_batch(adapter, images):
-    examples = [ChatExample(images[0], [("<image>\nwhat colour?", "red"), ("and the shape?", "a square")]),
-                ChatExample(images[1], [("<image>\nname the colour", "navy")])]
+    examples = [
+        ChatExample(images[0], [("<image>\nwhat colour?", "red"), ("and the shape?", "a square")]),
+        ChatExample(images[1], [("<image>\nname the colour", "navy")]),
+    ]
     batch = adapter.train_batch(examples)
     labels = batch.pop("labels")
-    return batch, labels, training_segments(batch["input_ids"], labels, batch["attention_mask"], ImageTokens.of(adapter))
+    return (
+        batch,
+        labels,
+        training_segments(batch["input_ids"], labels, batch["attention_mask"], ImageTokens.of(adapter)),
+    )
 
 
 def test_tokens_train_from_stage_one_and_executing_everything_is_the_dense_model(tokens):
@@ -114,9 +138,11 @@ def test_tokens_train_from_stage_one_and_executing_everything_is_the_dense_model
     batch, labels, segments = _training_batch(adapter, images)
     with torch.no_grad():
         dense = adapter.model(**batch).logits
-    runs = {"stage 0": ScheduleState(stage=0, beta=random_skip_bias(0.3)),
-            "stage 1": ScheduleState(stage=1, tau=1.0, beta=0.0),
-            "all execute": ScheduleState(stage=1, tau=1.0, beta=1e9)}
+    runs = {
+        "stage 0": ScheduleState(stage=0, beta=random_skip_bias(0.3)),
+        "stage 1": ScheduleState(stage=1, tau=1.0, beta=0.0),
+        "all execute": ScheduleState(stage=1, tau=1.0, beta=1e9),
+    }
     grads, logits = {}, {}
     for name, schedule in runs.items():
         attachment.modules.zero_grad(set_to_none=True)

@@ -17,8 +17,19 @@ from dmole.stages.roe.plan import TrainingRouting, routing
 from dmole.stages.roe.schedule import ScheduleState, random_skip_bias
 from dmole.stages.roe.segments import ImageTokens, training_segments
 
-SIZE = TinySize(lm_layers=4, lm_hidden=64, lm_heads=2, lm_kv_heads=1, lm_intermediate=128, vision_layers=1,
-                vision_hidden=32, vision_heads=1, vision_intermediate=64, image_size=16, patch_size=8)
+SIZE = TinySize(
+    lm_layers=4,
+    lm_hidden=64,
+    lm_heads=2,
+    lm_kv_heads=1,
+    lm_intermediate=128,
+    vision_layers=1,
+    vision_hidden=32,
+    vision_heads=1,
+    vision_intermediate=64,
+    image_size=16,
+    patch_size=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +39,12 @@ def setup(tmp_path_factory):
         p.requires_grad_(False)
     torch.manual_seed(0)
     attachment = attach(adapter, RoEModules(roe_shape(adapter, [0])))
-    examples = [ChatExample(Image.new("RGB", (16, 16), "red"), [("<image>\nwhat colour?", "red"),
-                                                                  ("and the shape?", "a square")]),
-                ChatExample(Image.new("RGB", (16, 16), "blue"), [("<image>\nname the colour", "blue")])]
+    examples = [
+        ChatExample(
+            Image.new("RGB", (16, 16), "red"), [("<image>\nwhat colour?", "red"), ("and the shape?", "a square")]
+        ),
+        ChatExample(Image.new("RGB", (16, 16), "blue"), [("<image>\nname the colour", "blue")]),
+    ]
     batch = adapter.train_batch(examples)
     labels = batch.pop("labels")
     segments = training_segments(batch["input_ids"], labels, batch["attention_mask"], ImageTokens.of(adapter))
@@ -66,8 +80,10 @@ def test_stage0_skips_at_random_and_gives_no_router_gradient(setup):
 def test_later_stages_train_the_router_through_the_mixture(setup):
     _, attachment, *_ = setup
     ctx, _ = _forward(setup, ScheduleState(stage=1, tau=1.0, beta=0.2))
-    assert all(layer.router.weight.grad is not None and layer.router.weight.grad.abs().sum() > 0
-               for layer in attachment.modules.layers.values())
+    assert all(
+        layer.router.weight.grad is not None and layer.router.weight.grad.abs().sum() > 0
+        for layer in attachment.modules.layers.values()
+    )
     assert 0 < float(ctx.soft_skip().detach().mean()) < 1
 
 
@@ -91,7 +107,8 @@ def test_stage0_draws_follow_the_sample_not_its_batch_or_process(setup):
 
     def draws(keys, step=3, layer=1, seed=0):
         return TrainingRouting(segments, ScheduleState(stage=0, step=step), keys=keys, seed=seed).draw(
-            layer, (len(keys), 2, 2), cpu)
+            layer, (len(keys), 2, 2), cpu
+        )
 
     both, swapped = draws([5, 9]), draws([9, 5])
     assert torch.equal(both[0], swapped[1]) and torch.equal(both[1], swapped[0])

@@ -36,8 +36,9 @@ ENV = {"python": "3.x", "seed": 0}
 
 def commit(ws, stage, task, files, config=None, inputs=(), meta=None):
     """Write one version holding `files` (name -> bytes) and return it."""
-    with ws.writer(stage, task, config=config or {"k": 1}, inputs=list(inputs),
-                   environment=ENV, toolkit_version="0.1.0") as w:
+    with ws.writer(
+        stage, task, config=config or {"k": 1}, inputs=list(inputs), environment=ENV, toolkit_version="0.1.0"
+    ) as w:
         for name, data in files.items():
             w.path(name).write_bytes(data)
         w.meta.update(meta or {})
@@ -51,8 +52,15 @@ def test_commit_v1_then_v2_moves_latest_and_records_manifest(tmp_path):
     assert (v1.number, (tmp_path / "embed/caption/LATEST").read_text().strip()) == (1, "1")
 
     data = b"two" * 1000
-    v2 = commit(ws, "embed", "caption", {"a.bin": data, "adapter/w.safetensors": b"w"},
-                config={"dim": 8}, inputs=[up.ref()], meta={"rows": 3})
+    v2 = commit(
+        ws,
+        "embed",
+        "caption",
+        {"a.bin": data, "adapter/w.safetensors": b"w"},
+        config={"dim": 8},
+        inputs=[up.ref()],
+        meta={"rows": 3},
+    )
     assert v2.number == 2 and v2.path == tmp_path / "embed/caption/v2"
     assert ws.latest("embed", "caption") == v2
     assert [v.number for v in ws.versions("embed", "caption")] == [1, 2]
@@ -119,7 +127,9 @@ def test_crash_leftovers_are_ignored_and_latest_falls_back(tmp_path):
 def test_missing_artifacts(tmp_path):
     ws = Workspace(tmp_path / "nowhere")
     assert ws.latest("embed", "caption") is None and ws.all_latest() == []
-    with pytest.raises(MissingArtifact, match=r"^no 'embed' artifact for task 'caption' \(run `dmole embed --task caption` first\)$"):
+    with pytest.raises(
+        MissingArtifact, match=r"^no 'embed' artifact for task 'caption' \(run `dmole embed --task caption` first\)$"
+    ):
         ws.require("embed", "caption", hint="dmole embed --task caption")
     with pytest.raises(MissingArtifact):
         ws.version("embed", "caption", 1)
@@ -191,17 +201,25 @@ def test_tampered_output(tmp_path):
 def test_lock_held_by_another_process(tmp_path):
     ws = Workspace(tmp_path)
     child = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys; from dmole.artifacts import Workspace\n"
-         f"with Workspace({str(tmp_path)!r}).lock('embed', 'caption'):\n"
-         "    print('locked', flush=True); sys.stdin.read()"],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from dmole.artifacts import Workspace\n"
+            f"with Workspace({str(tmp_path)!r}).lock('embed', 'caption'):\n"
+            "    print('locked', flush=True); sys.stdin.read()",
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout.readline().strip() == "locked"
-        with pytest.raises(LockedError, match=rf"embed/caption is being written by another process \(pid {child.pid}\)"):
-            with ws.lock("embed", "caption"):
-                pass
+        with (
+            pytest.raises(LockedError, match=rf"embed/caption is being written by another process \(pid {child.pid}\)"),
+            ws.lock("embed", "caption"),
+        ):
+            pass
         with pytest.raises(LockedError):
             commit(ws, "embed", "caption", {"a": b"1"})
         with ws.lock("embed", "vqa"):  # another task is independent
@@ -215,10 +233,8 @@ def test_lock_held_by_another_process(tmp_path):
 
 def test_lock_is_exclusive_within_a_process_too(tmp_path):
     ws = Workspace(tmp_path)
-    with ws.lock("embed", "caption"):
-        with pytest.raises(LockedError):
-            with ws.lock("embed", "caption"):
-                pass
+    with ws.lock("embed", "caption"), pytest.raises(LockedError), ws.lock("embed", "caption"):
+        pass
     with ws.lock("embed", "caption"):
         pass
 
@@ -266,8 +282,11 @@ def test_json_helpers(tmp_path):
 def test_parquet_round_trip(tmp_path):
     emb = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
     path = tmp_path / "emb.parquet"
-    write_parquet(path, {"id": ["a", "b", "c", "d", "e"], "emb": fixed_size_float_list(emb)},
-                  metadata={"model": "tiny", "dim": "3"})
+    write_parquet(
+        path,
+        {"id": ["a", "b", "c", "d", "e"], "emb": fixed_size_float_list(emb)},
+        metadata={"model": "tiny", "dim": "3"},
+    )
     table = read_parquet(path)
     assert table.column("id").to_pylist() == ["a", "b", "c", "d", "e"]
     assert table.schema.field("emb").type == pa.list_(pa.float32(), 3)
@@ -292,35 +311,42 @@ def test_corrupt_parquet_is_an_artifact_error(tmp_path):
 
 
 def test_import_is_light():
-    code = ("import sys, dmole.artifacts, dmole.artifacts.io; "
-            "print(sorted(m for m in ('torch', 'transformers', 'pyarrow', 'numpy', 'dmole.stages', 'dmole.cli') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, dmole.artifacts, dmole.artifacts.io; "
+        "print(sorted(m for m in ('torch', 'transformers', 'pyarrow', 'numpy', 'dmole.stages', 'dmole.cli') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def _set(path, value):
     """An edit of a manifest: ``path`` of keys and indices set to ``value``."""
+
     def edit(m):
         *parents, last = path
         for key in parents:
             m = m[key]
         m[last] = value
+
     return edit
 
 
-@pytest.mark.parametrize("edit, problem", [
-    (_set(("outputs", 0, "bytes"), "3"), "outputs[0].bytes is not an int"),
-    (_set(("outputs", 0, "bytes"), True), "outputs[0].bytes is not an int"),
-    (_set(("outputs",), {"a.bin": 3}), "outputs is not a list"),
-    (_set(("outputs", 0, "path"), "../../workspace.json"), "is not a file of the version folder"),
-    (_set(("outputs", 0, "path"), "/etc/hostname"), "is not a file of the version folder"),
-    (_set(("inputs",), [{"stage": "embed"}]), "inputs[0].task is missing"),
-    (_set(("created",), 20260101), "created is not a str"),
-    (_set(("summary",), None), "summary is not a dict"),
-    (_set(("version",), 1), "it names schema 1, embed/caption v1"),
-    (lambda m: m.pop("config_hash"), "no field 'config_hash'"),
-])
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (_set(("outputs", 0, "bytes"), "3"), "outputs[0].bytes is not an int"),
+        (_set(("outputs", 0, "bytes"), True), "outputs[0].bytes is not an int"),
+        (_set(("outputs",), {"a.bin": 3}), "outputs is not a list"),
+        (_set(("outputs", 0, "path"), "../../workspace.json"), "is not a file of the version folder"),
+        (_set(("outputs", 0, "path"), "/etc/hostname"), "is not a file of the version folder"),
+        (_set(("inputs",), [{"stage": "embed"}]), "inputs[0].task is missing"),
+        (_set(("created",), 20260101), "created is not a str"),
+        (_set(("summary",), None), "summary is not a dict"),
+        (_set(("version",), 1), "it names schema 1, embed/caption v1"),
+        (lambda m: m.pop("config_hash"), "no field 'config_hash'"),
+    ],
+)
 def test_a_hand_edited_manifest_is_tampered_and_no_version(tmp_path, edit, problem):
     ws = Workspace(tmp_path)
     v1 = commit(ws, "embed", "caption", {"a.bin": b"one"})
@@ -341,5 +367,4 @@ def test_an_unreadable_manifest_is_tampered_and_a_missing_one_is_no_version(tmp_
     (tmp_path / "embed/caption/v2").mkdir()
     (tmp_path / "embed/caption/v3").mkdir()
     (tmp_path / "embed/caption/v3/manifest.json").write_bytes(b"\xff{")
-    assert ws.tampered("embed", "caption") == [(3, tmp_path / "embed/caption/v3",
-                                                "manifest.json is not readable JSON")]
+    assert ws.tampered("embed", "caption") == [(3, tmp_path / "embed/caption/v3", "manifest.json is not readable JSON")]

@@ -26,24 +26,31 @@ def test_a_grid_is_read_as_the_method_s_hyperparameters():
 
 def test_selection_weighs_every_task_alike_whatever_its_scale():
     """Task a is CIDEr-like (hundreds), task b accuracy: the value that keeps b wins, though a's Last is higher."""
-    points = [{"validation": {"last_row": {"a": 600.0, "b": 10.0}}},
-              {"validation": {"last_row": {"a": 500.0, "b": 90.0}}},
-              {"validation": {"last_row": {"a": 500.0, "b": 90.0}}}]
-    assert relative_scores(points, "validation") == pytest.approx([(1 + 10 / 90) / 2, (500 / 600 + 1) / 2,
-                                                                   (500 / 600 + 1) / 2])
+    points = [
+        {"validation": {"last_row": {"a": 600.0, "b": 10.0}}},
+        {"validation": {"last_row": {"a": 500.0, "b": 90.0}}},
+        {"validation": {"last_row": {"a": 500.0, "b": 90.0}}},
+    ]
+    assert relative_scores(points, "validation") == pytest.approx(
+        [(1 + 10 / 90) / 2, (500 / 600 + 1) / 2, (500 / 600 + 1) / 2]
+    )
     assert selected_index(points) == 1  # the tie goes to the earlier value
 
 
 def test_a_sweep_selects_on_validation_and_leaves_the_workspace_s_own_runs_alone(micro_bench, tmp_path):
+    from conftest import MICRO_STAGES
     from dmole.stages.init import create_workspace
     from dmole.stages.project import Project
     from dmole.stages.sweep import sweep
 
-    from conftest import MICRO_STAGES
-
     root = tmp_path / "ws"
-    create_workspace(root, model=micro_bench / "base-model", data=micro_bench / "data",
-                     tasks=["color-vqa", "shape-choice"], stages=MICRO_STAGES)
+    create_workspace(
+        root,
+        model=micro_bench / "base-model",
+        data=micro_bench / "data",
+        tasks=["color-vqa", "shape-choice"],
+        stages=MICRO_STAGES,
+    )
     project = Project.open(root)
     result = sweep(project, {"method": "lwf-lora", "grid": "weight=0,100"})
     swept = json.loads(result.version.file(SWEEP.files.result).read_text())
@@ -62,8 +69,9 @@ def test_a_sweep_needs_validation_sets(make_project):
     from dmole.stages.sweep import sweep
 
     project = make_project()
-    config = project.config.model_copy(update={"tasks": [t.model_copy(update={"val": None})
-                                                          for t in project.config.tasks]})
+    config = project.config.model_copy(
+        update={"tasks": [t.model_copy(update={"val": None}) for t in project.config.tasks]}
+    )
     write_workspace(project.root, config)
     with pytest.raises(UserError, match="has no validation set"):
         sweep(Project.open(project.root), {"method": "lwf-lora"})
@@ -74,9 +82,16 @@ def test_the_selected_value_is_validation_s_choice_even_where_test_prefers_anoth
 
     def fake_point(project, folder, method, hyper, progress):
         good = hyper["weight"] == 10  # validation prefers 10, test prefers 1
-        return {"test": {"last": 0.0, "avg_seen": 0.0, "bwt": 0.0, "matrix": [],
-                         "last_row": {"color-vqa": 10.0 if good else 90.0}},
-                "validation": {"last_row": {"color-vqa": 90.0 if good else 10.0}}}
+        return {
+            "test": {
+                "last": 0.0,
+                "avg_seen": 0.0,
+                "bwt": 0.0,
+                "matrix": [],
+                "last_row": {"color-vqa": 10.0 if good else 90.0},
+            },
+            "validation": {"last_row": {"color-vqa": 90.0 if good else 10.0}},
+        }
 
     monkeypatch.setattr(module, "_run_point", fake_point)
     result = module.sweep(make_project(), {"method": "lwf-lora", "grid": "weight=1,10"})
@@ -91,9 +106,16 @@ def test_the_report_s_sweep_table_lists_every_value_and_marks_the_selected_one(m
     def fake_point(project, folder, method, hyper, progress):
         weight = hyper["weight"]
         names = project.config.task_names
-        return {"test": {"last": 10.0 * weight, "avg_seen": 5.0 * weight, "bwt": -weight, "matrix": [],
-                         "last_row": {n: 10.0 * weight for n in names}},
-                "validation": {"last_row": {n: 90.0 if weight == 2 else 10.0 for n in names}}}
+        return {
+            "test": {
+                "last": 10.0 * weight,
+                "avg_seen": 5.0 * weight,
+                "bwt": -weight,
+                "matrix": [],
+                "last_row": {n: 10.0 * weight for n in names},
+            },
+            "validation": {"last_row": {n: 90.0 if weight == 2 else 10.0 for n in names}},
+        }
 
     monkeypatch.setattr(module, "_run_point", fake_point)
     project = make_project()
@@ -103,8 +125,7 @@ def test_the_report_s_sweep_table_lists_every_value_and_marks_the_selected_one(m
     assert used == [version]
     lines = sweeps.table(data)
     header = next(line for line in lines if line.startswith("| method"))
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines
-             if line.startswith("| lwf-lora")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| lwf-lora")]
     columns = [c.strip() for c in header.strip("|").split("|")]
     rows = [dict(zip(columns, row)) for row in cells]
     assert [r["value"] for r in rows] == ["weight=1", "weight=2", "weight=3"]

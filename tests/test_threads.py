@@ -34,16 +34,33 @@ def test_a_mismatch_is_one_line_naming_both_counts():
 
 
 def _busy(seconds: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", f"import time\nend = time.time() + {seconds}\n"
-                             "while time.time() < end: pass"])
+    return subprocess.Popen(
+        [sys.executable, "-c", f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass"]
+    )
 
 
 def _train(workspace: Path, env: dict) -> tuple[int, bytes]:
     """The thread count train-task recorded, and the bytes of the weights it wrote."""
     import json
 
-    subprocess.run([sys.executable, "-m", "dmole.cli", "train-task", "--task", "shape-caption", "--method", "seq-lora",
-                    "-q", "--workspace", str(workspace)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dmole.cli",
+            "train-task",
+            "--task",
+            "shape-caption",
+            "--method",
+            "seq-lora",
+            "-q",
+            "--workspace",
+            str(workspace),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     version = workspace / "seq-lora.train-task" / "shape-caption" / "v1"
     threads_used = json.loads((version / "manifest.json").read_text())["environment"]["cpu_threads"]
     return threads_used, b"".join(p.read_bytes() for p in sorted(version.rglob("*.safetensors")))
@@ -70,10 +87,10 @@ def test_training_beside_a_competing_load_gives_the_same_bytes(make_project, tmp
 
 
 def test_a_stage_says_when_its_inputs_used_another_thread_count(make_project, monkeypatch):
+    import torch
+
     from dmole.stages.embed import embed
     from dmole.stages.fit_router import fit_router
-
-    import torch
 
     project = make_project()
     monkeypatch.setenv("DMOLE_THREADS", "1")

@@ -50,21 +50,27 @@ CHOICE_EVAL_BATCH = 8  # eval/vqa/evaluate_multi_choice.py: --batch-size default
 CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."  # eval/caption/evaluate_caption.py
 # eval/refcoco/evaluate_grounding.py: prompt = "Please provide ... <ref>{}</ref>", and for skvg_test
 # prompt = "Based on the knowledge {}.\n" + prompt, formatted with (knowledge, sent).
-SKVG_PROMPT = ("Based on the knowledge {knowledge}.\n"
-               "Please provide the bounding box coordinate of the region this sentence describes: <ref>{sent}</ref>")
+SKVG_PROMPT = (
+    "Based on the knowledge {knowledge}.\n"
+    "Please provide the bounding box coordinate of the region this sentence describes: <ref>{sent}</ref>"
+)
 # eval/vqa/evaluate_multi_choice.py: question + "\n" + "A. c1\nB. c2..." + "\n" + prompt.
 CHOICE_PROMPT = "{question}\n{choices}\nAnswer with the option's letter from the given choices directly."
 # eval/vqa/evaluate_vqa.py: question + " " + base_prompt (ocrvqa_val, kvqa_test).
 SHORT_PROMPT = "{question} Answer the question using a single word or phrase."
 # eval/vqa/evaluate_vqa.py: question + " " + vizwiz_prompt + base_prompt ("vizwiz" in the dataset name).
-VIZWIZ_PROMPT = ("{question} When the provided information is insufficient, respond with 'Unanswerable'. "
-                 "Answer the question using a single word or phrase.")
+VIZWIZ_PROMPT = (
+    "{question} When the provided information is insufficient, respond with 'Unanswerable'. "
+    "Answer the question using a single word or phrase."
+)
 
 
 def _reference(per_device: int, epochs: int, length: int, meta: str, evaluation: str) -> str:
-    return (f"reference: {epochs} epoch(s), per-device batch {per_device} x {REFERENCE_GPUS} GPUs = global "
-            f"{per_device * REFERENCE_GPUS} (scripts/train/dmole.sh); {length:,} training samples ({meta}); "
-            f"evaluation {evaluation} (evaluate.sh)")
+    return (
+        f"reference: {epochs} epoch(s), per-device batch {per_device} x {REFERENCE_GPUS} GPUs = global "
+        f"{per_device * REFERENCE_GPUS} (scripts/train/dmole.sh); {length:,} training samples ({meta}); "
+        f"evaluation {evaluation} (evaluate.sh)"
+    )
 
 
 DMOLE_TASKS: tuple[TaskSpec, ...] = (
@@ -75,13 +81,15 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         eval="data/vizwiz-caption/val.json",  # evaluate_caption.py ds_collections["vizwiz-caption-val"]
         eval_image_root="data/vizwiz-caption/images/val",  # evaluate_caption.py: its "root"
         prompt=CAPTION_PROMPT,
-        max_new_tokens=30, min_new_tokens=8,  # evaluate_caption.py ds_collections["vizwiz-caption-val"]
-        epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "vizwiz_caption:...:10:1"
+        max_new_tokens=30,
+        min_new_tokens=8,  # evaluate_caption.py ds_collections["vizwiz-caption-val"]
+        epochs=1,
+        batch_size=10 * REFERENCE_GPUS,  # dmole.sh "vizwiz_caption:...:10:1"
         vote_size=10,  # the per-device batch each training vote is taken over
         eval_batch_size=CAPTION_EVAL_BATCH,
         repeat=1,  # shell/dmole/vizwiz_caption.json "repeat_time"
-        description="VizWiz-Captions, val split, CIDEr. " + _reference(
-            10, 1, 117_155, "shell/dmole/vizwiz_caption.json", "caption-vizwiz-val"),
+        description="VizWiz-Captions, val split, CIDEr. "
+        + _reference(10, 1, 117_155, "shell/dmole/vizwiz_caption.json", "caption-vizwiz-val"),
     ),
     TaskSpec(
         name="skvg",  # dmole.sh task "skvg"
@@ -89,13 +97,15 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         train="data/sk-vg/train.jsonl",  # shell/dmole/skvg.json "annotation"
         eval="data/sk-vg/test.jsonl",  # evaluate_grounding.py ds_collections["skvg_test"]
         prompt=SKVG_PROMPT,  # evaluate_grounding.py evaluate_chat_model()
-        max_new_tokens=100, min_new_tokens=1,  # evaluate_grounding.py generation_config
-        epochs=5, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "skvg:...:10:5"
+        max_new_tokens=100,
+        min_new_tokens=1,  # evaluate_grounding.py generation_config
+        epochs=5,
+        batch_size=10 * REFERENCE_GPUS,  # dmole.sh "skvg:...:10:5"
         vote_size=10,  # the per-device batch each training vote is taken over
         eval_batch_size=GROUNDING_EVAL_BATCH,
         repeat=1,  # shell/dmole/skvg.json "repeat_time"
-        description="SK-VG (knowledge-based visual grounding), test split, P@IoU0.5. " + _reference(
-            10, 5, 23_404, "shell/dmole/skvg.json", "grouding-skvg-test"),
+        description="SK-VG (knowledge-based visual grounding), test split, P@IoU0.5. "
+        + _reference(10, 5, 23_404, "shell/dmole/skvg.json", "grouding-skvg-test"),
     ),
     TaskSpec(
         name="textcaps",  # dmole.sh task "textcaps"
@@ -104,13 +114,15 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         eval="data/textcaps/val.json",  # evaluate_caption.py ds_collections["textcaps-val"]
         eval_image_root="data/textcaps/images",  # evaluate_caption.py: its "root"
         prompt=CAPTION_PROMPT,
-        max_new_tokens=30, min_new_tokens=8,  # evaluate_caption.py ds_collections["textcaps-val"]
-        epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "textcaps:...:10:1"
+        max_new_tokens=30,
+        min_new_tokens=8,  # evaluate_caption.py ds_collections["textcaps-val"]
+        epochs=1,
+        batch_size=10 * REFERENCE_GPUS,  # dmole.sh "textcaps:...:10:1"
         vote_size=10,  # the per-device batch each training vote is taken over
         eval_batch_size=CAPTION_EVAL_BATCH,
         repeat=1,  # shell/dmole/textcaps.json "repeat_time"
-        description="TextCaps, val split, CIDEr. " + _reference(
-            10, 1, 109_765, "shell/dmole/textcaps.json", "caption-textcaps-val"),
+        description="TextCaps, val split, CIDEr. "
+        + _reference(10, 1, 109_765, "shell/dmole/textcaps.json", "caption-textcaps-val"),
     ),
     TaskSpec(
         name="iconqa",  # dmole.sh task "iconqa"
@@ -118,14 +130,16 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         train="data/iconqa/multi_text_choice_train.jsonl",  # shell/dmole/iconqa.json "annotation"
         eval="data/iconqa/multi_text_choice_test.jsonl",  # evaluate_multi_choice.py ds_collections["iconqa_test"]
         prompt=CHOICE_PROMPT,
-        max_new_tokens=10, min_new_tokens=1,  # evaluate_multi_choice.py ds_collections["iconqa_test"]
-        epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "iconqa:...:10:1"
+        max_new_tokens=10,
+        min_new_tokens=1,  # evaluate_multi_choice.py ds_collections["iconqa_test"]
+        epochs=1,
+        batch_size=10 * REFERENCE_GPUS,  # dmole.sh "iconqa:...:10:1"
         vote_size=10,  # the per-device batch each training vote is taken over
         eval_batch_size=CHOICE_EVAL_BATCH,
         repeat=5,  # shell/dmole/iconqa.json "repeat_time": 5
         description="IconQA (multiple-text-choice), test split, letter accuracy; the training set is repeated "
-                    "5 times per epoch (shell/dmole/iconqa.json repeat_time). " + _reference(
-                        10, 1, 18_946, "shell/dmole/iconqa.json", "vqa-iconqa-test"),
+        "5 times per epoch (shell/dmole/iconqa.json repeat_time). "
+        + _reference(10, 1, 18_946, "shell/dmole/iconqa.json", "vqa-iconqa-test"),
     ),
     TaskSpec(
         name="ocrvqa",  # dmole.sh task "ocrvqa"
@@ -135,12 +149,13 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         prompt=SHORT_PROMPT,
         max_new_tokens=100,  # evaluate_vqa.py ds_collections["ocrvqa_val"]
         min_new_tokens=1,  # evaluate_vqa.py generation_config
-        epochs=1, batch_size=8 * REFERENCE_GPUS,  # dmole.sh "ocrvqa:...:8:1"
+        epochs=1,
+        batch_size=8 * REFERENCE_GPUS,  # dmole.sh "ocrvqa:...:8:1"
         vote_size=8,  # the per-device batch each training vote is taken over
         eval_batch_size=VQA_EVAL_BATCH,
         repeat=1,  # shell/dmole/ocrvqa.json "repeat_time"
-        description="OCR-VQA, val split, exact match. " + _reference(
-            8, 1, 166_043, "shell/dmole/ocrvqa.json", "vqa-ocrvqa-val"),
+        description="OCR-VQA, val split, exact match. "
+        + _reference(8, 1, 166_043, "shell/dmole/ocrvqa.json", "vqa-ocrvqa-val"),
     ),
     TaskSpec(
         name="flickr30k",  # dmole.sh task "flickr30k"
@@ -149,13 +164,15 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         eval="data/flickr30k/flickr30k_test_karpathy.json",  # evaluate_caption.py ds_collections["flickr30k"]
         eval_image_root="data/flickr30k",  # evaluate_caption.py: its "root" ("data/flickr30k/")
         prompt=CAPTION_PROMPT,
-        max_new_tokens=30, min_new_tokens=8,  # evaluate_caption.py ds_collections["flickr30k"]
-        epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "flickr30k:...:10:1"
+        max_new_tokens=30,
+        min_new_tokens=8,  # evaluate_caption.py ds_collections["flickr30k"]
+        epochs=1,
+        batch_size=10 * REFERENCE_GPUS,  # dmole.sh "flickr30k:...:10:1"
         vote_size=10,  # the per-device batch each training vote is taken over
         eval_batch_size=CAPTION_EVAL_BATCH,
         repeat=1,  # shell/dmole/flickr30k.json "repeat_time"
-        description="Flickr30k, Karpathy test split, CIDEr. " + _reference(
-            10, 1, 145_000, "shell/dmole/flickr30k.json", "caption-flickr30k"),
+        description="Flickr30k, Karpathy test split, CIDEr. "
+        + _reference(10, 1, 145_000, "shell/dmole/flickr30k.json", "caption-flickr30k"),
     ),
     TaskSpec(
         name="vizwiz",  # dmole.sh task "vizwiz"
@@ -168,12 +185,13 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         prompt=VIZWIZ_PROMPT,
         max_new_tokens=10,  # evaluate_vqa.py ds_collections["vizwiz_val"]
         min_new_tokens=1,  # evaluate_vqa.py generation_config
-        epochs=5, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "vizwiz:...:10:5"
+        epochs=5,
+        batch_size=10 * REFERENCE_GPUS,  # dmole.sh "vizwiz:...:10:5"
         vote_size=10,  # the per-device batch each training vote is taken over
         eval_batch_size=VQA_EVAL_BATCH,
         repeat=1,  # shell/dmole/vizwiz.json "repeat_time"
-        description="VizWiz-VQA, val split, VQA accuracy (ten answers). " + _reference(
-            10, 5, 20_523, "shell/dmole/vizwiz.json", "vqa-vizwiz-val"),
+        description="VizWiz-VQA, val split, VQA accuracy (ten answers). "
+        + _reference(10, 5, 20_523, "shell/dmole/vizwiz.json", "vqa-vizwiz-val"),
     ),
     TaskSpec(
         name="kvqa",  # dmole.sh task "kvqa"
@@ -183,12 +201,13 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         prompt=SHORT_PROMPT,
         max_new_tokens=100,  # evaluate_vqa.py ds_collections["kvqa_test"]
         min_new_tokens=1,  # evaluate_vqa.py generation_config
-        epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "kvqa:...:10:1"
+        epochs=1,
+        batch_size=10 * REFERENCE_GPUS,  # dmole.sh "kvqa:...:10:1"
         vote_size=10,  # the per-device batch each training vote is taken over
         eval_batch_size=VQA_EVAL_BATCH,
         repeat=1,  # shell/dmole/kvqa.json "repeat_time"
-        description="KVQA, test split, exact match. " + _reference(
-            10, 1, 146_408, "shell/dmole/kvqa.json", "vqa-kvqa-test"),
+        description="KVQA, test split, exact match. "
+        + _reference(10, 1, 146_408, "shell/dmole/kvqa.json", "vqa-kvqa-test"),
     ),
     TaskSpec(
         name="pmcvqa",  # dmole.sh task "pmcvqa"
@@ -196,13 +215,15 @@ DMOLE_TASKS: tuple[TaskSpec, ...] = (
         train="data/pmcvqa/train.jsonl",  # shell/dmole/pmcvqa.json "annotation"
         eval="data/pmcvqa/test_clean.jsonl",  # evaluate_multi_choice.py ds_collections["pmcvqa_test_clean"]
         prompt=CHOICE_PROMPT,
-        max_new_tokens=10, min_new_tokens=1,  # evaluate_multi_choice.py ds_collections["pmcvqa_test_clean"]
-        epochs=1, batch_size=10 * REFERENCE_GPUS,  # dmole.sh "pmcvqa:...:10:1"
+        max_new_tokens=10,
+        min_new_tokens=1,  # evaluate_multi_choice.py ds_collections["pmcvqa_test_clean"]
+        epochs=1,
+        batch_size=10 * REFERENCE_GPUS,  # dmole.sh "pmcvqa:...:10:1"
         vote_size=10,  # the per-device batch each training vote is taken over
         eval_batch_size=CHOICE_EVAL_BATCH,
         repeat=1,  # shell/dmole/pmcvqa.json "repeat_time"
-        description="PMC-VQA, test_clean split, letter accuracy. " + _reference(
-            10, 1, 176_948, "shell/dmole/pmcvqa.json", "vqa-pmcvqa-test-clean"),
+        description="PMC-VQA, test_clean split, letter accuracy. "
+        + _reference(10, 1, 176_948, "shell/dmole/pmcvqa.json", "vqa-pmcvqa-test-clean"),
     ),
 )
 

@@ -17,8 +17,9 @@ from .samples import EvalSample
 FAMILIES = ("caption", "vqa10", "short", "choice", "grounding")
 
 
-def read_eval_file(family: str, path: Path, *, data_root: Path, image_root: Path,
-                   annotations: Path | None = None) -> list[EvalSample]:
+def read_eval_file(
+    family: str, path: Path, *, data_root: Path, image_root: Path, annotations: Path | None = None
+) -> list[EvalSample]:
     """Every sample of an evaluation file, validated. ``annotations`` is the VQA pair form's answers file."""
     if family not in FAMILIES:
         raise DataError(path, f"unknown metric family {family!r}; expected one of {', '.join(FAMILIES)}")
@@ -36,18 +37,29 @@ def read_eval_file(family: str, path: Path, *, data_root: Path, image_root: Path
     return samples
 
 
-def eval_records(family: str, records: Iterable[tuple[int | None, str, dict]], *, source: Path, data_root: Path,
-                 image_root: Path) -> list[EvalSample]:
+def eval_records(
+    family: str, records: Iterable[tuple[int | None, str, dict]], *, source: Path, data_root: Path, image_root: Path
+) -> list[EvalSample]:
     """Evaluation samples from ``(line, prefix, record)`` triples in the family's record form (its JSONL fields;
     for captions ``image`` and a list of ``captions``), each validated; errors name ``source`` with the line or
     the prefixed field."""
     samples, directories = [], {}
     for line, prefix, record in records:
-        image = resolve_image(data_root, image_root, record.get("image"), source=source, line=line,
-                              field=f"{prefix}image", directories=directories)
+        image = resolve_image(
+            data_root,
+            image_root,
+            record.get("image"),
+            source=source,
+            line=line,
+            field=f"{prefix}image",
+            directories=directories,
+        )
         fields, references = _RECORD_READERS[family](record, source, line, prefix)
-        samples.append(EvalSample(id=_record_id(record, line, prefix, source), image=image,
-                                  prompt_fields=fields, references=references))
+        samples.append(
+            EvalSample(
+                id=_record_id(record, line, prefix, source), image=image, prompt_fields=fields, references=references
+            )
+        )
     return samples
 
 
@@ -85,8 +97,15 @@ def _read_caption(path: Path, *, data_root: Path, image_root: Path) -> list[Eval
             raise DataError(path, "expected an object with 'id' and 'file_name'", field=where)
         # The reference's caption reader takes 'file_name', else 'image' (eval/caption/evaluate_caption.py).
         key = "file_name" if "file_name" in entry or "image" not in entry else "image"
-        image = resolve_image(data_root, image_root, entry.get(key), source=path, line=None, field=f"{where}.{key}",
-                              directories=directories)
+        image = resolve_image(
+            data_root,
+            image_root,
+            entry.get(key),
+            source=path,
+            line=None,
+            field=f"{where}.{key}",
+            directories=directories,
+        )
         references = captions.get(str(entry["id"]))
         if not references:
             raise DataError(path, f"image id {entry['id']!r} has no caption annotation", field=where)
@@ -98,8 +117,12 @@ def _ten_answers(answers: list, path: Path, line: int | None, field: str) -> lis
     """Ten annotator answers, as strings or as VQAv2 answer objects ``{"answer": str, ...}``."""
     texts = [item.get("answer") if isinstance(item, dict) else item for item in answers]
     if len(texts) != 10 or not all(isinstance(text, str) for text in texts):
-        raise DataError(path, f"expected 10 answer strings (or objects with a string 'answer'), got "
-                        f"{len(answers)} items", line=line, field=field)
+        raise DataError(
+            path,
+            f"expected 10 answer strings (or objects with a string 'answer'), got {len(answers)} items",
+            line=line,
+            field=field,
+        )
     return texts
 
 
@@ -130,15 +153,36 @@ def _read_vqa_pair(questions: Path, annotations: Path, *, data_root: Path, image
         question = _field(record, "question", str, questions, line, prefix)
         question_id = _field(record, "question_id", (str, int), questions, line, prefix)
         if "image" not in record and "image_id" in record:
-            raise DataError(questions, "missing (an image_id alone does not locate an image file; the questions "
-                            "need an 'image' path)", line=line, field=f"{prefix}image")
-        image = resolve_image(data_root, image_root, record.get("image"), source=questions, line=line,
-                              field=f"{prefix}image", directories=directories)
+            raise DataError(
+                questions,
+                "missing (an image_id alone does not locate an image file; the questions need an 'image' path)",
+                line=line,
+                field=f"{prefix}image",
+            )
+        image = resolve_image(
+            data_root,
+            image_root,
+            record.get("image"),
+            source=questions,
+            line=line,
+            field=f"{prefix}image",
+            directories=directories,
+        )
         if str(question_id) not in answers:
-            raise DataError(questions, f"question {question_id!r} has no entry in {annotations}",
-                            line=line, field=f"{prefix}question_id")
-        samples.append(EvalSample(id=str(question_id), image=image, prompt_fields={"question": question},
-                                  references={"answers": answers[str(question_id)]}))
+            raise DataError(
+                questions,
+                f"question {question_id!r} has no entry in {annotations}",
+                line=line,
+                field=f"{prefix}question_id",
+            )
+        samples.append(
+            EvalSample(
+                id=str(question_id),
+                image=image,
+                prompt_fields={"question": question},
+                references={"answers": answers[str(question_id)]},
+            )
+        )
     return samples
 
 
@@ -179,8 +223,9 @@ def _annotation_answers(path: Path) -> dict[str, list[str]]:
         question_id = _field(entry, "question_id", (str, int), path, None, f"{where}.")
         texts = _ten_answers(_field(entry, "answers", list, path, None, f"{where}."), path, None, f"{where}.answers")
         if str(question_id) in answers:
-            raise DataError(path, f"question_id {question_id!r} is annotated more than once",
-                            field=f"{where}.question_id")
+            raise DataError(
+                path, f"question_id {question_id!r} is annotated more than once", field=f"{where}.question_id"
+            )
         answers[str(question_id)] = texts
     return answers
 
@@ -198,19 +243,22 @@ def _read_choice(record: dict, path: Path, line: int | None, prefix: str) -> tup
     question = require(record, "question", str, path=path, line=line, prefix=prefix)
     choices = require(record, "choices", list, path=path, line=line, prefix=prefix)
     if not 2 <= len(choices) <= 5 or not all(isinstance(choice, str) for choice in choices):
-        raise DataError(path, f"expected 2 to 5 option strings, got {len(choices)} items", line=line,
-                        field=f"{prefix}choices")
+        raise DataError(
+            path, f"expected 2 to 5 option strings, got {len(choices)} items", line=line, field=f"{prefix}choices"
+        )
     answer = require(record, "answer", int, path=path, line=line, prefix=prefix)
     if not 0 <= answer < len(choices):
-        raise DataError(path, f"index {answer} is outside the {len(choices)} choices", line=line,
-                        field=f"{prefix}answer")
+        raise DataError(
+            path, f"index {answer} is outside the {len(choices)} choices", line=line, field=f"{prefix}answer"
+        )
     return {"question": question, "choices": choices}, {"choices": choices, "answer": answer}
 
 
 def _read_grounding(record: dict, path: Path, line: int | None, prefix: str) -> tuple[dict, dict]:
     sent = require(record, "sent", str, path=path, line=line, prefix=prefix)
-    knowledge = (require(record, "knowledge", str, path=path, line=line, prefix=prefix)
-                 if "knowledge" in record else None)
+    knowledge = (
+        require(record, "knowledge", str, path=path, line=line, prefix=prefix) if "knowledge" in record else None
+    )
     width = require(record, "width", (int, float), path=path, line=line, prefix=prefix)
     height = require(record, "height", (int, float), path=path, line=line, prefix=prefix)
     box = require(record, "bbox", list, path=path, line=line, prefix=prefix)
@@ -218,8 +266,12 @@ def _read_grounding(record: dict, path: Path, line: int | None, prefix: str) -> 
         raise DataError(path, "expected four numbers [x1, y1, x2, y2]", line=line, field=f"{prefix}bbox")
     x1, y1, x2, y2 = box
     if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
-        raise DataError(path, f"box {box} is not a well-formed box inside the {width}x{height} image",
-                        line=line, field=f"{prefix}bbox")
+        raise DataError(
+            path,
+            f"box {box} is not a well-formed box inside the {width}x{height} image",
+            line=line,
+            field=f"{prefix}bbox",
+        )
     fields = {"sent": sent} if knowledge is None else {"sent": sent, "knowledge": knowledge}
     return fields, {"bbox": [float(v) for v in box], "width": float(width), "height": float(height)}
 

@@ -25,20 +25,24 @@ def open_splits(source: Path, cache: Path) -> dict:
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its report of a damaged file is ours to make
     saved = source / "dataset_dict.json"
     if (source / "state.json").is_file() and not saved.is_file():
-        raise DataError(source, "holds one saved Dataset; save a DatasetDict with a training and an evaluation "
-                        "split (DatasetDict(train=..., test=...).save_to_disk(...))")
+        raise DataError(
+            source,
+            "holds one saved Dataset; save a DatasetDict with a training and an evaluation "
+            "split (DatasetDict(train=..., test=...).save_to_disk(...))",
+        )
     if saved.is_file():
         splits = read_json(saved)
         names = splits.get("splits") if isinstance(splits, dict) else None
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             raise DataError(saved, "expected an object with a 'splits' list of names")
-        return {name: _readable(lambda name=name: _saved_split(datasets, source / name), source / name)
-                for name in names}
+        return {
+            name: _readable(lambda name=name: _saved_split(datasets, source / name), source / name) for name in names
+        }
     if not source.is_dir() or not any(source.rglob("*.parquet")):
-        raise DataError(source, "is neither a save_to_disk folder (with dataset_dict.json) nor a folder of parquet "
-                        "shards")
-    return _readable(lambda: dict(datasets.load_dataset("parquet", data_dir=str(source), cache_dir=str(cache))),
-                     source)
+        raise DataError(
+            source, "is neither a save_to_disk folder (with dataset_dict.json) nor a folder of parquet shards"
+        )
+    return _readable(lambda: dict(datasets.load_dataset("parquet", data_dir=str(source), cache_dir=str(cache))), source)
 
 
 def _saved_split(datasets, folder: Path):
@@ -72,8 +76,9 @@ def pick_split(splits: dict, name: str | None, source: Path, role: str):
                 raise DataError(source, f"the {role} split {candidate!r} has no rows")
             return candidate, splits[candidate]
     wanted = name or " / ".join(EVAL_SPLITS)
-    raise DataError(source, f"no {role} split {wanted!r}; the dataset has {', '.join(sorted(splits))} "
-                    f"(choose with --{role}-split)")
+    raise DataError(
+        source, f"no {role} split {wanted!r}; the dataset has {', '.join(sorted(splits))} (choose with --{role}-split)"
+    )
 
 
 def raw_images(dataset, column: str, source: Path):
@@ -107,8 +112,9 @@ def image_file(value: object, source: Path, where: str) -> ImageFile:
         with Image.open(io.BytesIO(data)) as image:
             width, height, kind = image.width, image.height, (image.format or "png").lower()
     except Image.DecompressionBombError:
-        raise DataError(source, f"image is above the {MAX_IMAGE_PIXELS:,}-pixel limit (a decompression bomb?)",
-                        field=where) from None
+        raise DataError(
+            source, f"image is above the {MAX_IMAGE_PIXELS:,}-pixel limit (a decompression bomb?)", field=where
+        ) from None
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(source, f"not a readable image ({type(error).__name__})", field=where) from error
     if width * height > MAX_IMAGE_PIXELS:

@@ -12,8 +12,16 @@ from .errors import DataError
 MAX_IMAGE_PIXELS = 64_000_000
 
 
-def resolve_image(data_root: Path, image_root: Path, relative: object, *, source: Path, line: int | None,
-                  field: str = "image", directories: dict[Path, Path] | None = None) -> Path:
+def resolve_image(
+    data_root: Path,
+    image_root: Path,
+    relative: object,
+    *,
+    source: Path,
+    line: int | None,
+    field: str = "image",
+    directories: dict[Path, Path] | None = None,
+) -> Path:
     """Resolve ``relative`` under ``image_root`` and refuse anything that ends up outside ``data_root``.
 
     Symlinks and ``..`` are followed before the check, so neither can escape the root. A reader of one file
@@ -28,8 +36,9 @@ def resolve_image(data_root: Path, image_root: Path, relative: object, *, source
     root = _resolved_directory(data_root, directories)
     candidate = Path(relative)
     if candidate.is_absolute():
-        raise DataError(source, f"image path '{relative}' is absolute; paths are relative to the image root",
-                        line=line, field=field)
+        raise DataError(
+            source, f"image path '{relative}' is absolute; paths are relative to the image root", line=line, field=field
+        )
     joined = image_root / candidate
     if joined.name in ("", ".."):  # the root itself, or a climb: resolve it whole
         resolved = joined.resolve()

@@ -67,15 +67,16 @@ def read_json(path: Path) -> object:
         raise DataError(path, f"not valid JSON ({error.msg})", line=error.lineno) from error
 
 
-def require(record: dict, field: str, kind: type | tuple[type, ...], *, path: Path, line: int | None,
-            prefix: str = "") -> object:
+def require(
+    record: dict, field: str, kind: type | tuple[type, ...], *, path: Path, line: int | None, prefix: str = ""
+) -> object:
     """Return ``record[field]``, insisting it exists and has the expected type (bool is not an int); errors name
     the field after ``prefix`` (a JSON list's entry)."""
     if field not in record:
         raise DataError(path, "missing", line=line, field=prefix + field)
     value = record[field]
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         expected = " or ".join(k.__name__ for k in kinds)
         raise DataError(path, f"expected {expected}, got {type(value).__name__}", line=line, field=prefix + field)
     return value

@@ -22,11 +22,21 @@ def render_prompt(task: TaskSpec, sample: EvalSample) -> str:
     try:
         return task.eval_prompt.format_map(fields)
     except KeyError as missing:
-        hint = (" (its 'text' is the whole prompt, as LLaVA and CoIN question files write it: set the task's "
-                "prompt to \"{text}\")" if "text" in fields else "")
-        raise DataError(task.eval, f"task {task.name!r}: its prompt needs field {missing} which sample "
-                        f"{sample.id!r} does not have{hint}", field="prompt") from None
+        hint = (
+            " (its 'text' is the whole prompt, as LLaVA and CoIN question files write it: set the task's "
+            'prompt to "{text}")'
+            if "text" in fields
+            else ""
+        )
+        raise DataError(
+            task.eval,
+            f"task {task.name!r}: its prompt needs field {missing} which sample {sample.id!r} does not have{hint}",
+            field="prompt",
+        ) from None
     except (IndexError, ValueError) as error:  # "{}" or a stray brace: name the fields a template may use
-        raise DataError(task.eval, f"task {task.name!r}: the prompt is not a valid template ({error}); use named "
-                        "fields such as {question}, {choices}, {sent}, {knowledge} and double literal braces",
-                        field="prompt") from None
+        raise DataError(
+            task.eval,
+            f"task {task.name!r}: the prompt is not a valid template ({error}); use named "
+            "fields such as {question}, {choices}, {sent}, {knowledge} and double literal braces",
+            field="prompt",
+        ) from None

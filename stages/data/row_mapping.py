@@ -11,8 +11,12 @@ from ..metrics.grounding import format_box
 
 # Each family's record fields besides ``image`` (docs/data.md, "Evaluation files"); then the optional ones.
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
-    "caption": ("captions",), "vqa10": ("question", "answers"), "short": ("question", "answer"),
-    "choice": ("question", "choices", "answer"), "grounding": ("sent", "bbox")}
+    "caption": ("captions",),
+    "vqa10": ("question", "answers"),
+    "short": ("question", "answer"),
+    "choice": ("question", "choices", "answer"),
+    "grounding": ("sent", "bbox"),
+}
 OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {"grounding": ("knowledge",)}
 # The columns a field is looked for under when none is named (hub datasets' usual names).
 USUAL_COLUMNS = {"captions": ("captions", "caption"), "choices": ("choices", "options"), "id": ("question_id", "id")}
@@ -37,8 +41,10 @@ def field_columns(family: str, columns: list[str], named: dict[str, str]) -> dic
         if found is not None:
             chosen[field] = found
         elif field == "image" or field in REQUIRED_FIELDS[family]:
-            raise ConfigError(f"no column for the {family} field {field!r}; name one with --map {field}=COLUMN "
-                              f"(the dataset has {', '.join(columns)})")
+            raise ConfigError(
+                f"no column for the {family} field {field!r}; name one with --map {field}=COLUMN "
+                f"(the dataset has {', '.join(columns)})"
+            )
     return chosen
 
 
@@ -46,14 +52,17 @@ def chat_columns(columns: list[str], named: dict[str, str]) -> dict[str, str]:
     """Field -> column for a split that holds its own chat: its image and, if it has one, its id."""
     image = named.get("image", "image")
     if image not in columns:
-        raise ConfigError(f"no image column {image!r} in the training split; name one with --map image=COLUMN "
-                          f"(the split has {', '.join(columns)})")
+        raise ConfigError(
+            f"no image column {image!r} in the training split; name one with --map image=COLUMN "
+            f"(the split has {', '.join(columns)})"
+        )
     found = next((c for c in ((named["id"],) if "id" in named else USUAL_COLUMNS["id"]) if c in columns), None)
     return {"image": image} | ({"id": found} if found else {})
 
 
-def family_record(family: str, row: dict, columns: dict[str, str], image: str, size: tuple[int, int],
-                  box_format: str = "xyxy") -> dict:
+def family_record(
+    family: str, row: dict, columns: dict[str, str], image: str, size: tuple[int, int], box_format: str = "xyxy"
+) -> dict:
     """One row as the family's record, its image already written at ``image`` (``size`` its width, height).
     Values are passed on as they are except for the usual conversions (a caption string to a list, a choice given
     as a letter or as its text to its index, an xywh box to xyxy); the record readers validate the rest."""
@@ -77,7 +86,7 @@ def _choice_index(answer: object, choices: object) -> object:
     """An answer given as an option letter or as the option's text, as the index the choice reader expects."""
     if not isinstance(answer, str) or not isinstance(choices, list):
         return answer
-    if len(answer) == 1 and answer in LETTERS[:len(choices)]:
+    if len(answer) == 1 and answer in LETTERS[: len(choices)]:
         return LETTERS.index(answer)
     return choices.index(answer) if answer in choices else answer
 
@@ -111,4 +120,3 @@ def check_box_format(box_format: str) -> str:
     if box_format not in BOX_FORMATS:
         raise ConfigError(f"--bbox takes {' or '.join(BOX_FORMATS)}, got {box_format!r}")
     return box_format
-

@@ -30,16 +30,59 @@ from PIL import Image, ImageDraw
 from ..metrics.choice import format_choices, option_letters
 from ..metrics.grounding import format_box
 
-COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-          "yellow": (230, 210, 40), "purple": (140, 60, 170), "orange": (240, 140, 30)}
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
+    "purple": (140, 60, 170),
+    "orange": (240, 140, 30),
+}
 SHAPES = ("circle", "square", "triangle", "diamond")
 CORNERS = (0, 2, 6, 8)  # grounding places its shape in a corner: four boxes to learn
-POSITIONS = ("top left", "top middle", "top right", "middle left", "center", "middle right", "bottom left",
-             "bottom middle", "bottom right")
-OPPOSITES = {"up": "down", "hot": "cold", "big": "small", "fast": "slow", "open": "closed", "light": "dark",
-             "full": "empty", "old": "new"}
-COPY_WORDS = ("apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "robot", "ocean", "candle",
-              "forest", "bridge", "garden", "rocket", "silver", "window", "planet", "yellow", "summer", "mirror")
+POSITIONS = (
+    "top left",
+    "top middle",
+    "top right",
+    "middle left",
+    "center",
+    "middle right",
+    "bottom left",
+    "bottom middle",
+    "bottom right",
+)
+OPPOSITES = {
+    "up": "down",
+    "hot": "cold",
+    "big": "small",
+    "fast": "slow",
+    "open": "closed",
+    "light": "dark",
+    "full": "empty",
+    "old": "new",
+}
+COPY_WORDS = (
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "tiger",
+    "piano",
+    "lemon",
+    "robot",
+    "ocean",
+    "candle",
+    "forest",
+    "bridge",
+    "garden",
+    "rocket",
+    "silver",
+    "window",
+    "planet",
+    "yellow",
+    "summer",
+    "mirror",
+)
 
 TASK_PROMPTS = {
     "shape-caption": "Describe the image in one sentence.",
@@ -48,8 +91,13 @@ TASK_PROMPTS = {
     "shape-choice": "{question}\n{choices}\nAnswer with the letter.",
     "locate-grounding": "Give the box of <ref>{sent}</ref>",
 }
-TASK_FAMILIES = {"shape-caption": "caption", "color-vqa": "vqa10", "opposite-short": "short",
-                 "shape-choice": "choice", "locate-grounding": "grounding"}
+TASK_FAMILIES = {
+    "shape-caption": "caption",
+    "color-vqa": "vqa10",
+    "opposite-short": "short",
+    "shape-choice": "choice",
+    "locate-grounding": "grounding",
+}
 TASK_DESCRIPTIONS = {
     "shape-caption": "caption the colour, shape and position of the object (leans on the image)",
     "color-vqa": "name the colour of the shape, ten annotator answers (image)",
@@ -57,8 +105,13 @@ TASK_DESCRIPTIONS = {
     "shape-choice": "pick the shown shape among four options (image)",
     "locate-grounding": "box the described shape in one of the four corners, 0-1000 coordinates (image)",
 }
-TASK_STYLES = {"shape-caption": "gray", "color-vqa": "dark", "opposite-short": "checker", "shape-choice": "paper",
-               "locate-grounding": "gradient"}
+TASK_STYLES = {
+    "shape-caption": "gray",
+    "color-vqa": "dark",
+    "opposite-short": "checker",
+    "shape-choice": "paper",
+    "locate-grounding": "gradient",
+}
 STYLES = ("gray", "dark", "paper", "gradient", "checker")
 # Byte-level tokens: the limits are in bytes (the longest caption is 40, a box 19, plus the end token).
 GENERATION_LIMITS = {"caption": (48, 4), "vqa10": (12, 0), "short": (12, 0), "choice": (4, 0), "grounding": (24, 0)}
@@ -107,8 +160,14 @@ def _background(style: str, image_size: int, rng: random.Random) -> np.ndarray:
     elif style == "paper":
         canvas = np.full((image_size, image_size, 3), 235.0) - noise.integers(0, 8, (image_size, image_size, 1))
     elif style == "gradient":
-        canvas = np.stack([40 + 150 * ramp[None, :].repeat(image_size, 0), 60 + 100 * ramp[:, None].repeat(image_size, 1),
-                           np.full((image_size, image_size), 160.0)], axis=2)
+        canvas = np.stack(
+            [
+                40 + 150 * ramp[None, :].repeat(image_size, 0),
+                60 + 100 * ramp[:, None].repeat(image_size, 1),
+                np.full((image_size, image_size), 160.0),
+            ],
+            axis=2,
+        )
     elif style == "checker":
         cells = (np.add.outer(np.arange(image_size) // 4, np.arange(image_size) // 4) % 2)[..., None]
         canvas = 90.0 + 70.0 * cells.repeat(3, axis=2)
@@ -148,8 +207,11 @@ def random_scene(rng: random.Random, style: str) -> Scene:
 def caption_references(scene: Scene) -> list[str]:
     c, s, p = scene.color, scene.shape, scene.position_name
     article = "an" if c[0] in "aeiou" else "a"
-    return [f"{article} {c} {s} in the {p}.", f"there is {article} {c} {s} in the {p}.",
-            f"a {s} coloured {c} in the {p}."]
+    return [
+        f"{article} {c} {s} in the {p}.",
+        f"there is {article} {c} {s} in the {p}.",
+        f"a {s} coloured {c} in the {p}.",
+    ]
 
 
 def vqa_answers(scene: Scene, rng: random.Random) -> list[str]:
@@ -178,8 +240,11 @@ class _Writer:
 
 
 def _chat(image: str, question: str, answer: str, sample_id: str) -> dict:
-    return {"id": sample_id, "image": image,
-            "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]}
+    return {
+        "id": sample_id,
+        "image": image,
+        "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],
+    }
 
 
 def _task_item(task: str, rng: random.Random, writer: _Writer, name: str) -> tuple[dict, dict, str]:
@@ -204,12 +269,20 @@ def _task_item(task: str, rng: random.Random, writer: _Writer, name: str) -> tup
     if task == "shape-choice":
         choices = list(SHAPES)
         question, gold = "Which shape is shown?", choices.index(scene.shape)
-        return {"question": question, "choices": choices}, {"question": question, "choices": choices,
-                                                            "answer": gold}, "ABCDE"[gold], image
+        return (
+            {"question": question, "choices": choices},
+            {"question": question, "choices": choices, "answer": gold},
+            "ABCDE"[gold],
+            image,
+        )
     box = box_of(scene, size)
     sent = f"the {scene.color} {scene.shape}"
-    return {"sent": sent}, {"sent": sent, "bbox": box, "width": size, "height": size}, \
-        format_box(box, size, size), image
+    return (
+        {"sent": sent},
+        {"sent": sent, "bbox": box, "width": size, "height": size},
+        format_box(box, size, size),
+        image,
+    )
 
 
 def write_benchmark(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes()) -> list[dict]:
@@ -225,14 +298,29 @@ def write_benchmark(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes
             train.append(_chat(image, question, answer, f"{task}-train-{number}"))
         family = TASK_FAMILIES[task]
         # drawn after the training and test items, so adding the validation split left those unchanged
-        split_files = {split: _write_eval(writer, family, split, [_eval_record(task, rng, writer, f"{split}-{n:05d}")
-                                                                   for n in range(sizes.test_per_task)])
-                       for split in ("test", "val")}
+        split_files = {
+            split: _write_eval(
+                writer,
+                family,
+                split,
+                [_eval_record(task, rng, writer, f"{split}-{n:05d}") for n in range(sizes.test_per_task)],
+            )
+            for split in ("test", "val")
+        }
         max_new, min_new = GENERATION_LIMITS[family]
-        registry.append({"name": task, "family": family, "train": writer.jsonl("train.jsonl", train),
-                         "eval": split_files["test"], "val": split_files["val"], "prompt": TASK_PROMPTS[task],
-                         "max_new_tokens": max_new, "min_new_tokens": min_new,
-                         "description": TASK_DESCRIPTIONS[task]})
+        registry.append(
+            {
+                "name": task,
+                "family": family,
+                "train": writer.jsonl("train.jsonl", train),
+                "eval": split_files["test"],
+                "val": split_files["val"],
+                "prompt": TASK_PROMPTS[task],
+                "max_new_tokens": max_new,
+                "min_new_tokens": min_new,
+                "description": TASK_DESCRIPTIONS[task],
+            }
+        )
     (root / "tasks.json").write_text(json.dumps({"tasks": registry}, indent=2) + "\n", encoding="utf-8")
     return registry
 
@@ -249,8 +337,10 @@ def _eval_record(task: str, rng: random.Random, writer: _Writer, image_name: str
 def _write_eval(writer: _Writer, family: str, split: str, records: list[dict]) -> str:
     if family != "caption":
         return writer.jsonl(f"{split}.jsonl", [{"question_id": i, **r} for i, r in enumerate(records)])
-    document = {"images": [{"id": i, "file_name": r["image"]} for i, r in enumerate(records)],
-                "annotations": [{"image_id": i, "caption": c} for i, r in enumerate(records) for c in r["references"]]}
+    document = {
+        "images": [{"id": i, "file_name": r["image"]} for i, r in enumerate(records)],
+        "annotations": [{"image_id": i, "caption": c} for i, r in enumerate(records) for c in r["references"]],
+    }
     relative = f"{writer.task}/{split}_captions.json"
     (writer.root / relative).write_text(json.dumps(document), encoding="utf-8")
     return relative
@@ -276,25 +366,30 @@ def pretraining_mixture(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthS
         box = format_box(box_of(scene, sizes.image_size), sizes.image_size, sizes.image_size)
         options = rng.sample([c for c in colors if c != scene.color], 3) + [scene.color]
         rng.shuffle(options)
-        question, answer = (("What do you see?", f"{scene.color} {scene.shape}, {scene.position_name}."),
-                            (f"What color is the {subject}?", scene.color),
-                            ("Name the shape.", scene.shape),
-                            ("Where is the object?", scene.position_name),
-                            ("Where is the object? Answer with its box.", box),
-                            ("Which colour is the object?\n"
-                             f"{format_choices(options)}\nAnswer with the option's letter.",
-                             option_letters(len(options))[options.index(scene.color)]))[kind]
+        question, answer = (
+            ("What do you see?", f"{scene.color} {scene.shape}, {scene.position_name}."),
+            (f"What color is the {subject}?", scene.color),
+            ("Name the shape.", scene.shape),
+            ("Where is the object?", scene.position_name),
+            ("Where is the object? Answer with its box.", box),
+            (
+                f"Which colour is the object?\n{format_choices(options)}\nAnswer with the option's letter.",
+                option_letters(len(options))[options.index(scene.color)],
+            ),
+        )[kind]
         records.append(_chat(image, question, answer, f"pretrain-{number}"))
     writer.jsonl("train.jsonl", records)
     return records
 
 
-def attribute_scenes(*, seed: int = 0, sizes: SynthSizes = SynthSizes()
-                     ) -> tuple[list[Image.Image], dict[str, list[int]]]:
+def attribute_scenes(
+    *, seed: int = 0, sizes: SynthSizes = SynthSizes()
+) -> tuple[list[Image.Image], dict[str, list[int]]]:
     """Scenes in every style and, per attribute of ``SCENE_ATTRIBUTES``, each scene's class index."""
     rng = random.Random(f"{seed}-attributes")
     scenes = [random_scene(rng, rng.choice(STYLES)) for _ in range(sizes.vision_samples)]
     images = [draw_scene(scene, sizes.image_size, rng) for scene in scenes]
     values = {"color": lambda s: s.color, "shape": lambda s: s.shape, "position": lambda s: POSITIONS[s.position]}
-    return images, {name: [classes.index(values[name](s)) for s in scenes]
-                    for name, classes in SCENE_ATTRIBUTES.items()}
+    return images, {
+        name: [classes.index(values[name](s)) for s in scenes] for name, classes in SCENE_ATTRIBUTES.items()
+    }

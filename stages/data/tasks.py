@@ -36,8 +36,7 @@ def load_eval_samples(data_root: Path, task: TaskSpec) -> list[EvalSample]:
     if task.eval_image_root:
         image_root = _inside(data_root, task.eval_image_root, "eval_image_root", task)
     path = _inside(data_root, task.eval, "eval", task)
-    annotations = (_inside(data_root, task.eval_annotations, "eval_annotations", task)
-                   if task.eval_annotations else None)
+    annotations = _inside(data_root, task.eval_annotations, "eval_annotations", task) if task.eval_annotations else None
     return read_eval_file(task.family, path, data_root=data_root, image_root=image_root, annotations=annotations)
 
 

@@ -20,8 +20,9 @@ def read_training_file(path: Path, *, data_root: Path, image_root: Path) -> list
     return samples
 
 
-def train_records(records: Iterable[tuple[int | None, str, dict]], *, source: Path, data_root: Path,
-                  image_root: Path) -> list[TrainSample]:
+def train_records(
+    records: Iterable[tuple[int | None, str, dict]], *, source: Path, data_root: Path, image_root: Path
+) -> list[TrainSample]:
     """Training samples from ``(line, prefix, record)`` triples (`read_records`' or another reader's), each
     validated; errors name ``source`` with the line or the prefixed field."""
     samples: list[TrainSample] = []
@@ -29,16 +30,26 @@ def train_records(records: Iterable[tuple[int | None, str, dict]], *, source: Pa
     directories: dict[Path, Path] = {}
     for line, prefix, record in records:
         if "image" not in record:  # LLaVA's mix has text-only conversations
-            raise DataError(source, "missing: dmole trains on image samples (filter out text-only conversations)",
-                            line=line, field=f"{prefix}image")
-        image = resolve_image(data_root, image_root, record["image"], source=source, line=line,
-                              field=f"{prefix}image", directories=directories)
+            raise DataError(
+                source,
+                "missing: dmole trains on image samples (filter out text-only conversations)",
+                line=line,
+                field=f"{prefix}image",
+            )
+        image = resolve_image(
+            data_root,
+            image_root,
+            record["image"],
+            source=source,
+            line=line,
+            field=f"{prefix}image",
+            directories=directories,
+        )
         turns = _turns(record, path=source, line=line, prefix=prefix)
         position = f"entry {prefix.rstrip('.')}" if prefix else f"line {line}"
         sample_id = _sample_id(record, path=source, line=line, prefix=prefix)
         if sample_id in seen_ids:
-            raise DataError(source, f"id {sample_id!r} repeats {seen_ids[sample_id]}", line=line,
-                            field=f"{prefix}id")
+            raise DataError(source, f"id {sample_id!r} repeats {seen_ids[sample_id]}", line=line, field=f"{prefix}id")
         seen_ids[sample_id] = position
         samples.append(TrainSample(id=sample_id, image=image, turns=turns))
     return samples
@@ -54,8 +65,12 @@ def _sample_id(record: dict, *, path: Path, line: int | None, prefix: str) -> st
 def _turns(record: dict, *, path: Path, line: int | None, prefix: str) -> tuple[tuple[str, str], ...]:
     conversations = require(record, "conversations", list, path=path, line=line, prefix=prefix)
     if len(conversations) < 2 or len(conversations) % 2:
-        raise DataError(path, "expected alternating human/gpt turns, an even number of at least 2",
-                        line=line, field=f"{prefix}conversations")
+        raise DataError(
+            path,
+            "expected alternating human/gpt turns, an even number of at least 2",
+            line=line,
+            field=f"{prefix}conversations",
+        )
     values = []
     for index, turn in enumerate(conversations):
         where = f"{prefix}conversations[{index}]"
@@ -70,11 +85,19 @@ def _turns(record: dict, *, path: Path, line: int | None, prefix: str) -> tuple[
     first = values[0]
     count = first.count(IMAGE_PLACEHOLDER)
     if count > 1:
-        raise DataError(path, f"the first human turn has {count} '{IMAGE_PLACEHOLDER}' placeholders; one image "
-                        "per sample is supported", line=line, field=f"{prefix}conversations[0]")
+        raise DataError(
+            path,
+            f"the first human turn has {count} '{IMAGE_PLACEHOLDER}' placeholders; one image per sample is supported",
+            line=line,
+            field=f"{prefix}conversations[0]",
+        )
     if count == 0:
         values[0] = f"{IMAGE_PLACEHOLDER}\n{first}"
     if any(IMAGE_PLACEHOLDER in value for value in values[1:]):
-        raise DataError(path, f"'{IMAGE_PLACEHOLDER}' may only appear in the first human turn",
-                        line=line, field=f"{prefix}conversations")
+        raise DataError(
+            path,
+            f"'{IMAGE_PLACEHOLDER}' may only appear in the first human turn",
+            line=line,
+            field=f"{prefix}conversations",
+        )
     return tuple(zip(values[0::2], values[1::2]))

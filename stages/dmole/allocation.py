@@ -43,7 +43,7 @@ class ScoredModule:
 @dataclass
 class Allocation:
     budget_mode: str
-    budget: int                      # modules (fraction mode) or parameters (parameter mode)
+    budget: int  # modules (fraction mode) or parameters (parameter mode)
     score_vision: float
     score_language: float
     pi_vision: float
@@ -89,6 +89,7 @@ def _prefix_within(ranked: list[ScoredModule], budget: int, rank: int) -> int:
 
 def model_order(modules: list[ScoredModule]) -> list[ScoredModule]:
     """Vision tower first, then by name with layer numbers compared as numbers: independent of the scores."""
+
     def key(m: ScoredModule):
         return m.tower != "vision", [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", m.module)]
 
@@ -104,17 +105,26 @@ def evenly_spread(modules: list[ScoredModule], n: int) -> list[ScoredModule]:
 def _by_rule(rule: str, modules: list[ScoredModule], budget: int, mode: str, rank: int) -> list[ScoredModule]:
     """The ablations' choices: every module from one ranking (a tower's, or both pooled), or evenly spread."""
     if rule == "uniform":  # always by parameters (a module fraction is turned into D-MoLE's count)
-        n = max((k for k in range(len(modules) + 1)
-                 if sum(m.cost(rank) for m in evenly_spread(modules, k)) <= budget), default=0)
+        n = max(
+            (k for k in range(len(modules) + 1) if sum(m.cost(rank) for m in evenly_spread(modules, k)) <= budget),
+            default=0,
+        )
         return evenly_spread(modules, n)
     towers = {"vision-only": ("vision",), "language-only": ("language",), "pooled": ("vision", "language")}[rule]
     ranked = ranking([m for m in modules if m.tower in towers])
-    return ranked[:budget] if mode == "fraction" else ranked[:_prefix_within(ranked, budget, rank)]
+    return ranked[:budget] if mode == "fraction" else ranked[: _prefix_within(ranked, budget, rank)]
 
 
-def allocate(modules: list[ScoredModule], *, fraction: float | None = None, parameters: int | None = None,
-             rank: int = 8, previous: dict[str, list[int]] | None = None, task_id: int = 1,
-             rule: str = "dmole") -> Allocation:
+def allocate(
+    modules: list[ScoredModule],
+    *,
+    fraction: float | None = None,
+    parameters: int | None = None,
+    rank: int = 8,
+    previous: dict[str, list[int]] | None = None,
+    task_id: int = 1,
+    rule: str = "dmole",
+) -> Allocation:
     """Choose task ``task_id``'s expert modules under a module fraction or a parameter budget; ``rule`` picks
     the paper's allocator (``dmole``) or one of its ablations (RULES)."""
     if (fraction is None) == (parameters is None):
@@ -148,8 +158,9 @@ def allocate(modules: list[ScoredModule], *, fraction: float | None = None, para
         if parameters <= 0:
             raise AllocationError(f"--budget {parameters} is out of range: a parameter budget must be positive")
         budget = parameters
-        p_v, p_l = split_modules(parameters, pi_v, sum(m.cost(rank) for m in vision),
-                                 sum(m.cost(rank) for m in language))
+        p_v, p_l = split_modules(
+            parameters, pi_v, sum(m.cost(rank) for m in vision), sum(m.cost(rank) for m in language)
+        )
         n_v, n_l = _prefix_within(vision, p_v, rank), _prefix_within(language, p_l, rank)
         if n_v + n_l == 0:
             raise AllocationError(f"--budget {parameters} parameters cannot hold a single rank-{rank} expert")
@@ -161,8 +172,15 @@ def _result(modules, chosen, previous, task_id, mode, budget, s_v, s_l, pi_v, ra
     cumulative = {m.module: list((previous or {}).get(m.module, [])) for m in modules}
     for module in chosen:
         cumulative[module.module].append(task_id)
-    return Allocation(budget_mode=mode, budget=budget, score_vision=s_v, score_language=s_l, pi_vision=pi_v,
-                      n_vision=sum(m.tower == "vision" for m in chosen),
-                      n_language=sum(m.tower == "language" for m in chosen),
-                      selected=sorted(m.module for m in chosen),
-                      expert_parameters=sum(m.cost(rank) for m in chosen), cumulative=cumulative)
+    return Allocation(
+        budget_mode=mode,
+        budget=budget,
+        score_vision=s_v,
+        score_language=s_l,
+        pi_vision=pi_v,
+        n_vision=sum(m.tower == "vision" for m in chosen),
+        n_language=sum(m.tower == "language" for m in chosen),
+        selected=sorted(m.module for m in chosen),
+        expert_parameters=sum(m.cost(rank) for m in chosen),
+        cumulative=cumulative,
+    )

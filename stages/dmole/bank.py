@@ -35,10 +35,14 @@ class RouterBank:
     def errors(self, embeddings: np.ndarray, metadata: dict[str, str]) -> np.ndarray:
         """[samples, K] reconstruction errors; refuses embeddings computed differently from the fit data."""
         if metadata != self.embedding_metadata:
-            changed = sorted(k for k in set(metadata) | set(self.embedding_metadata)
-                             if metadata.get(k) != self.embedding_metadata.get(k))
-            raise UserError(f"embeddings differ from the routers' fit data in {', '.join(changed)}; "
-                            "re-run embed and fit-router")
+            changed = sorted(
+                k
+                for k in set(metadata) | set(self.embedding_metadata)
+                if metadata.get(k) != self.embedding_metadata.get(k)
+            )
+            raise UserError(
+                f"embeddings differ from the routers' fit data in {', '.join(changed)}; re-run embed and fit-router"
+            )
         if len(embeddings) == 0:
             return np.zeros((0, len(self.models)))
         return np.stack([reconstruction_errors(model, embeddings) for model in self.models], axis=1)

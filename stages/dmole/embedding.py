@@ -15,9 +15,15 @@ def embedding_metadata(adapter, model: str) -> dict[str, str]:
     """What an embedding depends on besides the sample: routers refuse embeddings computed otherwise. ``model`` is
     the model's identity (stages/runner.py `model_identity`: its content, never the path it was loaded from)."""
     template = adapter.processor.chat_template or ""
-    return {"model": model, "family": adapter.family, "d_vision": str(adapter.d_vision),
-            "d_language": str(adapter.d_language), "pooling": "max/max-nonpad", "dtype": "float32",
-            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}
+    return {
+        "model": model,
+        "family": adapter.family,
+        "d_vision": str(adapter.d_vision),
+        "d_language": str(adapter.d_language),
+        "pooling": "max/max-nonpad",
+        "dtype": "float32",
+        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+    }
 
 
 def sequence_embeddings(adapter, images: list[Image.Image], texts: list[str]) -> np.ndarray:

@@ -53,15 +53,21 @@ class LoraSettings:
         return "dora" if self.dora else "lora"
 
     def config(self, target_modules: Sequence[str], base_model: str = "") -> LoraConfig:
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
-                          target_modules=sorted(target_modules), base_model_name_or_path=base_model or None,
-                          use_dora=self.dora)
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            bias="none",
+            target_modules=sorted(target_modules),
+            base_model_name_or_path=base_model or None,
+            use_dora=self.dora,
+        )
 
 
 @dataclass(frozen=True)
 class _Routing:
-    weights: dict[str, torch.Tensor]          # adapter name -> [batch] 0/1 weights
-    vision_rows: torch.Tensor | None         # vision activation row -> sample index, when rows != samples
+    weights: dict[str, torch.Tensor]  # adapter name -> [batch] 0/1 weights
+    vision_rows: torch.Tensor | None  # vision activation row -> sample index, when rows != samples
 
 
 _ROUTING: contextvars.ContextVar[_Routing | None] = contextvars.ContextVar("dmole_expert_routing", default=None)
@@ -94,8 +100,13 @@ def _own_base(module, args, kwargs):
 class ExpertModel:
     """A base model plus named task experts, with per-sample routing and strict freezing."""
 
-    def __init__(self, base: torch.nn.Module, towers: dict[str, str], base_model_id: str = "",
-                 groups: Mapping[str, Sequence[str]] | None = None):
+    def __init__(
+        self,
+        base: torch.nn.Module,
+        towers: dict[str, str],
+        base_model_id: str = "",
+        groups: Mapping[str, Sequence[str]] | None = None,
+    ):
         """``towers``: module -> tower; ``groups``: group candidate name -> its member modules."""
         self.base, self.towers, self.base_model_id = base, towers, base_model_id
         self.groups = {name: tuple(members) for name, members in (groups or {}).items()}
@@ -143,8 +154,9 @@ class ExpertModel:
         return self.freeze_all_but(task_id, expected=settings.rank * self._width(targets, groups) + magnitudes)
 
     @contextmanager
-    def routed(self, routes: Sequence[Sequence[int] | Mapping[int, float]], *,
-               vision_rows: torch.Tensor | None = None) -> Iterator[None]:
+    def routed(
+        self, routes: Sequence[Sequence[int] | Mapping[int, float]], *, vision_rows: torch.Tensor | None = None
+    ) -> Iterator[None]:
         """Run the batch with, per sample, the experts of the task ids in ``routes[i]`` (none: the base), each
         at full strength, or at the weight ``routes[i]`` maps it to."""
         union = sorted({task_id for route in routes for task_id in route})
@@ -153,13 +165,18 @@ class ExpertModel:
         if unknown:
             raise RuntimeError(f"routed to experts that are not loaded: {sorted(unknown)}")
         device = next(self.model.parameters()).device
+
         def weight(route, task_id: int) -> float:
             return route.get(task_id, 0.0) if isinstance(route, Mapping) else float(task_id in route)
 
         # a weight for every loaded expert, zero where not routed: a copy of the model (FSDP2's working copy)
         # keeps every expert active, and each must know it counts for nothing there
-        weights = {name: torch.tensor([weight(route, int(name.removeprefix(ADAPTER_PREFIX))) for route in routes],
-                                      device=device) for name in self.adapters}
+        weights = {
+            name: torch.tensor(
+                [weight(route, int(name.removeprefix(ADAPTER_PREFIX))) for route in routes], device=device
+            )
+            for name in self.adapters
+        }
         # with no expert in training, PEFT activates the experts frozen (it makes them trainable otherwise)
         self.peft.base_model.set_adapter(active, inference_mode=self.training_task is None)
         if self.training_task is not None:

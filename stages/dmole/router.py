@@ -19,8 +19,17 @@ from ..options import FitRouterOptions
 from ..progress import Progress, silent
 from ..threads import one_thread
 
-QUANTILE_TABLE = (("min", 0.0), ("q10", 0.10), ("q25", 0.25), ("q50", 0.50), ("q75", 0.75), ("q90", 0.90),
-                  ("q95", 0.95), ("q99", 0.99), ("max", 1.0))
+QUANTILE_TABLE = (
+    ("min", 0.0),
+    ("q10", 0.10),
+    ("q25", 0.25),
+    ("q50", 0.50),
+    ("q75", 0.75),
+    ("q90", 0.90),
+    ("q95", 0.95),
+    ("q99", 0.99),
+    ("max", 1.0),
+)
 
 
 COSINE_PERIOD = 1000  # epochs of the learning rate's cosine annealing (FitRouterOptions.min_lr)
@@ -46,8 +55,7 @@ def normalise(embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruction_errors(model: Autoencoder, embeddings: np.ndarray | torch.Tensor,
-                          chunk: int = 4096) -> np.ndarray:
+def reconstruction_errors(model: Autoencoder, embeddings: np.ndarray | torch.Tensor, chunk: int = 4096) -> np.ndarray:
     """e(x) = mean over dimensions of the squared reconstruction error of the normalised embedding."""
     model.eval()
     x = normalise(embeddings)
@@ -84,8 +92,8 @@ def flat_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     flat.grad = torch.zeros_like(flat)
     offset = 0
     for p in params:
-        p.data = flat.data[offset:offset + p.numel()].view_as(p)
-        p.grad = flat.grad[offset:offset + p.numel()].view_as(p)
+        p.data = flat.data[offset : offset + p.numel()].view_as(p)
+        p.grad = flat.grad[offset : offset + p.numel()].view_as(p)
         offset += p.numel()
     try:
         yield flat
@@ -95,8 +103,12 @@ def flat_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
 
 
 @one_thread()
-def fit_router(embeddings: np.ndarray, settings: FitRouterOptions = FitRouterOptions(),
-               progress: Progress = silent, description: str = "autoencoder") -> FittedRouter:
+def fit_router(
+    embeddings: np.ndarray,
+    settings: FitRouterOptions = FitRouterOptions(),
+    progress: Progress = silent,
+    description: str = "autoencoder",
+) -> FittedRouter:
     """Train on one task's embeddings; stop after ``patience`` epochs without a new best epoch-mean loss."""
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -105,8 +117,7 @@ def fit_router(embeddings: np.ndarray, settings: FitRouterOptions = FitRouterOpt
     model.train()
     with flat_parameters(model) as flat:
         optimizer = torch.optim.Adam([flat], lr=settings.lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=COSINE_PERIOD,
-                                                               eta_min=settings.min_lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=COSINE_PERIOD, eta_min=settings.min_lr)
         best, since_best, epoch, epoch_loss = math.inf, 0, 0, math.inf
         with progress(description, total=settings.max_epochs) as bar:
             for epoch in range(1, settings.max_epochs + 1):
@@ -129,5 +140,10 @@ def fit_router(embeddings: np.ndarray, settings: FitRouterOptions = FitRouterOpt
                     if since_best >= settings.patience:
                         break
     errors = reconstruction_errors(model, x)
-    return FittedRouter(model=model, threshold=float(np.quantile(errors, settings.quantile)), epochs=epoch,
-                        final_loss=epoch_loss, quantiles=quantile_table(errors))
+    return FittedRouter(
+        model=model,
+        threshold=float(np.quantile(errors, settings.quantile)),
+        epochs=epoch,
+        final_loss=epoch_loss,
+        quantiles=quantile_table(errors),
+    )

@@ -28,9 +28,16 @@ def candidates(errors_row: np.ndarray, tau: np.ndarray, scale: float = 1.0, *, r
     return [k for k in _ranked(errors_row, tau if relative else None) if errors_row[k - 1] < tau[k - 1] * scale]
 
 
-def per_sample(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, top: int = 2,
-               order: str = "filter-then-rank", second_margin: float | None = None,
-               relative: bool = False) -> list[tuple[int, ...]]:
+def per_sample(
+    errors: np.ndarray,
+    tau: np.ndarray,
+    *,
+    scale: float = 1.0,
+    top: int = 2,
+    order: str = "filter-then-rank",
+    second_margin: float | None = None,
+    relative: bool = False,
+) -> list[tuple[int, ...]]:
     """The default inference rule: the (up to) ``top`` best accepted tasks (``relative``: see `candidates`); none
     means the base model.
 
@@ -52,8 +59,9 @@ def per_sample(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, top: 
     return routed
 
 
-def with_training_partner(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0,
-                          relative: bool = False) -> list[tuple[int, ...]]:
+def with_training_partner(
+    errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, relative: bool = False
+) -> list[tuple[int, ...]]:
     """Per sample, its best accepted task i (``relative``: see `candidates`), joined by the one past task that i's
     experts were trained beside for such an input: `training_partner` over routers 1..i-1 at their own thresholds,
     exactly as
@@ -66,7 +74,7 @@ def with_training_partner(errors: np.ndarray, tau: np.ndarray, *, scale: float =
             routes.append(())
             continue
         first = accepted[0]
-        partner = training_partner(row[None, :first - 1], tau[:first - 1])[0] if first > 1 else None
+        partner = training_partner(row[None, : first - 1], tau[: first - 1])[0] if first > 1 else None
         routes.append((first,) if partner is None else (first, partner))
     return routes
 
@@ -79,8 +87,9 @@ def confidence_weights(errors_row: np.ndarray, tau: np.ndarray, route: tuple[int
     return {k: value / total for k, value in inverse.items()}
 
 
-def batch_vote(errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, support: float = 0.3,
-               stage: int | None = None) -> tuple[int, ...]:
+def batch_vote(
+    errors: np.ndarray, tau: np.ndarray, *, scale: float = 1.0, support: float = 0.3, stage: int | None = None
+) -> tuple[int, ...]:
     """The reference rule: one expert set for the whole batch from the per-sample top-1 votes."""
     votes = Counter(best[0] for row in errors if (best := candidates(row, tau, scale)))
     voters = sum(votes.values())
@@ -111,8 +120,14 @@ def evaluation_routes(errors: np.ndarray, tau: np.ndarray, options) -> list:
     if options.second_expert == "partner" and options.top > 1:
         return with_training_partner(errors, tau, scale=options.threshold_scale, relative=relative)
     thresholds = tau * options.threshold_scale
-    routes = per_sample(errors, thresholds, top=options.top, order=options.routing_order, relative=relative,
-                        second_margin=options.second_margin if options.second_expert == "margin" else None)
+    routes = per_sample(
+        errors,
+        thresholds,
+        top=options.top,
+        order=options.routing_order,
+        relative=relative,
+        second_margin=options.second_margin if options.second_expert == "margin" else None,
+    )
     if options.second_expert == "weighted":
         return [confidence_weights(row, thresholds, route) for row, route in zip(errors, routes)]
     return routes
@@ -143,7 +158,7 @@ def grouped_partner_votes(errors_past: np.ndarray, tau_past: np.ndarray, size: i
     size = size or len(errors_past)
     partners: list[int | None] = []
     for start in range(0, len(errors_past), size):
-        group = errors_past[start:start + size]
+        group = errors_past[start : start + size]
         partners += [training_partner_vote(group, tau_past)] * len(group)
     return partners
 
@@ -153,7 +168,9 @@ def acceptance_warning(task: str, accepted: int, total: int, minimum: float, *, 
     without their experts (evaluation quietly equals zero-shot); None when routing is healthy."""
     if not total or accepted / total >= minimum:
         return None
-    return (f"{where}: task {task!r}: its own router accepts {accepted}/{total} ({accepted / total:.0%}) of its "
-            f"test samples (< {minimum:.0%}); the rest get no expert. Likely cause: its evaluation prompts differ from "
-            "its training questions (the task's `prompt`), or its threshold is too tight (fit-router --quantile, "
-            "eval threshold_scale)")
+    return (
+        f"{where}: task {task!r}: its own router accepts {accepted}/{total} ({accepted / total:.0%}) of its "
+        f"test samples (< {minimum:.0%}); the rest get no expert. Likely cause: its evaluation prompts differ from "
+        "its training questions (the task's `prompt`), or its threshold is too tight (fit-router --quantile, "
+        "eval threshold_scale)"
+    )

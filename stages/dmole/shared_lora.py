@@ -68,11 +68,15 @@ def tie(model: nn.Module, adapter: str, groups: Mapping[str, Sequence[str]], *, 
         for member, layer in zip(members[1:], layers[1:]):
             copy = layer.lora_A[adapter]
             if copy.weight.shape != first.weight.shape:
-                raise ValueError(f"{group}: {member}'s A is {tuple(copy.weight.shape)}, not "
-                                 f"{tuple(first.weight.shape)}: its members do not share one input")
+                raise ValueError(
+                    f"{group}: {member}'s A is {tuple(copy.weight.shape)}, not "
+                    f"{tuple(first.weight.shape)}: its members do not share one input"
+                )
             if loaded and not torch.equal(copy.weight, first.weight):
-                raise ValueError(f"{group}: the saved expert {adapter} has a different A on {member} than on "
-                                 f"{members[0]}: not a shared-A expert")
+                raise ValueError(
+                    f"{group}: the saved expert {adapter} has a different A on {member} than on "
+                    f"{members[0]}: not a shared-A expert"
+                )
             layer.lora_A[adapter] = first
         dropout = layers[0].lora_dropout[adapter]
         shared = SharedDropout(dropout.p if isinstance(dropout, nn.Dropout) else 0.0, len(layers))

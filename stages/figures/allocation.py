@@ -10,7 +10,8 @@ from dmole.artifacts import Version
 from ..allocate import allocation_table
 from ..project import Project
 from ..registry import ALLOCATE, ZC_SCORE
-from .markdown import image, table as md_table
+from .markdown import image
+from .markdown import table as md_table
 from .style import FONT, colorbar, heatmap, new_figure, save
 
 NAME = "allocation.png"
@@ -29,9 +30,14 @@ def gather(project: Project) -> tuple[dict, list[Version]] | None:
     if not versions:
         return None
     found = allocation_table(project)
-    towers = [{"tower": tower, "layers": list(rows),
-               "cells": [[sorted(cells[task], key=_kind_key) for task in found["tasks"]] for cells in rows.values()]}
-              for tower, rows in found["towers"].items()]
+    towers = [
+        {
+            "tower": tower,
+            "layers": list(rows),
+            "cells": [[sorted(cells[task], key=_kind_key) for task in found["tasks"]] for cells in rows.values()],
+        }
+        for tower, rows in found["towers"].items()
+    ]
     kinds = sorted({k for t in towers for row in t["cells"] for cell in row for k in cell}, key=_kind_key)
     scores = project.store.require(ZC_SCORE.name, found["tasks"][-1])
     return {"tasks": found["tasks"], "kinds": kinds, "towers": towers}, [*versions, scores]
@@ -54,15 +60,24 @@ def legend(kinds: list[str]) -> str:
 
 
 def table(data: dict) -> list[str]:
-    lines = ["## Expert allocation", "",
-             f"Which modules of each layer hold each task's expert, in training order ({legend(data['kinds'])}).",
-             "", *image(NAME, "expert allocation per layer and task")]
+    lines = [
+        "## Expert allocation",
+        "",
+        f"Which modules of each layer hold each task's expert, in training order ({legend(data['kinds'])}).",
+        "",
+        *image(NAME, "expert allocation per layer and task"),
+    ]
     for tower in data["towers"]:
-        rows = [[str(layer), *(cell_text(cell) for cell in cells)]
-                for layer, cells in zip(tower["layers"], tower["cells"])]
+        rows = [
+            [str(layer), *(cell_text(cell) for cell in cells)] for layer, cells in zip(tower["layers"], tower["cells"])
+        ]
         totals = [str(sum(len(row[i]) for row in tower["cells"])) for i in range(len(data["tasks"]))]
-        lines += [f"### {TOWER_TITLES.get(tower['tower'], tower['tower'])}", "",
-                  *md_table(["layer", *data["tasks"]], [*rows, ["modules", *totals]]), ""]
+        lines += [
+            f"### {TOWER_TITLES.get(tower['tower'], tower['tower'])}",
+            "",
+            *md_table(["layer", *data["tasks"]], [*rows, ["modules", *totals]]),
+            "",
+        ]
     return lines
 
 
@@ -73,9 +88,17 @@ def plot(data: dict, path: Path) -> None:
     most = max(1, len(data["kinds"]))
     for ax, tower in zip(axes, towers):
         cells = tower["cells"]
-        image = heatmap(ax, [[len(cell) for cell in row] for row in cells], xlabels=data["tasks"],
-                        ylabels=[str(layer) for layer in tower["layers"]], cmap="Blues", vmin=0, vmax=most,
-                        label=lambda r, c, v, cells=cells: cell_text(cells[r][c]), lower_origin=True)
+        image = heatmap(
+            ax,
+            [[len(cell) for cell in row] for row in cells],
+            xlabels=data["tasks"],
+            ylabels=[str(layer) for layer in tower["layers"]],
+            cmap="Blues",
+            vmin=0,
+            vmax=most,
+            label=lambda r, c, v, cells=cells: cell_text(cells[r][c]),
+            lower_origin=True,
+        )
         ax.set_title(TOWER_TITLES.get(tower["tower"], tower["tower"]), fontsize=FONT + 1)
         ax.set_xlabel("task (training order)", fontsize=FONT)
         ax.set_ylabel("layer", fontsize=FONT)

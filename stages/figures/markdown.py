@@ -11,8 +11,11 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """A GitHub table; the first column is left-aligned (labels), the others right-aligned (values)."""
-    return ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
-            *("| " + " | ".join(row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def image(name: str, alt: str) -> list[str]:

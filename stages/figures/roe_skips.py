@@ -14,7 +14,8 @@ from dmole.artifacts.io import read_json, read_parquet
 from ..project import Project
 from ..registry import ROE_EVAL, ROUTE_TRAIN
 from ..roe.evaluation import TASK, evaluated_by
-from .markdown import fmt, image, table as md_table
+from .markdown import fmt, image
+from .markdown import table as md_table
 from .style import FONT, new_figure, save
 
 NAME = "roe_skips.png"
@@ -38,12 +39,17 @@ def gather(project: Project) -> tuple[dict, list[Version]] | None:
     counts = Counter(len(layers) for layers in pattern.values())
     applied = [r["applied_skip"] for r in rows if r["routable"]]
     rho = read_json(trained.file(ROUTE_TRAIN.files.config))["rho"]
-    data = {"source": f"{source.stage} v{source.number}", "rho": rho,
-            "layers": layers, "routable": [layer in routable for layer in layers],
-            "skip_rate": [100.0 * sum(v) / len(v) for v in per_layer],
-            "overall": 100.0 * sum(applied) / len(applied) if applied else 0.0,
-            "skipped": list(range(len(routable) + 1)), "examples": [counts[k] for k in range(len(routable) + 1)],
-            "patterns": skip_patterns(pattern)}
+    data = {
+        "source": f"{source.stage} v{source.number}",
+        "rho": rho,
+        "layers": layers,
+        "routable": [layer in routable for layer in layers],
+        "skip_rate": [100.0 * sum(v) / len(v) for v in per_layer],
+        "overall": 100.0 * sum(applied) / len(applied) if applied else 0.0,
+        "skipped": list(range(len(routable) + 1)),
+        "examples": [counts[k] for k in range(len(routable) + 1)],
+        "patterns": skip_patterns(pattern),
+    }
     return data, [trained] if source is trained else [trained, source]
 
 
@@ -59,19 +65,34 @@ def skip_patterns(pattern: dict[tuple[str, str], list[int]]) -> dict:
 def table(data: dict) -> list[str]:
     n = sum(data["examples"])
     mean = sum(k * c for k, c in zip(data["skipped"], data["examples"])) / n if n else 0.0
-    return ["## RoE layer skipping", "",
-            f"From {data['source']}: {fmt(data['overall'], '.1f')}% of the routable layers skipped "
-            f"(target ρ = {100 * data['rho']:.0f}%), {mean:.2f} layers per example on average over {n} examples.",
-            "", *image(NAME, "RoE skip rate per layer and skipped layers per example"),
-            *md_table(["layer", "routable", "skip rate (%)"],
-                      [[str(layer), "yes" if routable else "no (always executed)", fmt(rate, ".1f")]
-                       for layer, routable, rate in zip(data["layers"], data["routable"], data["skip_rate"])]),
-            "", *md_table(["layers skipped", "examples"],
-                          [[str(k), str(c)] for k, c in zip(data["skipped"], data["examples"])]), "",
-            "Which layers each example skipped, per task (examples; the same set for every example would be "
-            "static layer dropping, not routing):", "",
-            *md_table(["skipped layers", *data["patterns"]["tasks"]],
-                      [[str(cell) for cell in row] for row in data["patterns"]["rows"]]), ""]
+    return [
+        "## RoE layer skipping",
+        "",
+        f"From {data['source']}: {fmt(data['overall'], '.1f')}% of the routable layers skipped "
+        f"(target ρ = {100 * data['rho']:.0f}%), {mean:.2f} layers per example on average over {n} examples.",
+        "",
+        *image(NAME, "RoE skip rate per layer and skipped layers per example"),
+        *md_table(
+            ["layer", "routable", "skip rate (%)"],
+            [
+                [str(layer), "yes" if routable else "no (always executed)", fmt(rate, ".1f")]
+                for layer, routable, rate in zip(data["layers"], data["routable"], data["skip_rate"])
+            ],
+        ),
+        "",
+        *md_table(
+            ["layers skipped", "examples"], [[str(k), str(c)] for k, c in zip(data["skipped"], data["examples"])]
+        ),
+        "",
+        "Which layers each example skipped, per task (examples; the same set for every example would be "
+        "static layer dropping, not routing):",
+        "",
+        *md_table(
+            ["skipped layers", *data["patterns"]["tasks"]],
+            [[str(cell) for cell in row] for row in data["patterns"]["rows"]],
+        ),
+        "",
+    ]
 
 
 def plot(data: dict, path: Path) -> None:
@@ -85,8 +106,9 @@ def plot(data: dict, path: Path) -> None:
     for layer, routable in zip(data["layers"], data["routable"]):
         if not routable:
             left.axvspan(layer - 0.5, layer + 0.5, color="#eeeeee", zorder=0, label="always executed")
-    left.axhline(100 * data["rho"], color="#c44e52", linestyle="--", linewidth=1,
-                 label=f"target ρ = {100 * data['rho']:.0f}%")
+    left.axhline(
+        100 * data["rho"], color="#c44e52", linestyle="--", linewidth=1, label=f"target ρ = {100 * data['rho']:.0f}%"
+    )
     handles, labels = left.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     left.legend(unique.values(), unique.keys(), fontsize=FONT - 1, loc="upper center", ncols=2, frameon=False)

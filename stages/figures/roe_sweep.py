@@ -26,8 +26,13 @@ def from_result(result: dict, source: str) -> dict:
     """The figure's data from a sweep.json's content."""
     summary = result["summary"]
     tasks = list(summary[0]["relative"]) if summary else []
-    return {"source": source, "dense_reference": result["dense_reference"], "tasks": tasks,
-            "seeds": result["options"]["seeds"], "rows": summary}
+    return {
+        "source": source,
+        "dense_reference": result["dense_reference"],
+        "tasks": tasks,
+        "seeds": result["options"]["seeds"],
+        "rows": summary,
+    }
 
 
 def gather(project: Project) -> tuple[dict, list[Version]] | None:
@@ -44,16 +49,30 @@ def _pct(value: float | None) -> str:
 
 def table(data: dict) -> list[str]:
     header = ["ρ", "variant", "skip (%)", "mean relative", "seed spread", *data["tasks"], "speed-up"]
-    rows = [[f"{row['target']:g}", LABELS[row["variant"]], _pct(row["skip_rate"]), fmt(row["mean_relative"], ".3f"),
-             fmt(row["spread"], ".3f"), *(fmt(row["relative"][t], ".3f") for t in data["tasks"]),
-             "n/a" if row["speedup"] is None else f"{row['speedup']:.3f}×"] for row in data["rows"]]
+    rows = [
+        [
+            f"{row['target']:g}",
+            LABELS[row["variant"]],
+            _pct(row["skip_rate"]),
+            fmt(row["mean_relative"], ".3f"),
+            fmt(row["spread"], ".3f"),
+            *(fmt(row["relative"][t], ".3f") for t in data["tasks"]),
+            "n/a" if row["speedup"] is None else f"{row['speedup']:.3f}×",
+        ]
+        for row in data["rows"]
+    ]
     seeds = ", ".join(map(str, data["seeds"]))
-    return ["## RoE skip-ratio sweep", "",
-            f"From {data['source']}: scores relative to the {data['dense_reference']} (1 = no loss), per task and "
-            f"their mean, averaged over seeds {seeds} (spread: max − min of the mean over seeds); skip over the "
-            "routable layers; baselines at RoE's realised skip.", "",
-            *image(NAME, "mean relative score against realised skip and batch-1 speed-up"),
-            *md_table(header, rows), ""]
+    return [
+        "## RoE skip-ratio sweep",
+        "",
+        f"From {data['source']}: scores relative to the {data['dense_reference']} (1 = no loss), per task and "
+        f"their mean, averaged over seeds {seeds} (spread: max − min of the mean over seeds); skip over the "
+        "routable layers; baselines at RoE's realised skip.",
+        "",
+        *image(NAME, "mean relative score against realised skip and batch-1 speed-up"),
+        *md_table(header, rows),
+        "",
+    ]
 
 
 def plot(data: dict, path: Path) -> None:
@@ -62,12 +81,29 @@ def plot(data: dict, path: Path) -> None:
     for variant, label in LABELS.items():
         rows = [r for r in data["rows"] if r["variant"] == variant and r["mean_relative"] is not None]
         for ax, key, scale in ((axes[0], "skip_rate", 100.0), (axes[1], "speedup", 1.0)):
-            points = [(r[key] * scale, r["mean_relative"], r["mean_relative"] - r["min_relative"],
-                       r["max_relative"] - r["mean_relative"]) for r in rows if r[key] is not None]
+            points = [
+                (
+                    r[key] * scale,
+                    r["mean_relative"],
+                    r["mean_relative"] - r["min_relative"],
+                    r["max_relative"] - r["mean_relative"],
+                )
+                for r in rows
+                if r[key] is not None
+            ]
             if points:
                 xs, ys, below, above = zip(*points)
-                ax.errorbar(xs, ys, yerr=[below, above], marker="o", markersize=4, capsize=2, linewidth=1.2,
-                            color=COLOURS[variant], label=label)
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[below, above],
+                    marker="o",
+                    markersize=4,
+                    capsize=2,
+                    linewidth=1.2,
+                    color=COLOURS[variant],
+                    label=label,
+                )
     axes[0].set_xlabel("realised skip, routable layers (%)", fontsize=FONT)
     axes[1].set_xlabel("batch-1 speed-up (×)", fontsize=FONT)
     axes[0].set_ylabel(f"mean score relative to the {data['dense_reference']}", fontsize=FONT)

@@ -20,9 +20,18 @@ def new_figure(width: float, height: float):
     return figure
 
 
-def heatmap(ax, values: Sequence[Sequence[float | None]], *, xlabels: Sequence[str], ylabels: Sequence[str],
-            cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
-            label: Callable[[int, int, float], str] | None = None, lower_origin: bool = False):
+def heatmap(
+    ax,
+    values: Sequence[Sequence[float | None]],
+    *,
+    xlabels: Sequence[str],
+    ylabels: Sequence[str],
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    label: Callable[[int, int, float], str] | None = None,
+    lower_origin: bool = False,
+):
     """Draw ``values`` (rows × columns, None shown as a grey cell) with ticks and, when ``label`` is given and
     the grid is small enough, each cell's text ``label(row, column, value)`` in a colour that contrasts with
     the cell. Returns the image."""
@@ -31,8 +40,15 @@ def heatmap(ax, values: Sequence[Sequence[float | None]], *, xlabels: Sequence[s
 
     grid = np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float)
     colours = matplotlib.colormaps[cmap].with_extremes(bad="#d9d9d9")
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap=colours, vmin=vmin, vmax=vmax, aspect="auto",
-                      origin="lower" if lower_origin else "upper", interpolation="nearest")
+    image = ax.imshow(
+        np.ma.masked_invalid(grid),
+        cmap=colours,
+        vmin=vmin,
+        vmax=vmax,
+        aspect="auto",
+        origin="lower" if lower_origin else "upper",
+        interpolation="nearest",
+    )
     ax.set_xticks(range(len(xlabels)), labels=xlabels, rotation=35, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(len(ylabels)), labels=ylabels)
     ax.tick_params(length=0)
@@ -43,8 +59,15 @@ def heatmap(ax, values: Sequence[Sequence[float | None]], *, xlabels: Sequence[s
                 continue
             red, green, blue, _ = image.cmap(image.norm(value))
             bright = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5
-            ax.text(c, r, label(r, c, value), ha="center", va="center", fontsize=FONT - 1,
-                    color="black" if bright else "white")
+            ax.text(
+                c,
+                r,
+                label(r, c, value),
+                ha="center",
+                va="center",
+                fontsize=FONT - 1,
+                color="black" if bright else "white",
+            )
     return image
 
 

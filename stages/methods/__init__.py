@@ -12,10 +12,25 @@ from ..errors import UserError
 from .base import JOINT_TASK, ContinualMethod, method_flag, stage_name
 
 # In the order of the paper's Table 2 (D-MoLE last, followed by its ablations, its Table 4).
-_MODULES = ("zero_shot", "finetune", "joint", "seq_lora", "lwf", "ewc", "olora", "moelora", "dmole",
-            "replay", "mr_lora", "keeplora", "reglora", "hide")
-REGISTRY: dict[str, ContinualMethod] = {method.name: method for module in _MODULES
-                                        for method in import_module(f".{module}", __name__).METHODS}
+_MODULES = (
+    "zero_shot",
+    "finetune",
+    "joint",
+    "seq_lora",
+    "lwf",
+    "ewc",
+    "olora",
+    "moelora",
+    "dmole",
+    "replay",
+    "mr_lora",
+    "keeplora",
+    "reglora",
+    "hide",
+)
+REGISTRY: dict[str, ContinualMethod] = {
+    method.name: method for module in _MODULES for method in import_module(f".{module}", __name__).METHODS
+}
 
 
 def method_names() -> list[str]:

@@ -47,10 +47,13 @@ class LoraHyper(Strict):
     rank: int = Field(default=4, gt=0, description="LoRA rank (D-MoLE's seq_lora.sh: 4)")
     alpha: int = Field(default=8, gt=0, description="LoRA alpha, scale alpha / rank (seq_lora.sh: 2 x rank)")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout (seq_lora.sh: 0.05)")
-    parity: bool = Field(default=False, description="match D-MoLE's trainable parameters per task (its allocate "
-                                                    "arch.json expert_parameters): the largest rank (alpha scaled "
-                                                    "with it) whose count is not above D-MoLE's replaces rank; off "
-                                                    "by default, as the references train their own sizes")
+    parity: bool = Field(
+        default=False,
+        description="match D-MoLE's trainable parameters per task (its allocate "
+        "arch.json expert_parameters): the largest rank (alpha scaled "
+        "with it) whose count is not above D-MoLE's replaces rank; off "
+        "by default, as the references train their own sizes",
+    )
 
 
 def parity_allocations(run: TrainRun) -> list[Version]:
@@ -78,13 +81,13 @@ class TrainRun:
 
     project: Project
     method: str
-    task: str                  # the task (or JOINT_TASK) the artifact is written for
-    task_id: int               # its position in the sequence: the adapter's id
-    spec: TaskSpec | None      # None when training on every task at once
+    task: str  # the task (or JOINT_TASK) the artifact is written for
+    task_id: int  # its position in the sequence: the adapter's id
+    spec: TaskSpec | None  # None when training on every task at once
     samples: list[TrainSample]
     options: TrainTaskOptions
     hyper: BaseModel
-    stage: str                 # the artifact stage, e.g. ``lwf-lora.train-task``
+    stage: str  # the artifact stage, e.g. ``lwf-lora.train-task``
     carried: dict[str, Any] = field(default_factory=dict)
     # training on every task at once: task -> its spec and how many samples (repeated by its epochs) it gave
     union: dict[str, tuple[TaskSpec, int]] | None = None
@@ -112,8 +115,9 @@ class Trainer:
         of the step and then moves to the device."""
         from ..training.chat import chat_examples
 
-        return self.adapter.train_inputs(chat_examples([self.run.samples[i] for i in indices]),
-                                         self.run.options.max_length)
+        return self.adapter.train_inputs(
+            chat_examples([self.run.samples[i] for i in indices]), self.run.options.max_length
+        )
 
     def route(self, indices: list[int], batch: dict) -> AbstractContextManager:
         return nullcontext()
@@ -158,11 +162,11 @@ class ContinualMethod:
     """A continual method. Subclasses set the class attributes and implement `carried`, `trainer`, `evaluation`."""
 
     name: ClassVar[str]
-    summary: ClassVar[str]                       # one line for `dmole methods` and --help
-    Hyper: ClassVar[type[Strict]] = NoHyper      # its own hyperparameters, each default with its source
-    trains: ClassVar[bool] = True                # zero-shot trains nothing
-    allocates: ClassVar[bool] = False            # reads a per-task allocation (D-MoLE and its ablations)
-    routes: ClassVar[bool] = False               # routes each test sample by the router bank (threshold sweep)
+    summary: ClassVar[str]  # one line for `dmole methods` and --help
+    Hyper: ClassVar[type[Strict]] = NoHyper  # its own hyperparameters, each default with its source
+    trains: ClassVar[bool] = True  # zero-shot trains nothing
+    allocates: ClassVar[bool] = False  # reads a per-task allocation (D-MoLE and its ablations)
+    routes: ClassVar[bool] = False  # routes each test sample by the router bank (threshold sweep)
     allocation_rule: ClassVar[str | None] = None
     # the hyperparameter that sets how strongly it holds on to earlier tasks, and the grid `dmole sweep` tries by
     # default (a decade either side of the source's value)
@@ -187,11 +191,12 @@ class ContinualMethod:
 
     def trained(self, project: Project, task: str) -> Version:
         """The train-task artifact of ``task`` (an error with the command to run when it is missing)."""
-        return project.store.require(self.stage(TRAIN_TASK.name), task,
-                                     hint=TRAIN_TASK.hint(task) + method_flag(self.name))
+        return project.store.require(
+            self.stage(TRAIN_TASK.name), task, hint=TRAIN_TASK.hint(task) + method_flag(self.name)
+        )
 
     def trained_before(self, project: Project, task_id: int) -> list[Version]:
-        return [self.trained(project, name) for name in project.config.task_names[:task_id - 1]]
+        return [self.trained(project, name) for name in project.config.task_names[: task_id - 1]]
 
     # ---- training ----------------------------------------------------------------------------------------
     def replay(self, run: TrainRun) -> dict[str, list[TrainSample]]:

@@ -33,5 +33,6 @@ class ContinuedLora(ContinualMethod):
         from .lora import routed_plan
 
         task_id = project.config.task_index(after)
-        return routed_plan(project, adapter, self.eval_tasks(project, after), {task_id: self.trained(project, after)},
-                           (task_id,))
+        return routed_plan(
+            project, adapter, self.eval_tasks(project, after), {task_id: self.trained(project, after)}, (task_id,)
+        )

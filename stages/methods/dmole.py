@@ -22,10 +22,14 @@ from .lora_trainer import LoraTrainer
 class DMoLEHyper(Strict):
     """The expert rank is the allocation's (``allocate --rank``); these are the rest of its LoRA settings."""
 
-    alpha: int | None = Field(default=None, gt=0, description="LoRA alpha; default 2 x the allocation's rank, so the "
-                                                               "scale alpha / r is 2 at any rank (the reference ties "
-                                                               "it: internvl_chat_finetune.py, lora_alpha = 2 * "
-                                                               "use_llm_lora)")
+    alpha: int | None = Field(
+        default=None,
+        gt=0,
+        description="LoRA alpha; default 2 x the allocation's rank, so the "
+        "scale alpha / r is 2 at any rank (the reference ties "
+        "it: internvl_chat_finetune.py, lora_alpha = 2 * "
+        "use_llm_lora)",
+    )
     dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout (the reference's dmole.sh)")
 
     def lora(self, rank: int, dora: bool = False):
@@ -51,9 +55,14 @@ class DMoLETrainer(LoraTrainer):
 
     def record(self, writer) -> None:
         samples, partners, errors = self.run.samples, self.run.carried["partners"], self.run.carried["errors"]
-        write_parquet(writer.path("routing_train.parquet"), {
-            "sample_id": [s.id for s in samples], "past_task": partners,
-            "errors": [list(map(float, row)) for row in errors] if errors is not None else [[] for _ in samples]})
+        write_parquet(
+            writer.path("routing_train.parquet"),
+            {
+                "sample_id": [s.id for s in samples],
+                "past_task": partners,
+                "errors": [list(map(float, row)) for row in errors] if errors is not None else [[] for _ in samples],
+            },
+        )
         writer.meta["samples_with_past_expert"] = sum(p is not None for p in partners)
 
 
@@ -65,16 +74,18 @@ class DMoLE(ContinualMethod):
     def __init__(self, rule: str = "dmole"):
         self.allocation_rule = rule
         self.name = "dmole" if rule == "dmole" else f"dmole-{rule}"
-        self.summary = ("D-MoLE: experts on the layers a gradient proxy ranks, routed by autoencoders" if rule == "dmole"
-                        else f"D-MoLE ablation: the {rule} allocation rule")
+        self.summary = (
+            "D-MoLE: experts on the layers a gradient proxy ranks, routed by autoencoders"
+            if rule == "dmole"
+            else f"D-MoLE ablation: the {rule} allocation rule"
+        )
 
     @classmethod
     def with_ablations(cls) -> list[DMoLE]:
         return [cls(rule) for rule in RULES]
 
     def allocation(self, project, task: str):
-        return project.store.require(self.stage(ALLOCATE.name), task,
-                                     hint=ALLOCATE.hint(task) + method_flag(self.name))
+        return project.store.require(self.stage(ALLOCATE.name), task, hint=ALLOCATE.hint(task) + method_flag(self.name))
 
     # ---- training ------------------------------------------------------------------------------------------
     def carried(self, run: TrainRun) -> list:
@@ -88,7 +99,7 @@ class DMoLE(ContinualMethod):
         run.carried.update(allocation=allocation, partners=[None] * len(run.samples), errors=None, thresholds=None)
         if run.task_id == 1:
             return [allocation]
-        past = run.project.config.task_names[:run.task_id - 1]
+        past = run.project.config.task_names[: run.task_id - 1]
         bank = load_bank(run.project, past)
         own = len(run.samples) - sum(len(buffer) for buffer in run.replayed.values())
         embedded, errors = [], []
@@ -97,26 +108,37 @@ class DMoLE(ContinualMethod):
             embedded.append(version)
             errors.append(train_errors(bank, version, task, samples))
         errors = np.concatenate(errors)
-        run.carried.update(partners=training_partner(errors, bank.thresholds), errors=errors,
-                           thresholds=bank.thresholds)
+        run.carried.update(
+            partners=training_partner(errors, bank.thresholds), errors=errors, thresholds=bank.thresholds
+        )
         return [allocation, *embedded, *router_versions(run.project, past), *previous]
 
     def trainer(self, run: TrainRun, adapter):
         from .lora import expert_model
 
         arch = read_json(run.carried["allocation"].file(ALLOCATE.files.arch))
-        experts = expert_model(run.project, adapter, loaded=dict(enumerate(self.trained_before(run.project,
-                                                                                               run.task_id), 1)))
+        experts = expert_model(
+            run.project, adapter, loaded=dict(enumerate(self.trained_before(run.project, run.task_id), 1))
+        )
         expert_type = arch.get("expert_type", "lora")
         if run.options.expert_type not in (None, expert_type):
-            raise UserError(f"{self.name} trains the experts its allocation sized: {run.carried['allocation']} "
-                            f"allocated {expert_type} experts, not {run.options.expert_type} (re-run "
-                            f"`{ALLOCATE.hint(run.task)} --expert-type {run.options.expert_type}"
-                            f"{method_flag(self.name)}`)")
+            raise UserError(
+                f"{self.name} trains the experts its allocation sized: {run.carried['allocation']} "
+                f"allocated {expert_type} experts, not {run.options.expert_type} (re-run "
+                f"`{ALLOCATE.hint(run.task)} --expert-type {run.options.expert_type}"
+                f"{method_flag(self.name)}`)"
+            )
         routes = [(run.task_id,) + ((p,) if p is not None else ()) for p in run.carried["partners"]]
-        return DMoLETrainer(run, adapter, experts, arch["selected"], run.hyper.lora(arch["rank"], expert_type == "dora"),
-                            routes, expected=arch["expert_parameters"],
-                            sidecar={"train_routing": run.options.train_routing, "vote_size": run.options.vote_size})
+        return DMoLETrainer(
+            run,
+            adapter,
+            experts,
+            arch["selected"],
+            run.hyper.lora(arch["rank"], expert_type == "dora"),
+            routes,
+            expected=arch["expert_parameters"],
+            sidecar={"train_routing": run.options.train_routing, "vote_size": run.options.vote_size},
+        )
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def eval_inputs(self, project, after: str) -> list:
@@ -124,8 +146,11 @@ class DMoLE(ContinualMethod):
 
         index = project.config.task_index(after)
         names = project.config.task_names
-        return (self.trained_before(project, index + 1) + router_versions(project, names[:index])
-                + [require_embeddings(project, n) for n in names])
+        return (
+            self.trained_before(project, index + 1)
+            + router_versions(project, names[:index])
+            + [require_embeddings(project, n) for n in names]
+        )
 
     def evaluation(self, project, after: str, adapter) -> EvalPlan:
         from ..dmole.bank import load_bank
@@ -134,10 +159,15 @@ class DMoLE(ContinualMethod):
         index = project.config.task_index(after)
         experts = expert_model(project, adapter, loaded=dict(enumerate(self.trained_before(project, index + 1), 1)))
         bank = load_bank(project, project.config.task_names[:index])
-        return EvalPlan(experts.model, list(project.config.task_names),
-                        routes_for=lambda task, samples, options, split="test": sample_routes(
-                            project, bank, task, samples, options, split),
-                        around=experts_around(experts, adapter), rows=experts.rows)
+        return EvalPlan(
+            experts.model,
+            list(project.config.task_names),
+            routes_for=lambda task, samples, options, split="test": sample_routes(
+                project, bank, task, samples, options, split
+            ),
+            around=experts_around(experts, adapter),
+            rows=experts.rows,
+        )
 
 
 def train_errors(bank, embedded, task: str, samples: list):
@@ -161,8 +191,9 @@ def sample_routes(project, bank, task: str, samples: list, options, split: str =
     ids, matrix, metadata = load_embeddings(require_embeddings(project, task), split)
     position = {sample_id: i for i, sample_id in enumerate(ids)}
     if any(s.id not in position for s in samples):
-        raise UserError(f"the {split} embeddings of '{task}' do not cover its {split} file; "
-                        f"re-run `dmole embed --task {task}`")
+        raise UserError(
+            f"the {split} embeddings of '{task}' do not cover its {split} file; re-run `dmole embed --task {task}`"
+        )
     errors = bank.errors(matrix[[position[s.id] for s in samples]], metadata)
     return evaluation_routes(errors, bank.thresholds, options.for_task(project.config.task(task))), errors
 

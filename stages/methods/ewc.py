@@ -38,8 +38,14 @@ class FisherAccumulator:
         import torch
 
         self.params, self.steps_per_epoch = params, steps_per_epoch
-        self.state = {k: (earlier[k].to(p.device, torch.float32).clone() if earlier is not None
-                          else torch.zeros_like(p, dtype=torch.float32)) for k, p in params.items()}
+        self.state = {
+            k: (
+                earlier[k].to(p.device, torch.float32).clone()
+                if earlier is not None
+                else torch.zeros_like(p, dtype=torch.float32)
+            )
+            for k, p in params.items()
+        }
 
     def __call__(self) -> None:
         import torch
@@ -61,10 +67,14 @@ class EwcTrainer(LoraTrainer):
         run = self.run
         self.penalised = self.adapter_params(run.task_id)
         earlier = load_file(self.previous.file(FISHER)) if self.previous is not None else None
-        self.gradient_hook = FisherAccumulator(self.penalised, earlier,
-                                               math.ceil(len(run.samples) / run.options.batch_for(run.spec)))
-        self.anchors = None if self.previous is None else {
-            k: p.detach().clone() for k, p in self.adapter_params(run.task_id - 1).items()}
+        self.gradient_hook = FisherAccumulator(
+            self.penalised, earlier, math.ceil(len(run.samples) / run.options.batch_for(run.spec))
+        )
+        self.anchors = (
+            None
+            if self.previous is None
+            else {k: p.detach().clone() for k, p in self.adapter_params(run.task_id - 1).items()}
+        )
 
     def extra_losses(self, model, batch: dict, outputs, before) -> dict:
         if self.anchors is None:

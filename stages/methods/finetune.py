@@ -36,8 +36,9 @@ class Finetune(ContinualMethod):
         if not rows:
             return None
         diagonal = [rows[n][i] if n in rows else None for i, n in enumerate(names)]
-        return [zero] + [[diagonal[i] if i < t else zero[i] for i in range(len(names))]
-                         for t in range(1, len(names) + 1)]
+        return [zero] + [
+            [diagonal[i] if i < t else zero[i] for i in range(len(names))] for t in range(1, len(names) + 1)
+        ]
 
 
 METHODS = [Finetune()]

@@ -25,8 +25,9 @@ from .base import ContinualMethod, EvalPlan, LoraHyper, TrainRun
 
 
 class HiDeHyper(LoraHyper):
-    temperature: float = Field(default=0.1, gt=0, description="softmax temperature of the task matching "
-                                                              "(llava_arch.py: 0.1)")
+    temperature: float = Field(
+        default=0.1, gt=0, description="softmax temperature of the task matching (llava_arch.py: 0.1)"
+    )
 
 
 class HiDe(ContinualMethod):
@@ -55,10 +56,15 @@ class HiDe(ContinualMethod):
         experts = decoupled_model(project, adapter, versions)
         learnt = project.config.task_names[:index]
         temperature = self.hyper_of(versions[-1])["temperature"]
-        return EvalPlan(experts.model, self.eval_tasks(project, after),
-                        routes_for=lambda task, samples, options, split="test": (
-                            task_matching(project, learnt, task, samples, split, temperature), None),
-                        around=experts_around(experts, adapter))
+        return EvalPlan(
+            experts.model,
+            self.eval_tasks(project, after),
+            routes_for=lambda task, samples, options, split="test": (
+                task_matching(project, learnt, task, samples, split, temperature),
+                None,
+            ),
+            around=experts_around(experts, adapter),
+        )
 
     @staticmethod
     def hyper_of(version) -> dict:

@@ -24,8 +24,11 @@ def last_layer(adapter) -> set[str]:
 def lora_pairs(version) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Module -> (A, B) of a train-task artifact's saved LoRA."""
     tensors = load_file(expert_folder(version) / "adapter_model.safetensors")
-    return {k[len(PREFIX):-len(".lora_A.weight")]: (a, tensors[k.replace(".lora_A.", ".lora_B.")])
-            for k, a in tensors.items() if k.endswith(".lora_A.weight")}
+    return {
+        k[len(PREFIX) : -len(".lora_A.weight")]: (a, tensors[k.replace(".lora_A.", ".lora_B.")])
+        for k, a in tensors.items()
+        if k.endswith(".lora_A.weight")
+    }
 
 
 def scaling(versions: list) -> float:
@@ -59,8 +62,9 @@ def decoupled_model(project, adapter, versions: list):
     return experts
 
 
-def task_matching(project, learnt: list[str], task: str, samples: list, split: str, temperature: float
-                  ) -> list[dict[int, float]]:
+def task_matching(
+    project, learnt: list[str], task: str, samples: list, split: str, temperature: float
+) -> list[dict[int, float]]:
     """Per sample of ``task`` (its ``split`` embeddings), each learnt task's weight: softmax over tasks of the mean
     of the cosines of its vision and language features with the task's anchors (mean training features)."""
     from ..dmole.bank import load_embeddings, require_embeddings
@@ -72,15 +76,19 @@ def task_matching(project, learnt: list[str], task: str, samples: list, split: s
     def cosines(rows: np.ndarray, anchors: np.ndarray) -> np.ndarray:
         return (rows @ anchors.T) / (np.linalg.norm(rows, axis=1)[:, None] * np.linalg.norm(anchors, axis=1)[None])
 
-    anchors = [[part.mean(0) for part in parts(*load_embeddings(require_embeddings(project, name), "train")[1:])]
-               for name in learnt]
+    anchors = [
+        [part.mean(0) for part in parts(*load_embeddings(require_embeddings(project, name), "train")[1:])]
+        for name in learnt
+    ]
     ids, matrix, metadata = load_embeddings(require_embeddings(project, task), split)
     position = {sample_id: i for i, sample_id in enumerate(ids)}
     if any(s.id not in position for s in samples):
-        raise UserError(f"the {split} embeddings of '{task}' do not cover its {split} file; re-run "
-                        f"`dmole embed --task {task}`")
+        raise UserError(
+            f"the {split} embeddings of '{task}' do not cover its {split} file; re-run `dmole embed --task {task}`"
+        )
     vision, language = parts(matrix[[position[s.id] for s in samples]], metadata)
-    similarity = (cosines(vision, np.stack([a[0] for a in anchors]))
-                  + cosines(language, np.stack([a[1] for a in anchors]))) / 2
+    similarity = (
+        cosines(vision, np.stack([a[0] for a in anchors])) + cosines(language, np.stack([a[1] for a in anchors]))
+    ) / 2
     weights = torch.softmax(torch.tensor(similarity) / temperature, dim=1).tolist()
     return [{k: w for k, w in enumerate(row, 1)} for row in weights]

@@ -21,8 +21,10 @@ class Joint(ContinualMethod):
 
     def check_after(self, project, after: str) -> None:
         if after != JOINT_TASK:
-            raise UserError(f"joint learns every task at once, so it trains and is evaluated once: use "
-                            f"`{JOINT_TASK}` (--task {JOINT_TASK}, --after {JOINT_TASK}), not {after!r}")
+            raise UserError(
+                f"joint learns every task at once, so it trains and is evaluated once: use "
+                f"`{JOINT_TASK}` (--task {JOINT_TASK}, --after {JOINT_TASK}), not {after!r}"
+            )
 
     def training_tasks(self, project, task: str):
         self.check_after(project, task)
@@ -39,8 +41,9 @@ class Joint(ContinualMethod):
     def evaluation(self, project, after: str, adapter) -> EvalPlan:
         from .lora import routed_plan
 
-        return routed_plan(project, adapter, self.eval_tasks(project, after), {1: self.trained(project, JOINT_TASK)},
-                           (1,))
+        return routed_plan(
+            project, adapter, self.eval_tasks(project, after), {1: self.trained(project, JOINT_TASK)}, (1,)
+        )
 
     def matrix(self, zero, rows, names) -> Matrix | None:
         if JOINT_TASK not in rows:

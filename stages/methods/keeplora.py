@@ -34,13 +34,21 @@ from .seq_lora import SeqLora
 class KeepLoraHyper(LoraHyper):
     rank: int = Field(default=32, gt=0, description="LoRA rank (KeepLoRA's UCIT configs: 32)")
     alpha: int = Field(default=8, gt=0, description="LoRA alpha (KeepLoRA's Task*.sh: rank / 4)")
-    gradient_ratio: float = Field(default=0.2, gt=0, le=1, description="share of the task's samples whose mean "
-                                                                       "gradient sets A and grows M (train_all.sh: "
-                                                                       "0.2)")
-    weight_energy: float = Field(default=0.6, gt=0, le=1, description="energy of the pre-trained weights that M "
-                                                                      "starts with (train_all.sh: 0.6)")
-    energy: float = Field(default=0.99, gt=0, le=1, description="energy of each task's gradient that M holds "
-                                                                "after it (train_post configs: 0.99)")
+    gradient_ratio: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="share of the task's samples whose mean gradient sets A and grows M (train_all.sh: 0.2)",
+    )
+    weight_energy: float = Field(
+        default=0.6, gt=0, le=1, description="energy of the pre-trained weights that M starts with (train_all.sh: 0.6)"
+    )
+    energy: float = Field(
+        default=0.99,
+        gt=0,
+        le=1,
+        description="energy of each task's gradient that M holds after it (train_post configs: 0.99)",
+    )
 
 
 class KeepLora(SeqLora):
@@ -52,8 +60,10 @@ class KeepLora(SeqLora):
         from .keeplora_layers import KeepLoraTrainer
 
         if run.options.expert_type == "dora":
-            raise UserError("keeplora reads the merged weight's gradient through the base weight, which a DoRA's "
-                            "magnitudes rescale: it trains LoRA only")
+            raise UserError(
+                "keeplora reads the merged weight's gradient through the base weight, which a DoRA's "
+                "magnitudes rescale: it trains LoRA only"
+            )
         previous = self.trained_before(run.project, run.task_id)
         return self.merged_trainer(run, adapter, KeepLoraTrainer, previous=previous[-1] if previous else None)
 

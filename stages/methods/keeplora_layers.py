@@ -14,8 +14,8 @@ def weight_subspace(weight: torch.Tensor, energy: float) -> torch.Tensor:
     """M before the first task (``extract_weights.py``): the left singular vectors of W^T (``weight``: d_out x d_in)
     whose cumulative energy share stays below ``energy``, at least one."""
     u, s, _ = torch.linalg.svd(weight.T.float(), full_matrices=False)
-    share = torch.cumsum(s ** 2, 0) / (s ** 2).sum()
-    return u[:, :max(int((share < energy).sum()), 1)].T.contiguous()
+    share = torch.cumsum(s**2, 0) / (s**2).sum()
+    return u[:, : max(int((share < energy).sum()), 1)].T.contiguous()
 
 
 def residual(gradient: torch.Tensor, subspace: torch.Tensor) -> torch.Tensor:
@@ -37,13 +37,13 @@ def extend_subspace(gradient: torch.Tensor, subspace: torch.Tensor, energy: floa
     leading directions one at a time while the share is below ``energy``; at most d_in rows."""
     total = (torch.linalg.svdvals(gradient.float()) ** 2).sum()
     u, s, _ = torch.linalg.svd(residual(gradient, subspace), full_matrices=False)
-    held = (total - (s ** 2).sum()) / total
+    held = (total - (s**2).sum()) / total
     added = 0
     for value in s:
         if held >= energy:
             break
-        held, added = held + value ** 2 / total, added + 1
-    return torch.cat([subspace, u[:, :added].T])[:subspace.shape[1]].contiguous()
+        held, added = held + value**2 / total, added + 1
+    return torch.cat([subspace, u[:, :added].T])[: subspace.shape[1]].contiguous()
 
 
 def evenly_spaced(count: int, ratio: float) -> list[int]:
@@ -62,9 +62,14 @@ class KeepLoraTrainer(LoraTrainer):
 
         super().__init__(run, adapter, experts, modules, lora, routes, **kwargs)
         hyper = run.hyper
-        self.subspace = (load_file(previous.file(SUBSPACE)) if previous is not None else
-                         {m: weight_subspace(self.layer(m).get_base_layer().weight.detach(), hyper.weight_energy)
-                          for m in self.modules})
+        self.subspace = (
+            load_file(previous.file(SUBSPACE))
+            if previous is not None
+            else {
+                m: weight_subspace(self.layer(m).get_base_layer().weight.detach(), hyper.weight_energy)
+                for m in self.modules
+            }
+        )
         gradients = self.mean_gradients()
         with torch.no_grad():
             for m in self.modules:
@@ -105,8 +110,10 @@ class KeepLoraTrainer(LoraTrainer):
 
         super().save(writer)
         gradients = self.mean_gradients()
-        self.subspace = {m: extend_subspace(gradients[m], self.subspace[m].to(gradients[m].device),
-                                            self.run.hyper.energy).cpu() for m in self.modules}
+        self.subspace = {
+            m: extend_subspace(gradients[m], self.subspace[m].to(gradients[m].device), self.run.hyper.energy).cpu()
+            for m in self.modules
+        }
         save_file(self.subspace, writer.path(SUBSPACE))
 
     def summary(self) -> dict:

@@ -81,8 +81,9 @@ class Shape:
         return {} if self.budget is None else {"dmole_parameters": self.budget}
 
 
-def baseline_shape(run: TrainRun, adapter, modules: Sequence[str], *, step: int = 1,
-                   overhead: Callable[[int], int] = lambda d_in: 0) -> Shape:
+def baseline_shape(
+    run: TrainRun, adapter, modules: Sequence[str], *, step: int = 1, overhead: Callable[[int], int] = lambda d_in: 0
+) -> Shape:
     """A baseline's adapter: its hyperparameters' LoRA on ``modules`` or, under ``parity``, the rank (a multiple of
     ``step``; alpha scaled to keep alpha / rank) and leading modules (`parity_shape`) whose trainable parameters
     come closest to D-MoLE's for the task without exceeding them (for joint, the mean over the tasks).
@@ -93,17 +94,22 @@ def baseline_shape(run: TrainRun, adapter, modules: Sequence[str], *, step: int 
     counts = [read_json(v.file(ALLOCATE.files.arch))["expert_parameters"] for v in parity_allocations(run)]
     budget = sum(counts) // len(counts)
     sizes = {c.name: c for c in adapter.candidates(include_mlp=True)}
-    rank, n = parity_shape([sizes[m].d_in + sizes[m].d_out for m in modules],
-                           [overhead(sizes[m].d_in) + (sizes[m].d_out if lora.dora else 0) for m in modules],
-                           budget, step)
+    rank, n = parity_shape(
+        [sizes[m].d_in + sizes[m].d_out for m in modules],
+        [overhead(sizes[m].d_in) + (sizes[m].d_out if lora.dora else 0) for m in modules],
+        budget,
+        step,
+    )
     return Shape(replace(lora, rank=rank, alpha=lora.alpha * rank / lora.rank), list(modules)[:n], budget)
 
 
-def expert_model(project, adapter, base: torch.nn.Module | None = None,
-                 loaded: Mapping[int, Version] | None = None) -> ExpertModel:
+def expert_model(
+    project, adapter, base: torch.nn.Module | None = None, loaded: Mapping[int, Version] | None = None
+) -> ExpertModel:
     """The base (or ``base``) with the trained adapters ``loaded`` (adapter id -> train-task artifact), frozen."""
-    experts = ExpertModel(adapter.model if base is None else base, towers(adapter), str(project.model_path),
-                          groups(adapter))
+    experts = ExpertModel(
+        adapter.model if base is None else base, towers(adapter), str(project.model_path), groups(adapter)
+    )
     for task_id, version in (loaded or {}).items():
         folder = expert_folder(version)
         experts.load_expert(task_id, folder, read_json(folder / SIDECAR).get("shared_a"))
@@ -134,25 +140,41 @@ def continue_from(experts: ExpertModel, source: int, target: int) -> None:
 
 def fresh_trainer(run: TrainRun, adapter, trainer_class: type[LoraTrainer] = LoraTrainer) -> LoraTrainer:
     """A fresh adapter on the base, on every projection, each sample routed to it alone (adapter ``run.task_id``)."""
-    return trainer_class.shaped(run, adapter, expert_model(run.project, adapter),
-                                baseline_shape(run, adapter, all_projections(adapter)),
-                                [(run.task_id,)] * len(run.samples))
+    return trainer_class.shaped(
+        run,
+        adapter,
+        expert_model(run.project, adapter),
+        baseline_shape(run, adapter, all_projections(adapter)),
+        [(run.task_id,)] * len(run.samples),
+    )
 
 
-def routed_plan(project, adapter, tasks: list[str], loaded: Mapping[int, Version], route: tuple[int, ...],
-                base: torch.nn.Module | None = None) -> EvalPlan:
+def routed_plan(
+    project,
+    adapter,
+    tasks: list[str],
+    loaded: Mapping[int, Version],
+    route: tuple[int, ...],
+    base: torch.nn.Module | None = None,
+) -> EvalPlan:
     """Every test sample of ``tasks`` through the adapters ``loaded``, routed to ``route`` (a fixed expert set)."""
     experts = expert_model(project, adapter, base, loaded)
-    return EvalPlan(experts.model, tasks,
-                    routes_for=lambda task, samples, options, split="test": ([route] * len(samples), None),
-                    around=experts_around(experts, adapter))
+    return EvalPlan(
+        experts.model,
+        tasks,
+        routes_for=lambda task, samples, options, split="test": ([route] * len(samples), None),
+        around=experts_around(experts, adapter),
+    )
 
 
 def experts_around(experts: ExpertModel, adapter):
     """``around(routes)`` for an `EvalPlan`: each generate batch runs with its samples' routed experts."""
+
     def around(routes: list):
-        return lambda indices, inputs: experts.routed([routes[i] for i in indices],
-                                                      vision_rows=adapter.vision_row_samples(inputs))
+        return lambda indices, inputs: experts.routed(
+            [routes[i] for i in indices], vision_rows=adapter.vision_row_samples(inputs)
+        )
+
     return around
 
 
@@ -164,15 +186,21 @@ def continued_shape(method, run: TrainRun, adapter, previous: Version | None) ->
     saved = read_json(previous.file(f"{TRAIN_TASK.files.expert}/{SIDECAR}"))
     lora = lora_settings(run)
     if saved.get("expert_type", "lora") != lora.expert_type:
-        raise UserError(f"{method.name} continues one adapter, but {previous} is a {saved.get('expert_type', 'lora')}, "
-                        f"not a {lora.expert_type}")
+        raise UserError(
+            f"{method.name} continues one adapter, but {previous} is a {saved.get('expert_type', 'lora')}, "
+            f"not a {lora.expert_type}"
+        )
     if run.hyper.parity != ("dmole_parameters" in saved) or (
-            not run.hyper.parity and (saved["rank"], saved["alpha"]) != (lora.rank, lora.alpha)):
-        raise UserError(f"{method.name} continues one LoRA, but {previous} has rank {saved['rank']} and alpha "
-                        f"{saved['alpha']} (parity {'dmole_parameters' in saved}), not {lora.rank} and {lora.alpha} "
-                        f"(parity {run.hyper.parity})")
-    return Shape(replace(lora, rank=saved["rank"], alpha=saved["alpha"]), saved["target_modules"],
-                 saved.get("dmole_parameters"))
+        not run.hyper.parity and (saved["rank"], saved["alpha"]) != (lora.rank, lora.alpha)
+    ):
+        raise UserError(
+            f"{method.name} continues one LoRA, but {previous} has rank {saved['rank']} and alpha "
+            f"{saved['alpha']} (parity {'dmole_parameters' in saved}), not {lora.rank} and {lora.alpha} "
+            f"(parity {run.hyper.parity})"
+        )
+    return Shape(
+        replace(lora, rank=saved["rank"], alpha=saved["alpha"]), saved["target_modules"], saved.get("dmole_parameters")
+    )
 
 
 def continued_trainer(method, run: TrainRun, adapter, trainer: type[LoraTrainer] = LoraTrainer) -> LoraTrainer:
@@ -181,8 +209,14 @@ def continued_trainer(method, run: TrainRun, adapter, trainer: type[LoraTrainer]
     previous = method.previous(run.project, run.task_id)
     loaded = {run.task_id - 1: previous} if previous is not None else {}
     shape = continued_shape(method, run, adapter, previous)  # before any adapter wraps the projections
-    trainer = trainer.shaped(run, adapter, expert_model(run.project, adapter, loaded=loaded), shape,
-                             [(run.task_id,)] * len(run.samples), previous=previous)
+    trainer = trainer.shaped(
+        run,
+        adapter,
+        expert_model(run.project, adapter, loaded=loaded),
+        shape,
+        [(run.task_id,)] * len(run.samples),
+        previous=previous,
+    )
     if previous is not None:
         continue_from(trainer.experts, run.task_id - 1, run.task_id)
     return trainer

@@ -58,9 +58,20 @@ class LoraTrainer(Trainer):
 
     folder = TRAIN_TASK.files.expert
 
-    def __init__(self, run: TrainRun, adapter, experts: ExpertModel, modules: Sequence[str], lora: LoraSettings,
-                 routes: Sequence, *, expected: int | None = None, previous: Version | None = None,
-                 sidecar: Mapping | None = None, summary: Mapping | None = None):
+    def __init__(
+        self,
+        run: TrainRun,
+        adapter,
+        experts: ExpertModel,
+        modules: Sequence[str],
+        lora: LoraSettings,
+        routes: Sequence,
+        *,
+        expected: int | None = None,
+        previous: Version | None = None,
+        sidecar: Mapping | None = None,
+        summary: Mapping | None = None,
+    ):
         """``previous`` is the artifact a continued LoRA starts from (None: a fresh adapter); ``sidecar`` adds
         fields to the adapter's sidecar, ``summary`` to the artifact's summary."""
         self.run, self.adapter, self.experts, self.lora, self.previous = run, adapter, experts, lora, previous
@@ -73,10 +84,20 @@ class LoraTrainer(Trainer):
         self.model = experts.model
 
     @classmethod
-    def shaped(cls, run: TrainRun, adapter, experts: ExpertModel, shape: Shape, routes: Sequence,
-               **given) -> LoraTrainer:
-        return cls(run, adapter, experts, shape.modules, shape.lora, routes, sidecar=shape.summary(),
-                   summary=shape.summary(), **given)
+    def shaped(
+        cls, run: TrainRun, adapter, experts: ExpertModel, shape: Shape, routes: Sequence, **given
+    ) -> LoraTrainer:
+        return cls(
+            run,
+            adapter,
+            experts,
+            shape.modules,
+            shape.lora,
+            routes,
+            sidecar=shape.summary(),
+            summary=shape.summary(),
+            **given,
+        )
 
     @property
     def name(self) -> str:
@@ -104,9 +125,18 @@ class LoraTrainer(Trainer):
         """Write what the method keeps beside the adapter (nothing by default)."""
 
     def save(self, writer) -> None:
-        sidecar = {"task": self.run.task, "task_id": self.run.task_id, "method": self.run.method,
-                   "adapter_name": self.name, "rank": self.lora.rank, "alpha": self.lora.alpha,
-                   "dropout": self.lora.dropout, "expert_type": self.lora.expert_type, "target_modules": self.modules,
-                   **({"shared_a": self.shared} if self.shared else {}), **self.extra_sidecar}
+        sidecar = {
+            "task": self.run.task,
+            "task_id": self.run.task_id,
+            "method": self.run.method,
+            "adapter_name": self.name,
+            "rank": self.lora.rank,
+            "alpha": self.lora.alpha,
+            "dropout": self.lora.dropout,
+            "expert_type": self.lora.expert_type,
+            "target_modules": self.modules,
+            **({"shared_a": self.shared} if self.shared else {}),
+            **self.extra_sidecar,
+        }
         save_expert(self.model, self.name, writer.path(self.folder), sidecar)
         self.record(writer)

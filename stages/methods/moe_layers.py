@@ -11,7 +11,6 @@ from torch import nn
 from dmole.artifacts.io import read_json, write_json
 
 from ..dmole.experts import LoraSettings
-
 from ..errors import UserError
 from .base import Trainer, TrainRun
 from .lora import Shape, baseline_shape
@@ -49,7 +48,7 @@ class MoELoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         gates = self.gates(x)
-        delta = sum(gates[..., e:e + 1] * self.expert(e, x) for e in range(len(self.lora_A)))
+        delta = sum(gates[..., e : e + 1] * self.expert(e, x) for e in range(len(self.lora_A)))
         return out + (self.scaling * delta).to(out.dtype)
 
 
@@ -121,6 +120,15 @@ class MoELoraTrainer(Trainer):
         from safetensors.torch import save_file
 
         save_file({k: v.detach().contiguous().cpu() for k, v in moe_state(self.model).items()}, writer.path(WEIGHTS))
-        write_json(writer.path(CONFIG), {"task": self.run.task, "task_id": self.run.task_id, "method": self.run.method,
-                                         "modules": self.shape.modules, "hyper": self.run.hyper.model_dump(),
-                                         "lora": asdict(self.shape.lora), "budget": self.shape.budget})
+        write_json(
+            writer.path(CONFIG),
+            {
+                "task": self.run.task,
+                "task_id": self.run.task_id,
+                "method": self.run.method,
+                "modules": self.shape.modules,
+                "hyper": self.run.hyper.model_dump(),
+                "lora": asdict(self.shape.lora),
+                "budget": self.shape.budget,
+            },
+        )

@@ -18,14 +18,16 @@ from .continued import ContinuedLora
 
 
 class MoELoraHyper(LoraHyper):
-    experts: int = Field(default=4, gt=0, description="LoRA experts per projection; must divide the rank (CoIN's "
-                                                      "code default: 4)")
+    experts: int = Field(
+        default=4, gt=0, description="LoRA experts per projection; must divide the rank (CoIN's code default: 4)"
+    )
 
     @model_validator(mode="after")
     def _rank_splits(self) -> MoELoraHyper:
         if self.rank % self.experts:
-            raise ValueError(f"the rank ({self.rank}) is split among the experts: it must be a multiple of "
-                             f"experts ({self.experts})")
+            raise ValueError(
+                f"the rank ({self.rank}) is split among the experts: it must be a multiple of experts ({self.experts})"
+            )
         return self
 
 

@@ -26,8 +26,11 @@ from .base import ContinualMethod, EvalPlan, LoraHyper, TrainRun
 
 
 class MRLoraHyper(LoraHyper):
-    router_samples: float = Field(default=20, gt=0, description="router training samples per task: a count or a "
-                                                                "fraction below 1 (MLLM-CL's router files: 20)")
+    router_samples: float = Field(
+        default=20,
+        gt=0,
+        description="router training samples per task: a count or a fraction below 1 (MLLM-CL's router files: 20)",
+    )
     router_rank: int = Field(default=128, gt=0, description="the router's LoRA rank (0_train_router.sh: 128)")
     router_alpha: int = Field(default=256, gt=0, description="the router's LoRA alpha (0_train_router.sh: 256)")
     router_epochs: float = Field(default=40, gt=0, description="epochs over the router set (0_train_router.sh: 40)")
@@ -52,9 +55,12 @@ class MRLora(ContinualMethod):
 
         index = project.config.task_index(after)
         experts, choose = routed_by_router(project, adapter, self.trained_before(project, index + 1))
-        return EvalPlan(experts.model, self.eval_tasks(project, after),
-                        routes_for=lambda task, samples, options, split="test": (choose(task, samples), None),
-                        around=experts_around(experts, adapter))
+        return EvalPlan(
+            experts.model,
+            self.eval_tasks(project, after),
+            routes_for=lambda task, samples, options, split="test": (choose(task, samples), None),
+            around=experts_around(experts, adapter),
+        )
 
 
 METHODS = [MRLora()]

@@ -27,8 +27,10 @@ def letter(task_id: int) -> str:
 def router_question(question: str, names: list[str]) -> str:
     """The router's question for a sample: which of the experts learnt so far (task 1 = A, ...) answers it."""
     options = "\n".join(f"{letter(k)}. {name}" for k, name in enumerate(names, 1))
-    return (f"{question}\nWhich task's expert should answer this?\n{options}\n"
-            "Answer with the option's letter from the given choices directly.")
+    return (
+        f"{question}\nWhich task's expert should answer this?\n{options}\n"
+        "Answer with the option's letter from the given choices directly."
+    )
 
 
 def router_set(project, task_id: int, hyper) -> list[TrainSample]:
@@ -36,8 +38,11 @@ def router_set(project, task_id: int, hyper) -> list[TrainSample]:
     expert answers its question, answered by its own task's letter."""
     names = project.config.task_names[:task_id]
     buffers = task_buffers(project, names, hyper.router_samples, hyper.router_seed)
-    return [TrainSample(f"{name}/{s.id}", s.image, ((router_question(s.question, names), letter(k)),))
-            for k, name in enumerate(names, 1) for s in buffers[name]]
+    return [
+        TrainSample(f"{name}/{s.id}", s.image, ((router_question(s.question, names), letter(k)),))
+        for k, name in enumerate(names, 1)
+        for s in buffers[name]
+    ]
 
 
 def answer_log_likelihoods(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -64,33 +69,46 @@ class MRLoraTrainer(LoraTrainer):
 
     def train_router(self) -> RouterTrainer:
         from ..progress import silent
-        from ..training.steps import loop_settings, step_loss
         from ..training.chat import text_length
         from ..training.inputs import InputPipeline
         from ..training.loop import ParamGroup, train
+        from ..training.steps import loop_settings, step_loss
 
         hyper = self.run.hyper
         samples = router_set(self.run.project, self.run.task_id, hyper)
         options = self.run.options.model_copy(update={"epochs": hyper.router_epochs, "lr": hyper.router_lr})
         run = replace(self.run, task_id=ROUTER_ID, samples=samples, options=options, replayed={})
-        router = RouterTrainer(run, self.adapter, self.experts, self.modules,
-                               LoraSettings(hyper.router_rank, hyper.router_alpha, hyper.dropout),
-                               [(ROUTER_ID,)] * len(samples))
+        router = RouterTrainer(
+            run,
+            self.adapter,
+            self.experts,
+            self.modules,
+            LoraSettings(hyper.router_rank, hyper.router_alpha, hyper.dropout),
+            [(ROUTER_ID,)] * len(samples),
+        )
         self.model.train()
         try:
-            self.router_log = train(self.model, [ParamGroup("router", router.params)],
-                                    step_loss(run, router, self.adapter), len(samples),
-                                    loop_settings(options, run.spec), progress=silent,
-                                    lengths=[text_length(s) for s in samples],
-                                    inputs=InputPipeline(router.inputs, self.adapter.on_device)).log
+            self.router_log = train(
+                self.model,
+                [ParamGroup("router", router.params)],
+                step_loss(run, router, self.adapter),
+                len(samples),
+                loop_settings(options, run.spec),
+                progress=silent,
+                lengths=[text_length(s) for s in samples],
+                inputs=InputPipeline(router.inputs, self.adapter.on_device),
+            ).log
         finally:
             self.model.eval()
         return router
 
     def summary(self) -> dict:
         """After `save`: the router's set and its last loss too."""
-        return {**super().summary(), "router_samples": len(self.router.run.samples),
-                "router_final_loss": self.router_log[-1]["loss"]}
+        return {
+            **super().summary(),
+            "router_samples": len(self.router.run.samples),
+            "router_final_loss": self.router_log[-1]["loss"],
+        }
 
 
 def routed_by_router(project, adapter, versions: list):
@@ -103,12 +121,18 @@ def routed_by_router(project, adapter, versions: list):
     versions[-1].file(f"{ROUTER_FOLDER}/adapter_model.safetensors")  # checksum-verified before PEFT reads it
     experts.load_expert(ROUTER_ID, versions[-1].path / ROUTER_FOLDER)
     experts.model.eval()
-    names = project.config.task_names[:len(versions)]
+    names = project.config.task_names[: len(versions)]
 
     def choose(task: str, samples: list) -> list[tuple[int]]:
         spec = project.config.task(task)
-        return [(router_choice(experts, adapter, load_image(s.image), router_question(render_prompt(spec, s), names),
-                               len(names)),) for s in samples]
+        return [
+            (
+                router_choice(
+                    experts, adapter, load_image(s.image), router_question(render_prompt(spec, s), names), len(names)
+                ),
+            )
+            for s in samples
+        ]
 
     return experts, choose
 
@@ -120,4 +144,3 @@ def router_choice(experts, adapter, image, question: str, n_experts: int) -> int
     with torch.no_grad(), experts.routed([(ROUTER_ID,)] * n_experts, vision_rows=adapter.vision_row_samples(batch)):
         logits = experts.model(**batch).logits
     return int(answer_log_likelihoods(logits, batch["labels"]).argmax()) + 1
-

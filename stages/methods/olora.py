@@ -28,11 +28,17 @@ from .lora_trainer import LoraTrainer
 
 class OLoraHyper(LoraHyper):
     targets: Literal["all", "qv"] = Field(
-        default="all", description="the projections each LoRA adapts: all (MCITlib's multimodal O-LoRA: every "
-                                   "linear layer) or qv (O-LoRA's own: q and v; a fused qkv where a tower has one)")
-    lambda1: float = Field(default=0.05, ge=0, description="lambda_1, the orthogonality weight (MCITlib's "
-                                                          "multimodal O-LoRA: 0.05 over every projection; O-LoRA's "
-                                                          "own: 0.5 over q and v)")
+        default="all",
+        description="the projections each LoRA adapts: all (MCITlib's multimodal O-LoRA: every "
+        "linear layer) or qv (O-LoRA's own: q and v; a fused qkv where a tower has one)",
+    )
+    lambda1: float = Field(
+        default=0.05,
+        ge=0,
+        description="lambda_1, the orthogonality weight (MCITlib's "
+        "multimodal O-LoRA: 0.05 over every projection; O-LoRA's "
+        "own: 0.5 over q and v)",
+    )
     lambda2: float = Field(default=0.0, ge=0, description="lambda_2, the L2 weight (O-LoRA and MCITlib: 0)")
 
 
@@ -60,8 +66,10 @@ class OLoraTrainer(LoraTrainer):
 
     def extra_losses(self, model, batch: dict, outputs, before) -> dict:
         hyper = self.run.hyper
-        return {"orthogonal": hyper.lambda1 * orthogonality_loss(self.new, self.old),
-                "l2": hyper.lambda2 * l2_norms(self.params)}
+        return {
+            "orthogonal": hyper.lambda1 * orthogonality_loss(self.new, self.old),
+            "l2": hyper.lambda2 * l2_norms(self.params),
+        }
 
 
 class OLora(ContinualMethod):
@@ -87,8 +95,13 @@ class OLora(ContinualMethod):
         from .lora import routed_plan
 
         task_id = project.config.task_index(after)
-        return routed_plan(project, adapter, self.eval_tasks(project, after),
-                           dict(enumerate(self.eval_inputs(project, after), 1)), tuple(range(1, task_id + 1)))
+        return routed_plan(
+            project,
+            adapter,
+            self.eval_tasks(project, after),
+            dict(enumerate(self.eval_inputs(project, after), 1)),
+            tuple(range(1, task_id + 1)),
+        )
 
 
 METHODS = [OLora()]

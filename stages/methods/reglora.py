@@ -24,10 +24,15 @@ from .seq_lora import SeqLora
 
 
 class RegLoraHyper(LoraHyper):
-    weight: float = Field(default=2.5e3, ge=0, description="weight of the key-element penalty (SEFE's "
-                                                           "llava_llama.py: 2.5e3)")
-    key_share: float = Field(default=0.02, gt=0, le=1, description="share of each update's positions kept as key "
-                                                                   "elements (key_elements_identification.py: 0.02)")
+    weight: float = Field(
+        default=2.5e3, ge=0, description="weight of the key-element penalty (SEFE's llava_llama.py: 2.5e3)"
+    )
+    key_share: float = Field(
+        default=0.02,
+        gt=0,
+        le=1,
+        description="share of each update's positions kept as key elements (key_elements_identification.py: 0.02)",
+    )
 
 
 class RegLora(SeqLora):

@@ -20,6 +20,7 @@ def key_elements(update: torch.Tensor, share: float) -> torch.Tensor:
 def key_penalty(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], keys: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum over modules of the mean magnitude of the update B A at its key elements, each element (i, j) computed
     alone as B[i] . A[:, j] (the whole product would be a weight-sized matrix per module and step)."""
+
     def at_keys(a: torch.Tensor, b: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         return (b[key[:, 0]] * a[:, key[:, 1]].T).sum(-1)
 
@@ -53,7 +54,7 @@ class RegLoraTrainer(LoraTrainer):
 
         super().save(writer)
         with torch.no_grad():
-            own = {m: key_elements((b @ a).float(), self.run.hyper.key_share).cpu()
-                   for m, (a, b) in self.pairs().items()}
-        save_file({m: torch.cat([k, self.keys[m]]) if m in self.keys else k for m, k in own.items()},
-                  writer.path(KEYS))
+            own = {
+                m: key_elements((b @ a).float(), self.run.hyper.key_share).cpu() for m, (a, b) in self.pairs().items()
+            }
+        save_file({m: torch.cat([k, self.keys[m]]) if m in self.keys else k for m, k in own.items()}, writer.path(KEYS))

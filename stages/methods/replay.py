@@ -23,9 +23,13 @@ from .dmole import DMoLE, DMoLEHyper
 
 
 class ReplayFields(Strict):
-    replay: float = Field(default=20, gt=0, description="buffer size per earlier task: a fraction of its training "
-                                                        "samples (below 1) or a count (a whole number; MLLM-CL's "
-                                                        "replay files: 20)")
+    replay: float = Field(
+        default=20,
+        gt=0,
+        description="buffer size per earlier task: a fraction of its training "
+        "samples (below 1) or a count (a whole number; MLLM-CL's "
+        "replay files: 20)",
+    )
     replay_seed: int = Field(default=42, description="seed of the buffer draw (with each task's name)")
 
     @field_validator("replay")
@@ -57,8 +61,9 @@ def task_buffers(project, names: list[str], size: float, seed: int) -> dict[str,
 
 def replay_buffers(run: TrainRun) -> dict[str, list]:
     """Every earlier task's buffer, by the run's ``replay`` and ``replay_seed``."""
-    return task_buffers(run.project, run.project.config.task_names[:run.task_id - 1], run.hyper.replay,
-                        run.hyper.replay_seed)
+    return task_buffers(
+        run.project, run.project.config.task_names[: run.task_id - 1], run.hyper.replay, run.hyper.replay_seed
+    )
 
 
 class ReplayHyper(LoraHyper, ReplayFields):

@@ -42,8 +42,10 @@ def resolve_caption_tokenizer(name: str) -> tuple[str, str | None]:
         return name, None
     if shutil.which("java") is not None:
         return "ptb", None
-    return "ptb-python", ("caption tokenizer: java is not on PATH, so CIDEr uses ptb-python (the PTB rules in "
-                          "Python; docs/dmole.md gives its measured difference from ptb) instead of ptb")
+    return "ptb-python", (
+        "caption tokenizer: java is not on PATH, so CIDEr uses ptb-python (the PTB rules in "
+        "Python; docs/dmole.md gives its measured difference from ptb) instead of ptb"
+    )
 
 
 def tokenize_captions(texts: list[str], tokenizer: str = "simple") -> list[str]:

@@ -41,8 +41,9 @@ def _meteor_java(gts: dict[int, list[str]], res: dict[int, list[str]]) -> tuple[
     return float(score), [float(s) for s in scores]
 
 
-def coco_caption_scores(predictions: list[str], references: list[list[str]], *, tokenizer: str = "ptb",
-                        meteor: str = "java") -> tuple[dict[str, float], dict[str, list[float]]]:
+def coco_caption_scores(
+    predictions: list[str], references: list[list[str]], *, tokenizer: str = "ptb", meteor: str = "java"
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Corpus scores (0-1, CIDEr unbounded) of METRICS, and each sample's, keyed by metric name."""
     if len(predictions) != len(references):
         raise MetricError(f"{len(predictions)} predictions but {len(references)} reference lists")

@@ -43,7 +43,7 @@ def scienceqa_letter(reply: str) -> str:
 
 def scienceqa(reply: str, choices: list[str], answer: int) -> float:
     letter = scienceqa_letter(reply)
-    index = OPTIONS.index(letter) if letter in OPTIONS[:len(choices)] else -1
+    index = OPTIONS.index(letter) if letter in OPTIONS[: len(choices)] else -1
     return float(index == answer)
 
 
@@ -116,6 +116,13 @@ RULES = {
     "coin-ocrvqa": lambda r, s: ocrvqa(r, _field(s, "answer", "ocrvqa")),
 }
 # CoIN's task names (its Instructions folders) -> rule
-TASK_RULES = {"ScienceQA": "coin-scienceqa", "TextVQA": "coin-textvqa", "ImageNet": "coin-imagenet",
-              "GQA": "coin-gqa", "VizWiz": "coin-vizwiz", "Grounding": "coin-grounding", "VQAv2": "coin-vqav2",
-              "OCRVQA": "coin-ocrvqa"}
+TASK_RULES = {
+    "ScienceQA": "coin-scienceqa",
+    "TextVQA": "coin-textvqa",
+    "ImageNet": "coin-imagenet",
+    "GQA": "coin-gqa",
+    "VizWiz": "coin-vizwiz",
+    "Grounding": "coin-grounding",
+    "VQAv2": "coin-vqav2",
+    "OCRVQA": "coin-ocrvqa",
+}

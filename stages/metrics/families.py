@@ -83,9 +83,7 @@ FAMILIES: dict[str, Callable[[list[str], list[dict], str], Scored]] = {
 }
 
 
-def score_family(
-    family: str, predictions: list[str], samples: list[dict], caption_tokenizer: str = "simple"
-) -> Scored:
+def score_family(family: str, predictions: list[str], samples: list[dict], caption_tokenizer: str = "simple") -> Scored:
     """(score 0-100, per-sample scores 0-100, parsed predictions) for one task family.
 
     `caption_tokenizer` ("simple", "ptb" or "ptb-python") is used by the caption family only.

@@ -34,15 +34,17 @@ def forgetting_table(R: Matrix) -> list[dict]:
     for i in range(1, T + 1):
         trajectory = [R[t][i - 1] for t in range(i, T + 1)]
         final, acquired, best = R[T][i - 1], R[i][i - 1], _max(trajectory)
-        rows.append({
-            "task": i,
-            "acquired": acquired,
-            "best": best,
-            "best_before_last": _max(trajectory[:-1]) if i < T else None,
-            "final": final,
-            "forgetting": _diff(best, final) if i < T else None,
-            "bwt": _diff(final, acquired) if i < T else None,
-        })
+        rows.append(
+            {
+                "task": i,
+                "acquired": acquired,
+                "best": best,
+                "best_before_last": _max(trajectory[:-1]) if i < T else None,
+                "final": final,
+                "forgetting": _diff(best, final) if i < T else None,
+                "bwt": _diff(final, acquired) if i < T else None,
+            }
+        )
     return rows
 
 
@@ -76,5 +78,9 @@ def continual_next_metrics(R: Matrix) -> dict:
 
 def field_metrics(R: Matrix) -> dict:
     """All of the above, keyed by toolkit, with the per-task forgetting table."""
-    return {"mcitlib": mcitlib_metrics(R), "coinpp": coinpp_metrics(R), "continual_next": continual_next_metrics(R),
-            "forgetting_table": forgetting_table(R)}
+    return {
+        "mcitlib": mcitlib_metrics(R),
+        "coinpp": coinpp_metrics(R),
+        "continual_next": continual_next_metrics(R),
+        "forgetting_table": forgetting_table(R),
+    }

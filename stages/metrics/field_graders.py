@@ -35,16 +35,25 @@ def rule_for(grader: str, family: str, task: str | None = None) -> str:
         return _TASK_RULES[grader][task]
     if family in _FAMILY_RULES[grader]:
         return _FAMILY_RULES[grader][family]
-    raise MetricError(f"the {grader!r} grader has no rule for a {family!r} task"
-                      + (f" named {task!r}" if task else "") + "; its scripts grade no such answers")
+    raise MetricError(
+        f"the {grader!r} grader has no rule for a {family!r} task"
+        + (f" named {task!r}" if task else "")
+        + "; its scripts grade no such answers"
+    )
 
 
 def caption_backends() -> tuple[str, str, str | None]:
     """(tokenizer, METEOR) the caption rules use here, and a one-line notice when java is missing."""
     if java_present():
         return "ptb", "java", None
-    return "ptb-python", "python", ("caption metrics: java is not on PATH, so the PTB tokenizer and METEOR run "
-                                    "in Python (docs/metrics.md gives their measured difference from java)")
+    return (
+        "ptb-python",
+        "python",
+        (
+            "caption metrics: java is not on PATH, so the PTB tokenizer and METEOR run "
+            "in Python (docs/metrics.md gives their measured difference from java)"
+        ),
+    )
 
 
 def _gold_text(sample: dict) -> dict:
@@ -63,23 +72,24 @@ def _parsed(rule: str, reply: str) -> str | None:
     return reply
 
 
-def score_rule(rule: str, predictions: list[str], samples: list[dict], *, tokenizer: str | None = None,
-               meteor: str | None = None) -> Scored:
+def score_rule(
+    rule: str, predictions: list[str], samples: list[dict], *, tokenizer: str | None = None, meteor: str | None = None
+) -> Scored:
     """Score replies with a named rule; caption rules use ``caption_backends()`` unless told."""
     if len(predictions) != len(samples):
         raise MetricError(f"{len(predictions)} predictions but {len(samples)} samples")
     if not samples:
         raise MetricError(f"no samples to score with {rule!r}")
     if rule.startswith("dmole-"):
-        return score_family(rule.removeprefix("dmole-"), predictions, samples,
-                            tokenizer or caption_backends()[0])
+        return score_family(rule.removeprefix("dmole-"), predictions, samples, tokenizer or caption_backends()[0])
     if rule == mcitlib_rules.CAPTION_RULE:
         default_tokenizer, default_meteor, _ = caption_backends()
         refs = [s["references"] if "references" in s else s.get("answers") for s in samples]
         if any(not r for r in refs):
             raise MetricError("MCITlib's caption rule needs each sample's 'references'")
-        score, per_sample, _ = mcitlib_rules.caption(predictions, refs, tokenizer=tokenizer or default_tokenizer,
-                                                     meteor=meteor or default_meteor)
+        score, per_sample, _ = mcitlib_rules.caption(
+            predictions, refs, tokenizer=tokenizer or default_tokenizer, meteor=meteor or default_meteor
+        )
         return score, per_sample, list(predictions)
     table = {**mcitlib_rules.RULES, **coin_rules.RULES}
     if rule not in table:

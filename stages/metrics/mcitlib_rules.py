@@ -52,7 +52,7 @@ def sci(reply: str, answer: str, image: str, prompt: str) -> float:
     if UNANSWERABLE in reply:
         return 0.0
     pred, gold = reply.lower(), answer.lower()
-    if image.split("/")[-1].split("_")[0] in SCI_EXACT_SOURCES:
+    if image.rsplit("/", maxsplit=1)[-1].split("_", maxsplit=1)[0] in SCI_EXACT_SOURCES:
         return float(gold == pred)
     if "Which states" in prompt:
         states = gold.split(",")
@@ -66,8 +66,9 @@ def finvis(reply: str, answer: str) -> float:
     return float(reply.lower().replace(" ", "").replace(".", "") == answer.lower())
 
 
-def caption(replies: list[str], references: list[list[str]], *, tokenizer: str = "ptb",
-            meteor: str = "java") -> tuple[float, list[float], dict[str, float]]:
+def caption(
+    replies: list[str], references: list[list[str]], *, tokenizer: str = "ptb", meteor: str = "java"
+) -> tuple[float, list[float], dict[str, float]]:
     """eval_caption.py's Average (0-100), a per-sample stand-in (the mean of the seven per-sample scores × 100;
     the corpus BLEU and METEOR are not means of these), and the seven corpus metrics × 100."""
     corpus, samples = coco_caption_scores(replies, references, tokenizer=tokenizer, meteor=meteor)
@@ -87,13 +88,23 @@ RULES = {
     "mcitlib-exact": lambda r, s: exact(r, _field(s, "answer", "exact")),
     "mcitlib-ai2d": lambda r, s: ai2d(r, _field(s, "answer", "ai2d")),
     "mcitlib-pvqa": lambda r, s: pvqa(r, _field(s, "answer", "pvqa")),
-    "mcitlib-sci": lambda r, s: sci(r, _field(s, "answer", "sci"), _field(s, "image", "sci"),
-                                    s.get("prompt", s.get("question", ""))),
+    "mcitlib-sci": lambda r, s: sci(
+        r, _field(s, "answer", "sci"), _field(s, "image", "sci"), s.get("prompt", s.get("question", ""))
+    ),
     "mcitlib-finvis": lambda r, s: finvis(r, _field(s, "answer", "finvis")),
 }
 CAPTION_RULE = "mcitlib-caption"
 # MCITlib's task folders -> rule
-TASK_RULES = {"ImageNet-R": "mcitlib-exact", "ArxivQA": "mcitlib-exact", "IconQA": "mcitlib-exact",
-              "CLEVR-Math": "mcitlib-exact", "VizWiz": CAPTION_RULE, "Flickr30k": CAPTION_RULE,
-              "RS": "mcitlib-ai2d", "AD": "mcitlib-ai2d", "Med": "mcitlib-pvqa", "Sci": "mcitlib-sci",
-              "Fin": "mcitlib-finvis"}
+TASK_RULES = {
+    "ImageNet-R": "mcitlib-exact",
+    "ArxivQA": "mcitlib-exact",
+    "IconQA": "mcitlib-exact",
+    "CLEVR-Math": "mcitlib-exact",
+    "VizWiz": CAPTION_RULE,
+    "Flickr30k": CAPTION_RULE,
+    "RS": "mcitlib-ai2d",
+    "AD": "mcitlib-ai2d",
+    "Med": "mcitlib-pvqa",
+    "Sci": "mcitlib-sci",
+    "Fin": "mcitlib-finvis",
+}

@@ -81,7 +81,7 @@ class Stats:
     chunks: int = 0
     matches: int = 0  # aligned word pairs
 
-    def __add__(self, other: "Stats") -> "Stats":
+    def __add__(self, other: Stats) -> Stats:
         return Stats(*(a + b for a, b in zip(self.__dict__.values(), other.__dict__.values())))
 
     def score(self) -> float:
@@ -93,13 +93,13 @@ class Stats:
         precision, recall = self.test_matched / test_weighted, self.ref_matched / ref_weighted
         fmean = precision * recall / (ALPHA * precision + (1 - ALPHA) * recall)
         fragmentation = 0.0 if self.whole() else self.chunks / self.matches
-        return fmean * (1 - GAMMA * fragmentation ** BETA)
+        return fmean * (1 - GAMMA * fragmentation**BETA)
 
     def whole(self) -> bool:
         """Every word of both sides matched, in one chunk."""
         return self.matches == self.test_length == self.ref_length and self.chunks == 1
 
-    def for_corpus(self) -> "Stats":
+    def for_corpus(self) -> Stats:
         """These statistics as the jar adds them up: scoring a whole-matched segment sets its chunks to 0."""
         return replace(self, chunks=0) if self.whole() else self
 
@@ -193,8 +193,11 @@ def segment_stats(test: str, ref: str) -> Stats:
     exact = align(h, r)
     h_left, r_left = {i for i, _ in exact}, {j for _, j in exact}
     stem = _stemmer().stemWords
-    stems = align([None if i in h_left else s for i, s in enumerate(stem(h))],
-                  [None if j in r_left else s for j, s in enumerate(stem(r))], tuple(exact))
+    stems = align(
+        [None if i in h_left else s for i, s in enumerate(stem(h))],
+        [None if j in r_left else s for j, s in enumerate(stem(r))],
+        tuple(exact),
+    )
     synonyms = _synonym_pairs(h, r, exact + stems)
     pairs = sorted(exact + stems + synonyms)
 
@@ -204,13 +207,22 @@ def segment_stats(test: str, ref: str) -> Stats:
     def matched(k: int) -> float:
         """Weighted matches on side k (0: hypothesis, 1: reference)."""
         side = (h, r)[k]
-        return (EXACT_WEIGHT * weighted(side, [pair[k] for pair in exact])
-                + STEM_WEIGHT * weighted(side, [pair[k] for pair in stems])
-                + SYNONYM_WEIGHT * weighted(side, [pair[k] for pair in synonyms]))
+        return (
+            EXACT_WEIGHT * weighted(side, [pair[k] for pair in exact])
+            + STEM_WEIGHT * weighted(side, [pair[k] for pair in stems])
+            + SYNONYM_WEIGHT * weighted(side, [pair[k] for pair in synonyms])
+        )
 
-    return Stats(test_length=len(h), ref_length=len(r), test_function=sum(w in function for w in h),
-                 ref_function=sum(w in function for w in r), test_matched=matched(0), ref_matched=matched(1),
-                 chunks=_chunks(pairs), matches=len(pairs))
+    return Stats(
+        test_length=len(h),
+        ref_length=len(r),
+        test_function=sum(w in function for w in h),
+        ref_function=sum(w in function for w in r),
+        test_matched=matched(0),
+        ref_matched=matched(1),
+        chunks=_chunks(pairs),
+        matches=len(pairs),
+    )
 
 
 def best_stats(test: str, refs: list[str]) -> Stats:

@@ -16,9 +16,28 @@ from functools import lru_cache
 from pathlib import Path
 
 # WordNet 3's morphy detachment rules as the jar lists them: (suffix, replacement), nouns, verbs, adjectives
-_RULES = [("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
-          ("ies", "y"), ("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"),
-          ("ing", ""), ("er", ""), ("est", ""), ("er", "e"), ("est", "e")]
+_RULES = [
+    ("s", ""),
+    ("ses", "s"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
+    ("s", ""),
+    ("ies", "y"),
+    ("es", "e"),
+    ("es", ""),
+    ("ed", "e"),
+    ("ed", ""),
+    ("ing", "e"),
+    ("ing", ""),
+    ("er", ""),
+    ("est", ""),
+    ("er", "e"),
+    ("est", "e"),
+]
 
 
 def _pairs(text: str) -> dict[str, list[str]]:
@@ -32,8 +51,10 @@ def _tables() -> tuple[dict[str, frozenset[int]], dict[str, list[str]]]:
 
     jar = Path(meteor_module.__file__).with_name("meteor-1.5.jar")
     with zipfile.ZipFile(jar) as archive:
-        synsets = {word: frozenset(int(n) for n in numbers) for word, numbers in
-                   _pairs(archive.read("synonym/english.synsets").decode("utf-8")).items()}
+        synsets = {
+            word: frozenset(int(n) for n in numbers)
+            for word, numbers in _pairs(archive.read("synonym/english.synsets").decode("utf-8")).items()
+        }
         bases: dict[str, list[str]] = {}
         for base, forms in _pairs(archive.read("synonym/english.exceptions").decode("utf-8")).items():
             for form in forms:

@@ -26,20 +26,24 @@ from __future__ import annotations
 import re
 
 # pycocoevalcap.tokenizer.ptbtokenizer.PUNCTUATIONS: tokens removed after tokenisation
-REMOVED = frozenset({"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
-                     "...", ";"})
+REMOVED = frozenset(
+    {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+)
 
 # Words the PTB lexer keeps a period on: titles, street and company words, months, US states, Latin.
-ABBREVIATIONS = frozenset("""
+ABBREVIATIONS = frozenset(
+    """
 mr mrs ms dr prof sr jr st rev gov sen lt sgt capt cmdr adm maj hon messrs mme mlle
 ave blvd rd hwy mt ft corp inc ltd bros dept univ assn
 jan feb apr jun jul aug sep sept oct nov dec
 ariz ark calif colo conn fla ga kan kans ky la md mich minn okla penn tenn tex va vt wis wyo
 etc vs viz cf al approx esp nos figs
-""".split())
+""".split()
+)
 # Abbreviations that are also words: their period is kept inside a caption, but ends it at its end.
-WORDLIKE_ABBREVIATIONS = frozenset("ala co col del fig gen ill ind mar mass miss mo mont neb nev no ore pa rep wash"
-                                   .split())
+WORDLIKE_ABBREVIATIONS = frozenset(
+    "ala co col del fig gen ill ind mar mass miss mo mont neb nev no ore pa rep wash".split()
+)
 
 BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 
@@ -47,14 +51,17 @@ _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": 
 _SPLIT_WORDS = re.compile(r"\b(can)(not)\b|\b(gon|got|wan)(na|ta)\b", re.IGNORECASE)
 _CLITICS = re.compile(r"(n't|'(?:s|re|ve|ll|d|m))\b", re.IGNORECASE)
 _A = r"[^\W_]"  # a letter or digit, in any script
-_TOKEN = re.compile(rf"""
+_TOKEN = re.compile(
+    rf"""
     (?P<number>(?<!{_A})[+-]\d+(?:[.,:/]\d+)*|\d+(?:[.,:/]\d+)+)   # +9  4:07  3.69  1,000  1/2
   | (?P<initials>{_A}(?:\.{_A})+\.?(?!{_A}))              # U.S.  t.v.  p.m.  d.v.d
   | (?P<word>{_A}+(?:(?:[-/&.]|'(?={_A})){_A}+)*(?:\.(?!{_A}))?)   # t-shirt o'clock track.passengers St.
   | (?P<clitic>n't|'(?:s|re|ve|ll|d|m)\b)
   | (?P<dots>\.\.\.|--)
   | (?P<other>\S)
-""", re.VERBOSE | re.IGNORECASE)
+""",
+    re.VERBOSE | re.IGNORECASE,
+)
 _ALNUM = re.compile(_A)
 
 
@@ -74,8 +81,11 @@ def ptb_python_tokenize(text: str) -> str:
     tokens: list[str] = []
     for match in _TOKEN.finditer(text):
         kind, value = match.lastgroup, match.group()
-        if kind == "word" and value.endswith(".") and not _keeps_period(
-                value[:-1], last=_ALNUM.search(text, match.end()) is None):
+        if (
+            kind == "word"
+            and value.endswith(".")
+            and not _keeps_period(value[:-1], last=_ALNUM.search(text, match.end()) is None)
+        ):
             tokens += [value[:-1], "."]
         elif kind == "other":
             tokens.append(BRACKETS.get(value, "''" if value == '"' else value))

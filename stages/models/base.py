@@ -78,10 +78,21 @@ def fuse_qkv(candidates: list[Candidate]) -> list[Candidate]:
         if c is not group[0]:
             continue
         if [m.kind for m in group] != list(QKV) or len({m.d_in for m in group}) != 1:
-            raise ModelFamilyError(f"{c.tower} layer {c.layer}: q, k and v projections with one input width are "
-                                   f"needed to fuse them, found {[(m.name, m.d_in) for m in group]}")
-        fused.append(Candidate(c.name.rsplit(".", 1)[0] + ".qkv", c.tower, c.layer, "qkv", c.d_in,
-                               sum(m.d_out for m in group), tuple(m.name for m in group)))
+            raise ModelFamilyError(
+                f"{c.tower} layer {c.layer}: q, k and v projections with one input width are "
+                f"needed to fuse them, found {[(m.name, m.d_in) for m in group]}"
+            )
+        fused.append(
+            Candidate(
+                c.name.rsplit(".", 1)[0] + ".qkv",
+                c.tower,
+                c.layer,
+                "qkv",
+                c.d_in,
+                sum(m.d_out for m in group),
+                tuple(m.name for m in group),
+            )
+        )
     return fused
 
 
@@ -102,8 +113,12 @@ def layers_reaching(feature_layer: int | list[int], n_layers: int) -> int:
 def _prepend_padding(batch: dict[str, Tensor], pad_id: int) -> dict[str, Tensor]:
     """One more left padding column on every per-token tensor (ids take the pad id, masks 0)."""
     width = batch["input_ids"].shape
-    return {key: torch.nn.functional.pad(value, (1, 0), value=pad_id if key == "input_ids" else 0)
-            if value.shape == width else value for key, value in batch.items()}
+    return {
+        key: torch.nn.functional.pad(value, (1, 0), value=pad_id if key == "input_ids" else 0)
+        if value.shape == width
+        else value
+        for key, value in batch.items()
+    }
 
 
 def expand_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
@@ -138,8 +153,9 @@ class FamilyAdapter:
     projector_paths: ClassVar[tuple[str, ...]] = ("model.multi_modal_projector",)
     image_handling: ClassVar[str]  # one line for the docs' family table
 
-    def __init__(self, model: PreTrainedModel, processor, *, max_tiles: int | None = None,
-                 pad_to_square: bool = False) -> None:
+    def __init__(
+        self, model: PreTrainedModel, processor, *, max_tiles: int | None = None, pad_to_square: bool = False
+    ) -> None:
         self.model = model
         self.processor = processor
         self.pad_to_square = pad_to_square
@@ -306,15 +322,16 @@ class FamilyAdapter:
             full = self._render(messages, generation_prompt=False)
             found_at = full.find(answer, len(asked)) if answer else -1
             if not (asked.startswith(rendered) and full.startswith(asked)) or found_at < 0:
-                raise ModelFamilyError(f"{self.family}: the chat template does not render turns in order with "
-                                       "each answer written verbatim")
+                raise ModelFamilyError(
+                    f"{self.family}: the chat template does not render turns in order with each answer written verbatim"
+                )
             stop = found_at + len(answer)
             # Supervise from the end of the generation prompt (a space before the answer is the model's to
             # write), or from the answer itself where the template renders the prompt differently.
             prompt = self._render(messages[:-1], generation_prompt=True)
             start = len(prompt) if full.startswith(prompt) and len(prompt) <= found_at else found_at
             found = [(full.find(end, stop), end) for end in ends if end in full[stop:]]
-            text += full[len(rendered):start]
+            text += full[len(rendered) : start]
             if found:
                 at, end = min(found)
                 spans.append((len(text), len(text) + at + len(end) - start))
@@ -331,7 +348,7 @@ class FamilyAdapter:
         before = [self._user("x", image=False), self._assistant("x")]
         head = self._render(before, generation_prompt=False)
         full = self._render([*before, self._user(text, image=False)], generation_prompt=False)
-        return self._through_turn_end(self._ids(full[len(head):]))
+        return self._through_turn_end(self._ids(full[len(head) :]))
 
     # ---- batches -------------------------------------------------------------------
     def _process(self, texts: list[str], images: list[Image.Image], *, left: bool, **kwargs) -> dict:
@@ -339,9 +356,14 @@ class FamilyAdapter:
         special tokens are added unless the template already starts with BOS."""
         bos = self.tokenizer.bos_token
         return self.processor(
-            text=texts, images=[[im] for im in self._rgb(images)], padding=True,
-            padding_side="left" if left else "right", return_tensors="pt",
-            add_special_tokens=not (bos and texts[0].startswith(bos)), **kwargs)
+            text=texts,
+            images=[[im] for im in self._rgb(images)],
+            padding=True,
+            padding_side="left" if left else "right",
+            return_tensors="pt",
+            add_special_tokens=not (bos and texts[0].startswith(bos)),
+            **kwargs,
+        )
 
     def train_batch(self, examples: list[ChatExample], max_length: int | None = None) -> dict[str, Tensor]:
         """`train_inputs` on the model's device."""
@@ -351,8 +373,13 @@ class FamilyAdapter:
         """Right-padded inputs (on the CPU) with labels on answer tokens and the token that ends each answer,
         each row cut to ``max_length`` tokens but never inside its image tokens (see `_truncate`)."""
         rendered = [self.training_text(ex.turns) for ex in examples]
-        out = self._process([text for text, _, _ in rendered], [ex.image for ex in examples], left=False,
-                            return_offsets_mapping=True, return_text_replacement_offsets=True)
+        out = self._process(
+            [text for text, _, _ in rendered],
+            [ex.image for ex in examples],
+            left=False,
+            return_offsets_mapping=True,
+            return_text_replacement_offsets=True,
+        )
         offsets = out.pop("offset_mapping").tolist()
         replacements = out.pop("text_replacement_offsets")
         labels = torch.full_like(out["input_ids"], IGNORE)
@@ -373,21 +400,28 @@ class FamilyAdapter:
         cut = torch.arange(ids.shape[1])[None, :] >= keep[:, None]
         fill = {"input_ids": self.tokenizer.pad_token_id, "labels": IGNORE}
         width = int(torch.minimum(keep, batch["attention_mask"].sum(dim=1)).max())
-        return {key: value.masked_fill(cut, fill.get(key, 0))[:, :width] if value.shape == ids.shape else value
-                for key, value in batch.items()}
+        return {
+            key: value.masked_fill(cut, fill.get(key, 0))[:, :width] if value.shape == ids.shape else value
+            for key, value in batch.items()
+        }
 
     def generation_batch(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Tensor]:
         """Left-padded prompts ending with the generation prompt."""
         texts = [self._render([self._user(p, image=True)], generation_prompt=True) for p in prompts]
         # One more padding column always, for the reason given in text_features: a prompt then
         # decodes identically alone and in any batch.
-        return self.on_device(_prepend_padding(dict(self._process(texts, images, left=True)),
-                                                self.tokenizer.pad_token_id))
+        return self.on_device(
+            _prepend_padding(dict(self._process(texts, images, left=True)), self.tokenizer.pad_token_id)
+        )
 
     def on_device(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         """Move to the model's device (asynchronously from pinned memory); floating tensors also take its dtype."""
-        return {k: v.to(self.device, self.dtype, non_blocking=True) if v.is_floating_point()
-                else v.to(self.device, non_blocking=True) for k, v in tensors.items()}
+        return {
+            k: v.to(self.device, self.dtype, non_blocking=True)
+            if v.is_floating_point()
+            else v.to(self.device, non_blocking=True)
+            for k, v in tensors.items()
+        }
 
     def decode_new_tokens(self, output_ids: Tensor, prompt_len: int) -> list[str]:
         texts = self.tokenizer.batch_decode(output_ids[:, prompt_len:], skip_special_tokens=True)
@@ -460,8 +494,11 @@ class FamilyAdapter:
 
     def named_projector(self) -> list[tuple[str, nn.Parameter]]:
         """The projector's parameters by name, from the family's ``projector_paths``."""
-        found = [(n, p) for n, p in self.model.named_parameters()
-                 if any(n == path or n.startswith(f"{path}.") for path in self.projector_paths)]
+        found = [
+            (n, p)
+            for n, p in self.model.named_parameters()
+            if any(n == path or n.startswith(f"{path}.") for path in self.projector_paths)
+        ]
         if not found:
             raise ModelFamilyError(f"{self.family}: no parameter under {', '.join(self.projector_paths)}")
         return found
@@ -481,6 +518,7 @@ def _pad(rows: list[list[int]], value: int, extra: int = 0) -> Tensor:
 
 def _expanded(span: tuple[int, int], replacements: list[dict]) -> tuple[int, int]:
     """A character span of the rendered text moved past the placeholders the processor expanded before it."""
+
     def moved(char: int) -> int:
         return char + sum(r["new_span"][1] - r["span"][1] for r in replacements if r["span"][1] <= char)
 

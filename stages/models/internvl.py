@@ -15,8 +15,12 @@ class InternVLAdapter(FamilyAdapter):
     model_class = InternVLForConditionalGeneration
     processor_class = InternVLProcessor
     vision_layers_path = r"model\.vision_tower\.encoder\.layer"
-    vision_attention = {"attention.q_proj": "q", "attention.k_proj": "k", "attention.v_proj": "v",
-                        "attention.projection_layer": "o"}
+    vision_attention = {
+        "attention.q_proj": "q",
+        "attention.k_proj": "k",
+        "attention.v_proj": "v",
+        "attention.projection_layer": "o",
+    }
     image_handling = "dynamic tiles (aspect-ratio grid, up to max_patches) + a thumbnail"
 
     def _cap_tiles(self, max_tiles: int) -> None:

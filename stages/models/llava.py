@@ -56,8 +56,10 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def vision_row_samples(self, batch: dict[str, Tensor]) -> Tensor:
         side = self.model.config.vision_config.image_size
-        tiles = [image_size_to_num_patches(size, self.model.config.image_grid_pinpoints, side)
-                 for size in batch["image_sizes"].tolist()]
+        tiles = [
+            image_size_to_num_patches(size, self.model.config.image_grid_pinpoints, side)
+            for size in batch["image_sizes"].tolist()
+        ]
         return torch.repeat_interleave(torch.arange(len(tiles)), torch.tensor(tiles)).to(self.device)
 
 

@@ -37,16 +37,20 @@ def without_video(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]
     has none."""
     if "video_processor" not in processor_class.get_attributes():
         return processor_class
-    kept = [p for name, p in inspect.signature(processor_class.__init__).parameters.items()
-            if name != "video_processor"]
+    kept = [
+        p for name, p in inspect.signature(processor_class.__init__).parameters.items() if name != "video_processor"
+    ]
 
     def __init__(self, *args, **kwargs):
         processor_class.__init__(self, *args, video_processor=None, **kwargs)
 
     # ProcessorMixin reads the sub-processors from __init__'s signature.
     __init__.__signature__ = inspect.Signature(kept)
-    return type(processor_class.__name__, (processor_class,),
-                {"__init__": __init__, "__module__": __name__, "video_processor": NoVideo()})
+    return type(
+        processor_class.__name__,
+        (processor_class,),
+        {"__init__": __init__, "__module__": __name__, "video_processor": NoVideo()},
+    )
 
 
 def load_processor(path: Path, processor_class: type[ProcessorMixin]) -> ProcessorMixin:

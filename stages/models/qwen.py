@@ -42,8 +42,11 @@ class Qwen2VLAdapter(FamilyAdapter):
         # No tiles here: cap the pixels at max_tiles whole-image views.
         size, longest = self.image_processor.size, max_tiles * self._thumbnail_side() ** 2
         # a dict up to transformers 5.2x, a SizeDict dataclass from 5.25: replaced in kind
-        self.image_processor.size = (dataclasses.replace(size, longest_edge=longest) if dataclasses.is_dataclass(size)
-                                     else {**size, "longest_edge": longest})
+        self.image_processor.size = (
+            dataclasses.replace(size, longest_edge=longest)
+            if dataclasses.is_dataclass(size)
+            else {**size, "longest_edge": longest}
+        )
 
     def _thumbnail_inputs(self, images: list[Image.Image]) -> dict[str, Tensor]:
         side = self._thumbnail_side()

@@ -20,9 +20,21 @@ from .llava import LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter
 from .processor import load_processor
 from .qwen import Qwen2VLAdapter, Qwen3VLAdapter, Qwen25VLAdapter
 
-FAMILIES: dict[str, type[FamilyAdapter]] = {a.family: a for a in (
-    LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, InternVLAdapter, Qwen2VLAdapter, Qwen25VLAdapter,
-    Qwen3VLAdapter, SmolVLMAdapter, Idefics3Adapter, Gemma3Adapter)}
+FAMILIES: dict[str, type[FamilyAdapter]] = {
+    a.family: a
+    for a in (
+        LlavaAdapter,
+        LlavaNextAdapter,
+        LlavaOnevisionAdapter,
+        InternVLAdapter,
+        Qwen2VLAdapter,
+        Qwen25VLAdapter,
+        Qwen3VLAdapter,
+        SmolVLMAdapter,
+        Idefics3Adapter,
+        Gemma3Adapter,
+    )
+}
 assert list(FAMILIES) == list(MODEL_TYPES), "the catalog and the adapters must name the same families"
 REMOTE_CODE_TYPES = {"internvl_chat": "an InternVL2 / InternVL2.5 remote-code folder: run `dmole convert` on it first"}
 
@@ -35,8 +47,9 @@ def detect_family(path: Path) -> type[FamilyAdapter]:
     """The adapter class for the folder's config.json `model_type`."""
     config = Path(path) / "config.json"
     if not config.is_file():
-        raise ModelFamilyError(f"{path}: no config.json (a local Hugging Face folder is expected); "
-                               f"supported families: {supported()}")
+        raise ModelFamilyError(
+            f"{path}: no config.json (a local Hugging Face folder is expected); supported families: {supported()}"
+        )
     try:
         model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError) as error:
@@ -57,8 +70,9 @@ def load_folder_processor(path: Path, adapter: type[FamilyAdapter]):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelFamilyError(f"{path}: the {adapter.family} processor does not load ({first})") from None
     if not processor.chat_template:
-        raise ModelFamilyError(f"{path}: no chat template (looked in chat_template.jinja, chat_template.json and "
-                               "tokenizer_config.json)")
+        raise ModelFamilyError(
+            f"{path}: no chat template (looked in chat_template.jinja, chat_template.json and tokenizer_config.json)"
+        )
     return processor
 
 
@@ -95,8 +109,15 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_family(path: Path, *, device=None, dtype=None, trust_remote_code: bool = False,
-                max_tiles: int | None = None, pad_to_square: bool = False) -> FamilyAdapter:
+def load_family(
+    path: Path,
+    *,
+    device=None,
+    dtype=None,
+    trust_remote_code: bool = False,
+    max_tiles: int | None = None,
+    pad_to_square: bool = False,
+) -> FamilyAdapter:
     """Load model and processor offline; the model is in eval mode.
     device defaults to CUDA when available; dtype to bf16 on CUDA and fp32 elsewhere. torch's CPU threads are
     set first, to a fixed function of the machine (stages/threads.py)."""

@@ -9,8 +9,13 @@ PAD, BOS, TURN_START, TURN_END = "<|pad|>", "<|bos|>", "<|im_start|>", "<|im_end
 # Image tokens of every supported family, so one vocabulary serves them all.
 IMAGE_TOKENS = (
     "<image>",  # LLaVA
-    "<img>", "</img>", "<IMG_CONTEXT>",  # InternVL
-    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",  # Qwen2-VL
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",  # InternVL
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",  # Qwen2-VL
 )
 
 _TEMPLATE = (

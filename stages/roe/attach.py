@@ -18,6 +18,7 @@ from .modules import PREFIX, RoEModules, RoEShape, RouterInput
 from .plan import RoutingPlan, active
 from .segments import ImageTokens, prompt_segments
 
+
 class RoEConfigError(UserError):
     """An impossible always-execute set or a RoE file that does not fit the model."""
 
@@ -34,13 +35,15 @@ def always_executed(adapter, requested: Iterable[int]) -> list[int]:
     return sorted(requested | {types.index(t) for t in set(types)})
 
 
-def roe_shape(adapter, always: Iterable[int], rank: int | None = None,
-              router_input: RouterInput = "pooled") -> RoEShape:
+def roe_shape(
+    adapter, always: Iterable[int], rank: int | None = None, router_input: RouterInput = "pooled"
+) -> RoEShape:
     d_model = adapter.d_language
     n_layers = len(adapter.language_layers())
     kept = set(always_executed(adapter, always))
-    return RoEShape(d_model, rank or d_model // 4, n_layers, tuple(l for l in range(n_layers) if l not in kept),
-                    router_input)
+    return RoEShape(
+        d_model, rank or d_model // 4, n_layers, tuple(l for l in range(n_layers) if l not in kept), router_input
+    )
 
 
 def _token_source(adapter, modules: RoEModules) -> TokenSource | None:
@@ -49,12 +52,16 @@ def _token_source(adapter, modules: RoEModules) -> TokenSource | None:
         return None
     attention = adapter.model.config._attn_implementation or ""
     if "flash" in attention:
-        raise RoEConfigError(f"routing tokens need an attention mask that {attention} cannot take; load the model "
-                             "with sdpa or eager attention, or use router_input: pooled")
+        raise RoEConfigError(
+            f"routing tokens need an attention mask that {attention} cannot take; load the model "
+            "with sdpa or eager attention, or use router_input: pooled"
+        )
     rotary = getattr(adapter.lm_body, "rotary_emb", None)
     if rotary is None:
-        raise RoEConfigError(f"routing tokens: the {adapter.family} language model has no rotary embedding to "
-                             "place the slots at position 0; use router_input: pooled")
+        raise RoEConfigError(
+            f"routing tokens: the {adapter.family} language model has no rotary embedding to "
+            "place the slots at position 0; use router_input: pooled"
+        )
     return TokenSource(modules.tokens, float(getattr(rotary, "attention_scaling", 1.0)))
 
 
@@ -82,8 +89,10 @@ def attach(adapter, modules: RoEModules) -> Attachment:
     shape = modules.shape
     layers = adapter.language_layers()
     if len(layers) != shape.n_layers or adapter.d_language != shape.d_model:
-        raise RoEConfigError(f"RoE weights are for {shape.n_layers} layers of width {shape.d_model}; the model has "
-                             f"{len(layers)} of width {adapter.d_language}")
+        raise RoEConfigError(
+            f"RoE weights are for {shape.n_layers} layers of width {shape.d_model}; the model has "
+            f"{len(layers)} of width {adapter.d_language}"
+        )
     kept = set(always_executed(adapter, [0])) & set(shape.routable)
     if kept:
         raise RoEConfigError(f"RoE weights route layers {sorted(kept)}, which must always execute")
@@ -96,8 +105,9 @@ def attach(adapter, modules: RoEModules) -> Attachment:
     routed = []
     for index, layer in enumerate(layers):
         if index in shape.routable:
-            layer.forward = RoutedForward(index, modules.layers[str(index)], getattr(layer, norm), layer.forward,
-                                          source)
+            layer.forward = RoutedForward(
+                index, modules.layers[str(index)], getattr(layer, norm), layer.forward, source
+            )
         elif source is not None:
             layer.forward = StreamedForward(index, source, layer.forward)
         else:

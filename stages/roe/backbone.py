@@ -61,8 +61,10 @@ def save_stage2(path: Callable[[str], Path], adapter, mode: str, lora: LoraConfi
     save_file(tuned_tensors(adapter, mode), str(path(BACKBONE)))
     if mode == "lora":
         state = get_peft_model_state_dict(adapter.model)
-        save_file({PEFT_PREFIX + k: v.detach().contiguous() for k, v in state.items()},
-                  str(path(f"{LORA_FOLDER}/adapter_model.safetensors")))
+        save_file(
+            {PEFT_PREFIX + k: v.detach().contiguous() for k, v in state.items()},
+            str(path(f"{LORA_FOLDER}/adapter_model.safetensors")),
+        )
         lora.save_pretrained(str(path(f"{LORA_FOLDER}/adapter_config.json").parent))
 
 

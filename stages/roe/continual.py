@@ -27,12 +27,16 @@ def start_task(project, start: str) -> str | None:
     if start == BASE:
         return None
     if start not in project.config.task_names:
-        raise CompositionError(f"route-train --from {start!r}: not 'base' nor a task of this workspace "
-                               f"({', '.join(project.config.task_names)})")
+        raise CompositionError(
+            f"route-train --from {start!r}: not 'base' nor a task of this workspace "
+            f"({', '.join(project.config.task_names)})"
+        )
     method = get_method(project.config.method)
     if not method.routes:
-        raise CompositionError(f"route-train --from composes RoE with a routed continual model (dmole and its "
-                               f"ablations); this workspace's method is {method.name}")
+        raise CompositionError(
+            f"route-train --from composes RoE with a routed continual model (dmole and its "
+            f"ablations); this workspace's method is {method.name}"
+        )
     return start
 
 

@@ -9,8 +9,11 @@ def layer_macs(text_config, n_ctx: float) -> float:
     heads = text_config.num_attention_heads
     kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
     head_dim = getattr(text_config, "head_dim", None) or d // heads
-    return d * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 3 * d * text_config.intermediate_size \
+    return (
+        d * (2 * heads * head_dim + 2 * kv_heads * head_dim)
+        + 3 * d * text_config.intermediate_size
         + 2 * n_ctx * heads * head_dim
+    )
 
 
 def adapter_macs(d_model: int, rank: int) -> float:
@@ -20,5 +23,4 @@ def adapter_macs(d_model: int, rank: int) -> float:
 def theoretical_saving(text_config, rank: int, skip_rate_all_layers: float, n_ctx: float) -> dict[str, float]:
     """Decoder-FLOP saving ≈ (1 − C_adapter/C_layer)·skip_rate over all layers."""
     ratio = adapter_macs(text_config.hidden_size, rank) / layer_macs(text_config, n_ctx)
-    return {"adapter_layer_cost_ratio": ratio, "n_ctx": n_ctx,
-            "decoder_saving": (1.0 - ratio) * skip_rate_all_layers}
+    return {"adapter_layer_cost_ratio": ratio, "n_ctx": n_ctx, "decoder_saving": (1.0 - ratio) * skip_rate_all_layers}

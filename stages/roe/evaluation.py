@@ -56,7 +56,7 @@ def continual_matrix(project: Project, after: str | None) -> dict | None:
         return None
     stage = get_method(project.config.method).stage(EVAL.name)
     diagonal = {}
-    for name in project.config.task_names[:project.config.task_index(after)]:
+    for name in project.config.task_names[: project.config.task_index(after)]:
         version = project.store.require(stage, name, hint=f"dmole {EVAL.name} --after {name}")
         rows = read_parquet(version.file(EVAL.files.scores)).to_pylist()
         diagonal[name] = next(row["score"] for row in rows if row["task"] == name)
@@ -75,8 +75,9 @@ def _model_and_batches(continual, task, samples) -> tuple:
     return continual.plan.model, continual.batches(continual.routes(task.name, samples, "test"))
 
 
-def evaluate_dense(adapter, sets: EvalSets, batch_size: int, progress: Progress = silent, label: str = "dense",
-                   continual=None) -> dict[str, float]:
+def evaluate_dense(
+    adapter, sets: EvalSets, batch_size: int, progress: Progress = silent, label: str = "dense", continual=None
+) -> dict[str, float]:
     """Task scores with every layer executed (no routing plan active); ``continual``: a continual model's experts,
     routed per sample as `eval` routes them (stages/roe/continual.py)."""
     from ..evaluation.predict import predict, score_predictions
@@ -84,15 +85,34 @@ def evaluate_dense(adapter, sets: EvalSets, batch_size: int, progress: Progress 
     scores = {}
     for task, samples in sets:
         model, around = _model_and_batches(continual, task, samples)
-        scores[task.name] = score_predictions(task, samples, predict(
-            adapter, task, samples, batch_size=batch_size, model=model, around_batch=around, progress=progress,
-            description=f"{label} {task.name}")).score
+        scores[task.name] = score_predictions(
+            task,
+            samples,
+            predict(
+                adapter,
+                task,
+                samples,
+                batch_size=batch_size,
+                model=model,
+                around_batch=around,
+                progress=progress,
+                description=f"{label} {task.name}",
+            ),
+        ).score
     return scores
 
 
-def evaluate_routed(adapter, attachment, sets: EvalSets, batch_size: int, batch_rule: str, run_id: str,
-                    progress: Progress = silent, continual=None,
-                    fixed: FixedRouting | None = None) -> tuple[dict[str, float], list[dict]]:
+def evaluate_routed(
+    adapter,
+    attachment,
+    sets: EvalSets,
+    batch_size: int,
+    batch_rule: str,
+    run_id: str,
+    progress: Progress = silent,
+    continual=None,
+    fixed: FixedRouting | None = None,
+) -> tuple[dict[str, float], list[dict]]:
     """Task scores with RoE routing (or a baseline's ``fixed`` routing), and one decision row per (example,
     layer)."""
     from ..evaluation.predict import predict, score_predictions
@@ -101,14 +121,28 @@ def evaluate_routed(adapter, attachment, sets: EvalSets, batch_size: int, batch_
     scores, rows = {}, []
     for task, samples in sets:
         model, around = _model_and_batches(continual, task, samples)
-        recorder = RequestRecorder(batch_rule, experts=(around, continual.rows) if continual is not None else None,
-                                   fixed=fixed, routable=attachment.modules.shape.routable, benchmark=task.name)
-        predictions = predict(adapter, task, samples, batch_size=batch_size, model=model, around_batch=recorder,
-                              progress=progress, description=f"roe {task.name}")
+        recorder = RequestRecorder(
+            batch_rule,
+            experts=(around, continual.rows) if continual is not None else None,
+            fixed=fixed,
+            routable=attachment.modules.shape.routable,
+            benchmark=task.name,
+        )
+        predictions = predict(
+            adapter,
+            task,
+            samples,
+            batch_size=batch_size,
+            model=model,
+            around_batch=recorder,
+            progress=progress,
+            description=f"roe {task.name}",
+        )
         scores[task.name] = score_predictions(task, samples, predictions).score
         # the recorder saw only this process's batches
-        rows += merge_records(decision_rows(recorder, attachment, run_id=run_id, benchmark=task.name,
-                                            example_ids=[s.id for s in samples]))
+        rows += merge_records(
+            decision_rows(recorder, attachment, run_id=run_id, benchmark=task.name, example_ids=[s.id for s in samples])
+        )
     return scores, rows
 
 
@@ -122,12 +156,14 @@ def skip_stats(rows: Sequence[dict], n_layers: int) -> dict:
     per_example = Counter()
     for r in routable:
         per_example[(r["benchmark"], r["example_id"])] += r["applied_skip"]
-    return {"skip_rate": _mean([r["applied_skip"] for r in routable]),
-            "decided_skip_rate": _mean([r["decided_skip"] for r in routable]),
-            "skip_rate_all_layers": _mean([r["applied_skip"] for r in rows]),
-            "skip_rate_per_layer": [_mean(v) for v in per_layer],
-            "skipped_layers_histogram": {str(k): v for k, v in sorted(Counter(per_example.values()).items())},
-            "n_prompt_tokens_mean": _mean([r["n_prompt_tokens"] for r in rows if r["layer"] == 0])}
+    return {
+        "skip_rate": _mean([r["applied_skip"] for r in routable]),
+        "decided_skip_rate": _mean([r["decided_skip"] for r in routable]),
+        "skip_rate_all_layers": _mean([r["applied_skip"] for r in rows]),
+        "skip_rate_per_layer": [_mean(v) for v in per_layer],
+        "skipped_layers_histogram": {str(k): v for k, v in sorted(Counter(per_example.values()).items())},
+        "n_prompt_tokens_mean": _mean([r["n_prompt_tokens"] for r in rows if r["layer"] == 0]),
+    }
 
 
 def _continual_metrics(scores: dict[str, dict[str, float]], continual: dict) -> dict:
@@ -141,8 +177,17 @@ def _continual_metrics(scores: dict[str, dict[str, float]], continual: dict) -> 
     return out
 
 
-def build_report(adapter, attachment, rows: list[dict], scores: dict[str, dict[str, float]], *, rho: float,
-                 batch_rule: str, reference: str, continual: dict | None = None) -> dict:
+def build_report(
+    adapter,
+    attachment,
+    rows: list[dict],
+    scores: dict[str, dict[str, float]],
+    *,
+    rho: float,
+    batch_rule: str,
+    reference: str,
+    continual: dict | None = None,
+) -> dict:
     """``scores`` per run and task: ``base`` (the model RoE was trained on: the untouched base, or a continual
     model, named by ``reference``), ``dense`` (the same model without skipping: the dense twin when stage 2 tuned
     the backbone, else ``base`` itself), ``forced`` (the RoE weights with every layer executed, when the backbone
@@ -158,30 +203,44 @@ def build_report(adapter, attachment, rows: list[dict], scores: dict[str, dict[s
         dense = scores["dense"][task]
         per_task[task] = {f"{run}_score": by_task[task] for run, by_task in scores.items()} | {
             "relative": scores["roe"][task] / dense if dense else None,  # RoE on over RoE off
-            "skip_rate": stats["skip_rate"], "skip_rate_per_layer": stats["skip_rate_per_layer"]}
+            "skip_rate": stats["skip_rate"],
+            "skip_rate_per_layer": stats["skip_rate_per_layer"],
+        }
     averages = {f"{run}_score": _mean(list(by_task.values())) for run, by_task in scores.items()}
     relatives = [t["relative"] for t in per_task.values() if t["relative"] is not None]
     drop = averages["dense_score"] - averages["roe_score"]
     applied = {r["batch_rule"] for r in rows}
     return {
-        "rho": rho, **overall, **averages, "score_drop": drop,
+        "rho": rho,
+        **overall,
+        **averages,
+        "score_drop": drop,
         "mean_relative": _mean(relatives) if relatives else None,  # per-task RoE / dense, averaged over tasks
-        "dense_reference": "dense twin" if "forced" in scores else reference, "per_task": per_task,
+        "dense_reference": "dense twin" if "forced" in scores else reference,
+        "per_task": per_task,
         "continual": _continual_metrics(scores, continual) if continual is not None else None,
-        "routable_layers": list(shape.routable), "batch_rule": batch_rule,
+        "routable_layers": list(shape.routable),
+        "batch_rule": batch_rule,
         "batch_rule_applied": "or" if "or" in applied else batch_rule,
-        "theoretical_saving": theoretical_saving(adapter.model.config.text_config, shape.rank,
-                                                 overall["skip_rate_all_layers"], overall["n_prompt_tokens_mean"]),
-        "targets": {"skip_within_5_points": abs(overall["skip_rate"] - rho) <= SKIP_TOLERANCE,
-                    "score_drop_at_most_2": drop <= MAX_SCORE_DROP},
+        "theoretical_saving": theoretical_saving(
+            adapter.model.config.text_config,
+            shape.rank,
+            overall["skip_rate_all_layers"],
+            overall["n_prompt_tokens_mean"],
+        ),
+        "targets": {
+            "skip_within_5_points": abs(overall["skip_rate"] - rho) <= SKIP_TOLERANCE,
+            "score_drop_at_most_2": drop <= MAX_SCORE_DROP,
+        },
     }
 
 
 def write_results(writer: Writer, rows: list[dict], report: dict) -> None:
     write_parquet(writer.path(ROE_EVAL.files.decisions), {k: [r[k] for r in rows] for k in rows[0]})
     write_json(writer.path(ROE_EVAL.files.report), report)
-    writer.meta.update({key: report[key] for key in ("skip_rate", "base_score", "dense_score", "roe_score",
-                                                     "batch_rule_applied")})
+    writer.meta.update(
+        {key: report[key] for key in ("skip_rate", "base_score", "dense_score", "roe_score", "batch_rule_applied")}
+    )
 
 
 @dataclass
@@ -207,11 +266,16 @@ class TrainedRoE:
         """RoE's modules (checked against the base and the continual model) and the continual model (or None)."""
         from .weights import load_roe
 
-        modules, metadata = load_roe(self.version.file(ROUTE_TRAIN.files.weights), family=adapter.family,
-                                     base_hash=base_hash(model_fingerprint(project)))
+        modules, metadata = load_roe(
+            self.version.file(ROUTE_TRAIN.files.weights),
+            family=adapter.family,
+            base_hash=base_hash(model_fingerprint(project)),
+        )
         if metadata["dmole_checkpoint"] != continual_hash(self.continual_versions):
-            raise UserError(f"the RoE weights were trained on other experts than {project.config.method} after "
-                            f"{self.after} has now; run `{ROUTE_TRAIN.hint()} --from {self.after}` again")
+            raise UserError(
+                f"the RoE weights were trained on other experts than {project.config.method} after "
+                f"{self.after} has now; run `{ROUTE_TRAIN.hint()} --from {self.after}` again"
+            )
         return modules, load_continual(project, adapter, self.after) if self.after is not None else None
 
     def routed_model(self, project: Project, device: str | None = None):
@@ -231,7 +295,8 @@ def evaluated_by(project: Project, trained: Version) -> Version:
     """Where ``trained``'s latest results are: the latest roe-eval when it evaluated these weights, else
     route-train's own closing evaluation."""
     evaluated = project.store.latest(ROE_EVAL.name, TASK)
-    if evaluated is not None and any(i["stage"] == ROUTE_TRAIN.name and i["version"] == trained.number
-                                     for i in evaluated.manifest["inputs"]):
+    if evaluated is not None and any(
+        i["stage"] == ROUTE_TRAIN.name and i["version"] == trained.number for i in evaluated.manifest["inputs"]
+    ):
         return evaluated
     return trained

@@ -41,8 +41,10 @@ class FixedRouting:
         """[B] bool: whether each keyed example skips ``layer`` (at training step ``step``; -1 at inference)."""
         if self.kind == "static":
             return torch.full((len(keys),), layer in self.layers)
-        return torch.tensor([random.Random(row_seed(self.seed, step, key, layer)).random() < self.rate
-                             for key in keys], dtype=torch.bool)
+        return torch.tensor(
+            [random.Random(row_seed(self.seed, step, key, layer)).random() < self.rate for key in keys],
+            dtype=torch.bool,
+        )
 
     def forced(self, keys: Sequence[Hashable], routable: Sequence[int]) -> dict[int, Tensor]:
         """The inference plan's decisions for a batch: routable layer -> [B] bool skip."""
@@ -71,8 +73,7 @@ def layer_change(adapter, batches: Sequence[dict]) -> list[float]:
 
     hooks = []
     for index, layer in enumerate(layers):
-        hooks.append(layer.register_forward_pre_hook(lambda _m, a, kw, i=index: keep_input(i, a, kw),
-                                                     with_kwargs=True))
+        hooks.append(layer.register_forward_pre_hook(lambda _m, a, kw, i=index: keep_input(i, a, kw), with_kwargs=True))
         hooks.append(layer.register_forward_hook(lambda _m, _a, out, i=index: add_similarity(i, out)))
     try:
         for batch in batches:

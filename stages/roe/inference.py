@@ -29,19 +29,30 @@ class RoEGeneration:
 
 def _warn_fallback(plan: RoutingPlan) -> None:
     if plan.batch_rule_applied != plan.batch_rule:
-        warnings.warn(f"RoE fell back to the OR batch rule ({plan.fallback_reason}): a layer runs for the whole "
-                      "batch when any row wants it", stacklevel=3)
+        warnings.warn(
+            f"RoE fell back to the OR batch rule ({plan.fallback_reason}): a layer runs for the whole "
+            "batch when any row wants it",
+            stacklevel=3,
+        )
 
 
 @torch.no_grad()
-def generate_with_roe(adapter, images: Sequence[Image.Image], prompts: Sequence[str], *, max_new_tokens: int,
-                      min_new_tokens: int = 0, batch_rule: BatchRule = "gather",
-                      forced: dict[int, torch.Tensor] | None = None) -> RoEGeneration:
+def generate_with_roe(
+    adapter,
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    batch_rule: BatchRule = "gather",
+    forced: dict[int, torch.Tensor] | None = None,
+) -> RoEGeneration:
     """Greedy generation with routed layers (RoE must be attached to ``adapter.model``)."""
     inputs = adapter.generation_batch(list(images), list(prompts))
     with routing(RoutingPlan(batch_rule=batch_rule, forced=forced)) as plan:
-        output = greedy_generate(adapter, adapter.model, inputs, max_new_tokens=max_new_tokens,
-                                 min_new_tokens=min_new_tokens)
+        output = greedy_generate(
+            adapter, adapter.model, inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
+        )
     _warn_fallback(plan)
     return RoEGeneration(adapter.decode_new_tokens(output, inputs["input_ids"].shape[1]), plan, output)
 
@@ -63,17 +74,21 @@ class RequestRecorder:
     def __call__(self, indices: list[int], inputs: dict) -> Iterator[RoutingPlan]:
         """The plan reads its segments from the prefill itself (the pre-hook attach() installs)."""
         around, rows = self.experts if self.experts is not None else (None, None)
-        forced = None if self.fixed is None else self.fixed.forced([(self.benchmark, i) for i in indices],
-                                                                   self.routable)
-        with around(indices, inputs) if around is not None else nullcontext(), \
-                routing(RoutingPlan(batch_rule=self.batch_rule, rows=rows, forced=forced)) as plan:
+        forced = (
+            None if self.fixed is None else self.fixed.forced([(self.benchmark, i) for i in indices], self.routable)
+        )
+        with (
+            around(indices, inputs) if around is not None else nullcontext(),
+            routing(RoutingPlan(batch_rule=self.batch_rule, rows=rows, forced=forced)) as plan,
+        ):
             yield plan
         _warn_fallback(plan)
         self.batches.append((indices, plan))
 
 
-def decision_rows(recorder: RequestRecorder, attachment: Attachment, *, run_id: str, benchmark: str,
-                  example_ids: Sequence[str]) -> list[dict]:
+def decision_rows(
+    recorder: RequestRecorder, attachment: Attachment, *, run_id: str, benchmark: str, example_ids: Sequence[str]
+) -> list[dict]:
     """One row per (example, LM layer), always-executed layers included (spec roe.md §6.1)."""
     shape = attachment.modules.shape
     rows = []
@@ -85,13 +100,23 @@ def decision_rows(recorder: RequestRecorder, attachment: Attachment, *, run_id: 
             for layer in range(shape.n_layers):
                 routed = layer in plan.applied
                 logits = plan.logits[layer][row].tolist() if routed else [None, None]
-                rows.append({
-                    "run_id": run_id, "benchmark": benchmark, "example_id": example_ids[index], "turn": 1,
-                    "layer": layer, "routable": layer in shape.routable,
-                    "logit_exec": logits[0], "logit_skip": logits[1],
-                    "decided_skip": routed and bool(plan.decided[layer][row]),
-                    "applied_skip": routed and bool(plan.applied[layer][row]),
-                    "batch_rule": plan.rule_applied.get(layer, plan.batch_rule), "batch_size": len(indices),
-                    "n_prompt_tokens": prompt[row], "n_prefix_tokens": prefix[row],
-                    "n_question_tokens": question[row]})
+                rows.append(
+                    {
+                        "run_id": run_id,
+                        "benchmark": benchmark,
+                        "example_id": example_ids[index],
+                        "turn": 1,
+                        "layer": layer,
+                        "routable": layer in shape.routable,
+                        "logit_exec": logits[0],
+                        "logit_skip": logits[1],
+                        "decided_skip": routed and bool(plan.decided[layer][row]),
+                        "applied_skip": routed and bool(plan.applied[layer][row]),
+                        "batch_rule": plan.rule_applied.get(layer, plan.batch_rule),
+                        "batch_size": len(indices),
+                        "n_prompt_tokens": prompt[row],
+                        "n_prefix_tokens": prefix[row],
+                        "n_question_tokens": question[row],
+                    }
+                )
     return rows

@@ -81,8 +81,12 @@ class TokenSource:
     def stream(self, state: RoutingPlan | TrainingRouting, layer: int, hidden: Tensor) -> SlotStream | None:
         """The stream due at ``layer`` in this forward, started at layer 0 of a training forward or a prefill;
         None in decode steps (the slots have done their work) and for an inputs_embeds-only call."""
-        if layer == 0 and state.stream is None and state.segments is not None \
-                and tuple(state.segments.turn.shape) == tuple(hidden.shape[:2]):
+        if (
+            layer == 0
+            and state.stream is None
+            and state.segments is not None
+            and tuple(state.segments.turn.shape) == tuple(hidden.shape[:2])
+        ):
             state.stream = SlotStream.start(self.tokens, state.segments.pooling(), self.rope_scale)
         stream = state.stream
         return stream if stream is not None and stream.due(layer) else None
@@ -108,7 +112,7 @@ class StreamedForward:
         if isinstance(state, TrainingRouting):  # no cache to keep free of slots: one joined pass
             return stream.take(_run(self.original, *stream.joined(hidden_states, kwargs)))
         out = self.original(hidden_states, **kwargs)
-        stream.advance(_run(self.original, *stream.joined(hidden_states, kwargs))[:, :stream.width])
+        stream.advance(_run(self.original, *stream.joined(hidden_states, kwargs))[:, : stream.width])
         return out
 
 
@@ -116,8 +120,9 @@ class RoutedForward:
     """Callable installed as ``layer.forward`` on routable layer ``index``; ``source`` is set when the routers
     read routing tokens instead of pooled summaries."""
 
-    def __init__(self, index: int, routed: RoutedLayer, norm: nn.Module, original,
-                 source: TokenSource | None = None) -> None:
+    def __init__(
+        self, index: int, routed: RoutedLayer, norm: nn.Module, original, source: TokenSource | None = None
+    ) -> None:
         self.index, self.routed, self.norm, self.original, self.source = index, routed, norm, original, source
 
     def __call__(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:
@@ -155,7 +160,7 @@ class RoutedForward:
             noise = state.draw(self.index, (hidden.shape[0], segments.n_turns, 2), hidden.device)
             logits = 1000.0 * (noise + torch.tensor([schedule.beta, 0.0], device=hidden.device))
         else:
-            summaries = normed[:, :stream.width] if stream is not None else pooled_summaries(normed, segments)
+            summaries = normed[:, : stream.width] if stream is not None else pooled_summaries(normed, segments)
             z = router_logits(self.routed, summaries)
             bias = torch.tensor([schedule.beta if schedule.stage == 1 else 0.0, 0.0], device=z.device)
             logits = (z + bias) / schedule.tau
@@ -197,7 +202,7 @@ class RoutedForward:
         if skip.all():
             stream.advance(skipped)
             return
-        executed = self._execute(*stream.joined(hidden, kwargs))[:, :stream.width]
+        executed = self._execute(*stream.joined(hidden, kwargs))[:, : stream.width]
         stream.advance(torch.where(skip[:, None, None], skipped, executed))
 
     def _decide(self, plan: RoutingPlan, hidden: Tensor, kwargs: dict, stream: SlotStream | None = None) -> Tensor:
@@ -205,8 +210,10 @@ class RoutedForward:
         routing tokens, the last slot), then the batch rule; returns Norm_l(H)."""
         segments = plan.segments
         if segments is None or tuple(segments.turn.shape) != tuple(hidden.shape[:2]):
-            raise RoutingError("RoE decides at a single prefill of the whole prompt; chunked prefill and "
-                               "inputs_embeds-only calls are refused")
+            raise RoutingError(
+                "RoE decides at a single prefill of the whole prompt; chunked prefill and "
+                "inputs_embeds-only calls are refused"
+            )
         normed = self.norm(hidden)
         summaries = self.norm(stream.states) if stream is not None else pooled_summaries(normed, segments)
         logits = router_logits(self.routed, summaries)[:, -1]

@@ -70,4 +70,4 @@ class RoEModules(nn.Module):
 
     def load_named_tensors(self, tensors: dict[str, Tensor]) -> None:
         prefix = f"{PREFIX}."
-        self.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()}, strict=True)
+        self.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items()}, strict=True)

@@ -76,8 +76,13 @@ class TrainingRouting:
         if layer not in self.noise:
             if shape[0] != len(self.keys):
                 raise RuntimeError(f"{shape[0]} rows for {len(self.keys)} sample keys")
-            rows = [torch.rand(shape[1:], generator=torch.Generator().manual_seed(
-                row_seed(self.seed, self.schedule.step, key, layer))) for key in self.keys]
+            rows = [
+                torch.rand(
+                    shape[1:],
+                    generator=torch.Generator().manual_seed(row_seed(self.seed, self.schedule.step, key, layer)),
+                )
+                for key in self.keys
+            ]
             self.noise[layer] = torch.stack(rows).to(device)
         return self.noise[layer]
 
@@ -91,8 +96,9 @@ class TrainingRouting:
         """s_i as the hinge sees it under ``skip_estimate: straight-through``: the share of routable layers and valid
         turns whose skip probability exceeds 1/2 (what inference's argmax skips), with the soft rate's gradient, [B]."""
         valid = self.segments.valid_turns().float()
-        hard = torch.stack([((p > 0.5).float() * valid).sum(1) / valid.sum(1).clamp(min=1.0)
-                            for p in self.p_skip.values()]).mean(0)
+        hard = torch.stack(
+            [((p > 0.5).float() * valid).sum(1) / valid.sum(1).clamp(min=1.0) for p in self.p_skip.values()]
+        ).mean(0)
         soft = self.soft_skip()
         return hard.to(soft.device) + soft - soft.detach()
 

@@ -3,9 +3,9 @@ the stage callback. No loop of its own."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
 
 import torch
 
@@ -25,18 +25,20 @@ from .schedule import STAGE_NAMES, RoEStageCallback, ScheduleState, StageSchedul
 from .segments import ImageTokens, training_segments
 
 
-def parameter_groups(adapter, modules: RoEModules | None, settings: RouteTrainOptions,
-                     fixed: FixedRouting | None = None) -> tuple[list[ParamGroup], dict[str, set[int]]]:
+def parameter_groups(
+    adapter, modules: RoEModules | None, settings: RouteTrainOptions, fixed: FixedRouting | None = None
+) -> tuple[list[ParamGroup], dict[str, set[int]]]:
     """Non-empty groups, each named and with its own base lr, and the stages each one trains in (spec §5.4). The
     backbone's groups come from the family's declaration (its LM and projector), not from parameter names. Under
     ``fixed`` routing (a baseline) nothing reads the routers or tokens, so only the adapters are RoE's to train."""
     roe = dict(modules.named_parameters(prefix=PREFIX)) if modules is not None else {}
     if fixed is not None:
         roe = {n: p for n, p in roe.items() if ".adapter." in n}
-    groups = [ParamGroup("roe_router", [p for n, p in roe.items() if ".router." in n],
-                         settings.router_lr or settings.roe_lr),
-              ParamGroup("roe_adapter", [p for n, p in roe.items() if ".adapter." in n], settings.roe_lr),
-              ParamGroup("roe_tokens", [p for n, p in roe.items() if ".tokens." in n], settings.roe_lr)]
+    groups = [
+        ParamGroup("roe_router", [p for n, p in roe.items() if ".router." in n], settings.router_lr or settings.roe_lr),
+        ParamGroup("roe_adapter", [p for n, p in roe.items() if ".adapter." in n], settings.roe_lr),
+        ParamGroup("roe_tokens", [p for n, p in roe.items() if ".tokens." in n], settings.roe_lr),
+    ]
     trained_in = {"roe_router": {1, 2}, "roe_adapter": {0, 1, 2}, "roe_tokens": {1, 2}}
     if settings.stage2_mode == "full":
         groups.append(ParamGroup("backbone_llm", [p for _, p in llm_parameters(adapter)], settings.backbone_lr))
@@ -53,9 +55,16 @@ def loop_settings(settings: RouteTrainOptions, seed: int, checkpoint_every: int 
     """The standard loop's settings for a RoE run (and its dense twin): roe_lr is the loop's default lr, each group
     carries its own; weight decay 0 (spec §5.4)."""
     every = settings.checkpoint_every if checkpoint_every is None else checkpoint_every
-    return LoopSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.roe_lr, weight_decay=0.0,
-                        warmup_ratio=settings.warmup_ratio, seed=seed, checkpoint_every=every,
-                        grad_accum=settings.grad_accum)
+    return LoopSettings(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.roe_lr,
+        weight_decay=0.0,
+        warmup_ratio=settings.warmup_ratio,
+        seed=seed,
+        checkpoint_every=every,
+        grad_accum=settings.grad_accum,
+    )
 
 
 def load_for_training(project, settings: RouteTrainOptions):
@@ -68,13 +77,34 @@ def load_for_training(project, settings: RouteTrainOptions):
 
 # What the dense twin's training and scores depend on of route-train's options: RoE's own knobs (ρ, the hinge, the
 # router input, roe and router lrs, adapter rank, always-executed layers) leave the twin as it is.
-TWIN_OPTIONS = ("epochs", "batch_size", "grad_accum", "backbone_lr", "stage2_mode", "lora_rank", "lora_alpha",
-                "lora_lr", "stage1_start", "stage2_start", "warmup_ratio", "data_fraction", "eval_batch_size",
-                "max_eval_samples")
+TWIN_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "backbone_lr",
+    "stage2_mode",
+    "lora_rank",
+    "lora_alpha",
+    "lora_lr",
+    "stage1_start",
+    "stage2_start",
+    "warmup_ratio",
+    "data_fraction",
+    "eval_batch_size",
+    "max_eval_samples",
+)
 
 
-def dense_twin_scores(project, samples: Sequence[TrainSample], sets, settings: RouteTrainOptions, loop: LoopSettings,
-                      *, progress: Progress = silent, checkpoint_dir: Path | None = None) -> dict[str, float]:
+def dense_twin_scores(
+    project,
+    samples: Sequence[TrainSample],
+    sets,
+    settings: RouteTrainOptions,
+    loop: LoopSettings,
+    *,
+    progress: Progress = silent,
+    checkpoint_dir: Path | None = None,
+) -> dict[str, float]:
     """The same fine-tuning with every layer executed (nothing to skip), scored; kept beside the checkpoints once
     done, so a resumed run does not train the twin again."""
     from dmole.artifacts.io import read_json, write_json
@@ -86,8 +116,15 @@ def dense_twin_scores(project, samples: Sequence[TrainSample], sets, settings: R
     if done is not None and done.is_file():
         return read_json(done)
     twin, _ = load_for_training(project, settings)
-    train_roe(twin, None, samples, settings, loop, progress=progress,
-              checkpoint_dir=checkpoint_dir / "twin" if checkpoint_dir is not None else None)
+    train_roe(
+        twin,
+        None,
+        samples,
+        settings,
+        loop,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir / "twin" if checkpoint_dir is not None else None,
+    )
     scores = evaluate_dense(twin, sets, settings.eval_batch_size, progress, label="dense twin")
     if done is not None and is_main():
         done.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +138,7 @@ def _with_status(progress: Progress, status: dict) -> Progress:
     @contextmanager
     def wrapped(description: str, total: int):
         with progress(description, total) as bar:
+
             class Tracker:
                 def advance(self, steps: int = 1, **fields: object) -> None:
                     bar.advance(steps, **status, **fields)
@@ -110,10 +148,18 @@ def _with_status(progress: Progress, status: dict) -> Progress:
     return wrapped
 
 
-def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample], settings: RouteTrainOptions,
-              loop: LoopSettings, *, progress: Progress = silent, checkpoint_dir: Path | None = None,
-              around: Callable[[list[int], dict], AbstractContextManager] | None = None,
-              fixed: FixedRouting | None = None) -> LoopResult:
+def train_roe(
+    adapter,
+    modules: RoEModules | None,
+    samples: Sequence[TrainSample],
+    settings: RouteTrainOptions,
+    loop: LoopSettings,
+    *,
+    progress: Progress = silent,
+    checkpoint_dir: Path | None = None,
+    around: Callable[[list[int], dict], AbstractContextManager] | None = None,
+    fixed: FixedRouting | None = None,
+) -> LoopResult:
     """Train ``modules`` (attached to ``adapter.model``) and, in ``full`` / ``lora`` mode, the LLM (or its LoRA)
     and the projector. ``around(indices, batch)``, if given, is the context each batch's forward runs in (the experts
     of a continual model, routed per sample).
@@ -126,8 +172,9 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
     for p in model.parameters():
         p.requires_grad_(False)
     groups, trained_in = parameter_groups(adapter, modules, settings, fixed)
-    schedule = StageSchedule(len(batch_plan(len(samples), loop)), settings.skip_ratio, settings.stage1_start,
-                             settings.stage2_start)
+    schedule = StageSchedule(
+        len(batch_plan(len(samples), loop)), settings.skip_ratio, settings.stage1_start, settings.stage2_start
+    )
     state = ScheduleState()
     callback = RoEStageCallback(schedule, state, groups, trained_in, loop.warmup_ratio)
     images = ImageTokens.of(adapter)
@@ -145,24 +192,42 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
             if modules is None:
                 return {"loss": per_example_ce(prepared(**batch).logits, labels).mean()}
             segments = training_segments(batch["input_ids"], labels, batch["attention_mask"], images)
-            ctx = stack.enter_context(routing(TrainingRouting(segments, state, keys=list(indices),
-                                                              seed=loop.seed, fixed=fixed)))
+            ctx = stack.enter_context(
+                routing(TrainingRouting(segments, state, keys=list(indices), seed=loop.seed, fixed=fixed))
+            )
             logits = prepared(**batch).logits
         soft_skip = ctx.soft_skip()
         hinged = ctx.straight_through_skip() if settings.skip_estimate == "straight-through" else soft_skip
-        out = roe_objective(per_example_ce(logits, labels), hinged, rho=settings.skip_ratio,
-                            lam=settings.hinge_weight, gamma=settings.hinge_gamma)
+        out = roe_objective(
+            per_example_ce(logits, labels),
+            hinged,
+            rho=settings.skip_ratio,
+            lam=settings.hinge_weight,
+            gamma=settings.hinge_gamma,
+        )
         out |= {"soft_skip": soft_skip.mean().detach(), "hard_skip": torch.tensor(ctx.hard_skip())}
         status["skip"] = float(out["soft_skip"])
         return out
 
     model.train()
     try:
-        pipeline = InputPipeline(lambda indices: adapter.train_inputs(chat_examples([samples[i] for i in indices])),
-                                 adapter.on_device, worker_count(settings.input_workers))
-        return train(model, groups, loss_fn, len(samples), loop, callbacks=[callback], checkpoint_dir=checkpoint_dir,
-                     progress=_with_status(progress, status), inputs=pipeline,
-                     description=ROUTE_TRAIN.name + ("" if modules is not None else ": dense twin"))
+        pipeline = InputPipeline(
+            lambda indices: adapter.train_inputs(chat_examples([samples[i] for i in indices])),
+            adapter.on_device,
+            worker_count(settings.input_workers),
+        )
+        return train(
+            model,
+            groups,
+            loss_fn,
+            len(samples),
+            loop,
+            callbacks=[callback],
+            checkpoint_dir=checkpoint_dir,
+            progress=_with_status(progress, status),
+            inputs=pipeline,
+            description=ROUTE_TRAIN.name + ("" if modules is not None else ": dense twin"),
+        )
     finally:
         model.eval()
         for p in model.parameters():

@@ -95,8 +95,14 @@ class RoEStageCallback:
     order, none empty, each with an explicit lr) and that each lr is base(name)·schedule(s)·gate.
     """
 
-    def __init__(self, schedule: StageSchedule, state: ScheduleState, groups: Sequence[ParamGroup],
-                 trained_in: dict[str, set[int]], warmup_ratio: float) -> None:
+    def __init__(
+        self,
+        schedule: StageSchedule,
+        state: ScheduleState,
+        groups: Sequence[ParamGroup],
+        trained_in: dict[str, set[int]],
+        warmup_ratio: float,
+    ) -> None:
         self.schedule, self.state, self.trained_in, self.warmup_ratio = schedule, state, trained_in, warmup_ratio
         self.groups = {g.name: g for g in groups}
         self._last_stage: int | None = None

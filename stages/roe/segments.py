@@ -85,10 +85,10 @@ def training_segments(input_ids: Tensor, labels: Tensor, attention_mask: Tensor,
         turn[row, real[:start]] = 0
         t, k = 0, start
         for answer, run in groupby(supervised[start:]):
-            positions = real[k:k + len(list(run))]
+            positions = real[k : k + len(list(run))]
             k += len(positions)
             trailing = not answer and True not in supervised[k:]
-            if answer and t == 0 or not answer and not trailing:
+            if (answer and t == 0) or (not answer and not trailing):
                 t += 1  # a new turn; one whose answer follows the prefix directly has no question (invalid)
             turn[row, positions] = max(t, 1)
             question[row, positions] = not answer and not trailing

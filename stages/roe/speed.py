@@ -45,11 +45,17 @@ def decoder_clock(adapter) -> Iterator[list[float]]:
 
 def timed_generate(adapter, inputs: dict, new_tokens: int, plan: RoutingPlan | None) -> tuple[float, float]:
     """Total and decoder-stack seconds of one greedy generate call."""
-    with decoder_clock(adapter) as spans, (routing(plan) if plan else nullcontext()):
+    with decoder_clock(adapter) as spans, routing(plan) if plan else nullcontext():
         sync(adapter.device)
         start = time.perf_counter()
-        adapter.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                               num_beams=1, pad_token_id=adapter.tokenizer.pad_token_id)
+        adapter.model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=adapter.tokenizer.pad_token_id,
+        )
         sync(adapter.device)
         return time.perf_counter() - start, sum(spans)
 
@@ -97,9 +103,17 @@ def workspace_prompts(project, adapter, continual, per_task: int) -> list[Prompt
 
 
 @torch.no_grad()
-def batch1_speed(adapter, prompts: Sequence[Prompt], routable: Sequence[int], *, new_tokens: int, repeats: int,
-                 new_plan: Callable[[Prompt], RoutingPlan]) -> SpeedResult:
+def batch1_speed(
+    adapter,
+    prompts: Sequence[Prompt],
+    routable: Sequence[int],
+    *,
+    new_tokens: int,
+    repeats: int,
+    new_plan: Callable[[Prompt], RoutingPlan],
+) -> SpeedResult:
     """Dense against routed generate time over ``prompts``; ``new_plan(prompt)`` gives each routed call its plan."""
+
     def run(prompt: Prompt, routed: bool) -> tuple[float, RoutingPlan | None]:
         plan = new_plan(prompt) if routed else None
         with prompt.context():

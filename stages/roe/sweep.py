@@ -50,8 +50,9 @@ def skip_patterns(rows: Sequence[dict]) -> dict[str, int]:
     return {task: len({frozenset(v) for (t, _), v in sets.items() if t == task}) for task in tasks}
 
 
-def _train_and_score(project, inputs: SweepInputs, target: float, seed: int, fixed: FixedRouting | None,
-                     progress: Progress) -> tuple[float, dict[str, float], dict | None, dict[str, int]]:
+def _train_and_score(
+    project, inputs: SweepInputs, target: float, seed: int, fixed: FixedRouting | None, progress: Progress
+) -> tuple[float, dict[str, float], dict | None, dict[str, int]]:
     """Train RoE (or a baseline's adapters, ``fixed``) at ``target`` with ``seed``; its realised skip on the test
     sets, its task scores, its batch-1 timing and its number of skip patterns per task."""
     import torch
@@ -68,11 +69,26 @@ def _train_and_score(project, inputs: SweepInputs, target: float, seed: int, fix
     shape = roe_shape(adapter, settings.always_execute, settings.adapter_rank, settings.router_input)
     torch.manual_seed(seed)
     attachment = attach(adapter, RoEModules(shape))
-    train_roe(adapter, attachment.modules, inputs.samples, settings, loop_settings(settings, seed, 0),
-              progress=progress, fixed=fixed)
+    train_roe(
+        adapter,
+        attachment.modules,
+        inputs.samples,
+        settings,
+        loop_settings(settings, seed, 0),
+        progress=progress,
+        fixed=fixed,
+    )
     name = fixed.kind if fixed is not None else "roe"
-    scores, rows = evaluate_routed(adapter, attachment, inputs.sets, settings.eval_batch_size, settings.batch_rule,
-                                   run_id=f"sweep-{name}-{target}-{seed}", progress=progress, fixed=fixed)
+    scores, rows = evaluate_routed(
+        adapter,
+        attachment,
+        inputs.sets,
+        settings.eval_batch_size,
+        settings.batch_rule,
+        run_id=f"sweep-{name}-{target}-{seed}",
+        progress=progress,
+        fixed=fixed,
+    )
     skip, patterns = skip_stats(rows, shape.n_layers)["skip_rate"], skip_patterns(rows)
     if not inputs.sweep.speed_prompts:
         return skip, scores, None, patterns
@@ -82,12 +98,26 @@ def _train_and_score(project, inputs: SweepInputs, target: float, seed: int, fix
         forced = fixed.forced([prompt.key], routable) if fixed is not None else None
         return RoutingPlan(batch_rule=settings.batch_rule, forced=forced)
 
-    speed = batch1_speed(adapter, workspace_prompts(project, adapter, None, inputs.sweep.speed_prompts), routable,
-                         new_tokens=inputs.sweep.speed_new_tokens, repeats=inputs.sweep.speed_repeats,
-                         new_plan=new_plan)
-    return skip, scores, {"dense_seconds": speed.dense_seconds, "routed_seconds": speed.routed_seconds,
-                          "speedup": speed.speedup, "timed_skip_rate": speed.skip_rate,
-                          "prompts": speed.prompts}, patterns
+    speed = batch1_speed(
+        adapter,
+        workspace_prompts(project, adapter, None, inputs.sweep.speed_prompts),
+        routable,
+        new_tokens=inputs.sweep.speed_new_tokens,
+        repeats=inputs.sweep.speed_repeats,
+        new_plan=new_plan,
+    )
+    return (
+        skip,
+        scores,
+        {
+            "dense_seconds": speed.dense_seconds,
+            "routed_seconds": speed.routed_seconds,
+            "speedup": speed.speedup,
+            "timed_skip_rate": speed.skip_rate,
+            "prompts": speed.prompts,
+        },
+        patterns,
+    )
 
 
 def static_ranking(project, inputs: SweepInputs, seed: int) -> list[float]:
@@ -99,25 +129,45 @@ def static_ranking(project, inputs: SweepInputs, seed: int) -> list[float]:
     from ..training.chat import chat_examples
 
     adapter = project.load_model()
-    picked = random.Random(f"{seed}-static-layers").sample(inputs.samples,
-                                                           min(inputs.sweep.change_samples, len(inputs.samples)))
+    picked = random.Random(f"{seed}-static-layers").sample(
+        inputs.samples, min(inputs.sweep.change_samples, len(inputs.samples))
+    )
     size = inputs.settings.eval_batch_size
-    batches = [adapter.train_batch(chat_examples(picked[i:i + size])) for i in range(0, len(picked), size)]
+    batches = [adapter.train_batch(chat_examples(picked[i : i + size])) for i in range(0, len(picked), size)]
     with torch.no_grad():
         return layer_change(adapter, batches)
 
 
-def sweep_target(project, inputs: SweepInputs, seed: int, target: float, dense: dict[str, float],
-                 change: list[float], routable: Sequence[int], progress: Progress = silent) -> list[dict]:
+def sweep_target(
+    project,
+    inputs: SweepInputs,
+    seed: int,
+    target: float,
+    dense: dict[str, float],
+    change: list[float],
+    routable: Sequence[int],
+    progress: Progress = silent,
+) -> list[dict]:
     """RoE at ``target`` and its baselines at RoE's realised skip, for one seed, as rows (see the module's
     docstring)."""
     runs = []
 
     def record(variant: str, skip: float, scores: dict, speed: dict | None, patterns: dict, **extra) -> None:
         rel = relative(scores, dense)
-        runs.append({"seed": seed, "target": target, "variant": variant, "skip_rate": skip, "scores": scores,
-                     "relative": rel, "mean_relative": mean_relative(rel), "speed": speed,
-                     "skip_patterns": patterns, **extra})
+        runs.append(
+            {
+                "seed": seed,
+                "target": target,
+                "variant": variant,
+                "skip_rate": skip,
+                "scores": scores,
+                "relative": rel,
+                "mean_relative": mean_relative(rel),
+                "speed": speed,
+                "skip_patterns": patterns,
+                **extra,
+            }
+        )
 
     skip, scores, speed, patterns = _train_and_score(project, inputs, target, seed, None, progress)
     record("roe", skip, scores, speed, patterns)
@@ -143,12 +193,20 @@ def summarise(runs: Sequence[dict]) -> list[dict]:
         tasks = list(group[0]["relative"])
         per_task = {t: _mean([r["relative"][t] for r in group if r["relative"][t] is not None]) for t in tasks}
         speeds = [r["speed"]["speedup"] for r in group if r["speed"] is not None]
-        out.append({"target": target, "variant": variant, "seeds": [r["seed"] for r in group],
-                    "skip_rate": _mean([r["skip_rate"] for r in group]),
-                    "mean_relative": _mean(means), "min_relative": min(means, default=None),
-                    "max_relative": max(means, default=None),
-                    "spread": max(means) - min(means) if means else None, "relative": per_task,
-                    "speedup": _mean(speeds) if speeds else None})
+        out.append(
+            {
+                "target": target,
+                "variant": variant,
+                "seeds": [r["seed"] for r in group],
+                "skip_rate": _mean([r["skip_rate"] for r in group]),
+                "mean_relative": _mean(means),
+                "min_relative": min(means, default=None),
+                "max_relative": max(means, default=None),
+                "spread": max(means) - min(means) if means else None,
+                "relative": per_task,
+                "speedup": _mean(speeds) if speeds else None,
+            }
+        )
     return out
 
 

@@ -71,10 +71,17 @@ class SlotStream:
         batch, length = hidden.shape[:2]
         m, device = self.width, hidden.device
         given = kwargs.get("attention_mask")
-        top = torch.cat([torch.eye(m, dtype=torch.bool, device=device).expand(batch, 1, m, m),
-                         self.visible.to(device)[:, None]], dim=-1)
-        bottom = torch.cat([torch.zeros(batch, 1, length, m, dtype=torch.bool, device=device),
-                            _real_mask(given, batch, length, device)], dim=-1)
+        top = torch.cat(
+            [torch.eye(m, dtype=torch.bool, device=device).expand(batch, 1, m, m), self.visible.to(device)[:, None]],
+            dim=-1,
+        )
+        bottom = torch.cat(
+            [
+                torch.zeros(batch, 1, length, m, dtype=torch.bool, device=device),
+                _real_mask(given, batch, length, device),
+            ],
+            dim=-1,
+        )
         mask = torch.cat([top, bottom], dim=2)
         if given is not None and given.dtype != torch.bool:
             blocked = torch.finfo(given.dtype).min
@@ -85,9 +92,12 @@ class SlotStream:
                 value = mask
             elif name == "position_embeddings":
                 cos, sin = value
-                value = (torch.cat([torch.full_like(cos[..., :1, :].expand(*cos.shape[:-2], m, -1), self.rope_scale),
-                                    cos], dim=-2),
-                         torch.cat([torch.zeros_like(sin[..., :1, :].expand(*sin.shape[:-2], m, -1)), sin], dim=-2))
+                value = (
+                    torch.cat(
+                        [torch.full_like(cos[..., :1, :].expand(*cos.shape[:-2], m, -1), self.rope_scale), cos], dim=-2
+                    ),
+                    torch.cat([torch.zeros_like(sin[..., :1, :].expand(*sin.shape[:-2], m, -1)), sin], dim=-2),
+                )
             elif name in ("position_ids", "cache_position") and isinstance(value, Tensor):
                 value = torch.cat([value.new_zeros(*value.shape[:-1], m), value], dim=-1)
             elif name in ("cache", "past_key_values", "past_key_value"):
@@ -95,15 +105,16 @@ class SlotStream:
             elif name == "use_cache":
                 value = False
             elif isinstance(value, Tensor):
-                raise TokenStreamError(f"layer argument {name!r} is unknown to the routing-token stream; use "
-                                       "router_input: pooled")
+                raise TokenStreamError(
+                    f"layer argument {name!r} is unknown to the routing-token stream; use router_input: pooled"
+                )
             joined[name] = value
         return torch.cat([self.states.to(hidden.dtype), hidden], dim=1), joined
 
     def take(self, out: Tensor) -> Tensor:
         """Keep the slot rows of a joined layer output as the next states; return the token rows."""
-        self.advance(out[:, :self.width])
-        return out[:, self.width:]
+        self.advance(out[:, : self.width])
+        return out[:, self.width :]
 
     def advance(self, states: Tensor) -> None:
         self.states, self.next_layer = states, self.next_layer + 1

@@ -12,13 +12,32 @@ from safetensors.torch import save_file
 from .attach import RoEConfigError
 from .modules import RoEModules, RoEShape
 
-def save_roe(path: Path, modules: RoEModules, *, family: str, base_model: str, base_hash: str, rho: float,
-             base_revision: str = "", dmole_checkpoint: str = "") -> None:
+
+def save_roe(
+    path: Path,
+    modules: RoEModules,
+    *,
+    family: str,
+    base_model: str,
+    base_hash: str,
+    rho: float,
+    base_revision: str = "",
+    dmole_checkpoint: str = "",
+) -> None:
     shape = modules.shape
-    metadata = {"family": family, "base_model": base_model, "base_revision": base_revision, "base_hash": base_hash,
-                "variant": shape.router_input, "rho": str(rho), "rank": str(shape.rank),
-                "d_model": str(shape.d_model), "n_layers": str(shape.n_layers),
-                "routable": json.dumps(list(shape.routable)), "dmole_checkpoint": dmole_checkpoint}
+    metadata = {
+        "family": family,
+        "base_model": base_model,
+        "base_revision": base_revision,
+        "base_hash": base_hash,
+        "variant": shape.router_input,
+        "rho": str(rho),
+        "rank": str(shape.rank),
+        "d_model": str(shape.d_model),
+        "n_layers": str(shape.n_layers),
+        "routable": json.dumps(list(shape.routable)),
+        "dmole_checkpoint": dmole_checkpoint,
+    }
     save_file({k: v.float().cpu() for k, v in modules.named_tensors().items()}, str(path), metadata=metadata)
 
 
@@ -31,10 +50,16 @@ def load_roe(path: Path, *, family: str, base_hash: str | None) -> tuple[RoEModu
     if metadata.get("family") != family:
         raise RoEConfigError(f"{path}: RoE weights for family {metadata.get('family')!r}, the model is {family!r}")
     if base_hash is not None and metadata.get("base_hash") != base_hash:
-        raise RoEConfigError(f"{path}: RoE weights were trained on a different base model (hash mismatch); "
-                             "run `dmole route-train` again")
-    shape = RoEShape(int(metadata["d_model"]), int(metadata["rank"]), int(metadata["n_layers"]),
-                     tuple(json.loads(metadata["routable"])), metadata["variant"])
+        raise RoEConfigError(
+            f"{path}: RoE weights were trained on a different base model (hash mismatch); run `dmole route-train` again"
+        )
+    shape = RoEShape(
+        int(metadata["d_model"]),
+        int(metadata["rank"]),
+        int(metadata["n_layers"]),
+        tuple(json.loads(metadata["routable"])),
+        metadata["variant"],
+    )
     modules = RoEModules(shape)
     modules.load_named_tensors(tensors)
     return modules, metadata

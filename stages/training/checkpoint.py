@@ -56,8 +56,10 @@ class LoadedState:
         """The optimizer's saved state; a run resumes the way it was written, sharded (FSDP2) or not."""
         if self.payload["sharded"] != sharded:
             how = "with" if self.payload["sharded"] else "without"
-            raise UserError(f"this run's checkpoint was written {how} FSDP2 sharding: resume it the same way, or "
-                            "delete its folder under .runs/ to start over")
+            raise UserError(
+                f"this run's checkpoint was written {how} FSDP2 sharding: resume it the same way, or "
+                "delete its folder under .runs/ to start over"
+            )
         return self.payload["optimizer"]
 
     def restore_rng(self, rank: int = 0, world: int = 1) -> None:
@@ -70,8 +72,11 @@ class LoadedState:
 def rng_state() -> dict:
     """This process's random state: Python's, torch's CPU generator and every CUDA device's."""
     version, internal, gauss = random.getstate()
-    return {"python": [version, list(internal), gauss], "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": [version, list(internal), gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -82,15 +87,31 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, step: int, params: dict[str, torch.Tensor], optimizer_state: dict,
-                    log: list[dict], rng: list[dict], *, sharded: bool = False, threads: int | None = None,
-                    hook_state: dict[str, torch.Tensor] | None = None) -> None:
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    params: dict[str, torch.Tensor],
+    optimizer_state: dict,
+    log: list[dict],
+    rng: list[dict],
+    *,
+    sharded: bool = False,
+    threads: int | None = None,
+    hook_state: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write the state atomically: whole trained tensors, the optimizer's state (keyed by parameter name when
     ``sharded``), the log, ``rng``, every process's `rng_state` in rank order, and a `GradientHook`'s state."""
     directory.mkdir(parents=True, exist_ok=True)
-    payload = {"step": step, "params": {k: v.detach().clone() for k, v in params.items()},
-               "optimizer": optimizer_state, "rng": rng, "log": log, "sharded": sharded, "threads": threads,
-               "hook_state": {k: v.detach().clone() for k, v in (hook_state or {}).items()}}
+    payload = {
+        "step": step,
+        "params": {k: v.detach().clone() for k, v in params.items()},
+        "optimizer": optimizer_state,
+        "rng": rng,
+        "log": log,
+        "sharded": sharded,
+        "threads": threads,
+        "hook_state": {k: v.detach().clone() for k, v in (hook_state or {}).items()},
+    }
     tmp = directory / f".{CHECKPOINT}.tmp"
     with tmp.open("wb") as handle:
         torch.save(payload, handle)

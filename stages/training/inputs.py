@@ -54,9 +54,17 @@ class InputPipeline:
             source: Iterator[Inputs] = (self.build(m) for m in micros)
         else:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # fast tokenizers in forked workers
-            source = iter(DataLoader(_Schedule(micros, self.build), batch_size=None, shuffle=False,
-                                     num_workers=self.workers, prefetch_factor=PREFETCH,
-                                     pin_memory=torch.cuda.is_available(), generator=torch.Generator()))
+            source = iter(
+                DataLoader(
+                    _Schedule(micros, self.build),
+                    batch_size=None,
+                    shuffle=False,
+                    num_workers=self.workers,
+                    prefetch_factor=PREFETCH,
+                    pin_memory=torch.cuda.is_available(),
+                    generator=torch.Generator(),
+                )
+            )
         for _ in micros:
             start = time.perf_counter()
             inputs = next(source)

@@ -96,24 +96,32 @@ def _check_step(loss: float, params: list[torch.nn.Parameter], accelerator, step
     """Stop at the first step whose loss or updated parameters are not finite (every process stops alike: the
     loss is the reduced one, and the parameter flag is summed over processes, which may hold different shards)."""
     if not math.isfinite(loss):
-        raise TrainingFailed(f"training diverged at step {step} of {total}: the loss is {loss}; nothing was saved "
-                             "(lower the learning rate or clip the gradients)")
+        raise TrainingFailed(
+            f"training diverged at step {step} of {total}: the loss is {loss}; nothing was saved "
+            "(lower the learning rate or clip the gradients)"
+        )
     local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in params]  # FSDP2: own shard
     broken = torch.stack([~torch.isfinite(t).all() for t in local]).sum().float()
     if float(accelerator.reduce(broken.to(accelerator.device), reduction="sum")):
-        raise TrainingFailed(f"training diverged at step {step} of {total}: a trained parameter is inf or nan; "
-                             "nothing was saved (lower the learning rate or clip the gradients)")
+        raise TrainingFailed(
+            f"training diverged at step {step} of {total}: a trained parameter is inf or nan; "
+            "nothing was saved (lower the learning rate or clip the gradients)"
+        )
 
 
 def _check_supervised(log: list[dict], warnings: list[str]) -> None:
     """A run whose steps all had nothing to learn (every answer cut away) is an error; some such steps, a warning."""
     empty = sum(1 for row in log if row.get("supervised") == 0)  # (a checkpoint's older rows may not say)
     if empty == len(log):
-        raise TrainingFailed(f"nothing was learned: none of the {len(log)} steps had a supervised token (every "
-                             "answer was cut away; raise max_length); nothing was saved")
+        raise TrainingFailed(
+            f"nothing was learned: none of the {len(log)} steps had a supervised token (every "
+            "answer was cut away; raise max_length); nothing was saved"
+        )
     if empty:
-        warnings.append(f"{empty} of {len(log)} steps had no supervised token (their answers were cut away by "
-                        "max_length) and changed nothing")
+        warnings.append(
+            f"{empty} of {len(log)} steps had no supervised token (their answers were cut away by "
+            "max_length) and changed nothing"
+        )
 
 
 # How many batches a length-sorted mega-batch spans (transformers' LengthGroupedSampler uses 50).
@@ -141,9 +149,12 @@ def batch_plan(n_samples: int, settings: LoopSettings, lengths: Sequence[int] | 
         random.Random(f"{settings.seed}-epoch-{epoch}").shuffle(order)
         if settings.group_by_length:
             mega = size * MEGABATCH_BATCHES
-            order = [i for start in range(0, n_samples, mega)
-                     for i in sorted(order[start:start + mega], key=lambda i: -lengths[i])]
-        batches = [order[i:i + size] for i in range(0, n_samples, size)]
+            order = [
+                i
+                for start in range(0, n_samples, mega)
+                for i in sorted(order[start : start + mega], key=lambda i: -lengths[i])
+            ]
+        batches = [order[i : i + size] for i in range(0, n_samples, size)]
         if settings.group_by_length:
             longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
             batches.insert(0, batches.pop(longest))
@@ -159,8 +170,7 @@ def micro_batches(indices: list[int], grad_accum: int) -> list[list[int]]:
     return [indices[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-def _micro_batches(step_samples: list[int], settings: LoopSettings, backend: _Backend
-                   ) -> tuple[int, list[list[int]]]:
+def _micro_batches(step_samples: list[int], settings: LoopSettings, backend: _Backend) -> tuple[int, list[list[int]]]:
     """How many of this process's micro-batches of one step carry weight, and the micro-batches it runs: its
     own, then under sharding weight-0 repeats of the step's first sample up to the most any process has."""
     share = my_share(step_samples)
@@ -184,7 +194,9 @@ def build_optimizer(groups: Sequence[ParamGroup], settings: LoopSettings) -> tor
         raise ValueError("nothing to train: every parameter group is empty")
     return torch.optim.AdamW(
         [{"params": g.params, "lr": g.lr or settings.lr, "name": g.name} for g in nonempty],
-        weight_decay=settings.weight_decay, betas=settings.betas)
+        weight_decay=settings.weight_decay,
+        betas=settings.betas,
+    )
 
 
 def autocast(precision: str, device: torch.device):
@@ -229,8 +241,9 @@ class _Backend:
     """How the loop's model is spread over processes: whole on each (through ``Accelerator.prepare``: one process,
     DDP, ZeRO-1/2, FSDP NO_SHARD) or sharded (FSDP2, `sharding.py`)."""
 
-    def __init__(self, model: torch.nn.Module, groups: Sequence[ParamGroup], settings: LoopSettings,
-                 state: LoadedState | None):
+    def __init__(
+        self, model: torch.nn.Module, groups: Sequence[ParamGroup], settings: LoopSettings, state: LoadedState | None
+    ):
         from accelerate import Accelerator
 
         rank, world = rank_and_world()
@@ -285,8 +298,11 @@ class _Backend:
         """The trained tensors (whole, keyed like the groups) and the optimizer's state (collective when sharded)."""
         if self.shards:
             whole = self.shards.whole()
-            params = {f"{g.name}.{i}": whole[name] for g, names in zip(self.groups, self.shards.names)
-                      for i, name in enumerate(names)}
+            params = {
+                f"{g.name}.{i}": whole[name]
+                for g, names in zip(self.groups, self.shards.names)
+                for i, name in enumerate(names)
+            }
             return params, self.shards.optimizer_state(self.optimizer)
         return {f"{g.name}.{i}": p for g in self.groups for i, p in enumerate(g.params)}, self.optimizer.state_dict()
 
@@ -295,13 +311,22 @@ class _Backend:
             self.shards.finish()
 
 
-def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
-          loss_fn: Callable[[torch.nn.Module, list[int], ExitStack], dict[str, torch.Tensor]],
-          n_samples: int, settings: LoopSettings, *, checkpoint_dir: Path | None = None,
-          callbacks: Sequence[Callback] = (), loggers: Sequence[Callable[[dict], None]] = (),
-          progress: Progress = silent, description: str = "training",
-          lengths: Sequence[int] | None = None, inputs: InputPipeline | None = None,
-          gradient_hook: GradientHook | None = None) -> LoopResult:
+def train(
+    model: torch.nn.Module,
+    groups: Sequence[ParamGroup],
+    loss_fn: Callable[[torch.nn.Module, list[int], ExitStack], dict[str, torch.Tensor]],
+    n_samples: int,
+    settings: LoopSettings,
+    *,
+    checkpoint_dir: Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    loggers: Sequence[Callable[[dict], None]] = (),
+    progress: Progress = silent,
+    description: str = "training",
+    lengths: Sequence[int] | None = None,
+    inputs: InputPipeline | None = None,
+    gradient_hook: GradientHook | None = None,
+) -> LoopResult:
     """Run the loop; ``loss_fn(model, indices, scope)`` must call the model it is given (the prepared one)
     and return a dict with at least ``loss`` (other scalars are logged). Contexts entered on ``scope``
     stay open through the backward pass, which recomputes activations under gradient checkpointing.
@@ -319,8 +344,10 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
     backend = _Backend(model, groups, settings, state)  # restores the RNG too, so dropout continues exactly
     if state is not None:
         result.log, result.resumed_from = state.log, state.step
-        result.warnings += filter(None, [thread_mismatch(f"the checkpoint resumed at step {state.step}",
-                                                         torch.get_num_threads(), state.threads)])
+        result.warnings += filter(
+            None,
+            [thread_mismatch(f"the checkpoint resumed at step {state.step}", torch.get_num_threads(), state.threads)],
+        )
         if gradient_hook is not None:
             state.restore_tensors(gradient_hook.state)
     start = result.resumed_from
@@ -341,8 +368,11 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
                 for k, indices in enumerate(micros):
                     with backend.sync(k == len(micros) - 1), ExitStack() as scope:
                         with autocast(settings.precision, accelerator.device):
-                            outputs = (loss_fn(backend.model, indices, scope) if feed is None
-                                       else loss_fn(backend.model, indices, scope, next(feed)))
+                            outputs = (
+                                loss_fn(backend.model, indices, scope)
+                                if feed is None
+                                else loss_fn(backend.model, indices, scope, next(feed))
+                            )
                         units = float(outputs.pop("count", len(indices))) if k < weighted else 0.0
                         # nothing to learn here (no share, a padding micro-batch, or every answer truncated away:
                         # the mean is NaN), but the backward must run for the data-parallel sync
@@ -357,11 +387,15 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
                 if settings.clip:
                     backend.clip(settings.clip)
                 optimizer.step()
-                row = {"step": step + 1,
-                       **{k: float(accelerator.reduce(v, reduction="sum")) / total if total else 0.0
-                          for k, v in sums.items()},
-                       "supervised": total,  # tokens (or samples) the step's loss averaged over, on every process
-                       **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}}
+                row = {
+                    "step": step + 1,
+                    **{
+                        k: float(accelerator.reduce(v, reduction="sum")) / total if total else 0.0
+                        for k, v in sums.items()
+                    },
+                    "supervised": total,  # tokens (or samples) the step's loss averaged over, on every process
+                    **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups},
+                }
                 _check_step(row["loss"], backend.params, accelerator, step + 1, len(plan))
                 for callback in callbacks:
                     row.update(callback.log_fields())
@@ -370,14 +404,26 @@ def train(model: torch.nn.Module, groups: Sequence[ParamGroup],
                     log(row)
                 bar.advance(1, loss=row["loss"])
                 done = step + 1
-                if checkpoint_dir is not None and settings.checkpoint_every and done % settings.checkpoint_every == 0 \
-                        and done < len(plan):
+                if (
+                    checkpoint_dir is not None
+                    and settings.checkpoint_every
+                    and done % settings.checkpoint_every == 0
+                    and done < len(plan)
+                ):
                     rng = all_gather_objects(rng_state())  # every process's, so each resumes its own dropout draws
                     params, optimizer_state = backend.checkpoint_state()
                     if is_main():
-                        save_checkpoint(checkpoint_dir, done, params, optimizer_state, result.log, rng,
-                                        sharded=backend.shards is not None, threads=torch.get_num_threads(),
-                                        hook_state=gradient_hook.state if gradient_hook is not None else None)
+                        save_checkpoint(
+                            checkpoint_dir,
+                            done,
+                            params,
+                            optimizer_state,
+                            result.log,
+                            rng,
+                            sharded=backend.shards is not None,
+                            threads=torch.get_num_threads(),
+                            hook_state=gradient_hook.state if gradient_hook is not None else None,
+                        )
         _check_supervised(result.log, result.warnings)
     except TrainingFailed:
         if checkpoint_dir is not None and is_main():

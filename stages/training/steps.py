@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from ..methods.base import TrainRun
 
 
-def loop_settings(options: TrainTaskOptions, task: TaskSpec | None,
-                  union: dict[str, tuple[TaskSpec, int]] | None = None):
+def loop_settings(
+    options: TrainTaskOptions, task: TaskSpec | None, union: dict[str, tuple[TaskSpec, int]] | None = None
+):
     """The loop's settings for ``task``. A run on the union of tasks (joint; ``union``: task -> its spec and how many
     samples it put in the union, already repeated by its epochs) makes one pass over the union, at the batch size
     of the task with the most samples in it."""

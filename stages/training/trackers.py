@@ -24,8 +24,9 @@ def check_available(kinds: Sequence[str]) -> None:
         if kind not in TRACKERS:
             raise UserError(f"--log-to {kind!r}: choose one of {', '.join(TRACKERS)}")
         if importlib.util.find_spec(kind) is None:
-            raise UserError(f"--log-to {kind} needs the optional {kind} package, which is not installed "
-                            f"(pip install {kind})")
+            raise UserError(
+                f"--log-to {kind} needs the optional {kind} package, which is not installed (pip install {kind})"
+            )
 
 
 def _scalars(row: dict) -> dict[str, float]:
@@ -55,8 +56,9 @@ class WandbLogger:
         import wandb
 
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "dmole"), name=run_name, dir=str(log_dir),
-                              config=config)
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "dmole"), name=run_name, dir=str(log_dir), config=config
+        )
 
     def __call__(self, row: dict) -> None:
         self.run.log(_scalars(row), step=row["step"])
@@ -66,15 +68,17 @@ class WandbLogger:
 
 
 @contextmanager
-def open_loggers(kinds: Sequence[str], log_dir: Path, run_name: str,
-                 config: dict) -> Iterator[list[Callable[[dict], None]]]:
+def open_loggers(
+    kinds: Sequence[str], log_dir: Path, run_name: str, config: dict
+) -> Iterator[list[Callable[[dict], None]]]:
     """The loggers for ``kinds`` (empty: none), closed (flushed) when the block ends, even on an error."""
     check_available(kinds)
     opened: list[TensorBoardLogger | WandbLogger] = []
     try:
         for kind in kinds:
-            opened.append(TensorBoardLogger(log_dir) if kind == "tensorboard"
-                          else WandbLogger(log_dir, run_name, config))
+            opened.append(
+                TensorBoardLogger(log_dir) if kind == "tensorboard" else WandbLogger(log_dir, run_name, config)
+            )
         yield list(opened)
     finally:
         for logger in opened:
