@@ -85,7 +85,7 @@ def write_sequence(root: Path, seed: int = 0) -> None:
 
     digits = load_digits()
     registry = []
-    for t, (task, family) in enumerate(TASKS.items()):
+    for task, family in TASKS.items():
         rng = random.Random(f"{seed}-{task}")
         picks = rng.sample(range(len(digits.target)), TRAIN + TEST)  # the same domain, other scans per task
         (root / task / "images").mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -85,11 +86,11 @@ def preprocessing_share(demo: Path, rounds: int) -> dict:
             project = Project.open(Path(tmp) / "ws")
             seconds = {}
             for name, run in (
-                (EMBED.name, lambda: embed(project, task)),
-                (FIT_ROUTER.name, lambda: fit_router(project, task)),
-                (ZC_SCORE.name, lambda: zc_score(project, task)),
-                (ALLOCATE.name, lambda: allocate(project, task)),
-                (TRAIN_TASK.name, lambda: train_task(project, task)),
+                (EMBED.name, partial(embed, project, task)),
+                (FIT_ROUTER.name, partial(fit_router, project, task)),
+                (ZC_SCORE.name, partial(zc_score, project, task)),
+                (ALLOCATE.name, partial(allocate, project, task)),
+                (TRAIN_TASK.name, partial(train_task, project, task)),
             ):
                 start = time.perf_counter()
                 run()
@@ -116,7 +117,7 @@ def inference_throughput(project: Project, repeats: int) -> dict:
     options = stage_options(project.config, EVAL.name).for_task(task)
     routed_adapter, single_adapter = load_family(project.model_path), load_family(project.model_path)
     routed_plan = get_method("dmole").evaluation(project, names[-1], routed_adapter)
-    routes, errors = routed_plan.routes_for(task.name, samples, options)
+    routes, _errors = routed_plan.routes_for(task.name, samples, options)
     single = ExpertModel(single_adapter.model, towers(single_adapter))
     single.load_expert(2, project.store.require(TRAIN_TASK.name, names[1]).path / TRAIN_TASK.files.expert)
 

@@ -58,12 +58,15 @@ NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 def checkpoints(tok):
     """(family, checkpoint, config, processor class, processor parts) at published dimensions."""
     ids = tok.convert_tokens_to_ids
-    qwen_ids = lambda: dict(
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-    )
+
+    def qwen_ids():
+        return dict(
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+        )
+
     qwen_pixels = dict(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
     yield (
         "llava",

@@ -222,10 +222,13 @@ def main() -> None:
             bench_training(adapter, experts, trainable, train_samples, args, workers)
             for workers in (0, args.input_workers)
         )
-        router = lambda indices, inputs: experts.routed(
-            [(1,)] * len(indices),
-            vision_rows=adapter.vision_row_samples(inputs),
-        )
+
+        def router(indices, inputs):
+            return experts.routed(
+                [(1,)] * len(indices),
+                vision_rows=adapter.vision_row_samples(inputs),
+            )
+
         samples = eval_samples[: args.eval_samples]
         eval_rate = _throughput(
             lambda: predict(

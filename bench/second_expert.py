@@ -103,7 +103,8 @@ def report(results: dict, json_path: Path | None) -> None:
     for rule, r in results.items():
         print(
             f"| {rule} | {r['last']:.2f} | {r['bwt']:.2f} | {r['avg_seen']:.2f} | {r['worst_task_vs_top1']:+.2f} "
-            f"| {r['two_experts']}/{r['samples']} | {r['routing_changed_vs_top1']} | {r['score_change_on_those']:+.2f} |"
+            f"| {r['two_experts']}/{r['samples']} | {r['routing_changed_vs_top1']} "
+            f"| {r['score_change_on_those']:+.2f} |"
         )
     print("\n| rule | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
     for rule, r in results.items():

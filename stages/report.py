@@ -80,8 +80,8 @@ def collect(project: Project) -> tuple[dict, list[Version]]:
 
 def training_costs(project: Project, methods: list[str]) -> tuple[dict, list[Version]]:
     """Per method, its training time and peak memory (`training_cost`), and the train-task runs they came from.
-    Kept apart from the results (`REPORT.files.costs`, not report.md): they measure the machine, so two runs that compute
-    the same numbers still differ here."""
+    Kept apart from the results (`REPORT.files.costs`, not report.md): they measure the machine, so two runs that
+    compute the same numbers still differ here."""
     costs, used = {}, []
     for name in methods:
         costs[name], trained = training_cost(project, REGISTRY[name])

@@ -10,6 +10,7 @@ neither of.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -67,6 +68,10 @@ def stage_options(config: WorkspaceConfig, stage: str, given: BaseModel | Mappin
     return _problem(f"options of '{stage}'", lambda: _options(model, merged))
 
 
+def _hyper(method: str, values: Mapping) -> BaseModel:
+    return get_method(method).Hyper.model_validate(values)
+
+
 def check_workspace(config: WorkspaceConfig, *, source: str) -> WorkspaceConfig:
     """``config`` once its ``method``, ``stages`` and ``methods`` sections name known methods, stages and keys; else
     a one-line error naming the first problem, as ``source: section: problem``."""
@@ -75,8 +80,8 @@ def check_workspace(config: WorkspaceConfig, *, source: str) -> WorkspaceConfig:
     for name, values in config.stages.items():
         if name not in stages:
             raise ConfigError(f"{source}: stages: unknown stage {name!r}; stages with options: {', '.join(stages)}")
-        _problem(f"{source}: stages: stage {name!r}", lambda: _options(stages[name].options, values))
+        _problem(f"{source}: stages: stage {name!r}", partial(_options, stages[name].options, values))
     for name, values in config.methods.items():
-        _problem(f"{source}: methods", lambda: check_method(name))
-        _problem(f"{source}: methods: method {name!r}", lambda: get_method(name).Hyper.model_validate(values))
+        _problem(f"{source}: methods", partial(check_method, name))
+        _problem(f"{source}: methods: method {name!r}", partial(_hyper, name, values))
     return config

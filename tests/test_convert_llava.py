@@ -179,7 +179,7 @@ def test_converted_llava_computes_the_original_logits(converted):
 def test_tower_from_its_own_folder_gives_the_same_model(converted, tmp_path):
     from safetensors.torch import load_file
 
-    src, out, tensors = converted
+    _src, out, _tensors = converted
     write_original(tmp_path / "llava-no-tower", tower_inside=False)
     again = convert_llava_original(tmp_path / "llava-no-tower", tmp_path / "out")
     a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")

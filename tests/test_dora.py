@@ -16,7 +16,7 @@ from dmole.stages.methods.lora import towers
 from dmole.stages.models.base import ChatExample
 from dmole.stages.models.registry import load_family
 from dmole.stages.models.tiny import build_tiny
-from tests.test_qkv_group import internvl2  # noqa: F401  (the fixture)
+from tests.test_qkv_group import internvl2  # noqa: F401  (the fixture, requested below by name: F811 there)
 
 DORA = LoraSettings(rank=4, alpha=8, dropout=0.0, dora=True)
 
@@ -192,7 +192,7 @@ def test_lora_baselines_train_dora_adapters(two_tasks, method):
     assert any("lora_magnitude_vector" in name for name, _ in loaded.named_parameters())
 
 
-def test_a_dora_expert_on_a_fused_qkv_group_shares_a_and_is_pefts_dora_on_each_member(internvl2, tmp_path):
+def test_a_dora_expert_on_a_fused_qkv_group_shares_a_and_is_pefts_dora_on_each_member(internvl2, tmp_path):  # noqa: F811
     from dmole.stages.methods.lora import groups
 
     _, out = internvl2

@@ -3,6 +3,8 @@ truncation of training inputs that never cuts image tokens."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -78,7 +80,7 @@ def test_length_grouping_sorts_mega_batches_and_leads_with_the_longest():
         assert max(lengths) in [lengths[i] for i in epoch[0]]
         # inside a mega-batch (50 batches), lengths never rise from one batch to the next
         rest = [i for batch in epoch[1:50] for i in batch]
-        assert all(lengths[a] >= lengths[b] for a, b in zip(rest, rest[1:]))
+        assert all(lengths[a] >= lengths[b] for a, b in itertools.pairwise(rest))
     assert plan == batch_plan(len(lengths), settings, lengths)  # deterministic, hence resumable
     plain = batch_plan(len(lengths), LoopSettings(epochs=2, batch_size=3, lr=1.0))
     assert plain != plan and sorted(map(len, plain)) == sorted(map(len, plan))

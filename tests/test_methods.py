@@ -44,7 +44,7 @@ def test_lwf_targets_are_the_previous_models_outputs(two_tasks):
     from dmole.stages.methods.lora import expert_folder
     from dmole.stages.models.registry import load_family
 
-    run, trainer = second_task_trainer(two_tasks, "lwf-lora")
+    _run, trainer = second_task_trainer(two_tasks, "lwf-lora")
     indices = [0, 1, 2]
     batch = trainer.adapter.on_device(trainer.inputs(indices))
     trainer.model.train()  # as the training loop runs it
@@ -141,8 +141,8 @@ def test_fisher_accumulates_each_steps_squared_gradient_over_the_steps_per_epoch
         (model(xs[batch]) - ys[batch]).pow(2).sum(-1).mean().backward()
         for k, p in model.named_parameters():
             expected[k] += p.grad**2 / 2  # unclipped: TRACE's hook sees the gradient before clipping
-    for k in expected:
-        assert torch.allclose(fisher[k], expected[k], rtol=1e-5), k
+    for k, value in expected.items():
+        assert torch.allclose(fisher[k], value, rtol=1e-5), k
 
 
 def test_a_resumed_run_keeps_the_fisher_accumulated_before_it(tmp_path):
@@ -174,7 +174,7 @@ def test_olora_targets_q_and_v_as_olora_does(two_tasks):
 
 
 def test_olora_keeps_earlier_loras_frozen_and_pushes_the_new_one_away(two_tasks):
-    run, trainer = second_task_trainer(two_tasks, "o-lora")
+    _run, trainer = second_task_trainer(two_tasks, "o-lora")
     new = {id(p) for p in trainer.params}
     old = trainer.adapter_params(1)
     assert old and not any(id(p) in new or p.requires_grad for p in old.values())

@@ -38,9 +38,7 @@ def folders(tmp_path_factory):
     }
 
 
-@pytest.fixture(
-    scope="module", params=[(f, layout) for f in FAMILY_NAMES for layout in LAYOUTS], ids=lambda p: "-".join(p)
-)
+@pytest.fixture(scope="module", params=[(f, layout) for f in FAMILY_NAMES for layout in LAYOUTS], ids="-".join)
 def adapter(request, folders):
     """Shared per family and layout: tests that change the model load their own copy."""
     return load_family(folders[request.param])
@@ -284,7 +282,7 @@ def test_same_seed_same_weights_and_save_round_trips(folders, tmp_path):
 
 
 def test_unusable_folders_are_one_line_errors(folders, tmp_path):
-    with pytest.raises(ModelFamilyError, match="no config.json.*llava"):
+    with pytest.raises(ModelFamilyError, match=r"no config\.json.*llava"):
         load_family(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ModelFamilyError, match=r"'bert'.*gemma3"):

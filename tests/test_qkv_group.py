@@ -235,7 +235,7 @@ def test_reference_profile_trains_saves_and_reloads_the_shared_a_expert(internvl
     project = Project.open(workspace)
     adapter = load_family(out, device="cpu", max_tiles=project.config.max_tiles)
     group_members = groups(adapter)
-    for task_id, task in enumerate(PIPELINE_TASKS, 1):
+    for task in PIPELINE_TASKS:
         arch = read_json(project.store.latest("allocate", task).file("arch.json"))
         version = project.store.latest("train-task", task)
         sidecar = read_json(expert_folder(version) / SIDECAR)

@@ -80,7 +80,7 @@ def png_size(path) -> tuple[int, int]:
 
 
 def test_each_figure_is_a_readable_png_linked_from_the_markdown(run):
-    project, before, after = run
+    _project, _before, after = run
     markdown = after.file("report.md").read_text(encoding="utf-8")
     for name in FIGURES:
         path = after.file(name)
@@ -92,7 +92,7 @@ def test_each_figure_is_a_readable_png_linked_from_the_markdown(run):
 
 
 def test_roe_figure_only_once_route_train_ran(run):
-    project, before, after = run
+    _project, before, after = run
     assert sorted(o["path"] for o in before.manifest["outputs"] if o["path"].endswith(".png")) == sorted(FIGURES[:-1])
     assert list(read_json(before.file("figures.json"))) == list(FIGURES[:-1])
     assert "RoE" not in before.file("report.md").read_text(encoding="utf-8")
@@ -102,7 +102,7 @@ def test_roe_figure_only_once_route_train_ran(run):
 def test_table2_says_which_hyperparameters_each_row_ran_with(run):
     from dmole.stages.figures.matrix import protocol
 
-    project, _, version = run
+    _project, _, version = run
     shown = table(version, "Table 2: each task after the last stage, AVG, Last, BWT")
     assert {row["hyperparameters"] for row in shown.values()} == {"sourced defaults"}
     assert protocol({"weight": 0.1, "rank": 8}) == "rank=8, weight=0.1"
@@ -145,7 +145,7 @@ def test_allocation_table_equals_the_allocation_artifacts(run):
         assert list(shown) == [*map(str, layers), "modules"]
         for layer in layers:
             for task in tasks:
-                kinds = sorted(expected[(tower, layer)][task], key=lambda kind: KIND_ORDER.index(kind))
+                kinds = sorted(expected[(tower, layer)][task], key=KIND_ORDER.index)
                 assert shown[str(layer)][task] == cell_text(kinds), (tower, layer, task)
         for task in tasks:
             assert int(shown["modules"][task]) == sum(len(expected[(tower, l)][task]) for l in layers)
@@ -154,11 +154,14 @@ def test_allocation_table_equals_the_allocation_artifacts(run):
 def test_activation_tables_equal_the_routes_in_the_predictions(run):
     project, _, version = run
     tasks = project.config.task_names
-    routes = lambda after, task: (
-        read_parquet(project.store.latest("eval", after).file(f"predictions/{task}.parquet"))
-        .column("routed_tasks")
-        .to_pylist()
-    )
+
+    def routes(after, task):
+        return (
+            read_parquet(project.store.latest("eval", after).file(f"predictions/{task}.parquet"))
+            .column("routed_tasks")
+            .to_pylist()
+        )
+
     shown = table(version, "Expert activation (D-MoLE routing)")
     assert list(shown) == tasks
     for task in tasks:
@@ -244,7 +247,7 @@ def test_an_up_to_date_report_imports_no_torch_nor_matplotlib(run):
         f"app(['report', '--json', '--workspace', r'{project.root}'], standalone_mode=False); "
         "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'matplotlib')))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-4:] == ["False"] * 4
 
@@ -271,9 +274,8 @@ def test_the_loop_hands_every_log_row_to_the_loggers():
 
 def test_log_to_a_tracker_that_is_not_installed_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(UserError, match="pip install tensorboard"):
-        with open_loggers(["tensorboard"], tmp_path, "run", {}):
-            pass
+    with pytest.raises(UserError, match="pip install tensorboard"), open_loggers(["tensorboard"], tmp_path, "run", {}):
+        pass
     with pytest.raises(UserError, match="choose one of"), open_loggers(["mlflow"], tmp_path, "run", {}):
         pass
 

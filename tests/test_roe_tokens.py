@@ -135,7 +135,7 @@ def _training_batch(adapter, images):
 
 def test_tokens_train_from_stage_one_and_executing_everything_is_the_dense_model(tokens):
     adapter, attachment, images = tokens
-    batch, labels, segments = _training_batch(adapter, images)
+    batch, _labels, segments = _training_batch(adapter, images)
     with torch.no_grad():
         dense = adapter.model(**batch).logits
     runs = {

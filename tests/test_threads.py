@@ -116,4 +116,4 @@ def test_a_manifest_records_the_cpu_model_and_kernels_the_sums_came_from(make_pr
     assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert environment["device_name"] == cpu_name() and cpu_name()
     if os.path.exists("/proc/cpuinfo"):
-        assert cpu_name() in open("/proc/cpuinfo", encoding="utf-8").read()
+        assert cpu_name() in Path("/proc/cpuinfo").read_text(encoding="utf-8")

@@ -288,13 +288,13 @@ def _task_item(task: str, rng: random.Random, writer: _Writer, name: str) -> tup
 def write_benchmark(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes()) -> list[dict]:
     """Write the five tasks under ``root`` and return their registry entries (also saved as tasks.json)."""
     registry = []
-    for task in TASK_PROMPTS:
+    for task, template in TASK_PROMPTS.items():
         rng = random.Random(f"{seed}-{task}")
         writer = _Writer(root, task, sizes.image_size)
         train = []
         for number in range(sizes.train_per_task):
             fields, _, answer, image = _task_item(task, rng, writer, f"train-{number:05d}")
-            question = TASK_PROMPTS[task].format_map({**fields, "choices": _letters(fields.get("choices"))})
+            question = template.format_map({**fields, "choices": _letters(fields.get("choices"))})
             train.append(_chat(image, question, answer, f"{task}-train-{number}"))
         family = TASK_FAMILIES[task]
         # drawn after the training and test items, so adding the validation split left those unchanged
@@ -315,7 +315,7 @@ def write_benchmark(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes
                 "train": writer.jsonl("train.jsonl", train),
                 "eval": split_files["test"],
                 "val": split_files["val"],
-                "prompt": TASK_PROMPTS[task],
+                "prompt": template,
                 "max_new_tokens": max_new,
                 "min_new_tokens": min_new,
                 "description": TASK_DESCRIPTIONS[task],

@@ -120,7 +120,7 @@ def fit_router(
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=COSINE_PERIOD, eta_min=settings.min_lr)
         best, since_best, epoch, epoch_loss = math.inf, 0, 0, math.inf
         with progress(description, total=settings.max_epochs) as bar:
-            for epoch in range(1, settings.max_epochs + 1):
+            for epoch in range(1, settings.max_epochs + 1):  # noqa: B007  (read after the loop: the epochs run)
                 order = torch.randperm(len(x), generator=generator)
                 total = 0.0
                 for index in order.split(settings.batch_size):

@@ -15,6 +15,7 @@ per device x devices x ``grad_accum`` micro-batches, and an accumulated step is 
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import shutil
@@ -167,7 +168,7 @@ def micro_batches(indices: list[int], grad_accum: int) -> list[list[int]]:
     """A process's share of one step cut into at most ``grad_accum`` contiguous, near-equal micro-batches."""
     n = min(grad_accum, len(indices))
     bounds = [round(k * len(indices) / n) for k in range(n + 1)]
-    return [indices[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [indices[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def _micro_batches(step_samples: list[int], settings: LoopSettings, backend: _Backend) -> tuple[int, list[list[int]]]:
