@@ -308,7 +308,7 @@ def original_caption(mcitlib: Path, work: Path) -> dict[str, float]:
             built.append(self)
 
     class NoSpice:
-        def compute_score(self, gts, res):
+        def compute_score(self, gts, _res):
             return 0.0, [0.0] * len(gts)
 
         def method(self):

@@ -98,7 +98,7 @@ class _StepClock:
         self.stamps: list[float] = []
         self.waited: list[float] = []
 
-    def on_step_begin(self, step: int, total: int, optimizer) -> None:
+    def on_step_begin(self, _step: int, _total: int, _optimizer) -> None:
         self.stamp()
 
     def stamp(self) -> None:

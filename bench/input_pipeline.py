@@ -50,7 +50,7 @@ def one_run(project: Project, task: str, workers: int, epochs: float, remember: 
     result = train(
         trainer.model,
         [ParamGroup(method.name, trainer.params)],
-        step_loss(run, trainer, adapter),
+        step_loss(trainer),
         len(run.samples),
         loop_settings(run.options, run.spec),
         inputs=pipeline,

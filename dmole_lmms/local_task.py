@@ -83,7 +83,8 @@ def doc_to_visual(doc):
     return [doc["image"].convert("RGB")]
 
 
-def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+# lmms-eval's doc_to_text signature; the prompt needs no task kwargs
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):  # noqa: ARG001
     return doc["prompt"]
 
 

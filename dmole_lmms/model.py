@@ -48,7 +48,7 @@ class DMoLEModel(lmms):
         roe: bool | str = False,
         batch_size: int | str = 1,
         device: str | None = None,
-        max_batch_size: int | None = None,
+        max_batch_size: int | None = None,  # noqa: ARG002
         **options,
     ) -> None:
         """``batch_size`` is lmms-eval's ``--batch_size``: a number, or ``auto`` for the eval stage's batch size

@@ -19,5 +19,6 @@ class _Silent:
         pass
 
 
-def silent(description: str, total: int) -> AbstractContextManager[Tracker]:
+# a Progress: called as progress(description, total=n), it shows nothing
+def silent(description: str, total: int) -> AbstractContextManager[Tracker]:  # noqa: ARG001
     return nullcontext(_Silent())

@@ -140,7 +140,7 @@ def train_task(
             result = train(
                 model,
                 [ParamGroup(method.name, trainer.params)],
-                step_loss(run, trainer, adapter),
+                step_loss(trainer),
                 len(run.samples),
                 settings,
                 checkpoint_dir=ckpt,

@@ -41,7 +41,7 @@ def test_mcitlib_caption_equals_cocoevalcap_as_eval_caption_runs_it(tmp_path, mo
     import pycocoevalcap.eval as coco_eval_module
 
     class NoSpice:  # SPICE downloads Stanford models; eval_caption.py leaves it out of the average anyway
-        def compute_score(self, gts, res):
+        def compute_score(self, gts, _res):
             return 0.0, [0.0] * len(gts)
 
         def method(self):

@@ -65,7 +65,7 @@ def built(micro_bench, tmp_path) -> Path:
     return workspace
 
 
-def test_a_model_swapped_for_another_family_makes_everything_stale_and_is_refused_in_one_line(built, tmp_path):
+def test_a_model_swapped_for_another_family_makes_everything_stale_and_is_refused_in_one_line(built):
     from dmole.stages.models.tiny import build_tiny
 
     model = built.parent / "base-model"

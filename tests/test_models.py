@@ -281,7 +281,7 @@ def test_same_seed_same_weights_and_save_round_trips(folders, tmp_path):
     )
 
 
-def test_unusable_folders_are_one_line_errors(folders, tmp_path):
+def test_unusable_folders_are_one_line_errors(tmp_path):
     with pytest.raises(ModelFamilyError, match=r"no config\.json.*llava"):
         load_family(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))

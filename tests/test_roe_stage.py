@@ -228,7 +228,8 @@ def test_accumulated_steps_train_what_the_large_batch_trains(project, monkeypatc
         assert logs[0][column] == pytest.approx(logs[1][column], rel=1e-4, abs=1e-6), column
 
 
-def test_command_line(project, trained):
+@pytest.mark.usefixtures("trained")  # show-roe reads the route-train run
+def test_command_line(project):
     app = typer.Typer()
     register(app)
 

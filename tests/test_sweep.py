@@ -80,7 +80,7 @@ def test_a_sweep_needs_validation_sets(make_project):
 def test_the_selected_value_is_validation_s_choice_even_where_test_prefers_another(make_project, monkeypatch):
     import dmole.stages.sweep as module
 
-    def fake_point(project, folder, method, hyper, progress):
+    def fake_point(_project, _folder, _method, hyper, _progress):  # called as _run_point is, positionally
         good = hyper["weight"] == 10  # validation prefers 10, test prefers 1
         return {
             "test": {
@@ -103,7 +103,7 @@ def test_the_report_s_sweep_table_lists_every_value_and_marks_the_selected_one(m
     import dmole.stages.sweep as module
     from dmole.stages.figures import sweeps
 
-    def fake_point(project, folder, method, hyper, progress):
+    def fake_point(project, _folder, _method, hyper, _progress):
         weight = hyper["weight"]
         names = project.config.task_names
         return {

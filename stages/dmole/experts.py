@@ -74,7 +74,7 @@ _ROUTING: contextvars.ContextVar[_Routing | None] = contextvars.ContextVar("dmol
 
 
 def _mask_hook(adapter: str, tower: str):
-    def hook(module, inputs, output):
+    def hook(_module, _inputs, output):
         routing = _ROUTING.get()
         if routing is None:
             raise RuntimeError("an expert layer ran outside `routed(...)`: the per-sample expert set is unknown")
@@ -91,7 +91,7 @@ def _mask_hook(adapter: str, tower: str):
     return hook
 
 
-def _own_base(module, args, kwargs):
+def _own_base(_module, args, kwargs):
     """A DoRA expert rescales the layer's ``W x`` alone (PEFT passes the sum so far, earlier experts included;
     without it, PEFT computes ``W x`` itself, as it does under dropout)."""
     return args, {**kwargs, "base_result": None}

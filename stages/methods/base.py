@@ -119,13 +119,14 @@ class Trainer:
             chat_examples([self.run.samples[i] for i in indices]), self.run.options.max_length
         )
 
-    def route(self, indices: list[int], batch: dict) -> AbstractContextManager:
+    # route, before and extra_losses are hooks a method's trainer overrides; the defaults ignore their arguments
+    def route(self, indices: list[int], batch: dict) -> AbstractContextManager:  # noqa: ARG002
         return nullcontext()
 
-    def before(self, model: torch.nn.Module, batch: dict, indices: list[int]) -> Any:
+    def before(self, model: torch.nn.Module, batch: dict, indices: list[int]) -> Any:  # noqa: ARG002
         return None
 
-    def extra_losses(self, model: torch.nn.Module, batch: dict, outputs: Any, before: Any) -> dict[str, torch.Tensor]:
+    def extra_losses(self, model: torch.nn.Module, batch: dict, outputs: Any, before: Any) -> dict[str, torch.Tensor]:  # noqa: ARG002
         """Named loss terms added to the answer cross-entropy (each also logged)."""
         return {}
 
@@ -199,11 +200,12 @@ class ContinualMethod:
         return [self.trained(project, name) for name in project.config.task_names[: task_id - 1]]
 
     # ---- training ----------------------------------------------------------------------------------------
-    def replay(self, run: TrainRun) -> dict[str, list[TrainSample]]:
+    # replay and carried: hooks a method overrides; the defaults ignore the run
+    def replay(self, run: TrainRun) -> dict[str, list[TrainSample]]:  # noqa: ARG002
         """Earlier tasks' samples to mix into the run (task -> its buffer); none but for replay methods."""
         return {}
 
-    def carried(self, run: TrainRun) -> list[Version]:
+    def carried(self, run: TrainRun) -> list[Version]:  # noqa: ARG002
         """The artifacts of earlier tasks this run builds on (recorded as its inputs); may fill ``run.carried``."""
         return []
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from pydantic import Field
+from typing_extensions import override
 
 from .base import LoraHyper
 from .continued import ContinuedLora
@@ -76,6 +77,7 @@ class EwcTrainer(LoraTrainer):
             else {k: p.detach().clone() for k, p in self.adapter_params(run.task_id - 1).items()}
         )
 
+    @override
     def extra_losses(self, model, batch: dict, outputs, before) -> dict:
         if self.anchors is None:
             return {}

@@ -7,6 +7,8 @@ batch size of the task with the most samples in it (`training.steps.loop_setting
 
 from __future__ import annotations
 
+from typing_extensions import override
+
 from ..errors import UserError
 from .base import JOINT_TASK, ContinualMethod, EvalPlan, LoraHyper, Matrix, TrainRun
 
@@ -16,9 +18,11 @@ class Joint(ContinualMethod):
     summary = "multi-task reference: one LoRA trained once on every task"
     Hyper = LoraHyper
 
+    @override
     def stages_after(self, project) -> list[str]:
         return [JOINT_TASK]
 
+    @override
     def check_after(self, project, after: str) -> None:
         if after != JOINT_TASK:
             raise UserError(
@@ -35,6 +39,7 @@ class Joint(ContinualMethod):
 
         return fresh_trainer(run, adapter)  # adapter 1, as training_tasks gives it
 
+    @override
     def eval_inputs(self, project, after: str) -> list:
         return [self.trained(project, JOINT_TASK)]
 

@@ -15,6 +15,7 @@ student and teacher agree.
 from __future__ import annotations
 
 from pydantic import Field
+from typing_extensions import override
 
 from .base import LoraHyper
 from .continued import ContinuedLora
@@ -53,6 +54,7 @@ class LwfTrainer(LoraTrainer):
         finally:
             model.train(training)
 
+    @override
     def extra_losses(self, model, batch: dict, outputs, before) -> dict:
         if before is None:
             return {}

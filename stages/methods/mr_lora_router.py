@@ -91,7 +91,7 @@ class MRLoraTrainer(LoraTrainer):
             self.router_log = train(
                 self.model,
                 [ParamGroup("router", router.params)],
-                step_loss(run, router, self.adapter),
+                step_loss(router),
                 len(samples),
                 loop_settings(options, run.spec),
                 progress=silent,

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
+from typing_extensions import override
 
 from .base import ContinualMethod, EvalPlan, LoraHyper, TrainRun
 from .lora_trainer import LoraTrainer
@@ -64,6 +65,7 @@ class OLoraTrainer(LoraTrainer):
     def lora_a(self, task_id: int) -> dict:
         return {k: p for k, p in self.adapter_params(task_id).items() if ".lora_A." in k}
 
+    @override
     def extra_losses(self, model, batch: dict, outputs, before) -> dict:
         hyper = self.run.hyper
         return {

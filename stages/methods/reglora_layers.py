@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import torch
+from typing_extensions import override
 
 from .lora_trainer import LoraTrainer
 
@@ -42,6 +43,7 @@ class RegLoraTrainer(LoraTrainer):
         layers = {m: self.model.get_submodule(f"base_model.model.{m}") for m in self.modules}
         return {m: (layer.lora_A[self.name].weight, layer.lora_B[self.name].weight) for m, layer in layers.items()}
 
+    @override
     def extra_losses(self, model, batch: dict, outputs, before) -> dict:
         if not self.keys:
             return {}

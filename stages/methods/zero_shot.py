@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing_extensions import override
+
 from .base import ContinualMethod, Matrix
 
 
@@ -10,6 +12,7 @@ class ZeroShot(ContinualMethod):
     summary = "the base model, untrained (every row is `eval --zero-shot`)"
     trains = False
 
+    @override
     def matrix(self, zero, rows, names) -> Matrix | None:
         if all(score is None for score in zero):
             return None

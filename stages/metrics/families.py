@@ -36,21 +36,21 @@ def _caption(preds: list[str], samples: list[dict], tokenizer: str) -> Scored:
     return score, per_sample, list(preds)
 
 
-def _vqa10(preds: list[str], samples: list[dict], tokenizer: str) -> Scored:
+def _vqa10(preds: list[str], samples: list[dict], _tokenizer: str) -> Scored:
     """VQA soft accuracy; parsed = the normalised answer."""
     answers = [_field(s, "answers", "vqa10") for s in samples]
     scores = [vqa_soft_accuracy(p, a) for p, a in zip(preds, answers)]
     return _per_sample(scores, [normalize_vqa_answer(p) for p in preds])
 
 
-def _short(preds: list[str], samples: list[dict], tokenizer: str) -> Scored:
+def _short(preds: list[str], samples: list[dict], _tokenizer: str) -> Scored:
     """Exact match; parsed = the stripped, lower-cased prediction."""
     refs = [_field(s, "answer", "short") for s in samples]
     scores = [exact_match(p, r) for p, r in zip(preds, refs)]
     return _per_sample(scores, [p.strip().lower() for p in preds])
 
 
-def _choice(preds: list[str], samples: list[dict], tokenizer: str) -> Scored:
+def _choice(preds: list[str], samples: list[dict], _tokenizer: str) -> Scored:
     """Letter accuracy; parsed = the chosen letter or None."""
     choices = [_field(s, "choices", "choice") for s in samples]
     golds = [_field(s, "answer", "choice") for s in samples]
@@ -63,7 +63,7 @@ def _box_text(box: tuple[float, float, float, float]) -> str:
     return "[" + ", ".join(f"{v:.1f}" for v in box) + "]"
 
 
-def _grounding(preds: list[str], samples: list[dict], tokenizer: str) -> Scored:
+def _grounding(preds: list[str], samples: list[dict], _tokenizer: str) -> Scored:
     """Precision at IoU ≥ 0.5; parsed = the predicted pixel box or None."""
     scores, parsed = [], []
     for pred, sample in zip(preds, samples):

@@ -187,7 +187,7 @@ class FamilyAdapter:
         """Leading vision layers whose output reaches the projector."""
         return len(self.vision_layers())
 
-    def vision_row_samples(self, batch: dict[str, Tensor]) -> Tensor | None:
+    def vision_row_samples(self, batch: dict[str, Tensor]) -> Tensor | None:  # noqa: ARG002  (families override it)
         """Sample index of each row of the vision tower's activations, when rows are not samples
         (tiles, packed patches). None means one image per sample along the batch axis."""
         return None

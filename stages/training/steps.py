@@ -11,7 +11,6 @@ from ..options import TrainTaskOptions
 
 if TYPE_CHECKING:
     from ..config import TaskSpec
-    from ..methods.base import TrainRun
 
 
 def loop_settings(
@@ -29,7 +28,7 @@ def loop_settings(
     return LoopSettings(epochs=epochs, batch_size=batch, **options.model_dump(include=shared))
 
 
-def step_loss(run: TrainRun, trainer, adapter):
+def step_loss(trainer):
     """The loop's loss function: the answer cross-entropy of a micro-batch (its inputs built by the input
     pipeline, `trainer.inputs`) plus the method's extra terms."""
     import torch
