@@ -11,7 +11,7 @@ import zipfile
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
-import tomllib
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {
@@ -24,6 +24,7 @@ SOURCES = ("dmole_cli", "dmole_lmms", "stages", "artifacts", "tests", "bench")
 
 
 def pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11's
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
