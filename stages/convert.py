@@ -123,7 +123,7 @@ def _safetensors_files(src: Path) -> dict[str, Path]:
 
         try:
             with safe_open(single, framework="pt") as handle:
-                return {name: single for name in handle}
+                return {name: single for name in handle.keys()}  # noqa: SIM118  (safe_open: no __iter__)
         except Exception as error:
             raise ConvertError(f"{single} is not a readable safetensors file ({error})") from None
     pickles = sorted(p.name for p in src.glob("pytorch_model*.bin"))

@@ -46,7 +46,7 @@ def load_roe(path: Path, *, family: str, base_hash: str | None) -> tuple[RoEModu
     ``base_hash`` is given) another base model is an error."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-        tensors = {name: handle.get_tensor(name) for name in handle}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118  (safe_open: no __iter__)
     if metadata.get("family") != family:
         raise RoEConfigError(f"{path}: RoE weights for family {metadata.get('family')!r}, the model is {family!r}")
     if base_hash is not None and metadata.get("base_hash") != base_hash:
