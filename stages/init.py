@@ -46,7 +46,7 @@ def _benchmark_tasks(name: str, data: Path, names: list[str] | None) -> list[Tas
                           f"{specs[0].train}) are relative to the folder that holds the archive's "
                           f"{preset.marker}/{hint}")
     for spec in specs:
-        for field in ("train", "eval", "eval_annotations", "eval_image_root"):
+        for field in ("train", "eval", "eval_annotations", "image_root", "eval_image_root"):
             relative = getattr(spec, field)
             if relative and not (data / relative).exists():
                 raise ConfigError(f"benchmark {name!r}, task {spec.name!r}: {data / relative} ({field}) does not "
