@@ -133,8 +133,8 @@ def environment(seed: int) -> dict:
 
 
 def device_environment() -> dict:
-    """The device, dtype and CPU thread count a stage that ran torch used; nothing for a stage that never
-    imported torch."""
+    """The device, the CUDA version torch was built with (None for a CPU build), the dtype and CPU thread count a
+    stage that ran torch used; nothing for a stage that never imported torch."""
     if "torch" not in sys.modules:
         return {}
     from .models.registry import default_device, default_dtype, device_name
@@ -144,7 +144,7 @@ def device_environment() -> dict:
     device = default_device()
     # torch picks its CPU kernels by the instruction set (cpu_capability): another CPU model computes other sums,
     # so the numbers of a run are reproduced on the same kind of CPU, not on every one
-    return {"device": str(device), "device_name": device_name(device),
+    return {"device": str(device), "device_name": device_name(device), "cuda": torch.version.cuda,
             "dtype": str(default_dtype(device)).removeprefix("torch."), "cpu_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
