@@ -68,8 +68,8 @@ def test_the_presets_are_mcitlibs_sequences_and_settings():
     assert [task.generation_limits for task in DCL_TASKS] == [(128, 0)] * 5
     assert [task.family for task in UCIT_TASKS] == ["short", "short", "caption", "short", "short", "caption"]
     assert {task.prompt for task in UCIT_TASKS} == {"{text}"}
-    assert [task.prompt for task in DCL_TASKS] == ["{text}", "{text} Answer the question with a single word (or "
-                                                   "phrase).", "{text}", "{text}", "{text}"]
+    pvqa = "{text} Answer the question with a single word (or phrase)."  # model_pvqa.py
+    assert [task.prompt for task in DCL_TASKS] == ["{text}", pvqa, "{text}", "{text}", "{text}"]
     for task in UCIT_TASKS:
         assert (task.train, task.eval, task.image_root) == (f"UCIT/{task.name}/train.json",
                                                             f"UCIT/{task.name}/test.json", "UCIT/datasets")
@@ -168,3 +168,35 @@ def test_the_loop_through_the_cli(llava, tmp_path, preset, tasks):
     matrix = report["methods"]["dmole"]["matrix"]
     assert len(matrix) == 1 + len(tasks)
     assert all(value is not None for row in matrix[1:] for value in row)
+    check_run_settings(ws, report["run_settings"], tasks)
+
+
+def check_run_settings(ws: Path, settings: dict, tasks: list[str]) -> None:
+    """The report's run settings equal its training runs' manifests and the machine; report.md's section says
+    them, and a forced rerun writes the same report.md byte for byte."""
+    import platform
+
+    from stages.project import Project
+    from stages.registry import REPORT
+
+    project = Project.open(ws)
+    trained = [project.store.latest(TRAIN_TASK.name, task) for task in tasks]
+    assert settings["environment"]["torch"] == [torch.__version__]
+    assert settings["environment"]["cuda"] == [torch.version.cuda]
+    assert settings["environment"]["dtype"] == ["bfloat16" if torch.cuda.is_available() else "float32"]
+    assert settings["seeds"] == [project.config.seed]
+    for shown, version in zip(settings["training"], trained, strict=True):
+        loop = version.manifest["config"]["loop"]
+        assert (shown["global_batch"], shown["grad_accum"], shown["seed"]) == (2, 1, loop["seed"])
+        assert shown["precision"] == ("bf16" if torch.cuda.is_available() else "fp32")  # the precision "auto"
+        assert shown["per_device"] * shown["processes"] * shown["grad_accum"] == shown["global_batch"]
+    caption = [task for task in tasks if project.config.task(task).family == "caption"]
+    assert {g["task"] for g in settings["graders"]} == set(tasks)
+    assert all((g["tokenizer"] is not None) == (g["task"] in caption) for g in settings["graders"])
+    first = project.store.latest(REPORT.name, "all").file(REPORT.files.markdown).read_bytes()
+    section = first.decode().split("## Run settings", 1)[1]
+    assert f"- torch: {torch.__version__}" in section and f"{platform.python_version()}" not in section
+    assert f"| {TRAIN_TASK.name} {tasks[0]} | 2 = 2 × 1 × 1 | {settings['training'][0]['precision']} |" in section
+    dmole("report", "--force", "--quiet", "--workspace", str(ws))
+    again = project.store.latest(REPORT.name, "all")
+    assert again.file(REPORT.files.markdown).read_bytes() == first

@@ -1,7 +1,8 @@
 """Readers of the evaluation files, one per metric family (spec/dmole.md §15).
 
-Besides COCO captions and the pair forms (questions in one file, answers in another), the records of a family are one JSON object per line (D-MoLE's
-JSONL) or a JSON list of objects (LLaVA's and CoIN's question files, ``{question_id, image, text, answer}``).
+Besides COCO captions and the pair forms (questions in one file, answers in another), the records of a family
+are one JSON object per line (D-MoLE's JSONL) or a JSON list of objects (LLaVA's and CoIN's question files,
+``{question_id, image, text, answer}``).
 """
 
 from __future__ import annotations
