@@ -33,7 +33,7 @@ def init(
     model: Annotated[Path, typer.Option(help="Local Hugging Face model folder (model and processor, as "
                                              f"save_pretrained writes it) of a supported family: {family_list()}.")],
     data: Annotated[Path, typer.Option(help="Data root in the D-MoLE layout, with a tasks.json registry; with "
-                                            "--benchmark, the folder that holds the official archive's data/.")],
+                                            "--benchmark, the folder its paths start from (--benchmark names it).")],
     tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task sequence (default: the registry's "
                                                       "or the benchmark's, in order).")] = None,
     registry: Annotated[Optional[Path], typer.Option(help="Task registry file (default: DATA/tasks.json). Not "
@@ -64,7 +64,8 @@ def init(
     The model folder is checked first: a supported model type, a processor that loads, a chat template.
 
     The tasks come from a tasks.json registry or from a benchmark preset (ARCHIVE holds the archive's data/):
-    [bold]dmole init --benchmark dmole --model M --data ARCHIVE[/] is the official D-MoLE 9-task benchmark.
+    [bold]dmole init --benchmark dmole --model M --data ARCHIVE[/] is the official D-MoLE 9-task benchmark;
+    [bold]--benchmark ucit[/] and [bold]--benchmark mllm-dcl[/] read MCITlib's layout (DATA holds UCIT/, Domain_data/).
 
     An InternVL2 / InternVL2.5 remote-code folder is converted once with [bold]dmole convert[/]."""
     from stages.init import create_workspace
