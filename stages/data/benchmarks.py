@@ -26,8 +26,9 @@ and ``eval_batch_size`` is the reference's evaluation batch, which eval's batch 
 
 ``ucit`` and ``mllm-dcl`` are declared in mcitlib_benchmarks.py, with MCITlib's files as their sources.
 
-A CoIN preset is not provided: CoIN's training JSON and its question lists with answers are read directly
-(docs/data.md), but its VQAv2 and TextVQA answers live in the original datasets' annotation files.
+A CoIN preset is not provided: CoIN's training JSON and its question lists with answers are read directly, but
+its ScienceQA, TextVQA and GQA answers live in the original datasets' files and its grounding boxes in the padded
+square's coordinates (docs/data.md, "UCIT and MLLM-DCL", lists each).
 """
 
 from __future__ import annotations
