@@ -49,7 +49,7 @@ def init(
         Path,
         typer.Option(
             help="Data root in the D-MoLE layout, with a tasks.json registry; with "
-            "--benchmark, the folder that holds the official archive's data/."
+            "--benchmark, the folder its paths start from (--benchmark names it)."
         ),
     ],
     tasks: Annotated[
@@ -101,7 +101,8 @@ def init(
     The model folder is checked first: a supported model type, a processor that loads, a chat template.
 
     The tasks come from a tasks.json registry or from a benchmark preset (ARCHIVE holds the archive's data/):
-    [bold]dmole init --benchmark dmole --model M --data ARCHIVE[/] is the official D-MoLE 9-task benchmark.
+    [bold]dmole init --benchmark dmole --model M --data ARCHIVE[/] is the official D-MoLE 9-task benchmark;
+    [bold]--benchmark ucit[/] and [bold]--benchmark mllm-dcl[/] read MCITlib's layout (DATA holds UCIT/, Domain_data/).
 
     An InternVL2 / InternVL2.5 remote-code folder is converted once with [bold]dmole convert[/]."""
     from dmole.stages.init import create_workspace

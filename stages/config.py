@@ -34,6 +34,7 @@ DEFAULT_PROMPTS: dict[str, str] = {
 }
 DEFAULT_MAX_NEW_TOKENS = {"caption": 30, "grounding": 100, "choice": 10, "short": 100, "vqa10": 10}
 DEFAULT_MIN_NEW_TOKENS = {"caption": 8}
+PAIR_FAMILIES = ("vqa10", "caption")  # families whose answers may come from a separate file (eval_annotations)
 
 
 class ConfigError(UserError):
@@ -57,8 +58,10 @@ class TaskSpec(Strict):
     family: Family
     train: str
     eval: str
-    # The VQA pair form (vqa10 only): answers in a separate VQAv2-style annotations JSON, matched to the
+    # The pair forms: the answers in a separate file. vqa10: a VQAv2-style annotations JSON, matched to the
     # questions in ``eval`` by question_id (the reference's VizWiz evaluation reads its files this way).
+    # caption: a COCO caption JSON whose image_id k holds the references of ``eval``'s k-th question (MCITlib's
+    # eval_caption.py numbers its replies 1..N in the question file's order).
     eval_annotations: str | None = None
     # A validation set in ``eval``'s format, held out from both the training and the test data: what `dmole sweep`
     # selects a method's hyperparameter on, so that no setting is chosen on the test set.
@@ -88,8 +91,10 @@ class TaskSpec(Strict):
 
     @model_validator(mode="after")
     def _pair_form_is_vqa(self) -> TaskSpec:
-        if self.eval_annotations is not None and self.family != "vqa10":
-            raise ValueError(f"eval_annotations (the VQA pair form) is for the vqa10 family, not {self.family!r}")
+        if self.eval_annotations is not None and self.family not in PAIR_FAMILIES:
+            raise ValueError(
+                f"eval_annotations (the pair form) is for the vqa10 and caption families, not {self.family!r}"
+            )
         return self
 
     @property

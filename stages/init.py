@@ -51,7 +51,7 @@ def _benchmark_tasks(name: str, data: Path, names: list[str] | None) -> list[Tas
             f"{preset.marker}/{hint}"
         )
     for spec in specs:
-        for field in ("train", "eval", "eval_annotations", "eval_image_root"):
+        for field in ("train", "eval", "eval_annotations", "image_root", "eval_image_root"):
             relative = getattr(spec, field)
             if relative and not (data / relative).exists():
                 raise ConfigError(

@@ -138,6 +138,12 @@ InputWorkers = Annotated[
 ]
 
 
+def trains_in_bf16(precision: str, device_type: str) -> bool:
+    """Whether train-task's ``precision`` autocasts to bf16 on a ``device_type`` ("cuda", "cpu") device: always
+    for "bf16", on CUDA only for "auto", never for "fp32"."""
+    return precision == "bf16" or (precision == "auto" and device_type == "cuda")
+
+
 class TrainTaskOptions(_MethodChoice):
     epochs: float | None = Field(default=None, gt=0, description="default: the task's registry value, else 1")
     batch_size: int | None = Field(

@@ -5,7 +5,9 @@ its matrix (`ContinualMethod.matrix`): the finetune upper bound fills its off-di
 runs and the zero-shot row, joint fills only its last row, zero-shot repeats row 0.
 
 Beside the matrices, report.md holds one PNG figure and one table per section the workspace has artifacts for
-(`stages/figures/`): expert allocation, expert activation, zero-cost sensitivity and RoE's layer skipping.
+(`stages/figures/`): expert allocation, expert activation, zero-cost sensitivity and RoE's layer skipping; it ends
+with the run's settings (device, CUDA, torch, dtype, global batches, seeds, graders: figures/run_settings.py), which
+metrics.json and `report --json` carry under ``run_settings``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dmole.artifacts import Version, Writer
 from dmole.artifacts.io import read_json, read_parquet, write_json, write_parquet
 
 from .errors import UserError
-from .figures import activation, allocation, matrix, roe_skips, roe_sweep, sensitivity, sweeps, thresholds
+from .figures import activation, allocation, matrix, roe_skips, roe_sweep, run_settings, sensitivity, sweeps, thresholds
 from .figures.markdown import fmt
 from .figures.markdown import table as md_table
 from .methods import REGISTRY
@@ -157,6 +159,7 @@ def markdown(project: Project, found: list[tuple[ModuleType, dict]], result: dic
     for module, data in found:
         lines += module.table(data)
     lines += _second_expert_table(result)
+    lines += run_settings.table(result["run_settings"])
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -184,8 +187,9 @@ def _second_expert_table(result: dict) -> list[str]:
 def report(project: Project, *, force: bool = False) -> StageResult:
     """The continual matrices and metrics, and report.md with one PNG figure and one table per section."""
     result, used = collect(project)
-    found, inputs = sections(project, result)
     costs, trained = training_costs(project, list(result["methods"]))
+    result["run_settings"] = run_settings.gather(used, trained)
+    found, inputs = sections(project, result)
     used += [v for v in inputs + trained if v not in used]
 
     def compute(writer: Writer) -> None:

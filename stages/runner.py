@@ -153,8 +153,8 @@ def environment(seed: int) -> dict:
 
 
 def device_environment() -> dict:
-    """The device, dtype and CPU thread count a stage that ran torch used; nothing for a stage that never
-    imported torch."""
+    """The device, the CUDA version torch was built with (None for a CPU build), the dtype and CPU thread count a
+    stage that ran torch used; nothing for a stage that never imported torch."""
     if "torch" not in sys.modules:
         return {}
     import torch
@@ -167,6 +167,7 @@ def device_environment() -> dict:
     return {
         "device": str(device),
         "device_name": device_name(device),
+        "cuda": torch.version.cuda,
         "dtype": str(default_dtype(device)).removeprefix("torch."),
         "cpu_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -303,10 +303,10 @@ def test_wandb_logger_gets_each_step_and_finishes(tmp_path, monkeypatch):
 
 def test_table2_gives_each_methods_training_time_and_peak_memory(run):
     from dmole.stages.figures.matrix import table2_rows
-    from dmole.stages.report import COSTS
+    from dmole.stages.registry import REPORT
 
     project, _, version = run
-    header, rows = table2_rows(read_json(version.file("cl_metrics.json")), read_json(version.file(COSTS)))
+    header, rows = table2_rows(read_json(version.file("cl_metrics.json")), read_json(version.file(REPORT.files.costs)))
     shown = {row[0]: dict(zip(header[1:], row[1:])) for row in rows}
     assert "train time" not in version.file("report.md").read_text(encoding="utf-8")  # the machine's, not a result
     assert shown["zero-shot"]["train time"] == "—" and shown["zero-shot"]["peak memory"] == "—"
@@ -317,3 +317,18 @@ def test_table2_gives_each_methods_training_time_and_peak_memory(run):
         peak = max(s["peak_rss_bytes"] for s in summaries)  # a CPU run: the process's resident set, per stage
         assert shown[method]["peak memory"] == f"{peak / 2**20:.0f} MiB RSS"
         assert 0 < peak < 64 * 2**30
+
+
+def test_run_settings_list_every_training_run_of_every_method(run):
+    """Each method's train-task runs appear with their global batch, and every evaluated task with its grader."""
+    project, _, version = run
+    settings = read_json(version.file("cl_metrics.json"))["run_settings"]
+    stages = {"train-task" if method == "dmole" else f"{method}.train-task" for method in METHODS}
+    expected = {f"{stage} {task}" for stage in stages for task in project.config.task_names}
+    assert {t["run"] for t in settings["training"]} == expected
+    for shown in settings["training"]:
+        stage, task = shown["run"].split()
+        loop = project.store.latest(stage, task).manifest["config"]["loop"]
+        assert (shown["global_batch"], shown["grad_accum"]) == (loop["batch_size"], loop["grad_accum"])
+    assert {g["task"] for g in settings["graders"]} == set(project.config.task_names)
+    assert "## Run settings" in version.file("report.md").read_text(encoding="utf-8")

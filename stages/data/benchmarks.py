@@ -24,8 +24,11 @@ records per-device x 8; each task's description keeps the per-device value and t
 batch is also the task's ``vote_size`` (train-task's batch vote is taken per device batch, as the reference's),
 and ``eval_batch_size`` is the reference's evaluation batch, which eval's batch vote runs over.
 
-A CoIN preset is not provided: CoIN's training JSON and its question lists with answers are read directly
-(docs/data.md), but its VQAv2 and TextVQA answers live in the original datasets' annotation files.
+``ucit`` and ``mllm-dcl`` are declared in mcitlib_benchmarks.py, with MCITlib's files as their sources.
+
+A CoIN preset is not provided: CoIN's training JSON and its question lists with answers are read directly, but
+its ScienceQA, TextVQA and GQA answers live in the original datasets' files and its grounding boxes in the padded
+square's coordinates (docs/data.md, "UCIT and MLLM-DCL", lists each).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ConfigError, TaskSpec
+from .mcitlib_benchmarks import DCL_TASKS, UCIT_TASKS
 
 REFERENCE = "github.com/gcd19/D-MoLE@0725cd3"
 REFERENCE_GPUS = 8  # scripts/train/dmole.sh: CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7; GPUS = 8
@@ -243,6 +247,18 @@ BENCHMARKS: dict[str, Benchmark] = {
         summary="the D-MoLE paper's 9 tasks from the official data archive (--data: the folder holding data/)",
         tasks=DMOLE_TASKS,
         marker="data",
+    ),
+    "ucit": Benchmark(
+        name="ucit",
+        summary="UCIT's 6 tasks as MCITlib distributes them (--data: the folder holding UCIT/)",
+        tasks=UCIT_TASKS,
+        marker="UCIT",
+    ),
+    "mllm-dcl": Benchmark(
+        name="mllm-dcl",
+        summary="MLLM-CL's 5 domain tasks as MCITlib distributes them (--data: the folder holding Domain_data/)",
+        tasks=DCL_TASKS,
+        marker="Domain_data",
     ),
 }
 

@@ -1,7 +1,8 @@
 """Readers of the evaluation files, one per metric family (spec/dmole.md §15).
 
-Besides COCO captions and the VQA pair form, the records of a family are one JSON object per line (D-MoLE's
-JSONL) or a JSON list of objects (LLaVA's and CoIN's question files, ``{question_id, image, text, answer}``).
+Besides COCO captions and the pair forms (questions in one file, answers in another), the records of a family
+are one JSON object per line (D-MoLE's JSONL) or a JSON list of objects (LLaVA's and CoIN's question files,
+``{question_id, image, text, answer}``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..config import PAIR_FAMILIES
 from .errors import DataError
 from .images import resolve_image
 from .jsonl import read_json, read_jsonl, read_records, require
@@ -20,12 +22,17 @@ FAMILIES = ("caption", "vqa10", "short", "choice", "grounding")
 def read_eval_file(
     family: str, path: Path, *, data_root: Path, image_root: Path, annotations: Path | None = None
 ) -> list[EvalSample]:
-    """Every sample of an evaluation file, validated. ``annotations`` is the VQA pair form's answers file."""
+    """Every sample of an evaluation file, validated. ``annotations`` is a pair form's answers file."""
     if family not in FAMILIES:
         raise DataError(path, f"unknown metric family {family!r}; expected one of {', '.join(FAMILIES)}")
-    if annotations is not None and family != "vqa10":
-        raise DataError(annotations, f"a separate annotations file (the VQA pair form) is for vqa10, not {family!r}")
-    if family == "caption":
+    if annotations is not None and family not in PAIR_FAMILIES:
+        raise DataError(
+            annotations,
+            f"a separate annotations file (a pair form) is for {' and '.join(PAIR_FAMILIES)}, not {family!r}",
+        )
+    if family == "caption" and annotations is not None:
+        samples = _read_caption_pair(path, annotations, data_root=data_root, image_root=image_root)
+    elif family == "caption":
         samples = _read_caption(path, data_root=data_root, image_root=image_root)
     elif annotations is not None:
         samples = _read_vqa_pair(path, annotations, data_root=data_root, image_root=image_root)
@@ -78,11 +85,11 @@ def _check_unique_ids(samples: list[EvalSample], path: Path) -> None:
         seen.add(sample.id)
 
 
-def _read_caption(path: Path, *, data_root: Path, image_root: Path) -> list[EvalSample]:
+def _coco_captions(path: Path) -> tuple[dict, dict[str, list[str]]]:
+    """A COCO caption JSON and its references by image_id (as text)."""
     document = read_json(path)
     if not isinstance(document, dict):
         raise DataError(path, "expected a COCO-style object with 'images' and 'annotations'")
-    images = require(document, "images", list, path=path, line=None)
     annotations = require(document, "annotations", list, path=path, line=None)
     captions: dict[str, list[str]] = {}
     for index, annotation in enumerate(annotations):
@@ -90,6 +97,46 @@ def _read_caption(path: Path, *, data_root: Path, image_root: Path) -> list[Eval
         if not isinstance(annotation, dict) or not isinstance(annotation.get("caption"), str):
             raise DataError(path, "expected an object with 'image_id' and a string 'caption'", field=where)
         captions.setdefault(str(annotation.get("image_id")), []).append(annotation["caption"])
+    return document, captions
+
+
+def _read_caption_pair(questions: Path, annotations: Path, *, data_root: Path, image_root: Path) -> list[EvalSample]:
+    """MCITlib's caption pair: a question list (``question_id``, ``image``, ``text`` per entry, as
+    ``llava/eval/CoIN/model_others.py`` reads it) and a COCO caption JSON whose ``image_id`` k (from 1) holds the
+    references of the k-th question: ``eval_caption.py`` numbers the replies 1..N in the question file's order
+    and scores them with pycocotools against that file (Ghy0501/MCITlib@2956dfd:LoRA-FT/llava/eval/CoIN/)."""
+    references = _coco_captions(annotations)[1]
+    samples, directories = [], {}
+    for position, (line, prefix, record) in enumerate(read_records(questions), start=1):
+        image = resolve_image(
+            data_root,
+            image_root,
+            record.get("image"),
+            source=questions,
+            line=line,
+            field=f"{prefix}image",
+            directories=directories,
+        )
+        if not references.get(str(position)):
+            raise DataError(
+                annotations,
+                f"image_id {position} (question {position} of {questions}) has no caption annotation",
+                field="annotations",
+            )
+        samples.append(
+            EvalSample(
+                id=_record_id(record, line, prefix, questions),
+                image=image,
+                prompt_fields=_question(record, questions, line, prefix),
+                references={"references": references[str(position)]},
+            )
+        )
+    return samples
+
+
+def _read_caption(path: Path, *, data_root: Path, image_root: Path) -> list[EvalSample]:
+    document, captions = _coco_captions(path)
+    images = require(document, "images", list, path=path, line=None)
     samples, directories = [], {}
     for index, entry in enumerate(images):
         where = f"images[{index}]"

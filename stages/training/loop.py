@@ -29,7 +29,7 @@ import torch
 
 from ..distributed import FSDP2, all_gather_objects, is_main, my_share, parameter_sharding, rank_and_world
 from ..errors import UserError
-from ..options import TrainTaskOptions
+from ..options import TrainTaskOptions, trains_in_bf16
 from ..progress import Progress, silent
 from ..threads import thread_mismatch
 from .checkpoint import LoadedState, load_checkpoint, rng_state, save_checkpoint
@@ -202,8 +202,7 @@ def build_optimizer(groups: Sequence[ParamGroup], settings: LoopSettings) -> tor
 
 def autocast(precision: str, device: torch.device):
     """bf16 autocast for "bf16", and for "auto" on CUDA; a no-op context for fp32."""
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=trains_in_bf16(precision, device.type))
 
 
 def _prepare(model: torch.nn.Module, groups: Sequence[ParamGroup], optimizer: torch.optim.Optimizer):
