@@ -54,9 +54,12 @@ STAGE_DEFAULTS: dict[str, dict] = {
     # γ = 1, on the hard skip share (straight-through), as inference counts it. The routers' logits are of
     # order 1 here, so τ₀ = 1 rather than 10 (which left every layer half executed, half skipped), and each
     # router starts from a fixed prior measured on training data: the layers whose output changes their
-    # input least are skipped first (router_prior redundancy, margin 1).
+    # input least are skipped first (router_prior redundancy, margin 1). λ = 4: with λ = 1 each layer's share of
+    # the hinge (λ·exp(−γ·CE)/|L_r|, ~0.03 CE) is below what skipping even a redundant layer costs here, and the
+    # 24-layer base skipped 13 % for ρ 0.3; λ = 4 holds the training log's hard skip at ρ (docs/benchmarks.md).
     "route-train": {"epochs": 3, "roe_lr": 3e-3, "backbone_lr": 1e-3, "stage2_start": 0.3, "hinge_gamma": 1.0,
-                    "skip_estimate": "straight-through", "tau0": 1.0, "router_prior": "redundancy"},
+                    "hinge_weight": 4.0, "skip_estimate": "straight-through", "tau0": 1.0,
+                    "router_prior": "redundancy"},
 }
 
 
