@@ -75,7 +75,8 @@ class RoEModules(nn.Module):
         return {int(index): float(routed.prior[1] - routed.prior[0]) for index, routed in self.layers.items()}
 
     def named_tensors(self) -> dict[str, Tensor]:
-        """``roe.layers.{l}.router.weight``, ``….prior`` [2], ``….adapter.down.weight`` [r, D], ``….adapter.up.weight`` [D, r];
+        """``roe.layers.{l}.router.weight``, ``….prior`` [2], ``….adapter.down.weight`` [r, D],
+        ``….adapter.up.weight`` [D, r];
         ``roe.tokens.prefix`` and ``roe.tokens.turn`` [D] with routing tokens."""
         return {f"{PREFIX}.{name}": t.detach().contiguous() for name, t in self.state_dict().items()}
 
