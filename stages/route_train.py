@@ -75,6 +75,7 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
         from .roe.backbone import save_stage2, tuned
         from .roe.continual import load_continual
         from .roe.modules import RoEModules
+        from .roe.prior import apply_router_prior
         from .roe.recipe import dense_twin_scores, load_for_training, loop_settings, train_roe
         from .roe.weights import save_roe
 
@@ -100,6 +101,7 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
         shape = roe_shape(adapter, options.always_execute, options.adapter_rank, options.router_input)
         torch.manual_seed(seed)
         attachment = attach(adapter, RoEModules(shape))
+        priors = apply_router_prior(adapter, attachment.modules, samples, options, project.config.seed)
         result = train_roe(adapter, attachment.modules, samples, options, loop, progress=progress,
                            checkpoint_dir=ckpt / "roe", around=around)
 
@@ -110,7 +112,8 @@ def route_train(project: Project, options: RouteTrainOptions | dict | None = Non
             "family": adapter.family, **shape.to_json(), "variant": shape.router_input, "rho": options.skip_ratio,
             "always_execute": [l for l in range(shape.n_layers) if l not in shape.routable],
             "batch_rule": options.batch_rule, "stage2_mode": options.stage2_mode, "from": after or BASE,
-            "base_model": project.model_path.name, "base_hash": base_digest, "steps": result.steps})
+            "base_model": project.model_path.name, "base_hash": base_digest, "steps": result.steps,
+            "router_prior": {str(l): v for l, v in priors.items()} if priors is not None else None})
         write_parquet(writer.path(ROUTE_TRAIN.files.log),
                       {k: [row.get(k) for row in result.log] for k in result.log[0]})
         if tuned(options.stage2_mode):

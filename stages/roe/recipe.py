@@ -67,7 +67,7 @@ def load_for_training(project, settings: RouteTrainOptions):
 
 
 # What the dense twin's training and scores depend on of route-train's options: RoE's own knobs (ρ, the hinge, the
-# router input, roe and router lrs, adapter rank, always-executed layers) leave the twin as it is.
+# router input and prior, τ₀, roe and router lrs, adapter rank, always-executed layers) leave the twin as it is.
 TWIN_OPTIONS = ("epochs", "batch_size", "grad_accum", "backbone_lr", "stage2_mode", "lora_rank", "lora_alpha",
                 "lora_lr", "stage1_start", "stage2_start", "warmup_ratio", "data_fraction", "eval_batch_size",
                 "max_eval_samples")
@@ -127,7 +127,7 @@ def train_roe(adapter, modules: RoEModules | None, samples: Sequence[TrainSample
         p.requires_grad_(False)
     groups, trained_in = parameter_groups(adapter, modules, settings, fixed)
     schedule = StageSchedule(len(batch_plan(len(samples), loop)), settings.skip_ratio, settings.stage1_start,
-                             settings.stage2_start)
+                             settings.stage2_start, tau0=settings.tau0)
     state = ScheduleState()
     callback = RoEStageCallback(schedule, state, groups, trained_in, loop.warmup_ratio)
     images = ImageTokens.of(adapter)
