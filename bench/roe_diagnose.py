@@ -21,6 +21,7 @@ from dmole.stages.resolve import stage_options
 from dmole.stages.roe.attach import attach, roe_shape
 from dmole.stages.roe.evaluation import eval_sets, evaluate_routed, skip_stats
 from dmole.stages.roe.modules import RoEModules
+from dmole.stages.roe.prior import apply_router_prior
 from dmole.stages.roe.recipe import load_for_training, loop_settings, train_roe
 from dmole.stages.roe.sweep import mean_relative, relative, skip_patterns
 from dmole.stages.route_train import training_subset
@@ -50,6 +51,7 @@ def main() -> None:
     shape = roe_shape(adapter, settings.always_execute, settings.adapter_rank, settings.router_input)
     torch.manual_seed(args.seed)
     attachment = attach(adapter, RoEModules(shape))
+    apply_router_prior(adapter, attachment.modules, samples, settings, project.config.seed)
     log = train_roe(adapter, attachment.modules, samples, settings, loop_settings(settings, args.seed, 0)).log
     scores, rows = evaluate_routed(
         adapter, attachment, sets, settings.eval_batch_size, settings.batch_rule, run_id="diagnose"

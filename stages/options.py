@@ -280,6 +280,18 @@ class RouteTrainOptions(Strict):
         "spec's), or the share of decisions over 1/2, as inference takes them, with the "
         "soft rate's gradient (straight-through)",
     )
+    router_prior: Literal["none", "redundancy"] = Field(
+        default="none",
+        description="a fixed skip-logit offset per layer added to its router: none (the spec's), or "
+        "redundancy: +prior_margin on the round(ρ·routable) layers whose output changes "
+        "their input least on training data (static dropping's choice), −prior_margin "
+        "on the others; the routers learn per-example departures from it",
+    )
+    prior_margin: float = Field(default=1.0, ge=0.0, description="size of the redundancy prior's offset (logits)")
+    prior_samples: int = Field(
+        default=256, gt=0, description="training samples that measure layer redundancy for router_prior redundancy"
+    )
+    tau0: float = Field(default=10.0, gt=0.0, description="τ₀: the router temperature at the start of stage 1")
     epochs: float = Field(default=1.0, gt=0.0, description="passes over the training subset")
     batch_size: int = Field(
         default=16,

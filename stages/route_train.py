@@ -97,6 +97,7 @@ def route_train(
         from .roe.backbone import save_stage2, tuned
         from .roe.continual import load_continual
         from .roe.modules import RoEModules
+        from .roe.prior import apply_router_prior
         from .roe.recipe import dense_twin_scores, load_for_training, loop_settings, train_roe
         from .roe.weights import save_roe
 
@@ -126,6 +127,7 @@ def route_train(
         shape = roe_shape(adapter, options.always_execute, options.adapter_rank, options.router_input)
         torch.manual_seed(seed)
         attachment = attach(adapter, RoEModules(shape))
+        priors = apply_router_prior(adapter, attachment.modules, samples, options, project.config.seed)
         result = train_roe(
             adapter,
             attachment.modules,
@@ -161,6 +163,7 @@ def route_train(
                 "base_model": project.model_path.name,
                 "base_hash": base_digest,
                 "steps": result.steps,
+                "router_prior": {str(l): v for l, v in priors.items()} if priors is not None else None,
             },
         )
         write_parquet(

@@ -75,12 +75,13 @@ def test_route_train_writes_weights_config_log_decisions_and_report(project, tra
     assert names == {
         f"roe.layers.{l}.{part}"
         for l in (1, 2, 3)
-        for part in ("router.weight", "adapter.down.weight", "adapter.up.weight")
+        for part in ("router.weight", "prior", "adapter.down.weight", "adapter.up.weight")
     }
     assert metadata["family"] == "llava" and metadata["routable"] == "[1, 2, 3]" and metadata["rank"] == "16"
     assert metadata["variant"] == "pooled" and metadata["rho"] == "0.3" and len(metadata["base_hash"]) == 64
     config = json.loads(version.file("roe_config.json").read_text())
     assert config["always_execute"] == [0] and config["d_model"] == 64 and config["stage2_mode"] == "frozen"
+    assert config["router_prior"] is None  # the spec's default: no prior
 
     log = read_parquet(version.file("train_log.parquet")).to_pydict()
     for column in (

@@ -36,13 +36,14 @@ def pooled_summaries(normed: Tensor, segments: Segments) -> Tensor:
 
 
 def router_logits(routed: RoutedLayer, summaries: Tensor) -> Tensor:
-    """z = W·[g_0 ; g_t] per turn, [B, n, 2] in fp32, from the prefix's and each turn's summary [B, 1 + n, D]
-    (pooled, or the normed routing-token slots): the one router input of training and inference (§3.4)."""
+    """z = W·[g_0 ; g_t] + prior per turn, [B, n, 2] in fp32, from the prefix's and each turn's summary
+    [B, 1 + n, D] (pooled, or the normed routing-token slots): the one router input of training and inference
+    (§3.4). The prior is the layer's fixed offset (zero unless route-train's ``router_prior`` set it)."""
     summaries = summaries.float()
     n = summaries.shape[1] - 1
     features = torch.cat([summaries[:, :1].expand(-1, n, -1), summaries[:, 1:]], dim=-1)
     with torch.autocast(summaries.device.type, enabled=False):
-        return routed.router(features.to(routed.router.weight.dtype)).float()
+        return routed.router(features.to(routed.router.weight.dtype)).float() + routed.prior.float()
 
 
 def _batch_axis(name: str, value: Tensor) -> int | None:

@@ -45,12 +45,15 @@ class Adapter(nn.Module):
 
 
 class RoutedLayer(nn.Module):
-    """Router W ∈ R^{2×2D} (row 0 = execute, row 1 = skip; PyTorch's default init) and the adapter."""
+    """Router W ∈ R^{2×2D} (row 0 = execute, row 1 = skip; PyTorch's default init), the adapter, and a fixed
+    logit offset ``prior`` [execute, skip] added to the router's output (zero unless route-train's
+    ``router_prior`` sets it; a buffer, not trained)."""
 
     def __init__(self, d_model: int, rank: int) -> None:
         super().__init__()
         self.router = nn.Linear(2 * d_model, 2, bias=False)
         self.adapter = Adapter(d_model, rank)
+        self.register_buffer("prior", torch.zeros(2))
 
 
 class RoEModules(nn.Module):
@@ -63,11 +66,23 @@ class RoEModules(nn.Module):
         self.layers = nn.ModuleDict({str(l): RoutedLayer(shape.d_model, shape.rank) for l in shape.routable})
         self.tokens = RoutingTokens(shape.d_model) if shape.router_input == "tokens" else None
 
+    def set_priors(self, skip_offsets: dict[int, float]) -> None:
+        """Each routable layer's fixed skip-logit offset (execute stays 0); layers not named get 0."""
+        for index, routed in self.layers.items():
+            routed.prior.copy_(torch.tensor([0.0, float(skip_offsets.get(int(index), 0.0))]))
+
+    def priors(self) -> dict[int, float]:
+        return {int(index): float(routed.prior[1] - routed.prior[0]) for index, routed in self.layers.items()}
+
     def named_tensors(self) -> dict[str, Tensor]:
-        """``roe.layers.{l}.router.weight``, ``….adapter.down.weight`` [r, D], ``….adapter.up.weight`` [D, r];
+        """``roe.layers.{l}.router.weight``, ``….prior`` [2], ``….adapter.down.weight`` [r, D],
+        ``….adapter.up.weight`` [D, r];
         ``roe.tokens.prefix`` and ``roe.tokens.turn`` [D] with routing tokens."""
         return {f"{PREFIX}.{name}": t.detach().contiguous() for name, t in self.state_dict().items()}
 
     def load_named_tensors(self, tensors: dict[str, Tensor]) -> None:
         prefix = f"{PREFIX}."
-        self.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items()}, strict=True)
+        state = {k[len(prefix) :]: v for k, v in tensors.items()}
+        for index in self.layers:  # files written before the prior existed: no offset
+            state.setdefault(f"layers.{index}.prior", torch.zeros(2))
+        self.load_state_dict(state, strict=True)

@@ -76,7 +76,7 @@ def load_for_training(project, settings: RouteTrainOptions):
 
 
 # What the dense twin's training and scores depend on of route-train's options: RoE's own knobs (ρ, the hinge, the
-# router input, roe and router lrs, adapter rank, always-executed layers) leave the twin as it is.
+# router input and prior, τ₀, roe and router lrs, adapter rank, always-executed layers) leave the twin as it is.
 TWIN_OPTIONS = (
     "epochs",
     "batch_size",
@@ -173,7 +173,11 @@ def train_roe(
         p.requires_grad_(False)
     groups, trained_in = parameter_groups(adapter, modules, settings, fixed)
     schedule = StageSchedule(
-        len(batch_plan(len(samples), loop)), settings.skip_ratio, settings.stage1_start, settings.stage2_start
+        len(batch_plan(len(samples), loop)),
+        settings.skip_ratio,
+        settings.stage1_start,
+        settings.stage2_start,
+        tau0=settings.tau0,
     )
     state = ScheduleState()
     callback = RoEStageCallback(schedule, state, groups, trained_in, loop.warmup_ratio)

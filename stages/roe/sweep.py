@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..options import RouteSweepOptions, RouteTrainOptions
 from ..progress import Progress, silent
-from .fixed import FixedRouting, layer_change, least_change_layers
+from .fixed import FixedRouting, least_change_layers
 
 VARIANTS = ("roe", "static", "random")
 
@@ -61,6 +61,7 @@ def _train_and_score(
     from .evaluation import evaluate_routed, skip_stats
     from .modules import RoEModules
     from .plan import RoutingPlan
+    from .prior import apply_router_prior
     from .recipe import load_for_training, loop_settings, train_roe
     from .speed import batch1_speed, workspace_prompts
 
@@ -69,6 +70,8 @@ def _train_and_score(
     shape = roe_shape(adapter, settings.always_execute, settings.adapter_rank, settings.router_input)
     torch.manual_seed(seed)
     attachment = attach(adapter, RoEModules(shape))
+    if fixed is None:
+        apply_router_prior(adapter, attachment.modules, inputs.samples, settings, project.config.seed)
     train_roe(
         adapter,
         attachment.modules,
@@ -122,20 +125,11 @@ def _train_and_score(
 
 def static_ranking(project, inputs: SweepInputs, seed: int) -> list[float]:
     """Per LM layer, how little it changes its input on training data (layer_change on the untouched base)."""
-    import random
+    from .prior import measure_change
 
-    import torch
-
-    from ..training.chat import chat_examples
-
-    adapter = project.load_model()
-    picked = random.Random(f"{seed}-static-layers").sample(
-        inputs.samples, min(inputs.sweep.change_samples, len(inputs.samples))
+    return measure_change(
+        project.load_model(), inputs.samples, inputs.sweep.change_samples, seed, inputs.settings.eval_batch_size
     )
-    size = inputs.settings.eval_batch_size
-    batches = [adapter.train_batch(chat_examples(picked[i : i + size])) for i in range(0, len(picked), size)]
-    with torch.no_grad():
-        return layer_change(adapter, batches)
 
 
 def sweep_target(
