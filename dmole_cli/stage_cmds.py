@@ -4,6 +4,7 @@ flag is generated from the stage's options model (`options_cli.stage_flags`)."""
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Annotated
 
 import typer
@@ -35,52 +36,30 @@ from .progress import rich_progress
 TaskOption = Annotated[str, typer.Option("--task", "-t", help="Task name (see `dmole tasks`).")]
 
 
-@handles_user_errors
-@stage_flags(EMBED)
-def embed(
-    task: TaskOption,
-    options: dict,
-    force: ForceOption = False,
-    quiet: QuietOption = False,
-    json_output: JsonOption = False,
-    workspace: WorkspaceOption = None,
-) -> None:
-    from dmole.stages.embed import embed as run
+def _progress_command(stage, module: str):
+    """The command of a per-task stage that draws progress bars: it calls ``dmole.stages.<module>.<module>``
+    (imported when it runs, so that `--help` stays light) with the flags the stage's declaration generates."""
 
-    progress = rich_progress(quiet or json_output)
-    print_result(run(open_project(workspace), task, options, force=force, progress=progress), json_output)
+    @handles_user_errors
+    @stage_flags(stage)
+    def command(
+        task: TaskOption,
+        options: dict,
+        force: ForceOption = False,
+        quiet: QuietOption = False,
+        json_output: JsonOption = False,
+        workspace: WorkspaceOption = None,
+    ) -> None:
+        run = getattr(import_module(f"dmole.stages.{module}"), module)
+        progress = rich_progress(quiet or json_output)
+        print_result(run(open_project(workspace), task, options, force=force, progress=progress), json_output)
 
-
-@handles_user_errors
-@stage_flags(FIT_ROUTER)
-def fit_router(
-    task: TaskOption,
-    options: dict,
-    force: ForceOption = False,
-    quiet: QuietOption = False,
-    json_output: JsonOption = False,
-    workspace: WorkspaceOption = None,
-) -> None:
-    from dmole.stages.fit_router import fit_router as run
-
-    progress = rich_progress(quiet or json_output)
-    print_result(run(open_project(workspace), task, options, force=force, progress=progress), json_output)
+    return command
 
 
-@handles_user_errors
-@stage_flags(ZC_SCORE)
-def zc_score(
-    task: TaskOption,
-    options: dict,
-    force: ForceOption = False,
-    quiet: QuietOption = False,
-    json_output: JsonOption = False,
-    workspace: WorkspaceOption = None,
-) -> None:
-    from dmole.stages.zc_score import zc_score as run
-
-    progress = rich_progress(quiet or json_output)
-    print_result(run(open_project(workspace), task, options, force=force, progress=progress), json_output)
+embed = _progress_command(EMBED, "embed")
+fit_router = _progress_command(FIT_ROUTER, "fit_router")
+zc_score = _progress_command(ZC_SCORE, "zc_score")
 
 
 @handles_user_errors
