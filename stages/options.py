@@ -168,6 +168,12 @@ class TrainTaskOptions(_MethodChoice):
         description="D-MoLE: each sample's past expert (per-sample) or one per batch by vote "
         "(batch-vote, the reference)",
     )
+    dropout_mask: Literal["per-expert", "shared"] = Field(
+        default="per-expert",
+        description="D-MoLE: the LoRA dropout mask of a module's routed experts: one each (per-expert, "
+        "PEFT's and the reference's) or one per module forward that they share (shared, fewer "
+        "random draws)",
+    )
     vote_size: int | None = Field(
         default=None,
         gt=0,
@@ -410,7 +416,7 @@ SPEED_ONLY = frozenset({"input_workers"})
 
 # options added after artifacts existed, with the values that compute what dmole computed before them: at those
 # values they stay out of the config hash, so an upgrade leaves the earlier artifacts up to date
-NEUTRAL = {"expert_type": ("lora", None)}
+NEUTRAL = {"expert_type": ("lora", None), "dropout_mask": ("per-expert",)}
 
 
 def hashed(options: BaseModel) -> dict:

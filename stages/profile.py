@@ -86,6 +86,12 @@ DIFFERENCES: tuple[Difference, ...] = (
         reference="each task's `vote_size` (`--benchmark dmole`: 10 / 8), whatever `--grad-accum`",
     ),
     Difference(
+        "LoRA dropout of routed experts",
+        "one mask per expert: `DMoLELinear.forward` calls its dropout once per selected expert of a module",
+        "the same; `train-task.dropout_mask: shared` draws one mask per module forward for all its experts",
+        {TRAIN_TASK.name: {"dropout_mask": "per-expert"}},
+    ),
+    Difference(
         "batching",
         "`group_by_length True`",
         "off (seeded random batches)",

@@ -15,6 +15,9 @@ An expert may be a DoRA (``LoraSettings.dora``: PEFT's ``use_dora``), whose per-
 output, ``(m / ||W + s B A||_c - 1) W x + (m / ||W + s B A||_c) s B A x``, on the layer's own ``W x``: PEFT would
 hand a DoRA the running sum of the experts before it, so two routed DoRAs add their outputs as two routed LoRAs do.
 
+Under ``shared_dropout`` (train-task's ``dropout_mask: shared``) the experts of a module share one dropout mask per
+forward (`module_dropout`); by default each draws its own, as PEFT and the reference do.
+
 An allocated name may be a group of modules (a ``qkv`` candidate): its expert is one LoRA with a shared A over
 the members (`shared_lora`), targeted in PEFT as the members themselves.
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from .module_dropout import share_dropout
 from .shared_lora import tie, tied_width
 
 ADAPTER_PREFIX = "task_"
@@ -106,9 +110,12 @@ class ExpertModel:
         towers: dict[str, str],
         base_model_id: str = "",
         groups: Mapping[str, Sequence[str]] | None = None,
+        shared_dropout: bool = False,
     ):
-        """``towers``: module -> tower; ``groups``: group candidate name -> its member modules."""
+        """``towers``: module -> tower; ``groups``: group candidate name -> its member modules; ``shared_dropout``:
+        one dropout mask per module forward for all its experts."""
         self.base, self.towers, self.base_model_id = base, towers, base_model_id
+        self.shared_dropout = shared_dropout
         self.groups = {name: tuple(members) for name, members in (groups or {}).items()}
         self.peft: PeftModel | None = None
         self.training_task: int | None = None  # the one expert that may require grad
@@ -243,5 +250,7 @@ class ExpertModel:
             if self.peft.peft_config[adapter].use_dora:
                 module.register_forward_pre_hook(_own_base, with_kwargs=True)
             self._hooked.add(module_name)
+        if self.shared_dropout:
+            share_dropout(self.peft)
         for param in self.peft.parameters():
             param.requires_grad_(False)

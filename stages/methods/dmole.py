@@ -118,7 +118,10 @@ class DMoLE(ContinualMethod):
 
         arch = read_json(run.carried["allocation"].file(ALLOCATE.files.arch))
         experts = expert_model(
-            run.project, adapter, loaded=dict(enumerate(self.trained_before(run.project, run.task_id), 1))
+            run.project,
+            adapter,
+            loaded=dict(enumerate(self.trained_before(run.project, run.task_id), 1)),
+            shared_dropout=run.options.dropout_mask == "shared",
         )
         expert_type = arch.get("expert_type", "lora")
         if run.options.expert_type not in (None, expert_type):
@@ -137,7 +140,11 @@ class DMoLE(ContinualMethod):
             run.hyper.lora(arch["rank"], expert_type == "dora"),
             routes,
             expected=arch["expert_parameters"],
-            sidecar={"train_routing": run.options.train_routing, "vote_size": run.options.vote_size},
+            sidecar={
+                "train_routing": run.options.train_routing,
+                "vote_size": run.options.vote_size,
+                "dropout_mask": run.options.dropout_mask,
+            },
         )
 
     # ---- evaluation ------------------------------------------------------------------------------------------

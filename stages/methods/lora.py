@@ -104,11 +104,20 @@ def baseline_shape(
 
 
 def expert_model(
-    project, adapter, base: torch.nn.Module | None = None, loaded: Mapping[int, Version] | None = None
+    project,
+    adapter,
+    base: torch.nn.Module | None = None,
+    loaded: Mapping[int, Version] | None = None,
+    shared_dropout: bool = False,
 ) -> ExpertModel:
-    """The base (or ``base``) with the trained adapters ``loaded`` (adapter id -> train-task artifact), frozen."""
+    """The base (or ``base``) with the trained adapters ``loaded`` (adapter id -> train-task artifact), frozen;
+    ``shared_dropout``: its experts share one dropout mask per module forward."""
     experts = ExpertModel(
-        adapter.model if base is None else base, towers(adapter), str(project.model_path), groups(adapter)
+        adapter.model if base is None else base,
+        towers(adapter),
+        str(project.model_path),
+        groups(adapter),
+        shared_dropout=shared_dropout,
     )
     for task_id, version in (loaded or {}).items():
         folder = expert_folder(version)
