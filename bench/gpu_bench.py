@@ -56,28 +56,10 @@ from dmole.stages.options import AllocateOptions
 from dmole.stages.training.chat import chat_examples
 from dmole.stages.training.inputs import GPU_WORKERS, InputPipeline
 from dmole.stages.training.loop import LoopSettings, ParamGroup, train
-from step_ratio import step_ratio, sync
+from shapes import INTERNVL2_2B, INTERNVL2_2B_IMAGE
+from step_ratio import attention_experts, step_ratio, sync
 
-SIZES = {
-    "internvl2-2b": (
-        TinySize(
-            lm_layers=24,
-            lm_hidden=2048,
-            lm_heads=16,
-            lm_kv_heads=8,
-            lm_intermediate=8192,
-            vision_layers=24,
-            vision_hidden=1024,
-            vision_heads=16,
-            vision_intermediate=4096,
-            image_size=448,
-            patch_size=14,
-            vocab_size=92_553,
-        ),
-        448,
-    ),
-    "tiny": (TinySize(), 32),
-}
+SIZES = {"internvl2-2b": (INTERNVL2_2B, INTERNVL2_2B_IMAGE), "tiny": (TinySize(), 32)}
 # Dense bf16 peak (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 TASK = "color-vqa"
@@ -214,8 +196,7 @@ def main() -> None:
         embed_rate = _throughput(lambda: compute_embeddings(adapter, items, args.batch_size), len(items))
         # embed runs on the base, before any expert
         experts = ExpertModel(adapter.model, towers(adapter))
-        candidates = adapter.candidates(include_mlp=False)
-        modules = [c.name for c in candidates]
+        partner, modules = attention_experts(adapter)
         lora = DMoLEHyper().lora(AllocateOptions().rank)  # D-MoLE's expert LoRA at the default rank
         trainable = experts.add_expert(1, modules, replace(lora, dropout=0.0))
         inline, ahead = (
@@ -236,8 +217,6 @@ def main() -> None:
             ),
             len(samples),
         )
-        # the partner on every other layer's attention projections, the new expert on all of them
-        partner = [c.name for c in candidates if c.layer % 2 == 0]
         ratio = step_ratio(
             lambda: load_family(model_path),
             partner,
