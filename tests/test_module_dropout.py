@@ -145,3 +145,27 @@ def test_gradient_checkpointing_recomputes_the_same_shared_mask(tiny_folder):
             experts.model(**_batch(adapter)).loss.backward()
         grads.append([param.grad for param in experts.model.parameters() if param.requires_grad])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_train_task_hands_the_option_to_dmoles_experts_and_hashes_it_only_when_shared(make_project):
+    from dmole.artifacts.io import read_json
+    from dmole.stages.allocate import allocate
+    from dmole.stages.methods.lora import SIDECAR, expert_folder
+    from dmole.stages.train_task import train_run, train_task
+    from dmole.stages.zc_score import zc_score
+
+    project = make_project()
+    task = project.config.task_names[0]
+    zc_score(project, task)
+    allocate(project, task)
+    for option, shared in (("per-expert", False), ("shared", True)):
+        method, run, _ = train_run(project, task, {"dropout_mask": option})
+        method.carried(run)
+        trainer = method.trainer(run, project.load_model())
+        assert any(isinstance(m, ModuleDropout) for m in trainer.model.modules()) == shared
+    first = train_task(project, task)
+    again = train_task(project, task, {"dropout_mask": "per-expert"})  # the option's old value: same config
+    assert again.up_to_date and again.version.path == first.version.path
+    shared = train_task(project, task, {"dropout_mask": "shared"})
+    assert not shared.up_to_date and shared.version.path != first.version.path
+    assert read_json(expert_folder(shared.version) / SIDECAR)["dropout_mask"] == "shared"
