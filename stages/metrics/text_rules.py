@@ -10,7 +10,8 @@
   whitespace tokens.
 
 Each rule takes a reply and one gold answer and returns 0-1; a sample with several gold answers (ten VQA answers,
-caption references, a multiple-choice option as its letter and its text) scores its best, as SQuAD takes the
+caption references, a multiple-choice option as its letter and its text) scores its best; an option's letter is
+read as a letter, not through the VQA normalisation (which would delete "A" as an article), as SQuAD takes the
 maximum over its gold answers. Grounding boxes are no text answers: those rules do not apply there.
 """
 
@@ -73,8 +74,8 @@ def gold_answers(sample: dict, rule: str) -> list[str]:
     if "answers" in sample:  # vqa10
         return list(sample["answers"])
     answer = sample.get("answer")
-    if "choices" in sample and isinstance(answer, int):  # choice: the gold option's letter and its text
-        return [option_letters(len(sample["choices"]))[answer], sample["choices"][answer]]
+    if "choices" in sample and isinstance(answer, int):  # choice: the gold option's text (its letter: `score`)
+        return [sample["choices"][answer]]
     if isinstance(answer, str):
         return [answer]
     if isinstance(answer, list) and answer:
@@ -84,8 +85,28 @@ def gold_answers(sample: dict, rule: str) -> list[str]:
     )
 
 
+_LETTER = re.compile(r"\(?([A-Za-z])\)?[.:]?")
+
+
+def letter_right(rule: str, reply: str, sample: dict) -> bool:
+    """Whether ``reply`` names a multiple-choice sample's gold option by its letter: the letter itself under
+    ``strict``, else the letter in any case, bracketed or followed by a period or colon ("b", "(B)", "B."). The
+    letter is not read through the VQA normalisation, which deletes "a" as an article."""
+    answer = sample.get("answer")
+    if "choices" not in sample or not isinstance(answer, int):
+        return False
+    letter = option_letters(len(sample["choices"]))[answer]
+    if rule == "strict":
+        return reply.strip() == letter
+    match = _LETTER.fullmatch(reply.strip())
+    return match is not None and match.group(1).upper() == letter
+
+
 def score(rule: str, reply: str, sample: dict) -> float:
-    """``rule``'s 0-1 score of ``reply``: its best over the sample's gold answers."""
+    """``rule``'s 0-1 score of ``reply``: its best over the sample's gold answers (a multiple-choice option is
+    right by its letter or its text)."""
+    if letter_right(rule, reply, sample):
+        return 1.0
     return max(RULES[rule](reply, gold) for gold in gold_answers(sample, rule))
 
 
