@@ -14,6 +14,7 @@ from dmole.stages.registry import (
     EMBED,
     EVAL,
     FIT_ROUTER,
+    RESCORE,
     ROE_EVAL,
     SWEEP,
     THRESHOLD_SWEEP,
@@ -34,6 +35,18 @@ from .options_cli import options_of, stage_flags
 from .progress import rich_progress
 
 TaskOption = Annotated[str, typer.Option("--task", "-t", help="Task name (see `dmole tasks`).")]
+AfterOption = Annotated[str | None, typer.Option(help="The evaluation of the model as it stands after this task.")]
+ZeroShotOption = Annotated[bool, typer.Option("--zero-shot", help="The evaluation of the base model (row 0).")]
+
+
+def _evaluated(after: str | None, zero_shot: bool) -> str:
+    """The evaluation ``--after`` / ``--zero-shot`` name (one of them, exactly)."""
+    from dmole.stages.errors import UserError
+    from dmole.stages.methods.base import ZERO_SHOT
+
+    if zero_shot == (after is not None):
+        raise UserError("give exactly one of --after TASK or --zero-shot")
+    return ZERO_SHOT if zero_shot else after
 
 
 def _progress_command(stage, module: str):
@@ -105,8 +118,8 @@ def train_task(
 @stage_flags(EVAL, ROE_EVAL)
 def eval_(
     options: dict,
-    after: Annotated[str | None, typer.Option(help="Evaluate the model as it stands after this task.")] = None,
-    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="Evaluate the base model (row 0).")] = False,
+    after: AfterOption = None,
+    zero_shot: ZeroShotOption = False,
     threshold_scales: Annotated[str | None, typer.Option(THRESHOLD_SWEEP.switch, help=THRESHOLD_SWEEP.help)] = None,
     roe: Annotated[bool, typer.Option(ROE_EVAL.switch, help=ROE_EVAL.help)] = False,
     force: ForceOption = False,
@@ -115,7 +128,6 @@ def eval_(
     workspace: WorkspaceOption = None,
 ) -> None:
     from dmole.stages.errors import UserError
-    from dmole.stages.evaluate import ZERO_SHOT
     from dmole.stages.evaluate import evaluate as run
 
     options = options_of(ROE_EVAL if roe else EVAL, options)
@@ -124,8 +136,7 @@ def eval_(
 
         run_roe_eval(workspace, options, force=force, quiet=quiet, json_output=json_output)
         return
-    if zero_shot == (after is not None):
-        raise UserError("give exactly one of --after TASK or --zero-shot")
+    evaluated = _evaluated(after, zero_shot)
     project = open_project(workspace)
     progress = rich_progress(quiet or json_output)
     if threshold_scales is not None:
@@ -139,7 +150,24 @@ def eval_(
             raise UserError(f"--threshold-scales takes comma-separated numbers, got {threshold_scales!r}") from None
         print_result(threshold_sweep(project, after, scales, options, force=force, progress=progress), json_output)
         return
-    print_result(run(project, ZERO_SHOT if zero_shot else after, options, force=force, progress=progress), json_output)
+    print_result(run(project, evaluated, options, force=force, progress=progress), json_output)
+
+
+@handles_user_errors
+@stage_flags(RESCORE)
+def rescore(
+    options: dict,
+    after: AfterOption = None,
+    zero_shot: ZeroShotOption = False,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    from dmole.stages.rescore import rescore as run
+
+    del quiet  # rescore shows no progress; it takes -q as every stage does
+    print_result(run(open_project(workspace), _evaluated(after, zero_shot), options, force=force), json_output)
 
 
 @handles_user_errors
@@ -165,6 +193,7 @@ def register(app: typer.Typer) -> None:
         (ALLOCATE, allocate),
         (TRAIN_TASK, train_task),
         (EVAL, eval_),
+        (RESCORE, rescore),
         (SWEEP, sweep),
     ):
         app.command(stage.command_line[0], help=stage.help)(command)

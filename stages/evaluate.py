@@ -7,7 +7,6 @@ experts from the cached test embeddings, the baselines use their own stage model
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -16,14 +15,16 @@ from dmole.artifacts import Writer
 from dmole.artifacts.io import write_parquet
 
 from .config import parse_model
-from .data.tasks import load_eval_samples, task_files
+from .data.tasks import eval_set_hash, load_eval_samples
 from .dmole.routing import acceptance_warning
 from .errors import UserError
-from .evaluation.predict import predict, score_predictions
+from .evaluation.grading import score_predictions
+from .evaluation.predict import predict
 from .methods import get_method
 from .methods.base import ZERO_SHOT, EvalPlan
 from .metrics.caption import resolve_caption_tokenizer
-from .options import EvalOptions
+from .metrics.field_graders import rule_for
+from .options import EvalOptions, hashed
 from .progress import Progress, silent
 from .project import Project
 from .registry import EVAL, THRESHOLD_SWEEP
@@ -39,19 +40,18 @@ METRIC_NAMES = {
 }
 
 
-def _eval_set_hash(project: Project, task: str) -> str:
-    digest = hashlib.sha256()
-    for path in task_files(project.data_root, project.config.task(task))[1:]:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def _with_caption_tokenizer(project: Project, options: EvalOptions, tasks: list[str]) -> tuple[EvalOptions, list]:
     """``options`` with the caption tokenizer it stands for (hashed and recorded as the one used), and the one-line
     notice when it fell back from ptb, if any task is scored by CIDEr."""
     tokenizer, notice = resolve_caption_tokenizer(options.caption_tokenizer)
     captions = any(project.config.task(name).family == "caption" for name in tasks)
     return options.model_copy(update={"caption_tokenizer": tokenizer}), [notice] if notice and captions else []
+
+
+def _check_grader(project: Project, grader: str, tasks: list[str]) -> None:
+    """A one-line error before anything is generated when ``grader`` has no rule for one of ``tasks``."""
+    for name in tasks:
+        rule_for(grader, project.config.task(name).family, name)
 
 
 def evaluate(
@@ -72,9 +72,10 @@ def evaluate(
     tasks = project.config.task_names if zero_shot else method.eval_tasks(project, after)
     inputs = [] if zero_shot else method.eval_inputs(project, after)
     options, notices = _with_caption_tokenizer(project, options, tasks)
+    _check_grader(project, options.grader, tasks)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in tasks}
     config = {
-        "options": options.model_dump(),
+        "options": hashed(options),  # a grader other than dmole's is hashed, dmole's is not (options.NEUTRAL)
         "method": "base" if zero_shot else method.name,
         "after": after,
         "sources": sources,
@@ -127,22 +128,25 @@ def evaluate(
                         where=f"eval after {after}",
                     )
                 )
+            warnings.append(scored.notice)
             rows.append(
                 {
                     "task": task_name,
                     "family": task.family,
-                    "metric": METRIC_NAMES[task.family],
+                    # dmole's grader: its family's metric; another grader: the rule it scored the task with
+                    "metric": METRIC_NAMES[task.family] if options.grader == "dmole" else scored.rule,
                     "score": scored.score,
                     "n": len(samples),
-                    "tokenizer": options.caption_tokenizer if task.family == "caption" else "",
+                    "tokenizer": scored.tokenizer,
                     "routing": options.routing if routed else "none",
                     "batch_size": task_options.batch_size,
-                    "eval_set_sha256": _eval_set_hash(project, task_name),
+                    "eval_set_sha256": eval_set_hash(project.data_root, task),
                 }
             )
         write_parquet(writer.path(EVAL.files.scores), {k: [r[k] for r in rows] for k in rows[0]})
         writer.meta.update({r["task"]: round(r["score"], 3) for r in rows})
-        writer.meta["warnings"] = [w for w in warnings if w]
+        writer.meta["grader"] = options.grader
+        writer.meta["warnings"] = list(dict.fromkeys(w for w in warnings if w))
 
     return run_stage(project, stage, after, config=config, inputs=inputs, compute=compute, force=force)
 
@@ -158,7 +162,7 @@ def _predict_and_score(adapter, task, samples, model, around, options: EvalOptio
         progress=progress,
         description=description,
     )
-    return predictions, score_predictions(task, samples, predictions, options.caption_tokenizer)
+    return predictions, score_predictions(task, samples, predictions, options.caption_tokenizer, options.grader)
 
 
 def threshold_sweep(
@@ -185,13 +189,14 @@ def threshold_sweep(
     options = options.model_copy(update={"method": method.name})
     names = method.eval_tasks(project, after)
     options, notices = _with_caption_tokenizer(project, options, names)
+    _check_grader(project, options.grader, names)
     sources = {name: source_fingerprint(project, project.config.task(name)) for name in names}
-    config = {"options": options.model_dump(), "after": after, "scales": scales, "sources": sources}
+    config = {"options": hashed(options), "after": after, "scales": scales, "sources": sources}
 
     def compute(writer: Writer) -> None:
         adapter = project.load_model()
         plan = method.evaluation(project, after, adapter)
-        rows = []
+        rows, scored_notices = [], []
         for scale in scales:
             scaled = options.model_copy(update={"threshold_scale": scale})
             for task_name in names:
@@ -208,6 +213,7 @@ def threshold_sweep(
                     progress,
                     f"sweep x{scale:g}: {task_name}",
                 )
+                scored_notices.append(scored.notice)
                 rows.append(
                     {
                         "scale": scale,
@@ -218,7 +224,7 @@ def threshold_sweep(
                     }
                 )
         write_parquet(writer.path(THRESHOLD_SWEEP.files.table), {k: [r[k] for r in rows] for k in rows[0]})
-        writer.meta["warnings"] = notices
+        writer.meta["warnings"] = list(dict.fromkeys(w for w in [*notices, *scored_notices] if w))
         writer.meta.update(
             {
                 f"avg_last@{scale:g}": round(float(np.mean([r["score"] for r in rows if r["scale"] == scale])), 3)

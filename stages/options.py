@@ -18,6 +18,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .config import Seed, Strict, TaskSpec
 from .errors import UserError
+from .metrics import GRADERS
+from .metrics.text_rules import RULES as TEXT_RULES
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
@@ -256,11 +258,36 @@ class EvalOptions(_MethodChoice):
     min_acceptance: float = Field(
         default=0.5, ge=0, le=1, description="warn when a seen task's own router accepts fewer of its samples"
     )
+    grader: Literal[GRADERS] = Field(
+        default="dmole",
+        description="whose rules score the replies: dmole (each family's metric), mcitlib or coin (their "
+        "scripts' rule per task, docs/metrics.md)",
+    )
 
     def for_task(self, task: TaskSpec | None) -> EvalOptions:
         """These options with the generation batch of ``task`` resolved (see ``batch_size``)."""
         registry = task.eval_batch_size if task is not None and self.routing == "batch-vote" else None
         return self.model_copy(update={"batch_size": self.batch_size or registry or DEFAULT_EVAL_BATCH_SIZE})
+
+
+class RescoreOptions(_MethodChoice):
+    rules: list[str] = Field(
+        default=list(TEXT_RULES),
+        min_length=1,
+        description="graders (dmole, mcitlib, coin: each its rule per task) and rules (strict, normalised, "
+        "numeric, token-f1, or a grader's own, e.g. mcitlib-exact; docs/metrics.md) to score the stored "
+        "predictions with (repeatable)",
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, rules: list[str]) -> list[str]:
+        from .metrics.field_graders import check_name
+
+        try:
+            return list(dict.fromkeys(check_name(rule) for rule in rules))
+        except UserError as error:
+            raise ValueError(str(error)) from None
 
 
 class RouteTrainOptions(Strict):
@@ -416,7 +443,7 @@ SPEED_ONLY = frozenset({"input_workers"})
 
 # options added after artifacts existed, with the values that compute what dmole computed before them: at those
 # values they stay out of the config hash, so an upgrade leaves the earlier artifacts up to date
-NEUTRAL = {"expert_type": ("lora", None), "dropout_mask": ("per-expert",)}
+NEUTRAL = {"expert_type": ("lora", None), "dropout_mask": ("per-expert",), "grader": ("dmole",)}
 
 
 def hashed(options: BaseModel) -> dict:

@@ -20,6 +20,7 @@ from .options import (
     EmbedOptions,
     EvalOptions,
     FitRouterOptions,
+    RescoreOptions,
     RoEEvalOptions,
     RouteSweepOptions,
     RouteTrainOptions,
@@ -94,6 +95,16 @@ EVAL = Stage(
     EvalOptions,
     Files(scores="scores.parquet", predictions="predictions/{task}.parquet"),
 )
+RESCORE = Stage(
+    "rescore",
+    "Score the predictions an evaluation stored under other graders and rules, without generating again, into "
+    "a new version of its own (the eval's is left as it is); the report shows the rules side by side."
+    "\n\nExample: dmole rescore --after T --rule strict --rule token-f1 --rule mcitlib (default: strict, "
+    "normalised, numeric, token-f1; docs/metrics.md).",
+    RescoreOptions,
+    Files(scores="scores.parquet", samples="samples/{task}/{name}.parquet"),
+    flags={"rules": "--rule"},
+)
 THRESHOLD_SWEEP = Stage(  # D-MoLE only: its routing is what the thresholds change
     "threshold-sweep",
     "D-MoLE threshold sensitivity: evaluate after --after once per comma-separated factor (e.g. "
@@ -165,6 +176,7 @@ STAGES: dict[str, Stage] = {
         ALLOCATE,
         TRAIN_TASK,
         EVAL,
+        RESCORE,
         THRESHOLD_SWEEP,
         ROUTE_TRAIN,
         ROE_EVAL,

@@ -20,7 +20,18 @@ from dmole.artifacts import Version, Writer
 from dmole.artifacts.io import read_json, read_parquet, write_json, write_parquet
 
 from .errors import UserError
-from .figures import activation, allocation, matrix, roe_skips, roe_sweep, run_settings, sensitivity, sweeps, thresholds
+from .figures import (
+    activation,
+    allocation,
+    matrix,
+    rescores,
+    roe_skips,
+    roe_sweep,
+    run_settings,
+    sensitivity,
+    sweeps,
+    thresholds,
+)
 from .figures.markdown import fmt
 from .figures.markdown import table as md_table
 from .methods import REGISTRY
@@ -137,7 +148,7 @@ def second_experts(project: Project, version: Version) -> dict:
 def sections(project: Project, result: dict) -> tuple[list[tuple[ModuleType, dict]], list[Version]]:
     """(figure module, its data) for every figure the workspace has the artifacts for, and those artifacts."""
     found, used = [(matrix, result)], []
-    for module in (allocation, activation, sensitivity, thresholds, roe_skips, roe_sweep, sweeps):
+    for module in (allocation, activation, sensitivity, thresholds, rescores, roe_skips, roe_sweep, sweeps):
         gathered = module.gather(project)
         if gathered is not None:
             found.append((module, gathered[0]))

@@ -37,6 +37,7 @@ def test_help_lists_the_commands_without_importing_torch():
         "allocate",
         "train-task",
         "eval",
+        "rescore",
         "report",
         "ls",
         "show",

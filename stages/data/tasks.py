@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from ..config import TaskSpec
@@ -47,3 +48,11 @@ def task_files(data_root: Path, task: TaskSpec) -> list[Path]:
     if task.eval_annotations:
         files.append(_inside(data_root, task.eval_annotations, "eval_annotations", task))
     return files
+
+
+def eval_set_hash(data_root: Path, task: TaskSpec) -> str:
+    """sha256 over the task's evaluation files (what an evaluation records as ``eval_set_sha256``)."""
+    digest = hashlib.sha256()
+    for path in task_files(data_root, task)[1:]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

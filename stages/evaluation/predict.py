@@ -1,4 +1,4 @@
-"""Batched greedy generation for one task's evaluation samples, and scoring by the task's metric family.
+"""Batched greedy generation for one task's evaluation samples (scoring them: grading.py).
 
 Callers that change the model per batch (D-MoLE's per-sample experts, RoE's routing plan) pass
 ``around_batch``: a function of the batch's sample indices and model inputs returning a context
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 
 import torch
 
@@ -18,17 +17,10 @@ from ..data.images import load_image
 from ..data.prompts import render_prompt
 from ..data.samples import EvalSample
 from ..distributed import merge_records, my_share
-from ..metrics.families import score_family
 from ..progress import Progress, silent
+from .grading import score_predictions  # noqa: F401 (stages/roe/evaluation.py imports it from here)
 
 AroundBatch = Callable[[list[int], dict], AbstractContextManager]
-
-
-@dataclass
-class TaskScore:
-    score: float
-    per_sample: list[float]
-    parsed: list[str | None]
 
 
 @torch.no_grad()
@@ -110,12 +102,3 @@ def generate_batch(
     with around_batch(indices, inputs) if around_batch else nullcontext():
         output = greedy_generate(adapter, model, inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
     return adapter.decode_new_tokens(output, inputs["input_ids"].shape[1])
-
-
-def score_predictions(
-    task: TaskSpec, samples: Sequence[EvalSample], predictions: list[str], caption_tokenizer: str = "simple"
-) -> TaskScore:
-    score, per_sample, parsed = score_family(
-        task.family, predictions, [s.references for s in samples], caption_tokenizer=caption_tokenizer
-    )
-    return TaskScore(score, per_sample, parsed)

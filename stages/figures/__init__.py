@@ -6,6 +6,7 @@ it as a markdown table (``table``) and as a PNG (``plot``); matplotlib is import
 - ``activation``: the share of each task's test samples routed to each task's experts, and the rejection
   rate on tasks not yet seen.
 - ``sensitivity``: the zero-cost scores per layer, tower and task.
+- ``rescores``: each rescored evaluation's task scores under its own grader and under each rule re-scored.
 - ``roe_skips``: RoE's skip rate per layer and the number of layers each example skipped.
 - ``roe_sweep``: RoE's skip-ratio sweep against static dropping and random routing: relative scores per task, skip
   and batch-1 speed-up.

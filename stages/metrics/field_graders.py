@@ -1,4 +1,5 @@
-"""Named graders: dmole's own (families.py), MCITlib's (mcitlib_rules.py) and CoIN's (coin_rules.py).
+"""Named graders: dmole's own (families.py), MCITlib's (mcitlib_rules.py) and CoIN's (coin_rules.py); and the rules
+they and the plain text rules (text_rules.py: strict, normalised, numeric, token-f1) are scored with.
 
 A grader picks a rule for each task: MCITlib's and CoIN's by the task's name in their benchmarks (UCIT, MLLM-DCL,
 CoIN), else by dmole's task family where the toolkit's scripts grade that kind of answer the same way (MCITlib:
@@ -9,20 +10,28 @@ TextVQA rule, choices with its ScienceQA rule). ``score_rule`` returns what ``fa
 
 from __future__ import annotations
 
-from . import MetricError, coin_rules, mcitlib_rules
+from functools import partial
+
+from . import GRADERS, MetricError, coin_rules, mcitlib_rules, text_rules
 from .choice import option_letters
 from .coco_caption import java_present
 from .families import FAMILIES, score_family
 
-GRADERS = ("dmole", "mcitlib", "coin")
 Scored = tuple[float, list[float], list[str | None]]
 
 _FAMILY_RULES = {
     "mcitlib": {"caption": mcitlib_rules.CAPTION_RULE, "short": "mcitlib-exact", "choice": "mcitlib-exact"},
     "coin": {"vqa10": "coin-textvqa", "choice": "coin-scienceqa"},
 }
+_TEXT_RULES = {name: partial(text_rules.score, name) for name in text_rules.RULES}  # (reply, sample) -> 0-1
 _TASK_RULES = {"mcitlib": mcitlib_rules.TASK_RULES, "coin": coin_rules.TASK_RULES}
-RULES = (*(f"dmole-{f}" for f in FAMILIES), *mcitlib_rules.RULES, mcitlib_rules.CAPTION_RULE, *coin_rules.RULES)
+RULES = (
+    *(f"dmole-{f}" for f in FAMILIES),
+    *mcitlib_rules.RULES,
+    mcitlib_rules.CAPTION_RULE,
+    *coin_rules.RULES,
+    *text_rules.RULES,
+)
 
 
 def rule_for(grader: str, family: str, task: str | None = None) -> str:
@@ -42,6 +51,19 @@ def rule_for(grader: str, family: str, task: str | None = None) -> str:
     )
 
 
+def check_name(name: str) -> str:
+    """``name`` when it is a grader's or a rule's, else a one-line error listing both."""
+    if name not in GRADERS and name not in RULES:
+        raise MetricError(f"unknown grader or rule {name!r}; graders: {', '.join(GRADERS)}; rules: {', '.join(RULES)}")
+    return name
+
+
+def rule_named(name: str, family: str, task: str | None = None) -> str:
+    """The rule ``name`` scores a task of ``family`` (named ``task``) with: a grader's rule for it, or the rule
+    ``name`` itself."""
+    return rule_for(name, family, task) if check_name(name) in GRADERS else name
+
+
 def caption_backends() -> tuple[str, str, str | None]:
     """(tokenizer, METEOR) the caption rules use here, and a one-line notice when java is missing."""
     if java_present():
@@ -56,6 +78,17 @@ def caption_backends() -> tuple[str, str, str | None]:
     )
 
 
+def caption_setting(rule: str, tokenizer: str) -> tuple[str, str | None]:
+    """The caption tokenizer ``rule`` scores with when dmole's caption rule is given ``tokenizer`` ("" for a rule that
+    scores no captions), and the notice ``caption_backends`` gives when MCITlib's runs without java."""
+    if rule == "dmole-caption":
+        return tokenizer, None
+    if rule == mcitlib_rules.CAPTION_RULE:
+        backend, _, notice = caption_backends()
+        return backend, notice
+    return "", None
+
+
 def _gold_text(sample: dict) -> dict:
     """A dmole choice sample's gold index as its option letter, the answer MCITlib's files hold."""
     if isinstance(sample.get("answer"), int) and "choices" in sample:
@@ -63,7 +96,17 @@ def _gold_text(sample: dict) -> dict:
     return sample
 
 
+def _best_answer(rule, reply: str, sample: dict) -> float:
+    """A rule's 0-1 score of ``reply``; where the sample's ``answer`` is a list (dmole's short answers: the field's
+    files hold one), its best over them."""
+    if isinstance(sample.get("answer"), list):
+        return max(rule(reply, {**sample, "answer": answer}) for answer in sample["answer"])
+    return rule(reply, sample)
+
+
 def _parsed(rule: str, reply: str) -> str | None:
+    if rule in text_rules.RULES:
+        return text_rules.parsed(rule, reply)
     if rule == "coin-scienceqa":
         return coin_rules.scienceqa_letter(reply)
     if rule == "coin-grounding":
@@ -91,10 +134,10 @@ def score_rule(
             predictions, refs, tokenizer=tokenizer or default_tokenizer, meteor=meteor or default_meteor
         )
         return score, per_sample, list(predictions)
-    table = {**mcitlib_rules.RULES, **coin_rules.RULES}
+    table = {**mcitlib_rules.RULES, **coin_rules.RULES, **_TEXT_RULES}
     if rule not in table:
-        raise MetricError(f"unknown rule {rule!r}; known: {sorted(RULES)}")
+        raise MetricError(f"unknown rule {rule!r}; known: {', '.join(RULES)}")
     if rule.startswith("mcitlib-"):
         samples = [_gold_text(s) for s in samples]
-    per_sample = [100.0 * table[rule](p, s) for p, s in zip(predictions, samples)]
+    per_sample = [100.0 * _best_answer(table[rule], p, s) for p, s in zip(predictions, samples)]
     return sum(per_sample) / len(per_sample), per_sample, [_parsed(rule, p) for p in predictions]
