@@ -198,9 +198,9 @@ def test_a_run_s_workspace_has_its_order_and_seed_and_shares_what_no_training_ma
     assert project.store.latest(EMBED.name, names[0]).file("train.parquet").read_bytes() == b"embeddings"
 
 
-@pytest.mark.slow  # two whole sequences: about 10-20 s; the tests above hold the mechanism with stand-in runs
 def test_each_order_trains_its_own_sequence_and_an_interrupted_repeat_continues(micro_bench, tmp_path, monkeypatch):
-    """Two real runs of seq-lora over two tasks, the second interrupted after its sequence and resumed."""
+    """Two real runs of seq-lora over two tasks, the second interrupted after its sequence and resumed (about 10 s,
+    as the sweep's end-to-end test: the one check that a run's order is the order it trains in)."""
     import dmole.stages.repeat as module
     from conftest import MICRO_STAGES
     from dmole.stages.init import create_workspace

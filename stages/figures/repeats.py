@@ -113,7 +113,7 @@ def table(data: dict) -> list[str]:
 def plot(data: dict, path: Path) -> None:
     tasks = data["repeats"][0]["tasks"]
     count = len(data["repeats"])
-    figure = new_figure(1.6 + 0.5 * len(tasks) * count + 0.8, 3.0)
+    figure = new_figure(max(5.0, 2.4 + 0.5 * len(tasks) * count), 3.0)
     ax = figure.subplots()
     colours = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
     width = 0.8 / count
@@ -134,5 +134,5 @@ def plot(data: dict, path: Path) -> None:
     ax.legend(fontsize=FONT - 1, frameon=False)
     ax.tick_params(labelsize=FONT - 1)
     ax.spines[["top", "right"]].set_visible(False)
-    figure.suptitle("seeds and orders: each task's final score over the runs", fontsize=FONT + 1)
+    figure.suptitle("seeds and orders: final score per task over the runs", fontsize=FONT + 1)
     save(figure, path)
