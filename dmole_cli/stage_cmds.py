@@ -14,6 +14,7 @@ from dmole.stages.registry import (
     EMBED,
     EVAL,
     FIT_ROUTER,
+    REPEAT,
     RESCORE,
     ROE_EVAL,
     SWEEP,
@@ -27,6 +28,7 @@ from .common import (
     JsonOption,
     QuietOption,
     WorkspaceOption,
+    console,
     handles_user_errors,
     open_project,
     print_result,
@@ -185,6 +187,30 @@ def sweep(
     print_result(run(open_project(workspace), options, force=force, progress=progress), json_output)
 
 
+@handles_user_errors
+@stage_flags(REPEAT)
+def repeat(
+    options: dict,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    from dmole.stages.figures import repeats
+    from dmole.stages.repeat import repeat as run
+
+    project = open_project(workspace)
+    result = run(project, options, force=force, progress=rich_progress(quiet or json_output))
+    if not (quiet or json_output):
+        gathered = repeats.gather(project)
+        data = {"repeats": [r for r in gathered[0]["repeats"] if r["method"] == result.task]}
+        # the table's image link is not rich markup; the figure itself is drawn by `dmole report`
+        console.print(
+            "\n".join(line for line in repeats.table(data) if not line.startswith("![")), soft_wrap=True, markup=False
+        )
+    print_result(result, json_output)
+
+
 def register(app: typer.Typer) -> None:
     for stage, command in (
         (EMBED, embed),
@@ -195,5 +221,6 @@ def register(app: typer.Typer) -> None:
         (EVAL, eval_),
         (RESCORE, rescore),
         (SWEEP, sweep),
+        (REPEAT, repeat),
     ):
         app.command(stage.command_line[0], help=stage.help)(command)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .config import Seed, Strict, TaskSpec
+from .config import SEED_LIMIT, Seed, Strict, TaskSpec
 from .errors import UserError
 from .metrics import GRADERS
 from .metrics.text_rules import RULES as TEXT_RULES
@@ -378,6 +378,32 @@ class SweepOptions(_MethodChoice):
     hparams: dict[str, float | int | bool | str] = Field(
         default={}, description="hyperparameters fixed at every grid value (e.g. parity=true), KEY=VALUE"
     )
+
+
+class RepeatOptions(_MethodChoice):
+    seeds: list[int] = Field(
+        default=[42],
+        min_length=1,
+        description="seeds: each run sets it in every stage that draws at random (adapter initialisation and data "
+        "order, router fit, proxy samples); repeatable",
+    )
+    orders: list[str] = Field(
+        default=["default"],
+        min_length=1,
+        description="task orders: default (the workspace's), reverse, or every task once, comma-separated "
+        "(t3,t1,t2); repeatable",
+    )
+    hparams: dict[str, float | int | bool | str] = Field(
+        default={}, description="the method's hyperparameters in every run (e.g. parity=true), KEY=VALUE"
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        """Each in `Seed`'s range (a list of `Seed` would check it itself, but typer makes no flag of one)."""
+        if any(not 0 <= seed < SEED_LIMIT for seed in seeds):
+            raise ValueError(f"every seed must lie in [0, {SEED_LIMIT})")
+        return seeds
 
 
 class RoEEvalOptions(Strict):

@@ -20,6 +20,7 @@ from .options import (
     EmbedOptions,
     EvalOptions,
     FitRouterOptions,
+    RepeatOptions,
     RescoreOptions,
     RoEEvalOptions,
     RouteSweepOptions,
@@ -153,6 +154,19 @@ SWEEP = Stage(
     SweepOptions,
     Files(result="sweep.json"),
 )
+REPEAT = Stage(
+    "repeat",
+    "Run a method's whole sequence under each --seed and each --order (every pair one run) and report every "
+    "continual metric, and each task's final score, as mean ± std over the runs.\n\nEach run trains in a "
+    "scratch workspace of its own, over the tasks in its order, with its seed in every stage that draws at random; "
+    "a finished run is kept (by its configuration) and not run again when the command is repeated, with more seeds "
+    "or orders too. The artifact holds every run's matrix and metrics (`dmole show repeat --task METHOD`); the "
+    "report adds a Seeds and orders section. Example: dmole repeat --method dmole --seed 42 --seed 43 --order "
+    "default --order reverse --order t3,t1,t2.",
+    RepeatOptions,
+    Files(result="repeat.json"),
+    flags={"seeds": "--seed", "orders": "--order"},
+)
 REPORT = Stage(
     "report",
     "Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / "
@@ -182,6 +196,7 @@ STAGES: dict[str, Stage] = {
         ROE_EVAL,
         ROE_SWEEP,
         SWEEP,
+        REPEAT,
         REPORT,
     )
 }

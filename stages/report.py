@@ -7,7 +7,8 @@ runs and the zero-shot row, joint fills only its last row, zero-shot repeats row
 Beside the matrices, report.md holds one PNG figure and one table per section the workspace has artifacts for
 (`stages/figures/`): expert allocation, expert activation, zero-cost sensitivity and RoE's layer skipping; it ends
 with the run's settings (device, CUDA, torch, dtype, global batches, seeds, graders: figures/run_settings.py), which
-metrics.json and `report --json` carry under ``run_settings``.
+metrics.json and `report --json` carry under ``run_settings``. Where `dmole repeat` was run, the seeds-and-orders
+section's mean ± std are carried there too (under ``seeds_and_orders``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .figures import (
     activation,
     allocation,
     matrix,
+    repeats,
     rescores,
     roe_skips,
     roe_sweep,
@@ -148,7 +150,7 @@ def second_experts(project: Project, version: Version) -> dict:
 def sections(project: Project, result: dict) -> tuple[list[tuple[ModuleType, dict]], list[Version]]:
     """(figure module, its data) for every figure the workspace has the artifacts for, and those artifacts."""
     found, used = [(matrix, result)], []
-    for module in (allocation, activation, sensitivity, thresholds, rescores, roe_skips, roe_sweep, sweeps):
+    for module in (allocation, activation, sensitivity, thresholds, rescores, roe_skips, roe_sweep, sweeps, repeats):
         gathered = module.gather(project)
         if gathered is not None:
             found.append((module, gathered[0]))
@@ -201,6 +203,9 @@ def report(project: Project, *, force: bool = False) -> StageResult:
     costs, trained = training_costs(project, list(result["methods"]))
     result["run_settings"] = run_settings.gather(used, trained)
     found, inputs = sections(project, result)
+    for module, data in found:
+        if module is repeats:  # its mean ± std are results: `report --json` carries them
+            result[repeats.RESULT_KEY] = data
     used += [v for v in inputs + trained if v not in used]
 
     def compute(writer: Writer) -> None:

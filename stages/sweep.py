@@ -3,11 +3,11 @@
 Papers report a regularised baseline at its best strength; choosing that strength on the test set would flatter
 it, so each value is chosen on the tasks' validation sets (the registry's ``val`` files, held out from training
 and test data). Every grid value runs the method's whole sequence in a scratch workspace of its own
-(`<workspace>/.runs/sweep/...`, with the same model, data and stage settings): train-task and eval after each task
-on the test sets, then the same experts evaluated on the validation sets after the last task. The value with the
-best validation score (`relative_scores`: each task's score relative to the grid's best on it, averaged, so that
-no metric's scale decides) is the selected one; the test matrices of every value are reported beside it, so the
-whole curve is visible and the selection can be checked.
+(`<workspace>/.runs/sweep/...`, with the same model, data and stage settings; `sequence.py`): train-task and
+eval after each task on the test sets, then the same experts evaluated on the validation sets after the last
+task. The value with the best validation score (`relative_scores`: each task's score relative to the grid's best
+on it, averaged, so that no metric's scale decides) is the selected one; the test matrices of every value are
+reported beside it, so the whole curve is visible and the selection can be checked.
 """
 
 from __future__ import annotations
@@ -21,25 +21,21 @@ from typing import Any
 from dmole.artifacts import config_hash
 from dmole.artifacts.io import write_json
 
-from .config import WorkspaceConfig
 from .data.tasks import load_eval_samples
 from .errors import UserError
-from .evaluate import ZERO_SHOT, evaluate
+from .evaluate import evaluate
 from .methods import get_method
 from .methods.base import ContinualMethod
 from .metrics.continual import continual_metrics
 from .options import SweepOptions, parse_pairs
 from .progress import Progress, silent
-from .project import Project, write_workspace
-from .registry import ALLOCATE, EVAL, SWEEP
+from .project import Project
+from .registry import SWEEP
 from .report import version_scores
 from .resolve import stage_options
 from .runner import StageResult, fingerprint, run_stage, source_fingerprint
-from .train_task import method_hyper, train_task
-
-# artifacts of the main workspace each scratch workspace starts with: a run finds them as its own (the zero-shot
-# evaluation is up to date where its configuration is the same; otherwise it is computed again)
-SEEDED = (ALLOCATE.name, f"{EVAL.name}/{ZERO_SHOT}")
+from .sequence import point_project, run_sequence
+from .train_task import method_hyper
 
 
 @dataclass(frozen=True)
@@ -76,49 +72,17 @@ def _require_validation(project: Project) -> None:
         load_eval_samples(project.data_root, task.model_copy(update={"eval": task.val}))  # validated before work
 
 
-def _point_project(
-    project: Project, folder: Path, method: ContinualMethod, hyper: dict, *, validation: bool
-) -> Project:
-    """A scratch workspace with the main one's model, data, stage settings and profile, ``hyper`` as the method's
-    hyperparameters, and (``validation``) the validation sets in place of the test sets."""
-    config = project.config
-    tasks = [t.model_copy(update={"eval": t.val, "eval_annotations": None}) if validation else t for t in config.tasks]
-    point = WorkspaceConfig.model_validate(
-        {
-            **config.model_dump(),
-            "model": str(project.model_path.resolve()),
-            "data": str(project.data_root.resolve()),
-            "tasks": [t.model_dump(exclude_defaults=True) for t in tasks],
-            "method": method.name,
-            "methods": {**config.methods, method.name: hyper},
-        }
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    write_workspace(folder, point)
-    for shared in SEEDED:  # D-MoLE's allocations (what parity sizes a baseline by) and the zero-shot row
-        source, target = project.root / shared, folder / shared
-        if source.is_dir() and not target.exists():
-            shutil.copytree(source, target)
-    return Project.open(folder)
-
-
 def _run_point(project: Project, folder: Path, method: ContinualMethod, hyper: dict, progress: Progress) -> dict:
-    """Train the method's sequence once: its test matrix, then the same experts' validation scores after the last
-    task. Scores are read from each evaluation's own result, never from the store's latest version, which the
-    validation pass moves."""
+    """Train the method's sequence once (`sequence.run_sequence`): its test matrix, then the same experts'
+    validation scores after the last task."""
     names = project.config.task_names
-    tested = _point_project(project, folder, method, hyper, validation=False)
-    zero = version_scores(evaluate(tested, ZERO_SHOT, progress=progress).version)
-    rows = {}
-    for after in method.stages_after(tested):
-        train_task(tested, after, {"method": method.name}, progress=progress)
-        scores = version_scores(evaluate(tested, after, {"method": method.name}, progress=progress).version)
-        rows[after] = [scores.get(n) for n in names]
-    matrix = method.matrix([zero.get(n) for n in names], rows, names)
+    tested = point_project(project, folder, method, hyper)
+    matrix = run_sequence(tested, method, hyper, progress)
     metrics = continual_metrics(matrix)
     # the same folder reading the validation sets: the trained experts are found as they are (train-task does not
     # run again) and the evaluation writes a new version beside the test one
-    validated = _point_project(project, folder, method, hyper, validation=True)
+    validation = [t.model_copy(update={"eval": t.val, "eval_annotations": None}) for t in project.config.tasks]
+    validated = point_project(project, folder, method, hyper, tasks=validation)
     last = version_scores(
         evaluate(validated, method.stages_after(validated)[-1], {"method": method.name}, progress=progress).version
     )
