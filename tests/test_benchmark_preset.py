@@ -259,11 +259,11 @@ def test_pair_form_with_a_questions_json(archive, tmp_path):
     assert [s.id for s in samples] == ["0", "1", "2"] and all(len(s.references["answers"]) == 10 for s in samples)
 
 
-def test_pair_form_is_only_for_vqa10():
-    with pytest.raises(ConfigError, match=r"eval_annotations .* is for the vqa10 and caption families, not 'short'"):
+def test_pair_form_is_not_for_grounding():
+    with pytest.raises(ConfigError, match=r"eval_annotations .* is for the vqa10, .* families, not 'grounding'"):
         parse_model(
             TaskSpec,
-            {"name": "x", "family": "short", "train": "t.jsonl", "eval": "e.jsonl", "eval_annotations": "a.json"},
+            {"name": "x", "family": "grounding", "train": "t.jsonl", "eval": "e.jsonl", "eval_annotations": "a.json"},
             source="tasks.json",
         )
 
@@ -288,8 +288,8 @@ def test_caption_files_may_name_images_by_image(archive, tmp_path):
 
 def test_init_errors_are_one_line(archive, internvl, tmp_path):
     ws = str(tmp_path / "ws")
-    assert "unknown benchmark 'coin'; known benchmarks: dmole, ucit, mllm-dcl" in one_line_error(
-        "init", "--benchmark", "coin", "--model", str(internvl), "--data", str(archive), "--workspace", ws
+    assert "unknown benchmark 'nope'; known benchmarks: dmole, ucit, mllm-dcl, coin" in one_line_error(
+        "init", "--benchmark", "nope", "--model", str(internvl), "--data", str(archive), "--workspace", ws
     )
     assert "--registry and --benchmark are mutually exclusive" in one_line_error(
         "init",
