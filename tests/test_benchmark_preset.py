@@ -102,7 +102,7 @@ def test_the_preset_is_the_official_sequence_and_training_setup():
         assert f"per-device batch {task.batch_size // 8} x 8 GPUs = global {task.batch_size}" in task.description
         assert task.train.startswith("data/") and task.eval.startswith("data/")
     assert _task("vizwiz").eval_annotations == "data/vizwiz/vizwiz_val_annotations.json"
-    assert list(BENCHMARKS) == ["dmole", "ucit", "mllm-dcl"]
+    assert list(BENCHMARKS) == ["dmole", "ucit", "mllm-dcl", "coin"]
     # the training vote's group is the per-device batch; evaluation votes over the batch the scripts' defaults
     # give when dmole.sh evaluates (spec §9: 10 for caption and grounding, 8 for VQA and multiple choice)
     assert [task.vote_size for task in DMOLE_TASKS] == [task.batch_size // REFERENCE_GPUS for task in DMOLE_TASKS]
