@@ -247,3 +247,29 @@ def test_the_loop_through_the_cli(llava, tmp_path, tasks):
     matrix = report["methods"]["dmole"]["matrix"]
     assert len(matrix) == 1 + len(tasks)
     assert all(value is not None for row in matrix[1:] for value in row)
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda entry: entry.pop("choices"), r"problems\.json: field '{id}\.choices': missing"),
+        (
+            lambda entry: entry.update(answer=2),
+            r"problems\.json: field '{id}\.answer': index 2 is outside the 2 choices",
+        ),
+        (lambda entry: entry.clear() or entry.update(x=[]), r"problems\.json: field '{id}\.question': missing"),
+    ],
+)
+def test_keyed_answer_errors_name_the_file_and_the_entry(archive, tmp_path, edit, expected):
+    data = tmp_path / "archive"
+    shutil.copytree(archive, data)
+    path = data / TASKS["ScienceQA"].eval_annotations
+    problems = json.loads(path.read_text())
+    first = str(_questions(data, TASKS["ScienceQA"])[0]["question_id"])
+    edit(problems[first])
+    path.write_text(json.dumps(problems))
+    with pytest.raises(DataError, match=expected.format(id=first)):
+        load_eval_samples(data, TASKS["ScienceQA"])
+    path.write_text(json.dumps([problems[first]]))
+    with pytest.raises(DataError, match=r"problems\.json: expected a JSON object keyed by question id"):
+        load_eval_samples(data, TASKS["ScienceQA"])
