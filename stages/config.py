@@ -34,7 +34,8 @@ DEFAULT_PROMPTS: dict[str, str] = {
 }
 DEFAULT_MAX_NEW_TOKENS = {"caption": 30, "grounding": 100, "choice": 10, "short": 100, "vqa10": 10}
 DEFAULT_MIN_NEW_TOKENS = {"caption": 8}
-PAIR_FAMILIES = ("vqa10", "caption")  # families whose answers may come from a separate file (eval_annotations)
+# families whose answers may come from a separate file (eval_annotations)
+PAIR_FAMILIES = ("vqa10", "caption", "short", "choice")
 
 
 class ConfigError(UserError):
@@ -61,7 +62,8 @@ class TaskSpec(Strict):
     # The pair forms: the answers in a separate file. vqa10: a VQAv2-style annotations JSON, matched to the
     # questions in ``eval`` by question_id (the reference's VizWiz evaluation reads its files this way).
     # caption: a COCO caption JSON whose image_id k holds the references of ``eval``'s k-th question (MCITlib's
-    # eval_caption.py numbers its replies 1..N in the question file's order).
+    # eval_caption.py numbers its replies 1..N in the question file's order). short and choice: a JSON object
+    # keyed by question id whose entries hold the answer fields (GQA's questions file, ScienceQA's problems.json).
     eval_annotations: str | None = None
     # A validation set in ``eval``'s format, held out from both the training and the test data: what `dmole sweep`
     # selects a method's hyperparameter on, so that no setting is chosen on the test set.
@@ -80,6 +82,9 @@ class TaskSpec(Strict):
     # eval batch-vote: the generation batch each vote is taken over, the reference's (eval batch_size)
     eval_batch_size: int | None = Field(default=None, gt=0)
     repeat: int = Field(default=1, ge=1)
+    # Leave out the entries without an image, in training and evaluation (CoIN's ScienceQA keeps the dataset's
+    # text-only problems; dmole trains and evaluates on image samples). False: such an entry is an error.
+    skip_text_only: bool = False
     description: str = ""
 
     @field_validator("name")
@@ -93,7 +98,7 @@ class TaskSpec(Strict):
     def _pair_form_is_vqa(self) -> TaskSpec:
         if self.eval_annotations is not None and self.family not in PAIR_FAMILIES:
             raise ValueError(
-                f"eval_annotations (the pair form) is for the vqa10 and caption families, not {self.family!r}"
+                f"eval_annotations (the pair form) is for the {', '.join(PAIR_FAMILIES)} families, not {self.family!r}"
             )
         return self
 

@@ -102,7 +102,7 @@ def test_the_preset_is_the_official_sequence_and_training_setup():
         assert f"per-device batch {task.batch_size // 8} x 8 GPUs = global {task.batch_size}" in task.description
         assert task.train.startswith("data/") and task.eval.startswith("data/")
     assert _task("vizwiz").eval_annotations == "data/vizwiz/vizwiz_val_annotations.json"
-    assert list(BENCHMARKS) == ["dmole", "ucit", "mllm-dcl"]
+    assert list(BENCHMARKS) == ["dmole", "ucit", "mllm-dcl", "coin"]
     # the training vote's group is the per-device batch; evaluation votes over the batch the scripts' defaults
     # give when dmole.sh evaluates (spec §9: 10 for caption and grounding, 8 for VQA and multiple choice)
     assert [task.vote_size for task in DMOLE_TASKS] == [task.batch_size // REFERENCE_GPUS for task in DMOLE_TASKS]
@@ -259,11 +259,11 @@ def test_pair_form_with_a_questions_json(archive, tmp_path):
     assert [s.id for s in samples] == ["0", "1", "2"] and all(len(s.references["answers"]) == 10 for s in samples)
 
 
-def test_pair_form_is_only_for_vqa10():
-    with pytest.raises(ConfigError, match=r"eval_annotations .* is for the vqa10 and caption families, not 'short'"):
+def test_pair_form_is_not_for_grounding():
+    with pytest.raises(ConfigError, match=r"eval_annotations .* is for the vqa10, .* families, not 'grounding'"):
         parse_model(
             TaskSpec,
-            {"name": "x", "family": "short", "train": "t.jsonl", "eval": "e.jsonl", "eval_annotations": "a.json"},
+            {"name": "x", "family": "grounding", "train": "t.jsonl", "eval": "e.jsonl", "eval_annotations": "a.json"},
             source="tasks.json",
         )
 
@@ -288,8 +288,8 @@ def test_caption_files_may_name_images_by_image(archive, tmp_path):
 
 def test_init_errors_are_one_line(archive, internvl, tmp_path):
     ws = str(tmp_path / "ws")
-    assert "unknown benchmark 'coin'; known benchmarks: dmole, ucit, mllm-dcl" in one_line_error(
-        "init", "--benchmark", "coin", "--model", str(internvl), "--data", str(archive), "--workspace", ws
+    assert "unknown benchmark 'nope'; known benchmarks: dmole, ucit, mllm-dcl, coin" in one_line_error(
+        "init", "--benchmark", "nope", "--model", str(internvl), "--data", str(archive), "--workspace", ws
     )
     assert "--registry and --benchmark are mutually exclusive" in one_line_error(
         "init",

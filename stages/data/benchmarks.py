@@ -24,11 +24,8 @@ records per-device x 8; each task's description keeps the per-device value and t
 batch is also the task's ``vote_size`` (train-task's batch vote is taken per device batch, as the reference's),
 and ``eval_batch_size`` is the reference's evaluation batch, which eval's batch vote runs over.
 
-``ucit`` and ``mllm-dcl`` are declared in mcitlib_benchmarks.py, with MCITlib's files as their sources.
-
-A CoIN preset is not provided: CoIN's training JSON and its question lists with answers are read directly, but
-its ScienceQA, TextVQA and GQA answers live in the original datasets' files and its grounding boxes in the padded
-square's coordinates (docs/data.md, "UCIT and MLLM-DCL", lists each).
+``ucit`` and ``mllm-dcl`` are declared in mcitlib_benchmarks.py, with MCITlib's files as their sources, and
+``coin`` in coin_benchmark.py, with CoIN's.
 """
 
 from __future__ import annotations
@@ -36,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ConfigError, TaskSpec
+from .coin_benchmark import COIN_TASKS
 from .mcitlib_benchmarks import DCL_TASKS, UCIT_TASKS
 
 REFERENCE = "github.com/gcd19/D-MoLE@0725cd3"
@@ -259,6 +257,13 @@ BENCHMARKS: dict[str, Benchmark] = {
         summary="MLLM-CL's 5 domain tasks as MCITlib distributes them (--data: the folder holding Domain_data/)",
         tasks=DCL_TASKS,
         marker="Domain_data",
+    ),
+    "coin": Benchmark(
+        name="coin",
+        summary="CoIN's 8 tasks as its repository lays them out (--data: the folder holding playground/ and "
+        "cl_dataset/)",
+        tasks=COIN_TASKS,
+        marker="playground",
     ),
 }
 

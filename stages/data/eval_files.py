@@ -2,51 +2,63 @@
 
 Besides COCO captions and the pair forms (questions in one file, answers in another), the records of a family
 are one JSON object per line (D-MoLE's JSONL) or a JSON list of objects (LLaVA's and CoIN's question files,
-``{question_id, image, text, answer}``).
+``{question_id, image, text, answer}``; CoIN's grounding questions give ``answer_bbox`` and ``size`` instead).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..config import PAIR_FAMILIES
 from .errors import DataError
 from .images import resolve_image
-from .jsonl import read_json, read_jsonl, read_records, require
-from .samples import EvalSample
+from .jsonl import holds_a_list, read_json, read_records, require, with_images
+from .samples import IMAGE_PLACEHOLDER, EvalSample
 
 FAMILIES = ("caption", "vqa10", "short", "choice", "grounding")
+Records = Iterable[tuple[int | None, str, dict]]  # (line, field prefix, record): read_records' triples
 
 
 def read_eval_file(
-    family: str, path: Path, *, data_root: Path, image_root: Path, annotations: Path | None = None
+    family: str,
+    path: Path,
+    *,
+    data_root: Path,
+    image_root: Path,
+    annotations: Path | None = None,
+    skip_text_only: bool = False,
 ) -> list[EvalSample]:
-    """Every sample of an evaluation file, validated. ``annotations`` is a pair form's answers file."""
+    """Every sample of an evaluation file, validated. ``annotations`` is a pair form's answers file;
+    ``skip_text_only`` leaves out the questions without an image (else each is an error)."""
     if family not in FAMILIES:
         raise DataError(path, f"unknown metric family {family!r}; expected one of {', '.join(FAMILIES)}")
     if annotations is not None and family not in PAIR_FAMILIES:
         raise DataError(
             annotations,
-            f"a separate annotations file (a pair form) is for {' and '.join(PAIR_FAMILIES)}, not {family!r}",
+            f"a separate annotations file (a pair form) is for {', '.join(PAIR_FAMILIES)}, not {family!r}",
         )
-    if family == "caption" and annotations is not None:
-        samples = _read_caption_pair(path, annotations, data_root=data_root, image_root=image_root)
-    elif family == "caption":
-        samples = _read_caption(path, data_root=data_root, image_root=image_root)
-    elif annotations is not None:
-        samples = _read_vqa_pair(path, annotations, data_root=data_root, image_root=image_root)
+    roots = {"data_root": data_root, "image_root": image_root}
+    if family == "caption" and annotations is None:
+        samples = _read_caption(path, **roots)
     else:
-        samples = eval_records(family, read_records(path), source=path, data_root=data_root, image_root=image_root)
+        records = _question_records(path) if annotations is not None else read_records(path)
+        records = with_images(records) if skip_text_only else records
+        if annotations is None:
+            samples = eval_records(family, records, source=path, **roots)
+        elif family == "caption":
+            samples = _read_caption_pair(records, path, annotations, **roots)
+        elif family == "vqa10":
+            samples = _read_vqa_pair(records, path, annotations, **roots)
+        else:
+            samples = _read_keyed_pair(family, records, path, annotations, **roots)
     if not samples:
         raise DataError(path, "no evaluation samples")
     _check_unique_ids(samples, path)
     return samples
 
 
-def eval_records(
-    family: str, records: Iterable[tuple[int | None, str, dict]], *, source: Path, data_root: Path, image_root: Path
-) -> list[EvalSample]:
+def eval_records(family: str, records: Records, *, source: Path, data_root: Path, image_root: Path) -> list[EvalSample]:
     """Evaluation samples from ``(line, prefix, record)`` triples in the family's record form (its JSONL fields;
     for captions ``image`` and a list of ``captions``), each validated; errors name ``source`` with the line or
     the prefixed field."""
@@ -100,14 +112,16 @@ def _coco_captions(path: Path) -> tuple[dict, dict[str, list[str]]]:
     return document, captions
 
 
-def _read_caption_pair(questions: Path, annotations: Path, *, data_root: Path, image_root: Path) -> list[EvalSample]:
+def _read_caption_pair(
+    records: Records, questions: Path, annotations: Path, *, data_root: Path, image_root: Path
+) -> list[EvalSample]:
     """MCITlib's caption pair: a question list (``question_id``, ``image``, ``text`` per entry, as
     ``llava/eval/CoIN/model_others.py`` reads it) and a COCO caption JSON whose ``image_id`` k (from 1) holds the
     references of the k-th question: ``eval_caption.py`` numbers the replies 1..N in the question file's order
     and scores them with pycocotools against that file (Ghy0501/MCITlib@2956dfd:LoRA-FT/llava/eval/CoIN/)."""
     references = _coco_captions(annotations)[1]
     samples, directories = [], {}
-    for position, (line, prefix, record) in enumerate(read_records(questions), start=1):
+    for position, (line, prefix, record) in enumerate(records, start=1):
         image = resolve_image(
             data_root,
             image_root,
@@ -181,24 +195,77 @@ def _read_vqa10(record: dict, path: Path, line: int | None, prefix: str) -> tupl
 
 def _question(record: dict, path: Path, line: int | None, prefix: str) -> dict:
     """The prompt field of a question record: ``question`` (D-MoLE), or ``text`` (LLaVA's and CoIN's question
-    files, where it is the whole prompt, instruction included: such a task's prompt is ``{text}``)."""
-    key = "text" if "text" in record and "question" not in record else "question"
-    return {key: require(record, key, str, path=path, line=line, prefix=prefix)}
+    files, where it is the whole prompt, instruction included: such a task's prompt is ``{text}``). An image
+    placeholder in a ``text`` is removed, as CoIN's model_vqa_science.py does: the model's processor places the
+    image."""
+    if "text" in record and "question" not in record:
+        text = require(record, "text", str, path=path, line=line, prefix=prefix)
+        return {"text": text.replace(IMAGE_PLACEHOLDER, "").strip() if IMAGE_PLACEHOLDER in text else text}
+    return {"question": require(record, "question", str, path=path, line=line, prefix=prefix)}
 
 
-def _read_vqa_pair(questions: Path, annotations: Path, *, data_root: Path, image_root: Path) -> list[EvalSample]:
-    """The VQA pair form: questions (with their images) in one file, ten answers per question in a VQAv2-style
-    annotations JSON ``{"annotations": [{"question_id", "answers": [{"answer", ...}] * 10, ...}]}``.
+def _read_vqa_pair(
+    records: Records, questions: Path, annotations: Path, *, data_root: Path, image_root: Path
+) -> list[EvalSample]:
+    """The VQA pair form: questions (with their images) in one file, ten answers per question in an annotations
+    JSON matched by question_id: VQAv2's ``{"annotations": [{"question_id", "answers": [{"answer", ...}] * 10}]}``
+    or TextVQA's ``{"data": [{"question_id", "answers": [str] * 10, ...}]}`` (TextVQA_0.5.1_val.json, which CoIN's
+    eval_textvqa.py scores with).
 
-    The questions file is a JSONL (``image``, ``question``, ``question_id`` per line: the reference's
-    ``vizwiz_val.jsonl``) or, for any other suffix, a JSON object ``{"questions": [...]}`` whose entries carry
-    the same three fields."""
+    The questions (``_question_records``) carry ``image``, ``question_id`` and ``question`` (the reference's
+    ``vizwiz_val.jsonl``) or ``text`` (CoIN's ``TextVQA/val.json``)."""
     answers = _annotation_answers(annotations)
-    samples, directories = [], {}
-    for line, where, record in _question_records(questions):
-        prefix = f"{where}." if where else ""
-        question = _field(record, "question", str, questions, line, prefix)
-        question_id = _field(record, "question_id", (str, int), questions, line, prefix)
+    joined = _joined(records, questions, answers, annotations, data_root=data_root, image_root=image_root)
+    return [
+        EvalSample(id=question_id, image=image, prompt_fields=fields, references={"answers": entry})
+        for question_id, image, fields, entry in joined
+    ]
+
+
+def _read_keyed_pair(
+    family: str,
+    records: Records,
+    questions: Path,
+    annotations: Path,
+    *,
+    data_root: Path,
+    image_root: Path,
+) -> list[EvalSample]:
+    """The keyed pair form of ``short`` and ``choice``: questions (with their images) in one file, each question's
+    answer fields in a JSON object keyed by its question_id, in the family's record form (``question`` and
+    ``answer``; for choice also ``choices``, ``answer`` the gold index). These are the original datasets' files
+    that CoIN scores with: ScienceQA's ``problems.json`` (eval_science_qa.py) and GQA's
+    ``testdev_balanced_questions.json`` (eval_gqa.py). The prompt comes from the questions file."""
+    entries = read_json(annotations)
+    if not isinstance(entries, dict):
+        raise DataError(annotations, "expected a JSON object keyed by question id")
+    samples = []
+    for question_id, image, fields, entry in _joined(
+        records, questions, entries, annotations, data_root=data_root, image_root=image_root
+    ):
+        if not isinstance(entry, dict):
+            raise DataError(annotations, f"expected an object, got {type(entry).__name__}", field=question_id)
+        _, references = _RECORD_READERS[family](entry, annotations, None, f"{question_id}.")
+        samples.append(EvalSample(id=question_id, image=image, prompt_fields=fields, references=references))
+    return samples
+
+
+def _joined(
+    records: Records,
+    questions: Path,
+    answers: dict,
+    annotations: Path,
+    *,
+    data_root: Path,
+    image_root: Path,
+) -> Iterator[tuple[str, Path, dict, object]]:
+    """Each question's id (as text), image, prompt fields and its entry in ``answers`` (keyed by question id as
+    text); a question without an entry is an error."""
+    directories: dict[Path, Path] = {}
+    for line, prefix, record in records:
+        fields = _question(record, questions, line, prefix)
+        raw_id = _field(record, "question_id", (str, int), questions, line, prefix)
+        question_id = str(raw_id)
         if "image" not in record and "image_id" in record:
             raise DataError(
                 questions,
@@ -215,22 +282,14 @@ def _read_vqa_pair(questions: Path, annotations: Path, *, data_root: Path, image
             field=f"{prefix}image",
             directories=directories,
         )
-        if str(question_id) not in answers:
+        if question_id not in answers:
             raise DataError(
                 questions,
-                f"question {question_id!r} has no entry in {annotations}",
+                f"question {raw_id!r} has no entry in {annotations}",
                 line=line,
                 field=f"{prefix}question_id",
             )
-        samples.append(
-            EvalSample(
-                id=str(question_id),
-                image=image,
-                prompt_fields={"question": question},
-                references={"answers": answers[str(question_id)]},
-            )
-        )
-    return samples
+        yield question_id, image, fields, answers[question_id]
 
 
 def _field(record: dict, field: str, kind, path: Path, line: int | None, prefix: str) -> object:
@@ -240,31 +299,32 @@ def _field(record: dict, field: str, kind, path: Path, line: int | None, prefix:
         raise DataError(path, error.reason, line=line, field=f"{prefix}{field}") from None
 
 
-def _question_records(path: Path):
-    """``(line, field prefix, record)`` for each question of a JSONL or of a ``{"questions": [...]}`` JSON."""
-    if path.suffix == ".jsonl":
-        for line, record in read_jsonl(path):
-            yield line, "", record
+def _question_records(path: Path) -> Iterator[tuple[int | None, str, dict]]:
+    """``(line, field prefix, record)`` for each question of a JSONL, a JSON list (LLaVA's and CoIN's question
+    files) or a VQAv2-style JSON object ``{"questions": [...]}``."""
+    if path.suffix == ".jsonl" or holds_a_list(path):
+        yield from read_records(path)
         return
     document = read_json(path)
     entries = document.get("questions") if isinstance(document, dict) else None
     if not isinstance(entries, list):
-        raise DataError(path, "expected a JSONL of questions or a JSON object with a 'questions' list")
+        raise DataError(path, "expected a JSONL of questions, a JSON list or a JSON object with a 'questions' list")
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise DataError(path, "expected an object", field=f"questions[{index}]")
-        yield None, f"questions[{index}]", entry
+        yield None, f"questions[{index}].", entry
 
 
 def _annotation_answers(path: Path) -> dict[str, list[str]]:
-    """question_id (as text) -> its ten answers, from a VQAv2-style annotations JSON."""
+    """question_id (as text) -> its ten answers, from VQAv2's ``annotations`` or TextVQA's ``data`` list."""
     document = read_json(path)
-    entries = document.get("annotations") if isinstance(document, dict) else None
+    key = next((k for k in ("annotations", "data") if isinstance(document, dict) and k in document), None)
+    entries = document[key] if key else None
     if not isinstance(entries, list):
-        raise DataError(path, "expected a VQA annotations object with an 'annotations' list")
+        raise DataError(path, "expected a VQA annotations object with an 'annotations' (or TextVQA's 'data') list")
     answers: dict[str, list[str]] = {}
     for index, entry in enumerate(entries):
-        where = f"annotations[{index}]"
+        where = f"{key}[{index}]"
         if not isinstance(entry, dict):
             raise DataError(path, "expected an object with 'question_id' and 'answers'", field=where)
         question_id = _field(entry, "question_id", (str, int), path, None, f"{where}.")
@@ -302,6 +362,8 @@ def _read_choice(record: dict, path: Path, line: int | None, prefix: str) -> tup
 
 
 def _read_grounding(record: dict, path: Path, line: int | None, prefix: str) -> tuple[dict, dict]:
+    if "answer_bbox" in record:
+        return _read_coin_grounding(record, path, line, prefix)
     sent = require(record, "sent", str, path=path, line=line, prefix=prefix)
     knowledge = (
         require(record, "knowledge", str, path=path, line=line, prefix=prefix) if "knowledge" in record else None
@@ -321,6 +383,34 @@ def _read_grounding(record: dict, path: Path, line: int | None, prefix: str) -> 
         )
     fields = {"sent": sent} if knowledge is None else {"sent": sent, "knowledge": knowledge}
     return fields, {"bbox": [float(v) for v in box], "width": float(width), "height": float(height)}
+
+
+def _read_coin_grounding(record: dict, path: Path, line: int | None, prefix: str) -> tuple[dict, dict]:
+    """CoIN's grounding question: ``text`` (the prompt), ``answer_bbox`` ("[x1, y1, x2, y2]", 0-1 in the square
+    the image is padded to, LLaVA's --image_aspect_ratio pad) and ``size`` (the image's sides), as
+    eval_grounding.py reads them. The family's pixel box is that square's: the sides ``max(size)`` (what the
+    script scales both boxes by), so a reply in the same 0-1 square coordinates is read in kind. ``answer_bbox``
+    and ``size`` are kept for CoIN's own rule (stages/metrics/coin_rules.py)."""
+    fields = _question(record, path, line, prefix)
+    text = require(record, "answer_bbox", str, path=path, line=line, prefix=prefix)
+    size = require(record, "size", list, path=path, line=line, prefix=prefix)
+    if len(size) != 2 or not all(_positive(v) for v in size):
+        raise DataError(path, "expected the image's two sides, positive numbers", line=line, field=f"{prefix}size")
+    try:  # eval_grounding.py: brackets deleted, then split on commas
+        box = [float(v) for v in text.replace("[", "").replace("]", "").split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4 or not (0 <= box[0] <= box[2] <= 1 and 0 <= box[1] <= box[3] <= 1):
+        raise DataError(
+            path, f"expected a box '[x1, y1, x2, y2]' within 0-1, got {text!r}", line=line, field=f"{prefix}answer_bbox"
+        )
+    side = float(max(size))
+    references = {"bbox": [v * side for v in box], "width": side, "height": side, "answer_bbox": text, "size": size}
+    return fields, references
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _read_captions(record: dict, path: Path, line: int | None, prefix: str) -> tuple[dict, dict]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import DataError
@@ -37,7 +37,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 def read_records(path: Path) -> Iterator[tuple[int | None, str, dict]]:
     """Yield ``(line, prefix, object)`` for each record of a JSONL file, or of a JSON list of objects (LLaVA's and
     CoIN's files): there ``line`` is None and ``prefix`` names the entry, ``"[3]."``, for the fields of errors."""
-    if not _holds_a_list(path):
+    if not holds_a_list(path):
         for line, record in read_jsonl(path):
             yield line, "", record
         return
@@ -47,13 +47,18 @@ def read_records(path: Path) -> Iterator[tuple[int | None, str, dict]]:
         yield None, f"[{index}].", entry
 
 
-def _holds_a_list(path: Path) -> bool:
+def holds_a_list(path: Path) -> bool:
     """A JSON list starts with '['; every line of a JSONL file with '{'."""
     if not path.is_file():
         raise DataError(path, "file does not exist")
     with path.open("rb") as handle:
         start = handle.read(4096).lstrip()
     return start.startswith(b"[")
+
+
+def with_images(records: Iterable[tuple[int | None, str, dict]]) -> Iterator[tuple[int | None, str, dict]]:
+    """The records that name an image (``image`` present and not null): a text-only entry left out."""
+    return (entry for entry in records if entry[2].get("image") is not None)
 
 
 def read_json(path: Path) -> object:

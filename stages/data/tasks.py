@@ -29,7 +29,7 @@ def _inside(data_root: Path, relative: str, field: str, task: TaskSpec) -> Path:
 def load_train_samples(data_root: Path, task: TaskSpec) -> list[TrainSample]:
     data_root, image_root = _roots(data_root, task)
     path = _inside(data_root, task.train, "train", task)
-    return read_training_file(path, data_root=data_root, image_root=image_root)
+    return read_training_file(path, data_root=data_root, image_root=image_root, skip_text_only=task.skip_text_only)
 
 
 def load_eval_samples(data_root: Path, task: TaskSpec) -> list[EvalSample]:
@@ -38,7 +38,14 @@ def load_eval_samples(data_root: Path, task: TaskSpec) -> list[EvalSample]:
         image_root = _inside(data_root, task.eval_image_root, "eval_image_root", task)
     path = _inside(data_root, task.eval, "eval", task)
     annotations = _inside(data_root, task.eval_annotations, "eval_annotations", task) if task.eval_annotations else None
-    return read_eval_file(task.family, path, data_root=data_root, image_root=image_root, annotations=annotations)
+    return read_eval_file(
+        task.family,
+        path,
+        data_root=data_root,
+        image_root=image_root,
+        annotations=annotations,
+        skip_text_only=task.skip_text_only,
+    )
 
 
 def task_files(data_root: Path, task: TaskSpec) -> list[Path]:

@@ -8,13 +8,17 @@ from pathlib import Path
 
 from .errors import DataError
 from .images import resolve_image
-from .jsonl import read_records, require
+from .jsonl import read_records, require, with_images
 from .samples import IMAGE_PLACEHOLDER, TrainSample
 
 
-def read_training_file(path: Path, *, data_root: Path, image_root: Path) -> list[TrainSample]:
-    """Validate every sample before returning anything, so a stage stops before it writes."""
-    samples = train_records(read_records(path), source=path, data_root=data_root, image_root=image_root)
+def read_training_file(
+    path: Path, *, data_root: Path, image_root: Path, skip_text_only: bool = False
+) -> list[TrainSample]:
+    """Validate every sample before returning anything, so a stage stops before it writes. ``skip_text_only``
+    leaves out the entries without an image (else each is an error)."""
+    records = with_images(read_records(path)) if skip_text_only else read_records(path)
+    samples = train_records(records, source=path, data_root=data_root, image_root=image_root)
     if not samples:
         raise DataError(path, "no samples")
     return samples
@@ -32,7 +36,8 @@ def train_records(
         if "image" not in record:  # LLaVA's mix has text-only conversations
             raise DataError(
                 source,
-                "missing: dmole trains on image samples (filter out text-only conversations)",
+                "missing: dmole trains on image samples (filter out text-only conversations, or set the "
+                "task's skip_text_only)",
                 line=line,
                 field=f"{prefix}image",
             )
