@@ -307,6 +307,11 @@ class RouteTrainOptions(Strict):
     )
     hinge_weight: float = Field(default=1.0, ge=0.0, description="λ: weight of the sparsity hinge")
     hinge_gamma: float = Field(default=5.0, ge=0.0, description="γ: difficulty weight exp(−γ·CE)")
+    hinge_scope: Literal["example", "batch"] = Field(
+        default="example",
+        description="what must skip ρ: every example (example, the spec's), or the batch on average (batch: "
+        "CE decides which examples skip more, which less)",
+    )
     skip_estimate: Literal["soft", "straight-through"] = Field(
         default="soft",
         description="the skip rate s_i the hinge reads: the mean soft skip probability (soft, the "
@@ -469,7 +474,12 @@ SPEED_ONLY = frozenset({"input_workers"})
 
 # options added after artifacts existed, with the values that compute what dmole computed before them: at those
 # values they stay out of the config hash, so an upgrade leaves the earlier artifacts up to date
-NEUTRAL = {"expert_type": ("lora", None), "dropout_mask": ("per-expert",), "grader": ("dmole",)}
+NEUTRAL = {
+    "expert_type": ("lora", None),
+    "dropout_mask": ("per-expert",),
+    "grader": ("dmole",),
+    "hinge_scope": ("example",),
+}
 
 
 def hashed(options: BaseModel) -> dict:

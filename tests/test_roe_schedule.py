@@ -149,6 +149,20 @@ def test_hinge_and_difficulty_weight():
     assert skip.grad.tolist() == pytest.approx([-2.0 / 3, 0.0, -2.0 * math.exp(-15) * 0.3 / 0.3 / 3])
 
 
+def test_batch_scope_hinges_the_batch_mean_skip():
+    ce = torch.tensor([0.0, 1.0, 3.0], requires_grad=True)
+    skip = torch.tensor([0.6, 0.0, 0.0], requires_grad=True)  # mean 0.2: under ρ 0.3 though one example skips 0.6
+    out = roe_objective(ce, skip, rho=0.3, lam=2.0, gamma=5.0, scope="batch")
+    mean_weight = (1.0 + math.exp(-5) + math.exp(-15)) / 3
+    assert out["reg"].item() == pytest.approx(2.0 * mean_weight * 0.1)
+    out["loss"].backward()
+    # every example's skip gets the same push, whatever its own skip: CE alone decides who skips more
+    assert skip.grad.tolist() == pytest.approx([-2.0 * mean_weight / 3] * 3)
+    over = roe_objective(ce, torch.tensor([0.9, 0.3, 0.0]), rho=0.3, lam=2.0, gamma=5.0, scope="batch")
+    assert over["reg"].item() == 0.0  # the per-example hinge would punish the two examples at 0
+    assert roe_objective(ce, torch.tensor([0.9, 0.3, 0.0]), rho=0.3, lam=2.0, gamma=5.0)["reg"].item() > 0
+
+
 def test_per_example_ce_averages_examples_not_tokens_and_splits_exactly():
     torch.manual_seed(0)
     logits = torch.randn(4, 6, 11, requires_grad=True)

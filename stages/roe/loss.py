@@ -22,7 +22,16 @@ def difficulty_weight(ce: Tensor, gamma: float) -> Tensor:
     return torch.exp(-gamma * ce.detach())
 
 
-def roe_objective(ce: Tensor, soft_skip: Tensor, *, rho: float, lam: float, gamma: float) -> dict[str, Tensor]:
-    """L = mean_i [CE_i + λ·sg(e^{−γ·CE_i})·max(0, ρ − s_i)], averaged over examples, not tokens."""
-    reg = lam * difficulty_weight(ce, gamma) * torch.relu(rho - soft_skip)
+def roe_objective(
+    ce: Tensor, soft_skip: Tensor, *, rho: float, lam: float, gamma: float, scope: str = "example"
+) -> dict[str, Tensor]:
+    """L = mean_i [CE_i + λ·sg(e^{−γ·CE_i})·max(0, ρ − s_i)], averaged over examples, not tokens (scope
+    ``example``, the spec's: every example must skip ρ). Scope ``batch`` puts the hinge on the batch's mean skip,
+    λ·mean_i sg(e^{−γ·CE_i})·max(0, ρ − mean_i s_i): the batch must skip ρ on average, and CE alone decides which
+    examples skip more and which less."""
+    weight = difficulty_weight(ce, gamma)
+    if scope == "batch":
+        reg = lam * weight.mean() * torch.relu(rho - soft_skip.mean())
+        return {"loss": ce.mean() + reg, "ce": ce.mean().detach(), "reg": reg.detach()}
+    reg = lam * weight * torch.relu(rho - soft_skip)
     return {"loss": (ce + reg).mean(), "ce": ce.mean().detach(), "reg": reg.mean().detach()}

@@ -208,6 +208,7 @@ def train_roe(
             rho=settings.skip_ratio,
             lam=settings.hinge_weight,
             gamma=settings.hinge_gamma,
+            scope=settings.hinge_scope,
         )
         out |= {"soft_skip": soft_skip.mean().detach(), "hard_skip": torch.tensor(ctx.hard_skip())}
         status["skip"] = float(out["soft_skip"])
