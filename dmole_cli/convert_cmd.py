@@ -1,4 +1,5 @@
-"""`dmole convert`: an InternVL2 / InternVL2.5 remote-code checkpoint -> a transformers-native InternVL folder."""
+"""`dmole convert`: an InternVL2 / InternVL2.5 remote-code checkpoint -> a transformers-native InternVL folder; an
+original-layout LLaVA-1.5 checkpoint, or a Llama plus LLaVA's pretrained projector, -> a transformers LLaVA folder."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def convert(
         typer.Argument(
             help="Remote-code checkpoint folder (config.json with model_type internvl_chat, safetensors, tokenizer), "
             "e.g. a download of OpenGVLab/InternVL2-2B, or an original-layout LLaVA-1.5 folder "
-            "(liuhaotian/llava-v1.5-7b).",
+            "(liuhaotian/llava-v1.5-7b), or with --projector a Llama folder (lmsys/vicuna-7b-v1.5).",
             metavar="SRC",
             show_default=False,
         ),
@@ -25,7 +26,7 @@ def convert(
     out: Annotated[
         Path,
         typer.Argument(
-            help="Folder to write the native InternVL checkpoint to (created; must be empty unless --force).",
+            help="Folder to write the transformers-native checkpoint to (created; must be empty unless --force).",
             metavar="OUT",
             show_default=False,
         ),
@@ -38,6 +39,25 @@ def convert(
             show_default="the checkpoint's max_dynamic_patch",
             help="Most image tiles per image in the written processor (a thumbnail is added when there are several). "
             "Fewer tiles mean fewer image tokens: each tile costs image_seq_length tokens (256 at 448 px).",
+        ),
+    ] = None,
+    projector: Annotated[
+        Path | None,
+        typer.Option(
+            "--projector",
+            show_default=False,
+            help="LLaVA-1.5's pretrained projector (mm_projector.bin, or the folder holding it, e.g. "
+            "liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5): SRC is then the Llama it was pretrained on, "
+            "and OUT CoIN's pretrain-only base.",
+        ),
+    ] = None,
+    vision_tower: Annotated[
+        Path | None,
+        typer.Option(
+            "--vision-tower",
+            show_default=False,
+            help="CLIP folder (e.g. openai/clip-vit-large-patch14-336): needed with --projector; for an "
+            "original-layout LLaVA it replaces the config's mm_vision_tower.",
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it already holds files.")] = False,
@@ -56,14 +76,18 @@ def convert(
     template, the image tiling an InternVLProcessor.
 
     An original-layout LLaVA-1.5 checkpoint (liuhaotian/llava-v1.5-7b:
-    LlavaLlamaForCausalLM with mm_* keys) becomes a transformers LLaVA folder.
+    LlavaLlamaForCausalLM with mm_* keys) becomes a transformers LLaVA folder;
+    so does a Vicuna folder with --projector mm_projector.bin and
+    --vision-tower CLIP_FOLDER (CoIN's pretrain-only base).
 
     OUT is written whole or not at all. See docs/convert.md."""
     import json
 
     from dmole.stages.convert_llava import convert_checkpoint
 
-    written = convert_checkpoint(src, out, max_tiles=max_tiles, force=force)
+    written = convert_checkpoint(
+        src, out, max_tiles=max_tiles, projector=projector, vision_tower=vision_tower, force=force
+    )
     config = json.loads((written / "config.json").read_text(encoding="utf-8"))
     processor = (
         json.loads((written / "processor_config.json").read_text(encoding="utf-8"))

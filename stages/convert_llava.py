@@ -14,10 +14,15 @@ and ``<pad>`` added to the tokenizer, and ``resize_token_embeddings(..., pad_to_
 resizing draws the new rows as that script did (seeded here, so a conversion is reproducible). The selection
 (layer −2, patch tokens without CLS) and the GELU MLP projector are the native model's defaults; "pad" images are
 padded to a square with the image mean, as ``LlavaImageProcessor(do_pad=True)`` does. See docs/convert.md.
+
+CoIN's pretrain-only base (a Vicuna folder, the ``mm_projector.bin`` of LLaVA-1.5's pretrain stage and a CLIP tower
+folder, as CoIN's training scripts pass them) goes through the same steps: the Vicuna's config gets LLaVA-1.5's
+``mm_*`` settings and its tensors the projector's, and the result is converted as an original checkpoint would be.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -69,6 +74,20 @@ WEIGHT_RULES = [
     (r"lm_head\.weight", "lm_head.weight"),
 ]
 TOWER_PREFIX = "model.vision_tower.vision_tower."  # a tower folder's tensors are read as if the checkpoint held them
+# What CoIN's scripts set on the pretrain-only base for fine-tuning (zackschen/CoIN@4122465
+# scripts/LLaVA/Train/1_Science.sh: --mm_projector_type mlp2x_gelu --mm_vision_select_layer -2 --mm_use_im_start_end
+# False --mm_use_im_patch_token False --image_aspect_ratio pad; mm_vision_select_feature keeps its default, patch).
+# The pretrain run's own config.json says image_aspect_ratio square (LLaVA's pretrain.sh), so it is not read.
+LLAVA_15_SETTINGS = {
+    "mm_projector_type": "mlp2x_gelu",
+    "mm_vision_select_layer": -2,
+    "mm_vision_select_feature": "patch",
+    "image_aspect_ratio": "pad",
+    "mm_use_im_start_end": False,
+    "mm_use_im_patch_token": False,
+}
+PROJECTOR_FILE = "mm_projector.bin"
+PROJECTOR_KEY = "mm_projector."
 
 
 def is_original_llava(config: dict) -> bool:
@@ -91,6 +110,47 @@ def read_llava_config(src: Path) -> dict:
             "config.json: mm_use_im_start_end / mm_use_im_patch_token are not LLaVA-1.5's; not supported"
         )
     return config
+
+
+def pretrain_config(src: Path, vision_tower: Path) -> dict:
+    """An original-layout config for the Llama (Vicuna) folder SRC: its own config, LLaVA-1.5's mm settings, the
+    tower folder (as LLaVA's initialize_vision_modules sets config.mm_vision_tower from --vision_tower)."""
+    if not src.is_dir():
+        raise ConvertError(f"{src} is not a folder")
+    config = _read_json(src / "config.json")
+    if is_original_llava(config):
+        raise ConvertError(f"{src / 'config.json'} is already a LLaVA checkpoint; convert it without --projector")
+    if config.get("model_type") != "llama":
+        raise ConvertError(
+            f"{src / 'config.json'}: model_type is {config.get('model_type')!r}; --projector takes the Llama "
+            "(Vicuna) language model that LLaVA-1.5's projector was pretrained on"
+        )
+    return {**config, **LLAVA_15_SETTINGS, "mm_vision_tower": str(vision_tower)}
+
+
+def read_projector(path: Path) -> dict:
+    """``mm_projector.bin`` (the file, or the pretrain folder holding it) under the checkpoint's names. LLaVA saves
+    it with torch.save as ``model.mm_projector.{0,2}.{weight,bias}`` (get_mm_adapter_state_maybe_zero_3); like its
+    initialize_vision_modules, what precedes ``mm_projector.`` is dropped. Read with ``weights_only=True``: tensors,
+    never code."""
+    import torch
+
+    file = path / PROJECTOR_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ConvertError(f"--projector {path}: no such file" + (f" ({PROJECTOR_FILE})" if path.is_dir() else ""))
+    try:
+        weights = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ConvertError(f"{file} is not a torch-saved dict of tensors ({str(error).splitlines()[0]})") from None
+    if not isinstance(weights, dict) or not weights:
+        raise ConvertError(f"{file} holds no tensors (a dict of projector tensors was expected)")
+    tensors = {}
+    for name, tensor in weights.items():
+        _, found, rest = str(name).partition(PROJECTOR_KEY)
+        if not found or not isinstance(tensor, torch.Tensor):
+            raise ConvertError(f"{file}: {name!r} is not a projector tensor ({PROJECTOR_KEY}*)")
+        tensors[f"model.{PROJECTOR_KEY}{rest}"] = tensor
+    return tensors
 
 
 def _tower_folder(src: Path, config: dict) -> Path | None:
@@ -159,10 +219,11 @@ def native_config(config: dict, vision: dict, *, image_token_id: int, pad_token_
     )
 
 
-def _tensors(src: Path, config: dict):
-    """The checkpoint's tensors, then the tower folder's vision_model.* where the checkpoint has no tower."""
+def _tensors(src: Path, config: dict, extra: dict):
+    """The checkpoint's tensors and `extra` (a projector read apart), then the tower folder's vision_model.* where the
+    checkpoint has no tower."""
     names = []
-    for name, tensor in iter_source_tensors(src):
+    for name, tensor in itertools.chain(iter_source_tensors(src), extra.items()):
         names.append(name)
         if not _IGNORED.fullmatch(name):
             yield name, tensor
@@ -231,24 +292,45 @@ def image_processor(src: Path, config: dict, vision):
     )
 
 
-def convert_llava_original(src: Path, out: Path, *, force: bool = False, seed: int = 0) -> Path:
-    """Write a transformers LLaVA folder at ``out`` from the original-layout LLaVA-1.5 checkpoint ``src``; the
-    folder appears whole or not at all, as convert.py's do."""
-    src, out = Path(src).expanduser(), Path(out).expanduser()
+def convert_llava_original(
+    src: Path, out: Path, *, vision_tower: Path | None = None, force: bool = False, seed: int = 0
+) -> Path:
+    """Write a transformers LLaVA folder at ``out`` from the original-layout LLaVA-1.5 checkpoint ``src`` (its
+    mm_vision_tower replaced by ``vision_tower`` when given); the folder appears whole or not at all, as convert.py's
+    do."""
+    src = Path(src).expanduser()
     config = read_llava_config(src)
+    if vision_tower is not None:
+        config["mm_vision_tower"] = str(Path(vision_tower).expanduser())
+    return _convert(src, Path(out).expanduser(), config, {}, force, seed)
+
+
+def convert_llava_pretrain(
+    src: Path, projector: Path, vision_tower: Path, out: Path, *, force: bool = False, seed: int = 0
+) -> Path:
+    """CoIN's pretrain-only base: the Llama (Vicuna) folder ``src``, LLaVA-1.5's pretrained ``mm_projector.bin`` and
+    the CLIP folder ``vision_tower`` (CoIN's --model_name_or_path, --pretrain_mm_mlp_adapter, --vision_tower) as a
+    transformers LLaVA folder at ``out``, converted as an original checkpoint holding those weights would be."""
+    src = Path(src).expanduser()
+    config = pretrain_config(src, Path(vision_tower).expanduser())
+    projector_tensors = read_projector(Path(projector).expanduser())
+    return _convert(src, Path(out).expanduser(), config, projector_tensors, force, seed)
+
+
+def _convert(src: Path, out: Path, config: dict, extra: dict, force: bool, seed: int) -> Path:
     _check_out(src, out, force)
     vision = vision_config_dict(src, config)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-", dir=out.parent))
     try:
-        _write(src, work / "model", config, vision, work / "scratch", seed)
+        _write(src, work / "model", config, extra, vision, work / "scratch", seed)
         _replace(work / "model", out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def _write(src: Path, target: Path, config: dict, vision: dict, scratch: Path, seed: int) -> None:
+def _write(src: Path, target: Path, config: dict, extra: dict, vision: dict, scratch: Path, seed: int) -> None:
     import torch
     from transformers import AddedToken, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.utils import logging as transformers_logging
@@ -270,7 +352,7 @@ def _write(src: Path, target: Path, config: dict, vision: dict, scratch: Path, s
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items() if name not in tied}
     rules = [(re.compile(p), _rename(t)) for p, t in WEIGHT_RULES]
-    state = convert_state_dict(_tensors(src, config), rules, expected)
+    state = convert_state_dict(_tensors(src, config, extra), rules, expected)
     dtype = state["lm_head.weight"].dtype if "lm_head.weight" in state else torch.float32
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
@@ -298,17 +380,32 @@ def _write(src: Path, target: Path, config: dict, vision: dict, scratch: Path, s
     processor.save_pretrained(target)
 
 
-def convert_checkpoint(src: Path, out: Path, *, max_tiles: int | None = None, force: bool = False) -> Path:
-    """`dmole convert`: an original-layout LLaVA-1.5 checkpoint here, an InternVL2 remote-code one in convert.py."""
+def convert_checkpoint(
+    src: Path,
+    out: Path,
+    *,
+    max_tiles: int | None = None,
+    projector: Path | None = None,
+    vision_tower: Path | None = None,
+    force: bool = False,
+) -> Path:
+    """`dmole convert`: an original-layout LLaVA-1.5 checkpoint or a Llama plus a projector here, an InternVL2
+    remote-code one in convert.py."""
     from .convert import convert_internvl_chat
 
     config_file = Path(src).expanduser() / "config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        config = None  # convert_internvl_chat says what is wrong with the folder
-    if is_original_llava(config):
-        if max_tiles is not None:
-            raise ConvertError("--max-tiles applies to InternVL checkpoints; LLaVA-1.5 takes one image tile")
-        return convert_llava_original(src, out, force=force)
-    return convert_internvl_chat(src, out, max_tiles=max_tiles, force=force)
+        config = None  # the converter below says what is wrong with the folder
+    if projector is None and not is_original_llava(config):
+        if vision_tower is not None:
+            raise ConvertError("--vision-tower applies to LLaVA-1.5 checkpoints (original layout, or with --projector)")
+        return convert_internvl_chat(src, out, max_tiles=max_tiles, force=force)
+    if max_tiles is not None:
+        raise ConvertError("--max-tiles applies to InternVL checkpoints; LLaVA-1.5 takes one image tile")
+    if projector is None:
+        return convert_llava_original(src, out, vision_tower=vision_tower, force=force)
+    if vision_tower is None:
+        raise ConvertError("--projector needs --vision-tower: the CLIP folder the projector was pretrained with")
+    return convert_llava_pretrain(src, projector, vision_tower, out, force=force)

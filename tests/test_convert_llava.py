@@ -135,18 +135,27 @@ def write_original(folder, *, tower_inside: bool = True, seed: int = 0) -> dict:
 
 
 def original_logits(t: dict, vocab: int, ids_before: list[int], ids_after: list[int], pixels) -> torch.Tensor:
-    """LlavaLlamaForCausalLM's forward: CLIPVisionTower (hidden_states[-2], patches only), mlp2x_gelu, the
-    features in place of IMAGE_TOKEN_INDEX (prepare_inputs_labels_for_multimodal), then the Llama."""
+    """LlavaLlamaForCausalLM's forward on the checkpoint's tensors `t`."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
     clip = CLIPVisionModel(CLIPVisionConfig(**VISION)).eval()
     clip.load_state_dict({k[len(TOWER) :]: v for k, v in t.items() if k.startswith(TOWER)})
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, tie_word_embeddings=False, **TEXT)).eval()
     llama.load_state_dict({k: v for k, v in t.items() if not k.startswith(("model.vision_tower", "model.mm_"))})
+
+    def projector(features):
+        h = F.gelu(features @ t["model.mm_projector.0.weight"].T + t["model.mm_projector.0.bias"])
+        return h @ t["model.mm_projector.2.weight"].T + t["model.mm_projector.2.bias"]
+
+    return llava_forward(clip, projector, llama, ids_before, ids_after, pixels)
+
+
+def llava_forward(clip, projector, llama, ids_before: list[int], ids_after: list[int], pixels) -> torch.Tensor:
+    """CLIPVisionTower (hidden_states[-2], patches only), the projector, the features in place of IMAGE_TOKEN_INDEX
+    (prepare_inputs_labels_for_multimodal), then the Llama."""
     with torch.no_grad():
         features = clip(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
-        h = F.gelu(features @ t["model.mm_projector.0.weight"].T + t["model.mm_projector.0.bias"])
-        image = h @ t["model.mm_projector.2.weight"].T + t["model.mm_projector.2.bias"]
+        image = projector(features)
         embed = llama.model.embed_tokens
         x = torch.cat([embed(torch.tensor(ids_before)), image[0], embed(torch.tensor(ids_after))])
         return llama(inputs_embeds=x[None]).logits[0]
@@ -264,3 +273,138 @@ def test_dmole_loads_the_converted_llava_and_supervises_answers(converted):
     assert ids.count(adapter.model.config.image_token_id) == PATCHES
     with torch.no_grad():
         assert torch.isfinite(adapter.model(**batch).loss)
+
+
+# ---- CoIN's pretrain-only base: Vicuna + LLaVA-1.5's mm_projector.bin + the CLIP folder ------------------------------
+PROJECTOR = {  # as LLaVA's pretrain stage saves it (get_mm_adapter_state_maybe_zero_3 on LlavaLlamaForCausalLM)
+    "model.mm_projector.0.weight": (32, 16),
+    "model.mm_projector.0.bias": (32,),
+    "model.mm_projector.2.weight": (32, 32),
+    "model.mm_projector.2.bias": (32,),
+}
+
+
+def write_pretrain(root, seed: int = 1):
+    """CoIN's three inputs: a Llama folder written by transformers (--model_name_or_path), a CLIP folder
+    (--vision_tower) and the pretrain folder holding mm_projector.bin (--pretrain_mm_mlp_adapter)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+    vicuna, tower, pretrain = root / "vicuna", root / "clip", root / "pretrain"
+    vicuna.mkdir(parents=True)
+    vocab = _tokenizer(vicuna)
+    torch.manual_seed(seed)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, tie_word_embeddings=False, **TEXT))
+    clip = CLIPVisionModel(CLIPVisionConfig(**VISION))
+    for p in [*llama.parameters(), *clip.parameters()]:
+        p.data.normal_(0, 0.3)
+    llama.save_pretrained(vicuna)
+    clip.save_pretrained(tower)
+    pretrain.mkdir()
+    torch.save({k: torch.randn(shape) * 0.3 for k, shape in PROJECTOR.items()}, pretrain / "mm_projector.bin")
+    return vicuna, tower, pretrain
+
+
+def coin_logits(vicuna, tower, pretrain, before, after, pixels) -> torch.Tensor:
+    """The model CoIN's train_mem.py builds from those three: the Llama, CLIPVisionModel.from_pretrained(tower),
+    build_vision_projector's mlp2x_gelu (Linear, GELU, Linear) loaded from mm_projector.bin by
+    initialize_vision_modules' get_w (the key after 'mm_projector.')."""
+    from torch import nn
+    from transformers import CLIPVisionModel, LlamaForCausalLM
+
+    llama = LlamaForCausalLM.from_pretrained(vicuna).eval()
+    clip = CLIPVisionModel.from_pretrained(tower).eval()
+    projector = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 32))
+    weights = torch.load(pretrain / "mm_projector.bin", weights_only=True)
+    projector.load_state_dict({k.split("mm_projector.")[1]: v for k, v in weights.items()})
+    return llava_forward(clip, projector, llama, before, after, pixels)
+
+
+def test_pretrain_only_base_computes_coins_logits(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    from dmole.stages.convert_llava import convert_llava_pretrain
+
+    vicuna, tower, pretrain = write_pretrain(tmp_path)
+    out = convert_llava_pretrain(vicuna, pretrain, tower, tmp_path / "out")
+    model = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    vocab = json.loads((vicuna / "config.json").read_text())["vocab_size"]
+    assert model.config.image_token_id == vocab and model.config.vision_feature_layer == -2
+    before, after = [1, 17, 42, 5], [99, 7, 3]
+    pixels = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        got = model(
+            input_ids=torch.tensor([before + [model.config.image_token_id] * PATCHES + after]), pixel_values=pixels
+        )
+    want = coin_logits(vicuna, tower, pretrain, before, after, pixels)
+    assert torch.allclose(got.logits[0, :, :vocab], want, atol=1e-5), (got.logits[0, :, :vocab] - want).abs().max()
+    # the same weights from the file itself as from its folder, and the processor pads as CoIN's --image_aspect_ratio
+    again = convert_llava_pretrain(vicuna, pretrain / "mm_projector.bin", tower, tmp_path / "again")
+    from safetensors.torch import load_file
+
+    a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    from transformers import AutoProcessor
+
+    assert AutoProcessor.from_pretrained(out).image_processor.do_pad is True
+
+
+def test_pretrain_cli_and_its_one_line_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from dmole.cli.app import app
+
+    vicuna, tower, pretrain = write_pretrain(tmp_path)
+    run = CliRunner().invoke
+    args = ["convert", str(vicuna), str(tmp_path / "out"), "--projector", str(pretrain)]
+    result = run(app, [*args, "--vision-tower", str(tower)])
+    assert result.exit_code == 0 and "clip_vision_model 3 layers; 4 image tokens" in result.output, result.output
+    no_tower = run(app, [*args[:2], str(tmp_path / "o2"), *args[3:]])
+    assert no_tower.exit_code == 2 and "--projector needs --vision-tower" in no_tower.output
+    torch.save({"model.embed_tokens.weight": torch.zeros(2, 2)}, tmp_path / "bad.bin")
+    bad = run(
+        app,
+        [
+            "convert",
+            str(vicuna),
+            str(tmp_path / "o3"),
+            "--projector",
+            str(tmp_path / "bad.bin"),
+            "--vision-tower",
+            str(tower),
+        ],
+    )
+    assert bad.exit_code == 2 and "'model.embed_tokens.weight' is not a projector tensor" in bad.output, bad.output
+    missing = run(
+        app,
+        [
+            "convert",
+            str(vicuna),
+            str(tmp_path / "o4"),
+            "--projector",
+            str(tmp_path / "none.bin"),
+            "--vision-tower",
+            str(tower),
+        ],
+    )
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    short = dict(torch.load(pretrain / "mm_projector.bin", weights_only=True))
+    del short["model.mm_projector.2.bias"]
+    torch.save(short, tmp_path / "short.bin")
+    incomplete = run(
+        app,
+        [
+            "convert",
+            str(vicuna),
+            str(tmp_path / "o5"),
+            "--projector",
+            str(tmp_path / "short.bin"),
+            "--vision-tower",
+            str(tower),
+        ],
+    )
+    assert incomplete.exit_code == 2 and "linear_2.bias" in incomplete.output, incomplete.output
+    not_llama = run(
+        app, ["convert", str(tower), str(tmp_path / "o6"), "--projector", str(pretrain), "--vision-tower", str(tower)]
+    )
+    assert not_llama.exit_code == 2 and "model_type is 'clip_vision_model'" in not_llama.output, not_llama.output
+    assert not any((tmp_path / f"o{i}").exists() for i in range(2, 7))  # nothing written on failure
