@@ -14,6 +14,7 @@ from dmole.stages.registry import (
     EMBED,
     EVAL,
     FIT_ROUTER,
+    GENERAL,
     REPEAT,
     RESCORE,
     ROE_EVAL,
@@ -211,6 +212,33 @@ def repeat(
     print_result(result, json_output)
 
 
+@handles_user_errors
+@stage_flags(GENERAL)
+def general(
+    options: dict,
+    after: Annotated[
+        str | None,
+        typer.Option(help="The continual model as it stands after this task (default: the method's last task)."),
+    ] = None,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    from dmole.stages.figures import general as section
+    from dmole.stages.general import general as run
+
+    project = open_project(workspace)
+    result = run(project, after, options, force=force)
+    if not (quiet or json_output):
+        data = {"comparisons": [section.comparison(result.version)]}
+        # the table's image link is not rich markup; the figure itself is drawn by `dmole report`
+        console.print(
+            "\n".join(line for line in section.table(data) if not line.startswith("![")), soft_wrap=True, markup=False
+        )
+    print_result(result, json_output)
+
+
 def register(app: typer.Typer) -> None:
     for stage, command in (
         (EMBED, embed),
@@ -222,5 +250,6 @@ def register(app: typer.Typer) -> None:
         (RESCORE, rescore),
         (SWEEP, sweep),
         (REPEAT, repeat),
+        (GENERAL, general),
     ):
         app.command(stage.command_line[0], help=stage.help)(command)

@@ -290,6 +290,32 @@ class RescoreOptions(_MethodChoice):
             raise ValueError(str(error)) from None
 
 
+class GeneralOptions(_MethodChoice):
+    lmms_tasks: list[str] = Field(
+        default=["mme", "pope"],
+        min_length=1,
+        description="the general benchmarks to score the base model and the continual model on, as lmms-eval "
+        "names its tasks (its --tasks; a task's data must be in the Hugging Face cache); repeatable",
+    )
+    include_path: str | None = Field(
+        default=None, description="a folder of lmms-eval task YAMLs beside lmms-eval's own (its --include_path)"
+    )
+    limit: int | None = Field(
+        default=None, gt=0, description="score each task's first N documents only (lmms-eval's --limit; a quick look)"
+    )
+    batch_size: int | None = Field(
+        default=None, gt=0, description="generation batch size; default: the eval stage's (the plugin's auto)"
+    )
+
+    @field_validator("lmms_tasks")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        names = list(dict.fromkeys(name.strip() for name in names))
+        if not all(names):
+            raise ValueError("an lmms-eval task name is empty")
+        return names
+
+
 class RouteTrainOptions(Strict):
     skip_ratio: float = Field(
         default=0.3, ge=0.0, lt=1.0, description="ρ: target fraction of routable layers skipped by easy examples"

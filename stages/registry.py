@@ -20,6 +20,7 @@ from .options import (
     EmbedOptions,
     EvalOptions,
     FitRouterOptions,
+    GeneralOptions,
     RepeatOptions,
     RescoreOptions,
     RoEEvalOptions,
@@ -167,6 +168,17 @@ REPEAT = Stage(
     Files(result="repeat.json"),
     flags={"seeds": "--seed", "orders": "--order"},
 )
+GENERAL = Stage(
+    "general",
+    "General-ability retention: score the base model and the method's model after --after (default: the last "
+    "task) on general lmms-eval benchmarks (MME, POPE, ...) through the lmms-eval plugin, into one artifact; the "
+    "report sets them side by side (General ability: base against final).\n\nNeeds lmms-eval (dmole's lmms "
+    "extra) and each task's data in the Hugging Face cache. Example: dmole general --lmms-task mme "
+    "--lmms-task pope; --include-path DIR adds local task YAMLs, --limit N a quick look.",
+    GeneralOptions,
+    Files(result="general.json", replies="replies/{model}/{task}.parquet"),
+    flags={"lmms_tasks": "--lmms-task"},
+)
 REPORT = Stage(
     "report",
     "Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / "
@@ -197,6 +209,7 @@ STAGES: dict[str, Stage] = {
         ROE_SWEEP,
         SWEEP,
         REPEAT,
+        GENERAL,
         REPORT,
     )
 }

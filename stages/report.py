@@ -8,7 +8,8 @@ Beside the matrices, report.md holds one PNG figure and one table per section th
 (`stages/figures/`): expert allocation, expert activation, zero-cost sensitivity and RoE's layer skipping; it ends
 with the run's settings (device, CUDA, torch, dtype, global batches, seeds, graders: figures/run_settings.py), which
 metrics.json and `report --json` carry under ``run_settings``. Where `dmole repeat` was run, the seeds-and-orders
-section's mean ± std are carried there too (under ``seeds_and_orders``).
+section's mean ± std are carried there too (under ``seeds_and_orders``), and where `dmole general` was run, the
+general-ability section's base and final scores (under ``general_ability``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .errors import UserError
 from .figures import (
     activation,
     allocation,
+    general,
     matrix,
     repeats,
     rescores,
@@ -150,7 +152,18 @@ def second_experts(project: Project, version: Version) -> dict:
 def sections(project: Project, result: dict) -> tuple[list[tuple[ModuleType, dict]], list[Version]]:
     """(figure module, its data) for every figure the workspace has the artifacts for, and those artifacts."""
     found, used = [(matrix, result)], []
-    for module in (allocation, activation, sensitivity, thresholds, rescores, roe_skips, roe_sweep, sweeps, repeats):
+    for module in (
+        allocation,
+        activation,
+        sensitivity,
+        thresholds,
+        rescores,
+        roe_skips,
+        roe_sweep,
+        sweeps,
+        repeats,
+        general,
+    ):
         gathered = module.gather(project)
         if gathered is not None:
             found.append((module, gathered[0]))
@@ -204,8 +217,8 @@ def report(project: Project, *, force: bool = False) -> StageResult:
     result["run_settings"] = run_settings.gather(used, trained)
     found, inputs = sections(project, result)
     for module, data in found:
-        if module is repeats:  # its mean ± std are results: `report --json` carries them
-            result[repeats.RESULT_KEY] = data
+        if module in (repeats, general):  # their numbers are results: `report --json` carries them
+            result[module.RESULT_KEY] = data
     used += [v for v in inputs + trained if v not in used]
 
     def compute(writer: Writer) -> None:
