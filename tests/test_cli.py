@@ -38,6 +38,7 @@ def test_help_lists_the_commands_without_importing_torch():
         "train-task",
         "eval",
         "rescore",
+        "general",
         "report",
         "ls",
         "show",
