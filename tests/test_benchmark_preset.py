@@ -367,6 +367,8 @@ def test_a_missing_pair_annotation_stops_embed_with_one_line(archive, internvl, 
     assert line.endswith(f"vizwiz_val.jsonl:3: field 'question_id': question 2 has no entry in {path.resolve()}")
 
 
+@pytest.mark.slow  # 21 s; the archive's reading is test_every_task_reads_the_archive_as_distributed, the CLI loop the
+# field presets' (test_mcitlib_presets, test_coin_preset)
 def test_the_whole_loop_through_the_cli(internvl, tmp_path):
     """init --benchmark dmole, then embed / fit-router / zc-score / allocate for every task, train-task and
     eval --after for every task, and report: no file edited by hand except the stage overrides for speed."""
