@@ -127,7 +127,7 @@ def route_train(
         shape = roe_shape(adapter, options.always_execute, options.adapter_rank, options.router_input)
         torch.manual_seed(seed)
         attachment = attach(adapter, RoEModules(shape))
-        priors = apply_router_prior(adapter, attachment.modules, samples, options, project.config.seed)
+        priors = apply_router_prior(adapter, attachment.modules, samples, options, project.config.seed, around)
         result = train_roe(
             adapter,
             attachment.modules,

@@ -388,3 +388,20 @@ def test_roe_on_the_continual_model_routes_experts_as_eval_does(dmole_run):
     decisions = [read_parquet(v.file("routing_decisions.parquet")).to_pydict() for v in routed]
     assert decisions[0]["applied_skip"] == decisions[1]["applied_skip"]
     assert read_json(routed[1].file("roe_report.json"))["roe_score"] == pytest.approx(report["roe_score"])
+
+
+def test_the_redundancy_prior_is_measured_on_the_continual_model_with_its_experts_routed(dmole_run):
+    """route-train --from T with the synthetic workspaces' router prior: the layers' change is measured with each
+    sample's experts routed in, as training runs them (it used to run the experts outside their routing and stop)."""
+    from dmole.stages.route_train import RouteTrainOptions, route_train
+
+    project = dmole_run
+    options = RouteTrainOptions(
+        start=project.config.task_names[-1], epochs=1, batch_size=8, eval_batch_size=4, router_prior="redundancy"
+    )
+    trained = route_train(project, options, force=True)
+    config = read_json(trained.version.file("roe_config.json"))
+    offsets = config["router_prior"]
+    routable = config["routable"]
+    assert sorted(int(layer) for layer in offsets) == sorted(routable)
+    assert sum(v > 0 for v in offsets.values()) == round(options.skip_ratio * len(routable))

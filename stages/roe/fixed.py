@@ -14,7 +14,8 @@ baseline's own skips) and at inference (a forced plan); the schedule, data, grou
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,9 +56,10 @@ class FixedRouting:
 
 
 @torch.no_grad()
-def layer_change(adapter, batches: Sequence[dict]) -> list[float]:
+def layer_change(adapter, batches: Sequence[dict], contexts: Sequence[Callable] | None = None) -> list[float]:
     """Per LM layer, the mean over real tokens of cos(input, output) of the layer: 1 means the layer leaves its
-    input unchanged. ``batches`` are model inputs (``train_inputs`` on the device); the model runs dense."""
+    input unchanged. ``batches`` are model inputs (``train_inputs`` on the device); the model runs dense, each
+    batch inside ``contexts[i]()`` where given (a continual model's experts, routed to the batch's samples)."""
     layers = adapter.language_layers()
     sums = torch.zeros(len(layers), dtype=torch.float64)
     count = 0
@@ -76,9 +78,10 @@ def layer_change(adapter, batches: Sequence[dict]) -> list[float]:
         hooks.append(layer.register_forward_pre_hook(lambda _m, a, kw, i=index: keep_input(i, a, kw), with_kwargs=True))
         hooks.append(layer.register_forward_hook(lambda _m, _a, out, i=index: add_similarity(i, out)))
     try:
-        for batch in batches:
+        for i, batch in enumerate(batches):
             seen["mask"] = batch["attention_mask"].bool()
-            adapter.model(**{k: v for k, v in batch.items() if k != "labels"})
+            with contexts[i]() if contexts is not None else nullcontext():
+                adapter.model(**{k: v for k, v in batch.items() if k != "labels"})
             count += int(seen["mask"].sum())
     finally:
         for hook in hooks:
