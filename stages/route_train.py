@@ -100,7 +100,9 @@ def route_train(
         from .roe.prior import apply_router_prior
         from .roe.recipe import dense_twin_scores, load_for_training, loop_settings, train_roe
         from .roe.weights import save_roe
+        from .training.memory import peak_memory, reset_peak_memory
 
+        rss_reset = reset_peak_memory()
         loop = loop_settings(options, seed)
         # resume checkpoints: the dense twin's and RoE's runs, and the twin's scores once it is done
         ckpt = checkpoint_dir(project, ROUTE_TRAIN.name, TASK, config)
@@ -204,6 +206,7 @@ def route_train(
             final_loss=result.log[-1]["loss"],
             resumed_from=result.resumed_from,
             sharding=result.sharding,
+            **peak_memory(rss_reset),
         )
         shutil.rmtree(ckpt, ignore_errors=True)
 

@@ -78,6 +78,8 @@ def test_route_train_writes_weights_config_log_decisions_and_report(project, tra
         for part in ("router.weight", "prior", "adapter.down.weight", "adapter.up.weight")
     }
     assert metadata["family"] == "llava" and metadata["routable"] == "[1, 2, 3]" and metadata["rank"] == "16"
+    # the stage's own resident peak (reset when it began): at least the model it loaded, less than the machine
+    assert 10 * 2**20 < version.manifest["summary"]["peak_rss_bytes"] < 64 * 2**30
     assert metadata["variant"] == "pooled" and metadata["rho"] == "0.3" and len(metadata["base_hash"]) == 64
     config = json.loads(version.file("roe_config.json").read_text())
     assert config["always_execute"] == [0] and config["d_model"] == 64 and config["stage2_mode"] == "frozen"
