@@ -174,6 +174,8 @@ def test_relative_scores_and_the_summary_over_seeds():
     assert row["skip_rate"] == pytest.approx(0.3) and row["speedup"] == pytest.approx(1.2)
     assert row["mean_relative"] == pytest.approx(0.85) and row["spread"] == pytest.approx(0.2)
     assert row["min_relative"] == pytest.approx(0.75) and row["relative"]["a"] == pytest.approx(0.7)
+    [alone] = summarise(runs[:1])
+    assert alone["spread"] is None and alone["mean_relative"] == pytest.approx(0.75)  # one seed: no spread, not 0
 
 
 def test_route_sweep_writes_every_run_with_baselines_at_the_realised_skip(project):

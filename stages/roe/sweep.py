@@ -196,7 +196,7 @@ def summarise(runs: Sequence[dict]) -> list[dict]:
                 "mean_relative": _mean(means),
                 "min_relative": min(means, default=None),
                 "max_relative": max(means, default=None),
-                "spread": max(means) - min(means) if means else None,
+                "spread": max(means) - min(means) if len(means) > 1 else None,  # one seed has no spread
                 "relative": per_task,
                 "speedup": _mean(speeds) if speeds else None,
             }
