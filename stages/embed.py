@@ -19,7 +19,7 @@ from .data.prompts import render_prompt
 from .data.tasks import load_eval_samples, load_train_samples
 from .distributed import merge_rows, my_share
 from .dmole.embedding import embedding_metadata, sequence_embeddings
-from .options import EmbedOptions
+from .options import EmbedOptions, hashed
 from .progress import Progress, silent
 from .project import Project
 from .registry import EMBED
@@ -71,7 +71,7 @@ def embed(
     options = stage_options(project.config, EMBED.name, options)
     task = project.config.task(task_name)
     splits = split_texts(project, task)
-    config = {"options": options.model_dump(), "task": task.model_dump(), "sources": source_fingerprint(project, task)}
+    config = {"options": options.model_dump(), "task": hashed(task), "sources": source_fingerprint(project, task)}
 
     def compute(writer: Writer) -> None:
         adapter = project.load_model()

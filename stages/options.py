@@ -505,11 +505,13 @@ NEUTRAL = {
     "dropout_mask": ("per-expert",),
     "grader": ("dmole",),
     "hinge_scope": ("example",),
+    "skip_text_only": (False,),  # a task's field (config.TaskSpec), hashed with the same rule by the stages
 }
 
 
 def hashed(options: BaseModel) -> dict:
-    """What of ``options`` goes into a stage's config (and so decides whether it is up to date)."""
+    """What of ``options`` (or a task, `config.TaskSpec`) goes into a stage's config (and so decides whether it is up
+    to date)."""
     return {
         key: value
         for key, value in options.model_dump(exclude=set(SPEED_ONLY)).items()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dmole.artifacts import Writer
 from dmole.artifacts.io import read_json
 
-from .options import RoEEvalOptions
+from .options import RoEEvalOptions, hashed
 from .progress import Progress, silent
 from .project import Project
 from .registry import ROE_EVAL, ROUTE_TRAIN
@@ -38,7 +38,7 @@ def evaluate_roe(
     sets = eval_sets(project, options.max_samples)
     config = {
         "options": options.model_dump(),
-        "tasks": [t.model_dump() for t, _ in sets],
+        "tasks": [hashed(t) for t, _ in sets],
         "base_hash": base_hash(model_fingerprint(project)),
     }
 

@@ -71,7 +71,7 @@ def route_sweep(
     config = {
         "options": hashed(sweep),
         "route_train": hashed(settings),
-        "tasks": [t.model_dump() for t in project.config.tasks],
+        "tasks": [hashed(t) for t in project.config.tasks],
         "n_train_samples": len(samples),
         "sources": {
             "data": {t.name: fingerprint(task_files(project.data_root, t)) for t in project.config.tasks},

@@ -81,7 +81,7 @@ def route_train(
     inputs = [] if after is None else continual_inputs(project, after)
     config = {
         "options": hashed(options),
-        "tasks": [t.model_dump() for t in project.config.tasks],
+        "tasks": [hashed(t) for t in project.config.tasks],
         "n_train_samples": len(samples),
         "seed": seed,
         "sources": {

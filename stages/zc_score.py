@@ -20,7 +20,7 @@ from dmole.artifacts.io import write_parquet
 
 from .data.tasks import load_train_samples
 from .dmole.allocation import round_half_up
-from .options import ZcScoreOptions
+from .options import ZcScoreOptions, hashed
 from .progress import Progress, silent
 from .project import Project
 from .registry import ZC_SCORE
@@ -43,7 +43,7 @@ def zc_score(
     options = stage_options(project.config, ZC_SCORE.name, options)
     task = project.config.task(task_name)
     samples = load_train_samples(project.data_root, task)
-    config = {"options": options.model_dump(), "task": task.model_dump(), "sources": source_fingerprint(project, task)}
+    config = {"options": options.model_dump(), "task": hashed(task), "sources": source_fingerprint(project, task)}
 
     def compute(writer: Writer) -> None:
         import torch

@@ -176,3 +176,16 @@ def test_a_workspace_stage_default_naming_an_unknown_method_is_refused_when_open
     edit_workspace(project, stages={"train-task": {"method": "nothing"}})
     with pytest.raises(ConfigError, match="stages: stage 'train-task': method: unknown method 'nothing'"):
         Project.open(project.root)
+
+
+def test_a_task_field_added_later_stays_out_of_the_stages_configs_at_its_old_behaviour():
+    """embed, zc-score and the RoE stages hash each task's spec: `skip_text_only` (added for CoIN's ScienceQA) at
+    False is what every task did before it, so it must not make an upgraded workspace's artifacts stale."""
+    from dmole.stages.config import TaskSpec
+    from dmole.stages.options import hashed
+
+    spec = {"name": "t", "family": "short", "train": "t/train.jsonl", "eval": "t/test.jsonl"}
+    before = TaskSpec(**spec).model_dump()
+    del before["skip_text_only"]
+    assert hashed(TaskSpec(**spec)) == before
+    assert hashed(TaskSpec(**spec, skip_text_only=True))["skip_text_only"] is True
