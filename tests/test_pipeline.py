@@ -71,6 +71,7 @@ def test_demo_loop_and_cli_shell_loop_give_the_same_report(make_project):
     assert "up to date" in cli(shell, "train-task", "--task", shell.config.task_names[0])
 
 
+@pytest.mark.slow  # 15 s; PeftModel.from_pretrained on D-MoLE's expert folders: test_dora, test_qkv_group (faster)
 def test_each_expert_loads_with_peft_alone_and_reproduces_the_toolkit(make_project):
     from peft import PeftModel
 
@@ -277,6 +278,7 @@ def test_ablations_run_as_named_methods_beside_dmole(make_project):
     assert all(f"| {method} |" in markdown for method in ablations)
 
 
+@pytest.mark.slow  # 18 s; the second-expert rules: test_dmole_rules; the report's tables: test_report
 def test_report_counts_second_experts_and_eval_takes_the_second_expert_rules(make_project):
     project = make_project("second")
     report = run_pipeline(project, methods=("dmole",))
