@@ -58,20 +58,30 @@ def read_eval_file(
     return samples
 
 
+def _record_image(
+    record: dict, line: int | None, prefix: str, *, source: Path, roots: tuple[Path, Path], directories: dict
+) -> Path:
+    """The image a question record's ``image`` names, resolved under the image root inside the data root."""
+    data_root, image_root = roots
+    return resolve_image(
+        data_root,
+        image_root,
+        record.get("image"),
+        source=source,
+        line=line,
+        field=f"{prefix}image",
+        directories=directories,
+    )
+
+
 def eval_records(family: str, records: Records, *, source: Path, data_root: Path, image_root: Path) -> list[EvalSample]:
     """Evaluation samples from ``(line, prefix, record)`` triples in the family's record form (its JSONL fields;
     for captions ``image`` and a list of ``captions``), each validated; errors name ``source`` with the line or
     the prefixed field."""
     samples, directories = [], {}
     for line, prefix, record in records:
-        image = resolve_image(
-            data_root,
-            image_root,
-            record.get("image"),
-            source=source,
-            line=line,
-            field=f"{prefix}image",
-            directories=directories,
+        image = _record_image(
+            record, line, prefix, source=source, roots=(data_root, image_root), directories=directories
         )
         fields, references = _RECORD_READERS[family](record, source, line, prefix)
         samples.append(
@@ -122,14 +132,8 @@ def _read_caption_pair(
     references = _coco_captions(annotations)[1]
     samples, directories = [], {}
     for position, (line, prefix, record) in enumerate(records, start=1):
-        image = resolve_image(
-            data_root,
-            image_root,
-            record.get("image"),
-            source=questions,
-            line=line,
-            field=f"{prefix}image",
-            directories=directories,
+        image = _record_image(
+            record, line, prefix, source=questions, roots=(data_root, image_root), directories=directories
         )
         if not references.get(str(position)):
             raise DataError(
@@ -273,14 +277,8 @@ def _joined(
                 line=line,
                 field=f"{prefix}image",
             )
-        image = resolve_image(
-            data_root,
-            image_root,
-            record.get("image"),
-            source=questions,
-            line=line,
-            field=f"{prefix}image",
-            directories=directories,
+        image = _record_image(
+            record, line, prefix, source=questions, roots=(data_root, image_root), directories=directories
         )
         if question_id not in answers:
             raise DataError(
