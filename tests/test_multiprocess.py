@@ -35,9 +35,9 @@ def _free_port() -> int:
 FSDP2 = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_reshard_after_forward", "true")
 
 
-def launched(project, *args: str, launcher: tuple[str, ...] = ("--multi_gpu",)) -> str:
-    """Run one dmole command as two processes under accelerate's launcher (DDP, or ``launcher=FSDP2``)."""
-    command = [
+def launch_command(project, *args: str, launcher: tuple[str, ...] = ("--multi_gpu",)) -> list[str]:
+    """One dmole command as two processes under accelerate's launcher (DDP, or ``launcher=FSDP2``)."""
+    return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
@@ -58,6 +58,11 @@ def launched(project, *args: str, launcher: tuple[str, ...] = ("--multi_gpu",)) 
         "--workspace",
         str(project.root),
     ]
+
+
+def launched(project, *args: str, launcher: tuple[str, ...] = ("--multi_gpu",)) -> str:
+    """Run one dmole command as two processes under accelerate's launcher (DDP, or ``launcher=FSDP2``)."""
+    command = launch_command(project, *args, launcher=launcher)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -336,31 +341,7 @@ def test_fsdp2_train_task_killed_resumes_to_the_uninterrupted_expert(tmp_path, m
         projects.append(project)
     whole, killed = projects
     single(whole, "train-task", "--task", task, *flags, "-q")
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        *FSDP2,
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        "-m",
-        "dmole.cli",
-        "train-task",
-        "--task",
-        task,
-        *flags,
-        "-q",
-        "--workspace",
-        str(killed.root),
-    ]
+    command = launch_command(killed, "train-task", "--task", task, *flags, "-q", launcher=FSDP2)
     process = subprocess.Popen(
         command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
