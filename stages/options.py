@@ -326,6 +326,13 @@ class RouteTrainOptions(Strict):
         "method's continual model after that task, its experts routed per "
         "sample as in eval (backbone and experts frozen)",
     )
+    warm_start: bool = Field(
+        default=False,
+        description="train RoE (and route-sweep's baselines) from the dense twin, the base first fine-tuned on the "
+        "tasks with every layer executed, as the paper trains RoE on a model already tuned on its data; the "
+        "dense reference is then the twin trained on for the same steps (off: from the base, whose own tuning "
+        "is stage 2's). Nothing to warm with --from TASK: the continual model is already tuned",
+    )
     router_input: Literal["pooled", "tokens"] = Field(
         default="pooled",
         description="what the routers read: masked means of the prefix and question (pooled), "
@@ -397,6 +404,11 @@ class RouteTrainOptions(Strict):
     def _ordered_stages(self) -> RouteTrainOptions:
         if self.stage1_start > self.stage2_start:
             raise ValueError("stage1_start must not exceed stage2_start")
+        if self.warm_start and self.start == "base" and self.stage2_mode == "frozen":
+            raise ValueError(
+                "warm_start starts from the dense twin, which stage 2 tunes: with stage2_mode frozen there is none "
+                "(add --no-warm-start)"
+            )
         return self
 
 
@@ -505,6 +517,7 @@ NEUTRAL = {
     "dropout_mask": ("per-expert",),
     "grader": ("dmole",),
     "hinge_scope": ("example",),
+    "warm_start": (False,),
     "skip_text_only": (False,),  # a task's field (config.TaskSpec), hashed with the same rule by the stages
 }
 

@@ -102,26 +102,28 @@ def route_sweep(
         from .roe.attach import roe_shape
         from .roe.backbone import tuned
         from .roe.evaluation import evaluate_dense
-        from .roe.recipe import dense_twin_scores, loop_settings
+        from .roe.recipe import dense_twin_scores, loop_settings, warm_start
         from .roe.sweep import SweepInputs, static_ranking, summarise, sweep_target
 
         inputs = SweepInputs(samples, sets, settings, sweep)
         cache.mkdir(parents=True, exist_ok=True)
         base = project.load_model()
         routable = list(roe_shape(base, settings.always_execute).routable)
-        change = static_ranking(project, inputs, project.config.seed)
         dense: dict[int, dict[str, float]] = {}
+        change: dict[int, list[float]] = {}
         runs = []
         for seed in sweep.seeds:
+            loop = loop_settings(settings, seed, 0)
+            twin = twins / f"seed-{seed}"
+            warm = (
+                warm_start(project, samples, sets, settings, loop, progress=progress, checkpoint_dir=twin)
+                if settings.warm_start
+                else None
+            )
+            change[seed] = static_ranking(project, inputs, project.config.seed, warm)
             if tuned(settings.stage2_mode):
                 dense[seed] = dense_twin_scores(
-                    project,
-                    samples,
-                    sets,
-                    settings,
-                    loop_settings(settings, seed, 0),
-                    progress=progress,
-                    checkpoint_dir=twins / f"seed-{seed}",
+                    project, samples, sets, settings, loop, progress=progress, checkpoint_dir=twin, warm=warm
                 )
             else:
                 dense[seed] = evaluate_dense(base, sets, settings.eval_batch_size, progress, label="base")
@@ -130,7 +132,9 @@ def route_sweep(
                 if done.is_file():
                     rows = read_json(done)
                 else:
-                    rows = sweep_target(project, inputs, seed, target, dense[seed], change, routable, progress)
+                    rows = sweep_target(
+                        project, inputs, seed, target, dense[seed], change[seed], routable, progress, warm
+                    )
                     if is_main():
                         done.parent.mkdir(parents=True, exist_ok=True)
                         write_json(done, rows)
@@ -139,8 +143,10 @@ def route_sweep(
             "options": sweep.model_dump(),
             "route_train": settings.model_dump(),
             "routable": routable,
-            "layer_change": change,
-            "dense_reference": "dense twin" if tuned(settings.stage2_mode) else "base",
+            "layer_change": {str(seed): values for seed, values in change.items()},
+            "dense_reference": ("dense twin" + (", warm start" if settings.warm_start else ""))
+            if tuned(settings.stage2_mode)
+            else "base",
             "dense": {str(s): scores for s, scores in dense.items()},
             "runs": runs,
             "summary": summarise(runs),

@@ -60,7 +60,9 @@ def _resolved(project: Project, options: RouteTrainOptions) -> tuple[RouteTrainO
             f"route-train --from {after} keeps the continual model frozen (spec roe.md §8): "
             f"--stage2-mode must be frozen, not {mode}"
         )
-    return options.model_copy(update={"stage2_mode": mode}), after
+    # a continual model is already tuned on its tasks: warm_start (from the base's dense twin) does not apply
+    warm = options.warm_start and after is None
+    return options.model_copy(update={"stage2_mode": mode, "warm_start": warm}), after
 
 
 def route_train(
@@ -98,7 +100,7 @@ def route_train(
         from .roe.continual import load_continual
         from .roe.modules import RoEModules
         from .roe.prior import apply_router_prior
-        from .roe.recipe import dense_twin_scores, load_for_training, loop_settings, train_roe
+        from .roe.recipe import dense_twin_scores, load_for_training, loop_settings, train_roe, warm_start
         from .roe.weights import save_roe
         from .training.memory import peak_memory, reset_peak_memory
 
@@ -106,7 +108,12 @@ def route_train(
         loop = loop_settings(options, seed)
         # resume checkpoints: the dense twin's and RoE's runs, and the twin's scores once it is done
         ckpt = checkpoint_dir(project, ROUTE_TRAIN.name, TASK, config)
-        adapter, lora = load_for_training(project, options)
+        warm = (
+            warm_start(project, samples, sets, options, loop, progress=progress, checkpoint_dir=ckpt)
+            if options.warm_start
+            else None
+        )
+        adapter, lora = load_for_training(project, options, warm)
         continual = load_continual(project, adapter, after) if after is not None else None
         around = None
         if continual is not None:  # each training sample gets its experts by the inference rule
@@ -116,7 +123,7 @@ def route_train(
                 for i, route in zip(rows, continual.routes(task.name, [pairs[i][1] for i in rows], "train")):
                     routes[i] = route
             around = continual.batches(routes)
-        reference = trained_on(project, after)
+        reference = "dense twin (warm start)" if warm is not None else trained_on(project, after)
         scores = {
             "base": evaluate_dense(
                 adapter, sets, options.eval_batch_size, progress, label=reference, continual=continual
@@ -124,7 +131,7 @@ def route_train(
         }
         if tuned(options.stage2_mode):
             scores["dense"] = dense_twin_scores(
-                project, samples, sets, options, loop, progress=progress, checkpoint_dir=ckpt
+                project, samples, sets, options, loop, progress=progress, checkpoint_dir=ckpt, warm=warm
             )
         shape = roe_shape(adapter, options.always_execute, options.adapter_rank, options.router_input)
         torch.manual_seed(seed)

@@ -58,6 +58,9 @@ STAGE_DEFAULTS: dict[str, dict] = {
     # input least are skipped first (router_prior redundancy, margin 1). λ = 4: with λ = 1 each layer's share of
     # the hinge (λ·exp(−γ·CE)/|L_r|, ~0.03 CE) is below what skipping even a redundant layer costs here, and the
     # 24-layer base skipped 13 % for ρ 0.3; λ = 4 holds the training log's hard skip at ρ (docs/benchmarks.md).
+    # RoE then starts from the dense twin (warm_start), as the paper trains RoE on LLaVA-1.5, already tuned on its
+    # data: the routers learn to skip on a model that knows the tasks, and scores are relative to the twin trained
+    # on for the same steps.
     ROUTE_TRAIN.name: {
         "epochs": 3,
         "roe_lr": 3e-3,
@@ -68,6 +71,7 @@ STAGE_DEFAULTS: dict[str, dict] = {
         "skip_estimate": "straight-through",
         "tau0": 1.0,
         "router_prior": "redundancy",
+        "warm_start": True,
     },
 }
 

@@ -198,12 +198,15 @@ def test_route_sweep_writes_every_run_with_baselines_at_the_realised_skip(projec
     for run in runs:
         assert run["relative"] == relative(run["scores"], sweep["dense"][str(run["seed"])])
         assert run["speed"]["speedup"] == pytest.approx(run["speed"]["dense_seconds"] / run["speed"]["routed_seconds"])
+    assert sweep["layer_change"]["0"] == sweep["layer_change"]["1"]  # both seeds' runs start from the base
     for seed in (0, 1):
         by = {r["variant"]: r for r in runs if r["seed"] == seed}
         roe_skip = by["roe"]["skip_rate"]
         assert by["random"]["routing"]["rate"] == pytest.approx(roe_skip)
         k = round(roe_skip * len(routable))
-        assert by["static"]["routing"]["layers"] == list(least_change_layers(sweep["layer_change"], routable, k))
+        assert by["static"]["routing"]["layers"] == list(
+            least_change_layers(sweep["layer_change"][str(seed)], routable, k)
+        )
         assert by["static"]["skip_rate"] == pytest.approx(k / len(routable))
         assert set(by["static"]["skip_patterns"].values()) == {1}  # one set of layers for every example
     assert [(row["target"], row["variant"]) for row in sweep["summary"]] == [

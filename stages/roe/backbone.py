@@ -68,9 +68,10 @@ def save_stage2(path: Callable[[str], Path], adapter, mode: str, lora: LoraConfi
         lora.save_pretrained(str(path(f"{LORA_FOLDER}/adapter_config.json").parent))
 
 
-def load_stage2(file: Callable[[str], Path], adapter, mode: str) -> None:
+def load_stage2(file: Callable[[str], Path], adapter, mode: str) -> LoraConfig | None:
     """Restore what ``save_stage2`` wrote into a freshly loaded base model; ``file`` is a version's checked
-    reader (name -> path)."""
+    reader (name -> path). Returns the LoRA config (``lora`` mode)."""
+    config = None
     if mode == "lora":
         config = LoraConfig.from_pretrained(str(file(f"{LORA_FOLDER}/adapter_config.json").parent))
         inject_adapter_in_model(config, adapter.model)
@@ -83,3 +84,4 @@ def load_stage2(file: Callable[[str], Path], adapter, mode: str) -> None:
     if unexpected:
         raise RuntimeError(f"backbone tensors that fit no parameter: {unexpected[:3]}")
     adapter.model.to(adapter.device)
+    return config

@@ -3,6 +3,7 @@ the stage callback. No loop of its own."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from ..registry import ROUTE_TRAIN
 from ..training.chat import chat_examples
 from ..training.inputs import InputPipeline, worker_count
 from ..training.loop import LoopResult, LoopSettings, ParamGroup, batch_plan, train
-from .backbone import add_lora, llm_parameters, lora_parameters, projector_parameters
+from .backbone import add_lora, llm_parameters, load_stage2, lora_parameters, projector_parameters, save_stage2
 from .fixed import FixedRouting
 from .loss import per_example_ce, roe_objective
 from .modules import PREFIX, RoEModules
@@ -67,10 +68,12 @@ def loop_settings(settings: RouteTrainOptions, seed: int, checkpoint_every: int 
     )
 
 
-def load_for_training(project, settings: RouteTrainOptions):
-    """A fresh copy of the workspace's base model, with stage 2's LoRA injected in ``lora`` mode: (adapter, its
-    LoRA config or None)."""
+def load_for_training(project, settings: RouteTrainOptions, warm: Path | None = None):
+    """A fresh copy of the workspace's base model, with stage 2's LoRA injected in ``lora`` mode, or, with ``warm``
+    (`warm_start`'s folder), the dense twin's stage-2 tensors loaded into it: (adapter, its LoRA config or None)."""
     adapter = project.load_model()
+    if warm is not None:
+        return adapter, load_stage2(lambda name: warm / name, adapter, settings.stage2_mode)
     lora = add_lora(adapter, settings.lora_rank, settings.lora_alpha) if settings.stage2_mode == "lora" else None
     return adapter, lora
 
@@ -95,6 +98,69 @@ TWIN_OPTIONS = (
 )
 
 
+WARM = "warm"  # under a twin's checkpoint folder: the twin's stage-2 tensors, where warm-started runs start
+COLD_SCORES, WARM_SCORES = "dense_scores.json", "warm_dense_scores.json"
+
+
+def _train_twin(project, samples, settings, loop, progress, checkpoint_dir: Path | None, warm: Path | None):
+    twin, lora = load_for_training(project, settings, warm)
+    train_roe(twin, None, samples, settings, loop, progress=progress, checkpoint_dir=checkpoint_dir)
+    return twin, lora
+
+
+def _score_once(file: Path | None, score: Callable[[], dict[str, float]]) -> dict[str, float]:
+    from dmole.artifacts.io import read_json, write_json
+
+    from ..distributed import is_main
+
+    if file is not None and file.is_file():
+        return read_json(file)
+    scores = score()
+    if file is not None and is_main():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        write_json(file, scores)
+    return scores
+
+
+def warm_start(
+    project,
+    samples: Sequence[TrainSample],
+    sets,
+    settings: RouteTrainOptions,
+    loop: LoopSettings,
+    *,
+    progress: Progress = silent,
+    checkpoint_dir: Path,
+) -> Path:
+    """The folder of the dense twin's stage-2 tensors (the base fine-tuned on the tasks, every layer executed),
+    where a warm-started run starts, as the paper trains RoE on a model already tuned on its data. Trained once per
+    ``checkpoint_dir`` (the folder appears whole or not at all); the twin's scores are kept beside it, as the cold
+    twin's (`dense_twin_scores` without ``warm`` reads them)."""
+    from ..distributed import barrier, is_main
+    from .evaluation import evaluate_dense
+
+    folder = checkpoint_dir / WARM
+    if folder.is_dir():
+        return folder
+    twin, lora = _train_twin(project, samples, settings, loop, progress, checkpoint_dir / "twin", None)
+    _score_once(
+        checkpoint_dir / COLD_SCORES,
+        lambda: evaluate_dense(twin, sets, settings.eval_batch_size, progress, label="dense twin"),
+    )
+    if is_main():
+        partial = checkpoint_dir / f"{WARM}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+
+        def path(name: str) -> Path:
+            (partial / name).parent.mkdir(parents=True, exist_ok=True)
+            return partial / name
+
+        save_stage2(path, twin, settings.stage2_mode, lora)
+        partial.rename(folder)
+    barrier()
+    return folder
+
+
 def dense_twin_scores(
     project,
     samples: Sequence[TrainSample],
@@ -104,32 +170,28 @@ def dense_twin_scores(
     *,
     progress: Progress = silent,
     checkpoint_dir: Path | None = None,
+    warm: Path | None = None,
 ) -> dict[str, float]:
-    """The same fine-tuning with every layer executed (nothing to skip), scored; kept beside the checkpoints once
+    """The same fine-tuning with every layer executed (nothing to skip), scored: from the base, or, with ``warm``,
+    continued from the twin as the warm-started runs are (the same steps on top). Kept beside the checkpoints once
     done, so a resumed run does not train the twin again."""
-    from dmole.artifacts.io import read_json, write_json
-
-    from ..distributed import is_main
     from .evaluation import evaluate_dense
 
-    done = checkpoint_dir / "dense_scores.json" if checkpoint_dir is not None else None
-    if done is not None and done.is_file():
-        return read_json(done)
-    twin, _ = load_for_training(project, settings)
-    train_roe(
-        twin,
-        None,
-        samples,
-        settings,
-        loop,
-        progress=progress,
-        checkpoint_dir=checkpoint_dir / "twin" if checkpoint_dir is not None else None,
-    )
-    scores = evaluate_dense(twin, sets, settings.eval_batch_size, progress, label="dense twin")
-    if done is not None and is_main():
-        done.parent.mkdir(parents=True, exist_ok=True)
-        write_json(done, scores)
-    return scores
+    def score() -> dict[str, float]:
+        run = "twin" if warm is None else "twin-warm"
+        twin, _ = _train_twin(
+            project,
+            samples,
+            settings,
+            loop,
+            progress,
+            checkpoint_dir / run if checkpoint_dir is not None else None,
+            warm,
+        )
+        return evaluate_dense(twin, sets, settings.eval_batch_size, progress, label="dense twin")
+
+    name = COLD_SCORES if warm is None else WARM_SCORES
+    return _score_once(checkpoint_dir / name if checkpoint_dir is not None else None, score)
 
 
 def _with_status(progress: Progress, status: dict) -> Progress:

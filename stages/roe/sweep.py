@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..options import RouteSweepOptions, RouteTrainOptions
 from ..progress import Progress, silent
@@ -51,10 +52,17 @@ def skip_patterns(rows: Sequence[dict]) -> dict[str, int]:
 
 
 def _train_and_score(
-    project, inputs: SweepInputs, target: float, seed: int, fixed: FixedRouting | None, progress: Progress
+    project,
+    inputs: SweepInputs,
+    target: float,
+    seed: int,
+    fixed: FixedRouting | None,
+    progress: Progress,
+    warm: Path | None,
 ) -> tuple[float, dict[str, float], dict | None, dict[str, int]]:
-    """Train RoE (or a baseline's adapters, ``fixed``) at ``target`` with ``seed``; its realised skip on the test
-    sets, its task scores, its batch-1 timing and its number of skip patterns per task."""
+    """Train RoE (or a baseline's adapters, ``fixed``) at ``target`` with ``seed``, from the base or ``warm`` (the
+    seed's dense twin); its realised skip on the test sets, its task scores, its batch-1 timing and its number of
+    skip patterns per task."""
     import torch
 
     from .attach import attach, roe_shape
@@ -66,7 +74,7 @@ def _train_and_score(
     from .speed import batch1_speed, workspace_prompts
 
     settings = inputs.settings.model_copy(update={"skip_ratio": target})
-    adapter, _ = load_for_training(project, settings)
+    adapter, _ = load_for_training(project, settings, warm)
     shape = roe_shape(adapter, settings.always_execute, settings.adapter_rank, settings.router_input)
     torch.manual_seed(seed)
     attachment = attach(adapter, RoEModules(shape))
@@ -123,13 +131,14 @@ def _train_and_score(
     )
 
 
-def static_ranking(project, inputs: SweepInputs, seed: int) -> list[float]:
-    """Per LM layer, how little it changes its input on training data (layer_change on the untouched base)."""
+def static_ranking(project, inputs: SweepInputs, seed: int, warm: Path | None = None) -> list[float]:
+    """Per LM layer, how little it changes its input on training data (layer_change on the model the runs start
+    from: the untouched base, or the dense twin ``warm``), as RoE's redundancy prior measures it."""
     from .prior import measure_change
+    from .recipe import load_for_training
 
-    return measure_change(
-        project.load_model(), inputs.samples, inputs.sweep.change_samples, seed, inputs.settings.eval_batch_size
-    )
+    adapter, _ = load_for_training(project, inputs.settings, warm)
+    return measure_change(adapter, inputs.samples, inputs.sweep.change_samples, seed, inputs.settings.eval_batch_size)
 
 
 def sweep_target(
@@ -141,9 +150,10 @@ def sweep_target(
     change: list[float],
     routable: Sequence[int],
     progress: Progress = silent,
+    warm: Path | None = None,
 ) -> list[dict]:
     """RoE at ``target`` and its baselines at RoE's realised skip, for one seed, as rows (see the module's
-    docstring)."""
+    docstring); every run starts from the base or from ``warm``, the seed's dense twin."""
     runs = []
 
     def record(variant: str, skip: float, scores: dict, speed: dict | None, patterns: dict, **extra) -> None:
@@ -163,7 +173,7 @@ def sweep_target(
             }
         )
 
-    skip, scores, speed, patterns = _train_and_score(project, inputs, target, seed, None, progress)
+    skip, scores, speed, patterns = _train_and_score(project, inputs, target, seed, None, progress, warm)
     record("roe", skip, scores, speed, patterns)
     baselines = []
     if "static" in inputs.sweep.baselines:
@@ -172,7 +182,8 @@ def sweep_target(
     if "random" in inputs.sweep.baselines:
         baselines.append(FixedRouting("random", rate=skip, seed=seed))
     for fixed in baselines:
-        record(fixed.kind, *_train_and_score(project, inputs, target, seed, fixed, progress), routing=fixed.to_json())
+        run = _train_and_score(project, inputs, target, seed, fixed, progress, warm)
+        record(fixed.kind, *run, routing=fixed.to_json())
     return runs
 
 
