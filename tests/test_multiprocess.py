@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from conftest import MICRO_STAGES
 from dmole.artifacts.io import read_parquet, table_to_numpy
 from dmole.cli.app import app
+from tiny_sizes import small_lm
 
 # LoRA dropout draws different masks in each process, so the comparison trains without it.
 METHODS = {"dmole": {"dropout": 0.0}}
@@ -170,19 +171,6 @@ def test_a_launched_stage_that_is_up_to_date_writes_nothing(twin_runs):
 
 
 # RoE on a tiny random model: two launched processes against one, in both stage-2 modes.
-ROE_SIZE = dict(
-    lm_layers=4,
-    lm_hidden=64,
-    lm_heads=2,
-    lm_kv_heads=1,
-    lm_intermediate=128,
-    vision_layers=1,
-    vision_hidden=32,
-    vision_heads=1,
-    vision_intermediate=64,
-    image_size=16,
-    patch_size=8,
-)
 ROE_STAGES = {
     "route-train": {
         "epochs": 2,
@@ -202,12 +190,12 @@ def roe_twins(request, tmp_path_factory):
     """route-train in one process and under a two-process launcher, with ``stage2_mode`` frozen or full."""
     from dmole.stages.data.synthetic import SynthSizes, write_benchmark
     from dmole.stages.init import create_workspace
-    from dmole.stages.models.tiny import TinySize, build_tiny
+    from dmole.stages.models.tiny import build_tiny
     from dmole.stages.project import Project
 
     base = tmp_path_factory.mktemp(f"roe-{request.param}")
     write_benchmark(base / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
-    build_tiny("llava", base / "model", size=TinySize(**ROE_SIZE))
+    build_tiny("llava", base / "model", size=small_lm())
     projects = []
     for name, run in (("one", single), ("ddp", launched), ("fsdp2", lambda *a: launched(*a, launcher=FSDP2))):
         create_workspace(base / name, model=base / "model", data=base / "data", seed=0, stages=ROE_STAGES)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from dmole.stages.allocate import allocate
 from dmole.stages.train_task import TrainTaskOptions, train_task
 from dmole.stages.zc_score import zc_score
+from tiny_sizes import small_lm
 
 TASK = "shape-caption"
 OPTIONS = TrainTaskOptions(epochs=12, batch_size=4, lr=3e-3, checkpoint_every=2)
@@ -84,7 +85,7 @@ def test_killed_route_train_resumes_and_matches_an_uninterrupted_run(tmp_path):
     the twin is not trained again, and the RoE and backbone weights equal an uninterrupted run's."""
     from dmole.stages.data.synthetic import SynthSizes, write_benchmark
     from dmole.stages.init import create_workspace
-    from dmole.stages.models.tiny import TinySize, build_tiny
+    from dmole.stages.models.tiny import build_tiny
     from dmole.stages.project import Project
     from dmole.stages.route_train import route_train
 
@@ -92,19 +93,7 @@ def test_killed_route_train_resumes_and_matches_an_uninterrupted_run(tmp_path):
     build_tiny(
         "llava",
         tmp_path / "model",
-        size=TinySize(
-            lm_layers=4,
-            lm_hidden=64,
-            lm_heads=2,
-            lm_kv_heads=1,
-            lm_intermediate=128,
-            vision_layers=1,
-            vision_hidden=32,
-            vision_heads=1,
-            vision_intermediate=64,
-            image_size=16,
-            patch_size=8,
-        ),
+        size=small_lm(),
     )
     options = {
         "epochs": 24,

@@ -15,25 +15,14 @@ from dmole.artifacts.io import read_parquet
 from dmole.stages.data.synthetic import SynthSizes, write_benchmark
 from dmole.stages.init import create_workspace
 from dmole.stages.models.registry import load_family
-from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.models.tiny import build_tiny
 from dmole.stages.project import Project
 from dmole.stages.roe.fixed import FixedRouting, layer_change, least_change_layers
 from dmole.stages.roe.sweep import mean_relative, relative, skip_patterns, summarise
 from dmole.stages.route_sweep import route_sweep
+from tiny_sizes import small_lm
 
-SIZE = TinySize(
-    lm_layers=5,
-    lm_hidden=64,
-    lm_heads=2,
-    lm_kv_heads=1,
-    lm_intermediate=128,
-    vision_layers=1,
-    vision_hidden=32,
-    vision_heads=1,
-    vision_intermediate=64,
-    image_size=16,
-    patch_size=8,
-)
+SIZE = small_lm(5)
 ROUTE_TRAIN = dict(epochs=1, batch_size=4, roe_lr=1e-2, eval_batch_size=4, max_eval_samples=2, stage2_mode="frozen")
 
 

@@ -9,28 +9,17 @@ import torch
 from PIL import Image
 
 from dmole.stages.models.registry import load_family
-from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.models.tiny import build_tiny
 from dmole.stages.roe.attach import RoEConfigError, attach, roe_shape
 from dmole.stages.roe.inference import _warn_fallback, generate_with_roe
 from dmole.stages.roe.modules import RoEModules, RoEShape
 from dmole.stages.roe.plan import RoutingPlan, routing
 from dmole.stages.roe.segments import Segments
 from dmole.stages.roe.weights import load_roe, save_roe
+from tiny_sizes import small_lm
 
 FAMILIES = ("llava", "internvl", "qwen2vl")
-SIZE = TinySize(
-    lm_layers=4,
-    lm_hidden=64,
-    lm_heads=2,
-    lm_kv_heads=1,
-    lm_intermediate=128,
-    vision_layers=1,
-    vision_hidden=32,
-    vision_heads=1,
-    vision_intermediate=64,
-    image_size=16,
-    patch_size=8,
-)
+SIZE = small_lm()
 NEW = 5
 PROMPTS = ["what colour is it?", "a much longer question about the shape in the picture", "hi"]
 

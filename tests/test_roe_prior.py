@@ -13,7 +13,7 @@ import torch
 from dmole.stages.data.synthetic import SynthSizes, write_benchmark
 from dmole.stages.init import create_workspace
 from dmole.stages.models.registry import load_family
-from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.models.tiny import build_tiny
 from dmole.stages.options import RouteTrainOptions
 from dmole.stages.project import Project
 from dmole.stages.roe.attach import attach, roe_shape
@@ -22,20 +22,9 @@ from dmole.stages.roe.layer import router_logits
 from dmole.stages.roe.modules import RoEModules, RoEShape
 from dmole.stages.roe.prior import apply_router_prior, measure_change, redundancy_offsets
 from dmole.stages.roe.schedule import StageSchedule
+from tiny_sizes import small_lm
 
-SIZE = TinySize(
-    lm_layers=6,
-    lm_hidden=64,
-    lm_heads=2,
-    lm_kv_heads=1,
-    lm_intermediate=128,
-    vision_layers=1,
-    vision_hidden=32,
-    vision_heads=1,
-    vision_intermediate=64,
-    image_size=16,
-    patch_size=8,
-)
+SIZE = small_lm(6)
 
 
 @pytest.fixture(scope="module")

@@ -9,28 +9,17 @@ from PIL import Image
 
 from dmole.stages.models.base import IGNORE, ChatExample
 from dmole.stages.models.registry import load_family
-from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.models.tiny import build_tiny
 from dmole.stages.roe.attach import attach, roe_shape
 from dmole.stages.roe.modules import RoEModules
 from dmole.stages.roe.plan import RoutingPlan, TrainingRouting, routing
 from dmole.stages.roe.schedule import ScheduleState
 from dmole.stages.roe.segments import ImageTokens, prompt_segments, training_segments
+from tiny_sizes import small_lm
 
 IMG, END, PAD = 99, 98, 0
 IMAGES = ImageTokens(IMG, frozenset({END}))
-SIZE = TinySize(
-    lm_layers=3,
-    lm_hidden=64,
-    lm_heads=2,
-    lm_kv_heads=1,
-    lm_intermediate=128,
-    vision_layers=1,
-    vision_hidden=32,
-    vision_heads=1,
-    vision_intermediate=64,
-    image_size=16,
-    patch_size=8,
-)
+SIZE = small_lm(3)
 
 
 def test_training_segments_two_turns_with_an_image_block():

@@ -15,25 +15,14 @@ from dmole.cli.common import JsonOption
 from dmole.cli.roe_cmds import register, show_route_train
 from dmole.stages.data.synthetic import SynthSizes, write_benchmark
 from dmole.stages.init import create_workspace
-from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.models.tiny import build_tiny
 from dmole.stages.project import Project
 from dmole.stages.roe.continual import CompositionError
 from dmole.stages.roe_eval import RoEEvalOptions, evaluate_roe, roe_summary
 from dmole.stages.route_train import RouteTrainError, RouteTrainOptions, route_train
+from tiny_sizes import small_lm
 
-SIZE = TinySize(
-    lm_layers=4,
-    lm_hidden=64,
-    lm_heads=2,
-    lm_kv_heads=1,
-    lm_intermediate=128,
-    vision_layers=1,
-    vision_hidden=32,
-    vision_heads=1,
-    vision_intermediate=64,
-    image_size=16,
-    patch_size=8,
-)
+SIZE = small_lm()
 OPTIONS = dict(epochs=2, batch_size=4, roe_lr=1e-2, eval_batch_size=4, max_eval_samples=2, stage2_mode="frozen")
 DECISION_COLUMNS = [
     "run_id",

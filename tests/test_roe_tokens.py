@@ -10,7 +10,7 @@ from PIL import Image
 
 from dmole.stages.models.base import ChatExample
 from dmole.stages.models.registry import load_family
-from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.models.tiny import build_tiny
 from dmole.stages.roe.attach import attach, roe_shape
 from dmole.stages.roe.inference import generate_with_roe
 from dmole.stages.roe.modules import RoEModules
@@ -18,20 +18,9 @@ from dmole.stages.roe.plan import RoutingPlan, TrainingRouting, routing
 from dmole.stages.roe.schedule import ScheduleState, random_skip_bias
 from dmole.stages.roe.segments import ImageTokens, training_segments
 from dmole.stages.roe.weights import load_roe, save_roe
+from tiny_sizes import small_lm
 
-SIZE = TinySize(
-    lm_layers=4,
-    lm_hidden=64,
-    lm_heads=2,
-    lm_kv_heads=1,
-    lm_intermediate=128,
-    vision_layers=1,
-    vision_hidden=32,
-    vision_heads=1,
-    vision_intermediate=64,
-    image_size=16,
-    patch_size=8,
-)
+SIZE = small_lm()
 PROMPTS = ["what colour is it?", "a much longer question about the shape in the picture", "hi"]
 
 

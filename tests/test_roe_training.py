@@ -9,27 +9,16 @@ from PIL import Image
 
 from dmole.stages.models.base import ChatExample
 from dmole.stages.models.registry import load_family
-from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.models.tiny import build_tiny
 from dmole.stages.roe.attach import attach, roe_shape
 from dmole.stages.roe.loss import per_example_ce, roe_objective
 from dmole.stages.roe.modules import RoEModules
 from dmole.stages.roe.plan import TrainingRouting, routing
 from dmole.stages.roe.schedule import ScheduleState, random_skip_bias
 from dmole.stages.roe.segments import ImageTokens, training_segments
+from tiny_sizes import small_lm
 
-SIZE = TinySize(
-    lm_layers=4,
-    lm_hidden=64,
-    lm_heads=2,
-    lm_kv_heads=1,
-    lm_intermediate=128,
-    vision_layers=1,
-    vision_hidden=32,
-    vision_heads=1,
-    vision_intermediate=64,
-    image_size=16,
-    patch_size=8,
-)
+SIZE = small_lm()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from dmole.stages.data.synthetic import SynthSizes, write_benchmark
 from dmole.stages.init import create_workspace
-from dmole.stages.models.tiny import TinySize, build_tiny
+from dmole.stages.models.tiny import build_tiny
 from dmole.stages.options import RouteTrainOptions
 from dmole.stages.project import Project
 from dmole.stages.roe import recipe
@@ -24,20 +24,9 @@ from dmole.stages.roe.fixed import least_change_layers
 from dmole.stages.roe.prior import measure_change
 from dmole.stages.route_sweep import route_sweep
 from dmole.stages.route_train import _resolved, route_train, training_subset
+from tiny_sizes import small_lm
 
-SIZE = TinySize(
-    lm_layers=4,
-    lm_hidden=64,
-    lm_heads=2,
-    lm_kv_heads=1,
-    lm_intermediate=128,
-    vision_layers=1,
-    vision_hidden=32,
-    vision_heads=1,
-    vision_intermediate=64,
-    image_size=16,
-    patch_size=8,
-)
+SIZE = small_lm()
 OPTIONS = dict(
     epochs=1,
     batch_size=4,
