@@ -5,6 +5,7 @@ latest ``roe-sweep`` artifact; absent when `dmole route-sweep` was not run."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from dmole.artifacts import Version
@@ -106,7 +107,8 @@ def plot(data: dict, path: Path) -> None:
                 )
     axes[0].set_xlabel("realised skip, routable layers (%)", fontsize=FONT)
     axes[1].set_xlabel("batch-1 speed-up (×)", fontsize=FONT)
-    axes[0].set_ylabel(f"mean score relative to the {data['dense_reference']}", fontsize=FONT)
+    # a long reference ("dense twin, warm start") would run past the figure's top edge
+    axes[0].set_ylabel(textwrap.fill(f"mean score relative to the {data['dense_reference']}", 40), fontsize=FONT)
     axes[0].legend(fontsize=FONT - 1, frameon=False)
     for ax in axes:
         ax.axhline(1.0, color="#bbbbbb", linewidth=0.8, zorder=0)
