@@ -319,6 +319,27 @@ def test_table2_gives_each_methods_training_time_and_peak_memory(run):
         assert 0 < peak < 64 * 2**30
 
 
+def test_a_retrained_run_with_the_same_weights_brings_its_own_cost_into_the_report(run, tmp_path):
+    """Training a task again writes the same content, so the report's inputs stay the same; its time and memory
+    differ, and the report must show the latest run's, not stay up to date with the earlier one's."""
+    import shutil
+
+    from dmole.artifacts.io import write_json
+    from dmole.stages.registry import REPORT
+
+    project, _, _ = run
+    copy = Project.open(shutil.copytree(project.root, tmp_path / "ws"))
+    first = report(copy)
+    latest = copy.store.latest("train-task", copy.config.task_names[0])
+    manifest = read_json(latest.path / "manifest.json")
+    manifest["summary"]["seconds"] += 1000.0  # what a slower rerun of the same training records
+    write_json(latest.path / "manifest.json", manifest)
+    again = report(Project.open(copy.root))
+    assert again.version.number == first.version.number + 1
+    seconds = read_json(again.version.file(REPORT.files.costs))["dmole"]["train_seconds"]
+    assert seconds == pytest.approx(read_json(first.version.file(REPORT.files.costs))["dmole"]["train_seconds"] + 1000)
+
+
 def test_run_settings_list_every_training_run_of_every_method(run):
     """Each method's train-task runs appear with their global batch, and every evaluated task with its grader."""
     project, _, version = run
