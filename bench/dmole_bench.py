@@ -39,7 +39,7 @@ from dmole.stages.fit_router import fit_router
 from dmole.stages.init import create_workspace
 from dmole.stages.methods import get_method
 from dmole.stages.methods.lora import towers
-from dmole.stages.models.registry import load_family
+from dmole.stages.models.registry import cpu_name, load_family
 from dmole.stages.options import TrainTaskOptions
 from dmole.stages.project import Project
 from dmole.stages.registry import ALLOCATE, EMBED, EVAL, FIT_ROUTER, REPORT, TRAIN_TASK, ZC_SCORE
@@ -179,7 +179,7 @@ def main() -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
         },
         "quality": quality(project),
         "training_step": training_step(project, args.repeats),

@@ -15,13 +15,13 @@ waited for the next micro-batch. The losses of every run must be identical (the 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from dmole.stages.models.registry import cpu_name
 from dmole.stages.project import Project
 from dmole.stages.train_task import train_run
 from dmole.stages.training.inputs import InputPipeline
@@ -94,7 +94,7 @@ def main() -> None:
     results = {
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
-        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        else f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)",
         "task": args.task,
         "epochs": args.epochs,
         "steps": runs[settings[0][0]][0]["steps"],

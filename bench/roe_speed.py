@@ -17,7 +17,6 @@ stages/roe/cost.py at the mean attended context. Criterion: measured ≥ 0.8 × 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from dmole.stages.models.registry import load_family
+from dmole.stages.models.registry import cpu_name, load_family
 from dmole.stages.models.tiny import TinySize, build_tiny
 from dmole.stages.roe.attach import attach, roe_shape
 from dmole.stages.roe.cost import theoretical_saving
@@ -92,9 +91,7 @@ def main() -> None:
     predicted_saving = cost["decoder_saving"] * t_dec
     measured_saving = median["dense"] - median["routed"]
     results = {
-        "device": str(device)
-        if device.type == "cuda"
-        else f"cpu ({platform.processor() or platform.machine()}, {args.threads} thread(s))",
+        "device": str(device) if device.type == "cuda" else f"cpu ({cpu_name()}, {args.threads} thread(s))",
         "torch": torch.__version__,
         "model": vars(args) | {"json": None},
         "routed_layers": list(routable),

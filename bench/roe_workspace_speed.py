@@ -13,11 +13,11 @@ realised skip rate on these prompts is reported beside the speed-up.
 from __future__ import annotations
 
 import argparse
-import platform
 from pathlib import Path
 
 import torch
 
+from dmole.stages.models.registry import cpu_name
 from dmole.stages.project import Project
 from dmole.stages.roe.evaluation import TrainedRoE
 from dmole.stages.roe.plan import RoutingPlan
@@ -50,7 +50,7 @@ def main() -> None:
         new_plan=lambda _prompt: RoutingPlan(batch_rule=trained.config["batch_rule"]),
     )
     results = {
-        "device": f"cpu ({platform.processor() or platform.machine()}, {args.threads} thread(s))"
+        "device": f"cpu ({cpu_name()}, {args.threads} thread(s))"
         if not torch.cuda.is_available()
         else torch.cuda.get_device_name(),
         "torch": torch.__version__,

@@ -39,7 +39,7 @@ from PIL import Image
 
 from dmole.stages.methods.dmole import DMoLEHyper
 from dmole.stages.models.base import ChatExample
-from dmole.stages.models.registry import load_family
+from dmole.stages.models.registry import cpu_name, load_family
 from dmole.stages.models.tiny import build_tiny
 from dmole.stages.options import AllocateOptions
 from shapes import INTERNVL2_2B, language_model_only
@@ -100,7 +100,7 @@ def main() -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
         },
         "size": dataclasses.asdict(size),
         "tokens_per_sample": tokens,
