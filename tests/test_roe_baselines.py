@@ -12,15 +12,11 @@ import pytest
 import torch
 
 from dmole.artifacts.io import read_parquet
-from dmole.stages.data.synthetic import SynthSizes, write_benchmark
-from dmole.stages.init import create_workspace
 from dmole.stages.models.registry import load_family
-from dmole.stages.models.tiny import build_tiny
-from dmole.stages.project import Project
 from dmole.stages.roe.fixed import FixedRouting, layer_change, least_change_layers
 from dmole.stages.roe.sweep import mean_relative, relative, skip_patterns, summarise
 from dmole.stages.route_sweep import route_sweep
-from tiny_sizes import small_lm
+from tiny_sizes import small_lm, tiny_roe_project
 
 SIZE = small_lm(5)
 ROUTE_TRAIN = dict(epochs=1, batch_size=4, roe_lr=1e-2, eval_batch_size=4, max_eval_samples=2, stage2_mode="frozen")
@@ -28,11 +24,7 @@ ROUTE_TRAIN = dict(epochs=1, batch_size=4, roe_lr=1e-2, eval_batch_size=4, max_e
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("roe-sweep")
-    write_benchmark(root / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
-    build_tiny("llava", root / "model", size=SIZE)
-    create_workspace(root / "ws", model=root / "model", data=root / "data", seed=0, stages={"route-train": ROUTE_TRAIN})
-    return Project.open(root / "ws")
+    return tiny_roe_project(tmp_path_factory.mktemp("roe-sweep"), SIZE, ROUTE_TRAIN)
 
 
 def test_static_routing_skips_its_layers_for_every_example():

@@ -10,30 +10,22 @@ import random
 import pytest
 import torch
 
-from dmole.stages.data.synthetic import SynthSizes, write_benchmark
-from dmole.stages.init import create_workspace
 from dmole.stages.models.registry import load_family
-from dmole.stages.models.tiny import build_tiny
 from dmole.stages.options import RouteTrainOptions
-from dmole.stages.project import Project
 from dmole.stages.roe.attach import attach, roe_shape
 from dmole.stages.roe.fixed import layer_change
 from dmole.stages.roe.layer import router_logits
 from dmole.stages.roe.modules import RoEModules, RoEShape
 from dmole.stages.roe.prior import apply_router_prior, measure_change, redundancy_offsets
 from dmole.stages.roe.schedule import StageSchedule
-from tiny_sizes import small_lm
+from tiny_sizes import small_lm, tiny_roe_project
 
 SIZE = small_lm(6)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("roe-prior")
-    write_benchmark(root / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
-    build_tiny("llava", root / "model", size=SIZE)
-    create_workspace(root / "ws", model=root / "model", data=root / "data", seed=0)
-    return Project.open(root / "ws")
+    return tiny_roe_project(tmp_path_factory.mktemp("roe-prior"), SIZE)
 
 
 def test_redundancy_offsets_favour_the_least_changing_layers():

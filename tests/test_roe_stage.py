@@ -13,14 +13,10 @@ from typer.testing import CliRunner
 from dmole.artifacts.io import read_parquet
 from dmole.cli.common import JsonOption
 from dmole.cli.roe_cmds import register, show_route_train
-from dmole.stages.data.synthetic import SynthSizes, write_benchmark
-from dmole.stages.init import create_workspace
-from dmole.stages.models.tiny import build_tiny
-from dmole.stages.project import Project
 from dmole.stages.roe.continual import CompositionError
 from dmole.stages.roe_eval import RoEEvalOptions, evaluate_roe, roe_summary
 from dmole.stages.route_train import RouteTrainError, RouteTrainOptions, route_train
-from tiny_sizes import small_lm
+from tiny_sizes import small_lm, tiny_roe_project
 
 SIZE = small_lm()
 OPTIONS = dict(epochs=2, batch_size=4, roe_lr=1e-2, eval_batch_size=4, max_eval_samples=2, stage2_mode="frozen")
@@ -45,11 +41,7 @@ DECISION_COLUMNS = [
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("roe-stage")
-    write_benchmark(root / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
-    build_tiny("llava", root / "model", size=SIZE)
-    create_workspace(root / "ws", model=root / "model", data=root / "data", seed=0)
-    return Project.open(root / "ws")
+    return tiny_roe_project(tmp_path_factory.mktemp("roe-stage"), SIZE)
 
 
 @pytest.fixture(scope="module")

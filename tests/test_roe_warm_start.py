@@ -12,11 +12,7 @@ import torch
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from dmole.stages.data.synthetic import SynthSizes, write_benchmark
-from dmole.stages.init import create_workspace
-from dmole.stages.models.tiny import build_tiny
 from dmole.stages.options import RouteTrainOptions
-from dmole.stages.project import Project
 from dmole.stages.roe import recipe
 from dmole.stages.roe.backbone import llm_parameters
 from dmole.stages.roe.evaluation import eval_sets, evaluate_dense
@@ -24,7 +20,7 @@ from dmole.stages.roe.fixed import least_change_layers
 from dmole.stages.roe.prior import measure_change
 from dmole.stages.route_sweep import route_sweep
 from dmole.stages.route_train import _resolved, route_train, training_subset
-from tiny_sizes import small_lm
+from tiny_sizes import small_lm, tiny_roe_project
 
 SIZE = small_lm()
 OPTIONS = dict(
@@ -43,11 +39,7 @@ OPTIONS = dict(
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("roe-warm")
-    write_benchmark(root / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
-    build_tiny("llava", root / "model", size=SIZE)
-    create_workspace(root / "ws", model=root / "model", data=root / "data", seed=0, stages={"route-train": OPTIONS})
-    return Project.open(root / "ws")
+    return tiny_roe_project(tmp_path_factory.mktemp("roe-warm"), SIZE, OPTIONS)
 
 
 def _llm(adapter) -> dict[str, torch.Tensor]:
