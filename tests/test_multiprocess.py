@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from conftest import MICRO_STAGES
 from dmole.artifacts.io import read_parquet, table_to_numpy
 from dmole.cli.app import app
-from tiny_sizes import small_lm
+from tiny_sizes import small_lm, tiny_roe_inputs
 
 # LoRA dropout draws different masks in each process, so the comparison trains without it.
 METHODS = {"dmole": {"dropout": 0.0}}
@@ -188,14 +188,11 @@ ROE_TOLERANCE = 1e-5
 @pytest.fixture(scope="module", params=["frozen", pytest.param("full", marks=pytest.mark.slow)])
 def roe_twins(request, tmp_path_factory):
     """route-train in one process and under a two-process launcher, with ``stage2_mode`` frozen or full."""
-    from dmole.stages.data.synthetic import SynthSizes, write_benchmark
     from dmole.stages.init import create_workspace
-    from dmole.stages.models.tiny import build_tiny
     from dmole.stages.project import Project
 
     base = tmp_path_factory.mktemp(f"roe-{request.param}")
-    write_benchmark(base / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
-    build_tiny("llava", base / "model", size=small_lm())
+    tiny_roe_inputs(base, small_lm())
     projects = []
     for name, run in (("one", single), ("ddp", launched), ("fsdp2", lambda *a: launched(*a, launcher=FSDP2))):
         create_workspace(base / name, model=base / "model", data=base / "data", seed=0, stages=ROE_STAGES)

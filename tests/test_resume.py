@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from dmole.stages.allocate import allocate
 from dmole.stages.train_task import TrainTaskOptions, train_task
 from dmole.stages.zc_score import zc_score
-from tiny_sizes import small_lm
+from tiny_sizes import small_lm, tiny_roe_inputs
 
 TASK = "shape-caption"
 OPTIONS = TrainTaskOptions(epochs=12, batch_size=4, lr=3e-3, checkpoint_every=2)
@@ -83,18 +83,11 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(make_project):
 def test_killed_route_train_resumes_and_matches_an_uninterrupted_run(tmp_path):
     """Killed during RoE's training (after its dense twin finished), route-train resumes from its checkpoint:
     the twin is not trained again, and the RoE and backbone weights equal an uninterrupted run's."""
-    from dmole.stages.data.synthetic import SynthSizes, write_benchmark
     from dmole.stages.init import create_workspace
-    from dmole.stages.models.tiny import build_tiny
     from dmole.stages.project import Project
     from dmole.stages.route_train import route_train
 
-    write_benchmark(tmp_path / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
-    build_tiny(
-        "llava",
-        tmp_path / "model",
-        size=small_lm(),
-    )
+    tiny_roe_inputs(tmp_path, small_lm())
     options = {
         "epochs": 24,
         "batch_size": 4,

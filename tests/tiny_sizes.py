@@ -27,11 +27,16 @@ def small_lm(lm_layers: int = 4) -> TinySize:
     )
 
 
-def tiny_roe_project(root: Path, size: TinySize, route_train: dict | None = None) -> Project:
-    """A workspace over four training and two test samples a task of the synthetic benchmark on a tiny LLaVA of
-    ``size``, with ``route_train`` as its route-train defaults."""
+def tiny_roe_inputs(root: Path, size: TinySize) -> None:
+    """``root/data``: four training and two test samples a task of the synthetic benchmark; ``root/model``: a tiny
+    LLaVA of ``size``."""
     write_benchmark(root / "data", sizes=SynthSizes(image_size=16, train_per_task=4, test_per_task=2))
     build_tiny("llava", root / "model", size=size)
+
+
+def tiny_roe_project(root: Path, size: TinySize, route_train: dict | None = None) -> Project:
+    """A workspace over `tiny_roe_inputs`, with ``route_train`` as its route-train defaults."""
+    tiny_roe_inputs(root, size)
     stages = {"stages": {"route-train": route_train}} if route_train else {}
     create_workspace(root / "ws", model=root / "model", data=root / "data", seed=0, **stages)
     return Project.open(root / "ws")
