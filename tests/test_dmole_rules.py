@@ -6,7 +6,14 @@ import torch
 
 from dmole.stages.allocate import parse_budget
 from dmole.stages.dmole.allocation import AllocationError, ScoredModule, allocate, split_modules
-from dmole.stages.dmole.router import Autoencoder, fit_router, flat_parameters, quantile_table, reconstruction_errors
+from dmole.stages.dmole.router import (
+    Autoencoder,
+    fit_router,
+    flat_parameters,
+    quantile_table,
+    reconstruction_errors,
+    step_gradients,
+)
 from dmole.stages.dmole.routing import (
     batch_vote,
     grouped_partner_votes,
@@ -174,6 +181,33 @@ def test_adam_on_flat_parameters_equals_adam_per_parameter_bit_for_bit(tmp_path)
     assert len({p.untyped_storage().data_ptr() for p in flat_model.parameters()}) == 4  # own storage again
     save_file(trained, tmp_path / "router.safetensors")  # refuses tensors that share memory
     assert torch.equal(load_file(tmp_path / "router.safetensors")["decoder.bias"], trained["decoder.bias"])
+
+
+@pytest.mark.parametrize("activation", ["none", "sigmoid"])
+def test_step_gradients_equal_autograd_bit_for_bit_over_a_training_run(activation):
+    torch.manual_seed(0)
+    data = torch.randn(96, 40)
+    data = data / data.norm(dim=1, keepdim=True)  # the routers' input: L2-normalised, negative entries included
+    autograd, direct = Autoencoder(40, 24, activation), Autoencoder(40, 24, activation)
+    direct.load_state_dict(autograd.state_dict())
+    for p in direct.parameters():
+        p.grad = torch.full_like(p, 7.0)  # overwritten, not accumulated into
+    by_autograd, by_hand = (
+        torch.optim.Adam(autograd.parameters(), lr=5e-3),
+        torch.optim.Adam(direct.parameters(), lr=5e-3),
+    )
+    for step in range(40):
+        batch = data[(step * 32) % 96 :][:32]
+        loss = torch.nn.functional.mse_loss(autograd(batch), batch)
+        by_autograd.zero_grad()
+        loss.backward()
+        assert torch.equal(step_gradients(direct, batch), loss.detach())
+        for a, b in zip(autograd.parameters(), direct.parameters()):
+            assert torch.equal(a.grad, b.grad)
+        by_autograd.step()
+        by_hand.step()
+    assert (autograd.encoder.weight.grad != 0).any() and (autograd.decoder.bias.grad != 0).any()
+    assert all(torch.equal(a, b) for a, b in zip(autograd.parameters(), direct.parameters()))
 
 
 def test_quantile_table_on_a_hand_case():

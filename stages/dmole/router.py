@@ -84,9 +84,10 @@ def flat_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
 
     Adam's update is elementwise, so stepping the flat parameter gives every weight, bit for bit, the update it
     gets stepped on its own, in one tensor operation instead of one per parameter: a router's step is small
-    enough that those per-tensor calls were a fifth of its fit. Gradients accumulate into the views in place:
-    zero ``flat.grad`` in place (the optimizer's ``zero_grad`` costs more than the zeroing itself here). On exit
-    every parameter gets its own storage again."""
+    enough that those per-tensor calls were a fifth of its fit. Gradients are written into the views in place
+    (`step_gradients`; a backward accumulates into them, so zero ``flat.grad`` in place before one: the
+    optimizer's ``zero_grad`` costs more than the zeroing itself here). On exit every parameter gets its own
+    storage again."""
     params = list(module.parameters())
     flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
     flat.grad = torch.zeros_like(flat)
@@ -100,6 +101,34 @@ def flat_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     finally:
         for p in params:
             p.data, p.grad = p.data.clone(), None
+
+
+_MEAN = 1  # torch's Reduction::Mean, as mse_loss_backward takes it
+
+
+@torch.no_grad()
+def step_gradients(model: Autoencoder, batch: torch.Tensor) -> torch.Tensor:
+    """The batch's MSE reconstruction loss, with every parameter's gradient written into its ``.grad``.
+
+    These are the kernels autograd's backward runs for this graph (mse_loss_backward, sigmoid_backward,
+    threshold_backward for the ReLU, addmm's gradients as ``mm_mat1_backward``/``mm_mat2_backward`` form them),
+    called directly: bit for bit what ``loss.backward()`` gives, without the graph's bookkeeping, which at a
+    router's size was a fifth of each step. Gradients are overwritten, not accumulated."""
+    encoder, decoder = model.encoder, model.decoder
+    hidden = torch.relu(nn.functional.linear(batch, encoder.weight, encoder.bias))
+    out = nn.functional.linear(hidden, decoder.weight, decoder.bias)
+    if model.output_activation == "sigmoid":
+        out = torch.sigmoid(out)
+    loss = nn.functional.mse_loss(out, batch)
+    grad = torch.ops.aten.mse_loss_backward(torch.ones((), dtype=out.dtype), out, batch, _MEAN)
+    if model.output_activation == "sigmoid":
+        grad = torch.ops.aten.sigmoid_backward(grad, out)
+    decoder.weight.grad.copy_(grad.t().mm(hidden))
+    decoder.bias.grad.copy_(grad.sum(0))
+    grad = torch.ops.aten.threshold_backward(grad.mm(decoder.weight), hidden, 0)
+    encoder.weight.grad.copy_(grad.t().mm(batch))
+    encoder.bias.grad.copy_(grad.sum(0))
+    return loss
 
 
 @one_thread()
@@ -124,10 +153,7 @@ def fit_router(
                 order = torch.randperm(len(x), generator=generator)
                 total = 0.0
                 for index in order.split(settings.batch_size):
-                    batch = x[index]
-                    loss = nn.functional.mse_loss(model(batch), batch)
-                    flat.grad.zero_()
-                    loss.backward()
+                    loss = step_gradients(model, x[index])
                     optimizer.step()
                     total += loss.item() * len(index)
                 scheduler.step()
