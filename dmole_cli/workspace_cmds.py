@@ -183,14 +183,14 @@ def demo(
         str | None,
         typer.Option(
             help="Comma-separated methods to run (`dmole methods`) or groups: 'table2' for the nine methods of the "
-            "paper's Table 2, 'recent' for those 2026's tables add. \\[default: dmole,seq-lora,finetune]"
+            "paper's Table 2, 'recent' for those 2026's tables add. \\[default: dmole,seq-lora]"
         ),
     ] = None,
     family: FamilyOption = "llava",
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the synthetic data and base model.")] = 0,
     quiet: QuietOption = False,
 ) -> None:
-    """The whole method on the synthetic benchmark: D-MoLE, seq-lora and finetune (or --methods) over every task,
+    """The whole method on the synthetic benchmark: D-MoLE and seq-lora (or --methods) over every task,
     then Table 2 (each task's final score, AVG, Last, BWT per method) and a markdown report. Resumes where it
     stopped."""
     from dmole.stages.demo import DEMO_METHODS, demo_methods
