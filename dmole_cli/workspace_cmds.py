@@ -10,6 +10,7 @@ import typer
 
 from dmole.stages.config import SEED_LIMIT, ImageAspectRatio, Profile, WorkspaceConfig
 from dmole.stages.data.benchmarks import benchmark_list
+from dmole.stages.method_groups import DEMO_METHODS
 from dmole.stages.models.catalog import family_list
 from dmole.stages.registry import REPORT
 
@@ -183,7 +184,8 @@ def demo(
         str | None,
         typer.Option(
             help="Comma-separated methods to run (`dmole methods`) or groups: 'table2' for the nine methods of the "
-            "paper's Table 2, 'recent' for those 2026's tables add. \\[default: dmole,seq-lora]"
+            "paper's Table 2, 'recent' for those 2026's tables add. "
+            f"\\[default: {','.join(DEMO_METHODS)}]"
         ),
     ] = None,
     family: FamilyOption = "llava",
@@ -193,8 +195,8 @@ def demo(
     """The whole method on the synthetic benchmark: D-MoLE and seq-lora (or --methods) over every task,
     then Table 2 (each task's final score, AVG, Last, BWT per method) and a markdown report. Resumes where it
     stopped."""
-    from dmole.stages.demo import DEMO_METHODS, demo_methods
     from dmole.stages.demo import demo as run
+    from dmole.stages.demo import demo_methods
 
     from .progress import rich_progress
     from .reporting import print_method_table

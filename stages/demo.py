@@ -16,6 +16,7 @@ from .allocate import allocate
 from .embed import embed
 from .evaluate import ZERO_SHOT, evaluate
 from .fit_router import fit_router
+from .method_groups import DEMO_METHODS, GROUPS
 from .methods import get_method
 from .progress import Progress, silent
 from .project import Project
@@ -24,14 +25,6 @@ from .runner import StageResult
 from .synth import SynthResult, synthesize
 from .train_task import train_task
 from .zc_score import zc_score
-
-# D-MoLE against the obvious alternative, the same LoRA trained task after task without allocation or routing; the
-# other baselines (finetune, the upper bound, among them) are `--methods table2`, which keeps the demo in minutes
-DEMO_METHODS = ("dmole", "seq-lora")
-TABLE2 = ("zero-shot", "finetune", "joint", "seq-lora", "lwf-lora", "ewc-lora", "o-lora", "moelora", "dmole")
-# the methods of 2026's tables (issue 29), and D-MoLE with replay
-RECENT = ("replay", "mr-lora", "keeplora", "reglora", "hide", "dmole-replay")
-GROUPS = {"table2": TABLE2, "recent": RECENT}
 
 
 def demo_methods(text: str) -> tuple[str, ...]:

@@ -7,9 +7,10 @@ import pytest
 
 from conftest import MICRO_STAGES
 from dmole.artifacts.io import read_json
-from dmole.stages.demo import RECENT, TABLE2, demo_methods, run_pipeline
+from dmole.stages.demo import demo_methods, run_pipeline
 from dmole.stages.errors import UserError
 from dmole.stages.init import create_workspace
+from dmole.stages.method_groups import RECENT, TABLE2
 from dmole.stages.project import Project
 
 FAST = {

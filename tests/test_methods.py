@@ -7,8 +7,9 @@ import torch
 
 from conftest import MICRO_STAGES
 from dmole.artifacts.io import read_json
-from dmole.stages.demo import TABLE2, run_pipeline
+from dmole.stages.demo import run_pipeline
 from dmole.stages.init import create_workspace
+from dmole.stages.method_groups import TABLE2
 from dmole.stages.methods import REGISTRY, get_method
 from dmole.stages.methods.ewc import FISHER, ewc_penalty
 from dmole.stages.methods.lwf import distillation_loss
