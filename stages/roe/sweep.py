@@ -51,14 +51,14 @@ def skip_patterns(rows: Sequence[dict]) -> dict[str, int]:
     return {task: len({frozenset(v) for (t, _), v in sets.items() if t == task}) for task in tasks}
 
 
-def _train_and_score(
+def train_and_score(
     project,
     inputs: SweepInputs,
     target: float,
     seed: int,
     fixed: FixedRouting | None,
-    progress: Progress,
-    warm: Path | None,
+    progress: Progress = silent,
+    warm: Path | None = None,
 ) -> tuple[float, dict[str, float], dict | None, dict[str, int]]:
     """Train RoE (or a baseline's adapters, ``fixed``) at ``target`` with ``seed``, from the base or ``warm`` (the
     seed's dense twin); its realised skip on the test sets, its task scores, its batch-1 timing and its number of
@@ -173,7 +173,7 @@ def sweep_target(
             }
         )
 
-    skip, scores, speed, patterns = _train_and_score(project, inputs, target, seed, None, progress, warm)
+    skip, scores, speed, patterns = train_and_score(project, inputs, target, seed, None, progress, warm)
     record("roe", skip, scores, speed, patterns)
     baselines = []
     if "static" in inputs.sweep.baselines:
@@ -182,7 +182,7 @@ def sweep_target(
     if "random" in inputs.sweep.baselines:
         baselines.append(FixedRouting("random", rate=skip, seed=seed))
     for fixed in baselines:
-        run = _train_and_score(project, inputs, target, seed, fixed, progress, warm)
+        run = train_and_score(project, inputs, target, seed, fixed, progress, warm)
         record(fixed.kind, *run, routing=fixed.to_json())
     return runs
 
