@@ -19,14 +19,13 @@ from pathlib import Path
 import torch
 
 from dmole.stages.project import Project
-from dmole.stages.registry import ROUTE_TRAIN
-from dmole.stages.resolve import stage_options
 from dmole.stages.roe.attach import attach, roe_shape
 from dmole.stages.roe.evaluation import eval_sets, evaluate_routed, skip_stats
 from dmole.stages.roe.modules import RoEModules
 from dmole.stages.roe.prior import apply_router_prior
 from dmole.stages.roe.recipe import load_for_training, loop_settings, train_roe, warm_start
 from dmole.stages.roe.sweep import mean_relative, relative, skip_patterns
+from dmole.stages.route_sweep import sweep_settings
 from dmole.stages.route_train import training_subset
 from emit import emit
 
@@ -47,8 +46,7 @@ def main() -> None:
     start = time.perf_counter()
     project = Project.open(args.workspace)
     overrides = {k: json.loads(v) for k, v in (pair.split("=", 1) for pair in args.overrides)}
-    settings = stage_options(project.config, ROUTE_TRAIN.name, overrides)
-    settings = settings.model_copy(update={"stage2_mode": settings.stage2_mode or "full"})
+    settings = sweep_settings(project, overrides)
     samples = [s for _, s in training_subset(project, project.config.tasks, settings, project.config.seed)]
     sets = eval_sets(project, settings.max_eval_samples)
     if settings.warm_start and args.twin is None:

@@ -20,11 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 from dmole.stages.project import Project
-from dmole.stages.registry import ROUTE_TRAIN
-from dmole.stages.resolve import stage_options
 from dmole.stages.roe.attach import roe_shape
 from dmole.stages.roe.fixed import layer_change, least_change_layers
 from dmole.stages.roe.recipe import WARM, load_for_training
+from dmole.stages.route_sweep import sweep_settings
 from dmole.stages.route_train import training_subset
 from dmole.stages.training.chat import chat_examples
 from emit import emit
@@ -50,8 +49,7 @@ def main() -> None:
 
     start = time.perf_counter()
     project = Project.open(args.workspace)
-    settings = stage_options(project.config, ROUTE_TRAIN.name, None)
-    settings = settings.model_copy(update={"stage2_mode": settings.stage2_mode or "full"})
+    settings = sweep_settings(project)
     adapter, _ = load_for_training(project, settings, args.twin / WARM if args.twin else None)
     pairs = training_subset(project, project.config.tasks, settings, project.config.seed)
     picked = random.Random(f"{project.config.seed}-example-redundancy").sample(pairs, min(args.samples, len(pairs)))

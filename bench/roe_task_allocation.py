@@ -29,7 +29,7 @@ import torch
 
 from dmole.artifacts.io import read_json
 from dmole.stages.project import Project
-from dmole.stages.registry import ROE_SWEEP, ROUTE_TRAIN
+from dmole.stages.registry import ROE_SWEEP
 from dmole.stages.resolve import stage_options
 from dmole.stages.roe.attach import roe_shape
 from dmole.stages.roe.evaluation import eval_sets
@@ -37,6 +37,7 @@ from dmole.stages.roe.fixed import least_change_layers
 from dmole.stages.roe.prior import measure_change
 from dmole.stages.roe.recipe import WARM, load_for_training
 from dmole.stages.roe.sweep import SweepInputs, mean_relative, relative, train_and_score
+from dmole.stages.route_sweep import sweep_settings
 from dmole.stages.route_train import training_subset
 from emit import emit
 
@@ -97,8 +98,7 @@ def main() -> None:
 
     start = time.perf_counter()
     project = Project.open(args.workspace)
-    settings = stage_options(project.config, ROUTE_TRAIN.name, None)
-    settings = settings.model_copy(update={"stage2_mode": settings.stage2_mode or "full"})
+    settings = sweep_settings(project)
     sweep = stage_options(project.config, ROE_SWEEP.name, None).model_copy(update={"speed_prompts": 0})
     pairs = training_subset(project, project.config.tasks, settings, project.config.seed)
     samples = [s for _, s in pairs]

@@ -18,7 +18,7 @@ from .data.tasks import task_files
 from .distributed import is_main
 from .errors import UserError
 from .figures.roe_sweep import TASK
-from .options import RouteSweepOptions, hashed
+from .options import RouteSweepOptions, RouteTrainOptions, hashed
 from .progress import Progress, silent
 from .project import Project
 from .registry import ROE_SWEEP, ROUTE_TRAIN
@@ -30,6 +30,15 @@ from .runner import (
     model_fingerprint,
     run_stage,
 )
+
+
+def sweep_settings(project: Project, overrides: dict | None = None) -> RouteTrainOptions:
+    """route-train's options as the sweep trains with them: the workspace's (and ``overrides``), from the base, with
+    stage 2 tuning the whole backbone unless the workspace chose a mode."""
+    settings = stage_options(project.config, ROUTE_TRAIN.name, overrides)
+    if settings.start != "base":
+        raise UserError("route-sweep trains on the base model; set route-train's `start` back to base")
+    return settings.model_copy(update={"stage2_mode": settings.stage2_mode or "full"})
 
 
 def _table_rows(runs: list[dict]) -> dict[str, list]:
@@ -62,10 +71,7 @@ def route_sweep(
     from .route_train import training_subset
 
     sweep = stage_options(project.config, ROE_SWEEP.name, options)
-    settings = stage_options(project.config, ROUTE_TRAIN.name, None)
-    if settings.start != "base":
-        raise UserError("route-sweep trains on the base model; set route-train's `start` back to base")
-    settings = settings.model_copy(update={"stage2_mode": settings.stage2_mode or "full"})
+    settings = sweep_settings(project)
     samples = [s for _, s in training_subset(project, project.config.tasks, settings, project.config.seed)]
     sets = eval_sets(project, settings.max_eval_samples)
     config = {
