@@ -65,7 +65,10 @@ def _depth_offsets(items: list[str]) -> dict[str, int]:
     offsets = {}
     for item in items:
         task, _, offset = item.partition("=")
-        offsets[task] = int(offset)
+        try:
+            offsets[task] = int(offset)
+        except ValueError:
+            raise SystemExit(f"--depth {item!r}: expected TASK=OFFSET, the offset an integer") from None
     return offsets
 
 
@@ -95,9 +98,16 @@ def main() -> None:
     parser.add_argument("--depth", action="append", default=[], help="TASK=OFFSET: task-depth's k offsets")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.depth and args.variant != "task-depth":
+        parser.error("--depth applies to --variant task-depth only")
+    offsets = _depth_offsets(args.depth)
+    if not (args.twin / WARM).is_dir():
+        parser.error(f"{args.twin} is not a warm-start twin folder (no {WARM}/ in it)")
 
     start = time.perf_counter()
     project = Project.open(args.workspace)
+    if unknown := set(offsets) - set(project.config.task_names):
+        parser.error(f"unknown tasks in --depth: {sorted(unknown)}")
     settings = sweep_settings(project)
     sweep = stage_options(project.config, ROE_SWEEP.name, None).model_copy(update={"speed_prompts": 0})
     pairs = training_subset(project, project.config.tasks, settings, project.config.seed)
@@ -106,9 +116,6 @@ def main() -> None:
     warm = args.twin / WARM
     dense = read_json(args.twin / "warm_dense_scores.json")
 
-    offsets = _depth_offsets(args.depth) if args.variant == "task-depth" else {}
-    if unknown := set(offsets) - set(project.config.task_names):
-        parser.error(f"unknown tasks in --depth: {sorted(unknown)}")
     layers = skip_sets(project, settings, sweep, pairs, warm, args.variant, args.layers, offsets)
     fixed = TaskStatic(layers, tuple(t for t, _ in pairs))
     skip, scores, _, patterns = train_and_score(project, inputs, settings.skip_ratio, args.seed, fixed, warm=warm)
