@@ -2,8 +2,9 @@
 route-sweep trains and scores its static baseline, against the same k layers for every example.
 
 RoE's routers see one example and choose its layers; a router that knew the example's task exactly could do at
-least what a per-task static set does. So if per-task sets do not beat the one pooled set at the same mean skip,
-per-example routing has little to gain on this benchmark; if they do, the routers leave that gain on the table.
+least what a per-task static set does. What per-task sets gain over the one pooled set at the same mean skip is
+therefore the part of routing's possible gain that task identity alone makes available (examples within a task
+could still differ), and a gain the routers leave on the table if they do not reach it.
 
     python bench/roe_task_allocation.py -w roe-deep/workspace --twin TWIN_DIR --seed 42 --layers 16 \
         --variant uniform|task-layers|task-depth [--depth shape-caption=-4 --depth color-vqa=1 ...]
@@ -61,15 +62,13 @@ class TaskStatic:
         return {layer: self.skips(keys, layer) for layer in routable}
 
 
-def _depth_offsets(items: list[str]) -> dict[str, int]:
-    offsets = {}
-    for item in items:
-        task, _, offset = item.partition("=")
-        try:
-            offsets[task] = int(offset)
-        except ValueError:
-            raise SystemExit(f"--depth {item!r}: expected TASK=OFFSET, the offset an integer") from None
-    return offsets
+def _depth_offset(item: str) -> tuple[str, int]:
+    """``--depth TASK=OFFSET``, parsed by argparse (a bad value is its one-line error)."""
+    task, _, offset = item.partition("=")
+    try:
+        return task, int(offset)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{item!r}: expected TASK=OFFSET, the offset an integer") from None
 
 
 def skip_sets(project, settings, sweep, pairs, warm, variant, k, offsets) -> dict[str, tuple[int, ...]]:
@@ -95,12 +94,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, required=True, help="the training seed (the twin's seed)")
     parser.add_argument("--layers", type=int, required=True, help="k: layers skipped per example")
     parser.add_argument("--variant", choices=("uniform", "task-layers", "task-depth"), required=True)
-    parser.add_argument("--depth", action="append", default=[], help="TASK=OFFSET: task-depth's k offsets")
+    parser.add_argument(
+        "--depth", action="append", default=[], type=_depth_offset, help="TASK=OFFSET: task-depth's k offsets"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.depth and args.variant != "task-depth":
         parser.error("--depth applies to --variant task-depth only")
-    offsets = _depth_offsets(args.depth)
+    offsets = dict(args.depth)
     if not (args.twin / WARM).is_dir():
         parser.error(f"{args.twin} is not a warm-start twin folder (no {WARM}/ in it)")
 
