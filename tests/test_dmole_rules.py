@@ -10,9 +10,11 @@ from dmole.stages.dmole.router import (
     Autoencoder,
     fit_router,
     flat_parameters,
+    flushing_subnormals,
     quantile_table,
     reconstruction_errors,
     step_gradients,
+    subnormals_flushed,
 )
 from dmole.stages.dmole.routing import (
     batch_vote,
@@ -208,6 +210,49 @@ def test_step_gradients_equal_autograd_bit_for_bit_over_a_training_run(activatio
         by_hand.step()
     assert (autograd.encoder.weight.grad != 0).any() and (autograd.decoder.bias.grad != 0).any()
     assert all(torch.equal(a, b) for a, b in zip(autograd.parameters(), direct.parameters()))
+
+
+@pytest.mark.parametrize("outside", [False, True])
+def test_subnormals_are_flushed_inside_and_the_mode_found_is_restored(outside):
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    quarter_of_smallest_normal = torch.tensor(torch.finfo(torch.float32).tiny) / 4
+    torch.set_flush_denormal(outside)
+    try:
+        assert flushing_subnormals() is outside
+        with subnormals_flushed():
+            assert flushing_subnormals()
+            assert (quarter_of_smallest_normal * 1.0).item() == 0.0
+        assert flushing_subnormals() is outside
+        fit_router(np.random.default_rng(0).normal(size=(40, 8)), FitRouterOptions(hidden=4, max_epochs=2))
+        assert flushing_subnormals() is outside
+    finally:
+        torch.set_flush_denormal(False)
+    assert (quarter_of_smallest_normal * 1.0).item() > 0.0
+
+
+def test_adam_ends_bit_for_bit_alike_when_its_subnormal_moments_are_flushed():
+    """A router's dead hidden units: gradients that stop, and first moments that decay below float32's normals."""
+
+    def train():
+        torch.manual_seed(0)
+        weight = torch.nn.Parameter(torch.randn(256) * 0.1)
+        optimizer = torch.optim.Adam([weight], lr=5e-3)
+        gradient = torch.randn(256) * 1e-3
+        for step in range(810):
+            weight.grad = gradient if step < 10 else torch.zeros(256)
+            optimizer.step()
+        return weight.detach().clone(), optimizer.state[weight]["exp_avg"].clone()
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    plain_weight, plain_moment = train()
+    with subnormals_flushed():
+        flushed_weight, flushed_moment = train()
+    subnormal = (plain_moment != 0) & (plain_moment.abs() < torch.finfo(torch.float32).tiny)
+    assert subnormal.sum() > 200  # the premise: without flushing, the moments went subnormal
+    assert (flushed_moment == 0).all()
+    assert torch.equal(plain_weight, flushed_weight)
 
 
 def test_quantile_table_on_a_hand_case():
