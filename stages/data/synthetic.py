@@ -285,6 +285,12 @@ def _task_item(task: str, rng: random.Random, writer: _Writer, name: str) -> tup
     )
 
 
+def _training_items(task: str, rng: random.Random, writer: _Writer, count: int):
+    """The task's first ``count`` training items, as `_task_item` draws them from the task's random stream."""
+    for number in range(count):
+        yield _task_item(task, rng, writer, f"train-{number:05d}")
+
+
 def write_benchmark(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes()) -> list[dict]:
     """Write the five tasks under ``root`` and return their registry entries (also saved as tasks.json)."""
     registry = []
@@ -292,8 +298,7 @@ def write_benchmark(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes
         rng = random.Random(f"{seed}-{task}")
         writer = _Writer(root, task, sizes.image_size)
         train = []
-        for number in range(sizes.train_per_task):
-            fields, _, answer, image = _task_item(task, rng, writer, f"train-{number:05d}")
+        for number, (fields, _, answer, image) in enumerate(_training_items(task, rng, writer, sizes.train_per_task)):
             question = template.format_map({**fields, "choices": _letters(fields.get("choices"))})
             train.append(_chat(image, question, answer, f"{task}-train-{number}"))
         family = TASK_FAMILIES[task]
@@ -323,6 +328,21 @@ def write_benchmark(root: Path, *, seed: int = 0, sizes: SynthSizes = SynthSizes
         )
     (root / "tasks.json").write_text(json.dumps({"tasks": registry}, indent=2) + "\n", encoding="utf-8")
     return registry
+
+
+def training_items_as_eval(
+    root: Path, task: str, count: int, *, seed: int = 0, sizes: SynthSizes = SynthSizes()
+) -> str:
+    """Write ``task``'s first ``count`` training items again under ``root``, as an evaluation split
+    (``train-as-eval``) with the references the task's metric reads: drawn from the random stream
+    `write_benchmark` drew them from with the same ``seed`` and ``sizes``, so the images and answers are the
+    training file's. Returns the evaluation file's path relative to ``root``."""
+    if not 0 < count <= sizes.train_per_task:
+        raise ValueError(f"count must be between 1 and the {sizes.train_per_task} training items, not {count}")
+    writer = _Writer(root, task, sizes.image_size)
+    items = _training_items(task, random.Random(f"{seed}-{task}"), writer, count)
+    records = [{"image": image, **record} for _, record, _, image in items]
+    return _write_eval(writer, TASK_FAMILIES[task], "train-as-eval", records)
 
 
 def _letters(choices: list[str] | None) -> str:
