@@ -24,23 +24,21 @@ import argparse
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from dmole.artifacts.io import read_json
 from dmole.stages.project import Project
-from dmole.stages.registry import ROE_SWEEP
-from dmole.stages.resolve import stage_options
 from dmole.stages.roe.attach import roe_shape
 from dmole.stages.roe.evaluation import eval_sets
 from dmole.stages.roe.fixed import least_change_layers
 from dmole.stages.roe.prior import measure_change
-from dmole.stages.roe.recipe import WARM, load_for_training
+from dmole.stages.roe.recipe import WARM_SCORES, load_for_training
 from dmole.stages.roe.sweep import SweepInputs, mean_relative, relative, train_and_score
 from dmole.stages.route_sweep import sweep_settings
 from dmole.stages.route_train import training_subset
 from emit import emit
+from twin_runs import add_twin_arguments, untimed_sweep, warm_tensors
 
 
 @dataclass(frozen=True)
@@ -89,33 +87,28 @@ def skip_sets(project, settings, sweep, pairs, warm, variant, k, offsets) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-w", "--workspace", type=Path, required=True)
-    parser.add_argument("--twin", type=Path, required=True, help="a route-sweep seed's twin folder")
-    parser.add_argument("--seed", type=int, required=True, help="the training seed (the twin's seed)")
+    add_twin_arguments(parser)
     parser.add_argument("--layers", type=int, required=True, help="k: layers skipped per example")
     parser.add_argument("--variant", choices=("uniform", "task-layers", "task-depth"), required=True)
     parser.add_argument(
         "--depth", action="append", default=[], type=_depth_offset, help="TASK=OFFSET: task-depth's k offsets"
     )
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.depth and args.variant != "task-depth":
         parser.error("--depth applies to --variant task-depth only")
     offsets = dict(args.depth)
-    if not (args.twin / WARM).is_dir():
-        parser.error(f"{args.twin} is not a warm-start twin folder (no {WARM}/ in it)")
+    warm = warm_tensors(parser, args.twin)
 
     start = time.perf_counter()
     project = Project.open(args.workspace)
     if unknown := set(offsets) - set(project.config.task_names):
         parser.error(f"unknown tasks in --depth: {sorted(unknown)}")
     settings = sweep_settings(project)
-    sweep = stage_options(project.config, ROE_SWEEP.name, None).model_copy(update={"speed_prompts": 0})
+    sweep = untimed_sweep(project)
     pairs = training_subset(project, project.config.tasks, settings, project.config.seed)
     samples = [s for _, s in pairs]
     inputs = SweepInputs(samples, eval_sets(project, settings.max_eval_samples), settings, sweep)
-    warm = args.twin / WARM
-    dense = read_json(args.twin / "warm_dense_scores.json")
+    dense = read_json(args.twin / WARM_SCORES)
 
     layers = skip_sets(project, settings, sweep, pairs, warm, args.variant, args.layers, offsets)
     fixed = TaskStatic(layers, tuple(t for t, _ in pairs))

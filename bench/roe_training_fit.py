@@ -27,16 +27,15 @@ from dmole.artifacts.io import read_json
 from dmole.stages.data.synthetic import SynthSizes, training_items_as_eval
 from dmole.stages.data.tasks import load_eval_samples
 from dmole.stages.project import Project
-from dmole.stages.registry import ROE_SWEEP
-from dmole.stages.resolve import stage_options
 from dmole.stages.roe.attach import roe_shape
 from dmole.stages.roe.evaluation import eval_sets
 from dmole.stages.roe.fixed import FixedRouting, least_change_layers
-from dmole.stages.roe.recipe import WARM, WARM_SCORES, dense_twin_scores, load_for_training, loop_settings
+from dmole.stages.roe.recipe import WARM_SCORES, dense_twin_scores, load_for_training, loop_settings
 from dmole.stages.roe.sweep import SweepInputs, mean_relative, relative, static_ranking, train_and_score
 from dmole.stages.route_sweep import sweep_settings
 from dmole.stages.route_train import training_subset
 from emit import emit
+from twin_runs import add_twin_arguments, untimed_sweep, warm_tensors
 
 TRAINING = "@train"  # suffix of a task's training-items split in the score tables
 
@@ -70,15 +69,11 @@ def split(scores: dict[str, float], dense: dict[str, float]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-w", "--workspace", type=Path, required=True)
-    parser.add_argument("--twin", type=Path, required=True, help="a route-sweep seed's twin folder")
-    parser.add_argument("--seed", type=int, required=True, help="the training seed (the twin's seed)")
+    add_twin_arguments(parser)
     parser.add_argument("--target", type=float, default=0.5, help="ρ RoE trains at")
     parser.add_argument("--examples", type=int, default=48, help="training items per task scored")
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if not (args.twin / WARM).is_dir():
-        parser.error(f"{args.twin} is not a warm-start twin folder (no {WARM}/ in it)")
+    warm = warm_tensors(parser, args.twin)
     synth_file = args.workspace.resolve().parent / "synth.json"
     if not synth_file.is_file():
         parser.error(f"no {synth_file}: the workspace must be one `dmole synth` wrote")
@@ -89,9 +84,8 @@ def main() -> None:
     if not 0 < args.examples <= synth["sizes"]["train_per_task"]:
         parser.error(f"--examples must be between 1 and {synth['sizes']['train_per_task']}")
     settings = sweep_settings(project).model_copy(update={"skip_ratio": args.target})
-    sweep = stage_options(project.config, ROE_SWEEP.name, None).model_copy(update={"speed_prompts": 0})
+    sweep = untimed_sweep(project)
     samples = [s for _, s in training_subset(project, project.config.tasks, settings, project.config.seed)]
-    warm = args.twin / WARM
     with tempfile.TemporaryDirectory() as scratch:
         sets = eval_sets(project, settings.max_eval_samples) + training_sets(
             project, Path(scratch), synth, args.examples
