@@ -1,0 +1,119 @@
+"""Does the rounding of the routers' fit reach D-MoLE's routing? Each task's router is fitted twice from its
+stored embeddings: with fit-router's Adam (torch's single-tensor kernels) and with torch's fused CPU Adam, the
+same update computed in other rounding. Reported: per task the epochs run, the threshold and the largest weight
+difference; how many evaluation routes (every stage's test samples, under the workspace's eval rule and under
+the reference's batch vote) and training partners (each task's training samples against the routers before it)
+differ; and the fit's time either way (medians of interleaved fits of the first task, after one warm-up fit).
+
+    python bench/router_fit_rounding.py -w dmole-demo/workspace --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+
+from dmole.stages.dmole.bank import load_embeddings, require_embeddings
+from dmole.stages.dmole.router import FittedRouter, fit_router, reconstruction_errors
+from dmole.stages.dmole.routing import evaluation_routes, training_partner
+from dmole.stages.project import Project
+from dmole.stages.registry import EVAL, FIT_ROUTER
+from dmole.stages.resolve import stage_options
+from emit import emit
+
+ADAMS = {"stage": torch.optim.Adam, "fused": partial(torch.optim.Adam, fused=True)}
+
+
+def fit(matrix: np.ndarray, options, adam: str) -> FittedRouter:
+    with mock.patch.object(torch.optim, "Adam", ADAMS[adam]):
+        return fit_router(matrix, options)
+
+
+def errors(routers: list[FittedRouter], matrix: np.ndarray) -> np.ndarray:
+    return np.stack([reconstruction_errors(r.model, matrix) for r in routers], axis=1)
+
+
+def thresholds(routers: list[FittedRouter]) -> np.ndarray:
+    return np.array([r.threshold for r in routers])
+
+
+def differing(pairs) -> tuple[int, int]:
+    """(differing, total) over pairs of equally long route lists."""
+    counts = [(sum(a != b for a, b in zip(x, y)), len(x)) for x, y in pairs]
+    return sum(d for d, _ in counts), sum(n for _, n in counts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-w", "--workspace", type=Path, required=True, help="a workspace whose tasks are embedded")
+    parser.add_argument("--rounds", type=int, default=7, help="timed fits of the first task per Adam")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    project = Project.open(args.workspace)
+    options = stage_options(project.config, FIT_ROUTER.name, None)
+    rules = {"workspace": stage_options(project.config, EVAL.name, None)}
+    rules["batch-vote"] = rules["workspace"].model_copy(update={"routing": "batch-vote"})
+    tasks = project.config.task_names
+    embedded = {
+        t: {split: load_embeddings(require_embeddings(project, t), split)[1] for split in ("train", "test")}
+        for t in tasks
+    }
+    routers = {adam: [fit(embedded[t]["train"], options, adam) for t in tasks] for adam in ADAMS}
+
+    def routes(adam: str, rule: str, stage: int, task: str):
+        bank = routers[adam][:stage]
+        return evaluation_routes(errors(bank, embedded[task]["test"]), thresholds(bank), rules[rule])
+
+    def partners(adam: str, task_id: int):
+        bank = routers[adam][: task_id - 1]
+        return training_partner(errors(bank, embedded[tasks[task_id - 1]]["train"]), thresholds(bank))
+
+    per_task = {}
+    for t, stage_fit, fused_fit in zip(tasks, routers["stage"], routers["fused"]):
+        weights = zip(stage_fit.model.state_dict().values(), fused_fit.model.state_dict().values())
+        per_task[t] = {
+            "epochs": {"stage": stage_fit.epochs, "fused": fused_fit.epochs},
+            "threshold": {"stage": stage_fit.threshold, "fused": fused_fit.threshold},
+            "max_weight_difference": max(float((a - b).abs().max()) for a, b in weights),
+        }
+    evaluation = {}
+    for rule in rules:
+        pairs = [
+            (routes("stage", rule, stage, t), routes("fused", rule, stage, t))
+            for stage in range(1, len(tasks) + 1)
+            for t in tasks[:stage]
+        ]
+        evaluation[rule] = dict(zip(("differing", "routes"), differing(pairs)))
+    training = differing((partners("stage", i), partners("fused", i)) for i in range(2, len(tasks) + 1))
+
+    first = embedded[tasks[0]]["train"]
+    seconds: dict[str, list[float]] = {adam: [] for adam in ADAMS}
+    fit(first, options, "stage")  # torch's one-off warm-up
+    for round_ in range(args.rounds):
+        for adam in ADAMS if round_ % 2 == 0 else reversed(ADAMS):
+            start = time.perf_counter()
+            fit(first, options, adam)
+            seconds[adam].append(time.perf_counter() - start)
+    emit(
+        {
+            "workspace": str(args.workspace),
+            "tasks": per_task,
+            "evaluation_routes": evaluation,
+            "training_partners": dict(zip(("differing", "samples"), training)),
+            "fit_seconds": {"task": tasks[0], "rounds": args.rounds}
+            | {adam: statistics.median(s) for adam, s in seconds.items()},
+        },
+        args.json,
+    )
+
+
+if __name__ == "__main__":
+    main()
