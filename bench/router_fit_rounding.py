@@ -20,8 +20,8 @@ from unittest import mock
 import numpy as np
 import torch
 
-from dmole.stages.dmole.bank import load_embeddings, require_embeddings
-from dmole.stages.dmole.router import FittedRouter, fit_router, reconstruction_errors
+from dmole.stages.dmole.bank import RouterBank, load_embeddings, require_embeddings
+from dmole.stages.dmole.router import FittedRouter, fit_router
 from dmole.stages.dmole.routing import evaluation_routes, training_partner
 from dmole.stages.project import Project
 from dmole.stages.registry import EVAL, FIT_ROUTER
@@ -36,12 +36,10 @@ def fit(matrix: np.ndarray, options, adam: str) -> FittedRouter:
         return fit_router(matrix, options)
 
 
-def errors(routers: list[FittedRouter], matrix: np.ndarray) -> np.ndarray:
-    return np.stack([reconstruction_errors(r.model, matrix) for r in routers], axis=1)
-
-
-def thresholds(routers: list[FittedRouter]) -> np.ndarray:
-    return np.array([r.threshold for r in routers])
+def bank(tasks: list[str], routers: list[FittedRouter], metadata: dict[str, str]) -> RouterBank:
+    """The routers of ``tasks`` (the first len(tasks) of ``routers``) as eval and train-task score with them."""
+    fitted = routers[: len(tasks)]
+    return RouterBank(tasks, [r.model for r in fitted], np.array([r.threshold for r in fitted]), metadata)
 
 
 def differing(pairs) -> tuple[int, int]:
@@ -63,18 +61,20 @@ def main() -> None:
     rules["batch-vote"] = rules["workspace"].model_copy(update={"routing": "batch-vote"})
     tasks = project.config.task_names
     embedded = {
-        t: {split: load_embeddings(require_embeddings(project, t), split)[1] for split in ("train", "test")}
+        t: {split: load_embeddings(require_embeddings(project, t), split)[1:] for split in ("train", "test")}
         for t in tasks
     }
-    routers = {adam: [fit(embedded[t]["train"], options, adam) for t in tasks] for adam in ADAMS}
+    routers = {adam: [fit(embedded[t]["train"][0], options, adam) for t in tasks] for adam in ADAMS}
 
     def routes(adam: str, rule: str, stage: int, task: str):
-        bank = routers[adam][:stage]
-        return evaluation_routes(errors(bank, embedded[task]["test"]), thresholds(bank), rules[rule])
+        matrix, metadata = embedded[task]["test"]
+        routing = bank(tasks[:stage], routers[adam], metadata)
+        return evaluation_routes(routing.errors(matrix, metadata), routing.thresholds, rules[rule])
 
     def partners(adam: str, task_id: int):
-        bank = routers[adam][: task_id - 1]
-        return training_partner(errors(bank, embedded[tasks[task_id - 1]]["train"]), thresholds(bank))
+        matrix, metadata = embedded[tasks[task_id - 1]]["train"]
+        past = bank(tasks[: task_id - 1], routers[adam], metadata)
+        return training_partner(past.errors(matrix, metadata), past.thresholds)
 
     per_task = {}
     for t, stage_fit, fused_fit in zip(tasks, routers["stage"], routers["fused"]):
@@ -94,7 +94,7 @@ def main() -> None:
         evaluation[rule] = dict(zip(("differing", "routes"), differing(pairs)))
     training = differing((partners("stage", i), partners("fused", i)) for i in range(2, len(tasks) + 1))
 
-    first = embedded[tasks[0]]["train"]
+    first = embedded[tasks[0]]["train"][0]
     seconds: dict[str, list[float]] = {adam: [] for adam in ADAMS}
     fit(first, options, "stage")  # torch's one-off warm-up
     for round_ in range(args.rounds):
