@@ -1,9 +1,11 @@
-"""Does the rounding of the routers' fit reach D-MoLE's routing? Each task's router is fitted twice from its
-stored embeddings: with fit-router's Adam (torch's single-tensor kernels) and with torch's fused CPU Adam, the
-same update computed in other rounding. Reported: per task the epochs run, the threshold and the largest weight
+"""Does the rounding of the routers' fit reach D-MoLE's routing, and what does each Adam cost? Each task's router
+is fitted from its stored embeddings with three Adams: fit-router's (``SingleTensorAdam``: torch's single-tensor
+kernels called directly), torch.optim.Adam itself (the same kernels behind the optimizer's bookkeeping, as
+fit-router stepped until it had its own), and torch's fused CPU Adam (the same update in other rounding).
+Reported against fit-router's, per other Adam: per task the epochs run, the threshold and the largest weight
 difference; how many evaluation routes (every stage's test samples, under the workspace's eval rule and under
 the reference's batch vote) and training partners (each task's training samples against the routers before it)
-differ; and the fit's time either way (medians of interleaved fits of the first task, after one warm-up fit).
+differ; and each fit's time (medians of interleaved fits of the first task, after one warm-up fit).
 
     python bench/router_fit_rounding.py -w dmole-demo/workspace --rounds 7
 """
@@ -15,25 +17,40 @@ import statistics
 import time
 from functools import partial
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
 
 from dmole.stages.dmole.bank import RouterBank, load_embeddings, require_embeddings
-from dmole.stages.dmole.router import FittedRouter, fit_router
+from dmole.stages.dmole.router import FittedRouter, SingleTensorAdam, fit_router
 from dmole.stages.dmole.routing import evaluation_routes, training_partner
 from dmole.stages.project import Project
 from dmole.stages.registry import EVAL, FIT_ROUTER
 from dmole.stages.resolve import stage_options
 from emit import emit
 
-ADAMS = {"stage": torch.optim.Adam, "fused": partial(torch.optim.Adam, fused=True)}
+
+class TorchAdam:
+    """torch.optim.Adam behind fit_router's optimizer interface, the learning rate set as its scheduler sets it."""
+
+    def __init__(self, param: torch.nn.Parameter, fused: bool):
+        self.optimizer = torch.optim.Adam([param], fused=fused)
+
+    def step(self, lr: float) -> None:
+        self.optimizer.param_groups[0]["lr"] = lr
+        self.optimizer.step()
+
+
+ADAMS = {
+    "stage": SingleTensorAdam,
+    "optimizer": partial(TorchAdam, fused=False),
+    "fused": partial(TorchAdam, fused=True),
+}
+OTHERS = [adam for adam in ADAMS if adam != "stage"]
 
 
 def fit(matrix: np.ndarray, options, adam: str) -> FittedRouter:
-    with mock.patch.object(torch.optim, "Adam", ADAMS[adam]):
-        return fit_router(matrix, options)
+    return fit_router(matrix, options, adam=ADAMS[adam])
 
 
 def bank(tasks: list[str], routers: list[FittedRouter], metadata: dict[str, str]) -> RouterBank:
@@ -42,10 +59,10 @@ def bank(tasks: list[str], routers: list[FittedRouter], metadata: dict[str, str]
     return RouterBank(tasks, [r.model for r in fitted], np.array([r.threshold for r in fitted]), metadata)
 
 
-def differing(pairs) -> tuple[int, int]:
-    """(differing, total) over pairs of equally long route lists."""
+def differing(pairs, unit: str) -> dict[str, int]:
+    """How many entries differ, and how many there are (under ``unit``), over pairs of equally long route lists."""
     counts = [(sum(a != b for a, b in zip(x, y)), len(x)) for x, y in pairs]
-    return sum(d for d, _ in counts), sum(n for _, n in counts)
+    return {"differing": sum(d for d, _ in counts), unit: sum(n for _, n in counts)}
 
 
 def main() -> None:
@@ -76,23 +93,38 @@ def main() -> None:
         past = bank(tasks[: task_id - 1], routers[adam], metadata)
         return training_partner(past.errors(matrix, metadata), past.thresholds)
 
-    per_task = {}
-    for t, stage_fit, fused_fit in zip(tasks, routers["stage"], routers["fused"]):
-        weights = zip(stage_fit.model.state_dict().values(), fused_fit.model.state_dict().values())
-        per_task[t] = {
-            "epochs": {"stage": stage_fit.epochs, "fused": fused_fit.epochs},
-            "threshold": {"stage": stage_fit.threshold, "fused": fused_fit.threshold},
-            "max_weight_difference": max(float((a - b).abs().max()) for a, b in weights),
+    def weight_difference(a: FittedRouter, b: FittedRouter) -> float:
+        pairs = zip(a.model.state_dict().values(), b.model.state_dict().values())
+        return max(float((x - y).abs().max()) for x, y in pairs)
+
+    per_task = {
+        t: {
+            "epochs": {adam: routers[adam][i].epochs for adam in ADAMS},
+            "threshold": {adam: routers[adam][i].threshold for adam in ADAMS},
+            "max_weight_difference": {
+                adam: weight_difference(routers["stage"][i], routers[adam][i]) for adam in OTHERS
+            },
         }
-    evaluation = {}
-    for rule in rules:
-        pairs = [
-            (routes("stage", rule, stage, t), routes("fused", rule, stage, t))
-            for stage in range(1, len(tasks) + 1)
-            for t in tasks[:stage]
-        ]
-        evaluation[rule] = dict(zip(("differing", "routes"), differing(pairs)))
-    training = differing((partners("stage", i), partners("fused", i)) for i in range(2, len(tasks) + 1))
+        for i, t in enumerate(tasks)
+    }
+    evaluation = {
+        rule: {
+            adam: differing(
+                (
+                    (routes("stage", rule, stage, t), routes(adam, rule, stage, t))
+                    for stage in range(1, len(tasks) + 1)
+                    for t in tasks[:stage]
+                ),
+                "routes",
+            )
+            for adam in OTHERS
+        }
+        for rule in rules
+    }
+    training = {
+        adam: differing(((partners("stage", i), partners(adam, i)) for i in range(2, len(tasks) + 1)), "samples")
+        for adam in OTHERS
+    }
 
     first = embedded[tasks[0]]["train"][0]
     seconds: dict[str, list[float]] = {adam: [] for adam in ADAMS}
@@ -107,7 +139,7 @@ def main() -> None:
             "workspace": str(args.workspace),
             "tasks": per_task,
             "evaluation_routes": evaluation,
-            "training_partners": dict(zip(("differing", "samples"), training)),
+            "training_partners": training,
             "fit_seconds": {"task": tasks[0], "rounds": args.rounds}
             | {adam: statistics.median(s) for adam, s in seconds.items()},
         },

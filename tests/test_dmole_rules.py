@@ -1,5 +1,8 @@
 """The spec's D-MoLE formulas on small hand-computed cases (spec/dmole.md §4, §6, §8, §9)."""
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,8 @@ from dmole.stages.allocate import parse_budget
 from dmole.stages.dmole.allocation import AllocationError, ScoredModule, allocate, split_modules
 from dmole.stages.dmole.router import (
     Autoencoder,
+    SingleTensorAdam,
+    cosine_annealing,
     fit_router,
     flat_parameters,
     flushing_subnormals,
@@ -212,6 +217,49 @@ def test_step_gradients_equal_autograd_bit_for_bit_over_a_training_run(activatio
     assert all(torch.equal(a, b) for a, b in zip(autograd.parameters(), direct.parameters()))
 
 
+@pytest.mark.parametrize("period", [1000, 4])
+def test_cosine_annealing_is_torchs_scheduler_bit_for_bit_where_the_closed_form_is_not(period):
+    epochs = 2 * period + 100  # past a whole period, into the branch where the rate climbs back
+    holder = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([holder], lr=5e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=period, eta_min=1e-3)
+    torchs = []
+    for _ in range(epochs):
+        torchs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    ours = list(itertools.islice(cosine_annealing(5e-3, 1e-3, period), epochs))
+    assert ours == torchs
+    assert ours[period] == pytest.approx(1e-3) and ours[2 * period] == pytest.approx(5e-3)
+    closed = [1e-3 + (5e-3 - 1e-3) * (1 + math.cos(math.pi * epoch / period)) / 2 for epoch in range(epochs)]
+    assert closed != torchs
+
+
+def test_single_tensor_adam_steps_bit_for_bit_as_torchs_adam_under_its_scheduler():
+    torch.manual_seed(0)
+    start = torch.randn(3000) * 0.1
+    gradients = torch.randn(60, 3000) * torch.logspace(-6, 0, 3000)  # small to large, as a router's are
+    gradients[20:, :500] = 0  # units that stop getting gradients: moments that only decay
+    by_torch = torch.nn.Parameter(start.clone())
+    optimizer = torch.optim.Adam([by_torch], lr=5e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4, eta_min=1e-3)
+    ours = torch.nn.Parameter(start.clone())
+    ours.grad = torch.zeros_like(ours)
+    adam, rates = SingleTensorAdam(ours), cosine_annealing(5e-3, 1e-3, 4)
+    for epoch in range(20):  # three steps an epoch, the rate annealed per epoch over five periods
+        rate = next(rates)
+        for step in range(3):
+            by_torch.grad = gradients[3 * epoch + step].clone()
+            optimizer.step()
+            ours.grad.copy_(gradients[3 * epoch + step])
+            adam.step(rate)
+        scheduler.step()
+    state = optimizer.state[by_torch]
+    assert torch.equal(ours, by_torch)
+    assert torch.equal(adam.exp_avg, state["exp_avg"]) and torch.equal(adam.exp_avg_sq, state["exp_avg_sq"])
+    assert (ours != start).all()
+
+
 @pytest.mark.parametrize("outside", [False, True])
 def test_subnormals_are_flushed_inside_and_the_mode_found_is_restored(outside):
     if not torch.set_flush_denormal(False):
@@ -237,12 +285,13 @@ def test_adam_ends_bit_for_bit_alike_when_its_subnormal_moments_are_flushed():
     def train():
         torch.manual_seed(0)
         weight = torch.nn.Parameter(torch.randn(256) * 0.1)
-        optimizer = torch.optim.Adam([weight], lr=5e-3)
-        gradient = torch.randn(256) * 1e-3
+        weight.grad = torch.randn(256) * 1e-3
+        optimizer = SingleTensorAdam(weight)  # fit_router's Adam
         for step in range(810):
-            weight.grad = gradient if step < 10 else torch.zeros(256)
-            optimizer.step()
-        return weight.detach().clone(), optimizer.state[weight]["exp_avg"].clone()
+            if step == 10:
+                weight.grad.zero_()
+            optimizer.step(5e-3)
+        return weight.detach().clone(), optimizer.exp_avg.clone()
 
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormal floats")

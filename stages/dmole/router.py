@@ -7,9 +7,10 @@ threshold is always compared with errors computed the same way.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -129,6 +130,9 @@ def subnormals_flushed() -> Iterator[None]:
         torch.set_flush_denormal(before)
 
 
+_ONE = torch.ones(())  # mse_loss_backward's incoming gradient: the loss is the graph's output
+
+
 @torch.no_grad()
 def step_gradients(model: Autoencoder, batch: torch.Tensor) -> torch.Tensor:
     """The batch's MSE reconstruction loss, with every parameter's gradient written into its ``.grad``.
@@ -136,22 +140,67 @@ def step_gradients(model: Autoencoder, batch: torch.Tensor) -> torch.Tensor:
     These are the kernels autograd's backward runs for this graph (mse_loss_backward, sigmoid_backward,
     threshold_backward for the ReLU, addmm's gradients as ``mm_mat1_backward``/``mm_mat2_backward`` form them),
     called directly: bit for bit what ``loss.backward()`` gives, without the graph's bookkeeping, which at a
-    router's size was a fifth of each step. Gradients are overwritten, not accumulated."""
+    router's size was a fifth of each step. Gradients are overwritten in place, not accumulated."""
     encoder, decoder = model.encoder, model.decoder
     hidden = torch.relu(nn.functional.linear(batch, encoder.weight, encoder.bias))
     out = nn.functional.linear(hidden, decoder.weight, decoder.bias)
     if model.output_activation == "sigmoid":
         out = torch.sigmoid(out)
     loss = nn.functional.mse_loss(out, batch)
-    grad = torch.ops.aten.mse_loss_backward(torch.ones((), dtype=out.dtype), out, batch, _MEAN)
+    grad = torch.ops.aten.mse_loss_backward(_ONE, out, batch, _MEAN)
     if model.output_activation == "sigmoid":
         grad = torch.ops.aten.sigmoid_backward(grad, out)
-    decoder.weight.grad.copy_(grad.t().mm(hidden))
-    decoder.bias.grad.copy_(grad.sum(0))
+    torch.mm(grad.t(), hidden, out=decoder.weight.grad)
+    torch.sum(grad, 0, out=decoder.bias.grad)
     grad = torch.ops.aten.threshold_backward(grad.mm(decoder.weight), hidden, 0)
-    encoder.weight.grad.copy_(grad.t().mm(batch))
-    encoder.bias.grad.copy_(grad.sum(0))
+    torch.mm(grad.t(), batch, out=encoder.weight.grad)
+    torch.sum(grad, 0, out=encoder.bias.grad)
     return loss
+
+
+class AdamStep(Protocol):
+    def step(self, lr: float) -> None: ...
+
+
+class SingleTensorAdam:
+    """torch.optim.Adam's update with its defaults (betas 0.9 and 0.999, eps 1e-8, no weight decay) on one
+    parameter: the kernels of torch's single-tensor implementation, the CPU's default, in its order and with its
+    scalars, so every step is bit for bit torch's (tested). What it leaves out is the optimizer's per-step
+    bookkeeping (hooks, profiler records, the scheduler's wrapper) and a fresh square-root tensor at every step,
+    which together cost a router's fit a quarter of its time (docs/benchmarks.md). The learning rate is passed to
+    each step."""
+
+    def __init__(self, param: nn.Parameter, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.param, self.grad = param.data, param.grad
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.param), torch.zeros_like(self.param)
+        self.denom = torch.empty_like(self.param)
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.steps = 0
+
+    def step(self, lr: float) -> None:
+        self.steps += 1
+        beta1, beta2, step = self.beta1, self.beta2, float(self.steps)
+        self.exp_avg.lerp_(self.grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(self.grad, self.grad, value=1 - beta2)
+        step_size = lr / (1 - beta1**step)
+        torch.sqrt(self.exp_avg_sq, out=self.denom).div_((1 - beta2**step) ** 0.5).add_(self.eps)
+        self.param.addcdiv_(self.exp_avg, self.denom, value=-step_size)
+
+
+def cosine_annealing(lr: float, min_lr: float, period: int) -> Iterator[float]:
+    """The learning rate of each epoch from the first, as torch's CosineAnnealingLR steps it: its recursive form,
+    in its floating-point order, which the closed form does not reproduce bit for bit (tested)."""
+    current, epoch = lr, 0
+    while True:
+        yield current
+        epoch += 1
+        if (epoch - 1 - period) % (2 * period) == 0:
+            current = current + (lr - min_lr) * (1 - math.cos(math.pi / period)) / 2
+        else:
+            current = (1 + math.cos(math.pi * epoch / period)) / (1 + math.cos(math.pi * (epoch - 1) / period)) * (
+                current - min_lr
+            ) + min_lr
 
 
 @one_thread()
@@ -161,26 +210,28 @@ def fit_router(
     settings: FitRouterOptions = FitRouterOptions(),
     progress: Progress = silent,
     description: str = "autoencoder",
+    adam: Callable[[nn.Parameter], AdamStep] = SingleTensorAdam,
 ) -> FittedRouter:
-    """Train on one task's embeddings; stop after ``patience`` epochs without a new best epoch-mean loss."""
+    """Train on one task's embeddings; stop after ``patience`` epochs without a new best epoch-mean loss.
+    ``adam`` builds the optimizer of the flat parameter (another implementation, for benchmarks)."""
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
     x = normalise(embeddings)
     model = Autoencoder(x.shape[1], settings.hidden, settings.output_activation)
     model.train()
     with flat_parameters(model) as flat:
-        optimizer = torch.optim.Adam([flat], lr=settings.lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=COSINE_PERIOD, eta_min=settings.min_lr)
+        optimizer = adam(flat)
+        learning_rates = cosine_annealing(settings.lr, settings.min_lr, COSINE_PERIOD)
         best, since_best, epoch, epoch_loss = math.inf, 0, 0, math.inf
         with progress(description, total=settings.max_epochs) as bar:
             for epoch in range(1, settings.max_epochs + 1):  # noqa: B007  (read after the loop: the epochs run)
+                lr = next(learning_rates)
                 order = torch.randperm(len(x), generator=generator)
                 total = 0.0
                 for index in order.split(settings.batch_size):
-                    loss = step_gradients(model, x[index])
-                    optimizer.step()
+                    loss = step_gradients(model, x.index_select(0, index))
+                    optimizer.step(lr)
                     total += loss.item() * len(index)
-                scheduler.step()
                 epoch_loss = total / len(x)
                 bar.advance(1, loss=epoch_loss)
                 if epoch_loss < best:
