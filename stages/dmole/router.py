@@ -130,7 +130,7 @@ def subnormals_flushed() -> Iterator[None]:
         torch.set_flush_denormal(before)
 
 
-_ONE = torch.ones(())  # mse_loss_backward's incoming gradient: the loss is the graph's output
+_ONE = torch.ones((), dtype=torch.float32)  # mse_loss_backward's incoming gradient: the loss is the output
 
 
 @torch.no_grad()
