@@ -168,7 +168,8 @@ class SingleTensorAdam:
     scalars, so every step is bit for bit torch's (tested). What it leaves out is the optimizer's per-step
     bookkeeping (hooks, profiler records, the scheduler's wrapper) and a fresh square-root tensor at every step,
     which together cost a router's fit a quarter of its time (docs/benchmarks.md). The learning rate is passed to
-    each step."""
+    each step; the gradient is read from ``param.grad`` in place, so it must exist before (`flat_parameters`
+    allocates it)."""
 
     def __init__(self, param: nn.Parameter, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.param, self.grad = param.data, param.grad
