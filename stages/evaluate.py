@@ -19,7 +19,6 @@ from .data.tasks import eval_set_hash, load_eval_samples
 from .dmole.routing import acceptance_warning
 from .errors import UserError
 from .evaluation.grading import score_predictions
-from .evaluation.predict import predict
 from .methods import get_method
 from .methods.base import ZERO_SHOT, EvalPlan
 from .metrics.caption import resolve_caption_tokenizer
@@ -152,6 +151,8 @@ def evaluate(
 
 
 def _predict_and_score(adapter, task, samples, model, around, options: EvalOptions, progress, description):
+    from .evaluation.predict import predict  # torch: never imported to find a stage up to date
+
     predictions = predict(
         adapter,
         task,

@@ -8,8 +8,6 @@ from dmole.artifacts import Writer
 from dmole.artifacts.io import write_json
 
 from .dmole.bank import load_bank, load_embeddings, require_embeddings
-from .dmole.router import fit_router as train_router
-from .dmole.router import reconstruction_errors
 from .dmole.routing import acceptance_warning
 from .options import FitRouterOptions
 from .progress import Progress, silent
@@ -36,6 +34,9 @@ def fit_router(
 
     def compute(writer: Writer) -> None:
         from safetensors.torch import save_file
+
+        from .dmole.router import fit_router as train_router
+        from .dmole.router import reconstruction_errors
 
         _, matrix, metadata = load_embeddings(embedded, "train")
         if options.max_fit_samples and len(matrix) > options.max_fit_samples:

@@ -8,6 +8,7 @@ import sys
 
 from typer.testing import CliRunner
 
+from conftest import PIPELINE_TASKS
 from dmole.cli.app import app
 
 runner = CliRunner()
@@ -111,6 +112,27 @@ def test_recomputing_identical_content_keeps_downstream_fresh(make_project):
     invoke("embed", "--task", task, "--force", "--batch-size", "3", "--workspace", str(project.root))
     rows = {r["stage"]: r["status"] for r in json.loads(invoke("ls", "--json", "--workspace", str(project.root)))}
     assert rows == {"embed": "ok", "fit-router": "ok"}  # same content: recomputing does not make it stale
+
+
+def test_a_resumed_loop_finds_every_stage_up_to_date_without_importing_torch(micro_bench, run_cli_pipeline, tmp_path):
+    """Running the README's loop again over a finished workspace only reads manifests: no stage imports torch,
+    transformers or peft to find its result up to date (torch alone takes a second and more to import), D-MoLE's
+    train-task of a second task included, whose training partners come from the routers."""
+    workspace = run_cli_pipeline(micro_bench / "base-model", tmp_path / "ws")
+    preprocessing = ("embed", "fit-router", "zc-score", "allocate")
+    commands = [[stage, "--task", task] for task in PIPELINE_TASKS for stage in preprocessing]
+    commands += [[*step, task] for task in PIPELINE_TASKS for step in (["train-task", "--task"], ["eval", "--after"])]
+    code = (
+        "import sys; from dmole.cli.app import app\n"
+        f"for args in {commands!r}:\n"
+        f"    app([*args, '-q', '--workspace', r'{workspace}'], standalone_mode=False)\n"
+        "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    *summaries, imported = done.stdout.strip().splitlines()
+    assert len(summaries) == len(commands) and all("up to date" in line for line in summaries), summaries
+    assert imported.split() == ["False", "False", "False"]
 
 
 def test_light_stages_import_no_torch_and_record_package_versions(make_project):

@@ -6,16 +6,19 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import MICRO_STAGES
 from dmole.artifacts.io import read_json, read_parquet
 from dmole.cli.app import app
 from dmole.stages.demo import run_pipeline
+from dmole.stages.dmole.bank import load_router
 from dmole.stages.embed import embed
 from dmole.stages.evaluate import evaluate
 from dmole.stages.fit_router import fit_router, routing_confusion
 from dmole.stages.options import EmbedOptions, EvalOptions
+from dmole.stages.registry import FIT_ROUTER
 from dmole.stages.resolve import stage_options
 
 runner = CliRunner()
@@ -42,6 +45,16 @@ def test_embed_then_fit_router_and_rerun_is_up_to_date(make_project):
     assert embed(project, task).up_to_date and fit_router(project, task, options).up_to_date
     confusion = routing_confusion(project)
     assert sum(confusion[task].values()) == 4 and set(confusion[task]) == {task, "none"}
+    # loading a router gives its stored weights and draws nothing from torch's generator: train-task loads the
+    # routers after seeding its experts' random draws
+    torch.manual_seed(0)
+    model, _ = load_router(fitted.version)
+    after = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(4))
+    stored = load_file(fitted.version.file(FIT_ROUTER.files.weights))
+    assert stored.keys() == model.state_dict().keys()
+    assert all(torch.equal(stored[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.slow

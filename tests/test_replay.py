@@ -92,6 +92,7 @@ def test_dmole_replay_routes_each_replayed_sample_by_its_own_embedding(three_tas
     train_task(three_tasks, TASKS[0], options)
     method, run, _ = train_run(three_tasks, TASKS[1], options)
     inputs = method.carried(run)
+    method.route_partners(run)
     replayed = run.replayed[TASKS[0]]
     assert len(run.carried["partners"]) == len(run.samples) and run.samples[-6:] == replayed
     # independently: task 1's router on each replayed sample's row of task 1's training embeddings

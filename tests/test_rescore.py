@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from conftest import MICRO_STAGES
 from dmole.artifacts.io import read_parquet
 from dmole.cli.app import app
-from dmole.stages import evaluate as evaluate_module
 from dmole.stages.errors import UserError
 from dmole.stages.evaluate import evaluate
+from dmole.stages.evaluation import predict as predict_module
 from dmole.stages.init import create_workspace
 from dmole.stages.metrics import MetricError, mcitlib_rules, text_rules
 from dmole.stages.metrics.choice import option_letters
@@ -116,7 +116,7 @@ def crafted(monkeypatch):
     def predict(_adapter, _task, samples, **_):
         return [_reply(s.references, i) for i, s in enumerate(samples)]
 
-    monkeypatch.setattr(evaluate_module, "predict", predict)
+    monkeypatch.setattr(predict_module, "predict", predict)
 
 
 # What each text rule gives the four variants, worked out by hand: only the reply equal to the gold answer is right

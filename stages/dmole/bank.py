@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,7 +12,9 @@ from dmole.artifacts.io import read_json, read_parquet, table_metadata, table_to
 
 from ..errors import UserError
 from ..registry import EMBED, FIT_ROUTER
-from .router import Autoencoder, reconstruction_errors
+
+if TYPE_CHECKING:  # the router module imports torch, which checking a stage's inputs never needs
+    from .router import Autoencoder
 
 
 def load_embeddings(version: Version, split: str) -> tuple[list[str], np.ndarray, dict[str, str]]:
@@ -43,18 +46,26 @@ class RouterBank:
             raise UserError(
                 f"embeddings differ from the routers' fit data in {', '.join(changed)}; re-run embed and fit-router"
             )
+        from .router import reconstruction_errors
+
         if len(embeddings) == 0:
             return np.zeros((0, len(self.models)))
         return np.stack([reconstruction_errors(model, embeddings) for model in self.models], axis=1)
 
 
 def load_router(version: Version) -> tuple[Autoencoder, dict]:
+    import torch
     from safetensors.torch import load_file
+
+    from .router import Autoencoder
 
     record = read_json(version.file(FIT_ROUTER.files.router))
     state = load_file(version.file(FIT_ROUTER.files.weights))
-    model = Autoencoder(record["dim"], record["config"]["hidden"], record["config"]["output_activation"])
-    model.load_state_dict(state)
+    # built on the meta device, a router draws no initial weights: loading one leaves torch's random state as it
+    # was, so train-task, which loads them after seeding its experts' draws, draws the same experts as before
+    with torch.device("meta"):
+        model = Autoencoder(record["dim"], record["config"]["hidden"], record["config"]["output_activation"])
+    model.load_state_dict(state, assign=True)
     return model, record
 
 

@@ -89,10 +89,7 @@ class DMoLE(ContinualMethod):
 
     # ---- training ------------------------------------------------------------------------------------------
     def carried(self, run: TrainRun) -> list:
-        import numpy as np
-
-        from ..dmole.bank import load_bank, require_embeddings, router_versions
-        from ..dmole.routing import training_partner
+        from ..dmole.bank import require_embeddings, router_versions
 
         allocation = self.allocation(run.project, run.task)
         previous = self.trained_before(run.project, run.task_id)
@@ -100,22 +97,36 @@ class DMoLE(ContinualMethod):
         if run.task_id == 1:
             return [allocation]
         past = run.project.config.task_names[: run.task_id - 1]
-        bank = load_bank(run.project, past)
+        # a replayed sample's embedding is its own task's
+        embedded = {task: require_embeddings(run.project, task) for task in (run.task, *run.replayed)}
+        run.carried.update(embedded=embedded)
+        return [allocation, *embedded.values(), *router_versions(run.project, past), *previous]
+
+    def route_partners(self, run: TrainRun) -> None:
+        """Each training sample's partner, the past task whose router accepts it best (its errors and the routers'
+        thresholds kept for batch-vote), into ``run.carried``. It loads the routers, and with them torch, so the
+        trainer calls it: checking whether a run is up to date (`carried`) never does."""
+        if run.task_id == 1:
+            return
+        import numpy as np
+
+        from ..dmole.bank import load_bank
+        from ..dmole.routing import training_partner
+
+        bank = load_bank(run.project, run.project.config.task_names[: run.task_id - 1])
         own = len(run.samples) - sum(len(buffer) for buffer in run.replayed.values())
-        embedded, errors = [], []
-        for task, samples in {run.task: run.samples[:own], **run.replayed}.items():  # a replayed sample: its task's
-            version = require_embeddings(run.project, task)
-            embedded.append(version)
-            errors.append(train_errors(bank, version, task, samples))
-        errors = np.concatenate(errors)
+        groups = {run.task: run.samples[:own], **run.replayed}
+        errors = np.concatenate(
+            [train_errors(bank, run.carried["embedded"][task], task, samples) for task, samples in groups.items()]
+        )
         run.carried.update(
             partners=training_partner(errors, bank.thresholds), errors=errors, thresholds=bank.thresholds
         )
-        return [allocation, *embedded, *router_versions(run.project, past), *previous]
 
     def trainer(self, run: TrainRun, adapter):
         from .lora import expert_model
 
+        self.route_partners(run)
         arch = read_json(run.carried["allocation"].file(ALLOCATE.files.arch))
         experts = expert_model(
             run.project,

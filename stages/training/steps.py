@@ -8,6 +8,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from ..options import TrainTaskOptions
+from .settings import LoopSettings
 
 if TYPE_CHECKING:
     from ..config import TaskSpec
@@ -19,7 +20,6 @@ def loop_settings(
     """The loop's settings for ``task``. A run on the union of tasks (joint; ``union``: task -> its spec and how many
     samples it put in the union, already repeated by its epochs) makes one pass over the union, at the batch size
     of the task with the most samples in it."""
-    from .loop import LoopSettings  # torch comes with it: importing train-task stays light
 
     epochs, batch = options.epochs_for(task), options.batch_for(task)
     if union:
