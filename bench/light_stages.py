@@ -4,7 +4,9 @@ measured side by side (interleaved rounds, median per command), with the heavy l
     python bench/light_stages.py -w dmole-demo/workspace [--repeats 5] [--json out.json]
 
 The commands: ``--help``, ``tasks``, ``ls``, ``show allocate``, ``allocate --force`` (re-running the stage),
-``report --json`` (figures are drawn only when the report changes; ``--force`` redraws them and is timed too).
+``report --json`` (figures are drawn only when the report changes; ``--force`` redraws them and is timed too), and
+each stage of the README's loop finding its result up to date, as a resumed loop runs it (train-task and eval on the
+second task, whose D-MoLE run has a past task's routers for its training partners).
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     w = ["-w", str(args.workspace)]
-    task = subprocess.run(
+    task, second = subprocess.run(
         [sys.executable, "-m", "dmole.cli", "tasks", *w], capture_output=True, text=True, check=True
-    ).stdout.split()[0]
+    ).stdout.split()[:2]
     commands = {
         "dmole --help": ["--help"],
         "dmole tasks": ["tasks", *w],
@@ -55,6 +57,12 @@ def main() -> None:
         f"dmole allocate --task {task} --force": ["allocate", "--task", task, "--force", *w],
         "dmole report --json": ["report", "--json", *w],
         "dmole report --force (draws the figures)": ["report", "--force", "-q", *w],
+        **{
+            f"dmole {stage} --task {task} (up to date)": [stage, "--task", task, *w]
+            for stage in ("embed", "fit-router", "zc-score", "allocate")
+        },
+        f"dmole train-task --task {second} (up to date)": ["train-task", "--task", second, *w],
+        f"dmole eval --after {second} (up to date)": ["eval", "--after", second, *w],
     }
     times: dict[str, list[float]] = {name: [] for name in commands}
     heavy: dict[str, list[str]] = {}
