@@ -206,7 +206,9 @@ class ContinualMethod:
         return {}
 
     def carried(self, run: TrainRun) -> list[Version]:  # noqa: ARG002
-        """The artifacts of earlier tasks this run builds on (recorded as its inputs); may fill ``run.carried``."""
+        """The artifacts of earlier tasks this run builds on (recorded as its inputs); may fill ``run.carried``. It runs
+        before train-task knows whether its result is up to date, so it reads no more than the store: work with those
+        artifacts belongs in ``trainer`` (D-MoLE's training partners)."""
         return []
 
     def trainer(self, run: TrainRun, adapter) -> Trainer:
