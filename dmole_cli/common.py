@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -12,7 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 from typer.core import TyperGroup
 
 try:  # typer >= 0.22 carries its own copy of click
@@ -27,8 +28,10 @@ def launched_worker() -> bool:
 
 
 # Under a launcher only the first process prints results and progress; every process still reports errors.
-console = Console(highlight=False, quiet=launched_worker())
-err_console = Console(stderr=True, highlight=False)
+# No markup: what is printed holds paths, names and messages whose brackets rich would read as its tags; a style
+# is given as a style (labelled, Text), never written into the string.
+console = Console(highlight=False, markup=False, quiet=launched_worker())
+err_console = Console(stderr=True, highlight=False, markup=False)
 
 WorkspaceOption = Annotated[
     Path,
@@ -65,8 +68,28 @@ def user_errors() -> tuple[type[Exception], ...]:
     return UserError, ArtifactError
 
 
+def labelled(label: str, style: str, message: str) -> Text:
+    """``label`` in ``style``, then ``message`` as it is."""
+    return Text.assemble((label, style), " ", message)
+
+
+def print_error(message: str) -> None:
+    err_console.print(labelled("error:", "bold red", message), soft_wrap=True)
+
+
+def refusal(error: OSError) -> str | None:
+    """What the file system refused and on which paths (two for a rename or a copy); None for an error that names
+    no path and is no full disk (a write names none), which is a bug's to show with its traceback."""
+    paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+    if not paths and error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return f"{paths}: {error.strerror or error}" if paths else str(error.strerror)
+
+
 def handles_user_errors(command: Callable) -> Callable:
-    """Print a user error as one red line on stderr and exit with status 2 (tracebacks are for bugs)."""
+    """Print a user error as one red line on stderr and exit with status 2, and the file system's refusal of a path
+    (a folder that cannot be made, a full disk, a denied permission) as one line with status 1; tracebacks are
+    for bugs."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -74,8 +97,11 @@ def handles_user_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except Exception as error:
             if isinstance(error, user_errors()):
-                err_console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+                print_error(str(error))
                 raise typer.Exit(2) from None
+            if isinstance(error, OSError) and (line := refusal(error)) is not None:
+                print_error(line)
+                raise typer.Exit(1) from None
             raise
 
     return wrapper
@@ -102,7 +128,7 @@ class OneLineErrors(TyperGroup):
         except NoArgsIsHelpError as error:
             sys.exit(error.exit_code)  # the help is already printed
         except UsageError as error:
-            err_console.print(f"[bold red]error:[/] {escape(usage_line(error))}", soft_wrap=True)
+            print_error(usage_line(error))
             sys.exit(error.exit_code)
         except ClickException as error:
             error.show()
@@ -124,6 +150,5 @@ def print_result(result, json_output: bool) -> None:
 def print_summary(result) -> None:
     """The one line every stage ends with, after the stage's warnings (one line each)."""
     for warning in result.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
-    style = "dim" if result.up_to_date else "green"
-    console.print(f"[{style}]{result.summary()}[/]", soft_wrap=True)
+        err_console.print(labelled("warning:", "bold yellow", warning), soft_wrap=True)
+    console.print(result.summary(), style="dim" if result.up_to_date else "green", soft_wrap=True)

@@ -6,12 +6,12 @@ import json
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from dmole.stages.registry import ROUTE_TRAIN, STAGES
 
-from .common import JsonOption, WorkspaceOption, console, handles_user_errors, open_project
+from .common import JsonOption, WorkspaceOption, console, handles_user_errors, labelled, open_project
 
 STATUS_STYLE = {"ok": "green", "stale": "yellow", "tampered": "bold red"}
 
@@ -44,7 +44,7 @@ def ls(json_output: JsonOption = False, workspace: WorkspaceOption = None) -> No
             f"v{row['version']}",
             row["created"],
             _size(row["bytes"]),
-            f"[{style}]{row['status']}[/]",
+            Text(row["status"], style=style),
         )
     console.print(table if rows else "no artifacts yet")
     _render_tampered(rows)
@@ -54,10 +54,8 @@ def _render_tampered(rows: list[dict]) -> None:
     """What is wrong with each tampered version whose manifest no stage can read, one line each."""
     for row in rows:
         if row.get("problem"):
-            console.print(
-                f"[bold red]tampered:[/] {row['stage']}/{row['task']} v{row['version']}: {escape(row['problem'])}",
-                soft_wrap=True,
-            )
+            where = f"{row['stage']}/{row['task']} v{row['version']}: {row['problem']}"
+            console.print(labelled("tampered:", "bold red", where), soft_wrap=True)
 
 
 def _render_artifact(info: dict) -> None:

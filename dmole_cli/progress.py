@@ -47,7 +47,7 @@ def rich_progress(quiet: bool = False):
     @contextmanager
     def factory(description: str, total: int) -> Iterator[_Bar]:
         columns = (
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),
@@ -55,7 +55,7 @@ def rich_progress(quiet: bool = False):
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[status]}", markup=False),
         )
         with Progress(*columns, console=err_console, transient=True) as progress:
             yield _Bar(progress, progress.add_task(description, total=total, status=""))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from dmole.stages.registry import ROE_SWEEP, ROUTE_TRAIN
 
@@ -68,8 +69,7 @@ def route_sweep(
                 )
             ),
             soft_wrap=True,
-            markup=False,
-        )  # the table's image link is not rich markup
+        )
     print_result(result, json_output)
 
 
@@ -101,14 +101,20 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _met(met: bool) -> tuple[str, str]:
+    return ("met", "green") if met else ("missed", "red")
+
+
 def render_roe_summary(summary: dict) -> None:
     """Skip rate overall and per layer, and dense versus RoE accuracy per task (0–100)."""
     rule = summary["batch_rule_applied"]
-    fallback = " [yellow](fallback from gather)[/]" if rule != summary["batch_rule"] else ""
     console.print(
-        f"RoE ({summary['source']}): realised skip {_pct(summary['skip_rate'])} of routable layers "
-        f"(target ρ = {summary['rho']:g}), {_pct(summary['skip_rate_all_layers'])} of all layers; "
-        f"batch rule {rule}{fallback}",
+        Text.assemble(
+            f"RoE ({summary['source']}): realised skip {_pct(summary['skip_rate'])} of routable layers "
+            f"(target ρ = {summary['rho']:g}), {_pct(summary['skip_rate_all_layers'])} of all layers; "
+            f"batch rule {rule}",
+            (" (fallback from gather)" if rule != summary["batch_rule"] else "", "yellow"),
+        ),
         soft_wrap=True,
     )
     layers = Table(title="skip rate per layer")
@@ -154,10 +160,13 @@ def render_roe_summary(summary: dict) -> None:
     saving = summary["theoretical_saving"]
     targets = summary["targets"]
     console.print(
-        f"theoretical decoder saving {_pct(saving['decoder_saving'])} (adapter/layer cost "
-        f"{saving['adapter_layer_cost_ratio']:.3f}); targets: skip within ±5 points "
-        f"{'[green]met[/]' if targets['skip_within_5_points'] else '[red]missed[/]'}, score drop ≤ 2 "
-        f"{'[green]met[/]' if targets['score_drop_at_most_2'] else '[red]missed[/]'}",
+        Text.assemble(
+            f"theoretical decoder saving {_pct(saving['decoder_saving'])} (adapter/layer cost "
+            f"{saving['adapter_layer_cost_ratio']:.3f}); targets: skip within ±5 points ",
+            _met(targets["skip_within_5_points"]),
+            ", score drop ≤ 2 ",
+            _met(targets["score_drop_at_most_2"]),
+        ),
         soft_wrap=True,
     )
     if continual := summary.get("continual"):

@@ -205,10 +205,8 @@ def repeat(
     if not (quiet or json_output):
         gathered = repeats.gather(project)
         data = {"repeats": [r for r in gathered[0]["repeats"] if r["method"] == result.task]}
-        # the table's image link is not rich markup; the figure itself is drawn by `dmole report`
-        console.print(
-            "\n".join(line for line in repeats.table(data) if not line.startswith("![")), soft_wrap=True, markup=False
-        )
+        # the figure of the table's image link is drawn by `dmole report`
+        console.print("\n".join(line for line in repeats.table(data) if not line.startswith("![")), soft_wrap=True)
     print_result(result, json_output)
 
 
@@ -232,10 +230,8 @@ def general(
     result = run(project, after, options, force=force)
     if not (quiet or json_output):
         data = {"comparisons": [section.comparison(result.version)]}
-        # the table's image link is not rich markup; the figure itself is drawn by `dmole report`
-        console.print(
-            "\n".join(line for line in section.table(data) if not line.startswith("![")), soft_wrap=True, markup=False
-        )
+        # the figure of the table's image link is drawn by `dmole report`
+        console.print("\n".join(line for line in section.table(data) if not line.startswith("![")), soft_wrap=True)
     print_result(result, json_output)
 
 

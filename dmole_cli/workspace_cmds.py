@@ -125,7 +125,8 @@ def init(
         overwrite=overwrite,
     )
     console.print(
-        f"init: wrote {root / 'workspace.json'} with {len(config.tasks)} tasks: {', '.join(config.task_names)}"
+        f"init: wrote {root / 'workspace.json'} with {len(config.tasks)} tasks: {', '.join(config.task_names)}",
+        soft_wrap=True,
     )
 
 

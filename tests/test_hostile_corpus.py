@@ -444,6 +444,8 @@ CASES = [
         lambda e: e.stage("eval", "--roe", "--batch-size", "0"),
         "batch_size: Input should be greater than 0",
     ),
+    Case("a task name that reads as a rich closing tag", lambda e: e.stage("embed", "-t", "[/x]"), "task '[/x]'"),
+    Case("a task name that reads as a rich style", lambda e: e.stage("embed", "-t", "[red]x"), "task '[red]x'"),
     Case(
         "show: a version that does not exist",
         lambda e: e.stage("show", "embed", "-t", "color-vqa", "--version", "3"),
@@ -528,3 +530,54 @@ def test_ls_and_show_survive_a_hand_edited_manifest_and_call_it_tampered(env, ed
     assert shown.exit_code == 0 and "tampered: embed/color-vqa v2: manifest.json: " in shown.output, shown.output
     line = refused(env, env.stage("show", "embed", "-t", "color-vqa", "--version", "2"))
     assert "embed/color-vqa v2 was modified after it was written (manifest.json: " in line
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, in which no folder can be made")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["synth", "--out", "/proc/dmole-nowhere/bench"],
+        ["demo", "--out", "/proc/dmole-nowhere/bench"],
+    ],
+    ids=["synth", "demo"],
+)
+def test_a_folder_the_file_system_refuses_is_one_line_naming_it(env, args):
+    """A folder no one can make (a full disk or a denied permission alike) is one line, not a traceback."""
+    line = refused(env, args)
+    assert line == "error: /proc/dmole-nowhere: No such file or directory", line
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, whose writes fail as on a full disk")
+def test_a_full_disk_is_one_line():
+    """A write names no path, so the error is told by its errno: the line says the disk is full; any other
+    pathless OSError is a bug's and keeps its traceback."""
+    import typer
+
+    from dmole.cli.common import handles_user_errors
+
+    def write(target: str) -> None:
+        with open(target, "w") as file:
+            file.write("x")
+
+    full = typer.Typer()
+    full.command()(handles_user_errors(lambda: write("/dev/full")))
+    result = runner.invoke(full, [])
+    assert result.exit_code == 1 and result.output.strip() == "error: No space left on device", result.output
+
+    def unrelated() -> None:
+        raise OSError("a bug's own error")
+
+    bug = typer.Typer()
+    bug.command()(handles_user_errors(unrelated))
+    assert isinstance(runner.invoke(bug, []).exception, OSError)
+
+
+def test_paths_are_printed_as_they_are_though_they_read_as_rich_markup(env):
+    """Paths and names are never read as rich markup: '[red]' stays in the line and '[/x]' does not crash it."""
+    ws = env.root / "[red]ws[/x]"
+    made = runner.invoke(app, env.init()[:-2] + ["--workspace", str(ws)])
+    assert made.exit_code == 0 and f"init: wrote {ws / 'workspace.json'} " in made.output, made.output
+    embedded = runner.invoke(app, ["embed", "-t", "color-vqa", "--workspace", str(ws)])
+    assert embedded.exit_code == 0 and str(ws / "embed" / "color-vqa" / "v1") in embedded.output, embedded.output
+    shown = runner.invoke(app, ["show", "embed", "-t", "color-vqa", "--workspace", str(ws)])
+    assert shown.exit_code == 0 and f"path: {ws / 'embed' / 'color-vqa' / 'v1'}" in shown.output, shown.output
