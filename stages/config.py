@@ -46,6 +46,17 @@ class Strict(BaseModel):
     # inf and nan are never a sensible setting: `--lr inf` or `--epochs nan` is refused where it is parsed
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _only_known_keys(cls, data: object) -> object:
+        """An unknown key (a typo, most often) is refused with the known ones, so the fix is in the message."""
+        if isinstance(data, dict) and (unknown := [key for key in data if key not in cls.model_fields]):
+            known = ", ".join(cls.model_fields)
+            raise ValueError(
+                f"{unknown[0]}: unknown key; " + (f"the known ones are {known}" if known else "there are none to set")
+            )
+        return data
+
 
 # torch, numpy and Python all accept a seed in this range (torch.manual_seed refuses a larger one)
 SEED_LIMIT = 2**32

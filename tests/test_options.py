@@ -75,8 +75,12 @@ def test_an_explicit_dmole_alpha_overrides_the_2r_default():
     [
         ({"stages": {"train_task": {"lr": 3e-4}}}, "unknown stage 'train_task'"),
         ({"stages": {"train-task": {"lr": -5}}}, "stage 'train-task': lr: Input should be greater than 0"),
-        ({"stages": {"train-task": {"lrate": 1e-4}}}, "stage 'train-task': lrate: Extra inputs are not permitted"),
-        ({"methods": {"lwf-lora": {"temprature": 1.0}}}, "method 'lwf-lora': temprature: Extra inputs"),
+        ({"stages": {"train-task": {"lrate": 1e-4}}}, "stage 'train-task': lrate: unknown key; the known ones are "),
+        (
+            {"methods": {"lwf-lora": {"temprature": 1.0}}},
+            "method 'lwf-lora': temprature: unknown key; the known ones are rank, alpha, dropout, parity, temperature",
+        ),
+        ({"methods": {"zero-shot": {"rank": 4}}}, "method 'zero-shot': rank: unknown key; there are none to set"),
         ({"methods": {"lwf": {}}}, "unknown method 'lwf'"),
         ({"method": "ewc"}, "unknown method 'ewc'"),
     ],
@@ -120,7 +124,7 @@ def test_method_hyperparameters_resolve_defaults_then_workspace_then_flags(make_
     _, run, _ = train_run(project, task, {"method": "lwf-lora", "hparams": {"weight": 0.5}})
     assert (run.hyper.temperature, run.hyper.weight) == (1.5, 0.5)
     bad = dmole(project, "train-task", "--task", task, "--method", "lwf-lora", "--hparam", "temp=2")
-    assert bad.exit_code == 2 and "temp: Extra inputs are not permitted" in bad.output
+    assert bad.exit_code == 2 and "temp: unknown key; the known ones are rank, alpha, dropout" in bad.output
     malformed = dmole(project, "train-task", "--task", task, "--method", "lwf-lora", "--hparam", "weight")
     assert malformed.exit_code == 2 and "expected KEY=VALUE" in malformed.output
 
