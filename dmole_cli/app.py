@@ -24,6 +24,24 @@ app = typer.Typer(
     "[bold]dmole init[/] and then loop over [bold]dmole tasks[/].",
 )
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"dmole {version('dmole')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """The options of `dmole` itself, before the command."""
+
+
 workspace_cmds.register(app)
 stage_cmds.register(app)
 roe_cmds.register(app)

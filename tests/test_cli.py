@@ -47,6 +47,12 @@ def test_help_lists_the_commands_without_importing_torch():
         assert command in text
 
 
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    assert invoke("--version") == f"dmole {version('dmole')}\n"
+
+
 def test_init_selects_and_orders_tasks(micro_bench, tmp_path):
     workspace = tmp_path / "ws"
     invoke(
