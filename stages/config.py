@@ -180,6 +180,12 @@ def parse_model(model: type[BaseModel], data: object, *, source: str) -> BaseMod
         raise ConfigError(f"{source}: {first_problem(error)}") from None
 
 
+def require_folder(path: Path, what: str) -> None:
+    """A one-line error unless ``path`` is a folder: it does not exist, or it is a file."""
+    if not path.is_dir():
+        raise ConfigError(f"{what} {path} " + ("is a file, not a folder" if path.exists() else "does not exist"))
+
+
 def check_creatable(path: Path, what: str) -> None:
     """A one-line error if the folder ``path`` cannot be created because it, or a folder above it, is a file."""
     blocker = next((p for p in (path.absolute(), *path.absolute().parents) if p.exists()), None)

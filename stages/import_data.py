@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, TaskSpec, parse_model
+from .config import ConfigError, TaskSpec, parse_model, require_folder
 from .data.errors import DataError
 from .data.eval_files import eval_records
 from .data.hub_dataset import image_file, open_splits, pick_split, raw_images
@@ -105,8 +105,7 @@ def import_dataset(
     check_box_format(box_format)
     if not source.exists():
         raise DataError(source, "does not exist")
-    if not data_root.is_dir():
-        raise ConfigError(f"data folder {data_root} does not exist")
+    require_folder(data_root, "data folder")
     target, registry = data_root / task, data_root / REGISTRY_FILE
     with import_lock(data_root):
         roll_forward(data_root)  # an import a dead process committed is finished first

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import ConfigError, TaskSpec, WorkspaceConfig, parse_model
+from .config import ConfigError, TaskSpec, WorkspaceConfig, parse_model, require_folder
 from .data.registry import REGISTRY_FILE, read_registry
 from .project import write_workspace
 from .resolve import check_workspace
@@ -83,10 +83,8 @@ def create_workspace(
         from .data.benchmarks import benchmark as preset
 
         preset(benchmark)  # an unknown name fails before anything else is checked
-    if not data.is_dir():
-        raise ConfigError(f"data folder {data} does not exist")
-    if not model.is_dir():
-        raise ConfigError(f"model folder {model} does not exist")
+    require_folder(data, "data folder")
+    require_folder(model, "model folder")
     check_model_folder(model)
     existing = workspace / "workspace.json"
     if existing.exists() and not overwrite:

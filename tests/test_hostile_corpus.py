@@ -275,6 +275,16 @@ CASES = [
     ),
     Case("init: a negative seed", lambda e: e.init("--seed", "-1"), "seed: Input should be greater than or equal"),
     Case(
+        "init: --data names a file",
+        lambda e: ["init", "--model", str(e.model), "--data", str(e.data / "tasks.json"), "-w", str(e.root / "new")],
+        "/tasks.json is a file, not a folder",
+    ),
+    Case(
+        "import: --data names a file",
+        lambda e: ["import", e.saved(), "--data", str(e.data / "tasks.json"), "--task", "t", "--family", "short"],
+        "/tasks.json is a file, not a folder",
+    ),
+    Case(
         "synth --seed -1",
         lambda e: ["synth", "--out", str(e.root / "synth"), "--seed", "-1"],
         "Invalid value for '--seed': Input should be greater than or equal to 0",
