@@ -78,8 +78,8 @@ def print_error(message: str) -> None:
 
 
 def refusal(error: OSError) -> str | None:
-    """What the file system refused and on which paths (two for a rename or a copy); None for an error that names
-    no path and is no full disk (a write names none), which is a bug's to show with its traceback."""
+    """What the file system refused and on which paths (two for a rename or a copy). None for an error that names
+    no path and is no full disk (a failed write names none): that is a bug, shown with its traceback."""
     paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
     if not paths and error.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
