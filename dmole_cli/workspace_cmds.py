@@ -145,7 +145,13 @@ def synth(
     family: FamilyOption = "llava",
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the data and of the base model.")] = 0,
     force: Annotated[
-        bool, typer.Option("--force", help="Regenerate even if the folder already holds a benchmark.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Regenerate even if the folder already holds a benchmark (of this recipe or another), replacing its "
+            "data, base model and workspace with every artifact in it. Without it, a folder that holds another "
+            "recipe's benchmark is refused.",
+        ),
     ] = False,
     lm_layers: Annotated[
         int | None,

@@ -3,6 +3,10 @@
 Layout under OUT: ``data/`` (the five tasks in the D-MoLE layout, ``tasks.json``, and the generic
 ``pretrain/`` mixture), ``base-model/`` (a normal Hugging Face folder), ``workspace/`` (workspace.json)
 and ``synth.json`` (what was generated, written last: without it nothing counts as done).
+
+A folder is never lost to a new recipe: everything is built in a hidden staging folder and moved in only when
+complete, and a folder that holds another recipe's benchmark (its workspace may hold days of artifacts) or parts
+that synth did not write is refused unless ``force`` says to replace it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from .progress import Progress, silent
 from .registry import EVAL, FIT_ROUTER, ROUTE_TRAIN, TRAIN_TASK, ZC_SCORE
 
 MARKER = "synth.json"
+PARTS = ("data", "base-model", "workspace")
+STAGING = ".synth.partial"
 FAMILIES = ("llava", "internvl", "qwen2vl")
 
 # Stage options for this benchmark's tiny model, written into workspace.json (overridable there or per
@@ -124,6 +130,49 @@ def _recipe(family: str, seed: int, sizes: SynthSizes, pretraining: PretrainSett
     }
 
 
+def _held_recipe(out: Path) -> dict | None:
+    """The recipe of the benchmark ``out`` holds: None without a marker, {} for one no one can read."""
+    marker = out / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        held = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return held if isinstance(held, dict) else {}
+
+
+def _check_replaceable(out: Path, held: dict | None, recipe: dict, force: bool) -> None:
+    """A one-line error unless building ``recipe`` in ``out`` replaces nothing but, under ``force``, synth's own."""
+    if held is None:
+        if found := [part for part in PARTS if (out / part).exists()]:
+            raise ConfigError(
+                f"--out {out} holds {found[0]}/, which `dmole synth` did not write (no {MARKER}); choose another "
+                "--out, or move it away"
+            )
+        return
+    if not force:
+        changed = ", ".join(
+            f"{key} {held[key]!r} -> {value!r}" if key in held and not isinstance(value, dict) else key
+            for key, value in recipe.items()
+            if held.get(key) != value
+        )
+        raise ConfigError(
+            f"--out {out} holds the synthetic benchmark of another recipe ({changed}); replacing it deletes its "
+            "workspace and every artifact in it: choose another --out, or pass --force to `dmole synth`"
+        )
+
+
+def _move_in(staging: Path, out: Path, recipe: dict) -> None:
+    """Replace ``out``'s parts by the staged ones, then write the marker that says they are whole."""
+    (out / MARKER).unlink(missing_ok=True)
+    for part in PARTS:
+        shutil.rmtree(out / part, ignore_errors=True)
+        (staging / part).rename(out / part)
+    staging.rmdir()
+    (out / MARKER).write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+
+
 def synthesize(
     out: Path,
     *,
@@ -144,33 +193,27 @@ def synthesize(
     tiny = tiny or tiny_size(sizes)
     pretraining = pretraining or PretrainSettings(seed=seed)
     recipe = _recipe(family, seed, sizes, pretraining, tiny)
-    marker = out / MARKER
-    if marker.is_file() and not force and json.loads(marker.read_text(encoding="utf-8")) == recipe:
+    held = _held_recipe(out)
+    if held == recipe and not force:
         tasks = json.loads((out / "data" / "tasks.json").read_text(encoding="utf-8"))["tasks"]
         return SynthResult(out, family, [t["name"] for t in tasks], 0.0, reused=True)
+    _check_replaceable(out, held, recipe, force)
 
     start = time.perf_counter()
-    marker.unlink(missing_ok=True)
-    for part in ("data", "base-model", "workspace"):
-        shutil.rmtree(out / part, ignore_errors=True)
-    data = out / "data"
+    staging = out / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    data, model = staging / "data", staging / "base-model"
     registry = write_benchmark(data, seed=seed, sizes=sizes)
     pretraining_mixture(data, seed=seed, sizes=sizes)
     mixture = read_training_file(data / "pretrain" / "train.jsonl", data_root=data, image_root=data)
-
-    staging = out / ".base-model.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    build_tiny(family, staging, seed=seed, size=tiny, byte_tokenizer=True)
-    adapter = load_family(staging)
+    build_tiny(family, model, seed=seed, size=tiny, byte_tokenizer=True)
+    adapter = load_family(model)
     pretrain_vision(adapter, *attribute_scenes(seed=seed, sizes=sizes), settings=pretraining, progress=progress)
     log = pretrain(adapter, mixture, pretraining, progress)
-    adapter.save(staging)
-    staging.rename(out / "base-model")
-
-    create_workspace(
-        out / "workspace", model=out / "base-model", data=data, seed=42, stages=STAGE_DEFAULTS, overwrite=True
-    )
-    marker.write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+    adapter.save(model)
+    # workspace.json holds the model and data relative to itself, so the workspace moves with them
+    create_workspace(staging / "workspace", model=model, data=data, seed=42, stages=STAGE_DEFAULTS, overwrite=True)
+    _move_in(staging, out, recipe)
     return SynthResult(
         out,
         family,

@@ -290,6 +290,11 @@ CASES = [
         "Invalid value for '--seed': Input should be greater than or equal to 0",
     ),
     Case(
+        "demo --out a benchmark of another recipe, whose workspace it would delete",
+        lambda e: ["demo", "--out", str(e.model.parent), "--family", "qwen2vl"],
+        "holds the synthetic benchmark of another recipe (family 'llava' -> 'qwen2vl', sizes",
+    ),
+    Case(
         "synth --out under a regular file",
         lambda e: ["synth", "--out", str(e.ws / "workspace.json" / "synth")],
         "workspace.json is a file, not a folder",
