@@ -124,12 +124,16 @@ def check_stage(stage: str) -> None:
 def describe_stage(project: Project, stage: str, task: str | None, number: int | None) -> dict:
     """One task's artifact, or every task's latest when no task is named; plus stage-wide views."""
     check_stage(stage)
+    # the stage's keys: the sequence's tasks, and others for some stages (a sweep's method, the report's `all`)
+    keys = {v.task for v in project.store.all_latest() if v.stage == stage}
     if task is not None:
-        if project.store.latest(stage, task) is None:  # not a key of this stage: name the workspace's tasks
-            project.config.task(task)
+        if task not in keys and task not in project.config.task_names:
+            held = f"; '{stage}' has artifacts for {', '.join(sorted(keys))}" if keys else ""
+            raise UserError(
+                f"unknown task {task!r}; the workspace's tasks are: {', '.join(project.config.task_names)}{held}"
+            )
         tasks = [task]
-    else:  # the sequence's tasks in order, then the stage's other keys (a sweep's method, the report's `all`)
-        keys = {v.task for v in project.store.all_latest() if v.stage == stage}
+    else:  # the sequence's tasks in order, then the stage's other keys
         tasks = list(project.config.task_names) + sorted(keys - set(project.config.task_names))
     if task is not None and number:
         found, tampered = [describe(project, stage, task, number)], []

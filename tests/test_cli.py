@@ -9,7 +9,9 @@ import sys
 from typer.testing import CliRunner
 
 from conftest import PIPELINE_TASKS
+from dmole.artifacts import Workspace
 from dmole.cli.app import app
+from test_store import commit
 
 runner = CliRunner()
 
@@ -178,3 +180,12 @@ def test_show_names_the_stages_when_given_an_unknown_one(make_project):
         assert result.exit_code == 2 and f"unknown stage '{stage}'" in result.output and "fit-router" in result.output
     known = runner.invoke(app, ["show", "seq-lora.train-task", "--workspace", str(project.root)])
     assert known.exit_code == 2 and "no 'seq-lora.train-task' artifacts" in known.output
+
+
+def test_show_names_what_a_stage_keyed_by_method_holds_when_given_an_unknown_key(make_project):
+    """`repeat` and `sweep` are keyed by method: an unknown key names the workspace's tasks and the stage's keys."""
+    project = make_project()
+    commit(Workspace(project.root), "repeat", "dmole", {"result.json": b"{}"})
+    result = runner.invoke(app, ["show", "repeat", "--task", "dmol", "--workspace", str(project.root)])
+    assert result.exit_code == 2 and "unknown task 'dmol'" in result.output, result.output
+    assert result.output.rstrip().endswith("'repeat' has artifacts for dmole"), result.output
