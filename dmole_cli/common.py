@@ -40,7 +40,7 @@ WorkspaceOption = Annotated[
         "-w",
         envvar="DMOLE_WORKSPACE",
         show_default="current folder",
-        help="Workspace folder (holds workspace.json and the artifacts).",
+        help="Workspace folder (holds workspace.json and the artifacts), or its workspace.json.",
     ),
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Recompute even if the latest version is up to date.")]

@@ -21,6 +21,9 @@ class Project:
 
     @classmethod
     def open(cls, root: Path) -> Project:
+        """The workspace at the folder ``root``, or the one whose workspace.json ``root`` names."""
+        if root.name == WORKSPACE_FILE and root.is_file():
+            root = root.parent
         path = root / WORKSPACE_FILE
         if not path.is_file():
             raise ConfigError(

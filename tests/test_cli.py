@@ -182,6 +182,12 @@ def test_show_names_the_stages_when_given_an_unknown_one(make_project):
     assert known.exit_code == 2 and "no 'seq-lora.train-task' artifacts" in known.output
 
 
+def test_a_workspace_is_also_named_by_its_workspace_json(make_project):
+    project = make_project()
+    named = runner.invoke(app, ["tasks", "--workspace", str(project.root / "workspace.json")])
+    assert named.exit_code == 0 and named.output.split() == list(project.config.task_names), named.output
+
+
 def test_show_names_what_a_stage_keyed_by_method_holds_when_given_an_unknown_key(make_project):
     """`repeat` and `sweep` are keyed by method: an unknown key names the workspace's tasks and the stage's keys."""
     project = make_project()
