@@ -50,7 +50,10 @@ FamilyOption = Annotated[str, typer.Option(help="Model family of the tiny base: 
 
 
 def default_workspace(path: Path | None) -> Path:
-    return (path or Path(os.getcwd())).expanduser()
+    """The folder named by --workspace / DMOLE_WORKSPACE (or by its workspace.json), else the current folder."""
+    from dmole.stages.project import workspace_root
+
+    return workspace_root((path or Path(os.getcwd())).expanduser())
 
 
 def open_project(workspace: Path | None):

@@ -13,6 +13,11 @@ from .data.task_swap import complete_imports
 from .resolve import check_workspace
 
 
+def workspace_root(path: Path) -> Path:
+    """The workspace folder ``path`` names: itself, or the folder of the workspace.json it names."""
+    return path.parent if path.name == WORKSPACE_FILE and path.is_file() else path
+
+
 @dataclass(frozen=True)
 class Project:
     root: Path
@@ -22,8 +27,7 @@ class Project:
     @classmethod
     def open(cls, root: Path) -> Project:
         """The workspace at the folder ``root``, or the one whose workspace.json ``root`` names."""
-        if root.name == WORKSPACE_FILE and root.is_file():
-            root = root.parent
+        root = workspace_root(root)
         path = root / WORKSPACE_FILE
         if not path.is_file():
             raise ConfigError(
