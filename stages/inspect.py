@@ -121,20 +121,24 @@ def check_stage(stage: str) -> None:
         )
 
 
+def _stage_keys(project: Project, stage: str) -> set[str]:
+    """What ``stage``'s artifacts are keyed by: the sequence's tasks, and for some stages others (a sweep's method,
+    the report's `all`)."""
+    return {v.task for v in project.store.all_latest() if v.stage == stage}
+
+
 def describe_stage(project: Project, stage: str, task: str | None, number: int | None) -> dict:
     """One task's artifact, or every task's latest when no task is named; plus stage-wide views."""
     check_stage(stage)
-    # the stage's keys: the sequence's tasks, and others for some stages (a sweep's method, the report's `all`)
-    keys = {v.task for v in project.store.all_latest() if v.stage == stage}
+    names = project.config.task_names
     if task is not None:
-        if task not in keys and task not in project.config.task_names:
+        if task not in names and project.store.latest(stage, task) is None:
+            keys = _stage_keys(project, stage)
             held = f"; '{stage}' has artifacts for {', '.join(sorted(keys))}" if keys else ""
-            raise UserError(
-                f"unknown task {task!r}; the workspace's tasks are: {', '.join(project.config.task_names)}{held}"
-            )
+            raise UserError(f"unknown task {task!r}; the workspace's tasks are: {', '.join(names)}{held}")
         tasks = [task]
     else:  # the sequence's tasks in order, then the stage's other keys
-        tasks = list(project.config.task_names) + sorted(keys - set(project.config.task_names))
+        tasks = list(names) + sorted(_stage_keys(project, stage) - set(names))
     if task is not None and number:
         found, tampered = [describe(project, stage, task, number)], []
     else:

@@ -469,7 +469,7 @@ CASES = [
 ]
 
 
-def _snapshot(root: Path) -> dict[str, str]:
+def snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` and its content's hash (the empty lock files aside: bookkeeping, not data)."""
     return {
         p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -493,13 +493,13 @@ def env(micro_bench, tmp_path) -> Env:
 
 def refused(env: Env, args: list[str]) -> str:
     """Run ``args``; check it failed with one line and changed nothing under the test's folder; return the line."""
-    before = _snapshot(env.root)
+    before = snapshot(env.root)
     result = runner.invoke(app, args)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code not in (0, None) and isinstance(result.exception, SystemExit), result.output
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     assert "Traceback" not in result.output
-    assert _snapshot(env.root) == before, "a refused command must not write or remove anything"
+    assert snapshot(env.root) == before, "a refused command must not write or remove anything"
     return lines[0]
 
 

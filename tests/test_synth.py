@@ -14,6 +14,7 @@ from dmole.stages import synth as synth_module
 from dmole.stages.config import ConfigError
 from dmole.stages.pretrain import PretrainSettings
 from dmole.stages.synth import MARKER, STAGING, synthesize
+from test_hostile_corpus import snapshot
 
 MICRO_PRETRAINING = {"vision_epochs": 1, "epochs": 1, "batch_size": 16}
 
@@ -22,14 +23,6 @@ def micro(out: Path, seed: int = 0, force: bool = False):
     return synthesize(
         out, seed=seed, force=force, sizes=MICRO_SIZES, pretraining=PretrainSettings(seed=seed, **MICRO_PRETRAINING)
     )
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture
