@@ -6,10 +6,12 @@ the storage layer stays cheap.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -45,6 +47,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
         tmp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+
+
+def copy_all_or_none(pairs: list[tuple[Path, Path]]) -> None:
+    """Copy each (source, destination): every destination is replaced, or, if a copy fails (a full disk), none is.
+
+    Each copy goes to a sibling temp file first; the renames come only once every copy is whole on disk.
+    """
+    for _, dst in pairs:
+        if dst.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(dst))
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for src, dst in pairs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
+            staged.append((tmp, dst))
+            with open(src, "rb") as source, open(tmp, "xb") as target:
+                shutil.copyfileobj(source, target)
+                target.flush()
+                os.fsync(target.fileno())
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, dst in staged:
+        os.replace(tmp, dst)
+    for folder in {dst.parent for _, dst in pairs}:
+        fsync_path(folder)
 
 
 def _unreadable(path: str | os.PathLike, err: Exception) -> ArtifactError:

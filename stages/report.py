@@ -14,12 +14,11 @@ general-ability section's base and final scores (under ``general_ability``).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from types import ModuleType
 
 from dmole.artifacts import Version, Writer
-from dmole.artifacts.io import read_json, read_parquet, write_json, write_parquet
+from dmole.artifacts.io import copy_all_or_none, read_json, read_parquet, write_json, write_parquet
 
 from .errors import UserError
 from .figures import (
@@ -263,7 +262,6 @@ def figure_names(version: Version) -> list[str]:
 
 
 def export(version: Version, out: Path) -> None:
-    """Copy report.md and its figures from the report ``version`` into the folder ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in [REPORT.files.markdown, *figure_names(version)]:
-        shutil.copyfile(version.file(name), out / name)
+    """Copy report.md and its figures from the report ``version`` into the folder ``out``: all of them, or, if
+    one cannot be written, none, so ``out`` never mixes two reports."""
+    copy_all_or_none([(version.file(name), out / name) for name in [REPORT.files.markdown, *figure_names(version)]])

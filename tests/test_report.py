@@ -3,8 +3,10 @@ Parquet / JSON it was drawn from, `--out` copies it; and the run logs reach live
 
 from __future__ import annotations
 
+import errno
 import importlib.machinery
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -237,6 +239,40 @@ def test_cli_report_out_copies_the_report_and_its_figures(run, tmp_path):
         assert (out / name).read_bytes() == version.file(name).read_bytes(), name
     quiet = CliRunner().invoke(app, ["report", "-q", "--workspace", str(project.root)])
     assert quiet.exit_code == 0 and quiet.output.strip().splitlines()[-1].startswith("report all: up to date")
+
+
+def test_report_out_on_a_disk_that_fills_keeps_the_previous_report_whole(run, tmp_path, monkeypatch):
+    """A copy that fails half-way (the third file hits a full disk) leaves every file of the previous export as it
+    was and no temp file; the user reads one line."""
+    import dmole.artifacts.io as io
+
+    project, _, _ = run
+    out = tmp_path / "exported"
+    out.mkdir()
+    for name in ("report.md", *FIGURES):
+        (out / name).write_text(f"previous {name}")
+    copies = []
+    real_copy = io.shutil.copyfileobj
+
+    def copy_until_full(source, target):
+        copies.append(source.name)
+        if len(copies) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_copy(source, target)
+
+    monkeypatch.setattr(io.shutil, "copyfileobj", copy_until_full)
+    result = CliRunner().invoke(app, ["report", "--out", str(out), "--workspace", str(project.root)])
+    assert result.exit_code == 1 and result.output.strip() == f"error: {os.strerror(errno.ENOSPC)}", result.output
+    assert len(copies) == 3
+    assert sorted(p.name for p in out.iterdir()) == sorted(("report.md", *FIGURES))
+    assert all((out / name).read_text() == f"previous {name}" for name in ("report.md", *FIGURES))
+
+    (out / FIGURES[-1]).unlink()
+    (out / FIGURES[-1]).mkdir()
+    monkeypatch.setattr(io.shutil, "copyfileobj", real_copy)
+    result = CliRunner().invoke(app, ["report", "--out", str(out), "--workspace", str(project.root)])
+    assert result.exit_code == 1 and result.output.strip() == f"error: {out / FIGURES[-1]}: Is a directory"
+    assert (out / "report.md").read_text() == "previous report.md"
 
 
 def test_an_up_to_date_report_imports_no_torch_nor_matplotlib(run):
