@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -202,3 +203,19 @@ def test_route_sweep_writes_every_run_with_baselines_at_the_realised_skip(projec
     # a sweep over fewer seeds is a new version, built from the runs already trained (timings included)
     subset = json.loads(route_sweep(project, options | {"seeds": [1]}).version.file("sweep.json").read_text())
     assert subset["runs"] == [r for r in runs if r["seed"] == 1]
+
+
+def test_the_sweep_figure_says_why_it_is_empty_when_the_dense_reference_scored_zero(tmp_path):
+    """Every mean relative score n/a (a dense model that scored 0): the figure is drawn with a note, not an empty
+    legend (matplotlib's 'No artists with labels' warning, made an error here)."""
+    from dmole.stages.figures import roe_sweep
+
+    row = {"variant": "roe", "skip_rate": 0.25, "speedup": 1.1, "min_relative": None, "max_relative": None}
+    data = {"source": "x", "dense_reference": "base", "tasks": ["a"], "seeds": [0], "rows": []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        roe_sweep.plot(data | {"rows": [row | {"mean_relative": None}]}, tmp_path / "empty.png")
+        scored = row | {"mean_relative": 0.9, "min_relative": 0.85, "max_relative": 0.95}
+        roe_sweep.plot(data | {"rows": [scored]}, tmp_path / "scored.png")
+    assert (tmp_path / "empty.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "scored.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -109,7 +109,20 @@ def plot(data: dict, path: Path) -> None:
     axes[1].set_xlabel("batch-1 speed-up (×)", fontsize=FONT)
     # a long reference ("dense twin, warm start") would run past the figure's top edge
     axes[0].set_ylabel(textwrap.fill(f"mean score relative to the {data['dense_reference']}", 40), fontsize=FONT)
-    axes[0].legend(fontsize=FONT - 1, frameon=False)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=FONT - 1, frameon=False)
+    else:  # the table says n/a in every row; the empty axes say why
+        for ax in axes:
+            ax.text(
+                0.5,
+                0.5,
+                f"no relative score:\nthe {data['dense_reference']}\nscored 0 on every task",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=FONT - 1,
+                color="#666666",
+            )
     for ax in axes:
         ax.axhline(1.0, color="#bbbbbb", linewidth=0.8, zorder=0)
         ax.tick_params(labelsize=FONT - 1)
