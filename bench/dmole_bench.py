@@ -32,6 +32,7 @@ import torch
 from dmole.artifacts.io import read_json
 from dmole.stages.allocate import allocate
 from dmole.stages.data.tasks import load_eval_samples, load_train_samples
+from dmole.stages.device import cpu_name
 from dmole.stages.dmole.experts import ExpertModel
 from dmole.stages.embed import embed
 from dmole.stages.evaluation.predict import predict
@@ -39,7 +40,7 @@ from dmole.stages.fit_router import fit_router
 from dmole.stages.init import create_workspace
 from dmole.stages.methods import get_method
 from dmole.stages.methods.lora import towers
-from dmole.stages.models.registry import cpu_name, load_family
+from dmole.stages.models.registry import load_family
 from dmole.stages.options import TrainTaskOptions
 from dmole.stages.project import Project
 from dmole.stages.registry import ALLOCATE, EMBED, EVAL, FIT_ROUTER, REPORT, TRAIN_TASK, ZC_SCORE
@@ -185,7 +186,7 @@ def main() -> None:
         "quality": quality(project),
         "training_step": training_step(project, args.repeats),
         "training_step_no_dropout": training_step(project, args.repeats, dropout=False),
-        "inference": inference_throughput(project, max(3, args.repeats // 2)),
+        "inference": inference_throughput(project, args.repeats),
         "preprocessing": preprocessing_share(args.demo, args.preprocessing_rounds),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,9 @@ import torch
 import transformers as tf
 from PIL import Image
 
+from dmole.stages.models.catalog import MODEL_TYPES
 from dmole.stages.models.processor import build_processor
-from dmole.stages.models.registry import FAMILIES
+from dmole.stages.models.registry import family_adapter
 from dmole.stages.models.tiny import TEMPLATES, TOKENIZERS, train_tokenizer
 
 SIDE = 448
@@ -318,13 +319,13 @@ def measure() -> list[dict]:
     rows = []
     image = Image.new("RGB", (SIDE, SIDE), (120, 60, 200))
     tokenizers = {family: train_tokenizer(spec) for family, spec in TOKENIZERS.items()}
-    for family in FAMILIES:
+    for family in MODEL_TYPES:
         tok = tokenizers[family]
         for _, name, config, processor_class, parts in (c for c in checkpoints(tok) if c[0] == family):
             with torch.device("meta"):
-                model = FAMILIES[family].model_class(config())
+                model = family_adapter(family).model_class(config())
             processor = build_processor(processor_class, tokenizer=tok, chat_template=TEMPLATES[family], **parts)
-            adapter = FAMILIES[family](model, processor)
+            adapter = family_adapter(family)(model, processor)
             attention, everything = adapter.candidates(), adapter.candidates(include_mlp=True)
             count = lambda cs, tower: sum(c.tower == tower for c in cs)  # noqa: E731
             # The toolkit's prompt ids equal the processor's (tests/test_models.py); the model is on meta.
@@ -346,7 +347,7 @@ def measure() -> list[dict]:
                     "vision_layers": f"{adapter._vision_layers_used()}/{len(adapter.vision_layers())}",
                     "image_tokens": int((ids == model.config.image_token_id).sum()),
                     "sequence": int(ids.shape[1]),
-                    "images": FAMILIES[family].image_handling,
+                    "images": family_adapter(family).image_handling,
                 }
             )
     return rows

@@ -45,12 +45,13 @@ from dmole.stages.config import TaskSpec
 from dmole.stages.data.samples import TrainSample
 from dmole.stages.data.synthetic import SynthSizes, write_benchmark
 from dmole.stages.data.tasks import load_eval_samples, load_train_samples
+from dmole.stages.device import device_name
 from dmole.stages.dmole.experts import ExpertModel
 from dmole.stages.embed import compute_embeddings
 from dmole.stages.evaluation.predict import predict
 from dmole.stages.methods.dmole import DMoLEHyper
 from dmole.stages.methods.lora import towers
-from dmole.stages.models.registry import device_name, load_family
+from dmole.stages.models.registry import load_family
 from dmole.stages.models.tiny import TinySize, build_tiny
 from dmole.stages.options import AllocateOptions
 from dmole.stages.training.chat import chat_examples

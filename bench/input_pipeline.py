@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from dmole.stages.models.registry import cpu_name
+from dmole.stages.device import cpu_name
 from dmole.stages.project import Project
 from dmole.stages.train_task import train_run
 from dmole.stages.training.inputs import InputPipeline

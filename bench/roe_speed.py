@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from dmole.stages.models.registry import cpu_name, load_family
+from dmole.stages.device import cpu_name
+from dmole.stages.models.registry import load_family
 from dmole.stages.models.tiny import TinySize, build_tiny
 from dmole.stages.roe.attach import attach, roe_shape
 from dmole.stages.roe.cost import theoretical_saving

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dmole.stages.models.registry import cpu_name
+from dmole.stages.device import cpu_name
 from dmole.stages.project import Project
 from dmole.stages.roe.evaluation import TrainedRoE
 from dmole.stages.roe.plan import RoutingPlan

@@ -37,9 +37,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from dmole.stages.device import cpu_name
 from dmole.stages.methods.dmole import DMoLEHyper
 from dmole.stages.models.base import ChatExample
-from dmole.stages.models.registry import cpu_name, load_family
+from dmole.stages.models.registry import load_family
 from dmole.stages.models.tiny import build_tiny
 from dmole.stages.options import AllocateOptions
 from shapes import INTERNVL2_2B, language_model_only

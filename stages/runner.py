@@ -159,7 +159,7 @@ def device_environment() -> dict:
         return {}
     import torch
 
-    from .models.registry import default_device, default_dtype, device_name
+    from .device import default_device, default_dtype, device_name
 
     device = default_device()
     # torch picks its CPU kernels by the instruction set (cpu_capability): another CPU model computes other sums,

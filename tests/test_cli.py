@@ -173,6 +173,25 @@ def test_light_stages_import_no_torch_and_record_package_versions(make_project):
     assert heavy["torch"] == light["torch"] and heavy["device"] == "cpu"
 
 
+def test_fit_router_starts_without_transformers(make_project):
+    """fit-router trains a small autoencoder with torch alone: its process imports neither transformers nor peft
+    (nor pyarrow.dataset, which reading one Parquet file does not need), a few seconds of every start, and still
+    records the device it ran on."""
+    project = make_project()
+    task = project.config.task_names[0]
+    invoke("embed", "--task", task, "--workspace", str(project.root))
+    code = (
+        "import sys; from dmole.cli.app import app; "
+        f"app(['fit-router', '--task', '{task}', '--workspace', r'{project.root}'], standalone_mode=False); "
+        "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'pyarrow.dataset')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-4:] == ["True", "False", "False", "False"]
+    environment = project.store.latest("fit-router", task).manifest["environment"]
+    assert environment["device"] == "cpu" and environment["cpu_threads"] >= 1
+
+
 def test_show_names_the_stages_when_given_an_unknown_one(make_project):
     project = make_project()
     for stage in ("embedding", "lwf.train-task"):

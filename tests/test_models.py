@@ -4,6 +4,8 @@ in the current and the older hub layout: inputs equal the processor's, candidate
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,12 +15,12 @@ from PIL import Image
 from dmole.stages.models.base import IGNORE, ChatExample, ModelFamilyError
 from dmole.stages.models.catalog import MODEL_TYPES
 from dmole.stages.models.processor import NoVideo, has_torchvision, without_video
-from dmole.stages.models.registry import FAMILIES, check_folder, load_family
+from dmole.stages.models.registry import check_folder, family_adapter, load_family
 from dmole.stages.models.tiny import LAYOUTS, TinySize, build_tiny
 from dmole.stages.models.tokenizer import build_byte_tokenizer
 from dmole.stages.synth import FAMILIES as SYNTH_FAMILIES
 
-FAMILY_NAMES = list(FAMILIES)
+FAMILY_NAMES = list(MODEL_TYPES)
 SIZE = TinySize(lm_layers=2, vision_layers=2)
 TURNS = [("<image>\nWhat is shown?", "A red square."), ("Sure?", "yes")]
 
@@ -73,7 +75,7 @@ def _assert_same_pixels(ours: dict, theirs: dict) -> None:
 
 def test_folders_are_what_transformers_writes(folders):
     for (name, layout), folder in folders.items():
-        assert check_folder(folder) is FAMILIES[name]
+        assert check_folder(folder) is family_adapter(name)
         files = {p.name for p in folder.iterdir()}
         assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= files
         if layout == "hub":
@@ -260,8 +262,25 @@ def test_pad_to_square_feeds_the_processor_a_padded_image(folders):
     torch.testing.assert_close(padded.vision_features([wide]), plain.vision_features([expand_to_square(wide, fill)]))
 
 
+def test_each_family_s_adapter_is_named_in_the_catalog_and_loading_one_imports_no_other(folders):
+    """The catalog says where each family's adapter lives; a process that loads a llava folder imports llava's module
+    alone, not the other families' (each pulls its own transformers classes: a third of a second of every stage's
+    start)."""
+    assert {name: family_adapter(name).family for name in MODEL_TYPES} == {name: name for name in MODEL_TYPES}
+    others = ("internvl", "qwen", "idefics3", "gemma3")
+    code = (
+        "import sys; from dmole.stages.models.registry import load_family; "
+        f"load_family(sys.argv[1]); print(*(f'dmole.stages.models.{{m}}' in sys.modules for m in {others!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(folders["llava", "current"])], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"] * len(others)
+
+
 def test_processor_loads_without_torchvision(folders):
-    parts = without_video(FAMILIES["qwen2vl"].processor_class).get_attributes()
+    parts = without_video(family_adapter("qwen2vl").processor_class).get_attributes()
     assert parts == ["image_processor", "tokenizer"]
     loaded = load_family(folders["qwen2vl", "hub"]).processor
     assert type(loaded).__name__ == "Qwen2VLProcessor"

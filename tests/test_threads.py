@@ -109,8 +109,8 @@ def test_a_manifest_records_the_cpu_model_and_kernels_the_sums_came_from(make_pr
     """Another CPU model runs other kernels (torch dispatches on the instruction set), so other sums."""
     import torch
 
+    from dmole.stages.device import cpu_name
     from dmole.stages.embed import embed
-    from dmole.stages.models.registry import cpu_name
 
     environment = embed(make_project(), "color-vqa").version.manifest["environment"]
     assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

@@ -14,6 +14,21 @@ MODEL_TYPES: dict[str, tuple[str, ...]] = {
     "gemma3": ("gemma3",),
 }
 
+# Where each family's adapter class lives (module.Class under stages/models). A family's module imports that
+# family's transformers classes, so a process imports only the family it loads (registry.family_adapter).
+ADAPTERS: dict[str, str] = {
+    "llava": "llava.LlavaAdapter",
+    "llava_next": "llava.LlavaNextAdapter",
+    "llava_onevision": "llava.LlavaOnevisionAdapter",
+    "internvl": "internvl.InternVLAdapter",
+    "qwen2vl": "qwen.Qwen2VLAdapter",
+    "qwen2_5_vl": "qwen.Qwen25VLAdapter",
+    "qwen3_vl": "qwen.Qwen3VLAdapter",
+    "smolvlm": "idefics3.SmolVLMAdapter",
+    "idefics3": "idefics3.Idefics3Adapter",
+    "gemma3": "gemma3.Gemma3Adapter",
+}
+
 
 def family_list() -> str:
     return ", ".join(MODEL_TYPES)

@@ -2,41 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
-import platform
 from pathlib import Path
 
 import torch
 
-from .. import distributed
+from ..device import default_device, default_dtype
 from ..threads import set_threads
 from .base import FamilyAdapter, ModelFamilyError
-from .catalog import MODEL_TYPES
-from .gemma3 import Gemma3Adapter
-from .idefics3 import Idefics3Adapter, SmolVLMAdapter
-from .internvl import InternVLAdapter
-from .llava import LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter
+from .catalog import ADAPTERS, MODEL_TYPES
 from .processor import load_processor
-from .qwen import Qwen2VLAdapter, Qwen3VLAdapter, Qwen25VLAdapter
 
-FAMILIES: dict[str, type[FamilyAdapter]] = {
-    a.family: a
-    for a in (
-        LlavaAdapter,
-        LlavaNextAdapter,
-        LlavaOnevisionAdapter,
-        InternVLAdapter,
-        Qwen2VLAdapter,
-        Qwen25VLAdapter,
-        Qwen3VLAdapter,
-        SmolVLMAdapter,
-        Idefics3Adapter,
-        Gemma3Adapter,
-    )
-}
-assert list(FAMILIES) == list(MODEL_TYPES), "the catalog and the adapters must name the same families"
 REMOTE_CODE_TYPES = {"internvl_chat": "an InternVL2 / InternVL2.5 remote-code folder: run `dmole convert` on it first"}
+
+
+def family_adapter(family: str) -> type[FamilyAdapter]:
+    """The adapter class of a family of the catalog, importing that family's module alone."""
+    module, name = ADAPTERS[family].rsplit(".", 1)
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def supported() -> str:
@@ -58,7 +43,7 @@ def detect_family(path: Path) -> type[FamilyAdapter]:
         raise ModelFamilyError(f"{path}: {REMOTE_CODE_TYPES[model_type]}")
     for family, types in MODEL_TYPES.items():
         if model_type in types:
-            return FAMILIES[family]
+            return family_adapter(family)
     raise ModelFamilyError(f"{path}: model_type {model_type!r} is not supported; supported families: {supported()}")
 
 
@@ -82,31 +67,6 @@ def check_folder(path: Path) -> type[FamilyAdapter]:
     adapter = detect_family(path)
     load_folder_processor(path, adapter)
     return adapter
-
-
-def default_device() -> torch.device:
-    """This process's device under a launcher, else CUDA when available, else the CPU."""
-    return distributed.device() or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cpu_name() -> str:
-    """The CPU's model as the kernel names it (platform.processor() is often empty or only the architecture)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def load_family(

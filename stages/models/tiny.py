@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from . import chat_templates
 from .base import ModelFamilyError
 from .processor import build_processor
-from .registry import FAMILIES
+from .registry import family_adapter
 from .tokenizer import build_byte_tokenizer
 
 LAYOUTS = ("current", "hub")
@@ -464,7 +464,7 @@ def build_tiny(
     tokenizer = build_byte_tokenizer(BYTE_IMAGE_MARKUP[family], spec.named) if byte_tokenizer else train_tokenizer(spec)
     config, processor_class, parts = _BUILDERS[family](size, tokenizer)
     torch.manual_seed(seed)
-    model = FAMILIES[family].model_class(config)
+    model = family_adapter(family).model_class(config)
     with torch.no_grad():  # some projectors start at zero (Gemma 3's): no signal would reach the vision tower
         for weight in (p for p in model.parameters() if p.dim() >= 2 and not p.any()):
             weight.normal_(std=0.02)
