@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,18 @@ def run_cli_pipeline(pipeline_data):
         return workspace
 
     return run
+
+
+def imported_by(commands: list[list[str]], modules: tuple[str, ...]) -> tuple[list[str], dict[str, bool]]:
+    """Run dmole commands one after another in a fresh interpreter: the lines they printed, and which of
+    ``modules`` the interpreter had imported by the end."""
+    code = (
+        "import sys; from dmole.cli.app import app\n"
+        f"for args in {commands!r}:\n"
+        "    app(args, standalone_mode=False)\n"
+        f"print(*(name in sys.modules for name in {modules!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    *printed, imported = done.stdout.strip().splitlines()
+    return printed, dict(zip(modules, (word == "True" for word in imported.split())))

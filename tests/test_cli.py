@@ -8,7 +8,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from conftest import PIPELINE_TASKS
+from conftest import PIPELINE_TASKS, imported_by
 from dmole.artifacts import Workspace
 from dmole.cli.app import app
 from test_store import commit
@@ -130,17 +130,11 @@ def test_a_resumed_loop_finds_every_stage_up_to_date_without_importing_torch(mic
     preprocessing = ("embed", "fit-router", "zc-score", "allocate")
     commands = [[stage, "--task", task] for task in PIPELINE_TASKS for stage in preprocessing]
     commands += [[*step, task] for task in PIPELINE_TASKS for step in (["train-task", "--task"], ["eval", "--after"])]
-    code = (
-        "import sys; from dmole.cli.app import app\n"
-        f"for args in {commands!r}:\n"
-        f"    app([*args, '-q', '--workspace', r'{workspace}'], standalone_mode=False)\n"
-        "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft')))"
+    summaries, imported = imported_by(
+        [[*args, "-q", "--workspace", str(workspace)] for args in commands], ("torch", "transformers", "peft")
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    *summaries, imported = done.stdout.strip().splitlines()
     assert len(summaries) == len(commands) and all("up to date" in line for line in summaries), summaries
-    assert imported.split() == ["False", "False", "False"]
+    assert not any(imported.values()), imported
 
 
 def test_light_stages_import_no_torch_and_record_package_versions(make_project):
@@ -149,24 +143,10 @@ def test_light_stages_import_no_torch_and_record_package_versions(make_project):
     project = make_project()
     task = project.config.task_names[0]
     invoke("zc-score", "--task", task, "--workspace", str(project.root))
-    code = (
-        "import sys; from dmole.cli.app import app; "
-        f"app(['allocate', '--task', '{task}', '--workspace', r'{project.root}'], standalone_mode=False); "
-        "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft')))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-3:] == ["False", "False", "False"]
-    shown = (
-        "import sys; from dmole.cli.app import app; "
-        f"app(['{{}}', '--workspace', r'{project.root}'], standalone_mode=False); "
-        "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'matplotlib')))"
-    )
-    for command in ("tasks", "ls"):  # and `report`, when it draws no figure: tests/test_report.py
-        done = subprocess.run(
-            [sys.executable, "-c", shown.format(command)], capture_output=True, text=True, check=False
-        )
-        assert done.returncode == 0 and done.stdout.split()[-4:] == ["False"] * 4, (command, done.stderr)
+    heavy = ("torch", "transformers", "peft", "matplotlib")
+    for command in (["allocate", "--task", task], ["tasks"], ["ls"]):  # `report`: tests/test_report.py
+        _, imported = imported_by([[*command, "--workspace", str(project.root)]], heavy)
+        assert not any(imported.values()), (command, imported)
     light = project.store.latest("allocate", task).manifest["environment"]
     heavy = project.store.latest("zc-score", task).manifest["environment"]
     assert {"torch", "transformers", "peft"} <= set(light) and "device" not in light
@@ -180,14 +160,11 @@ def test_fit_router_starts_without_transformers(make_project):
     project = make_project()
     task = project.config.task_names[0]
     invoke("embed", "--task", task, "--workspace", str(project.root))
-    code = (
-        "import sys; from dmole.cli.app import app; "
-        f"app(['fit-router', '--task', '{task}', '--workspace', r'{project.root}'], standalone_mode=False); "
-        "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'pyarrow.dataset')))"
+    _, imported = imported_by(
+        [["fit-router", "--task", task, "--workspace", str(project.root)]],
+        ("torch", "transformers", "peft", "pyarrow.dataset"),
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-4:] == ["True", "False", "False", "False"]
+    assert imported == {"torch": True, "transformers": False, "peft": False, "pyarrow.dataset": False}
     environment = project.store.latest("fit-router", task).manifest["environment"]
     assert environment["device"] == "cpu" and environment["cpu_threads"] >= 1
 

@@ -8,7 +8,6 @@ import importlib.machinery
 import json
 import os
 import struct
-import subprocess
 import sys
 import types
 from collections import Counter, defaultdict
@@ -17,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import MICRO_STAGES
+from conftest import MICRO_STAGES, imported_by
 from dmole.artifacts.io import read_json, read_parquet
 from dmole.cli.app import app
 from dmole.stages.demo import run_pipeline
@@ -278,14 +277,10 @@ def test_report_out_on_a_disk_that_fills_keeps_the_previous_report_whole(run, tm
 def test_an_up_to_date_report_imports_no_torch_nor_matplotlib(run):
     """A shell loop's `dmole report` after nothing changed reads JSON and Parquet only."""
     project, _, _ = run
-    code = (
-        "import sys; from dmole.cli.app import app; "
-        f"app(['report', '--json', '--workspace', r'{project.root}'], standalone_mode=False); "
-        "print(*(name in sys.modules for name in ('torch', 'transformers', 'peft', 'matplotlib')))"
+    _, imported = imported_by(
+        [["report", "--json", "--workspace", str(project.root)]], ("torch", "transformers", "peft", "matplotlib")
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-4:] == ["False"] * 4
+    assert not any(imported.values()), imported
 
 
 def _tiny_training(loggers) -> list[dict]:
