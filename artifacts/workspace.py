@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from .errors import MissingArtifact, TamperedArtifact
-from .io import read_json, write_json
+from .io import write_json
 from .layout import CONFIG, LATEST, LOCK, check_name, is_valid_name, version_dirs
 from .lock import hold_lock
 from .manifest import load_manifest, read_manifest
@@ -18,10 +18,6 @@ from .writer import Writer, open_writer
 class Workspace:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-
-    def read_config(self) -> dict | None:
-        path = self.root / CONFIG
-        return read_json(path) if path.exists() else None
 
     def write_config(self, cfg: dict) -> None:
         write_json(self.root / CONFIG, cfg)

@@ -26,7 +26,6 @@ from .registry import GENERAL
 from .resolve import stage_options
 from .runner import StageResult, run_stage
 
-MODELS = ("base", "final")  # the artifact's two rows: the base model and the continual model after `after`
 PLUGIN_MODEL = "dmole"  # the plugin's lmms-eval model id (dmole_lmms/__init__.py MODEL_ID)
 
 

@@ -10,7 +10,6 @@ from collections import Counter
 
 import numpy as np
 
-ROUTING_MODES = ("per-sample", "batch-vote")
 ROUTING_ORDERS = ("filter-then-rank", "rank-then-filter")
 
 

@@ -17,8 +17,6 @@ from ..options import RouteSweepOptions, RouteTrainOptions
 from ..progress import Progress, silent
 from .fixed import FixedRouting, least_change_layers
 
-VARIANTS = ("roe", "static", "random")
-
 
 @dataclass(frozen=True)
 class SweepInputs:
