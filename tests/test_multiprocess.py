@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +40,11 @@ FSDP2 = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_reshard_after_forward", "t
 
 def launch_command(project, *args: str, launcher: tuple[str, ...] = ("--multi_gpu",)) -> list[str]:
     """One dmole command as two processes under accelerate's launcher (DDP, or ``launcher=FSDP2``)."""
+    return _accelerate_launch(launcher) + ["-m", "dmole.cli", *args, "--workspace", str(project.root)]
+
+
+def _accelerate_launch(launcher: tuple[str, ...]) -> list[str]:
+    """accelerate's launcher starting two processes on this machine, up to the program they run."""
     return [
         sys.executable,
         "-m",
@@ -53,21 +60,27 @@ def launch_command(project, *args: str, launcher: tuple[str, ...] = ("--multi_gp
         "no",
         "--main_process_port",
         str(_free_port()),
-        "-m",
-        "dmole.cli",
-        *args,
-        "--workspace",
-        str(project.root),
     ]
 
 
-def launched(project, *args: str, launcher: tuple[str, ...] = ("--multi_gpu",)) -> str:
-    """Run one dmole command as two processes under accelerate's launcher (DDP, or ``launcher=FSDP2``)."""
-    command = launch_command(project, *args, launcher=launcher)
+def _run_launched(command: list[str]) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def launched(project, *args: str, launcher: tuple[str, ...] = ("--multi_gpu",)) -> str:
+    """Run one dmole command as two processes under accelerate's launcher (DDP, or ``launcher=FSDP2``)."""
+    return _run_launched(launch_command(project, *args, launcher=launcher))
+
+
+def launched_together(project, commands: list[list[str]], launcher: tuple[str, ...] = ("--multi_gpu",)) -> str:
+    """Run dmole commands one after another in the same two launched processes (tests/launch_commands.py): each
+    launch costs two interpreters' start, about 9 s here, so consecutive launched stages share one."""
+    script = str(Path(__file__).with_name("launch_commands.py"))
+    commands = [[*args, "--workspace", str(project.root)] for args in commands]
+    return _run_launched(_accelerate_launch(launcher) + [script, json.dumps(commands)])
 
 
 def single(project, *args: str) -> str:
@@ -98,26 +111,29 @@ def twin_runs(tmp_path_factory, micro_bench):
         )
         projects.append(Project.open(root))
     one, two = projects
-    tasks = one.config.task_names[:2]
-    # each launch costs two interpreters' start (about 9 s here), so embed and zc-score are launched for the first
-    # task, train-task for both (the second routes the first one's expert in) and eval after the second
-    launched_steps = {("embed", tasks[0]), ("zc-score", tasks[0]), ("train-task", tasks[0]), ("train-task", tasks[1])}
-    launched_steps.add(("eval", tasks[1]))
+    first, second = tasks = one.config.task_names[:2]
 
-    def step(project, stage: str, task: str, *args: str) -> None:
-        run = launched if project is two and (stage, task) in launched_steps else single
-        run(project, stage, "--after" if stage == "eval" else "--task", task, *args)
+    def command(stage: str, task: str, *rest: str) -> list[str]:
+        return [stage, "--after" if stage == "eval" else "--task", task, *rest]
 
-    for project in (one, two):
-        for task in one.config.task_names:  # eval routes every task's test samples
-            step(project, "embed", task)
-    for task in tasks:
-        for project in (one, two):
-            step(project, "fit-router", task)  # light stages run as one process in both
-            step(project, "zc-score", task)
-            step(project, "allocate", task)
-            step(project, "train-task", task, "-q")
-            step(project, "eval", task, "-q")
+    # (launched in `two`?, commands): each launch costs two interpreters' start (about 9 s here), so consecutive
+    # launched commands share one; the second task's train-task routes the first one's expert in
+    plan = [
+        (True, [command("embed", first), command("zc-score", first)]),
+        (False, [command("embed", task) for task in one.config.task_names[1:]]),  # eval routes every task's samples
+        (False, [command("fit-router", first), command("allocate", first)]),
+        (True, [command("train-task", first, "-q")]),
+        (False, [command("eval", first, "-q"), *(command(s, second) for s in ("fit-router", "zc-score", "allocate"))]),
+        (True, [command("train-task", second, "-q"), command("eval", second, "-q")]),
+    ]
+    for in_two_processes, commands in plan:
+        for args in commands:
+            single(one, *args)
+        if in_two_processes:
+            launched_together(two, commands)
+        else:
+            for args in commands:
+                single(two, *args)
     return one, two, tasks
 
 
@@ -246,9 +262,10 @@ def fsdp_runs(tmp_path_factory, micro_bench):
         for task in project.config.task_names:
             for stage in ("embed", "fit-router", "zc-score", "allocate"):
                 single(project, stage, "--task", task)
-    for task in projects[0].config.task_names:
+    names = projects[0].config.task_names
+    for task in names:
         single(projects[0], "train-task", "--task", task, "-q")
-        launched(projects[1], "train-task", "--task", task, "-q", launcher=FSDP2)
+    launched_together(projects[1], [["train-task", "--task", task, "-q"] for task in names], launcher=FSDP2)
     return projects
 
 
