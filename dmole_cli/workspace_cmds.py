@@ -241,11 +241,14 @@ def report(
     """Continual matrix R per method (zero-shot row + one row per stage) with Last, AVG (seen / all), BWT, FWT,
     and report.md with figures: expert allocation, expert activation, zero-cost sensitivity, RoE skipping."""
     from dmole.artifacts.io import read_json
+    from dmole.stages.config import check_creatable
     from dmole.stages.report import export, figure_names
     from dmole.stages.report import report as run
 
     from .reporting import print_method_table, print_report_files
 
+    if out:
+        check_creatable(out, "--out")  # before the report is computed
     result = run(open_project(workspace), force=force)
     if out:
         export(result.version, out)

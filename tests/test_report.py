@@ -242,7 +242,7 @@ def test_cli_report_out_copies_the_report_and_its_figures(run, tmp_path):
 
 def test_report_out_on_a_disk_that_fills_keeps_the_previous_report_whole(run, tmp_path, monkeypatch):
     """A copy that fails half-way (the third file hits a full disk) leaves every file of the previous export as it
-    was and no temp file; the user reads one line."""
+    was and no temp file; the user reads one line, as for an --out that names a file or a folder within one."""
     import dmole.artifacts.io as io
 
     project, _, _ = run
@@ -266,6 +266,11 @@ def test_report_out_on_a_disk_that_fills_keeps_the_previous_report_whole(run, tm
     assert sorted(p.name for p in out.iterdir()) == sorted(("report.md", *FIGURES))
     assert all((out / name).read_text() == f"previous {name}" for name in ("report.md", *FIGURES))
 
+    for blocked in (out / "report.md", out / "report.md" / "under"):  # --out names a file, or a folder under one
+        result = CliRunner().invoke(app, ["report", "--out", str(blocked), "--workspace", str(project.root)])
+        assert result.exit_code == 2 and result.output.strip() == (
+            f"error: --out {blocked} cannot be created: {out / 'report.md'} is a file, not a folder"
+        )
     (out / FIGURES[-1]).unlink()
     (out / FIGURES[-1]).mkdir()
     monkeypatch.setattr(io.shutil, "copyfileobj", real_copy)
