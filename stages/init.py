@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import ConfigError, TaskSpec, WorkspaceConfig, parse_model, require_folder
+from .config import ConfigError, TaskSpec, WorkspaceConfig, check_creatable, parse_model, require_folder
 from .data.registry import REGISTRY_FILE, read_registry
 from .project import write_workspace
 from .resolve import check_workspace
@@ -86,6 +86,7 @@ def create_workspace(
     require_folder(data, "data folder")
     require_folder(model, "model folder")
     check_model_folder(model)
+    check_creatable(workspace, "--workspace")
     existing = workspace / "workspace.json"
     if existing.exists() and not overwrite:
         raise ConfigError(f"{existing} already exists; pass --overwrite to replace it")

@@ -280,6 +280,16 @@ CASES = [
         "/tasks.json is a file, not a folder",
     ),
     Case(
+        "init: --workspace names a file",
+        lambda e: ["init", "--model", str(e.model), "--data", str(e.data), "-w", str(e.data / "tasks.json")],
+        "/tasks.json cannot be created: ",
+    ),
+    Case(
+        "init: --workspace under a file",
+        lambda e: ["init", "--model", str(e.model), "--data", str(e.data), "-w", str(e.data / "tasks.json" / "ws")],
+        "/tasks.json/ws cannot be created: ",
+    ),
+    Case(
         "import: --data names a file",
         lambda e: ["import", e.saved(), "--data", str(e.data / "tasks.json"), "--task", "t", "--family", "short"],
         "/tasks.json is a file, not a folder",
