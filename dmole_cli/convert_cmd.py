@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .common import console, handles_user_errors
+from .common import QuietOption, console, handles_user_errors
 
 
 @handles_user_errors
@@ -61,6 +61,7 @@ def convert(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it already holds files.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Convert an InternVL2 / InternVL2.5 checkpoint in the remote-code layout ([bold]InternVLChatModel[/], as
     D-MoLE's InternVL2-2B is published) into the transformers-native [bold]InternVLForConditionalGeneration[/]
@@ -85,8 +86,16 @@ def convert(
 
     from dmole.stages.convert_llava import convert_checkpoint
 
+    from .progress import rich_progress
+
     written = convert_checkpoint(
-        src, out, max_tiles=max_tiles, projector=projector, vision_tower=vision_tower, force=force
+        src,
+        out,
+        max_tiles=max_tiles,
+        projector=projector,
+        vision_tower=vision_tower,
+        force=force,
+        progress=rich_progress(quiet),
     )
     config = json.loads((written / "config.json").read_text(encoding="utf-8"))
     processor = (

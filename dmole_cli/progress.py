@@ -37,9 +37,10 @@ class _Bar:
 
 
 def rich_progress(quiet: bool = False):
-    """A Progress factory for stage functions; ``quiet`` (and any launched process but the first) gets the
-    stages' silent one."""
-    if quiet or launched_worker():
+    """A Progress factory for stage functions; ``quiet``, any launched process but the first, and a stderr that is
+    no terminal (a pipe, a log file: rich would draw nothing there but a stray blank line) get the stages' silent
+    one."""
+    if quiet or launched_worker() or not err_console.is_terminal:
         from dmole.stages.progress import silent
 
         return silent

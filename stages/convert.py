@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .config import check_creatable
 from .errors import UserError
+from .progress import Progress, Tracker, silent
 
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 TURN_START, TURN_END = "<|im_start|>", "<|im_end|>"
@@ -53,6 +54,9 @@ CONVERSATION_TEMPLATES = {
 
 # Source tensors that are recomputed buffers, not weights (older InternLM2 saves kept them).
 _IGNORED = re.compile(r"language_model\..*rotary_emb\.inv_freq")
+
+
+READING = "convert: reading the weights"  # the progress bar over the checkpoint's tensors
 
 
 class ConvertError(UserError):
@@ -133,8 +137,13 @@ def _safetensors_files(src: Path) -> dict[str, Path]:
     )
 
 
-def iter_source_tensors(src: Path) -> Iterator[tuple[str, object]]:
-    """(name, tensor) for every tensor of the checkpoint, file by file."""
+def tensor_count(src: Path) -> int:
+    """How many tensors `iter_source_tensors` reads from the checkpoint."""
+    return len(_safetensors_files(src))
+
+
+def iter_source_tensors(src: Path, bar: Tracker | None = None) -> Iterator[tuple[str, object]]:
+    """(name, tensor) for every tensor of the checkpoint, file by file; ``bar`` advances by one for each."""
     from safetensors import safe_open
 
     by_file: dict[Path, list[str]] = {}
@@ -151,6 +160,8 @@ def iter_source_tensors(src: Path) -> Iterator[tuple[str, object]]:
                 if name not in present:
                     raise ConvertError(f"{file.name} has no tensor {name!r} (the index says it does)")
                 yield name, handle.get_tensor(name)
+                if bar is not None:
+                    bar.advance(1)
 
 
 # ---- configs -----------------------------------------------------------------------------------------------------
@@ -683,7 +694,9 @@ def _check_out(src: Path, out: Path, force: bool) -> None:
         raise ConvertError(f"{out} is not empty; pass --force to replace it")
 
 
-def convert_internvl_chat(src: Path, out: Path, *, max_tiles: int | None = None, force: bool = False) -> Path:
+def convert_internvl_chat(
+    src: Path, out: Path, *, max_tiles: int | None = None, force: bool = False, progress: Progress = silent
+) -> Path:
     """Write a transformers-native InternVL folder at `out` from the remote-code InternVL2 checkpoint `src`.
 
     `max_tiles` caps the image tiles per image (default: the checkpoint's max_dynamic_patch). The folder is
@@ -703,14 +716,16 @@ def convert_internvl_chat(src: Path, out: Path, *, max_tiles: int | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-", dir=out.parent))
     try:
-        _write(src, work / "model", config, kind, max_tiles, work / "scratch")
+        _write(src, work / "model", config, kind, max_tiles, work / "scratch", progress)
         _replace(work / "model", out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def _write(src: Path, target: Path, config: dict, kind: str, max_tiles: int | None, scratch: Path) -> None:
+def _write(
+    src: Path, target: Path, config: dict, kind: str, max_tiles: int | None, scratch: Path, progress: Progress
+) -> None:
     import torch
     from transformers import GenerationConfig, InternVLForConditionalGeneration, InternVLProcessor
     from transformers.utils import logging as transformers_logging
@@ -728,7 +743,8 @@ def _write(src: Path, target: Path, config: dict, kind: str, max_tiles: int | No
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items() if name not in tied}
     rules = weight_rules(kind, native.text_config)
-    state = convert_state_dict(iter_source_tensors(src), rules, expected)
+    with progress(READING, total=tensor_count(src)) as bar:
+        state = convert_state_dict(iter_source_tensors(src, bar), rules, expected)
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     model.generation_config = GenerationConfig(

@@ -30,16 +30,20 @@ import tempfile
 from pathlib import Path
 
 from .convert import (
+    READING,
     ConvertError,
     _check_out,
     _load_tokenizer,
     _read_json,
     _rename,
     _replace,
+    _safetensors_files,
     _tokenizer_folder,
     convert_state_dict,
     iter_source_tensors,
+    tensor_count,
 )
+from .progress import Progress, Tracker, silent
 
 IMAGE_TOKEN, PAD_TOKEN = "<image>", "<pad>"
 # openai/clip-vit-large-patch14-336, the tower every LLaVA-1.5 checkpoint names, for when its folder is not here
@@ -219,25 +223,30 @@ def native_config(config: dict, vision: dict, *, image_token_id: int, pad_token_
     )
 
 
-def _tensors(src: Path, config: dict, extra: dict):
-    """The checkpoint's tensors and `extra` (a projector read apart), then the tower folder's vision_model.* where the
-    checkpoint has no tower."""
-    names = []
-    for name, tensor in itertools.chain(iter_source_tensors(src), extra.items()):
-        names.append(name)
-        if not _IGNORED.fullmatch(name):
-            yield name, tensor
-    if any(n.startswith(TOWER_PREFIX) for n in names):
-        return
+def _tower_source(src: Path, config: dict, extra: dict) -> Path | None:
+    """The folder whose vision_model.* complete the checkpoint, or None where the checkpoint (or `extra`) holds the
+    tower; read from the safetensors' headers, before any weight."""
+    if any(name.startswith(TOWER_PREFIX) for name in itertools.chain(_safetensors_files(src), extra)):
+        return None
     folder = _tower_folder(src, config)
     if folder is None:
         raise ConvertError(
             f"the checkpoint has no vision tower weights and mm_vision_tower "
             f"{config['mm_vision_tower']!r} is not a folder on this machine"
         )
-    for name, tensor in iter_source_tensors(folder):
-        if not _TEXT_ONLY.fullmatch(name):
-            yield TOWER_PREFIX + name, tensor
+    return folder
+
+
+def _tensors(src: Path, extra: dict, tower: Path | None, bar: Tracker):
+    """The checkpoint's tensors and `extra` (a projector read apart), then the vision_model.* of the tower's folder
+    where the checkpoint has none; ``bar`` advances for every tensor read from a file."""
+    for name, tensor in itertools.chain(iter_source_tensors(src, bar), extra.items()):
+        if not _IGNORED.fullmatch(name):
+            yield name, tensor
+    if tower is not None:
+        for name, tensor in iter_source_tensors(tower, bar):
+            if not _TEXT_ONLY.fullmatch(name):
+                yield TOWER_PREFIX + name, tensor
 
 
 def chat_template(bos: bool) -> str:
@@ -293,7 +302,13 @@ def image_processor(src: Path, config: dict, vision):
 
 
 def convert_llava_original(
-    src: Path, out: Path, *, vision_tower: Path | None = None, force: bool = False, seed: int = 0
+    src: Path,
+    out: Path,
+    *,
+    vision_tower: Path | None = None,
+    force: bool = False,
+    seed: int = 0,
+    progress: Progress = silent,
 ) -> Path:
     """Write a transformers LLaVA folder at ``out`` from the original-layout LLaVA-1.5 checkpoint ``src`` (its
     mm_vision_tower replaced by ``vision_tower`` when given); the folder appears whole or not at all, as convert.py's
@@ -302,11 +317,18 @@ def convert_llava_original(
     config = read_llava_config(src)
     if vision_tower is not None:
         config["mm_vision_tower"] = str(Path(vision_tower).expanduser())
-    return _convert(src, Path(out).expanduser(), config, {}, force, seed)
+    return _convert(src, Path(out).expanduser(), config, {}, force, seed, progress)
 
 
 def convert_llava_pretrain(
-    src: Path, projector: Path, vision_tower: Path, out: Path, *, force: bool = False, seed: int = 0
+    src: Path,
+    projector: Path,
+    vision_tower: Path,
+    out: Path,
+    *,
+    force: bool = False,
+    seed: int = 0,
+    progress: Progress = silent,
 ) -> Path:
     """CoIN's pretrain-only base: the Llama (Vicuna) folder ``src``, LLaVA-1.5's pretrained ``mm_projector.bin`` and
     the CLIP folder ``vision_tower`` (CoIN's --model_name_or_path, --pretrain_mm_mlp_adapter, --vision_tower) as a
@@ -314,23 +336,25 @@ def convert_llava_pretrain(
     src = Path(src).expanduser()
     config = pretrain_config(src, Path(vision_tower).expanduser())
     projector_tensors = read_projector(Path(projector).expanduser())
-    return _convert(src, Path(out).expanduser(), config, projector_tensors, force, seed)
+    return _convert(src, Path(out).expanduser(), config, projector_tensors, force, seed, progress)
 
 
-def _convert(src: Path, out: Path, config: dict, extra: dict, force: bool, seed: int) -> Path:
+def _convert(src: Path, out: Path, config: dict, extra: dict, force: bool, seed: int, progress: Progress) -> Path:
     _check_out(src, out, force)
     vision = vision_config_dict(src, config)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-", dir=out.parent))
     try:
-        _write(src, work / "model", config, extra, vision, work / "scratch", seed)
+        _write(src, work / "model", config, extra, vision, work / "scratch", seed, progress)
         _replace(work / "model", out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def _write(src: Path, target: Path, config: dict, extra: dict, vision: dict, scratch: Path, seed: int) -> None:
+def _write(
+    src: Path, target: Path, config: dict, extra: dict, vision: dict, scratch: Path, seed: int, progress: Progress
+) -> None:
     import torch
     from transformers import AddedToken, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.utils import logging as transformers_logging
@@ -352,7 +376,10 @@ def _write(src: Path, target: Path, config: dict, extra: dict, vision: dict, scr
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items() if name not in tied}
     rules = [(re.compile(p), _rename(t)) for p, t in WEIGHT_RULES]
-    state = convert_state_dict(_tensors(src, config, extra), rules, expected)
+    tower = _tower_source(src, config, extra)
+    total = tensor_count(src) + (tensor_count(tower) if tower is not None else 0)
+    with progress(READING, total=total) as bar:
+        state = convert_state_dict(_tensors(src, extra, tower, bar), rules, expected)
     dtype = state["lm_head.weight"].dtype if "lm_head.weight" in state else torch.float32
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
@@ -388,6 +415,7 @@ def convert_checkpoint(
     projector: Path | None = None,
     vision_tower: Path | None = None,
     force: bool = False,
+    progress: Progress = silent,
 ) -> Path:
     """`dmole convert`: an original-layout LLaVA-1.5 checkpoint or a Llama plus a projector here, an InternVL2
     remote-code one in convert.py."""
@@ -401,11 +429,11 @@ def convert_checkpoint(
     if projector is None and not is_original_llava(config):
         if vision_tower is not None:
             raise ConvertError("--vision-tower applies to LLaVA-1.5 checkpoints (original layout, or with --projector)")
-        return convert_internvl_chat(src, out, max_tiles=max_tiles, force=force)
+        return convert_internvl_chat(src, out, max_tiles=max_tiles, force=force, progress=progress)
     if max_tiles is not None:
         raise ConvertError("--max-tiles applies to InternVL checkpoints; LLaVA-1.5 takes one image tile")
     if projector is None:
-        return convert_llava_original(src, out, vision_tower=vision_tower, force=force)
+        return convert_llava_original(src, out, vision_tower=vision_tower, force=force, progress=progress)
     if vision_tower is None:
         raise ConvertError("--projector needs --vision-tower: the CLIP folder the projector was pretrained with")
-    return convert_llava_pretrain(src, projector, vision_tower, out, force=force)
+    return convert_llava_pretrain(src, projector, vision_tower, out, force=force, progress=progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,32 @@ def imported_by(commands: list[list[str]], modules: tuple[str, ...]) -> tuple[li
     assert done.returncode == 0, done.stderr
     *printed, imported = done.stdout.strip().splitlines()
     return printed, dict(zip(modules, (word == "True" for word in imported.split())))
+
+
+def safetensors_count(folder: Path) -> int:
+    """How many tensors the folder's safetensors files hold, counted from their headers."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(file, framework="pt") as handle:
+            total += len(list(handle.keys()))
+    return total
+
+
+class RecordedProgress:
+    """A stage's Progress that draws nothing and records each bar as [description, total, steps advanced]."""
+
+    def __init__(self):
+        self.bars: list[list] = []
+
+    @contextmanager
+    def __call__(self, description: str, total: int):
+        bar = [description, total, 0]
+        self.bars.append(bar)
+
+        class Tracker:
+            def advance(self, steps: int = 1, **status: object) -> None:  # noqa: ARG002
+                bar[2] += steps
+
+        yield Tracker()

@@ -17,9 +17,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from conftest import RecordedProgress, safetensors_count
 from dmole.artifacts.io import read_json
 from dmole.cli.app import app
-from dmole.stages.convert import ConvertError, chat_template, convert_internvl_chat
+from dmole.stages.convert import READING, ConvertError, chat_template, convert_internvl_chat
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -447,6 +448,14 @@ def _processor(out: Path):
 
 
 # ---- tests ---------------------------------------------------------------------------------------------------------
+def test_the_weights_are_read_under_one_progress_bar_over_every_tensor(internlm2, tmp_path):
+    src, _ = internlm2
+    progress = RecordedProgress()
+    convert_internvl_chat(src, tmp_path / "native", progress=progress)
+    count = safetensors_count(src)  # both shards of the InternLM2 checkpoint
+    assert progress.bars == [[READING, count, count]] and count > 0
+
+
 def test_wqkv_is_split_by_kv_head_groups(internlm2):
     src, out = internlm2
     fused, converted = source_tensors(src), _native(out).state_dict()

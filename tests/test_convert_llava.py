@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from dmole.stages.convert import ConvertError
+from conftest import RecordedProgress, safetensors_count
+from dmole.stages.convert import READING, ConvertError
 from dmole.stages.convert_llava import VICUNA_SYSTEM, convert_llava_original, is_original_llava
 
 TEXT = dict(
@@ -190,7 +191,11 @@ def test_tower_from_its_own_folder_gives_the_same_model(converted, tmp_path):
 
     _src, out, _tensors = converted
     write_original(tmp_path / "llava-no-tower", tower_inside=False)
-    again = convert_llava_original(tmp_path / "llava-no-tower", tmp_path / "out")
+    progress = RecordedProgress()
+    again = convert_llava_original(tmp_path / "llava-no-tower", tmp_path / "out", progress=progress)
+    tower = json.loads((tmp_path / "llava-no-tower" / "config.json").read_text())["mm_vision_tower"]
+    read = safetensors_count(tmp_path / "llava-no-tower") + safetensors_count(tmp_path / "llava-no-tower" / tower)
+    assert progress.bars == [[READING, read, read]]  # the checkpoint's tensors, then the tower folder's
     a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seed: same weights, the added rows included
