@@ -320,12 +320,12 @@ def measure() -> list[dict]:
     image = Image.new("RGB", (SIDE, SIDE), (120, 60, 200))
     tokenizers = {family: train_tokenizer(spec) for family, spec in TOKENIZERS.items()}
     for family in MODEL_TYPES:
-        tok = tokenizers[family]
+        tok, adapter_class = tokenizers[family], family_adapter(family)
         for _, name, config, processor_class, parts in (c for c in checkpoints(tok) if c[0] == family):
             with torch.device("meta"):
-                model = family_adapter(family).model_class(config())
+                model = adapter_class.model_class(config())
             processor = build_processor(processor_class, tokenizer=tok, chat_template=TEMPLATES[family], **parts)
-            adapter = family_adapter(family)(model, processor)
+            adapter = adapter_class(model, processor)
             attention, everything = adapter.candidates(), adapter.candidates(include_mlp=True)
             count = lambda cs, tower: sum(c.tower == tower for c in cs)  # noqa: E731
             # The toolkit's prompt ids equal the processor's (tests/test_models.py); the model is on meta.
@@ -347,7 +347,7 @@ def measure() -> list[dict]:
                     "vision_layers": f"{adapter._vision_layers_used()}/{len(adapter.vision_layers())}",
                     "image_tokens": int((ids == model.config.image_token_id).sum()),
                     "sequence": int(ids.shape[1]),
-                    "images": family_adapter(family).image_handling,
+                    "images": adapter_class.image_handling,
                 }
             )
     return rows
